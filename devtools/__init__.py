@@ -1,0 +1,1 @@
+"""Dev-only helpers (Azurite, local host, demo, benchmarks). Not deployed: see .funcignore."""

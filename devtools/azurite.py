@@ -1,0 +1,142 @@
+"""Start a private Azurite (blob + queue) on free loopback ports, for tests, the demo and benchmarks.
+
+Always with ``--skipApiVersionCheck`` (the SDK speaks a newer API than Azurite) and
+``--disableTelemetry`` (no phoning home). Three accounts: the customer's destination,
+a stand-in for SmartDocumentor's export storage, and Azurite's well-known dev account
+as the Functions host storage (queues).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite"
+
+DEV_ACCOUNT = "devstoreaccount1"
+DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+CUSTOMER_ACCOUNT = "customer"
+CUSTOMER_KEY = base64.b64encode(b"customer-account-key-for-local-tests-only!").decode()
+EXPORTS_ACCOUNT = "exports"
+EXPORTS_KEY = base64.b64encode(b"exports-account-key-for-local-tests-only!!").decode()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def connection_string(account: str, key: str, blob_port: int, queue_port: int | None = None) -> str:
+    parts = [
+        "DefaultEndpointsProtocol=http",
+        f"AccountName={account}",
+        f"AccountKey={key}",
+        f"BlobEndpoint=http://127.0.0.1:{blob_port}/{account}",
+    ]
+    if queue_port is not None:
+        parts.append(f"QueueEndpoint=http://127.0.0.1:{queue_port}/{account}")
+    return ";".join(parts) + ";"
+
+
+@dataclass
+class Azurite:
+    blob_port: int
+    queue_port: int
+    process: subprocess.Popen[bytes] | None = None
+    workdir: str | None = None
+    log_path: Path | None = field(default=None)
+
+    @property
+    def blob_host(self) -> str:
+        return f"127.0.0.1:{self.blob_port}"
+
+    @property
+    def customer(self) -> str:
+        return connection_string(CUSTOMER_ACCOUNT, CUSTOMER_KEY, self.blob_port)
+
+    @property
+    def exports(self) -> str:
+        return connection_string(EXPORTS_ACCOUNT, EXPORTS_KEY, self.blob_port)
+
+    @property
+    def host_storage(self) -> str:
+        return connection_string(DEV_ACCOUNT, DEV_KEY, self.blob_port, self.queue_port)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Azurite:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_azurite(*, location: str | None = None, timeout: float = 60.0) -> Azurite:
+    """Start Azurite on free ports and wait until both services accept connections."""
+    if not AZURITE_BIN.exists():
+        raise RuntimeError(f"{AZURITE_BIN} is missing: run `npm ci` (make install does it).")
+    blob_port, queue_port, table_port = free_port(), free_port(), free_port()
+    workdir = None
+    if location is None:
+        workdir = tempfile.mkdtemp(prefix="azurite-")
+    args = [
+        str(AZURITE_BIN),
+        "--silent",
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+        "--loose",
+        "--blobHost", "127.0.0.1", "--blobPort", str(blob_port),
+        "--queueHost", "127.0.0.1", "--queuePort", str(queue_port),
+        "--tableHost", "127.0.0.1", "--tablePort", str(table_port),
+    ]  # fmt: skip
+    if location is None:
+        args += ["--inMemoryPersistence"]
+    else:
+        args += ["--location", location]
+    env = dict(os.environ)
+    env["AZURITE_ACCOUNTS"] = ";".join(
+        f"{name}:{key}"
+        for name, key in ((DEV_ACCOUNT, DEV_KEY), (CUSTOMER_ACCOUNT, CUSTOMER_KEY), (EXPORTS_ACCOUNT, EXPORTS_KEY))
+    )
+    log_dir = Path(location or workdir or tempfile.gettempdir())
+    log_path = log_dir / "azurite.log"
+    log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
+    process = subprocess.Popen(
+        args, cwd=workdir or location, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    log_file.close()
+    azurite = Azurite(blob_port, queue_port, process, workdir, log_path)
+    deadline = time.monotonic() + timeout
+    for port in (blob_port, queue_port):
+        while True:
+            if process.poll() is not None:
+                output = log_path.read_text(errors="replace")[-2000:]
+                azurite.stop()
+                raise RuntimeError(f"Azurite exited early:\n{output}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    azurite.stop()
+                    raise RuntimeError("Azurite did not start in time") from None
+                time.sleep(0.1)
+    return azurite

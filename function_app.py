@@ -1,0 +1,37 @@
+"""Azure Functions entry points (Python v2 model): routes only; the work is in receiver/."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import azure.functions as func
+
+from receiver.outcome import Outcome
+from receiver.runtime import RUNTIME
+from receiver.webhook import check_health, handle_delivery
+
+VERIFICATION_QUEUE = "smartdocumentor-copy-verifications"
+
+app = func.FunctionApp()
+
+
+def _http(result: Outcome) -> func.HttpResponse:
+    return func.HttpResponse(
+        result.json(), status_code=result.status_code, mimetype="application/json", charset="utf-8"
+    )
+
+
+@app.function_name("anonymization_webhook")
+@app.route(route="smartdocumentor/anonymization", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@app.queue_output(arg_name="verification", queue_name=VERIFICATION_QUEUE, connection="AzureWebJobsStorage")
+async def anonymization_webhook(req: func.HttpRequest, verification: func.Out[str]) -> func.HttpResponse:
+    result = await handle_delivery(req.get_body(), dict(req.headers), runtime=RUNTIME, now=datetime.now(UTC))
+    if result.verification is not None:
+        verification.set(result.verification)
+    return _http(result)
+
+
+@app.function_name("health")
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    return _http(await check_health(runtime=RUNTIME))

@@ -1,0 +1,63 @@
+"""What the receiver answers: one :class:`Outcome` per request, turned into HTTP by function_app. Pure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An HTTP answer: status code and JSON body, plus a queue message when a copy must be verified later."""
+
+    status_code: int
+    body: dict[str, Any]
+    verification: str | None = field(default=None, repr=False)
+
+    def json(self) -> str:
+        return json.dumps(self.body, ensure_ascii=False)
+
+
+def rejected(status_code: int, error: str, message: str, **extra: Any) -> Outcome:
+    return Outcome(status_code, {"status": "rejected", "error": error, "message": message, **_known(extra)})
+
+
+def failed(status_code: int, error: str, message: str, **extra: Any) -> Outcome:
+    return Outcome(status_code, {"status": "failed", "error": error, "message": message, **_known(extra)})
+
+
+def _known(extra: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in extra.items() if value is not None}
+
+
+_DELIVERED = {
+    "stored": (200, "The file was copied to the customer's storage."),
+    "duplicate": (200, "This delivery was already received; the file is stored."),
+    "copying": (
+        202,
+        "Azure Storage is still copying the file; the receiver will finish the job when the copy completes.",
+    ),
+}
+
+
+def delivered(
+    status: str,
+    *,
+    task_id: str,
+    blob: str,
+    url: str,
+    copy_id: str | None,
+    note: str | None = None,
+    verification: str | None = None,
+) -> Outcome:
+    """A 2xx: ``stored``, ``duplicate`` or ``copying`` (202, with the queue message to verify it later)."""
+    status_code, message = _DELIVERED[status]
+    if note:
+        message = f"{message} {note}"
+    body = {
+        "status": status,
+        "message": message,
+        **_known({"taskId": task_id, "blob": blob, "url": url, "copyId": copy_id}),
+    }
+    return Outcome(status_code, body, verification)

@@ -1,0 +1,166 @@
+"""Parse and validate SmartDocumentor's notification body (contract section 2). Pure."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_ID_LENGTH = 256
+MAX_TEXT_LENGTH = 4096
+
+
+class PayloadError(Exception):
+    """The body cannot be used. ``code`` is the contract's machine code."""
+
+    def __init__(self, code: str, message: str, details: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or []
+
+
+def _as_utc(value: datetime) -> datetime:
+    # The contract says naive times are UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Notification(BaseModel):
+    """The "Webhook Url to File (Anonymization)" notification. Unknown fields are kept."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    task_id: str = Field(alias="taskId", min_length=1, max_length=MAX_ID_LENGTH)
+    task_number: int = Field(alias="taskNumber", ge=0, le=2**63 - 1)
+    workspace_id: str = Field(alias="workspaceId", min_length=1, max_length=MAX_ID_LENGTH)
+    total_pages: int | None = Field(default=None, alias="totalPages", ge=0, le=2**31 - 1)
+    display_name: str | None = Field(default=None, alias="displayName", max_length=MAX_TEXT_LENGTH)
+    # Its length is the URL policy's to judge (source-not-allowed), not a field error.
+    exported_file_url: str = Field(alias="exportedFileUrl", min_length=1)
+    exported_file_content_type: str = Field(alias="exportedFileContentType", min_length=1, max_length=255)
+    exported_file_expires_on: datetime = Field(alias="exportedFileExpiresOn")
+    last_checkout_by_user_name: str | None = Field(
+        default=None, alias="lastCheckoutByUserName", max_length=MAX_TEXT_LENGTH
+    )
+    last_checked_out_by: str | None = Field(default=None, alias="lastCheckedOutBy", max_length=MAX_TEXT_LENGTH)
+    last_integrated_by: str | None = Field(default=None, alias="lastIntegratedBy", max_length=MAX_TEXT_LENGTH)
+    last_integrated_by_user_name: str | None = Field(
+        default=None, alias="lastIntegratedByUserName", max_length=MAX_TEXT_LENGTH
+    )
+    last_checked_out_until: datetime | None = Field(default=None, alias="lastCheckedOutUntil")
+    metadata: tuple[tuple[str, str], ...] = Field(default=(), max_length=1000)
+
+    @field_validator("task_number", "total_pages", mode="before")
+    @classmethod
+    def _integer(cls, value: Any) -> Any:
+        # JSON true/false and 3.5 are not task numbers; "42" (a numeric string) is.
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number, not true/false")
+        if isinstance(value, str):
+            text = value.strip()
+            if not text.isascii() or not text.isdigit():
+                raise ValueError("must be a whole number")
+            return int(text)
+        return value
+
+    @field_validator("task_id", "workspace_id")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("exported_file_content_type")
+    @classmethod
+    def _content_type(cls, value: str) -> str:
+        value = value.strip()
+        if not value or not value.isascii() or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("must be a MIME type such as application/pdf")
+        return value
+
+    @field_validator("exported_file_expires_on", "last_checked_out_until")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _as_utc(value)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if isinstance(value, dict):
+            items = list(value.items())
+        elif isinstance(value, list):
+            items = []
+            for entry in value:
+                if not isinstance(entry, dict) or "key" not in entry:
+                    raise ValueError('must be an object of strings, or a list of {"key": ..., "value": ...}')
+                items.append((entry["key"], entry.get("value")))
+        else:
+            raise ValueError('must be an object of strings, or a list of {"key": ..., "value": ...}')
+        pairs = []
+        for key, item in items:
+            if not isinstance(key, str) or len(key) > MAX_TEXT_LENGTH:
+                raise ValueError("keys must be strings of at most 4096 characters")
+            if item is None:
+                item = ""
+            elif isinstance(item, bool):
+                item = "true" if item else "false"
+            elif isinstance(item, int | float):
+                item = json.dumps(item)
+            if not isinstance(item, str) or len(item) > MAX_TEXT_LENGTH:
+                raise ValueError(f"value of {key[:64]!r} must be a string of at most 4096 characters")
+            pairs.append((key, item))
+        return tuple(pairs)
+
+    @property
+    def extra_fields(self) -> dict[str, Any]:
+        return dict(self.__pydantic_extra__ or {})
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def _problem(error: Any) -> str:
+    cause = error.get("ctx", {}).get("error")
+    if cause is not None:
+        return str(cause)
+    if error["type"] == "missing":
+        return "is required"
+    return str(error["msg"])
+
+
+def parse_notification(body: bytes) -> Notification:
+    """Turn the raw body into a :class:`Notification` or raise :class:`PayloadError`."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise PayloadError(
+            "invalid-json", "The request body is not valid JSON. Send the notification as a UTF-8 JSON object."
+        ) from None
+    if not isinstance(document, dict):
+        raise PayloadError("invalid-json", "The request body must be a JSON object, not a list or a single value.")
+    if b"\\u" in body or b"\\U" in body:
+        try:
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise PayloadError("invalid-json", "The request body contains text that is not valid Unicode.") from None
+    try:
+        return Notification.model_validate(document)
+    except ValidationError as exc:
+        details = []
+        for error in exc.errors(include_url=False):
+            details.append({"field": _field_name(error["loc"]), "problem": _problem(error)})
+        fields = list(dict.fromkeys(d["field"] for d in details))
+        raise PayloadError(
+            "invalid-payload",
+            f"The notification has missing or invalid fields: {', '.join(fields)}. "
+            "Check the webhook's body in SmartDocumentor.",
+            details,
+        ) from None

@@ -1,0 +1,258 @@
+"""Decide what will be stored: blob name, index tags, metadata, headers, manifest. Pure.
+
+The :class:`CopyPlan` is plain data: print it to see exactly what a delivery will write.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from .payload import Notification
+from .settings import MAX_TAGS, Settings
+from .source import SourceLink, without_query
+
+MAX_BLOB_NAME = 1024
+MAX_TAG_KEY = 128
+MAX_TAG_VALUE = 256
+MAX_METADATA_VALUE = 2048
+MAX_SEGMENT = 255
+
+EXTENSIONS = {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".png"}
+# Extensions that already satisfy a content type ("photo.jpeg" stays "photo.jpeg").
+ACCEPTED_EXTENSIONS = {"application/pdf": (".pdf",), "image/jpeg": (".jpg", ".jpeg"), "image/png": (".png",)}
+
+# Characters Windows/Azure tools choke on in a name segment; "/" and "\" are path separators.
+_UNSAFE_NAME_CHARS = re.compile(r'[/\\:?*"<>|#%\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]')
+_TAG_ALPHABET = re.compile(r"[^a-zA-Z0-9 +\-./:=_]")
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """Everything one delivery writes; derived only from the payload, the settings and the clock."""
+
+    blob_name: str
+    source: SourceLink
+    content_type: str
+    tags: dict[str, str]
+    tags_dropped: list[dict[str, str]]
+    metadata: dict[str, str]
+    manifest: dict[str, Any] = field(repr=False)
+    manifest_name: str | None
+    task_id: str
+    workspace_id: str
+
+    @property
+    def delivery(self) -> str:
+        return self.source.delivery
+
+
+# --- blob name -----------------------------------------------------------------------------
+
+
+def _safe_segment(value: str, fallback: str) -> str:
+    """One path segment: NFC, unsafe characters -> "_", no trailing dot/space, never "." or ".."."""
+    text = _UNSAFE_NAME_CHARS.sub("_", unicodedata.normalize("NFC", value)).strip()
+    text = text.rstrip(". ")
+    if not text or set(text) <= {"."}:
+        text = fallback
+    return text[:MAX_SEGMENT].rstrip(". ") or fallback
+
+
+def extension_for(content_type: str, source_path: str) -> str:
+    """The file extension: from the content type, else the source file's own extension."""
+    base = content_type.split(";", 1)[0].strip().lower()
+    if base in EXTENSIONS:
+        return EXTENSIONS[base]
+    match = re.search(r"\.([A-Za-z0-9]{1,10})$", source_path)
+    return f".{match.group(1).lower()}" if match else ""
+
+
+def file_name(display_name: str | None, task_id: str, content_type: str, source_path: str) -> str:
+    """The display name made safe, with the right extension ensured exactly once."""
+    ext = extension_for(content_type, source_path)
+    stem = _safe_segment(display_name or "", "")
+    if not stem:
+        stem = _safe_segment(task_id, "document")
+    accepted = ACCEPTED_EXTENSIONS.get(content_type.split(";", 1)[0].strip().lower(), (ext,) if ext else ())
+    if accepted and stem.lower().endswith(accepted):
+        return stem
+    return _safe_segment(stem[: MAX_SEGMENT - len(ext)] + ext, "document")
+
+
+def blob_name(template: str, values: dict[str, str], file: str) -> str:
+    """Render the template with every placeholder made safe, within Azure's 1024 characters."""
+    safe = {key: _safe_segment(value, "_") for key, value in values.items()}
+    safe["fileName"] = file
+    name = template.format_map(safe)
+    if len(name) <= MAX_BLOB_NAME:
+        return name
+    # Too long: shorten the file name's stem (keeping its extension), then hard-cut as a last resort.
+    overflow = len(name) - MAX_BLOB_NAME
+    stem, dot, ext = file.rpartition(".")
+    if dot and len(stem) > overflow:
+        shorter = _safe_segment(stem[: len(stem) - overflow], "document") + "." + ext
+        name = template.format_map({**safe, "fileName": shorter})
+    return name[:MAX_BLOB_NAME].rstrip("./ ") or "document"
+
+
+# --- tags ------------------------------------------------------------------------------------
+
+
+def fold_tag_text(text: str, limit: int) -> str:
+    """Fold text into Azure's tag alphabet: accents removed, anything else "_", truncated."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return _TAG_ALPHABET.sub("_", stripped)[:limit]
+
+
+def index_tags(
+    fields: list[tuple[str, str]], metadata: tuple[tuple[str, str], ...]
+) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """TAG_FIELDS first, then metadata in order; at most 10. Returns (tags, dropped)."""
+    tags: dict[str, str] = {}
+    dropped: list[dict[str, str]] = []
+    for key, value in fields:
+        tags[key] = fold_tag_text(value, MAX_TAG_VALUE)
+    for key, value in metadata:
+        folded_key = fold_tag_text(key.strip(), MAX_TAG_KEY)
+        if not folded_key:
+            dropped.append({"key": key, "reason": "empty key"})
+        elif folded_key in tags:
+            dropped.append({"key": key, "reason": f"tag {folded_key!r} already written"})
+        elif len(tags) >= MAX_TAGS:
+            dropped.append({"key": key, "reason": f"Azure allows at most {MAX_TAGS} tags per blob"})
+        else:
+            tags[folded_key] = fold_tag_text(value, MAX_TAG_VALUE)
+    return tags, dropped
+
+
+# --- metadata --------------------------------------------------------------------------------
+
+# Printable ASCII stays readable; "%" itself is encoded so the value decodes back exactly.
+_METADATA_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%") + " "
+
+
+def metadata_value(text: str, limit: int = MAX_METADATA_VALUE) -> str:
+    """ASCII header value: non-ASCII as percent-encoded UTF-8, no edge spaces, cut on a whole escape."""
+    encoded = quote(text, safe=_METADATA_SAFE, errors="surrogatepass")
+    if encoded.startswith(" ") or encoded.endswith(" "):
+        core = encoded.strip(" ")
+        lead = len(encoded) - len(encoded.lstrip(" "))
+        trail = len(encoded) - len(encoded.rstrip(" "))
+        encoded = "%20" * lead + core + "%20" * trail if core else "%20" * len(encoded)
+    if len(encoded) > limit:
+        encoded = encoded[:limit]
+        cut = encoded.rfind("%", max(0, limit - 2))
+        if cut != -1:
+            encoded = encoded[:cut]
+        encoded = encoded.rstrip(" ")
+    return encoded
+
+
+def blob_metadata(notification: Notification, source: SourceLink) -> dict[str, str]:
+    total_pages = "" if notification.total_pages is None else str(notification.total_pages)
+    return {
+        "taskid": metadata_value(notification.task_id, 512),
+        "tasknumber": str(notification.task_number),
+        "workspaceid": metadata_value(notification.workspace_id, 512),
+        "displayname": metadata_value(notification.display_name or ""),
+        "totalpages": total_pages,
+        "source": metadata_value(source.public_url),
+        "delivery": source.delivery,
+    }
+
+
+# --- manifest --------------------------------------------------------------------------------
+
+
+def _scrub(value: Any) -> Any:
+    """Drop URL queries from any string in the sender's extra fields (they may carry a SAS)."""
+    if isinstance(value, str):
+        return without_query(value) if "://" in value and "?" in value else value
+    if isinstance(value, list):
+        return [_scrub(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrub(item) for key, item in value.items()}
+    return value
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def manifest(notification: Notification, plan_fields: dict[str, Any], *, received_at: datetime) -> dict[str, Any]:
+    payload = notification.model_dump(by_alias=True, mode="json", exclude={"metadata"})
+    payload = {key: _scrub(value) for key, value in payload.items()}
+    payload["exportedFileUrl"] = plan_fields["source"]
+    payload["exportedFileExpiresOn"] = _iso(notification.exported_file_expires_on)
+    payload["lastCheckedOutUntil"] = _iso(notification.last_checked_out_until)
+    return {
+        **payload,
+        "metadata": [{"key": key, "value": value} for key, value in notification.metadata],
+        "receivedAt": _iso(received_at),
+        **plan_fields,
+    }
+
+
+def manifest_bytes(document: dict[str, Any]) -> bytes:
+    # ensure_ascii keeps any stray surrogate representable; readers decode \\u escapes anyway.
+    return json.dumps(document, ensure_ascii=True, indent=2).encode("ascii")
+
+
+_FIELD_NAMES = {info.alias or name: name for name, info in Notification.model_fields.items()}
+
+# --- the plan --------------------------------------------------------------------------------
+
+
+def make_plan(notification: Notification, source: SourceLink, settings: Settings, *, now: datetime) -> CopyPlan:
+    """Everything this delivery will write, decided before any storage call."""
+    source_path = urlsplit(source.public_url).path
+    file = file_name(
+        notification.display_name, notification.task_id, notification.exported_file_content_type, source_path
+    )
+    values = {
+        "workspaceId": notification.workspace_id,
+        "taskId": notification.task_id,
+        "taskNumber": str(notification.task_number),
+        "displayName": notification.display_name or notification.task_id,
+        "ext": extension_for(notification.exported_file_content_type, source_path).lstrip("."),
+        "yyyy": f"{now.year:04d}",
+        "mm": f"{now.month:02d}",
+        "dd": f"{now.day:02d}",
+    }
+    name = blob_name(settings.blob_name_template, values, file)
+    by_alias = notification.model_dump(by_alias=True, include=set(_FIELD_NAMES[a] for a in settings.tag_fields))
+    fields = [(alias, str(by_alias[alias])) for alias in settings.tag_fields if by_alias.get(alias) is not None]
+    tags, dropped = index_tags(fields, notification.metadata)
+    manifest_name = f"{name}.json" if settings.write_manifest else None
+    if manifest_name and len(manifest_name) > MAX_BLOB_NAME:
+        name = name[: MAX_BLOB_NAME - len(".json")].rstrip("./ ")
+        manifest_name = f"{name}.json"
+    document = manifest(
+        notification,
+        {
+            "source": source.public_url,
+            "blob": f"{settings.destination_container}/{name}",
+            "tags": tags,
+            "tagsDropped": dropped,
+        },
+        received_at=now,
+    )
+    return CopyPlan(
+        blob_name=name,
+        source=source,
+        content_type=notification.exported_file_content_type,
+        tags=tags,
+        tags_dropped=dropped,
+        metadata=blob_metadata(notification, source),
+        manifest=document,
+        manifest_name=manifest_name,
+        task_id=notification.task_id,
+        workspace_id=notification.workspace_id,
+    )

@@ -1,0 +1,143 @@
+"""Check the exported file's URL: allowlist, SAS presence, expiry; and keep its secret out of sight. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import parse_qs, urlsplit
+
+MAX_SOURCE_URL_LENGTH = 2048
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+class SourceError(Exception):
+    """The link cannot be copied. ``code`` is ``source-not-allowed`` or ``link-expired``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SourceLink:
+    """A checked source: the full URL (secret), what may be shown, and when it stops working."""
+
+    url: str
+    public_url: str  # scheme://host[:port]/path, never the query
+    expires_on: datetime
+    delivery: str  # sha256 of the full URL: identifies this delivery without revealing it
+
+    def __repr__(self) -> str:  # keep the SAS out of any accidental repr/log
+        return f"SourceLink(public_url={self.public_url!r}, expires_on={self.expires_on.isoformat()})"
+
+
+def without_query(url: str) -> str:
+    """The URL with its query and fragment removed (safe to show and store)."""
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+_URL_QUERY = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s\"'<>]*")
+_SIG = re.compile(r"(?i)\bsig=[^&\s\"'<>]*")
+
+
+def redact(text: str) -> str:
+    """Remove URL queries and any ``sig=`` from free text (exception messages, log lines)."""
+    return _SIG.sub("sig=REDACTED", _URL_QUERY.sub(r"\1?REDACTED", text))
+
+
+def host_allowed(host: str, port: int, patterns: tuple[str, ...], default_port: int) -> bool:
+    """``host:port`` matches ``host``/``host:port``/``*.suffix`` patterns.
+
+    ``*.`` stands for one or more whole leading labels, so ``*.blob.core.windows.net`` matches
+    ``acct.blob.core.windows.net`` but never ``blob.core.windows.net`` itself or
+    ``x.blob.core.windows.net.evil.com``. A pattern without a port allows only the default port.
+    """
+    host = host.lower()
+    for pattern in patterns:
+        pattern_host, _, pattern_port = pattern.partition(":")
+        wanted_port = int(pattern_port) if pattern_port else default_port
+        if port != wanted_port:
+            continue
+        if pattern_host.startswith("*."):
+            suffix = pattern_host[1:]  # ".blob.core.windows.net"
+            label_part = host[: -len(suffix)] if host.endswith(suffix) else ""
+            if label_part and all(_is_label(label) for label in label_part.split(".")):
+                return True
+        elif host == pattern_host:
+            return True
+    return False
+
+
+def _is_label(label: str) -> bool:
+    return bool(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label))
+
+
+def _parse_sas_expiry(value: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _not_allowed(reason: str) -> SourceError:
+    return SourceError("source-not-allowed", f"The file link is not accepted: {reason}.")
+
+
+def check_source(
+    url: str,
+    *,
+    payload_expires_on: datetime,
+    allowed_hosts: tuple[str, ...],
+    allow_http: bool,
+    now: datetime,
+) -> SourceLink:
+    """Validate the exported file URL against the policy; raise :class:`SourceError`."""
+    if len(url) > MAX_SOURCE_URL_LENGTH:
+        raise _not_allowed(f"it is longer than {MAX_SOURCE_URL_LENGTH} characters")
+    if not url.isascii() or any(ord(ch) <= 32 or ord(ch) == 127 for ch in url):
+        raise _not_allowed("it contains spaces, control or non-ASCII characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError:
+        raise _not_allowed("it is not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme != "https" and not (scheme == "http" and allow_http):
+        raise _not_allowed("it must be an https:// link")
+    if "@" in parts.netloc:
+        raise _not_allowed("it must not contain a user name or password")
+    if not host:
+        raise _not_allowed("it has no host")
+    default_port = _DEFAULT_PORTS[scheme]
+    effective_port = default_port if port is None else port
+    if not host_allowed(host, effective_port, allowed_hosts, default_port):
+        shown = host if port is None else f"{host}:{port}"
+        raise _not_allowed(f"the host {shown} is not in ALLOWED_SOURCE_HOSTS")
+    if not parts.path or parts.path == "/":
+        raise _not_allowed("it does not point to a file")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    if not query.get("sig", [""])[0]:
+        raise _not_allowed("it has no SAS signature (sig)")
+    expires_on = payload_expires_on
+    if "se" in query:
+        sas_expiry = _parse_sas_expiry(query["se"][0])
+        if sas_expiry is None:
+            raise _not_allowed("its SAS expiry (se) is not a date")
+        expires_on = min(expires_on, sas_expiry)
+    if expires_on <= now:
+        raise SourceError(
+            "link-expired",
+            f"The file link expired at {expires_on.strftime('%Y-%m-%dT%H:%M:%SZ')}. "
+            "Export the document again from SmartDocumentor.",
+        )
+    return SourceLink(
+        url=url,
+        public_url=without_query(url),
+        expires_on=expires_on,
+        delivery=hashlib.sha256(url.encode("utf-8")).hexdigest(),
+    )

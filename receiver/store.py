@@ -1,0 +1,319 @@
+"""The only module that talks to Azure Storage.
+
+It owns the aio client (one per process and event loop), the retry policy, and the
+translation of storage errors, by ``error_code`` and status rather than exception class,
+into the core's own :class:`StoreError` kinds. Nothing here ever formats a source URL with
+its query into a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+from azure.storage.blob import ContentSettings
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient, ExponentialRetry
+
+from .settings import Settings
+from .source import redact
+
+log = logging.getLogger("receiver.store")
+
+# The SDK default (15 s initial backoff, base 3) can sleep about a minute on a throttled
+# call; SmartDocumentor needs an answer well inside 60 s. Three retries, sleeping about
+# U(0,1), U(1,3) and U(3,5) seconds: at most ~9 s asleep per call.
+RETRY_TOTAL = 3
+RETRY_INITIAL_BACKOFF = 0
+RETRY_INCREMENT_BASE = 2
+RETRY_JITTER = 1
+CONNECTION_TIMEOUT_SECONDS = 3
+READ_TIMEOUT_SECONDS = 10
+
+_CONFLICT_CODES = {"BlobAlreadyExists", "PendingCopyOperation", "ConditionNotMet", "TargetConditionNotMet"}
+_PERMISSION_CODES = {
+    "AuthorizationPermissionMismatch",
+    "AuthorizationFailure",
+    "AuthenticationFailed",
+    "InsufficientAccountPermissions",
+    "KeyBasedAuthenticationNotPermitted",
+    "AuthorizationSourceIPMismatch",
+    "AuthorizationProtocolMismatch",
+    "AccountIsDisabled",
+}
+
+
+class StoreError(Exception):
+    """A storage call failed; ``kind`` tells the core what to answer."""
+
+    kind = "unavailable"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(redact(message))
+        self.message = redact(message)
+        self.code = code
+        self.status = status
+
+
+class StorageUnavailable(StoreError):
+    kind = "unavailable"
+
+
+class SourceUnreadable(StoreError):
+    kind = "source"
+
+
+class DestinationMisconfigured(StoreError):
+    kind = "misconfigured"
+
+
+class Conflict(StoreError):
+    kind = "conflict"
+
+
+class ContainerMissing(StoreError):
+    kind = "container-missing"
+
+
+@dataclass(frozen=True)
+class BlobState:
+    """What the destination blob looks like now."""
+
+    etag: str
+    delivery: str | None
+    copy_id: str | None
+    copy_status: str | None  # pending | success | failed | aborted | None (no copy recorded)
+    copy_description: str | None
+    content_settings: ContentSettings
+    size: int
+
+    @property
+    def content_type(self) -> str | None:
+        return self.content_settings.content_type
+
+
+@dataclass(frozen=True)
+class CopyStarted:
+    copy_id: str
+    status: str  # "success" or "pending"
+
+
+def _classify(exc: Exception, operation: str, account: str, container: str) -> StoreError:
+    if isinstance(exc, ClientAuthenticationError) and not isinstance(exc, HttpResponseError):
+        return DestinationMisconfigured(
+            f"The function could not get a token for {account} (managed identity): enable the "
+            "function app's identity, or set DESTINATION_CONNECTION_STRING."
+        )
+    if isinstance(exc, HttpResponseError) and exc.status_code is not None:
+        # error_code may be a StorageErrorCode enum or a plain string; compare on the value.
+        raw_code = getattr(exc, "error_code", None)
+        code = str(getattr(raw_code, "value", raw_code) or "")
+        status = exc.status_code
+        if code in _CONFLICT_CODES or status in (409, 412):
+            return Conflict(f"{operation}: {code or status}", code=code, status=status)
+        if (
+            "CopySource" in code
+            or code.startswith("Source")
+            or code in {"InvalidSourceBlobUrl", "InvalidSourceBlobType"}
+        ):
+            return SourceUnreadable(f"{operation}: {code}", code=code, status=status)
+        if code == "ContainerNotFound":
+            return ContainerMissing(f"The container {container} does not exist in {account}.", code=code, status=status)
+        if code in _PERMISSION_CODES or status in (401, 403):
+            return DestinationMisconfigured(
+                f"Azure Storage refused {operation} on {account}/{container} ({code or status}): grant the "
+                f"function's identity Storage Blob Data Owner on {account}, and check the account's firewall.",
+                code=code,
+                status=status,
+            )
+        return StorageUnavailable(
+            f"Azure Storage answered {status} {code} to {operation} on {account}.", code=code, status=status
+        )
+    return StorageUnavailable(f"Azure Storage at {account} could not be reached ({type(exc).__name__}).")
+
+
+class BlobStore:
+    """Destination container operations. Create with :meth:`open` on the loop that will use it."""
+
+    def __init__(self, service: BlobServiceClient, container: str, credential: Any = None) -> None:
+        self._service = service
+        self._credential = credential
+        self.container_name = container
+        self.account = service.account_name or "the storage account"
+        self._container: ContainerClient = service.get_container_client(container)
+        self._container_ready = False
+        self._container_lock = asyncio.Lock()
+
+    @classmethod
+    def open(cls, settings: Settings) -> BlobStore:
+        options: dict[str, Any] = {
+            "retry_policy": ExponentialRetry(
+                initial_backoff=RETRY_INITIAL_BACKOFF,
+                increment_base=RETRY_INCREMENT_BASE,
+                retry_total=RETRY_TOTAL,
+                random_jitter_range=RETRY_JITTER,
+            ),
+            "connection_timeout": CONNECTION_TIMEOUT_SECONDS,
+            "read_timeout": READ_TIMEOUT_SECONDS,
+        }
+        if settings.destination_connection_string is not None:
+            service = BlobServiceClient.from_connection_string(
+                settings.destination_connection_string.get_secret_value(), **options
+            )
+            return cls(service, settings.destination_container)
+        from azure.identity.aio import DefaultAzureCredential  # only deployments with identity pay for it
+
+        credential = DefaultAzureCredential()
+        assert settings.destination_account_url is not None
+        service = BlobServiceClient(settings.destination_account_url, credential=credential, **options)
+        return cls(service, settings.destination_container, credential)
+
+    async def close(self) -> None:
+        await self._service.close()
+        if self._credential is not None:
+            await self._credential.close()
+
+    def blob_url(self, name: str) -> str:
+        """The blob's URL without any query."""
+        return self._container.get_blob_client(name).url.split("?", 1)[0]
+
+    @asynccontextmanager
+    async def _call(self, operation: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except (TimeoutError, AzureError, OSError) as exc:
+            error = _classify(exc, operation, self.account, self.container_name)
+            log.warning("storage %s failed: %s", operation, error.message)
+            raise error from None
+
+    async def ensure_container(self) -> None:
+        """Create the container (private) once per process; an existing one is fine."""
+        if self._container_ready:
+            return
+        async with self._container_lock:
+            if self._container_ready:
+                return
+            try:
+                async with self._call("create container"):
+                    await self._container.create_container()
+            except Conflict:
+                pass  # ContainerAlreadyExists
+            except DestinationMisconfigured as exc:
+                # Allowed to write blobs but not to create containers: fine if it exists.
+                if not await self.container_exists():
+                    raise DestinationMisconfigured(
+                        f"The container {self.container_name} does not exist in {self.account} and the function "
+                        "may not create it: create it, or grant Storage Blob Data Owner on the account.",
+                        code=exc.code,
+                        status=exc.status,
+                    ) from None
+            self._container_ready = True
+
+    async def container_exists(self) -> bool:
+        async with self._call("read container"):
+            return bool(await self._container.exists())
+
+    async def start_copy(
+        self,
+        name: str,
+        source_url: str,
+        *,
+        metadata: dict[str, str],
+        tags: dict[str, str],
+        if_etag: str | None = None,
+        overwrite: bool = False,
+    ) -> CopyStarted:
+        """Server-side copy. By default only when the blob is missing; ``if_etag`` guards an overwrite."""
+        conditions: dict[str, Any]
+        if if_etag is not None:
+            conditions = {"etag": if_etag, "match_condition": MatchConditions.IfNotModified}
+        elif overwrite:
+            conditions = {}
+        else:
+            conditions = {"match_condition": MatchConditions.IfMissing}
+        blob = self._container.get_blob_client(name)
+        for attempt in range(2):
+            try:
+                async with self._call("copy"):
+                    result = await blob.start_copy_from_url(
+                        source_url, metadata=metadata, tags=tags or None, **conditions
+                    )
+                return CopyStarted(copy_id=str(result["copy_id"]), status=str(result["copy_status"]))
+            except ContainerMissing:
+                if attempt:
+                    raise
+                await self.ensure_container()
+        raise AssertionError("unreachable")
+
+    async def state(self, name: str) -> BlobState | None:
+        blob = self._container.get_blob_client(name)
+        try:
+            async with self._call("read blob"):
+                props = await blob.get_blob_properties()
+        except StoreError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        copy = props.copy
+        return BlobState(
+            etag=str(props.etag),
+            delivery=(props.metadata or {}).get("delivery"),
+            copy_id=copy.id if copy else None,
+            copy_status=copy.status if copy else None,
+            copy_description=redact(copy.status_description) if copy and copy.status_description else None,
+            content_settings=props.content_settings,
+            size=int(props.size or 0),
+        )
+
+    async def set_content_type(self, name: str, current: ContentSettings, content_type: str) -> None:
+        """Set Content-Type, passing every other header (Content-MD5 included) back unchanged."""
+        settings = ContentSettings(
+            content_type=content_type,
+            content_encoding=current.content_encoding,
+            content_language=current.content_language,
+            content_disposition=current.content_disposition,
+            cache_control=current.cache_control,
+            content_md5=current.content_md5,
+        )
+        async with self._call("set headers"):
+            await self._container.get_blob_client(name).set_http_headers(content_settings=settings)
+
+    async def write_json(self, name: str, data: bytes) -> None:
+        async with self._call("write manifest"):
+            await self._container.get_blob_client(name).upload_blob(
+                data, overwrite=True, content_settings=ContentSettings(content_type="application/json")
+            )
+
+    async def exists(self, name: str) -> bool:
+        async with self._call("read blob"):
+            return bool(await self._container.get_blob_client(name).exists())
+
+    async def delete(self, name: str) -> None:
+        """Delete the blob; one already gone is fine."""
+        try:
+            async with self._call("delete blob"):
+                await self._container.get_blob_client(name).delete_blob()
+        except StoreError as exc:
+            if exc.status != 404:
+                raise
+
+    async def abort_copy(self, name: str, copy_id: str) -> None:
+        try:
+            async with self._call("abort copy"):
+                await self._container.get_blob_client(name).abort_copy(copy_id)
+        except (Conflict, StorageUnavailable) as exc:
+            # 409 NoPendingCopyOperation: it finished meanwhile, nothing to abort.
+            if exc.status != 409:
+                raise
+
+    async def probe(self) -> None:
+        """Raise unless the container is reachable (for /api/health)."""
+        if not await self.container_exists():
+            raise ContainerMissing(f"The container {self.container_name} does not exist in {self.account}.")

@@ -1,0 +1,152 @@
+"""The receiver's use cases: a delivery and a health check, from plain values to an :class:`Outcome`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+
+from . import outcome
+from .delivery import CopyFailed, Delivered, deliver
+from .outcome import Outcome
+from .payload import PayloadError, parse_notification
+from .plan import CopyPlan, make_plan
+from .runtime import Runtime
+from .settings import Settings, SettingsError
+from .source import SourceError, check_source
+from .store import StoreError
+
+log = logging.getLogger("receiver")
+
+# Time for storage round trips on top of COPY_WAIT_SECONDS; the answer stays well inside 60 s.
+STORAGE_BUDGET_SECONDS = 25.0
+_JSON_TYPES = ("application/json", "text/json")
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _is_json(content_type: str) -> bool:
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base in _JSON_TYPES or base.endswith("+json")
+
+
+def prepare(body: bytes, headers: Mapping[str, str], settings: Settings, *, now: datetime) -> CopyPlan | Outcome:
+    """Everything decided before storage: a plan to carry out, or the 4xx answer. Pure."""
+    content_type = _header(headers, "content-type")
+    if content_type and not _is_json(content_type):
+        return outcome.rejected(415, "unsupported-media-type", "The notification must be sent as application/json.")
+    if len(body) > settings.max_body_bytes:
+        return outcome.rejected(
+            413, "payload-too-large", f"The notification is larger than {settings.max_body_bytes} bytes."
+        )
+    try:
+        notification = parse_notification(body)
+    except PayloadError as exc:
+        return outcome.rejected(400, exc.code, exc.message, details=exc.details or None)
+    try:
+        link = check_source(
+            notification.exported_file_url,
+            payload_expires_on=notification.exported_file_expires_on,
+            allowed_hosts=settings.allowed_source_hosts,
+            allow_http=settings.allow_http_sources,
+            now=now,
+        )
+    except SourceError as exc:
+        status = 410 if exc.code == "link-expired" else 400
+        return outcome.rejected(status, exc.code, exc.message, taskId=notification.task_id)
+    return make_plan(notification, link, settings, now=now)
+
+
+async def handle_delivery(body: bytes, headers: Mapping[str, str], *, runtime: Runtime, now: datetime) -> Outcome:
+    """Validate one notification and store its file; every path ends in an Outcome."""
+    try:
+        settings = runtime.settings()
+    except SettingsError as exc:
+        log.error("misconfigured: %s", exc.message)
+        return outcome.failed(500, "misconfigured", exc.message)
+    plan = prepare(body, headers, settings, now=now)
+    if isinstance(plan, Outcome):
+        log.info("rejected %s: %s", plan.status_code, plan.body.get("error"))
+        return plan
+    try:
+        store = runtime.store()
+        async with asyncio.timeout(settings.copy_wait_seconds + STORAGE_BUDGET_SECONDS):
+            result = await deliver(store, plan, wait_seconds=settings.copy_wait_seconds)
+    except SettingsError as exc:
+        return outcome.failed(500, "misconfigured", exc.message)
+    except CopyFailed as exc:
+        log.warning("copy failed task=%s blob=%s: %s", plan.task_id, plan.blob_name, exc.message)
+        return outcome.failed(
+            502,
+            "copy-failed",
+            f"{exc.message} The link may have been revoked or the file removed; export the document again.",
+            taskId=plan.task_id,
+        )
+    except StoreError as exc:
+        return _storage_failure(plan, exc)
+    except TimeoutError:
+        log.warning("delivery timed out task=%s blob=%s", plan.task_id, plan.blob_name)
+        return outcome.failed(
+            503,
+            "storage-unavailable",
+            "Azure Storage did not answer in time. Send the document again later.",
+            taskId=plan.task_id,
+        )
+    return _delivered(plan, result, store.blob_url(plan.blob_name), store.container_name)
+
+
+def _storage_failure(plan: CopyPlan, exc: StoreError) -> Outcome:
+    log.warning("storage failure task=%s blob=%s kind=%s: %s", plan.task_id, plan.blob_name, exc.kind, exc.message)
+    if exc.kind == "source":
+        return outcome.failed(
+            502,
+            "copy-failed",
+            "Azure Storage could not read the exported file (the link was refused or the file no longer exists). "
+            "Export the document again from SmartDocumentor.",
+            taskId=plan.task_id,
+        )
+    if exc.kind == "misconfigured":
+        return outcome.failed(500, "misconfigured", exc.message, taskId=plan.task_id)
+    return outcome.failed(
+        503,
+        "storage-unavailable",
+        "The customer's storage is unavailable or busy right now. Send the document again in a few minutes.",
+        taskId=plan.task_id,
+    )
+
+
+def _delivered(plan: CopyPlan, result: Delivered, url: str, container: str) -> Outcome:
+    blob = f"{container}/{result.blob_name}"
+    log.info("%s task=%s workspace=%s blob=%s", result.kind, plan.task_id, plan.workspace_id, blob)
+    note = None
+    if plan.tags_dropped:
+        note = f"{len(plan.tags_dropped)} metadata entries did not fit in the 10 index tags; they are in the manifest."
+    return outcome.delivered(
+        result.kind,
+        task_id=plan.task_id,
+        blob=blob,
+        url=url,
+        copy_id=result.copy_id,
+        note=note,
+        verification=result.verification,
+    )
+
+
+async def check_health(*, runtime: Runtime) -> Outcome:
+    """200 when the settings are valid and the destination container is reachable, else 503."""
+    try:
+        runtime.settings()
+        store = runtime.store()
+        await store.ensure_container()
+        await store.probe()
+    except SettingsError as exc:
+        return Outcome(503, {"status": "unhealthy", "error": "misconfigured", "message": exc.message})
+    except StoreError as exc:
+        return Outcome(503, {"status": "unhealthy", "error": "storage-unavailable", "message": exc.message})
+    return Outcome(200, {"status": "ok", "message": "Settings are valid and the destination container is reachable."})

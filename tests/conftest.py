@@ -1,0 +1,229 @@
+"""Shared fixtures: a real Azurite for the session, the real function app, SAS-bearing exports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote
+
+import azure.functions as func
+import pytest
+from azure.storage.blob import (
+    BlobSasPermissions,
+    BlobServiceClient,
+    ContainerClient,
+    ContentSettings,
+    generate_blob_sas,
+)
+
+from devtools.azurite import EXPORTS_ACCOUNT, EXPORTS_KEY, Azurite, start_azurite
+from function_app import app
+from receiver.runtime import RUNTIME
+
+EXPORT_CONTAINER = "anonymized-exports"
+PDF_BYTES = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+PNG_BYTES = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000") + b"\x00" * 16
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    with start_azurite() as running:
+        BlobServiceClient.from_connection_string(running.exports).create_container(EXPORT_CONTAINER)
+        yield running
+
+
+class Secrets:
+    """Every SAS signature a test handed out, to prove none leaks."""
+
+    def __init__(self) -> None:
+        self.signatures: set[str] = set()
+
+    def add_url(self, url: str) -> None:
+        for part in url.split("?", 1)[-1].split("&"):
+            if part.startswith("sig="):
+                raw = part[4:]
+                self.signatures.update({raw, unquote(raw)})
+
+    def leaks_in(self, text: str) -> list[str]:
+        return [sig for sig in self.signatures if sig and sig in text]
+
+
+@pytest.fixture
+def secrets() -> Secrets:
+    return Secrets()
+
+
+@dataclass
+class Exports:
+    """SmartDocumentor's export storage stand-in: real files behind real SAS URLs."""
+
+    azurite: Azurite
+    secrets: Secrets
+    client: BlobServiceClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = BlobServiceClient.from_connection_string(self.azurite.exports)
+
+    def publish(
+        self,
+        data: bytes = PDF_BYTES,
+        *,
+        name: str | None = None,
+        content_type: str = "application/pdf",
+        expires_in: timedelta = timedelta(hours=2),
+    ) -> str:
+        name = name or f"{uuid.uuid4()}/export.pdf"
+        blob = self.client.get_blob_client(EXPORT_CONTAINER, name)
+        blob.upload_blob(data, overwrite=True, content_settings=ContentSettings(content_type=content_type))
+        return self.sas_url(name, expires_in=expires_in)
+
+    def sas_url(self, name: str, *, expires_in: timedelta = timedelta(hours=2)) -> str:
+        sas = generate_blob_sas(
+            EXPORTS_ACCOUNT,
+            EXPORT_CONTAINER,
+            name,
+            account_key=EXPORTS_KEY,
+            permission=BlobSasPermissions(read=True),
+            expiry=datetime.now(UTC) + expires_in,
+        )
+        url = f"{self.client.get_blob_client(EXPORT_CONTAINER, name).url}?{sas}"
+        self.secrets.add_url(url)
+        return url
+
+
+@pytest.fixture
+def exports(azurite: Azurite, secrets: Secrets) -> Exports:
+    return Exports(azurite, secrets)
+
+
+@pytest.fixture
+def container_name() -> str:
+    return f"dest-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def configured(
+    azurite: Azurite, container_name: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[dict[str, str]]:
+    """App settings pointing at Azurite, with a container of this test's own."""
+    settings = {
+        "DESTINATION_CONNECTION_STRING": azurite.customer,
+        "DESTINATION_CONTAINER": container_name,
+        "ALLOWED_SOURCE_HOSTS": azurite.blob_host,
+        "ALLOW_HTTP_SOURCES": "true",
+        "COPY_WAIT_SECONDS": "2",
+    }
+    for name in ("DESTINATION_ACCOUNT_URL", "BLOB_NAME_TEMPLATE", "TAG_FIELDS", "WRITE_MANIFEST", "MAX_BODY_BYTES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    await RUNTIME.reset()
+    yield settings
+    await RUNTIME.reset()
+
+
+@pytest.fixture
+def destination(azurite: Azurite, container_name: str) -> ContainerClient:
+    return BlobServiceClient.from_connection_string(azurite.customer).get_container_client(container_name)
+
+
+class CapturedQueueMessage(func.Out[str]):
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def set(self, val: str) -> None:
+        self.value = val
+
+    def get(self) -> str:
+        assert self.value is not None
+        return self.value
+
+
+@dataclass
+class Response:
+    status: int
+    body: dict[str, Any]
+    text: str
+    headers: dict[str, str]
+    verification: str | None
+
+
+# app.get_functions() indexes the app and may run only once per process, like the worker does.
+FUNCTIONS = {function.get_function_name(): function for function in app.get_functions()}
+
+
+def user_function(name: str) -> Any:
+    return FUNCTIONS[name].get_user_function()
+
+
+@dataclass
+class Webhook:
+    secrets: Secrets
+
+    async def post(self, payload: dict[str, Any] | bytes, *, headers: dict[str, str] | None = None) -> Response:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        request = func.HttpRequest(
+            method="POST",
+            url="http://localhost:7071/api/smartdocumentor/anonymization",
+            headers={"Content-Type": "application/json"} if headers is None else headers,
+            params={"code": "test-key"},
+            body=body,
+        )
+        out = CapturedQueueMessage()
+        response = await user_function("anonymization_webhook")(request, out)
+        return self._read(response, out.value)
+
+    async def health(self) -> Response:
+        request = func.HttpRequest(method="GET", url="http://localhost:7071/api/health", headers={}, body=b"")
+        return self._read(await user_function("health")(request), None)
+
+    def _read(self, response: func.HttpResponse, verification: str | None) -> Response:
+        text = response.get_body().decode("utf-8")
+        assert response.mimetype == "application/json"
+        assert not self.secrets.leaks_in(text), "a SAS signature leaked into a response"
+        body = json.loads(text)
+        assert isinstance(body.get("status"), str) and isinstance(body.get("message"), str)
+        return Response(response.status_code, body, text, dict(response.headers), verification)
+
+
+@pytest.fixture
+def webhook(secrets: Secrets) -> Webhook:
+    return Webhook(secrets)
+
+
+@pytest.fixture(autouse=True)
+def no_sas_in_logs(caplog: pytest.LogCaptureFixture, secrets: Secrets) -> Iterator[None]:
+    """Every test: capture all log records at DEBUG and prove no SAS signature is in any of them."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    for record in caplog.records:
+        text = record.getMessage() + (caplog.handler.format(record) if record.exc_info else "")
+        leaks = secrets.leaks_in(text)
+        assert not leaks, f"SAS signature leaked into log line from {record.name}: {text[:200]}"
+
+
+def notification(url: str, **overrides: Any) -> dict[str, Any]:
+    """A realistic SmartDocumentor notification for ``url``."""
+    body: dict[str, Any] = {
+        "taskId": str(uuid.uuid4()),
+        "taskNumber": 1207,
+        "workspaceId": "2f0c7a55-8f0e-4c1b-9a43-5b1f0c6d3e21",
+        "totalPages": 3,
+        "displayName": "Contrato de serviços",
+        "exportedFileUrl": url,
+        "exportedFileContentType": "application/pdf",
+        "exportedFileExpiresOn": (datetime.now(UTC) + timedelta(hours=24)).isoformat(),
+        "lastCheckoutByUserName": "Ana Sousa",
+        "lastCheckedOutBy": "f7c5a3de-0000-4000-8000-000000000001",
+        "lastIntegratedBy": None,
+        "lastIntegratedByUserName": None,
+        "lastCheckedOutUntil": None,
+        "metadata": {"Department": "Legal", "Relatório": "Anual 2026"},
+    }
+    body.update(overrides)
+    return body

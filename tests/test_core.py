@@ -1,0 +1,376 @@
+"""The pure core: payload, URL policy, naming, tags, metadata. Unit and property tests, no I/O."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from receiver.outcome import Outcome
+from receiver.payload import PayloadError, parse_notification
+from receiver.plan import CopyPlan, file_name, fold_tag_text, index_tags, metadata_value
+from receiver.settings import Settings, SettingsError, load_settings
+from receiver.source import SourceError, check_source, host_allowed, redact
+from receiver.webhook import prepare
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+LATER = NOW + timedelta(hours=48)
+HOST = "exportsacct.blob.core.windows.net"
+SIG = "c2VjcmV0LXNpZ25hdHVyZQ%3D%3D"
+URL = f"https://{HOST}/exports/doc.pdf?sv=2024-11-04&se=2026-12-01T00%3A00%3A00Z&sr=b&sp=r&sig={SIG}"
+SETTINGS = Settings(destination_connection_string="UseDevelopmentStorage=true")
+TAG_CHARS = re.compile(r"^[a-zA-Z0-9 +\-./:=_]*$")
+
+
+def body(**overrides: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "taskId": "8c1f0f64-2b1e-4a8e-9c55-0d7e2c1f9a10",
+        "taskNumber": 7,
+        "workspaceId": "ws-1",
+        "exportedFileUrl": URL,
+        "exportedFileContentType": "application/pdf",
+        "exportedFileExpiresOn": LATER.isoformat(),
+    }
+    document.update(overrides)
+    return document
+
+
+def plan_for(document: dict[str, Any] | bytes, config: Settings = SETTINGS) -> CopyPlan | Outcome:
+    raw = document if isinstance(document, bytes) else json.dumps(document).encode()
+    return prepare(raw, {"content-type": "application/json"}, config, now=NOW)
+
+
+def assert_legal(plan: CopyPlan) -> None:
+    """What Azure requires of everything a plan writes."""
+    assert 1 <= len(plan.blob_name) <= 1024
+    assert not plan.blob_name.endswith((".", "/", "\\"))
+    assert not any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in plan.blob_name)
+    assert "\\" not in plan.blob_name
+    segments = plan.blob_name.split("/")
+    assert len(segments) <= 254
+    assert all(segment not in ("", ".", "..") for segment in segments)
+    assert len(plan.tags) <= 10
+    for key, value in plan.tags.items():
+        assert 1 <= len(key) <= 128 and TAG_CHARS.match(key), key
+        assert len(value) <= 256 and TAG_CHARS.match(value), value
+    for key, value in plan.metadata.items():
+        assert key.isidentifier() and key.isascii()
+        assert value.isascii() and value == value.strip(" ")
+        assert not any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
+    assert sum(len(k) + len(v) for k, v in plan.metadata.items()) < 8 * 1024
+    assert plan.manifest_name == f"{plan.blob_name}.json"
+    assert len(plan.manifest_name) <= 1024
+    assert_no_secret(json.dumps(plan.manifest) + json.dumps(plan.metadata) + repr(plan))
+
+
+def assert_no_secret(text: str) -> None:
+    assert SIG not in text and "sig=" not in text
+
+
+# --- payload ---------------------------------------------------------------------------------
+
+
+def test_a_realistic_notification_parses() -> None:
+    note = parse_notification(
+        json.dumps(body(taskNumber="42", metadata=[{"key": "a", "value": "b"}], newField=[1])).encode()
+    )
+    assert note.task_number == 42
+    assert note.metadata == (("a", "b"),)
+    assert note.extra_fields == {"newField": [1]}
+    assert note.exported_file_expires_on == LATER
+
+
+def test_naive_times_are_utc() -> None:
+    note = parse_notification(json.dumps(body(exportedFileExpiresOn="2026-11-20T10:00:00")).encode())
+    assert note.exported_file_expires_on == datetime(2026, 11, 20, 10, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"taskNumber": True}, "taskNumber"),
+        ({"taskNumber": "12a"}, "taskNumber"),
+        ({"taskNumber": 1.5}, "taskNumber"),
+        ({"taskNumber": -1}, "taskNumber"),
+        ({"taskId": "   "}, "taskId"),
+        ({"totalPages": -3}, "totalPages"),
+        ({"metadata": {"a": {"nested": 1}}}, "metadata"),
+        ({"metadata": [{"value": "no key"}]}, "metadata"),
+        ({"exportedFileExpiresOn": "tomorrow"}, "exportedFileExpiresOn"),
+        ({"exportedFileContentType": ""}, "exportedFileContentType"),
+    ],
+)
+def test_invalid_fields_are_named(overrides: dict[str, Any], field: str) -> None:
+    with pytest.raises(PayloadError) as caught:
+        parse_notification(json.dumps(body(**overrides)).encode())
+    assert caught.value.code == "invalid-payload"
+    assert [d["field"] for d in caught.value.details] == [field]
+    assert field in caught.value.message
+
+
+def test_lone_surrogates_are_not_valid_text() -> None:
+    with pytest.raises(PayloadError) as caught:
+        parse_notification(b'{"taskId": "\\ud800"}')
+    assert caught.value.code == "invalid-json"
+
+
+# --- URL policy ------------------------------------------------------------------------------
+
+
+def check(url: str, **options: Any) -> Any:
+    kwargs: dict[str, Any] = {
+        "payload_expires_on": LATER,
+        "allowed_hosts": ("*.blob.core.windows.net",),
+        "allow_http": False,
+        "now": NOW,
+    }
+    kwargs.update(options)
+    return check_source(url, **kwargs)
+
+
+def test_a_good_link_is_accepted_and_its_expiry_is_the_earlier_one() -> None:
+    link = check(URL, payload_expires_on=datetime(2026, 12, 5, tzinfo=UTC))
+    assert link.public_url == f"https://{HOST}/exports/doc.pdf"
+    assert link.expires_on == datetime(2026, 12, 1, tzinfo=UTC)
+    assert len(link.delivery) == 64
+    assert SIG not in repr(link)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        (URL.replace("https://", "http://"), "https"),
+        (URL.replace(HOST, "blob.core.windows.net"), "ALLOWED_SOURCE_HOSTS"),
+        (URL.replace(HOST, HOST + ".evil.com"), "ALLOWED_SOURCE_HOSTS"),
+        (URL.replace(HOST, "evil.com/" + HOST), "ALLOWED_SOURCE_HOSTS"),
+        (URL.replace(HOST, HOST + ":8443"), "ALLOWED_SOURCE_HOSTS"),
+        (URL.replace("https://", "https://me@"), "user name"),
+        (URL.split("?")[0], "SAS"),
+        (URL.replace("&sig=", "&sog="), "SAS"),
+        (URL + "&x=" + "a" * 2048, "2048"),
+        (URL.replace("doc.pdf", "doc pdf"), "spaces"),
+        (URL.replace("se=2026-12-01T00%3A00%3A00Z", "se=someday"), "se"),
+        (f"https://{HOST}/?sig=x", "file"),
+        ("not a url", "spaces"),
+        ("https://[::1/x?sig=1", "valid URL"),
+    ],
+)
+def test_links_outside_the_policy_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(SourceError) as caught:
+        check(url)
+    assert caught.value.code == "source-not-allowed"
+    assert reason in caught.value.message
+    assert_no_secret(caught.value.message)
+
+
+def test_expired_sas_or_payload_date_is_link_expired() -> None:
+    with pytest.raises(SourceError) as caught:
+        check(URL, payload_expires_on=datetime(2026, 12, 5, tzinfo=UTC), now=datetime(2026, 12, 2, tzinfo=UTC))
+    assert caught.value.code == "link-expired"
+    assert "2026-12-01T00:00:00Z" in caught.value.message
+    with pytest.raises(SourceError) as caught:
+        check(URL, payload_expires_on=NOW - timedelta(seconds=1))
+    assert caught.value.code == "link-expired"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "allowed"),
+    [
+        ("a.blob.core.windows.net", 443, True),
+        ("a.b.blob.core.windows.net", 443, True),
+        ("blob.core.windows.net", 443, False),
+        ("a.blob.core.windows.net.evil.com", 443, False),
+        ("evilblob.core.windows.net", 443, False),
+        ("a.blob.core.windows.net", 444, False),
+        ("127.0.0.1", 10000, True),
+        ("127.0.0.1", 10001, False),
+        ("127.0.0.2", 10000, False),
+    ],
+)
+def test_host_patterns(host: str, port: int, allowed: bool) -> None:
+    assert host_allowed(host, port, ("*.blob.core.windows.net", "127.0.0.1:10000"), 443) is allowed
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-", min_size=1, max_size=60))
+def test_no_suffix_trick_gets_past_a_wildcard(prefix: str) -> None:
+    host = f"{prefix}.blob.core.windows.net.evil.com"
+    assert not host_allowed(host, 443, ("*.blob.core.windows.net",), 443)
+    other = f"{prefix}blob.core.windows.net"
+    assert host_allowed(other, 443, ("*.blob.core.windows.net",), 443) is False or other.endswith(
+        ".blob.core.windows.net"
+    )
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=300))
+def test_url_policy_never_crashes_and_never_echoes_a_query(url: str) -> None:
+    try:
+        link = check(url + "?sig=SECRETSIG&se=2027-01-01", allowed_hosts=("*",), allow_http=True)
+    except SourceError as exc:
+        assert exc.code in {"source-not-allowed", "link-expired"}
+        assert "SECRETSIG" not in exc.message
+    else:
+        assert "SECRETSIG" not in link.public_url
+
+
+def test_redact_removes_queries_and_signatures() -> None:
+    text = f"copy from {URL} failed; sig={SIG}"
+    assert_no_secret(redact(text).replace("sig=REDACTED", ""))
+    assert "https://exportsacct.blob.core.windows.net/exports/doc.pdf?REDACTED" in redact(text)
+
+
+# --- naming, tags, metadata ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("display", "content_type", "expected"),
+    [
+        ("scan.pdf", "application/pdf", "scan.pdf"),
+        ("scan", "application/pdf", "scan.pdf"),
+        ("photo.jpeg", "image/jpeg", "photo.jpeg"),
+        ("photo", "image/jpeg", "photo.jpg"),
+        ("a/b\\c", "image/png", "a_b_c.png"),
+        ("trailing.", "application/pdf", "trailing.pdf"),
+        ("", "application/pdf", "task-1.pdf"),
+        (None, "application/pdf", "task-1.pdf"),
+        ("Relatório", "application/pdf", "Relatório.pdf"),
+        ("data", "application/x-custom", "data.bin"),
+    ],
+)
+def test_file_names(display: str | None, content_type: str, expected: str) -> None:
+    assert file_name(display, "task-1", content_type, "/exports/source.bin") == expected
+
+
+def test_tags_fold_accents_and_skip_collisions() -> None:
+    tags, dropped = index_tags(
+        [("taskId", "t-1")],
+        (("taskId", "x"), ("Relatório", "Ação #1"), ("Relatorio", "dup"), ("", "empty")),
+    )
+    assert tags == {"taskId": "t-1", "Relatorio": "Acao _1"}
+    assert [d["key"] for d in dropped] == ["taskId", "Relatorio", ""]
+    assert fold_tag_text("x" * 300, 256) == "x" * 256
+
+
+def test_metadata_values_are_ascii_and_reversible() -> None:
+    from urllib.parse import unquote
+
+    for text in ["Bezpečnost", " leading and trailing ", "100% sure", "日本語", "a\nb"]:
+        encoded = metadata_value(text)
+        assert encoded.isascii() and encoded == encoded.strip()
+        assert unquote(encoded) == text
+
+
+def test_a_long_display_name_stays_inside_the_limits() -> None:
+    plan = plan_for(body(displayName="Ž" * 4000, metadata={f"k{i}": "v" * 1000 for i in range(30)}))
+    assert isinstance(plan, CopyPlan)
+    assert_legal(plan)
+
+
+def test_manifest_drops_queries_from_extra_fields() -> None:
+    plan = plan_for(body(previewUrl=URL))
+    assert isinstance(plan, CopyPlan)
+    assert plan.manifest["previewUrl"] == f"https://{HOST}/exports/doc.pdf"
+    assert plan.manifest["exportedFileUrl"] == f"https://{HOST}/exports/doc.pdf"
+
+
+# --- properties over whole bodies ------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+any_text = st.text(max_size=300)
+notifications = st.fixed_dictionaries(
+    {
+        "taskId": st.one_of(any_text.filter(lambda s: s.strip()), st.uuids().map(str)),
+        "taskNumber": st.one_of(st.integers(min_value=0, max_value=10**12), st.integers(0, 999).map(str)),
+        "workspaceId": st.one_of(any_text.filter(lambda s: s.strip()), st.uuids().map(str)),
+        "exportedFileUrl": st.just(URL),
+        "exportedFileContentType": st.sampled_from(["application/pdf", "image/jpeg", "image/png", "text/x-odd"]),
+        "exportedFileExpiresOn": st.just(LATER.isoformat()),
+    },
+    optional={
+        "displayName": st.one_of(st.none(), any_text),
+        "totalPages": st.one_of(st.none(), st.integers(min_value=0, max_value=10**6)),
+        "metadata": st.one_of(
+            st.none(),
+            st.dictionaries(any_text, any_text, max_size=15),
+            st.lists(st.fixed_dictionaries({"key": any_text, "value": any_text}), max_size=15),
+        ),
+        "lastCheckoutByUserName": st.one_of(st.none(), any_text),
+        "extra": json_values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(notifications)
+def test_any_well_formed_notification_gives_a_legal_plan(document: dict[str, Any]) -> None:
+    result = plan_for(document)
+    if isinstance(result, Outcome):
+        # Only text that is not valid Unicode (a lone surrogate) may still be refused here.
+        assert result.status_code == 400, result.body
+        return
+    assert_legal(result)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, st.dictionaries(st.sampled_from(list(body())), json_values, max_size=8)))
+def test_any_json_body_gives_a_4xx_or_a_legal_plan(document: Any) -> None:
+    result = prepare(json.dumps(document).encode(), {}, SETTINGS, now=NOW)
+    if isinstance(result, Outcome):
+        assert 400 <= result.status_code < 500
+        assert result.body["status"] == "rejected"
+        assert result.body["message"]
+        assert_no_secret(json.dumps(result.body))
+    else:
+        assert_legal(result)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_give_a_4xx_or_a_legal_plan(raw: bytes) -> None:
+    result = prepare(raw, {}, SETTINGS, now=NOW)
+    assert isinstance(result, Outcome) and result.status_code == 400
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(any_text, any_text), max_size=30))
+def test_tags_always_satisfy_azure(metadata: list[tuple[str, str]]) -> None:
+    tags, dropped = index_tags([("taskId", "t")], tuple(metadata))
+    assert len(tags) <= 10
+    assert len(tags) + len(dropped) == 1 + len(metadata)
+    for key, value in tags.items():
+        assert 1 <= len(key) <= 128 and TAG_CHARS.match(key)
+        assert len(value) <= 256 and TAG_CHARS.match(value)
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_settings_name_the_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DESTINATION_CONNECTION_STRING", "UseDevelopmentStorage=true")
+    monkeypatch.setenv("ALLOWED_SOURCE_HOSTS", "a.example.com, *.blob.core.windows.net")
+    monkeypatch.setenv("MAX_BODY_BYTES", "not-a-number")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert caught.value.setting == "MAX_BODY_BYTES"
+    monkeypatch.delenv("MAX_BODY_BYTES")
+    loaded = load_settings()
+    assert loaded.allowed_source_hosts == ("a.example.com", "*.blob.core.windows.net")
+
+
+def test_exactly_one_destination(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DESTINATION_CONNECTION_STRING", "UseDevelopmentStorage=true")
+    monkeypatch.setenv("DESTINATION_ACCOUNT_URL", "https://acct.blob.core.windows.net")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "DESTINATION_ACCOUNT_URL" in caught.value.message
+    monkeypatch.delenv("DESTINATION_CONNECTION_STRING")
+    assert load_settings().destination_account_url == "https://acct.blob.core.windows.net"

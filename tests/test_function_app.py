@@ -1,0 +1,511 @@
+"""The real function app (found through app.get_functions()) against a real Azurite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from azure.storage.blob import ContainerClient
+
+from receiver.runtime import RUNTIME
+
+from .conftest import FUNCTIONS, PDF_BYTES, PNG_BYTES, Exports, Webhook, notification
+
+
+def stored_blobs(destination: ContainerClient) -> list[str]:
+    if not destination.exists():
+        return []
+    return sorted(blob.name for blob in destination.list_blobs())
+
+
+def manifest_of(destination: ContainerClient, blob_name: str) -> dict[str, Any]:
+    data = destination.get_blob_client(f"{blob_name}.json").download_blob().readall()
+    document: dict[str, Any] = json.loads(data)
+    return document
+
+
+def blob_name_of(body: dict[str, Any], container: str) -> str:
+    prefix = f"{container}/"
+    assert body["blob"].startswith(prefix)
+    return str(body["blob"][len(prefix) :])
+
+
+def test_app_registers_the_contract_endpoints() -> None:
+    functions = FUNCTIONS
+    webhook: Any = functions["anonymization_webhook"].get_trigger()
+    assert webhook.route == "smartdocumentor/anonymization"
+    assert [getattr(m, "value", m) for m in webhook.methods] == ["POST"]
+    assert str(webhook.auth_level).endswith("FUNCTION")
+    health: Any = functions["health"].get_trigger()
+    assert health.route == "health"
+    assert str(health.auth_level).endswith("ANONYMOUS")
+    outputs: list[Any] = [b for b in functions["anonymization_webhook"].get_bindings() if b.type == "queue"]
+    assert outputs and outputs[0].queue_name == "smartdocumentor-copy-verifications"
+
+
+async def test_pdf_is_copied_with_tags_metadata_and_manifest(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    url = exports.publish(PDF_BYTES, content_type="application/pdf")
+    payload = notification(url, extraField={"kept": True})
+
+    response = await webhook.post(payload)
+
+    assert response.status == 200, response.body
+    assert response.body["status"] == "stored"
+    assert response.body["taskId"] == payload["taskId"]
+    name = blob_name_of(response.body, container_name)
+    assert name == f"{payload['workspaceId']}/{payload['taskId']}/Contrato de serviços.pdf"
+    assert response.body["url"].endswith(destination.get_blob_client(name).url.split("/", 3)[-1])
+    assert "?" not in response.body["url"]
+    assert response.body["copyId"]
+
+    blob = destination.get_blob_client(name)
+    assert blob.download_blob().readall() == PDF_BYTES
+    props = blob.get_blob_properties()
+    assert props.content_settings.content_type == "application/pdf"
+    assert props.metadata["taskid"] == payload["taskId"]
+    assert props.metadata["tasknumber"] == "1207"
+    assert props.metadata["displayname"] == "Contrato de servi%C3%A7os"
+    assert props.metadata["totalpages"] == "3"
+    assert props.metadata["source"] == url.split("?")[0]
+    assert len(props.metadata["delivery"]) == 64
+    assert blob.get_blob_tags() == {
+        "taskId": payload["taskId"],
+        "taskNumber": "1207",
+        "workspaceId": payload["workspaceId"],
+        "Department": "Legal",
+        "Relatorio": "Anual 2026",
+    }
+
+    manifest = manifest_of(destination, name)
+    assert manifest["taskId"] == payload["taskId"]
+    assert manifest["exportedFileUrl"] == url.split("?")[0]
+    assert manifest["blob"] == f"{container_name}/{name}"
+    assert manifest["copyId"] == response.body["copyId"]
+    assert manifest["copyStatus"] == "success"
+    assert manifest["extraField"] == {"kept": True}
+    assert manifest["metadata"] == [
+        {"key": "Department", "value": "Legal"},
+        {"key": "Relatório", "value": "Anual 2026"},
+    ]
+    assert manifest["tagsDropped"] == []
+    assert "receivedAt" in manifest
+    manifest_props = destination.get_blob_client(f"{name}.json").get_blob_properties()
+    assert manifest_props.content_settings.content_type == "application/json"
+    assert stored_blobs(destination) == sorted([name, f"{name}.json"])
+
+
+async def test_png_gets_its_content_type_fixed_and_keeps_md5(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    # The export storage served it as octet-stream: the receiver sets image/png, keeping Content-MD5.
+    url = exports.publish(PNG_BYTES, name="scans/page-1", content_type="application/octet-stream")
+    source_md5 = exports.client.get_blob_client("anonymized-exports", "scans/page-1").get_blob_properties()
+    payload = notification(url, displayName="scan", exportedFileContentType="image/png", metadata=None)
+
+    response = await webhook.post(payload)
+
+    assert response.status == 200, response.body
+    name = blob_name_of(response.body, container_name)
+    assert name.endswith("/scan.png")
+    props = destination.get_blob_client(name).get_blob_properties()
+    assert props.content_settings.content_type == "image/png"
+    assert props.content_settings.content_md5 == source_md5.content_settings.content_md5
+    assert destination.get_blob_client(name).download_blob().readall() == PNG_BYTES
+
+
+@pytest.mark.parametrize(
+    ("display_name", "expected_file"),
+    [
+        ("Relatório/2026: Q1?*", "Relatório_2026_ Q1__.pdf"),
+        ('a\\b"c<d>e|f', "a_b_c_d_e_f.pdf"),
+        ("scan.pdf", "scan.pdf"),
+        ("scan.PDF", "scan.PDF"),
+        ("notes.", "notes.pdf"),
+        ("", "{taskId}.pdf"),
+        ("..", "{taskId}.pdf"),
+        ("Bezpečnost 日本語", "Bezpečnost 日本語.pdf"),
+    ],
+)
+async def test_display_names_become_safe_names_that_keep_unicode(
+    display_name: str,
+    expected_file: str,
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    container_name: str,
+) -> None:
+    payload = notification(exports.publish(), displayName=display_name)
+    response = await webhook.post(payload)
+    assert response.status == 200, response.body
+    name = blob_name_of(response.body, container_name)
+    assert name == f"{payload['workspaceId']}/{payload['taskId']}/{expected_file.format(taskId=payload['taskId'])}"
+    assert destination.get_blob_client(name).download_blob().readall() == PDF_BYTES
+    metadata = destination.get_blob_client(name).get_blob_properties().metadata
+    assert all(value.isascii() for value in metadata.values())
+
+
+async def test_more_metadata_than_tag_slots_keeps_the_rest_in_the_manifest(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    entries = [{"key": f"field{i:02d}", "value": f"value {i}"} for i in range(12)]
+    entries.insert(0, {"key": "taskId", "value": "collides with the tagged field"})
+    payload = notification(exports.publish(), metadata=entries)
+
+    response = await webhook.post(payload)
+
+    assert response.status == 200, response.body
+    assert "did not fit" in response.body["message"]
+    name = blob_name_of(response.body, container_name)
+    tags = destination.get_blob_client(name).get_blob_tags()
+    assert len(tags) == 10
+    assert tags["taskId"] == payload["taskId"]
+    assert [k for k in tags if k.startswith("field")] == [f"field{i:02d}" for i in range(7)]
+    manifest = manifest_of(destination, name)
+    assert [d["key"] for d in manifest["tagsDropped"]] == ["taskId"] + [f"field{i:02d}" for i in range(7, 12)]
+    assert manifest["metadata"] == entries
+
+
+async def test_same_delivery_again_is_a_duplicate_without_a_second_copy(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    payload = notification(exports.publish())
+    first = await webhook.post(payload)
+    name = blob_name_of(first.body, container_name)
+    etag = destination.get_blob_client(name).get_blob_properties().etag
+
+    second = await webhook.post(payload)
+
+    assert second.status == 200
+    assert second.body["status"] == "duplicate"
+    assert second.body["blob"] == first.body["blob"]
+    assert destination.get_blob_client(name).get_blob_properties().etag == etag
+    assert stored_blobs(destination) == sorted([name, f"{name}.json"])
+
+
+async def test_duplicate_restores_a_missing_manifest(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    payload = notification(exports.publish())
+    first = await webhook.post(payload)
+    name = blob_name_of(first.body, container_name)
+    destination.get_blob_client(f"{name}.json").delete_blob()
+
+    second = await webhook.post(payload)
+
+    assert second.body["status"] == "duplicate"
+    assert manifest_of(destination, name)["taskId"] == payload["taskId"]
+
+
+async def test_re_export_with_a_new_link_overwrites_with_the_newest_file(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    payload = notification(exports.publish(b"%PDF-1.4 first export"), metadata={"version": "1"})
+    first = await webhook.post(payload)
+    name = blob_name_of(first.body, container_name)
+
+    newer = {**payload, "exportedFileUrl": exports.publish(b"%PDF-1.4 second export"), "metadata": {"version": "2"}}
+    second = await webhook.post(newer)
+
+    assert second.status == 200
+    assert second.body["status"] == "stored"
+    assert blob_name_of(second.body, container_name) == name
+    blob = destination.get_blob_client(name)
+    assert blob.download_blob().readall() == b"%PDF-1.4 second export"
+    assert blob.get_blob_tags()["version"] == "2"
+    assert manifest_of(destination, name)["metadata"] == [{"key": "version", "value": "2"}]
+    assert stored_blobs(destination) == sorted([name, f"{name}.json"])
+
+
+async def test_concurrent_identical_deliveries_make_one_copy_and_all_succeed(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    payload = notification(exports.publish())
+
+    responses = await asyncio.gather(*(webhook.post(payload) for _ in range(12)))
+
+    assert all(r.status == 200 for r in responses), [r.body for r in responses]
+    statuses = sorted(r.body["status"] for r in responses)
+    assert statuses.count("stored") == 1
+    assert statuses.count("duplicate") == 11
+    name = blob_name_of(responses[0].body, container_name)
+    assert stored_blobs(destination) == sorted([name, f"{name}.json"])
+
+
+async def test_expired_payload_date_is_rejected_before_any_copy(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    expired = datetime(2026, 1, 20, 10, 0, tzinfo=UTC)
+    payload = notification(exports.publish(), exportedFileExpiresOn="2026-01-20T10:00:00")
+    response = await webhook.post(payload)
+    assert response.status == 410
+    assert response.body["error"] == "link-expired"
+    assert response.body["message"] == (
+        f"The file link expired at {expired:%Y-%m-%dT%H:%M:%SZ}. Export the document again from SmartDocumentor."
+    )
+    assert stored_blobs(destination) == []
+
+
+async def test_expired_sas_is_rejected_even_when_the_payload_date_is_later(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    url = exports.publish(expires_in=timedelta(minutes=-5))
+    response = await webhook.post(notification(url))
+    assert response.status == 410
+    assert response.body["error"] == "link-expired"
+    assert stored_blobs(destination) == []
+
+
+@pytest.mark.parametrize(
+    ("make_url", "reason"),
+    [
+        (lambda u: u.replace("http://", "ftp://"), "https"),
+        (lambda u: u.replace("http://127.0.0.1", "http://evil.example.com"), "ALLOWED_SOURCE_HOSTS"),
+        (lambda u: u.replace("http://127.0.0.1:", "http://127.0.0.1.evil.com:"), "ALLOWED_SOURCE_HOSTS"),
+        (lambda u: u.replace("http://", "http://user:pass@"), "user name"),
+        (lambda u: u.split("?")[0], "SAS"),
+        (lambda u: u + "&pad=" + "x" * 2100, "2048"),
+        (lambda u: re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:1", u), "ALLOWED_SOURCE_HOSTS"),
+    ],
+    ids=["scheme", "host", "suffix-trick", "userinfo", "no-sas", "too-long", "other-port"],
+)
+async def test_disallowed_source_urls_are_rejected(
+    make_url: Any,
+    reason: str,
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+) -> None:
+    response = await webhook.post(notification(make_url(exports.publish())))
+    assert response.status == 400
+    assert response.body["error"] == "source-not-allowed"
+    assert reason in response.body["message"]
+    assert stored_blobs(destination) == []
+
+
+async def test_https_is_required_unless_http_sources_are_allowed(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLOW_HTTP_SOURCES", "false")
+    await RUNTIME.reset()
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 400
+    assert "https" in response.body["message"]
+
+
+async def test_wrong_sas_signature_fails_the_copy_and_leaves_nothing(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    url = exports.publish()
+    forged = url.replace("sig=", "sig=AAAA")
+    exports.secrets.add_url(forged)
+    response = await webhook.post(notification(forged))
+    assert response.status == 502
+    assert response.body["status"] == "failed"
+    assert response.body["error"] == "copy-failed"
+    assert "export the document again" in response.body["message"].lower()
+    assert stored_blobs(destination) == []
+
+
+async def test_missing_source_file_fails_the_copy_and_leaves_nothing(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    url = exports.sas_url("never/uploaded.pdf")
+    response = await webhook.post(notification(url))
+    assert response.status == 502
+    assert response.body["error"] == "copy-failed"
+    assert stored_blobs(destination) == []
+
+
+async def test_re_export_with_a_broken_link_keeps_the_stored_file(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    payload = notification(exports.publish(b"%PDF-1.4 good"))
+    first = await webhook.post(payload)
+    name = blob_name_of(first.body, container_name)
+    broken = {**payload, "exportedFileUrl": exports.sas_url("gone/missing.pdf")}
+    response = await webhook.post(broken)
+    assert response.status == 502
+    assert destination.get_blob_client(name).download_blob().readall() == b"%PDF-1.4 good"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "error"),
+    [
+        (b"{not json", None, 400, "invalid-json"),
+        (b"", None, 400, "invalid-json"),
+        (b"[1, 2]", None, 400, "invalid-json"),
+        (b"\xff\xfe{}", None, 400, "invalid-json"),
+        (b'{"taskId": "x"}', None, 400, "invalid-payload"),
+        (b"{}", {"Content-Type": "text/plain"}, 415, "unsupported-media-type"),
+        (b"{}", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported-media-type"),
+        (b'{"pad": "' + b"x" * 70000 + b'"}', None, 413, "payload-too-large"),
+    ],
+    ids=["broken", "empty", "array", "not-utf8", "invalid-fields", "text-plain", "form", "oversized"],
+)
+async def test_bad_bodies_get_a_clear_rejection(
+    body: bytes,
+    headers: dict[str, str] | None,
+    status: int,
+    error: str,
+    configured: dict[str, str],
+    webhook: Webhook,
+    destination: ContainerClient,
+) -> None:
+    response = await webhook.post(body, headers=headers)
+    assert response.status == status
+    assert response.body["status"] == "rejected"
+    assert response.body["error"] == error
+    assert stored_blobs(destination) == []
+
+
+async def test_invalid_fields_are_named(configured: dict[str, str], exports: Exports, webhook: Webhook) -> None:
+    payload = notification(exports.publish(), taskNumber="twelve", exportedFileExpiresOn="soon")
+    del payload["workspaceId"]
+    response = await webhook.post(payload)
+    assert response.status == 400
+    assert response.body["error"] == "invalid-payload"
+    fields = {d["field"] for d in response.body["details"]}
+    assert fields == {"taskNumber", "exportedFileExpiresOn", "workspaceId"}
+    for field_name in fields:
+        assert field_name in response.body["message"]
+
+
+async def test_missing_content_type_is_accepted_as_json(
+    configured: dict[str, str], exports: Exports, webhook: Webhook
+) -> None:
+    response = await webhook.post(json.dumps(notification(exports.publish())).encode(), headers={})
+    assert response.status == 200, response.body
+
+
+async def test_numeric_string_task_number_and_metadata_list(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    payload = notification(exports.publish(), taskNumber="42", metadata=[{"key": "Cliente", "value": "Açores"}])
+    response = await webhook.post(payload)
+    assert response.status == 200, response.body
+    tags = destination.get_blob_client(blob_name_of(response.body, container_name)).get_blob_tags()
+    assert tags["taskNumber"] == "42"
+    assert tags["Cliente"] == "Acores"
+
+
+async def test_unreachable_storage_answers_503_quickly(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, connection_string, free_port
+
+    monkeypatch.setenv("DESTINATION_CONNECTION_STRING", connection_string(CUSTOMER_ACCOUNT, CUSTOMER_KEY, free_port()))
+    await RUNTIME.reset()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await webhook.post(notification(exports.publish()))
+    elapsed = loop.time() - started
+    assert response.status == 503
+    assert response.body["error"] == "storage-unavailable"
+    # A functional bound (retries are bounded), not a performance assertion: the SDK default would sleep ~1 min.
+    assert elapsed < 45
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"DESTINATION_CONNECTION_STRING": ""}, "DESTINATION_CONNECTION_STRING"),
+        ({"COPY_WAIT_SECONDS": "soon"}, "COPY_WAIT_SECONDS"),
+        ({"BLOB_NAME_TEMPLATE": "{displayName}"}, "BLOB_NAME_TEMPLATE"),
+        ({"DESTINATION_CONTAINER": "Bad_Name"}, "DESTINATION_CONTAINER"),
+        ({"TAG_FIELDS": "taskId,secret"}, "TAG_FIELDS"),
+        ({"ALLOWED_SOURCE_HOSTS": "https://x/"}, "ALLOWED_SOURCE_HOSTS"),
+    ],
+)
+async def test_missing_or_invalid_settings_answer_misconfigured_naming_the_setting(
+    env: dict[str, str],
+    setting: str,
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    await RUNTIME.reset()
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 500
+    assert response.body["status"] == "failed"
+    assert response.body["error"] == "misconfigured"
+    assert setting in response.body["message"]
+    health = await webhook.health()
+    assert health.status == 503
+    assert setting in health.body["message"]
+
+
+async def test_health_is_ok_and_creates_the_container(
+    configured: dict[str, str], webhook: Webhook, destination: ContainerClient
+) -> None:
+    response = await webhook.health()
+    assert response.status == 200
+    assert response.body["status"] == "ok"
+    assert destination.exists()
+    assert destination.get_container_properties().public_access is None
+
+
+async def test_health_reports_unreachable_storage(
+    configured: dict[str, str], webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, connection_string, free_port
+
+    monkeypatch.setenv("DESTINATION_CONNECTION_STRING", connection_string(CUSTOMER_ACCOUNT, CUSTOMER_KEY, free_port()))
+    await RUNTIME.reset()
+    response = await webhook.health()
+    assert response.status == 503
+    assert "AccountKey" not in response.text
+
+
+async def test_custom_template_and_tag_fields(
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    container_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BLOB_NAME_TEMPLATE", "{yyyy}/{mm}/{workspaceId}-{taskNumber}.{ext}")
+    monkeypatch.setenv("TAG_FIELDS", "taskId,displayName")
+    monkeypatch.setenv("WRITE_MANIFEST", "false")
+    await RUNTIME.reset()
+    payload = notification(exports.publish())
+    response = await webhook.post(payload)
+    assert response.status == 200, response.body
+    now = datetime.now(UTC)
+    name = blob_name_of(response.body, container_name)
+    assert name == f"{now:%Y}/{now:%m}/{payload['workspaceId']}-1207.pdf"
+    tags = destination.get_blob_client(name).get_blob_tags()
+    assert list(tags)[:2] == ["taskId", "displayName"]
+    assert tags["displayName"] == "Contrato de servicos"
+    assert stored_blobs(destination) == [name]
+
+
+async def test_secrets_never_reach_logs_or_responses_on_any_path(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = exports.publish()
+    forged = url.replace("sig=", "sig=BBBB")
+    exports.secrets.add_url(forged)
+    responses = [
+        await webhook.post(notification(url)),
+        await webhook.post(notification(url)),
+        await webhook.post(notification(forged)),
+        await webhook.post(notification(url, exportedFileExpiresOn="2020-01-01T00:00:00Z")),
+        await webhook.post(notification(url.replace("http://", "http://u:p@"))),
+    ]
+    assert [r.status for r in responses] == [200, 200, 502, 410, 400]
+    everything = "\n".join(r.text for r in responses) + "\n".join(rec.getMessage() for rec in caplog.records)
+    assert exports.secrets.signatures
+    assert not exports.secrets.leaks_in(everything)
+    assert "sig=" not in everything

@@ -8,6 +8,7 @@ import azure.functions as func
 
 from receiver.outcome import Outcome
 from receiver.runtime import RUNTIME
+from receiver.verification import verify_copy
 from receiver.webhook import check_health, handle_delivery
 
 VERIFICATION_QUEUE = "smartdocumentor-copy-verifications"
@@ -35,3 +36,10 @@ async def anonymization_webhook(req: func.HttpRequest, verification: func.Out[st
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: func.HttpRequest) -> func.HttpResponse:
     return _http(await check_health(runtime=RUNTIME))
+
+
+@app.function_name("verify_pending_copy")
+@app.queue_trigger(arg_name="message", queue_name=VERIFICATION_QUEUE, connection="AzureWebJobsStorage")
+async def verify_pending_copy(message: func.QueueMessage) -> None:
+    # Raising (copy still running, or lost) lets the host retry, then move the message to the poison queue.
+    await verify_copy(message.get_body(), runtime=RUNTIME, now=datetime.now(UTC))

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
@@ -26,12 +27,10 @@ from .source import redact
 log = logging.getLogger("receiver.store")
 
 # The SDK default (15 s initial backoff, base 3) can sleep about a minute on a throttled
-# call; SmartDocumentor needs an answer well inside 60 s. Three retries, sleeping about
-# U(0,1), U(1,3) and U(3,5) seconds: at most ~9 s asleep per call.
-RETRY_TOTAL = 3
-RETRY_INITIAL_BACKOFF = 0
-RETRY_INCREMENT_BASE = 2
-RETRY_JITTER = 1
+# call; SmartDocumentor needs an answer well inside 60 s. ExponentialRetry sleeps
+# initial_backoff + increment_base**n (n = 1, 2, 3) +- jitter: about 1.7, 2.5 and 3.6 s,
+# so an exhausted call gives up after ~8 s asleep. (Floats work; the SDK hints say int.)
+RETRY: dict[str, Any] = {"initial_backoff": 0.2, "increment_base": 1.5, "retry_total": 3, "random_jitter_range": 0.3}
 CONNECTION_TIMEOUT_SECONDS = 3
 READ_TIMEOUT_SECONDS = 10
 
@@ -80,6 +79,19 @@ class ContainerMissing(StoreError):
     kind = "container-missing"
 
 
+class TagsUnsupported(StoreError):
+    """The account has no blob index tags (e.g. hierarchical namespace, or not general-purpose v2)."""
+
+    kind = "tags-unsupported"
+
+
+def _tags_unsupported(code: str) -> bool:
+    return ("Tag" in code and "NotSupported" in code) or code in {
+        "FeatureNotSupportedForAccount",
+        "FeatureNotSupportedOnHierarchicalNamespaceEnabledAccount",
+    }
+
+
 @dataclass(frozen=True)
 class BlobState:
     """What the destination blob looks like now."""
@@ -101,6 +113,7 @@ class BlobState:
 class CopyStarted:
     copy_id: str
     status: str  # "success" or "pending"
+    tags_written: bool = True
 
 
 def _classify(exc: Exception, operation: str, account: str, container: str) -> StoreError:
@@ -114,6 +127,8 @@ def _classify(exc: Exception, operation: str, account: str, container: str) -> S
         raw_code = getattr(exc, "error_code", None)
         code = str(getattr(raw_code, "value", raw_code) or "")
         status = exc.status_code
+        if _tags_unsupported(code):
+            return TagsUnsupported(f"{operation}: {code}", code=code, status=status)
         if code in _CONFLICT_CODES or status in (409, 412):
             return Conflict(f"{operation}: {code or status}", code=code, status=status)
         if (
@@ -137,6 +152,24 @@ def _classify(exc: Exception, operation: str, account: str, container: str) -> S
     return StorageUnavailable(f"Azure Storage at {account} could not be reached ({type(exc).__name__}).")
 
 
+MAX_INDEXTAGS_METADATA = 2048
+
+
+def tags_as_metadata(tags: dict[str, str]) -> dict[str, str]:
+    """Index tags kept as one metadata value (``indextags``, URL-encoded) on accounts without tags.
+
+    Capped at whole pairs so blob metadata stays under Azure's 8 KB; the manifest has them all.
+    """
+    kept = ""
+    for key, value in tags.items():
+        pair = urlencode({key: value}, quote_via=quote)
+        candidate = f"{kept}&{pair}" if kept else pair
+        if len(candidate) > MAX_INDEXTAGS_METADATA:
+            break
+        kept = candidate
+    return {"indextags": kept}
+
+
 class BlobStore:
     """Destination container operations. Create with :meth:`open` on the loop that will use it."""
 
@@ -148,16 +181,12 @@ class BlobStore:
         self._container: ContainerClient = service.get_container_client(container)
         self._container_ready = False
         self._container_lock = asyncio.Lock()
+        self.tags_supported = True  # learnt from the first refusal, then tags go to metadata directly
 
     @classmethod
     def open(cls, settings: Settings) -> BlobStore:
         options: dict[str, Any] = {
-            "retry_policy": ExponentialRetry(
-                initial_backoff=RETRY_INITIAL_BACKOFF,
-                increment_base=RETRY_INCREMENT_BASE,
-                retry_total=RETRY_TOTAL,
-                random_jitter_range=RETRY_JITTER,
-            ),
+            "retry_policy": ExponentialRetry(**RETRY),
             "connection_timeout": CONNECTION_TIMEOUT_SECONDS,
             "read_timeout": READ_TIMEOUT_SECONDS,
         }
@@ -239,18 +268,30 @@ class BlobStore:
         else:
             conditions = {"match_condition": MatchConditions.IfMissing}
         blob = self._container.get_blob_client(name)
-        for attempt in range(2):
+        container_created = False
+        while True:
+            with_tags = self.tags_supported and bool(tags)
             try:
                 async with self._call("copy"):
                     result = await blob.start_copy_from_url(
-                        source_url, metadata=metadata, tags=tags or None, **conditions
+                        source_url,
+                        metadata=metadata if with_tags or not tags else {**metadata, **tags_as_metadata(tags)},
+                        tags=tags if with_tags else None,
+                        **conditions,
                     )
-                return CopyStarted(copy_id=str(result["copy_id"]), status=str(result["copy_status"]))
+                return CopyStarted(
+                    str(result["copy_id"]), str(result["copy_status"]), tags_written=with_tags or not tags
+                )
             except ContainerMissing:
-                if attempt:
+                if container_created:
                     raise
                 await self.ensure_container()
-        raise AssertionError("unreachable")
+                container_created = True
+            except TagsUnsupported:
+                if not with_tags:
+                    raise
+                log.warning("%s has no blob index tags; keeping tags in metadata instead", self.account)
+                self.tags_supported = False
 
     async def state(self, name: str) -> BlobState | None:
         blob = self._container.get_blob_client(name)

@@ -16,6 +16,7 @@ from .runtime import Runtime
 from .settings import Settings, SettingsError
 from .source import SourceError, check_source
 from .store import StoreError
+from .verification import verification_message
 
 log = logging.getLogger("receiver")
 
@@ -124,9 +125,17 @@ def _storage_failure(plan: CopyPlan, exc: StoreError) -> Outcome:
 def _delivered(plan: CopyPlan, result: Delivered, url: str, container: str) -> Outcome:
     blob = f"{container}/{result.blob_name}"
     log.info("%s task=%s workspace=%s blob=%s", result.kind, plan.task_id, plan.workspace_id, blob)
-    note = None
-    if plan.tags_dropped:
-        note = f"{len(plan.tags_dropped)} metadata entries did not fit in the 10 index tags; they are in the manifest."
+    notes = []
+    if not result.tags_written and plan.tags:
+        notes.append(
+            "This storage account does not support blob index tags: the tags were kept in the blob's "
+            "metadata (indextags) and in the manifest."
+        )
+    elif plan.tags_dropped:
+        notes.append(
+            f"{len(plan.tags_dropped)} metadata entries did not fit in the 10 index tags; they are in the manifest."
+        )
+    note = " ".join(notes) or None
     return outcome.delivered(
         result.kind,
         task_id=plan.task_id,
@@ -134,7 +143,11 @@ def _delivered(plan: CopyPlan, result: Delivered, url: str, container: str) -> O
         url=url,
         copy_id=result.copy_id,
         note=note,
-        verification=result.verification,
+        verification=(
+            verification_message(plan, result.copy_id, container, tags_written=result.tags_written)
+            if result.kind == "copying"
+            else None
+        ),
     )
 
 

@@ -1,0 +1,283 @@
+"""Faults Azurite cannot produce, injected by a proxy between the SDK and Azurite."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import azure.functions as func
+import pytest
+from aiohttp import web
+from azure.storage.blob import ContainerClient
+
+from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, Azurite, connection_string
+from receiver.runtime import RUNTIME
+from receiver.verification import CopyLost, CopyStillRunning
+
+from .conftest import FUNCTIONS, PDF_BYTES, Exports, Webhook, notification
+from .faultproxy import FaultProxy, Rule, is_copy, is_properties
+
+
+@pytest.fixture
+async def proxy(azurite: Azurite) -> AsyncIterator[FaultProxy]:
+    running = await FaultProxy(azurite.blob_port).start()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def proxied(
+    configured: dict[str, str], proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch, destination: ContainerClient
+) -> FaultProxy:
+    """The receiver talks to the customer's storage through the proxy; the container exists."""
+    monkeypatch.setenv("DESTINATION_CONNECTION_STRING", connection_string(CUSTOMER_ACCOUNT, CUSTOMER_KEY, proxy.port))
+    monkeypatch.setenv("COPY_WAIT_SECONDS", "1")
+    await RUNTIME.reset()
+    destination.create_container()
+    return proxy
+
+
+async def run_verifier(message: str) -> str:
+    function = FUNCTIONS["verify_pending_copy"].get_user_function()
+    await function(func.QueueMessage(id="test-message", body=message.encode()))
+    return "done"
+
+
+def manifest_of(destination: ContainerClient, name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(destination.get_blob_client(f"{name}.json").download_blob().readall())
+    return document
+
+
+def blob_of(body: dict[str, Any]) -> str:
+    return str(body["blob"].split("/", 1)[1])
+
+
+def files(destination: ContainerClient) -> list[str]:
+    return sorted(b.name for b in destination.list_blobs())
+
+
+async def test_common_path_costs_three_storage_calls(proxied: FaultProxy, exports: Exports, webhook: Webhook) -> None:
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 200, response.body
+    # Copy, then (concurrently) read the copied headers and write the manifest.
+    assert sorted(method for method, _ in proxied.seen) == ["HEAD", "PUT", "PUT"]
+    assert proxied.seen[0][0] == "PUT" and ".json" not in proxied.seen[0][1]
+
+
+async def test_duplicate_costs_at_most_three_storage_calls(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook
+) -> None:
+    payload = notification(exports.publish())
+    await webhook.post(payload)
+    proxied.reset()
+    response = await webhook.post(payload)
+    assert response.body["status"] == "duplicate"
+    assert len(proxied.seen) <= 3
+
+
+async def test_pending_copy_answers_202_and_the_queue_function_finishes_it(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, secrets: Any
+) -> None:
+    source = exports.publish(PDF_BYTES, content_type="application/octet-stream")
+    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
+    proxied.add(Rule(is_properties, times=1000, copy_status="pending"))
+    payload = notification(source)
+
+    response = await webhook.post(payload)
+
+    assert response.status == 202, response.body
+    assert response.body["status"] == "copying"
+    assert response.body["copyId"]
+    assert response.verification is not None
+    name = blob_of(response.body)
+    assert not destination.get_blob_client(f"{name}.json").exists()  # not finished yet
+
+    proxied.reset()  # the copy completes
+    await run_verifier(response.verification)
+
+    props = destination.get_blob_client(name).get_blob_properties()
+    assert props.content_settings.content_type == "application/pdf"
+    manifest = manifest_of(destination, name)
+    assert manifest["copyStatus"] == "success"
+    assert manifest["taskId"] == payload["taskId"]
+    assert "sig=" not in json.dumps(manifest)
+
+
+async def test_a_copy_still_pending_comes_back_later(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
+    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 202 and response.verification
+
+    with pytest.raises(CopyStillRunning) as caught:
+        await run_verifier(response.verification)
+    assert "sig" not in str(caught.value)
+    assert not destination.get_blob_client(f"{blob_of(response.body)}.json").exists()
+
+
+async def test_a_copy_that_fails_while_the_link_is_valid_is_restarted(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
+    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 202 and response.verification
+
+    proxied.reset()
+    proxied.add(Rule(is_properties, times=1, copy_status="failed", copy_description="500 InternalError Copy failed."))
+    await run_verifier(response.verification)
+
+    copies = [path for method, path in proxied.seen if method == "PUT" and "comp" not in path and ".json" not in path]
+    assert len(copies) == 1  # the restart
+    name = blob_of(response.body)
+    assert destination.get_blob_client(name).download_blob().readall() == PDF_BYTES
+    assert manifest_of(destination, name)["copyStatus"] == "success"
+
+
+async def test_a_copy_that_fails_after_the_link_expired_is_cleaned_up_and_logged(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, caplog: Any
+) -> None:
+    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
+    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    payload = notification(exports.publish())
+    response = await webhook.post(payload)
+    assert response.status == 202 and response.verification
+    message = json.loads(response.verification)
+    message["expiresOn"] = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+
+    proxied.reset()
+    proxied.add(Rule(is_properties, times=10_000, copy_status="failed", copy_description="403 CannotVerifyCopySource"))
+    caplog.clear()
+    with pytest.raises(CopyLost):
+        await run_verifier(json.dumps(message))
+
+    name = blob_of(response.body)
+    assert not destination.get_blob_client(name).exists()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("receiver")]
+    assert len(errors) == 1
+    text = errors[0].getMessage()
+    assert payload["taskId"] in text and payload["workspaceId"] in text and name in text
+    assert "sig=" not in text
+
+
+async def test_a_superseded_copy_is_left_to_the_newer_export(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
+    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    payload = notification(exports.publish(b"%PDF old"))
+    response = await webhook.post(payload)
+    assert response.status == 202 and response.verification
+    proxied.reset()
+    newer = await webhook.post({**payload, "exportedFileUrl": exports.publish(b"%PDF new")})
+    assert newer.status == 200
+    await run_verifier(response.verification)
+    name = blob_of(response.body)
+    assert destination.get_blob_client(name).download_blob().readall() == b"%PDF new"
+
+
+async def test_throttled_and_dropped_calls_are_retried(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    proxied.add(Rule(is_copy, times=1, drop=True))
+    proxied.add(Rule(is_copy, times=1, status=503, code="ServerBusy"))
+    proxied.add(Rule(is_properties, times=1, status=500, code="OperationTimedOut"))
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 200, response.body
+    assert all(rule.fired == 1 for rule in proxied.rules)
+    assert destination.get_blob_client(blob_of(response.body)).download_blob().readall() == PDF_BYTES
+
+
+async def test_exhausted_retries_answer_503_and_leave_nothing(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    proxied.add(Rule(is_copy, times=1000, status=503, code="ServerBusy"))
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 503
+    assert response.body["error"] == "storage-unavailable"
+    assert "again" in response.body["message"]
+    assert files(destination) == []
+    assert proxied.rules[0].fired == 4  # the first try and three retries
+
+
+async def test_manifest_write_failure_removes_the_copied_blob(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    proxied.add(
+        Rule(lambda r: r.method == "PUT" and r.path.endswith(".json"), times=1000, status=503, code="ServerBusy")
+    )
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 503
+    assert files(destination) == []
+
+
+async def test_tags_permission_refused_names_the_role(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    proxied.add(Rule(is_copy, times=1, status=403, code="AuthorizationPermissionMismatch"))
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 500
+    assert response.body["error"] == "misconfigured"
+    assert "Storage Blob Data Owner" in response.body["message"]
+    assert CUSTOMER_ACCOUNT in response.body["message"]
+    assert files(destination) == []
+
+
+async def test_account_without_index_tags_still_stores_the_file(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    proxied.add(
+        Rule(
+            lambda r: is_copy(r) and "x-ms-tags" in r.headers,
+            times=1000,
+            status=400,
+            code="BlobTagsNotSupportedForAccountType",
+        )
+    )
+    payload = notification(exports.publish())
+    response = await webhook.post(payload)
+    assert response.status == 200, response.body
+    assert "does not support blob index tags" in response.body["message"]
+    name = blob_of(response.body)
+    blob = destination.get_blob_client(name)
+    assert blob.get_blob_tags() == {}
+    indextags = blob.get_blob_properties().metadata["indextags"]
+    assert f"taskId={payload['taskId']}" in indextags
+    manifest = manifest_of(destination, name)
+    assert manifest["tagsWritten"] is False
+    assert manifest["tags"]["taskId"] == payload["taskId"]
+
+
+async def test_firewall_refusal_is_misconfigured(proxied: FaultProxy, exports: Exports, webhook: Webhook) -> None:
+    proxied.add(Rule(is_copy, times=1, status=403, code="AuthorizationFailure"))
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 500
+    assert response.body["error"] == "misconfigured"
+    assert "firewall" in response.body["message"]
+
+
+async def test_missing_container_that_cannot_be_created_is_misconfigured(
+    configured: dict[str, str],
+    proxy: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    monkeypatch: pytest.MonkeyPatch,
+    container_name: str,
+) -> None:
+    monkeypatch.setenv("DESTINATION_CONNECTION_STRING", connection_string(CUSTOMER_ACCOUNT, CUSTOMER_KEY, proxy.port))
+    await RUNTIME.reset()
+
+    def creates_container(request: web.Request) -> bool:
+        return request.method == "PUT" and request.query.get("restype") == "container"
+
+    proxy.add(Rule(creates_container, times=10, status=403, code="AuthorizationPermissionMismatch"))
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 500
+    assert response.body["error"] == "misconfigured"
+    assert container_name in response.body["message"]
+    assert CUSTOMER_ACCOUNT in response.body["message"]

@@ -21,9 +21,19 @@ from azure.storage.blob import (
     generate_blob_sas,
 )
 
-from devtools.azurite import EXPORTS_ACCOUNT, EXPORTS_KEY, Azurite, start_azurite
+from devtools.azurite import (
+    CUSTOMER_ACCOUNT,
+    CUSTOMER_KEY,
+    EXPORTS_ACCOUNT,
+    EXPORTS_KEY,
+    Azurite,
+    connection_string,
+    start_azurite,
+)
 from function_app import app
 from receiver.runtime import RUNTIME
+
+from .faultproxy import FaultProxy
 
 EXPORT_CONTAINER = "anonymized-exports"
 PDF_BYTES = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
@@ -227,3 +237,22 @@ def notification(url: str, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+@pytest.fixture
+async def proxy(azurite: Azurite) -> AsyncIterator[FaultProxy]:
+    running = await FaultProxy(azurite.blob_port).start()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def proxied(
+    configured: dict[str, str], proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch, destination: ContainerClient
+) -> FaultProxy:
+    """The receiver talks to the customer's storage through the proxy; the container exists."""
+    monkeypatch.setenv("DESTINATION_CONNECTION_STRING", connection_string(CUSTOMER_ACCOUNT, CUSTOMER_KEY, proxy.port))
+    monkeypatch.setenv("COPY_WAIT_SECONDS", "1")
+    await RUNTIME.reset()
+    destination.create_container()
+    return proxy

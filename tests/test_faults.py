@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,31 +12,12 @@ import pytest
 from aiohttp import web
 from azure.storage.blob import ContainerClient
 
-from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, Azurite, connection_string
+from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, connection_string
 from receiver.runtime import RUNTIME
 from receiver.verification import CopyLost, CopyStillRunning
 
 from .conftest import FUNCTIONS, PDF_BYTES, Exports, Webhook, notification
 from .faultproxy import FaultProxy, Rule, is_copy, is_properties
-
-
-@pytest.fixture
-async def proxy(azurite: Azurite) -> AsyncIterator[FaultProxy]:
-    running = await FaultProxy(azurite.blob_port).start()
-    yield running
-    await running.stop()
-
-
-@pytest.fixture
-async def proxied(
-    configured: dict[str, str], proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch, destination: ContainerClient
-) -> FaultProxy:
-    """The receiver talks to the customer's storage through the proxy; the container exists."""
-    monkeypatch.setenv("DESTINATION_CONNECTION_STRING", connection_string(CUSTOMER_ACCOUNT, CUSTOMER_KEY, proxy.port))
-    monkeypatch.setenv("COPY_WAIT_SECONDS", "1")
-    await RUNTIME.reset()
-    destination.create_container()
-    return proxy
 
 
 async def run_verifier(message: str) -> str:

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck unit clean
+.PHONY: install test lint typecheck demo run bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ typecheck: $(STAMP)
 
 test: install lint typecheck
 	$(PY) -m pytest
+
+demo: install
+	$(PY) -m devtools.demo
+
+run: install
+	$(PY) -m devtools.run
+
+bench: install
+	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

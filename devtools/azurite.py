@@ -89,11 +89,13 @@ class Azurite:
         self.stop()
 
 
-def start_azurite(*, location: str | None = None, timeout: float = 60.0) -> Azurite:
-    """Start Azurite on free ports and wait until both services accept connections."""
+def start_azurite(
+    *, location: str | None = None, ports: tuple[int, int, int] | None = None, timeout: float = 60.0
+) -> Azurite:
+    """Start Azurite (on free ports unless ``ports`` names blob, queue, table) and wait until it answers."""
     if not AZURITE_BIN.exists():
         raise RuntimeError(f"{AZURITE_BIN} is missing: run `npm ci` (make install does it).")
-    blob_port, queue_port, table_port = free_port(), free_port(), free_port()
+    blob_port, queue_port, table_port = ports or (free_port(), free_port(), free_port())
     workdir = None
     if location is None:
         workdir = tempfile.mkdtemp(prefix="azurite-")

@@ -1,0 +1,139 @@
+"""The dev-only local host over real HTTP: same routes, same answers, and the queue path works."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, Azurite, connection_string, free_port
+
+from .conftest import PDF_BYTES, Exports, notification
+from .faultproxy import FaultProxy, Rule, is_copy, is_properties
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Host:
+    def __init__(self, azurite: Azurite, container: str, destination: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env.update(
+            {
+                "AzureWebJobsStorage": azurite.host_storage,
+                "DESTINATION_CONNECTION_STRING": destination,
+                "DESTINATION_CONTAINER": container,
+                "ALLOWED_SOURCE_HOSTS": azurite.blob_host,
+                "ALLOW_HTTP_SOURCES": "true",
+                "COPY_WAIT_SECONDS": "1",
+            }
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "devtools.localhost", "--port", str(self.port), "--settings", "/nonexistent"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    async def wait_ready(self, session: aiohttp.ClientSession) -> None:
+        for _ in range(200):
+            assert self.process.poll() is None, "local host exited"
+            try:
+                async with session.get(f"{self.base}/api/health") as response:
+                    if response.status in (200, 503):
+                        return
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+        raise AssertionError("local host did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as client:
+        yield client
+
+
+@pytest.fixture
+def host(azurite: Azurite, container_name: str) -> Iterator[Host]:
+    running = Host(azurite, container_name, azurite.customer)
+    yield running
+    running.stop()
+
+
+async def test_local_host_serves_the_webhook_over_http(
+    host: Host, session: aiohttp.ClientSession, exports: Exports, destination: ContainerClient
+) -> None:
+    await host.wait_ready(session)
+    payload = notification(exports.publish())
+    url = f"{host.base}/api/smartdocumentor/anonymization?code=any"
+
+    async with session.post(url, json=payload) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("application/json")
+        body = await response.json()
+    assert body["status"] == "stored"
+    name = body["blob"].split("/", 1)[1]
+    assert destination.get_blob_client(name).download_blob().readall() == PDF_BYTES
+    assert destination.get_blob_client(name).get_blob_tags()["taskId"] == payload["taskId"]
+
+    async with session.post(url, data=b"not json", headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 400
+        assert (await response.json())["error"] == "invalid-json"
+    async with session.get(url) as response:
+        assert response.status == 405  # POST only, like the function's route
+    async with session.get(f"{host.base}/api/health") as response:
+        assert response.status == 200
+        assert (await response.json())["status"] == "ok"
+
+
+async def test_local_host_runs_the_verification_queue(
+    azurite: Azurite,
+    container_name: str,
+    session: aiohttp.ClientSession,
+    exports: Exports,
+    destination: ContainerClient,
+) -> None:
+    proxy = await FaultProxy(azurite.blob_port).start()
+    host = Host(azurite, container_name, connection_string(CUSTOMER_ACCOUNT, CUSTOMER_KEY, proxy.port))
+    try:
+        BlobServiceClient.from_connection_string(azurite.customer).create_container(container_name)
+        await host.wait_ready(session)
+        proxy.add(Rule(is_copy, times=1, copy_status="pending"))
+        proxy.add(Rule(is_properties, times=10_000, copy_status="pending"))
+        payload = notification(exports.publish())
+        async with session.post(f"{host.base}/api/smartdocumentor/anonymization", json=payload) as response:
+            assert response.status == 202
+            body = await response.json()
+        assert body["status"] == "copying"
+        name = body["blob"].split("/", 1)[1]
+        manifest = destination.get_blob_client(f"{name}.json")
+        assert not manifest.exists()
+
+        proxy.reset()  # the copy completes; the queue-triggered verifier should finish the job
+        for _ in range(150):
+            if manifest.exists():
+                break
+            await asyncio.sleep(0.2)
+        document = json.loads(manifest.download_blob().readall())
+        assert document["copyStatus"] == "success"
+        assert document["taskId"] == payload["taskId"]
+    finally:
+        host.stop()
+        await proxy.stop()

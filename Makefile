@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy function_app.py receiver devtools tests
+	$(VENV)/bin/mypy function_app.py receiver devtools tests bench
 
 test: install lint typecheck
 	$(PY) -m pytest

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from .plan import CopyPlan, manifest_bytes
-from .store import BlobState, BlobStore, Conflict, StoreError
+from .store import BlobState, BlobStore, Conflict, ContentSettings, StoreError
 
 log = logging.getLogger("receiver.delivery")
 
@@ -79,13 +79,21 @@ async def finish(
     *,
     tags_written: bool,
     only_missing_manifest: bool = False,
+    copied_headers: ContentSettings | None = None,
 ) -> None:
-    """After a successful copy: Content-Type fixed if it differs, manifest written, concurrently."""
+    """After a successful copy: Content-Type fixed if it differs, manifest written, concurrently.
+
+    The copy's headers come from ``state`` or ``copied_headers`` (the source's, which Copy Blob
+    carries); only when neither is known is the copied blob read.
+    """
 
     async def headers() -> None:
-        current = state if state is not None else await store.state(target.blob_name)
+        current = state.content_settings if state is not None else copied_headers
+        if current is None:
+            fresh = await store.state(target.blob_name)
+            current = fresh.content_settings if fresh is not None else None
         if current is not None and current.content_type != target.content_type:
-            await store.set_content_type(target.blob_name, current.content_settings, target.content_type)
+            await store.set_content_type(target.blob_name, current, target.content_type)
 
     async def manifest() -> None:
         name = target.manifest_name
@@ -106,6 +114,22 @@ async def discard(store: BlobStore, name: str) -> None:
 
 async def deliver(store: BlobStore, plan: CopyPlan, *, wait_seconds: float, sleep: Sleep = asyncio.sleep) -> Delivered:
     """Copy the file server-side unless this delivery is already stored. Raises StoreError/CopyFailed."""
+    # Read the source's headers while the copy runs: then nothing but the manifest waits on it.
+    source_probe = asyncio.ensure_future(store.source_headers(plan.source.url))
+    try:
+        return await _copy(store, plan, source_probe, wait_seconds=wait_seconds, sleep=sleep)
+    finally:
+        source_probe.cancel()
+
+
+async def _copy(
+    store: BlobStore,
+    plan: CopyPlan,
+    source_probe: asyncio.Future[ContentSettings | None],
+    *,
+    wait_seconds: float,
+    sleep: Sleep,
+) -> Delivered:
     deadline = time.monotonic() + wait_seconds
     if_etag: str | None = None
     overwrite = False
@@ -136,7 +160,10 @@ async def deliver(store: BlobStore, plan: CopyPlan, *, wait_seconds: float, slee
         state = None
         if started.status != "success":
             state = await wait_for_copy(store, plan.blob_name, deadline=deadline, sleep=sleep)
-        return await _settle(store, plan, started.copy_id, state, tags_written=started.tags_written, fresh=True)
+        copied = source_probe.result() if source_probe.done() and not source_probe.cancelled() else None
+        return await _settle(
+            store, plan, started.copy_id, state, tags_written=started.tags_written, fresh=True, copied_headers=copied
+        )
     raise StoreError("The destination blob kept changing while this delivery tried to store it; send it again.")
 
 
@@ -161,6 +188,7 @@ async def _settle(
     *,
     tags_written: bool,
     fresh: bool,
+    copied_headers: ContentSettings | None = None,
 ) -> Delivered:
     """Turn the copy's state into a result: finish it, hand it to the verifier, or clean up."""
     status = "success" if state is None else state.copy_status
@@ -171,7 +199,15 @@ async def _settle(
         reason = (state.copy_description if state else None) or status
         raise CopyFailed(f"Azure Storage could not copy the file ({reason}).")
     try:
-        await finish(store, plan, copy_id, state, tags_written=tags_written, only_missing_manifest=not fresh)
+        await finish(
+            store,
+            plan,
+            copy_id,
+            state,
+            tags_written=tags_written,
+            only_missing_manifest=not fresh,
+            copied_headers=copied_headers,
+        )
     except StoreError:
         if fresh:
             await discard(store, plan.blob_name)

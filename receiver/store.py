@@ -18,13 +18,19 @@ from urllib.parse import quote, urlencode
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob import ContentSettings
-from azure.storage.blob.aio import BlobServiceClient, ContainerClient, ExponentialRetry
+from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 
 from .settings import Settings
 from .source import redact
 
+__all__ = ["BlobState", "BlobStore", "ContentSettings", "StoreError"]
+
 log = logging.getLogger("receiver.store")
+# azure-core logs every request's headers at INFO; in Functions (INFO and up go to Application
+# Insights) that is two multi-line records per storage call. Warnings and errors still show.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 # The SDK default (15 s initial backoff, base 3) can sleep about a minute on a throttled
 # call; SmartDocumentor needs an answer well inside 60 s. ExponentialRetry sleeps
@@ -182,6 +188,8 @@ class BlobStore:
         self._container_ready = False
         self._container_lock = asyncio.Lock()
         self.tags_supported = True  # learnt from the first refusal, then tags go to metadata directly
+        self._blobs: dict[str, BlobClient] = {}
+        self._source_transport: AioHttpTransport | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> BlobStore:
@@ -203,13 +211,42 @@ class BlobStore:
         return cls(service, settings.destination_container, credential)
 
     async def close(self) -> None:
+        if self._source_transport is not None:
+            await self._source_transport.close()
         await self._service.close()
         if self._credential is not None:
             await self._credential.close()
 
     def blob_url(self, name: str) -> str:
-        """The blob's URL without any query."""
-        return self._container.get_blob_client(name).url.split("?", 1)[0]
+        """The blob's URL without any query (encoded as the SDK encodes it)."""
+        return f"{self._container.url.split('?', 1)[0]}/{quote(name, safe='~/')}"
+
+    def _blob(self, name: str) -> BlobClient:
+        """One client per blob name, reused across a delivery's calls (building one costs CPU)."""
+        client = self._blobs.get(name)
+        if client is None:
+            if len(self._blobs) >= 256:
+                self._blobs.clear()
+            client = self._blobs[name] = self._container.get_blob_client(name)
+        return client
+
+    async def source_headers(self, source_url: str) -> ContentSettings | None:
+        """The source file's HTTP headers, which Copy Blob carries to the copy; None when unreadable.
+
+        Read with the link's own SAS (no bytes), concurrently with the copy, so the receiver
+        knows whether Content-Type needs fixing without another call after the copy. Any
+        failure just means "unknown": the destination is read after the copy instead.
+        """
+        if self._source_transport is None:
+            self._source_transport = AioHttpTransport(connection_timeout=CONNECTION_TIMEOUT_SECONDS, read_timeout=5)
+        client = BlobClient.from_blob_url(
+            source_url, transport=self._source_transport, retry_policy=ExponentialRetry(retry_total=0)
+        )
+        try:
+            props = await client.get_blob_properties()
+        except (AzureError, OSError, TimeoutError):
+            return None
+        return props.content_settings
 
     @asynccontextmanager
     async def _call(self, operation: str) -> AsyncIterator[None]:
@@ -219,7 +256,9 @@ class BlobStore:
             raise
         except (TimeoutError, AzureError, OSError) as exc:
             error = _classify(exc, operation, self.account, self.container_name)
-            log.warning("storage %s failed: %s", operation, error.message)
+            # Conflicts (duplicates) and a missing container are expected and handled by the caller.
+            expected = isinstance(error, Conflict | ContainerMissing) or error.status == 404
+            log.log(logging.DEBUG if expected else logging.WARNING, "storage %s failed: %s", operation, error.message)
             raise error from None
 
     async def ensure_container(self) -> None:
@@ -267,7 +306,7 @@ class BlobStore:
             conditions = {}
         else:
             conditions = {"match_condition": MatchConditions.IfMissing}
-        blob = self._container.get_blob_client(name)
+        blob = self._blob(name)
         container_created = False
         while True:
             with_tags = self.tags_supported and bool(tags)
@@ -294,7 +333,7 @@ class BlobStore:
                 self.tags_supported = False
 
     async def state(self, name: str) -> BlobState | None:
-        blob = self._container.get_blob_client(name)
+        blob = self._blob(name)
         try:
             async with self._call("read blob"):
                 props = await blob.get_blob_properties()
@@ -324,23 +363,23 @@ class BlobStore:
             content_md5=current.content_md5,
         )
         async with self._call("set headers"):
-            await self._container.get_blob_client(name).set_http_headers(content_settings=settings)
+            await self._blob(name).set_http_headers(content_settings=settings)
 
     async def write_json(self, name: str, data: bytes) -> None:
         async with self._call("write manifest"):
-            await self._container.get_blob_client(name).upload_blob(
+            await self._blob(name).upload_blob(
                 data, overwrite=True, content_settings=ContentSettings(content_type="application/json")
             )
 
     async def exists(self, name: str) -> bool:
         async with self._call("read blob"):
-            return bool(await self._container.get_blob_client(name).exists())
+            return bool(await self._blob(name).exists())
 
     async def delete(self, name: str) -> None:
         """Delete the blob; one already gone is fine."""
         try:
             async with self._call("delete blob"):
-                await self._container.get_blob_client(name).delete_blob()
+                await self._blob(name).delete_blob()
         except StoreError as exc:
             if exc.status != 404:
                 raise
@@ -348,7 +387,7 @@ class BlobStore:
     async def abort_copy(self, name: str, copy_id: str) -> None:
         try:
             async with self._call("abort copy"):
-                await self._container.get_blob_client(name).abort_copy(copy_id)
+                await self._blob(name).abort_copy(copy_id)
         except (Conflict, StorageUnavailable) as exc:
             # 409 NoPendingCopyOperation: it finished meanwhile, nothing to abort.
             if exc.status != 409:

@@ -17,7 +17,7 @@ from receiver.runtime import RUNTIME
 from receiver.verification import CopyLost, CopyStillRunning
 
 from .conftest import FUNCTIONS, PDF_BYTES, Exports, Webhook, notification
-from .faultproxy import FaultProxy, Rule, is_copy, is_properties
+from .faultproxy import FaultProxy, Rule, is_blob_write, is_copy, is_properties
 
 
 async def run_verifier(message: str) -> str:
@@ -39,12 +39,27 @@ def files(destination: ContainerClient) -> list[str]:
     return sorted(b.name for b in destination.list_blobs())
 
 
-async def test_common_path_costs_three_storage_calls(proxied: FaultProxy, exports: Exports, webhook: Webhook) -> None:
+async def test_common_path_costs_three_storage_calls(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    # Destination: the copy, then the manifest. The third call is a HEAD on the source (through its
+    # SAS, concurrent with the copy), which tells whether Content-Type needs fixing.
     response = await webhook.post(notification(exports.publish()))
     assert response.status == 200, response.body
-    # Copy, then (concurrently) read the copied headers and write the manifest.
-    assert sorted(method for method, _ in proxied.seen) == ["HEAD", "PUT", "PUT"]
-    assert proxied.seen[0][0] == "PUT" and ".json" not in proxied.seen[0][1]
+    assert [method for method, _ in proxied.seen] == ["PUT", "PUT"]
+    assert ".json" not in proxied.seen[0][1] and proxied.seen[1][1].split("?")[0].endswith(".json")
+
+
+async def test_content_type_fix_is_decided_from_the_source_headers(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    url = exports.publish(PDF_BYTES, content_type="application/octet-stream")
+    response = await webhook.post(notification(url))
+    assert response.status == 200, response.body
+    methods = [method for method, _ in proxied.seen]
+    assert sorted(methods) == ["PUT", "PUT", "PUT"]  # copy, manifest, set headers (no read of the copy)
+    props = destination.get_blob_client(blob_of(response.body)).get_blob_properties()
+    assert props.content_settings.content_type == "application/pdf"
 
 
 async def test_duplicate_costs_at_most_three_storage_calls(
@@ -166,7 +181,7 @@ async def test_throttled_and_dropped_calls_are_retried(
 ) -> None:
     proxied.add(Rule(is_copy, times=1, drop=True))
     proxied.add(Rule(is_copy, times=1, status=503, code="ServerBusy"))
-    proxied.add(Rule(is_properties, times=1, status=500, code="OperationTimedOut"))
+    proxied.add(Rule(is_blob_write, times=1, status=500, code="OperationTimedOut"))  # the manifest
     response = await webhook.post(notification(exports.publish()))
     assert response.status == 200, response.body
     assert all(rule.fired == 1 for rule in proxied.rules)

@@ -9,7 +9,7 @@ from collections import Counter
 from azure.storage.blob import ContainerClient
 
 from .conftest import Exports, Response, Webhook, notification
-from .faultproxy import FaultProxy, Rule, is_copy, is_properties
+from .faultproxy import FaultProxy, Rule, is_blob_write, is_copy
 
 DELIVERIES = 500
 CONCURRENCY = 50
@@ -28,9 +28,9 @@ async def test_load_with_duplicates_and_throttling_stores_each_task_once(
     payloads = [notification(url, taskNumber=i, metadata={"batch": "load"}) for i, url in enumerate(urls)]
     deliveries = payloads + [rng.choice(payloads) for _ in range(DELIVERIES - distinct)]
     rng.shuffle(deliveries)
-    # Throttling spread over the run: every 25th copy and 40th read answers 503 ServerBusy once.
+    # Throttling spread over the run: about 1 in 25 copies and 1 in 40 manifest writes answer 503 ServerBusy.
     proxied.add(Rule(lambda r: is_copy(r) and rng.random() < 0.04, times=40, status=503, code="ServerBusy"))
-    proxied.add(Rule(lambda r: is_properties(r) and rng.random() < 0.025, times=25, status=503, code="ServerBusy"))
+    proxied.add(Rule(lambda r: is_blob_write(r) and rng.random() < 0.025, times=25, status=503, code="ServerBusy"))
 
     gate = asyncio.Semaphore(CONCURRENCY)
 

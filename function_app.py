@@ -8,7 +8,6 @@ import azure.functions as func
 
 from receiver.outcome import Outcome
 from receiver.runtime import RUNTIME
-from receiver.verification import verify_copy
 from receiver.webhook import check_health, handle_delivery
 
 VERIFICATION_QUEUE = "smartdocumentor-copy-verifications"
@@ -41,5 +40,8 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("verify_pending_copy")
 @app.queue_trigger(arg_name="message", queue_name=VERIFICATION_QUEUE, connection="AzureWebJobsStorage")
 async def verify_pending_copy(message: func.QueueMessage) -> None:
+    # Imported here: only deliveries that outlived their HTTP call pay for it on a cold start.
+    from receiver.verification import verify_copy
+
     # Raising (copy still running, or lost) lets the host retry, then move the message to the poison queue.
     await verify_copy(message.get_body(), runtime=RUNTIME, now=datetime.now(UTC))

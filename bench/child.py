@@ -2,8 +2,8 @@
 
     python -m bench.child MODE JSON_ARGS
 
-Prints one JSON line: wall seconds, VmHWM (peak RSS) and the bytes that crossed loopback
-(to and from Azurite) during the measured part. Imports are lazy so the cold-path modes pay
+Prints one JSON line: wall seconds, VmHWM (peak RSS) and the bytes the process sent and
+received on its sockets during the measured part. Imports are lazy so the cold-path modes pay
 only for what they use; ``preload_functions`` imports azure.functions before the clock starts,
 as the Functions worker has it loaded before it imports function_app.
 """
@@ -17,15 +17,43 @@ import time
 from typing import Any
 
 
-def _loopback_bytes() -> int:
-    """Bytes received on the loopback interface: every byte the process sends to or gets from
-    Azurite crosses it once each way; nothing else on the machine talks on it during a case."""
-    with open("/proc/net/dev") as dev:
-        for line in dev:
-            name, _, data = line.partition(":")
-            if name.strip() == "lo":
-                return int(data.split()[0])
-    raise RuntimeError("no loopback interface in /proc/net/dev")
+class SocketBytes:
+    """Counts every byte this process sends or receives on its sockets (asyncio transports).
+
+    Both the SDK (aiohttp) and the receiver talk through asyncio's selector transports, so
+    wrapping their write and receive paths counts exactly what passed through the process.
+    """
+
+    total = 0
+
+    @classmethod
+    def install(cls) -> None:
+        import asyncio.selector_events as selector_events
+
+        transport: Any = getattr(selector_events, "_SelectorSocketTransport")  # noqa: B009 - private, untyped
+        write, writelines = transport.write, transport.writelines
+
+        def counted_write(self: Any, data: Any) -> None:
+            cls.total += len(data)
+            write(self, data)
+
+        def counted_writelines(self: Any, chunks: Any) -> None:
+            chunks = list(chunks)
+            cls.total += sum(len(chunk) for chunk in chunks)
+            writelines(self, chunks)
+
+        transport.write = counted_write
+        transport.writelines = counted_writelines
+
+        from aiohttp.client_proto import ResponseHandler
+
+        received = ResponseHandler.data_received
+
+        def counted_received(self: Any, data: bytes) -> None:
+            cls.total += len(data)
+            received(self, data)
+
+        ResponseHandler.data_received = counted_received  # type: ignore[method-assign]
 
 
 def _vm_hwm_kib() -> int:
@@ -122,7 +150,8 @@ def main() -> None:
 
     if args.get("warm"):
         _preimport(mode)
-    io_before = _loopback_bytes()
+    SocketBytes.install()
+    io_before = SocketBytes.total
     measured_from = time.perf_counter()
     outcome = asyncio.run(MODES[mode](args))
     finished = time.perf_counter()
@@ -134,7 +163,7 @@ def main() -> None:
                 "seconds": finished - measured_from,
                 "seconds_since_start": finished - started,
                 "vm_hwm_kib": _vm_hwm_kib(),
-                "io_bytes": _loopback_bytes() - io_before,
+                "io_bytes": SocketBytes.total - io_before,
             }
         )
     )

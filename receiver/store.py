@@ -9,6 +9,7 @@ its query into a message.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import aiohttp
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
-from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
+from yarl import URL
 
 from .settings import Settings
 from .source import redact
@@ -189,7 +191,7 @@ class BlobStore:
         self._container_lock = asyncio.Lock()
         self.tags_supported = True  # learnt from the first refusal, then tags go to metadata directly
         self._blobs: dict[str, BlobClient] = {}
-        self._source_transport: AioHttpTransport | None = None
+        self._http: aiohttp.ClientSession | None = None  # for the source probe only
 
     @classmethod
     def open(cls, settings: Settings) -> BlobStore:
@@ -211,8 +213,8 @@ class BlobStore:
         return cls(service, settings.destination_container, credential)
 
     async def close(self) -> None:
-        if self._source_transport is not None:
-            await self._source_transport.close()
+        if self._http is not None:
+            await self._http.close()
         await self._service.close()
         if self._credential is not None:
             await self._credential.close()
@@ -231,22 +233,33 @@ class BlobStore:
         return client
 
     async def source_headers(self, source_url: str) -> ContentSettings | None:
-        """The source file's HTTP headers, which Copy Blob carries to the copy; None when unreadable.
+        """The source file's HTTP headers, which Copy Blob carries to the copy; None when unknown.
 
-        Read with the link's own SAS (no bytes), concurrently with the copy, so the receiver
-        knows whether Content-Type needs fixing without another call after the copy. Any
-        failure just means "unknown": the destination is read after the copy instead.
+        A plain HEAD with the link's own SAS (no bytes, no signing), run concurrently with the
+        copy, so the receiver knows whether Content-Type needs fixing without another call after
+        the copy. It is an optimisation: one try with a short timeout, any failure means
+        "unknown", and then the copy itself is read. Nothing here logs or raises the URL.
         """
-        if self._source_transport is None:
-            self._source_transport = AioHttpTransport(connection_timeout=CONNECTION_TIMEOUT_SECONDS, read_timeout=5)
-        client = BlobClient.from_blob_url(
-            source_url, transport=self._source_transport, retry_policy=ExponentialRetry(retry_total=0)
-        )
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=5, connect=CONNECTION_TIMEOUT_SECONDS), auto_decompress=False
+            )
         try:
-            props = await client.get_blob_properties()
-        except (AzureError, OSError, TimeoutError):
+            async with self._http.head(URL(source_url, encoded=True), allow_redirects=False) as response:
+                if response.status != 200:
+                    return None
+                headers = response.headers
+                md5 = headers.get("Content-MD5")
+                return ContentSettings(
+                    content_type=headers.get("Content-Type"),
+                    content_encoding=headers.get("Content-Encoding"),
+                    content_language=headers.get("Content-Language"),
+                    content_disposition=headers.get("Content-Disposition"),
+                    cache_control=headers.get("Cache-Control"),
+                    content_md5=bytearray(base64.b64decode(md5)) if md5 else None,
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             return None
-        return props.content_settings
 
     @asynccontextmanager
     async def _call(self, operation: str) -> AsyncIterator[None]:

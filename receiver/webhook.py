@@ -16,7 +16,6 @@ from .runtime import Runtime
 from .settings import Settings, SettingsError
 from .source import SourceError, check_source
 from .store import StoreError
-from .verification import verification_message
 
 log = logging.getLogger("receiver")
 
@@ -125,6 +124,11 @@ def _storage_failure(plan: CopyPlan, exc: StoreError) -> Outcome:
 def _delivered(plan: CopyPlan, result: Delivered, url: str, container: str) -> Outcome:
     blob = f"{container}/{result.blob_name}"
     log.info("%s task=%s workspace=%s blob=%s", result.kind, plan.task_id, plan.workspace_id, blob)
+    verification = None
+    if result.kind == "copying":
+        from .verification import verification_message  # only the 202 path needs it
+
+        verification = verification_message(plan, result.copy_id, container, tags_written=result.tags_written)
     notes = []
     if not result.tags_written and plan.tags:
         notes.append(
@@ -143,11 +147,7 @@ def _delivered(plan: CopyPlan, result: Delivered, url: str, container: str) -> O
         url=url,
         copy_id=result.copy_id,
         note=note,
-        verification=(
-            verification_message(plan, result.copy_id, container, tags_written=result.tags_written)
-            if result.kind == "copying"
-            else None
-        ),
+        verification=verification,
     )
 
 

@@ -579,7 +579,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sequential", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--sizes", default="1,64,512", help="MiB, comma-separated")
+    # Azurite 3.35 answers 500 to Copy Blob from a source of 512 MiB or more (511 MiB works; seen with
+    # in-memory and disk persistence), so the largest case is 511 MiB.
+    parser.add_argument("--sizes", default="1,64,511", help="MiB, comma-separated")
     parser.add_argument("--http-deliveries", type=int, default=1000)
     parser.add_argument("--cold-runs", type=int, default=7)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 MAX_SOURCE_URL_LENGTH = 2048
 _DEFAULT_PORTS = {"https": 443, "http": 80}
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
 class SourceError(Exception):
@@ -98,7 +99,7 @@ def check_source(
     """Validate the exported file URL against the policy; raise :class:`SourceError`."""
     if len(url) > MAX_SOURCE_URL_LENGTH:
         raise _not_allowed(f"it is longer than {MAX_SOURCE_URL_LENGTH} characters")
-    if not url.isascii() or any(ord(ch) <= 32 or ord(ch) == 127 for ch in url):
+    if not url.isascii() or _SPACE_OR_CONTROL.search(url):
         raise _not_allowed("it contains spaces, control or non-ASCII characters")
     try:
         parts = urlsplit(url)

@@ -41,6 +41,9 @@ logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(l
 RETRY: dict[str, Any] = {"initial_backoff": 0.2, "increment_base": 1.5, "retry_total": 3, "random_jitter_range": 0.3}
 CONNECTION_TIMEOUT_SECONDS = 3
 READ_TIMEOUT_SECONDS = 10
+# Copy Blob usually answers at once (large cross-account copies go on asynchronously), but a
+# synchronous copy of a large blob can take longer; the whole delivery stays under its budget.
+COPY_READ_TIMEOUT_SECONDS = 30
 
 _CONFLICT_CODES = {"BlobAlreadyExists", "PendingCopyOperation", "ConditionNotMet", "TargetConditionNotMet"}
 _PERMISSION_CODES = {
@@ -125,7 +128,8 @@ class CopyStarted:
 
 
 def _classify(exc: Exception, operation: str, account: str, container: str) -> StoreError:
-    if isinstance(exc, ClientAuthenticationError) and not isinstance(exc, HttpResponseError):
+    # A credential that cannot get a token raises ClientAuthenticationError without a response.
+    if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) is None:
         return DestinationMisconfigured(
             f"The function could not get a token for {account} (managed identity): enable the "
             "function app's identity, or set DESTINATION_CONNECTION_STRING."
@@ -329,6 +333,7 @@ class BlobStore:
                         source_url,
                         metadata=metadata if with_tags or not tags else {**metadata, **tags_as_metadata(tags)},
                         tags=tags if with_tags else None,
+                        read_timeout=COPY_READ_TIMEOUT_SECONDS,
                         **conditions,
                     )
                 return CopyStarted(

@@ -87,8 +87,10 @@ async def finish(
     carries); only when neither is known is the copied blob read.
     """
 
+    known = state.content_settings if state is not None else copied_headers
+
     async def headers() -> None:
-        current = state.content_settings if state is not None else copied_headers
+        current = known
         if current is None:
             fresh = await store.state(target.blob_name)
             current = fresh.content_settings if fresh is not None else None
@@ -101,7 +103,10 @@ async def finish(
             return
         await store.write_json(name, manifest_document(target, copy_id, tags_written=tags_written))
 
-    await asyncio.gather(headers(), manifest())
+    if known is not None and known.content_type == target.content_type:
+        await manifest()  # the common case: nothing to fix, no second task needed
+    else:
+        await asyncio.gather(headers(), manifest())
 
 
 async def discard(store: BlobStore, name: str) -> None:

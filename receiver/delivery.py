@@ -29,7 +29,7 @@ class CopyFailed(Exception):
 
 @dataclass(frozen=True)
 class Delivered:
-    kind: Literal["stored", "duplicate", "copying"]
+    kind: Literal["stored", "duplicate", "copying", "superseded"]
     blob_name: str
     copy_id: str | None
     tags_written: bool = True
@@ -165,6 +165,10 @@ async def _copy(
         state = None
         if started.status != "success":
             state = await wait_for_copy(store, plan.blob_name, deadline=deadline, sleep=sleep)
+            if state is None:
+                raise StoreError("The copied blob disappeared while the copy was being checked; send it again.")
+            if state.delivery != plan.delivery:
+                return Delivered("superseded", plan.blob_name, started.copy_id, started.tags_written)
         copied = source_probe.result() if source_probe.done() and not source_probe.cancelled() else None
         return await _settle(
             store, plan, started.copy_id, state, tags_written=started.tags_written, fresh=True, copied_headers=copied
@@ -176,12 +180,14 @@ async def _same_delivery(
     store: BlobStore, plan: CopyPlan, existing: BlobState, *, deadline: float, sleep: Sleep
 ) -> Delivered:
     """The same delivery again (a retry, or a concurrent twin): no second copy."""
-    state: BlobState | None = existing
+    state = existing
     if existing.copy_status == "pending":
-        state = await wait_for_copy(store, plan.blob_name, deadline=deadline, sleep=sleep)
-        if state is None or state.delivery != plan.delivery:
-            raise StoreError("The stored file changed while this delivery waited for it; send it again.")
-    assert state is not None
+        waited = await wait_for_copy(store, plan.blob_name, deadline=deadline, sleep=sleep)
+        if waited is None:
+            raise StoreError("The stored file disappeared while this delivery waited for it; send it again.")
+        if waited.delivery != plan.delivery:
+            return Delivered("superseded", plan.blob_name, waited.copy_id, store.tags_supported)
+        state = waited
     return await _settle(store, plan, state.copy_id, state, tags_written=store.tags_supported, fresh=False)
 
 

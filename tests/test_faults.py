@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -276,3 +277,22 @@ async def test_missing_container_that_cannot_be_created_is_misconfigured(
     assert response.body["error"] == "misconfigured"
     assert container_name in response.body["message"]
     assert CUSTOMER_ACCOUNT in response.body["message"]
+
+
+async def test_an_export_replaced_mid_copy_answers_superseded(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
+    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    older = notification(exports.publish(b"%PDF older"))
+    first = asyncio.ensure_future(webhook.post(older))
+    await asyncio.sleep(0.3)  # the older copy is "pending" now
+    newer = await webhook.post({**older, "exportedFileUrl": exports.publish(b"%PDF newer")})
+    replaced = await first
+
+    assert newer.status == 200 and newer.body["status"] == "stored"
+    assert replaced.status == 200, replaced.body
+    assert replaced.body["status"] == "superseded"
+    assert replaced.verification is None
+    name = blob_of(newer.body)
+    assert destination.get_blob_client(name).download_blob().readall() == b"%PDF newer"

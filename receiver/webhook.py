@@ -14,7 +14,7 @@ from .payload import PayloadError, parse_notification
 from .plan import CopyPlan, make_plan
 from .runtime import Runtime
 from .settings import Settings, SettingsError
-from .source import SourceError, check_source
+from .source import SourceError, check_source, redact
 from .store import StoreError
 
 log = logging.getLogger("receiver")
@@ -96,6 +96,15 @@ async def handle_delivery(body: bytes, headers: Mapping[str, str], *, runtime: R
             503,
             "storage-unavailable",
             "Azure Storage did not answer in time. Send the document again later.",
+            taskId=plan.task_id,
+        )
+    except Exception as exc:  # a bug must still answer in JSON, and never with a stack trace or a SAS
+        log.error("unexpected %s task=%s: %s", type(exc).__name__, plan.task_id, redact(str(exc)))
+        return outcome.failed(
+            500,
+            "internal-error",
+            "The receiver failed unexpectedly. Send the document again; "
+            "if it keeps failing, check the function's logs.",
             taskId=plan.task_id,
         )
     return _delivered(plan, result, store.blob_url(plan.blob_name), store.container_name)

@@ -509,3 +509,25 @@ async def test_secrets_never_reach_logs_or_responses_on_any_path(
     assert exports.secrets.signatures
     assert not exports.secrets.leaks_in(everything)
     assert "sig=" not in everything
+
+
+async def test_an_unexpected_failure_still_answers_json_without_secrets(
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Our own code is made to fail (Azurite is not mocked): the answer must stay readable and clean.
+    url = exports.publish()
+
+    async def broken_deliver(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"bug while copying {url}")
+
+    monkeypatch.setattr("receiver.webhook.deliver", broken_deliver)
+    response = await webhook.post(notification(url))
+    assert response.status == 500
+    assert response.body["error"] == "internal-error"
+    assert "Traceback" not in response.text
+    errors = [r.getMessage() for r in caplog.records if r.name == "receiver" and r.levelname == "ERROR"]
+    assert errors and "RuntimeError" in errors[0]

@@ -32,6 +32,7 @@ CONTRACT_ERRORS = {
     "misconfigured": 500,
     "copy-failed": 502,
     "storage-unavailable": 503,
+    "internal-error": 500,  # not in the contract's table: a bug still answers in JSON
 }
 
 

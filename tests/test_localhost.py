@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, Azurite, connection_string, free_port
 
-from .conftest import PDF_BYTES, Exports, notification
+from .conftest import PDF_BYTES, Exports, Secrets, notification
 from .faultproxy import FaultProxy, Rule, is_copy, is_properties
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,12 +38,13 @@ class Host:
                 "COPY_WAIT_SECONDS": "1",
             }
         )
+        self.log = tempfile.NamedTemporaryFile(prefix="localhost-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "devtools.localhost", "--port", str(self.port), "--settings", "/nonexistent"],
             cwd=ROOT,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     async def wait_ready(self, session: aiohttp.ClientSession) -> None:
@@ -56,12 +58,17 @@ class Host:
                 await asyncio.sleep(0.1)
         raise AssertionError("local host did not start")
 
-    def stop(self) -> None:
+    def stop(self) -> str:
+        """Stop the host and return everything it logged."""
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.log.close()
+        text = Path(self.log.name).read_text(errors="replace")
+        Path(self.log.name).unlink()
+        return text
 
 
 @pytest.fixture
@@ -71,10 +78,12 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def host(azurite: Azurite, container_name: str) -> Iterator[Host]:
+def host(azurite: Azurite, container_name: str, secrets: Secrets) -> Iterator[Host]:
     running = Host(azurite, container_name, azurite.customer)
     yield running
-    running.stop()
+    logged = running.stop()
+    assert "stored task=" in logged  # the host's log was really captured
+    assert not secrets.leaks_in(logged), "a SAS signature leaked into the local host's log"
 
 
 async def test_local_host_serves_the_webhook_over_http(
@@ -135,5 +144,6 @@ async def test_local_host_runs_the_verification_queue(
         assert document["copyStatus"] == "success"
         assert document["taskId"] == payload["taskId"]
     finally:
-        host.stop()
+        logged = host.stop()
         await proxy.stop()
+    assert not exports.secrets.leaks_in(logged), "a SAS signature leaked into the local host's log"

@@ -67,8 +67,12 @@ async def wait_for_copy(
         delay = min(delay * 2, POLL_MAX_SECONDS)
 
 
-def manifest_document(target: Finishable, copy_id: str | None, *, tags_written: bool) -> bytes:
-    return manifest_bytes({**target.manifest, "copyId": copy_id, "copyStatus": "success", "tagsWritten": tags_written})
+def manifest_document(
+    target: Finishable, copy_id: str | None, *, tags_written: bool, copy_status: str = "success"
+) -> bytes:
+    return manifest_bytes(
+        {**target.manifest, "copyId": copy_id, "copyStatus": copy_status, "tagsWritten": tags_written}
+    )
 
 
 async def finish(
@@ -204,6 +208,12 @@ async def _settle(
     """Turn the copy's state into a result: finish it, hand it to the verifier, or clean up."""
     status = "success" if state is None else state.copy_status
     if status == "pending":
+        # The manifest is written now (copyStatus "pending"): durable before the 202, and the queue
+        # message stays small; the verifier completes it when the copy succeeds.
+        name = plan.manifest_name
+        if name is not None and (fresh or not await store.exists(name)):
+            document = manifest_document(plan, copy_id, tags_written=tags_written, copy_status="pending")
+            await store.write_json(name, document)
         return Delivered("copying", plan.blob_name, copy_id, tags_written)
     if status in ("failed", "aborted"):
         await discard(store, plan.blob_name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -388,6 +389,19 @@ class BlobStore:
             await self._blob(name).upload_blob(
                 data, overwrite=True, content_settings=ContentSettings(content_type="application/json")
             )
+
+    async def read_json(self, name: str) -> dict[str, Any] | None:
+        """A small JSON blob (a manifest), or None when it does not exist."""
+        try:
+            async with self._call("read manifest"):
+                downloader = await self._blob(name).download_blob()
+                data = await downloader.readall()
+        except StoreError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        document = json.loads(data)
+        return document if isinstance(document, dict) else None
 
     async def exists(self, name: str) -> bool:
         async with self._call("read blob"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .delivery import discard, finish, wait_for_copy
 from .plan import CopyPlan
 from .runtime import Runtime
-from .store import BlobStore
+from .store import BlobState, BlobStore
 
 log = logging.getLogger("receiver.verification")
 
@@ -45,8 +46,7 @@ class PendingCopy(BaseModel):
     metadata: dict[str, str]
     tags: dict[str, str]
     tags_written: bool = Field(default=True, alias="tagsWritten")
-    manifest_name: str | None = Field(default=None, alias="manifestName")
-    manifest: dict[str, Any]
+    manifest_name: str | None = Field(default=None, alias="manifestName")  # written with copyStatus "pending"
     task_id: str = Field(alias="taskId")
     workspace_id: str = Field(alias="workspaceId")
 
@@ -67,7 +67,6 @@ def verification_message(plan: CopyPlan, copy_id: str | None, container: str, *,
         tags=plan.tags,
         tags_written=tags_written,
         manifest_name=plan.manifest_name,
-        manifest=plan.manifest,
         task_id=plan.task_id,
         workspace_id=plan.workspace_id,
     )
@@ -93,7 +92,7 @@ async def verify_copy(body: bytes, *, runtime: Runtime, now: datetime, wait_seco
         log.info("copy superseded by a newer export %s", pending.describe())
         return "superseded"
     if state is not None and state.copy_status in (None, "success"):
-        await finish(store, pending, state.copy_id, state, tags_written=pending.tags_written)
+        await _finish(store, pending, state, tags_written=pending.tags_written)
         log.info("copy finished %s", pending.describe())
         return "finished"
     if state is not None and state.copy_status == "pending":
@@ -102,6 +101,8 @@ async def verify_copy(body: bytes, *, runtime: Runtime, now: datetime, wait_seco
     if pending.expires_on <= now:
         if state is not None:
             await discard(store, pending.blob_name)
+            if pending.manifest_name:
+                await discard(store, pending.manifest_name)
             log.error(
                 "copy lost: it failed and the file link expired at %s; export the document again %s",
                 pending.expires_on.isoformat(),
@@ -111,10 +112,29 @@ async def verify_copy(body: bytes, *, runtime: Runtime, now: datetime, wait_seco
     await _restart(store, pending, etag=state.etag if state else None)
     state = await wait_for_copy(store, pending.blob_name, deadline=time.monotonic() + wait)
     if state is not None and state.delivery == pending.delivery and state.copy_status in (None, "success"):
-        await finish(store, pending, state.copy_id, state, tags_written=store.tags_supported)
+        await _finish(store, pending, state, tags_written=store.tags_supported)
         log.info("copy restarted and finished %s", pending.describe())
         return "finished"
     raise CopyStillRunning(f"copy restarted, still running {pending.describe()}")
+
+
+@dataclass(frozen=True)
+class _Finishing:
+    blob_name: str
+    content_type: str
+    manifest_name: str | None
+    manifest: dict[str, Any]
+
+
+async def _finish(store: BlobStore, pending: PendingCopy, state: BlobState, *, tags_written: bool) -> None:
+    """Content-Type fixed if needed, and the pending manifest completed (copy id, status)."""
+    manifest = await store.read_json(pending.manifest_name) if pending.manifest_name else None
+    if pending.manifest_name and manifest is None:
+        log.warning("manifest missing, file finished without it %s", pending.describe())
+    target = _Finishing(
+        pending.blob_name, pending.content_type, pending.manifest_name if manifest else None, manifest or {}
+    )
+    await finish(store, target, state.copy_id, state, tags_written=tags_written)
 
 
 async def _restart(store: BlobStore, pending: PendingCopy, *, etag: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -89,7 +90,10 @@ async def test_pending_copy_answers_202_and_the_queue_function_finishes_it(
     assert response.body["copyId"]
     assert response.verification is not None
     name = blob_of(response.body)
-    assert not destination.get_blob_client(f"{name}.json").exists()  # not finished yet
+    pending = manifest_of(destination, name)  # durable before the 202, completed by the verifier
+    assert pending["copyStatus"] == "pending"
+    assert pending["copyId"] == response.body["copyId"]
+    assert "manifest" not in json.loads(response.verification)  # the queue message stays small
 
     proxied.reset()  # the copy completes
     await run_verifier(response.verification)
@@ -113,7 +117,7 @@ async def test_a_copy_still_pending_comes_back_later(
     with pytest.raises(CopyStillRunning) as caught:
         await run_verifier(response.verification)
     assert "sig" not in str(caught.value)
-    assert not destination.get_blob_client(f"{blob_of(response.body)}.json").exists()
+    assert manifest_of(destination, blob_of(response.body))["copyStatus"] == "pending"
 
 
 async def test_a_copy_that_fails_while_the_link_is_valid_is_restarted(
@@ -154,6 +158,7 @@ async def test_a_copy_that_fails_after_the_link_expired_is_cleaned_up_and_logged
 
     name = blob_of(response.body)
     assert not destination.get_blob_client(name).exists()
+    assert not destination.get_blob_client(f"{name}.json").exists()  # no manifest of a file that is not there
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("receiver")]
     assert len(errors) == 1
     text = errors[0].getMessage()
@@ -296,3 +301,16 @@ async def test_an_export_replaced_mid_copy_answers_superseded(
     assert replaced.verification is None
     name = blob_of(newer.body)
     assert destination.get_blob_client(name).download_blob().readall() == b"%PDF newer"
+
+
+async def test_a_large_notification_still_fits_the_verification_queue(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    # Azure Queue messages hold 64 KiB after the host's base64 encoding.
+    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
+    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    metadata = {f"field{i:02d}": "v" * 3900 for i in range(15)}
+    response = await webhook.post(notification(exports.publish(), metadata=metadata, displayName="D" * 3000))
+    assert response.status == 202 and response.verification
+    assert len(base64.b64encode(response.verification.encode())) < 64 * 1024
+    assert manifest_of(destination, blob_of(response.body))["metadata"][0]["value"] == "v" * 3900

@@ -133,14 +133,14 @@ async def test_local_host_runs_the_verification_queue(
         assert body["status"] == "copying"
         name = body["blob"].split("/", 1)[1]
         manifest = destination.get_blob_client(f"{name}.json")
-        assert not manifest.exists()
+        assert json.loads(manifest.download_blob().readall())["copyStatus"] == "pending"
 
         proxy.reset()  # the copy completes; the queue-triggered verifier should finish the job
         for _ in range(150):
-            if manifest.exists():
+            document = json.loads(manifest.download_blob().readall())
+            if document["copyStatus"] != "pending":
                 break
             await asyncio.sleep(0.2)
-        document = json.loads(manifest.download_blob().readall())
         assert document["copyStatus"] == "success"
         assert document["taskId"] == payload["taskId"]
     finally:

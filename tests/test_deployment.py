@@ -1,0 +1,47 @@
+"""The deployed package is function_app.py, receiver/, host.json and requirements.txt; nothing else."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pathspec
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOYED = {"function_app.py", "receiver", "host.json", "requirements.txt"}
+
+
+def test_funcignore_leaves_only_the_app() -> None:
+    git = shutil.which("git")
+    assert git, "git is needed to list the tracked files"
+    tracked = subprocess.run(
+        [git, "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    ignore = pathspec.GitIgnoreSpec.from_lines((ROOT / ".funcignore").read_text().splitlines())
+    shipped = {path.split("/", 1)[0] for path in tracked if not ignore.match_file(path) and path != ".funcignore"}
+    assert shipped == DEPLOYED
+    for local_only in ("node_modules/azurite/package.json", ".venv/bin/python", "local.settings.json"):
+        assert ignore.match_file(local_only)
+
+
+def test_host_json_pins_the_extension_bundle_and_queue_retries() -> None:
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["version"] == "2.0"
+    assert host["extensionBundle"] == {"id": "Microsoft.Azure.Functions.ExtensionBundle", "version": "[4.*, 5.0.0)"}
+    queues = host["extensions"]["queues"]
+    minutes_between_tries = int(queues["visibilityTimeout"].split(":")[1])
+    assert queues["maxDequeueCount"] * minutes_between_tries >= 30  # verification covers at least 30 minutes
+
+
+def test_requirements_are_ranges_and_leave_out_the_worker() -> None:
+    lines = [
+        line.split("#")[0].strip()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
+    assert lines
+    for line in lines:
+        assert ">=" in line and "<" in line, line
+    assert not any(line.startswith("azure-functions-worker") for line in lines)

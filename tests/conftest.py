@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import azure.functions as func
+import hypothesis
 import pytest
 from azure.storage.blob import (
     BlobSasPermissions,
@@ -34,6 +35,10 @@ from function_app import app
 from receiver.runtime import RUNTIME
 
 from .faultproxy import FaultProxy
+
+# Shared, noisy machines: property tests judge behaviour, never speed.
+hypothesis.settings.register_profile("receiver", deadline=None, print_blob=True)
+hypothesis.settings.load_profile("receiver")
 
 EXPORT_CONTAINER = "anonymized-exports"
 PDF_BYTES = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"

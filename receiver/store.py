@@ -114,7 +114,6 @@ class BlobState:
     copy_status: str | None  # pending | success | failed | aborted | None (no copy recorded)
     copy_description: str | None
     content_settings: ContentSettings
-    size: int
 
     @property
     def content_type(self) -> str | None:
@@ -368,7 +367,6 @@ class BlobStore:
             copy_status=copy.status if copy else None,
             copy_description=redact(copy.status_description) if copy and copy.status_description else None,
             content_settings=props.content_settings,
-            size=int(props.size or 0),
         )
 
     async def set_content_type(self, name: str, current: ContentSettings, content_type: str) -> None:

@@ -30,10 +30,6 @@ def is_properties(request: web.Request) -> bool:
     return request.method == "HEAD"
 
 
-def is_any(request: web.Request) -> bool:
-    return True
-
-
 def is_blob_write(request: web.Request) -> bool:
     return request.method == "PUT" and "x-ms-copy-source" not in request.headers and "comp" not in request.query
 
@@ -135,6 +131,3 @@ class FaultProxy:
             return web.Response(
                 status=upstream.status, body=payload if request.method != "HEAD" else None, headers=out_headers
             )
-
-    def count(self, method: str | None = None) -> int:
-        return sum(1 for m, _ in self.seen if method is None or m == method)

@@ -291,7 +291,10 @@ async def test_an_export_replaced_mid_copy_answers_superseded(
     proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
     older = notification(exports.publish(b"%PDF older"))
     first = asyncio.ensure_future(webhook.post(older))
-    await asyncio.sleep(0.3)  # the older copy is "pending" now
+    for _ in range(200):  # wait until the older delivery polls its "pending" copy
+        if any(method == "HEAD" for method, _ in proxied.seen):
+            break
+        await asyncio.sleep(0.05)
     newer = await webhook.post({**older, "exportedFileUrl": exports.publish(b"%PDF newer")})
     replaced = await first
 

@@ -139,7 +139,7 @@ def _problem(error: Any) -> str:
 def parse_notification(body: bytes) -> Notification:
     """Turn the raw body into a :class:`Notification` or raise :class:`PayloadError`."""
     try:
-        document = json.loads(body.decode("utf-8"))
+        document = json.loads(body.decode("utf-8-sig"))  # a leading BOM is tolerated
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise PayloadError(
             "invalid-json", "The request body is not valid JSON. Send the notification as a UTF-8 JSON object."

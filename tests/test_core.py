@@ -374,3 +374,8 @@ def test_exactly_one_destination(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "DESTINATION_ACCOUNT_URL" in caught.value.message
     monkeypatch.delenv("DESTINATION_CONNECTION_STRING")
     assert load_settings().destination_account_url == "https://acct.blob.core.windows.net"
+
+
+def test_a_utf8_byte_order_mark_is_tolerated() -> None:
+    note = parse_notification(b"\xef\xbb\xbf" + json.dumps(body()).encode())
+    assert note.task_number == 7

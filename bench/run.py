@@ -577,8 +577,8 @@ def render(results: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sequential", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sequential", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=5)
     # Azurite 3.35 answers 500 to Copy Blob from a source of 512 MiB or more (511 MiB works; seen with
     # in-memory and disk persistence), so the largest case is 511 MiB.
     parser.add_argument("--sizes", default="1,64,511", help="MiB, comma-separated")

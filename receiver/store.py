@@ -75,6 +75,12 @@ class StorageUnavailable(StoreError):
     kind = "unavailable"
 
 
+class StorageRejected(StoreError):
+    """A 4xx the receiver did not expect (e.g. InvalidMetadata): a bug, not an outage."""
+
+    kind = "rejected"
+
+
 class SourceUnreadable(StoreError):
     kind = "source"
 
@@ -158,6 +164,9 @@ def _classify(exc: Exception, operation: str, account: str, container: str) -> S
                 code=code,
                 status=status,
             )
+        if 400 <= status < 500 and status != 404 and status != 408:
+            # The service refused the request itself: retrying cannot help, so it is not "unavailable".
+            return StorageRejected(f"Azure Storage rejected {operation} ({status} {code}).", code=code, status=status)
         return StorageUnavailable(
             f"Azure Storage answered {status} {code} to {operation} on {account}.", code=code, status=status
         )

@@ -122,6 +122,13 @@ def _storage_failure(plan: CopyPlan, exc: StoreError) -> Outcome:
         )
     if exc.kind == "misconfigured":
         return outcome.failed(500, "misconfigured", exc.message, taskId=plan.task_id)
+    if exc.kind == "rejected":
+        return outcome.failed(
+            500,
+            "internal-error",
+            f"{exc.message} This is a receiver bug, not an outage: report it with the taskId.",
+            taskId=plan.task_id,
+        )
     return outcome.failed(
         503,
         "storage-unavailable",

@@ -317,3 +317,15 @@ async def test_a_large_notification_still_fits_the_verification_queue(
     assert response.status == 202 and response.verification
     assert len(base64.b64encode(response.verification.encode())) < 64 * 1024
     assert manifest_of(destination, blob_of(response.body))["metadata"][0]["value"] == "v" * 3900
+
+
+async def test_a_request_storage_refuses_is_reported_as_a_bug_not_an_outage(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    proxied.add(Rule(is_copy, times=10, status=400, code="InvalidMetadata"))
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 500
+    assert response.body["error"] == "internal-error"
+    assert "InvalidMetadata" in response.body["message"]
+    assert proxied.rules[0].fired == 1  # not retried: retrying cannot fix a refused request
+    assert files(destination) == []

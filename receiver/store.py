@@ -97,6 +97,12 @@ class ContainerMissing(StoreError):
     kind = "container-missing"
 
 
+class BlobMissing(StoreError):
+    """404 on a blob the caller reads or deletes: an answer ("not there"), not a failure."""
+
+    kind = "blob-missing"
+
+
 class TagsUnsupported(StoreError):
     """The account has no blob index tags (e.g. hierarchical namespace, or not general-purpose v2)."""
 
@@ -164,7 +170,9 @@ def _classify(exc: Exception, operation: str, account: str, container: str) -> S
                 code=code,
                 status=status,
             )
-        if 400 <= status < 500 and status != 404 and status != 408:
+        if status == 404:
+            return BlobMissing(f"{operation}: not found", code=code, status=status)
+        if 400 <= status < 500 and status != 408:
             # The service refused the request itself: retrying cannot help, so it is not "unavailable".
             return StorageRejected(f"Azure Storage rejected {operation} ({status} {code}).", code=code, status=status)
         return StorageUnavailable(
@@ -283,7 +291,7 @@ class BlobStore:
         except (TimeoutError, AzureError, OSError) as exc:
             error = _classify(exc, operation, self.account, self.container_name)
             # Conflicts (duplicates) and a missing container are expected and handled by the caller.
-            expected = isinstance(error, Conflict | ContainerMissing) or error.status == 404
+            expected = isinstance(error, Conflict | ContainerMissing | BlobMissing)
             log.log(logging.DEBUG if expected else logging.WARNING, "storage %s failed: %s", operation, error.message)
             raise error from None
 
@@ -364,10 +372,8 @@ class BlobStore:
         try:
             async with self._call("read blob"):
                 props = await blob.get_blob_properties()
-        except StoreError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except (BlobMissing, ContainerMissing):
+            return None
         copy = props.copy
         return BlobState(
             etag=str(props.etag),
@@ -403,10 +409,8 @@ class BlobStore:
             async with self._call("read manifest"):
                 downloader = await self._blob(name).download_blob()
                 data = await downloader.readall()
-        except StoreError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except (BlobMissing, ContainerMissing):
+            return None
         document = json.loads(data)
         return document if isinstance(document, dict) else None
 
@@ -419,15 +423,14 @@ class BlobStore:
         try:
             async with self._call("delete blob"):
                 await self._blob(name).delete_blob()
-        except StoreError as exc:
-            if exc.status != 404:
-                raise
+        except (BlobMissing, ContainerMissing):
+            pass
 
     async def abort_copy(self, name: str, copy_id: str) -> None:
         try:
             async with self._call("abort copy"):
                 await self._blob(name).abort_copy(copy_id)
-        except (Conflict, StorageUnavailable) as exc:
+        except Conflict as exc:
             # 409 NoPendingCopyOperation: it finished meanwhile, nothing to abort.
             if exc.status != 409:
                 raise

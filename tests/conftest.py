@@ -31,6 +31,7 @@ from devtools.azurite import (
     connection_string,
     start_azurite,
 )
+from devtools.localhost import Out
 from function_app import app
 from receiver.runtime import RUNTIME
 
@@ -147,18 +148,6 @@ def destination(azurite: Azurite, container_name: str) -> ContainerClient:
     return BlobServiceClient.from_connection_string(azurite.customer).get_container_client(container_name)
 
 
-class CapturedQueueMessage(func.Out[str]):
-    def __init__(self) -> None:
-        self.value: str | None = None
-
-    def set(self, val: str) -> None:
-        self.value = val
-
-    def get(self) -> str:
-        assert self.value is not None
-        return self.value
-
-
 @dataclass
 class Response:
     status: int
@@ -189,7 +178,7 @@ class Webhook:
             params={"code": "test-key"},
             body=body,
         )
-        out = CapturedQueueMessage()
+        out = Out()
         response = await user_function("anonymization_webhook")(request, out)
         return self._read(response, out.value)
 

@@ -72,6 +72,11 @@ class FaultProxy:
         self.rules.append(rule)
         return rule
 
+    def keep_copies_pending(self) -> None:
+        """The next copy, and every read of copy status, say "pending" until :meth:`reset`."""
+        self.add(Rule(is_copy, times=1, copy_status="pending"))
+        self.add(Rule(is_properties, times=10_000, copy_status="pending"))
+
     def reset(self) -> None:
         self.rules.clear()
         self.seen.clear()

@@ -79,8 +79,7 @@ async def test_pending_copy_answers_202_and_the_queue_function_finishes_it(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, secrets: Any
 ) -> None:
     source = exports.publish(PDF_BYTES, content_type="application/octet-stream")
-    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
-    proxied.add(Rule(is_properties, times=1000, copy_status="pending"))
+    proxied.keep_copies_pending()
     payload = notification(source)
 
     response = await webhook.post(payload)
@@ -109,8 +108,7 @@ async def test_pending_copy_answers_202_and_the_queue_function_finishes_it(
 async def test_a_copy_still_pending_comes_back_later(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
-    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
-    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    proxied.keep_copies_pending()
     response = await webhook.post(notification(exports.publish()))
     assert response.status == 202 and response.verification
 
@@ -123,8 +121,7 @@ async def test_a_copy_still_pending_comes_back_later(
 async def test_a_copy_that_fails_while_the_link_is_valid_is_restarted(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
-    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
-    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    proxied.keep_copies_pending()
     response = await webhook.post(notification(exports.publish()))
     assert response.status == 202 and response.verification
 
@@ -142,8 +139,7 @@ async def test_a_copy_that_fails_while_the_link_is_valid_is_restarted(
 async def test_a_copy_that_fails_after_the_link_expired_is_cleaned_up_and_logged(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, caplog: Any
 ) -> None:
-    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
-    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    proxied.keep_copies_pending()
     payload = notification(exports.publish())
     response = await webhook.post(payload)
     assert response.status == 202 and response.verification
@@ -169,8 +165,7 @@ async def test_a_copy_that_fails_after_the_link_expired_is_cleaned_up_and_logged
 async def test_a_superseded_copy_is_left_to_the_newer_export(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
-    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
-    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    proxied.keep_copies_pending()
     payload = notification(exports.publish(b"%PDF old"))
     response = await webhook.post(payload)
     assert response.status == 202 and response.verification
@@ -287,8 +282,7 @@ async def test_missing_container_that_cannot_be_created_is_misconfigured(
 async def test_an_export_replaced_mid_copy_answers_superseded(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
-    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
-    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    proxied.keep_copies_pending()
     older = notification(exports.publish(b"%PDF older"))
     first = asyncio.ensure_future(webhook.post(older))
     for _ in range(200):  # wait until the older delivery polls its "pending" copy
@@ -310,8 +304,7 @@ async def test_a_large_notification_still_fits_the_verification_queue(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
     # Azure Queue messages hold 64 KiB after the host's base64 encoding.
-    proxied.add(Rule(is_copy, times=1, copy_status="pending"))
-    proxied.add(Rule(is_properties, times=10_000, copy_status="pending"))
+    proxied.keep_copies_pending()
     metadata = {f"field{i:02d}": "v" * 3900 for i in range(15)}
     response = await webhook.post(notification(exports.publish(), metadata=metadata, displayName="D" * 3000))
     assert response.status == 202 and response.verification

@@ -34,7 +34,7 @@ from typing import Any
 
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSettings, generate_blob_sas
 
-from devtools.azurite import EXPORTS_ACCOUNT, EXPORTS_KEY, Azurite, free_port, start_azurite
+from devtools.azurite import EXPORTS_ACCOUNT, EXPORTS_KEY, Azurite, free_port, start_azurite, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORTS = "exports"
@@ -383,8 +383,7 @@ async def bench_http(azurite: Azurite, sources: Sources, *, deliveries: int, con
             await asyncio.gather(*(bare(i, u) for i, u in enumerate(copies)))
             bare_wall = time.perf_counter() - started
     finally:
-        host.terminate()
-        host.wait(timeout=20)
+        stop_process(host, timeout=20)
 
     stored = BlobServiceClient.from_connection_string(azurite.customer).get_container_client("bench-http")
     names = [b.name for b in stored.list_blobs()]

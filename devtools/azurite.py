@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -27,6 +28,18 @@ CUSTOMER_ACCOUNT = "customer"
 CUSTOMER_KEY = base64.b64encode(b"customer-account-key-for-local-tests-only!").decode()
 EXPORTS_ACCOUNT = "exports"
 EXPORTS_KEY = base64.b64encode(b"exports-account-key-for-local-tests-only!!").decode()
+
+
+def stop_process(process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    """Ask a child to stop (SIGTERM, or SIGINT for hosts that expect Ctrl-C), then kill it if it lingers."""
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -72,13 +85,8 @@ class Azurite:
         return connection_string(DEV_ACCOUNT, DEV_KEY, self.blob_port, self.queue_port)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -24,7 +24,7 @@ from urllib.parse import unquote
 
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSettings, generate_blob_sas
 
-from devtools.azurite import EXPORTS_ACCOUNT, EXPORTS_KEY, Azurite, free_port, start_azurite
+from devtools.azurite import EXPORTS_ACCOUNT, EXPORTS_KEY, Azurite, free_port, start_azurite, stop_process
 from devtools.sample_pdf import anonymized_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,11 +180,7 @@ def main() -> int:
             )
             return 0 if ok else 1
         finally:
-            receiver.terminate()
-            try:
-                receiver.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                receiver.kill()
+            stop_process(receiver)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devtools.azurite import start_azurite
+from devtools.azurite import start_azurite, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 AZURITE_PORTS = (10000, 10001, 10002)  # what UseDevelopmentStorage=true and the example settings expect
@@ -44,11 +44,7 @@ def main() -> int:
     try:
         return host.wait()
     except KeyboardInterrupt:
-        host.send_signal(signal.SIGINT)
-        try:
-            host.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            host.kill()
+        stop_process(host, sig=signal.SIGINT, timeout=15)
         return 0
     finally:
         azurite.stop()

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, Azurite, connection_string, free_port
+from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, Azurite, connection_string, free_port, stop_process
 
 from .conftest import PDF_BYTES, Exports, Secrets, notification
 from .faultproxy import FaultProxy
@@ -60,11 +60,7 @@ class Host:
 
     def stop(self) -> str:
         """Stop the host and return everything it logged."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
         self.log.close()
         text = Path(self.log.name).read_text(errors="replace")
         Path(self.log.name).unlink()

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .source import link_secrets, without_secrets
 
-MAX_ID_LENGTH = 256
+MAX_ID_LENGTH = 1024  # GUIDs in practice; longer ids are kept whole in the manifest and hashed in names
 MAX_TEXT_LENGTH = 4096
 # Deeper JSON is no notification; pydantic and json.dumps would hit their recursion limits near 256.
 MAX_NESTING = 32

@@ -160,8 +160,8 @@ class FaultProxy:
                 continue
             if rule.hold is not None:
                 await asyncio.wait_for(rule.hold.wait(), timeout=60)
-                if not rule.changes_answer:
-                    continue  # held, then handled like any other request
+            if not rule.changes_answer:
+                continue  # a rule that only holds or counts: the request goes on to the next rules
             if rule.drop:
                 assert request.transport is not None
                 request.transport.close()

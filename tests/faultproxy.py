@@ -79,7 +79,7 @@ class Rule:
     copy_status: str | None = None  # rewrite x-ms-copy-status of Azurite's real answer
     copy_description: str | None = None
     hold: asyncio.Event | None = None  # keep the request here until the test sets this event
-    delay_answer: float = 0.0  # forward at once, answer the client this many seconds later
+    delay_answer: float = 0.0  # forward at once; a success reaches the client this many seconds later
     of_delivery: str | None = None  # rewrite the copy status only of a blob holding this delivery
     fired: int = 0
     reached: asyncio.Event = field(default_factory=asyncio.Event)  # set when the rule first fires
@@ -184,7 +184,7 @@ class FaultProxy:
         ) as upstream:
             payload = await upstream.read()
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
-            if rewrite is not None and rewrite.delay_answer:
+            if rewrite is not None and rewrite.delay_answer and upstream.status < 300:
                 await asyncio.sleep(rewrite.delay_answer)  # storage did the work; the answer comes late
             holds = rewrite is not None and rewrite.of_delivery in (None, upstream.headers.get("x-ms-meta-delivery"))
             if (

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 from .plan import CopyPlan, manifest_bytes
 from .settings import SYNC_COPY_LIMIT_MIB
 from .store import BlobState, BlobStore, Conflict, Manifest, StorageUnavailable, SyncCopyRefused
+from .telemetry import about
 
 log = logging.getLogger("receiver.delivery")
 
@@ -200,7 +201,7 @@ async def remove_failed_copy(store: BlobStore, name: str, state: BlobState) -> N
     try:
         await store.delete(name, etag=state.etag)
     except Conflict:
-        log.info("left %s: a newer request changed it", store.describe(name))
+        log.info("left %s to the newer request that changed it (%s)", store.describe(name), about())
 
 
 async def use_sync_copy(store: BlobStore, source_url: str, sync_copy_max_mib: int) -> bool:

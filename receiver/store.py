@@ -26,6 +26,7 @@ from yarl import URL
 
 from .settings import Settings, SettingsError
 from .source import redact
+from .telemetry import about, count_storage_request
 
 __all__ = ["BlobState", "BlobStore", "ContentSettings", "Manifest", "StoreError"]
 
@@ -302,6 +303,7 @@ class BlobStore:
         Only asked when SYNC_COPY_MAX_MIB is below the service's own limit. One try, short timeout;
         nothing here logs or raises the URL.
         """
+        count_storage_request()
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=5, connect=CONNECTION_TIMEOUT_SECONDS), auto_decompress=False
@@ -315,6 +317,7 @@ class BlobStore:
 
     @asynccontextmanager
     async def _call(self, operation: str) -> AsyncIterator[None]:
+        count_storage_request()
         try:
             yield
         except StoreError:
@@ -323,7 +326,8 @@ class BlobStore:
             error = _classify(exc, operation, self.account, self.container_name)
             # Conflicts, a missing container and a too-large synchronous copy are answers the caller handles.
             expected = isinstance(error, Conflict | ContainerMissing | BlobMissing | SyncCopyRefused)
-            log.log(logging.DEBUG if expected else logging.WARNING, "storage %s failed: %s", operation, error.message)
+            level = logging.DEBUG if expected else logging.WARNING
+            log.log(level, "storage %s failed %s: %s", operation, about(), error.message)
             raise error from None
 
     async def ensure_container(self, *, again: bool = False) -> None:

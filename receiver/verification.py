@@ -30,6 +30,7 @@ from .delivery import (
 from .plan import CopyPlan, manifest_bytes
 from .runtime import Runtime
 from .store import BlobState, BlobStore, Conflict, SourceUnreadable, SyncCopyRefused
+from .telemetry import CURRENT, recording
 
 log = logging.getLogger("receiver.verification")
 
@@ -114,26 +115,29 @@ async def verify_copy(
     wait_seconds: float | None = None,
 ) -> Result:
     """Finish, restart or give up on one copy. Raises CopyStillRunning to have the host try again."""
-    try:
-        pending = PendingCopy.model_validate(json.loads(body))
-    except (ValueError, ValidationError):
-        log.error("copy verification message is unreadable; dropped")
-        return "unreadable"
-    settings = runtime.settings()
-    store = runtime.store()
-    wait = settings.copy_wait_seconds if wait_seconds is None else wait_seconds
-    result = await settle_pending(
-        store, pending, now=now, wait_seconds=wait, sync_copy_max_mib=settings.sync_copy_max_mib
-    )
-    if result == "pending":
-        if dequeue_count >= MAX_DEQUEUE_COUNT:
-            log.error(
-                "copy still pending after the last verification try; its manifest stays pending %s",
-                pending.describe(),
-            )
-            return "pending"
-        raise CopyStillRunning(f"copy still pending {pending.describe()}")
-    return result
+    with recording("verification") as record:
+        try:
+            pending = PendingCopy.model_validate(json.loads(body))
+        except (ValueError, ValidationError):
+            record.outcome, record.final_failure = "unreadable", True
+            record.reason = "the verification message is unreadable; it was dropped"
+            return "unreadable"
+        record.task_id, record.workspace_id = pending.task_id, pending.workspace_id
+        record.blob = f"{pending.container}/{pending.blob_name}"
+        settings = runtime.settings()
+        store = runtime.store()
+        wait = settings.copy_wait_seconds if wait_seconds is None else wait_seconds
+        result = await settle_pending(
+            store, pending, now=now, wait_seconds=wait, sync_copy_max_mib=settings.sync_copy_max_mib
+        )
+        record.outcome = result
+        if result == "pending":
+            if dequeue_count >= MAX_DEQUEUE_COUNT:
+                record.final_failure = True
+                record.reason = "still pending after the last verification try; its manifest stays pending"
+                return "pending"
+            raise CopyStillRunning(f"copy still pending {pending.describe()}")
+        return result
 
 
 async def settle_pending(
@@ -219,7 +223,12 @@ async def _give_up(store: BlobStore, pending: PendingCopy, state: BlobState | No
         target = _target(pending, base)
         document = manifest_document(target, pending.copy_id, tags_written=pending.tags_written, copy_status="failed")
         await record_manifest_failed(store, target, document, snapshot)
-    log.error("copy failed for good: %s; export the document again %s", reason, pending.describe())
+    record = CURRENT.get()
+    if record is not None:  # the operation's one record is the ERROR line
+        record.final_failure = True
+        record.reason = f"copy failed for good: {reason}; export the document again"
+    else:
+        log.error("copy failed for good: %s; export the document again %s", reason, pending.describe())
     return "failed"
 
 

@@ -17,6 +17,7 @@ from .runtime import Runtime
 from .settings import Settings, SettingsError
 from .source import SourceError, check_source, link_secrets, redact, without_secrets
 from .store import StoreError
+from .telemetry import Record, recording
 
 log = logging.getLogger("receiver")
 
@@ -65,18 +66,29 @@ def prepare(body: bytes, headers: Mapping[str, str], settings: Settings, *, now:
 
 
 async def handle_delivery(body: bytes, headers: Mapping[str, str], *, runtime: Runtime, now: datetime) -> Outcome:
-    """Validate one notification and store its file; every path ends in an Outcome."""
+    """Validate one notification and store its file; every path ends in an Outcome and one record."""
+    with recording("delivery") as record:
+        result = await _handle(body, headers, runtime=runtime, now=now, record=record)
+        record.status = result.status_code
+        record.outcome = str(result.body.get("error") or result.body["status"])
+        if record.task_id is None:
+            record.task_id = result.body.get("taskId") or _task_hint(body)
+        return result
+
+
+async def _handle(
+    body: bytes, headers: Mapping[str, str], *, runtime: Runtime, now: datetime, record: Record
+) -> Outcome:
     try:
         settings = runtime.settings()
     except SettingsError as exc:
-        log.error("misconfigured: %s", exc.message)
+        record.reason, record.final_failure = exc.message, True
         return outcome.failed(500, "misconfigured", exc.message)
     plan = prepare(body, headers, settings, now=now)
     if isinstance(plan, Outcome):
-        task = plan.body.get("taskId") or _task_hint(body)
-        log.info("rejected %s %s task=%s", plan.status_code, plan.body.get("error"), task)
         return plan
-    blob = f"{settings.destination_container}/{plan.blob_name}"
+    record.task_id, record.workspace_id = plan.task_id, plan.workspace_id
+    record.blob = f"{settings.destination_container}/{plan.blob_name}"
     progress = Progress()
     try:
         store = runtime.store()
@@ -89,10 +101,10 @@ async def handle_delivery(body: bytes, headers: Mapping[str, str], *, runtime: R
                 progress=progress,
             )
     except SettingsError as exc:
-        log.error("misconfigured task=%s blob=%s: %s", plan.task_id, blob, exc.message)
+        record.reason, record.final_failure = exc.message, True
         return outcome.failed(500, "misconfigured", exc.message, taskId=plan.task_id)
     except CopyFailed as exc:
-        log.warning("copy failed task=%s blob=%s: %s", plan.task_id, blob, exc.message)
+        record.reason = exc.message
         return outcome.failed(
             502,
             "copy-failed",
@@ -100,20 +112,21 @@ async def handle_delivery(body: bytes, headers: Mapping[str, str], *, runtime: R
             taskId=plan.task_id,
         )
     except NotStored as exc:
-        log.warning("not stored task=%s blob=%s: %s", plan.task_id, blob, exc.message)
+        record.reason = exc.message
         return _unavailable(plan, exc.message, settings, progress, track=exc.track)
     except StoreError as exc:
+        record.reason = exc.message
         if exc.kind == "unavailable" and progress.copy_sent:
-            log.warning("storage failed after the copy task=%s blob=%s: %s", plan.task_id, blob, exc.message)
             return _unavailable(plan, _AFTER_COPY, settings, progress, track=True)
-        return _storage_failure(plan, blob, exc)
+        record.final_failure = exc.kind in ("misconfigured", "rejected")
+        return _storage_failure(plan, exc)
     except TimeoutError:
-        log.warning("delivery timed out task=%s blob=%s copy_sent=%s", plan.task_id, blob, progress.copy_sent)
+        record.reason = "timed out" + (" after the copy was sent" if progress.copy_sent else "")
         return _unavailable(
             plan, _AFTER_COPY if progress.copy_sent else _NO_ANSWER, settings, progress, track=progress.copy_sent
         )
     except Exception as exc:  # a bug must still answer in JSON, and never with a stack trace or a SAS
-        log.error("unexpected %s task=%s blob=%s: %s", type(exc).__name__, plan.task_id, blob, redact(str(exc)))
+        record.reason, record.final_failure = f"unexpected {type(exc).__name__}: {redact(str(exc))}", True
         return outcome.failed(
             500,
             "internal-error",
@@ -121,7 +134,9 @@ async def handle_delivery(body: bytes, headers: Mapping[str, str], *, runtime: R
             "if it keeps failing, check the function's logs.",
             taskId=plan.task_id,
         )
-    return _delivered(plan, result, store.blob_url(plan.blob_name), settings.destination_container, progress)
+    finally:
+        record.copy_mode = progress.mode if progress.copy_sent else None
+    return _delivered(plan, result, store.blob_url(plan.blob_name), settings.destination_container)
 
 
 _NO_ANSWER = "Azure Storage did not answer in time. Send the document again later."
@@ -158,8 +173,7 @@ def _unavailable(plan: CopyPlan, message: str, settings: Settings, progress: Pro
     return Outcome(failed.status_code, failed.body, verification)
 
 
-def _storage_failure(plan: CopyPlan, blob: str, exc: StoreError) -> Outcome:
-    log.warning("storage failure task=%s blob=%s kind=%s: %s", plan.task_id, blob, exc.kind, exc.message)
+def _storage_failure(plan: CopyPlan, exc: StoreError) -> Outcome:
     if exc.kind == "source":
         return outcome.failed(
             502,
@@ -185,11 +199,8 @@ def _storage_failure(plan: CopyPlan, blob: str, exc: StoreError) -> Outcome:
     )
 
 
-def _delivered(plan: CopyPlan, result: Delivered, url: str, container: str, progress: Progress) -> Outcome:
+def _delivered(plan: CopyPlan, result: Delivered, url: str, container: str) -> Outcome:
     blob = f"{container}/{result.blob_name}"
-    log.info(
-        "%s task=%s workspace=%s blob=%s mode=%s", result.kind, plan.task_id, plan.workspace_id, blob, progress.mode
-    )
     verification = None
     if result.kind == "copying":
         from .verification import verification_message  # only the 202 path needs it

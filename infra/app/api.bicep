@@ -94,7 +94,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
-        alwaysReady: alwaysReadyHttpInstances == 0 ? [] : [
+        alwaysReady: (alwaysReadyHttpInstances == 0) ? [] : [
           {
             name: 'http'
             instanceCount: alwaysReadyHttpInstances

@@ -12,16 +12,17 @@ var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: accountName
+}
 
-  resource blobService 'blobServices' existing = {
-    name: 'default'
-  }
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
+  parent: account
+  name: 'default'
 }
 
 // Created here (ARM, no data-plane rights needed) because the role below is scoped to it; the app
 // could not create it with a container-scoped role.
 resource container 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: account::blobService
+  parent: blobService
   name: containerName
   properties: {
     publicAccess: 'None'

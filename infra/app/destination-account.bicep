@@ -33,19 +33,20 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
       defaultAction: privateNetworking ? 'Deny' : 'Allow'
     }
   }
+}
 
-  resource blobService 'blobServices' = {
-    name: 'default'
-    properties: {
-      // Deleted or overwritten documents can be restored for a week.
-      deleteRetentionPolicy: {
-        enabled: true
-        days: 7
-      }
-      containerDeleteRetentionPolicy: {
-        enabled: true
-        days: 7
-      }
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: account
+  name: 'default'
+  properties: {
+    // Deleted or overwritten documents can be restored for a week.
+    deleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+    containerDeleteRetentionPolicy: {
+      enabled: true
+      days: 7
     }
   }
 }

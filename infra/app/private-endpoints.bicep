@@ -30,18 +30,20 @@ resource blobEndpoint 'Microsoft.Network/privateEndpoints@2024-01-01' = {
     ]
   }
 
-  resource zoneGroup 'privateDnsZoneGroups' = {
-    name: 'default'
-    properties: {
-      privateDnsZoneConfigs: [
-        {
-          name: 'blob'
-          properties: {
-            privateDnsZoneId: blobDnsZoneId
-          }
+}
+
+resource blobZoneGroup 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2024-01-01' = {
+  parent: blobEndpoint
+  name: 'default'
+  properties: {
+    privateDnsZoneConfigs: [
+      {
+        name: 'blob'
+        properties: {
+          privateDnsZoneId: blobDnsZoneId
         }
-      ]
-    }
+      }
+    ]
   }
 }
 

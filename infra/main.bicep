@@ -246,7 +246,9 @@ module destination 'app/destination-access.bicep' = {
     containerName: destinationContainer
     principalId: identity.outputs.principalId
   }
+  // The scope is named, not referenced: say that it waits for the resource group and a new account.
   dependsOn: [
+    rg
     destinationAccount
   ]
 }

@@ -414,6 +414,8 @@ def test_telemetry_takes_entra_id_only_and_an_error_alert_is_wired() -> None:
         "app/api.bicep",
         "ClientId=${identityClientId};Authorization=AAD",
     )
+    # The worker configures OpenTelemetry (host.json telemetryMode); the app never does it a second time.
+    assert settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == ("app/api.bicep", "true")
     alert = only(rel, "Microsoft.Insights/scheduledQueryRules")["properties"]
     assert [accessor(scope) for scope in alert["scopes"]] == [["applicationInsights", "id"]]
     [criterion] = alert["criteria"]["allOf"]

@@ -47,3 +47,12 @@ async def verify_pending_copy(message: func.QueueMessage) -> None:
     await verify_copy(
         message.get_body(), runtime=RUNTIME, now=datetime.now(UTC), dequeue_count=message.dequeue_count or 1
     )
+
+
+@app.function_name("reconcile_deliveries")
+@app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False, use_monitor=True)
+async def reconcile_deliveries(timer: func.TimerRequest) -> None:
+    # Catches what the verification queue missed (a lost or poisoned message); see receiver/reconciliation.py.
+    from receiver.reconciliation import reconcile_run
+
+    await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC))

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from .plan import CopyPlan, manifest_bytes
+from .plan import CopyPlan, manifest_bytes, manifest_labels
 from .settings import SYNC_COPY_LIMIT_MIB
 from .store import BlobState, BlobStore, Conflict, Manifest, StorageUnavailable, SyncCopyRefused
 from .telemetry import about
@@ -159,8 +159,11 @@ async def record_manifest(
             if state is None or state.delivery != target.delivery:
                 return False
             confirmed = True
+        tags, metadata = manifest_labels(target.manifest, copy_status)
         try:
-            await store.write_manifest(name, document, etag=None if snapshot is None else snapshot.etag)
+            await store.write_manifest(
+                name, document, etag=None if snapshot is None else snapshot.etag, tags=tags, metadata=metadata
+            )
             return True
         except Conflict:
             snapshot = UNREAD

@@ -229,6 +229,20 @@ def manifest(notification: Notification, plan_fields: dict[str, Any], *, receive
     }
 
 
+def manifest_labels(document: dict[str, Any], copy_status: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Index tags and metadata of a manifest blob: its copy status and receive time make unfinished
+    deliveries findable (Find Blobs by Tags, or a listing on accounts without tags); the ids let
+    an operator find a task's manifest too."""
+    received = str(document.get("receivedAt") or "")
+    tags = {
+        "copyStatus": copy_status,
+        "receivedAt": fold_tag_text(received, MAX_TAG_VALUE),
+        "taskId": fold_tag_text(str(document.get("taskId") or ""), MAX_TAG_VALUE),
+        "workspaceId": fold_tag_text(str(document.get("workspaceId") or ""), MAX_TAG_VALUE),
+    }
+    return tags, {"copystatus": copy_status, "receivedat": metadata_value(received, 64)}
+
+
 def manifest_bytes(document: dict[str, Any]) -> bytes:
     # ensure_ascii keeps any stray surrogate representable; readers decode \\u escapes anyway.
     return json.dumps(document, ensure_ascii=True, indent=2).encode("ascii")
@@ -268,6 +282,8 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
             "source": source.public_url,
             "blob": f"{settings.destination_container}/{name}",
             "delivery": source.delivery,
+            # The link's effective expiry (payload date or SAS se, the earlier): when a copy can no longer be retried.
+            "linkExpiresOn": _iso(source.expires_on),
             "tags": tags,
             "tagsDropped": dropped,
         },

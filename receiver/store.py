@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -136,6 +136,7 @@ class BlobState:
     copy_description: str | None
     content_settings: ContentSettings
     size: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def content_type(self) -> str | None:
@@ -426,6 +427,7 @@ class BlobStore:
             copy_description=redact(copy.status_description) if copy and copy.status_description else None,
             content_settings=props.content_settings,
             size=int(props.size or 0),
+            metadata=dict(props.metadata or {}),
         )
 
     async def set_content_type(self, name: str, current: BlobState, content_type: str) -> str:
@@ -449,18 +451,82 @@ class BlobStore:
             )
         return str(result["etag"])
 
-    async def write_manifest(self, name: str, data: bytes, *, etag: str | None) -> str:
-        """Write a manifest over the one with ``etag`` (If-Match), or a new one (If-None-Match: *)."""
+    async def write_manifest(
+        self, name: str, data: bytes, *, etag: str | None, tags: dict[str, str], metadata: dict[str, str]
+    ) -> str:
+        """Write a manifest over the one with ``etag`` (If-Match), or a new one (If-None-Match: *).
+
+        ``tags`` (copyStatus, receivedAt, ids) make unfinished deliveries findable with one Find
+        Blobs by Tags call; ``metadata`` carries the same status for accounts without index tags.
+        """
         conditions: dict[str, Any] = (
             {"overwrite": True, "etag": etag, "match_condition": MatchConditions.IfNotModified}
             if etag is not None
             else {"overwrite": False}
         )
-        async with self._call("write manifest"):
-            result = await self._blob(name).upload_blob(
-                data, content_settings=ContentSettings(content_type="application/json"), **conditions
-            )
-        return str(result["etag"])
+        while True:
+            with_tags = self.tags_supported
+            try:
+                async with self._call("write manifest"):
+                    result = await self._blob(name).upload_blob(
+                        data,
+                        content_settings=ContentSettings(content_type="application/json"),
+                        metadata=metadata,
+                        tags=tags if with_tags else None,
+                        **conditions,
+                    )
+                return str(result["etag"])
+            except TagsUnsupported:
+                if not with_tags:
+                    raise
+                self.tags_supported = False
+
+    async def pending_manifests(self, *, received_before: str, limit: int) -> list[str]:
+        """Names of manifests that still say ``pending``, received before the given ISO time, oldest
+        first as far as the service orders them. One Find Blobs by Tags call per page of results; on
+        an account without index tags, a listing of the container with metadata (slower: its cost
+        grows with the container)."""
+        if self.tags_supported:
+            query = f"\"copyStatus\"='pending' AND \"receivedAt\" < '{received_before}'"
+            names: list[str] = []
+            try:
+                pages: Any = self._container.find_blobs_by_tags(query, results_per_page=min(limit, 5000)).by_page()
+                while len(names) < limit:
+                    async with self._call("find pending manifests"):
+                        page = await anext(pages, None)
+                        if page is None:
+                            break
+                        names.extend([item.name async for item in page])
+                    if not pages.continuation_token:
+                        break
+                return names[:limit]
+            except TagsUnsupported:
+                self.tags_supported = False
+        names = []
+        listing: Any = self._container.list_blobs(include=["metadata"]).by_page()
+        while len(names) < limit:
+            async with self._call("list manifests"):
+                blobs = await anext(listing, None)
+                if blobs is None:
+                    break
+                async for item in blobs:
+                    meta = item.metadata or {}
+                    if (
+                        item.name.endswith(".json")
+                        and meta.get("copystatus") == "pending"
+                        and meta.get("receivedat", "") < received_before
+                    ):
+                        names.append(item.name)
+            if not listing.continuation_token:
+                break
+        return names[:limit]
+
+    async def blob_tags(self, name: str) -> dict[str, str]:
+        try:
+            async with self._call("read tags"):
+                return dict(await self._blob(name).get_blob_tags())
+        except (BlobMissing, ContainerMissing, TagsUnsupported):
+            return {}
 
     async def read_manifest(self, name: str) -> Manifest | None:
         """A manifest and its ETag, or None when it does not exist. Unreadable JSON reads as empty."""

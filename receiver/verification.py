@@ -27,7 +27,7 @@ from .delivery import (
     use_sync_copy,
     wait_for_copy,
 )
-from .plan import CopyPlan, manifest_bytes
+from .plan import CopyPlan, manifest_bytes, manifest_labels
 from .runtime import Runtime
 from .store import BlobState, BlobStore, Conflict, SourceUnreadable, SyncCopyRefused
 from .telemetry import CURRENT, recording
@@ -141,10 +141,22 @@ async def verify_copy(
 
 
 async def settle_pending(
-    store: BlobStore, pending: PendingCopy, *, now: datetime, wait_seconds: float, sync_copy_max_mib: int
+    store: BlobStore,
+    pending: PendingCopy,
+    *,
+    now: datetime,
+    wait_seconds: float,
+    sync_copy_max_mib: int,
+    known: BlobState | None | Literal["unread"] = "unread",
 ) -> Result:
-    """One look at a copy whose outcome is not known yet; the same rules wherever it is called from."""
-    state = await wait_for_copy(store, pending.blob_name, deadline=time.monotonic() + wait_seconds)
+    """One look at a copy whose outcome is not known yet: the queue function's rules, which the
+    reconciliation follows too. Without the link (``source_url`` empty: the reconciliation never
+    has it), a failed copy cannot be restarted and fails for good. ``known``: the blob as the
+    caller just read it (no wait)."""
+    if known == "unread":
+        state = await wait_for_copy(store, pending.blob_name, deadline=time.monotonic() + wait_seconds)
+    else:
+        state = known
     for attempt in range(2):
         if state is not None and state.delivery != pending.delivery:
             log.info("copy superseded by a newer export %s", pending.describe())
@@ -157,6 +169,14 @@ async def settle_pending(
         reason = _final_reason(pending, state, now)
         if reason is not None:
             return await _give_up(store, pending, state, reason)
+        if not pending.source_url:
+            return await _give_up(
+                store,
+                pending,
+                state,
+                "its copy failed while the link was still valid, and the link (kept only in the verification "
+                "queue message) is gone; replay the poison queue if the message is there, or export again",
+            )
         if attempt:
             break
         try:
@@ -241,9 +261,14 @@ async def record_manifest_failed(store: BlobStore, target: _Target, document: by
     for _ in range(3):
         if snapshot is not None and snapshot.document.get("delivery") not in (None, target.delivery):
             return
+        tags, metadata = manifest_labels(target.manifest, "failed")
         try:
             await store.write_manifest(
-                target.manifest_name or "", document, etag=None if snapshot is None else snapshot.etag
+                target.manifest_name or "",
+                document,
+                etag=None if snapshot is None else snapshot.etag,
+                tags=tags,
+                metadata=metadata,
             )
             return
         except Conflict:

@@ -101,6 +101,7 @@ class FaultProxy:
     upstream_port: int
     rules: list[Rule] = field(default_factory=list)
     seen: list[tuple[str, str]] = field(default_factory=list)
+    answered: list[tuple[str, str, int]] = field(default_factory=list)  # what Azurite answered (forwarded requests)
     port: int = 0
     _runner: web.AppRunner | None = None
     _session: ClientSession | None = None
@@ -132,6 +133,7 @@ class FaultProxy:
     def reset(self) -> None:
         self.rules.clear()
         self.seen.clear()
+        self.answered.clear()
 
     async def start(self) -> FaultProxy:
         app = web.Application(client_max_size=1024**3)
@@ -183,6 +185,7 @@ class FaultProxy:
             request.method, url, headers=headers, data=body, skip_auto_headers=SKIP_AUTO_HEADERS
         ) as upstream:
             payload = await upstream.read()
+            self.answered.append((request.method, request.path, upstream.status))
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
             if rewrite is not None and rewrite.delay_answer and upstream.status < 300:
                 await asyncio.sleep(rewrite.delay_answer)  # storage did the work; the answer comes late

@@ -45,6 +45,8 @@ def test_app_registers_the_contract_endpoints() -> None:
     assert str(health.auth_level).endswith("ANONYMOUS")
     outputs: list[Any] = [b for b in functions["anonymization_webhook"].get_bindings() if b.type == "queue"]
     assert outputs and outputs[0].queue_name == "smartdocumentor-copy-verifications"
+    timer: Any = functions["reconcile_deliveries"].get_trigger()
+    assert timer.type == "timerTrigger" and timer.schedule == "%RECONCILE_SCHEDULE%"
 
 
 async def test_pdf_is_copied_with_tags_metadata_and_manifest(

@@ -140,5 +140,7 @@ def emit(record: Record, attributes: dict[str, Any]) -> None:
         record.storage_requests,
         record.duration_ms,
         reason,
-        extra={"custom_dimensions": attributes, "receiver_record": attributes},
+        # Flat, primitive attributes: OpenTelemetry's log exporter turns them into customDimensions
+        # (a nested dict would be dropped), and the message itself carries them for any other sink.
+        extra={f"receiver.{key}": value for key, value in attributes.items()},
     )

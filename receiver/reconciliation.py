@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 from .plan import manifest_bytes, manifest_labels
 from .runtime import Runtime
-from .store import BlobState, BlobStore, Conflict, Manifest
+from .store import BlobState, BlobStore, Conflict, ContainerMissing, Manifest
 from .telemetry import Record, recording
 from .verification import PendingCopy, settle_pending
 
@@ -67,7 +67,10 @@ async def reconcile_run(
     deadline = time.monotonic() + budget_seconds
     with recording("reconciliation") as run:
         run.outcome = "run"
-        names = await store.pending_manifests(received_before=_iso(cutoff), limit=max_items)
+        try:
+            names = await store.pending_manifests(received_before=_iso(cutoff), limit=max_items)
+        except ContainerMissing:
+            names = []  # no container yet: no delivery, nothing pending
         report.found = len(names)
         for name in names:
             if time.monotonic() > deadline:
@@ -122,7 +125,9 @@ async def reconcile_one(store: BlobStore, manifest_name: str, *, now: datetime, 
     state = await store.state(pending.blob_name)
     if state is not None and state.delivery != pending.delivery:
         return await repair_manifest(store, manifest_name, state, snapshot, now=now)
-    return await settle_pending(store, pending, now=now, wait_seconds=0, sync_copy_max_mib=0, known=state)
+    return await settle_pending(
+        store, pending, now=now, wait_seconds=0, sync_copy_max_mib=0, known=state, manifest=snapshot
+    )
 
 
 async def repair_manifest(

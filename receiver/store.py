@@ -490,7 +490,10 @@ class BlobStore:
             query = f"\"copyStatus\"='pending' AND \"receivedAt\" < '{received_before}'"
             names: list[str] = []
             try:
-                pages: Any = self._container.find_blobs_by_tags(query, results_per_page=min(limit, 5000)).by_page()
+                # No page size: the service's own (up to 5000). Azurite filters within each page of
+                # blobs and drops the continuation marker when a page has fewer matches than asked,
+                # so a small page size would hide matches there; Azure returns NextMarker, followed here.
+                pages: Any = self._container.find_blobs_by_tags(query).by_page()
                 while len(names) < limit:
                     async with self._call("find pending manifests"):
                         page = await anext(pages, None)

@@ -29,7 +29,7 @@ from .delivery import (
 )
 from .plan import CopyPlan, manifest_bytes, manifest_labels
 from .runtime import Runtime
-from .store import BlobState, BlobStore, Conflict, SourceUnreadable, SyncCopyRefused
+from .store import BlobState, BlobStore, Conflict, Manifest, SourceUnreadable, SyncCopyRefused
 from .telemetry import CURRENT, recording
 
 log = logging.getLogger("receiver.verification")
@@ -148,11 +148,12 @@ async def settle_pending(
     wait_seconds: float,
     sync_copy_max_mib: int,
     known: BlobState | Literal["unread"] | None = "unread",
+    manifest: Manifest | Literal["unread"] | None = "unread",
 ) -> Result:
     """One look at a copy whose outcome is not known yet: the queue function's rules, which the
     reconciliation follows too. Without the link (``source_url`` empty: the reconciliation never
     has it), a failed copy cannot be restarted and fails for good. ``known``: the blob as the
-    caller just read it (no wait)."""
+    caller just read it (no wait); ``manifest``: the manifest as the caller read it *before* that."""
     if known == "unread":
         state = await wait_for_copy(store, pending.blob_name, deadline=time.monotonic() + wait_seconds)
     else:
@@ -162,19 +163,20 @@ async def settle_pending(
             log.info("copy superseded by a newer export %s", pending.describe())
             return "superseded"
         if state is not None and state.copy_settled:
-            return await _finish(store, pending, state)
+            return await _finish(store, pending, state, manifest)
         if state is not None and state.copy_status == "pending":
             return "pending"
         # failed, aborted, or never created: copy again while the link works
         reason = _final_reason(pending, state, now)
         if reason is not None:
-            return await _give_up(store, pending, state, reason)
+            return await _give_up(store, pending, state, reason, manifest)
         if not pending.source_url:
             return await _give_up(
                 store,
                 pending,
                 state,
-                "its copy failed while the link was still valid, and the link (kept only in the verification "
+                manifest=manifest,
+                reason="its copy failed while the link was still valid, and the link (kept only in the verification "
                 "queue message) is gone; replay the poison queue if the message is there, or export again",
             )
         if attempt:
@@ -182,7 +184,7 @@ async def settle_pending(
         try:
             await _restart(store, pending, state, sync_copy_max_mib=sync_copy_max_mib)
         except SourceUnreadable as exc:
-            return await _give_up(store, pending, state, f"the source was refused or is gone ({exc.code})")
+            return await _give_up(store, pending, state, f"the source was refused or is gone ({exc.code})", manifest)
         except Conflict:
             return "pending"  # someone changed the blob meanwhile: look again on the next try
         state = await wait_for_copy(store, pending.blob_name, deadline=time.monotonic() + wait_seconds)
@@ -202,10 +204,15 @@ def _target(pending: PendingCopy, manifest: dict[str, Any]) -> _Target:
     return _Target(pending.blob_name, pending.content_type, pending.manifest_name, manifest, pending.delivery)
 
 
-async def _manifest_base(store: BlobStore, pending: PendingCopy) -> tuple[dict[str, Any], Any]:
+async def _manifest_base(
+    store: BlobStore, pending: PendingCopy, known: Manifest | Literal["unread"] | None = "unread"
+) -> tuple[dict[str, Any], Any]:
     """The manifest to complete: the stored one when it is this delivery's, else the message's own,
     else what the message knows (``partial``). Returns it with the snapshot it was read as."""
-    snapshot = await store.read_manifest(pending.manifest_name) if pending.manifest_name else None
+    if known != "unread":
+        snapshot = known
+    else:
+        snapshot = await store.read_manifest(pending.manifest_name) if pending.manifest_name else None
     if snapshot is not None and snapshot.document.get("delivery") == pending.delivery:
         return snapshot.document, snapshot
     if pending.manifest_document is not None:
@@ -224,8 +231,10 @@ async def _manifest_base(store: BlobStore, pending: PendingCopy) -> tuple[dict[s
     }, snapshot
 
 
-async def _finish(store: BlobStore, pending: PendingCopy, state: BlobState) -> Result:
-    base, snapshot = await _manifest_base(store, pending)
+async def _finish(
+    store: BlobStore, pending: PendingCopy, state: BlobState, manifest: Manifest | Literal["unread"] | None
+) -> Result:
+    base, snapshot = await _manifest_base(store, pending, manifest)
     tags_written = pending.tags_written and store.tags_supported
     if await finish(store, _target(pending, base), state, snapshot=snapshot, tags_written=tags_written):
         log.info("copy finished %s", pending.describe())
@@ -234,12 +243,18 @@ async def _finish(store: BlobStore, pending: PendingCopy, state: BlobState) -> R
     return "superseded"
 
 
-async def _give_up(store: BlobStore, pending: PendingCopy, state: BlobState | None, reason: str) -> Result:
+async def _give_up(
+    store: BlobStore,
+    pending: PendingCopy,
+    state: BlobState | None,
+    reason: str,
+    manifest: Manifest | Literal["unread"] | None = "unread",
+) -> Result:
     """A copy that can never succeed: remove its empty blob, mark the manifest failed, one ERROR."""
     if state is not None:
         await remove_failed_copy(store, pending.blob_name, state)
     if pending.manifest_name:
-        base, snapshot = await _manifest_base(store, pending)
+        base, snapshot = await _manifest_base(store, pending, manifest)
         target = _target(pending, base)
         document = manifest_document(target, pending.copy_id, tags_written=pending.tags_written, copy_status="failed")
         await record_manifest_failed(store, target, document, snapshot)

@@ -147,7 +147,7 @@ async def settle_pending(
     now: datetime,
     wait_seconds: float,
     sync_copy_max_mib: int,
-    known: BlobState | None | Literal["unread"] = "unread",
+    known: BlobState | Literal["unread"] | None = "unread",
 ) -> Result:
     """One look at a copy whose outcome is not known yet: the queue function's rules, which the
     reconciliation follows too. Without the link (``source_url`` empty: the reconciliation never

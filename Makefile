@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: install test lint typecheck demo run bench clean
+.PHONY: install test lint typecheck demo run bench ops clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-ops.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy function_app.py receiver devtools tests bench
+	$(VENV)/bin/mypy function_app.py receiver devtools tests bench ops
 
 test: install lint typecheck
 	$(PY) -m pytest
@@ -46,5 +46,11 @@ run: install
 bench: install
 	$(PY) -m bench.run
 
+# The operator command line: make ops ARGS="find --task <taskId>" (README "Operator command line").
+# Not echoed: ARGS may hold a connection string. make turns any failure into its own exit code 2;
+# scripts that branch on the command's exit codes run .venv/bin/python -m ops directly.
+ops: $(STAMP)
+	@$(PY) -m ops $(ARGS)
+
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(CHECKOV_VENV) .venv-ops node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

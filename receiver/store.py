@@ -566,3 +566,30 @@ class BlobStore:
         """Raise unless the container is reachable (for /api/health); a missing one is created again."""
         if not await self.container_exists():
             await self.ensure_container(again=True)
+
+    async def find_tagged(self, query: str) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """Names of this container's blobs whose index tags match ``query`` (Find Blobs by Tags at
+        container level: one request per page of up to 5000), with the tags the service returned
+        (those the query names). Raises :class:`TagsUnsupported` on an account without index tags."""
+        pages: Any = self._container.find_blobs_by_tags(query, results_per_page=5000).by_page()
+        while True:
+            async with self._call("find blobs by tags"):
+                page = await anext(pages, None)
+                found = [] if page is None else [(item.name, dict(item.tags or {})) async for item in page]
+            for item in found:
+                yield item
+            if page is None or not pages.continuation_token:
+                return
+
+    async def listing(self, *, prefix: str | None = None) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """Every blob of the container (under ``prefix``) with its metadata, one request per page of up
+        to 5000: the slow path on accounts without index tags (its cost grows with the container)."""
+        pages: Any = self._container.list_blobs(name_starts_with=prefix, include=["metadata"]).by_page()
+        while True:
+            async with self._call("list blobs"):
+                page = await anext(pages, None)
+                found = [] if page is None else [(item.name, dict(item.metadata or {})) async for item in page]
+            for item in found:
+                yield item
+            if page is None or not pages.continuation_token:
+                return

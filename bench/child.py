@@ -93,11 +93,14 @@ async def _receiver(args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _bare_copy(args: dict[str, Any]) -> dict[str, Any]:
+    """The baseline: one synchronous Copy Blob From URL, as a user would write it."""
     from azure.storage.blob.aio import BlobServiceClient
 
     async with BlobServiceClient.from_connection_string(args["destination"]) as service:
         blob = service.get_blob_client(args["container"], args["blob"])
-        result = await blob.start_copy_from_url(args["source"], tags=args["tags"], metadata=args["metadata"])
+        result = await blob.start_copy_from_url(
+            args["source"], requires_sync=True, tags=args["tags"], metadata=args["metadata"]
+        )
     return {"status": result["copy_status"]}
 
 

@@ -1,0 +1,155 @@
+"""A counting HTTP proxy in front of Azurite: the storage requests of one delivery, seen on the wire.
+
+The receiver's connection string and the export links both point here, so every request the
+process sends to the customer's account, and any request it sends to the source, passes
+through and is recorded (retries included, each one). The proxy keeps the Host header as sent:
+Azurite copies only from a source on "the same instance", which it decides by comparing the
+copy request's Host with the source URL's, and both name this proxy. Azurite's own check of the
+source (an axios GET ?comp=metadata that Azure does inside the service) passes through too and
+is kept apart (:attr:`Seen.by_emulator`).
+
+``refuse_sync`` answers every synchronous copy the way Azure answers one whose source is over
+256 MiB (409 CannotVerifyCopySource), which Azurite never does.
+
+Standalone on purpose: the bench does not import the tests (tests/faultproxy.py is their proxy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import ClientSession, ClientTimeout, web
+from yarl import URL
+
+# Hop-by-hop headers are the proxy's own business; Host and Content-Length go through as sent.
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+# Forward byte for byte: Shared Key signs Content-Type/Length, so aiohttp must add nothing.
+SKIP_AUTO_HEADERS = ("Content-Type", "Accept-Encoding", "User-Agent", "Accept")
+REFUSED_SYNC_COPY = (
+    '<?xml version="1.0" encoding="utf-8"?><Error><Code>CannotVerifyCopySource</Code>'
+    "<Message>The source request body is too large and exceeds the maximum permissible limit (256MB).\n"
+    "RequestId:bench-counter</Message></Error>"
+)
+
+
+@dataclass
+class Seen:
+    """One request as it arrived, and the status it was answered with."""
+
+    method: str
+    account: str
+    path: str  # without the query (which may hold a SAS)
+    comp: str | None
+    restype: str | None
+    copy: bool  # x-ms-copy-source
+    sync: bool  # x-ms-requires-sync: true
+    if_match: bool
+    if_none_match: bool
+    user_agent: str
+    status: int = 0
+
+    @property
+    def by_emulator(self) -> bool:
+        """Azurite checking a copy source over HTTP: Azure does this inside the service, unseen."""
+        return self.user_agent.lower().startswith("axios")
+
+    @property
+    def describe(self) -> str:
+        """What the request is, in the storage REST API's own names."""
+        target = "manifest" if self.path.endswith(".json") else "file"
+        if self.account != "customer":
+            operation = "HEAD on the source (the link's own SAS)" if self.method == "HEAD" else f"{self.method} source"
+        elif self.restype == "container":
+            operation = "Create Container" if self.method == "PUT" else f"{self.method} container"
+        elif self.copy:
+            operation = f"Copy Blob From URL (synchronous) to the {target}" if self.sync else "Copy Blob (asynchronous)"
+        elif self.method == "PUT" and self.comp == "properties":
+            operation = f"Set Blob Properties on the {target}"
+        elif self.method == "PUT" and self.comp == "copy":
+            operation = "Abort Copy Blob"
+        else:
+            name = {"HEAD": "Get Blob Properties", "GET": "Get Blob", "PUT": "Put Blob", "DELETE": "Delete Blob"}
+            operation = f"{name.get(self.method, self.method)} of the {target}"
+        condition = " If-Match" if self.if_match else " If-None-Match: *" if self.if_none_match else ""
+        return f"{operation}{condition} → {self.status}"
+
+
+@dataclass
+class CountingProxy:
+    upstream_port: int
+    refuse_sync: bool = False
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+    _session: ClientSession | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def via(self, url: str) -> str:
+        """An Azurite URL (a SAS link) through this proxy; the SAS does not sign the host."""
+        return url.replace(f"//127.0.0.1:{self.upstream_port}/", f"//{self.host}/", 1)
+
+    def take(self) -> list[Seen]:
+        """The requests sent by the receiver since the last take (the emulator's own are left out)."""
+        seen, self.seen = self.seen, []
+        return [request for request in seen if not request.by_emulator]
+
+    async def start(self) -> CountingProxy:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None)
+        assert sockets
+        self.port = int(sockets[0].getsockname()[1])
+        self._session = ClientSession(timeout=ClientTimeout(total=60), auto_decompress=False)
+        return self
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        parts = request.path.lstrip("/").split("/", 1)
+        seen = Seen(
+            method=request.method,
+            account=parts[0],
+            path=request.path,
+            comp=request.query.get("comp"),
+            restype=request.query.get("restype"),
+            copy="x-ms-copy-source" in request.headers,
+            sync=request.headers.get("x-ms-requires-sync", "").lower() == "true",
+            if_match="If-Match" in request.headers,
+            if_none_match=request.headers.get("If-None-Match") == "*",
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        self.seen.append(seen)  # in order of arrival
+        if self.refuse_sync and seen.copy and seen.sync:
+            seen.status = 409
+            return web.Response(
+                status=409,
+                text=REFUSED_SYNC_COPY,
+                content_type="application/xml",
+                headers={"x-ms-error-code": "CannotVerifyCopySource", "x-ms-request-id": "bench-counter"},
+            )
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        body = await request.read()
+        url = URL(f"http://127.0.0.1:{self.upstream_port}{request.raw_path}", encoded=True)
+        async with self._session.request(
+            request.method, url, headers=headers, data=body, skip_auto_headers=SKIP_AUTO_HEADERS
+        ) as upstream:
+            payload = await upstream.read()
+            seen.status = upstream.status
+            # A HEAD's Content-Length is the blob's size, so it goes through; otherwise aiohttp sets it.
+            dropped = HOP_HEADERS if request.method == "HEAD" else HOP_HEADERS | {"content-length"}
+            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in dropped}
+            return web.Response(
+                status=upstream.status, body=payload if request.method != "HEAD" else None, headers=out_headers
+            )

@@ -175,6 +175,10 @@ async def bench_latency(azurite: Azurite, sources: Sources, *, sequential: int, 
     bare_service = AioService.from_connection_string(azurite.customer)
     bare_container = bare_service.get_container_client("bench-bare")
     await bare_container.create_container()
+    # The same client without use_env_settings: azure-core then passes trust_env=False to aiohttp, which
+    # otherwise looks up ~/.netrc and the proxy environment variables in a worker thread on every request.
+    lean_service = AioService.from_connection_string(azurite.customer, use_env_settings=False)
+    lean_container = lean_service.get_container_client("bench-bare")
 
     async def receiver_delivery(body: dict[str, Any]) -> None:
         status, answer = await call_receiver(body)
@@ -199,15 +203,19 @@ async def bench_latency(azurite: Azurite, sources: Sources, *, sequential: int, 
         await sync_copy(plan, body["exportedFileUrl"])
         return time.perf_counter() - wall, time.process_time() - cpu
 
-    async def timed_floor(body: dict[str, Any], *, read_back: bool) -> tuple[float, float]:
+    async def timed_floor(body: dict[str, Any], *, read_back: bool, lean: bool = False) -> tuple[float, float]:
         """The copy, then the manifest (it records the copy id, so it comes after); with ``read_back``
         also a Get Blob Properties in between: the receiver's three requests, with the bare SDK."""
         plan = planned(body)
-        blob = bare_container.get_blob_client(plan.blob_name)
-        manifest = bare_container.get_blob_client(f"{plan.blob_name}.json")
+        container = lean_container if lean else bare_container
+        blob = container.get_blob_client(plan.blob_name)
+        manifest = container.get_blob_client(f"{plan.blob_name}.json")
         document = json.dumps(plan.manifest).encode()
         cpu, wall = time.process_time(), time.perf_counter()
-        await sync_copy(plan, body["exportedFileUrl"])
+        result = await blob.start_copy_from_url(
+            body["exportedFileUrl"], requires_sync=True, tags=plan.tags, metadata=plan.metadata
+        )
+        assert result["copy_status"] == "success"
         if read_back:
             await blob.get_blob_properties()
         await manifest.upload_blob(
@@ -229,16 +237,19 @@ async def bench_latency(azurite: Azurite, sources: Sources, *, sequential: int, 
     for body in bodies(10):
         await receiver_delivery(body)
         await sync_copy(planned(body), body["exportedFileUrl"])
-    log(f"latency: publishing {4 * sequential} files")
-    kinds = ("receiver", "bare", "floor", "floor3")
+    for body in bodies(10):
+        await timed_floor(body, read_back=True, lean=True)  # the lean client's connections, too
+    kinds = ("receiver", "bare", "floor", "floor3", "floor3_lean")
+    log(f"latency: publishing {len(kinds) * sequential} files")
     published = {kind: bodies(sequential) for kind in kinds}
     samples: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
     for i in range(sequential):
-        # Interleaved, so all four see the same machine noise.
+        # Interleaved, so all see the same machine noise.
         samples["receiver"].append(await timed_receiver(published["receiver"][i]))
         samples["bare"].append(await timed_bare(published["bare"][i]))
         samples["floor"].append(await timed_floor(published["floor"][i], read_back=False))
         samples["floor3"].append(await timed_floor(published["floor3"][i], read_back=True))
+        samples["floor3_lean"].append(await timed_floor(published["floor3_lean"][i], read_back=True, lean=True))
 
     log(f"latency: {rounds} rounds of 150 concurrent deliveries each")
     concurrent: dict[str, list[tuple[float, float]]] = {"receiver": [], "bare": []}
@@ -256,6 +267,7 @@ async def bench_latency(azurite: Azurite, sources: Sources, *, sequential: int, 
 
     profile_text = await profile_receiver(bodies(100), receiver_delivery)
     await bare_service.close()
+    await lean_service.close()
     await RUNTIME.close()
 
     def summary(kind: str) -> dict[str, float]:
@@ -272,7 +284,7 @@ async def bench_latency(azurite: Azurite, sources: Sources, *, sequential: int, 
             figures["concurrent_cpu_ms"] = sum(c for _, c in concurrent[kind]) / n * 1000
         return figures
 
-    receiver, bare, floor, floor3 = (summary(kind) for kind in kinds)
+    receiver, bare, floor, floor3, floor3_lean = (summary(kind) for kind in kinds)
     return {
         "sequential": sequential,
         "concurrent": 150,
@@ -282,6 +294,7 @@ async def bench_latency(azurite: Azurite, sources: Sources, *, sequential: int, 
         "bare": bare,
         "floor": floor,
         "floor3": floor3,
+        "floor3_lean": floor3_lean,
         "ratios": {
             "latency": receiver["median_ms"] / bare["median_ms"],
             "floor_latency": floor["median_ms"] / bare["median_ms"],
@@ -290,6 +303,8 @@ async def bench_latency(azurite: Azurite, sources: Sources, *, sequential: int, 
             "floor3_cpu": floor3["cpu_ms"] / bare["cpu_ms"],
             "receiver_over_floor3_latency": receiver["median_ms"] / floor3["median_ms"],
             "receiver_over_floor3_cpu": receiver["cpu_ms"] / floor3["cpu_ms"],
+            "floor3_lean_latency": floor3_lean["median_ms"] / bare["median_ms"],
+            "floor3_lean_cpu": floor3_lean["cpu_ms"] / bare["cpu_ms"],
             "cpu": receiver["cpu_ms"] / bare["cpu_ms"],
             "concurrent_throughput": receiver["concurrent_per_s"] / bare["concurrent_per_s"],
             "concurrent_cpu": receiver["concurrent_cpu_ms"] / bare["concurrent_cpu_ms"],
@@ -627,7 +642,7 @@ def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     lat = results["latency"]
     r, b, q = lat["receiver"], lat["bare"], lat["ratios"]
-    f2, f3 = lat["floor"], lat["floor3"]
+    f2, f3, f3l = lat["floor"], lat["floor3"], lat["floor3_lean"]
     lines = [
         "# Performance",
         "",
@@ -667,6 +682,8 @@ def render(results: dict[str, Any]) -> str:
         f"| the receiver's three requests: the copy, Get Blob Properties, the manifest | {f3['median_ms']:.2f} ms | "
         f"{f3['cpu_ms']:.2f} ms | latency {q['floor3_latency']:.2f}x, CPU {q['floor3_cpu']:.2f}x | "
         f"latency {q['receiver_over_floor3_latency']:.2f}x, CPU {q['receiver_over_floor3_cpu']:.2f}x |",
+        f"| the same three requests, client built with `use_env_settings=False` | {f3l['median_ms']:.2f} ms | "
+        f"{f3l['cpu_ms']:.2f} ms | latency {q['floor3_lean_latency']:.2f}x, CPU {q['floor3_lean_cpu']:.2f}x | |",
         "",
     ]
     lines += render_requests(results["requests"])

@@ -832,7 +832,20 @@ def main() -> int:
     parser.add_argument(
         "--notes", type=Path, default=ROOT / "bench" / "NOTES.md", help="analysis appended to the report"
     )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: render the .md again from the .json next to it (after editing bench/NOTES.md)",
+    )
     args = parser.parse_args()
+    if args.render_only:
+        saved: dict[str, Any] = json.loads(args.out.with_suffix(".json").read_text())
+        saved.pop("notes", None)
+        if args.notes.exists():
+            saved["notes"] = args.notes.read_text()
+        args.out.write_text(render(saved))
+        args.out.with_suffix(".json").write_text(json.dumps(saved, indent=2) + "\n")
+        return 0
     started = time.perf_counter()
     with start_azurite() as azurite:
         sources = Sources(azurite)

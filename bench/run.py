@@ -144,13 +144,18 @@ def webhook_function() -> Any:
     return function.get_user_function()
 
 
-async def call_receiver(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+async def send(body: dict[str, Any]) -> func.HttpResponse:
     """One delivery through the real function, called as the Functions host calls it."""
     request = func.HttpRequest(
         method="POST", url="http://127.0.0.1/api/smartdocumentor/anonymization",
         headers={"Content-Type": "application/json"}, body=json.dumps(body).encode(),
     )  # fmt: skip
-    response = await webhook_function()(request, Out())
+    response: func.HttpResponse = await webhook_function()(request, Out())
+    return response
+
+
+async def call_receiver(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    response = await send(body)
     answer: dict[str, Any] = json.loads(response.get_body())
     return response.status_code, answer
 
@@ -181,8 +186,8 @@ async def bench_latency(azurite: Azurite, sources: Sources, *, sequential: int, 
     lean_container = lean_service.get_container_client("bench-bare")
 
     async def receiver_delivery(body: dict[str, Any]) -> None:
-        status, answer = await call_receiver(body)
-        assert status == 200 and answer["status"] == "stored", answer
+        response = await send(body)  # timed: the answer is not parsed unless it is unexpected
+        assert response.status_code == 200, response.get_body()
 
     # The baselines' inputs are planned outside their timing, so a bare copy is truly "just the copy".
     def planned(body: dict[str, Any]) -> CopyPlan:
@@ -328,7 +333,7 @@ async def profile_receiver(bodies: list[dict[str, Any]], deliver: Any) -> str:
 
 # --- 2. storage requests per delivery ---------------------------------------------------------
 
-# (key, delivery, setting, SYNC_COPY_MAX_MIB or None for the default, refuse synchronous copies, kinds counted)
+# (key, setting as shown, SYNC_COPY_MAX_MIB or None for the default, refuse synchronous copies, deliveries counted)
 REQUEST_CONFIGS: list[tuple[str, str, str | None, bool, tuple[str, ...]]] = [
     ("sync", "default (synchronous copy)", None, False, ("stored", "duplicate", "re-export")),
     ("async", "`SYNC_COPY_MAX_MIB=0` (asynchronous copy)", "0", False, ("stored", "duplicate", "re-export")),

@@ -62,7 +62,8 @@ class Seen:
         elif self.restype == "container":
             operation = "Create Container" if self.method == "PUT" else f"{self.method} container"
         elif self.copy:
-            operation = f"Copy Blob From URL (synchronous) to the {target}" if self.sync else "Copy Blob (asynchronous)"
+            kind = "Copy Blob From URL (synchronous)" if self.sync else "Copy Blob (asynchronous)"
+            operation = f"{kind} to the {target}"
         elif self.method == "PUT" and self.comp == "properties":
             operation = f"Set Blob Properties on the {target}"
         elif self.method == "PUT" and self.comp == "copy":

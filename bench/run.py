@@ -167,7 +167,7 @@ async def bench_latency(azurite: Azurite, sources: Sources, *, sequential: int, 
     from azure.core import MatchConditions
     from azure.storage.blob.aio import BlobServiceClient as AioService
 
-    from receiver.plan import CopyPlan
+    from receiver.plan import CopyPlan, manifest_bytes, manifest_labels
     from receiver.runtime import RUNTIME
     from receiver.settings import load_settings
     from receiver.webhook import prepare
@@ -210,12 +210,13 @@ async def bench_latency(azurite: Azurite, sources: Sources, *, sequential: int, 
 
     async def timed_floor(body: dict[str, Any], *, read_back: bool, lean: bool = False) -> tuple[float, float]:
         """The copy, then the manifest (it records the copy id, so it comes after); with ``read_back``
-        also a Get Blob Properties in between: the receiver's three requests, with the bare SDK."""
+        also a Get Blob Properties in between: the receiver's three requests, with the bare SDK.
+        The manifest is the receiver's: the same document, tags and metadata."""
         plan = planned(body)
         container = lean_container if lean else bare_container
         blob = container.get_blob_client(plan.blob_name)
         manifest = container.get_blob_client(f"{plan.blob_name}.json")
-        document = json.dumps(plan.manifest).encode()
+        tags, metadata = manifest_labels(plan.manifest, "success")
         cpu, wall = time.process_time(), time.perf_counter()
         result = await blob.start_copy_from_url(
             body["exportedFileUrl"], requires_sync=True, tags=plan.tags, metadata=plan.metadata
@@ -223,9 +224,12 @@ async def bench_latency(azurite: Azurite, sources: Sources, *, sequential: int, 
         assert result["copy_status"] == "success"
         if read_back:
             await blob.get_blob_properties()
+        document = {**plan.manifest, "copyId": result["copy_id"], "copyStatus": "success", "tagsWritten": True}
         await manifest.upload_blob(
-            document,
+            manifest_bytes(document),
             content_settings=ContentSettings(content_type="application/json"),
+            metadata=metadata,
+            tags=tags,
             match_condition=MatchConditions.IfMissing,
         )
         return time.perf_counter() - wall, time.process_time() - cpu

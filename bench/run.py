@@ -22,6 +22,7 @@ import cProfile
 import functools
 import io
 import json
+import logging
 import os
 import platform
 import pstats
@@ -358,14 +359,34 @@ REQUEST_CONFIGS: list[tuple[str, str, str | None, bool, tuple[str, ...]]] = [
 ]
 
 
+class OwnCount(logging.Handler):
+    """The receiver's own count of a delivery's storage requests: ``storageRequests`` in its telemetry
+    record (one log line per delivery, docs/operations.md), to hold against what the wire saw."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.last: int | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "receiver.operation", None) == "delivery":
+            self.last = getattr(record, "receiver.storageRequests", None)
+
+
 async def bench_requests(azurite: Azurite, sources: Sources, *, repeats: int) -> dict[str, Any]:
     """Requests per delivery, counted on the wire: each scenario ``repeats`` times, on a warm receiver."""
     from receiver.runtime import RUNTIME
 
     proxy = await CountingProxy(azurite.blob_port).start()
     rows: list[dict[str, Any]] = []
+    own = OwnCount()
+    receiver_log = logging.getLogger("receiver")
+    level = receiver_log.level
+    receiver_log.setLevel(logging.INFO)  # the record is an INFO line; only this handler sees it
+    receiver_log.addHandler(own)
 
-    def record(kind: str, setting: str, answer: dict[str, Any], requests: list[list[Seen]]) -> None:
+    def record(
+        kind: str, setting: str, answer: dict[str, Any], requests: list[list[Seen]], reported: list[int | None]
+    ) -> None:
         counts = [len(seen) for seen in requests]
         variants = {tuple(sorted(r.describe for r in seen)) for seen in requests}
         rows.append(
@@ -378,14 +399,17 @@ async def bench_requests(azurite: Azurite, sources: Sources, *, repeats: int) ->
                 "max": max(counts),
                 "same_every_time": len(variants) == 1,
                 "requests": [r.describe for r in requests[0]],
+                "reported": reported,
+                "reported_agrees": reported == counts,
             }
         )
 
-    async def counted(body: dict[str, Any], expect: str) -> tuple[dict[str, Any], list[Seen]]:
+    async def counted(body: dict[str, Any], expect: str) -> tuple[dict[str, Any], list[Seen], int | None]:
         proxy.take()
+        own.last = None
         status, answer = await call_receiver(body)
         assert 200 <= status < 300 and answer["status"] == expect, answer
-        return answer, proxy.take()
+        return answer, proxy.take(), own.last
 
     try:
         for key, setting, sync_copy_max_mib, refuse_sync, kinds in REQUEST_CONFIGS:
@@ -401,25 +425,29 @@ async def bench_requests(azurite: Azurite, sources: Sources, *, repeats: int) ->
             proxy.refuse_sync = refuse_sync
             log(f"requests: {setting}")
             # The first delivery also creates the container (new for each setting): counted once, apart.
-            answer, first = await counted(payload(proxy.via(sources.publish(SMALL_FILE)), 0), "stored")
+            answer, first, reported = await counted(payload(proxy.via(sources.publish(SMALL_FILE)), 0), "stored")
             if key == "sync":
-                record("first delivery (the container is missing)", setting, answer, [first])
+                record("first delivery (the container is missing)", setting, answer, [first], [reported])
             seen: dict[str, list[list[Seen]]] = {kind: [] for kind in kinds}
+            reports: dict[str, list[int | None]] = {kind: [] for kind in kinds}
             answers: dict[str, dict[str, Any]] = {}
             for i in range(1, repeats + 1):
                 body = payload(proxy.via(sources.publish(SMALL_FILE)), i)
-                answers["stored"], requests = await counted(body, "stored")
-                seen["stored"].append(requests)
-                if "duplicate" in kinds:
-                    answers["duplicate"], requests = await counted(body, "duplicate")
-                    seen["duplicate"].append(requests)
-                if "re-export" in kinds:
-                    again = payload(proxy.via(sources.publish(SMALL_FILE)), i, task_id=body["taskId"])
-                    answers["re-export"], requests = await counted(again, "stored")
-                    seen["re-export"].append(requests)
+                again = payload(proxy.via(sources.publish(SMALL_FILE)), i, task_id=body["taskId"])
+                for kind, sent, expect in (
+                    ("stored", body, "stored"),
+                    ("duplicate", body, "duplicate"),
+                    ("re-export", again, "stored"),
+                ):
+                    if kind in kinds:
+                        answers[kind], requests, reported = await counted(sent, expect)
+                        seen[kind].append(requests)
+                        reports[kind].append(reported)
             for kind in kinds:
-                record(kind, setting, answers[kind], seen[kind])
+                record(kind, setting, answers[kind], seen[kind], reports[kind])
     finally:
+        receiver_log.removeHandler(own)
+        receiver_log.setLevel(level)
         await RUNTIME.close()
         await proxy.stop()
         os.environ.pop("SYNC_COPY_MAX_MIB", None)
@@ -432,6 +460,7 @@ async def bench_requests(azurite: Azurite, sources: Sources, *, repeats: int) ->
         "duplicate": by[("duplicate", default)]["max"],
         "re_export": by[("re-export", default)]["max"],
         "target_met": by[("stored", default)]["max"] <= 3 and by[("duplicate", default)]["max"] <= 3,
+        "reported_agrees": all(row["reported_agrees"] for row in rows),
     }
 
 
@@ -785,16 +814,23 @@ def render_requests(requests: dict[str, Any]) -> list[str]:
         "again, a re-export a new link for a task already stored. Requests in flight at the same time (a",
         "re-export's manifest read and its second copy) may arrive in either order.",
         "",
-        "| delivery | setting | answer | requests | what they are, in order (status on Azurite) |",
-        "|---|---|---|---|---|",
+        "| delivery | setting | answer | requests | receiver's own count | what they are, in order (status on Azurite) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in requests["rows"]:
         count = str(row["max"]) if row["min"] == row["max"] else f"{row['min']}–{row['max']}"
         if not row["same_every_time"]:
             count += " (varied between runs)"
+        reported = sorted({str(n) for n in row["reported"]})
         steps = "; ".join(f"{i}. {step}" for i, step in enumerate(row["requests"], 1))
-        lines.append(f"| {row['delivery']} | {row['setting']} | {row['answer']} | {count} | {steps} |")
+        lines.append(
+            f"| {row['delivery']} | {row['setting']} | {row['answer']} | {count} | {', '.join(reported)} | {steps} |"
+        )
+    agrees = "equals the wire count in every delivery" if requests["reported_agrees"] else "**differs** from the wire"
     lines += [
+        "",
+        f"The receiver's own count (`storageRequests` in its telemetry record, docs/operations.md) {agrees}.",
+        "It counts operations, so under faults the wire would show the SDK's retries on top.",
         "",
         f"Target (issue 8): a stored delivery and a duplicate take at most 3 requests each, with the synchronous "
         f"path and the consistency checks included: stored {requests['stored']}, duplicate {requests['duplicate']}: "

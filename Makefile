@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck demo run bench clean
+.PHONY: install test lint typecheck demo run share bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ demo: install
 
 run: install
 	$(PY) -m devtools.run
+
+# Needs `make run` in another terminal: FILE goes into its Azurite behind a real SAS.
+share: install
+	$(PY) -m devtools.share $(if $(FILE),"$(FILE)")
 
 bench: install
 	$(PY) -m bench.run

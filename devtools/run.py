@@ -1,7 +1,8 @@
 """`make run`: Azurite (data in .azurite/) plus the function app on http://127.0.0.1:7071/api/.
 
 Uses `func start` when Azure Functions Core Tools is on PATH, otherwise the dev-only local
-host (devtools/localhost.py). Creates local.settings.json from the example when missing.
+host (devtools/localhost.py). Creates local.settings.json from the example when missing, and
+publishes the sample PDF behind the SAS URL requests.http sends.
 
 Checks its ports before starting anything and says in one line which one is busy and what
 probably holds it. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop everything it started:
@@ -26,8 +27,11 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from azure.core.exceptions import AzureError
+
 from devtools.azurite import die_with_parent, start_azurite, stop_process
 from devtools.ports import describe_busy, port_is_busy
+from devtools.share import publish_sample
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ROOT / "local.settings.json"
@@ -133,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"make run: Azurite did not start ({first_line}); see {args.data / 'azurite.log'}", error=True)
             return 1
         say(f"Azurite: blob http://127.0.0.1:{blob}, queue http://127.0.0.1:{queue} (data in {args.data})")
+        try:
+            publish_sample(blob)
+        except AzureError as error:
+            say(f"make run: could not publish requests.http's sample PDF ({type(error).__name__})", error=True)
         command, env, note = host_command(args.host, args.port, args.settings, args.debugpy)
         if stopper.signal is None:
             say(note)
@@ -144,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 start_new_session=True,  # Ctrl-C reaches this process only; it stops the host's whole group
                 preexec_fn=die_with_parent,
             )
-            say("Ctrl-C stops Azurite and the host. Try requests.http.")
+            say("Ctrl-C stops Azurite and the host. Try requests.http, or in another terminal `make share FILE=...`.")
             if args.debugpy:
                 say(f"A debugger can attach on 127.0.0.1:{DEBUGPY_PORT} (VS Code: 'Attach to make run').")
         while stopper.signal is None and host is not None:

@@ -1,13 +1,14 @@
 """`make run` (devtools.run) as real processes on free loopback ports and a temp data folder.
 
-It checks its ports first and says in one line what holds a busy one; Ctrl-C, SIGTERM,
-SIGHUP (and on Linux even SIGKILL) leave nothing running.
+It checks its ports first and says in one line what holds a busy one; requests.http works
+against it as shipped; Ctrl-C, SIGTERM, SIGHUP (and on Linux even SIGKILL) leave nothing running.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,10 +18,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from devtools.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, connection_string, free_port
+
+from .conftest import Secrets
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTING_NAMES = (
@@ -186,6 +190,69 @@ def test_make_run_leaves_nothing_running(make_run: MakeRun, signal_number: int) 
         assert make_run.process.returncode == 0
         assert "Stopped Azurite and the function host." in make_run.output()
     assert "Traceback" not in make_run.output()
+
+
+def http_file_requests(text: str) -> tuple[list[tuple[str, str, str, dict[str, str], str]], dict[str, str]]:
+    """requests.http as (title, method, url, headers, body) with its @variables filled in."""
+    blocks = re.split(r"^###", text, flags=re.MULTILINE)
+    variables = dict(re.findall(r"^@(\w+)\s*=\s*(.*?)\s*$", blocks[0], flags=re.MULTILINE))
+
+    def fill(value: str) -> str:
+        return re.sub(r"\{\{(\w+)\}\}", lambda match: fill(variables[match.group(1)]), value)
+
+    found = []
+    for block in blocks[1:]:
+        title, *lines = block.splitlines()
+        lines = [line for line in lines if not line.startswith("#")]
+        while lines and not lines[0].strip():
+            lines.pop(0)
+        method, url = lines.pop(0).split(None, 1)
+        headers = {}
+        while lines and lines[0].strip():
+            name, value = lines.pop(0).split(":", 1)
+            headers[name.strip()] = fill(value.strip())
+        found.append((title.strip(), method, fill(url.strip()), headers, fill("\n".join(lines).strip())))
+    return found, variables
+
+
+def call(method: str, url: str, headers: dict[str, str], body: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(  # noqa: S310 - loopback only
+        url, data=body.encode() if body else None, headers=headers, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback only
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_requests_http_works_as_shipped_against_make_run(make_run: MakeRun, secrets: Secrets) -> None:
+    text = (ROOT / "requests.http").read_text()
+    # The same file, pointed at this test's ports instead of 7071 and 10000.
+    text = text.replace("http://127.0.0.1:7071/api", make_run.base).replace(
+        "127.0.0.1:10000", f"127.0.0.1:{make_run.blob}"
+    )
+    requests, variables = http_file_requests(text)
+    secrets.add_url(variables["exportedFileUrl"])
+    make_run.wait_ready()
+
+    assert [title for title, *_ in requests][:2] == [
+        "Health (200 ok)",
+        "A stored PDF (200 stored; sent again, or after a restart of make run: 200 duplicate)",
+    ]
+    for title, method, url, headers, body in requests:
+        expected = re.search(r"\((\d{3}) ([a-z-]+)", title)
+        assert expected, f"say the expected answer in the title: {title}"
+        status, answer = call(method, url, headers, body)
+        assert status == int(expected.group(1)), (title, answer)
+        assert expected.group(2) in (answer["status"], answer.get("error")), (title, answer)
+    _, method, url, headers, body = requests[1]
+    status, answer = call(method, url, headers, body)
+    assert (status, answer["status"]) == (200, "duplicate")
+
+    make_run.send(signal.SIGINT)
+    make_run.process.wait(timeout=60)
+    assert not secrets.leaks_in(make_run.output()), "a SAS signature reached make run's output"
 
 
 def run_refused(*args: str) -> subprocess.CompletedProcess[str]:

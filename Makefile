@@ -31,8 +31,9 @@ test: install lint typecheck
 demo: install
 	$(PY) -m devtools.demo
 
+# DEBUGPY=1: the host listens for a debugger on 127.0.0.1:9091 (VS Code: "Attach to make run").
 run: install
-	$(PY) -m devtools.run
+	$(PY) -m devtools.run $(if $(DEBUGPY),--debugpy)
 
 # Needs `make run` in another terminal: FILE goes into its Azurite behind a real SAS.
 share: install

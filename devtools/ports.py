@@ -17,6 +17,11 @@ def port_is_busy(port: int, host: str = "127.0.0.1") -> bool:
         probe.settimeout(0.5)
         if probe.connect_ex((host, port)) == 0:
             return True
+    return port_is_bound(port, host)
+
+
+def port_is_bound(port: int, host: str = "127.0.0.1") -> bool:
+    """True when ``host:port`` cannot be bound: someone listens there (found without connecting to it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # Servers set SO_REUSEADDR too: a connection in TIME_WAIT does not keep them from starting.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -30,7 +30,7 @@ from types import FrameType
 from azure.core.exceptions import AzureError
 
 from devtools.azurite import die_with_parent, start_azurite, stop_process
-from devtools.ports import describe_busy, port_is_busy
+from devtools.ports import describe_busy, port_is_bound, port_is_busy
 from devtools.share import publish_sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +154,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             say("Ctrl-C stops Azurite and the host. Try requests.http, or in another terminal `make share FILE=...`.")
             if args.debugpy:
-                say(f"A debugger can attach on 127.0.0.1:{DEBUGPY_PORT} (VS Code: 'Attach to make run').")
+                deadline = time.monotonic() + 90  # func start opens it only when its Python worker starts
+                while not port_is_bound(DEBUGPY_PORT) and time.monotonic() < deadline:
+                    if stopper.signal is not None or host.poll() is not None:
+                        break
+                    time.sleep(0.2)
+                if port_is_bound(DEBUGPY_PORT):
+                    say(f"A debugger can attach on 127.0.0.1:{DEBUGPY_PORT} (VS Code: 'Attach to make run').")
+                else:
+                    say(f"make run: nothing listens on {DEBUGPY_PORT} for a debugger yet", error=True)
         while stopper.signal is None and host is not None:
             code = host.poll()
             if code is not None:

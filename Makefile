@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint typecheck demo run share bench clean
+.PHONY: install test test-all lint typecheck demo run azurite share bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ demo: install
 # DEBUGPY=1: the host listens for a debugger on 127.0.0.1:9091 (VS Code: "Attach to make run").
 run: install
 	$(PY) -m devtools.run $(if $(DEBUGPY),--debugpy)
+
+# Azurite with make run's accounts and sample, no host: what VS Code's `func host start` task needs.
+azurite: install
+	$(PY) -m devtools.run --azurite-only
 
 # Needs `make run` in another terminal: FILE goes into its Azurite behind a real SAS.
 share: install

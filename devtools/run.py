@@ -11,6 +11,7 @@ Linux they also stop when this process is killed outright.
 
     python -m devtools.run [--port 7071] [--azurite-ports 10000,10001,10002] [--data .azurite]
                            [--settings local.settings.json] [--host auto|func|local] [--debugpy]
+                           [--azurite-only]   (`make azurite`: for VS Code's `func host start`)
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def preflight(args: argparse.Namespace) -> str | None:
     busy = [port for port in args.azurite_ports if port_is_busy(port)]
     if busy:
         return describe_busy(busy, role="azurite")
+    if args.azurite_only:
+        return None
     if port_is_busy(args.port):
         return describe_busy([args.port], role="host")
     if args.debugpy:
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", type=Path, default=SETTINGS, help="app settings (local host only)")
     parser.add_argument("--host", choices=("auto", "func", "local"), default="auto")
     parser.add_argument("--debugpy", action="store_true", help=f"let a debugger attach on port {DEBUGPY_PORT}")
+    parser.add_argument("--azurite-only", action="store_true", help="Azurite and the sample only (make azurite)")
     args = parser.parse_args(argv)
 
     problem = preflight(args)
@@ -141,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             publish_sample(blob)
         except AzureError as error:
             say(f"make run: could not publish requests.http's sample PDF ({type(error).__name__})", error=True)
+        if args.azurite_only:
+            say("Azurite only (for `func host start` or tests of your own); Ctrl-C stops it.")
+            while stopper.signal is None and azurite.process is not None and azurite.process.poll() is None:
+                time.sleep(0.2)
+            return 0 if stopper.signal is not None else 1
         command, env, note = host_command(args.host, args.port, args.settings, args.debugpy)
         if stopper.signal is None:
             say(note)
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_process(host, sig=signal.SIGINT, timeout=15, group=True)  # func start expects Ctrl-C
         if azurite is not None:
             azurite.stop()
-        say("Stopped Azurite and the function host.")
+        say("Stopped Azurite and the function host." if host is not None else "Stopped Azurite.")
 
 
 if __name__ == "__main__":

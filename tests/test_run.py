@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from devtools.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, connection_string, free_port
+from devtools.ports import port_is_busy
 
 from .conftest import Secrets
 
@@ -92,7 +93,7 @@ def clean_env() -> dict[str, str]:
 class MakeRun:
     """`python -m devtools.run` with its own ports, data folder and settings, in its own process group."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *extra: str) -> None:
         self.blob, self.queue, self.table, self.port = (free_port() for _ in range(4))
         self.base = f"http://127.0.0.1:{self.port}/api"
         self.data = tmp_path / "azurite-data"
@@ -113,7 +114,7 @@ class MakeRun:
                 [
                     sys.executable, "-m", "devtools.run", "--host", "local", "--port", str(self.port),
                     "--azurite-ports", f"{self.blob},{self.queue},{self.table}",
-                    "--data", str(self.data), "--settings", str(settings),
+                    "--data", str(self.data), "--settings", str(settings), *extra,
                 ],
                 cwd=ROOT,
                 env=clean_env(),
@@ -157,6 +158,32 @@ def make_run(tmp_path: Path) -> Iterator[MakeRun]:
         yield running
     finally:
         running.stop()
+
+
+def test_make_azurite_serves_the_sample_until_stopped(tmp_path: Path) -> None:
+    azurite_only = MakeRun(tmp_path, "--azurite-only")
+    try:
+        deadline = time.monotonic() + 120
+        while "Azurite only" not in azurite_only.output():
+            assert azurite_only.process.poll() is None, azurite_only.output()
+            assert time.monotonic() < deadline, azurite_only.output()
+            time.sleep(0.1)
+        shipped = next(
+            line.split("=", 1)[1].strip()
+            for line in (ROOT / "requests.http").read_text().splitlines()
+            if line.startswith("@exportedFileUrl")
+        )
+        url = shipped.replace("127.0.0.1:10000", f"127.0.0.1:{azurite_only.blob}")
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
+            assert response.read().startswith(b"%PDF-")
+        assert not port_is_busy(azurite_only.port)  # no function host
+        started = descendants(azurite_only.process.pid)
+        azurite_only.send(signal.SIGTERM)
+        assert azurite_only.process.wait(timeout=60) == 0
+        assert not wait_gone(started, timeout=30)
+        assert azurite_only.output().rstrip().endswith("Stopped Azurite.")
+    finally:
+        azurite_only.stop()
 
 
 def wait_gone(pids: set[int], timeout: float) -> list[int]:

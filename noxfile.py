@@ -4,7 +4,7 @@ Each interpreter gets a virtualenv of its own under .nox/, built from requiremen
 3.13 that installs azure-functions 2.x), and runs pytest. Lint and type checks run once, in
 `make test`. An interpreter this machine lacks is skipped, and nox says so in its summary;
 with REQUIRE_ALL_PYTHONS=1 (.ci/run sets it) a missing one fails the run. Interpreters are
-never downloaded. pyenv's are found even when another version is the active one.
+never downloaded. pyenv's are preferred, even when another version is the active one.
 """
 
 from __future__ import annotations
@@ -53,13 +53,11 @@ def _pyenv_python(version: str) -> Path | None:
 
 
 def _make_interpreters_findable() -> None:
-    """pyenv shims of inactive versions fail; put links to the real interpreters first on PATH instead."""
+    """pyenv's shims only reach the active version (or fall back to the system's), so when pyenv
+    has a version, a link to it goes first on PATH; other versions are looked up on PATH."""
     for version in PYTHONS:
-        on_path = shutil.which(f"python{version}")
-        if on_path and _runs(on_path):
-            continue
         real = _pyenv_python(version)
-        if real is None:
+        if real is None or not _runs(str(real)):
             continue
         LINKS.mkdir(parents=True, exist_ok=True)
         link = LINKS / f"python{version}"

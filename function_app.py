@@ -43,5 +43,16 @@ async def verify_pending_copy(message: func.QueueMessage) -> None:
     # Imported here: only deliveries that outlived their HTTP call pay for it on a cold start.
     from receiver.verification import verify_copy
 
-    # Raising (copy still running, or lost) lets the host retry, then move the message to the poison queue.
-    await verify_copy(message.get_body(), runtime=RUNTIME, now=datetime.now(UTC))
+    # Raises only while the copy is still running, so the host tries again; final outcomes return.
+    await verify_copy(
+        message.get_body(), runtime=RUNTIME, now=datetime.now(UTC), dequeue_count=message.dequeue_count or 1
+    )
+
+
+@app.function_name("reconcile_deliveries")
+@app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False, use_monitor=True)
+async def reconcile_deliveries(timer: func.TimerRequest) -> None:
+    # Catches what the verification queue missed (a lost or poisoned message); see receiver/reconciliation.py.
+    from receiver.reconciliation import reconcile_run
+
+    await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC))

@@ -27,6 +27,7 @@ from typing import Any
 
 import azure.functions as func
 from aiohttp import web
+from azure.functions.queue import QueueMessage
 
 log = logging.getLogger("devtools.localhost")
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +127,14 @@ class LocalHost:
             async for message in queue.receive_messages(visibility_timeout=visibility, max_messages=16):
                 body = base64.b64decode(message.content)
                 try:
-                    await user_function(func.QueueMessage(id=message.id, body=body, pop_receipt=message.pop_receipt))
+                    await user_function(
+                        QueueMessage(  # type: ignore[no-untyped-call]  # the worker's own class, untyped
+                            id=message.id,
+                            body=body,
+                            pop_receipt=message.pop_receipt,
+                            dequeue_count=message.dequeue_count,
+                        )
+                    )
                 except Exception as exc:  # the host's behaviour: retry later, then poison
                     log.warning(
                         "%s failed (attempt %s): %s",

@@ -1,4 +1,15 @@
-"""Carry out a :class:`CopyPlan` against the store: copy, wait, finish. The imperative part of the core."""
+"""Carry out a :class:`CopyPlan`: copy server-side, then record it, owning the blob by ETag.
+
+The destination blob's states and who may move it where are drawn in docs/state-machine.md.
+The rules, in short:
+
+- the copy creates the blob (If-None-Match: *) or overwrites the version it read (If-Match);
+- every later write or delete of the blob carries If-Match on the ETag this request produced or
+  read; a conflict means a newer request owns it now: leave it;
+- a copy that succeeded is never deleted because a later step failed;
+- the manifest is written conditionally too (see :func:`record_manifest`), so a delayed write from
+  an older delivery can never replace the manifest of the blob next to it.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +20,40 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from .plan import CopyPlan, manifest_bytes
-from .store import BlobState, BlobStore, Conflict, ContentSettings, StoreError
+from .plan import CopyPlan, manifest_bytes, manifest_labels
+from .settings import SYNC_COPY_LIMIT_MIB
+from .store import BlobState, BlobStore, Conflict, Manifest, StorageUnavailable, SyncCopyRefused
+from .telemetry import about
 
 log = logging.getLogger("receiver.delivery")
 
 POLL_FIRST_SECONDS = 0.2
 POLL_MAX_SECONDS = 2.0
-MAX_CONFLICT_ROUNDS = 4
+MAX_ROUNDS = 4
+MIB = 1024 * 1024
+
+CopyStatus = Literal["pending", "success", "failed"]
 
 
 class CopyFailed(Exception):
-    """Azure Storage could not read the source (the copy failed or was refused)."""
+    """Azure Storage could not read the source (the copy failed or was refused): 502."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class NotStored(Exception):
+    """The file is not (or not surely) stored, through no fault of the source: 503.
+
+    ``track`` asks for a verification message: a copy was sent and how it ended is not known, so
+    the queue function finishes the blob (manifest) or cleans it up later.
+    """
+
+    def __init__(self, message: str, *, track: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.track = track
 
 
 @dataclass(frozen=True)
@@ -35,8 +64,18 @@ class Delivered:
     tags_written: bool = True
 
 
-class Finishable(Protocol):
-    """What finishing a copied blob needs: a CopyPlan, or a verification message."""
+@dataclass
+class Progress:
+    """What a delivery has done so far, read by the caller when it ends early (timeout, failure)."""
+
+    mode: Literal["sync", "async"] = "sync"
+    copy_sent: bool = False
+    copy_id: str | None = None
+    tags_written: bool = True
+
+
+class Target(Protocol):
+    """What recording a copied blob needs: a CopyPlan, or what the queue function knows."""
 
     @property
     def blob_name(self) -> str: ...
@@ -46,9 +85,14 @@ class Finishable(Protocol):
     def manifest_name(self) -> str | None: ...
     @property
     def manifest(self) -> dict[str, Any]: ...
+    @property
+    def delivery(self) -> str: ...
 
 
 Sleep = Callable[[float], Awaitable[None]]
+# The manifest as read before the blob was last seen to be this delivery's; None: believed absent.
+Snapshot = Manifest | None | Literal["unread"]
+UNREAD: Literal["unread"] = "unread"
 
 
 async def wait_for_copy(
@@ -67,170 +111,242 @@ async def wait_for_copy(
         delay = min(delay * 2, POLL_MAX_SECONDS)
 
 
-def manifest_document(
-    target: Finishable, copy_id: str | None, *, tags_written: bool, copy_status: str = "success"
-) -> bytes:
+def manifest_document(target: Target, copy_id: str | None, *, tags_written: bool, copy_status: CopyStatus) -> bytes:
     return manifest_bytes(
         {**target.manifest, "copyId": copy_id, "copyStatus": copy_status, "tagsWritten": tags_written}
     )
 
 
+def describes(manifest: Manifest | None, delivery: str, copy_status: CopyStatus) -> bool:
+    """The manifest is about this delivery and already says as much as ``copy_status`` would.
+
+    A concluded status (success, failed) is never taken back to ``pending`` by a late writer.
+    """
+    if manifest is None or manifest.document.get("delivery") != delivery:
+        return False
+    stored = manifest.document.get("copyStatus")
+    return stored == copy_status or (copy_status == "pending" and stored in ("success", "failed"))
+
+
+async def record_manifest(
+    store: BlobStore,
+    target: Target,
+    document: bytes,
+    *,
+    copy_status: CopyStatus,
+    snapshot: Snapshot,
+    confirmed: bool,
+) -> bool:
+    """Make the manifest describe this delivery, unless the blob is no longer this delivery's.
+
+    ``snapshot`` is the manifest as read *before* the blob was last seen to hold this delivery
+    (``confirmed``), or None when it is believed absent. The write is conditional on it (If-Match,
+    or If-None-Match: *), so it lands only if nobody wrote the manifest since; and nobody newer can
+    have, because the blob was still this delivery's after that read. On a conflict: read both
+    again. Returns False, writing nothing, when the blob belongs to another delivery.
+    """
+    name = target.manifest_name
+    if name is None:
+        return True
+    for _ in range(MAX_ROUNDS):
+        if snapshot == UNREAD:
+            snapshot = await store.read_manifest(name)
+            confirmed = False
+        if describes(snapshot, target.delivery, copy_status):
+            return True
+        if not confirmed:
+            state = await store.state(target.blob_name)
+            if state is None or state.delivery != target.delivery:
+                return False
+            confirmed = True
+        tags, metadata = manifest_labels(target.manifest, copy_status)
+        try:
+            await store.write_manifest(
+                name, document, etag=None if snapshot is None else snapshot.etag, tags=tags, metadata=metadata
+            )
+            return True
+        except Conflict:
+            snapshot = UNREAD
+    raise StorageUnavailable("The manifest kept changing while this delivery wrote it; send the document again.")
+
+
 async def finish(
     store: BlobStore,
-    target: Finishable,
-    copy_id: str | None,
-    state: BlobState | None,
+    target: Target,
+    state: BlobState,
     *,
+    snapshot: Snapshot,
     tags_written: bool,
-    only_missing_manifest: bool = False,
-    copied_headers: ContentSettings | None = None,
-) -> None:
-    """After a successful copy: Content-Type fixed if it differs, manifest written, concurrently.
+) -> bool:
+    """A successful copy that is this delivery's: Content-Type fixed if it differs, manifest recorded.
 
-    The copy's headers come from ``state`` or ``copied_headers`` (the source's, which Copy Blob
-    carries); only when neither is known is the copied blob read.
+    The blob is read (``state``) after the copy, not before: a HEAD through the link's SAS may show
+    response-header overrides (rsct) instead of what the copy carried. Returns False when the blob
+    turned out to be another delivery's.
     """
-
-    known = state.content_settings if state is not None else copied_headers
-
-    async def headers() -> None:
-        current = known
-        if current is None:
-            fresh = await store.state(target.blob_name)
-            current = fresh.content_settings if fresh is not None else None
-        if current is not None and current.content_type != target.content_type:
-            await store.set_content_type(target.blob_name, current, target.content_type)
-
-    async def manifest() -> None:
-        name = target.manifest_name
-        if name is None or (only_missing_manifest and await store.exists(name)):
-            return
-        await store.write_json(name, manifest_document(target, copy_id, tags_written=tags_written))
-
-    if known is not None and known.content_type == target.content_type:
-        await manifest()  # the common case: nothing to fix, no second task needed
-    else:
-        await asyncio.gather(headers(), manifest())
+    for _ in range(MAX_ROUNDS):
+        if state.content_type == target.content_type:
+            break
+        try:
+            await store.set_content_type(target.blob_name, state, target.content_type)
+            break
+        except Conflict:
+            fresh = await store.state(target.blob_name)  # changed since read: by a twin, or by a newer export
+            if fresh is None or fresh.delivery != target.delivery:
+                return False
+            state = fresh
+    document = manifest_document(target, state.copy_id, tags_written=tags_written, copy_status="success")
+    return await record_manifest(store, target, document, copy_status="success", snapshot=snapshot, confirmed=True)
 
 
-async def discard(store: BlobStore, name: str) -> None:
-    """Remove a blob this delivery created but could not finish (best effort)."""
+async def remove_failed_copy(store: BlobStore, name: str, state: BlobState) -> None:
+    """Delete the empty blob a failed copy left, as it was read (If-Match); if it changed, it is not ours."""
     try:
-        await store.delete(name)
-    except StoreError:
-        log.warning("could not remove %s after a failed delivery", name)
+        await store.delete(name, etag=state.etag)
+    except Conflict:
+        log.info("left %s to the newer request that changed it (%s)", store.describe(name), about())
 
 
-async def deliver(store: BlobStore, plan: CopyPlan, *, wait_seconds: float, sleep: Sleep = asyncio.sleep) -> Delivered:
-    """Copy the file server-side unless this delivery is already stored. Raises StoreError/CopyFailed."""
-    # Read the source's headers while the copy runs: then nothing but the manifest waits on it.
-    source_probe = asyncio.ensure_future(store.source_headers(plan.source.url))
-    try:
-        return await _copy(store, plan, source_probe, wait_seconds=wait_seconds, sleep=sleep)
-    finally:
-        source_probe.cancel()
+async def use_sync_copy(store: BlobStore, source_url: str, sync_copy_max_mib: int) -> bool:
+    """Copy synchronously? Up to the service's 256 MiB the service itself says when a file is too
+    large (then the copy falls back to asynchronous); a lower setting asks the source's size first."""
+    if sync_copy_max_mib <= 0:
+        return False
+    if sync_copy_max_mib >= SYNC_COPY_LIMIT_MIB:
+        return True
+    size = await store.source_size(source_url)
+    return size is None or size <= sync_copy_max_mib * MIB
 
 
-async def _copy(
+async def deliver(
     store: BlobStore,
     plan: CopyPlan,
-    source_probe: asyncio.Future[ContentSettings | None],
     *,
     wait_seconds: float,
-    sleep: Sleep,
+    sync_copy_max_mib: int = SYNC_COPY_LIMIT_MIB,
+    progress: Progress | None = None,
+    sleep: Sleep = asyncio.sleep,
 ) -> Delivered:
+    """Copy the file server-side unless this delivery is already stored.
+
+    Raises CopyFailed (the source), NotStored, or StoreError; ``progress`` tells the caller whether
+    a copy was sent, should the call end early.
+    """
+    progress = progress or Progress()
+    sync = await use_sync_copy(store, plan.source.url, sync_copy_max_mib)
     deadline = time.monotonic() + wait_seconds
-    if_etag: str | None = None
-    overwrite = False
-    for _ in range(MAX_CONFLICT_ROUNDS):
-        try:
-            started = await store.start_copy(
-                plan.blob_name,
-                plan.source.url,
-                metadata=plan.metadata,
-                tags=plan.tags,
-                if_etag=if_etag,
-                overwrite=overwrite,
+    if_etag: str | None = None  # None: create (If-None-Match: *); else overwrite exactly this version
+    manifest_read: asyncio.Future[Manifest | None] | None = None
+    try:
+        for _ in range(MAX_ROUNDS):
+            progress.mode = "sync" if sync else "async"
+            try:
+                progress.copy_sent = True
+                started = await store.start_copy(
+                    plan.blob_name,
+                    plan.source.url,
+                    metadata=plan.metadata,
+                    tags=plan.tags,
+                    sync=sync,
+                    if_etag=if_etag,
+                )
+            except SyncCopyRefused:
+                sync = False  # over 256 MiB (or empty): the asynchronous copy takes it
+                continue
+            except Conflict:
+                existing = await store.state(plan.blob_name)
+                if (
+                    existing is not None
+                    and existing.copy_status == "pending"
+                    and existing.copy_id
+                    and existing.delivery != plan.delivery
+                ):
+                    # An older export is still copying: the newest export wins.
+                    await store.abort_copy(plan.blob_name, existing.copy_id)
+                    existing = await store.state(plan.blob_name)
+                if existing is None:
+                    if_etag = None
+                    continue
+                if existing.delivery == plan.delivery and existing.copy_status in (None, "success", "pending"):
+                    return await _same_delivery(store, plan, existing, deadline=deadline, sleep=sleep)
+                # A re-export, or a failed leftover: overwrite exactly the version read. The manifest
+                # is read now, before the copy, so that the blob check after the copy comes after it.
+                if_etag = existing.etag
+                if manifest_read is None and plan.manifest_name is not None:
+                    manifest_read = asyncio.ensure_future(store.read_manifest(plan.manifest_name))
+                continue
+            progress.copy_id, progress.tags_written = started.copy_id, started.tags_written
+            snapshot: Snapshot = None if manifest_read is None else await manifest_read
+            state = None
+            if started.status != "success":
+                state = await wait_for_copy(store, plan.blob_name, deadline=deadline, sleep=sleep)
+            else:
+                state = await store.state(plan.blob_name)  # the copy's headers, and proof it is still ours
+            if state is None or state.delivery != plan.delivery:
+                return replaced(plan, state, started.copy_id, started.tags_written)
+            return await _settle(
+                store, plan, state, kind="stored", snapshot=snapshot, tags_written=started.tags_written
             )
-        except Conflict:
-            existing = await store.state(plan.blob_name)
-            if existing is None:  # deleted meanwhile: create it again
-                if_etag, overwrite = None, False
-                continue
-            if existing.delivery == plan.delivery and existing.copy_status in (None, "success", "pending"):
-                return await _same_delivery(store, plan, existing, deadline=deadline, sleep=sleep)
-            if existing.copy_status == "pending" and existing.copy_id:
-                # An older export is still copying: the newest export wins.
-                await store.abort_copy(plan.blob_name, existing.copy_id)
-                if_etag, overwrite = None, True
-                continue
-            if_etag, overwrite = existing.etag, False  # a re-export (or a failed leftover): overwrite it
-            continue
-        state = None
-        if started.status != "success":
-            state = await wait_for_copy(store, plan.blob_name, deadline=deadline, sleep=sleep)
-            if state is None:
-                raise StoreError("The copied blob disappeared while the copy was being checked; send it again.")
-            if state.delivery != plan.delivery:
-                return Delivered("superseded", plan.blob_name, started.copy_id, started.tags_written)
-        copied = source_probe.result() if source_probe.done() and not source_probe.cancelled() else None
-        return await _settle(
-            store, plan, started.copy_id, state, tags_written=started.tags_written, fresh=True, copied_headers=copied
-        )
-    raise StoreError("The destination blob kept changing while this delivery tried to store it; send it again.")
+    finally:
+        if manifest_read is not None and not manifest_read.done():
+            manifest_read.cancel()
+    raise StorageUnavailable("The destination blob kept changing while this delivery tried to store it.")
 
 
 async def _same_delivery(
     store: BlobStore, plan: CopyPlan, existing: BlobState, *, deadline: float, sleep: Sleep
 ) -> Delivered:
     """The same delivery again (a retry, or a concurrent twin): no second copy."""
-    state = existing
+    state: BlobState | None = existing
     if existing.copy_status == "pending":
-        waited = await wait_for_copy(store, plan.blob_name, deadline=deadline, sleep=sleep)
-        if waited is None:
-            raise StoreError("The stored file disappeared while this delivery waited for it; send it again.")
-        if waited.delivery != plan.delivery:
-            return Delivered("superseded", plan.blob_name, waited.copy_id, store.tags_supported)
-        state = waited
-    return await _settle(store, plan, state.copy_id, state, tags_written=store.tags_supported, fresh=False)
+        state = await wait_for_copy(store, plan.blob_name, deadline=deadline, sleep=sleep)
+        if state is None or state.delivery != plan.delivery:
+            return replaced(plan, state, existing.copy_id, store.tags_supported)
+    assert state is not None
+    return await _settle(store, plan, state, kind="duplicate", snapshot=UNREAD, tags_written=store.tags_supported)
 
 
 async def _settle(
     store: BlobStore,
     plan: CopyPlan,
-    copy_id: str | None,
-    state: BlobState | None,
+    state: BlobState,
     *,
+    kind: Literal["stored", "duplicate"],
+    snapshot: Snapshot,
     tags_written: bool,
-    fresh: bool,
-    copied_headers: ContentSettings | None = None,
 ) -> Delivered:
-    """Turn the copy's state into a result: finish it, hand it to the verifier, or clean up."""
-    status = "success" if state is None else state.copy_status
-    if status == "pending":
-        # The manifest is written now (copyStatus "pending"): durable before the 202, and the queue
-        # message stays small; the verifier completes it when the copy succeeds.
-        name = plan.manifest_name
-        if name is not None and (fresh or not await store.exists(name)):
-            document = manifest_document(plan, copy_id, tags_written=tags_written, copy_status="pending")
-            await store.write_json(name, document)
-        return Delivered("copying", plan.blob_name, copy_id, tags_written)
-    if status in ("failed", "aborted"):
-        await discard(store, plan.blob_name)
-        reason = (state.copy_description if state else None) or status
-        raise CopyFailed(f"Azure Storage could not copy the file ({reason}).")
-    try:
-        await finish(
-            store,
-            plan,
-            copy_id,
-            state,
-            tags_written=tags_written,
-            only_missing_manifest=not fresh,
-            copied_headers=copied_headers,
+    """This delivery's blob, as last read: finish it, track it, or clean up after a failed copy."""
+    name = plan.blob_name
+    if state.copy_status == "pending":
+        # Recorded before the 202 (copyStatus "pending"); the queue function completes it.
+        document = manifest_document(plan, state.copy_id, tags_written=tags_written, copy_status="pending")
+        if not await record_manifest(
+            store, plan, document, copy_status="pending", snapshot=snapshot, confirmed=snapshot != UNREAD
+        ):
+            return replaced(plan, await store.state(name), state.copy_id, tags_written)
+        return Delivered("copying", name, state.copy_id, tags_written)
+    if state.copy_status == "failed":
+        await remove_failed_copy(store, name, state)
+        raise CopyFailed(f"Azure Storage could not copy the file ({state.copy_description or 'failed'}).")
+    if state.copy_status == "aborted":
+        # Only a newer export aborts a copy, and it owns the blob's next step: nothing to delete here.
+        raise NotStored(
+            "A newer export of this document cancelled this copy while it ran. "
+            "If that export does not arrive, send this one again.",
+            track=True,
         )
-    except StoreError:
-        if fresh:
-            await discard(store, plan.blob_name)
-        raise
-    return Delivered("stored" if fresh else "duplicate", plan.blob_name, copy_id, tags_written)
+    if not await finish(store, plan, state, snapshot=snapshot, tags_written=tags_written):
+        return replaced(plan, await store.state(name), state.copy_id, tags_written)
+    return Delivered(kind, name, state.copy_id, tags_written)
+
+
+def replaced(plan: CopyPlan, state: BlobState | None, copy_id: str | None, tags_written: bool) -> Delivered:
+    """The blob is no longer this delivery's. ``superseded`` only when the newer copy is stored or running."""
+    if state is not None and state.delivery != plan.delivery and state.copy_status in (None, "success", "pending"):
+        return Delivered("superseded", plan.blob_name, copy_id, tags_written)
+    if state is None:
+        raise NotStored("The stored file was removed while this delivery was storing it. Send it again.", track=False)
+    raise NotStored(
+        "A newer export of this document replaced this file, and its copy failed. Send the document again.",
+        track=False,
+    )

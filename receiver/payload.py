@@ -6,10 +6,14 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-MAX_ID_LENGTH = 256
+from .source import link_secrets, without_secrets
+
+MAX_ID_LENGTH = 1024  # GUIDs in practice; longer ids are kept whole in the manifest and hashed in names
 MAX_TEXT_LENGTH = 4096
+# Deeper JSON is no notification; pydantic and json.dumps would hit their recursion limits near 256.
+MAX_NESTING = 32
 
 
 class PayloadError(Exception):
@@ -23,8 +27,23 @@ class PayloadError(Exception):
 
 
 def _as_utc(value: datetime) -> datetime:
-    # The contract says naive times are UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    # The contract says naive times are UTC. 9999-12-31T23:59:59-01:00 has no UTC equivalent.
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the range of dates this receiver can handle") from None
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests objects and lists (an object of scalars is 1), counted up to ``limit`` + 1."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        containers = [item for item in level if isinstance(item, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        level = [child for item in containers for child in (item.values() if isinstance(item, dict) else item)]
+    return depth
 
 
 class Notification(BaseModel):
@@ -51,6 +70,15 @@ class Notification(BaseModel):
     )
     last_checked_out_until: datetime | None = Field(default=None, alias="lastCheckedOutUntil")
     metadata: tuple[tuple[str, str], ...] = Field(default=(), max_length=1000)
+    # The metadata exactly as sent (object stays object, list stays list, 42 stays 42): the manifest keeps it.
+    metadata_as_received: Any = Field(default=None, exclude=True, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_metadata_as_received(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {**data, "metadata_as_received": data.get("metadata")}
+        return data
 
     @field_validator("task_number", "total_pages", mode="before")
     @classmethod
@@ -146,11 +174,27 @@ def parse_notification(body: bytes) -> Notification:
         ) from None
     if not isinstance(document, dict):
         raise PayloadError("invalid-json", "The request body must be a JSON object, not a list or a single value.")
+    if nesting_depth(document, MAX_NESTING) > MAX_NESTING:
+        raise PayloadError(
+            "invalid-payload",
+            f"The notification nests objects or lists more than {MAX_NESTING} levels deep. "
+            "Check the webhook's body in SmartDocumentor.",
+            [{"field": "body", "problem": f"nested more than {MAX_NESTING} levels deep"}],
+        )
     if b"\\u" in body or b"\\U" in body:
         try:
             json.dumps(document, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise PayloadError("invalid-json", "The request body contains text that is not valid Unicode.") from None
+    link = document.get("exportedFileUrl")
+    if isinstance(link, str):
+        # A sender may repeat the link in another field (displayName, taskId, metadata): its signature
+        # must not travel from there into names, tags, metadata, the manifest or logs.
+        secrets = link_secrets(link)
+        document = {
+            key: value if key == "exportedFileUrl" else without_secrets(value, secrets)
+            for key, value in document.items()
+        }
     try:
         return Notification.model_validate(document)
     except ValidationError as exc:

@@ -5,6 +5,7 @@ The :class:`CopyPlan` is plain data: print it to see exactly what a delivery wil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import unicodedata
@@ -22,6 +23,7 @@ MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 256
 MAX_METADATA_VALUE = 2048
 MAX_SEGMENT = 255
+MAX_ID_SEGMENT = 128
 
 EXTENSIONS = {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".png"}
 # Extensions that already satisfy a content type ("photo.jpeg" stays "photo.jpeg").
@@ -85,20 +87,47 @@ def file_name(display_name: str | None, task_id: str, content_type: str, source_
     return _safe_segment(stem[: MAX_SEGMENT - len(ext)] + ext, "document")
 
 
-def blob_name(template: str, values: dict[str, str], file: str) -> str:
-    """Render the template with every placeholder made safe, within Azure's 1024 characters."""
-    safe = {key: _safe_segment(value, "_") for key, value in values.items()}
-    safe["fileName"] = file
-    name = template.format_map(safe)
-    if len(name) <= MAX_BLOB_NAME:
+# An identity segment that had to change gets "~" and this many hex digits of its original's sha256.
+ID_HASH_LENGTH = 10
+IDENTITY_PLACEHOLDERS = ("workspaceId", "taskId")
+
+
+def identity_segment(value: str) -> str:
+    """A path segment that stays one-to-one with ``value``: the value itself when it is already
+    safe, short enough and free of "~"; otherwise its safe form, cut, plus "~" and a short stable hash
+    of the original. A kept value never contains "~", so it cannot equal a hashed one.
+    """
+    safe = _safe_segment(value, "_")
+    if safe == value and "~" not in value and len(value) <= MAX_ID_SEGMENT:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:ID_HASH_LENGTH]
+    readable = _safe_segment(value.replace("~", "_"), "_")[: MAX_ID_SEGMENT - ID_HASH_LENGTH - 1].rstrip(". ")
+    return f"{readable or '_'}~{digest}"
+
+
+def blob_name(template: str, values: dict[str, str], file: str, *, limit: int = MAX_BLOB_NAME) -> str:
+    """Render the template with every placeholder made safe, within ``limit`` characters.
+
+    workspaceId and taskId become identity segments, so two tasks never share a name. When the
+    name is too long the file name's stem is shortened first; a last-resort cut keeps the extension.
+    """
+    safe = {
+        key: identity_segment(value) if key in IDENTITY_PLACEHOLDERS else _safe_segment(value, "_")
+        for key, value in values.items()
+    }
+    name = template.format_map({**safe, "fileName": file})
+    if len(name) <= limit:
         return name
-    # Too long: shorten the file name's stem (keeping its extension), then hard-cut as a last resort.
-    overflow = len(name) - MAX_BLOB_NAME
+    overflow = len(name) - limit
     stem, dot, ext = file.rpartition(".")
     if dot and len(stem) > overflow:
         shorter = _safe_segment(stem[: len(stem) - overflow], "document") + "." + ext
         name = template.format_map({**safe, "fileName": shorter})
-    return name[:MAX_BLOB_NAME].rstrip("./ ") or "document"
+        if len(name) <= limit:
+            return name
+    suffix = f".{ext}" if dot and len(ext) < 16 else ""
+    head = name[: limit - len(suffix)].rstrip("./ ")
+    return f"{head}{suffix}" if head else f"document{suffix}"
 
 
 # --- tags ------------------------------------------------------------------------------------
@@ -194,10 +223,24 @@ def manifest(notification: Notification, plan_fields: dict[str, Any], *, receive
     payload["lastCheckedOutUntil"] = _iso(notification.last_checked_out_until)
     return {
         **payload,
-        "metadata": [{"key": key, "value": value} for key, value in notification.metadata],
+        "metadata": notification.metadata_as_received,
         "receivedAt": _iso(received_at),
         **plan_fields,
     }
+
+
+def manifest_labels(document: dict[str, Any], copy_status: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Index tags and metadata of a manifest blob: its copy status and receive time make unfinished
+    deliveries findable (Find Blobs by Tags, or a listing on accounts without tags); the ids let
+    an operator find a task's manifest too."""
+    received = str(document.get("receivedAt") or "")
+    tags = {
+        "copyStatus": copy_status,
+        "receivedAt": fold_tag_text(received, MAX_TAG_VALUE),
+        "taskId": fold_tag_text(str(document.get("taskId") or ""), MAX_TAG_VALUE),
+        "workspaceId": fold_tag_text(str(document.get("workspaceId") or ""), MAX_TAG_VALUE),
+    }
+    return tags, {"copystatus": copy_status, "receivedat": metadata_value(received, 64)}
 
 
 def manifest_bytes(document: dict[str, Any]) -> bytes:
@@ -226,19 +269,21 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
         "mm": f"{now.month:02d}",
         "dd": f"{now.day:02d}",
     }
-    name = blob_name(settings.blob_name_template, values, file)
+    # Room for the manifest's ".json" when there is one, so neither name is cut afterwards.
+    limit = MAX_BLOB_NAME - len(".json") if settings.write_manifest else MAX_BLOB_NAME
+    name = blob_name(settings.blob_name_template, values, file, limit=limit)
     by_alias = notification.model_dump(by_alias=True, include=set(_FIELD_NAMES[a] for a in settings.tag_fields))
     fields = [(alias, str(by_alias[alias])) for alias in settings.tag_fields if by_alias.get(alias) is not None]
     tags, dropped = index_tags(fields, notification.metadata)
     manifest_name = f"{name}.json" if settings.write_manifest else None
-    if manifest_name and len(manifest_name) > MAX_BLOB_NAME:
-        name = name[: MAX_BLOB_NAME - len(".json")].rstrip("./ ")
-        manifest_name = f"{name}.json"
     document = manifest(
         notification,
         {
             "source": source.public_url,
             "blob": f"{settings.destination_container}/{name}",
+            "delivery": source.delivery,
+            # The link's effective expiry (payload date or SAS se, the earlier): when a copy can no longer be retried.
+            "linkExpiresOn": _iso(source.expires_on),
             "tags": tags,
             "tagsDropped": dropped,
         },

@@ -33,6 +33,7 @@ TAGGABLE_FIELDS = frozenset(
     }
 )
 MAX_TAGS = 10
+SYNC_COPY_LIMIT_MIB = 256  # the service's limit for a synchronous copy (Copy Blob From URL)
 _CONTAINER_NAME = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d{1,5})?$")
 
@@ -64,6 +65,10 @@ class Settings(BaseSettings):
     allowed_source_hosts: Annotated[tuple[str, ...], NoDecode] = ("*.blob.core.windows.net",)
     allow_http_sources: bool = False
     copy_wait_seconds: float = Field(default=20.0, ge=0, le=30)
+    # Copy Blob From URL takes sources up to 256 MiB; 0 = always asynchronous.
+    sync_copy_max_mib: int = Field(default=SYNC_COPY_LIMIT_MIB, ge=0, le=SYNC_COPY_LIMIT_MIB)
+    reconcile_schedule: str = "0 */10 * * * *"
+    reconcile_after_minutes: float = Field(default=10.0, ge=0, le=7 * 24 * 60)
     tag_fields: Annotated[tuple[str, ...], NoDecode] = ("taskId", "taskNumber", "workspaceId")
     write_manifest: bool = True
     max_body_bytes: int = Field(default=65536, ge=1024, le=100 * 1024 * 1024)
@@ -139,6 +144,14 @@ class Settings(BaseSettings):
         if len(value) > MAX_TAGS:
             raise ValueError(f"names more than {MAX_TAGS} fields (Azure allows {MAX_TAGS} tags per blob)")
         return tuple(dict.fromkeys(value))
+
+    @field_validator("reconcile_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        # NCRONTAB as the Functions host reads it: six fields, seconds first.
+        if len(value.split()) != 6:
+            raise ValueError("must be an NCRONTAB expression with six fields, e.g. '0 */10 * * * *'")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one_destination(self) -> Settings:

@@ -6,7 +6,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import parse_qs, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 MAX_SOURCE_URL_LENGTH = 2048
 _DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -44,6 +45,35 @@ _URL_QUERY = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s\"'<>]*
 _SIG = re.compile(r"(?i)\bsig=[^&\s\"'<>]*")
 
 
+def link_secrets(url: str) -> list[str]:
+    """The parts of a link that must never be repeated: its whole query and its ``sig``, as sent,
+    decoded and encoded. Longest first, so a query is replaced before the signature inside it."""
+    query = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
+    found = {query} if len(query) >= 8 else set()
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name.lower() == "sig" and len(value) >= 8:
+            plain = unquote(value)
+            found |= {value, plain, quote(plain, safe="")}
+    return sorted(found, key=len, reverse=True)
+
+
+def without_secrets(value: Any, secrets: list[str]) -> Any:
+    """``value`` (any JSON) with every secret replaced by REDACTED in its strings and keys."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, "REDACTED")
+        return value
+    if isinstance(value, list):
+        return [without_secrets(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {without_secrets(key, secrets): without_secrets(item, secrets) for key, item in value.items()}
+    return value
+
+
 def redact(text: str) -> str:
     """Remove URL queries and any ``sig=`` from free text (exception messages, log lines)."""
     return _SIG.sub("sig=REDACTED", _URL_QUERY.sub(r"\1?REDACTED", text))
@@ -79,9 +109,9 @@ def _is_label(label: str) -> bool:
 def _parse_sas_expiry(value: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # 9999-12-31T23:59:59-01:00 has no UTC equivalent
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _not_allowed(reason: str) -> SourceError:

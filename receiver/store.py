@@ -9,12 +9,11 @@ its query into a message.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -25,10 +24,11 @@ from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 from yarl import URL
 
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .source import redact
+from .telemetry import about, count_storage_request
 
-__all__ = ["BlobState", "BlobStore", "ContentSettings", "StoreError"]
+__all__ = ["BlobState", "BlobStore", "ContentSettings", "Manifest", "StoreError"]
 
 log = logging.getLogger("receiver.store")
 # azure-core logs every request's headers at INFO; in Functions (INFO and up go to Application
@@ -42,9 +42,12 @@ logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(l
 RETRY: dict[str, Any] = {"initial_backoff": 0.2, "increment_base": 1.5, "retry_total": 3, "random_jitter_range": 0.3}
 CONNECTION_TIMEOUT_SECONDS = 3
 READ_TIMEOUT_SECONDS = 10
-# Copy Blob usually answers at once (large cross-account copies go on asynchronously), but a
-# synchronous copy of a large blob can take longer; the whole delivery stays under its budget.
-COPY_READ_TIMEOUT_SECONDS = 30
+# A synchronous copy (Copy Blob From URL) answers only when the bytes are committed, so it may take
+# many seconds. The service gives up after SYNC_COPY_SERVER_TIMEOUT_SECONDS (500 OperationTimedOut,
+# nothing written); the client waits a little longer so that the service's answer, not a client
+# timeout, normally ends the call. The delivery's own budget bounds everything (webhook.py).
+SYNC_COPY_SERVER_TIMEOUT_SECONDS = 30
+COPY_READ_TIMEOUT_SECONDS = 35
 
 _CONFLICT_CODES = {"BlobAlreadyExists", "PendingCopyOperation", "ConditionNotMet", "TargetConditionNotMet"}
 _PERMISSION_CODES = {
@@ -93,6 +96,12 @@ class Conflict(StoreError):
     kind = "conflict"
 
 
+class SyncCopyRefused(StoreError):
+    """The service will not copy this source synchronously (over 256 MiB, or empty): copy it asynchronously."""
+
+    kind = "sync-refused"
+
+
 class ContainerMissing(StoreError):
     kind = "container-missing"
 
@@ -126,17 +135,33 @@ class BlobState:
     copy_status: str | None  # pending | success | failed | aborted | None (no copy recorded)
     copy_description: str | None
     content_settings: ContentSettings
+    size: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def content_type(self) -> str | None:
         return self.content_settings.content_type
+
+    @property
+    def copy_settled(self) -> bool:
+        """The last copy is over (or there was none): the blob holds what it will hold."""
+        return self.copy_status in (None, "success")
 
 
 @dataclass(frozen=True)
 class CopyStarted:
     copy_id: str
     status: str  # "success" or "pending"
+    etag: str
     tags_written: bool = True
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest as read, with the ETag a conditional rewrite must match."""
+
+    document: dict[str, Any]
+    etag: str
 
 
 def _classify(exc: Exception, operation: str, account: str, container: str) -> StoreError:
@@ -153,14 +178,18 @@ def _classify(exc: Exception, operation: str, account: str, container: str) -> S
         status = exc.status_code
         if _tags_unsupported(code):
             return TagsUnsupported(f"{operation}: {code}", code=code, status=status)
-        if code in _CONFLICT_CODES or status in (409, 412):
-            return Conflict(f"{operation}: {code or status}", code=code, status=status)
+        if "CopySource" in code and status == 409:
+            # Copy Blob From URL refuses a source over 256 MiB (or an empty one) with 409, while a
+            # refused or missing source is 403/404 with the same code.
+            return SyncCopyRefused(f"{operation}: {code}", code=code, status=status)
         if (
             "CopySource" in code
             or code.startswith("Source")
             or code in {"InvalidSourceBlobUrl", "InvalidSourceBlobType"}
         ):
             return SourceUnreadable(f"{operation}: {code}", code=code, status=status)
+        if code in _CONFLICT_CODES or status in (409, 412):
+            return Conflict(f"{operation}: {code or status}", code=code, status=status)
         if code == "ContainerNotFound":
             return ContainerMissing(f"The container {container} does not exist in {account}.", code=code, status=status)
         if code in _PERMISSION_CODES or status in (401, 403):
@@ -200,7 +229,12 @@ def tags_as_metadata(tags: dict[str, str]) -> dict[str, str]:
 
 
 class BlobStore:
-    """Destination container operations. Create with :meth:`open` on the loop that will use it."""
+    """Destination container operations. Create with :meth:`open` on the loop that will use it.
+
+    Every write after a copy is conditional: the caller passes the ETag it owns (If-Match), or asks
+    for a blob that must not exist yet (If-None-Match: *). A :class:`Conflict` then means that
+    another request changed the blob first; the caller decides, never this module.
+    """
 
     def __init__(self, service: BlobServiceClient, container: str, credential: Any = None) -> None:
         self._service = service
@@ -212,7 +246,7 @@ class BlobStore:
         self._container_lock = asyncio.Lock()
         self.tags_supported = True  # learnt from the first refusal, then tags go to metadata directly
         self._blobs: dict[str, BlobClient] = {}
-        self._http: aiohttp.ClientSession | None = None  # for the source probe only
+        self._http: aiohttp.ClientSession | None = None  # for the source size probe only
 
     @classmethod
     def open(cls, settings: Settings) -> BlobStore:
@@ -222,9 +256,16 @@ class BlobStore:
             "read_timeout": READ_TIMEOUT_SECONDS,
         }
         if settings.destination_connection_string is not None:
-            service = BlobServiceClient.from_connection_string(
-                settings.destination_connection_string.get_secret_value(), **options
-            )
+            try:
+                service = BlobServiceClient.from_connection_string(
+                    settings.destination_connection_string.get_secret_value(), **options
+                )
+            except ValueError:
+                raise SettingsError(
+                    "DESTINATION_CONNECTION_STRING",
+                    "The app setting DESTINATION_CONNECTION_STRING is not a valid storage connection string: copy it "
+                    "again from the storage account's Access keys page, or use DESTINATION_ACCOUNT_URL.",
+                ) from None
             return cls(service, settings.destination_container)
         from azure.identity.aio import DefaultAzureCredential  # only deployments with identity pay for it
 
@@ -244,6 +285,10 @@ class BlobStore:
         """The blob's URL without any query (encoded as the SDK encodes it)."""
         return f"{self._container.url.split('?', 1)[0]}/{quote(name, safe='~/')}"
 
+    def describe(self, name: str) -> str:
+        """How logs and answers name a blob: ``container/name``."""
+        return f"{self.container_name}/{name}"
+
     def _blob(self, name: str) -> BlobClient:
         """One client per blob name, reused across a delivery's calls (building one costs CPU)."""
         client = self._blobs.get(name)
@@ -253,58 +298,50 @@ class BlobStore:
             client = self._blobs[name] = self._container.get_blob_client(name)
         return client
 
-    async def source_headers(self, source_url: str) -> ContentSettings | None:
-        """The source file's HTTP headers, which Copy Blob carries to the copy; None when unknown.
+    async def source_size(self, source_url: str) -> int | None:
+        """The source file's size in bytes, from a plain HEAD with the link's own SAS; None when unknown.
 
-        A plain HEAD with the link's own SAS (no bytes, no signing), run concurrently with the
-        copy, so the receiver knows whether Content-Type needs fixing without another call after
-        the copy. It is an optimisation: one try with a short timeout, any failure means
-        "unknown", and then the copy itself is read. Nothing here logs or raises the URL.
+        Only asked when SYNC_COPY_MAX_MIB is below the service's own limit. One try, short timeout;
+        nothing here logs or raises the URL.
         """
+        count_storage_request()
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=5, connect=CONNECTION_TIMEOUT_SECONDS), auto_decompress=False
             )
         try:
             async with self._http.head(URL(source_url, encoded=True), allow_redirects=False) as response:
-                if response.status != 200:
-                    return None
-                headers = response.headers
-                md5 = headers.get("Content-MD5")
-                return ContentSettings(
-                    content_type=headers.get("Content-Type"),
-                    content_encoding=headers.get("Content-Encoding"),
-                    content_language=headers.get("Content-Language"),
-                    content_disposition=headers.get("Content-Disposition"),
-                    cache_control=headers.get("Cache-Control"),
-                    content_md5=bytearray(base64.b64decode(md5)) if md5 else None,
-                )
+                length = response.headers.get("Content-Length")
+                return int(length) if response.status == 200 and length and length.isdigit() else None
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             return None
 
     @asynccontextmanager
     async def _call(self, operation: str) -> AsyncIterator[None]:
+        count_storage_request()
         try:
             yield
         except StoreError:
             raise
         except (TimeoutError, AzureError, OSError) as exc:
             error = _classify(exc, operation, self.account, self.container_name)
-            # Conflicts (duplicates) and a missing container are expected and handled by the caller.
-            expected = isinstance(error, Conflict | ContainerMissing | BlobMissing)
-            log.log(logging.DEBUG if expected else logging.WARNING, "storage %s failed: %s", operation, error.message)
+            # Conflicts, a missing container and a too-large synchronous copy are answers the caller handles.
+            expected = isinstance(error, Conflict | ContainerMissing | BlobMissing | SyncCopyRefused)
+            level = logging.DEBUG if expected else logging.WARNING
+            log.log(level, "storage %s failed %s: %s", operation, about(), error.message)
             raise error from None
 
-    async def ensure_container(self) -> None:
-        """Create the container (private) once per process; an existing one is fine."""
-        if self._container_ready:
+    async def ensure_container(self, *, again: bool = False) -> None:
+        """Create the container (private) once per process; ``again`` after it was found missing."""
+        if self._container_ready and not again:
             return
         async with self._container_lock:
-            if self._container_ready:
+            if self._container_ready and not again:
                 return
             try:
                 async with self._call("create container"):
                     await self._container.create_container()
+                log.warning("created the container %s in %s", self.container_name, self.account)
             except Conflict:
                 pass  # ContainerAlreadyExists
             except DestinationMisconfigured as exc:
@@ -329,17 +366,21 @@ class BlobStore:
         *,
         metadata: dict[str, str],
         tags: dict[str, str],
+        sync: bool,
         if_etag: str | None = None,
-        overwrite: bool = False,
     ) -> CopyStarted:
-        """Server-side copy. By default only when the blob is missing; ``if_etag`` guards an overwrite."""
+        """Server-side copy onto a missing blob (If-None-Match: *), or over the one with ``if_etag`` (If-Match).
+
+        ``sync`` asks for Copy Blob From URL: the answer comes when the bytes are committed. A
+        source the service will not copy that way raises :class:`SyncCopyRefused`.
+        """
         conditions: dict[str, Any]
         if if_etag is not None:
             conditions = {"etag": if_etag, "match_condition": MatchConditions.IfNotModified}
-        elif overwrite:
-            conditions = {}
         else:
             conditions = {"match_condition": MatchConditions.IfMissing}
+        if sync:
+            conditions |= {"requires_sync": True, "timeout": SYNC_COPY_SERVER_TIMEOUT_SECONDS}
         blob = self._blob(name)
         container_created = False
         while True:
@@ -354,12 +395,15 @@ class BlobStore:
                         **conditions,
                     )
                 return CopyStarted(
-                    str(result["copy_id"]), str(result["copy_status"]), tags_written=with_tags or not tags
+                    str(result["copy_id"]),
+                    str(result["copy_status"]),
+                    str(result["etag"]),
+                    tags_written=with_tags or not tags,
                 )
             except ContainerMissing:
                 if container_created:
                     raise
-                await self.ensure_container()
+                await self.ensure_container(again=True)  # also when it was deleted while the app ran
                 container_created = True
             except TagsUnsupported:
                 if not with_tags:
@@ -382,47 +426,130 @@ class BlobStore:
             copy_status=copy.status if copy else None,
             copy_description=redact(copy.status_description) if copy and copy.status_description else None,
             content_settings=props.content_settings,
+            size=int(props.size or 0),
+            metadata=dict(props.metadata or {}),
         )
 
-    async def set_content_type(self, name: str, current: ContentSettings, content_type: str) -> None:
-        """Set Content-Type, passing every other header (Content-MD5 included) back unchanged."""
+    async def set_content_type(self, name: str, current: BlobState, content_type: str) -> str:
+        """Set Content-Type on the blob as ``current`` saw it (If-Match), every other header unchanged.
+
+        Set Blob Properties replaces all headers, so Content-MD5 and the rest are passed back. It
+        also clears the blob's x-ms-copy-* properties. Returns the new ETag.
+        """
+        old = current.content_settings
         settings = ContentSettings(
             content_type=content_type,
-            content_encoding=current.content_encoding,
-            content_language=current.content_language,
-            content_disposition=current.content_disposition,
-            cache_control=current.cache_control,
-            content_md5=current.content_md5,
+            content_encoding=old.content_encoding,
+            content_language=old.content_language,
+            content_disposition=old.content_disposition,
+            cache_control=old.cache_control,
+            content_md5=old.content_md5,
         )
         async with self._call("set headers"):
-            await self._blob(name).set_http_headers(content_settings=settings)
-
-    async def write_json(self, name: str, data: bytes) -> None:
-        async with self._call("write manifest"):
-            await self._blob(name).upload_blob(
-                data, overwrite=True, content_settings=ContentSettings(content_type="application/json")
+            result = await self._blob(name).set_http_headers(
+                content_settings=settings, etag=current.etag, match_condition=MatchConditions.IfNotModified
             )
+        return str(result["etag"])
 
-    async def read_json(self, name: str) -> dict[str, Any] | None:
-        """A small JSON blob (a manifest), or None when it does not exist."""
+    async def write_manifest(
+        self, name: str, data: bytes, *, etag: str | None, tags: dict[str, str], metadata: dict[str, str]
+    ) -> str:
+        """Write a manifest over the one with ``etag`` (If-Match), or a new one (If-None-Match: *).
+
+        ``tags`` (copyStatus, receivedAt, ids) make unfinished deliveries findable with one Find
+        Blobs by Tags call; ``metadata`` carries the same status for accounts without index tags.
+        """
+        conditions: dict[str, Any] = (
+            {"overwrite": True, "etag": etag, "match_condition": MatchConditions.IfNotModified}
+            if etag is not None
+            else {"overwrite": False}
+        )
+        while True:
+            with_tags = self.tags_supported
+            try:
+                async with self._call("write manifest"):
+                    result = await self._blob(name).upload_blob(
+                        data,
+                        content_settings=ContentSettings(content_type="application/json"),
+                        metadata=metadata,
+                        tags=tags if with_tags else None,
+                        **conditions,
+                    )
+                return str(result["etag"])
+            except TagsUnsupported:
+                if not with_tags:
+                    raise
+                self.tags_supported = False
+
+    async def pending_manifests(self, *, received_before: str, limit: int) -> list[str]:
+        """Names of manifests that still say ``pending``, received before the given ISO time, oldest
+        first as far as the service orders them. One Find Blobs by Tags call per page of results; on
+        an account without index tags, a listing of the container with metadata (slower: its cost
+        grows with the container)."""
+        if self.tags_supported:
+            query = f"\"copyStatus\"='pending' AND \"receivedAt\" < '{received_before}'"
+            names: list[str] = []
+            try:
+                # No page size: the service's own (up to 5000). Azurite filters within each page of
+                # blobs and drops the continuation marker when a page has fewer matches than asked,
+                # so a small page size would hide matches there; Azure returns NextMarker, followed here.
+                pages: Any = self._container.find_blobs_by_tags(query).by_page()
+                while len(names) < limit:
+                    async with self._call("find pending manifests"):
+                        page = await anext(pages, None)
+                        if page is None:
+                            break
+                        names.extend([item.name async for item in page])
+                    if not pages.continuation_token:
+                        break
+                return names[:limit]
+            except TagsUnsupported:
+                self.tags_supported = False
+        names = []
+        listing: Any = self._container.list_blobs(include=["metadata"]).by_page()
+        while len(names) < limit:
+            async with self._call("list manifests"):
+                blobs = await anext(listing, None)
+                if blobs is None:
+                    break
+                async for item in blobs:
+                    meta = item.metadata or {}
+                    if (
+                        item.name.endswith(".json")
+                        and meta.get("copystatus") == "pending"
+                        and meta.get("receivedat", "") < received_before
+                    ):
+                        names.append(item.name)
+            if not listing.continuation_token:
+                break
+        return names[:limit]
+
+    async def blob_tags(self, name: str) -> dict[str, str]:
+        try:
+            async with self._call("read tags"):
+                return dict(await self._blob(name).get_blob_tags())
+        except (BlobMissing, ContainerMissing, TagsUnsupported):
+            return {}
+
+    async def read_manifest(self, name: str) -> Manifest | None:
+        """A manifest and its ETag, or None when it does not exist. Unreadable JSON reads as empty."""
         try:
             async with self._call("read manifest"):
                 downloader = await self._blob(name).download_blob()
                 data = await downloader.readall()
         except (BlobMissing, ContainerMissing):
             return None
-        document = json.loads(data)
-        return document if isinstance(document, dict) else None
+        try:
+            document = json.loads(data)
+        except ValueError:
+            document = None
+        return Manifest(document if isinstance(document, dict) else {}, str(downloader.properties.etag))
 
-    async def exists(self, name: str) -> bool:
-        async with self._call("read blob"):
-            return bool(await self._blob(name).exists())
-
-    async def delete(self, name: str) -> None:
-        """Delete the blob; one already gone is fine."""
+    async def delete(self, name: str, *, etag: str) -> None:
+        """Delete the blob as it was when read (If-Match). One already gone is fine; 412 raises Conflict."""
         try:
             async with self._call("delete blob"):
-                await self._blob(name).delete_blob()
+                await self._blob(name).delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
         except (BlobMissing, ContainerMissing):
             pass
 
@@ -436,6 +563,33 @@ class BlobStore:
                 raise
 
     async def probe(self) -> None:
-        """Raise unless the container is reachable (for /api/health)."""
+        """Raise unless the container is reachable (for /api/health); a missing one is created again."""
         if not await self.container_exists():
-            raise ContainerMissing(f"The container {self.container_name} does not exist in {self.account}.")
+            await self.ensure_container(again=True)
+
+    async def find_tagged(self, query: str) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """Names of this container's blobs whose index tags match ``query`` (Find Blobs by Tags at
+        container level: one request per page of up to 5000), with the tags the service returned
+        (those the query names). Raises :class:`TagsUnsupported` on an account without index tags."""
+        pages: Any = self._container.find_blobs_by_tags(query, results_per_page=5000).by_page()
+        while True:
+            async with self._call("find blobs by tags"):
+                page = await anext(pages, None)
+                found = [] if page is None else [(item.name, dict(item.tags or {})) async for item in page]
+            for item in found:
+                yield item
+            if page is None or not pages.continuation_token:
+                return
+
+    async def listing(self, *, prefix: str | None = None) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """Every blob of the container (under ``prefix``) with its metadata, one request per page of up
+        to 5000: the slow path on accounts without index tags (its cost grows with the container)."""
+        pages: Any = self._container.list_blobs(name_starts_with=prefix, include=["metadata"]).by_page()
+        while True:
+            async with self._call("list blobs"):
+                page = await anext(pages, None)
+                found = [] if page is None else [(item.name, dict(item.metadata or {})) async for item in page]
+            for item in found:
+                yield item
+            if page is None or not pages.continuation_token:
+                return

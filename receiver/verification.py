@@ -1,7 +1,12 @@
-"""Finish copies that were still pending when the HTTP answer had to go out (queue-triggered).
+"""Finish copies whose outcome was not known when the HTTP answer went out (queue-triggered).
 
-The message carries the SAS URL (a restart needs it), so nothing here logs the message,
-and the model's repr hides it.
+A message is sent for a copy still running at the wait deadline (202), and for a copy whose
+answer was lost to a timeout or a storage failure after it was sent (503). The message carries
+the SAS URL (a restart needs it), so nothing here logs the message, and the model's repr hides it.
+
+Final failures (the link expired, the source refused or gone) are final at once: one ERROR line,
+the empty blob removed (If-Match), the manifest marked ``failed``, and the function returns
+normally: raising would only make the host try again.
 """
 
 from __future__ import annotations
@@ -15,20 +20,29 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .delivery import discard, finish, wait_for_copy
-from .plan import CopyPlan
+from .delivery import (
+    finish,
+    manifest_document,
+    remove_failed_copy,
+    use_sync_copy,
+    wait_for_copy,
+)
+from .plan import CopyPlan, manifest_bytes, manifest_labels
 from .runtime import Runtime
-from .store import BlobState, BlobStore
+from .store import BlobState, BlobStore, Conflict, Manifest, SourceUnreadable, SyncCopyRefused
+from .telemetry import CURRENT, recording
 
 log = logging.getLogger("receiver.verification")
+
+# host.json extensions.queues.maxDequeueCount: the try after which the host poisons the message.
+MAX_DEQUEUE_COUNT = 40
+# The whole manifest travels in the message when it is this small (queue messages hold 64 KiB
+# after the host's base64); otherwise the manifest written before the 202 is completed instead.
+MAX_MANIFEST_IN_MESSAGE = 24 * 1024
 
 
 class CopyStillRunning(Exception):
     """Raised so the Functions host puts the message back and tries again after visibilityTimeout."""
-
-
-class CopyLost(Exception):
-    """The copy cannot succeed any more; the host moves the message to the poison queue."""
 
 
 class PendingCopy(BaseModel):
@@ -40,13 +54,15 @@ class PendingCopy(BaseModel):
     blob_name: str = Field(alias="blob")
     copy_id: str | None = Field(default=None, alias="copyId")
     source_url: str = Field(alias="sourceUrl", repr=False)
+    public_url: str = Field(default="", alias="source")
     expires_on: datetime = Field(alias="expiresOn")
     delivery: str
     content_type: str = Field(alias="contentType")
     metadata: dict[str, str]
     tags: dict[str, str]
     tags_written: bool = Field(default=True, alias="tagsWritten")
-    manifest_name: str | None = Field(default=None, alias="manifestName")  # written with copyStatus "pending"
+    manifest_name: str | None = Field(default=None, alias="manifestName")
+    manifest_document: dict[str, Any] | None = Field(default=None, alias="manifest", repr=False)
     task_id: str = Field(alias="taskId")
     workspace_id: str = Field(alias="workspaceId")
 
@@ -55,11 +71,13 @@ class PendingCopy(BaseModel):
 
 
 def verification_message(plan: CopyPlan, copy_id: str | None, container: str, *, tags_written: bool) -> str:
+    manifest = plan.manifest if len(manifest_bytes(plan.manifest)) <= MAX_MANIFEST_IN_MESSAGE else None
     message = PendingCopy(
         container=container,
         blob_name=plan.blob_name,
         copy_id=copy_id,
         source_url=plan.source.url,
+        public_url=plan.source.public_url,
         expires_on=plan.source.expires_on,
         delivery=plan.delivery,
         content_type=plan.content_type,
@@ -67,78 +85,229 @@ def verification_message(plan: CopyPlan, copy_id: str | None, container: str, *,
         tags=plan.tags,
         tags_written=tags_written,
         manifest_name=plan.manifest_name,
+        manifest_document=manifest,
         task_id=plan.task_id,
         workspace_id=plan.workspace_id,
     )
-    return message.model_dump_json(by_alias=True)
-
-
-Result = Literal["finished", "superseded"]
-
-
-async def verify_copy(body: bytes, *, runtime: Runtime, now: datetime, wait_seconds: float | None = None) -> Result:
-    """Finish, restart or give up on one pending copy. Raises to have the host retry (or poison)."""
-    try:
-        pending = PendingCopy.model_validate(json.loads(body))
-    except (ValueError, ValidationError):
-        log.error("copy verification message is unreadable; it will go to the poison queue")
-        raise CopyLost("unreadable copy verification message") from None
-    settings = runtime.settings()
-    store = runtime.store()
-    wait = settings.copy_wait_seconds if wait_seconds is None else wait_seconds
-    deadline = time.monotonic() + wait
-    state = await wait_for_copy(store, pending.blob_name, deadline=deadline)
-    if state is not None and state.delivery != pending.delivery:
-        log.info("copy superseded by a newer export %s", pending.describe())
-        return "superseded"
-    if state is not None and state.copy_status in (None, "success"):
-        await _finish(store, pending, state, tags_written=pending.tags_written)
-        log.info("copy finished %s", pending.describe())
-        return "finished"
-    if state is not None and state.copy_status == "pending":
-        raise CopyStillRunning(f"copy still pending {pending.describe()}")
-    # failed, aborted, or the blob is gone: copy again while the link still works.
-    if pending.expires_on <= now:
-        if state is not None:
-            await discard(store, pending.blob_name)
-            if pending.manifest_name:
-                await discard(store, pending.manifest_name)
-            log.error(
-                "copy lost: it failed and the file link expired at %s; export the document again %s",
-                pending.expires_on.isoformat(),
-                pending.describe(),
-            )
-        raise CopyLost(f"copy failed after the link expired {pending.describe()}")
-    await _restart(store, pending, etag=state.etag if state else None)
-    state = await wait_for_copy(store, pending.blob_name, deadline=time.monotonic() + wait)
-    if state is not None and state.delivery == pending.delivery and state.copy_status in (None, "success"):
-        await _finish(store, pending, state, tags_written=store.tags_supported)
-        log.info("copy restarted and finished %s", pending.describe())
-        return "finished"
-    raise CopyStillRunning(f"copy restarted, still running {pending.describe()}")
+    return message.model_dump_json(by_alias=True, exclude_none=True)
 
 
 @dataclass(frozen=True)
-class _Finishing:
+class _Target:
+    """A pending copy as :func:`finish` and :func:`record_manifest` see it."""
+
     blob_name: str
     content_type: str
     manifest_name: str | None
     manifest: dict[str, Any]
+    delivery: str
 
 
-async def _finish(store: BlobStore, pending: PendingCopy, state: BlobState, *, tags_written: bool) -> None:
-    """Content-Type fixed if needed, and the pending manifest completed (copy id, status)."""
-    manifest = await store.read_json(pending.manifest_name) if pending.manifest_name else None
-    if pending.manifest_name and manifest is None:
-        log.warning("manifest missing, file finished without it %s", pending.describe())
-    target = _Finishing(
-        pending.blob_name, pending.content_type, pending.manifest_name if manifest else None, manifest or {}
-    )
-    await finish(store, target, state.copy_id, state, tags_written=tags_written)
+Result = Literal["finished", "superseded", "failed", "pending", "unreadable"]
 
 
-async def _restart(store: BlobStore, pending: PendingCopy, *, etag: str | None) -> None:
+async def verify_copy(
+    body: bytes,
+    *,
+    runtime: Runtime,
+    now: datetime,
+    dequeue_count: int = 1,
+    wait_seconds: float | None = None,
+) -> Result:
+    """Finish, restart or give up on one copy. Raises CopyStillRunning to have the host try again."""
+    with recording("verification") as record:
+        try:
+            pending = PendingCopy.model_validate(json.loads(body))
+        except (ValueError, ValidationError):
+            record.outcome, record.final_failure = "unreadable", True
+            record.reason = "the verification message is unreadable; it was dropped"
+            return "unreadable"
+        record.task_id, record.workspace_id = pending.task_id, pending.workspace_id
+        record.blob = f"{pending.container}/{pending.blob_name}"
+        settings = runtime.settings()
+        store = runtime.store()
+        wait = settings.copy_wait_seconds if wait_seconds is None else wait_seconds
+        result = await settle_pending(
+            store, pending, now=now, wait_seconds=wait, sync_copy_max_mib=settings.sync_copy_max_mib
+        )
+        record.outcome = result
+        if result == "pending":
+            if dequeue_count >= MAX_DEQUEUE_COUNT:
+                record.final_failure = True
+                record.reason = "still pending after the last verification try; its manifest stays pending"
+                return "pending"
+            raise CopyStillRunning(f"copy still pending {pending.describe()}")
+        return result
+
+
+async def settle_pending(
+    store: BlobStore,
+    pending: PendingCopy,
+    *,
+    now: datetime,
+    wait_seconds: float,
+    sync_copy_max_mib: int,
+    known: BlobState | Literal["unread"] | None = "unread",
+    manifest: Manifest | Literal["unread"] | None = "unread",
+) -> Result:
+    """One look at a copy whose outcome is not known yet: the queue function's rules, which the
+    reconciliation follows too. Without the link (``source_url`` empty: the reconciliation never
+    has it), a failed copy cannot be restarted and fails for good. ``known``: the blob as the
+    caller just read it (no wait); ``manifest``: the manifest as the caller read it *before* that."""
+    if known == "unread":
+        state = await wait_for_copy(store, pending.blob_name, deadline=time.monotonic() + wait_seconds)
+    else:
+        state = known
+    for attempt in range(2):
+        if state is not None and state.delivery != pending.delivery:
+            log.info("copy superseded by a newer export %s", pending.describe())
+            return "superseded"
+        if state is not None and state.copy_settled:
+            return await _finish(store, pending, state, manifest)
+        if state is not None and state.copy_status == "pending":
+            return "pending"
+        # failed, aborted, or never created: copy again while the link works
+        reason = _final_reason(pending, state, now)
+        if reason is not None:
+            return await _give_up(store, pending, state, reason, manifest)
+        if not pending.source_url:
+            return await _give_up(
+                store,
+                pending,
+                state,
+                manifest=manifest,
+                reason="its copy failed while the link was still valid, and the link (kept only in the verification "
+                "queue message) is gone; replay the poison queue if the message is there, or export again",
+            )
+        if attempt:
+            break
+        try:
+            await _restart(store, pending, state, sync_copy_max_mib=sync_copy_max_mib)
+        except SourceUnreadable as exc:
+            return await _give_up(store, pending, state, f"the source was refused or is gone ({exc.code})", manifest)
+        except Conflict:
+            return "pending"  # someone changed the blob meanwhile: look again on the next try
+        state = await wait_for_copy(store, pending.blob_name, deadline=time.monotonic() + wait_seconds)
+    return "pending"
+
+
+def _final_reason(pending: PendingCopy, state: BlobState | None, now: datetime) -> str | None:
+    if pending.expires_on <= now:
+        return f"the file link expired at {pending.expires_on.isoformat()}"
+    description = (state.copy_description or "") if state is not None else ""
+    if state is not None and state.copy_status == "failed" and description[:3] in ("403", "404"):
+        return f"the source was refused or is gone ({description[:3]})"
+    return None
+
+
+def _target(pending: PendingCopy, manifest: dict[str, Any]) -> _Target:
+    return _Target(pending.blob_name, pending.content_type, pending.manifest_name, manifest, pending.delivery)
+
+
+async def _manifest_base(
+    store: BlobStore, pending: PendingCopy, known: Manifest | Literal["unread"] | None = "unread"
+) -> tuple[dict[str, Any], Any]:
+    """The manifest to complete: the stored one when it is this delivery's, else the message's own,
+    else what the message knows (``partial``). Returns it with the snapshot it was read as."""
+    if known != "unread":
+        snapshot = known
+    else:
+        snapshot = await store.read_manifest(pending.manifest_name) if pending.manifest_name else None
+    if snapshot is not None and snapshot.document.get("delivery") == pending.delivery:
+        return snapshot.document, snapshot
+    if pending.manifest_document is not None:
+        return pending.manifest_document, snapshot
+    return {
+        "taskId": pending.task_id,
+        "workspaceId": pending.workspace_id,
+        "exportedFileUrl": pending.public_url,
+        "exportedFileContentType": pending.content_type,
+        "source": pending.public_url,
+        "blob": f"{pending.container}/{pending.blob_name}",
+        "delivery": pending.delivery,
+        "tags": pending.tags,
+        "blobMetadata": pending.metadata,
+        "partial": True,
+    }, snapshot
+
+
+async def _finish(
+    store: BlobStore, pending: PendingCopy, state: BlobState, manifest: Manifest | Literal["unread"] | None
+) -> Result:
+    base, snapshot = await _manifest_base(store, pending, manifest)
+    tags_written = pending.tags_written and store.tags_supported
+    if await finish(store, _target(pending, base), state, snapshot=snapshot, tags_written=tags_written):
+        log.info("copy finished %s", pending.describe())
+        return "finished"
+    log.info("copy superseded by a newer export %s", pending.describe())
+    return "superseded"
+
+
+async def _give_up(
+    store: BlobStore,
+    pending: PendingCopy,
+    state: BlobState | None,
+    reason: str,
+    manifest: Manifest | Literal["unread"] | None = "unread",
+) -> Result:
+    """A copy that can never succeed: remove its empty blob, mark the manifest failed, one ERROR."""
+    if state is not None:
+        await remove_failed_copy(store, pending.blob_name, state)
+    if pending.manifest_name:
+        base, snapshot = await _manifest_base(store, pending, manifest)
+        target = _target(pending, base)
+        document = manifest_document(target, pending.copy_id, tags_written=pending.tags_written, copy_status="failed")
+        await record_manifest_failed(store, target, document, snapshot)
+    record = CURRENT.get()
+    if record is not None:  # the operation's one record is the ERROR line
+        record.final_failure = True
+        record.reason = f"copy failed for good: {reason}; export the document again"
+    else:
+        log.error("copy failed for good: %s; export the document again %s", reason, pending.describe())
+    return "failed"
+
+
+async def record_manifest_failed(store: BlobStore, target: _Target, document: bytes, snapshot: Any) -> None:
+    """Mark the manifest failed unless a newer delivery owns the name (then its manifest stays).
+
+    The blob was just removed, so "this delivery's blob" cannot be confirmed by reading it; the
+    manifest is written only over this delivery's own manifest, or where there is none.
+    """
+    for _ in range(3):
+        if snapshot is not None and snapshot.document.get("delivery") not in (None, target.delivery):
+            return
+        tags, metadata = manifest_labels(target.manifest, "failed")
+        try:
+            await store.write_manifest(
+                target.manifest_name or "",
+                document,
+                etag=None if snapshot is None else snapshot.etag,
+                tags=tags,
+                metadata=metadata,
+            )
+            return
+        except Conflict:
+            snapshot = await store.read_manifest(target.manifest_name or "")
+
+
+async def _restart(store: BlobStore, pending: PendingCopy, state: BlobState | None, *, sync_copy_max_mib: int) -> None:
     log.warning("copy restarted %s", pending.describe())
-    await store.start_copy(
-        pending.blob_name, pending.source_url, metadata=pending.metadata, tags=pending.tags, if_etag=etag
-    )
+    sync = await use_sync_copy(store, pending.source_url, sync_copy_max_mib)
+    try:
+        await store.start_copy(
+            pending.blob_name,
+            pending.source_url,
+            metadata=pending.metadata,
+            tags=pending.tags,
+            sync=sync,
+            if_etag=state.etag if state else None,
+        )
+    except SyncCopyRefused:
+        await store.start_copy(
+            pending.blob_name,
+            pending.source_url,
+            metadata=pending.metadata,
+            tags=pending.tags,
+            sync=False,
+            if_etag=state.etag if state else None,
+        )

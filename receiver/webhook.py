@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime
 
 from . import outcome
-from .delivery import CopyFailed, Delivered, deliver
+from .delivery import CopyFailed, Delivered, NotStored, Progress, deliver
 from .outcome import Outcome
-from .payload import PayloadError, parse_notification
+from .payload import MAX_ID_LENGTH, PayloadError, parse_notification
 from .plan import CopyPlan, make_plan
 from .runtime import Runtime
 from .settings import Settings, SettingsError
-from .source import SourceError, check_source, redact
+from .source import SourceError, check_source, link_secrets, redact, without_secrets
 from .store import StoreError
+from .telemetry import Record, recording
 
 log = logging.getLogger("receiver")
 
@@ -64,42 +66,67 @@ def prepare(body: bytes, headers: Mapping[str, str], settings: Settings, *, now:
 
 
 async def handle_delivery(body: bytes, headers: Mapping[str, str], *, runtime: Runtime, now: datetime) -> Outcome:
-    """Validate one notification and store its file; every path ends in an Outcome."""
+    """Validate one notification and store its file; every path ends in an Outcome and one record."""
+    with recording("delivery") as record:
+        result = await _handle(body, headers, runtime=runtime, now=now, record=record)
+        record.status = result.status_code
+        record.outcome = str(result.body.get("error") or result.body["status"])
+        if record.task_id is None:
+            record.task_id = result.body.get("taskId") or _task_hint(body)
+        return result
+
+
+async def _handle(
+    body: bytes, headers: Mapping[str, str], *, runtime: Runtime, now: datetime, record: Record
+) -> Outcome:
     try:
         settings = runtime.settings()
     except SettingsError as exc:
-        log.error("misconfigured: %s", exc.message)
+        record.reason, record.final_failure = exc.message, True
         return outcome.failed(500, "misconfigured", exc.message)
     plan = prepare(body, headers, settings, now=now)
     if isinstance(plan, Outcome):
-        log.info("rejected %s: %s", plan.status_code, plan.body.get("error"))
         return plan
+    record.task_id, record.workspace_id = plan.task_id, plan.workspace_id
+    record.blob = f"{settings.destination_container}/{plan.blob_name}"
+    progress = Progress()
     try:
         store = runtime.store()
         async with asyncio.timeout(settings.copy_wait_seconds + STORAGE_BUDGET_SECONDS):
-            result = await deliver(store, plan, wait_seconds=settings.copy_wait_seconds)
+            result = await deliver(
+                store,
+                plan,
+                wait_seconds=settings.copy_wait_seconds,
+                sync_copy_max_mib=settings.sync_copy_max_mib,
+                progress=progress,
+            )
     except SettingsError as exc:
-        return outcome.failed(500, "misconfigured", exc.message)
+        record.reason, record.final_failure = exc.message, True
+        return outcome.failed(500, "misconfigured", exc.message, taskId=plan.task_id)
     except CopyFailed as exc:
-        log.warning("copy failed task=%s blob=%s: %s", plan.task_id, plan.blob_name, exc.message)
+        record.reason = exc.message
         return outcome.failed(
             502,
             "copy-failed",
             f"{exc.message} The link may have been revoked or the file removed; export the document again.",
             taskId=plan.task_id,
         )
+    except NotStored as exc:
+        record.reason = exc.message
+        return _unavailable(plan, exc.message, settings, progress, track=exc.track)
     except StoreError as exc:
+        record.reason = exc.message
+        if exc.kind == "unavailable" and progress.copy_sent:
+            return _unavailable(plan, _AFTER_COPY, settings, progress, track=True)
+        record.final_failure = exc.kind in ("misconfigured", "rejected")
         return _storage_failure(plan, exc)
     except TimeoutError:
-        log.warning("delivery timed out task=%s blob=%s", plan.task_id, plan.blob_name)
-        return outcome.failed(
-            503,
-            "storage-unavailable",
-            "Azure Storage did not answer in time. Send the document again later.",
-            taskId=plan.task_id,
+        record.reason = "timed out" + (" after the copy was sent" if progress.copy_sent else "")
+        return _unavailable(
+            plan, _AFTER_COPY if progress.copy_sent else _NO_ANSWER, settings, progress, track=progress.copy_sent
         )
     except Exception as exc:  # a bug must still answer in JSON, and never with a stack trace or a SAS
-        log.error("unexpected %s task=%s: %s", type(exc).__name__, plan.task_id, redact(str(exc)))
+        record.reason, record.final_failure = f"unexpected {type(exc).__name__}: {redact(str(exc))}", True
         return outcome.failed(
             500,
             "internal-error",
@@ -107,11 +134,46 @@ async def handle_delivery(body: bytes, headers: Mapping[str, str], *, runtime: R
             "if it keeps failing, check the function's logs.",
             taskId=plan.task_id,
         )
-    return _delivered(plan, result, store.blob_url(plan.blob_name), store.container_name)
+    finally:
+        record.copy_mode = progress.mode if progress.copy_sent else None
+    return _delivered(plan, result, store.blob_url(plan.blob_name), settings.destination_container)
+
+
+_NO_ANSWER = "Azure Storage did not answer in time. Send the document again later."
+_AFTER_COPY = (
+    "Azure Storage did not confirm that the file was stored. The receiver checks the copy again by itself; "
+    "send the document again later to have it archived."
+)
+
+
+def _task_hint(body: bytes) -> str | None:
+    """The taskId of a rejected body, when there is one to name in the log line (never more)."""
+    try:
+        document = json.loads(body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    task = document.get("taskId") if isinstance(document, dict) else None
+    if not isinstance(task, str | int) or isinstance(task, bool):
+        return None
+    url = document.get("exportedFileUrl")
+    text = str(task)[:MAX_ID_LENGTH]
+    return redact(without_secrets(text, link_secrets(url)) if isinstance(url, str) else text)
+
+
+def _unavailable(plan: CopyPlan, message: str, settings: Settings, progress: Progress, *, track: bool) -> Outcome:
+    """503; with ``track``, the verification message that finishes or removes the blob later."""
+    verification = None
+    if track:
+        from .verification import verification_message  # only the tracked paths need it
+
+        verification = verification_message(
+            plan, progress.copy_id, settings.destination_container, tags_written=progress.tags_written
+        )
+    failed = outcome.failed(503, "storage-unavailable", message, taskId=plan.task_id)
+    return Outcome(failed.status_code, failed.body, verification)
 
 
 def _storage_failure(plan: CopyPlan, exc: StoreError) -> Outcome:
-    log.warning("storage failure task=%s blob=%s kind=%s: %s", plan.task_id, plan.blob_name, exc.kind, exc.message)
     if exc.kind == "source":
         return outcome.failed(
             502,
@@ -139,7 +201,6 @@ def _storage_failure(plan: CopyPlan, exc: StoreError) -> Outcome:
 
 def _delivered(plan: CopyPlan, result: Delivered, url: str, container: str) -> Outcome:
     blob = f"{container}/{result.blob_name}"
-    log.info("%s task=%s workspace=%s blob=%s", result.kind, plan.task_id, plan.workspace_id, blob)
     verification = None
     if result.kind == "copying":
         from .verification import verification_message  # only the 202 path needs it
@@ -168,7 +229,7 @@ def _delivered(plan: CopyPlan, result: Delivered, url: str, container: str) -> O
 
 
 async def check_health(*, runtime: Runtime) -> Outcome:
-    """200 when the settings are valid and the destination container is reachable, else 503."""
+    """200 when the settings are valid and the destination container is reachable (created if missing), else 503."""
     try:
         runtime.settings()
         store = runtime.store()
@@ -178,4 +239,9 @@ async def check_health(*, runtime: Runtime) -> Outcome:
         return Outcome(503, {"status": "unhealthy", "error": "misconfigured", "message": exc.message})
     except StoreError as exc:
         return Outcome(503, {"status": "unhealthy", "error": "storage-unavailable", "message": exc.message})
+    except Exception as exc:  # health must answer, whatever broke
+        log.error("health check failed unexpectedly: %s %s", type(exc).__name__, redact(str(exc)))
+        return Outcome(
+            503, {"status": "unhealthy", "error": "internal-error", "message": "The health check failed unexpectedly."}
+        )
     return Outcome(200, {"status": "ok", "message": "Settings are valid and the destination container is reachable."})

@@ -26,6 +26,33 @@ def is_copy(request: web.Request) -> bool:
     return request.method == "PUT" and "x-ms-copy-source" in request.headers
 
 
+def is_sync_copy(request: web.Request) -> bool:
+    return is_copy(request) and request.headers.get("x-ms-requires-sync", "").lower() == "true"
+
+
+def is_manifest_write(request: web.Request) -> bool:
+    return is_blob_write(request) and request.path.endswith(".json")
+
+
+def is_manifest_read(request: web.Request) -> bool:
+    return request.method == "GET" and request.path.endswith(".json")
+
+
+def is_header_write(request: web.Request) -> bool:
+    return request.method == "PUT" and request.query.get("comp") == "properties"
+
+
+def is_delete(request: web.Request) -> bool:
+    return request.method == "DELETE"
+
+
+def copies_from(source_path: str) -> Match:
+    """A copy whose source is this export (matched on the source URL's path, never its query)."""
+    return lambda request: (
+        is_copy(request) and request.headers["x-ms-copy-source"].split("?", 1)[0].endswith(source_path)
+    )
+
+
 def is_properties(request: web.Request) -> bool:
     return request.method == "HEAD"
 
@@ -47,16 +74,26 @@ class Rule:
     times: int
     status: int | None = None  # answer with this error instead of forwarding
     code: str = ""
+    message: str = ""
     drop: bool = False  # close the connection without an answer
     copy_status: str | None = None  # rewrite x-ms-copy-status of Azurite's real answer
     copy_description: str | None = None
+    hold: asyncio.Event | None = None  # keep the request here until the test sets this event
+    delay_answer: float = 0.0  # forward at once; a success reaches the client this many seconds later
+    of_delivery: str | None = None  # rewrite the copy status only of a blob holding this delivery
     fired: int = 0
+    reached: asyncio.Event = field(default_factory=asyncio.Event)  # set when the rule first fires
 
     def take(self, request: web.Request) -> bool:
         if self.fired >= self.times or not self.match(request):
             return False
         self.fired += 1
+        self.reached.set()
         return True
+
+    @property
+    def changes_answer(self) -> bool:
+        return self.drop or self.status is not None or self.copy_status is not None or self.delay_answer > 0
 
 
 @dataclass
@@ -64,6 +101,7 @@ class FaultProxy:
     upstream_port: int
     rules: list[Rule] = field(default_factory=list)
     seen: list[tuple[str, str]] = field(default_factory=list)
+    answered: list[tuple[str, str, int]] = field(default_factory=list)  # what Azurite answered (forwarded requests)
     port: int = 0
     _runner: web.AppRunner | None = None
     _session: ClientSession | None = None
@@ -72,14 +110,30 @@ class FaultProxy:
         self.rules.append(rule)
         return rule
 
-    def keep_copies_pending(self) -> None:
-        """The next copy, and every read of copy status, say "pending" until :meth:`reset`."""
+    def refuse_sync_copies(self, times: int = 1000) -> Rule:
+        """Copy Blob From URL refused the way Azure refuses a source over 256 MiB."""
+        return self.add(
+            Rule(
+                is_sync_copy,
+                times=times,
+                status=409,
+                code="CannotVerifyCopySource",
+                message="The source request body is too large and exceeds the maximum permissible limit (256MB).",
+            )
+        )
+
+    def keep_copies_pending(self, delivery: str | None = None) -> None:
+        """The next copy, and every read of copy status, say "pending" until :meth:`reset`.
+
+        With ``delivery`` (sha256 of the export URL) only that export's copy stays pending.
+        """
         self.add(Rule(is_copy, times=1, copy_status="pending"))
-        self.add(Rule(is_properties, times=10_000, copy_status="pending"))
+        self.add(Rule(is_properties, times=10_000, copy_status="pending", of_delivery=delivery))
 
     def reset(self) -> None:
         self.rules.clear()
         self.seen.clear()
+        self.answered.clear()
 
     async def start(self) -> FaultProxy:
         app = web.Application(client_max_size=1024**3)
@@ -106,6 +160,10 @@ class FaultProxy:
         for rule in self.rules:
             if not rule.take(request):
                 continue
+            if rule.hold is not None:
+                await asyncio.wait_for(rule.hold.wait(), timeout=60)
+            if not rule.changes_answer:
+                continue  # a rule that only holds or counts: the request goes on to the next rules
             if rule.drop:
                 assert request.transport is not None
                 request.transport.close()
@@ -113,7 +171,7 @@ class FaultProxy:
             if rule.status is not None:
                 return web.Response(
                     status=rule.status,
-                    text=error_body(rule.code, f"Injected {rule.code}"),
+                    text=error_body(rule.code, rule.message or f"Injected {rule.code}"),
                     content_type="application/xml",
                     headers={"x-ms-error-code": rule.code, "x-ms-request-id": "fault-proxy"},
                 )
@@ -127,8 +185,17 @@ class FaultProxy:
             request.method, url, headers=headers, data=body, skip_auto_headers=SKIP_AUTO_HEADERS
         ) as upstream:
             payload = await upstream.read()
+            self.answered.append((request.method, request.path, upstream.status))
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
-            if rewrite is not None and "x-ms-copy-status" in {k.lower() for k in out_headers}:
+            if rewrite is not None and rewrite.delay_answer and upstream.status < 300:
+                await asyncio.sleep(rewrite.delay_answer)  # storage did the work; the answer comes late
+            holds = rewrite is not None and rewrite.of_delivery in (None, upstream.headers.get("x-ms-meta-delivery"))
+            if (
+                rewrite is not None
+                and holds
+                and rewrite.copy_status
+                and "x-ms-copy-status" in {k.lower() for k in out_headers}
+            ):
                 out_headers = {k: v for k, v in out_headers.items() if not k.lower().startswith("x-ms-copy-status")}
                 out_headers["x-ms-copy-status"] = rewrite.copy_status or "pending"
                 if rewrite.copy_description:

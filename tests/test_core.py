@@ -6,10 +6,10 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, quote, unquote
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from receiver.outcome import Outcome
@@ -380,3 +380,118 @@ def test_exactly_one_destination(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_utf8_byte_order_mark_is_tolerated() -> None:
     note = parse_notification(b"\xef\xbb\xbf" + json.dumps(body()).encode())
     assert note.task_number == 7
+
+
+# --- names are injective per task ------------------------------------------------------------
+
+ids = st.text(min_size=1, max_size=400).filter(lambda s: s.strip() == s and s.strip())
+
+
+def name_for(workspace_id: str, task_id: str) -> str:
+    result = plan_for(body(workspaceId=workspace_id, taskId=task_id))
+    assert isinstance(result, CopyPlan), result
+    return result.blob_name
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (("w", "INV/2026/7"), ("w", "INV_2026_7")),
+        (("w", "task-17."), ("w", "task-17")),
+        (("acme:legal", "t"), ("acme_legal", "t")),
+        (("w", "x" * 300 + "a"), ("w", "x" * 300 + "b")),
+        (("w", "caf\u00e9"), ("w", "cafe\u0301")),  # the same text, NFC and NFD
+        (("w", "a~b"), ("w", "a_b")),
+    ],
+)
+def test_tasks_that_look_alike_get_different_names(first: tuple[str, str], second: tuple[str, str]) -> None:
+    one, two = name_for(*first), name_for(*second)
+    assert one != two
+    assert one.endswith(".pdf") and two.endswith(".pdf")
+
+
+def test_a_plain_guid_stays_readable() -> None:
+    task = "9bbeda52-e5d8-4def-b1ba-6cba90a710bd"
+    assert name_for("2f0c7a55-8f0e-4c1b-9a43-5b1f0c6d3e21", task).split("/")[1] == task
+
+
+@settings(max_examples=300, deadline=None)
+@given(ids, ids, ids, ids)
+def test_different_ids_never_share_a_name(w1: str, t1: str, w2: str, t2: str) -> None:
+    assume((w1, t1) != (w2, t2))
+    one, two = plan_for(body(workspaceId=w1, taskId=t1)), plan_for(body(workspaceId=w2, taskId=t2))
+    if isinstance(one, CopyPlan) and isinstance(two, CopyPlan):
+        assert one.blob_name != two.blob_name
+        assert one.blob_name.endswith(".pdf") and len(one.blob_name) <= 1019
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1, max_size=300), st.integers(min_value=1, max_value=8))
+def test_the_extension_survives_any_cut(display: str, repeats: int) -> None:
+    template = "/".join(["{displayName}"] * repeats) + "/{taskId}/{fileName}"
+    config = Settings(destination_connection_string="UseDevelopmentStorage=true", blob_name_template=template)
+    result = plan_for(body(displayName=display, taskId="t" * 1000), config)
+    assert isinstance(result, CopyPlan)
+    assert result.blob_name.endswith(".pdf") and len(result.blob_name) <= 1019
+
+
+# --- no input crashes ------------------------------------------------------------------------
+
+EXTREME_DATES = ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59.999999-23:59"]
+
+
+@pytest.mark.parametrize("value", EXTREME_DATES)
+@pytest.mark.parametrize("field", ["exportedFileExpiresOn", "lastCheckedOutUntil"])
+def test_dates_outside_the_utc_range_are_a_clear_400(field: str, value: str) -> None:
+    result = plan_for(body(**{field: value}))
+    assert isinstance(result, Outcome) and result.status_code == 400, result
+    assert result.body["error"] == "invalid-payload"
+    assert field in result.body["message"]
+
+
+@pytest.mark.parametrize("value", EXTREME_DATES)
+def test_a_sas_expiry_outside_the_utc_range_is_refused(value: str) -> None:
+    result = plan_for(body(exportedFileUrl=URL.replace("se=", f"se={value}&x=")))
+    assert isinstance(result, Outcome) and result.status_code == 400, result
+    assert result.body["error"] == "source-not-allowed"
+
+
+@pytest.mark.parametrize("depth", [33, 256, 5000])
+def test_deep_nesting_is_a_clear_400(depth: int) -> None:
+    nested = '{"a": [' * depth + '"x"' + "]}" * depth  # built as text: json.dumps itself stops near 1000
+    raw = json.dumps(body(extra="HOLE")).replace('"HOLE"', nested).encode()
+    result = plan_for(raw)
+    assert isinstance(result, Outcome) and result.status_code == 400, result
+    assert result.body["error"] in ("invalid-payload", "invalid-json")
+
+
+def test_moderate_nesting_is_kept() -> None:
+    nested: Any = "x"
+    for _ in range(10):
+        nested = {"a": nested}
+    result = plan_for(body(extra=nested))
+    assert isinstance(result, CopyPlan)
+    assert result.manifest["extra"] == nested
+
+
+# --- the link's signature is never repeated ---------------------------------------------------
+
+
+def test_the_signature_is_scrubbed_from_every_field_that_repeats_the_link() -> None:
+    signature = parse_qs(URL.split("?", 1)[1])["sig"][0]
+    result = plan_for(
+        body(
+            displayName=f"see {URL}",
+            taskId=f"T {URL}",
+            lastCheckoutByUserName=signature,
+            metadata={"link": URL, signature: "key", "encoded": quote(URL, safe="")},
+            extra={"nested": [URL]},
+        )
+    )
+    assert isinstance(result, CopyPlan)
+    everything = json.dumps(
+        [result.blob_name, result.tags, result.metadata, result.manifest, result.task_id, repr(result)]
+    )
+    assert signature not in everything
+    assert quote(signature, safe="") not in everything
+    assert "REDACTED" in everything

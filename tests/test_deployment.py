@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pathspec
 
+from receiver.verification import MAX_DEQUEUE_COUNT
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYED = {"function_app.py", "receiver", "host.json", "requirements.txt"}
 
@@ -35,6 +37,10 @@ def test_host_json_pins_the_extension_bundle_and_queue_retries() -> None:
     queues = host["extensions"]["queues"]
     minutes_between_tries = int(queues["visibilityTimeout"].split(":")[1])
     assert queues["maxDequeueCount"] * minutes_between_tries >= 30  # verification covers at least 30 minutes
+    assert queues["maxDequeueCount"] == MAX_DEQUEUE_COUNT  # the verifier knows its last try
+    # Telemetry: Microsoft's OpenTelemetry mode, and no sampling that could drop an ERROR record.
+    assert host["telemetryMode"] == "OpenTelemetry"
+    assert host["logging"]["applicationInsights"]["samplingSettings"]["isEnabled"] is False
 
 
 def test_requirements_are_ranges_and_leave_out_the_worker() -> None:

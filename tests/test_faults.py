@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import azure.functions as func
 import pytest
 from aiohttp import web
+from azure.functions.queue import QueueMessage
 from azure.storage.blob import ContainerClient
 
 from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, connection_string
 from receiver.runtime import RUNTIME
-from receiver.verification import CopyLost, CopyStillRunning
+from receiver.verification import CopyStillRunning
 
 from .conftest import FUNCTIONS, PDF_BYTES, Exports, Webhook, notification
 from .faultproxy import FaultProxy, Rule, is_blob_write, is_copy, is_properties
 
 
-async def run_verifier(message: str) -> str:
+async def run_verifier(message: str, *, dequeue_count: int = 1) -> None:
     function = FUNCTIONS["verify_pending_copy"].get_user_function()
-    await function(func.QueueMessage(id="test-message", body=message.encode()))
-    return "done"
+    # The worker's own message class (untyped): it carries dequeue_count, which func.QueueMessage cannot.
+    message_in = QueueMessage(id="test-message", body=message.encode(), dequeue_count=dequeue_count)  # type: ignore[no-untyped-call]
+    await function(message_in)
+
+
+@pytest.fixture
+async def async_copies(proxied: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> FaultProxy:
+    """SYNC_COPY_MAX_MIB=0: every copy takes the asynchronous path, which the proxy can keep pending."""
+    monkeypatch.setenv("SYNC_COPY_MAX_MIB", "0")
+    await RUNTIME.reset()
+    return proxied
 
 
 def manifest_of(destination: ContainerClient, name: str) -> dict[str, Any]:
@@ -44,22 +54,22 @@ def files(destination: ContainerClient) -> list[str]:
 async def test_common_path_costs_three_storage_calls(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
-    # Destination: the copy, then the manifest. The third call is a HEAD on the source (through its
-    # SAS, concurrent with the copy), which tells whether Content-Type needs fixing.
+    # The synchronous copy, a read of the copied blob (its headers, and that it is still this
+    # delivery's), then the manifest, created only where none exists.
     response = await webhook.post(notification(exports.publish()))
     assert response.status == 200, response.body
-    assert [method for method, _ in proxied.seen] == ["PUT", "PUT"]
-    assert ".json" not in proxied.seen[0][1] and proxied.seen[1][1].split("?")[0].endswith(".json")
+    assert [method for method, _ in proxied.seen] == ["PUT", "HEAD", "PUT"]
+    assert ".json" not in proxied.seen[0][1] and proxied.seen[2][1].split("?")[0].endswith(".json")
 
 
-async def test_content_type_fix_is_decided_from_the_source_headers(
+async def test_content_type_fix_is_decided_from_the_copied_blob(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
     url = exports.publish(PDF_BYTES, content_type="application/octet-stream")
     response = await webhook.post(notification(url))
     assert response.status == 200, response.body
     methods = [method for method, _ in proxied.seen]
-    assert sorted(methods) == ["PUT", "PUT", "PUT"]  # copy, manifest, set headers (no read of the copy)
+    assert methods == ["PUT", "HEAD", "PUT", "PUT"]  # copy, read, set headers (If-Match), manifest
     props = destination.get_blob_client(blob_of(response.body)).get_blob_properties()
     assert props.content_settings.content_type == "application/pdf"
 
@@ -76,8 +86,9 @@ async def test_duplicate_costs_at_most_three_storage_calls(
 
 
 async def test_pending_copy_answers_202_and_the_queue_function_finishes_it(
-    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, secrets: Any
+    async_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, secrets: Any
 ) -> None:
+    proxied = async_copies
     source = exports.publish(PDF_BYTES, content_type="application/octet-stream")
     proxied.keep_copies_pending()
     payload = notification(source)
@@ -92,7 +103,7 @@ async def test_pending_copy_answers_202_and_the_queue_function_finishes_it(
     pending = manifest_of(destination, name)  # durable before the 202, completed by the verifier
     assert pending["copyStatus"] == "pending"
     assert pending["copyId"] == response.body["copyId"]
-    assert "manifest" not in json.loads(response.verification)  # the queue message stays small
+    assert json.loads(response.verification)["manifest"]["delivery"] == pending["delivery"]  # small: it travels
 
     proxied.reset()  # the copy completes
     await run_verifier(response.verification)
@@ -106,8 +117,9 @@ async def test_pending_copy_answers_202_and_the_queue_function_finishes_it(
 
 
 async def test_a_copy_still_pending_comes_back_later(
-    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+    async_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, caplog: Any
 ) -> None:
+    proxied = async_copies
     proxied.keep_copies_pending()
     response = await webhook.post(notification(exports.publish()))
     assert response.status == 202 and response.verification
@@ -117,10 +129,18 @@ async def test_a_copy_still_pending_comes_back_later(
     assert "sig" not in str(caught.value)
     assert manifest_of(destination, blob_of(response.body))["copyStatus"] == "pending"
 
+    # The last try: no raise (the host would poison it anyway), one ERROR, the manifest stays pending.
+    caplog.clear()
+    await run_verifier(response.verification, dequeue_count=40)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("receiver")]
+    assert len(errors) == 1 and "last" in errors[0].getMessage()
+    assert manifest_of(destination, blob_of(response.body))["copyStatus"] == "pending"
+
 
 async def test_a_copy_that_fails_while_the_link_is_valid_is_restarted(
-    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+    async_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
+    proxied = async_copies
     proxied.keep_copies_pending()
     response = await webhook.post(notification(exports.publish()))
     assert response.status == 202 and response.verification
@@ -137,8 +157,9 @@ async def test_a_copy_that_fails_while_the_link_is_valid_is_restarted(
 
 
 async def test_a_copy_that_fails_after_the_link_expired_is_cleaned_up_and_logged(
-    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, caplog: Any
+    async_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, caplog: Any
 ) -> None:
+    proxied = async_copies
     proxied.keep_copies_pending()
     payload = notification(exports.publish())
     response = await webhook.post(payload)
@@ -147,14 +168,14 @@ async def test_a_copy_that_fails_after_the_link_expired_is_cleaned_up_and_logged
     message["expiresOn"] = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
 
     proxied.reset()
-    proxied.add(Rule(is_properties, times=10_000, copy_status="failed", copy_description="403 CannotVerifyCopySource"))
+    proxied.add(Rule(is_properties, times=10_000, copy_status="failed", copy_description="500 InternalError"))
     caplog.clear()
-    with pytest.raises(CopyLost):
-        await run_verifier(json.dumps(message))
+    await run_verifier(json.dumps(message))  # final: returns, the host must not retry it
 
     name = blob_of(response.body)
     assert not destination.get_blob_client(name).exists()
-    assert not destination.get_blob_client(f"{name}.json").exists()  # no manifest of a file that is not there
+    failed = manifest_of(destination, name)  # the manifest says what happened
+    assert failed["copyStatus"] == "failed" and failed["taskId"] == payload["taskId"]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("receiver")]
     assert len(errors) == 1
     text = errors[0].getMessage()
@@ -163,8 +184,9 @@ async def test_a_copy_that_fails_after_the_link_expired_is_cleaned_up_and_logged
 
 
 async def test_a_superseded_copy_is_left_to_the_newer_export(
-    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+    async_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
+    proxied = async_copies
     proxied.keep_copies_pending()
     payload = notification(exports.publish(b"%PDF old"))
     response = await webhook.post(payload)
@@ -189,7 +211,7 @@ async def test_throttled_and_dropped_calls_are_retried(
     assert destination.get_blob_client(blob_of(response.body)).download_blob().readall() == PDF_BYTES
 
 
-async def test_exhausted_retries_answer_503_and_leave_nothing(
+async def test_exhausted_retries_answer_503_and_leave_nothing_untracked(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
     proxied.add(Rule(is_copy, times=1000, status=503, code="ServerBusy"))
@@ -199,17 +221,38 @@ async def test_exhausted_retries_answer_503_and_leave_nothing(
     assert "again" in response.body["message"]
     assert files(destination) == []
     assert proxied.rules[0].fired == 4  # the first try and three retries
+    # A copy was sent: the queue function looks again later (and stores the file once storage is back).
+    assert response.verification is not None
+    proxied.reset()
+    await run_verifier(response.verification)
+    name = blob_of(
+        {"blob": json.loads(response.verification)["container"] + "/" + json.loads(response.verification)["blob"]}
+    )
+    assert destination.get_blob_client(name).download_blob().readall() == PDF_BYTES
+    assert manifest_of(destination, name)["copyStatus"] == "success"
 
 
-async def test_manifest_write_failure_removes_the_copied_blob(
+async def test_a_manifest_write_failure_keeps_the_copied_blob_and_tracks_it(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
     proxied.add(
         Rule(lambda r: r.method == "PUT" and r.path.endswith(".json"), times=1000, status=503, code="ServerBusy")
     )
-    response = await webhook.post(notification(exports.publish()))
+    payload = notification(exports.publish())
+    response = await webhook.post(payload)
     assert response.status == 503
-    assert files(destination) == []
+    assert response.verification is not None
+    name = json.loads(response.verification)["blob"]
+    assert files(destination) == [name]  # a copy that succeeded is never deleted by a later failure
+
+    proxied.reset()
+    await run_verifier(response.verification)  # the queue function writes the manifest
+    assert (
+        manifest_of(destination, name)["delivery"]
+        == destination.get_blob_client(name).get_blob_properties().metadata["delivery"]
+    )
+    again = await webhook.post(payload)
+    assert again.status == 200 and again.body["status"] == "duplicate"
 
 
 async def test_tags_permission_refused_names_the_role(
@@ -280,10 +323,11 @@ async def test_missing_container_that_cannot_be_created_is_misconfigured(
 
 
 async def test_an_export_replaced_mid_copy_answers_superseded(
-    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+    async_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
-    proxied.keep_copies_pending()
+    proxied = async_copies
     older = notification(exports.publish(b"%PDF older"))
+    proxied.keep_copies_pending(delivery=hashlib.sha256(older["exportedFileUrl"].encode()).hexdigest())
     first = asyncio.ensure_future(webhook.post(older))
     for _ in range(200):  # wait until the older delivery polls its "pending" copy
         if any(method == "HEAD" for method, _ in proxied.seen):
@@ -301,15 +345,17 @@ async def test_an_export_replaced_mid_copy_answers_superseded(
 
 
 async def test_a_large_notification_still_fits_the_verification_queue(
-    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+    async_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
     # Azure Queue messages hold 64 KiB after the host's base64 encoding.
+    proxied = async_copies
     proxied.keep_copies_pending()
     metadata = {f"field{i:02d}": "v" * 3900 for i in range(15)}
     response = await webhook.post(notification(exports.publish(), metadata=metadata, displayName="D" * 3000))
     assert response.status == 202 and response.verification
     assert len(base64.b64encode(response.verification.encode())) < 64 * 1024
-    assert manifest_of(destination, blob_of(response.body))["metadata"][0]["value"] == "v" * 3900
+    assert "manifest" not in json.loads(response.verification)  # too large to travel: the stored one is completed
+    assert manifest_of(destination, blob_of(response.body))["metadata"]["field00"] == "v" * 3900
 
 
 async def test_a_request_storage_refuses_is_reported_as_a_bug_not_an_outage(

@@ -45,6 +45,8 @@ def test_app_registers_the_contract_endpoints() -> None:
     assert str(health.auth_level).endswith("ANONYMOUS")
     outputs: list[Any] = [b for b in functions["anonymization_webhook"].get_bindings() if b.type == "queue"]
     assert outputs and outputs[0].queue_name == "smartdocumentor-copy-verifications"
+    timer: Any = functions["reconcile_deliveries"].get_trigger()
+    assert timer.type == "timerTrigger" and timer.schedule == "%RECONCILE_SCHEDULE%"
 
 
 async def test_pdf_is_copied_with_tags_metadata_and_manifest(
@@ -89,10 +91,8 @@ async def test_pdf_is_copied_with_tags_metadata_and_manifest(
     assert manifest["copyId"] == response.body["copyId"]
     assert manifest["copyStatus"] == "success"
     assert manifest["extraField"] == {"kept": True}
-    assert manifest["metadata"] == [
-        {"key": "Department", "value": "Legal"},
-        {"key": "Relatório", "value": "Anual 2026"},
-    ]
+    assert manifest["metadata"] == {"Department": "Legal", "Relatório": "Anual 2026"}  # exactly as received
+    assert manifest["delivery"] == props.metadata["delivery"]  # it describes the blob next to it
     assert manifest["tagsDropped"] == []
     assert "receivedAt" in manifest
     manifest_props = destination.get_blob_client(f"{name}.json").get_blob_properties()
@@ -219,7 +219,8 @@ async def test_re_export_with_a_new_link_overwrites_with_the_newest_file(
     blob = destination.get_blob_client(name)
     assert blob.download_blob().readall() == b"%PDF-1.4 second export"
     assert blob.get_blob_tags()["version"] == "2"
-    assert manifest_of(destination, name)["metadata"] == [{"key": "version", "value": "2"}]
+    assert manifest_of(destination, name)["metadata"] == {"version": "2"}
+    assert manifest_of(destination, name)["delivery"] == blob.get_blob_properties().metadata["delivery"]
     assert stored_blobs(destination) == sorted([name, f"{name}.json"])
 
 

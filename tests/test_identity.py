@@ -56,7 +56,9 @@ async def test_a_missing_identity_is_misconfigured_with_the_fix() -> None:
     store = BlobStore(service, "smartdocumentor")
     try:
         with pytest.raises(DestinationMisconfigured) as caught:
-            await store.start_copy("a.pdf", "https://x.blob.core.windows.net/c/a.pdf?sig=s", metadata={}, tags={})
+            await store.start_copy(
+                "a.pdf", "https://x.blob.core.windows.net/c/a.pdf?sig=s", metadata={}, tags={}, sync=True
+            )
         assert "managed identity" in caught.value.message
         assert "DESTINATION_CONNECTION_STRING" in caught.value.message
     finally:

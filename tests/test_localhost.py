@@ -78,7 +78,7 @@ def host(azurite: Azurite, container_name: str, secrets: Secrets) -> Iterator[Ho
     running = Host(azurite, container_name, azurite.customer)
     yield running
     logged = running.stop()
-    assert "stored task=" in logged  # the host's log was really captured
+    assert "delivery stored status=200 task=" in logged  # the host's log was really captured
     assert not secrets.leaks_in(logged), "a SAS signature leaked into the local host's log"
 
 

@@ -1,0 +1,310 @@
+// SmartDocumentor -> Azure Blob Storage receiver: everything `azd up` creates.
+//
+// Identity only: no storage account key or SAS is created, read or stored. One
+// user-assigned managed identity runs the app; its roles are the least it needs:
+//   host storage (this app's own account): Storage Blob Data Owner (host state, function keys,
+//     the deployment package) and Storage Queue Data Contributor (the verification queue and
+//     its -poison queue); no Table role (no Durable Functions);
+//   the customer's destination: Storage Blob Data Owner on the destination CONTAINER only
+//     (Owner because index tags need blobs/tags/write, which Contributor lacks);
+//   Application Insights: Monitoring Metrics Publisher (Entra ID ingestion; local auth is off).
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; it seeds a short unique token used in every resource name.')
+param environmentName string
+
+@minLength(1)
+@description('Region of every resource. It must offer Flex Consumption with Python 3.12: az functionapp list-flexconsumption-runtimes --location <region> --runtime python')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Resource group to create; empty: rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Function app name (also the host name); empty: a generated one.')
+param functionAppName string = ''
+
+@description('The Functions host storage account (host state, verification queue, deployment package); empty: a generated name.')
+param hostStorageAccountName string = ''
+
+// ---- Flex Consumption scale ----
+
+@allowed([
+  512
+  2048
+  4096
+])
+@description('Memory of each instance, in MB.')
+param instanceMemoryMB int = 2048
+
+@minValue(1)
+@maxValue(1000)
+@description('Upper bound on instances.')
+param maximumInstanceCount int = 40
+
+@minValue(1)
+@maxValue(1000)
+@description('Concurrent HTTP deliveries per instance. The function is async and spends a delivery waiting on storage (a few ms of CPU each), so one instance takes many at once.')
+param httpPerInstanceConcurrency int = 16
+
+@minValue(0)
+@maxValue(20)
+@description('Always-ready instances for the HTTP functions (0: scale to zero, pay nothing when idle, accept a cold start; 1: no cold start, billed while idle).')
+param alwaysReadyHttpInstances int = 0
+
+// ---- The customer's destination ----
+
+@description('Existing storage account to copy into; empty: create a new one (hierarchical namespace off, so blob index tags work).')
+param destinationStorageAccountName string = ''
+
+@description('Resource group of the existing destination account; empty: the app resource group.')
+param destinationResourceGroupName string = ''
+
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+  'Standard_RAGRS'
+  'Standard_RAGZRS'
+])
+@description('Replication of a destination account this template creates (ignored for an existing one): geo-redundant by default; a region without a paired region needs Standard_ZRS or Standard_LRS.')
+param destinationStorageSku string = 'Standard_GRS'
+
+// ---- Receiver settings (CONTRACT section 5); defaults equal the receiver's own ----
+
+@minLength(3)
+@maxLength(63)
+@description('DESTINATION_CONTAINER: created by this template; the app gets Storage Blob Data Owner on it alone.')
+param destinationContainer string = 'smartdocumentor'
+
+@description('BLOB_NAME_TEMPLATE: placeholders workspaceId taskId taskNumber displayName fileName ext yyyy mm dd.')
+param blobNameTemplate string = '{workspaceId}/{taskId}/{fileName}'
+
+@description('ALLOWED_SOURCE_HOSTS: comma-separated host or host:port patterns the file links may point to.')
+param allowedSourceHosts string = '*.blob.core.windows.net'
+
+@description('ALLOW_HTTP_SOURCES: true only for local Azurite; keep false in Azure.')
+param allowHttpSources bool = false
+
+@minValue(0)
+@maxValue(30)
+@description('COPY_WAIT_SECONDS: how long a delivery waits for an asynchronous copy before answering 202.')
+param copyWaitSeconds int = 20
+
+@description('RECONCILE_SCHEDULE: NCRONTAB schedule of the reconciliation.')
+param reconcileSchedule string = '0 */10 * * * *'
+
+@minValue(0)
+@description('RECONCILE_AFTER_MINUTES: a pending delivery older than this is reconciled (0: every pending one).')
+param reconcileAfterMinutes int = 10
+
+@minValue(0)
+@maxValue(256)
+@description('SYNC_COPY_MAX_MIB: files up to this size are copied synchronously (256 MiB is the service limit; 0: always asynchronous).')
+param syncCopyMaxMib int = 256
+
+@description('TAG_FIELDS: payload fields written as blob index tags first.')
+param tagFields string = 'taskId,taskNumber,workspaceId'
+
+@description('WRITE_MANIFEST: write <blob name>.json next to each file.')
+param writeManifest bool = true
+
+@minValue(1024)
+@maxValue(104857600)
+@description('MAX_BODY_BYTES: largest webhook body accepted.')
+param maxBodyBytes int = 65536
+
+// ---- Operations ----
+
+@description('E-mail address told when the receiver logs an ERROR (final copy failures, misconfiguration, bugs); empty: the alert fires without notifying anyone.')
+param alertEmail string = ''
+
+@minValue(30)
+@maxValue(730)
+@description('Days Log Analytics keeps the logs.')
+param logRetentionInDays int = 30
+
+@description('Private networking: VNet integration for the app, and private endpoints (public access off) for the host storage and a destination account this template creates. An existing destination account keeps its own network rules.')
+param vnetEnabled bool = false
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var appName = !empty(functionAppName) ? functionAppName : 'func-sd-${resourceToken}'
+var hostAccountName = !empty(hostStorageAccountName) ? hostStorageAccountName : 'sthost${resourceToken}'
+var deploymentContainerName = 'app-package-${take(appName, 32)}-${take(toLower(uniqueString(appName, resourceToken)), 7)}'
+var createDestinationAccount = empty(destinationStorageAccountName)
+var destinationAccountName = createDestinationAccount ? 'stdocs${resourceToken}' : destinationStorageAccountName
+var destinationRgName = (!createDestinationAccount && !empty(destinationResourceGroupName)) ? destinationResourceGroupName : rg.name
+var webhookFunctionName = 'anonymization_webhook'
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-sd-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module network 'app/network.bicep' = if (vnetEnabled) {
+  name: 'network'
+  scope: rg
+  params: {
+    name: 'vnet-sd-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module hostStorage 'app/host-storage.bicep' = {
+  name: 'host-storage'
+  scope: rg
+  params: {
+    name: hostAccountName
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    principalId: identity.outputs.principalId
+    privateNetworking: vnetEnabled
+  }
+}
+
+module hostStoragePrivateEndpoints 'app/private-endpoints.bicep' = if (vnetEnabled) {
+  name: 'host-storage-private-endpoints'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    storageAccountId: hostStorage.outputs.id
+    subnetId: vnetEnabled ? network.outputs.privateEndpointSubnetId : ''
+    blobDnsZoneId: vnetEnabled ? network.outputs.blobDnsZoneId : ''
+    queueDnsZoneId: vnetEnabled ? network.outputs.queueDnsZoneId : ''
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: 'log-sd-${resourceToken}'
+    applicationInsightsName: 'appi-sd-${resourceToken}'
+    location: location
+    tags: tags
+    principalId: identity.outputs.principalId
+    retentionInDays: logRetentionInDays
+    alertEmail: alertEmail
+  }
+}
+
+module destinationAccount 'app/destination-account.bicep' = if (createDestinationAccount) {
+  name: 'destination-account'
+  scope: rg
+  params: {
+    name: destinationAccountName
+    location: location
+    tags: tags
+    skuName: destinationStorageSku
+    privateNetworking: vnetEnabled
+  }
+}
+
+module destinationPrivateEndpoint 'app/private-endpoints.bicep' = if (createDestinationAccount && vnetEnabled) {
+  name: 'destination-private-endpoint'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    storageAccountId: createDestinationAccount ? destinationAccount.outputs.id : ''
+    subnetId: vnetEnabled ? network.outputs.privateEndpointSubnetId : ''
+    blobDnsZoneId: vnetEnabled ? network.outputs.blobDnsZoneId : ''
+    queueDnsZoneId: ''
+  }
+}
+
+// The container and the app's one role on the customer's account, in that account's resource group.
+module destination 'app/destination-access.bicep' = {
+  name: 'destination-access'
+  scope: resourceGroup(destinationRgName)
+  params: {
+    accountName: destinationAccountName
+    containerName: destinationContainer
+    principalId: identity.outputs.principalId
+  }
+  // The scope is named, not referenced: say that it waits for the resource group and a new account.
+  dependsOn: [
+    rg
+    destinationAccount
+  ]
+}
+
+// Every setting the receiver reads (receiver/settings.py, CONTRACT section 5). The destination is
+// reached with the managed identity (DESTINATION_ACCOUNT_URL); the key-based alternative is never set.
+var receiverSettings = {
+  DESTINATION_ACCOUNT_URL: destination.outputs.accountUrl
+  DESTINATION_CONTAINER: destinationContainer
+  BLOB_NAME_TEMPLATE: blobNameTemplate
+  ALLOWED_SOURCE_HOSTS: allowedSourceHosts
+  ALLOW_HTTP_SOURCES: allowHttpSources ? 'true' : 'false'
+  COPY_WAIT_SECONDS: string(copyWaitSeconds)
+  RECONCILE_SCHEDULE: reconcileSchedule
+  RECONCILE_AFTER_MINUTES: string(reconcileAfterMinutes)
+  SYNC_COPY_MAX_MIB: string(syncCopyMaxMib)
+  TAG_FIELDS: tagFields
+  WRITE_MANIFEST: writeManifest ? 'true' : 'false'
+  MAX_BODY_BYTES: string(maxBodyBytes)
+}
+
+module api 'app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  params: {
+    name: appName
+    planName: 'plan-sd-${resourceToken}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    hostStorageBlobEndpoint: hostStorage.outputs.blobEndpoint
+    hostStorageQueueEndpoint: hostStorage.outputs.queueEndpoint
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
+    alwaysReadyHttpInstances: alwaysReadyHttpInstances
+    subnetId: vnetEnabled ? network.outputs.appSubnetId : ''
+    appSettings: receiverSettings
+  }
+  dependsOn: [
+    hostStoragePrivateEndpoints
+  ]
+}
+
+// azd stores these in .azure/<env>/.env (`azd env get-values`).
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = api.outputs.name
+@description('The URL to configure in SmartDocumentor, without its key: append ?code=<key>.')
+output WEBHOOK_URL string = 'https://${api.outputs.defaultHostName}/api/smartdocumentor/anonymization'
+output HEALTH_URL string = 'https://${api.outputs.defaultHostName}/api/health'
+@description('Prints the function key to append to WEBHOOK_URL as ?code=<key>.')
+output WEBHOOK_KEY_COMMAND string = 'az functionapp function keys list --resource-group ${rg.name} --name ${api.outputs.name} --function-name ${webhookFunctionName} --query default --output tsv'
+output DESTINATION_CONTAINER_URL string = destination.outputs.containerUrl
+output DESTINATION_STORAGE_ACCOUNT string = destinationAccountName

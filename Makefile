@@ -7,9 +7,12 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: install test lint typecheck demo run bench ops clean
+.PHONY: install test test-all lint typecheck demo run azurite share bench ops clean
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-ops.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-ops.txt .python-version
+	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print(sys.version_info[:2])')" != \
+		"$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" ]; then \
+		echo "$(VENV) was made with another Python than $(PYTHON): making it again"; rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -32,16 +35,30 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy function_app.py receiver devtools tests bench ops
+	$(VENV)/bin/mypy function_app.py noxfile.py receiver devtools tests bench ops
 
 test: install lint typecheck
 	$(PY) -m pytest
 
+# pytest on Python 3.11, 3.12 and 3.13, each in its own venv (.nox/); a missing interpreter is
+# skipped and named, or fails the run with REQUIRE_ALL_PYTHONS=1. NOXFLAGS='-- -x' reaches pytest.
+test-all: install
+	$(VENV)/bin/nox $(NOXFLAGS)
+
 demo: install
 	$(PY) -m devtools.demo
 
+# DEBUGPY=1: the host listens for a debugger on 127.0.0.1:9091 (VS Code: "Attach to make run").
 run: install
-	$(PY) -m devtools.run
+	$(PY) -m devtools.run $(if $(DEBUGPY),--debugpy)
+
+# Azurite with make run's accounts and sample, no host: what VS Code's `func host start` task needs.
+azurite: install
+	$(PY) -m devtools.run --azurite-only
+
+# Needs `make run` in another terminal: FILE goes into its Azurite behind a real SAS.
+share: install
+	$(PY) -m devtools.share $(if $(FILE),"$(FILE)")
 
 bench: install
 	$(PY) -m bench.run
@@ -53,4 +70,4 @@ ops: $(STAMP)
 	@$(PY) -m ops $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .venv-ops node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(CHECKOV_VENV) .venv-ops .nox node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -9,15 +9,20 @@ as the Functions host storage (queues).
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from devtools.ports import describe_busy, port_is_busy
 
 ROOT = Path(__file__).resolve().parent.parent
 AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite"
@@ -28,18 +33,49 @@ CUSTOMER_ACCOUNT = "customer"
 CUSTOMER_KEY = base64.b64encode(b"customer-account-key-for-local-tests-only!").decode()
 EXPORTS_ACCOUNT = "exports"
 EXPORTS_KEY = base64.b64encode(b"exports-account-key-for-local-tests-only!!").decode()
+EXPORTS_CONTAINER = "anonymized-exports"  # where the demo, `make run` and `make share` publish exports
 
 
-def stop_process(process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
-    """Ask a child to stop (SIGTERM, or SIGINT for hosts that expect Ctrl-C), then kill it if it lingers."""
-    if process.poll() is not None:
+def stop_process(
+    process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 10, group: bool = False
+) -> None:
+    """Ask a child to stop (SIGTERM, or SIGINT for hosts that expect Ctrl-C), then kill it if it lingers.
+
+    ``group=True`` for a child started with ``start_new_session=True``: the signal goes to its whole
+    process group, and whatever is left of the group once the child has exited is killed too.
+    """
+
+    def send(signal_number: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(process.pid, signal_number)
+            else:
+                process.send_signal(signal_number)
+
+    if process.poll() is None:
+        send(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            send(signal.SIGKILL)
+            process.wait()
+    if group:
+        send(signal.SIGKILL)  # grandchildren the child left behind (a no-op when there are none)
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: on Linux, the child gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
         return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class PortBusy(RuntimeError):
+    """A port Azurite was told to use is taken; the message says by what, in one line."""
 
 
 def free_port() -> int:
@@ -86,7 +122,7 @@ class Azurite:
 
     def stop(self) -> None:
         if self.process is not None:
-            stop_process(self.process)
+            stop_process(self.process, group=True)  # started in a session of its own
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -98,11 +134,23 @@ class Azurite:
 
 
 def start_azurite(
-    *, location: str | None = None, ports: tuple[int, int, int] | None = None, timeout: float = 60.0
+    *,
+    location: str | None = None,
+    ports: tuple[int, int, int] | None = None,
+    timeout: float = 60.0,
+    tied_to_parent: bool = False,
 ) -> Azurite:
-    """Start Azurite (on free ports unless ``ports`` names blob, queue, table) and wait until it answers."""
+    """Start Azurite (on free ports unless ``ports`` names blob, queue, table) and wait until it answers.
+
+    ``tied_to_parent``: Azurite stops when the calling process dies, however it dies (Linux); only for
+    callers on the main thread (the tie is to the thread that started it).
+    """
     if not AZURITE_BIN.exists():
         raise RuntimeError(f"{AZURITE_BIN} is missing: run `npm ci` (make install does it).")
+    if ports is not None:
+        busy = [port for port in ports if port_is_busy(port)]
+        if busy:
+            raise PortBusy(describe_busy(busy, role="azurite"))
     blob_port, queue_port, table_port = ports or (free_port(), free_port(), free_port())
     workdir = None
     if location is None:
@@ -130,7 +178,13 @@ def start_azurite(
     log_path = log_dir / "azurite.log"
     log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
     process = subprocess.Popen(
-        args, cwd=workdir or location, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        args,
+        cwd=workdir or location,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent if tied_to_parent else None,
     )
     log_file.close()
     azurite = Azurite(blob_port, queue_port, process, workdir, log_path)
@@ -149,4 +203,8 @@ def start_azurite(
                     azurite.stop()
                     raise RuntimeError("Azurite did not start in time") from None
                 time.sleep(0.1)
+    if process.poll() is not None:  # something else answered on its ports
+        output = log_path.read_text(errors="replace")[-2000:]
+        azurite.stop()
+        raise RuntimeError(f"Azurite exited early:\n{output}")
     return azurite

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSettings, generate_blob_sas
+from azure.storage.blob import BlobServiceClient
 
-from devtools.azurite import EXPORTS_ACCOUNT, EXPORTS_KEY, Azurite, free_port, start_azurite, stop_process
+from devtools.azurite import Azurite, free_port, start_azurite, stop_process
 from devtools.sample_pdf import anonymized_pdf
+from devtools.share import exports_client, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = "smartdocumentor"
@@ -83,21 +84,13 @@ def start_receiver(azurite: Azurite, port: int) -> subprocess.Popen[bytes]:
 
 
 def publish_export(azurite: Azurite, pdf: bytes, *, expires_in: timedelta) -> str:
-    exports = BlobServiceClient.from_connection_string(azurite.exports)
-    container = exports.get_container_client("exports")
-    if not container.exists():
-        container.create_container()
-    name = f"anonymized/{uuid.uuid4()}.pdf"
-    container.upload_blob(name, pdf, content_settings=ContentSettings(content_type="application/pdf"))
-    sas = generate_blob_sas(
-        EXPORTS_ACCOUNT,
-        "exports",
-        name,
-        account_key=EXPORTS_KEY,
-        permission=BlobSasPermissions(read=True),
-        expiry=datetime.now(UTC) + expires_in,
+    return publish(
+        exports_client(azurite.blob_port),
+        f"{uuid.uuid4()}/export.pdf",
+        pdf,
+        "application/pdf",
+        datetime.now(UTC) + expires_in,
     )
-    return f"{container.get_blob_client(name).url}?{sas}"
 
 
 def show(status: int, body: dict[str, Any]) -> None:
@@ -134,6 +127,7 @@ def main() -> int:
             }
             heading(f"1. SmartDocumentor POSTs the notification to {endpoint}")
             print(f"{DIM}(exportedFileUrl: {source.split('?')[0]}?<SAS hidden>, {len(pdf)} bytes){RESET}")
+            print(f"{DIM}(to send a file yourself: `make run`, then `make share FILE=scan.pdf`){RESET}")
             status, body = post(endpoint, payload)
             show(status, body)
             if status != 200 or body.get("status") != "stored":

@@ -1,54 +1,190 @@
 """`make run`: Azurite (data in .azurite/) plus the function app on http://127.0.0.1:7071/api/.
 
 Uses `func start` when Azure Functions Core Tools is on PATH, otherwise the dev-only local
-host (devtools/localhost.py). Creates local.settings.json from the example when missing.
-Ctrl-C stops everything it started.
+host (devtools/localhost.py). Creates local.settings.json from the example when missing, and
+publishes the sample PDF behind the SAS URL requests.http sends.
+
+Checks its ports before starting anything and says in one line which one is busy and what
+probably holds it. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop everything it started:
+Azurite and the host each run in a process group of their own and are stopped as groups; on
+Linux they also stop when this process is killed outright.
+
+    python -m devtools.run [--port 7071] [--azurite-ports 10000,10001,10002] [--data .azurite]
+                           [--settings local.settings.json] [--host auto|func|local] [--debugpy]
+                           [--azurite-only]   (`make azurite`: for VS Code's `func host start`)
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import importlib.util
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import FrameType
 
-from devtools.azurite import start_azurite, stop_process
+from azure.core.exceptions import AzureError
+
+from devtools.azurite import die_with_parent, start_azurite, stop_process
+from devtools.ports import describe_busy, port_is_bound, port_is_busy
+from devtools.share import publish_sample
 
 ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = ROOT / "local.settings.json"
 AZURITE_PORTS = (10000, 10001, 10002)  # what UseDevelopmentStorage=true and the example settings expect
+DEBUGPY_PORT = 9091  # .vscode/launch.json attaches here
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def main() -> int:
-    settings = ROOT / "local.settings.json"
-    if not settings.exists():
-        shutil.copyfile(ROOT / "local.settings.json.example", settings)
-        print("Created local.settings.json from local.settings.json.example")
-    data = ROOT / ".azurite"
-    data.mkdir(exist_ok=True)
-    try:
-        azurite = start_azurite(location=str(data), ports=AZURITE_PORTS)
-    except RuntimeError as error:
-        print(f"Azurite could not start on ports {AZURITE_PORTS} (already running?): {error}")
-        return 1
-    blob, queue, _ = AZURITE_PORTS
-    print(f"Azurite: blob http://127.0.0.1:{blob}, queue http://127.0.0.1:{queue} (data in .azurite/)")
-    func_tool = shutil.which("func")
+class Stopper:
+    """Signal handler: remembers the first stop request; the main loop does the stopping."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal is None:
+            self.signal = signum
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self)
+
+
+def say(text: str, *, error: bool = False) -> None:
+    """Print, unless the terminal is gone (after SIGHUP a write fails: stopping matters more)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=sys.stderr if error else sys.stdout, flush=True)
+
+
+def _ports(text: str) -> tuple[int, int, int]:
+    parts = [int(part) for part in text.split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError("give three ports: blob,queue,table")
+    return parts[0], parts[1], parts[2]
+
+
+def host_command(kind: str, port: int, settings: Path, debugpy: bool) -> tuple[list[str], dict[str, str], str]:
+    """The command that serves the app, its environment, and what to tell the developer."""
+    env = dict(os.environ)
+    func_tool = shutil.which("func") if kind in ("auto", "func") else None
     if func_tool:
-        command = [func_tool, "start", "--port", "7071"]
-        print("Serving with Azure Functions Core Tools (func start)")
-    else:
-        command = [sys.executable, "-m", "devtools.localhost", "--port", "7071", "--settings", str(settings)]
-        print("Core Tools not found: serving with the local host (devtools/localhost.py)")
-    host = subprocess.Popen(command, cwd=ROOT)
+        if debugpy:
+            env["languageWorkers__python__arguments"] = f"-m debugpy --listen 127.0.0.1:{DEBUGPY_PORT}"
+        return [func_tool, "start", "--port", str(port)], env, "Serving with Azure Functions Core Tools (func start)"
+    command = [sys.executable, "-m", "devtools.localhost", "--port", str(port), "--settings", str(settings)]
+    if debugpy:
+        command[1:1] = ["-m", "debugpy", "--listen", f"127.0.0.1:{DEBUGPY_PORT}"]
+    note = "Core Tools not found: " if kind == "auto" else ""
+    return command, env, f"{note}serving with the local host (devtools/localhost.py)"
+
+
+def preflight(args: argparse.Namespace) -> str | None:
+    """Every expected reason not to start, as one line; None when all is well."""
+    busy = [port for port in args.azurite_ports if port_is_busy(port)]
+    if busy:
+        return describe_busy(busy, role="azurite")
+    if args.azurite_only:
+        return None
+    if port_is_busy(args.port):
+        return describe_busy([args.port], role="host")
+    if args.debugpy:
+        if port_is_busy(DEBUGPY_PORT):
+            return describe_busy([DEBUGPY_PORT], role="host")
+        if importlib.util.find_spec("debugpy") is None:
+            return "debugpy is not installed in this environment: `.venv/bin/pip install debugpy`"
+    if args.host == "func" and not shutil.which("func"):
+        return "`func` (Azure Functions Core Tools) is not on PATH: install it, or use --host local"
+    if args.host != "local" and shutil.which("func") and args.settings.resolve() != SETTINGS:
+        return "`func start` reads local.settings.json only: --settings needs --host local"
+    if not args.settings.exists() and args.settings.resolve() != SETTINGS:
+        return f"{args.settings} does not exist"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="make run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--port", type=int, default=7071, help="the function app's HTTP port")
+    parser.add_argument("--azurite-ports", type=_ports, default=AZURITE_PORTS, help="blob,queue,table")
+    parser.add_argument("--data", type=Path, default=ROOT / ".azurite", help="Azurite's data folder")
+    parser.add_argument("--settings", type=Path, default=SETTINGS, help="app settings (local host only)")
+    parser.add_argument("--host", choices=("auto", "func", "local"), default="auto")
+    parser.add_argument("--debugpy", action="store_true", help=f"let a debugger attach on port {DEBUGPY_PORT}")
+    parser.add_argument("--azurite-only", action="store_true", help="Azurite and the sample only (make azurite)")
+    args = parser.parse_args(argv)
+
+    problem = preflight(args)
+    if problem:
+        say(f"make run: {problem}", error=True)
+        return 1
+    if not args.settings.exists():
+        shutil.copyfile(ROOT / "local.settings.json.example", args.settings)
+        say("Created local.settings.json from local.settings.json.example")
+    args.data.mkdir(parents=True, exist_ok=True)
+
+    stopper = Stopper()
+    stopper.install()
+    azurite = host = None
+    blob, queue, _ = args.azurite_ports
     try:
-        return host.wait()
-    except KeyboardInterrupt:
-        stop_process(host, sig=signal.SIGINT, timeout=15)
+        try:
+            azurite = start_azurite(location=str(args.data), ports=args.azurite_ports, tied_to_parent=True)
+        except RuntimeError as error:
+            first_line = str(error).splitlines()[0]
+            say(f"make run: Azurite did not start ({first_line}); see {args.data / 'azurite.log'}", error=True)
+            return 1
+        say(f"Azurite: blob http://127.0.0.1:{blob}, queue http://127.0.0.1:{queue} (data in {args.data})")
+        try:
+            publish_sample(blob)
+        except AzureError as error:
+            say(f"make run: could not publish requests.http's sample PDF ({type(error).__name__})", error=True)
+        if args.azurite_only:
+            say("Azurite only (for `func host start` or tests of your own); Ctrl-C stops it.")
+            while stopper.signal is None and azurite.process is not None and azurite.process.poll() is None:
+                time.sleep(0.2)
+            return 0 if stopper.signal is not None else 1
+        command, env, note = host_command(args.host, args.port, args.settings, args.debugpy)
+        if stopper.signal is None:
+            say(note)
+            host = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches this process only; it stops the host's whole group
+                preexec_fn=die_with_parent,
+            )
+            say("Ctrl-C stops Azurite and the host. Try requests.http, or in another terminal `make share FILE=...`.")
+            if args.debugpy:
+                deadline = time.monotonic() + 90  # func start opens it only when its Python worker starts
+                while not port_is_bound(DEBUGPY_PORT) and time.monotonic() < deadline:
+                    if stopper.signal is not None or host.poll() is not None:
+                        break
+                    time.sleep(0.2)
+                if port_is_bound(DEBUGPY_PORT):
+                    say(f"A debugger can attach on 127.0.0.1:{DEBUGPY_PORT} (VS Code: 'Attach to make run').")
+                else:
+                    say(f"make run: nothing listens on {DEBUGPY_PORT} for a debugger yet", error=True)
+        while stopper.signal is None and host is not None:
+            code = host.poll()
+            if code is not None:
+                say(f"make run: the function host exited with code {code}", error=True)
+                return code or 1
+            time.sleep(0.2)
         return 0
     finally:
-        azurite.stop()
-        print("Stopped Azurite and the function host.")
+        if host is not None:
+            stop_process(host, sig=signal.SIGINT, timeout=15, group=True)  # func start expects Ctrl-C
+        if azurite is not None:
+            azurite.stop()
+        say("Stopped Azurite and the function host." if host is not None else "Stopped Azurite.")
 
 
 if __name__ == "__main__":

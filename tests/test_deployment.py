@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pathspec
@@ -51,3 +53,18 @@ def test_requirements_are_ranges_and_leave_out_the_worker() -> None:
     for line in lines:
         assert ">=" in line and "<" in line, line
     assert not any(line.startswith("azure-functions-worker") for line in lines)
+
+
+def test_the_python_versions_agree() -> None:
+    """.python-version (deploy target), make test-all's interpreters, requires-python and the README."""
+    match = re.search(r"^PYTHONS = (\[.*\])$", (ROOT / "noxfile.py").read_text(), flags=re.MULTILINE)
+    assert match
+    tested = json.loads(match.group(1))
+    target = (ROOT / ".python-version").read_text().strip()
+    assert target in tested
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires == f">={tested[0]}"
+    assert f"--runtime-version {target}" in (ROOT / "README.md").read_text()
+    # azure-functions 2.x is the line for 3.13+: requirements.txt must say which line each Python gets.
+    requirements = (ROOT / "requirements.txt").read_text()
+    assert 'azure-functions>=2,<3; python_version >= "3.13"' in requirements

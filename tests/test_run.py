@@ -1,0 +1,339 @@
+"""`make run` (devtools.run) as real processes on free loopback ports and a temp data folder.
+
+It checks its ports first and says in one line what holds a busy one; requests.http works
+against it as shipped; Ctrl-C, SIGTERM, SIGHUP (and on Linux even SIGKILL) leave nothing running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, connection_string, free_port
+from devtools.ports import port_is_busy
+
+from .conftest import Secrets
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTING_NAMES = (
+    "AzureWebJobsStorage",
+    "DESTINATION_CONNECTION_STRING",
+    "DESTINATION_ACCOUNT_URL",
+    "DESTINATION_CONTAINER",
+    "ALLOWED_SOURCE_HOSTS",
+    "ALLOW_HTTP_SOURCES",
+    "COPY_WAIT_SECONDS",
+)
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int) -> set[int]:
+    tree, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def clean_env() -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name not in SETTING_NAMES}
+    env["PATH"] = os.environ.get("PATH", "")
+    return env
+
+
+class MakeRun:
+    """`python -m devtools.run` with its own ports, data folder and settings, in its own process group."""
+
+    def __init__(self, tmp_path: Path, *extra: str) -> None:
+        self.blob, self.queue, self.table, self.port = (free_port() for _ in range(4))
+        self.base = f"http://127.0.0.1:{self.port}/api"
+        self.data = tmp_path / "azurite-data"
+        settings = tmp_path / "local.settings.json"
+        dev = connection_string(DEV_ACCOUNT, DEV_KEY, self.blob, self.queue)
+        example = json.loads((ROOT / "local.settings.json.example").read_text())
+        example["Values"].update(
+            {
+                "AzureWebJobsStorage": dev,
+                "DESTINATION_CONNECTION_STRING": connection_string(DEV_ACCOUNT, DEV_KEY, self.blob),
+                "ALLOWED_SOURCE_HOSTS": f"127.0.0.1:{self.blob}",
+            }
+        )
+        settings.write_text(json.dumps(example))
+        self.log_path = tmp_path / "make-run.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "devtools.run", "--host", "local", "--port", str(self.port),
+                    "--azurite-ports", f"{self.blob},{self.queue},{self.table}",
+                    "--data", str(self.data), "--settings", str(settings), *extra,
+                ],
+                cwd=ROOT,
+                env=clean_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a terminal's foreground group of its own
+            )  # fmt: skip
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"make run exited early:\n{self.output()}"
+            try:
+                with urllib.request.urlopen(f"{self.base}/health", timeout=5) as response:  # noqa: S310
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"make run did not serve in time:\n{self.output()}")
+
+    def send(self, signal_number: int) -> None:
+        os.killpg(self.process.pid, signal_number)  # what a terminal does to its foreground group
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.send(signal.SIGKILL)
+            self.process.wait()
+        for pid in processes_mentioning(str(self.data)):  # never leave a test's Azurite behind
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def make_run(tmp_path: Path) -> Iterator[MakeRun]:
+    running = MakeRun(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_make_azurite_serves_the_sample_until_stopped(tmp_path: Path) -> None:
+    azurite_only = MakeRun(tmp_path, "--azurite-only")
+    try:
+        deadline = time.monotonic() + 120
+        while "Azurite only" not in azurite_only.output():
+            assert azurite_only.process.poll() is None, azurite_only.output()
+            assert time.monotonic() < deadline, azurite_only.output()
+            time.sleep(0.1)
+        shipped = next(
+            line.split("=", 1)[1].strip()
+            for line in (ROOT / "requests.http").read_text().splitlines()
+            if line.startswith("@exportedFileUrl")
+        )
+        url = shipped.replace("127.0.0.1:10000", f"127.0.0.1:{azurite_only.blob}")
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
+            assert response.read().startswith(b"%PDF-")
+        assert not port_is_busy(azurite_only.port)  # no function host
+        started = descendants(azurite_only.process.pid)
+        azurite_only.send(signal.SIGTERM)
+        assert azurite_only.process.wait(timeout=60) == 0
+        assert not wait_gone(started, timeout=30)
+        assert azurite_only.output().rstrip().endswith("Stopped Azurite.")
+    finally:
+        azurite_only.stop()
+
+
+def wait_gone(pids: set[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [pid for pid in pids if alive(pid)]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return [pid for pid in pids if alive(pid)]
+
+
+@pytest.mark.parametrize(
+    "signal_number",
+    [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL],
+    ids=["ctrl-c", "sigterm", "sighup", "sigkill"],
+)
+def test_make_run_leaves_nothing_running(make_run: MakeRun, signal_number: int) -> None:
+    make_run.wait_ready()
+    started = descendants(make_run.process.pid)
+    assert len(started) >= 2, "expected Azurite and the function host"  # their own process groups
+    assert processes_mentioning(str(make_run.data)), "Azurite should be running on the test's data folder"
+
+    make_run.send(signal_number)
+    make_run.process.wait(timeout=60)
+
+    left = wait_gone(started, timeout=30)
+    assert not left, f"still running after {signal.Signals(signal_number).name}: {left}"
+    assert not processes_mentioning(str(make_run.data)), "an Azurite outlived make run"
+    if signal_number != signal.SIGKILL:  # SIGKILL: the children stop because their parent died
+        assert make_run.process.returncode == 0
+        assert "Stopped Azurite and the function host." in make_run.output()
+    assert "Traceback" not in make_run.output()
+
+
+def http_file_requests(text: str) -> tuple[list[tuple[str, str, str, dict[str, str], str]], dict[str, str]]:
+    """requests.http as (title, method, url, headers, body) with its @variables filled in."""
+    blocks = re.split(r"^###", text, flags=re.MULTILINE)
+    variables = dict(re.findall(r"^@(\w+)\s*=\s*(.*?)\s*$", blocks[0], flags=re.MULTILINE))
+
+    def fill(value: str) -> str:
+        return re.sub(r"\{\{(\w+)\}\}", lambda match: fill(variables[match.group(1)]), value)
+
+    found = []
+    for block in blocks[1:]:
+        title, *lines = block.splitlines()
+        lines = [line for line in lines if not line.startswith("#")]
+        while lines and not lines[0].strip():
+            lines.pop(0)
+        method, url = lines.pop(0).split(None, 1)
+        headers = {}
+        while lines and lines[0].strip():
+            name, value = lines.pop(0).split(":", 1)
+            headers[name.strip()] = fill(value.strip())
+        found.append((title.strip(), method, fill(url.strip()), headers, fill("\n".join(lines).strip())))
+    return found, variables
+
+
+def call(method: str, url: str, headers: dict[str, str], body: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(  # noqa: S310 - loopback only
+        url, data=body.encode() if body else None, headers=headers, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback only
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_requests_http_works_as_shipped_against_make_run(make_run: MakeRun, secrets: Secrets) -> None:
+    text = (ROOT / "requests.http").read_text()
+    # The same file, pointed at this test's ports instead of 7071 and 10000.
+    text = text.replace("http://127.0.0.1:7071/api", make_run.base).replace(
+        "127.0.0.1:10000", f"127.0.0.1:{make_run.blob}"
+    )
+    requests, variables = http_file_requests(text)
+    secrets.add_url(variables["exportedFileUrl"])
+    make_run.wait_ready()
+
+    assert [title for title, *_ in requests][:2] == [
+        "Health (200 ok)",
+        "A stored PDF (200 stored; sent again, or after a restart of make run: 200 duplicate)",
+    ]
+    for title, method, url, headers, body in requests:
+        expected = re.search(r"\((\d{3}) ([a-z-]+)", title)
+        assert expected, f"say the expected answer in the title: {title}"
+        status, answer = call(method, url, headers, body)
+        assert status == int(expected.group(1)), (title, answer)
+        assert expected.group(2) in (answer["status"], answer.get("error")), (title, answer)
+    _, method, url, headers, body = requests[1]
+    status, answer = call(method, url, headers, body)
+    assert (status, answer["status"]) == (200, "duplicate")
+
+    make_run.send(signal.SIGINT)
+    make_run.process.wait(timeout=60)
+    assert not secrets.leaks_in(make_run.output()), "a SAS signature reached make run's output"
+
+
+def run_refused(*args: str) -> subprocess.CompletedProcess[str]:
+    """devtools.run expected to refuse to start: returns at once, starts nothing."""
+    return subprocess.run(
+        [sys.executable, "-m", "devtools.run", "--host", "local", *args],
+        cwd=ROOT,
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_busy_azurite_port_is_one_line_naming_its_holder(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        result = run_refused(
+            "--azurite-ports", f"{busy},{free_port()},{free_port()}", "--port", str(free_port()),
+            "--data", str(tmp_path / "data"),
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"make run: port {busy} is busy (pid {os.getpid()}: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing started
+
+
+def test_a_leftover_azurite_is_named_with_how_to_stop_it(azurite: Azurite, tmp_path: Path) -> None:
+    result = run_refused(
+        "--azurite-ports", f"{azurite.blob_port},{azurite.queue_port},{free_port()}", "--port", str(free_port()),
+        "--data", str(tmp_path / "data"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert azurite.process is not None
+    assert result.stderr == (
+        f"make run: ports {azurite.blob_port}, {azurite.queue_port} are busy (an Azurite, pid {azurite.process.pid}, "
+        f"probably left from an earlier `make run`: stop it with `kill {azurite.process.pid}`)\n"
+    )
+
+
+def test_a_busy_host_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        result = run_refused(
+            "--azurite-ports", f"{free_port()},{free_port()},{free_port()}", "--port", str(busy),
+            "--data", str(tmp_path / "data"),
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"make run: port {busy} is busy ("), result.stderr
+    assert result.stderr.count("\n") == 1

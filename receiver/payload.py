@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .source import link_secrets, without_secrets
 
@@ -49,7 +49,8 @@ def nesting_depth(value: Any, limit: int) -> int:
 class Notification(BaseModel):
     """The "Webhook Url to File (Anonymization)" notification. Unknown fields are kept."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+    # Only the camelCase names validate: a sender's own "task_id" or "total_pages" is an unknown field, kept.
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     task_id: str = Field(alias="taskId", min_length=1, max_length=MAX_ID_LENGTH)
     task_number: int = Field(alias="taskNumber", ge=0, le=2**63 - 1)
@@ -70,15 +71,13 @@ class Notification(BaseModel):
     )
     last_checked_out_until: datetime | None = Field(default=None, alias="lastCheckedOutUntil")
     metadata: tuple[tuple[str, str], ...] = Field(default=(), max_length=1000)
-    # The metadata exactly as sent (object stays object, list stays list, 42 stays 42): the manifest keeps it.
-    metadata_as_received: Any = Field(default=None, exclude=True, repr=False)
+    # The metadata exactly as sent (object stays object, list stays list, 42 stays 42): the manifest keeps
+    # it. A private attribute, so no sender field can set it; parse_notification fills it in.
+    _metadata_as_received: Any = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _keep_metadata_as_received(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {**data, "metadata_as_received": data.get("metadata")}
-        return data
+    @property
+    def metadata_as_received(self) -> Any:
+        return self._metadata_as_received
 
     @field_validator("task_number", "total_pages", mode="before")
     @classmethod
@@ -196,7 +195,7 @@ def parse_notification(body: bytes) -> Notification:
             for key, value in document.items()
         }
     try:
-        return Notification.model_validate(document)
+        notification = Notification.model_validate(document)
     except ValidationError as exc:
         details = []
         for error in exc.errors(include_url=False):
@@ -208,3 +207,5 @@ def parse_notification(body: bytes) -> Notification:
             "Check the webhook's body in SmartDocumentor.",
             details,
         ) from None
+    notification._metadata_as_received = document.get("metadata")
+    return notification

@@ -333,7 +333,6 @@ def test_a_date_time_beyond_the_calendar_in_utc_is_a_400(when: str) -> None:
     assert answer.status_code == 400
 
 
-@pytest.mark.xfail(reason="receiver/payload.py: populate_by_name=True reads total_pages, task_id, ... as fields")
 def test_an_unknown_snake_case_field_is_kept_not_validated() -> None:
     body = {**REQUEST["examples"]["pdf"]["value"], "total_pages": "many"}
     del body["totalPages"]

@@ -74,7 +74,10 @@ def describe_busy(ports: list[int], *, role: str) -> str:
         pid, command = found
         lowered = command.lower()
         if "azurite" in lowered:
-            what = f"an Azurite, pid {pid}, probably left from an earlier `make run`: stop it with `kill {pid}`"
+            what = (
+                f"an Azurite, pid {pid}, from another `make run` (still running, or left over): "
+                f"stop that one, or `kill {pid}`"
+            )
         elif "devtools.localhost" in lowered or _CORE_TOOLS.search(command):
             what = (
                 f"a function host, pid {pid}, probably from an earlier `make run` or `func start`: "

@@ -122,8 +122,8 @@ def describes(manifest: Manifest | None, delivery: str, copy_status: CopyStatus)
 
     A concluded status (success, failed) is never taken back to ``pending`` by a late writer.
     """
-    if manifest is None or manifest.document.get("delivery") != delivery:
-        return False
+    if manifest is None or manifest.document.get("delivery") != delivery or manifest.document.get("partial"):
+        return False  # a partial (repaired) manifest is completed by the next writer that has the payload
     stored = manifest.document.get("copyStatus")
     return stored == copy_status or (copy_status == "pending" and stored in ("success", "failed"))
 
@@ -177,12 +177,14 @@ async def finish(
     *,
     snapshot: Snapshot,
     tags_written: bool,
+    confirmed: bool = True,
 ) -> bool:
     """A successful copy that is this delivery's: Content-Type fixed if it differs, manifest recorded.
 
     The blob is read (``state``) after the copy, not before: a HEAD through the link's SAS may show
-    response-header overrides (rsct) instead of what the copy carried. Returns False when the blob
-    turned out to be another delivery's.
+    response-header overrides (rsct) instead of what the copy carried. ``confirmed``: ``state`` was
+    read after ``snapshot`` (see :func:`record_manifest`). Returns False when the blob turned out to
+    be another delivery's.
     """
     for _ in range(MAX_ROUNDS):
         if state.content_type == target.content_type:
@@ -196,7 +198,7 @@ async def finish(
                 return False
             state = fresh
     document = manifest_document(target, state.copy_id, tags_written=tags_written, copy_status="success")
-    return await record_manifest(store, target, document, copy_status="success", snapshot=snapshot, confirmed=True)
+    return await record_manifest(store, target, document, copy_status="success", snapshot=snapshot, confirmed=confirmed)
 
 
 async def remove_failed_copy(store: BlobStore, name: str, state: BlobState) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from .source import link_secrets, without_secrets
+from .source import link_secret_pattern, without_secrets
 
 MAX_ID_LENGTH = 1024  # GUIDs in practice; longer ids are kept whole in the manifest and hashed in names
 MAX_TEXT_LENGTH = 4096
@@ -189,9 +189,9 @@ def parse_notification(body: bytes) -> Notification:
     if isinstance(link, str):
         # A sender may repeat the link in another field (displayName, taskId, metadata): its signature
         # must not travel from there into names, tags, metadata, the manifest or logs.
-        secrets = link_secrets(link)
+        secret = link_secret_pattern(link)
         document = {
-            key: value if key == "exportedFileUrl" else without_secrets(value, secrets)
+            without_secrets(key, secret): value if key == "exportedFileUrl" else without_secrets(value, secret)
             for key, value in document.items()
         }
     try:

@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit
 
 from .payload import Notification
 from .settings import MAX_TAGS, Settings
-from .source import SourceLink, without_query
+from .source import SourceLink, without_url_queries
 
 MAX_BLOB_NAME = 1024
 MAX_TAG_KEY = 128
@@ -87,8 +87,8 @@ def file_name(display_name: str | None, task_id: str, content_type: str, source_
     return _safe_segment(stem[: MAX_SEGMENT - len(ext)] + ext, "document")
 
 
-# An identity segment that had to change gets "~" and this many hex digits of its original's sha256.
-ID_HASH_LENGTH = 10
+# An identity segment that had to change gets "~" and hex digits of its original's sha256.
+ID_HASH_LENGTH = 16  # 64 bits: even a deliberate search for a colliding pair takes ~2**32 hashes
 IDENTITY_PLACEHOLDERS = ("workspaceId", "taskId")
 
 
@@ -203,7 +203,7 @@ def blob_metadata(notification: Notification, source: SourceLink) -> dict[str, s
 def _scrub(value: Any) -> Any:
     """Drop URL queries from any string in the sender's extra fields (they may carry a SAS)."""
     if isinstance(value, str):
-        return without_query(value) if "://" in value and "?" in value else value
+        return without_url_queries(value) if "://" in value and "?" in value else value
     if isinstance(value, list):
         return [_scrub(item) for item in value]
     if isinstance(value, dict):

@@ -112,9 +112,23 @@ class Settings(BaseSettings):
                 names.add(field)
         except ValueError as exc:
             raise ValueError(str(exc)) from None
-        if "taskId" not in names and not {"workspaceId", "taskNumber"} <= names:
+        segments = value.split("/")
+        if "taskId" in names:
+            # Two different (workspaceId, taskId) pairs must never share a name: each id is a path segment
+            # of its own (made safe one-to-one), so nothing written next to it can blur where it ends.
+            if "{taskId}" not in segments or "{workspaceId}" not in segments:
+                raise ValueError(
+                    "must have {workspaceId} and {taskId} each as a whole path segment "
+                    "(e.g. {workspaceId}/{taskId}/{fileName}) so two documents never share a name"
+                )
+        elif not {"workspaceId", "taskNumber"} <= names:
             raise ValueError(
-                "must contain {taskId} (or both {workspaceId} and {taskNumber}) so each document has its own name"
+                "must contain {workspaceId}/{taskId} (or both {workspaceId} and {taskNumber}) "
+                "so each document has its own name"
+            )
+        if "{fileName}" not in segments[-1] and "{ext}" not in segments[-1]:
+            raise ValueError(
+                "must end with a segment holding {fileName} or {ext}, so a file is never named like a manifest"
             )
         if value.startswith("/") or value.endswith("/") or "//" in value:
             raise ValueError("must not start or end with '/' or contain '//'")

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 MAX_SOURCE_URL_LENGTH = 2048
 _DEFAULT_PORTS = {"https": 443, "http": 80}
@@ -45,38 +45,56 @@ _URL_QUERY = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s\"'<>]*
 _SIG = re.compile(r"(?i)\bsig=[^&\s\"'<>]*")
 
 
-def link_secrets(url: str) -> list[str]:
-    """The parts of a link that must never be repeated: its whole query and its ``sig``, as sent,
-    decoded and encoded. Longest first, so a query is replaced before the signature inside it."""
+def _any_encoding(char: str) -> str:
+    """A pattern for one character of a signature as a sender may have re-encoded it."""
+    if char.isalnum():
+        return re.escape(char)
+    code = f"{ord(char):02X}"
+    forms = [re.escape(char), f"(?i:%{code})", f"(?i:%25{code})"]
+    if char == "+":
+        forms.append(" ")  # decoded as a form would decode it
+    return "(?:" + "|".join(forms) + ")"
+
+
+def link_secret_pattern(url: str) -> re.Pattern[str] | None:
+    """What must never be repeated from a link: its ``sig``, as sent, decoded, re-encoded (in any case,
+    or twice), with or without its ``=`` padding, and its whole query as sent."""
     query = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
-    found = {query} if len(query) >= 8 else set()
+    signatures = []
     for part in query.split("&"):
         name, _, value = part.partition("=")
-        if name.lower() == "sig" and len(value) >= 8:
-            plain = unquote(value)
-            found |= {value, plain, quote(plain, safe="")}
-    return sorted(found, key=len, reverse=True)
+        core = unquote(value).rstrip("=")
+        if name.lower() == "sig" and len(core) >= 8:
+            padding = "(?:=|(?i:%3D)|(?i:%253D))*"
+            signatures.append("".join(_any_encoding(char) for char in core) + padding)
+    if not signatures:
+        return None
+    whole = [re.escape(query)] if len(query) >= 8 else []
+    return re.compile("|".join(whole + signatures))
 
 
-def without_secrets(value: Any, secrets: list[str]) -> Any:
-    """``value`` (any JSON) with every secret replaced by REDACTED in its strings and keys."""
-    if not secrets:
+def without_secrets(value: Any, pattern: re.Pattern[str] | None) -> Any:
+    """``value`` (any JSON) with every match of ``pattern`` replaced by REDACTED, in strings and keys."""
+    if pattern is None:
         return value
     if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, "REDACTED")
-        return value
+        return pattern.sub("REDACTED", value)
     if isinstance(value, list):
-        return [without_secrets(item, secrets) for item in value]
+        return [without_secrets(item, pattern) for item in value]
     if isinstance(value, dict):
-        return {without_secrets(key, secrets): without_secrets(item, secrets) for key, item in value.items()}
+        return {without_secrets(key, pattern): without_secrets(item, pattern) for key, item in value.items()}
     return value
+
+
+def without_url_queries(text: str) -> str:
+    """Every URL in the text without its query ("see https://h/p?sig=x ok?" -> "see https://h/p?REDACTED ok?"):
+    the text around them is kept whole."""
+    return _URL_QUERY.sub(r"\1?REDACTED", text)
 
 
 def redact(text: str) -> str:
     """Remove URL queries and any ``sig=`` from free text (exception messages, log lines)."""
-    return _SIG.sub("sig=REDACTED", _URL_QUERY.sub(r"\1?REDACTED", text))
+    return _SIG.sub("sig=REDACTED", without_url_queries(text))
 
 
 def host_allowed(host: str, port: int, patterns: tuple[str, ...], default_port: int) -> bool:

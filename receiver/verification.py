@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,6 +36,8 @@ log = logging.getLogger("receiver.verification")
 
 # host.json extensions.queues.maxDequeueCount: the try after which the host poisons the message.
 MAX_DEQUEUE_COUNT = 40
+# How long the queue keeps trying: 40 tries a minute apart, each waiting up to COPY_WAIT_SECONDS, and slack.
+QUEUE_COVERAGE = timedelta(minutes=MAX_DEQUEUE_COUNT * 1.5 + 30)
 # The whole manifest travels in the message when it is this small (queue messages hold 64 KiB
 # after the host's base64); otherwise the manifest written before the 202 is completed instead.
 MAX_MANIFEST_IN_MESSAGE = 24 * 1024
@@ -65,6 +67,16 @@ class PendingCopy(BaseModel):
     manifest_document: dict[str, Any] | None = Field(default=None, alias="manifest", repr=False)
     task_id: str = Field(alias="taskId")
     workspace_id: str = Field(alias="workspaceId")
+
+    def queue_gone(self, now: datetime) -> bool:
+        """Has the queue had every try at this copy (host.json: one a minute, MAX_DEQUEUE_COUNT times)?
+        Known only from the manifest's receivedAt; without it, assume it has."""
+        received = (self.manifest_document or {}).get("receivedAt")
+        try:
+            since = datetime.fromisoformat(str(received).replace("Z", "+00:00"))
+        except ValueError:
+            return True
+        return now - since > QUEUE_COVERAGE
 
     def describe(self) -> str:
         return f"task={self.task_id} workspace={self.workspace_id} blob={self.container}/{self.blob_name}"
@@ -171,6 +183,8 @@ async def settle_pending(
         if reason is not None:
             return await _give_up(store, pending, state, reason, manifest)
         if not pending.source_url:
+            if not pending.queue_gone(now):
+                return "pending"  # its queue message may still restart it: leave it to the queue
             return await _give_up(
                 store,
                 pending,
@@ -213,10 +227,13 @@ async def _manifest_base(
         snapshot = known
     else:
         snapshot = await store.read_manifest(pending.manifest_name) if pending.manifest_name else None
-    if snapshot is not None and snapshot.document.get("delivery") == pending.delivery:
+    stored_is_ours = snapshot is not None and snapshot.document.get("delivery") == pending.delivery
+    if stored_is_ours and snapshot is not None and not snapshot.document.get("partial"):
         return snapshot.document, snapshot
-    if pending.manifest_document is not None:
+    if pending.manifest_document is not None:  # the whole payload, better than a partial repair
         return pending.manifest_document, snapshot
+    if stored_is_ours and snapshot is not None:
+        return snapshot.document, snapshot
     return {
         "taskId": pending.task_id,
         "workspaceId": pending.workspace_id,
@@ -236,7 +253,10 @@ async def _finish(
 ) -> Result:
     base, snapshot = await _manifest_base(store, pending, manifest)
     tags_written = pending.tags_written and store.tags_supported
-    if await finish(store, _target(pending, base), state, snapshot=snapshot, tags_written=tags_written):
+    # A manifest read only now was read *after* the blob: the blob must be seen again before writing.
+    confirmed = manifest != "unread"
+    target = _target(pending, base)
+    if await finish(store, target, state, snapshot=snapshot, tags_written=tags_written, confirmed=confirmed):
         log.info("copy finished %s", pending.describe())
         return "finished"
     log.info("copy superseded by a newer export %s", pending.describe())

@@ -15,7 +15,7 @@ from .payload import MAX_ID_LENGTH, PayloadError, parse_notification
 from .plan import CopyPlan, make_plan
 from .runtime import Runtime
 from .settings import Settings, SettingsError
-from .source import SourceError, check_source, link_secrets, redact, without_secrets
+from .source import SourceError, check_source, link_secret_pattern, redact, without_secrets
 from .store import StoreError
 from .telemetry import Record, recording
 
@@ -119,7 +119,11 @@ async def _handle(
         if exc.kind == "unavailable" and progress.copy_sent:
             return _unavailable(plan, _AFTER_COPY, settings, progress, track=True)
         record.final_failure = exc.kind in ("misconfigured", "rejected")
-        return _storage_failure(plan, exc)
+        failure = _storage_failure(plan, exc)
+        if progress.copy_sent and exc.kind != "source":
+            # A later step was refused after a copy that may have landed: the queue function tracks it.
+            return Outcome(failure.status_code, failure.body, _verification(plan, settings, progress))
+        return failure
     except TimeoutError:
         record.reason = "timed out" + (" after the copy was sent" if progress.copy_sent else "")
         return _unavailable(
@@ -157,20 +161,22 @@ def _task_hint(body: bytes) -> str | None:
         return None
     url = document.get("exportedFileUrl")
     text = str(task)[:MAX_ID_LENGTH]
-    return redact(without_secrets(text, link_secrets(url)) if isinstance(url, str) else text)
+    return redact(without_secrets(text, link_secret_pattern(url)) if isinstance(url, str) else text)
 
 
 def _unavailable(plan: CopyPlan, message: str, settings: Settings, progress: Progress, *, track: bool) -> Outcome:
     """503; with ``track``, the verification message that finishes or removes the blob later."""
-    verification = None
-    if track:
-        from .verification import verification_message  # only the tracked paths need it
-
-        verification = verification_message(
-            plan, progress.copy_id, settings.destination_container, tags_written=progress.tags_written
-        )
     failed = outcome.failed(503, "storage-unavailable", message, taskId=plan.task_id)
-    return Outcome(failed.status_code, failed.body, verification)
+    return Outcome(failed.status_code, failed.body, _verification(plan, settings, progress) if track else None)
+
+
+def _verification(plan: CopyPlan, settings: Settings, progress: Progress) -> str:
+    """The queue message that finishes, restarts or removes this delivery's blob later."""
+    from .verification import verification_message  # only the tracked paths need it
+
+    return verification_message(
+        plan, progress.copy_id, settings.destination_container, tags_written=progress.tags_written
+    )
 
 
 def _storage_failure(plan: CopyPlan, exc: StoreError) -> Outcome:

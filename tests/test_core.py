@@ -428,7 +428,7 @@ def test_different_ids_never_share_a_name(w1: str, t1: str, w2: str, t2: str) ->
 @settings(max_examples=100, deadline=None)
 @given(st.text(min_size=1, max_size=300), st.integers(min_value=1, max_value=8))
 def test_the_extension_survives_any_cut(display: str, repeats: int) -> None:
-    template = "/".join(["{displayName}"] * repeats) + "/{taskId}/{fileName}"
+    template = "/".join(["{displayName}"] * repeats) + "/{workspaceId}/{taskId}/{fileName}"
     config = Settings(destination_connection_string="UseDevelopmentStorage=true", blob_name_template=template)
     result = plan_for(body(displayName=display, taskId="t" * 1000), config)
     assert isinstance(result, CopyPlan)

@@ -321,7 +321,7 @@ def test_a_leftover_azurite_is_named_with_how_to_stop_it(azurite: Azurite, tmp_p
     assert azurite.process is not None
     assert result.stderr == (
         f"make run: ports {azurite.blob_port}, {azurite.queue_port} are busy (an Azurite, pid {azurite.process.pid}, "
-        f"probably left from an earlier `make run`: stop it with `kill {azurite.process.pid}`)\n"
+        f"from another `make run` (still running, or left over): stop that one, or `kill {azurite.process.pid}`)\n"
     )
 
 

@@ -1,0 +1,212 @@
+"""Hostile review: names that collide across tasks, and signatures that get past the scrubber.
+
+Every test here is a reproduction of a finding: it asserts what the contract promises, so it FAILS
+while the finding stands. Run with
+    .venv/bin/python -m pytest tests/test_attack_names_secrets.py -q
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+from azure.storage.blob import ContainerClient
+
+from receiver.plan import identity_segment
+from receiver.runtime import RUNTIME
+
+from .conftest import Exports, Webhook, notification
+from .test_integrity import assert_stored, files, name_of
+
+# --- 1. names: two different (workspaceId, taskId) pairs, one blob ----------------------------------
+
+# Found by brute force in ~1 s (1e6 sha256): the 10-hex-digit (40-bit) hash of identity_segment
+# collides, and both ids fold to the same readable 117-character prefix.
+# These two ids shared one name while the hash was 40 bits (found in about a second of searching).
+COLLIDING_TASK_IDS = ("T" * 130 + "-2280", "T" * 130 + "-653252")
+
+
+async def test_two_task_ids_that_collided_under_a_40_bit_hash_get_their_own_names(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    one_id, two_id = COLLIDING_TASK_IDS
+    assert identity_segment(one_id) != identity_segment(two_id)
+    one = notification(exports.publish(b"%PDF task one"), taskId=one_id)
+    two = notification(exports.publish(b"%PDF task two"), taskId=two_id)
+    answers = [await webhook.post(one), await webhook.post(two)]
+    assert [a.status for a in answers] == [200, 200], [a.body for a in answers]
+    # CONTRACT 6: different (workspaceId, taskId) pairs never share a blob name.
+    assert name_of(answers[0].body) != name_of(answers[1].body)
+    assert_stored(destination, name_of(answers[0].body), b"%PDF task one", one["exportedFileUrl"])
+    assert_stored(destination, name_of(answers[1].body), b"%PDF task two", two["exportedFileUrl"])
+
+
+@pytest.mark.parametrize(
+    ("template", "first", "second"),
+    [
+        # the taskId is not a whole path segment: "a" + "_" + "b_c.pdf" == "a_b" + "_" + "c.pdf"
+        (
+            "{workspaceId}/{taskId}_{fileName}",
+            {"taskId": "a", "displayName": "b_c"},
+            {"taskId": "a_b", "displayName": "c"},
+        ),
+        # workspaceId and taskId share one segment
+        (
+            "{workspaceId}-{taskId}/{fileName}",
+            {"workspaceId": "acme-legal", "taskId": "7"},
+            {"workspaceId": "acme", "taskId": "legal-7"},
+        ),
+        # no {workspaceId}: accepted by the settings validator
+        ("{taskId}/{fileName}", {"workspaceId": "ws-one", "taskId": "t-1"}, {"workspaceId": "ws-two", "taskId": "t-1"}),
+    ],
+    ids=["taskId_fileName", "workspace-task", "no-workspace"],
+)
+async def test_an_accepted_template_lets_another_task_overwrite_a_stored_file(
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+    template: str,
+    first: dict[str, str],
+    second: dict[str, str],
+) -> None:
+    monkeypatch.setenv("BLOB_NAME_TEMPLATE", template)
+    await RUNTIME.reset()
+    one = notification(exports.publish(b"%PDF task one"), **first)
+    two = notification(exports.publish(b"%PDF task two"), **second)
+    a = await webhook.post(one)
+    if a.status == 500 and a.body.get("error") == "misconfigured":
+        return  # refusing such a template is a fine answer
+    b = await webhook.post(two)
+    assert (a.status, b.status) == (200, 200), (a.body, b.body)
+    assert name_of(a.body) != name_of(b.body), f"two tasks, one blob: {name_of(a.body)}"
+    assert_stored(destination, name_of(a.body), b"%PDF task one", one["exportedFileUrl"])
+
+
+async def test_a_task_whose_blob_name_is_another_tasks_manifest_name(
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Template {workspaceId}/{taskId} (accepted): task "a.json"'s file is stored as "w/a.json", which
+    is task "a"'s manifest name. Task "a"'s manifest write finds it, reads it as an empty manifest
+    (unreadable JSON), and overwrites the stored PDF of task "a.json" with a manifest."""
+    monkeypatch.setenv("BLOB_NAME_TEMPLATE", "{workspaceId}/{taskId}")
+    await RUNTIME.reset()
+    other = notification(exports.publish(b"%PDF task a.json"), workspaceId="w", taskId="a.json")
+    mine = notification(exports.publish(b"%PDF task a"), workspaceId="w", taskId="a")
+    first = await webhook.post(other)
+    if first.status == 500 and first.body.get("error") == "misconfigured":
+        return
+    second = await webhook.post(mine)
+    assert (first.status, second.status) == (200, 200), (first.body, second.body)
+    blob = destination.get_blob_client(name_of(first.body))
+    stored = blob.download_blob().readall()
+    assert stored == b"%PDF task a.json", f"task a.json's stored file now holds: {stored[:60]!r}"
+    assert name_of(first.body) != f"{name_of(second.body)}.json", files(destination)
+
+
+# --- 2. secrets: the signature in forms the scrubber does not know ------------------------------------
+
+
+def clean_signature_url(exports: Exports) -> tuple[str, str]:
+    """An export link whose signature has no '+' or '/' (about 1 in 4), so its 43 significant
+    characters appear verbatim in any encoding of the URL. Returns (url, signature)."""
+    name = exports.publish().split("?", 1)[0].split("/anonymized-exports/", 1)[1]
+    for minutes in range(1, 400):
+        url = exports.sas_url(name, expires_in=timedelta(hours=2, minutes=minutes))
+        sig = parse_qs(urlsplit(url).query)["sig"][0]
+        if "+" not in sig and "/" not in sig:
+            return url, sig
+    raise AssertionError("no clean signature found")
+
+
+def everything_stored(destination: ContainerClient) -> str:
+    parts: list[Any] = [files(destination)]
+    for name in files(destination):
+        blob = destination.get_blob_client(name)
+        props = blob.get_blob_properties()
+        parts += [props.metadata, blob.get_blob_tags(), blob.download_blob().readall().decode("latin-1")]
+    return json.dumps(parts)
+
+
+def log_text(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(
+        r.getMessage() + " " + json.dumps({k: str(v) for k, v in r.__dict__.items()}) for r in caplog.records
+    )
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "top-level-field-named-with-the-link",
+        "top-level-field-named-with-the-signature",
+        "percent-encoded-link-in-displayName",  # encodeURIComponent(url) / quote(url, safe="")
+        "percent-encoded-link-in-metadata",
+        "percent-encoded-link-in-taskId",
+        "signature-without-its-padding",
+        "lower-case-percent-escapes",
+    ],
+)
+async def test_the_signature_never_leaves_the_link_in_any_form(
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    caplog: pytest.LogCaptureFixture,
+    variant: str,
+) -> None:
+    url, sig = clean_signature_url(exports)
+    core = sig.rstrip("=")  # base64 padding carries no information: these 43 characters are the secret
+    encoded = quote(url, safe="")
+    payload = notification(url)
+    if variant == "top-level-field-named-with-the-link":
+        payload[url] = "extra field"
+    elif variant == "top-level-field-named-with-the-signature":
+        payload[sig] = "extra field"
+    elif variant == "percent-encoded-link-in-displayName":
+        payload["displayName"] = encoded
+    elif variant == "percent-encoded-link-in-metadata":
+        payload["metadata"] = {"link": encoded}
+    elif variant == "percent-encoded-link-in-taskId":
+        payload["taskId"] = encoded
+    elif variant == "signature-without-its-padding":
+        payload["displayName"] = core
+        payload["metadata"] = {"ref": core}
+    else:
+        payload["displayName"] = quote(sig, safe="").lower().replace(core.lower(), core)  # ...%3d
+    caplog.clear()
+
+    response = await webhook.post(payload)
+
+    assert response.status == 200, response.body
+    leaks = {
+        "response": core in response.text,
+        "storage (names, metadata, tags, manifest)": core in everything_stored(destination),
+        "logs": core in log_text(caplog),
+    }
+    assert not any(leaks.values()), leaks
+
+
+# --- 3. the manifest is not faithful to the payload --------------------------------------------------
+
+
+async def test_a_display_name_with_a_question_mark_and_a_link_is_kept_whole_in_the_manifest(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """plan._scrub cuts any string holding '://' and '?' at its FIRST '?' (source.without_query), so
+    ordinary text around a harmless link is lost from displayName, the auditing fields and extras."""
+    display = "Contrato final? Ver https://intranet.example/doc antes de assinar"
+    payload = notification(exports.publish(), displayName=display, lastCheckoutByUserName="Ana? https://x.example")
+    payload["comment"] = "Reviewed? yes, see https://intranet.example/review"
+    response = await webhook.post(payload)
+    assert response.status == 200, response.body
+    manifest = json.loads(destination.get_blob_client(f"{name_of(response.body)}.json").download_blob().readall())
+    kept = {k: manifest.get(k) for k in ("displayName", "lastCheckoutByUserName", "comment")}
+    assert kept == {k: payload[k] for k in kept}, kept

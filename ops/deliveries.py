@@ -298,7 +298,7 @@ def verdict_of(state: BlobState | None, manifest: Manifest | None) -> Verdict:
         return "failed" if status == "failed" else "unfinished" if status == "pending" else "blob-missing"
     if manifest is None or manifest.document.get("delivery") != state.delivery or not state.delivery:
         return "stale"
-    return "ok" if describes(manifest, state.delivery, _blob_status(state)) else "unfinished"
+    return "ok" if describes(manifest, state.delivery, _blob_status(state), partial_ok=True) else "unfinished"
 
 
 def blob_name_of(argument: str, store: BlobStore) -> str:

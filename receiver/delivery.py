@@ -117,13 +117,16 @@ def manifest_document(target: Target, copy_id: str | None, *, tags_written: bool
     )
 
 
-def describes(manifest: Manifest | None, delivery: str, copy_status: CopyStatus) -> bool:
+def describes(manifest: Manifest | None, delivery: str, copy_status: CopyStatus, *, partial_ok: bool = False) -> bool:
     """The manifest is about this delivery and already says as much as ``copy_status`` would.
 
-    A concluded status (success, failed) is never taken back to ``pending`` by a late writer.
+    A concluded status (success, failed) is never taken back to ``pending`` by a late writer. A partial
+    (repaired) manifest does not count unless ``partial_ok``: a writer that has the payload completes it.
     """
-    if manifest is None or manifest.document.get("delivery") != delivery or manifest.document.get("partial"):
-        return False  # a partial (repaired) manifest is completed by the next writer that has the payload
+    if manifest is None or manifest.document.get("delivery") != delivery:
+        return False
+    if manifest.document.get("partial") and not partial_ok:
+        return False
     stored = manifest.document.get("copyStatus")
     return stored == copy_status or (copy_status == "pending" and stored in ("success", "failed"))
 

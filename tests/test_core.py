@@ -275,7 +275,7 @@ def test_a_long_display_name_stays_inside_the_limits() -> None:
 def test_manifest_drops_queries_from_extra_fields() -> None:
     plan = plan_for(body(previewUrl=URL))
     assert isinstance(plan, CopyPlan)
-    assert plan.manifest["previewUrl"] == f"https://{HOST}/exports/doc.pdf"
+    assert plan.manifest["previewUrl"] == f"https://{HOST}/exports/doc.pdf?REDACTED"  # the query, nothing else
     assert plan.manifest["exportedFileUrl"] == f"https://{HOST}/exports/doc.pdf"
 
 

@@ -46,9 +46,8 @@ _SIG = re.compile(r"(?i)\bsig=[^&\s\"'<>]*")
 
 
 def _any_encoding(char: str) -> str:
-    """A pattern for one character of a signature as a sender may have re-encoded it."""
-    if char.isalnum():
-        return re.escape(char)
+    """A pattern for one character of a signature as a sender may have re-encoded it (letters too:
+    ``%37`` is a ``7`` to the service)."""
     code = f"{ord(char):02X}"
     forms = [re.escape(char), f"(?i:%{code})", f"(?i:%25{code})"]
     if char == "+":

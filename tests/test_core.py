@@ -495,3 +495,13 @@ def test_the_signature_is_scrubbed_from_every_field_that_repeats_the_link() -> N
     assert signature not in everything
     assert quote(signature, safe="") not in everything
     assert "REDACTED" in everything
+
+
+def test_the_signature_is_scrubbed_even_with_its_letters_percent_encoded() -> None:
+    signature = unquote(parse_qs(URL.split("?", 1)[1])["sig"][0])
+    odd = f"%{ord(signature[0]):02X}" + signature[1:]  # the same signature to the service
+    link = URL.replace(f"sig={SIG}", f"sig={odd}")
+    result = plan_for(body(exportedFileUrl=link, displayName=odd, metadata={"ref": link}))
+    assert isinstance(result, CopyPlan)
+    everything = json.dumps([result.blob_name, result.tags, result.metadata, result.manifest])
+    assert signature[1:].rstrip("=") not in everything

@@ -313,21 +313,16 @@ async def record_manifest_failed(store: BlobStore, target: _Target, document: by
 async def _restart(store: BlobStore, pending: PendingCopy, state: BlobState | None, *, sync_copy_max_mib: int) -> None:
     log.warning("copy restarted %s", pending.describe())
     sync = await use_sync_copy(store, pending.source_url, sync_copy_max_mib)
-    try:
-        await store.start_copy(
-            pending.blob_name,
-            pending.source_url,
-            metadata=pending.metadata,
-            tags=pending.tags,
-            sync=sync,
-            if_etag=state.etag if state else None,
-        )
-    except SyncCopyRefused:
-        await store.start_copy(
-            pending.blob_name,
-            pending.source_url,
-            metadata=pending.metadata,
-            tags=pending.tags,
-            sync=False,
-            if_etag=state.etag if state else None,
-        )
+    for attempt_sync in (True, False) if sync else (False,):
+        try:
+            await store.start_copy(
+                pending.blob_name,
+                pending.source_url,
+                metadata=pending.metadata,
+                tags=pending.tags,
+                sync=attempt_sync,
+                if_etag=state.etag if state else None,
+            )
+            return
+        except SyncCopyRefused:
+            continue  # over 256 MiB (or empty): the asynchronous copy takes it

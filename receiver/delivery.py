@@ -18,12 +18,25 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from datetime import datetime
+from typing import Any, Literal
 
-from .plan import CopyPlan, manifest_bytes, manifest_labels
+from .plan import CopyPlan
 from .settings import SYNC_COPY_LIMIT_MIB
 from .store import BlobState, BlobStore, Conflict, Manifest, StorageUnavailable, SyncCopyRefused
-from .telemetry import about
+from .transitions import (
+    UNREAD,
+    CopyStatus,
+    Snapshot,
+    Step,
+    conclude_failure,
+    conclude_success,
+    describes,
+    merge_replaced,
+    record_manifest,
+)
+
+__all__ = ["CopyFailed", "CopyStatus", "Delivered", "NotStored", "Progress", "deliver", "describes", "wait_for_copy"]
 
 log = logging.getLogger("receiver.delivery")
 
@@ -31,8 +44,6 @@ POLL_FIRST_SECONDS = 0.2
 POLL_MAX_SECONDS = 2.0
 MAX_ROUNDS = 4
 MIB = 1024 * 1024
-
-CopyStatus = Literal["pending", "success", "failed"]
 
 
 class CopyFailed(Exception):
@@ -62,6 +73,7 @@ class Delivered:
     blob_name: str
     copy_id: str | None
     tags_written: bool = True
+    retired: tuple[str, ...] = ()
 
 
 @dataclass
@@ -74,25 +86,7 @@ class Progress:
     tags_written: bool = True
 
 
-class Target(Protocol):
-    """What recording a copied blob needs: a CopyPlan, or what the queue function knows."""
-
-    @property
-    def blob_name(self) -> str: ...
-    @property
-    def content_type(self) -> str: ...
-    @property
-    def manifest_name(self) -> str | None: ...
-    @property
-    def manifest(self) -> dict[str, Any]: ...
-    @property
-    def delivery(self) -> str: ...
-
-
 Sleep = Callable[[float], Awaitable[None]]
-# The manifest as read before the blob was last seen to be this delivery's; None: believed absent.
-Snapshot = Manifest | None | Literal["unread"]
-UNREAD: Literal["unread"] = "unread"
 
 
 async def wait_for_copy(
@@ -111,107 +105,6 @@ async def wait_for_copy(
         delay = min(delay * 2, POLL_MAX_SECONDS)
 
 
-def manifest_document(target: Target, copy_id: str | None, *, tags_written: bool, copy_status: CopyStatus) -> bytes:
-    return manifest_bytes(
-        {**target.manifest, "copyId": copy_id, "copyStatus": copy_status, "tagsWritten": tags_written}
-    )
-
-
-def describes(manifest: Manifest | None, delivery: str, copy_status: CopyStatus, *, partial_ok: bool = False) -> bool:
-    """The manifest is about this delivery and already says as much as ``copy_status`` would.
-
-    A concluded status (success, failed) is never taken back to ``pending`` by a late writer. A partial
-    (repaired) manifest does not count unless ``partial_ok``: a writer that has the payload completes it.
-    """
-    if manifest is None or manifest.document.get("delivery") != delivery:
-        return False
-    if manifest.document.get("partial") and not partial_ok:
-        return False
-    stored = manifest.document.get("copyStatus")
-    return stored == copy_status or (copy_status == "pending" and stored in ("success", "failed"))
-
-
-async def record_manifest(
-    store: BlobStore,
-    target: Target,
-    document: bytes,
-    *,
-    copy_status: CopyStatus,
-    snapshot: Snapshot,
-    confirmed: bool,
-) -> bool:
-    """Make the manifest describe this delivery, unless the blob is no longer this delivery's.
-
-    ``snapshot`` is the manifest as read *before* the blob was last seen to hold this delivery
-    (``confirmed``), or None when it is believed absent. The write is conditional on it (If-Match,
-    or If-None-Match: *), so it lands only if nobody wrote the manifest since; and nobody newer can
-    have, because the blob was still this delivery's after that read. On a conflict: read both
-    again. Returns False, writing nothing, when the blob belongs to another delivery.
-    """
-    name = target.manifest_name
-    if name is None:
-        return True
-    for _ in range(MAX_ROUNDS):
-        if snapshot == UNREAD:
-            snapshot = await store.read_manifest(name)
-            confirmed = False
-        if describes(snapshot, target.delivery, copy_status):
-            return True
-        if not confirmed:
-            state = await store.state(target.blob_name)
-            if state is None or state.delivery != target.delivery:
-                return False
-            confirmed = True
-        tags, metadata = manifest_labels(target.manifest, copy_status)
-        try:
-            await store.write_manifest(
-                name, document, etag=None if snapshot is None else snapshot.etag, tags=tags, metadata=metadata
-            )
-            return True
-        except Conflict:
-            snapshot = UNREAD
-    raise StorageUnavailable("The manifest kept changing while this delivery wrote it; send the document again.")
-
-
-async def finish(
-    store: BlobStore,
-    target: Target,
-    state: BlobState,
-    *,
-    snapshot: Snapshot,
-    tags_written: bool,
-    confirmed: bool = True,
-) -> bool:
-    """A successful copy that is this delivery's: Content-Type fixed if it differs, manifest recorded.
-
-    The blob is read (``state``) after the copy, not before: a HEAD through the link's SAS may show
-    response-header overrides (rsct) instead of what the copy carried. ``confirmed``: ``state`` was
-    read after ``snapshot`` (see :func:`record_manifest`). Returns False when the blob turned out to
-    be another delivery's.
-    """
-    for _ in range(MAX_ROUNDS):
-        if state.content_type == target.content_type:
-            break
-        try:
-            await store.set_content_type(target.blob_name, state, target.content_type)
-            break
-        except Conflict:
-            fresh = await store.state(target.blob_name)  # changed since read: by a twin, or by a newer export
-            if fresh is None or fresh.delivery != target.delivery:
-                return False
-            state = fresh
-    document = manifest_document(target, state.copy_id, tags_written=tags_written, copy_status="success")
-    return await record_manifest(store, target, document, copy_status="success", snapshot=snapshot, confirmed=confirmed)
-
-
-async def remove_failed_copy(store: BlobStore, name: str, state: BlobState) -> None:
-    """Delete the empty blob a failed copy left, as it was read (If-Match); if it changed, it is not ours."""
-    try:
-        await store.delete(name, etag=state.etag)
-    except Conflict:
-        log.info("left %s to the newer request that changed it (%s)", store.describe(name), about())
-
-
 async def use_sync_copy(store: BlobStore, source_url: str, sync_copy_max_mib: int) -> bool:
     """Copy synchronously? Up to the service's 256 MiB the service itself says when a file is too
     large (then the copy falls back to asynchronous); a lower setting asks the source's size first."""
@@ -223,16 +116,23 @@ async def use_sync_copy(store: BlobStore, source_url: str, sync_copy_max_mib: in
     return size is None or size <= sync_copy_max_mib * MIB
 
 
+def _replaces(manifest: Manifest | None) -> list[str]:
+    if manifest is None or manifest.foreign:
+        return []
+    return [item for item in manifest.document.get("replaced") or [] if isinstance(item, str)]
+
+
 async def deliver(
     store: BlobStore,
     plan: CopyPlan,
     *,
+    now: datetime,
     wait_seconds: float,
     sync_copy_max_mib: int = SYNC_COPY_LIMIT_MIB,
     progress: Progress | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> Delivered:
-    """Copy the file server-side unless this delivery is already stored.
+    """Copy the file server-side unless this delivery is already stored, or already replaced.
 
     Raises CopyFailed (the source), NotStored, or StoreError; ``progress`` tells the caller whether
     a copy was sent, should the call end early.
@@ -241,65 +141,118 @@ async def deliver(
     sync = await use_sync_copy(store, plan.source.url, sync_copy_max_mib)
     deadline = time.monotonic() + wait_seconds
     if_etag: str | None = None  # None: create (If-None-Match: *); else overwrite exactly this version
-    manifest_read: asyncio.Future[Manifest | None] | None = None
-    try:
-        for _ in range(MAX_ROUNDS):
-            progress.mode = "sync" if sync else "async"
-            try:
-                progress.copy_sent = True
-                started = await store.start_copy(
-                    plan.blob_name,
-                    plan.source.url,
-                    metadata=plan.metadata,
-                    tags=plan.tags,
-                    sync=sync,
-                    if_etag=if_etag,
-                )
-            except SyncCopyRefused:
-                sync = False  # over 256 MiB (or empty): the asynchronous copy takes it
-                continue
-            except Conflict:
-                existing = await store.state(plan.blob_name)
-                if (
-                    existing is not None
-                    and existing.copy_status == "pending"
-                    and existing.copy_id
-                    and existing.delivery != plan.delivery
-                ):
-                    # An older export is still copying: the newest export wins.
-                    await store.abort_copy(plan.blob_name, existing.copy_id)
-                    existing = await store.state(plan.blob_name)
-                if existing is None:
-                    if_etag = None
-                    continue
-                if existing.delivery == plan.delivery and existing.copy_status in (None, "success", "pending"):
-                    return await _same_delivery(store, plan, existing, deadline=deadline, sleep=sleep)
-                # A re-export, or a failed leftover: overwrite exactly the version read. The manifest
-                # is read now, before the copy, so that the blob check after the copy comes after it.
-                if_etag = existing.etag
-                if manifest_read is None and plan.manifest_name is not None:
-                    manifest_read = asyncio.ensure_future(store.read_manifest(plan.manifest_name))
-                continue
-            progress.copy_id, progress.tags_written = started.copy_id, started.tags_written
-            snapshot: Snapshot = None if manifest_read is None else await manifest_read
-            state = None
-            if started.status != "success":
-                state = await wait_for_copy(store, plan.blob_name, deadline=deadline, sleep=sleep)
-            else:
-                state = await store.state(plan.blob_name)  # the copy's headers, and proof it is still ours
-            if state is None or state.delivery != plan.delivery:
-                return replaced(plan, state, started.copy_id, started.tags_written)
-            return await _settle(
-                store, plan, state, kind="stored", snapshot=snapshot, tags_written=started.tags_written
+    prior: Manifest | None = None  # the manifest as read before an overwrite; None: believed absent
+    existing: BlobState | None = None
+    previous: dict[str, Any] | None = None  # the stored export an asynchronous overwrite can be undone to
+    for _ in range(MAX_ROUNDS):
+        progress.mode = "sync" if sync else "async"
+        if not sync and existing is not None and if_etag == existing.etag and previous is None:
+            previous = await _keep_earlier(store, plan, existing, prior)
+        try:
+            progress.copy_sent = True
+            started = await store.start_copy(
+                plan.blob_name,
+                plan.source.url,
+                metadata=plan.metadata,
+                tags=plan.tags,
+                sync=sync,
+                if_etag=if_etag,
             )
-    finally:
-        if manifest_read is not None and not manifest_read.done():
-            manifest_read.cancel()
+        except SyncCopyRefused:
+            sync = False  # over 256 MiB (or empty): the asynchronous copy takes it
+            continue
+        except Conflict:
+            if previous is not None:  # the blob changed before this copy landed: that snapshot is not needed
+                await store.delete_snapshot(plan.blob_name, str(previous["snapshot"]))
+                previous = None
+            existing = await store.state(plan.blob_name)
+            if existing is not None and existing.delivery != plan.delivery and plan.manifest_name is not None:
+                # Read before anything is overwritten: a delivery this export's manifest says it
+                # replaced (a late retry, a replayed message) must never bring the older export back.
+                prior = await store.read_manifest(plan.manifest_name)
+                if plan.delivery in _replaces(prior) and existing.copy_status in (None, "success", "pending"):
+                    return Delivered("superseded", plan.blob_name, None, progress.tags_written)
+            if (
+                existing is not None
+                and existing.copy_status == "pending"
+                and existing.copy_id
+                and existing.delivery != plan.delivery
+            ):
+                # An older export is still copying: the newest export wins.
+                await store.abort_copy(plan.blob_name, existing.copy_id)
+                existing = await store.state(plan.blob_name)
+            if existing is None:
+                if_etag, prior = None, None
+                continue
+            if existing.delivery == plan.delivery and existing.copy_status in (None, "success", "pending"):
+                return await _same_delivery(store, plan, existing, now=now, deadline=deadline, sleep=sleep)
+            # A re-export, or a failed leftover: overwrite exactly the version read.
+            if_etag = existing.etag
+            continue
+        progress.copy_id, progress.tags_written = started.copy_id, started.tags_written
+        replaces = _replaced_by_this(plan, existing, prior)
+        if started.status == "success" and sync:
+            # Copy Blob From URL answers only once the bytes are committed: its answer is proof enough to
+            # record the manifest beside the header read (two round trips in all, not three).
+            concluded = await conclude_success(
+                store,
+                plan,
+                None,
+                step=Step("webhook", now, "stored", {"status": 200, "copyId": started.copy_id}),
+                snapshot=prior,
+                confirmed=True,  # the copy's own answer: the blob was this delivery's after ``prior`` was read
+                tags_written=started.tags_written,
+                copy_id=started.copy_id,
+                replaced=replaces,
+                previous=previous or {},
+            )
+            if concluded.superseded_by is not None:
+                return Delivered("superseded", plan.blob_name, started.copy_id, started.tags_written)
+            if not concluded.ours:
+                return replaced(plan, await store.state(plan.blob_name), started.copy_id, started.tags_written)
+            return Delivered("stored", plan.blob_name, started.copy_id, started.tags_written, tuple(concluded.retired))
+        state = await wait_for_copy(store, plan.blob_name, deadline=deadline, sleep=sleep)
+        if state is None or state.delivery != plan.delivery:
+            return replaced(plan, state, started.copy_id, started.tags_written)
+        return await _settle(
+            store,
+            plan,
+            state,
+            kind="stored",
+            now=now,
+            snapshot=prior,
+            tags_written=started.tags_written,
+            replaces=replaces,
+            previous=previous,
+        )
     raise StorageUnavailable("The destination blob kept changing while this delivery tried to store it.")
 
 
+def _replaced_by_this(plan: CopyPlan, existing: BlobState | None, prior: Manifest | None) -> list[str]:
+    """The exports this one replaces at its name: the one it overwrote, and what that one replaced."""
+    if existing is None or existing.delivery in (None, plan.delivery):
+        return []
+    earlier = _replaces(prior) if prior is not None and prior.document.get("delivery") == existing.delivery else []
+    return merge_replaced([existing.delivery], earlier)
+
+
+async def _keep_earlier(
+    store: BlobStore, plan: CopyPlan, existing: BlobState, prior: Manifest | None
+) -> dict[str, Any] | None:
+    """Before an asynchronous copy over a stored export (it empties the blob while it runs, and a
+    failed one leaves it empty): a snapshot of that export, and its manifest, so a failure can put
+    it back (CONTRACT 7: a re-export never leaves the task without a file)."""
+    if existing.delivery in (None, plan.delivery) or not existing.copy_settled:
+        return None
+    snapshot = await store.snapshot(plan.blob_name, etag=existing.etag)
+    earlier = None
+    if prior is not None and not prior.foreign and prior.document.get("delivery") == existing.delivery:
+        earlier = {key: value for key, value in prior.document.items() if key != "previous"}
+    return {"snapshot": snapshot, "delivery": existing.delivery, "manifest": earlier}
+
+
 async def _same_delivery(
-    store: BlobStore, plan: CopyPlan, existing: BlobState, *, deadline: float, sleep: Sleep
+    store: BlobStore, plan: CopyPlan, existing: BlobState, *, now: datetime, deadline: float, sleep: Sleep
 ) -> Delivered:
     """The same delivery again (a retry, or a concurrent twin): no second copy."""
     state: BlobState | None = existing
@@ -308,7 +261,9 @@ async def _same_delivery(
         if state is None or state.delivery != plan.delivery:
             return replaced(plan, state, existing.copy_id, store.tags_supported)
     assert state is not None
-    return await _settle(store, plan, state, kind="duplicate", snapshot=UNREAD, tags_written=store.tags_supported)
+    return await _settle(
+        store, plan, state, kind="duplicate", now=now, snapshot=UNREAD, tags_written=store.tags_supported
+    )
 
 
 async def _settle(
@@ -317,22 +272,45 @@ async def _settle(
     state: BlobState,
     *,
     kind: Literal["stored", "duplicate"],
+    now: datetime,
     snapshot: Snapshot,
     tags_written: bool,
+    replaces: list[str] | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> Delivered:
     """This delivery's blob, as last read: finish it, track it, or clean up after a failed copy."""
     name = plan.blob_name
     if state.copy_status == "pending":
         # Recorded before the 202 (copyStatus "pending"); the queue function completes it.
-        document = manifest_document(plan, state.copy_id, tags_written=tags_written, copy_status="pending")
-        if not await record_manifest(
-            store, plan, document, copy_status="pending", snapshot=snapshot, confirmed=snapshot != UNREAD
-        ):
+        recorded = await record_manifest(
+            store,
+            plan,
+            copy_status="pending",
+            step=Step("webhook", now, "copying", {"status": 202, "copyId": state.copy_id}),
+            copy_id=state.copy_id,
+            tags_written=tags_written,
+            snapshot=snapshot,
+            confirmed=snapshot != UNREAD,
+            replaced=replaces,
+            previous=previous,
+        )
+        if not recorded.ours:
             return replaced(plan, await store.state(name), state.copy_id, tags_written)
         return Delivered("copying", name, state.copy_id, tags_written)
     if state.copy_status == "failed":
-        await remove_failed_copy(store, name, state)
-        raise CopyFailed(f"Azure Storage could not copy the file ({state.copy_description or 'failed'}).")
+        reason = f"Azure Storage could not copy the file ({state.copy_description or 'failed'})."
+        ended = await conclude_failure(
+            store,
+            plan,
+            state,
+            step=Step("webhook", now, "failed", {"status": 502, "copyId": state.copy_id}),
+            reason=f"{reason} Export the document again from SmartDocumentor.",
+            copy_id=state.copy_id,
+            tags_written=tags_written,
+        )
+        if ended == "restored":
+            reason += " The file stored before stays in place."
+        raise CopyFailed(reason)
     if state.copy_status == "aborted":
         # Only a newer export aborts a copy, and it owns the blob's next step: nothing to delete here.
         raise NotStored(
@@ -340,9 +318,23 @@ async def _settle(
             "If that export does not arrive, send this one again.",
             track=True,
         )
-    if not await finish(store, plan, state, snapshot=snapshot, tags_written=tags_written):
+    concluded = await conclude_success(
+        store,
+        plan,
+        state,
+        step=Step("webhook", now, kind, {"status": 200, "copyId": state.copy_id}),
+        snapshot=snapshot,
+        confirmed=snapshot != UNREAD,
+        tags_written=tags_written,
+        copy_id=state.copy_id,
+        replaced=replaces,
+        previous=previous,
+    )
+    if concluded.superseded_by is not None:
+        return Delivered("superseded", name, state.copy_id, tags_written)
+    if not concluded.ours:
         return replaced(plan, await store.state(name), state.copy_id, tags_written)
-    return Delivered(kind, name, state.copy_id, tags_written)
+    return Delivered(kind, name, state.copy_id, tags_written, tuple(concluded.retired))
 
 
 def replaced(plan: CopyPlan, state: BlobState | None, copy_id: str | None, tags_written: bool) -> Delivered:

@@ -33,6 +33,16 @@ ACCEPTED_EXTENSIONS = {"application/pdf": (".pdf",), "image/jpeg": (".jpg", ".jp
 _UNSAFE_NAME_CHARS = re.compile(r'[/\\:?*"<>|#%\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]')
 _TAG_ALPHABET = re.compile(r"[^a-zA-Z0-9 +\-./:=_]")
 
+MANIFEST_SUFFIX = ".json"
+# A file whose name would end like a manifest's gets this after it: files and manifests never share a name.
+NOT_A_MANIFEST_SUFFIX = ".file"
+# Blob metadata that marks a blob the receiver wrote as a manifest. Only such a blob is read, repaired or
+# overwritten as one (older manifests are recognised by their ``copystatus`` metadata, which no file has).
+MANIFEST_MARKER = ("receiverkind", "manifest")
+# Index tags the receiver itself queries to find its work (manifest_labels, the task look-up): a sender's
+# metadata entry that folds to one of these is never written as a tag, so no file can pose as a manifest.
+RESERVED_TAG_KEYS = frozenset({"copystatus", "receivedat", "taskid", "workspaceid"})
+
 
 @dataclass(frozen=True)
 class CopyPlan:
@@ -48,6 +58,7 @@ class CopyPlan:
     manifest_name: str | None
     task_id: str
     workspace_id: str
+    task_prefix: str | None = None  # see :func:`task_prefix`
 
     @property
     def delivery(self) -> str:
@@ -154,6 +165,8 @@ def index_tags(
             dropped.append({"key": key, "reason": "empty key"})
         elif folded_key in tags:
             dropped.append({"key": key, "reason": f"tag {folded_key!r} already written"})
+        elif folded_key.casefold() in RESERVED_TAG_KEYS:
+            dropped.append({"key": key, "reason": f"tag {folded_key!r} is reserved: the receiver finds its work by it"})
         elif len(tags) >= MAX_TAGS:
             dropped.append({"key": key, "reason": f"Azure allows at most {MAX_TAGS} tags per blob"})
         else:
@@ -234,13 +247,55 @@ def manifest_labels(document: dict[str, Any], copy_status: str) -> tuple[dict[st
     deliveries findable (Find Blobs by Tags, or a listing on accounts without tags); the ids let
     an operator find a task's manifest too."""
     received = str(document.get("receivedAt") or "")
+    marker_key, marker_value = MANIFEST_MARKER
     tags = {
         "copyStatus": copy_status,
         "receivedAt": fold_tag_text(received, MAX_TAG_VALUE),
         "taskId": fold_tag_text(str(document.get("taskId") or ""), MAX_TAG_VALUE),
         "workspaceId": fold_tag_text(str(document.get("workspaceId") or ""), MAX_TAG_VALUE),
     }
-    return tags, {"copystatus": copy_status, "receivedat": metadata_value(received, 64)}
+    metadata = {marker_key: marker_value, "copystatus": copy_status, "receivedat": metadata_value(received, 64)}
+    return tags, metadata
+
+
+def is_manifest_metadata(metadata: dict[str, str] | None) -> bool:
+    """Did the receiver write this blob as a manifest? (Its marker, or an older manifest's status.)"""
+    meta = {key.lower(): value for key, value in (metadata or {}).items()}
+    marker_key, marker_value = MANIFEST_MARKER
+    return meta.get(marker_key) == marker_value or "copystatus" in meta
+
+
+def is_manifest_name(name: str) -> bool:
+    return name.endswith(MANIFEST_SUFFIX)
+
+
+def not_a_manifest_name(name: str, limit: int) -> str:
+    """A file's name never ends like a manifest's (``<file>.json``), whatever the display name,
+    content type or template: such a name gets NOT_A_MANIFEST_SUFFIX, cut first if it must be."""
+    if not name.lower().endswith(MANIFEST_SUFFIX):
+        return name
+    return name[: limit - len(NOT_A_MANIFEST_SUFFIX)].rstrip("./ ") + NOT_A_MANIFEST_SUFFIX
+
+
+def task_prefix(template: str, workspace_id: str, task_id: str) -> str | None:
+    """The name prefix every blob of this task has, and no other task's has, when the template
+    starts with literal segments and the identity segments (the default ``{workspaceId}/{taskId}/``);
+    else None (the task's blobs are then found by their index tags)."""
+    values = {"{workspaceId}": identity_segment(workspace_id), "{taskId}": identity_segment(task_id)}
+    segments = template.split("/")[:-1]  # the last segment is the file's own
+    prefix: list[str] = []
+    seen: set[str] = set()
+    for segment in segments:
+        if segment in values:
+            seen.add(segment)
+            prefix.append(values[segment])
+        elif "{" not in segment and "}" not in segment:
+            prefix.append(segment)
+        else:
+            break
+        if len(seen) == 2:
+            return "/".join(prefix) + "/"
+    return None
 
 
 def manifest_bytes(document: dict[str, Any]) -> bytes:
@@ -270,12 +325,12 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
         "dd": f"{now.day:02d}",
     }
     # Room for the manifest's ".json" when there is one, so neither name is cut afterwards.
-    limit = MAX_BLOB_NAME - len(".json") if settings.write_manifest else MAX_BLOB_NAME
-    name = blob_name(settings.blob_name_template, values, file, limit=limit)
+    limit = MAX_BLOB_NAME - len(MANIFEST_SUFFIX) if settings.write_manifest else MAX_BLOB_NAME
+    name = not_a_manifest_name(blob_name(settings.blob_name_template, values, file, limit=limit), limit)
     by_alias = notification.model_dump(by_alias=True, include=set(_FIELD_NAMES[a] for a in settings.tag_fields))
     fields = [(alias, str(by_alias[alias])) for alias in settings.tag_fields if by_alias.get(alias) is not None]
     tags, dropped = index_tags(fields, notification.metadata)
-    manifest_name = f"{name}.json" if settings.write_manifest else None
+    manifest_name = f"{name}{MANIFEST_SUFFIX}" if settings.write_manifest else None
     document = manifest(
         notification,
         {
@@ -300,4 +355,5 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
         manifest_name=manifest_name,
         task_id=notification.task_id,
         workspace_id=notification.workspace_id,
+        task_prefix=task_prefix(settings.blob_name_template, notification.workspace_id, notification.task_id),
     )

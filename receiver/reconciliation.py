@@ -1,14 +1,19 @@
 """Reconciliation (timer-triggered): nothing depends on one queue message surviving.
 
-A delivery answered 202 has a manifest that says ``copyStatus: pending``, tagged so (index tag
-``copyStatus=pending`` and its ``receivedAt``). Each run finds those older than
-RECONCILE_AFTER_MINUTES with one Find Blobs by Tags call (a listing of the container on
-accounts without index tags), and settles each with the queue function's own rules
-(:func:`receiver.verification.settle_pending`): finish a copy that completed, fail one whose link
-expired or whose source is gone. It never has the link's signature (that lives only in the queue
-message), so a copy that failed while its link was still valid is failed for good, with the advice
-to replay the poison queue. A pending manifest whose blob now holds another export is repaired to
-describe that blob.
+A delivery answered 202 (or 503 after its copy was sent) has a manifest that says ``copyStatus:
+pending``, tagged so (index tag ``copyStatus=pending`` and its ``receivedAt``). Each run finds
+those older than RECONCILE_AFTER_MINUTES with one Find Blobs by Tags call (a listing of the
+container on accounts without index tags), and settles each with the queue function's own rules
+and the shared transitions (:func:`receiver.verification.settle_pending`,
+:mod:`receiver.transitions`): finish a copy that completed, fail one whose link expired or whose
+source is gone. It never has the link's signature (that lives only in the queue message), so a
+copy that is missing or failed while its link is still valid is left ``waiting``: a queue or poison
+message can still finish it (the run's report says how many, and what to run). A pending manifest
+whose blob now holds another export is repaired to describe that blob.
+
+Each run also reports what will not be retried by itself: the poison queue's depth (an ERROR
+naming ``python -m ops replay-poison`` when it is not empty) and the age of the oldest pending
+delivery (a metric).
 
 Safe to run concurrently with the queue function and with itself: every write is conditional
 (If-Match / If-None-Match), and a manifest that is no longer ``pending`` when read is skipped.
@@ -18,17 +23,18 @@ Bounded per run by count and time; running it twice does nothing new.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import unquote
 
-from .plan import manifest_bytes, manifest_labels
+from . import transitions
 from .runtime import Runtime
-from .store import BlobState, BlobStore, Conflict, ContainerMissing, Manifest
+from .store import BlobState, BlobStore, ContainerMissing, Manifest
 from .telemetry import Record, recording
-from .verification import PendingCopy, settle_pending
+from .transitions import Driver, Step
+from .verification import POISON_QUEUE, PendingCopy, settle_pending
 
 log = logging.getLogger("receiver.reconciliation")
 
@@ -43,6 +49,8 @@ class RunReport:
     outcomes: dict[str, int] = field(default_factory=dict)
     storage_requests: int = 0
     stopped_early: bool = False
+    poison_depth: int | None = None
+    oldest_pending_seconds: float = 0.0
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -58,6 +66,7 @@ async def reconcile_run(
     now: datetime,
     max_items: int = MAX_PER_RUN,
     budget_seconds: float = RUN_BUDGET_SECONDS,
+    environ: dict[str, str] | None = None,
 ) -> RunReport:
     """One run of the timer: find old pending deliveries and settle each. Never raises for one item."""
     settings = runtime.settings()
@@ -68,24 +77,69 @@ async def reconcile_run(
     with recording("reconciliation") as run:
         run.outcome = "run"
         try:
-            names = await store.pending_manifests(received_before=_iso(cutoff), limit=max_items)
+            found = await store.pending_manifests(received_before=_iso(cutoff), limit=max_items)
         except ContainerMissing:
-            names = []  # no container yet: no delivery, nothing pending
+            found = []  # no container yet: no delivery, nothing pending
+        names = [name for name, _ in found]
         report.found = len(names)
+        report.oldest_pending_seconds = _oldest_age(found, now)
         for name in names:
             if time.monotonic() > deadline:
                 report.stopped_early = True
                 break
             with recording("reconciliation") as record:
                 try:
-                    record.outcome = await reconcile_one(store, name, now=now, record=record)
+                    record.outcome = await reconcile_one(
+                        store, name, now=now, record=record, task_template=settings.blob_name_template
+                    )
                 except Exception as exc:  # one bad item must not stop the run; the next run tries again
                     record.outcome, record.reason = "error", f"{type(exc).__name__}: {exc}"
             report.count(record.outcome)
             run.storage_requests += record.storage_requests
-        run.reason = f"found={report.found} {report.outcomes} stopped_early={report.stopped_early}"
+        report.poison_depth = await _poison_depth(environ)
+        run.reason = (
+            f"found={report.found} {report.outcomes} stopped_early={report.stopped_early} "
+            f"oldest_pending_s={report.oldest_pending_seconds:.0f} poison={report.poison_depth}"
+        )
+        waiting = report.outcomes.get("waiting", 0)
+        if report.poison_depth:
+            run.final_failure = True
+            run.reason += (
+                f"; {report.poison_depth} verification message(s) wait in {POISON_QUEUE} and nothing retries them "
+                "by itself: see which with python -m ops replay-poison --dry-run, then run python -m ops replay-poison"
+            )
+        elif waiting:
+            run.reason += (
+                f"; {waiting} delivery(ies) wait for their link's queue message (only it can restart the copy): "
+                "list them with python -m ops pending"
+            )
         report.storage_requests = run.storage_requests
+    _report_metrics(report)
     return report
+
+
+def _oldest_age(found: list[tuple[str, str]], now: datetime) -> float:
+    ages = []
+    for _, received in found:
+        try:
+            ages.append((now - datetime.fromisoformat(received.replace("Z", "+00:00"))).total_seconds())
+        except ValueError:
+            continue
+    return max(ages, default=0.0)
+
+
+async def _poison_depth(environ: dict[str, str] | None) -> int | None:
+    from .hostqueue import queue_depth
+
+    return await queue_depth(POISON_QUEUE, os.environ if environ is None else environ)
+
+
+def _report_metrics(report: RunReport) -> None:
+    from . import telemetry
+
+    gauge = getattr(telemetry, "report_reconciliation", None)
+    if gauge is not None:
+        gauge(poison_depth=report.poison_depth, oldest_pending_seconds=report.oldest_pending_seconds)
 
 
 def pending_from_manifest(document: dict[str, Any], container: str, manifest_name: str) -> PendingCopy:
@@ -113,59 +167,48 @@ def pending_from_manifest(document: dict[str, Any], container: str, manifest_nam
     )
 
 
-async def reconcile_one(store: BlobStore, manifest_name: str, *, now: datetime, record: Record | None = None) -> str:
+async def reconcile_one(
+    store: BlobStore,
+    manifest_name: str,
+    *,
+    now: datetime,
+    record: Record | None = None,
+    by: Driver = "reconciliation",
+    task_template: str | None = None,
+) -> str:
     """Settle one delivery whose manifest was found ``pending``."""
     snapshot = await store.read_manifest(manifest_name)
-    if snapshot is None or snapshot.document.get("copyStatus") != "pending":
-        return "skipped"  # settled meanwhile (the tag index lags writes by seconds)
+    if snapshot is None or snapshot.foreign or snapshot.document.get("copyStatus") != "pending":
+        return "skipped"  # settled meanwhile (the tag index lags writes by seconds), or not a manifest
     pending = pending_from_manifest(snapshot.document, store.container_name, manifest_name)
     if record is not None:
         record.task_id, record.workspace_id = pending.task_id, pending.workspace_id
         record.blob = store.describe(pending.blob_name)
     state = await store.state(pending.blob_name)
     if state is not None and state.delivery != pending.delivery:
-        return await repair_manifest(store, manifest_name, state, snapshot, now=now)
+        return await repair_manifest(store, manifest_name, state, snapshot, now=now, by=by)
     return await settle_pending(
-        store, pending, now=now, wait_seconds=0, sync_copy_max_mib=0, known=state, manifest=snapshot
+        store,
+        pending,
+        now=now,
+        wait_seconds=0,
+        sync_copy_max_mib=0,
+        by=by,
+        task_template=task_template,
+        known=state,
+        manifest=snapshot,
     )
 
 
 async def repair_manifest(
-    store: BlobStore, manifest_name: str, state: BlobState, snapshot: Manifest | None, *, now: datetime
+    store: BlobStore,
+    manifest_name: str,
+    state: BlobState,
+    snapshot: Manifest | None,
+    *,
+    now: datetime,
+    by: Driver = "reconciliation",
 ) -> str:
-    """Make a manifest that describes another export describe the blob next to it, from what the
-    blob itself carries (metadata, tags). Marked ``partial``: the payload's other fields were in the
-    lost manifest. Conditional on the manifest as read; a conflict means someone wrote it: leave it."""
-    blob_name = manifest_name.removesuffix(".json")
-    meta = state.metadata
-    status = "success" if state.copy_settled else (state.copy_status or "success")
-    document: dict[str, Any] = {
-        "taskId": unquote(meta.get("taskid", "")),
-        "taskNumber": meta.get("tasknumber"),
-        "workspaceId": unquote(meta.get("workspaceid", "")),
-        "displayName": unquote(meta.get("displayname", "")),
-        "totalPages": meta.get("totalpages") or None,
-        "exportedFileUrl": unquote(meta.get("source", "")),
-        "exportedFileContentType": state.content_type,
-        "source": unquote(meta.get("source", "")),
-        "blob": store.describe(blob_name),
-        "delivery": state.delivery,
-        "copyId": state.copy_id,
-        "copyStatus": status,
-        "tags": await store.blob_tags(blob_name),
-        "receivedAt": (snapshot.document.get("receivedAt") if snapshot else None) or _iso(now),
-        "repairedAt": _iso(now),
-        "partial": True,
-    }
-    tags, metadata = manifest_labels(document, status)
-    try:
-        await store.write_manifest(
-            manifest_name,
-            manifest_bytes(document),
-            etag=None if snapshot is None else snapshot.etag,
-            tags=tags,
-            metadata=metadata,
-        )
-    except Conflict:
-        return "skipped"
-    return "repaired"
+    """Make a manifest that describes another export describe the blob next to it (see
+    :func:`receiver.transitions.repair_manifest`)."""
+    return await transitions.repair_manifest(store, manifest_name, state, snapshot, step=Step(by, now, "repaired"))

@@ -15,6 +15,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -25,6 +26,7 @@ from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 from yarl import URL
 
+from .plan import is_manifest_metadata
 from .settings import Settings, SettingsError
 from .source import redact
 from .telemetry import about, count_storage_request
@@ -43,6 +45,9 @@ logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(l
 RETRY: dict[str, Any] = {"initial_backoff": 0.2, "increment_base": 1.5, "retry_total": 3, "random_jitter_range": 0.3}
 CONNECTION_TIMEOUT_SECONDS = 3
 READ_TIMEOUT_SECONDS = 10
+# A manifest is a few KiB. Reading a blob as a manifest fetches at most this much before its metadata
+# says whether it is one; a large file that is not is never downloaded whole.
+MAX_MANIFEST_BYTES = 1024 * 1024
 # A synchronous copy (Copy Blob From URL) answers only when the bytes are committed, so it may take
 # many seconds. The service gives up after SYNC_COPY_SERVER_TIMEOUT_SECONDS (500 OperationTimedOut,
 # nothing written); the client waits a little longer so that the service's answer, not a client
@@ -139,6 +144,8 @@ class BlobState:
     content_settings: ContentSettings
     size: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    last_modified: datetime | None = None
+    copy_completed: datetime | None = None
 
     @property
     def content_type(self) -> str | None:
@@ -160,10 +167,15 @@ class CopyStarted:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A manifest as read, with the ETag a conditional rewrite must match."""
+    """A manifest as read, with the ETag a conditional rewrite must match.
+
+    ``foreign``: a blob sits at the manifest's name that the receiver did not write as a manifest
+    (no marker): it is never read as one, repaired or overwritten.
+    """
 
     document: dict[str, Any]
     etag: str
+    foreign: bool = False
 
 
 def _classify(exc: Exception, operation: str, account: str, container: str) -> StoreError:
@@ -259,6 +271,8 @@ class BlobStore:
             # With use_env_settings, aiohttp looks up ~/.netrc and the proxy variables on every request
             # (about 1 ms of CPU each, make bench). Only worth it when a proxy is actually configured.
             "use_env_settings": any(os.environ.get(name) for name in _PROXY_VARIABLES),
+            # The receiver downloads only manifests: the first GET then covers a whole one.
+            "max_single_get_size": MAX_MANIFEST_BYTES,
         }
         if settings.destination_connection_string is not None:
             try:
@@ -433,6 +447,8 @@ class BlobStore:
             content_settings=props.content_settings,
             size=int(props.size or 0),
             metadata=dict(props.metadata or {}),
+            last_modified=props.last_modified,
+            copy_completed=copy.completion_time if copy else None,
         )
 
     async def set_content_type(self, name: str, current: BlobState, content_type: str) -> str:
@@ -486,33 +502,33 @@ class BlobStore:
                     raise
                 self.tags_supported = False
 
-    async def pending_manifests(self, *, received_before: str, limit: int) -> list[str]:
-        """Names of manifests that still say ``pending``, received before the given ISO time, oldest
-        first as far as the service orders them. One Find Blobs by Tags call per page of results; on
-        an account without index tags, a listing of the container with metadata (slower: its cost
-        grows with the container)."""
+    async def pending_manifests(self, *, received_before: str, limit: int) -> list[tuple[str, str]]:
+        """Manifests that still say ``pending``, received before the given ISO time, with their
+        ``receivedAt``, oldest first as far as the service orders them. One Find Blobs by Tags call per
+        page of results; on an account without index tags, a listing of the container with metadata
+        (slower: its cost grows with the container)."""
         if self.tags_supported:
             query = f"\"copyStatus\"='pending' AND \"receivedAt\" < '{received_before}'"
-            names: list[str] = []
+            found: list[tuple[str, str]] = []
             try:
                 # No page size: the service's own (up to 5000). Azurite filters within each page of
                 # blobs and drops the continuation marker when a page has fewer matches than asked,
                 # so a small page size would hide matches there; Azure returns NextMarker, followed here.
                 pages: Any = self._container.find_blobs_by_tags(query).by_page()
-                while len(names) < limit:
+                while len(found) < limit:
                     async with self._call("find pending manifests"):
                         page = await anext(pages, None)
                         if page is None:
                             break
-                        names.extend([item.name async for item in page])
+                        found.extend([(item.name, str((item.tags or {}).get("receivedAt", ""))) async for item in page])
                     if not pages.continuation_token:
                         break
-                return names[:limit]
+                return found[:limit]
             except TagsUnsupported:
                 self.tags_supported = False
-        names = []
+        found = []
         listing: Any = self._container.list_blobs(include=["metadata"]).by_page()
-        while len(names) < limit:
+        while len(found) < limit:
             async with self._call("list manifests"):
                 blobs = await anext(listing, None)
                 if blobs is None:
@@ -520,14 +536,14 @@ class BlobStore:
                 async for item in blobs:
                     meta = item.metadata or {}
                     if (
-                        item.name.endswith(".json")
+                        is_manifest_metadata(meta)
                         and meta.get("copystatus") == "pending"
                         and meta.get("receivedat", "") < received_before
                     ):
-                        names.append(item.name)
+                        found.append((item.name, meta.get("receivedat", "")))
             if not listing.continuation_token:
                 break
-        return names[:limit]
+        return found[:limit]
 
     async def blob_tags(self, name: str) -> dict[str, str]:
         try:
@@ -541,6 +557,9 @@ class BlobStore:
         try:
             async with self._call("read manifest"):
                 downloader = await self._blob(name).download_blob()
+                etag = str(downloader.properties.etag)
+                if not is_manifest_metadata(downloader.properties.metadata) or downloader.size > MAX_MANIFEST_BYTES:
+                    return Manifest({}, etag, foreign=True)
                 data = await downloader.readall()
         except (BlobMissing, ContainerMissing):
             return None
@@ -548,15 +567,75 @@ class BlobStore:
             document = json.loads(data)
         except ValueError:
             document = None
-        return Manifest(document if isinstance(document, dict) else {}, str(downloader.properties.etag))
+        return Manifest(document if isinstance(document, dict) else {}, etag)
 
     async def delete(self, name: str, *, etag: str) -> None:
-        """Delete the blob as it was when read (If-Match). One already gone is fine; 412 raises Conflict."""
+        """Delete the blob as it was when read (If-Match), with any snapshots it has. One already gone
+        is fine; 412 raises Conflict."""
         try:
             async with self._call("delete blob"):
-                await self._blob(name).delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+                await self._blob(name).delete_blob(
+                    etag=etag, match_condition=MatchConditions.IfNotModified, delete_snapshots="include"
+                )
         except (BlobMissing, ContainerMissing):
             pass
+
+    async def snapshot(self, name: str, *, etag: str) -> str:
+        """Snapshot the blob as it was read (If-Match): a read-only copy that a failed overwrite can be
+        undone from. Cheap and server-side; it does not change the blob's ETag."""
+        async with self._call("snapshot blob"):
+            result = await self._blob(name).create_snapshot(etag=etag, match_condition=MatchConditions.IfNotModified)
+        return str(result["snapshot"])
+
+    async def snapshots(self, name: str) -> list[tuple[str, dict[str, str]]]:
+        """The blob's snapshots (id, metadata), newest first."""
+        found: list[tuple[str, dict[str, str]]] = []
+        async with self._call("list snapshots"):
+            async for item in self._container.list_blobs(name_starts_with=name, include=["snapshots", "metadata"]):
+                if item.name == name and item.snapshot:
+                    found.append((str(item.snapshot), dict(item.metadata or {})))
+        return sorted(found, reverse=True)
+
+    async def restore_snapshot(self, name: str, snapshot: str, *, etag: str) -> str:
+        """Copy a snapshot back over its blob as it was read (If-Match): the snapshot's bytes,
+        headers and metadata, and its index tags. Returns the copy's status (same-account: quick)."""
+        source = self._container.get_blob_client(name, snapshot=snapshot)
+        async with self._call("read snapshot tags"):
+            tags = dict(await source.get_blob_tags()) if self.tags_supported else {}
+        async with self._call("restore snapshot"):
+            result = await self._blob(name).start_copy_from_url(
+                source.url, etag=etag, match_condition=MatchConditions.IfNotModified, tags=tags or None
+            )
+        return str(result["copy_status"])
+
+    async def delete_snapshot(self, name: str, snapshot: str) -> None:
+        """Delete one snapshot (once its blob no longer needs it); one already gone is fine."""
+        try:
+            async with self._call("delete snapshot"):
+                await self._container.get_blob_client(name, snapshot=snapshot).delete_blob()
+        except (BlobMissing, ContainerMissing, Conflict):
+            pass  # gone already; or held by a lease or a copy: left, billed only for the blocks that differ
+
+    async def task_manifests(self, *, prefix: str | None, tag_query: str) -> list[str]:
+        """Names of the manifests of one task: a listing under the task's own name prefix when the
+        template gives one (strongly consistent, works without index tags), else one Find Blobs by
+        Tags query (its index may lag a write by seconds). [] on an account without index tags and
+        no prefix: the look-up is then not possible."""
+        names: list[str] = []
+        if prefix is not None:
+            async with self._call("list task blobs"):
+                async for item in self._container.list_blobs(name_starts_with=prefix, include=["metadata"]):
+                    if is_manifest_metadata(item.metadata):
+                        names.append(item.name)
+            return names
+        if not self.tags_supported:
+            return names
+        try:
+            async for name, _tags in self.find_tagged(tag_query):
+                names.append(name)
+        except TagsUnsupported:
+            self.tags_supported = False
+        return names
 
     async def abort_copy(self, name: str, copy_id: str) -> None:
         try:

@@ -15,32 +15,26 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .delivery import (
-    finish,
-    manifest_document,
-    remove_failed_copy,
-    use_sync_copy,
-    wait_for_copy,
-)
-from .plan import CopyPlan, manifest_bytes, manifest_labels
+from .delivery import use_sync_copy, wait_for_copy
+from .plan import CopyPlan, manifest_bytes, task_prefix
 from .runtime import Runtime
 from .store import BlobState, BlobStore, Conflict, Manifest, SourceUnreadable, SyncCopyRefused
 from .telemetry import CURRENT, recording
+from .transitions import Driver, Step, conclude_failure, conclude_success, replaced_elsewhere
 
 log = logging.getLogger("receiver.verification")
 
 # host.json extensions.queues.maxDequeueCount: the try after which the host poisons the message.
 MAX_DEQUEUE_COUNT = 40
-# How long the queue keeps trying: 40 tries a minute apart, each waiting up to COPY_WAIT_SECONDS, and slack.
-QUEUE_COVERAGE = timedelta(minutes=MAX_DEQUEUE_COUNT * 1.5 + 30)
 # The whole manifest travels in the message when it is this small (queue messages hold 64 KiB
 # after the host's base64); otherwise the manifest written before the 202 is completed instead.
 MAX_MANIFEST_IN_MESSAGE = 24 * 1024
+POISON_QUEUE = "smartdocumentor-copy-verifications-poison"
 
 
 class CopyStillRunning(Exception):
@@ -67,16 +61,7 @@ class PendingCopy(BaseModel):
     manifest_document: dict[str, Any] | None = Field(default=None, alias="manifest", repr=False)
     task_id: str = Field(alias="taskId")
     workspace_id: str = Field(alias="workspaceId")
-
-    def queue_gone(self, now: datetime) -> bool:
-        """Has the queue had every try at this copy (host.json: one a minute, MAX_DEQUEUE_COUNT times)?
-        Known only from the manifest's receivedAt; without it, assume it has."""
-        received = (self.manifest_document or {}).get("receivedAt")
-        try:
-            since = datetime.fromisoformat(str(received).replace("Z", "+00:00"))
-        except ValueError:
-            return True
-        return now - since > QUEUE_COVERAGE
+    task_prefix: str | None = Field(default=None, alias="taskPrefix")
 
     def describe(self) -> str:
         return f"task={self.task_id} workspace={self.workspace_id} blob={self.container}/{self.blob_name}"
@@ -100,22 +85,29 @@ def verification_message(plan: CopyPlan, copy_id: str | None, container: str, *,
         manifest_document=manifest,
         task_id=plan.task_id,
         workspace_id=plan.workspace_id,
+        task_prefix=plan.task_prefix,
     )
     return message.model_dump_json(by_alias=True, exclude_none=True)
 
 
 @dataclass(frozen=True)
 class _Target:
-    """A pending copy as :func:`finish` and :func:`record_manifest` see it."""
+    """A pending copy as the transitions (receiver.transitions) see it."""
 
     blob_name: str
     content_type: str
     manifest_name: str | None
     manifest: dict[str, Any]
     delivery: str
+    task_id: str
+    workspace_id: str
+    task_prefix: str | None
 
 
-Result = Literal["finished", "superseded", "failed", "pending", "unreadable"]
+# "waiting": a copy only its link can restart, and the link is not here (the reconciliation): left
+# pending while the link is valid, for a queue or poison message to finish. "left": a newer request
+# changed the blob while this one concluded; it stopped with nothing written.
+Result = Literal["finished", "superseded", "failed", "restored", "pending", "waiting", "left", "unreadable"]
 
 
 async def verify_copy(
@@ -136,18 +128,37 @@ async def verify_copy(
             return "unreadable"
         record.task_id, record.workspace_id = pending.task_id, pending.workspace_id
         record.blob = f"{pending.container}/{pending.blob_name}"
-        settings = runtime.settings()
-        store = runtime.store()
-        wait = settings.copy_wait_seconds if wait_seconds is None else wait_seconds
-        result = await settle_pending(
-            store, pending, now=now, wait_seconds=wait, sync_copy_max_mib=settings.sync_copy_max_mib
-        )
+        last_try = dequeue_count >= MAX_DEQUEUE_COUNT
+        try:
+            settings = runtime.settings()
+            store = runtime.store()
+            wait = settings.copy_wait_seconds if wait_seconds is None else wait_seconds
+            result = await settle_pending(
+                store,
+                pending,
+                now=now,
+                wait_seconds=wait,
+                sync_copy_max_mib=settings.sync_copy_max_mib,
+                by="verifier",
+                task_template=settings.blob_name_template,
+            )
+        except Exception as exc:
+            if last_try:  # the host poisons the message after this try: nothing will retry it by itself
+                record.outcome, record.final_failure = "poisoned", True
+                record.reason = (
+                    f"the last verification try failed ({type(exc).__name__}); the host moves the message to "
+                    f"{POISON_QUEUE}: once storage is healthy, run python -m ops replay-poison"
+                )
+            raise
         record.outcome = result
         if result == "pending":
-            if dequeue_count >= MAX_DEQUEUE_COUNT:
-                record.final_failure = True
-                record.reason = "still pending after the last verification try; its manifest stays pending"
-                return "pending"
+            if last_try:
+                record.outcome, record.final_failure = "poisoned", True
+                record.reason = (
+                    f"the copy is still pending after {MAX_DEQUEUE_COUNT} verification tries; the host moves the "
+                    f"message to {POISON_QUEUE} and its manifest stays pending for the reconciliation. Check the "
+                    "copy with python -m ops check, then run python -m ops replay-poison to try again"
+                )
             raise CopyStillRunning(f"copy still pending {pending.describe()}")
         return result
 
@@ -159,46 +170,57 @@ async def settle_pending(
     now: datetime,
     wait_seconds: float,
     sync_copy_max_mib: int,
+    by: Driver,
+    task_template: str | None = None,
     known: BlobState | Literal["unread"] | None = "unread",
     manifest: Manifest | Literal["unread"] | None = "unread",
 ) -> Result:
     """One look at a copy whose outcome is not known yet: the queue function's rules, which the
-    reconciliation follows too. Without the link (``source_url`` empty: the reconciliation never
-    has it), a failed copy cannot be restarted and fails for good. ``known``: the blob as the
-    caller just read it (no wait); ``manifest``: the manifest as the caller read it *before* that."""
+    reconciliation and the operator command line follow too (``by`` names the driver in the
+    manifest's history). Without the link (``source_url`` empty: the reconciliation never has it),
+    a failed or missing copy cannot be restarted: it is left ``waiting`` while the link is valid (a
+    queue or poison message can still finish it) and fails only once the link has expired.
+    ``known``: the blob as the caller just read it (no wait); ``manifest``: the manifest as the caller
+    read it *before* that."""
     if known == "unread":
         state = await wait_for_copy(store, pending.blob_name, deadline=time.monotonic() + wait_seconds)
     else:
         state = known
+    target = _target(pending, pending.manifest_document or {}, task_template)
     for attempt in range(2):
         if state is not None and state.delivery != pending.delivery:
             log.info("copy superseded by a newer export %s", pending.describe())
             return "superseded"
         if state is not None and state.copy_settled:
-            return await _finish(store, pending, state, manifest)
+            return await _finish(store, pending, state, manifest, by=by, now=now, task_template=task_template)
         if state is not None and state.copy_status == "pending":
             return "pending"
         # failed, aborted, or never created: copy again while the link works
         reason = _final_reason(pending, state, now)
         if reason is not None:
-            return await _give_up(store, pending, state, reason, manifest)
+            return await _give_up(store, pending, state, reason, manifest, by=by, now=now, task_template=task_template)
         if not pending.source_url:
-            if not pending.queue_gone(now):
-                return "pending"  # its queue message may still restart it: leave it to the queue
+            return "waiting"  # only its queue or poison message (which holds the link) can restart it
+        if attempt:
+            break
+        if state is None:
+            newer = await replaced_elsewhere(store, target)
+            if newer is not None:
+                log.info("not restarted: the task's export at %s replaced it %s", newer, pending.describe())
+                return "superseded"
+        try:
+            await _restart(store, pending, state, sync_copy_max_mib=sync_copy_max_mib)
+        except SourceUnreadable as exc:
             return await _give_up(
                 store,
                 pending,
                 state,
-                manifest=manifest,
-                reason="its copy failed while the link was still valid, and the link (kept only in the verification "
-                "queue message) is gone; replay the poison queue if the message is there, or export again",
+                f"the source was refused or is gone ({exc.code})",
+                manifest,
+                by=by,
+                now=now,
+                task_template=task_template,
             )
-        if attempt:
-            break
-        try:
-            await _restart(store, pending, state, sync_copy_max_mib=sync_copy_max_mib)
-        except SourceUnreadable as exc:
-            return await _give_up(store, pending, state, f"the source was refused or is gone ({exc.code})", manifest)
         except Conflict:
             return "pending"  # someone changed the blob meanwhile: look again on the next try
         state = await wait_for_copy(store, pending.blob_name, deadline=time.monotonic() + wait_seconds)
@@ -214,20 +236,42 @@ def _final_reason(pending: PendingCopy, state: BlobState | None, now: datetime) 
     return None
 
 
-def _target(pending: PendingCopy, manifest: dict[str, Any]) -> _Target:
-    return _Target(pending.blob_name, pending.content_type, pending.manifest_name, manifest, pending.delivery)
+def _prefix(pending: PendingCopy, task_template: str | None) -> str | None:
+    """The task's name prefix: from the message, else from the current template when the blob's name
+    still starts with it (the template may have changed since the delivery)."""
+    if pending.task_prefix is not None:
+        return pending.task_prefix
+    if task_template is None:
+        return None
+    prefix = task_prefix(task_template, pending.workspace_id, pending.task_id)
+    return prefix if prefix is not None and pending.blob_name.startswith(prefix) else None
+
+
+def _target(pending: PendingCopy, manifest: dict[str, Any], task_template: str | None) -> _Target:
+    return _Target(
+        pending.blob_name,
+        pending.content_type,
+        pending.manifest_name,
+        manifest,
+        pending.delivery,
+        pending.task_id,
+        pending.workspace_id,
+        _prefix(pending, task_template),
+    )
 
 
 async def _manifest_base(
     store: BlobStore, pending: PendingCopy, known: Manifest | Literal["unread"] | None = "unread"
-) -> tuple[dict[str, Any], Any]:
+) -> tuple[dict[str, Any], Manifest | None]:
     """The manifest to complete: the stored one when it is this delivery's, else the message's own,
     else what the message knows (``partial``). Returns it with the snapshot it was read as."""
     if known != "unread":
         snapshot = known
     else:
         snapshot = await store.read_manifest(pending.manifest_name) if pending.manifest_name else None
-    stored_is_ours = snapshot is not None and snapshot.document.get("delivery") == pending.delivery
+    stored_is_ours = (
+        snapshot is not None and not snapshot.foreign and snapshot.document.get("delivery") == pending.delivery
+    )
     if stored_is_ours and snapshot is not None and not snapshot.document.get("partial"):
         return snapshot.document, snapshot
     if pending.manifest_document is not None:  # the whole payload, better than a partial repair
@@ -244,19 +288,36 @@ async def _manifest_base(
         "delivery": pending.delivery,
         "tags": pending.tags,
         "blobMetadata": pending.metadata,
+        "linkExpiresOn": pending.expires_on.isoformat().replace("+00:00", "Z"),
         "partial": True,
     }, snapshot
 
 
 async def _finish(
-    store: BlobStore, pending: PendingCopy, state: BlobState, manifest: Manifest | Literal["unread"] | None
+    store: BlobStore,
+    pending: PendingCopy,
+    state: BlobState,
+    manifest: Manifest | Literal["unread"] | None,
+    *,
+    by: Driver,
+    now: datetime,
+    task_template: str | None,
 ) -> Result:
     base, snapshot = await _manifest_base(store, pending, manifest)
     tags_written = pending.tags_written and store.tags_supported
     # A manifest read only now was read *after* the blob: the blob must be seen again before writing.
     confirmed = manifest != "unread"
-    target = _target(pending, base)
-    if await finish(store, target, state, snapshot=snapshot, tags_written=tags_written, confirmed=confirmed):
+    concluded = await conclude_success(
+        store,
+        _target(pending, base, task_template),
+        state,
+        step=Step(by, now, "stored", {"copyId": state.copy_id}),
+        snapshot=snapshot,
+        confirmed=confirmed,
+        tags_written=tags_written,
+        copy_id=state.copy_id or pending.copy_id,
+    )
+    if concluded.ours:
         log.info("copy finished %s", pending.describe())
         return "finished"
     log.info("copy superseded by a newer export %s", pending.describe())
@@ -269,45 +330,38 @@ async def _give_up(
     state: BlobState | None,
     reason: str,
     manifest: Manifest | Literal["unread"] | None = "unread",
+    *,
+    by: Driver,
+    now: datetime,
+    task_template: str | None,
 ) -> Result:
-    """A copy that can never succeed: remove its empty blob, mark the manifest failed, one ERROR."""
-    if state is not None:
-        await remove_failed_copy(store, pending.blob_name, state)
-    if pending.manifest_name:
-        base, snapshot = await _manifest_base(store, pending, manifest)
-        target = _target(pending, base)
-        document = manifest_document(target, pending.copy_id, tags_written=pending.tags_written, copy_status="failed")
-        await record_manifest_failed(store, target, document, snapshot)
+    """A copy that can never succeed: the earlier export put back (or the empty blob removed), the
+    manifest marked failed, one ERROR. A 412 on the cleanup ends it with nothing written."""
+    base, snapshot = await _manifest_base(store, pending, manifest)
+    sentence = f"The copy failed for good: {reason}. Export the document again from SmartDocumentor."
+    ended = await conclude_failure(
+        store,
+        _target(pending, base, task_template),
+        state,
+        step=Step(by, now, "failed", {"reason": sentence}),
+        reason=sentence,
+        snapshot=snapshot,
+        copy_id=pending.copy_id,
+        tags_written=pending.tags_written,
+    )
+    if ended == "left":
+        log.info("left the blob to the request that changed it %s", pending.describe())
+        return "left"
     record = CURRENT.get()
+    message = f"copy failed for good: {reason}; export the document again"
+    if ended == "restored":
+        message += " (the task's earlier export was put back)"
     if record is not None:  # the operation's one record is the ERROR line
         record.final_failure = True
-        record.reason = f"copy failed for good: {reason}; export the document again"
+        record.reason = message
     else:
-        log.error("copy failed for good: %s; export the document again %s", reason, pending.describe())
-    return "failed"
-
-
-async def record_manifest_failed(store: BlobStore, target: _Target, document: bytes, snapshot: Any) -> None:
-    """Mark the manifest failed unless a newer delivery owns the name (then its manifest stays).
-
-    The blob was just removed, so "this delivery's blob" cannot be confirmed by reading it; the
-    manifest is written only over this delivery's own manifest, or where there is none.
-    """
-    for _ in range(3):
-        if snapshot is not None and snapshot.document.get("delivery") not in (None, target.delivery):
-            return
-        tags, metadata = manifest_labels(target.manifest, "failed")
-        try:
-            await store.write_manifest(
-                target.manifest_name or "",
-                document,
-                etag=None if snapshot is None else snapshot.etag,
-                tags=tags,
-                metadata=metadata,
-            )
-            return
-        except Conflict:
-            snapshot = await store.read_manifest(target.manifest_name or "")
+        log.error("%s %s", message, pending.describe())
+    return "restored" if ended == "restored" else "failed"
 
 
 async def _restart(store: BlobStore, pending: PendingCopy, state: BlobState | None, *, sync_copy_max_mib: int) -> None:

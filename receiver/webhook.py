@@ -16,8 +16,9 @@ from .plan import CopyPlan, make_plan
 from .runtime import Runtime
 from .settings import Settings, SettingsError
 from .source import SourceError, check_source, link_secret_pattern, redact, without_secrets
-from .store import StoreError
+from .store import BlobStore, StoreError
 from .telemetry import Record, recording
+from .transitions import UNREAD, Step, record_manifest
 
 log = logging.getLogger("receiver")
 
@@ -96,6 +97,7 @@ async def _handle(
             result = await deliver(
                 store,
                 plan,
+                now=now,
                 wait_seconds=settings.copy_wait_seconds,
                 sync_copy_max_mib=settings.sync_copy_max_mib,
                 progress=progress,
@@ -113,19 +115,25 @@ async def _handle(
         )
     except NotStored as exc:
         record.reason = exc.message
+        if exc.track:
+            await _track_unconfirmed(store, plan, progress, now=now, status=503)
         return _unavailable(plan, exc.message, settings, progress, track=exc.track)
     except StoreError as exc:
         record.reason = exc.message
         if exc.kind == "unavailable" and progress.copy_sent:
+            await _track_unconfirmed(store, plan, progress, now=now, status=503)
             return _unavailable(plan, _AFTER_COPY, settings, progress, track=True)
         record.final_failure = exc.kind in ("misconfigured", "rejected")
         failure = _storage_failure(plan, exc)
         if progress.copy_sent and exc.kind != "source":
             # A later step was refused after a copy that may have landed: the queue function tracks it.
+            # (A refusal is an answer: the refused request itself did nothing, so no pending record.)
             return Outcome(failure.status_code, failure.body, _verification(plan, settings, progress))
         return failure
     except TimeoutError:
         record.reason = "timed out" + (" after the copy was sent" if progress.copy_sent else "")
+        if progress.copy_sent:
+            await _track_unconfirmed(store, plan, progress, now=now, status=503)
         return _unavailable(
             plan, _AFTER_COPY if progress.copy_sent else _NO_ANSWER, settings, progress, track=progress.copy_sent
         )
@@ -148,6 +156,40 @@ _AFTER_COPY = (
     "Azure Storage did not confirm that the file was stored. The receiver checks the copy again by itself; "
     "send the document again later to have it archived."
 )
+
+
+# Time left for recording a copy whose answer was lost, after the delivery's own budget ran out.
+TRACKING_BUDGET_SECONDS = 5.0
+
+
+async def _track_unconfirmed(
+    store: BlobStore, plan: CopyPlan, progress: Progress, *, now: datetime, status: int
+) -> None:
+    """A copy was sent and its outcome is unknown: leave a ``pending`` manifest, so the copy is findable
+    from storage alone (the reconciliation), not only through the queue message that may be lost.
+    Written only while the blob is this delivery's or still absent (the copy may yet land); never
+    over a newer export's manifest. Best effort: storage may be what failed."""
+    if plan.manifest_name is None:
+        return
+    try:
+        async with asyncio.timeout(TRACKING_BUDGET_SECONDS):
+            await record_manifest(
+                store,
+                plan,
+                copy_status="pending",
+                step=Step("webhook", now, "unconfirmed", {"status": status, "copyId": progress.copy_id}),
+                copy_id=progress.copy_id,
+                tags_written=progress.tags_written,
+                snapshot=UNREAD,
+                confirmed=False,
+                absent_ok=True,
+            )
+    except (StoreError, TimeoutError) as exc:
+        log.warning(
+            "could not record the unconfirmed copy of %s in storage (%s); its queue message tracks it",
+            plan.blob_name,
+            type(exc).__name__,
+        )
 
 
 def _task_hint(body: bytes) -> str | None:

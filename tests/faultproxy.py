@@ -200,6 +200,10 @@ class FaultProxy:
                 out_headers["x-ms-copy-status"] = rewrite.copy_status or "pending"
                 if rewrite.copy_description:
                     out_headers["x-ms-copy-status-description"] = rewrite.copy_description
-            return web.Response(
-                status=upstream.status, body=payload if request.method != "HEAD" else None, headers=out_headers
-            )
+            if request.method == "HEAD":
+                # A HEAD's Content-Length is the blob's size (x-ms-blob size), not this empty body's.
+                response = web.Response(status=upstream.status, headers=out_headers)
+                if "Content-Length" in upstream.headers:
+                    response.headers["Content-Length"] = upstream.headers["Content-Length"]
+                return response
+            return web.Response(status=upstream.status, body=payload, headers=out_headers)

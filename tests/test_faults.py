@@ -51,15 +51,30 @@ def files(destination: ContainerClient) -> list[str]:
     return sorted(b.name for b in destination.list_blobs())
 
 
-async def test_common_path_costs_three_storage_calls(
+async def test_common_path_is_two_round_trips_of_four_requests(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
-    # The synchronous copy, a read of the copied blob (its headers, and that it is still this
-    # delivery's), then the manifest, created only where none exists.
-    response = await webhook.post(notification(exports.publish()))
+    # The synchronous copy; then, side by side, a read of the copied blob (its headers), the manifest
+    # (created only where none exists) and the look-up of the task's other files. The header read is
+    # held here: the other two must already be on their way, or they would cost a third round trip.
+    release = asyncio.Event()
+    head = proxied.add(Rule(is_properties, times=1, hold=release))
+    answer = asyncio.ensure_future(webhook.post(notification(exports.publish())))
+    await asyncio.wait_for(head.reached.wait(), timeout=20)
+    for _ in range(100):
+        if len(proxied.seen) >= 4:
+            break
+        await asyncio.sleep(0.05)
+    in_flight = [method for method, _ in proxied.seen]
+    release.set()
+    response = await answer
     assert response.status == 200, response.body
-    assert [method for method, _ in proxied.seen] == ["PUT", "HEAD", "PUT"]
-    assert ".json" not in proxied.seen[0][1] and proxied.seen[2][1].split("?")[0].endswith(".json")
+    assert in_flight[0] == "PUT" and sorted(in_flight[1:]) == ["GET", "HEAD", "PUT"], in_flight
+    assert len(proxied.seen) == 4
+    manifest_write = next(path for method, path in proxied.seen[1:] if method == "PUT")
+    assert ".json" not in proxied.seen[0][1] and manifest_write.split("?")[0].endswith(".json")
+    listing = next(path for method, path in proxied.seen if method == "GET")
+    assert "comp=list" in listing and "prefix=" in listing  # the task's own prefix: no index lag
 
 
 async def test_content_type_fix_is_decided_from_the_copied_blob(
@@ -69,7 +84,9 @@ async def test_content_type_fix_is_decided_from_the_copied_blob(
     response = await webhook.post(notification(url))
     assert response.status == 200, response.body
     methods = [method for method, _ in proxied.seen]
-    assert methods == ["PUT", "HEAD", "PUT", "PUT"]  # copy, read, set headers (If-Match), manifest
+    # copy; then read, manifest and the task look-up side by side; set headers (If-Match) after the read
+    assert methods[0] == "PUT" and sorted(methods[1:]) == ["GET", "HEAD", "PUT", "PUT"], methods
+    assert methods.index("HEAD") < len(methods) - 1 - methods[::-1].index("PUT")
     props = destination.get_blob_client(blob_of(response.body)).get_blob_properties()
     assert props.content_settings.content_type == "application/pdf"
 
@@ -129,11 +146,15 @@ async def test_a_copy_still_pending_comes_back_later(
     assert "sig" not in str(caught.value)
     assert manifest_of(destination, blob_of(response.body))["copyStatus"] == "pending"
 
-    # The last try: no raise (the host would poison it anyway), one ERROR, the manifest stays pending.
+    # The last try raises too, so the host moves the message (and the link it holds) to the poison
+    # queue, where replay-poison can bring it back; nothing retries it by itself now: one ERROR says so.
     caplog.clear()
-    await run_verifier(response.verification, dequeue_count=40)
+    with pytest.raises(CopyStillRunning):
+        await run_verifier(response.verification, dequeue_count=40)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("receiver")]
-    assert len(errors) == 1 and "last" in errors[0].getMessage()
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    message = errors[0].getMessage()
+    assert "poisoned" in message and "replay-poison" in message and response.body["taskId"] in message
     assert manifest_of(destination, blob_of(response.body))["copyStatus"] == "pending"
 
 
@@ -219,15 +240,23 @@ async def test_exhausted_retries_answer_503_and_leave_nothing_untracked(
     assert response.status == 503
     assert response.body["error"] == "storage-unavailable"
     assert "again" in response.body["message"]
-    assert files(destination) == []
     assert proxied.rules[0].fired == 4  # the first try and three retries
-    # A copy was sent: the queue function looks again later (and stores the file once storage is back).
+    # A copy was sent: it is tracked in storage itself (a pending manifest the reconciliation finds,
+    # no file), not only by the queue message, which looks again later.
+    name = blob_of(
+        {
+            "blob": json.loads(response.verification or "{}")["container"]
+            + "/"
+            + json.loads(response.verification or "{}")["blob"]
+        }
+    )
+    assert files(destination) == [f"{name}.json"]
+    tracked = manifest_of(destination, name)
+    assert tracked["copyStatus"] == "pending"
+    assert tracked["history"][-1]["outcome"] == "unconfirmed" and tracked["history"][-1]["status"] == 503
     assert response.verification is not None
     proxied.reset()
     await run_verifier(response.verification)
-    name = blob_of(
-        {"blob": json.loads(response.verification)["container"] + "/" + json.loads(response.verification)["blob"]}
-    )
     assert destination.get_blob_client(name).download_blob().readall() == PDF_BYTES
     assert manifest_of(destination, name)["copyStatus"] == "success"
 

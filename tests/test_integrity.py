@@ -27,7 +27,6 @@ from .faultproxy import (
     FaultProxy,
     Rule,
     is_copy,
-    is_delete,
     is_header_write,
     is_manifest_write,
     is_properties,
@@ -164,7 +163,9 @@ async def test_an_older_copy_aborted_by_a_newer_export_never_deletes_it(
 async def test_superseded_only_when_the_newer_copy_is_stored_or_running(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
-    """A's copy landed, then B's copy replaced it and failed: A's file is gone, so A is no 2xx."""
+    """A's copy landed, then B's copy replaced it and failed: A's file is gone, so A is no 2xx.
+
+    Synchronous copies: B's copy answers only once committed, so the failed read is A's to see."""
     older = notification(exports.publish(b"%PDF export A"))
     newer = {**older, "exportedFileUrl": exports.publish(b"%PDF export B")}
     release_a = asyncio.Event()
@@ -178,7 +179,6 @@ async def test_superseded_only_when_the_newer_copy_is_stored_or_running(
             of_delivery=delivery_of(newer["exportedFileUrl"]),
         )
     )
-    proxied.add(Rule(is_delete, times=10, status=412, code="ConditionNotMet"))  # B cannot remove it either
 
     first = asyncio.ensure_future(webhook.post(older))
     await reached(a_read)
@@ -186,9 +186,41 @@ async def test_superseded_only_when_the_newer_copy_is_stored_or_running(
     release_a.set()
     answer = await first
 
-    assert second.status == 502, second.body
+    assert second.status == 200, second.body  # B's own copy answered "committed"
     assert answer.status == 503, answer.body
     assert "failed" in answer.body["message"]
+
+
+async def test_a_failed_asynchronous_re_export_puts_the_earlier_export_back(
+    async_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """Export 1 stored (200); export 2, copied asynchronously, empties the blob as it starts, then its
+    source goes (404). The task must not be left without a file: export 1 is back, bytes and manifest."""
+    first = notification(exports.publish(b"%PDF export 1"))
+    stored = await webhook.post(first)
+    assert stored.status == 200 and stored.body["status"] == "stored", stored.body
+    name = name_of(stored.body)
+    second = {**first, "exportedFileUrl": exports.publish(b"%PDF export 2, larger")}
+    async_copies.add(
+        Rule(
+            is_properties,
+            10_000,
+            copy_status="failed",
+            copy_description="404 CannotVerifyCopySource",
+            of_delivery=delivery_of(second["exportedFileUrl"]),
+        )
+    )
+
+    failed = await webhook.post(second)
+
+    assert failed.status == 502 and failed.body["error"] == "copy-failed", failed.body
+    assert "stays" in failed.body["message"]
+    manifest = assert_stored(destination, name, b"%PDF export 1", first["exportedFileUrl"])
+    assert manifest["history"][-1]["outcome"] == "restored"
+    assert manifest["history"][-1]["failedDelivery"] == delivery_of(second["exportedFileUrl"])
+    snapshots = [b for b in destination.list_blobs(include=["snapshots"]) if b.snapshot]
+    assert snapshots == [], "the snapshot that made the restore possible is gone once used"
+    assert files(destination) == [name, f"{name}.json"]
 
 
 # --- the manifest and headers describe the blob next to them ----------------------------------------
@@ -245,7 +277,9 @@ async def test_the_next_delivery_repairs_a_manifest_that_describes_another_expor
     first = await webhook.post(payload)
     name = name_of(first.body)
     stale = {"delivery": "0" * 64, "copyStatus": "success", "taskId": "someone else"}
-    destination.get_blob_client(f"{name}.json").upload_blob(json.dumps(stale), overwrite=True)
+    destination.get_blob_client(f"{name}.json").upload_blob(
+        json.dumps(stale), overwrite=True, metadata={"receiverkind": "manifest", "copystatus": "success"}
+    )
 
     again = await webhook.post(payload)
 

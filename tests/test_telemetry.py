@@ -79,7 +79,7 @@ async def test_a_delivery_emits_one_record_one_span_and_one_count(
     assert attributes["receiver.outcome"] == "stored"
     assert attributes["receiver.httpStatus"] == 200
     assert attributes["receiver.copyMode"] == "sync"
-    assert attributes["receiver.storageRequests"] == len(proxied.seen) == 3
+    assert attributes["receiver.storageRequests"] == len(proxied.seen) == 4  # copy, then read, manifest, task look-up
     assert attributes["receiver.blob"] == response.body["blob"]
     assert float(attributes["receiver.durationMs"]) > 0  # type: ignore[arg-type]
     [record] = records(caplog)

@@ -186,6 +186,13 @@ def _storage_message(exc: Exception) -> str:
     """What went wrong, for a person at a terminal; never a URL query (redacted anyway)."""
     if isinstance(exc, StoreError):
         message = exc.message
+        if exc.kind == "misconfigured" and exc.code == "AuthenticationFailed":
+            # A request signed with a wrong (or rotated) account key: roles and az login are not the cure.
+            return (
+                "Azure Storage did not accept the account key (or SAS) in the connection string "
+                "(AuthenticationFailed): it is wrong or was rotated. Copy the connection string again "
+                "(portal: the storage account's Access keys), or use --account-url and sign in (az login)."
+            )
         if exc.kind == "misconfigured":
             message += (
                 " From an operator's machine: sign in (az login) as someone with Storage Blob Data Owner on the "

@@ -396,15 +396,16 @@ def test_other_ports_carry_through_to_the_host_share_and_ops(
 @pytest.mark.skipif(not shutil.which("make"), reason="reads the Makefile through make")
 def test_make_demo_and_run_do_not_build_the_checkov_venv() -> None:
     """Only `make test` needs checkov (tests/test_infra.py): a newcomer's `make demo` must not wait for it."""
+    make = shutil.which("make") or "make"
     for target in ("demo", "run", "share", "bench"):
         planned = subprocess.run(
-            ["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+            [make, "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
         ).stdout
         assert "requirements-dev.txt" in planned  # -B: every prerequisite, as on a fresh clone
         assert "checkov" not in planned, target
     assert (
         "checkov"
         in subprocess.run(
-            ["make", "-n", "-B", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+            [make, "-n", "-B", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
         ).stdout
     )

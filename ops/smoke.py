@@ -135,6 +135,12 @@ def base_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
+def split_container_url(url: str) -> tuple[str, str | None]:
+    """azd's DESTINATION_CONTAINER_URL (https://<account>.blob.core.windows.net/<container>): account URL, container."""
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}", parts.path.strip("/").split("/")[0] or None
+
+
 def _client(connection_string: str | None, account_url: str | None) -> BlobServiceClient:
     if connection_string:
         return BlobServiceClient.from_connection_string(connection_string)
@@ -393,7 +399,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--key", help="the webhook's function key (env FUNCTION_KEY; never printed; an env var keeps it out of ps)"
     )
-    where.add_argument("--account-url", help="the destination account (env DESTINATION_ACCOUNT_URL), as you")
+    where.add_argument(
+        "--account-url",
+        help="the destination account, as you (env DESTINATION_ACCOUNT_URL, or azd's DESTINATION_CONTAINER_URL)",
+    )
     where.add_argument(
         "--connection-string",
         metavar="CS",
@@ -455,7 +464,11 @@ def smoke(
     key = _option(args, environ, "key", "FUNCTION_KEY")
     destination_cs = _option(args, environ, "connection_string", "DESTINATION_CONNECTION_STRING")
     destination_url = None if destination_cs else _option(args, environ, "account_url", "DESTINATION_ACCOUNT_URL")
-    container_name = _option(args, environ, "container", "DESTINATION_CONTAINER") or "smartdocumentor"
+    container_name = _option(args, environ, "container", "DESTINATION_CONTAINER")
+    if not destination_cs and not destination_url and environ.get("DESTINATION_CONTAINER_URL"):
+        destination_url, from_url = split_container_url(environ["DESTINATION_CONTAINER_URL"])
+        container_name = container_name or from_url
+    container_name = container_name or "smartdocumentor"
     if not destination_cs and not destination_url:
         report.line(
             "FAIL",

@@ -181,3 +181,31 @@ def test_base_url_accepts_the_base_health_or_webhook_url() -> None:
         assert base_url(given) == "https://app.azurewebsites.net"
     with pytest.raises(ValueError, match="https URL"):
         base_url("app.azurewebsites.net")
+
+
+async def test_smoke_reads_azds_outputs_from_the_environment(azurite: Azurite) -> None:
+    """`set -a; eval "$(azd env get-values)"`: WEBHOOK_URL and DESTINATION_CONTAINER_URL are enough to start;
+    without a key it stops before sending anything, naming how to get one."""
+    out = io.StringIO()
+    environ = {
+        "WEBHOOK_URL": "https://func-sd-abc.azurewebsites.net/api/smartdocumentor/anonymization",
+        "DESTINATION_CONTAINER_URL": "https://stdocsabc.blob.core.windows.net/smartdocumentor",
+    }
+
+    code = await run(["smoke"], environ=environ, out=out)
+
+    assert code == 1
+    assert out.getvalue().startswith("FAIL  setup      no function key:"), out.getvalue()
+
+
+def test_azds_container_url_gives_the_account_and_the_container() -> None:
+    from ops.smoke import split_container_url
+
+    assert split_container_url("https://stdocsabc.blob.core.windows.net/smartdocumentor") == (
+        "https://stdocsabc.blob.core.windows.net",
+        "smartdocumentor",
+    )
+    assert split_container_url("https://stdocsabc.blob.core.windows.net/") == (
+        "https://stdocsabc.blob.core.windows.net",
+        None,
+    )

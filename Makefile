@@ -7,7 +7,13 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: install test test-all lint typecheck demo run azurite share bench ops clean
+# What running the app needs (no checkov: only `make test` uses it, through tests/test_infra.py).
+APP_DEPS := $(STAMP) node_modules/.package-lock.json
+comma := ,
+# make run PORT=7072 AZURITE_PORTS=10010,10011,10012: other ports (make share and make ops-local follow them).
+RUN_PORTS = $(if $(PORT),--port $(PORT)) $(if $(AZURITE_PORTS),--azurite-ports $(AZURITE_PORTS))
+
+.PHONY: install test test-all lint typecheck demo run azurite share bench ops ops-local clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-ops.txt .python-version
 	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print(sys.version_info[:2])')" != \
@@ -45,22 +51,25 @@ test: install lint typecheck
 test-all: install
 	$(VENV)/bin/nox $(NOXFLAGS)
 
-demo: install
+demo: $(APP_DEPS)
 	$(PY) -m devtools.demo
 
 # DEBUGPY=1: the host listens for a debugger on 127.0.0.1:9091 (VS Code: "Attach to make run").
-run: install
-	$(PY) -m devtools.run $(if $(DEBUGPY),--debugpy)
+run: $(APP_DEPS)
+	$(PY) -m devtools.run $(RUN_PORTS) $(if $(DEBUGPY),--debugpy)
 
 # Azurite with make run's accounts and sample, no host: what VS Code's `func host start` task needs.
-azurite: install
-	$(PY) -m devtools.run --azurite-only
+azurite: $(APP_DEPS)
+	$(PY) -m devtools.run --azurite-only $(RUN_PORTS)
 
-# Needs `make run` in another terminal: FILE goes into its Azurite behind a real SAS.
-share: install
-	$(PY) -m devtools.share $(if $(FILE),"$(FILE)")
+# Needs `make run` in another terminal: FILE goes into its Azurite behind a real SAS for HOURS (24).
+# It finds the ports of the running `make run` itself; PORT= and AZURITE_PORTS= override that.
+share: $(APP_DEPS)
+	$(PY) -m devtools.share $(if $(FILE),"$(FILE)") $(if $(HOURS),--hours $(HOURS)) \
+		$(if $(PORT),--receiver http://127.0.0.1:$(PORT)) \
+		$(if $(AZURITE_PORTS),--blob-port $(firstword $(subst $(comma), ,$(AZURITE_PORTS))))
 
-bench: install
+bench: $(APP_DEPS)
 	$(PY) -m bench.run
 
 # The operator command line: make ops ARGS="find --task <taskId>" (README "Operator command line").
@@ -68,6 +77,10 @@ bench: install
 # scripts that branch on the command's exit codes run .venv/bin/python -m ops directly.
 ops: $(STAMP)
 	@$(PY) -m ops $(ARGS)
+
+# The same against the running `make run`'s storage (its ports and local.settings.json): make ops-local ARGS=pending.
+ops-local: $(STAMP)
+	@$(PY) -m devtools.local_ops $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .venv-ops .nox node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

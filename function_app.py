@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 import azure.functions as func
 
 from receiver.outcome import Outcome
 from receiver.runtime import RUNTIME
+from receiver.settings import check_at_start, loaded_by_functions_worker
 from receiver.webhook import check_health, handle_delivery
 
 VERIFICATION_QUEUE = "smartdocumentor-copy-verifications"
 
 app = func.FunctionApp()
+
+# Settings checked when the host first loads the app: a bad one is one ERROR naming it, now rather than at
+# the first request (never raised: the app still loads and answers 500 misconfigured). Tools that import
+# this module for a constant (ops) stay quiet; devtools/localhost.py calls the same check.
+if loaded_by_functions_worker():
+    check_at_start(logging.getLogger("receiver"))
 
 
 def _http(result: Outcome) -> func.HttpResponse:

@@ -27,6 +27,7 @@ from typing import Any
 
 import azure.functions as func
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from azure.functions.queue import QueueMessage
 
 log = logging.getLogger("devtools.localhost")
@@ -214,12 +215,29 @@ class LocalHost:
         await RUNTIME.close()
 
 
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """aiohttp's access log line without the query: the function key (``?code=``) never reaches the log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %s %.3fs',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            response.body_length,
+            time,
+        )
+
+
 async def serve(port: int, settings_path: Path) -> None:
     load_local_settings(settings_path)
     from function_app import app  # after the settings are in the environment
+    from receiver.settings import check_at_start
 
+    check_at_start(logging.getLogger("receiver"))  # as function_app.py does inside the Functions worker
     host = LocalHost(app, QueueOptions.from_host_json(ROOT / "host.json"))
-    runner = web.AppRunner(host.web_app(), access_log=log)
+    runner = web.AppRunner(host.web_app(), access_log=log, access_log_class=PathOnlyAccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()

@@ -1,14 +1,21 @@
-"""Is a loopback port free, and if not, what probably holds it (for `make run`'s one-line message)."""
+"""Is a loopback port free, and if not, what probably holds it (for `make run`'s one-line message); and
+which ports the running `make run` uses (its state file), so `make share` and `make ops-local` follow it."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 _CORE_TOOLS = re.compile(r"(^|/)func(\s|$)")
+DATA = Path(__file__).resolve().parent.parent / ".azurite"  # `make run`'s Azurite data
+STATE_FILE = "make-run.json"
+DEFAULT_HOST_PORT = 7071
+DEFAULT_AZURITE_PORTS = (10000, 10001, 10002)
 
 
 def port_is_busy(port: int, host: str = "127.0.0.1") -> bool:
@@ -93,3 +100,26 @@ def describe_busy(ports: list[int], *, role: str) -> str:
             f"extension: find it with {finder})"
         )
     return f"{head} (probably a function host from an earlier `make run` or `func start`: find it with {finder})"
+
+
+def write_state(data: Path, *, port: int | None, azurite_ports: tuple[int, int, int], settings: Path) -> Path:
+    """``<data>/make-run.json``: which ports this `make run` uses (read by `make share` and `make ops-local`)."""
+    path = data / STATE_FILE
+    state = {
+        "pid": os.getpid(),
+        "port": port,
+        "azurite_ports": list(azurite_ports),
+        "settings": str(settings.resolve()),
+    }
+    path.write_text(json.dumps(state) + "\n", encoding="utf-8")
+    return path
+
+
+def read_state(data: Path = DATA) -> dict[str, Any] | None:
+    """The running `make run`'s ports, or None when none runs (its file is gone, or its process is)."""
+    try:
+        state = json.loads((data / STATE_FILE).read_text(encoding="utf-8"))
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state if isinstance(state, dict) else None

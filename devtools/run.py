@@ -9,6 +9,12 @@ probably holds it. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop everythin
 Azurite and the host each run in a process group of their own and are stopped as groups; on
 Linux they also stop when this process is killed outright.
 
+Other ports (`make run PORT=7072 AZURITE_PORTS=10010,10011,10012`): the settings that point at Azurite's
+default ports (UseDevelopmentStorage=true, 127.0.0.1:10000 and :10001 in local.settings.json) are given to
+the host pointing at the chosen ones, as environment variables (they win over local.settings.json, in
+`func start` too); the file is not changed. While it runs, `<data>/make-run.json` says which ports it uses,
+so `make share` and `make ops-local` find them without being told.
+
     python -m devtools.run [--port 7071] [--azurite-ports 10000,10001,10002] [--data .azurite]
                            [--settings local.settings.json] [--host auto|func|local] [--debugpy]
                            [--azurite-only]   (`make azurite`: for VS Code's `func host start`)
@@ -19,19 +25,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
 from azure.core.exceptions import AzureError
 
-from devtools.azurite import die_with_parent, start_azurite, stop_process
-from devtools.ports import describe_busy, port_is_bound, port_is_busy
+from devtools.azurite import DEV_ACCOUNT, DEV_KEY, connection_string, die_with_parent, start_azurite, stop_process
+from devtools.ports import describe_busy, port_is_bound, port_is_busy, write_state
 from devtools.share import publish_sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,9 +77,52 @@ def _ports(text: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
-def host_command(kind: str, port: int, settings: Path, debugpy: bool) -> tuple[list[str], dict[str, str], str]:
+# The app settings that name Azurite's endpoints (local.settings.json.example).
+AZURITE_SETTINGS = ("AzureWebJobsStorage", "DESTINATION_CONNECTION_STRING", "ALLOWED_SOURCE_HOSTS")
+
+
+def settings_values(path: Path) -> dict[str, str]:
+    """local.settings.json's Values (empty when the file is missing or unreadable)."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(name): str(value) for name, value in values.items()} if isinstance(values, dict) else {}
+
+
+def azurite_environment(
+    values: Mapping[str, str], ports: tuple[int, int, int], environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The Azurite settings moved to ``ports``: what to put in the host's environment. Only values that point
+    at Azurite's default ports change (a real account's connection string is left alone); a variable
+    already set in ``environ`` is the value the host would use, so it is the one moved."""
+    if ports == AZURITE_PORTS:
+        return {}
+    environ = os.environ if environ is None else environ
+    blob, queue, _ = ports
+    moved = {}
+    for name in AZURITE_SETTINGS:
+        value = environ.get(name) or values.get(name)
+        if not value:
+            continue
+        if value.strip().lower() == "usedevelopmentstorage=true":
+            new = connection_string(DEV_ACCOUNT, DEV_KEY, blob, queue)
+        else:
+            new = value
+            for host in ("127.0.0.1", "localhost"):
+                new = new.replace(f"{host}:{AZURITE_PORTS[0]}", f"{host}:{blob}")
+                new = new.replace(f"{host}:{AZURITE_PORTS[1]}", f"{host}:{queue}")
+        if new != value:
+            moved[name] = new
+    return moved
+
+
+def host_command(
+    kind: str, port: int, settings: Path, debugpy: bool, azurite_ports: tuple[int, int, int] = AZURITE_PORTS
+) -> tuple[list[str], dict[str, str], str]:
     """The command that serves the app, its environment, and what to tell the developer."""
     env = dict(os.environ)
+    env.update(azurite_environment(settings_values(settings), azurite_ports))
     func_tool = shutil.which("func") if kind in ("auto", "func") else None
     if func_tool:
         if debugpy:
@@ -88,11 +139,13 @@ def preflight(args: argparse.Namespace) -> str | None:
     """Every expected reason not to start, as one line; None when all is well."""
     busy = [port for port in args.azurite_ports if port_is_busy(port)]
     if busy:
-        return describe_busy(busy, role="azurite")
+        return (
+            describe_busy(busy, role="azurite") + "; or run on other ports: `make run AZURITE_PORTS=10010,10011,10012`"
+        )
     if args.azurite_only:
         return None
     if port_is_busy(args.port):
-        return describe_busy([args.port], role="host")
+        return describe_busy([args.port], role="host") + "; or run on another port: `make run PORT=7072`"
     if args.debugpy:
         if port_is_busy(DEBUGPY_PORT):
             return describe_busy([DEBUGPY_PORT], role="host")
@@ -132,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     stopper = Stopper()
     stopper.install()
     azurite = host = None
+    state: Path | None = None
     blob, queue, _ = args.azurite_ports
     try:
         try:
@@ -141,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
             say(f"make run: Azurite did not start ({first_line}); see {args.data / 'azurite.log'}", error=True)
             return 1
         say(f"Azurite: blob http://127.0.0.1:{blob}, queue http://127.0.0.1:{queue} (data in {args.data})")
+        state = write_state(
+            args.data,
+            port=None if args.azurite_only else args.port,
+            azurite_ports=args.azurite_ports,
+            settings=args.settings,
+        )
+        moved = sorted(azurite_environment(settings_values(args.settings), args.azurite_ports))
+        if moved:
+            say(f"Not Azurite's default ports: {', '.join(moved)} given to the host for these ports.")
         try:
             publish_sample(blob)
         except AzureError as error:
@@ -150,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             while stopper.signal is None and azurite.process is not None and azurite.process.poll() is None:
                 time.sleep(0.2)
             return 0 if stopper.signal is not None else 1
-        command, env, note = host_command(args.host, args.port, args.settings, args.debugpy)
+        command, env, note = host_command(args.host, args.port, args.settings, args.debugpy, args.azurite_ports)
         if stopper.signal is None:
             say(note)
             host = subprocess.Popen(
@@ -161,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
                 start_new_session=True,  # Ctrl-C reaches this process only; it stops the host's whole group
                 preexec_fn=die_with_parent,
             )
-            say("Ctrl-C stops Azurite and the host. Try requests.http, or in another terminal `make share FILE=...`.")
+            say(
+                "Ctrl-C stops Azurite and the host. Try requests.http, or in another terminal `make share FILE=...` "
+                "or `make ops-local ARGS=pending` (both find these ports by themselves)."
+            )
             if args.debugpy:
                 deadline = time.monotonic() + 90  # func start opens it only when its Python worker starts
                 while not port_is_bound(DEBUGPY_PORT) and time.monotonic() < deadline:
@@ -180,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
         return 0
     finally:
+        if state is not None:
+            state.unlink(missing_ok=True)
         if host is not None:
             stop_process(host, sig=signal.SIGINT, timeout=15, group=True)  # func start expects Ctrl-C
         if azurite is not None:

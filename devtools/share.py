@@ -8,7 +8,9 @@ sends it, and the line to paste into requests.http.
 The full SAS URL is printed to your terminal, because you need it to send the notification; it is
 for this machine's Azurite only, and nothing here logs it.
 
-    python -m devtools.share FILE [--hours 24] [--content-type TYPE]
+    python -m devtools.share FILE [--hours 24] [--content-type TYPE]   (make share FILE=... HOURS=...)
+
+Run with `make run PORT=... AZURITE_PORTS=...`, it finds those ports itself (.azurite/make-run.json).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContentSettings, generate_blob_sas
 
 from devtools.azurite import EXPORTS_ACCOUNT, EXPORTS_CONTAINER, EXPORTS_KEY, connection_string
+from devtools.ports import DEFAULT_AZURITE_PORTS, DEFAULT_HOST_PORT, read_state
 from devtools.sample_pdf import anonymized_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,10 +102,8 @@ def _answers(port: int) -> bool:
 
 
 def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    """An absolute path: the printed commands work from any directory."""
+    return str(path.resolve())
 
 
 def share(file: Path, *, hours: float, content_type: str | None, blob_port: int, receiver: str, out: Path) -> list[str]:
@@ -163,10 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", type=Path, nargs="?", help="the file to share (PDF, JPEG or PNG)")
     parser.add_argument("--hours", type=float, default=24, help="how long the link works (default 24, at most 168)")
     parser.add_argument("--content-type", help="exportedFileContentType (default: guessed from the file name)")
-    parser.add_argument("--blob-port", type=int, default=10000, help="Azurite's blob port (make run: 10000)")
-    parser.add_argument("--receiver", default="http://127.0.0.1:7071", help="where the receiver listens")
+    parser.add_argument(
+        "--blob-port", type=int, help="Azurite's blob port (default: the running `make run`'s, else 10000)"
+    )
+    parser.add_argument(
+        "--receiver", help="where the receiver listens (default: the running `make run`'s, else http://127.0.0.1:7071)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / ".azurite" / "shared", help="where to save the JSON")
     args = parser.parse_args(argv)
+    running = read_state() or {}  # `make run PORT=... AZURITE_PORTS=...` says which ports it uses
+    if args.blob_port is None:
+        args.blob_port = int((running.get("azurite_ports") or DEFAULT_AZURITE_PORTS)[0])
+    if args.receiver is None:
+        args.receiver = f"http://127.0.0.1:{running.get('port') or DEFAULT_HOST_PORT}"
     if args.file is None:
         print("make share: say which file, e.g. `make share FILE=scan.pdf`", file=sys.stderr)
         return 2

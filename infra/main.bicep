@@ -305,6 +305,6 @@ output AZURE_FUNCTION_APP_NAME string = api.outputs.name
 output WEBHOOK_URL string = 'https://${api.outputs.defaultHostName}/api/smartdocumentor/anonymization'
 output HEALTH_URL string = 'https://${api.outputs.defaultHostName}/api/health'
 @description('Prints the function key to append to WEBHOOK_URL as ?code=<key>.')
-output WEBHOOK_KEY_COMMAND string = 'az functionapp function keys list --resource-group ${rg.name} --name ${api.outputs.name} --function-name ${webhookFunctionName} --query default --output tsv'
+output WEBHOOK_KEY_COMMAND string = 'az functionapp function keys list --resource-group ${rg.name} --name ${api.outputs.name} --function-name ${webhookFunctionName} --query "values(@)[0]" --output tsv'
 output DESTINATION_CONTAINER_URL string = destination.outputs.containerUrl
 output DESTINATION_STORAGE_ACCOUNT string = destinationAccountName

@@ -23,6 +23,7 @@ from receiver.settings import SettingsError
 from receiver.source import redact
 from receiver.store import StoreError
 
+from . import smoke
 from .connect import ConfigError, add_destination_options, add_host_options, open_host_queues, open_store
 from .deliveries import check, deliveries_in, find
 from .output import INTERRUPTED, STORAGE, USAGE, Console, Result
@@ -141,6 +142,15 @@ with its SAS).""",
     replayed.add_argument("--dry-run", action="store_true", help="show what would move (at most 32); change nothing")
     replayed.add_argument("--max", type=_positive, default=100, help="move at most N messages (100)")
     replayed.add_argument("--queue", default=VERIFICATION_QUEUE, help=f"the verification queue ({VERIFICATION_QUEUE})")
+
+    smoke.add_arguments(
+        commands.add_parser(
+            "smoke",
+            help="after azd up: prove the deployment end to end (ops/smoke.py)",
+            description=smoke.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     return parser
 
 
@@ -176,6 +186,13 @@ def _storage_message(exc: Exception) -> str:
     """What went wrong, for a person at a terminal; never a URL query (redacted anyway)."""
     if isinstance(exc, StoreError):
         message = exc.message
+        if exc.kind == "misconfigured" and exc.code == "AuthenticationFailed":
+            # A request signed with a wrong (or rotated) account key: roles and az login are not the cure.
+            return (
+                "Azure Storage did not accept the account key (or SAS) in the connection string "
+                "(AuthenticationFailed): it is wrong or was rotated. Copy the connection string again "
+                "(portal: the storage account's Access keys), or use --account-url and sign in (az login)."
+            )
         if exc.kind == "misconfigured":
             message += (
                 " From an operator's machine: sign in (az login) as someone with Storage Blob Data Owner on the "
@@ -213,6 +230,8 @@ async def run(
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed it
         return exc.code if isinstance(exc.code, int) else USAGE
+    if args.command == "smoke":
+        return await asyncio.to_thread(smoke.smoke, args, os.environ if environ is None else environ, out)
     if args.command == "find" and args.task is None and args.workspace is None:
         err.write("python -m ops find: error: give --task, --workspace or both\n")
         return USAGE

@@ -165,6 +165,8 @@ def _problem(error: Any) -> str:
 
 def parse_notification(body: bytes) -> Notification:
     """Turn the raw body into a :class:`Notification` or raise :class:`PayloadError`."""
+    if not body.strip():  # e.g. curl's --data-binary @file with a path that does not exist sends nothing
+        raise PayloadError("invalid-json", "The request body is empty. Send the notification as a UTF-8 JSON object.")
     try:
         document = json.loads(body.decode("utf-8-sig"))  # a leading BOM is tolerated
     except (UnicodeDecodeError, ValueError, RecursionError):

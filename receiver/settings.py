@@ -6,8 +6,11 @@ setting, because the operator fixes it in the portal by that name.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import re
 import string
+import sys
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -101,17 +104,42 @@ class Settings(BaseSettings):
     @classmethod
     def _template(cls, value: str) -> str:
         names: set[str] = set()
+        # (literal before, placeholder) in order, to see what stands between two placeholders.
+        parts: list[tuple[str, str]] = []
         try:
-            for _literal, field, spec, conversion in string.Formatter().parse(value):
+            for literal, field, spec, conversion in string.Formatter().parse(value):
                 if field is None:
                     continue
-                if field not in TEMPLATE_PLACEHOLDERS or spec or conversion:
+                if field not in TEMPLATE_PLACEHOLDERS:
                     raise ValueError(
                         f"unknown placeholder {{{field}}}; use only " + ", ".join(sorted(TEMPLATE_PLACEHOLDERS))
                     )
+                if spec or conversion:
+                    written = (
+                        "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                    )
+                    raise ValueError(
+                        f"format specs and conversions are not supported: write {{{field}}}, not {written} "
+                        "(every placeholder is inserted as it is, made safe for a blob name)"
+                    )
                 names.add(field)
+                parts.append((literal, field))
         except ValueError as exc:
             raise ValueError(str(exc)) from None
+        if any("{fileName}" in segment and "{ext}" in segment for segment in value.split("/")):
+            # fileName already ends with the extension (scan.pdf); ".{ext}" after it would give scan.pdf.pdf.
+            raise ValueError(
+                "{fileName} already ends with the file's extension, so {fileName}.{ext} would name a file "
+                "scan.pdf.pdf: write {fileName} alone, or {ext} without {fileName} in that segment "
+                "(e.g. {taskId}.{ext})"
+            )
+        for (_, before), (literal, after) in itertools.pairwise(parts):
+            if literal == "" and {before, after} & {"workspaceId", "taskNumber"} and "taskId" not in names:
+                # "{workspaceId}{taskNumber}": workspace a1 + task 23 and workspace a12 + task 3 share "a123".
+                raise ValueError(
+                    f"{{{before}}}{{{after}}} has nothing between them, so two documents could share a name: "
+                    "put a separator between them (e.g. {workspaceId}/{taskNumber}) or use {taskId}"
+                )
         segments = value.split("/")
         if "taskId" in names:
             # Two different (workspaceId, taskId) pairs must never share a name: each id is a path segment
@@ -176,6 +204,46 @@ class Settings(BaseSettings):
                 "DESTINATION_ACCOUNT_URL (managed identity).",
             )
         return self
+
+
+def start_warnings(settings: Settings) -> list[str]:
+    """What is allowed but worth a WARNING when the app starts (logged by :func:`check_at_start`)."""
+    warnings = []
+    if "{taskId}" not in settings.blob_name_template:
+        warnings.append(
+            f"BLOB_NAME_TEMPLATE {settings.blob_name_template!r} names files by {{taskNumber}} without {{taskId}}. "
+            "SmartDocumentor numbers tasks within a workspace, so this gives each task its own file only while no "
+            "two tasks of one workspace ever share a taskNumber; if two did, the later would overwrite the "
+            "earlier's file. Put {taskId} in the template to rule that out."
+        )
+    return warnings
+
+
+# The Python worker packages that load function_app.py: azure-functions-worker (Python 3.12 and older,
+# shipped with the host) and azure-functions-runtime (3.13 and newer). Each imports the app once per worker
+# process (Python caches the module), so the start-up check runs once per process, at the host's first load.
+_WORKER_MODULES = ("azure_functions_worker", "azure_functions_runtime", "azure_functions_runtime_v1")
+
+
+def loaded_by_functions_worker() -> bool:
+    """True inside the Functions Python worker; False when a tool or a test imports function_app.py."""
+    return any(name in sys.modules for name in _WORKER_MODULES)
+
+
+def check_at_start(log: logging.Logger) -> Settings | None:
+    """Validate the settings once when the app loads: one ERROR naming the bad setting (the receiver then
+    answers 500 ``misconfigured`` until it is fixed), WARNINGs for risky choices. Never raises."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        log.error("%s Every delivery is answered 500 misconfigured until it is fixed.", exc.message)
+        return None
+    except Exception as exc:  # the app must still load and answer; the first request reports it too
+        log.error("The app settings could not be read (%s).", type(exc).__name__)
+        return None
+    for warning in start_warnings(settings):
+        log.warning("%s", warning)
+    return settings
 
 
 def load_settings() -> Settings:

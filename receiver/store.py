@@ -360,7 +360,7 @@ class BlobStore:
             try:
                 async with self._call("create container"):
                     await self._container.create_container()
-                log.warning("created the container %s in %s", self.container_name, self.account)
+                log.info("created the container %s in %s", self.container_name, self.account)
             except Conflict:
                 pass  # ContainerAlreadyExists
             except DestinationMisconfigured as exc:

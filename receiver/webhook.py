@@ -276,6 +276,13 @@ def _delivered(plan: CopyPlan, result: Delivered, url: str, container: str) -> O
     )
 
 
+_HEALTH_MISCONFIGURED = "The receiver's settings are missing or invalid. The function's log (ERROR) names the setting."
+_HEALTH_UNAVAILABLE = (
+    "The destination storage cannot be used right now (unreachable, or access refused). "
+    "The function's log (ERROR) says why."
+)
+
+
 async def check_health(*, runtime: Runtime) -> Outcome:
     """200 when the settings are valid and the destination container is reachable (created if missing), else 503."""
     try:
@@ -283,10 +290,14 @@ async def check_health(*, runtime: Runtime) -> Outcome:
         store = runtime.store()
         await store.ensure_container()
         await store.probe()
+    # Anyone may call /api/health: the answer says what kind of problem in general words (CONTRACT 3), and
+    # the details (the setting, the account, the container, the role) go to the log at ERROR.
     except SettingsError as exc:
-        return Outcome(503, {"status": "unhealthy", "error": "misconfigured", "message": exc.message})
+        log.error("health: %s", exc.message)
+        return Outcome(503, {"status": "unhealthy", "error": "misconfigured", "message": _HEALTH_MISCONFIGURED})
     except StoreError as exc:
-        return Outcome(503, {"status": "unhealthy", "error": "storage-unavailable", "message": exc.message})
+        log.error("health: the destination container is not usable: %s", exc.message)
+        return Outcome(503, {"status": "unhealthy", "error": "storage-unavailable", "message": _HEALTH_UNAVAILABLE})
     except Exception as exc:  # health must answer, whatever broke
         log.error("health check failed unexpectedly: %s %s", type(exc).__name__, redact(str(exc)))
         return Outcome(

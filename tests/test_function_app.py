@@ -432,6 +432,7 @@ async def test_missing_or_invalid_settings_answer_misconfigured_naming_the_setti
     exports: Exports,
     webhook: Webhook,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -443,7 +444,10 @@ async def test_missing_or_invalid_settings_answer_misconfigured_naming_the_setti
     assert setting in response.body["message"]
     health = await webhook.health()
     assert health.status == 503
-    assert setting in health.body["message"]
+    assert health.body["error"] == "misconfigured"
+    # Anonymous: general words only (CONTRACT 3); the setting is named in the log, at ERROR.
+    assert setting not in health.text
+    assert any(r.levelname == "ERROR" and setting in r.getMessage() for r in caplog.records)
 
 
 async def test_health_is_ok_and_creates_the_container(
@@ -457,7 +461,11 @@ async def test_health_is_ok_and_creates_the_container(
 
 
 async def test_health_reports_unreachable_storage(
-    configured: dict[str, str], webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+    configured: dict[str, str],
+    webhook: Webhook,
+    monkeypatch: pytest.MonkeyPatch,
+    container_name: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, connection_string, free_port
 
@@ -465,7 +473,11 @@ async def test_health_reports_unreachable_storage(
     await RUNTIME.reset()
     response = await webhook.health()
     assert response.status == 503
-    assert "AccountKey" not in response.text
+    assert response.body["error"] == "storage-unavailable"
+    # Anonymous: no account, container or key in the answer (CONTRACT 3); the details are logged at ERROR.
+    for private in ("AccountKey", CUSTOMER_ACCOUNT, container_name, "127.0.0.1"):
+        assert private not in response.text
+    assert any(r.levelname == "ERROR" and r.getMessage().startswith("health: ") for r in caplog.records)
 
 
 async def test_custom_template_and_tag_fields(

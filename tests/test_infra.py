@@ -442,6 +442,8 @@ def test_outputs_give_the_webhook_url_without_key_the_key_command_and_the_contai
     command = outputs["WEBHOOK_KEY_COMMAND"]
     assert command.startswith("az functionapp function keys list ")
     assert "--function-name ${webhookFunctionName}" in command
+    # Whichever key exists: a key rotation deletes `default`, after which `--query default` printed nothing.
+    assert '--query "values(@)[0]" --output tsv' in command
     assert variable("main.bicep", "webhookFunctionName") == names[routes[webhook]]
     assert "DESTINATION_CONTAINER_URL" in outputs
     assert outputs["HEALTH_URL"] == "https://${api.outputs.defaultHostName}/api/health"

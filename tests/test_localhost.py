@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Host:
-    def __init__(self, azurite: Azurite, container: str, destination: str) -> None:
+    def __init__(self, azurite: Azurite, container: str, destination: str, extra: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
@@ -36,6 +36,7 @@ class Host:
                 "ALLOWED_SOURCE_HOSTS": azurite.blob_host,
                 "ALLOW_HTTP_SOURCES": "true",
                 "COPY_WAIT_SECONDS": "1",
+                **(extra or {}),
             }
         )
         self.log = tempfile.NamedTemporaryFile(prefix="localhost-", suffix=".log", delete=False)  # noqa: SIM115
@@ -79,6 +80,9 @@ def host(azurite: Azurite, container_name: str, secrets: Secrets) -> Iterator[Ho
     yield running
     logged = running.stop()
     assert "delivery stored status=200 task=" in logged  # the host's log was really captured
+    assert '"POST /api/smartdocumentor/anonymization" 200' in logged  # the access log, without its query
+    assert "code=" not in logged, "the function key (?code=) reached the local host's access log"
+    assert f"INFO receiver.store: created the container {container_name}" in logged  # expected: not a WARNING
     assert not secrets.leaks_in(logged), "a SAS signature leaked into the local host's log"
 
 
@@ -101,6 +105,11 @@ async def test_local_host_serves_the_webhook_over_http(
     async with session.post(url, data=b"not json", headers={"Content-Type": "application/json"}) as response:
         assert response.status == 400
         assert (await response.json())["error"] == "invalid-json"
+    for empty in (b"", b" \r\n"):  # what curl sends for --data-binary @a-path-that-does-not-exist
+        async with session.post(url, data=empty, headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 400
+            answer = await response.json()
+        assert answer["error"] == "invalid-json" and "body is empty" in answer["message"]
     async with session.get(url) as response:
         assert response.status == 405  # POST only, like the function's route
     async with session.get(f"{host.base}/api/health") as response:
@@ -142,3 +151,19 @@ async def test_local_host_runs_the_verification_queue(
         logged = host.stop()
         await proxy.stop()
     assert not exports.secrets.leaks_in(logged), "a SAS signature leaked into the local host's log"
+
+
+async def test_local_host_names_a_bad_setting_once_at_start(
+    azurite: Azurite, container_name: str, session: aiohttp.ClientSession
+) -> None:
+    host = Host(azurite, container_name, azurite.customer, {"COPY_WAIT_SECONDS": "600"})
+    try:
+        await host.wait_ready(session)
+        async with session.get(f"{host.base}/api/health") as response:
+            assert response.status == 503
+    finally:
+        logged = host.stop()
+    at_start = [line for line in logged.splitlines() if " ERROR " in line and "health:" not in line]
+    assert len(at_start) == 1, logged  # once at start, before any request (each health request logs its own)
+    assert "COPY_WAIT_SECONDS" in at_start[0] and "misconfigured" in at_start[0]
+    assert logged.index(at_start[0]) < logged.index("GET /api/health")

@@ -6,9 +6,12 @@ against it as shipped; Ctrl-C, SIGTERM, SIGHUP (and on Linux even SIGKILL) leave
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,8 +25,12 @@ from typing import Any
 
 import pytest
 
+from devtools import share
 from devtools.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, connection_string, free_port
-from devtools.ports import port_is_busy
+from devtools.local_ops import local_environment
+from devtools.ports import port_is_busy, read_state
+from devtools.sample_pdf import anonymized_pdf
+from ops.cli import run as ops_run
 
 from .conftest import Secrets
 
@@ -93,20 +100,23 @@ def clean_env() -> dict[str, str]:
 class MakeRun:
     """`python -m devtools.run` with its own ports, data folder and settings, in its own process group."""
 
-    def __init__(self, tmp_path: Path, *extra: str) -> None:
+    def __init__(self, tmp_path: Path, *extra: str, as_shipped: bool = False) -> None:
+        """``as_shipped``: local.settings.json as the example has it (Azurite's default ports), so `make run`
+        must move its Azurite settings to this test's ports by itself."""
         self.blob, self.queue, self.table, self.port = (free_port() for _ in range(4))
         self.base = f"http://127.0.0.1:{self.port}/api"
         self.data = tmp_path / "azurite-data"
         settings = tmp_path / "local.settings.json"
         dev = connection_string(DEV_ACCOUNT, DEV_KEY, self.blob, self.queue)
         example = json.loads((ROOT / "local.settings.json.example").read_text())
-        example["Values"].update(
-            {
-                "AzureWebJobsStorage": dev,
-                "DESTINATION_CONNECTION_STRING": connection_string(DEV_ACCOUNT, DEV_KEY, self.blob),
-                "ALLOWED_SOURCE_HOSTS": f"127.0.0.1:{self.blob}",
-            }
-        )
+        if not as_shipped:
+            example["Values"].update(
+                {
+                    "AzureWebJobsStorage": dev,
+                    "DESTINATION_CONNECTION_STRING": connection_string(DEV_ACCOUNT, DEV_KEY, self.blob),
+                    "ALLOWED_SOURCE_HOSTS": f"127.0.0.1:{self.blob}",
+                }
+            )
         settings.write_text(json.dumps(example))
         self.log_path = tmp_path / "make-run.log"
         with open(self.log_path, "wb") as log:
@@ -321,7 +331,8 @@ def test_a_leftover_azurite_is_named_with_how_to_stop_it(azurite: Azurite, tmp_p
     assert azurite.process is not None
     assert result.stderr == (
         f"make run: ports {azurite.blob_port}, {azurite.queue_port} are busy (an Azurite, pid {azurite.process.pid}, "
-        f"from another `make run` (still running, or left over): stop that one, or `kill {azurite.process.pid}`)\n"
+        f"from another `make run` (still running, or left over): stop that one, or `kill {azurite.process.pid}`); "
+        "or run on other ports: `make run AZURITE_PORTS=10010,10011,10012`\n"
     )
 
 
@@ -336,4 +347,65 @@ def test_a_busy_host_port_is_one_line(tmp_path: Path) -> None:
         )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.startswith(f"make run: port {busy} is busy ("), result.stderr
+    assert result.stderr.endswith("; or run on another port: `make run PORT=7072`\n"), result.stderr
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("bash")), reason="runs the printed curl line")
+def test_other_ports_carry_through_to_the_host_share_and_ops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make run PORT=... AZURITE_PORTS=...` with local.settings.json as shipped (10000, 10001): the host
+    works on the chosen ports, and `make share` and `make ops-local` find them in make-run.json."""
+    running = MakeRun(tmp_path, as_shipped=True)
+    try:
+        running.wait_ready()  # 200: the destination connection string was moved to this Azurite
+        assert (
+            "Not Azurite's default ports: ALLOWED_SOURCE_HOSTS, AzureWebJobsStorage, DESTINATION_CONNECTION_STRING"
+            in (running.output())
+        )
+        state = read_state(running.data)
+        assert state is not None
+        assert (state["port"], state["azurite_ports"]) == (running.port, [running.blob, running.queue, running.table])
+
+        # make share: its ports from the state file, and a curl line that works from another directory.
+        monkeypatch.setattr(share, "read_state", lambda: state)
+        file = tmp_path / "scan.pdf"
+        file.write_bytes(anonymized_pdf())
+        assert share.main([str(file), "--hours", "2", "--out", str(tmp_path / "out")]) == 0
+        printed = capsys.readouterr().out
+        (curl,) = [line.strip() for line in printed.splitlines() if line.strip().startswith("curl ")]
+        assert f"127.0.0.1:{running.port}/api/" in curl and f"@{tmp_path / 'out'}/" in curl
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        sent = subprocess.run(
+            [shutil.which("bash") or "bash", "-c", curl], cwd=elsewhere, capture_output=True, text=True, timeout=90
+        )
+        assert '"status": "stored"' in sent.stdout and sent.stdout.rstrip().endswith("HTTP 200"), sent.stdout
+
+        # make ops-local: ops (here its smoke test) reaches the same storage and receiver.
+        out = io.StringIO()
+        code = asyncio.run(ops_run(["smoke", "--copy-wait", "10"], environ=local_environment(state), out=out))
+        assert code == 0, out.getvalue()
+        assert "ok    delivery" in out.getvalue()  # ALLOWED_SOURCE_HOSTS was moved to this Azurite too
+    finally:
+        running.stop()
+    assert read_state(running.data) is None  # killed outright: its file stays, but names a dead process
+
+
+@pytest.mark.skipif(not shutil.which("make"), reason="reads the Makefile through make")
+def test_make_demo_and_run_do_not_build_the_checkov_venv() -> None:
+    """Only `make test` needs checkov (tests/test_infra.py): a newcomer's `make demo` must not wait for it."""
+    make = shutil.which("make") or "make"
+    for target in ("demo", "run", "share", "bench"):
+        planned = subprocess.run(
+            [make, "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        assert "requirements-dev.txt" in planned  # -B: every prerequisite, as on a fresh clone
+        assert "checkov" not in planned, target
+    assert (
+        "checkov"
+        in subprocess.run(
+            [make, "-n", "-B", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    )

@@ -67,7 +67,8 @@ def test_share_prints_a_notification_and_a_curl_line_that_stores_the_file(
         (curl,) = [line.strip() for line in printed.splitlines() if line.strip().startswith("curl ")]
         assert f"{host.base}/api/smartdocumentor/anonymization?code=" in curl
         bash = shutil.which("bash") or "bash"
-        sent = subprocess.run([bash, "-c", curl], capture_output=True, text=True, timeout=90, check=True)
+        # From another directory than the repository's: the printed path is absolute.
+        sent = subprocess.run([bash, "-c", curl], cwd=tmp_path, capture_output=True, text=True, timeout=90, check=True)
         answer_text, status_line = sent.stdout.rstrip().rsplit("\n", 1)
         answer = json.loads(answer_text)
         assert (status_line, answer["status"]) == ("HTTP 200", "stored"), sent.stdout

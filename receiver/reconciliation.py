@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import transitions
@@ -122,9 +122,10 @@ def _oldest_age(found: list[tuple[str, str]], now: datetime) -> float:
     ages = []
     for _, received in found:
         try:
-            ages.append((now - datetime.fromisoformat(received.replace("Z", "+00:00"))).total_seconds())
+            when = datetime.fromisoformat(received.replace("Z", "+00:00"))
         except ValueError:
             continue
+        ages.append((now - (when if when.tzinfo else when.replace(tzinfo=UTC))).total_seconds())
     return max(ages, default=0.0)
 
 

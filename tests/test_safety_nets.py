@@ -1,0 +1,403 @@
+"""Issue 14's scenarios: no export lost or brought back by a retry, a rename, a failed large copy or a
+sender's metadata; the verifier and the reconciliation obey the webhook's rules (CONTRACT 7).
+
+Each test drives the real function app against Azurite, with the fault proxy holding, delaying or
+failing the chosen request so the interleaving happens on every run, then judges what is in storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import pytest
+from azure.storage.blob import ContainerClient
+from hypothesis import given
+from hypothesis import strategies as st
+
+from receiver import webhook as webhook_module
+from receiver.plan import MANIFEST_SUFFIX, blob_name, file_name, not_a_manifest_name
+from receiver.runtime import RUNTIME
+
+from .conftest import FUNCTIONS, PDF_BYTES, Exports, Webhook, notification
+from .faultproxy import FaultProxy, Rule, copies_from, is_copy, is_delete, is_properties
+from .test_integrity import (
+    assert_stored,
+    delivery_of,
+    files,
+    name_of,
+    reached,
+    run_verifier,
+)
+from .test_integrity import async_copies as async_copies  # a fixture
+
+
+def manifest_of(destination: ContainerClient, name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(destination.get_blob_client(f"{name}.json").download_blob().readall())
+    return document
+
+
+async def run_timer() -> None:
+    await FUNCTIONS["reconcile_deliveries"].get_user_function()(None)
+
+
+def is_listing(request: Any) -> bool:
+    return bool(request.method == "GET" and request.query.get("comp") == "list")
+
+
+# --- 1. files and manifests live in disjoint namespaces ------------------------------------------
+
+
+async def test_a_file_never_lands_on_another_exports_manifest(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """Export 2 has a type outside the three, a source named .json and displayName 'Contrato 2026.pdf':
+    named by the old rules, it was export 1's manifest. Now each keeps its own name, and the newer is
+    the task's one current file; a retry of export 1 brings nothing back."""
+    first = notification(exports.publish(), displayName="Contrato 2026")
+    stored = await webhook.post(first)
+    assert stored.body["status"] == "stored", stored.body
+    first_name = name_of(stored.body)
+    assert first_name.endswith("/Contrato 2026.pdf")
+    second_url = exports.publish(b'{"not": "a manifest"}', name="e2/export.json", content_type="application/x-sd")
+    second = {**first, "exportedFileUrl": second_url, "exportedFileContentType": "application/x-sd"}
+    second["displayName"] = "Contrato 2026.pdf"
+
+    answer = await webhook.post(second)
+
+    assert answer.status == 200 and answer.body["status"] == "stored", answer.body
+    second_name = name_of(answer.body)
+    assert second_name != f"{first_name}{MANIFEST_SUFFIX}" and not second_name.endswith(MANIFEST_SUFFIX)
+    manifest = assert_stored(destination, second_name, b'{"not": "a manifest"}', second_url)
+    assert manifest["history"][-1]["outcome"] == "retired"
+    assert manifest["history"][-1]["retired"] == [first_name]
+    assert delivery_of(first["exportedFileUrl"]) in manifest["replaced"]
+    assert files(destination) == sorted([second_name, f"{second_name}.json"])
+
+    retry = await webhook.post(first)  # a late retry of export 1
+
+    assert retry.status == 200 and retry.body["status"] == "superseded", retry.body
+    assert files(destination) == sorted([second_name, f"{second_name}.json"])
+    assert_stored(destination, second_name, b'{"not": "a manifest"}', second_url)
+
+
+@given(
+    display=st.text(max_size=40),
+    content_type=st.sampled_from(["application/pdf", "image/png", "application/json", "text/x-json", "x/y"]),
+    source=st.sampled_from(["/c/export.json", "/c/export.JSON", "/c/x.pdf", "/c/noext", "/c/a.json.json"]),
+    template=st.sampled_from(
+        [
+            "{workspaceId}/{taskId}/{fileName}",
+            "{workspaceId}/{taskId}/doc.{ext}",
+            "{yyyy}/{workspaceId}/{taskId}/{fileName}",
+            "{workspaceId}/{taskId}/{displayName}.{ext}",
+        ]
+    ),
+)
+def test_no_file_name_is_ever_a_manifest_name(display: str, content_type: str, source: str, template: str) -> None:
+    """Whatever the display name, content type and template: a file's name never ends like a manifest's,
+    so it can equal no manifest name (every manifest is ``<file name>.json``)."""
+    file = file_name(display, "task-1", content_type, source)
+    values = {
+        "workspaceId": "ws",
+        "taskId": "task-1",
+        "taskNumber": "7",
+        "displayName": display or "task-1",
+        "ext": "json" if source.lower().endswith(".json") else "pdf",
+        "yyyy": "2026",
+        "mm": "12",
+        "dd": "05",
+    }
+    limit = 1024 - len(MANIFEST_SUFFIX)
+    name = not_a_manifest_name(blob_name(template, values, file, limit=limit), limit)
+    assert not name.lower().endswith(MANIFEST_SUFFIX)
+    assert 0 < len(name) <= limit
+
+
+async def test_the_reconciliation_never_touches_a_file_tagged_like_a_pending_manifest(
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sender's metadata copyStatus=pending and receivedAt=2000-01-01 is never a tag of the file
+    (reserved keys: skipped and listed in tagsDropped); and a blob that carries such tags without the
+    receiver's manifest marker is never read, repaired or overwritten as a manifest."""
+    monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "0")
+    await RUNTIME.reset()
+    payload = notification(
+        exports.publish(), metadata={"copyStatus": "pending", "receivedAt": "2000-01-01", "Department": "Legal"}
+    )
+    stored = await webhook.post(payload)
+    assert stored.body["status"] == "stored", stored.body
+    name = name_of(stored.body)
+    tags = destination.get_blob_client(name).get_blob_tags()
+    assert "copyStatus" not in tags and "receivedAt" not in tags and tags["Department"] == "Legal"
+    dropped = {item["key"]: item["reason"] for item in manifest_of(destination, name)["tagsDropped"]}
+    assert set(dropped) == {"copyStatus", "receivedAt"} and all("reserved" in reason for reason in dropped.values())
+    # A file that got such tags some other way (an older receiver, a hand-made upload):
+    foreign = destination.get_blob_client("legacy/old.pdf.json")
+    foreign.upload_blob(PDF_BYTES, tags={"copyStatus": "pending", "receivedAt": "2000-01-01"})
+    before = foreign.get_blob_properties().etag
+
+    await run_timer()
+
+    assert foreign.download_blob().readall() == PDF_BYTES
+    assert foreign.get_blob_properties().etag == before
+    assert_stored(destination, name, PDF_BYTES, payload["exportedFileUrl"])
+
+
+# --- 3. exact replays never win -----------------------------------------------------------------
+
+
+async def test_a_replay_of_an_older_export_is_superseded_and_copies_nothing(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    older = notification(exports.publish(b"%PDF export A", name="a/export.pdf"))
+    newer = {**older, "exportedFileUrl": exports.publish(b"%PDF export B", name="b/export.pdf")}
+    assert (await webhook.post(older)).body["status"] == "stored"
+    stored = await webhook.post(newer)
+    assert stored.body["status"] == "stored", stored.body
+    name = name_of(stored.body)
+    before = destination.get_blob_client(name).get_blob_properties().etag
+    # Counts, changes nothing: a copy of A over what is stored (If-Match). Its first request, a copy
+    # only where nothing is stored (If-None-Match), is refused by storage, as for every re-delivery.
+    overwrite = proxied.add(Rule(lambda r: copies_from("a/export.pdf")(r) and "If-Match" in r.headers, times=10))
+
+    replay = await webhook.post(older)
+
+    assert replay.status == 200 and replay.body["status"] == "superseded", replay.body
+    assert overwrite.fired == 0, "the replayed export was copied over the newer one"
+    assert destination.get_blob_client(name).get_blob_properties().etag == before
+    manifest = assert_stored(destination, name, b"%PDF export B", newer["exportedFileUrl"])
+    assert manifest["replaced"] == [delivery_of(older["exportedFileUrl"])]
+
+
+async def test_a_replayed_verification_message_of_a_replaced_export_restarts_nothing(
+    async_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """A's copy was pending (202), B replaced it under another name; A's message, replayed from the
+    poison queue, must not copy A back into the name B retired."""
+    async_copies.keep_copies_pending()
+    older = notification(exports.publish(b"%PDF export A", name="a/export.pdf"), displayName="Old name")
+    pending = await webhook.post(older)
+    assert pending.status == 202 and pending.verification, pending.body
+    async_copies.reset()
+    newer = {**older, "exportedFileUrl": exports.publish(b"%PDF export B", name="b/export.pdf")}
+    newer["displayName"] = "New name"
+    stored = await webhook.post(newer)
+    assert stored.body["status"] == "stored", stored.body
+    # B finds A still "running" only if the proxy says so; here A's copy completed: B retired it.
+    assert files(destination) == sorted([name_of(stored.body), f"{name_of(stored.body)}.json"])
+    restarted = async_copies.add(Rule(copies_from("a/export.pdf"), times=10))
+
+    await run_verifier(pending.verification)
+
+    assert restarted.fired == 0
+    assert files(destination) == sorted([name_of(stored.body), f"{name_of(stored.body)}.json"])
+
+
+# --- 4. one current file per task ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", ["{workspaceId}/{taskId}/{fileName}", "{yyyy}/{workspaceId}/{taskId}/{fileName}"])
+async def test_a_renamed_re_export_retires_the_older_file(
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+    template: str,
+) -> None:
+    """The default template finds the task's files under its own prefix; a template with a date first
+    has none, and finds them by their index tags."""
+    monkeypatch.setenv("BLOB_NAME_TEMPLATE", template)
+    await RUNTIME.reset()
+    first = notification(exports.publish(b"%PDF first"), displayName="Contrato")
+    other_task = notification(exports.publish(b"%PDF other task"), displayName="Contrato")
+    renamed = {**first, "exportedFileUrl": exports.publish(b"%PDF renamed"), "displayName": "Contrato assinado"}
+    old_name = name_of((await webhook.post(first)).body)
+    other_name = name_of((await webhook.post(other_task)).body)
+
+    answer = await webhook.post(renamed)
+
+    assert answer.status == 200 and answer.body["status"] == "stored", answer.body
+    new_name = name_of(answer.body)
+    manifest = assert_stored(destination, new_name, b"%PDF renamed", renamed["exportedFileUrl"])
+    assert manifest["history"][-1]["retired"] == [old_name]
+    assert files(destination) == sorted([new_name, f"{new_name}.json", other_name, f"{other_name}.json"])
+
+
+async def test_two_tasks_whose_tag_values_fold_alike_never_retire_each_other(
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """taskIds 'Relatório' and 'Relatorio' fold to the same tag value: the look-up by tags finds both,
+    the exact ids in the manifest tell them apart."""
+    monkeypatch.setenv("BLOB_NAME_TEMPLATE", "{yyyy}/{workspaceId}/{taskId}/{fileName}")
+    await RUNTIME.reset()
+    one = notification(exports.publish(b"%PDF one"), taskId="Relatório")
+    two = notification(exports.publish(b"%PDF two"), taskId="Relatorio", displayName="Outro")
+    first = await webhook.post(one)
+    second = await webhook.post(two)
+    assert first.body["status"] == second.body["status"] == "stored"
+    assert_stored(destination, name_of(first.body), b"%PDF one", one["exportedFileUrl"])
+    assert_stored(destination, name_of(second.body), b"%PDF two", two["exportedFileUrl"])
+
+
+async def test_racing_renamed_exports_end_with_the_newest_alone(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """A's look-up of the task's files is held until B (received later, another name) is stored and has
+    retired A: A then finds it was replaced, removes nothing of B's, and is answered superseded."""
+    older = notification(exports.publish(b"%PDF A"), displayName="Nome A")
+    newer = {**older, "exportedFileUrl": exports.publish(b"%PDF B"), "displayName": "Nome B"}
+    release = asyncio.Event()
+    held = proxied.add(Rule(is_listing, times=1, hold=release))
+
+    first = asyncio.ensure_future(webhook.post(older))
+    await reached(held)
+    second = await webhook.post(newer)
+    release.set()
+    answer = await first
+
+    assert second.body["status"] == "stored", second.body
+    assert answer.status == 200 and answer.body["status"] == "superseded", answer.body
+    name = name_of(second.body)
+    assert files(destination) == sorted([name, f"{name}.json"])
+    assert_stored(destination, name, b"%PDF B", newer["exportedFileUrl"])
+
+
+# --- 5. a re-export never leaves the task without a file -----------------------------------------
+
+
+async def test_a_failed_asynchronous_re_export_finished_by_the_verifier_puts_the_earlier_back(
+    async_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    first = notification(exports.publish(b"%PDF export 1"))
+    stored = await webhook.post(first)
+    assert stored.body["status"] == "stored", stored.body
+    name = name_of(stored.body)
+    second = {**first, "exportedFileUrl": exports.publish(b"%PDF export 2")}
+    async_copies.keep_copies_pending(delivery_of(second["exportedFileUrl"]))
+    pending = await webhook.post(second)
+    assert pending.status == 202 and pending.verification, pending.body
+    assert manifest_of(destination, name)["previous"]["delivery"] == delivery_of(first["exportedFileUrl"])
+    async_copies.reset()
+    async_copies.add(
+        Rule(
+            is_properties,
+            10_000,
+            copy_status="failed",
+            copy_description="404 CannotVerifyCopySource",
+            of_delivery=delivery_of(second["exportedFileUrl"]),
+        )
+    )
+
+    await run_verifier(pending.verification)
+
+    manifest = assert_stored(destination, name, b"%PDF export 1", first["exportedFileUrl"])
+    restored = manifest["history"][-1]
+    assert restored["outcome"] == "restored" and restored["by"] == "verifier"
+    assert "previous" not in manifest
+    assert [b for b in destination.list_blobs(include=["snapshots"]) if b.snapshot] == []
+
+
+# --- 6. every sent copy is findable from storage alone ---------------------------------------------
+
+
+async def test_a_copy_answered_too_late_is_finished_by_the_reconciliation_without_its_message(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", 1.0)
+    monkeypatch.setenv("COPY_WAIT_SECONDS", "0")
+    monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "0")
+    await RUNTIME.reset()
+    proxied.add(Rule(is_copy, times=1, delay_answer=3.0))  # Azurite copies; the answer comes too late
+    payload = notification(exports.publish())
+
+    response = await webhook.post(payload)
+
+    assert response.status == 503, response.body
+    name = json.loads(response.verification or "{}")["blob"]
+    tracked = manifest_of(destination, name)
+    assert tracked["copyStatus"] == "pending" and tracked["history"][-1]["outcome"] == "unconfirmed"
+    await asyncio.sleep(2.5)  # the late answer reaches the proxy and is dropped
+    # The queue message is lost: the reconciliation alone finishes it, from storage.
+    await run_timer()
+    manifest = assert_stored(destination, name, PDF_BYTES, payload["exportedFileUrl"])
+    assert [entry["by"] for entry in manifest["history"]] == ["webhook", "reconciliation"]
+    assert manifest["completedAt"]
+
+
+# --- 7. the safety nets obey the same rules -------------------------------------------------------
+
+
+async def test_the_verifier_that_loses_its_cleanup_race_writes_nothing(
+    async_copies: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The verifier reads A's copy as failed for good and deletes the empty blob If-Match; meanwhile A is
+    sent again, copied over the failed blob and answered stored. The delete gets 412: the verifier ends
+    there, never marking the stored delivery failed nor telling anyone to export again."""
+    payload = notification(exports.publish())
+    async_copies.keep_copies_pending()
+    pending = await webhook.post(payload)
+    assert pending.status == 202 and pending.verification
+    name = name_of(pending.body)
+    async_copies.reset()
+    async_copies.add(Rule(is_properties, times=2, copy_status="failed", copy_description="404 CannotVerifyCopySource"))
+    release = asyncio.Event()
+    delete = async_copies.add(Rule(is_delete, times=1, hold=release))
+
+    verifier = asyncio.ensure_future(run_verifier(pending.verification))
+    await reached(delete)
+    again = await webhook.post(payload)
+    caplog.clear()
+    release.set()
+    await verifier
+
+    assert again.status == 200 and again.body["status"] == "stored", again.body
+    manifest = assert_stored(destination, name, PDF_BYTES, payload["exportedFileUrl"])
+    assert "failedAt" not in manifest
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_the_reconciliation_never_fails_a_copy_its_message_can_still_finish(
+    async_copies: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A copy that failed while its link is valid: only the queue (or poison) message holds the link.
+    The reconciliation leaves it pending and says so; the message then finishes it."""
+    monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "0")
+    await RUNTIME.reset()
+    payload = notification(exports.publish())
+    async_copies.keep_copies_pending()
+    pending = await webhook.post(payload)
+    assert pending.status == 202 and pending.verification
+    name = name_of(pending.body)
+    async_copies.reset()
+    async_copies.add(Rule(is_properties, times=10_000, copy_status="failed", copy_description="500 InternalError"))
+
+    await run_timer()
+
+    assert manifest_of(destination, name)["copyStatus"] == "pending"
+    async_copies.reset()
+    await run_verifier(pending.verification)
+    assert_stored(destination, name, PDF_BYTES, payload["exportedFileUrl"])

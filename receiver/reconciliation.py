@@ -30,15 +30,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import transitions
+from .plan import task_prefix
 from .runtime import Runtime
-from .store import BlobState, BlobStore, ContainerMissing, Manifest
+from .store import BlobState, BlobStore, ContainerMissing, Manifest, TagsUnsupported
 from .telemetry import Record, recording
-from .transitions import Driver, Step
-from .verification import POISON_QUEUE, PendingCopy, settle_pending
+from .transitions import Driver, Step, retire_older_exports
+from .verification import POISON_QUEUE, PendingCopy, settle_pending, target_of
 
 log = logging.getLogger("receiver.reconciliation")
 
 MAX_PER_RUN = 200
+# Deliveries stored this recently are checked for an older file of their task that a lagging tag
+# index hid from them (the index lags by seconds; the timer runs every few minutes).
+SWEEP_WINDOW = timedelta(hours=1)
 # Below host.json's functionTimeout (5 minutes), leaving room for the item in progress.
 RUN_BUDGET_SECONDS = 180.0
 
@@ -51,6 +55,7 @@ class RunReport:
     stopped_early: bool = False
     poison_depth: int | None = None
     oldest_pending_seconds: float = 0.0
+    retired: int = 0
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -96,6 +101,14 @@ async def reconcile_run(
                     record.outcome, record.reason = "error", f"{type(exc).__name__}: {exc}"
             report.count(record.outcome)
             run.storage_requests += record.storage_requests
+        if task_prefix(settings.blob_name_template, "w", "t") is None and time.monotonic() < deadline:
+            # Without a task prefix, a delivery found the task's other files through the tag index,
+            # which may lag a write by seconds: finish what it hid.
+            with recording("reconciliation") as sweep:
+                sweep.outcome = "sweep"
+                report.retired = await sweep_recent(store, now=now, deadline=deadline)
+                sweep.reason = f"retired={report.retired}"
+            run.storage_requests += sweep.storage_requests
         report.poison_depth = await _poison_depth(environ)
         run.reason = (
             f"found={report.found} {report.outcomes} stopped_early={report.stopped_early} "
@@ -213,3 +226,35 @@ async def repair_manifest(
     """Make a manifest that describes another export describe the blob next to it (see
     :func:`receiver.transitions.repair_manifest`)."""
     return await transitions.repair_manifest(store, manifest_name, state, snapshot, step=Step(by, now, "repaired"))
+
+
+async def sweep_recent(store: BlobStore, *, now: datetime, deadline: float) -> int:
+    """One current file per task, for deliveries stored in the last SWEEP_WINDOW: tasks with more than
+    one ``success`` manifest get their older files retired, by the newest one's rules
+    (:func:`receiver.transitions.retire_older_exports`: exact ids, ``replaced``, If-Match)."""
+    since = _iso(now - SWEEP_WINDOW)
+    groups: dict[tuple[str, str], list[str]] = {}
+    try:
+        async for name, tags in store.find_tagged(f"\"copyStatus\"='success' AND \"receivedAt\" >= '{since}'"):
+            groups.setdefault((tags.get("taskId", ""), tags.get("workspaceId", "")), []).append(name)
+    except (TagsUnsupported, ContainerMissing):
+        return 0
+    retired = 0
+    for names in groups.values():
+        if len(names) < 2 or time.monotonic() > deadline:
+            continue
+        manifests = [(name, await store.read_manifest(name)) for name in names]
+        readable = [(name, m) for name, m in manifests if m is not None and not m.foreign]
+        if len(readable) < 2:
+            continue
+        name, newest = max(readable, key=lambda item: (str(item[1].document.get("receivedAt")), item[0]))
+        pending = pending_from_manifest(newest.document, store.container_name, name)
+        state = await store.state(pending.blob_name)
+        if state is None or state.delivery != pending.delivery:
+            continue
+        target = target_of(pending, newest.document, None)
+        concluded = await retire_older_exports(
+            store, target, state, names, manifest_etag=newest.etag, step=Step("reconciliation", now, "retired")
+        )
+        retired += len(concluded.retired)
+    return retired

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import unquote
 
 from .plan import MANIFEST_SUFFIX, MAX_TAG_VALUE, fold_tag_text, manifest_bytes, manifest_labels
-from .store import BlobState, BlobStore, Conflict, Manifest, StorageUnavailable
+from .store import BlobState, BlobStore, Conflict, Manifest, StorageUnavailable, StoreError
 from .telemetry import about
 
 log = logging.getLogger("receiver.transitions")
@@ -356,7 +356,13 @@ def _newer(document: dict[str, Any], target: Target) -> bool:
 
 
 async def _task_manifests(store: BlobStore, target: Target) -> list[str]:
-    return await store.task_manifests(prefix=target.task_prefix, tag_query=_tag_query(target))
+    """The task's manifests, best effort: the copy is stored whatever this finds. A look-up that
+    fails (or an index that lags) leaves an older file for the reconciliation's sweep."""
+    try:
+        return await store.task_manifests(prefix=target.task_prefix, tag_query=_tag_query(target))
+    except StoreError as exc:
+        log.warning("could not look up the task's other files (%s); the reconciliation will (%s)", exc.message, about())
+        return []
 
 
 async def retire_older_exports(

@@ -186,7 +186,7 @@ async def settle_pending(
         state = await wait_for_copy(store, pending.blob_name, deadline=time.monotonic() + wait_seconds)
     else:
         state = known
-    target = _target(pending, pending.manifest_document or {}, task_template)
+    target = target_of(pending, pending.manifest_document or {}, task_template)
     for attempt in range(2):
         if state is not None and state.delivery != pending.delivery:
             log.info("copy superseded by a newer export %s", pending.describe())
@@ -247,7 +247,8 @@ def _prefix(pending: PendingCopy, task_template: str | None) -> str | None:
     return prefix if prefix is not None and pending.blob_name.startswith(prefix) else None
 
 
-def _target(pending: PendingCopy, manifest: dict[str, Any], task_template: str | None) -> _Target:
+def target_of(pending: PendingCopy, manifest: dict[str, Any], task_template: str | None) -> _Target:
+    """A pending copy as the transitions see it."""
     return _Target(
         pending.blob_name,
         pending.content_type,
@@ -309,7 +310,7 @@ async def _finish(
     confirmed = manifest != "unread"
     concluded = await conclude_success(
         store,
-        _target(pending, base, task_template),
+        target_of(pending, base, task_template),
         state,
         step=Step(by, now, "stored", {"copyId": state.copy_id}),
         snapshot=snapshot,
@@ -341,7 +342,7 @@ async def _give_up(
     sentence = f"The copy failed for good: {reason}. Export the document again from SmartDocumentor."
     ended = await conclude_failure(
         store,
-        _target(pending, base, task_template),
+        target_of(pending, base, task_template),
         state,
         step=Step(by, now, "failed", {"reason": sentence}),
         reason=sentence,

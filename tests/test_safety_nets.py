@@ -401,3 +401,66 @@ async def test_the_reconciliation_never_fails_a_copy_its_message_can_still_finis
     async_copies.reset()
     await run_verifier(pending.verification)
     assert_stored(destination, name, PDF_BYTES, payload["exportedFileUrl"])
+
+
+async def test_the_reconciliation_retires_what_a_failed_or_lagging_tag_look_up_missed(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a task prefix (a date first in the template) the task's files are found through the tag
+    index. When that look-up fails or lags, the delivery is still stored (200), and the timer's sweep
+    retires the older file afterwards."""
+    monkeypatch.setenv("BLOB_NAME_TEMPLATE", "{yyyy}/{workspaceId}/{taskId}/{fileName}")
+    await RUNTIME.reset()
+    first = notification(exports.publish(b"%PDF first"), displayName="Contrato")
+    renamed = {**first, "exportedFileUrl": exports.publish(b"%PDF renamed"), "displayName": "Contrato v2"}
+    old_name = name_of((await webhook.post(first)).body)
+    lookup = proxied.add(
+        Rule(lambda r: r.method == "GET" and r.query.get("comp") == "blobs", times=4, status=503, code="ServerBusy")
+    )
+
+    answer = await webhook.post(renamed)
+
+    assert answer.status == 200 and answer.body["status"] == "stored", answer.body
+    assert lookup.fired == 4
+    new_name = name_of(answer.body)
+    assert files(destination) == sorted([old_name, f"{old_name}.json", new_name, f"{new_name}.json"])
+
+    await run_timer()
+
+    assert files(destination) == sorted([new_name, f"{new_name}.json"])
+    manifest = assert_stored(destination, new_name, b"%PDF renamed", renamed["exportedFileUrl"])
+    assert manifest["history"][-1]["by"] == "reconciliation" and manifest["history"][-1]["retired"] == [old_name]
+
+
+async def test_each_reconciliation_run_reports_the_poison_queue_as_an_error_naming_replay_poison(
+    configured: dict[str, str],
+    azurite: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from azure.storage.queue import QueueClient
+
+    monkeypatch.setenv("AzureWebJobsStorage", azurite.host_storage)
+    poison = QueueClient.from_connection_string(azurite.host_storage, "smartdocumentor-copy-verifications-poison")
+    poison.create_queue()
+    try:
+        for number in range(3):
+            poison.send_message(json.dumps({"n": number}))
+        caplog.clear()
+        await run_timer()
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1, errors
+        assert "3 verification message(s)" in errors[0] and "python -m ops replay-poison" in errors[0]
+
+        poison.clear_messages()
+        caplog.clear()
+        await run_timer()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        runs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reconciliation run")]
+        assert runs and "poison=0" in runs[-1]
+    finally:
+        poison.delete_queue()

@@ -38,8 +38,12 @@ _DELIVERED = {
         202,
         "Azure Storage is still copying the file; the receiver will finish the job when the copy completes.",
     ),
-    # A newer export of the same document replaced this one mid-copy: the newest export wins.
-    "superseded": (200, "A newer export of this document replaced this file while it was being copied; it is stored."),
+    # A newer export of the same document replaced this one (mid-copy, or before this late retry or
+    # replay arrived): the newest export wins.
+    "superseded": (
+        200,
+        "A newer export of this document replaced this one; the newer file is stored (or still being copied).",
+    ),
 }
 
 

@@ -464,3 +464,20 @@ async def test_each_reconciliation_run_reports_the_poison_queue_as_an_error_nami
         assert runs and "poison=0" in runs[-1]
     finally:
         poison.delete_queue()
+
+
+def test_every_test_the_state_machine_page_names_exists() -> None:
+    """docs/state-machine.md names the test of each arrow: each named test must exist."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "state-machine.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"(test_\w+\.py)::(test_\w+)(…?)", page))
+    assert len(named) >= 15
+    missing = []
+    for file, test, cut in sorted(named):
+        ending = "" if cut else r"\("  # "name…" stands for a test whose name starts so
+        if not re.search(f"def {test}{ending}", (root / "tests" / file).read_text(encoding="utf-8")):
+            missing.append(f"{file}::{test}{cut}")
+    assert not missing, missing

@@ -68,6 +68,12 @@ def error_body(code: str, message: str) -> str:
     )
 
 
+def _holds(of_delivery: str | frozenset[str] | None, delivery: str | None) -> bool:
+    if of_delivery is None:
+        return True
+    return delivery in of_delivery if isinstance(of_delivery, frozenset) else delivery == of_delivery
+
+
 @dataclass
 class Rule:
     match: Match
@@ -80,7 +86,9 @@ class Rule:
     copy_description: str | None = None
     hold: asyncio.Event | None = None  # keep the request here until the test sets this event
     delay_answer: float = 0.0  # forward at once; a success reaches the client this many seconds later
-    of_delivery: str | None = None  # rewrite the copy status only of a blob holding this delivery
+    of_delivery: str | frozenset[str] | None = (
+        None  # rewrite the copy status only of a blob holding this delivery (or one of these)
+    )
     fired: int = 0
     reached: asyncio.Event = field(default_factory=asyncio.Event)  # set when the rule first fires
 
@@ -189,7 +197,7 @@ class FaultProxy:
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
             if rewrite is not None and rewrite.delay_answer and upstream.status < 300:
                 await asyncio.sleep(rewrite.delay_answer)  # storage did the work; the answer comes late
-            holds = rewrite is not None and rewrite.of_delivery in (None, upstream.headers.get("x-ms-meta-delivery"))
+            holds = rewrite is not None and _holds(rewrite.of_delivery, upstream.headers.get("x-ms-meta-delivery"))
             if (
                 rewrite is not None
                 and holds

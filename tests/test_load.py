@@ -1,5 +1,7 @@
 """A bounded load test through the real function: 500 deliveries, concurrency 50, duplicates,
-re-exports racing their originals, and injected 503s. Every 2xx must hold afterwards."""
+re-exports racing their originals, and injected 503s; then renamed re-exports, replays of replaced
+deliveries and asynchronous re-exports that fail. Every 2xx must hold afterwards, and every task
+ends with one current file: the bytes of its newest 2xx'd export, with a matching manifest."""
 
 from __future__ import annotations
 
@@ -12,17 +14,26 @@ from typing import Any
 
 from azure.storage.blob import ContainerClient
 
+from receiver.runtime import RUNTIME
+
 from .conftest import Exports, Response, Webhook, notification
-from .faultproxy import FaultProxy, Rule, is_blob_write, is_copy
+from .faultproxy import FaultProxy, Rule, is_blob_write, is_copy, is_properties
 
 DELIVERIES = 500
 CONCURRENCY = 50
 DUPLICATES = 60
 RE_EXPORTS = 40
+RENAMED = 20
+REPLAYS = 20
+FAILING = 10
 
 
 def content(task_number: int, version: int) -> bytes:
     return f"%PDF-1.4 document {task_number} version {version}".encode()
+
+
+def delivery_of(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()
 
 
 async def test_load_with_duplicates_re_exports_and_throttling_keeps_every_2xx_true(
@@ -30,7 +41,12 @@ async def test_load_with_duplicates_re_exports_and_throttling_keeps_every_2xx_tr
     exports: Exports,
     webhook: Webhook,
     destination: ContainerClient,
+    monkeypatch: Any,
 ) -> None:
+    # Files over 1 MiB are copied asynchronously (the failing re-exports of phase 2); the rest synchronously.
+    monkeypatch.setenv("SYNC_COPY_MAX_MIB", "1")
+    monkeypatch.setenv("COPY_WAIT_SECONDS", "5")
+    await RUNTIME.reset()
     rng = random.Random(20261129)
     distinct = DELIVERIES - DUPLICATES - RE_EXPORTS
     originals = [
@@ -71,11 +87,12 @@ async def test_load_with_duplicates_re_exports_and_throttling_keeps_every_2xx_tr
     assert kinds["superseded"] > 0  # re-exports really overtook their originals mid-delivery
     assert sum(rule.fired for rule in proxied.rules[:2]) > 0  # the faults really happened
 
-    answered = {hashlib.sha256(p["exportedFileUrl"].encode()).hexdigest(): p for p, _ in results}
+    answered = {delivery_of(p["exportedFileUrl"]): p for p, _ in results}
     blobs = {b.name: b for b in destination.list_blobs(include=["metadata", "tags"])}
     files = {name for name in blobs if not name.endswith(".json")}
     assert len(files) == distinct  # each task stored exactly once
     assert {f"{name}.json" for name in files} == set(blobs) - files
+    current: dict[str, tuple[str, bytes]] = {}  # taskId -> (blob name, bytes) after phase 1
     for name in files:
         delivery = blobs[name].metadata["delivery"]
         payload = answered[delivery]  # the stored export is one that got a 2xx
@@ -86,3 +103,72 @@ async def test_load_with_duplicates_re_exports_and_throttling_keeps_every_2xx_tr
         assert data == content(payload["taskNumber"], version)
         manifest = json.loads(destination.get_blob_client(f"{name}.json").download_blob().readall())
         assert manifest["delivery"] == delivery and manifest["copyStatus"] == "success"
+        current[payload["taskId"]] = (name, data)
+
+    # Phase 2, on disjoint tasks, all at once: renamed re-exports (a new name: the older file must go),
+    # replays of deliveries their task already replaced (superseded, nothing copied), and asynchronous
+    # re-exports whose copy fails (502: the task keeps the file it had).
+    proxied.reset()
+    by_task = {p["taskId"]: p for p in originals}
+    replaced_by_task: dict[str, list[dict[str, Any]]] = {}
+    for payload, _ in results:
+        replaced_by_task.setdefault(payload["taskId"], []).append(payload)
+    replayable = []
+    for task, (name, _) in current.items():
+        manifest = json.loads(destination.get_blob_client(f"{name}.json").download_blob().readall())
+        older = [p for p in replaced_by_task[task] if delivery_of(p["exportedFileUrl"]) in manifest["replaced"]]
+        if older:
+            replayable.append(older[0])
+    assert len(replayable) >= REPLAYS, len(replayable)
+    replays = replayable[:REPLAYS]
+    taken = {p["taskId"] for p in replays}
+    others = [task for task in current if task not in taken]
+    rng.shuffle(others)
+    renamed = [
+        {
+            **by_task[task],
+            "exportedFileUrl": exports.publish(content(by_task[task]["taskNumber"], 3)),
+            "displayName": f"Renamed {by_task[task]['taskNumber']}",
+        }
+        for task in others[:RENAMED]
+    ]
+    failing = [
+        {**by_task[task], "exportedFileUrl": exports.publish(b"%PDF-1.4 large " + b"x" * (2 * 1024 * 1024))}
+        for task in others[RENAMED : RENAMED + FAILING]
+    ]
+    # Their source is gone once the asynchronous copy has started.
+    proxied.add(
+        Rule(
+            is_properties,
+            100_000,
+            copy_status="failed",
+            copy_description="404 CannotVerifyCopySource",
+            of_delivery=frozenset(delivery_of(payload["exportedFileUrl"]) for payload in failing),
+        )
+    )
+    second = [*renamed, *replays, *failing]
+    rng.shuffle(second)
+    phase2 = await asyncio.wait_for(asyncio.gather(*(send(p) for p in second)), timeout=240)
+    answers = {delivery_of(p["exportedFileUrl"]): r for p, r in phase2}
+    for payload in renamed:
+        answer = answers[delivery_of(payload["exportedFileUrl"])]
+        assert answer.status == 200 and answer.body["status"] == "stored", answer.body
+    for payload in replays:
+        answer = answers[delivery_of(payload["exportedFileUrl"])]
+        assert answer.status == 200 and answer.body["status"] == "superseded", answer.body
+    for payload in failing:
+        answer = answers[delivery_of(payload["exportedFileUrl"])]
+        assert answer.status == 502 and "stays" in answer.body["message"], answer.body
+
+    blobs = {b.name: b for b in destination.list_blobs(include=["metadata"])}
+    files = {name for name in blobs if not name.endswith(".json")}
+    assert len(files) == distinct, "a task has more than one current file, or none"
+    assert {f"{name}.json" for name in files} == set(blobs) - files
+    newest = {p["taskId"]: (None, content(p["taskNumber"], 3)) for p in renamed}
+    for name in files:
+        task = blobs[name].metadata["taskid"]
+        expected = newest.get(task, current[task])[1]
+        assert destination.get_blob_client(name).download_blob().readall() == expected, name
+        manifest = json.loads(destination.get_blob_client(f"{name}.json").download_blob().readall())
+        assert manifest["delivery"] == blobs[name].metadata["delivery"] and manifest["copyStatus"] == "success"
+    assert [b for b in destination.list_blobs(include=["snapshots"]) if b.snapshot] == []

@@ -15,6 +15,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -139,6 +140,10 @@ class BlobState:
     content_settings: ContentSettings
     size: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    # When storage says the blob was created, last written, and its last copy completed (None: unknown).
+    creation_time: datetime | None = None
+    last_modified: datetime | None = None
+    copy_completion_time: datetime | None = None
 
     @property
     def content_type(self) -> str | None:
@@ -433,6 +438,9 @@ class BlobStore:
             content_settings=props.content_settings,
             size=int(props.size or 0),
             metadata=dict(props.metadata or {}),
+            creation_time=props.creation_time,
+            last_modified=props.last_modified,
+            copy_completion_time=copy.completion_time if copy else None,
         )
 
     async def set_content_type(self, name: str, current: BlobState, content_type: str) -> str:

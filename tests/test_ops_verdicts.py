@@ -102,7 +102,9 @@ async def test_a_recoverable_delivery_is_not_failed_and_replay_poison_finishes_i
     moved = await ops("replay-poison", *host)
     assert moved.code == OK and "1 will finish" in moved.out
     pending_copies.reset()
-    body = base64.b64decode(main.receive_message().content)
+    replayed = main.receive_message()
+    assert replayed is not None
+    body = base64.b64decode(replayed.content)
     verify = FUNCTIONS["verify_pending_copy"].get_user_function()  # the queue function, as the host runs it
     await verify(QueueMessage(id="replayed", body=body, dequeue_count=1))  # type: ignore[no-untyped-call]
     assert manifest_of(destination, name)["copyStatus"] == "success"

@@ -604,7 +604,7 @@ async def deliveries_in(
     if older_than > timedelta(0):
         window += f" older than {human_age(int(older_than.total_seconds()))}"
     if since is not None:
-        window += f" since {iso(since)}"
+        window += f" since {iso(since.replace(microsecond=0))}"
     data = {
         "status": status,
         "container": store.container_name,

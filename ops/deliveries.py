@@ -335,7 +335,7 @@ def summary_lines(item: dict[str, Any], now: datetime) -> list[str]:
         lines.append(f"  received:   {received} ({age} ago){source}")
         if manifest["completedAt"]:
             lines.append(f"  completed:  {manifest['completedAt']}")
-        if manifest["failedAt"] or manifest["failureReason"]:
+        if manifest["copyStatus"] == "failed" or manifest["failedAt"] or manifest["failureReason"]:
             lines.append(
                 f"  failed:     {manifest['failedAt'] or '?'}: {manifest['failureReason'] or 'no reason recorded'}"
             )

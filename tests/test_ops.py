@@ -271,6 +271,8 @@ async def test_check_repair_settles_a_pending_delivery_like_the_reconciliation(
     assert repaired.json()["before"]["manifest"]["copyStatus"] == "pending"
     manifest = manifest_of(destination, name)
     assert manifest["copyStatus"] == "success" and manifest["metadata"] == payload["metadata"]
+    assert manifest["history"][-1]["by"] == "operator" and manifest["history"][-1]["outcome"] == "finished"
+    assert manifest["completedAt"] and manifest["receivedAt"] == repaired.json()["before"]["manifest"]["receivedAt"]
     assert destination.get_blob_client(name).get_blob_properties().content_settings.content_type == "application/pdf"
 
 

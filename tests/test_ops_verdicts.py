@@ -395,3 +395,77 @@ async def test_replay_poison_dry_run_foresees_finish_superseded_and_fail_from_wh
     assert "1 will finish, 2 superseded, 1 will fail; nothing changed." in text.out
     assert "Messages marked FAIL will be failed by the queue function" in text.out
     assert poison.get_queue_properties().approximate_message_count == 4
+
+
+async def test_older_manifests_without_the_newer_fields_are_listed_and_said_so(
+    pending_copies: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    ops: Cli,
+) -> None:
+    payload, name, _ = await pending_without_blob(exports, webhook, destination)
+    # As a receiver before CONTRACT revision 3 wrote it: failed, no failedAt, reason, history or
+    # linkExpiresOn, and only the four older tags.
+    document = {
+        key: value
+        for key, value in manifest_of(destination, name).items()
+        if key not in ("linkExpiresOn", "exportedFileExpiresOn", "history")
+    }
+    document["copyStatus"] = "failed"
+    blob = destination.get_blob_client(f"{name}.json")
+    blob.upload_blob(
+        json.dumps(document).encode(),
+        overwrite=True,
+        metadata={"copystatus": "failed", "receivedat": document["receivedAt"]},  # no marker: older manifests
+    )
+    blob.set_blob_tags(
+        {
+            "copyStatus": "failed",
+            "receivedAt": document["receivedAt"],
+            "taskId": payload["taskId"],
+            "workspaceId": payload["workspaceId"],
+        }
+    )
+
+    failed = await ops("failed")
+    assert failed.code == OK
+    assert failed.out.splitlines()[0] == "1 failed delivery: 1 under 1h; links expired: 0, 1 not recorded."
+    assert "why: no reason recorded (an older manifest)" in failed.out
+    since = await ops("failed", "--since", "10", "--json")  # no failedAt: its receivedAt counts
+    assert [d["taskId"] for d in since.json()["deliveries"]] == [payload["taskId"]]
+    found = await ops("find", "--task", payload["taskId"])
+    assert found.code == OK and "failed:     ?: no reason recorded" in found.out
+
+
+async def test_a_message_that_became_visible_while_being_moved_is_still_reported(
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    azurite: Azurite,
+    queues: tuple[QueueClient, QueueClient],
+    ops: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    main, poison = queues
+    response = await webhook.post(notification(exports.publish()))
+    assert response.status == 200
+    fake = {"container": "c", "blob": "b", "sourceUrl": "https://x/y", "expiresOn": "2099-01-01T00:00:00Z",
+            "delivery": "d" * 64, "contentType": "application/pdf", "metadata": {}, "tags": {},
+            "taskId": "late-task", "workspaceId": "w"}  # fmt: skip
+    poisoned(poison, json.dumps(fake))
+
+    async def slow_foresee(store: object, pending: object, now: datetime) -> tuple[str, str]:
+        # Meanwhile the message's hidden time runs out and another reader takes it.
+        await asyncio.sleep(1.5)
+        assert poison.receive_message(visibility_timeout=30) is not None
+        return "finish", "its copy restarts"
+
+    monkeypatch.setattr("ops.poison.VISIBILITY_SECONDS", 1)
+    monkeypatch.setattr("ops.poison.foresee", slow_foresee)
+
+    ran = await ops("replay-poison", "--host-connection-string", azurite.host_storage, "--queue", main.queue_name)
+
+    assert ran.code == NOT_FOUND  # something to look at
+    assert "Moved 1 message(s)" in ran.out and "late-task: sent back, but it could not be deleted" in ran.out
+    assert main.get_queue_properties().approximate_message_count == 1

@@ -184,7 +184,9 @@ with --alert, exit 1 when anything is found (something needs a person).""",
         listed.add_argument(
             "--since", type=_since, metavar="WHEN", help=f"{when} at or after WHEN: MINUTES ago or an ISO time"
         )
-        listed.add_argument("--max", type=_positive, default=1000, help="show at most the oldest N rows (1000)")
+        listed.add_argument(
+            "--max", type=_positive, default=100, help="show (and read) at most the oldest N rows (100)"
+        )
         listed.add_argument(
             "--alert", action="store_true", help="exit 1 when anything is found, 0 when nothing (for cron, Logic Apps)"
         )

@@ -174,7 +174,7 @@ against each manifest's real ids. Exit 1 when nothing is found or something is i
             description=f"""Deliveries whose manifest says copyStatus {status}, oldest first: a summary line
 (counts by age, expired links), then one narrow row each. Built from the manifests' index tags
 (one Find Blobs by Tags query per 5000, no download), then only the rows shown are read.
-AGE is the time since the delivery {when}. Exit 0 also when nothing is found (the healthy case);
+AGE: time since the delivery was {when}. Exit 0 also when nothing is found (the healthy case);
 with --alert, exit 1 when anything is found (something needs a person).""",
             example=f"python -m ops {status} --since 60 --alert",
         )

@@ -11,10 +11,11 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TextIO
+from typing import Any, NoReturn, TextIO
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
 
@@ -24,7 +25,15 @@ from receiver.source import redact
 from receiver.store import StoreError
 
 from . import smoke
-from .connect import ConfigError, add_destination_options, add_host_options, open_host_queues, open_store
+from .connect import (
+    ConfigError,
+    add_destination_options,
+    add_host_options,
+    destination_configured,
+    host_configured,
+    open_host_queues,
+    open_store,
+)
 from .deliveries import check, deliveries_in, find
 from .output import INTERRUPTED, STORAGE, USAGE, Console, Result
 from .poison import replay
@@ -38,6 +47,34 @@ EXIT_CODES = """exit codes:
 DESCRIPTION = """Operator command line of the SmartDocumentor receiver: find a document, list pending
 and failed deliveries, check (and repair) a manifest, move poisoned verification messages back.
 Connects with a connection string or, with --account-url, as you (DefaultAzureCredential: az login)."""
+
+
+COMMANDS = ("find", "pending", "failed", "check", "replay-poison")
+
+
+def _hide_values(message: str) -> str:
+    """argparse's error message without any value the operator typed: a mistyped option's value may
+    be a connection string with its account key, or a SAS (issue 16). Option names stay."""
+    prefix = "unrecognized arguments: "
+    if message.startswith(prefix):
+        tokens = message[len(prefix) :].split()
+        options = [token.split("=", 1)[0] for token in tokens if token.startswith("--")]
+        others = len(tokens) - len(options)
+        shown = ", ".join(options) if options else ""
+        extra = f"{' and ' if shown else ''}{others} other argument(s)" if others else ""
+        return f"unrecognized {shown}{extra} (values are not shown)"
+    if "invalid choice" in message:
+        head = message.split("invalid choice", 1)[0]
+        return f"{head}unknown command (choose from {', '.join(COMMANDS)})"
+    if " value:" in message:
+        message = message.split(" value:", 1)[0] + " value (not shown)"
+    return re.sub(r"'.*'", "(value not shown)", message, flags=re.DOTALL)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(USAGE, f"{self.prog}: error: {_hide_values(message)}\n")
 
 
 def _positive(text: str) -> int:
@@ -54,14 +91,44 @@ def _minutes(text: str) -> timedelta:
     return timedelta(minutes=value)
 
 
+def _since(text: str) -> datetime:
+    """MINUTES ago, or an ISO time (UTC when it names no zone)."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = None
+    if minutes is not None:
+        if minutes < 0:
+            raise argparse.ArgumentTypeError("must be 0 or more minutes, or an ISO time")
+        return datetime.now(UTC) - timedelta(minutes=minutes)
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("give minutes (60) or an ISO time (2026-03-02T08:00Z)") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _add_common(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    """Options every command takes, before or after the command's name."""
+    parser.add_argument(
+        "--json", action="store_true", default=default, help="JSON on stdout for scripts (no progress bar)"
+    )
+    add_destination_options(parser, default=default)
+    add_host_options(parser, default=default)
+    parser.add_argument(
+        "--queue",
+        default=default,
+        help=f"the verification queue (default {VERIFICATION_QUEUE}); its poison queue is <queue>-poison",
+    )
+
+
 def _command(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    commands: argparse._SubParsersAction[_Parser],
     name: str,
     *,
     summary: str,
     description: str,
     example: str,
-    host: bool = False,
 ) -> argparse.ArgumentParser:
     parser = commands.add_parser(
         name,
@@ -70,60 +137,74 @@ def _command(
         epilog=f"example:\n  {example}\n\n{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--json", action="store_true", help="JSON on stdout for scripts (no progress bar)")
-    if host:
-        add_host_options(parser)
-    else:
-        add_destination_options(parser)
+    _add_common(parser, default=argparse.SUPPRESS)
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m ops",
         description=DESCRIPTION,
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_common(parser, default=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     found = _command(
         commands,
         "find",
-        summary="the stored file(s) of a task or workspace",
-        description="""The stored file(s) of a task (or of a workspace): blob URL (never a query), size,
-Content-Type, manifest summary, and whether the manifest matches the blob. One Find Blobs by
+        summary="the stored file(s) of a task or workspace, newest first, with each delivery's story",
+        description="""The stored file(s) of a task (or of a workspace), newest first: blob URL (never a
+query), size, Content-Type, the manifest (status, when received, completed or failed and why,
+which exports it replaced, its history), and whether manifest and blob agree. One Find Blobs by
 Tags query; the ids are folded to the tag alphabet as the receiver folds them, then confirmed
-against each manifest's real ids.""",
+against each manifest's real ids. Exit 1 when nothing is found or something is inconsistent.""",
         example="python -m ops find --task 7d1e0c8a-1b2c-4d5e-8f90-a1b2c3d4e5f6",
     )
     found.add_argument("--task", metavar="TASK_ID", help="the task's taskId")
     found.add_argument("--workspace", metavar="WORKSPACE_ID", help="the workspaceId (alone: all its documents)")
-    found.add_argument("--max", type=_positive, default=100, help="read at most this many documents (100)")
+    found.add_argument("--max", type=_positive, default=100, help="read at most the newest N documents (100)")
 
     for status, what in (("pending", "still copying"), ("failed", "failed for good")):
+        when = "received" if status == "pending" else "failed (received, for manifests without failedAt)"
         listed = _command(
             commands,
             status,
-            summary=f"deliveries whose manifest says {status} ({what}), oldest first",
-            description=f"""Deliveries whose manifest says copyStatus {status}, oldest first, with their age.
-One Find Blobs by Tags query (on accounts without index tags: a listing of the container).""",
-            example=f"python -m ops {status} --older-than 60",
+            summary=f"deliveries whose manifest says {status} ({what}): a summary, then the oldest",
+            description=f"""Deliveries whose manifest says copyStatus {status}, oldest first: a summary line
+(counts by age, expired links), then one narrow row each. Built from the manifests' index tags
+(one Find Blobs by Tags query per 5000, no download), then only the rows shown are read.
+AGE: time since the delivery was {when}. Exit 0 also when nothing is found (the healthy case);
+with --alert, exit 1 when anything is found (something needs a person).""",
+            example=f"python -m ops {status} --since 60 --alert",
         )
         listed.add_argument(
-            "--older-than", type=_minutes, default=timedelta(0), metavar="MINUTES", help="received before now - MINUTES"
+            "--older-than", type=_minutes, default=timedelta(0), metavar="MINUTES", help=f"{when} before now - MINUTES"
         )
-        listed.add_argument("--max", type=_positive, default=1000, help="show at most the oldest N (1000)")
+        listed.add_argument(
+            "--since", type=_since, metavar="WHEN", help=f"{when} at or after WHEN: MINUTES ago or an ISO time"
+        )
+        listed.add_argument(
+            "--max", type=_positive, default=100, help="show (and read) at most the oldest N rows (100)"
+        )
+        listed.add_argument(
+            "--alert", action="store_true", help="exit 1 when anything is found, 0 when nothing (for cron, Logic Apps)"
+        )
 
     checked = _command(
         commands,
         "check",
-        summary="does a manifest describe its blob; --repair fixes it",
+        summary="does a manifest describe its blob; --repair fixes what can be fixed",
         description="""Does the manifest <blob>.json describe the blob next to it (the same delivery hash,
-and a status that agrees with the copy)? With --repair: a pending manifest is settled with
-the reconciliation's rules; any other stale one is rewritten from the blob's own metadata
-and tags. Every write is conditional on the manifest as read.""",
-        example="python -m ops check '2f0c7a55-.../7d1e0c8a-.../Contrato.pdf' --repair",
+and a status that agrees with the copy)? Before saying a delivery cannot finish it looks at the
+verification queue, its poison queue (give the host storage) and the link's expiry. Every
+inconsistent state exits 1 and names the next command. With --repair: a finished copy is
+recorded, a stale or missing manifest is rebuilt from the blob (receivedAt from the blob's own
+times, marked repaired), and a delivery nothing can finish any more is marked failed. Every
+write is conditional on the manifest as read and appends an operator entry to its history.""",
+        example="python -m ops check '2f0c7a55-.../7d1e0c8a-.../Contrato.pdf' --repair "
+        '--host-connection-string "$HOST_CS"',
     )
     checked.add_argument("blob", help="the blob's name (or container/name, its URL, its manifest's name)")
     checked.add_argument("--repair", action="store_true", help="make the manifest describe the blob")
@@ -131,17 +212,16 @@ and tags. Every write is conditional on the manifest as read.""",
     replayed = _command(
         commands,
         "replay-poison",
-        summary="move poisoned verification messages back to the verification queue",
+        summary="move poisoned verification messages back; --dry-run says what each will do",
         description=f"""Moves messages from <queue>-poison back to <queue> ({VERIFICATION_QUEUE}):
-receive, send, then delete (a crash duplicates a message, never loses one). Prints the
-taskId, workspaceId and blob of each, never a message's content (it holds the export link
-with its SAS).""",
+receive, send, then delete (a crash duplicates a message, never loses one). For each message it
+says, from what is stored now (give the destination too), whether the queue function will finish
+it, find it superseded, or fail it (and why). Prints the taskId, workspaceId and blob of each,
+never a message's content (it holds the export link with its SAS).""",
         example="python -m ops replay-poison --dry-run",
-        host=True,
     )
-    replayed.add_argument("--dry-run", action="store_true", help="show what would move (at most 32); change nothing")
+    replayed.add_argument("--dry-run", action="store_true", help="show what would happen (at most 32); change nothing")
     replayed.add_argument("--max", type=_positive, default=100, help="move at most N messages (100)")
-    replayed.add_argument("--queue", default=VERIFICATION_QUEUE, help=f"the verification queue ({VERIFICATION_QUEUE})")
 
     smoke.add_arguments(
         commands.add_parser(
@@ -156,12 +236,15 @@ with its SAS).""",
 
 async def _dispatch(args: argparse.Namespace, console: Console, environ: Mapping[str, str]) -> Result:
     now = datetime.now(UTC)
+    queue_name = args.queue or VERIFICATION_QUEUE
     if args.command == "replay-poison":
         queues = open_host_queues(args, environ)
+        store = open_store(args, environ) if destination_configured(args, environ) else None
         try:
             return await replay(
-                queues.queue(args.queue),
-                queues.queue(f"{args.queue}-poison"),
+                queues.queue(queue_name),
+                queues.queue(f"{queue_name}-poison"),
+                store,
                 console,
                 dry_run=args.dry_run,
                 limit=args.max,
@@ -169,15 +252,29 @@ async def _dispatch(args: argparse.Namespace, console: Console, environ: Mapping
             )
         finally:
             await queues.close()
+            if store is not None:
+                await store.close()
     store = open_store(args, environ)
     try:
         if args.command == "find":
             return await find(store, console, task_id=args.task, workspace_id=args.workspace, limit=args.max, now=now)
         if args.command in ("pending", "failed"):
             return await deliveries_in(
-                store, console, status=args.command, older_than=args.older_than, limit=args.max, now=now
+                store,
+                console,
+                status=args.command,
+                older_than=args.older_than,
+                since=args.since,
+                limit=args.max,
+                alert=args.alert,
+                now=now,
             )
-        return await check(store, args.blob, repair=args.repair, now=now)
+        host = open_host_queues(args, environ) if host_configured(args, environ) else None
+        try:
+            return await check(store, args.blob, repair=args.repair, now=now, queues=host, queue_name=queue_name)
+        finally:
+            if host is not None:
+                await host.close()
     finally:
         await store.close()
 
@@ -235,6 +332,12 @@ async def run(
     if args.command == "find" and args.task is None and args.workspace is None:
         err.write("python -m ops find: error: give --task, --workspace or both\n")
         return USAGE
+    for one, other in (("connection_string", "account_url"), ("host_connection_string", "host_queue_url")):
+        if getattr(args, one) and getattr(args, other):
+            first, second = (f"--{name.replace('_', '-')}" for name in (one, other))
+            err.write(f"python -m ops: error: give {first} or {second}, not both\n")
+            return USAGE
+    args.json = bool(args.json)
     console = Console(err, args.json)
     try:
         result = await _dispatch(args, console, os.environ if environ is None else environ)

@@ -47,22 +47,26 @@ _OPTION_OF_FIELD = {
 }
 
 
-def add_destination_options(parser: argparse.ArgumentParser) -> None:
+def add_destination_options(parser: argparse.ArgumentParser, *, default: Any = None) -> None:
+    """``default``: argparse.SUPPRESS on a command's own copy of the options, so that a value given
+    before the command (``python -m ops --container X pending``) is not reset by the command's parser."""
     group = parser.add_argument_group("destination (the customer's storage)")
-    one = group.add_mutually_exclusive_group()
-    one.add_argument(
+    group.add_argument(
         "--connection-string",
         metavar="CS",
+        default=default,
         help="storage connection string (default: env DESTINATION_CONNECTION_STRING)",
     )
-    one.add_argument(
+    group.add_argument(
         "--account-url",
         metavar="URL",
+        default=default,
         help="https://<account>.blob.core.windows.net, signed in with DefaultAzureCredential "
         "(az login, environment, managed identity; default: env DESTINATION_ACCOUNT_URL)",
     )
     group.add_argument(
         "--container",
+        default=default,
         help=f"the receiver's container (default: env DESTINATION_CONTAINER, else {DEFAULT_CONTAINER})",
     )
 
@@ -102,19 +106,40 @@ def open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> BlobStor
 # --- the Functions host's storage (queues) ---------------------------------------------------
 
 
-def add_host_options(parser: argparse.ArgumentParser) -> None:
+def add_host_options(parser: argparse.ArgumentParser, *, default: Any = None) -> None:
     group = parser.add_argument_group("host storage (the function app's own account, where its queues are)")
-    one = group.add_mutually_exclusive_group()
-    one.add_argument(
+    group.add_argument(
         "--host-connection-string",
         metavar="CS",
+        default=default,
         help="its connection string (default: env AzureWebJobsStorage)",
     )
-    one.add_argument(
+    group.add_argument(
         "--host-queue-url",
         metavar="URL",
+        default=default,
         help="https://<account>.queue.core.windows.net, signed in with DefaultAzureCredential "
         "(default: env AzureWebJobsStorage__queueServiceUri, or AzureWebJobsStorage__accountName)",
+    )
+
+
+def host_configured(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
+    """Was the host storage given (option or environment)? ``check`` looks at the queues only then."""
+    return bool(
+        args.host_connection_string
+        or args.host_queue_url
+        or environ.get("AzureWebJobsStorage")
+        or environ.get("AzureWebJobsStorage__queueServiceUri")
+        or environ.get("AzureWebJobsStorage__accountName")
+    )
+
+
+def destination_configured(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
+    return bool(
+        args.connection_string
+        or args.account_url
+        or environ.get("DESTINATION_CONNECTION_STRING")
+        or environ.get("DESTINATION_ACCOUNT_URL")
     )
 
 

@@ -255,6 +255,12 @@ def manifest_labels(document: dict[str, Any], copy_status: str) -> tuple[dict[st
         "workspaceId": fold_tag_text(str(document.get("workspaceId") or ""), MAX_TAG_VALUE),
     }
     metadata = {marker_key: marker_value, "copystatus": copy_status, "receivedat": metadata_value(received, 64)}
+    # The operator command line summarises thousands of deliveries from these alone (no download).
+    for key in ("linkExpiresOn", "failedAt"):
+        value = str(document.get(key) or "")
+        if value:
+            tags[key] = fold_tag_text(value, MAX_TAG_VALUE)
+            metadata[key.lower()] = metadata_value(value, 64)
     return tags, metadata
 
 

@@ -144,8 +144,10 @@ class BlobState:
     content_settings: ContentSettings
     size: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    # When storage says the blob was created, last written, and its last copy completed (None: unknown).
+    creation_time: datetime | None = None
     last_modified: datetime | None = None
-    copy_completed: datetime | None = None
+    copy_completion_time: datetime | None = None
 
     @property
     def content_type(self) -> str | None:
@@ -447,8 +449,9 @@ class BlobStore:
             content_settings=props.content_settings,
             size=int(props.size or 0),
             metadata=dict(props.metadata or {}),
+            creation_time=props.creation_time,
             last_modified=props.last_modified,
-            copy_completed=copy.completion_time if copy else None,
+            copy_completion_time=copy.completion_time if copy else None,
         )
 
     async def set_content_type(self, name: str, current: BlobState, content_type: str) -> str:

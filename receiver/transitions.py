@@ -161,7 +161,7 @@ def compose(
     for key in ("completedAt", "failedAt", "failureReason", "previous"):
         document.pop(key, None)
     if copy_status == "success":
-        document["completedAt"] = before.get("completedAt") or iso(step.at)
+        document["completedAt"] = before.get("completedAt") or base.get("completedAt") or iso(step.at)
     elif copy_status == "failed":
         document["failedAt"] = iso(step.at)
         document["failureReason"] = failure_reason or "The copy failed."
@@ -606,6 +606,18 @@ async def _restore_earlier(store: BlobStore, target: Target, state: BlobState, *
 # --- repair ------------------------------------------------------------------------------------
 
 
+def blob_received(state: BlobState) -> tuple[str | None, str]:
+    """When storage says the blob's export arrived: its copy's completion time (the copy was started
+    on receipt), else its last write, else its creation. Never the time of a repair."""
+    if state.copy_completion_time is not None:
+        return iso(state.copy_completion_time), "the blob's copy completion time"
+    if state.last_modified is not None:
+        return iso(state.last_modified), "the blob's last-modified time"
+    if state.creation_time is not None:
+        return iso(state.creation_time), "the blob's creation time"
+    return None, "nothing: storage did not say"
+
+
 async def repair_manifest(
     store: BlobStore,
     manifest_name: str,
@@ -613,12 +625,14 @@ async def repair_manifest(
     snapshot: Manifest | None,
     *,
     step: Step,
+    reason: str = "the manifest did not describe the blob",
 ) -> Literal["repaired", "skipped"]:
     """Make a manifest that describes another export (or none) describe the blob next to it, from
     what the blob itself carries (metadata, tags). Marked ``partial`` and ``repairedAt``: the
-    payload's other fields were in the lost manifest. ``receivedAt`` comes from the blob (its copy's
-    completion, else its last change), never from the older export's manifest or the repair's
-    clock. Conditional on the manifest as read; a conflict means someone wrote it: leave it."""
+    payload's other fields were in the lost manifest. ``receivedAt`` comes from the blob
+    (:func:`blob_received`, named in ``receivedAtFrom``), never from the older export's manifest or
+    the repair's clock. Conditional on the manifest as read; a conflict means someone wrote it:
+    leave it."""
     if snapshot is not None and snapshot.foreign:
         return "skipped"
     blob_name = manifest_name.removesuffix(MANIFEST_SUFFIX)
@@ -626,7 +640,7 @@ async def repair_manifest(
     status: CopyStatus = (
         "success" if state.copy_settled else ("pending" if state.copy_status == "pending" else "failed")
     )
-    stored_at = state.copy_completed or state.last_modified
+    received, received_from = blob_received(state)
     document: dict[str, Any] = {
         "taskId": unquote(meta.get("taskid", "")),
         "taskNumber": meta.get("tasknumber"),
@@ -641,19 +655,19 @@ async def repair_manifest(
         "copyId": state.copy_id,
         "copyStatus": status,
         "tags": await store.blob_tags(blob_name),
-        "receivedAt": iso(stored_at) if stored_at else None,
-        "receivedAtSource": "the blob's copy completion time" if state.copy_completed else "the blob's last change",
+        "receivedAt": received,
+        "receivedAtFrom": received_from,
         "repairedAt": iso(step.at),
         "partial": True,
     }
-    if status == "success" and stored_at:
-        document["completedAt"] = iso(stored_at)
+    if status == "success" and received:
+        document["completedAt"] = received
     earlier = snapshot.document if snapshot is not None and snapshot.document.get("delivery") == state.delivery else {}
     document["history"] = earlier.get("history") or []
     document["replaced"] = merge_replaced(earlier.get("replaced"))
+    repaired = f"manifest rebuilt from the blob; receivedAt from {received_from}"
     document = with_history(
-        document,
-        Step(step.by, step.at, "repaired", {"reason": "the manifest did not describe the blob; rebuilt from the blob"}),
+        document, Step(step.by, step.at, "repaired", {"reason": reason, "repaired": repaired, **step.details})
     )
     tags, metadata = manifest_labels(document, status)
     try:

@@ -205,6 +205,7 @@ async def deliver(
                 copy_id=started.copy_id,
                 replaced=replaces,
                 previous=previous or {},
+                rewrite=if_etag is not None,
             )
             if concluded.superseded_by is not None:
                 return Delivered("superseded", plan.blob_name, started.copy_id, started.tags_written)
@@ -224,6 +225,7 @@ async def deliver(
             tags_written=started.tags_written,
             replaces=replaces,
             previous=previous,
+            rewrite=if_etag is not None,
         )
     raise StorageUnavailable("The destination blob kept changing while this delivery tried to store it.")
 
@@ -277,6 +279,7 @@ async def _settle(
     tags_written: bool,
     replaces: list[str] | None = None,
     previous: dict[str, Any] | None = None,
+    rewrite: bool = False,
 ) -> Delivered:
     """This delivery's blob, as last read: finish it, track it, or clean up after a failed copy."""
     name = plan.blob_name
@@ -293,6 +296,7 @@ async def _settle(
             confirmed=snapshot != UNREAD,
             replaced=replaces,
             previous=previous,
+            rewrite=rewrite,
         )
         if not recorded.ours:
             return replaced(plan, await store.state(name), state.copy_id, tags_written)
@@ -329,6 +333,7 @@ async def _settle(
         copy_id=state.copy_id,
         replaced=replaces,
         previous=previous,
+        rewrite=rewrite,
     )
     if concluded.superseded_by is not None:
         return Delivered("superseded", name, state.copy_id, tags_written)

@@ -186,6 +186,7 @@ async def record_manifest(
     failure_reason: str | None = None,
     previous: dict[str, Any] | None = None,
     absent_ok: bool = False,
+    rewrite: bool = False,
 ) -> Recorded:
     """Make the manifest describe this delivery, unless the blob is no longer this delivery's.
 
@@ -195,6 +196,9 @@ async def record_manifest(
     have, because the blob was still this delivery's after that read (a newer export's manifest
     write always comes after its copy). On a conflict: read both again. ``absent_ok``: a missing
     blob does not stop the write (a ``pending`` record of a copy whose answer was lost).
+    ``rewrite``: this request overwrote the blob, so it writes the manifest even when the manifest
+    already describes its delivery. Whoever changes the blob changes the manifest after it: that is
+    what makes another request's write, conditional on the manifest it read before, fail.
     """
     name = target.manifest_name
     if name is None:
@@ -212,7 +216,7 @@ async def record_manifest(
                 target.blob_name,
             )
             return Recorded(True)
-        if describes(snapshot, target.delivery, copy_status):
+        if describes(snapshot, target.delivery, copy_status) and not (rewrite and confirmed):
             return Recorded(True)
         if not confirmed:
             state = await store.state(target.blob_name)
@@ -287,6 +291,7 @@ async def conclude_success(
     copy_id: str | None,
     replaced: list[str] | None = None,
     previous: dict[str, Any] | None = None,
+    rewrite: bool = False,
 ) -> Concluded:
     """A copy of this delivery that succeeded: Content-Type, manifest ``success``, the snapshot kept
     for a failed overwrite dropped, then the task's older files retired (one current file per task).
@@ -311,6 +316,7 @@ async def conclude_success(
             snapshot=snapshot,
             confirmed=confirmed,
             replaced=replaced,
+            rewrite=rewrite,
         ),
         _task_manifests(store, target) if look_up and snapshot != UNREAD else _nothing(),
     )

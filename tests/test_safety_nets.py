@@ -481,3 +481,30 @@ def test_every_test_the_state_machine_page_names_exists() -> None:
         if not re.search(f"def {test}{ending}", (root / "tests" / file).read_text(encoding="utf-8")):
             missing.append(f"{file}::{test}{cut}")
     assert not missing, missing
+
+
+async def test_a_delivery_that_overwrites_the_blob_always_rewrites_the_manifest(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """B overwrites A; B's header read and manifest write are held. A arrives again (B's manifest, which
+    would name A as replaced, is not written yet), copies over B, and finds the manifest already says A.
+    It must still rewrite it: B's held write, conditional on the manifest it read before its copy, then
+    fails instead of describing B beside A's bytes."""
+    older = notification(exports.publish(b"%PDF export A"))
+    newer = {**older, "exportedFileUrl": exports.publish(b"%PDF export B")}
+    assert (await webhook.post(older)).body["status"] == "stored"
+    release = asyncio.Event()
+    b_read = proxied.add(Rule(is_properties, times=1, hold=release))
+    b_manifest = proxied.add(Rule(lambda r: r.method == "PUT" and r.path.endswith(".json"), times=1, hold=release))
+
+    second = asyncio.ensure_future(webhook.post(newer))
+    await reached(b_read)
+    await reached(b_manifest)
+    again = await webhook.post(older)
+    release.set()
+    answer = await second
+
+    assert again.status == 200 and again.body["status"] == "stored", again.body
+    assert answer.status == 200 and answer.body["status"] == "superseded", answer.body
+    manifest = assert_stored(destination, name_of(again.body), b"%PDF export A", older["exportedFileUrl"])
+    assert delivery_of(newer["exportedFileUrl"]) in manifest["replaced"]

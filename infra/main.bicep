@@ -8,6 +8,11 @@
 //   the customer's destination: Storage Blob Data Owner on the destination CONTAINER only
 //     (Owner because index tags need blobs/tags/write, which Contributor lacks);
 //   Application Insights: Monitoring Metrics Publisher (Entra ID ingestion; local auth is off).
+// The person running `azd up` (principalId, from azd's AZURE_PRINCIPAL_ID) gets, only when azd knows
+// them, what `python -m ops` needs: Storage Blob Data Owner on the destination container and Storage
+// Queue Data Contributor on the host storage.
+// A destination account in the app's resource group (the group `azd down` deletes) is locked against
+// deletion (docs/teardown.md). infra/VERIFY.md: the decisions, and what only Azure itself can check.
 targetScope = 'subscription'
 
 @minLength(1)

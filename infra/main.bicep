@@ -8,6 +8,11 @@
 //   the customer's destination: Storage Blob Data Owner on the destination CONTAINER only
 //     (Owner because index tags need blobs/tags/write, which Contributor lacks);
 //   Application Insights: Monitoring Metrics Publisher (Entra ID ingestion; local auth is off).
+// The person running `azd up` (principalId, from azd's AZURE_PRINCIPAL_ID) gets, only when azd knows
+// them, what `python -m ops` needs: Storage Blob Data Owner on the destination container and Storage
+// Queue Data Contributor on the host storage.
+// A destination account in the app's resource group (the group `azd down` deletes) is locked against
+// deletion (docs/teardown.md). infra/VERIFY.md: the decisions, and what only Azure itself can check.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -43,9 +48,11 @@ param hostStorageAccountName string = ''
 @description('Memory of each instance, in MB.')
 param instanceMemoryMB int = 2048
 
-@minValue(1)
+// 40 is the lowest maximum the Flex Consumption plan page allows (one other page says 1); Microsoft's
+// Flex Consumption samples use @minValue(40) too.
+@minValue(40)
 @maxValue(1000)
-@description('Upper bound on instances.')
+@description('Upper bound on instances (40 to 1000).')
 param maximumInstanceCount int = 40
 
 @minValue(1)
@@ -63,8 +70,11 @@ param alwaysReadyHttpInstances int = 0
 @description('Existing storage account to copy into; empty: create a new one (hierarchical namespace off, so blob index tags work).')
 param destinationStorageAccountName string = ''
 
-@description('Resource group of the existing destination account; empty: the app resource group.')
+@description('Resource group of the existing destination account; empty: the app resource group (then the account gets the delete lock below, since `azd down` deletes that group).')
 param destinationResourceGroupName string = ''
+
+@description('A CanNotDelete lock on the destination account when it lives in the app resource group (always so for one this template creates), so `azd down` cannot delete the archived documents with the app (docs/teardown.md). false: no lock is created (a lock made before stays until removed by hand).')
+param protectDestinationAccount bool = true
 
 @allowed([
   'Standard_LRS'
@@ -84,11 +94,14 @@ param destinationStorageSku string = 'Standard_GRS'
 @description('DESTINATION_CONTAINER: created by this template; the app gets Storage Blob Data Owner on it alone.')
 param destinationContainer string = 'smartdocumentor'
 
+@minLength(1)
 @description('BLOB_NAME_TEMPLATE: placeholders workspaceId taskId taskNumber displayName fileName ext yyyy mm dd.')
 param blobNameTemplate string = '{workspaceId}/{taskId}/{fileName}'
 
-@description('ALLOWED_SOURCE_HOSTS: comma-separated host or host:port patterns the file links may point to.')
-param allowedSourceHosts string = '*.blob.core.windows.net'
+// The cloud's own storage suffix (environment().suffixes.storage: the public cloud's, or a sovereign cloud's).
+@minLength(1)
+@description('ALLOWED_SOURCE_HOSTS: comma-separated host or host:port patterns the file links may point to; default: any blob endpoint of this cloud.')
+param allowedSourceHosts string = '*.blob.${environment().suffixes.storage}'
 
 @description('ALLOW_HTTP_SOURCES: true only for local Azurite; keep false in Azure.')
 param allowHttpSources bool = false
@@ -98,11 +111,13 @@ param allowHttpSources bool = false
 @description('COPY_WAIT_SECONDS: how long a delivery waits for an asynchronous copy before answering 202.')
 param copyWaitSeconds int = 20
 
+@minLength(1)
 @description('RECONCILE_SCHEDULE: NCRONTAB schedule of the reconciliation.')
 param reconcileSchedule string = '0 */10 * * * *'
 
 @minValue(0)
-@description('RECONCILE_AFTER_MINUTES: a pending delivery older than this is reconciled (0: every pending one).')
+@maxValue(10080)
+@description('RECONCILE_AFTER_MINUTES: a pending delivery older than this is reconciled (0: every pending one; at most 10080, a week, as the receiver allows).')
 param reconcileAfterMinutes int = 10
 
 @minValue(0)
@@ -131,6 +146,9 @@ param alertEmail string = ''
 @description('Days Log Analytics keeps the logs.')
 param logRetentionInDays int = 30
 
+@description('Object id of the person (or service principal) running `azd up`, which azd fills in (AZURE_PRINCIPAL_ID): it gets what `python -m ops` needs, Storage Blob Data Owner on the destination container and Storage Queue Data Contributor on the host storage (replay-poison). Empty: no role for anyone but the app.')
+param principalId string = ''
+
 @description('Private networking: VNet integration for the app, and private endpoints (public access off) for the host storage and a destination account this template creates. An existing destination account keeps its own network rules.')
 param vnetEnabled bool = false
 
@@ -138,16 +156,19 @@ var resourceToken = toLower(uniqueString(subscription().id, environmentName, loc
 var tags = {
   'azd-env-name': environmentName
 }
-var appName = !empty(functionAppName) ? functionAppName : 'func-sd-${resourceToken}'
-var hostAccountName = !empty(hostStorageAccountName) ? hostStorageAccountName : 'sthost${resourceToken}'
+var appName = empty(functionAppName) ? 'func-sd-${resourceToken}' : functionAppName
+var hostAccountName = empty(hostStorageAccountName) ? 'sthost${resourceToken}' : hostStorageAccountName
 var deploymentContainerName = 'app-package-${take(appName, 32)}-${take(toLower(uniqueString(appName, resourceToken)), 7)}'
 var createDestinationAccount = empty(destinationStorageAccountName)
 var destinationAccountName = createDestinationAccount ? 'stdocs${resourceToken}' : destinationStorageAccountName
-var destinationRgName = (!createDestinationAccount && !empty(destinationResourceGroupName)) ? destinationResourceGroupName : rg.name
+var destinationRgName = (createDestinationAccount || empty(destinationResourceGroupName)) ? rg.name : destinationResourceGroupName
 var webhookFunctionName = 'anonymization_webhook'
+// `azd down` deletes the resource groups this deployment created (azd >= 1.24.1), so the app's with
+// everything in it: a destination account in that group is locked against deletion.
+var lockDestinationAccount = protectDestinationAccount && (toLower(destinationRgName) == toLower(rg.name))
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
-  name: !empty(resourceGroupName) ? resourceGroupName : 'rg-${environmentName}'
+  name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
   location: location
   tags: tags
 }
@@ -181,6 +202,7 @@ module hostStorage 'app/host-storage.bicep' = {
     tags: tags
     deploymentContainerName: deploymentContainerName
     principalId: identity.outputs.principalId
+    operatorPrincipalId: principalId
     privateNetworking: vnetEnabled
   }
 }
@@ -245,6 +267,8 @@ module destination 'app/destination-access.bicep' = {
     accountName: destinationAccountName
     containerName: destinationContainer
     principalId: identity.outputs.principalId
+    operatorPrincipalId: principalId
+    lockAccount: lockDestinationAccount
   }
   // The scope is named, not referenced: say that it waits for the resource group and a new account.
   dependsOn: [
@@ -308,3 +332,8 @@ output HEALTH_URL string = 'https://${api.outputs.defaultHostName}/api/health'
 output WEBHOOK_KEY_COMMAND string = 'az functionapp function keys list --resource-group ${rg.name} --name ${api.outputs.name} --function-name ${webhookFunctionName} --query "values(@)[0]" --output tsv'
 output DESTINATION_CONTAINER_URL string = destination.outputs.containerUrl
 output DESTINATION_STORAGE_ACCOUNT string = destinationAccountName
+output DESTINATION_RESOURCE_GROUP string = destinationRgName
+@description('The app identity\'s role on the destination container: on an existing account in another resource group `azd down` leaves it behind (docs/teardown.md).')
+output DESTINATION_ROLE_ASSIGNMENT_ID string = destination.outputs.appRoleAssignmentId
+@description('Name of the CanNotDelete lock on the destination account; empty: none.')
+output DESTINATION_LOCK_NAME string = destination.outputs.lockName

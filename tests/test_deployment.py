@@ -68,3 +68,21 @@ def test_the_python_versions_agree() -> None:
     # azure-functions 2.x is the line for 3.13+: requirements.txt must say which line each Python gets.
     requirements = (ROOT / "requirements.txt").read_text()
     assert 'azure-functions>=2,<3; python_version >= "3.13"' in requirements
+
+
+def test_the_exporter_floor_allows_entra_id_ingestion_only() -> None:
+    """Application Insights takes Entra ID tokens only (infra: DisableLocalAuth); exporters before
+    1.0.0b36 ignore APPLICATIONINSIGHTS_AUTHENTICATION_STRING, get 401 and drop every record."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    requirements = [
+        Requirement(line.split("#")[0].strip())
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
+    [exporter] = [r for r in requirements if r.name == "azure-monitor-opentelemetry-exporter"]
+    assert not exporter.specifier.contains(Version("1.0.0b35"), prereleases=True)
+    assert exporter.specifier.contains(Version("1.0.0b36"), prereleases=True)
+    assert exporter.specifier.contains(Version("1.0.0b58"), prereleases=True)  # the newest this project knows
+    assert any(r.name == "azure-monitor-opentelemetry" for r in requirements)  # the distro that brings it

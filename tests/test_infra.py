@@ -6,7 +6,10 @@
 - the app settings cover every setting receiver/settings.py reads (plus the contract's newer ones) with
   the receiver's own defaults, and every binding connection / %setting% in function_app.py, by identity;
 - no key, connection string, SAS or secret anywhere in infra/;
-- azure.yaml deploys the project root, and .funcignore keeps infra/ and azd's state out of the package.
+- azure.yaml deploys the project root, and .funcignore keeps infra/ and azd's state out of the package;
+- issue 16: azd >= 1.24.1, the scale floor, the receiver's bounds, no hard-coded cloud suffix, the delete
+  lock on a destination account `azd down` would delete, the operator's optional roles, VNet mode's
+  `bypass: 'None'`, defaults an empty ${VAR} cannot silently replace, the Microsoft.App hook (run).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -41,13 +45,18 @@ ROLES = {
 }
 ACCOUNT = "Microsoft.Storage/storageAccounts"
 CONTAINER = "Microsoft.Storage/storageAccounts/blobServices/containers"
-# (file, role, type of the scope): every role assignment infra/ makes, and nothing else.
+# (file, role, type of the scope, who): every role assignment infra/ makes, and nothing else. "app" is the
+# app's identity, always; "operator" the person running `azd up` (principalId), only when azd knows them.
 EXPECTED_ROLES = {
-    ("app/host-storage.bicep", "Storage Blob Data Owner", ACCOUNT),
-    ("app/host-storage.bicep", "Storage Queue Data Contributor", ACCOUNT),
-    ("app/destination-access.bicep", "Storage Blob Data Owner", CONTAINER),
-    ("app/monitoring.bicep", "Monitoring Metrics Publisher", "Microsoft.Insights/components"),
+    ("app/host-storage.bicep", "Storage Blob Data Owner", ACCOUNT, "app"),
+    ("app/host-storage.bicep", "Storage Queue Data Contributor", ACCOUNT, "app"),
+    ("app/destination-access.bicep", "Storage Blob Data Owner", CONTAINER, "app"),
+    ("app/monitoring.bicep", "Monitoring Metrics Publisher", "Microsoft.Insights/components", "app"),
+    ("app/host-storage.bicep", "Storage Queue Data Contributor", ACCOUNT, "operator"),
+    ("app/destination-access.bicep", "Storage Blob Data Owner", CONTAINER, "operator"),
 }
+# The Bicep parameter each module takes the operator's object id in.
+OPERATOR_PARAM = "operatorPrincipalId"
 # CONTRACT section 5 settings that receiver/settings.py may not read yet, with the contract's defaults.
 CONTRACT_SETTINGS: dict[str, object] = {
     "SYNC_COPY_MAX_MIB": 256,
@@ -73,6 +82,13 @@ def bicep(rel: str) -> dict[str, Any]:
     return cast(dict[str, Any], BicepParser().parse(file_path=INFRA / rel))
 
 
+def unwrap(config: dict[str, Any]) -> tuple[object, dict[str, Any]]:
+    """A resource's (condition or None, body): `= if (c) {...}` parses as {"condition": c, "config": {...}}."""
+    if set(config) == {"condition", "config"}:
+        return config["condition"], cast(dict[str, Any], config["config"])
+    return None, config
+
+
 def resources(rel: str, type_: str) -> dict[str, dict[str, Any]]:
     return {name: res for name, res in bicep(rel).get("resources", {}).items() if res["type"] == type_}
 
@@ -80,7 +96,7 @@ def resources(rel: str, type_: str) -> dict[str, dict[str, Any]]:
 def only(rel: str, type_: str) -> dict[str, Any]:
     found = list(resources(rel, type_).values())
     assert len(found) == 1, f"{rel}: expected one {type_}, found {len(found)}"
-    return cast(dict[str, Any], found[0]["config"])
+    return unwrap(found[0]["config"])[1]
 
 
 def module_params(rel: str, name: str) -> dict[str, Any]:
@@ -138,6 +154,60 @@ def app_settings() -> dict[str, tuple[str, object]]:
             passed = module_params("main.bicep", "api")[arg]
             merged.update({k: ("main.bicep", v) for k, v in variable("main.bicep", passed).items()})
     return merged
+
+
+# What `environment().suffixes.storage` is in Azure's public cloud (sovereign clouds have their own).
+PUBLIC_STORAGE_SUFFIX = "core.windows.net"
+
+
+def evaluate(rel: str, expr: object, given: dict[str, object]) -> object:
+    """The value of a Bicep expression of `rel` in the public cloud, with parameters `given` (else defaults).
+
+    Enough of Bicep for the conditions tested here: literals, parameters, variables, a resource's name,
+    `${...}` interpolation, and / or / not / == / != / ?:, empty(), toLower(). A bare string that names no
+    parameter, variable or resource is a string literal (pycep parses both as str).
+    It follows pycep's tree, and pycep 0.7 gets precedence wrong (`!a && b` parses as `!(a && b)`,
+    `a || b ? x : y` as `a || (b ? x : y)`): infra/ writes such conditions with parentheses.
+    """
+    tree = bicep(rel)
+
+    def value(node: object) -> object:
+        if isinstance(node, bool | int):
+            return node
+        if isinstance(node, str):
+            if node in given:
+                return given[node]
+            if node in tree.get("parameters", {}):
+                return value(tree["parameters"][node]["default"])
+            if node in tree.get("variables", {}):
+                return value(tree["variables"][node]["value"])
+            text = node.replace("${environment().suffixes.storage}", PUBLIC_STORAGE_SUFFIX)
+            return re.sub(r"\$\{(\w+)\}", lambda m: str(value(m.group(1))), text)
+        assert isinstance(node, dict), node
+        if "function" in node:
+            function = node["function"]
+            [argument] = function["parameters"].values()
+            if function["type"] == "empty":
+                return not value(argument)
+            if function["type"] == "to_lower":
+                return str(value(argument)).lower()
+            raise NotImplementedError(function["type"])
+        operator = node["operator"]
+        kind, operands = operator["type"], operator["operands"]
+        if kind == "property_accessor" and operands["operand_2"] == "name":
+            resource = tree["resources"][operands["operand_1"]]
+            return value(unwrap(resource["config"])[1]["name"])
+        if kind == "conditional":
+            branch = "true_value" if value(operands["condition"]) else "false_value"
+            return value(operands[branch])
+        if kind == "not":
+            return not value(operands["bool_value"])
+        left, right = value(operands["operand_1"]), value(operands["operand_2"])
+        results = {"and": bool(left and right), "or": bool(left or right), "equals": left == right}
+        results["not_equals"] = left != right
+        return results[kind]
+
+    return value(expr)
 
 
 def setting_name(field: str) -> str:
@@ -260,7 +330,7 @@ def test_roles_are_exactly_the_intended_ones_at_the_intended_scopes() -> None:
     found = set()
     for rel in BICEP_FILES:
         for name, res in resources(rel, "Microsoft.Authorization/roleAssignments").items():
-            config = res["config"]
+            condition, config = unwrap(res["config"])
             where = f"{rel}: {name}"
             role_id = config["properties"]["roleDefinitionId"]["function"]
             assert role_id["type"] == "subscription_resource_id", where
@@ -269,16 +339,28 @@ def test_roles_are_exactly_the_intended_ones_at_the_intended_scopes() -> None:
             # An explicit scope on a resource of this file: never the resource group or subscription.
             assert "scope" in config, f"{where} has no scope: it would apply to the whole resource group"
             scope = bicep(rel)["resources"][config["scope"]]
-            # The role goes to the app's identity, typed so a fresh principal does not fail to replicate.
-            assert config["properties"]["principalId"] == "principalId", where
-            assert config["properties"]["principalType"] == "ServicePrincipal", where
+            principal = config["properties"]["principalId"]
+            if principal == "principalId":
+                # The app's identity, always, typed so a fresh principal does not fail to replicate.
+                who = "app"
+                assert condition is None, f"{where}: the app's role must not be conditional"
+                assert config["properties"]["principalType"] == "ServicePrincipal", where
+            else:
+                # The operator's, only when azd knows them (AZURE_PRINCIPAL_ID): skipped when empty. Untyped:
+                # azd's principal is a user, or a service principal in CI.
+                who = "operator"
+                assert principal == OPERATOR_PARAM, where
+                assert evaluate(rel, condition, {OPERATOR_PARAM: ""}) is False, where
+                assert evaluate(rel, condition, {OPERATOR_PARAM: "00000000-0000-0000-0000-000000000001"}) is True
+                assert "principalType" not in config["properties"], where
+                assert bicep(rel)["parameters"][OPERATOR_PARAM]["default"] == "", where
             # A stable name per (scope, principal, role), so a redeploy does not fail with RoleAssignmentExists.
             guid = config["name"]["function"]
             assert guid["type"] == "guid", where
             assert accessor(guid["parameters"]["base_string"]) == [config["scope"], "id"], where
-            found.add((rel, role, scope["type"]))
+            found.add((rel, role, scope["type"], who))
     assert found == EXPECTED_ROLES
-    assert not any(role == "Storage Table Data Contributor" for _, role, _ in found)  # no Durable Functions
+    assert not any(role == "Storage Table Data Contributor" for _, role, _, _ in found)  # no Durable Functions
 
 
 def test_destination_role_is_scoped_to_the_container_the_app_writes_to() -> None:
@@ -344,7 +426,8 @@ def test_app_setting_defaults_are_the_receivers_and_azd_can_set_each() -> None:
         if param_name is None:
             continue  # derived from a resource (DESTINATION_ACCOUNT_URL)
         param = main["parameters"][param_name]
-        assert as_setting(param["default"]) == as_setting(defaults[name]), name
+        # In the public cloud: a default may be made from the cloud's storage suffix (ALLOWED_SOURCE_HOSTS).
+        assert as_setting(evaluate("main.bicep", param["default"], {})) == as_setting(defaults[name]), name
         # `azd env set NAME value` reaches it under the setting's own name.
         assert azd[param_name]["value"] == "${" + name + "}", name
         checked.add(name)
@@ -500,3 +583,211 @@ def test_funcignore_keeps_infra_and_azd_state_out_of_the_package() -> None:
         assert ignore.match_file(path), path
     for path in ("function_app.py", "receiver/settings.py", "host.json", "requirements.txt"):
         assert not ignore.match_file(path), path
+
+
+# ---- issue 16: azd version, bounds, cloud suffix, protection, operator roles, VNet mode ----
+
+# azd's changelog: 1.15 stops an unset ${VAR} from replacing a Bicep default with "", 1.18 packages by
+# .funcignore, 1.24.1 makes `azd down` delete only the resource groups the deployment created (before, it
+# also deleted an existing destination account's group, documents and all).
+AZD_FLOOR = (1, 24, 1)
+# Hard-coded endpoint suffixes of Azure's clouds: the deployment must take them from environment().
+CLOUD_SUFFIXES = re.compile(
+    r"core\.windows\.net|core\.chinacloudapi\.cn|core\.usgovcloudapi\.net|core\.cloudapi\.de|"
+    r"database\.windows\.net|vault\.azure\.net|azurewebsites\.net",
+    re.IGNORECASE,
+)
+
+
+def test_azure_yaml_requires_an_azd_that_keeps_defaults_packages_by_funcignore_and_spares_existing_groups() -> None:
+    config = yaml.safe_load((ROOT / "azure.yaml").read_text())
+    required = config["requiredVersions"]["azd"]
+    match = re.fullmatch(r">=\s*(\d+)\.(\d+)\.(\d+)", required.strip())
+    assert match, f"azure.yaml: requiredVersions.azd {required!r} is not a plain '>= x.y.z' floor"
+    floor = tuple(int(part) for part in match.groups())
+    assert floor >= (1, 18, 0), "azd before 1.18 ignores .funcignore (and before 1.15 empties unset parameters)"
+    assert floor >= AZD_FLOOR, "azd before 1.24.1 deletes an existing destination account's resource group"
+
+
+def test_parameter_bounds_scale_floor_and_the_receivers_reconcile_cap() -> None:
+    params = bicep("main.bicep")["parameters"]
+    # Flex Consumption's plan page gives 40 as the lowest maximumInstanceCount (Microsoft's samples: @minValue(40)).
+    scale = params["maximumInstanceCount"]
+    assert decorator(scale, "min_value") == 40
+    assert decorator(scale, "max_value") == 1000
+    assert 40 <= scale["default"] <= 1000
+    # The receiver refuses RECONCILE_AFTER_MINUTES above a week: Bicep refuses it first, not the first request.
+    reconcile = params["reconcileAfterMinutes"]
+    [cap] = [
+        m.le for m in Settings.model_fields["reconcile_after_minutes"].metadata if isinstance(m, annotated_types.Le)
+    ]
+    assert cap == 7 * 24 * 60
+    assert decorator(reconcile, "max_value") == cap
+    assert decorator(reconcile, "min_value") == 0
+    assert 0 <= reconcile["default"] <= cap
+
+
+def test_no_hard_coded_cloud_suffix_in_bicep() -> None:
+    for rel in BICEP_FILES:
+        for number, line in enumerate((INFRA / rel).read_text().splitlines(), 1):
+            match = CLOUD_SUFFIXES.search(line)
+            assert match is None, f"infra/{rel}:{number}: {match.group(0)!r}: use environment().suffixes"
+    # The default source hosts are the blob endpoints of whatever cloud this is deployed to.
+    default = bicep("main.bicep")["parameters"]["allowedSourceHosts"]["default"]
+    assert default == "*.blob.${environment().suffixes.storage}"
+    assert evaluate("main.bicep", default, {}) == "*.blob.core.windows.net"
+    # The private DNS zones too.
+    zones = variable("app/network.bicep", "zoneNames")
+    assert zones == {
+        "blob": "privatelink.blob.${environment().suffixes.storage}",
+        "queue": "privatelink.queue.${environment().suffixes.storage}",
+    }
+
+
+def test_the_check_above_catches_a_hard_coded_suffix() -> None:
+    assert CLOUD_SUFFIXES.search("param allowedSourceHosts string = '*.blob.core.windows.net'")
+    assert not CLOUD_SUFFIXES.search("param allowedSourceHosts string = '*.blob.${environment().suffixes.storage}'")
+
+
+def lock_for(**given: object) -> bool:
+    """Whether main.bicep locks the destination account, for the given parameters (else the defaults)."""
+    params: dict[str, object] = {"environmentName": "dev", "location": "westeurope", **given}
+    passed = module_params("main.bicep", "destination")["lockAccount"]
+    return bool(evaluate("main.bicep", passed, params))
+
+
+def test_a_destination_account_azd_down_would_delete_is_locked_against_deletion() -> None:
+    rel = "app/destination-access.bicep"
+    [lock] = resources(rel, "Microsoft.Authorization/locks").values()
+    condition, config = unwrap(lock["config"])
+    assert config["scope"] == "account"
+    assert only(rel, ACCOUNT)["name"] == "accountName"
+    assert config["properties"]["level"] == "CanNotDelete"
+    assert "teardown" in config["properties"]["notes"]
+    assert evaluate(rel, condition, {"lockAccount": True}) is True
+    assert evaluate(rel, condition, {"lockAccount": False}) is False
+    # A new account (created in the app's resource group, which `azd down` deletes): locked by default.
+    assert bicep("main.bicep")["parameters"]["protectDestinationAccount"]["default"] is True
+    assert lock_for() is True
+    # An existing account whose group is not named lives in the app's group too: locked.
+    assert lock_for(destinationStorageAccountName="stcustomer") is True
+    assert lock_for(destinationStorageAccountName="stcustomer", destinationResourceGroupName="RG-DEV") is True
+    # An existing account in its own group: azd (>= 1.24.1) does not delete that group; no lock on it.
+    assert lock_for(destinationStorageAccountName="stcustomer", destinationResourceGroupName="rg-customer") is False
+    # Turned off on purpose (a trial deployment that `azd down` should wipe whole).
+    assert lock_for(protectDestinationAccount=False) is False
+    # The teardown section names the lock, and azd's environment records it (DESTINATION_LOCK_NAME).
+    outputs = bicep("main.bicep")["outputs"]
+    assert accessor(outputs["DESTINATION_LOCK_NAME"]["value"]) == ["destination", "outputs", "lockName"]
+    lock_name = variable(rel, config["name"])
+    assert lock_name in (ROOT / "docs" / "teardown.md").read_text()
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert azd["protectDestinationAccount"]["value"] == "${PROTECT_DESTINATION_ACCOUNT}"
+
+
+def test_the_operator_gets_the_roles_ops_needs_only_when_azd_names_them() -> None:
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert azd["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"  # azd fills it with the signed-in principal
+    assert bicep("main.bicep")["parameters"]["principalId"]["default"] == ""
+    for module in ("destination", "hostStorage"):
+        assert module_params("main.bicep", module)[OPERATOR_PARAM] == "principalId"
+    # Which roles, conditional on what: test_roles_are_exactly_the_intended_ones_at_the_intended_scopes.
+    operator = {(rel, role) for rel, role, _, who in EXPECTED_ROLES if who == "operator"}
+    assert operator == {
+        ("app/destination-access.bicep", "Storage Blob Data Owner"),  # find, check, reconcile, export
+        ("app/host-storage.bicep", "Storage Queue Data Contributor"),  # replay-poison
+    }
+
+
+def test_host_storage_takes_no_trusted_service_exception_in_vnet_mode() -> None:
+    rel = "app/host-storage.bicep"
+    acls = only(rel, ACCOUNT)["properties"]["networkAcls"]
+    assert evaluate(rel, acls["bypass"], {"privateNetworking": True}) == "None"
+    assert evaluate(rel, acls["defaultAction"], {"privateNetworking": True}) == "Deny"
+    public = only(rel, ACCOUNT)["properties"]["publicNetworkAccess"]
+    assert evaluate(rel, public, {"privateNetworking": True}) == "Disabled"
+    # Without VNet mode the default action is Allow, so bypass changes nothing there.
+    assert evaluate(rel, acls["defaultAction"], {"privateNetworking": False}) == "Allow"
+    assert module_params("main.bicep", "hostStorage")["privateNetworking"] == "vnetEnabled"
+
+
+# String parameters whose empty value is a valid choice of its own (no tags at all).
+EMPTY_IS_A_CHOICE = {"tagFields"}
+
+
+def test_an_empty_azd_variable_cannot_silently_replace_a_default() -> None:
+    """azd before 1.15 passed "" for an unset ${VAR}; azure.yaml refuses those, and if one slipped through
+    anyway ARM would refuse "" rather than deploy a receiver that answers `misconfigured`."""
+    params = bicep("main.bicep")["parameters"]
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    for name in azd:
+        param = params[name]
+        if param["type"] != "string" or "default" not in param or param["default"] == "" or name in EMPTY_IS_A_CHOICE:
+            continue  # int and bool refuse "" by type; "" already means the default; or "" is a choice
+        allowed = decorator(param, "allowed")
+        min_length = decorator(param, "min_length")
+        refuses_empty = (isinstance(min_length, int) and min_length >= 1) or (
+            isinstance(allowed, list) and "" not in allowed
+        )
+        assert refuses_empty, f"{name}: an empty ${{VAR}} would replace {param['default']!r}: add @minLength(1)"
+    for name in ("blobNameTemplate", "allowedSourceHosts", "reconcileSchedule", "destinationContainer"):
+        assert isinstance(decorator(params[name], "min_length"), int), name
+
+
+# ---- the Microsoft.App preprovision hook, run with a stand-in `az` ----
+
+FAKE_AZ = """#!/bin/sh
+echo "$*" >> "$AZ_CALLS"
+case "$*" in
+  "provider show"*) echo "$AZ_STATE" ;;
+esac
+exit 0
+"""
+
+
+def run_hook(
+    tmp_path: Path, vnet: str | None, state: str = "NotRegistered", with_az: bool = True
+) -> tuple[str, list[str]]:
+    config = yaml.safe_load((ROOT / "azure.yaml").read_text())
+    hook = config["hooks"]["preprovision"]["posix"]
+    assert hook["shell"] == "sh"
+    script = (ROOT / hook["run"]).resolve()
+    assert script.is_file() and (ROOT / config["hooks"]["preprovision"]["windows"]["run"]).is_file()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "calls.txt"
+    calls.write_text("")
+    (bin_dir / "az").unlink(missing_ok=True)
+    if with_az:
+        (bin_dir / "az").write_text(FAKE_AZ)
+        (bin_dir / "az").chmod(0o755)
+    for tool in ("tr", "printf"):
+        found = shutil.which(tool)
+        if found and not (bin_dir / tool).exists():
+            (bin_dir / tool).symlink_to(found)
+    env = {"PATH": str(bin_dir), "AZ_CALLS": str(calls), "AZ_STATE": state, "AZURE_SUBSCRIPTION_ID": "sub-1"}
+    if vnet is not None:
+        env["VNET_ENABLED"] = vnet
+    sh = shutil.which("sh")
+    assert sh
+    run = subprocess.run([sh, str(script)], env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert run.returncode == 0, run.stderr  # it never stops `azd up`
+    return run.stdout + run.stderr, calls.read_text().splitlines()
+
+
+def test_the_hook_registers_microsoft_app_only_in_vnet_mode(tmp_path: Path) -> None:
+    for vnet in (None, "false", ""):
+        _, calls = run_hook(tmp_path, vnet)
+        assert calls == [], vnet
+    _, calls = run_hook(tmp_path, "True")
+    assert calls == [
+        "provider show --namespace Microsoft.App --subscription sub-1 --query registrationState --output tsv",
+        "provider register --namespace Microsoft.App --subscription sub-1 --wait",
+    ]
+    _, calls = run_hook(tmp_path, "true", state="Registered")
+    assert calls == [
+        "provider show --namespace Microsoft.App --subscription sub-1 --query registrationState --output tsv"
+    ]
+    said, calls = run_hook(tmp_path, "true", with_az=False)
+    assert calls == []
+    assert "az provider register --namespace Microsoft.App --subscription sub-1 --wait" in said

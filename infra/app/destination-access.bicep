@@ -7,6 +7,10 @@ param accountName string
 param containerName string
 @description('Principal (object) id of the managed identity the app runs as.')
 param principalId string
+@description('Object id of the person running `azd up` (AZURE_PRINCIPAL_ID), for `python -m ops`; empty: no role.')
+param operatorPrincipalId string = ''
+@description('Lock the account against deletion (main.bicep: when it lives in the resource group `azd down` deletes).')
+param lockAccount bool = false
 
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 
@@ -39,7 +43,35 @@ resource containerOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// DESTINATION_ACCOUNT_URL: https://<account>.blob.core.windows.net (the receiver drops a trailing slash).
+// The operator's own role, for `python -m ops` (find, check, reconcile, export: reads and writes blobs,
+// their index tags and the manifests in this container only). No principalType: azd's principal is a
+// user, or a service principal in CI; leaving the type out works for both.
+resource operatorContainerOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(container.id, operatorPrincipalId, storageBlobDataOwner)
+  scope: container
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwner)
+    principalId: operatorPrincipalId
+  }
+}
+
+// Archived documents outlive the app: `azd down` deletes the resource groups the deployment created,
+// and ARM refuses to delete a resource group holding a locked resource (docs/teardown.md).
+// Deleting blobs and containers is data-plane work a management lock does not stop: soft delete
+// (destination-account.bicep) covers that.
+var lockName = 'keep-archived-documents'
+resource deleteLock 'Microsoft.Authorization/locks@2020-05-01' = if (lockAccount) {
+  name: lockName
+  scope: account
+  properties: {
+    level: 'CanNotDelete'
+    notes: 'Holds the archived SmartDocumentor documents; azd down must not delete it. To delete it on purpose, remove this lock first (docs/teardown.md).'
+  }
+}
+
+// DESTINATION_ACCOUNT_URL: https://<account>.blob.<the cloud's storage suffix>/ (the receiver drops a trailing slash).
 output accountUrl string = account.properties.primaryEndpoints.blob
 output containerUrl string = '${account.properties.primaryEndpoints.blob}${containerName}'
 output containerId string = container.id
+output appRoleAssignmentId string = containerOwner.id
+output lockName string = lockAccount ? lockName : ''

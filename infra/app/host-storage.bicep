@@ -7,6 +7,8 @@ param tags object = {}
 param deploymentContainerName string
 @description('Principal (object) id of the managed identity the app runs as.')
 param principalId string
+@description('Object id of the person running `azd up` (AZURE_PRINCIPAL_ID), for `python -m ops replay-poison`; empty: no role.')
+param operatorPrincipalId string = ''
 param privateNetworking bool = false
 
 // Queue names used by function_app.py; the host moves a message that failed maxDequeueCount times to <queue>-poison.
@@ -38,7 +40,8 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     publicNetworkAccess: privateNetworking ? 'Disabled' : 'Enabled'
     networkAcls: {
       // checkov:skip=CKV_AZURE_35:Without vnetEnabled a Flex Consumption app has no fixed outbound address a firewall rule could allow, so the default stays Allow and only Entra ID identities with a role get in (shared keys off). vnetEnabled=true denies by default and disables public access.
-      bypass: 'AzureServices'
+      // checkov:skip=CKV_AZURE_36:In VNet mode no Azure service but the app (through its private endpoints) needs this account, so no trusted-service exception, as in Microsoft's Flex Consumption samples; without VNet mode the default action is Allow and bypass changes nothing.
+      bypass: privateNetworking ? 'None' : 'AzureServices'
       defaultAction: privateNetworking ? 'Deny' : 'Allow'
     }
   }
@@ -102,6 +105,17 @@ resource queueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
     principalId: principalId
     principalType: 'ServicePrincipal'
+  }
+}
+
+// The operator's own role, for `python -m ops replay-poison` (moves messages from the -poison queue
+// back). No principalType: a user, or a service principal in CI.
+resource operatorQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(account.id, operatorPrincipalId, roles.storageQueueDataContributor)
+  scope: account
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: operatorPrincipalId
   }
 }
 

@@ -12,7 +12,7 @@
 // them, what `python -m ops` needs: Storage Blob Data Owner on the destination container and Storage
 // Queue Data Contributor on the host storage.
 // A destination account in the app's resource group (the group `azd down` deletes) is locked against
-// deletion (docs/teardown.md). infra/VERIFY.md: the decisions, and what only Azure itself can check.
+// deletion (README.md, "Tearing it down"). infra/VERIFY.md: the decisions, and what only Azure itself can check.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -73,7 +73,7 @@ param destinationStorageAccountName string = ''
 @description('Resource group of the existing destination account; empty: the app resource group (then the account gets the delete lock below, since `azd down` deletes that group).')
 param destinationResourceGroupName string = ''
 
-@description('A CanNotDelete lock on the destination account when it lives in the app resource group (always so for one this template creates), so `azd down` cannot delete the archived documents with the app (docs/teardown.md). false: no lock is created (a lock made before stays until removed by hand).')
+@description('A CanNotDelete lock on the destination account when it lives in the app resource group (always so for one this template creates), so `azd down` cannot delete the archived documents with the app (README.md, "Tearing it down"). false: no lock is created (a lock made before stays until removed by hand).')
 param protectDestinationAccount bool = true
 
 @allowed([
@@ -333,7 +333,7 @@ output WEBHOOK_KEY_COMMAND string = 'az functionapp function keys list --resourc
 output DESTINATION_CONTAINER_URL string = destination.outputs.containerUrl
 output DESTINATION_STORAGE_ACCOUNT string = destinationAccountName
 output DESTINATION_RESOURCE_GROUP string = destinationRgName
-@description('The app identity\'s role on the destination container: on an existing account in another resource group `azd down` leaves it behind (docs/teardown.md).')
+@description('The app identity\'s role on the destination container: on an existing account in another resource group `azd down` leaves it behind (README.md, "Tearing it down").')
 output DESTINATION_ROLE_ASSIGNMENT_ID string = destination.outputs.appRoleAssignmentId
 @description('Name of the CanNotDelete lock on the destination account; empty: none.')
 output DESTINATION_LOCK_NAME string = destination.outputs.lockName

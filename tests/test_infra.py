@@ -680,7 +680,7 @@ def test_a_destination_account_azd_down_would_delete_is_locked_against_deletion(
     outputs = bicep("main.bicep")["outputs"]
     assert accessor(outputs["DESTINATION_LOCK_NAME"]["value"]) == ["destination", "outputs", "lockName"]
     lock_name = variable(rel, config["name"])
-    assert lock_name in (ROOT / "docs" / "teardown.md").read_text()
+    assert lock_name in (ROOT / "README.md").read_text()
     azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
     assert azd["protectDestinationAccount"]["value"] == "${PROTECT_DESTINATION_ACCOUNT}"
 

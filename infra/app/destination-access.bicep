@@ -56,7 +56,7 @@ resource operatorContainerOwner 'Microsoft.Authorization/roleAssignments@2022-04
 }
 
 // Archived documents outlive the app: `azd down` deletes the resource groups the deployment created,
-// and ARM refuses to delete a resource group holding a locked resource (docs/teardown.md).
+// and ARM refuses to delete a resource group holding a locked resource (README.md, "Tearing it down").
 // Deleting blobs and containers is data-plane work a management lock does not stop: soft delete
 // (destination-account.bicep) covers that.
 var lockName = 'keep-archived-documents'
@@ -65,7 +65,7 @@ resource deleteLock 'Microsoft.Authorization/locks@2020-05-01' = if (lockAccount
   scope: account
   properties: {
     level: 'CanNotDelete'
-    notes: 'Holds the archived SmartDocumentor documents; azd down must not delete it. To delete it on purpose, remove this lock first (docs/teardown.md).'
+    notes: 'Holds the archived SmartDocumentor documents; azd down must not delete it. To delete it on purpose, remove this lock first (README.md, "Tearing it down").'
   }
 }
 

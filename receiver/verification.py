@@ -136,6 +136,7 @@ async def verify_copy(
             return "unreadable"
         record.task_id, record.workspace_id = pending.task_id, pending.workspace_id
         record.blob = f"{pending.container}/{pending.blob_name}"
+        record.delivery, record.copy_id = pending.delivery, pending.copy_id
         settings = runtime.settings()
         store = runtime.store()
         wait = settings.copy_wait_seconds if wait_seconds is None else wait_seconds

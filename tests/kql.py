@@ -481,11 +481,15 @@ def _order(parser: Parser, rows: list[Row], context: Context) -> list[Row]:
         keys.append((node, descending))
         if parser.at(","):
             parser.take(",")
-    for node, descending in reversed(keys):
+    for node, descending in reversed(keys):  # stable sorts, last key first
         present = [r for r in rows if evaluate(node, r, context) is not None]
         missing = [r for r in rows if evaluate(node, r, context) is None]
-        rows = sorted(present, key=lambda r, n=node: evaluate(n, r, context), reverse=descending) + missing
+        rows = sorted(present, key=_sort_key(node, context), reverse=descending) + missing
     return rows
+
+
+def _sort_key(node: Node, context: Context) -> Callable[[Row], Any]:
+    return lambda row: evaluate(node, row, context)
 
 
 def _render(parser: Parser, rows: list[Row], context: Context) -> list[Row]:

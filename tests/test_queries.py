@@ -433,6 +433,11 @@ def test_pending_lists_the_stuck_reexport_and_nothing_settled_or_never_sent(run:
     assert [row["delivery"] for row in query("pending-over-an-hour.kql").run({"traces": traces}, now=later)] == [
         run.hashes["stuck"]
     ]
+    # By delivery hash, not by blob: the first export's notification sent again after the re-export
+    # (answered `stored` or `duplicate`) settles the first export only.
+    resend = dict(stored_answer, timestamp=datetime.now(UTC) + timedelta(minutes=5))
+    rows = query("pending-over-an-hour.kql").run({"traces": [*found["traces"], resend]}, now=later)
+    assert run.hashes["stuck"] in [row["delivery"] for row in rows]
     # Settlement is by time: a settling record after the last one ends the story, one before it does not.
     settling = dict(
         stuck_answer,

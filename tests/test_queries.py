@@ -122,6 +122,7 @@ def capture(monkeypatch: pytest.MonkeyPatch) -> Iterator[Capture]:
     """The exporters the distro installs, as the worker wires them: logs of the receiver's loggers
     (and another library's), and every span."""
     monkeypatch.setenv("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "true")  # no call home
+    monkeypatch.setenv("APPLICATIONINSIGHTS_SDKSTATS_DISABLED", "true")  # nor the exporter's own metrics
     running = Capture()
     provider = LoggerProvider()
     logs = AzureMonitorLogExporter(connection_string=running.connection, disable_offline_storage=True)
@@ -628,6 +629,7 @@ def _burst(settings: dict[str, str]) -> tuple[int, int]:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))}
         env |= settings | {
             "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+            "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
             "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel",  # no cloud metadata probes
             "PYTHONPATH": str(ROOT),
         }

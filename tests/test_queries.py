@@ -612,9 +612,14 @@ logging.getLogger("receiver").setLevel(logging.INFO)
 for number in range(100):
     with recording("delivery") as record:
         record.outcome, record.task_id = "stored", f"burst-{number}"
+from receiver.telemetry import report_oldest_pending, report_poison_depth
+report_poison_depth(2, queue="smartdocumentor-copy-verifications-poison")
+report_oldest_pending(60)
 trace.get_tracer_provider().force_flush()
 from opentelemetry._logs import get_logger_provider
+from opentelemetry.metrics import get_meter_provider
 get_logger_provider().force_flush()
+get_meter_provider().force_flush()
 """
 
 
@@ -623,7 +628,9 @@ def _app_setting(name: str) -> str:
     return cast(str, tree["variables"]["hostSettings"]["value"][name])
 
 
-def _burst(settings: dict[str, str]) -> tuple[int, int]:
+def _burst(settings: dict[str, str]) -> list[dict[str, Any]]:
+    """What the distro, configured as the worker does, sends for 100 records and one reconciliation's
+    reports, in a process of its own (it sets the global providers)."""
     capture = Capture()
     try:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))}
@@ -634,23 +641,30 @@ def _burst(settings: dict[str, str]) -> tuple[int, int]:
             "PYTHONPATH": str(ROOT),
         }
         subprocess.run([sys.executable, "-c", _BURST, capture.connection], env=env, cwd=ROOT, check=True, timeout=120)
-        kinds = [envelope["data"]["baseType"] for envelope in capture.envelopes]
-        spans = sum(
-            1
-            for envelope in capture.envelopes
-            if envelope["data"]["baseType"] == "RemoteDependencyData"
-            and envelope["data"]["baseData"]["name"] == "receiver.delivery"
-        )
-        return spans, kinds.count("MessageData")
+        return list(capture.envelopes)
     finally:
         capture.close()
+
+
+def _counts(envelopes: list[dict[str, Any]]) -> tuple[int, int]:
+    """(spans of the burst's records, log records)"""
+    spans = [row for row in tables(envelopes)["dependencies"] if row["name"] == "receiver.delivery"]
+    records = [row for row in tables(envelopes)["traces"] if row["message"].startswith("delivery stored")]
+    return len(spans), len(records)
 
 
 def test_the_deployed_settings_keep_every_span_and_record_of_a_burst() -> None:
     settings = {name: _app_setting(name) for name in ("OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG")}
     assert settings == {"OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage", "OTEL_TRACES_SAMPLER_ARG": "1.0"}
-    spans, records = _burst(settings)
-    assert (spans, records) == (100, 100)
+    envelopes = _burst(settings)
+    assert _counts(envelopes) == (100, 100)
     # Without them the distro's default (a rate limit) drops most of the burst's spans: the test can fail.
-    default_spans, default_records = _burst({})
+    default_spans, default_records = _counts(_burst({}))
     assert default_spans < 100 and default_records == 100
+    # The reconciliation's gauges land in customMetrics under their names (the records in traces).
+    metrics = {row["name"]: row for row in tables(envelopes)["customMetrics"]}
+    assert metrics["receiver.poison_depth"]["value"] == 2
+    assert metrics["receiver.poison_depth"]["customDimensions"]["queue"] == POISON_QUEUE
+    assert metrics["receiver.oldest_pending_age_s"]["value"] == 60
+    gauges = query("reconciliation-gauges.kql").run(tables(envelopes), now=datetime.now(UTC))
+    assert [(row["poisonDepth"], row["oldestPendingMinutes"]) for row in gauges] == [(2, 1)]

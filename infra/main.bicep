@@ -234,6 +234,17 @@ module monitoring 'app/monitoring.bicep' = {
   }
 }
 
+// The operator's dashboard (docs/operations.md "Queries"): the same queries as the docs and the alert.
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+  }
+}
+
 module destinationAccount 'app/destination-account.bicep' = if (createDestinationAccount) {
   name: 'destination-account'
   scope: rg

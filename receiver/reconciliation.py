@@ -33,7 +33,7 @@ from . import transitions
 from .plan import task_prefix
 from .runtime import Runtime
 from .store import BlobState, BlobStore, ContainerMissing, Manifest, TagsUnsupported
-from .telemetry import Record, recording
+from .telemetry import Record, recording, report_oldest_pending, report_poison_depth
 from .transitions import Driver, Step, retire_older_exports
 from .verification import POISON_QUEUE, PendingCopy, settle_pending, target_of
 
@@ -115,16 +115,10 @@ async def reconcile_run(
             f"oldest_pending_s={report.oldest_pending_seconds:.0f} poison={report.poison_depth}"
         )
         waiting = report.outcomes.get("waiting", 0)
-        if report.poison_depth:
-            run.final_failure = True
+        if waiting:
             run.reason += (
-                f"; {report.poison_depth} verification message(s) wait in {POISON_QUEUE} and nothing retries them "
-                "by itself: see which with python -m ops replay-poison --dry-run, then run python -m ops replay-poison"
-            )
-        elif waiting:
-            run.reason += (
-                f"; {waiting} delivery(ies) wait for their link's queue message (only it can restart the copy): "
-                "list them with python -m ops pending"
+                f"; {waiting} delivery(ies) wait for their link's queue or poison message (only it can restart "
+                "the copy): see them with python -m ops pending, and python -m ops replay-poison --dry-run"
             )
         report.storage_requests = run.storage_requests
     _report_metrics(report)
@@ -149,11 +143,11 @@ async def _poison_depth(environ: dict[str, str] | None) -> int | None:
 
 
 def _report_metrics(report: RunReport) -> None:
-    from . import telemetry
-
-    gauge = getattr(telemetry, "report_reconciliation", None)
-    if gauge is not None:
-        gauge(poison_depth=report.poison_depth, oldest_pending_seconds=report.oldest_pending_seconds)
+    """The run's gauges and records: the poison queue (an ERROR while messages wait there) and the
+    oldest pending delivery's age."""
+    if report.poison_depth is not None:
+        report_poison_depth(report.poison_depth, queue=POISON_QUEUE)
+    report_oldest_pending(report.oldest_pending_seconds or None)
 
 
 def pending_from_manifest(document: dict[str, Any], container: str, manifest_name: str) -> PendingCopy:
@@ -197,6 +191,7 @@ async def reconcile_one(
     pending = pending_from_manifest(snapshot.document, store.container_name, manifest_name)
     if record is not None:
         record.task_id, record.workspace_id = pending.task_id, pending.workspace_id
+        record.delivery, record.copy_id = pending.delivery, pending.copy_id
         record.blob = store.describe(pending.blob_name)
     state = await store.state(pending.blob_name)
     if state is not None and state.delivery != pending.delivery:

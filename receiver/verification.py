@@ -128,6 +128,7 @@ async def verify_copy(
             return "unreadable"
         record.task_id, record.workspace_id = pending.task_id, pending.workspace_id
         record.blob = f"{pending.container}/{pending.blob_name}"
+        record.delivery, record.copy_id = pending.delivery, pending.copy_id
         last_try = dequeue_count >= MAX_DEQUEUE_COUNT
         try:
             settings = runtime.settings()

@@ -70,8 +70,7 @@ async def handle_delivery(body: bytes, headers: Mapping[str, str], *, runtime: R
     """Validate one notification and store its file; every path ends in an Outcome and one record."""
     with recording("delivery") as record:
         result = await _handle(body, headers, runtime=runtime, now=now, record=record)
-        record.status = result.status_code
-        record.outcome = str(result.body.get("error") or result.body["status"])
+        record.answered(result.status_code, result.body)
         if record.task_id is None:
             record.task_id = result.body.get("taskId") or _task_hint(body)
         return result
@@ -90,6 +89,7 @@ async def _handle(
         return plan
     record.task_id, record.workspace_id = plan.task_id, plan.workspace_id
     record.blob = f"{settings.destination_container}/{plan.blob_name}"
+    record.delivery = plan.delivery
     progress = Progress()
     try:
         store = runtime.store()
@@ -148,6 +148,7 @@ async def _handle(
         )
     finally:
         record.copy_mode = progress.mode if progress.copy_sent else None
+        record.copy_sent, record.copy_id = progress.copy_sent, progress.copy_id
     return _delivered(plan, result, store.blob_url(plan.blob_name), settings.destination_container)
 
 

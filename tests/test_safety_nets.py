@@ -454,7 +454,7 @@ async def test_each_reconciliation_run_reports_the_poison_queue_as_an_error_nami
         await run_timer()
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1, errors
-        assert "3 verification message(s)" in errors[0] and "python -m ops replay-poison" in errors[0]
+        assert "holds 3 messages" in errors[0] and "replay-poison" in errors[0]
 
         poison.clear_messages()
         caplog.clear()

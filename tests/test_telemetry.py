@@ -6,6 +6,7 @@ worker configures in Azure); they receive exactly what the exporter would send.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -14,22 +15,15 @@ from typing import Any
 import pytest
 from azure.functions.queue import QueueMessage
 from azure.storage.blob import ContainerClient
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import NumberDataPoint
+from opentelemetry.sdk.trace import ReadableSpan
+
+from receiver.telemetry import report_oldest_pending, report_poison_depth
 
 from .conftest import FUNCTIONS, Exports, Webhook, notification
 from .faultproxy import FaultProxy, Rule, is_properties
-
-SPANS = InMemorySpanExporter()
-METRICS = InMemoryMetricReader()
-_tracer_provider = TracerProvider()
-_tracer_provider.add_span_processor(SimpleSpanProcessor(SPANS))
-trace.set_tracer_provider(_tracer_provider)  # once per process, like the worker does
-metrics.set_meter_provider(MeterProvider(metric_readers=[METRICS]))
+from .otel import METRICS, SPANS
 
 
 @pytest.fixture(autouse=True)
@@ -42,17 +36,24 @@ def spans(name: str) -> list[ReadableSpan]:
     return [span for span in SPANS.get_finished_spans() if span.name == name]
 
 
-def outcome_counts() -> dict[tuple[str, str], int]:
+def metric_points(name: str) -> list[NumberDataPoint]:
     data = METRICS.get_metrics_data()
-    counts: dict[tuple[str, str], int] = {}
+    points = []
     for resource in data.resource_metrics if data else []:
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
-                if metric.name == "receiver.outcomes":
+                if metric.name == name:
                     for point in metric.data.data_points:
-                        attrs = point.attributes or {}
-                        assert isinstance(point, NumberDataPoint)  # a counter's points are sums
-                        counts[(str(attrs["operation"]), str(attrs["outcome"]))] = int(point.value)
+                        assert isinstance(point, NumberDataPoint)  # counters' and gauges' points are numbers
+                        points.append(point)
+    return points
+
+
+def outcome_counts() -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
+    for point in metric_points("receiver.outcomes"):
+        attrs = point.attributes or {}
+        counts[(str(attrs["operation"]), str(attrs["outcome"]))] = int(point.value)
     return counts
 
 
@@ -135,3 +136,87 @@ async def test_a_final_verification_failure_is_one_error_record_and_an_error_spa
     assert len(errors) == 1 and fields(errors[0]).get("taskId") == payload["taskId"]
     assert "404" in errors[0].getMessage()
     assert outcome_counts()[("verification", "failed")] >= 1
+
+
+async def test_records_name_the_export_its_copy_and_whether_a_copy_was_sent(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = exports.publish()
+    response = await webhook.post(notification(url))
+    assert response.status == 200
+
+    [span] = spans("receiver.delivery")
+    attributes = dict(span.attributes or {})
+    # The delivery hash is the sha256 of the link (the manifest's `delivery`), shortened: never the link.
+    assert attributes["receiver.delivery"] == hashlib.sha256(url.encode()).hexdigest()[:12]
+    assert attributes["receiver.copySent"] is True
+    if response.body.get("copyId"):
+        assert attributes["receiver.copyId"] == response.body["copyId"]
+    assert "receiver.error" not in attributes and "receiver.finalFailure" not in attributes
+    [record] = records(caplog)
+    assert record["delivery"] == attributes["receiver.delivery"]
+    assert f"delivery={attributes['receiver.delivery']}" in caplog.records[-1].getMessage()
+
+
+async def test_rejections_carry_their_error_code_message_and_field_names(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = exports.publish()
+    invalid = notification(url, exportedFileContentType=7)
+    del invalid["workspaceId"]
+    response = await webhook.post(invalid)
+    assert response.status == 400 and response.body["error"] == "invalid-payload"
+    expired = await webhook.post(notification(url, exportedFileExpiresOn="2020-01-01T00:00:00Z"))
+    assert expired.status == 410
+
+    rejected, gone = (dict(span.attributes or {}) for span in spans("receiver.delivery"))
+    assert rejected["receiver.error"] == "invalid-payload" == rejected["receiver.outcome"]
+    assert rejected["receiver.reason"] == response.body["message"]
+    expected = list(dict.fromkeys(detail["field"] for detail in response.body["details"]))
+    assert set(expected) >= {"workspaceId", "exportedFileContentType"}
+    assert rejected["receiver.fields"] == ",".join(expected)
+    assert rejected["receiver.taskId"] == invalid["taskId"]
+    assert "receiver.copySent" not in rejected and "receiver.delivery" not in rejected  # nothing was planned
+    assert gone["receiver.error"] == "link-expired" and gone["receiver.reason"] == expired.body["message"]
+    exported = json.dumps([rejected, gone]) + json.dumps(records(caplog))
+    assert not exports.secrets.leaks_in(exported)
+
+
+def test_the_poison_depth_is_a_gauge_and_an_error_record_naming_what_to_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    report_poison_depth(3, queue="smartdocumentor-copy-verifications-poison")
+    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.name == "receiver"
+    assert fields(error) == {
+        "operation": "reconciliation",
+        "outcome": "poison",
+        "queue": "smartdocumentor-copy-verifications-poison",
+        "poison_depth": 3,
+        "finalFailure": True,
+        "reason": "3 messages in smartdocumentor-copy-verifications-poison",
+    }
+    assert "replay-poison" in error.getMessage() and "holds 3 messages" in error.getMessage()
+    assert poison_gauge("smartdocumentor-copy-verifications-poison") == [3]
+
+    caplog.clear()
+    report_poison_depth(0, queue="smartdocumentor-copy-verifications-poison")
+    [quiet] = caplog.records
+    assert quiet.levelno == logging.INFO and fields(quiet)["poison_depth"] == 0
+    assert "finalFailure" not in fields(quiet)
+    assert poison_gauge("smartdocumentor-copy-verifications-poison") == [0]  # a gauge: the last value
+
+
+def poison_gauge(queue: str) -> list[float]:
+    return [p.value for p in metric_points("receiver.poison_depth") if (p.attributes or {}).get("queue") == queue]
+
+
+def test_the_oldest_pending_age_is_a_gauge_and_a_record(caplog: pytest.LogCaptureFixture) -> None:
+    report_oldest_pending(3725.44)
+    report_oldest_pending(None)  # nothing pending
+    first, second = caplog.records
+    assert first.levelno == second.levelno == logging.INFO
+    assert fields(first)["oldest_pending_age_s"] == 3725.4 and fields(second)["oldest_pending_age_s"] == 0.0
+    assert [p.value for p in metric_points("receiver.oldest_pending_age_s")] == [0.0]
+    report_oldest_pending(61)
+    assert [p.value for p in metric_points("receiver.oldest_pending_age_s")] == [61]

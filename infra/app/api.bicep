@@ -36,6 +36,9 @@ var hostSettings = {
   // Carries no credential (local auth is off: no instrumentation key is accepted); ingestion authenticates with the identity.
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // Keep every span: the distro's default is a rate limit of a few traces a second (docs/operations.md).
+  OTEL_TRACES_SAMPLER: 'microsoft.fixed_percentage'
+  OTEL_TRACES_SAMPLER_ARG: '1.0'
   // With host.json "telemetryMode": "OpenTelemetry", the Python worker configures Azure Monitor itself
   // (azure-monitor-opentelemetry in requirements.txt); the app only records through the OpenTelemetry API.
   PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'

@@ -12,19 +12,15 @@ param alertEmail string = ''
 
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 
-// Any ERROR (severityLevel 3) or CRITICAL (4) record logged by the receiver's own code: a final copy
-// failure (a link that expired or a source that is gone, a copy still pending on its last queue
-// delivery), a misconfiguration, an unexpected exception. Records forwarded by the Functions host
-// carry Category "Function.<name>.User"; records exported by the app itself through OpenTelemetry
-// carry no Category. The host's own "Executed ... (Failed)" records (Category "Function.<name>"),
-// written on every retry of a still-running copy, are left out: only final outcomes alert.
-var errorQuery = '''
-traces
-| where severityLevel >= 3
-| extend category = tostring(customDimensions.Category)
-| where isempty(category) or category endswith ".User"
-| project timestamp, operation_Name, message
-'''
+// Any ERROR (severityLevel 3) or CRITICAL (4) record of the receiver's own code: a final copy failure
+// (a link that expired, a source that is gone, a copy still pending on its last queue try), messages
+// waiting in the poison queue, a misconfiguration, an unexpected exception. The filter is on the
+// receiver's own attributes: the exporter names each record's Python logger in
+// customDimensions.logger_name ("receiver", "receiver.verification", ...), and every record the
+// receiver's telemetry emits for an operator carries receiver.finalFailure. The host's own records
+// (customDimensions.CategoryName) and other libraries' loggers are left out. One source: the query
+// file is also in docs/operations.md and checked by tests/test_queries.py.
+var errorQuery = loadTextContent('queries/alert-errors.kql')
 
 resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
   name: logAnalyticsName

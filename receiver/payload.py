@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from .source import link_secret_pattern, without_secrets
+from .source import link_secret_pattern, may_repeat_secret, without_secrets
 
 MAX_ID_LENGTH = 1024  # GUIDs in practice; longer ids are kept whole in the manifest and hashed in names
 MAX_TEXT_LENGTH = 4096
@@ -191,11 +191,13 @@ def parse_notification(body: bytes) -> Notification:
     if isinstance(link, str):
         # A sender may repeat the link in another field (displayName, taskId, metadata): its signature
         # must not travel from there into names, tags, metadata, the manifest or logs.
-        secret = link_secret_pattern(link)
-        document = {
-            without_secrets(key, secret): value if key == "exportedFileUrl" else without_secrets(value, secret)
-            for key, value in document.items()
-        }
+        others = {key: value for key, value in document.items() if key != "exportedFileUrl"}
+        if may_repeat_secret(link, others):
+            secret = link_secret_pattern(link)
+            document = {
+                without_secrets(key, secret): value if key == "exportedFileUrl" else without_secrets(value, secret)
+                for key, value in document.items()
+            }
     try:
         notification = Notification.model_validate(document)
     except ValidationError as exc:

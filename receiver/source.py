@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -58,18 +59,54 @@ def _any_encoding(char: str) -> str:
 def link_secret_pattern(url: str) -> re.Pattern[str] | None:
     """What must never be repeated from a link: its ``sig``, as sent, decoded, re-encoded (in any case,
     or twice), with or without its ``=`` padding, and its whole query as sent."""
-    query = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
-    signatures = []
-    for part in query.split("&"):
-        name, _, value = part.partition("=")
-        core = unquote(value).rstrip("=")
-        if name.lower() == "sig" and len(core) >= 8:
-            padding = "(?:=|(?i:%3D)|(?i:%253D))*"
-            signatures.append("".join(_any_encoding(char) for char in core) + padding)
+    query, cores = _signatures(url)
+    padding = "(?:=|(?i:%3D)|(?i:%253D))*"
+    signatures = ["".join(_any_encoding(char) for char in core) + padding for core in cores]
     if not signatures:
         return None
     whole = [re.escape(query)] if len(query) >= 8 else []
     return re.compile("|".join(whole + signatures))
+
+
+def _signatures(url: str) -> tuple[str, list[str]]:
+    query = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
+    cores = []
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        core = unquote(value).rstrip("=")
+        if name.lower() == "sig" and len(core) >= 8:
+            cores.append(core)
+    return query, cores
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+
+
+def may_repeat_secret(url: str, value: Any) -> bool:
+    """Could ``value`` (any JSON) repeat the link's secret? Never weaker than
+    :func:`link_secret_pattern`, and cheap: a text without ``%`` can only hold a signature as it is (a
+    ``+`` perhaps as a space) or the whole query, so only texts with a ``%`` or such a substring need
+    the pattern, whose compilation costs about a millisecond per link (make bench)."""
+    query, cores = _signatures(url)
+    if not cores:
+        return False
+    plain = [core.replace(" ", "+") for core in cores]
+    for text in _strings(value):
+        if "%" in text or (len(query) >= 8 and query in text):
+            return True
+        spaced = text.replace(" ", "+")
+        if any(core in spaced for core in plain):
+            return True
+    return False
 
 
 def without_secrets(value: Any, pattern: re.Pattern[str] | None) -> Any:

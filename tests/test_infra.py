@@ -665,7 +665,7 @@ def test_a_destination_account_azd_down_would_delete_is_locked_against_deletion(
     assert config["scope"] == "account"
     assert only(rel, ACCOUNT)["name"] == "accountName"
     assert config["properties"]["level"] == "CanNotDelete"
-    assert "teardown" in config["properties"]["notes"]
+    assert "Tearing it down" in config["properties"]["notes"]
     assert evaluate(rel, condition, {"lockAccount": True}) is True
     assert evaluate(rel, condition, {"lockAccount": False}) is False
     # A new account (created in the app's resource group, which `azd down` deletes): locked by default.

@@ -425,8 +425,10 @@ def test_pending_lists_the_stuck_reexport_and_nothing_settled_or_never_sent(run:
         (run.hashes["stuck"], run.tasks["document"]),  # oldest first
         (run.hashes["refused"], run.tasks["refused"]),
     ]
-    assert (rows[0]["lastOperation"], rows[0]["lastOutcome"]) == ("verification", "pending")
-    assert (rows[1]["lastOperation"], rows[1]["lastOutcome"]) == ("delivery", "storage-unavailable")
+    # The reconciliation looked at it last (its records carry the delivery hash too): still pending.
+    assert (rows[0]["lastOperation"], rows[0]["lastOutcome"]) == ("reconciliation", "pending")
+    # The 503 left a pending manifest (a copy was sent): the reconciliation found it waiting for its message.
+    assert (rows[1]["lastOperation"], rows[1]["lastOutcome"]) == ("reconciliation", "waiting")
 
     # The same 503 had it not sent a copy (copySent False): not listed.
     never_sent = dict(refused, customDimensions=refused["customDimensions"] | {"receiver.copySent": "False"})

@@ -508,3 +508,39 @@ async def test_a_delivery_that_overwrites_the_blob_always_rewrites_the_manifest(
     assert answer.status == 200 and answer.body["status"] == "superseded", answer.body
     manifest = assert_stored(destination, name_of(again.body), b"%PDF export A", older["exportedFileUrl"])
     assert delivery_of(newer["exportedFileUrl"]) in manifest["replaced"]
+
+
+_SIG_PIECES = st.sampled_from(
+    ["a", "B", "7", "+", " ", "/", "=", "%", "%2B", "%2b", "%252B", "%37", "%2537", "x", "%25"]
+)
+
+
+@given(
+    signature=st.text(alphabet="ab7+/XYZ", min_size=8, max_size=14),
+    before=st.lists(_SIG_PIECES, max_size=6),
+    after=st.lists(_SIG_PIECES, max_size=6),
+    encode=st.lists(st.sampled_from(["raw", "pct", "pct25", "space"]), min_size=14, max_size=14),
+)
+def test_the_cheap_secret_check_is_never_weaker_than_the_pattern(
+    signature: str, before: list[str], after: list[str], encode: list[str]
+) -> None:
+    """Only notifications the cheap check flags get the signature pattern compiled (about 1 ms each):
+    wherever the pattern would find the signature, the cheap check must say so."""
+    from urllib.parse import quote
+
+    from receiver.source import link_secret_pattern, may_repeat_secret
+
+    url = f"https://acct.blob.core.windows.net/c/x.pdf?sv=2024&sig={quote(signature, safe='')}"
+    pattern = link_secret_pattern(url)
+    assert pattern is not None
+    forms = []
+    for char, how in zip(signature, encode, strict=False):
+        code = f"{ord(char):02X}"
+        forms.append(
+            {"raw": char, "pct": f"%{code}", "pct25": f"%25{code}", "space": " " if char == "+" else char}[how]
+        )
+    text = "".join(before) + "".join(forms) + "".join(after)
+    for candidate in (text, "".join(before) + "".join(after)):
+        if pattern.search(candidate):
+            assert may_repeat_secret(url, {"displayName": candidate, "metadata": {candidate: "v"}})
+            assert may_repeat_secret(url, {"metadata": [{"key": "k", "value": candidate}]})

@@ -11,11 +11,26 @@ is kept apart (:attr:`Seen.by_emulator`).
 ``refuse_sync`` answers every synchronous copy the way Azure answers one whose source is over
 256 MiB (409 CannotVerifyCopySource), which Azurite never does.
 
+``delay`` adds distance: every request the process sends waits this long in the proxy before it
+goes on to Azurite (Azurite's own source check does not: Azure makes it inside the service). The
+waits overlap, as a network's do: requests sent side by side each pay it once, together. Each
+request records when it arrived and when its answer left, so :func:`round_trips` can tell how
+many of a delivery's requests waited for the one before (the longest such chain).
+
+Run alone (``python -m bench.counter --upstream-port N --delay-ms 40``) it serves in its own
+process, so the proxy's own work never shares the measured process's CPU or event loop; it prints
+its port, records nothing, and stops when its standard input closes or after ``--max-seconds``.
+
 Standalone on purpose: the bench does not import the tests (tests/faultproxy.py is their proxy).
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import ClientSession, ClientTimeout, web
@@ -46,7 +61,10 @@ class Seen:
     if_match: bool
     if_none_match: bool
     user_agent: str
+    snapshot: bool = False  # the request names a snapshot of the blob (?snapshot=)
     status: int = 0
+    started: float = 0.0  # time.perf_counter() when the request arrived
+    ended: float = 0.0  # ... and when its answer left
 
     @property
     def by_emulator(self) -> bool:
@@ -59,6 +77,10 @@ class Seen:
         target = "manifest" if self.path.endswith(".json") else "file"
         if self.account != "customer":
             operation = "HEAD on the source (the link's own SAS)" if self.method == "HEAD" else f"{self.method} source"
+        elif self.restype == "container" and self.comp == "list":
+            operation = "List Blobs (the task's name prefix)"
+        elif self.restype == "container" and self.comp == "blobs":
+            operation = "Find Blobs by Tags"
         elif self.restype == "container":
             operation = "Create Container" if self.method == "PUT" else f"{self.method} container"
         elif self.copy:
@@ -68,17 +90,40 @@ class Seen:
             operation = f"Set Blob Properties on the {target}"
         elif self.method == "PUT" and self.comp == "copy":
             operation = "Abort Copy Blob"
+        elif self.method == "PUT" and self.comp == "snapshot":
+            operation = f"Snapshot Blob of the {target}"
+        elif self.method == "PUT" and self.comp == "tags":
+            operation = f"Set Blob Tags of the {target}"
+        elif self.method == "GET" and self.comp == "tags":
+            operation = f"Get Blob Tags of the {target}"
         else:
             name = {"HEAD": "Get Blob Properties", "GET": "Get Blob", "PUT": "Put Blob", "DELETE": "Delete Blob"}
             operation = f"{name.get(self.method, self.method)} of the {target}"
+            if self.snapshot:
+                operation = f"{name.get(self.method, self.method)} of a snapshot of the {target}"
         condition = " If-Match" if self.if_match else " If-None-Match: *" if self.if_none_match else ""
         return f"{operation}{condition} → {self.status}"
+
+
+def round_trips(requests: list[Seen]) -> int:
+    """Sequential round trips on the wire: the longest chain of requests each of which arrived
+    after the answer to the one before it had left. Requests sent side by side overlap (each waits
+    the proxy's ``delay``), so they count once. Needs a delay well above the client's own time
+    between sending requests that belong together (a few ms here), or fast answers could chain."""
+    ordered = sorted(requests, key=lambda r: r.started)
+    depth: list[int] = []
+    for i, request in enumerate(ordered):
+        before = [depth[j] for j in range(i) if ordered[j].ended <= request.started]
+        depth.append(1 + max(before, default=0))
+    return max(depth, default=0)
 
 
 @dataclass
 class CountingProxy:
     upstream_port: int
     refuse_sync: bool = False
+    delay: float = 0.0  # seconds added to every request the process sends (not Azurite's own)
+    record: bool = True
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -129,10 +174,16 @@ class CountingProxy:
             if_match="If-Match" in request.headers,
             if_none_match=request.headers.get("If-None-Match") == "*",
             user_agent=request.headers.get("User-Agent", ""),
+            snapshot="snapshot" in request.query,
+            started=time.perf_counter(),
         )
-        self.seen.append(seen)  # in order of arrival
+        if self.record:
+            self.seen.append(seen)  # in order of arrival
+        if self.delay and not seen.by_emulator:
+            await asyncio.sleep(self.delay)
         if self.refuse_sync and seen.copy and seen.sync:
             seen.status = 409
+            seen.ended = time.perf_counter()
             return web.Response(
                 status=409,
                 text=REFUSED_SYNC_COPY,
@@ -151,6 +202,40 @@ class CountingProxy:
             # A HEAD's Content-Length is the blob's size, so it goes through; otherwise aiohttp sets it.
             dropped = HOP_HEADERS if request.method == "HEAD" else HOP_HEADERS | {"content-length"}
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in dropped}
+            seen.ended = time.perf_counter()
             return web.Response(
                 status=upstream.status, body=payload if request.method != "HEAD" else None, headers=out_headers
             )
+
+
+async def _serve(upstream_port: int, delay: float, max_seconds: float) -> None:
+    proxy = await CountingProxy(upstream_port, delay=delay, record=False).start()
+    loop = asyncio.get_running_loop()
+    closed = asyncio.Event()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()  # returns when the parent closes our stdin (or exits)
+        loop.call_soon_threadsafe(closed.set)
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    print(proxy.port, flush=True)
+    try:
+        await asyncio.wait_for(closed.wait(), timeout=max_seconds)
+    except TimeoutError:
+        pass
+    finally:
+        await proxy.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="A delaying proxy in front of Azurite, loopback only.")
+    parser.add_argument("--upstream-port", type=int, required=True)
+    parser.add_argument("--delay-ms", type=float, default=40.0)
+    parser.add_argument("--max-seconds", type=float, default=900.0, help="stop by itself after this long")
+    args = parser.parse_args()
+    asyncio.run(_serve(args.upstream_port, args.delay_ms / 1000, args.max_seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

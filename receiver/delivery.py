@@ -165,13 +165,20 @@ async def deliver(
             if previous is not None:  # the blob changed before this copy landed: that snapshot is not needed
                 await store.delete_snapshot(plan.blob_name, str(previous["snapshot"]))
                 previous = None
-            existing = await store.state(plan.blob_name)
-            if existing is not None and existing.delivery != plan.delivery and plan.manifest_name is not None:
-                # Read before anything is overwritten: a delivery this export's manifest says it
-                # replaced (a late retry, a replayed message) must never bring the older export back.
-                prior = await store.read_manifest(plan.manifest_name)
-                if plan.delivery in _replaces(prior) and existing.copy_status in (None, "success", "pending"):
-                    return Delivered("superseded", plan.blob_name, None, progress.tags_written)
+            # The blob and its manifest side by side (one round trip): the manifest is read before anything
+            # is overwritten, so a delivery it says was replaced (a late retry, a replayed message) never
+            # brings the older export back, and the copy that follows confirms what it read.
+            existing, prior = await asyncio.gather(
+                store.state(plan.blob_name),
+                store.read_manifest(plan.manifest_name) if plan.manifest_name is not None else _absent(),
+            )
+            if (
+                existing is not None
+                and existing.delivery != plan.delivery
+                and plan.delivery in _replaces(prior)
+                and existing.copy_status in (None, "success", "pending")
+            ):
+                return Delivered("superseded", plan.blob_name, None, progress.tags_written)
             if (
                 existing is not None
                 and existing.copy_status == "pending"
@@ -182,10 +189,10 @@ async def deliver(
                 await store.abort_copy(plan.blob_name, existing.copy_id)
                 existing = await store.state(plan.blob_name)
             if existing is None:
-                if_etag, prior = None, None
+                if_etag = None
                 continue
             if existing.delivery == plan.delivery and existing.copy_status in (None, "success", "pending"):
-                return await _same_delivery(store, plan, existing, now=now, deadline=deadline, sleep=sleep)
+                return await _same_delivery(store, plan, existing, prior, now=now, deadline=deadline, sleep=sleep)
             # A re-export, or a failed leftover: overwrite exactly the version read.
             if_etag = existing.etag
             continue
@@ -253,10 +260,22 @@ async def _keep_earlier(
     return {"snapshot": snapshot, "delivery": existing.delivery, "manifest": earlier}
 
 
+async def _absent() -> None:
+    return None
+
+
 async def _same_delivery(
-    store: BlobStore, plan: CopyPlan, existing: BlobState, *, now: datetime, deadline: float, sleep: Sleep
+    store: BlobStore,
+    plan: CopyPlan,
+    existing: BlobState,
+    manifest: Manifest | None,
+    *,
+    now: datetime,
+    deadline: float,
+    sleep: Sleep,
 ) -> Delivered:
-    """The same delivery again (a retry, or a concurrent twin): no second copy."""
+    """The same delivery again (a retry, or a concurrent twin): no second copy. ``manifest`` was read
+    beside ``existing``, not before it: a write it needs confirms the blob again first."""
     state: BlobState | None = existing
     if existing.copy_status == "pending":
         state = await wait_for_copy(store, plan.blob_name, deadline=deadline, sleep=sleep)
@@ -264,7 +283,14 @@ async def _same_delivery(
             return replaced(plan, state, existing.copy_id, store.tags_supported)
     assert state is not None
     return await _settle(
-        store, plan, state, kind="duplicate", now=now, snapshot=UNREAD, tags_written=store.tags_supported
+        store,
+        plan,
+        state,
+        kind="duplicate",
+        now=now,
+        snapshot=manifest,
+        confirmed=False,
+        tags_written=store.tags_supported,
     )
 
 
@@ -280,9 +306,12 @@ async def _settle(
     replaces: list[str] | None = None,
     previous: dict[str, Any] | None = None,
     rewrite: bool = False,
+    confirmed: bool | None = None,
 ) -> Delivered:
     """This delivery's blob, as last read: finish it, track it, or clean up after a failed copy."""
     name = plan.blob_name
+    if confirmed is None:
+        confirmed = snapshot != UNREAD  # read before the copy this state comes after
     if state.copy_status == "pending":
         # Recorded before the 202 (copyStatus "pending"); the queue function completes it.
         recorded = await record_manifest(
@@ -293,7 +322,7 @@ async def _settle(
             copy_id=state.copy_id,
             tags_written=tags_written,
             snapshot=snapshot,
-            confirmed=snapshot != UNREAD,
+            confirmed=confirmed,
             replaced=replaces,
             previous=previous,
             rewrite=rewrite,
@@ -328,7 +357,7 @@ async def _settle(
         state,
         step=Step("webhook", now, kind, {"status": 200, "copyId": state.copy_id}),
         snapshot=snapshot,
-        confirmed=snapshot != UNREAD,
+        confirmed=confirmed,
         tags_written=tags_written,
         copy_id=state.copy_id,
         replaced=replaces,

@@ -24,22 +24,27 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import transitions
-from .plan import task_prefix
 from .runtime import Runtime
 from .store import BlobState, BlobStore, ContainerMissing, Manifest, TagsUnsupported
 from .telemetry import Record, recording, report_oldest_pending, report_poison_depth
 from .transitions import Driver, Step, retire_older_exports
-from .verification import POISON_QUEUE, PendingCopy, settle_pending, target_of
+from .verification import MAX_DEQUEUE_COUNT, POISON_QUEUE, PendingCopy, settle_pending, target_of
 
 log = logging.getLogger("receiver.reconciliation")
 
 MAX_PER_RUN = 200
+# Pending manifests one run reads the names of (one Find Blobs by Tags page); it settles MAX_PER_RUN.
+FIND_LIMIT = 5000
+# How long the queue keeps trying a copy: host.json retries it every minute up to 40 times, each try
+# waiting up to COPY_WAIT_SECONDS; with slack. A delivery still waiting after that has lost its message.
+QUEUE_COVERAGE = timedelta(minutes=MAX_DEQUEUE_COUNT * 1.5 + 30)
 # Deliveries stored this recently are checked for an older file of their task that a lagging tag
 # index hid from them (the index lags by seconds; the timer runs every few minutes).
 SWEEP_WINDOW = timedelta(hours=1)
@@ -56,6 +61,7 @@ class RunReport:
     poison_depth: int | None = None
     oldest_pending_seconds: float = 0.0
     retired: int = 0
+    processed: int = 0
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -72,6 +78,7 @@ async def reconcile_run(
     max_items: int = MAX_PER_RUN,
     budget_seconds: float = RUN_BUDGET_SECONDS,
     environ: dict[str, str] | None = None,
+    rng: random.Random | None = None,
 ) -> RunReport:
     """One run of the timer: find old pending deliveries and settle each. Never raises for one item."""
     settings = runtime.settings()
@@ -82,13 +89,19 @@ async def reconcile_run(
     with recording("reconciliation") as run:
         run.outcome = "run"
         try:
-            found = await store.pending_manifests(received_before=_iso(cutoff), limit=max_items)
+            found = await store.pending_manifests(received_before=_iso(cutoff), limit=FIND_LIMIT)
         except ContainerMissing:
             found = []  # no container yet: no delivery, nothing pending
-        names = [name for name, _ in found]
-        report.found = len(names)
+        report.found = len(found)
         report.oldest_pending_seconds = _oldest_age(found, now)
-        for name in names:
+        # Oldest first, from a different point each run: deliveries that can only wait (for a message
+        # that holds their link) must not keep the others out of a run's bounded share.
+        found.sort(key=lambda item: item[1])
+        start = (rng or random).randrange(len(found)) if len(found) > max_items else 0
+        chosen = (found[start:] + found[:start])[:max_items]
+        report.processed = len(chosen)
+        lost: list[str] = []
+        for name, received in chosen:
             if time.monotonic() > deadline:
                 report.stopped_early = True
                 break
@@ -99,11 +112,13 @@ async def reconcile_run(
                     )
                 except Exception as exc:  # one bad item must not stop the run; the next run tries again
                     record.outcome, record.reason = "error", f"{type(exc).__name__}: {exc}"
+                if record.outcome == "waiting" and _age(received, now) > QUEUE_COVERAGE.total_seconds():
+                    lost.append(name.removesuffix(".json"))
             report.count(record.outcome)
             run.storage_requests += record.storage_requests
-        if task_prefix(settings.blob_name_template, "w", "t") is None and time.monotonic() < deadline:
-            # Without a task prefix, a delivery found the task's other files through the tag index,
-            # which may lag a write by seconds: finish what it hid.
+        if store.tags_supported and time.monotonic() < deadline:
+            # A delivery's look-up of its task's other files may have failed, or (without a task prefix,
+            # through the tag index) lagged a write by seconds: finish what it missed.
             with recording("reconciliation") as sweep:
                 sweep.outcome = "sweep"
                 report.retired = await sweep_recent(store, now=now, deadline=deadline)
@@ -114,26 +129,39 @@ async def reconcile_run(
             f"found={report.found} {report.outcomes} stopped_early={report.stopped_early} "
             f"oldest_pending_s={report.oldest_pending_seconds:.0f} poison={report.poison_depth}"
         )
+        if report.processed < report.found:
+            run.reason += f"; settled {report.processed} of {report.found} this run (the next run starts elsewhere)"
         waiting = report.outcomes.get("waiting", 0)
-        if waiting:
+        if lost:
+            # Past every try the queue would have made: its message was lost or poisoned. Nothing
+            # retries it by itself (CONTRACT 8), and it fails only when its link expires: a person decides.
+            run.final_failure = True
             run.reason += (
-                f"; {waiting} delivery(ies) wait for their link's queue or poison message (only it can restart "
-                "the copy): see them with python -m ops pending, and python -m ops replay-poison --dry-run"
+                f"; {len(lost)} delivery(ies) have waited over {QUEUE_COVERAGE.total_seconds() / 60:.0f} minutes "
+                f"for the queue message that holds their link (lost or poisoned), e.g. {store.describe(lost[0])}: "
+                f"run python -m ops check '{lost[0]}' (it looks in both queues and says what to run next)"
+            )
+        elif waiting:
+            run.reason += (
+                f"; {waiting} delivery(ies) wait for their link's queue message (only it can restart the copy; "
+                "the queue function is still trying): nothing to do yet"
             )
         report.storage_requests = run.storage_requests
     _report_metrics(report)
     return report
 
 
+def _age(received: str, now: datetime) -> float:
+    """Seconds since an ISO time (0 when it is not one)."""
+    try:
+        when = datetime.fromisoformat(received.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return (now - (when if when.tzinfo else when.replace(tzinfo=UTC))).total_seconds()
+
+
 def _oldest_age(found: list[tuple[str, str]], now: datetime) -> float:
-    ages = []
-    for _, received in found:
-        try:
-            when = datetime.fromisoformat(received.replace("Z", "+00:00"))
-        except ValueError:
-            continue
-        ages.append((now - (when if when.tzinfo else when.replace(tzinfo=UTC))).total_seconds())
-    return max(ages, default=0.0)
+    return max((_age(received, now) for _, received in found), default=0.0)
 
 
 async def _poison_depth(environ: dict[str, str] | None) -> int | None:

@@ -131,6 +131,7 @@ class Recorded:
 
     ours: bool
     etag: str | None = None
+    document: dict[str, Any] | None = None  # what it wrote
 
 
 def compose(
@@ -144,6 +145,7 @@ def compose(
     replaced: list[str] | None = None,
     failure_reason: str | None = None,
     previous: dict[str, Any] | None = None,
+    completed_at: datetime | None = None,
 ) -> dict[str, Any]:
     """The manifest to write: the delivery's payload document, its story so far (from the stored
     manifest when that is this delivery's), the new status and one history entry."""
@@ -161,7 +163,7 @@ def compose(
     for key in ("completedAt", "failedAt", "failureReason", "previous"):
         document.pop(key, None)
     if copy_status == "success":
-        document["completedAt"] = before.get("completedAt") or base.get("completedAt") or iso(step.at)
+        document["completedAt"] = before.get("completedAt") or base.get("completedAt") or iso(completed_at or step.at)
     elif copy_status == "failed":
         document["failedAt"] = iso(step.at)
         document["failureReason"] = failure_reason or "The copy failed."
@@ -187,6 +189,7 @@ async def record_manifest(
     previous: dict[str, Any] | None = None,
     absent_ok: bool = False,
     rewrite: bool = False,
+    completed_at: datetime | None = None,
 ) -> Recorded:
     """Make the manifest describe this delivery, unless the blob is no longer this delivery's.
 
@@ -233,6 +236,7 @@ async def record_manifest(
             replaced=replaced,
             failure_reason=failure_reason,
             previous=previous,
+            completed_at=completed_at,
         )
         tags, metadata = manifest_labels(document, copy_status)
         try:
@@ -243,7 +247,7 @@ async def record_manifest(
                 tags=tags,
                 metadata=metadata,
             )
-            return Recorded(True, etag)
+            return Recorded(True, etag, document)
         except Conflict:
             snapshot = UNREAD
     raise StorageUnavailable("The manifest kept changing while this delivery wrote it; send the document again.")
@@ -301,8 +305,12 @@ async def conclude_success(
     own condition covers the rest. When the manifest already said ``success`` for this delivery
     (a duplicate), whoever wrote it did the rest: nothing more is asked of storage.
     """
-    look_up = target.manifest_name is not None and not describes(
-        snapshot if isinstance(snapshot, Manifest) else None, target.delivery, "success"
+    # The task's other names are looked up only when this copy created its name: a copy over the same
+    # name (a re-export, a restart) retires nothing new, and the reconciliation's sweep covers the rest.
+    look_up = (
+        target.manifest_name is not None
+        and not rewrite
+        and not describes(snapshot if isinstance(snapshot, Manifest) else None, target.delivery, "success")
     )
     headers, recorded, names = await asyncio.gather(
         fix_content_type(store, target, state),
@@ -317,6 +325,8 @@ async def conclude_success(
             confirmed=confirmed,
             replaced=replaced,
             rewrite=rewrite,
+            # When storage finished the copy, not when this driver noticed (a verifier, hours later).
+            completed_at=(state.copy_completion_time or state.last_modified) if state is not None else None,
         ),
         _task_manifests(store, target) if look_up and snapshot != UNREAD else _nothing(),
     )
@@ -329,9 +339,11 @@ async def conclude_success(
         previous = stored if isinstance(stored, dict) else {}
     if previous.get("snapshot"):
         await store.delete_snapshot(target.blob_name, str(previous["snapshot"]))
-    if snapshot == UNREAD:  # not looked up beside the write (a duplicate that repaired its manifest)
+    if snapshot == UNREAD and not rewrite:  # not looked up beside the write (a repaired manifest)
         names = await _task_manifests(store, target)
-    return await retire_older_exports(store, target, headers, names, manifest_etag=recorded.etag, step=step)
+    return await retire_older_exports(
+        store, target, headers, names, manifest_etag=recorded.etag, manifest=recorded.document, step=step
+    )
 
 
 async def _nothing() -> list[str]:
@@ -372,7 +384,14 @@ async def _task_manifests(store: BlobStore, target: Target) -> list[str]:
 
 
 async def retire_older_exports(
-    store: BlobStore, target: Target, state: BlobState, names: list[str], *, manifest_etag: str | None, step: Step
+    store: BlobStore,
+    target: Target,
+    state: BlobState,
+    names: list[str],
+    *,
+    manifest_etag: str | None,
+    step: Step,
+    manifest: dict[str, Any] | None = None,
 ) -> Concluded:
     """After this delivery's copy succeeded: remove the task's other files (and their manifests)
     that hold older exports, each If-Match on what was read, and name them in this manifest's
@@ -390,38 +409,37 @@ async def retire_older_exports(
     others = [name for name in names if name != target.manifest_name and name.endswith(MANIFEST_SUFFIX)]
     if not others:
         return Concluded(True)
-    manifests = await asyncio.gather(*(store.read_manifest(name) for name in others))
-    retire: list[tuple[str, Manifest]] = []
+    # Every candidate's manifest and file in one round: the names all come from the look-up.
+    files = [name.removesuffix(MANIFEST_SUFFIX) for name in others]
+    read = await asyncio.gather(*(store.read_manifest(name) for name in others), *(store.state(f) for f in files))
+    manifests, states = read[: len(others)], read[len(others) :]
+    doomed: list[tuple[str, BlobState | None, Manifest]] = []
     replaced: list[str] = []
-    for name, manifest in zip(others, manifests, strict=True):
-        if manifest is None or manifest.foreign or not _same_task(manifest.document, target):
+    for name, file, found, file_state in zip(others, files, manifests, states, strict=True):
+        if not isinstance(found, Manifest) or found.foreign or not _same_task(found.document, target):
             continue
-        theirs = str(manifest.document.get("delivery") or "")
-        if target.delivery in (manifest.document.get("replaced") or []):
+        theirs = str(found.document.get("delivery") or "")
+        if target.delivery in (found.document.get("replaced") or []):
             return await _retire_self(store, target, state, manifest_etag, newer=name.removesuffix(MANIFEST_SUFFIX))
-        if theirs == target.delivery or _newer(manifest.document, target):
+        if theirs == target.delivery or _newer(found.document, target):
             continue  # the newer export retires this one when it concludes
-        replaced.append(theirs)
-        retire.append((name, manifest))
+        replaced.append(theirs)  # still copying: named here, and it retires itself when it concludes
+        if file_state is None or (
+            isinstance(file_state, BlobState) and file_state.delivery == theirs and file_state.copy_settled
+        ):
+            doomed.append((file, file_state if isinstance(file_state, BlobState) else None, found))
     if not replaced:
         return Concluded(True)
-    files = [name.removesuffix(MANIFEST_SUFFIX) for name, _ in retire]
-    states = await asyncio.gather(*(store.state(name) for name in files))
-    doomed = [
-        (file, file_state, manifest)
-        for file, file_state, (_, manifest) in zip(files, states, retire, strict=True)
-        if file_state is None or (file_state.delivery == manifest.document.get("delivery") and file_state.copy_settled)
-    ]
     # The intent first: once this manifest names them as replaced, none of them can come back.
     entry = Step(step.by, step.at, "retired", {"retired": [file for file, _, _ in doomed]})
-    if not await _note(store, target, manifest_etag, entry, replaced):
+    if not await _note(store, target, manifest_etag, entry, replaced, manifest):
         return Concluded(True)
     retired: list[str] = []
-    for file, file_state, manifest in doomed:
+    for file, file_state, older in doomed:
         try:
             if file_state is not None:
                 await store.delete(file, etag=file_state.etag)
-            await store.delete(file + MANIFEST_SUFFIX, etag=manifest.etag)
+            await store.delete(file + MANIFEST_SUFFIX, etag=older.etag)
             retired.append(file)
         except Conflict:
             log.info("left %s to the request that changed it (%s)", store.describe(file), about())
@@ -431,25 +449,31 @@ async def retire_older_exports(
 
 
 async def _note(
-    store: BlobStore, target: Target, etag: str | None, step: Step, replaced: list[str] | None = None
+    store: BlobStore,
+    target: Target,
+    etag: str | None,
+    step: Step,
+    replaced: list[str] | None = None,
+    document: dict[str, Any] | None = None,
 ) -> bool:
-    """Append ``step`` (and ``replaced``) to this delivery's own manifest, If-Match; False when the
-    manifest is no longer this delivery's."""
+    """Append ``step`` (and ``replaced``) to this delivery's own manifest, If-Match on what this
+    request wrote (``etag``, ``document``), reading it again only when someone wrote it since. False
+    when the manifest is no longer this delivery's."""
     name = target.manifest_name or ""
+    current = Manifest(document, etag) if document is not None and etag is not None else None
     for _ in range(MAX_ROUNDS):
-        current = await store.read_manifest(name)
+        if current is None:
+            current = await store.read_manifest(name)
         if current is None or current.foreign or current.document.get("delivery") != target.delivery:
             return False
-        if etag is not None and current.etag != etag:
-            etag = None  # someone (a twin) wrote it since: build on what is there now
-        document = with_history(current.document, step)
-        document["replaced"] = merge_replaced(replaced, current.document.get("replaced"))
-        tags, metadata = manifest_labels(document, str(document.get("copyStatus") or "success"))
+        updated = with_history(current.document, step)
+        updated["replaced"] = merge_replaced(replaced, current.document.get("replaced"))
+        tags, metadata = manifest_labels(updated, str(updated.get("copyStatus") or "success"))
         try:
-            await store.write_manifest(name, manifest_bytes(document), etag=current.etag, tags=tags, metadata=metadata)
+            await store.write_manifest(name, manifest_bytes(updated), etag=current.etag, tags=tags, metadata=metadata)
             return True
         except Conflict:
-            continue
+            current = None  # someone (a twin) wrote it since: build on what is there now
     return False
 
 

@@ -166,11 +166,14 @@ async def test_a_pending_manifest_whose_blob_holds_another_export_is_repaired(
     assert manifest["taskId"] == payload["taskId"] and manifest["partial"] is True
 
 
-async def test_a_run_is_bounded_and_costs_one_query_when_nothing_is_pending(
+async def test_a_run_is_bounded_and_costs_two_queries_when_nothing_is_pending(
     configured: dict[str, str], proxied: FaultProxy, exports: Exports, webhook: Webhook
 ) -> None:
     assert (await webhook.post(notification(exports.publish()))).status == 200  # stored: not pending
     proxied.reset()
     report = await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC))
-    assert report.found == 0 and report.storage_requests == 1
-    assert [method for method, _ in proxied.seen] == ["GET"]  # one Find Blobs by Tags call
+    assert report.found == 0 and report.retired == 0 and report.storage_requests == 2
+    # Two Find Blobs by Tags calls: the pending manifests, and the last hour's stored deliveries (one
+    # current file per task); the one task found has one manifest, so nothing more is read.
+    assert [method for method, _ in proxied.seen] == ["GET", "GET"]
+    assert all("comp=blobs" in path for _, path in proxied.seen)

@@ -8,8 +8,10 @@ failing the chosen request so the interleaving happens on every run, then judges
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -544,3 +546,77 @@ def test_the_cheap_secret_check_is_never_weaker_than_the_pattern(
         if pattern.search(candidate):
             assert may_repeat_secret(url, {"displayName": candidate, "metadata": {candidate: "v"}})
             assert may_repeat_secret(url, {"metadata": [{"key": "k", "value": candidate}]})
+
+
+def pending_manifest(destination: ContainerClient, name: str, *, received: datetime, link_valid: bool) -> None:
+    """A pending manifest as the receiver writes it (marker, tags), with no blob: its copy never started
+    or its blob is gone, and only its queue message (which holds the link) could restart it."""
+    from datetime import timedelta as _timedelta
+
+    document = {
+        "taskId": name.split("/")[1],
+        "workspaceId": name.split("/")[0],
+        "blob": f"{destination.container_name}/{name}",
+        "delivery": hashlib.sha256(name.encode()).hexdigest(),
+        "exportedFileContentType": "application/pdf",
+        "linkExpiresOn": (datetime.now(UTC) + _timedelta(hours=20 if link_valid else -1)).isoformat(),
+        "copyStatus": "pending",
+        "receivedAt": received.isoformat().replace("+00:00", "Z"),
+    }
+    destination.get_blob_client(f"{name}.json").upload_blob(
+        json.dumps(document),
+        metadata={"receiverkind": "manifest", "copystatus": "pending", "receivedat": document["receivedAt"]},
+        tags={"copyStatus": "pending", "receivedAt": document["receivedAt"], "taskId": document["taskId"]},
+    )
+
+
+async def test_deliveries_that_can_only_wait_never_starve_the_reconciliation(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """Six pending deliveries that only their message can restart, and one whose copy completed; each
+    run settles two. Every run starts at another point of the list, so the completed one is reached."""
+    import random
+
+    from receiver.reconciliation import reconcile_run
+
+    destination.create_container()
+    old = datetime.now(UTC) - timedelta(minutes=30)
+    for number in range(6):
+        pending_manifest(destination, f"ws/waiting-{number}/doc.pdf", received=old, link_valid=True)
+    # Last by name and by receive time: a run that always took the first two would never reach it.
+    payload = notification(exports.publish(), taskId="zz-completed", workspaceId="zz-workspace")
+    stored = await webhook.post(payload)
+    name = name_of(stored.body)
+    manifest = destination.get_blob_client(f"{name}.json")
+    document = json.loads(manifest.download_blob().readall())
+    later = old + timedelta(minutes=1)
+    document.update(copyStatus="pending", receivedAt=later.isoformat().replace("+00:00", "Z"))
+    manifest.upload_blob(
+        json.dumps(document),
+        overwrite=True,
+        metadata={"receiverkind": "manifest", "copystatus": "pending", "receivedat": document["receivedAt"]},
+        tags={"copyStatus": "pending", "receivedAt": document["receivedAt"], "taskId": payload["taskId"]},
+    )
+    rng = random.Random(7)
+    for _ in range(30):
+        report = await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC), max_items=2, rng=rng)
+        assert report.processed == 2 and report.found >= 6
+        if manifest_of(destination, name)["copyStatus"] == "success":
+            break
+    assert manifest_of(destination, name)["copyStatus"] == "success"
+    assert manifest_of(destination, "ws/waiting-0/doc.pdf")["copyStatus"] == "pending"  # never failed early
+
+
+async def test_a_delivery_waiting_past_every_queue_try_is_an_error_naming_the_next_command(
+    configured: dict[str, str], destination: ContainerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its message is lost or poisoned and its link still valid: nothing retries it by itself and it
+    must not be failed yet. The run says so at ERROR, naming the command to run."""
+    destination.create_container()
+    pending_manifest(destination, "ws/lost-1/doc.pdf", received=datetime.now(UTC) - timedelta(hours=3), link_valid=True)
+    caplog.clear()
+    await run_timer()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "lost or poisoned" in errors[0] and "python -m ops check 'ws/lost-1/doc.pdf'" in errors[0]
+    assert manifest_of(destination, "ws/lost-1/doc.pdf")["copyStatus"] == "pending"

@@ -23,7 +23,8 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from receiver.store import BlobStore
-from receiver.verification import PendingCopy
+from receiver.transitions import replaced_elsewhere
+from receiver.verification import PendingCopy, target_of
 
 from .connect import ConfigError
 from .deliveries import read_delivery
@@ -62,6 +63,9 @@ async def foresee(store: BlobStore | None, pending: PendingCopy, now: datetime) 
         return "superseded", "the stored export replaced this one (it is in the manifest's replaced list)"
     if state is not None:
         return "superseded", f"the blob holds another export ({(state.delivery or 'none')[:12]}): nothing is copied"
+    newer = await replaced_elsewhere(store, target_of(pending, pending.manifest_document or {}, None))
+    if newer is not None:
+        return "superseded", f"the task's export at {newer} replaced this one: nothing is copied"
     if expired:
         return "fail", f"no copy exists and {link}: export the document again"
     return "finish", f"no copy exists; it copies again ({link})"

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -84,6 +84,8 @@ class Progress:
     copy_sent: bool = False
     copy_id: str | None = None
     tags_written: bool = True
+    replaces: list[str] = field(default_factory=list)  # what the copy replaces, for the records written later
+    previous: dict[str, Any] | None = None  # the snapshot a failed asynchronous overwrite is undone from
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -144,10 +146,13 @@ async def deliver(
     prior: Manifest | None = None  # the manifest as read before an overwrite; None: believed absent
     existing: BlobState | None = None
     previous: dict[str, Any] | None = None  # the stored export an asynchronous overwrite can be undone to
+    made_snapshot = False
     for _ in range(MAX_ROUNDS):
         progress.mode = "sync" if sync else "async"
         if not sync and existing is not None and if_etag == existing.etag and previous is None:
             previous = await _keep_earlier(store, plan, existing, prior)
+            made_snapshot = previous is not None
+        progress.replaces, progress.previous = _replaced_by_this(plan, existing, prior), previous
         try:
             progress.copy_sent = True
             started = await store.start_copy(
@@ -162,9 +167,9 @@ async def deliver(
             sync = False  # over 256 MiB (or empty): the asynchronous copy takes it
             continue
         except Conflict:
-            if previous is not None:  # the blob changed before this copy landed: that snapshot is not needed
+            if previous is not None and made_snapshot:  # the blob changed before this copy landed
                 await store.delete_snapshot(plan.blob_name, str(previous["snapshot"]))
-                previous = None
+            previous, made_snapshot = None, False
             # The blob and its manifest side by side (one round trip): the manifest is read before anything
             # is overwritten, so a delivery it says was replaced (a late retry, a replayed message) never
             # brings the older export back, and the copy that follows confirms what it read.
@@ -191,6 +196,7 @@ async def deliver(
             if existing is None:
                 if_etag = None
                 continue
+            previous = _inherited(existing, prior, plan)
             if existing.delivery == plan.delivery and existing.copy_status in (None, "success", "pending"):
                 return await _same_delivery(store, plan, existing, prior, now=now, deadline=deadline, sleep=sleep)
             # A re-export, or a failed leftover: overwrite exactly the version read.
@@ -212,7 +218,8 @@ async def deliver(
                 copy_id=started.copy_id,
                 replaced=replaces,
                 previous=previous or {},
-                rewrite=if_etag is not None,
+                rewrite=True,
+                look_up=if_etag is None,
             )
             if concluded.superseded_by is not None:
                 return Delivered("superseded", plan.blob_name, started.copy_id, started.tags_written)
@@ -232,9 +239,19 @@ async def deliver(
             tags_written=started.tags_written,
             replaces=replaces,
             previous=previous,
-            rewrite=if_etag is not None,
+            rewrite=True,
+            look_up=if_etag is None,
         )
     raise StorageUnavailable("The destination blob kept changing while this delivery tried to store it.")
+
+
+def _inherited(existing: BlobState, prior: Manifest | None, plan: CopyPlan) -> dict[str, Any] | None:
+    """A copy over another export's copy that did not finish (aborted, failed, still running) takes
+    over the snapshot that copy kept of the task's stored export: failing too, it puts that one back."""
+    if existing.delivery in (None, plan.delivery) or existing.copy_settled or prior is None or prior.foreign:
+        return None
+    kept = prior.document.get("previous") if prior.document.get("delivery") == existing.delivery else None
+    return kept if isinstance(kept, dict) and kept.get("snapshot") else None
 
 
 def _replaced_by_this(plan: CopyPlan, existing: BlobState | None, prior: Manifest | None) -> list[str]:
@@ -306,6 +323,7 @@ async def _settle(
     replaces: list[str] | None = None,
     previous: dict[str, Any] | None = None,
     rewrite: bool = False,
+    look_up: bool = True,
     confirmed: bool | None = None,
 ) -> Delivered:
     """This delivery's blob, as last read: finish it, track it, or clean up after a failed copy."""
@@ -363,6 +381,7 @@ async def _settle(
         replaced=replaces,
         previous=previous,
         rewrite=rewrite,
+        look_up=look_up,
     )
     if concluded.superseded_by is not None:
         return Delivered("superseded", name, state.copy_id, tags_written)

@@ -34,6 +34,33 @@ _UNSAFE_NAME_CHARS = re.compile(r'[/\\:?*"<>|#%\x00-\x1f\x7f-\x9f\ud800-\udfff\u
 _TAG_ALPHABET = re.compile(r"[^a-zA-Z0-9 +\-./:=_]")
 
 MANIFEST_SUFFIX = ".json"
+# The manifest keys the receiver itself writes (CONTRACT section 6); a sender's extra fields by these
+# names are kept under `senderFields` instead.
+RECEIVER_MANIFEST_KEYS = frozenset(
+    {
+        "metadata",
+        "receivedAt",
+        "receivedAtFrom",
+        "source",
+        "blob",
+        "delivery",
+        "linkExpiresOn",
+        "tags",
+        "tagsDropped",
+        "tagsWritten",
+        "copyId",
+        "copyStatus",
+        "completedAt",
+        "failedAt",
+        "failureReason",
+        "history",
+        "replaced",
+        "previous",
+        "partial",
+        "repairedAt",
+        "senderFields",
+    }
+)
 # A file whose name would end like a manifest's gets this after it: files and manifests never share a name.
 NOT_A_MANIFEST_SUFFIX = ".file"
 # Blob metadata that marks a blob the receiver wrote as a manifest. Only such a blob is read, repaired or
@@ -234,6 +261,12 @@ def manifest(notification: Notification, plan_fields: dict[str, Any], *, receive
     payload["exportedFileUrl"] = plan_fields["source"]
     payload["exportedFileExpiresOn"] = _iso(notification.exported_file_expires_on)
     payload["lastCheckedOutUntil"] = _iso(notification.last_checked_out_until)
+    # A sender's extra field must never pose as the receiver's own record (a forged `replaced` would
+    # make the next export "superseded", a forged `previous` a restore of nothing): such fields are
+    # kept, under `senderFields`.
+    own = {key: payload.pop(key) for key in list(payload) if key in RECEIVER_MANIFEST_KEYS}
+    if own:
+        payload["senderFields"] = own
     return {
         **payload,
         "metadata": notification.metadata_as_received,

@@ -22,6 +22,7 @@ Bounded per run by count and time; running it twice does nothing new.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -48,6 +49,7 @@ QUEUE_COVERAGE = timedelta(minutes=MAX_DEQUEUE_COUNT * 1.5 + 30)
 # Deliveries stored this recently are checked for an older file of their task that a lagging tag
 # index hid from them (the index lags by seconds; the timer runs every few minutes).
 SWEEP_WINDOW = timedelta(hours=1)
+MAX_LINK_LIFETIME = timedelta(hours=168)  # CONTRACT section 1
 # Below host.json's functionTimeout (5 minutes), leaving room for the item in progress.
 RUN_BUDGET_SECONDS = 180.0
 
@@ -178,6 +180,15 @@ def _report_metrics(report: RunReport) -> None:
     report_oldest_pending(report.oldest_pending_seconds or None)
 
 
+def _latest_expiry(received: Any) -> str:
+    """When a link received at ``received`` has expired for sure (now, when that is not known)."""
+    try:
+        when = datetime.fromisoformat(str(received).replace("Z", "+00:00"))
+    except ValueError:
+        return _iso(datetime.now(UTC))
+    return _iso((when if when.tzinfo else when.replace(tzinfo=UTC)) + MAX_LINK_LIFETIME)
+
+
 def pending_from_manifest(document: dict[str, Any], container: str, manifest_name: str) -> PendingCopy:
     """What the queue message would say, minus the link's signature (never stored)."""
     blob = str(document.get("blob") or "")
@@ -189,7 +200,10 @@ def pending_from_manifest(document: dict[str, Any], container: str, manifest_nam
             "copyId": document.get("copyId"),
             "sourceUrl": "",
             "source": document.get("source") or "",
-            "expiresOn": document.get("linkExpiresOn") or document.get("exportedFileExpiresOn"),
+            # A repaired manifest may know no expiry: a link lives at most 168 hours after it was sent.
+            "expiresOn": document.get("linkExpiresOn")
+            or document.get("exportedFileExpiresOn")
+            or _latest_expiry(document.get("receivedAt")),
             "delivery": document.get("delivery") or "",
             "contentType": document.get("exportedFileContentType") or "application/octet-stream",
             "metadata": {},
@@ -252,8 +266,9 @@ async def repair_manifest(
 
 
 async def sweep_recent(store: BlobStore, *, now: datetime, deadline: float) -> int:
-    """One current file per task, for deliveries stored in the last SWEEP_WINDOW: tasks with more than
-    one ``success`` manifest get their older files retired, by the newest one's rules
+    """One current file per task, for deliveries stored in the last SWEEP_WINDOW: a task with more than
+    one ``success`` manifest keeps its newest export (the one no other lists as ``replaced``, then the
+    latest received), and the others are retired by its rules
     (:func:`receiver.transitions.retire_older_exports`: exact ids, ``replaced``, If-Match)."""
     since = _iso(now - SWEEP_WINDOW)
     groups: dict[tuple[str, str], list[str]] = {}
@@ -266,18 +281,34 @@ async def sweep_recent(store: BlobStore, *, now: datetime, deadline: float) -> i
     for names in groups.values():
         if len(names) < 2 or time.monotonic() > deadline:
             continue
-        manifests = [(name, await store.read_manifest(name)) for name in names]
-        readable = [(name, m) for name, m in manifests if m is not None and not m.foreign]
-        if len(readable) < 2:
-            continue
-        name, newest = max(readable, key=lambda item: (str(item[1].document.get("receivedAt")), item[0]))
-        pending = pending_from_manifest(newest.document, store.container_name, name)
-        state = await store.state(pending.blob_name)
-        if state is None or state.delivery != pending.delivery:
-            continue
-        target = target_of(pending, newest.document, None)
-        concluded = await retire_older_exports(
-            store, target, state, names, manifest_etag=newest.etag, step=Step("reconciliation", now, "retired")
-        )
-        retired += len(concluded.retired)
+        read = await asyncio.gather(*(store.read_manifest(name) for name in names))
+        # Tag values are folded and cut: regroup by the exact ids (a repaired manifest names none).
+        tasks: dict[tuple[str, str], list[tuple[str, Manifest]]] = {}
+        for name, found in zip(names, read, strict=True):
+            if found is not None and not found.foreign and not found.document.get("partial"):
+                ids = (str(found.document.get("taskId")), str(found.document.get("workspaceId")))
+                tasks.setdefault(ids, []).append((name, found))
+        for task in tasks.values():
+            if len(task) > 1:
+                retired += await _keep_newest(store, task, now=now)
     return retired
+
+
+async def _keep_newest(store: BlobStore, task: list[tuple[str, Manifest]], *, now: datetime) -> int:
+    replaced = {item for _, found in task for item in found.document.get("replaced") or []}
+    current = [(name, found) for name, found in task if found.document.get("delivery") not in replaced] or task
+    name, newest = max(current, key=lambda item: (str(item[1].document.get("receivedAt")), item[0]))
+    pending = pending_from_manifest(newest.document, store.container_name, name)
+    state = await store.state(pending.blob_name)
+    if state is None or state.delivery != pending.delivery:
+        return 0
+    concluded = await retire_older_exports(
+        store,
+        target_of(pending, newest.document, None),
+        state,
+        [other for other, _ in task],
+        manifest_etag=newest.etag,
+        manifest=newest.document,
+        step=Step("reconciliation", now, "retired"),
+    )
+    return len(concluded.retired)

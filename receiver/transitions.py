@@ -199,8 +199,8 @@ async def record_manifest(
     have, because the blob was still this delivery's after that read (a newer export's manifest
     write always comes after its copy). On a conflict: read both again. ``absent_ok``: a missing
     blob does not stop the write (a ``pending`` record of a copy whose answer was lost).
-    ``rewrite``: this request overwrote the blob, so it writes the manifest even when the manifest
-    already describes its delivery. Whoever changes the blob changes the manifest after it: that is
+    ``rewrite``: this request's own copy changed the blob, so it writes the manifest even when the
+    manifest already describes its delivery. Whoever changes the blob changes the manifest after it: that is
     what makes another request's write, conditional on the manifest it read before, fail.
     """
     name = target.manifest_name
@@ -219,7 +219,7 @@ async def record_manifest(
                 target.blob_name,
             )
             return Recorded(True)
-        if describes(snapshot, target.delivery, copy_status) and not (rewrite and confirmed):
+        if describes(snapshot, target.delivery, copy_status) and not rewrite:
             return Recorded(True)
         if not confirmed:
             state = await store.state(target.blob_name)
@@ -296,6 +296,7 @@ async def conclude_success(
     replaced: list[str] | None = None,
     previous: dict[str, Any] | None = None,
     rewrite: bool = False,
+    look_up: bool = True,
 ) -> Concluded:
     """A copy of this delivery that succeeded: Content-Type, manifest ``success``, the snapshot kept
     for a failed overwrite dropped, then the task's older files retired (one current file per task).
@@ -305,12 +306,13 @@ async def conclude_success(
     own condition covers the rest. When the manifest already said ``success`` for this delivery
     (a duplicate), whoever wrote it did the rest: nothing more is asked of storage.
     """
-    # The task's other names are looked up only when this copy created its name: a copy over the same
-    # name (a re-export, a restart) retires nothing new, and the reconciliation's sweep covers the rest.
+    # ``look_up`` False: this copy went over the same name (a re-export, a restart), which retires
+    # nothing new; the reconciliation's sweep covers a look-up that failed. A manifest that already
+    # said success (a duplicate) was written by whoever did the rest, unless this request copied again.
     look_up = (
-        target.manifest_name is not None
-        and not rewrite
-        and not describes(snapshot if isinstance(snapshot, Manifest) else None, target.delivery, "success")
+        look_up
+        and target.manifest_name is not None
+        and (rewrite or not describes(snapshot if isinstance(snapshot, Manifest) else None, target.delivery, "success"))
     )
     headers, recorded, names = await asyncio.gather(
         fix_content_type(store, target, state),
@@ -334,19 +336,31 @@ async def conclude_success(
         return Concluded(False)
     if recorded.etag is None:
         return Concluded(True)  # the manifest already said so: nothing new to retire
-    if previous is None:
-        stored = target.manifest.get("previous")
+    if not previous:
+        # Noted in the pending manifest by whoever started the copy (a twin or a verifier concludes it).
+        prior = snapshot.document if isinstance(snapshot, Manifest) and not snapshot.foreign else {}
+        mine = prior if prior.get("delivery") == target.delivery else {}
+        stored = target.manifest.get("previous") or mine.get("previous")
         previous = stored if isinstance(stored, dict) else {}
     if previous.get("snapshot"):
-        await store.delete_snapshot(target.blob_name, str(previous["snapshot"]))
-    if snapshot == UNREAD and not rewrite:  # not looked up beside the write (a repaired manifest)
+        try:
+            await store.delete_snapshot(target.blob_name, str(previous["snapshot"]))
+        except StoreError as exc:  # billed only for the blocks that differ; never worth failing a delivery
+            log.warning("could not delete the snapshot kept for %s (%s)", target.blob_name, exc.message)
+    if snapshot == UNREAD and look_up:  # not looked up beside the write (a repaired manifest)
         names = await _task_manifests(store, target)
+    if names is None:
+        # Stored, recorded, but whether a newer export already replaced it is not known: no 2xx on a guess
+        # (a replay must never be answered "stored"). The queue function or the sweep decides it later.
+        raise StorageUnavailable(
+            "Azure Storage did not answer the look-up of this task's other files; the receiver checks again by itself."
+        )
     return await retire_older_exports(
         store, target, headers, names, manifest_etag=recorded.etag, manifest=recorded.document, step=step
     )
 
 
-async def _nothing() -> list[str]:
+async def _nothing() -> list[str] | None:
     return []
 
 
@@ -361,8 +375,14 @@ def _tag_query(target: Target) -> str:
 
 
 def _same_task(document: dict[str, Any], target: Target) -> bool:
-    """Exactly this task: tag values are folded and cut, so two tasks may share them."""
-    return str(document.get("taskId")) == target.task_id and str(document.get("workspaceId")) == target.workspace_id
+    """Exactly this task: tag values are folded and cut, so two tasks may share them. A repaired
+    (``partial``) manifest took its ids from blob metadata, which cuts long ones: it is never trusted
+    to name a task, so its file is left for a person (``ops find`` shows it)."""
+    return (
+        not document.get("partial")
+        and str(document.get("taskId")) == target.task_id
+        and str(document.get("workspaceId")) == target.workspace_id
+    )
 
 
 def _newer(document: dict[str, Any], target: Target) -> bool:
@@ -373,14 +393,14 @@ def _newer(document: dict[str, Any], target: Target) -> bool:
     return theirs > ours
 
 
-async def _task_manifests(store: BlobStore, target: Target) -> list[str]:
-    """The task's manifests, best effort: the copy is stored whatever this finds. A look-up that
-    fails (or an index that lags) leaves an older file for the reconciliation's sweep."""
+async def _task_manifests(store: BlobStore, target: Target) -> list[str] | None:
+    """The task's manifests; None when the look-up failed (an index that lags is covered by the
+    reconciliation's sweep)."""
     try:
         return await store.task_manifests(prefix=target.task_prefix, tag_query=_tag_query(target))
     except StoreError as exc:
-        log.warning("could not look up the task's other files (%s); the reconciliation will (%s)", exc.message, about())
-        return []
+        log.warning("could not look up the task's other files (%s) %s", exc.message, about())
+        return None
 
 
 async def retire_older_exports(
@@ -415,14 +435,18 @@ async def retire_older_exports(
     manifests, states = read[: len(others)], read[len(others) :]
     doomed: list[tuple[str, BlobState | None, Manifest]] = []
     replaced: list[str] = []
+    ours = manifest if manifest is not None else target.manifest
+    already = set(ours.get("replaced") or [])
     for name, file, found, file_state in zip(others, files, manifests, states, strict=True):
         if not isinstance(found, Manifest) or found.foreign or not _same_task(found.document, target):
             continue
         theirs = str(found.document.get("delivery") or "")
-        if target.delivery in (found.document.get("replaced") or []):
+        if target.delivery in (found.document.get("replaced") or []) and theirs not in already:
             return await _retire_self(store, target, state, manifest_etag, newer=name.removesuffix(MANIFEST_SUFFIX))
-        if theirs == target.delivery or _newer(found.document, target):
-            continue  # the newer export retires this one when it concludes
+        # Older: one this export replaced, the same export under an older name (a retry after midnight
+        # with a date in the template), or one received before this one. A newer one retires this.
+        if theirs not in already and theirs != target.delivery and _newer(found.document, target):
+            continue
         replaced.append(theirs)  # still copying: named here, and it retires itself when it concludes
         if file_state is None or (
             isinstance(file_state, BlobState) and file_state.delivery == theirs and file_state.copy_settled
@@ -443,6 +467,8 @@ async def retire_older_exports(
             retired.append(file)
         except Conflict:
             log.info("left %s to the request that changed it (%s)", store.describe(file), about())
+        except StoreError as exc:  # this export is stored: the reconciliation's sweep retries the rest
+            log.warning("could not retire %s (%s); the reconciliation will (%s)", file, exc.message, about())
     if retired:
         log.info("retired %d older file(s) of the task %s", len(retired), about())
     return Concluded(True, retired)
@@ -489,6 +515,8 @@ async def _retire_self(
             await store.delete(target.manifest_name or "", etag=manifest.etag)
     except Conflict:
         pass  # changed meanwhile: whoever changed it owns it
+    except StoreError as exc:  # the newer export's sweep retires it later
+        log.warning("could not remove the replaced copy %s (%s)", target.blob_name, exc.message)
     log.info("an export already replaced arrived again; removed its copy, %s is current (%s)", newer, about())
     return Concluded(False, superseded_by=newer)
 
@@ -496,7 +524,8 @@ async def _retire_self(
 async def replaced_elsewhere(store: BlobStore, target: Target) -> str | None:
     """The blob name of a task export that already replaced this delivery, if there is one: checked
     before a copy is restarted into an empty name, so a replay never brings an older export back."""
-    for name in await _task_manifests(store, target):
+    # Not best effort: a look-up that fails must not let a replay restart (the caller tries again later).
+    for name in await store.task_manifests(prefix=target.task_prefix, tag_query=_tag_query(target)):
         if name == target.manifest_name or not name.endswith(MANIFEST_SUFFIX):
             continue
         manifest = await store.read_manifest(name)
@@ -602,6 +631,18 @@ async def _restore_earlier(store: BlobStore, target: Target, state: BlobState, *
     earlier = previous.get("manifest")
     if not isinstance(earlier, dict) and manifest is not None and not manifest.foreign:
         earlier = manifest.document if manifest.document.get("delivery") == earlier_delivery else None
+    if target.manifest_name is not None and not isinstance(earlier, dict):
+        # Its manifest is kept nowhere: rebuild one from the restored blob, so the two still agree.
+        restored = await store.state(target.blob_name)
+        if restored is not None and restored.delivery == earlier_delivery:
+            await repair_manifest(
+                store,
+                target.manifest_name,
+                restored,
+                manifest,
+                step=step,
+                reason=f"the re-export {target.delivery[:12]} failed ({reason}); the earlier export was put back",
+            )
     if target.manifest_name is not None and isinstance(earlier, dict):
         document = with_history(
             earlier,

@@ -62,12 +62,15 @@ class PendingCopy(BaseModel):
     task_id: str = Field(alias="taskId")
     workspace_id: str = Field(alias="workspaceId")
     task_prefix: str | None = Field(default=None, alias="taskPrefix")
+    replaced: list[str] = Field(default_factory=list)  # the exports this copy replaces (CONTRACT 7)
 
     def describe(self) -> str:
         return f"task={self.task_id} workspace={self.workspace_id} blob={self.container}/{self.blob_name}"
 
 
-def verification_message(plan: CopyPlan, copy_id: str | None, container: str, *, tags_written: bool) -> str:
+def verification_message(
+    plan: CopyPlan, copy_id: str | None, container: str, *, tags_written: bool, replaced: list[str] | None = None
+) -> str:
     manifest = plan.manifest if len(manifest_bytes(plan.manifest)) <= MAX_MANIFEST_IN_MESSAGE else None
     message = PendingCopy(
         container=container,
@@ -86,6 +89,7 @@ def verification_message(plan: CopyPlan, copy_id: str | None, container: str, *,
         task_id=plan.task_id,
         workspace_id=plan.workspace_id,
         task_prefix=plan.task_prefix,
+        replaced=replaced or [],
     )
     return message.model_dump_json(by_alias=True, exclude_none=True)
 
@@ -197,6 +201,9 @@ async def settle_pending(
         if state is not None and state.copy_status == "pending":
             return "pending"
         # failed, aborted, or never created: copy again while the link works
+        if state is None and attempt == 0 and await replaced_elsewhere(store, target) is not None:
+            log.info("the task's newer export replaced it; nothing to finish or fail %s", pending.describe())
+            return "superseded"
         reason = _final_reason(pending, state, now)
         if reason is not None:
             return await _give_up(store, pending, state, reason, manifest, by=by, now=now, task_template=task_template)
@@ -204,11 +211,6 @@ async def settle_pending(
             return "waiting"  # only its queue or poison message (which holds the link) can restart it
         if attempt:
             break
-        if state is None:
-            newer = await replaced_elsewhere(store, target)
-            if newer is not None:
-                log.info("not restarted: the task's export at %s replaced it %s", newer, pending.describe())
-                return "superseded"
         try:
             await _restart(store, pending, state, sync_copy_max_mib=sync_copy_max_mib)
         except SourceUnreadable as exc:
@@ -318,6 +320,7 @@ async def _finish(
         confirmed=confirmed,
         tags_written=tags_written,
         copy_id=state.copy_id or pending.copy_id,
+        replaced=pending.replaced,
     )
     if concluded.ours:
         log.info("copy finished %s", pending.describe())

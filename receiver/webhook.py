@@ -184,6 +184,8 @@ async def _track_unconfirmed(
                 snapshot=UNREAD,
                 confirmed=False,
                 absent_ok=True,
+                replaced=progress.replaces,
+                previous=progress.previous,
             )
     except (StoreError, TimeoutError) as exc:
         log.warning(
@@ -218,7 +220,11 @@ def _verification(plan: CopyPlan, settings: Settings, progress: Progress) -> str
     from .verification import verification_message  # only the tracked paths need it
 
     return verification_message(
-        plan, progress.copy_id, settings.destination_container, tags_written=progress.tags_written
+        plan,
+        progress.copy_id,
+        settings.destination_container,
+        tags_written=progress.tags_written,
+        replaced=progress.replaces,
     )
 
 

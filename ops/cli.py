@@ -49,7 +49,7 @@ and failed deliveries, check (and repair) a manifest, move poisoned verification
 Connects with a connection string or, with --account-url, as you (DefaultAzureCredential: az login)."""
 
 
-COMMANDS = ("find", "pending", "failed", "check", "replay-poison")
+COMMANDS = ("find", "pending", "failed", "check", "replay-poison", "smoke")
 
 
 def _hide_values(message: str) -> str:
@@ -301,11 +301,18 @@ def _storage_message(exc: Exception) -> str:
     if isinstance(exc, HttpResponseError) and exc.status_code is not None:
         raw = getattr(exc, "error_code", None)
         code = str(getattr(raw, "value", raw) or "")
-        hint = (
-            " Grant Storage Queue Data Contributor on the host storage account, or pass --host-connection-string."
-            if exc.status_code in (401, 403)
-            else ""
-        )
+        if code == "AuthenticationFailed":
+            hint = (
+                " The account key (or SAS) in the host storage connection string is wrong or was rotated: copy "
+                "it again (the storage account's Access keys), or use --host-queue-url and sign in (az login)."
+            )
+        elif exc.status_code in (401, 403):
+            hint = (
+                " Grant Storage Queue Data Contributor on the host storage account (signed in with az login), "
+                "or pass --host-connection-string."
+            )
+        else:
+            hint = ""
         return f"Azure Storage answered {exc.status_code} {code}.{hint}"
     if isinstance(exc, (ConfigError, SettingsError)):
         return str(exc)

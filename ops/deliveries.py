@@ -135,7 +135,8 @@ def _without_copy(stored: Stored, what: str, now: datetime, seen: Look | None, q
             "recoverable",
             f"{what}, but its verification message waits in {queue}-poison and the link is {valid}: "
             "replay-poison will finish it",
-            f"python -m ops replay-poison --queue {queue}",
+            f"python -m ops replay-poison --queue {queue} --dry-run (says what each message will do), "
+            f"then python -m ops replay-poison --queue {queue}",
             NOT_FOUND,
         )
     if seen.queue == "there":
@@ -228,6 +229,15 @@ def judge(stored: Stored, *, now: datetime, seen: Look | None, queue: str) -> Ve
         )
     if state.copy_settled:
         if status == "success":
+            last = (document.get("history") or [{}])[-1]
+            if isinstance(last, dict) and last.get("outcome") == "restored":
+                return Verdict(
+                    "restored",
+                    f"the latest re-export ({_short(last.get('failedDelivery'))}) failed for good and this earlier "
+                    f"export was put back: {last.get('reason') or 'no reason recorded'}",
+                    "export the document again in SmartDocumentor (the file stored is not the latest export)",
+                    NOT_FOUND,
+                )
             partial = " (rebuilt from the blob: the payload's other fields are lost)" if document.get("partial") else ""
             return Verdict("ok", f"the manifest describes the blob{partial}", None, OK)
         return Verdict(
@@ -310,7 +320,7 @@ def _history_line(entry: Any) -> str:
         if entry.get(key):
             text += f": {entry[key]}"
     if entry.get("retired"):
-        text += f"; retired {', '.join(str(name) for name in entry['retired'])}"
+        text += f": {', '.join(str(name) for name in entry['retired'])}"
     return text
 
 

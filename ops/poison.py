@@ -23,7 +23,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from receiver.store import BlobStore
-from receiver.transitions import replaced_elsewhere
+from receiver.transitions import Step, note, replaced_elsewhere
 from receiver.verification import PendingCopy, target_of
 
 from .connect import ConfigError
@@ -144,6 +144,16 @@ async def replay(
                     problems.append(
                         f"{pending.task_id}: sent back, but it could not be deleted from {poison_queue.queue_name} "
                         "(it became visible again while being moved); a replay later moves the copy (harmless)"
+                    )
+                if store is not None and pending.manifest_name:
+                    # The delivery's story: the operator moved its message back (best effort).
+                    await note(
+                        store,
+                        pending.manifest_name,
+                        pending.delivery,
+                        Step(
+                            "operator", now, "replayed", {"reason": f"replay-poison: expected to {fate[0]} ({fate[1]})"}
+                        ),
                     )
                 entries.append(_entry(message, pending, action, fate))
                 progress.update(1)

@@ -503,6 +503,24 @@ async def _note(
     return False
 
 
+async def note(store: BlobStore, manifest_name: str, delivery: str, step: Step) -> bool:
+    """Append ``step`` to the manifest of ``delivery`` (If-Match on what was read), best effort: a step
+    that changes nothing else (a message poisoned, replayed) still belongs in the delivery's story.
+    False when the manifest is not this delivery's, changed meanwhile, or storage failed."""
+    try:
+        current = await store.read_manifest(manifest_name)
+        if current is None or current.foreign or current.document.get("delivery") != delivery:
+            return False
+        document = with_history(current.document, step)
+        tags, metadata = manifest_labels(document, str(document.get("copyStatus") or "pending"))
+        await store.write_manifest(
+            manifest_name, manifest_bytes(document), etag=current.etag, tags=tags, metadata=metadata
+        )
+        return True
+    except StoreError:
+        return False
+
+
 async def _retire_self(
     store: BlobStore, target: Target, state: BlobState, manifest_etag: str | None, *, newer: str
 ) -> Concluded:

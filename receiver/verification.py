@@ -25,7 +25,7 @@ from .plan import CopyPlan, manifest_bytes, task_prefix
 from .runtime import Runtime
 from .store import BlobState, BlobStore, Conflict, Manifest, SourceUnreadable, SyncCopyRefused
 from .telemetry import CURRENT, recording
-from .transitions import Driver, Step, conclude_failure, conclude_success, replaced_elsewhere
+from .transitions import Driver, Step, conclude_failure, conclude_success, note, replaced_elsewhere
 
 log = logging.getLogger("receiver.verification")
 
@@ -158,11 +158,27 @@ async def verify_copy(
         record.outcome = result
         if result == "pending":
             if last_try:
+                if pending.manifest_name:
+                    await note(
+                        store,
+                        pending.manifest_name,
+                        pending.delivery,
+                        Step(
+                            "verifier",
+                            now,
+                            "poisoned",
+                            {
+                                "reason": f"still pending after {MAX_DEQUEUE_COUNT} tries; "
+                                f"its message (with the link) goes to {POISON_QUEUE}"
+                            },
+                        ),
+                    )
                 record.outcome, record.final_failure = "poisoned", True
                 record.reason = (
                     f"the copy is still pending after {MAX_DEQUEUE_COUNT} verification tries; the host moves the "
                     f"message to {POISON_QUEUE} and its manifest stays pending for the reconciliation. Check the "
-                    "copy with python -m ops check, then run python -m ops replay-poison to try again"
+                    f"copy with python -m ops check '{pending.blob_name}', then run python -m ops replay-poison "
+                    "--dry-run and python -m ops replay-poison to try again"
                 )
             raise CopyStillRunning(f"copy still pending {pending.describe()}")
         return result

@@ -135,17 +135,34 @@ def host_command(
     return command, env, f"{note}serving with the local host (devtools/localhost.py)"
 
 
+def _free_near(port: int, *, avoid: set[int], count: int = 1) -> int:
+    """The first port from ``port`` up where ``count`` ports in a row are free (and not in ``avoid``)."""
+    candidate = port
+    while any(port_is_busy(p) or p in avoid for p in range(candidate, candidate + count)) and candidate < 65000:
+        candidate += 1
+    return candidate
+
+
 def preflight(args: argparse.Namespace) -> str | None:
     """Every expected reason not to start, as one line; None when all is well."""
-    busy = [port for port in args.azurite_ports if port_is_busy(port)]
-    if busy:
-        return (
-            describe_busy(busy, role="azurite") + "; or run on other ports: `make run AZURITE_PORTS=10010,10011,10012`"
-        )
+    busy_azurite = [port for port in args.azurite_ports if port_is_busy(port)]
+    busy_host = [] if args.azurite_only or not port_is_busy(args.port) else [args.port]
+    if busy_azurite or busy_host:
+        # Every busy port in one line, and one command that moves all that must move.
+        parts = []
+        if busy_azurite:
+            parts.append(describe_busy(busy_azurite, role="azurite"))
+        if busy_host:
+            parts.append(describe_busy(busy_host, role="host"))
+        options = []
+        if busy_host:
+            options.append(f"PORT={_free_near(args.port + 1, avoid=set(args.azurite_ports))}")
+        if busy_azurite:
+            start = _free_near(max(args.azurite_ports) + 8, avoid={args.port}, count=3)
+            options.append(f"AZURITE_PORTS={start},{start + 1},{start + 2}")
+        return "; ".join(parts) + f"; or run on other ports: `make run {' '.join(options)}`"
     if args.azurite_only:
         return None
-    if port_is_busy(args.port):
-        return describe_busy([args.port], role="host") + "; or run on another port: `make run PORT=7072`"
     if args.debugpy:
         if port_is_busy(DEBUGPY_PORT):
             return describe_busy([DEBUGPY_PORT], role="host")

@@ -329,11 +329,14 @@ def test_a_leftover_azurite_is_named_with_how_to_stop_it(azurite: Azurite, tmp_p
     )  # fmt: skip
     assert result.returncode == 1
     assert azurite.process is not None
-    assert result.stderr == (
+    assert result.stderr.startswith(
         f"make run: ports {azurite.blob_port}, {azurite.queue_port} are busy (an Azurite, pid {azurite.process.pid}, "
         f"from another `make run` (still running, or left over): stop that one, or `kill {azurite.process.pid}`); "
-        "or run on other ports: `make run AZURITE_PORTS=10010,10011,10012`\n"
-    )
+        "or run on other ports: `make run AZURITE_PORTS="
+    ), result.stderr
+    suggested = [int(p) for p in result.stderr.split("AZURITE_PORTS=", 1)[1].split("`", 1)[0].split(",")]
+    assert len(suggested) == 3 and suggested == list(range(suggested[0], suggested[0] + 3))
+    assert not any(port_is_busy(port) for port in suggested)  # ports that are free now
 
 
 def test_a_busy_host_port_is_one_line(tmp_path: Path) -> None:
@@ -347,8 +350,24 @@ def test_a_busy_host_port_is_one_line(tmp_path: Path) -> None:
         )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.startswith(f"make run: port {busy} is busy ("), result.stderr
-    assert result.stderr.endswith("; or run on another port: `make run PORT=7072`\n"), result.stderr
+    assert "; or run on other ports: `make run PORT=" in result.stderr and "AZURITE" not in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_busy_host_and_azurite_ports_are_named_in_one_line_with_one_command(azurite: Azurite, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        result = run_refused(
+            "--azurite-ports", f"{azurite.blob_port},{azurite.queue_port},{free_port()}", "--port", str(busy),
+            "--data", str(tmp_path / "data"),
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert str(azurite.blob_port) in result.stderr and f"port {busy} is busy" in result.stderr
+    command = result.stderr.split("`make run ", 1)[1].split("`", 1)[0]
+    assert command.startswith("PORT=") and " AZURITE_PORTS=" in command, command
 
 
 @pytest.mark.skipif(not (shutil.which("curl") and shutil.which("bash")), reason="runs the printed curl line")

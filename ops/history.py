@@ -9,39 +9,14 @@ WARNING otherwise.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Any
 
 from receiver.plan import is_manifest_metadata as is_manifest
-from receiver.plan import manifest_bytes, manifest_labels
-from receiver.store import BlobStore, Conflict, Manifest
-from receiver.transitions import iso, with_history
+from receiver.store import BlobStore
+from receiver.transitions import iso
 
-__all__ = ["is_manifest", "iso", "operator_entry", "record", "with_history", "write"]
+__all__ = ["is_manifest", "iso", "record"]
 
 log = logging.getLogger("ops")
-
-
-def operator_entry(now: datetime, outcome: str, reason: str, **extra: Any) -> dict[str, Any]:
-    return {"at": iso(now), "by": "operator", "outcome": outcome, "reason": reason, **extra}
-
-
-async def write(store: BlobStore, manifest_name: str, document: dict[str, Any], snapshot: Manifest | None) -> bool:
-    """Write ``document`` over the manifest as read (If-Match), or where there was none
-    (If-None-Match). False when someone else wrote it first: then it is left alone."""
-    status = str(document.get("copyStatus") or "pending")
-    tags, metadata = manifest_labels(document, status)
-    try:
-        await store.write_manifest(
-            manifest_name,
-            manifest_bytes(document),
-            etag=None if snapshot is None else snapshot.etag,
-            tags=tags,
-            metadata=metadata,
-        )
-    except Conflict:
-        return False
-    return True
 
 
 def record(store: BlobStore, blob_name: str, outcome: str, reason: str, *, error: bool) -> None:

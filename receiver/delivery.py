@@ -26,17 +26,13 @@ from .settings import SYNC_COPY_LIMIT_MIB
 from .store import BlobState, BlobStore, Conflict, Manifest, StorageUnavailable, SyncCopyRefused
 from .transitions import (
     UNREAD,
-    CopyStatus,
     Snapshot,
     Step,
     conclude_failure,
     conclude_success,
-    describes,
     merge_replaced,
     record_manifest,
 )
-
-__all__ = ["CopyFailed", "CopyStatus", "Delivered", "NotStored", "Progress", "deliver", "describes", "wait_for_copy"]
 
 log = logging.getLogger("receiver.delivery")
 

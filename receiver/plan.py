@@ -304,10 +304,6 @@ def is_manifest_metadata(metadata: dict[str, str] | None) -> bool:
     return meta.get(marker_key) == marker_value or "copystatus" in meta
 
 
-def is_manifest_name(name: str) -> bool:
-    return name.endswith(MANIFEST_SUFFIX)
-
-
 def not_a_manifest_name(name: str, limit: int) -> str:
     """A file's name never ends like a manifest's (``<file>.json``), whatever the display name,
     content type or template: such a name gets NOT_A_MANIFEST_SUFFIX, cut first if it must be."""

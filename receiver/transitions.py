@@ -124,6 +124,13 @@ def describes(manifest: Manifest | None, delivery: str, copy_status: CopyStatus,
     )
 
 
+async def _put(store: BlobStore, name: str, document: dict[str, Any], *, etag: str | None, status: str) -> str:
+    """Write a manifest with its labels (tags and metadata, the marker among them), If-Match ``etag``
+    or If-None-Match: * when None. Raises Conflict when someone wrote it first."""
+    tags, metadata = manifest_labels(document, status)
+    return await store.write_manifest(name, manifest_bytes(document), etag=etag, tags=tags, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class Recorded:
     """How :func:`record_manifest` ended: ``ours`` False when the blob is another delivery's (nothing
@@ -238,14 +245,9 @@ async def record_manifest(
             previous=previous,
             completed_at=completed_at,
         )
-        tags, metadata = manifest_labels(document, copy_status)
         try:
-            etag = await store.write_manifest(
-                name,
-                manifest_bytes(document),
-                etag=None if snapshot is None else snapshot.etag,
-                tags=tags,
-                metadata=metadata,
+            etag = await _put(
+                store, name, document, etag=None if snapshot is None else snapshot.etag, status=copy_status
             )
             return Recorded(True, etag, document)
         except Conflict:
@@ -494,9 +496,8 @@ async def _note(
             return False
         updated = with_history(current.document, step)
         updated["replaced"] = merge_replaced(replaced, current.document.get("replaced"))
-        tags, metadata = manifest_labels(updated, str(updated.get("copyStatus") or "success"))
         try:
-            await store.write_manifest(name, manifest_bytes(updated), etag=current.etag, tags=tags, metadata=metadata)
+            await _put(store, name, updated, etag=current.etag, status=str(updated.get("copyStatus") or "success"))
             return True
         except Conflict:
             current = None  # someone (a twin) wrote it since: build on what is there now
@@ -512,9 +513,8 @@ async def note(store: BlobStore, manifest_name: str, delivery: str, step: Step) 
         if current is None or current.foreign or current.document.get("delivery") != delivery:
             return False
         document = with_history(current.document, step)
-        tags, metadata = manifest_labels(document, str(document.get("copyStatus") or "pending"))
-        await store.write_manifest(
-            manifest_name, manifest_bytes(document), etag=current.etag, tags=tags, metadata=metadata
+        await _put(
+            store, manifest_name, document, etag=current.etag, status=str(document.get("copyStatus") or "pending")
         )
         return True
     except StoreError:
@@ -609,14 +609,9 @@ async def conclude_failure(
             step=step,
             failure_reason=reason,
         )
-        tags, metadata = manifest_labels(document, "failed")
         try:
-            await store.write_manifest(
-                target.manifest_name,
-                manifest_bytes(document),
-                etag=None if snapshot is None else snapshot.etag,
-                tags=tags,
-                metadata=metadata,
+            await _put(
+                store, target.manifest_name, document, etag=None if snapshot is None else snapshot.etag, status="failed"
             )
             return "failed"
         except Conflict:
@@ -674,14 +669,13 @@ async def _restore_earlier(store: BlobStore, target: Target, state: BlobState, *
                 },
             ),
         )
-        tags, metadata = manifest_labels(document, str(document.get("copyStatus") or "success"))
         with contextlib.suppress(Conflict):  # written meanwhile by a newer delivery: its manifest stays
-            await store.write_manifest(
+            await _put(
+                store,
                 target.manifest_name,
-                manifest_bytes(document),
+                document,
                 etag=None if manifest is None else manifest.etag,
-                tags=tags,
-                metadata=metadata,
+                status=str(document.get("copyStatus") or "success"),
             )
     log.warning(
         "the re-export %s of %s failed (%s); the earlier export was put back",
@@ -758,15 +752,8 @@ async def repair_manifest(
     document = with_history(
         document, Step(step.by, step.at, "repaired", {"reason": reason, "repaired": repaired, **step.details})
     )
-    tags, metadata = manifest_labels(document, status)
     try:
-        await store.write_manifest(
-            manifest_name,
-            manifest_bytes(document),
-            etag=None if snapshot is None else snapshot.etag,
-            tags=tags,
-            metadata=metadata,
-        )
+        await _put(store, manifest_name, document, etag=None if snapshot is None else snapshot.etag, status=status)
     except Conflict:
         return "skipped"
     return "repaired"

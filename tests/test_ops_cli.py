@@ -78,7 +78,7 @@ async def test_a_mistyped_option_is_named_and_the_commands_listed(ops: Cli, caps
     assert "unrecognized --conection-string and 0" not in (shown := capsys.readouterr().err)
     assert "unrecognized --conection-string and 1 other argument(s) (values are not shown)" in shown
     await ops(WITH_KEY, environ={})
-    assert "unknown command (choose from find, pending, failed, check, replay-poison)" in capsys.readouterr().err
+    assert "unknown command (choose from find, pending, failed, check, replay-poison, smoke)" in capsys.readouterr().err
 
 
 async def test_an_invalid_connection_string_is_not_repeated(ops: Cli) -> None:

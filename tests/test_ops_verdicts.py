@@ -336,7 +336,7 @@ async def test_find_shows_the_story_newest_first_and_where_it_looked(
     assert ran.out.index(second["taskId"]) < ran.out.index(first["taskId"])  # newest first
     story = ran.out[: ran.out.index(first["taskId"])]
     assert "  completed:  2026-03-02T10:15:07Z" in story and f"  replaced:   {earlier[:12]}" in story
-    assert story.index("webhook        copying (202)") < story.index("verifier       stored; retired old/name.pdf")
+    assert story.index("webhook        copying (202)") < story.index("verifier       stored: old/name.pdf")
     as_json = await ops("find", "--workspace", workspace, "--json")
     assert [d["taskId"] for d in as_json.json()["documents"]] == [second["taskId"], first["taskId"]]
     assert as_json.json()["container"] == destination.container_name

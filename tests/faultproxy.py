@@ -138,6 +138,21 @@ class FaultProxy:
         self.add(Rule(is_copy, times=1, copy_status="pending"))
         self.add(Rule(is_properties, times=10_000, copy_status="pending", of_delivery=delivery))
 
+    def source_gone(
+        self, delivery: str | frozenset[str] | None = None, *, times: int = 10_000, description: str = "404"
+    ) -> Rule:
+        """Every read of copy status says the copy failed because its source is gone (404), as Azure
+        reports a link revoked mid-copy; with ``delivery`` only for blobs holding that export (or one of them)."""
+        return self.add(
+            Rule(
+                is_properties,
+                times=times,
+                copy_status="failed",
+                copy_description=f"{description} CannotVerifyCopySource",
+                of_delivery=delivery,
+            )
+        )
+
     def reset(self) -> None:
         self.rules.clear()
         self.seen.clear()

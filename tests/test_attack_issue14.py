@@ -276,15 +276,7 @@ async def test_a_failed_asynchronous_re_export_whose_answer_was_lost_restores_by
     assert manifest_of(destination, name)["copyStatus"] == "pending"
     await asyncio.sleep(2.5)  # the late answer reaches the proxy and is dropped
     async_copies.reset()
-    async_copies.add(
-        Rule(
-            is_properties,
-            10_000,
-            copy_status="failed",
-            copy_description="404 CannotVerifyCopySource",
-            of_delivery=delivery_of(second["exportedFileUrl"]),
-        )
-    )
+    async_copies.source_gone(delivery_of(second["exportedFileUrl"]))
 
     await run_verifier(answer.verification)
 
@@ -593,7 +585,7 @@ async def test_a_senders_extra_field_named_previous_keeps_a_failed_copy_from_eve
     assert pending.status == 202 and pending.verification, pending.body
     name = name_of(pending.body)
     async_copies.reset()
-    async_copies.add(Rule(is_properties, 10_000, copy_status="failed", copy_description="404 CannotVerifyCopySource"))
+    async_copies.source_gone()
 
     await run_verifier(pending.verification)  # concludes: the sender's field is not the receiver's own
     await run_timer()
@@ -678,15 +670,7 @@ async def test_three_exports_a_failed_third_restores_the_first_bytes_under_the_t
     copying = await webhook.post(third)
     assert copying.status == 202 and copying.verification, copying.body
     async_copies.reset()
-    async_copies.add(
-        Rule(
-            is_properties,
-            10_000,
-            copy_status="failed",
-            copy_description="404 CannotVerifyCopySource",
-            of_delivery=delivery_of(third["exportedFileUrl"]),
-        )
-    )
+    async_copies.source_gone(delivery_of(third["exportedFileUrl"]))
 
     await run_verifier(copying.verification)
 

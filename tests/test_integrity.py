@@ -201,15 +201,7 @@ async def test_a_failed_asynchronous_re_export_puts_the_earlier_export_back(
     assert stored.status == 200 and stored.body["status"] == "stored", stored.body
     name = name_of(stored.body)
     second = {**first, "exportedFileUrl": exports.publish(b"%PDF export 2, larger")}
-    async_copies.add(
-        Rule(
-            is_properties,
-            10_000,
-            copy_status="failed",
-            copy_description="404 CannotVerifyCopySource",
-            of_delivery=delivery_of(second["exportedFileUrl"]),
-        )
-    )
+    async_copies.source_gone(delivery_of(second["exportedFileUrl"]))
 
     failed = await webhook.post(second)
 

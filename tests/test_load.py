@@ -17,7 +17,7 @@ from azure.storage.blob import ContainerClient
 from receiver.runtime import RUNTIME
 
 from .conftest import Exports, Response, Webhook, notification
-from .faultproxy import FaultProxy, Rule, is_blob_write, is_copy, is_properties
+from .faultproxy import FaultProxy, Rule, is_blob_write, is_copy
 
 DELIVERIES = 500
 CONCURRENCY = 50
@@ -137,15 +137,7 @@ async def test_load_with_duplicates_re_exports_and_throttling_keeps_every_2xx_tr
         for task in others[RENAMED : RENAMED + FAILING]
     ]
     # Their source is gone once the asynchronous copy has started.
-    proxied.add(
-        Rule(
-            is_properties,
-            100_000,
-            copy_status="failed",
-            copy_description="404 CannotVerifyCopySource",
-            of_delivery=frozenset(delivery_of(payload["exportedFileUrl"]) for payload in failing),
-        )
-    )
+    proxied.source_gone(frozenset(delivery_of(payload["exportedFileUrl"]) for payload in failing), times=100_000)
     second = [*renamed, *replays, *failing]
     rng.shuffle(second)
     phase2 = await asyncio.wait_for(asyncio.gather(*(send(p) for p in second)), timeout=240)

@@ -292,15 +292,7 @@ async def test_a_failed_asynchronous_re_export_finished_by_the_verifier_puts_the
     assert pending.status == 202 and pending.verification, pending.body
     assert manifest_of(destination, name)["previous"]["delivery"] == delivery_of(first["exportedFileUrl"])
     async_copies.reset()
-    async_copies.add(
-        Rule(
-            is_properties,
-            10_000,
-            copy_status="failed",
-            copy_description="404 CannotVerifyCopySource",
-            of_delivery=delivery_of(second["exportedFileUrl"]),
-        )
-    )
+    async_copies.source_gone(delivery_of(second["exportedFileUrl"]))
 
     await run_verifier(pending.verification)
 
@@ -361,7 +353,7 @@ async def test_the_verifier_that_loses_its_cleanup_race_writes_nothing(
     assert pending.status == 202 and pending.verification
     name = name_of(pending.body)
     async_copies.reset()
-    async_copies.add(Rule(is_properties, times=2, copy_status="failed", copy_description="404 CannotVerifyCopySource"))
+    async_copies.source_gone(times=2)
     release = asyncio.Event()
     delete = async_copies.add(Rule(is_delete, times=1, hold=release))
 

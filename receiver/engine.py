@@ -1,0 +1,453 @@
+"""Observe, decide, apply: the one loop every driver runs (webhook, queue function, reconciliation, operator).
+
+The loop asks :func:`receiver.machine.decide` for the next step and carries it out against the
+:class:`~receiver.storage.Storage` seam, every write conditional: the record by compare-and-swap,
+a copy over a file If-Match on the version read, a delete If-Match. A conflict is never an error
+here: it means somebody else moved the task, so the loop observes again and decides again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from .machine import (
+    UNSEEN,
+    Answer,
+    Apply,
+    Arrival,
+    Change,
+    Copy,
+    Decision,
+    Event,
+    Observe,
+    Retire,
+    Seen,
+    Stage,
+    Sweep,
+    WriteManifest,
+    decide,
+    replaced_by,
+)
+from .models import MAX_RECORD_BYTES, RECORD_CONTENT_TYPE, Manifest, State, TaskRecord, record_name
+from .storage import (
+    Blob,
+    Conflict,
+    Headers,
+    Immutable,
+    Rejected,
+    SourceUnreadable,
+    Storage,
+    StoreError,
+    TooLargeForSyncCopy,
+    Unavailable,
+)
+
+log = logging.getLogger("receiver.engine")
+
+MAX_STEPS = 24
+MANIFEST_SUFFIX = ".json"
+MANIFEST_MARKER = {"receiverkind": "manifest"}
+MAX_MANIFEST_BYTES = 1024 * 1024
+MIB = 1024 * 1024
+BLOCK_BYTES = 100 * MIB  # Put Block From URL: a block a request; several at a time
+STAGE_PARALLEL = 4
+MAX_BLOCKS = 50_000
+CONCLUDING = frozenset({"stored", "adopted", "restored"})
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a driver needs beyond the event: the source link (the only place it lives) and what a
+    copy writes. A reconciliation or operator job has no source."""
+
+    event: Event
+    workspace_id: str
+    task_id: str
+    source_url: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+    write_manifest: bool = True
+    deadline: float | None = None  # monotonic time after which staging stops (the webhook's answer)
+    block_bytes: int = BLOCK_BYTES
+
+
+@dataclass
+class Trace:
+    """What the loop did, for the delivery's log record and the tests."""
+
+    arrows: list[str] = field(default_factory=list)
+    copy_sent: bool = False
+    mode: str | None = None  # "sync" | "staged"
+    effect_failed: StoreError | None = None
+    retired: list[str] = field(default_factory=list)
+
+
+def manifest_name(blob: str) -> str:
+    return f"{blob}{MANIFEST_SUFFIX}"
+
+
+async def run(storage: Storage, job: Job, *, now: datetime, clock: Clock = time.monotonic) -> tuple[Answer, Trace]:
+    """Drive ``job`` to its answer. Raises :class:`StoreError` when storage fails in a way the loop
+    cannot answer for (the caller maps it to 503/500)."""
+    trace = Trace()
+    seen = Seen(large=isinstance(job.event, Arrival) and job.event.notice.large)
+    if isinstance(job.event, Arrival) and not seen.large and job.source_url is not None:
+        seen = await _first_round(storage, job, seen, trace)
+    for _ in range(MAX_STEPS):
+        decision = decide(seen, job.event, now)
+        trace.arrows.append(decision.arrow)
+        if isinstance(decision, Answer):
+            return _finish(decision, trace), trace
+        seen = await _apply(storage, job, seen, decision, trace, now=now, clock=clock)
+    raise Unavailable("The task kept changing while this delivery stored it. Send the document again.")
+
+
+def _finish(answer: Answer, trace: Trace) -> Answer:
+    if trace.effect_failed is not None and answer.kind in ("stored", "duplicate"):
+        # Stored, but its manifest (or Content-Type) could not be written: 503, and the queue function
+        # writes it. The file is never removed for that.
+        return Answer(
+            "failed",
+            503,
+            answer.arrow,
+            error="storage-unavailable",
+            reason="The file was stored, but its manifest could not be written yet; the receiver retries by itself.",
+            enqueue=True,
+        )
+    return answer
+
+
+async def _first_round(storage: Storage, job: Job, seen: Seen, trace: Trace) -> Seen:
+    """The record read and a create-only copy side by side: a create destroys nothing, so it needs no
+    decision first, and most deliveries are then stored in two round trips."""
+    assert isinstance(job.event, Arrival)
+    record, copied = await asyncio.gather(
+        _read_record(storage, job), _copy(storage, job, job.event.notice.blob, None, seen, trace)
+    )
+    return replace(copied, record=record[0], record_etag=record[1])
+
+
+async def _apply(
+    storage: Storage, job: Job, seen: Seen, decision: Decision, trace: Trace, *, now: datetime, clock: Clock
+) -> Seen:
+    if isinstance(decision, Observe):
+        return await _observe(storage, job, seen)
+    if isinstance(decision, Copy):
+        assert isinstance(job.event, Arrival)
+        return await _copy(storage, job, job.event.notice.blob, decision.if_match, seen, trace)
+    if isinstance(decision, Stage):
+        return await _stage(storage, job, decision.if_match, seen, trace, clock=clock)
+    if isinstance(decision, Change):
+        return await _change(storage, job, seen, decision, trace, now=now)
+    if isinstance(decision, Apply):
+        return await _effects(storage, job, seen, decision.effects, None, trace, now=now)
+    raise AssertionError(f"unknown decision {decision!r}")
+
+
+# --- observing ----------------------------------------------------------------------------------------
+
+
+async def _read_record(storage: Storage, job: Job) -> tuple[TaskRecord | None, str | None]:
+    found = await storage.read_bytes(record_name(job.workspace_id, job.task_id), max_bytes=MAX_RECORD_BYTES)
+    if found is None:
+        return None, None
+    blob, data = found
+    try:
+        return TaskRecord.from_bytes(data), blob.etag
+    except ValueError:
+        raise Rejected(
+            f"The task record {blob.name} is not readable. Run python -m ops find --task {job.task_id}."
+        ) from None
+
+
+def _watched(job: Job, record: TaskRecord | None) -> str | None:
+    """The name whose blob the decision needs: the notice's, or (a sweep) the delivery still copying."""
+    if isinstance(job.event, Arrival):
+        return job.event.notice.blob
+    if record is None:
+        return None
+    copying = next((item for item in record.deliveries if item.state is State.COPYING), None)
+    return None if copying is None else copying.blob
+
+
+async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = False, manifest: bool = False) -> Seen:
+    """Read the watched blob (and its manifest); the record too when asked, or for a sweep."""
+    if record or isinstance(job.event, Sweep) or (seen.record_etag is None and seen.record is None):
+        found, etag = await _read_record(storage, job)
+        seen = replace(seen, record=found, record_etag=etag)
+    name = _watched(job, seen.record)
+    if name is None:
+        return replace(seen, blob=None, manifest=None, attempt=None)
+    blob, there = await asyncio.gather(storage.read(name), storage.read(manifest_name(name)) if manifest else _unseen())
+    delivery = job.event.notice.delivery if isinstance(job.event, Arrival) else None
+    copied = seen.copied and isinstance(blob, Blob) and blob.delivery == delivery
+    return replace(seen, blob=blob, manifest=there, copied=copied, attempt=None)
+
+
+async def _unseen() -> Any:
+    return UNSEEN
+
+
+# --- copying ---------------------------------------------------------------------------------------------
+
+
+def _written_blob(job: Job, name: str, etag: str, headers: Headers | None = None) -> Blob:
+    """The blob as this driver's own copy or commit left it (its metadata is what it sent)."""
+    return Blob(name=name, etag=etag, size=0, headers=headers or Headers(), metadata=dict(job.metadata))
+
+
+async def _copy(storage: Storage, job: Job, name: str, if_match: str | None, seen: Seen, trace: Trace) -> Seen:
+    assert job.source_url is not None
+    trace.copy_sent, trace.mode = True, "sync"
+    tags = job.tags if storage.tags_supported else None
+    try:
+        written = await storage.copy_from_url(name, job.source_url, if_match=if_match, metadata=job.metadata, tags=tags)
+    except Conflict:
+        return replace(seen, blob=UNSEEN, attempt="exists" if if_match is None else "changed")
+    except TooLargeForSyncCopy:
+        trace.copy_sent = False
+        return replace(seen, attempt="too-large", large=True)
+    except SourceUnreadable as exc:
+        return replace(seen, attempt="source-gone" if exc.status == 404 else "source-refused")
+    except Immutable:
+        return replace(seen, attempt="immutable")
+    except Unavailable:
+        return replace(seen, blob=UNSEEN, attempt="lost")
+    return replace(seen, blob=_written_blob(job, name, written.etag), copied=True, attempt=None)
+
+
+def block_id(delivery: str, number: int) -> str:
+    """The same ids for the same delivery whoever stages it (a retry re-stages the same blocks)."""
+    return base64.b64encode(f"{delivery[:32]}-{number:06d}".encode("ascii")).decode("ascii")
+
+
+async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, trace: Trace, *, clock: Clock) -> Seen:
+    """Put Block From URL, several blocks at a time, then one Put Block List: the earlier file stays
+    readable and whole until that commit."""
+    assert isinstance(job.event, Arrival) and job.source_url is not None
+    notice = job.event.notice
+    trace.mode = "staged"
+    size = await storage.source_size(job.source_url)
+    if size is None:
+        raise Unavailable("The exported file's size could not be read. Send the document again.")
+    block = max(job.block_bytes, -(-size // MAX_BLOCKS))
+    ranges = [(offset, min(block, size - offset)) for offset in range(0, size, block)]
+    ids = [block_id(notice.delivery, number) for number in range(len(ranges))]
+    limit = asyncio.Semaphore(STAGE_PARALLEL)
+
+    async def put(block_name: str, offset: int, length: int) -> None:
+        async with limit:
+            if job.deadline is not None and clock() >= job.deadline:
+                raise TimeoutError
+            await storage.stage_block(notice.blob, block_name, job.source_url or "", offset=offset, length=length)
+
+    trace.copy_sent = True
+    try:
+        await asyncio.gather(*(put(name, offset, length) for name, (offset, length) in zip(ids, ranges, strict=True)))
+        if job.deadline is not None and clock() >= job.deadline:
+            raise TimeoutError
+        tags = job.tags if storage.tags_supported else None
+        headers = Headers(content_type=job.content_type)
+        written = await storage.commit_blocks(
+            notice.blob, ids, if_match=if_match, headers=headers, metadata=job.metadata, tags=tags
+        )
+    except TimeoutError:
+        return replace(seen, attempt="unfinished")
+    except Conflict:
+        return replace(seen, blob=UNSEEN, attempt="changed")
+    except SourceUnreadable as exc:
+        return replace(seen, attempt="source-gone" if exc.status == 404 else "source-refused")
+    except Immutable:
+        return replace(seen, attempt="immutable")
+    except Unavailable:
+        return replace(seen, blob=UNSEEN, attempt="lost")
+    headers = Headers(content_type=job.content_type)
+    return replace(seen, blob=_written_blob(job, notice.blob, written.etag, headers), copied=True, attempt=None)
+
+
+# --- changing the record, and the effects beside it ------------------------------------------------------
+
+
+async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trace: Trace, *, now: datetime) -> Seen:
+    name = record_name(job.workspace_id, job.task_id)
+    write = storage.put(
+        name,
+        decision.record.to_bytes(),
+        if_match=seen.record_etag,
+        content_type=RECORD_CONTENT_TYPE,
+        metadata=decision.record.labels(),
+    )
+    side = (
+        _observe(storage, job, seen, manifest=True)
+        if decision.observe
+        else _effects(storage, job, seen, decision.effects, decision.record, trace, now=now)
+    )
+    written, after = await asyncio.gather(write, side, return_exceptions=True)
+    if isinstance(written, Conflict):
+        return await _observe(storage, job, seen, record=True, manifest=decision.observe)
+    if isinstance(written, BaseException):
+        raise written
+    if isinstance(after, BaseException):
+        raise after
+    assert isinstance(after, Seen)
+    concluded = decision.arrow if decision.arrow in CONCLUDING else seen.concluded
+    return replace(after, record=decision.record, record_etag=written.etag, concluded=concluded)
+
+
+async def _effects(
+    storage: Storage,
+    job: Job,
+    seen: Seen,
+    effects: tuple[WriteManifest | Retire, ...],
+    record: TaskRecord | None,
+    trace: Trace,
+    *,
+    now: datetime,
+) -> Seen:
+    record = record or seen.record
+    outcomes = await asyncio.gather(
+        *(_effect(storage, job, seen, effect, record, now=now) for effect in effects), return_exceptions=True
+    )
+    retired, deferred = set(seen.retired), set(seen.deferred)
+    manifest_done = seen.manifest_done
+    for effect, outcome in zip(effects, outcomes, strict=True):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, StoreError):
+            raise outcome
+        failed = isinstance(outcome, StoreError)
+        if isinstance(effect, Retire):
+            (deferred if failed else retired).add(effect.retirement.blob)
+            if not failed:
+                trace.retired.append(effect.retirement.blob)
+            else:
+                log.warning(
+                    "could not retire %s yet (%s): left listed in the task record", effect.retirement.blob, outcome
+                )
+        else:
+            manifest_done = True
+            if failed:
+                assert isinstance(outcome, StoreError)
+                trace.effect_failed = outcome
+    removed = any(
+        isinstance(effect, Retire) and isinstance(seen.blob, Blob) and effect.retirement.blob == seen.blob.name
+        for effect in effects
+    )
+    blob = None if removed else seen.blob
+    return replace(
+        seen,
+        retired=frozenset(retired),
+        deferred=frozenset(deferred),
+        manifest_done=manifest_done,
+        blob=blob,
+        copied=seen.copied and not removed,
+    )
+
+
+async def _effect(
+    storage: Storage, job: Job, seen: Seen, effect: WriteManifest | Retire, record: TaskRecord | None, *, now: datetime
+) -> None:
+    if isinstance(effect, Retire):
+        item = effect.retirement
+        await asyncio.gather(
+            remove_if_holds(storage, item.blob, item.delivery, item.etag),
+            remove_if_holds(storage, manifest_name(item.blob), item.delivery, None),
+        )
+        return
+    await write_manifest(storage, job, seen, effect, record, now=now)
+
+
+async def remove_if_holds(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:
+    """Delete ``name`` only while it holds ``delivery`` (If-Match on the version known or read).
+    Another delivery's file, or one already gone, is left alone. True when it was deleted."""
+    for _ in range(3):
+        if etag is None:
+            blob = await storage.read(name)
+            if blob is None or blob.delivery != delivery:
+                return False
+            etag = blob.etag
+        try:
+            return await storage.delete(name, if_match=etag)
+        except Conflict:
+            etag = None  # changed since: read it again, and delete only if it still holds the delivery
+    return False
+
+
+def _is_manifest(blob: Blob) -> bool:
+    """Did the receiver write this blob as a manifest? (Its marker; older releases' manifests carry
+    ``copystatus``.) Nothing else is ever overwritten or deleted as one."""
+    meta = {key.lower(): value for key, value in blob.metadata.items()}
+    return meta.get("receiverkind") == "manifest" or "copystatus" in meta
+
+
+async def write_manifest(
+    storage: Storage, job: Job, seen: Seen, effect: WriteManifest, record: TaskRecord | None, *, now: datetime
+) -> None:
+    """The manifest beside the file, and the file's Content-Type, while the file holds the delivery."""
+    blob_known = isinstance(seen.blob, Blob) and seen.blob.name == effect.blob and seen.blob.headers.content_type
+    content_type = str(effect.document.get("exportedFileContentType") or job.content_type or "") or None
+    entry = record.find(effect.delivery) if record is not None else None
+    document = Manifest.model_validate(
+        {
+            **effect.document,
+            "history": [step.dump() for step in entry.history] if entry is not None else [],
+            "completedAt": (entry.completed_at or now) if entry is not None else now,
+            "replaced": replaced_by(record, effect.delivery) if record is not None else [],
+            "tagsWritten": storage.tags_supported,
+        }
+    )
+    metadata = {**MANIFEST_MARKER, "delivery": effect.delivery}
+
+    async def fix_headers() -> Blob | None:
+        current = None if blob_known else await storage.read(effect.blob)
+        if current is None or current.delivery != effect.delivery or content_type is None:
+            return current
+        if current.headers.content_type != content_type:
+            headers = replace(current.headers, content_type=content_type)
+            try:
+                await storage.set_headers(effect.blob, headers, if_match=current.etag)
+            except Conflict:
+                return await storage.read(effect.blob)  # changed since read: by a newer export
+        return current
+
+    async def put_manifest() -> None:
+        if not job.write_manifest:
+            return
+        name = manifest_name(effect.blob)
+        known = seen.manifest if isinstance(seen.manifest, Blob) and seen.blob != UNSEEN else None
+        if_match: str | None = known.etag if known is not None and _is_manifest(known) else None
+        for _ in range(3):
+            try:
+                await storage.put(
+                    name, document.to_bytes(), if_match=if_match, content_type="application/json", metadata=metadata
+                )
+                return
+            except Conflict:
+                there, holder = await asyncio.gather(storage.read(name), storage.read(effect.blob))
+                if there is None:
+                    if_match = None
+                    continue
+                if not _is_manifest(there):
+                    log.error(
+                        "a blob that is not a manifest sits at %s: the manifest of %s was not written; move it away",
+                        name,
+                        effect.blob,
+                    )
+                    return
+                if holder is None or holder.delivery != effect.delivery:
+                    return  # the file is another delivery's now: its writer writes the manifest
+                if_match = there.etag
+        raise Unavailable(f"The manifest {name} kept changing while it was written.")
+
+    await asyncio.gather(fix_headers(), put_manifest())
+
+
+__all__ = ["Job", "Trace", "block_id", "manifest_name", "remove_if_holds", "run"]

@@ -1,0 +1,591 @@
+"""The task's state machine: one pure ``decide``, and the table of every arrow. No I/O here.
+
+Every driver (the webhook, the queue function, the reconciliation, the operator command line)
+runs the same loop (:mod:`receiver.engine`): observe the task record and the blob, ask
+:func:`decide` for the next step, apply it (every write conditional), and on a conflict observe
+again. A step is one batch of storage requests sent side by side; the loop ends with an
+:class:`Answer`. Because all four ask the same function, a replay's dry run, the queue function
+and the reconciliation cannot disagree about what a task needs.
+
+The states of a delivery in its record (docs/reference.md, "The task record"):
+
+- ``copying``: accepted, bytes not committed yet (a staged copy of a large file, or an answer lost);
+- ``stored``: committed; exactly one delivery of a task is ``stored``, and it is ``current``;
+- ``superseded``: a newer export was accepted before this one was stored, or replaced it;
+- ``failed``: the copy can never succeed.
+
+"Newest" is the record's order: a delivery is superseded when a delivery accepted after it is
+``stored`` or ``copying``. The arrows are listed in :data:`ARROWS`; docs/state-machine.md is
+generated from it (``python -m receiver.machine``), and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from .models import Delivery, Driver, Retirement, State, Step, TaskRecord, with_step
+from .storage import Blob
+
+# --- what a driver knows and sees -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notice:
+    """The delivery an event is about: what the payload (or the queue message) says of it."""
+
+    workspace_id: str
+    task_id: str
+    delivery: str
+    blob: str
+    received_at: datetime
+    link_expires_on: datetime | None
+    manifest: dict[str, object]
+    large: bool = False  # known to be above SYNC_COPY_MAX_MIB: staged in blocks, never Copy Blob From URL
+
+
+Unseen = Literal["unseen"]
+UNSEEN: Unseen = "unseen"
+# What this driver's last copy or commit answered, when it did not land: the blob existed (a create),
+# the blob changed (If-Match), the answer was lost, the source is too large for Copy Blob From URL,
+# the source was refused or is gone, a retention policy refused it, or staging ran out of the
+# answer's time.
+Attempt = Literal["exists", "changed", "lost", "too-large", "source-refused", "source-gone", "immutable", "unfinished"]
+# A blob holding a delivery the record does not know, written this recently, may be another
+# driver's copy on its way to being recorded: it is never overwritten. Older, it is an orphan
+# (a driver that crashed between its copy and its record), and a newer export replaces it.
+IN_FLIGHT = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one driver has observed of a task so far, in this step of its loop."""
+
+    record: TaskRecord | None = None
+    record_etag: str | None = None  # None: the record does not exist
+    blob: Blob | Unseen | None = UNSEEN  # the blob at the notice's name
+    manifest: Blob | Unseen | None = UNSEEN  # the manifest beside it (read when a write over it is coming)
+    copied: bool = False  # this driver's own copy or commit put the blob there (``blob`` is what it wrote)
+    attempt: Attempt | None = None
+    large: bool = False  # above SYNC_COPY_MAX_MIB, or refused by Copy Blob From URL: staged in blocks
+    retired: frozenset[str] = frozenset()  # names this driver retired (file and manifest gone)
+    deferred: frozenset[str] = frozenset()  # names whose retirement failed: left listed for the next driver
+    manifest_done: bool = False  # this driver made sure of the manifest (a verifier's duplicate)
+    concluded: str | None = None  # the arrow of this driver's change that made the notice current
+
+
+# --- the steps decide returns ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observe:
+    """Read the blob at the notice's name (a sweep: the record, then the blob of what is copying).
+    The record itself is read again only after a conflict on it."""
+
+    arrow: str = "observe"
+
+
+@dataclass(frozen=True)
+class Copy:
+    """Copy Blob From URL onto the notice's name: create (``if_match`` None) or over that version."""
+
+    if_match: str | None
+    arrow: str = "copy"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Stage the source in blocks and commit them in one Put Block List over ``if_match`` (None: create)."""
+
+    if_match: str | None
+    arrow: str = "stage"
+
+
+@dataclass(frozen=True)
+class WriteManifest:
+    """The delivery's manifest beside its file, and the file's Content-Type: written only while the
+    file still holds that delivery (created, or over the manifest there, If-Match on what was read).
+    ``document`` is the payload part (plan.manifest); the record adds its story."""
+
+    blob: str
+    delivery: str
+    document: dict[str, object]
+
+
+@dataclass(frozen=True)
+class Retire:
+    """Delete a retired export's file and manifest, each only while it still holds that delivery."""
+
+    retirement: Retirement
+
+
+Effect = WriteManifest | Retire
+
+
+@dataclass(frozen=True)
+class Change:
+    """Compare-and-swap the record to ``record`` (If-Match on the ETag read; create when there was
+    none), with ``effects`` sent side by side: each is safe whether or not the swap wins."""
+
+    record: TaskRecord
+    arrow: str
+    effects: tuple[Effect, ...] = ()
+    observe: bool = False  # read the blob and its manifest side by side with the swap
+
+
+@dataclass(frozen=True)
+class Apply:
+    """Effects with no record change (retirements, removing a copy nobody needs)."""
+
+    effects: tuple[Effect, ...]
+    arrow: str
+
+
+Kind = Literal["stored", "duplicate", "superseded", "copying", "failed", "waiting", "nothing"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How the loop ends. ``status`` is the webhook's HTTP status; ``enqueue``: the queue function
+    must finish this delivery (a staged copy still running, or a copy whose answer was lost)."""
+
+    kind: Kind
+    status: int
+    arrow: str
+    error: str | None = None
+    reason: str | None = None
+    enqueue: bool = False
+
+
+Decision = Observe | Copy | Stage | Change | Apply | Answer
+
+# --- the table --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arrow:
+    name: str
+    source: str  # the delivery's state before ("new": not in the record)
+    target: str  # after
+    who: str
+    when: str
+
+
+ARROWS: tuple[Arrow, ...] = (
+    Arrow(
+        "stored",
+        "new, copying, failed, superseded",
+        "stored",
+        "webhook, verifier",
+        "its own copy or commit landed and no delivery accepted after it is stored; the deliveries before "
+        "it become superseded, and a replaced file under another name is listed to retire",
+    ),
+    Arrow(
+        "adopted",
+        "new, copying, superseded",
+        "stored",
+        "any driver",
+        "the blob at its name already holds its bytes (a copy whose answer was lost, a crash before the "
+        "record) and no delivery accepted after it is stored",
+    ),
+    Arrow(
+        "duplicate",
+        "stored",
+        "stored",
+        "webhook, verifier",
+        "the same delivery again while it is current and its file holds it: nothing is written",
+    ),
+    Arrow(
+        "restored",
+        "stored",
+        "stored",
+        "webhook, verifier",
+        "the same delivery again while it is current, but its file was gone: the copy put it back",
+    ),
+    Arrow(
+        "superseded",
+        "any",
+        "unchanged",
+        "webhook, verifier",
+        "a delivery accepted after it is stored or copying: nothing is copied; a file of it at a name "
+        "of its own (a copy made before the record was read) is removed, If-Match",
+    ),
+    Arrow(
+        "accepted",
+        "new, failed, superseded",
+        "copying",
+        "webhook, verifier",
+        "its copy would overwrite a file: recorded first, so a crash after the copy leaves it tracked; "
+        "earlier copying deliveries become superseded",
+    ),
+    Arrow(
+        "accepted-staged",
+        "new, failed, superseded",
+        "copying",
+        "webhook, verifier",
+        "a large file: accepted before its blocks are staged; earlier copying deliveries become superseded",
+    ),
+    Arrow(
+        "queued",
+        "new, copying",
+        "copying",
+        "webhook, verifier",
+        "the staged copy cannot finish inside the answer, or another copy of the task is in flight at its "
+        "name: 202, the queue function finishes it",
+    ),
+    Arrow(
+        "unconfirmed",
+        "new, copying",
+        "copying",
+        "webhook, verifier",
+        "a copy was sent and its answer lost, and the blob does not hold it: tracked, 503, the queue "
+        "function finishes or restarts it",
+    ),
+    Arrow(
+        "source-failed",
+        "new, copying",
+        "failed (when it was in the record)",
+        "webhook, verifier",
+        "the service could not read the source (the link refused or the file gone): a final failure",
+    ),
+    Arrow(
+        "expired",
+        "copying",
+        "failed",
+        "reconciliation, operator",
+        "its link expired before the copy finished: nothing can finish it",
+    ),
+    Arrow(
+        "waiting",
+        "copying",
+        "copying",
+        "reconciliation",
+        "its link is valid and its queue message may still finish it: left as it is",
+    ),
+    Arrow("operator-failed", "copying", "failed", "operator", "an operator gave it up (the reason says how to retry)"),
+    Arrow(
+        "immutable",
+        "any",
+        "unchanged",
+        "webhook, verifier",
+        "a retention policy or legal hold refused the write: nothing half-done, 409",
+    ),
+    Arrow(
+        "retire",
+        "superseded (its name listed to retire)",
+        "name deleted, dropped from the list",
+        "any driver",
+        "after the record lists the name: the file and its manifest are deleted only while they still hold "
+        "the retired delivery (If-Match)",
+    ),
+)
+ARROW_NAMES = frozenset(arrow.name for arrow in ARROWS)
+
+# --- helpers on the record --------------------------------------------------------------------------
+
+
+def _new_record(notice: Notice) -> TaskRecord:
+    return TaskRecord(workspace_id=notice.workspace_id, task_id=notice.task_id)
+
+
+def _entry(notice: Notice, record: TaskRecord | None) -> Delivery:
+    found = record.find(notice.delivery) if record is not None else None
+    if found is not None:
+        return found
+    return Delivery(
+        delivery=notice.delivery,
+        blob=notice.blob,
+        state=State.COPYING,
+        received_at=notice.received_at,
+        link_expires_on=notice.link_expires_on,
+        manifest=dict(notice.manifest),
+    )
+
+
+def _put(record: TaskRecord, entry: Delivery) -> list[Delivery]:
+    """The record's deliveries with ``entry`` in its place, or appended (accepted now)."""
+    items = list(record.deliveries)
+    for number, item in enumerate(items):
+        if item.delivery == entry.delivery:
+            items[number] = entry
+            return items
+    return [*items, entry]
+
+
+def conclude_stored(
+    record: TaskRecord, entry: Delivery, *, etag: str | None, now: datetime, by: Driver, outcome: str
+) -> TaskRecord:
+    """``entry`` is committed at its name: it becomes the current file. Every delivery accepted before
+    it that is stored or copying becomes superseded, and a replaced file under another name is listed
+    to retire. A delivery accepted after it and still copying goes on (it will replace this one)."""
+    position = record.index(entry.delivery)
+    replaced: list[Retirement] = []
+    items: list[Delivery] = []
+    for number, item in enumerate(record.deliveries):
+        earlier = position < 0 or number < position
+        if (
+            item.delivery != entry.delivery
+            and item.state in (State.STORED, State.COPYING)
+            and (earlier or item.state is State.STORED)
+        ):
+            if item.state is State.STORED and item.blob != entry.blob:
+                replaced.append(Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag))
+            step = Step(at=now, by=by, outcome="superseded", note=f"replaced by {entry.delivery[:12]}")
+            item = item.model_copy(update={"state": State.SUPERSEDED, "history": with_step(item, step)})
+        items.append(item)
+    stored = entry.model_copy(
+        update={
+            "state": State.STORED,
+            "etag": etag,
+            "completed_at": now,
+            "failed_at": None,
+            "failure_reason": None,
+            "manifest": None,
+            "history": with_step(entry, Step(at=now, by=by, outcome=outcome, status=200)),
+        }
+    )
+    # The new file's own name is never retired (an export that came back to an earlier name).
+    retire = [item for item in [*record.retire, *replaced] if item.blob != entry.blob]
+    updated = record.model_copy(update={"current": entry.delivery, "retire": retire, "deliveries": items})
+    return updated.model_copy(update={"deliveries": _put(updated, stored)})
+
+
+def replaced_by(record: TaskRecord, delivery: str) -> list[str]:
+    """The deliveries ``delivery`` replaced (for its manifest's ``replaced``), newest first."""
+    return [
+        item.delivery
+        for item in reversed(record.deliveries)
+        if item.delivery != delivery and item.state is State.SUPERSEDED
+    ][:50]
+
+
+def _with_state(record: TaskRecord, entry: Delivery, state: State, step: Step, **changes: object) -> TaskRecord:
+    updated = entry.model_copy(update={"state": state, "history": with_step(entry, step), **changes})
+    if state is State.COPYING:
+        # A delivery accepted now makes the ones still copying before it superseded.
+        items = []
+        for item in record.deliveries:
+            if item.delivery != entry.delivery and item.state is State.COPYING:
+                note = f"replaced by {entry.delivery[:12]}"
+                item = item.model_copy(
+                    update={
+                        "state": State.SUPERSEDED,
+                        "history": with_step(item, Step(at=step.at, by=step.by, outcome="superseded", note=note)),
+                    }
+                )
+            items.append(item)
+        record = record.model_copy(update={"deliveries": items})
+    return record.model_copy(update={"deliveries": _put(record, updated)})
+
+
+# --- decide -----------------------------------------------------------------------------------------
+
+SUPERSEDED_REASON = "A newer export of this document was received after this one; it is the one kept."
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A notification to store (the webhook), or its queue message (the verifier: ``patient``, it
+    may stage for as long as it takes)."""
+
+    notice: Notice
+    by: Driver = "webhook"
+    patient: bool = False
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The reconciliation (or an operator's check) looking at one task with no payload."""
+
+    now: datetime
+    by: Driver = "reconciliation"
+    give_up: str | None = None  # an operator's reason to fail a delivery still copying
+
+
+Event = Arrival | Sweep
+
+
+def decide(seen: Seen, event: Event, now: datetime) -> Decision:
+    """The next step for ``event`` given what was ``seen``. Pure; see :data:`ARROWS`."""
+    if isinstance(event, Sweep):
+        return _sweep(seen, event)
+    return _arrival(seen, event, now)
+
+
+def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
+    notice, by, record, blob = event.notice, event.by, seen.record, seen.blob
+    entry = record.find(notice.delivery) if record is not None else None
+    base = record if record is not None else _new_record(notice)
+
+    if seen.concluded is not None and record is not None:
+        return _retire_or_answer(seen, record)
+    if seen.attempt == "immutable":
+        return Answer("failed", 409, "immutable", error="immutable")
+    if seen.attempt in ("source-refused", "source-gone"):
+        reason = SOURCE_REFUSED if seen.attempt == "source-refused" else SOURCE_GONE
+        if entry is not None and entry.state is State.COPYING:
+            step = Step(at=now, by=by, outcome="failed", status=502, note=reason)
+            return Change(
+                _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=reason), "source-failed"
+            )
+        return Answer("failed", 502, "source-failed", error="copy-failed", reason=reason)
+
+    if isinstance(blob, Blob) and blob.delivery == notice.delivery:
+        # The blob holds this delivery's bytes: it is recorded as the current file, unless a delivery
+        # accepted after it is already stored (then this file is a stale one: removed).
+        if record is not None and entry is not None and _later(record, entry, State.STORED):
+            stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag)
+            return Apply((Retire(stale),), "superseded")
+        current = record is not None and record.current == notice.delivery and entry is not None
+        if current and entry is not None and entry.state is State.STORED and not seen.copied:
+            if event.by != "webhook" and not seen.manifest_done:
+                # A queue message or an operator: the webhook's manifest write may be what failed.
+                return Apply((WriteManifest(notice.blob, notice.delivery, notice.manifest),), "duplicate")
+            return Answer("duplicate", 200, "duplicate")
+        arrow = ("restored" if current else "stored") if seen.copied else "adopted"
+        stored = conclude_stored(base, _entry(notice, record), etag=blob.etag, now=now, by=by, outcome=arrow)
+        return Change(stored, arrow, (WriteManifest(notice.blob, notice.delivery, notice.manifest),))
+
+    if record is not None and entry is not None and _later(record, entry, State.STORED, State.COPYING):
+        return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
+    accepted = entry is not None and entry.state is State.COPYING and (entry.staged or not seen.large)
+    if blob == UNSEEN and seen.attempt in ("exists", "too-large") and not accepted:
+        # A file is at the name (or the source needs staging): accepted before anything overwrites it,
+        # and the file and its manifest read side by side with that.
+        return _accept(seen, base, notice, record, by, now, observe=True)
+    if blob == UNSEEN:
+        return Observe()
+    if seen.attempt == "lost":
+        # A copy was sent, its answer lost, and the blob does not hold it: tracked, then finished by the queue.
+        if entry is not None and entry.state is State.COPYING:
+            return Answer("copying", 503, "unconfirmed", error="storage-unavailable", enqueue=True)
+        step = Step(at=now, by=by, outcome="unconfirmed", status=503)
+        return Change(_with_state(base, _entry(notice, record), State.COPYING, step, staged=seen.large), "unconfirmed")
+    if seen.attempt == "unfinished":
+        return Answer("copying", 202, "queued", enqueue=True)
+
+    if blob is None and not seen.large:
+        return Copy(None)  # a create destroys nothing: it needs no acceptance first
+    if isinstance(blob, Blob) and blob.delivery is not None and (record is None or record.find(blob.delivery) is None):
+        modified = blob.last_modified or blob.created
+        if modified is not None and now - modified < IN_FLIGHT:
+            # Another driver's copy on its way to the record: never overwritten. Tracked, and retried later.
+            if accepted:
+                return Answer("copying", 202, "queued", enqueue=True)
+            step = Step(at=now, by=by, outcome="copying", note="another copy of this task was in flight")
+            return Change(_with_state(base, _entry(notice, record), State.COPYING, step, staged=seen.large), "queued")
+    if not accepted:
+        # Only an accepted delivery overwrites (or stages): a crash after the copy leaves it tracked.
+        return _accept(seen, base, notice, record, by, now, observe=False)
+    if_match = blob.etag if isinstance(blob, Blob) else None
+    return Stage(if_match) if seen.large else Copy(if_match)
+
+
+def _accept(
+    seen: Seen, base: TaskRecord, notice: Notice, record: TaskRecord | None, by: Driver, now: datetime, *, observe: bool
+) -> Change:
+    note = "staged in blocks" if seen.large else "overwrites the file at its name"
+    step = Step(at=now, by=by, outcome="copying", note=note)
+    arrow = "accepted-staged" if seen.large else "accepted"
+    accepted = _with_state(base, _entry(notice, record), State.COPYING, step, staged=seen.large)
+    return Change(accepted, arrow, observe=observe)
+
+
+SOURCE_REFUSED = "Azure Storage could not read the exported file: the link was refused."
+SOURCE_GONE = "Azure Storage could not read the exported file: it no longer exists."
+
+
+def _later(record: TaskRecord, entry: Delivery, *states: State) -> bool:
+    """Is a delivery accepted after ``entry`` in one of ``states``?"""
+    position = record.index(entry.delivery)
+    return any(item.state in states for item in record.deliveries[position + 1 :])
+
+
+def _retire_or_answer(seen: Seen, record: TaskRecord) -> Decision:
+    """After this driver made the notice current: retire what the record lists, then answer."""
+    return _retire(seen, record) or Answer("stored", 200, seen.concluded or "stored")
+
+
+def _retire(seen: Seen, record: TaskRecord) -> Decision | None:
+    """Delete each name the record lists to retire (once), then drop the ones that went from the list."""
+    tried = seen.retired | seen.deferred
+    pending = tuple(Retire(item) for item in record.retire if item.blob not in tried)
+    if pending:
+        return Apply(pending, "retire")
+    if any(item.blob in seen.retired for item in record.retire):
+        cleared = record.model_copy(update={"retire": [i for i in record.retire if i.blob not in seen.retired]})
+        return Change(cleared, "retire")
+    return None
+
+
+def _sweep(seen: Seen, event: Sweep) -> Decision:
+    """The reconciliation, or an operator: finish, fail or leave what is still copying, and retire."""
+    record, now, by = seen.record, event.now, event.by
+    if record is None:
+        return Answer("nothing", 200, "waiting")
+    copying = next((item for item in record.deliveries if item.state is State.COPYING), None)
+    if copying is not None and seen.concluded is None:
+        blob = seen.blob
+        if blob == UNSEEN:
+            return Observe()
+        if isinstance(blob, Blob) and blob.delivery == copying.delivery:
+            stored = conclude_stored(record, copying, etag=blob.etag, now=now, by=by, outcome="adopted")
+            effects = (WriteManifest(copying.blob, copying.delivery, copying.manifest or {}),)
+            return Change(stored, "adopted", effects)
+        expired = copying.link_expires_on is not None and copying.link_expires_on <= now
+        if expired or event.give_up is not None:
+            reason = event.give_up or EXPIRED_REASON
+            arrow = "operator-failed" if event.give_up is not None else "expired"
+            step = Step(at=now, by=by, outcome="failed", note=reason)
+            failed = _with_state(record, copying, State.FAILED, step, failed_at=now, failure_reason=reason)
+            return Change(failed, arrow)
+    retiring = _retire(seen, record)
+    if retiring is not None:
+        return retiring
+    if copying is not None and seen.concluded is None:
+        return Answer("waiting", 202, "waiting")
+    return Answer("nothing", 200, seen.concluded or "waiting")
+
+
+EXPIRED_REASON = "The file link expired before its copy finished. Export the document again from SmartDocumentor."
+
+
+def needs_attention(record: TaskRecord, *, now: datetime, after: timedelta) -> bool:
+    """Does the reconciliation have work in this record (a delivery copying, or a name to retire,
+    older than ``after``)?"""
+    if record.retire:
+        return True
+    return any(item.state is State.COPYING and now - item.received_at >= after for item in record.deliveries)
+
+
+def render_table() -> str:
+    """docs/state-machine.md's table of arrows, from :data:`ARROWS`."""
+    lines = ["| arrow | from | to | who | when |", "|---|---|---|---|---|"]
+    for arrow in ARROWS:
+        lines.append(f"| `{arrow.name}` | {arrow.source} | {arrow.target} | {arrow.who} | {arrow.when} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "ARROWS",
+    "Answer",
+    "Apply",
+    "Arrival",
+    "Change",
+    "Copy",
+    "Decision",
+    "Notice",
+    "Observe",
+    "Retire",
+    "Seen",
+    "Stage",
+    "Sweep",
+    "WriteManifest",
+    "conclude_stored",
+    "decide",
+]
+
+
+if __name__ == "__main__":
+    print(render_table(), end="")

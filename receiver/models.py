@@ -1,0 +1,166 @@
+"""The two documents the receiver keeps beside the files: the task record and the manifest. Typed.
+
+The **task record** (one JSON blob per task, see :func:`record_name`) is the only thing any
+decision reads (docs/reference.md, "The task record"): every delivery of the task the receiver
+accepted, in the order it accepted them, which one is current, and which names still have to be
+retired. It is changed only by compare-and-swap.
+
+The **manifest** (``<blob name>.json``) is the stored file's public description for people and
+downstream tools; nothing decides from it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from .plan import identity_segment
+
+Driver = Literal["webhook", "verifier", "reconciliation", "operator"]
+
+# Every record lives under this prefix; no file name can start with it (plan.reserve_prefix).
+RECORD_PREFIX = ".smartdocumentor/tasks/"
+RECORD_CONTENT_TYPE = "application/json"
+# A record is small (a few hundred bytes a delivery plus what is still copying); more than this is
+# not one of ours and is never read whole.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+MAX_HISTORY = 50
+
+
+def record_name(workspace_id: str, task_id: str) -> str:
+    """The record's blob name: from the two ids alone (one-to-one, like file names), never from the
+    template, so a template change cannot hide it."""
+    return f"{RECORD_PREFIX}{identity_segment(workspace_id)}/{identity_segment(task_id)}.json"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class State(StrEnum):
+    """A delivery's state in its task record."""
+
+    COPYING = "copying"  # accepted; its bytes are not committed yet (a staged copy, or an answer lost)
+    STORED = "stored"  # committed; it is the current file, or was until a newer one replaced it
+    SUPERSEDED = "superseded"  # a newer export was accepted before this one was stored, or replaced it
+    FAILED = "failed"  # the copy can never succeed (link expired, source refused or gone)
+
+
+class Step(_Model):
+    """One history entry: who did what, when."""
+
+    at: datetime
+    by: Driver
+    outcome: str
+    status: int | None = None
+    note: str | None = None
+    retired: list[str] | None = None
+
+
+class Delivery(_Model):
+    """One export of the task, as the record knows it."""
+
+    delivery: str  # sha256 of the full exportedFileUrl (the blob's `delivery` metadata)
+    blob: str
+    state: State
+    received_at: datetime
+    link_expires_on: datetime | None = None
+    staged: bool = False  # copied in blocks (large): the queue function may still finish it
+    etag: str | None = None  # the committed file's ETag, when this request saw it
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    failure_reason: str | None = None
+    # The manifest to write once the file is committed, kept only while `copying`: whoever finishes
+    # the copy (the queue function, the reconciliation) writes it without the payload.
+    manifest: dict[str, Any] | None = None
+    history: list[Step] = Field(default_factory=list)
+
+
+class Retirement(_Model):
+    """A name whose file (and manifest) a newer export replaced: deleted If-Match, then dropped here."""
+
+    blob: str
+    delivery: str
+    etag: str | None = None
+
+
+class TaskRecord(_Model):
+    kind: Literal["task-record"] = "task-record"
+    version: Literal[1] = 1
+    workspace_id: str
+    task_id: str
+    current: str | None = None  # the `delivery` of the current file
+    retire: list[Retirement] = Field(default_factory=list)
+    deliveries: list[Delivery] = Field(default_factory=list)
+
+    def find(self, delivery: str) -> Delivery | None:
+        for item in self.deliveries:
+            if item.delivery == delivery:
+                return item
+        return None
+
+    def index(self, delivery: str) -> int:
+        for number, item in enumerate(self.deliveries):
+            if item.delivery == delivery:
+                return number
+        return -1
+
+    @property
+    def current_delivery(self) -> Delivery | None:
+        return None if self.current is None else self.find(self.current)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.dump(), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TaskRecord:
+        return cls.model_validate_json(data)
+
+    def labels(self) -> dict[str, str]:
+        """The record blob's metadata: what a listing of the records' prefix shows without reading
+        them (the reconciliation and the operator tools find their work from it)."""
+        copying = [item for item in self.deliveries if item.state is State.COPYING]
+        labels = {"receiverkind": "task-record", "copying": str(len(copying)), "retire": str(len(self.retire))}
+        if copying:
+            labels["oldestcopying"] = min(item.received_at for item in copying).isoformat()
+        return labels
+
+
+def with_step(item: Delivery, step: Step) -> list[Step]:
+    """The delivery's history with ``step`` appended (oldest first, the last MAX_HISTORY kept)."""
+    return [*item.history, step][-MAX_HISTORY:]
+
+
+class Manifest(_Model):
+    """``<blob name>.json``: the payload (without the link's query) and what the receiver did with it.
+
+    The payload's own fields are kept as sent (nested values stay JSON); the receiver's fields are
+    typed here. A sender's extra field named like one of these is kept under ``senderFields``.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    receiver_kind: Literal["manifest"] = "manifest"
+    blob: str
+    delivery: str
+    source: str
+    received_at: datetime
+    link_expires_on: datetime | None = None
+    copy_status: Literal["success"] = "success"
+    completed_at: datetime | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    tags_dropped: list[dict[str, str]] = Field(default_factory=list)
+    tags_written: bool = True
+    replaced: list[str] = Field(default_factory=list)
+    history: list[Step] = Field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.dump(), ensure_ascii=True, separators=(",", ":")).encode("ascii")

@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from receiver.storage import (
     Blob,
@@ -106,13 +106,15 @@ class Source:
 
     data: bytes
     headers: Headers
+    metadata: dict[str, str] = field(default_factory=dict)  # the sender's; a copy never carries it
 
 
 class MemorySources:
     """SmartDocumentor's export storage stand-in: files by URL path behind SAS URLs the store checks.
 
-    A SAS here is ``se`` (expiry, ISO 8601) and ``sig`` (an HMAC of the path and ``se`` with this
-    registry's key): a tampered expiry fails the signature, as it does on the service.
+    A SAS here is ``sv``, ``se`` (expiry, ISO 8601), ``sr``, ``sp`` and ``sig`` (an HMAC of the path
+    and the other fields with this registry's key): a tampered field fails the signature, as it
+    does on the service.
     """
 
     def __init__(
@@ -133,9 +135,11 @@ class MemorySources:
     def path(self, name: str) -> str:
         return f"{urlsplit(self.account_url).path}/{self.container}/{name}"
 
-    def add(self, name: str, data: bytes, headers: Headers | None = None) -> None:
+    def add(
+        self, name: str, data: bytes, headers: Headers | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
         """Store (or replace) the file ``name``; no URL is handed out."""
-        self._files[self.path(name)] = Source(data, headers or Headers())
+        self._files[self.path(name)] = Source(data, headers or Headers(), dict(metadata or {}))
 
     def remove(self, name: str) -> None:
         """The file is gone (the sender deleted it): copies from its URLs then answer 404."""
@@ -147,36 +151,37 @@ class MemorySources:
         data: bytes,
         headers: Headers | None = None,
         *,
+        metadata: dict[str, str] | None = None,
         expires: datetime | None = None,
         expires_in: timedelta = timedelta(hours=2),
     ) -> str:
         """Store the file and return a SAS URL for it valid until ``expires`` (or now + ``expires_in``)."""
-        self.add(name, data, headers)
+        self.add(name, data, headers, metadata)
         return self.sas_url(name, expires=expires or self.now() + expires_in)
 
     def sas_url(self, name: str, *, expires: datetime) -> str:
         """A SAS URL for ``name`` (whether or not the file exists) valid until ``expires``."""
         se = expires.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        path = self.path(name)
-        sig = quote(self._sign(path, se), safe="")
-        query = f"sv=2025-01-05&se={quote(se)}&sr=b&sp=r&sig={sig}"
-        return f"{self.account_url}/{self.container}/{quote(name, safe='~/')}?{query}"
+        fields = {"sv": "2025-01-05", "se": se, "sr": "b", "sp": "r"}
+        fields["sig"] = self._sign(self.path(name), fields)
+        return f"{self.account_url}/{self.container}/{quote(name, safe='~/')}?{urlencode(fields)}"
 
-    def _sign(self, path: str, se: str) -> str:
-        digest = hmac.new(self._key, f"{path}\n{se}".encode(), hashlib.sha256).digest()
-        return base64.b64encode(digest).decode()
+    def _sign(self, path: str, fields: dict[str, str]) -> str:
+        """An HMAC of the path and every SAS field but ``sig``: change any of them and it fails."""
+        signed = "\n".join([path, *(f"{key}={fields[key]}" for key in sorted(fields) if key != "sig")])
+        return base64.b64encode(hmac.new(self._key, signed.encode(), hashlib.sha256).digest()).decode()
 
     def open(self, url: str, now: datetime) -> Source:
         """The file behind ``url`` as the service reads a copy source, or :class:`SourceUnreadable`."""
         parts = urlsplit(url)
         path = unquote(parts.path)
-        query = parse_qs(parts.query)
-        se, sig = query.get("se", [None])[0], query.get("sig", [None])[0]
+        fields = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        se, sig = fields.get("se"), fields.get("sig")
         found = self._files.get(path) if parts.netloc == self._host else None
         if se is None or sig is None:
             # A private source without a SAS: the service does not admit it exists.
             raise _unreadable("The copy source is private and the URL has no SAS.", 404)
-        if not hmac.compare_digest(self._sign(path, se), sig):
+        if not hmac.compare_digest(self._sign(path, fields), sig):
             raise _unreadable("The copy source's SAS signature does not match.", 403)
         try:
             expiry = datetime.fromisoformat(se)

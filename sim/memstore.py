@@ -33,6 +33,15 @@ Fault injection (:class:`Faults`, :class:`FaultPlan`): before an operation acts 
 nothing), after it acted (its answer is lost: the state changed, the caller sees
 :class:`Unavailable`), and immutable names.
 
+Checked by hand against Azurite 3.35 with the raw SDK (the contract suite repeats it through
+AzureStorage): copy carries Content-MD5 and the other headers and replaces metadata; 403 for an
+expired or tampered SAS, 404 for a missing source; Put Blob stores an MD5; Put Block leaves the ETag;
+Set Blob Properties clears every header not given (MD5 too); an unknown block: 400 InvalidBlockList;
+If-Match on a missing blob: 412 for Put Blob, Put Block List and Set Blob Properties. Where Azurite
+differs, this store follows Azure: a source without a SAS is 404 here (Azurite: 403); an empty source
+is refused here (Azurite copies it). Azurite also answers 412, not 404, to a conditional delete of a
+missing blob: the seam's ``delete`` must still return False there.
+
 Not modelled: asynchronous Copy Blob (the design uses none), leases, snapshots, versions, soft
 delete, Find Blobs by Tags, the equal-length rule for block ids, metadata name rules beyond ASCII.
 """

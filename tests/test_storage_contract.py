@@ -207,12 +207,17 @@ async def test_copy_carries_the_source_headers_and_replaces_its_metadata(backend
         assert await backend.tags("f.pdf") == {"taskId": "t-1"}
 
 
-@pytest.mark.parametrize(
-    ("source", "status"), [("expired", 403), ("unsigned", 404), ("missing", 404), ("tampered", 403)]
-)
-async def test_copy_of_an_unreadable_source_leaves_the_destination(
-    storage: Storage, sources: Sources, source: str, status: int
-) -> None:
+# The service's status for each refused source (AZURE-NOTES: a bad or expired SAS 403, a missing
+# source 404, a private source without a SAS 404 too). One known divergence, checked on Azurite
+# 3.35: it answers 403 to a source without a SAS; the memory store keeps Azure's 404.
+UNREADABLE = {"expired": 403, "unsigned": 404, "missing": 404, "tampered": 403}
+AZURITE_DIFFERS = {"unsigned": 403}
+
+
+@pytest.mark.parametrize("source", sorted(UNREADABLE))
+async def test_copy_of_an_unreadable_source_leaves_the_destination(backend: Backend, source: str) -> None:
+    storage, sources = backend.storage, backend.sources
+    status = AZURITE_DIFFERS.get(source, UNREADABLE[source]) if backend.name == "azurite" else UNREADABLE[source]
     good = sources.publish(PDF_BYTES, PDF)
     urls = {
         "expired": sources.publish(PDF_BYTES, PDF, expires_in=-timedelta(hours=1)),

@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy function_app.py noxfile.py receiver devtools tests bench ops
+	$(VENV)/bin/mypy function_app.py noxfile.py receiver devtools tests bench ops sim
 
 test: install lint typecheck
 	$(PY) -m pytest

@@ -96,13 +96,19 @@ def manifest_name(blob: str) -> str:
     return f"{blob}{MANIFEST_SUFFIX}"
 
 
-async def run(storage: Storage, job: Job, *, now: datetime, clock: Clock = time.monotonic) -> tuple[Answer, Trace]:
+async def run(
+    storage: Storage, job: Job, *, now: datetime, trace: Trace | None = None, clock: Clock = time.monotonic
+) -> tuple[Answer, Trace]:
     """Drive ``job`` to its answer. Raises :class:`StoreError` when storage fails in a way the loop
-    cannot answer for (the caller maps it to 503/500)."""
-    trace = Trace()
+    cannot answer for (the caller maps it to 503/500); ``trace`` then still says what was sent."""
+    trace = trace if trace is not None else Trace()
     seen = Seen(large=isinstance(job.event, Arrival) and job.event.notice.large)
-    if isinstance(job.event, Arrival) and not seen.large and job.source_url is not None:
-        seen = await _first_round(storage, job, seen, trace)
+    if isinstance(job.event, Arrival):
+        expires = job.event.notice.link_expires_on
+        if expires is not None and expires <= now:
+            seen = replace(seen, attempt="expired")
+        elif not seen.large and job.source_url is not None:
+            seen = await _first_round(storage, job, seen, trace)
     for _ in range(MAX_STEPS):
         decision = decide(seen, job.event, now)
         trace.arrows.append(decision.arrow)
@@ -134,7 +140,7 @@ async def _first_round(storage: Storage, job: Job, seen: Seen, trace: Trace) -> 
     record, copied = await asyncio.gather(
         _read_record(storage, job), _copy(storage, job, job.event.notice.blob, None, seen, trace)
     )
-    return replace(copied, record=record[0], record_etag=record[1])
+    return replace(copied, record=record[0], record_etag=record[1], record_read=True)
 
 
 async def _apply(
@@ -292,7 +298,10 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         if decision.observe
         else _effects(storage, job, seen, decision.effects, decision.record, trace, now=now)
     )
-    written, after = await asyncio.gather(write, side, return_exceptions=True)
+    peek_names = [manifest_name(item.blob) for item in decision.record.retire if job.write_manifest]
+    written, after, *peeks = await asyncio.gather(
+        write, side, *(storage.read(name) for name in peek_names), return_exceptions=True
+    )
     if isinstance(written, Conflict):
         return await _observe(storage, job, seen, record=True, manifest=decision.observe)
     if isinstance(written, BaseException):
@@ -301,7 +310,17 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         raise after
     assert isinstance(after, Seen)
     concluded = decision.arrow if decision.arrow in CONCLUDING else seen.concluded
-    return replace(after, record=decision.record, record_etag=written.etag, concluded=concluded)
+    peeked = tuple(
+        (name, found) for name, found in zip(peek_names, peeks, strict=True) if not isinstance(found, BaseException)
+    )
+    return replace(
+        after,
+        record=decision.record,
+        record_etag=written.etag,
+        record_read=True,
+        concluded=concluded,
+        peeked=peeked,
+    )
 
 
 async def _effects(
@@ -357,10 +376,15 @@ async def _effect(
 ) -> None:
     if isinstance(effect, Retire):
         item = effect.retirement
-        await asyncio.gather(
-            remove_if_holds(storage, item.blob, item.delivery, item.etag),
-            remove_if_holds(storage, manifest_name(item.blob), item.delivery, None),
-        )
+        name = manifest_name(item.blob)
+        peeked = dict(seen.peeked)
+        removals = [remove_if_holds(storage, item.blob, item.delivery, item.etag)]
+        if effect.manifest and job.write_manifest:
+            if name not in peeked:
+                removals.append(remove_if_holds(storage, name, item.delivery, None))
+            elif (known := peeked[name]) is not None and _is_manifest(known) and known.delivery == item.delivery:
+                removals.append(remove_if_holds(storage, name, item.delivery, known.etag))
+        await asyncio.gather(*removals)
         return
     await write_manifest(storage, job, seen, effect, record, now=now)
 

@@ -64,6 +64,7 @@ class Seen:
 
     record: TaskRecord | None = None
     record_etag: str | None = None  # None: the record does not exist
+    record_read: bool = False
     blob: Blob | Unseen | None = UNSEEN  # the blob at the notice's name
     manifest: Blob | Unseen | None = UNSEEN  # the manifest beside it (read when a write over it is coming)
     copied: bool = False  # this driver's own copy or commit put the blob there (``blob`` is what it wrote)
@@ -72,6 +73,9 @@ class Seen:
     retired: frozenset[str] = frozenset()  # names this driver retired (file and manifest gone)
     deferred: frozenset[str] = frozenset()  # names whose retirement failed: left listed for the next driver
     manifest_done: bool = False  # this driver made sure of the manifest (a verifier's duplicate)
+    # Manifests of names to retire, read beside the change that listed them (None: absent), so the
+    # deletes that follow are If-Match without another round trip.
+    peeked: tuple[tuple[str, Blob | None], ...] = ()
     concluded: str | None = None  # the arrow of this driver's change that made the notice current
 
 
@@ -115,9 +119,11 @@ class WriteManifest:
 
 @dataclass(frozen=True)
 class Retire:
-    """Delete a retired export's file and manifest, each only while it still holds that delivery."""
+    """Delete a retired export's file and manifest, each only while it still holds that delivery.
+    ``manifest`` False: this driver's own copy, whose manifest it never wrote."""
 
     retirement: Retirement
+    manifest: bool = True
 
 
 Effect = WriteManifest | Retire
@@ -422,8 +428,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         return _retire_or_answer(seen, record)
     if seen.attempt == "immutable":
         return Answer("failed", 409, "immutable", error="immutable")
-    if seen.attempt in ("source-refused", "source-gone"):
-        reason = SOURCE_REFUSED if seen.attempt == "source-refused" else SOURCE_GONE
+    if seen.attempt in ("source-refused", "source-gone", "expired"):
+        reason = {"source-refused": SOURCE_REFUSED, "source-gone": SOURCE_GONE}.get(seen.attempt, EXPIRED_REASON)
+        if seen.attempt == "expired" and not seen.record_read:
+            return Observe()  # the record, to mark the delivery failed if it holds it
         if entry is not None and entry.state is State.COPYING:
             step = Step(at=now, by=by, outcome="failed", status=502, note=reason)
             return Change(
@@ -436,7 +444,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # accepted after it is already stored (then this file is a stale one: removed).
         if record is not None and entry is not None and _later(record, entry, State.STORED):
             stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag)
-            return Apply((Retire(stale),), "superseded")
+            return Apply((Retire(stale, manifest=not seen.copied or seen.manifest_done),), "superseded")
         current = record is not None and record.current == notice.delivery and entry is not None
         if current and entry is not None and entry.state is State.STORED and not seen.copied:
             if event.by != "webhook" and not seen.manifest_done:
@@ -450,7 +458,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     if record is not None and entry is not None and _later(record, entry, State.STORED, State.COPYING):
         return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
     accepted = entry is not None and entry.state is State.COPYING and (entry.staged or not seen.large)
-    if blob == UNSEEN and seen.attempt in ("exists", "too-large") and not accepted:
+    current = record is not None and entry is not None and record.current == entry.delivery
+    if blob == UNSEEN and seen.attempt in ("exists", "too-large") and not accepted and not current:
         # A file is at the name (or the source needs staging): accepted before anything overwrites it,
         # and the file and its manifest read side by side with that.
         return _accept(seen, base, notice, record, by, now, observe=True)

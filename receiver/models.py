@@ -15,6 +15,7 @@ import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -128,7 +129,13 @@ class TaskRecord(_Model):
         """The record blob's metadata: what a listing of the records' prefix shows without reading
         them (the reconciliation and the operator tools find their work from it)."""
         copying = [item for item in self.deliveries if item.state is State.COPYING]
-        labels = {"receiverkind": "task-record", "copying": str(len(copying)), "retire": str(len(self.retire))}
+        labels = {
+            "receiverkind": "task-record",
+            "workspaceid": quote(self.workspace_id, safe=""),
+            "taskid": quote(self.task_id, safe=""),
+            "copying": str(len(copying)),
+            "retire": str(len(self.retire)),
+        }
         if copying:
             labels["oldestcopying"] = min(item.received_at for item in copying).isoformat()
         return labels

@@ -13,7 +13,9 @@ Rules every implementation keeps, as the service does:
   :class:`Conflict`; ``if_match=etag`` means "only over exactly this version": another version,
   or no blob, raises :class:`Conflict` (412);
 - a delete is always conditional (If-Match); a blob already gone is not an error (returns False);
-- a copy or commit either lands whole or leaves the destination exactly as it was.
+- a copy or commit either lands whole or leaves the destination exactly as it was;
+- a read in a missing container finds nothing; a write creates the container again first (it may
+  have been deleted while the app ran).
 
 Errors are :class:`StoreError` kinds, decided by the service's error code and status, never by
 exception class; their messages never carry a URL's query.

@@ -72,6 +72,7 @@ class Record:
     copy_sent: bool | None = None  # deliveries: whether a copy was sent to storage (then it is tracked)
     error: str | None = None  # a non-2xx answer's error code
     fields: str | None = None  # invalid-payload: the offending field names, comma-separated
+    arrows: str | None = None  # the state machine's arrows this operation took (docs/state-machine.md)
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -98,6 +99,7 @@ class Record:
             "copySent": self.copy_sent,
             "error": self.error,
             "fields": self.fields,
+            "arrows": self.arrows,
             "finalFailure": True if self.final_failure else None,
         }
         return {key: value for key, value in values.items() if value is not None}

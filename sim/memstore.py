@@ -4,7 +4,7 @@
 synchronous inside: its async methods never await anything, so one call is one atomic step of a
 simulated schedule, and two stores fed the same calls end in equal :meth:`MemoryStorage.snapshot`\\ s.
 
-What it models, as Azure Blob Storage does (docs: /work/shared/AZURE-NOTES.md):
+What it models, as Azure Blob Storage does (docs/reference.md, "Storage"):
 
 - ETags: every change (content, metadata, headers, a commit) gives the blob a new opaque ETag
   (``"0x8D..."``, quoted); staging a block changes nothing visible.
@@ -61,7 +61,6 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from receiver.storage import (
     Blob,
     Conflict,
-    ContainerMissing,
     Headers,
     Immutable,
     Listed,
@@ -423,15 +422,13 @@ class MemoryStorage:
 
     async def read(self, name: str) -> Blob | None:
         self._enter("read", name)
-        self._need_container()
-        blob = self._blobs.get(name)
+        blob = self._blobs.get(name) if self._container_exists else None
         self._leave("read", name)
         return None if blob is None else blob.as_blob()
 
     async def read_bytes(self, name: str, *, max_bytes: int) -> tuple[Blob, bytes] | None:
         self._enter("read_bytes", name)
-        self._need_container()
-        blob = self._blobs.get(name)
+        blob = self._blobs.get(name) if self._container_exists else None
         if blob is not None and len(blob.data) > max_bytes:
             raise Rejected(f"{self.container}/{name} is {len(blob.data)} bytes, more than the {max_bytes} expected.")
         self._leave("read_bytes", name)
@@ -590,10 +587,9 @@ class MemoryStorage:
         self.faults.after(op, name)
 
     def _need_container(self) -> None:
-        if not self._container_exists:
-            raise ContainerMissing(
-                f"The container {self.container} does not exist.", code="ContainerNotFound", status=404
-            )
+        # As AzureStorage does: a write into a missing container (deleted while the app ran) creates it
+        # again and goes on. Reads of a missing container find nothing.
+        self._container_exists = True
 
     def _writable(self, name: str, if_match: str | None) -> StoredBlob | None:
         """The blob the write may replace (None: it creates), or the service's refusal."""

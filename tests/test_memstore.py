@@ -10,7 +10,6 @@ import pytest
 
 from receiver.storage import (
     Conflict,
-    ContainerMissing,
     Headers,
     Immutable,
     Rejected,
@@ -237,16 +236,15 @@ async def test_a_later_commit_may_name_the_blobs_committed_blocks() -> None:
 # ------------------------------------------------------------------------------- container, state
 
 
-async def test_a_missing_container() -> None:
+async def test_a_missing_container_reads_empty_and_a_write_creates_it_again() -> None:
     store, _, _, _ = build(container_exists=False)
-    with pytest.raises(ContainerMissing) as missing:
-        await put(store, "a.json")
-    assert (missing.value.status, missing.value.code) == (404, "ContainerNotFound")
-    await store.ensure_container()
+    assert await store.read("a.json") is None
     await put(store, "a.json")
+    assert await store.read("a.json") is not None
     store.drop_container()
-    with pytest.raises(ContainerMissing):
-        await store.read("a.json")
+    assert await store.read("a.json") is None
+    await put(store, "b.json")
+    assert store.names() == ["b.json"]
 
 
 async def test_snapshots_compare_whole_states() -> None:

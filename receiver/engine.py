@@ -47,6 +47,7 @@ from .storage import (
     StoreError,
     TooLargeForSyncCopy,
     Unavailable,
+    Written,
 )
 
 log = logging.getLogger("receiver.engine")
@@ -105,9 +106,7 @@ async def run(
     seen = Seen(large=isinstance(job.event, Arrival) and job.event.notice.large)
     if isinstance(job.event, Arrival):
         expires = job.event.notice.link_expires_on
-        if expires is not None and expires <= now:
-            seen = replace(seen, attempt="expired")
-        elif not seen.large and job.source_url is not None:
+        if (expires is None or expires > now) and not seen.large and job.source_url is not None:
             seen = await _first_round(storage, job, seen, trace)
     for _ in range(MAX_STEPS):
         decision = decide(seen, job.event, now)
@@ -188,9 +187,9 @@ def _watched(job: Job, record: TaskRecord | None) -> str | None:
 
 async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = False, manifest: bool = False) -> Seen:
     """Read the watched blob (and its manifest); the record too when asked, or for a sweep."""
-    if record or isinstance(job.event, Sweep) or (seen.record_etag is None and seen.record is None):
+    if record or isinstance(job.event, Sweep) or not seen.record_read:
         found, etag = await _read_record(storage, job)
-        seen = replace(seen, record=found, record_etag=etag)
+        seen = replace(seen, record=found, record_etag=etag, record_read=True)
     name = _watched(job, seen.record)
     if name is None:
         return replace(seen, blob=None, manifest=None, attempt=None)
@@ -298,9 +297,15 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         if decision.observe
         else _effects(storage, job, seen, decision.effects, decision.record, trace, now=now)
     )
-    peek_names = [manifest_name(item.blob) for item in decision.record.retire if job.write_manifest]
-    written, after, *peeks = await asyncio.gather(
-        write, side, *(storage.read(name) for name in peek_names), return_exceptions=True
+    known = {item.blob for item in seen.record.retire} if seen.record is not None else set()
+    peek_names = [
+        manifest_name(item.blob) for item in decision.record.retire if job.write_manifest and item.blob not in known
+    ]
+    written, after, peeks = await asyncio.gather(
+        write,
+        side,
+        asyncio.gather(*(storage.read(n) for n in peek_names), return_exceptions=True),
+        return_exceptions=True,
     )
     if isinstance(written, Conflict):
         return await _observe(storage, job, seen, record=True, manifest=decision.observe)
@@ -308,10 +313,13 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         raise written
     if isinstance(after, BaseException):
         raise after
-    assert isinstance(after, Seen)
+    assert isinstance(after, Seen) and isinstance(written, Written)
+    found_peeks: list[Blob | BaseException | None] = list(peeks) if isinstance(peeks, list) else []
     concluded = decision.arrow if decision.arrow in CONCLUDING else seen.concluded
     peeked = tuple(
-        (name, found) for name, found in zip(peek_names, peeks, strict=True) if not isinstance(found, BaseException)
+        (name, found)
+        for name, found in zip(peek_names, found_peeks, strict=False)
+        if found is None or isinstance(found, Blob)
     )
     return replace(
         after,
@@ -319,7 +327,8 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         record_etag=written.etag,
         record_read=True,
         concluded=concluded,
-        peeked=peeked,
+        changed=decision.arrow,
+        peeked=after.peeked + peeked,
     )
 
 

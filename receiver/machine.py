@@ -77,6 +77,7 @@ class Seen:
     # deletes that follow are If-Match without another round trip.
     peeked: tuple[tuple[str, Blob | None], ...] = ()
     concluded: str | None = None  # the arrow of this driver's change that made the notice current
+    changed: str | None = None  # the arrow of this driver's last change to the record
 
 
 # --- the steps decide returns ---------------------------------------------------------------------
@@ -428,15 +429,12 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         return _retire_or_answer(seen, record)
     if seen.attempt == "immutable":
         return Answer("failed", 409, "immutable", error="immutable")
-    if seen.attempt in ("source-refused", "source-gone", "expired"):
-        reason = {"source-refused": SOURCE_REFUSED, "source-gone": SOURCE_GONE}.get(seen.attempt, EXPIRED_REASON)
-        if seen.attempt == "expired" and not seen.record_read:
-            return Observe()  # the record, to mark the delivery failed if it holds it
+    if seen.attempt in ("source-refused", "source-gone"):
+        reason = SOURCE_REFUSED if seen.attempt == "source-refused" else SOURCE_GONE
         if entry is not None and entry.state is State.COPYING:
             step = Step(at=now, by=by, outcome="failed", status=502, note=reason)
-            return Change(
-                _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=reason), "source-failed"
-            )
+            failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=reason)
+            return Change(failed, "source-failed")
         return Answer("failed", 502, "source-failed", error="copy-failed", reason=reason)
 
     if isinstance(blob, Blob) and blob.delivery == notice.delivery:
@@ -457,6 +455,15 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
 
     if record is not None and entry is not None and _later(record, entry, State.STORED, State.COPYING):
         return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
+    if notice.link_expires_on is not None and notice.link_expires_on <= now:
+        # Nothing can copy it any more (a queued delivery whose link expired while it waited).
+        if blob == UNSEEN or not seen.record_read:
+            return Observe()
+        if entry is not None and entry.state is State.COPYING:
+            step = Step(at=now, by=by, outcome="failed", status=410, note=EXPIRED_REASON)
+            failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=EXPIRED_REASON)
+            return Change(failed, "expired")
+        return Answer("failed", 410, "expired", error="link-expired", reason=EXPIRED_REASON)
     accepted = entry is not None and entry.state is State.COPYING and (entry.staged or not seen.large)
     current = record is not None and entry is not None and record.current == entry.delivery
     if blob == UNSEEN and seen.attempt in ("exists", "too-large") and not accepted and not current:
@@ -531,10 +538,12 @@ def _retire(seen: Seen, record: TaskRecord) -> Decision | None:
 def _sweep(seen: Seen, event: Sweep) -> Decision:
     """The reconciliation, or an operator: finish, fail or leave what is still copying, and retire."""
     record, now, by = seen.record, event.now, event.by
+    if not seen.record_read:
+        return Observe()
     if record is None:
-        return Answer("nothing", 200, "waiting")
+        return Answer("nothing", 200, "nothing")
     copying = next((item for item in record.deliveries if item.state is State.COPYING), None)
-    if copying is not None and seen.concluded is None:
+    if copying is not None and seen.changed is None:
         blob = seen.blob
         if blob == UNSEEN:
             return Observe()
@@ -552,9 +561,9 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
     retiring = _retire(seen, record)
     if retiring is not None:
         return retiring
-    if copying is not None and seen.concluded is None:
+    if copying is not None and seen.changed is None:
         return Answer("waiting", 202, "waiting")
-    return Answer("nothing", 200, seen.concluded or "waiting")
+    return Answer("nothing", 200, seen.changed or "nothing")
 
 
 EXPIRED_REASON = "The file link expired before its copy finished. Export the document again from SmartDocumentor."

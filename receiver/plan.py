@@ -304,6 +304,17 @@ def is_manifest_metadata(metadata: dict[str, str] | None) -> bool:
     return meta.get(marker_key) == marker_value or "copystatus" in meta
 
 
+# The task records' part of the container (receiver.models.RECORD_PREFIX): no file name starts with it.
+RESERVED_FIRST_SEGMENT = ".smartdocumentor"
+
+
+def outside_reserved(name: str) -> str:
+    """A file name never falls among the task records: one whose first segment is the records'
+    gets a "_" before it (only a template that starts with a placeholder can produce it)."""
+    first = name.split("/", 1)[0]
+    return f"_{name}" if first.casefold() == RESERVED_FIRST_SEGMENT else name
+
+
 def not_a_manifest_name(name: str, limit: int) -> str:
     """A file's name never ends like a manifest's (``<file>.json``), whatever the display name,
     content type or template: such a name gets NOT_A_MANIFEST_SUFFIX, cut first if it must be."""
@@ -362,6 +373,9 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
     # Room for the manifest's ".json" when there is one, so neither name is cut afterwards.
     limit = MAX_BLOB_NAME - len(MANIFEST_SUFFIX) if settings.write_manifest else MAX_BLOB_NAME
     name = not_a_manifest_name(blob_name(settings.blob_name_template, values, file, limit=limit), limit)
+    if outside_reserved(name) != name:
+        shorter = not_a_manifest_name(blob_name(settings.blob_name_template, values, file, limit=limit - 1), limit - 1)
+        name = outside_reserved(shorter)
     by_alias = notification.model_dump(by_alias=True, include=set(_FIELD_NAMES[a] for a in settings.tag_fields))
     fields = [(alias, str(by_alias[alias])) for alias in settings.tag_fields if by_alias.get(alias) is not None]
     tags, dropped = index_tags(fields, notification.metadata)

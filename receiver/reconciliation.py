@@ -180,9 +180,9 @@ async def _work(
                     record.reason = f"retired {', '.join(trace.retired)}"
             except StoreError as exc:
                 record.outcome, record.reason = "error", exc.message
-            if record.outcome == "waiting" and item.oldest_copying is not None:
-                if now - item.oldest_copying > QUEUE_COVERAGE:
-                    report.lost.append(item.task_id)
+            waited = now - item.oldest_copying if item.oldest_copying is not None else timedelta(0)
+            if record.outcome == "waiting" and waited > QUEUE_COVERAGE:
+                report.lost.append(item.task_id)
             report.count(record.outcome)
 
 

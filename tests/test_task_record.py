@@ -1,0 +1,207 @@
+"""The task record and the one decision, through the real webhook, queue function and reconciliation
+on the in-memory store (sim/world.py): each arrow of docs/state-machine.md, what it answers, what it
+leaves in storage, and how many requests it takes. Fast: no Azurite, no clock but the world's own."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from pathlib import Path
+
+from receiver.machine import ARROWS, render_table
+from receiver.models import State, record_name
+from receiver.reconciliation import reconcile_run
+from receiver.verification import verify_copy
+from sim.world import World
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_state_machine_page_shows_the_table_the_code_decides_by() -> None:
+    page = (ROOT / "docs" / "state-machine.md").read_text(encoding="utf-8")
+    table = page.split("<!-- arrows:start -->\n", 1)[1].split("<!-- arrows:end -->", 1)[0]
+    assert table == render_table()
+    assert len({arrow.name for arrow in ARROWS}) == len(ARROWS)
+
+
+async def test_a_first_export_is_stored_with_its_record_and_manifest_in_five_requests() -> None:
+    world = World.make()
+    export = world.export(display_name="invoice.pdf")
+    answer = await world.post(export)
+    assert (answer.status_code, answer.body["status"]) == (200, "stored")
+    assert world.files() == {"ws-1/task-1/invoice.pdf": export.data}
+    record = world.record()
+    assert record is not None and record.current is not None
+    [delivery] = record.deliveries
+    assert (delivery.state, delivery.blob, record.retire) == (State.STORED, "ws-1/task-1/invoice.pdf", [])
+    manifest = world.manifest("ws-1/task-1/invoice.pdf")
+    assert manifest is not None and manifest["delivery"] == record.current
+    assert manifest["history"][-1]["outcome"] == "stored"
+    # The record read and the create side by side, then the record, the header read and the manifest.
+    assert [op for op, _ in world.storage.calls] == ["read_bytes", "copy_from_url", "put", "read", "put"]
+
+
+async def test_the_same_delivery_again_is_a_duplicate_that_writes_nothing() -> None:
+    world = World.make()
+    export = world.export()
+    await world.post(export)
+    before = world.storage.snapshot()
+    world.storage.calls.clear()
+    answer = await world.post(export)
+    assert (answer.status_code, answer.body["status"]) == (200, "duplicate")
+    assert world.storage.snapshot() == before
+    assert [op for op, _ in world.storage.calls] == ["read_bytes", "copy_from_url", "read"]
+
+
+async def test_a_re_export_under_the_same_name_replaces_the_file_atomically() -> None:
+    world = World.make()
+    first, second = world.export(), world.export()
+    await world.post(first)
+    answer = await world.post(second)
+    assert answer.body["status"] == "stored"
+    assert world.files() == {"ws-1/task-1/invoice.pdf": second.data}
+    record = world.record()
+    assert record is not None
+    assert [item.state for item in record.deliveries] == [State.SUPERSEDED, State.STORED]
+    manifest = world.manifest("ws-1/task-1/invoice.pdf")
+    assert manifest is not None and manifest["delivery"] == record.deliveries[1].delivery
+    assert manifest["replaced"] == [record.deliveries[0].delivery]
+
+
+async def test_a_renamed_re_export_retires_the_older_file_and_its_manifest() -> None:
+    world = World.make()
+    await world.post(world.export(display_name="A.pdf"))
+    renamed = world.export(display_name="B.pdf")
+    world.storage.calls.clear()
+    answer = await world.post(renamed)
+    assert answer.body["status"] == "stored"
+    assert world.files() == {"ws-1/task-1/B.pdf": renamed.data}
+    assert world.manifest("ws-1/task-1/A.pdf") is None
+    record = world.record()
+    assert record is not None and record.retire == []
+    assert len(world.storage.calls) == 9
+
+
+async def test_a_late_retry_of_an_export_replaced_two_renames_ago_is_superseded_and_leaves_nothing() -> None:
+    world = World.make()
+    a, b, c = (world.export(display_name=name) for name in ("A.pdf", "B.pdf", "C.pdf"))
+    for export in (a, b, c):
+        assert (await world.post(export)).body["status"] == "stored"
+    answer = await world.post(a)
+    assert (answer.status_code, answer.body["status"]) == (200, "superseded")
+    assert world.files() == {"ws-1/task-1/C.pdf": c.data}
+    assert world.manifest("ws-1/task-1/A.pdf") is None
+
+
+async def test_a_retry_of_the_first_export_after_the_name_came_back_is_superseded() -> None:
+    world = World.make()
+    first, middle, third = world.export(display_name="A.pdf"), world.export(display_name="B.pdf"), None
+    third = world.export(display_name="A.pdf")
+    for export in (first, middle, third):
+        await world.post(export)
+    answer = await world.post(first)
+    assert answer.body["status"] == "superseded"
+    assert world.files() == {"ws-1/task-1/A.pdf": third.data}
+
+
+async def test_a_large_file_is_staged_and_finished_by_the_queue_function_when_the_answer_has_no_time() -> None:
+    world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0)
+    export = world.export()
+    answer = await world.post(export)
+    assert (answer.status_code, answer.body["status"]) == (202, "copying")
+    assert answer.verification is not None and export.url not in json.dumps(answer.body)
+    assert world.files() == {}
+    record = world.record()
+    assert record is not None and record.deliveries[0].state is State.COPYING
+    result = await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now)
+    assert result == "stored"
+    assert world.files() == {"ws-1/task-1/invoice.pdf": export.data}
+    assert world.storage.stored("ws-1/task-1/invoice.pdf").headers.content_type == "application/pdf"  # type: ignore[union-attr]
+
+
+async def test_a_large_re_export_keeps_the_earlier_file_readable_until_its_commit() -> None:
+    world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0)
+    first = world.export()
+    message = (await world.post(first)).verification
+    assert message is not None
+    await verify_copy(message.encode(), runtime=world.runtime, now=world.now)
+    second = world.export()
+    answer = await world.post(second)
+    assert answer.status_code == 202
+    assert world.files() == {"ws-1/task-1/invoice.pdf": first.data}
+    assert answer.verification is not None
+    assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
+    assert world.files() == {"ws-1/task-1/invoice.pdf": second.data}
+
+
+async def test_a_queued_copy_whose_link_expired_fails_in_the_record_and_keeps_the_earlier_file() -> None:
+    world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0)
+    first = world.export()
+    await verify_copy((await world.post(first)).verification.encode(), runtime=world.runtime, now=world.now)  # type: ignore[union-attr]
+    late = world.export(expires_in=timedelta(minutes=5))
+    message = (await world.post(late)).verification
+    assert message is not None
+    world.clock.advance(timedelta(minutes=30))
+    report = await reconcile_run(runtime=world.runtime, now=world.now, environ={})
+    assert report.outcomes == {"expired": 1}
+    record = world.record()
+    assert record is not None
+    assert [item.state for item in record.deliveries] == [State.STORED, State.FAILED]
+    assert "expired" in (record.deliveries[1].failure_reason or "")
+    assert world.files() == {"ws-1/task-1/invoice.pdf": first.data}
+    # Its message, delivered late, changes nothing.
+    assert await verify_copy(message.encode(), runtime=world.runtime, now=world.now) == "failed"
+    assert world.files() == {"ws-1/task-1/invoice.pdf": first.data}
+
+
+async def test_the_reconciliation_adopts_a_copy_whose_answer_was_lost() -> None:
+    world = World.make()
+    export = world.export()
+    world.faults.lose_answer("copy_from_url")
+    world.faults.fail_before("read")  # the check after it fails too: the webhook cannot tell
+    answer = await world.post(export)
+    assert answer.status_code == 503 and answer.verification is not None
+    world.clock.advance(timedelta(minutes=15))
+    report = await reconcile_run(runtime=world.runtime, now=world.now, environ={})
+    assert sum(report.outcomes.values()) >= 0
+    record = world.record()
+    assert record is None or record.current is None or record.deliveries[-1].state is State.STORED
+    assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) in (
+        "stored",
+        "duplicate",
+    )
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.STORED
+    assert world.files() == {"ws-1/task-1/invoice.pdf": export.data}
+
+
+async def test_deeply_nested_extra_fields_stay_json_and_the_manifest_grows_with_the_body() -> None:
+    world = World.make()
+    nested: object = "leaf"
+    for _ in range(30):
+        nested = {"level": nested}
+    export = world.export(extra=nested)
+    answer = await world.post(export)
+    assert answer.body["status"] == "stored"
+    data = world.storage.blob_bytes("ws-1/task-1/invoice.pdf.json")
+    assert data is not None and len(data) < 3 * len(export.body)
+    manifest = json.loads(data)
+    node = manifest["extra"]
+    for _ in range(30):
+        node = node["level"]
+    assert node == "leaf"
+
+
+async def test_no_signature_reaches_the_record_the_manifest_or_the_metadata() -> None:
+    world = World.make()
+    export = world.export(display_name="see.pdf")
+    signature = re.search(r"sig=([^&]+)", export.url)
+    assert signature is not None
+    await world.post(export)
+    for name in world.storage.names():
+        stored = world.storage.stored(name)
+        assert stored is not None
+        text = stored.data.decode("latin-1") + json.dumps(dict(stored.metadata))
+        assert signature.group(1) not in text and "sig=" not in text, name
+    assert world.storage.stored(record_name("ws-1", "task-1")) is not None

@@ -196,7 +196,9 @@ async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = Fal
     blob, there = await asyncio.gather(storage.read(name), storage.read(manifest_name(name)) if manifest else _unseen())
     delivery = job.event.notice.delivery if isinstance(job.event, Arrival) else None
     copied = seen.copied and isinstance(blob, Blob) and blob.delivery == delivery
-    return replace(seen, blob=blob, manifest=there, copied=copied, attempt=None)
+    # A lost answer stays known: the copy may land later, so the delivery must end up tracked.
+    attempt = seen.attempt if seen.attempt == "lost" else None
+    return replace(seen, blob=blob, manifest=there, copied=copied, attempt=attempt)
 
 
 async def _unseen() -> Any:

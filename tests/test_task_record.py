@@ -155,22 +155,26 @@ async def test_a_queued_copy_whose_link_expired_fails_in_the_record_and_keeps_th
     assert world.files() == {"ws-1/task-1/invoice.pdf": first.data}
 
 
-async def test_the_reconciliation_adopts_a_copy_whose_answer_was_lost() -> None:
+async def test_a_copy_whose_answer_was_lost_after_it_landed_is_adopted_and_answered_stored() -> None:
     world = World.make()
     export = world.export()
     world.faults.lose_answer("copy_from_url")
-    world.faults.fail_before("read")  # the check after it fails too: the webhook cannot tell
     answer = await world.post(export)
-    assert answer.status_code == 503 and answer.verification is not None
-    world.clock.advance(timedelta(minutes=15))
-    report = await reconcile_run(runtime=world.runtime, now=world.now, environ={})
-    assert sum(report.outcomes.values()) >= 0
+    assert (answer.status_code, answer.body["status"]) == (200, "stored")
     record = world.record()
-    assert record is None or record.current is None or record.deliveries[-1].state is State.STORED
-    assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) in (
-        "stored",
-        "duplicate",
-    )
+    assert record is not None and record.deliveries[0].history[-1].outcome == "adopted"
+    assert world.files() == {"ws-1/task-1/invoice.pdf": export.data}
+
+
+async def test_when_storage_fails_right_after_a_copy_the_queue_message_finishes_it() -> None:
+    world = World.make()
+    export = world.export()
+    world.faults.lose_answer("copy_from_url")
+    world.faults.fail_before("read")  # the look after the copy fails too: nothing can be recorded now
+    answer = await world.post(export)
+    assert (answer.status_code, answer.body["error"]) == (503, "storage-unavailable")
+    assert answer.verification is not None
+    assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
     record = world.record()
     assert record is not None and record.deliveries[-1].state is State.STORED
     assert world.files() == {"ws-1/task-1/invoice.pdf": export.data}
@@ -205,3 +209,17 @@ async def test_no_signature_reaches_the_record_the_manifest_or_the_metadata() ->
         text = stored.data.decode("latin-1") + json.dumps(dict(stored.metadata))
         assert signature.group(1) not in text and "sig=" not in text, name
     assert world.storage.stored(record_name("ws-1", "task-1")) is not None
+
+
+async def test_a_first_copy_answered_503_is_tracked_in_the_record_and_finished_by_its_message() -> None:
+    world = World.make()
+    export = world.export()
+    world.faults.fail_before("copy_from_url")  # a 503 the SDK gave up on: whether it acted is unknown
+    answer = await world.post(export)
+    assert (answer.status_code, answer.body["error"]) == (503, "storage-unavailable")
+    assert answer.verification is not None
+    record = world.record()
+    assert record is not None and [item.state for item in record.deliveries] == [State.COPYING]
+    # Its queue message copies it again.
+    assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
+    assert world.files() == {"ws-1/task-1/invoice.pdf": export.data}

@@ -93,7 +93,7 @@ def _minutes(text: str) -> timedelta:
     return timedelta(minutes=value)
 
 
-def _since(text: str) -> datetime:
+def _since(text: str) -> datetime | timedelta:
     """MINUTES ago, or an ISO time (UTC when it names no zone)."""
     try:
         minutes = float(text)
@@ -102,7 +102,7 @@ def _since(text: str) -> datetime:
     if minutes is not None:
         if minutes < 0:
             raise argparse.ArgumentTypeError("must be 0 or more minutes, or an ISO time")
-        return datetime.now(UTC) - timedelta(minutes=minutes)
+        return timedelta(minutes=minutes)  # before the command's now (resolved by _dispatch)
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -308,6 +308,9 @@ async def _dispatch(
     if replaying and pair is None:
         raise ConfigError("replay-poison needs the host storage: pass --host-connection-string or --host-queue-url.")
     ctx = Context(storage=storage, settings=settings, queues=pair, now=now, console=console)
+    since = getattr(args, "since", None)
+    if isinstance(since, timedelta):
+        args.since = now - since
     try:
         if args.command == "find":
             if args.task is not None:
@@ -455,13 +458,20 @@ def _is_storage_problem(exc: Exception) -> bool:
     return isinstance(exc, AzureError)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The console entry point: ``python -m ops``."""
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    storage: Any = None,
+    settings: Settings | None = None,
+    queues: Mapping[str, HostQueue] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """The console entry point: ``python -m ops`` (the keyword arguments are for tests, as in :func:`run`)."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # The command prints storage failures itself; the SDK's and the store's warnings would repeat them.
     for name in ("azure", "receiver.store", "receiver.engine"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        return asyncio.run(run(argv))
+        return asyncio.run(run(argv, storage=storage, settings=settings, queues=queues, now=now))
     except KeyboardInterrupt:
         return INTERRUPTED

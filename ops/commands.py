@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from receiver.engine import Job, manifest_name, run
+from receiver.engine import Job, manifest_name
 from receiver.machine import Sweep
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
 from receiver.reconciliation import QUEUE_COVERAGE
@@ -25,6 +25,7 @@ from .output import NOT_FOUND, OK, Console, Result, age_seconds, human_age, tabl
 from .queues import NOT_LOOKED, PEEK_LIMIT, HostQueue, Look, Parsed, QueueMissing, look, parse
 from .records import (
     Foreseen,
+    drive,
     foresee_sweep,
     listed,
     locate,
@@ -356,7 +357,7 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
         task_id=task_id,
         write_manifest=ctx.settings.write_manifest,
     )
-    answer, trace = await run(_need_storage(ctx), job, now=ctx.now)
+    answer, trace = await drive(_need_storage(ctx), job, now=ctx.now)
     arrows = ",".join(trace.arrows)
     failed = "expired" in trace.arrows
     log.log(
@@ -413,7 +414,7 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
         task_id=task_id,
         write_manifest=ctx.settings.write_manifest,
     )
-    _, trace = await run(storage, job, now=ctx.now)
+    _, trace = await drive(storage, job, now=ctx.now)
     data["arrows"] = trace.arrows
     if "operator-failed" in trace.arrows:
         data["failed"] = copying.delivery[:12]

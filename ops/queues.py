@@ -83,6 +83,8 @@ class Parsed:
 
 def parse(content: str) -> Parsed | None:
     """The message as the queue function reads it (base64, the host's encoding, or plain JSON)."""
+    if not isinstance(content, str):
+        return None
     candidates: list[bytes] = []
     with contextlib.suppress(binascii.Error, ValueError):
         candidates.append(base64.b64decode(content, validate=True))

@@ -9,12 +9,14 @@ records' listing labels (``TaskRecord.labels``) and read only the records they s
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 from urllib.parse import unquote
 
-from receiver.engine import manifest_name
+from receiver import engine
+from receiver.engine import MAX_STEPS, Job, Trace, manifest_name
 from receiver.intake import arrival_job, is_large, prepare
 from receiver.machine import (
     Answer,
@@ -35,7 +37,7 @@ from receiver.outcome import Outcome
 from receiver.plan import identity_segment
 from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings
-from receiver.storage import Blob, Listed, Rejected, Storage
+from receiver.storage import Blob, Listed, Rejected, Storage, Unavailable
 
 from .queues import Parsed
 
@@ -242,6 +244,24 @@ def _arrival_words(decision: Decision, name: str, blob: Blob | None, expires: da
     return Foreseen(decision, "finish", f"{decision.arrow} ({link})")
 
 
+async def drive(storage: Storage, job: Job, *, now: datetime) -> tuple[Answer, Trace]:
+    """:func:`receiver.engine.run` for an operator's sweep, starting from the observation the engine
+    makes (the record, the blob of the delivery still copying). ``run`` itself asks ``decide`` about a
+    sweep before observing anything, which answers "waiting" at once (a core bug reported with this
+    change): once it observes first, this becomes ``run(storage, job, now=now)``."""
+    assert isinstance(job.event, Sweep)
+    trace = Trace()
+    record, etag = await read_record(storage, job.workspace_id, job.task_id)
+    seen = await observe_sweep(storage, record, etag)
+    for _ in range(MAX_STEPS):
+        decision = decide(seen, job.event, now)
+        trace.arrows.append(decision.arrow)
+        if isinstance(decision, Answer):
+            return decision, trace
+        seen = await engine._apply(storage, job, seen, decision, trace, now=now, clock=time.monotonic)
+    raise Unavailable("The task kept changing while the operator's check ran: run it again.")
+
+
 def stuck(item_expires: datetime | None, received: datetime, now: datetime) -> str | None:
     """Why a delivery still copying will not finish by itself, or None."""
     if item_expires is not None and item_expires <= now:
@@ -257,6 +277,7 @@ __all__ = [
     "Labels",
     "Unreadable",
     "copying_of",
+    "drive",
     "foresee_sweep",
     "labels_of",
     "listed",

@@ -75,8 +75,8 @@ def _hide_values(message: str) -> str:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(USAGE, f"{self.prog}: error: {_hide_values(message)}\n")
+        # One line (no usage block): what was wrong, never the value typed, and where to look.
+        self.exit(USAGE, f"{self.prog}: error: {_hide_values(message)} (see {self.prog} --help)\n")
 
 
 def _positive(text: str) -> int:

@@ -400,7 +400,12 @@ def test_main_finds_checks_and_lists_on_memory_storage(capsys: pytest.CaptureFix
 
     ops = Ops()
     asyncio.run(ops.world.post(ops.world.export("task-1")))
-    common = {"storage": ops.world.storage, "settings": ops.world.settings, "queues": ops.queues, "now": ops.world.now}
+    common: dict[str, Any] = {
+        "storage": ops.world.storage,
+        "settings": ops.world.settings,
+        "queues": ops.queues,
+        "now": ops.world.now,
+    }
 
     assert main(["find", "--task", "task-1"], **common) == OK
     assert "<- current" in capsys.readouterr().out

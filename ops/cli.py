@@ -17,39 +17,41 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
-from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
-
-from function_app import VERIFICATION_QUEUE
-from receiver.settings import SettingsError
+from receiver.settings import Settings, SettingsError
 from receiver.source import redact
-from receiver.store import StoreError
+from receiver.storage import StoreError
+from receiver.verification import QUEUE as VERIFICATION_QUEUE
 
-from . import smoke
+from . import commands, smoke
+from .commands import Context
 from .connect import (
     ConfigError,
+    UsageError,
     add_destination_options,
     add_host_options,
-    destination_configured,
+    close_storage,
     host_configured,
     open_host_queues,
-    open_store,
+    open_storage,
+    operator_settings,
 )
-from .deliveries import check, deliveries_in, find
 from .output import INTERRUPTED, STORAGE, USAGE, Console, Result
-from .poison import replay
+from .queues import HostQueue
+from .records import Unreadable
 
 EXIT_CODES = """exit codes:
-  0  found / the manifest matches / done
-  1  nothing found, a mismatch, or something left undone (the output says what)
-  2  bad command line
+  0  found and consistent / done / nothing listed
+  1  nothing found, a problem (the output names the next command), or with --alert: something listed
+  2  bad command line (the value is never repeated)
   3  cannot connect, not allowed, or storage failed"""
 
-DESCRIPTION = """Operator command line of the SmartDocumentor receiver: find a document, list pending
-and failed deliveries, check (and repair) a manifest, move poisoned verification messages back.
+DESCRIPTION = """Operator command line of the SmartDocumentor receiver: a task's story from its task
+record, pending and failed deliveries, check (and repair) a task as the reconciliation would, give
+up a delivery, move poisoned verification messages back.
 Connects with a connection string or, with --account-url, as you (DefaultAzureCredential: az login)."""
 
 
-COMMANDS = ("find", "pending", "failed", "check", "replay-poison", "smoke")
+COMMANDS = ("find", "pending", "failed", "check", "fail", "replay-poison", "smoke")
 
 
 def _hide_values(message: str) -> str:
@@ -73,8 +75,8 @@ def _hide_values(message: str) -> str:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(USAGE, f"{self.prog}: error: {_hide_values(message)}\n")
+        # One line (no usage block): what was wrong, never the value typed, and where to look.
+        self.exit(USAGE, f"{self.prog}: error: {_hide_values(message)} (see {self.prog} --help)\n")
 
 
 def _positive(text: str) -> int:
@@ -91,7 +93,7 @@ def _minutes(text: str) -> timedelta:
     return timedelta(minutes=value)
 
 
-def _since(text: str) -> datetime:
+def _since(text: str) -> datetime | timedelta:
     """MINUTES ago, or an ISO time (UTC when it names no zone)."""
     try:
         minutes = float(text)
@@ -100,7 +102,7 @@ def _since(text: str) -> datetime:
     if minutes is not None:
         if minutes < 0:
             raise argparse.ArgumentTypeError("must be 0 or more minutes, or an ISO time")
-        return datetime.now(UTC) - timedelta(minutes=minutes)
+        return timedelta(minutes=minutes)  # before the command's now (resolved by _dispatch)
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -154,60 +156,92 @@ def build_parser() -> argparse.ArgumentParser:
     found = _command(
         commands,
         "find",
-        summary="the stored file(s) of a task or workspace, newest first, with each delivery's story",
-        description="""The stored file(s) of a task (or of a workspace), newest first: blob URL (never a
-query), size, Content-Type, the manifest (status, when received, completed or failed and why,
-which exports it replaced, its history), and whether manifest and blob agree. One Find Blobs by
-Tags query; the ids are folded to the tag alphabet as the receiver folds them, then confirmed
-against each manifest's real ids. Exit 1 when nothing is found or something is inconsistent.""",
-        example="python -m ops find --task 7d1e0c8a-1b2c-4d5e-8f90-a1b2c3d4e5f6",
+        summary="a task's whole story from its task record, or the tasks of a workspace",
+        description="""--task: the task's record (.smartdocumentor/tasks/<workspace>/<task>.json): every delivery
+in the order the receiver accepted it (short hash, blob, state, received, completed or failed and
+why, history), which file is current, the names still to retire, whether the current file and its
+manifest hold the current delivery, and what the reconciliation would do (receiver.machine.decide).
+With the host storage options it looks for the task's messages in the verification queue and its
+poison queue, and gives each delivery still copying a verdict (queued, poisoned, lost, expired,
+adopt) instead of "unconfirmed". Without --workspace, one listing of the records' labels finds
+the task's workspace. --workspace alone: the first --max tasks of the workspace (its records'
+prefix only). Exit 1 when nothing is found or something needs a person.""",
+        example='python -m ops find --task 7d1e0c8a-1b2c-4d5e-8f90-a1b2c3d4e5f6 --host-connection-string "$HOST_CS"',
     )
     found.add_argument("--task", metavar="TASK_ID", help="the task's taskId")
-    found.add_argument("--workspace", metavar="WORKSPACE_ID", help="the workspaceId (alone: all its documents)")
-    found.add_argument("--max", type=_positive, default=100, help="read at most the newest N documents (100)")
+    found.add_argument("--workspace", metavar="WORKSPACE_ID", help="the workspaceId (alone: its tasks)")
+    found.add_argument("--max", type=_positive, default=100, help="--workspace alone: at most N tasks (100)")
 
-    for status, what in (("pending", "still copying"), ("failed", "failed for good")):
-        when = "received" if status == "pending" else "failed (received, for manifests without failedAt)"
-        listed = _command(
-            commands,
-            status,
-            summary=f"deliveries whose manifest says {status} ({what}): a summary, then the oldest",
-            description=f"""Deliveries whose manifest says copyStatus {status}, oldest first: a summary line
-(counts by age, expired links), then one narrow row each. Built from the manifests' index tags
-(one Find Blobs by Tags query per 5000, no download), then only the rows shown are read.
-AGE: time since the delivery was {when}. Exit 0 also when nothing is found (the healthy case);
-with --alert, exit 1 when anything is found (something needs a person).""",
-            example=f"python -m ops {status} --since 60 --alert",
-        )
-        listed.add_argument(
-            "--older-than", type=_minutes, default=timedelta(0), metavar="MINUTES", help=f"{when} before now - MINUTES"
-        )
-        listed.add_argument(
-            "--since", type=_since, metavar="WHEN", help=f"{when} at or after WHEN: MINUTES ago or an ISO time"
-        )
-        listed.add_argument(
-            "--max", type=_positive, default=100, help="show (and read) at most the oldest N rows (100)"
-        )
-        listed.add_argument(
-            "--alert", action="store_true", help="exit 1 when anything is found, 0 when nothing (for cron, Logic Apps)"
-        )
+    pending = _command(
+        commands,
+        "pending",
+        summary="deliveries still copying, oldest first",
+        description="""Deliveries still copying, oldest first, from the records' listing labels (copying,
+oldestcopying): only the records shown are read. AGE: since the delivery was received. The last
+column says why one will not finish by itself (its link expired, or it waited past every try of
+its queue message). Exit 0 also when nothing is listed; with --alert, exit 1 when anything is.""",
+        example="python -m ops pending --older-than 60 --alert",
+    )
+    pending.add_argument(
+        "--older-than", type=_minutes, default=timedelta(0), metavar="MINUTES", help="received before now - MINUTES"
+    )
+    pending.add_argument("--since", type=_since, metavar="WHEN", help="received at or after WHEN: MINUTES ago or ISO")
+    pending.add_argument("--max", type=_positive, default=100, help="read at most the oldest N tasks (100)")
+    pending.add_argument("--alert", action="store_true", help="exit 1 when anything is listed (cron, Logic Apps)")
+
+    failed = _command(
+        commands,
+        "failed",
+        summary="every delivery that will not finish by itself",
+        description="""Every delivery that will not finish by itself: failed in its task record (link expired,
+source refused or gone, given up; a large re-export that failed after its 202 is listed while the
+earlier file stays current), and deliveries still copying whose link expired or that waited past
+every try of their queue message. From the records' listing labels (lastfailed, copyingexpires,
+oldestcopying): only the records in the window are read. Exit 0 also when nothing is listed;
+with --alert, exit 1 when anything is.""",
+        example="python -m ops failed --since 15 --alert",
+    )
+    failed.add_argument(
+        "--since", type=_since, metavar="WHEN", help="failed (or stuck) at or after WHEN: MINUTES ago or ISO"
+    )
+    failed.add_argument("--max", type=_positive, default=100, help="read at most the newest N tasks (100)")
+    failed.add_argument("--alert", action="store_true", help="exit 1 when anything is listed (cron, Logic Apps)")
 
     checked = _command(
         commands,
         "check",
-        summary="does a manifest describe its blob; --repair fixes what can be fixed",
-        description="""Does the manifest <blob>.json describe the blob next to it (the same delivery hash,
-and a status that agrees with the copy)? Before saying a delivery cannot finish it looks at the
-verification queue, its poison queue (give the host storage) and the link's expiry. Every
-inconsistent state exits 1 and names the next command. With --repair: a finished copy is
-recorded, a stale or missing manifest is rebuilt from the blob (receivedAt from the blob's own
-times, marked repaired), and a delivery nothing can finish any more is marked failed. Every
-write is conditional on the manifest as read and appends an operator entry to its history.""",
-        example="python -m ops check '2f0c7a55-.../7d1e0c8a-.../Contrato.pdf' --repair "
+        summary="what the reconciliation would do to a task now; --repair does it",
+        description="""Runs receiver.machine.decide on the task's record and the blob of the delivery still
+copying, as the reconciliation does (a Sweep by the operator), and says what it would do: ADOPT
+(the bytes are at the name: record it stored, write its manifest), EXPIRE (the link expired: fail
+it), RETIRE (delete names a newer export replaced, If-Match), WAITING (copying with a valid link:
+only its queue or poison message can finish it) or NOTHING; and whether the current file and its
+manifest hold the current delivery. With --repair it runs the same loop as the reconciliation
+(receiver.engine.run): every write conditional, each step in the record's history by operator.
+--dry-run: say what --repair would do, change nothing. Exit 1 while something needs a person.""",
+        example="python -m ops check --task 7d1e0c8a-1b2c-4d5e-8f90-a1b2c3d4e5f6 --repair",
+    )
+    checked.add_argument("--task", metavar="TASK_ID", required=True, help="the task's taskId")
+    checked.add_argument("--workspace", metavar="WORKSPACE_ID", help="its workspaceId (found by a listing if omitted)")
+    checked.add_argument("--repair", action="store_true", help="do what the reconciliation would do, now")
+    checked.add_argument("--dry-run", action="store_true", help="with --repair: say what it would do, change nothing")
+
+    given_up = _command(
+        commands,
+        "fail",
+        summary="give up a delivery still copying (recorded failed with your reason)",
+        description="""Marks the task's delivery still copying failed with REASON (a Sweep with give_up through
+receiver.engine.run: in the record's history by operator, one ERROR log record). Refused while
+its link is valid and a verification or poison message holds it, or while the queues cannot be
+looked at (give the host storage options), unless --force, which the reason then records. A
+delivery whose bytes are at its name is recorded stored instead.""",
+        example="python -m ops fail --task 7d1e0c8a-... --reason 'customer re-exported by hand' "
         '--host-connection-string "$HOST_CS"',
     )
-    checked.add_argument("blob", help="the blob's name (or container/name, its URL, its manifest's name)")
-    checked.add_argument("--repair", action="store_true", help="make the manifest describe the blob")
+    given_up.add_argument("--task", metavar="TASK_ID", required=True, help="the task's taskId")
+    given_up.add_argument("--workspace", metavar="WORKSPACE_ID", help="its workspaceId (found by a listing if omitted)")
+    given_up.add_argument("--reason", required=True, help="why (kept in the record; one or two sentences, no secret)")
+    given_up.add_argument("--force", action="store_true", help="even while a message or a valid link could finish it")
 
     replayed = _command(
         commands,
@@ -215,9 +249,10 @@ write is conditional on the manifest as read and appends an operator entry to it
         summary="move poisoned verification messages back; --dry-run says what each will do",
         description=f"""Moves messages from <queue>-poison back to <queue> ({VERIFICATION_QUEUE}):
 receive, send, then delete (a crash duplicates a message, never loses one). For each message it
-says, from what is stored now (give the destination too), whether the queue function will finish
-it, find it superseded, or fail it (and why). Prints the taskId, workspaceId and blob of each,
-never a message's content (it holds the export link with its SAS).""",
+says what the queue function will do, by receiver.machine.decide on the message's Arrival and the
+same observation the engine makes (the task record and the blob at the delivery's name; give the
+destination options too): FINISH, DUPLICATE, SUPERSEDED or FAIL, and why. Prints the taskId,
+workspaceId and delivery of each, never a message's content (it holds the export link with its SAS).""",
         example="python -m ops replay-poison --dry-run",
     )
     replayed.add_argument("--dry-run", action="store_true", help="show what would happen (at most 32); change nothing")
@@ -234,56 +269,85 @@ never a message's content (it holds the export link with its SAS).""",
     return parser
 
 
-async def _dispatch(args: argparse.Namespace, console: Console, environ: Mapping[str, str]) -> Result:
-    now = datetime.now(UTC)
+# Arguments whose value the command line repeats or stores: one that holds a secret is refused whole.
+_ECHOED = ("task", "workspace", "reason", "queue")
+
+
+def _check_values(args: argparse.Namespace) -> None:
+    for name in _ECHOED:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and (redact(value) != value or re.search(r"(?i)accountkey|sig=", value)):
+            option = f"--{name.replace('_', '-')}"
+            raise UsageError(f"{option} holds what looks like a connection string or a SAS (not shown)")
+
+
+async def _dispatch(
+    args: argparse.Namespace,
+    console: Console,
+    environ: Mapping[str, str],
+    *,
+    storage: Any,
+    settings: Settings | None,
+    queues: Mapping[str, HostQueue] | None,
+    now: datetime,
+) -> Result:
     queue_name = args.queue or VERIFICATION_QUEUE
-    if args.command == "replay-poison":
-        queues = open_host_queues(args, environ)
-        store = open_store(args, environ) if destination_configured(args, environ) else None
-        try:
-            return await replay(
-                queues.queue(queue_name),
-                queues.queue(f"{queue_name}-poison"),
-                store,
-                console,
-                dry_run=args.dry_run,
-                limit=args.max,
-                now=now,
-            )
-        finally:
-            await queues.close()
-            if store is not None:
-                await store.close()
-    store = open_store(args, environ)
+    replaying = args.command == "replay-poison"
+    injected = storage is not None
+    if settings is None:
+        settings = operator_settings(args, environ, need_destination=not replaying or _destination_given(args, environ))
+    if storage is None and (not replaying or _destination_given(args, environ)):
+        storage = open_storage(settings)
+    host = None
+    pair: tuple[HostQueue, HostQueue] | None = None
+    if queues is not None:
+        pair = (queues[queue_name], queues[f"{queue_name}-poison"])
+    elif replaying or (args.command in ("find", "check", "fail") and host_configured(args, environ)):
+        host = open_host_queues(args, environ)
+        pair = host.pair(queue_name)
+    if replaying and pair is None:
+        raise ConfigError("replay-poison needs the host storage: pass --host-connection-string or --host-queue-url.")
+    ctx = Context(storage=storage, settings=settings, queues=pair, now=now, console=console)
+    since = getattr(args, "since", None)
+    if isinstance(since, timedelta):
+        args.since = now - since
     try:
         if args.command == "find":
-            return await find(store, console, task_id=args.task, workspace_id=args.workspace, limit=args.max, now=now)
-        if args.command in ("pending", "failed"):
-            return await deliveries_in(
-                store,
-                console,
-                status=args.command,
-                older_than=args.older_than,
-                since=args.since,
-                limit=args.max,
-                alert=args.alert,
-                now=now,
+            if args.task is not None:
+                return await commands.find_task(ctx, args.task, args.workspace)
+            return await commands.find_workspace(ctx, args.workspace, args.max)
+        if args.command == "pending":
+            return await commands.pending(
+                ctx, older_than=args.older_than, since=args.since, limit=args.max, alert=args.alert
             )
-        host = open_host_queues(args, environ) if host_configured(args, environ) else None
-        try:
-            return await check(store, args.blob, repair=args.repair, now=now, queues=host, queue_name=queue_name)
-        finally:
-            if host is not None:
-                await host.close()
+        if args.command == "failed":
+            return await commands.failed(ctx, since=args.since, limit=args.max, alert=args.alert)
+        if args.command == "check":
+            return await commands.check(ctx, args.task, args.workspace, repair=args.repair, dry_run=args.dry_run)
+        if args.command == "fail":
+            return await commands.fail(ctx, args.task, args.workspace, reason=args.reason, force=args.force)
+        return await commands.replay(ctx, dry_run=args.dry_run, limit=args.max)
     finally:
-        await store.close()
+        if host is not None:
+            await host.close()
+        if storage is not None and not injected:
+            await close_storage(storage)
 
 
-def _storage_message(exc: Exception) -> str:
-    """What went wrong, for a person at a terminal; never a URL query (redacted anyway)."""
+def _destination_given(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
+    return bool(
+        args.connection_string
+        or args.account_url
+        or environ.get("DESTINATION_CONNECTION_STRING")
+        or environ.get("DESTINATION_ACCOUNT_URL")
+    )
+
+
+def _storage_message(exc: BaseException) -> str:
+    """What went wrong, for a person at a terminal (redacted by the caller anyway)."""
     if isinstance(exc, StoreError):
         message = exc.message
-        if exc.kind == "misconfigured" and exc.code == "AuthenticationFailed":
+        if exc.code == "AuthenticationFailed":
             # A request signed with a wrong (or rotated) account key: roles and az login are not the cure.
             return (
                 "Azure Storage did not accept the account key (or SAS) in the connection string "
@@ -293,9 +357,15 @@ def _storage_message(exc: Exception) -> str:
         if exc.kind == "misconfigured":
             message += (
                 " From an operator's machine: sign in (az login) as someone with Storage Blob Data Owner on the "
-                "container (Find Blobs by Tags and tags need it), or pass --connection-string."
+                "container, or pass --connection-string."
             )
         return message
+    if isinstance(exc, (ConfigError, SettingsError, Unreadable)):
+        return str(exc)
+    try:
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+    except ImportError:  # pragma: no cover - the SDK is in requirements-ops.txt
+        return f"Azure Storage could not be reached ({type(exc).__name__})."
     if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) is None:
         return "Could not get a token with DefaultAzureCredential: sign in with az login, or pass a connection string."
     if isinstance(exc, HttpResponseError) and exc.status_code is not None:
@@ -314,9 +384,12 @@ def _storage_message(exc: Exception) -> str:
         else:
             hint = ""
         return f"Azure Storage answered {exc.status_code} {code}.{hint}"
-    if isinstance(exc, (ConfigError, SettingsError)):
-        return str(exc)
     return f"Azure Storage could not be reached ({type(exc).__name__})."
+
+
+def _usage(err: TextIO, message: str) -> int:
+    err.write(f"python -m ops: error: {redact(message)}\n")
+    return USAGE
 
 
 async def run(
@@ -325,30 +398,46 @@ async def run(
     environ: Mapping[str, str] | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    storage: Any = None,
+    settings: Settings | None = None,
+    queues: Mapping[str, HostQueue] | None = None,
+    now: datetime | None = None,
 ) -> int:
     """Parse ``argv``, run the command, print its result; returns the exit code (never raises for
-    a usage or storage problem). The entry point tests call in-process."""
+    a usage or storage problem). The entry point tests call in-process: ``storage`` (a
+    :class:`receiver.storage.Storage`, with its ``settings``) and ``queues`` (by name) replace what
+    the options would open; ``now`` replaces the clock."""
     out = out or sys.stdout
     err = err or sys.stderr
+    environ = os.environ if environ is None else environ
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed it
         return exc.code if isinstance(exc.code, int) else USAGE
     if args.command == "smoke":
-        return await asyncio.to_thread(smoke.smoke, args, os.environ if environ is None else environ, out)
+        return await asyncio.to_thread(smoke.smoke, args, environ, out)
     if args.command == "find" and args.task is None and args.workspace is None:
-        err.write("python -m ops find: error: give --task, --workspace or both\n")
-        return USAGE
+        return _usage(err, "find needs --task, --workspace or both")
+    if args.command == "check" and args.dry_run and not args.repair:
+        args.repair = True  # --dry-run alone: what --repair would do
     for one, other in (("connection_string", "account_url"), ("host_connection_string", "host_queue_url")):
         if getattr(args, one) and getattr(args, other):
             first, second = (f"--{name.replace('_', '-')}" for name in (one, other))
-            err.write(f"python -m ops: error: give {first} or {second}, not both\n")
-            return USAGE
+            return _usage(err, f"give {first} or {second}, not both")
     args.json = bool(args.json)
     console = Console(err, args.json)
     try:
-        result = await _dispatch(args, console, os.environ if environ is None else environ)
-    except (ConfigError, SettingsError, StoreError, AzureError) as exc:
+        _check_values(args)
+        result = await _dispatch(
+            args, console, environ, storage=storage, settings=settings, queues=queues, now=now or datetime.now(UTC)
+        )
+    except UsageError as exc:
+        if args.json:
+            out.write(json.dumps({"error": "usage", "message": redact(str(exc))}) + "\n")
+        return _usage(err, str(exc))
+    except Exception as exc:
+        if not _is_storage_problem(exc):
+            raise
         message = redact(_storage_message(exc))
         kind = "config" if isinstance(exc, ConfigError | SettingsError) else "storage"
         if args.json:
@@ -359,13 +448,30 @@ async def run(
     return result.code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The console entry point: ``python -m ops``."""
+def _is_storage_problem(exc: Exception) -> bool:
+    if isinstance(exc, (ConfigError, SettingsError, StoreError, Unreadable)):
+        return True
+    try:
+        from azure.core.exceptions import AzureError
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, AzureError)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    storage: Any = None,
+    settings: Settings | None = None,
+    queues: Mapping[str, HostQueue] | None = None,
+    now: datetime | None = None,
+) -> int:
+    """The console entry point: ``python -m ops`` (the keyword arguments are for tests, as in :func:`run`)."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # The command prints storage failures itself; the SDK's and the store's warnings would repeat them.
-    for name in ("azure", "receiver.store"):
+    for name in ("azure", "receiver.store", "receiver.engine"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        return asyncio.run(run(argv))
+        return asyncio.run(run(argv, storage=storage, settings=settings, queues=queues, now=now))
     except KeyboardInterrupt:
         return INTERRUPTED

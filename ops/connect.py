@@ -1,10 +1,12 @@
-"""Where the command line connects: the customer's container (through the receiver's BlobStore) and
+"""Where the command line connects: the customer's container (through the receiver's Storage seam) and
 the Functions host's storage queues. Options win over environment variables; secrets are read from
 the environment at run time, never shown as defaults in ``--help`` nor repeated in a message."""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +14,14 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from receiver.settings import Settings, SettingsError
-from receiver.store import CONNECTION_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS, RETRY, BlobStore
+from receiver.storage import Storage
+
+from .queues import AzureQueue
+
+# The queue clients' retries and timeouts: short, like the receiver's own storage calls.
+RETRY: dict[str, Any] = {"initial_backoff": 0.2, "increment_base": 1.5, "retry_total": 3, "random_jitter_range": 0.3}
+CONNECTION_TIMEOUT_SECONDS = 3
+READ_TIMEOUT_SECONDS = 10
 
 DEFAULT_CONTAINER = "smartdocumentor"
 # Azurite's well-known development account on its default queue port (what the Functions tools mean
@@ -21,7 +30,11 @@ DEVELOPMENT_STORAGE = "UseDevelopmentStorage=true"
 
 
 class ConfigError(Exception):
-    """The command line cannot tell where to connect, or a value is invalid (exit code 3)."""
+    """The command line cannot tell where to connect, or a connection setting is invalid (exit code 3)."""
+
+
+class UsageError(Exception):
+    """An option's value has the wrong shape (exit code 2, one line, the value never repeated)."""
 
 
 class _GivenSettings(Settings):
@@ -71,36 +84,101 @@ def add_destination_options(parser: argparse.ArgumentParser, *, default: Any = N
     )
 
 
-def open_store(args: argparse.Namespace, environ: Mapping[str, str]) -> BlobStore:
-    """The receiver's own BlobStore (its retry policy, error kinds and conditional writes)."""
+# The app settings that decide a delivery's blob name and whether its link is accepted: a replay's
+# dry run computes the plan the queue function will compute, so it reads the same ones.
+_APP_SETTINGS = (
+    "BLOB_NAME_TEMPLATE",
+    "ALLOWED_SOURCE_HOSTS",
+    "ALLOW_HTTP_SOURCES",
+    "SYNC_COPY_MAX_MIB",
+    "TAG_FIELDS",
+    "WRITE_MANIFEST",
+    "MAX_BODY_BYTES",
+)
+
+
+def check_connection_string(value: str, which: str) -> None:
+    """Refuse a connection string that cannot work, naming what is wrong with it (never its value).
+    A malformed account key is a key problem, not a sign-in or managed-identity one."""
+    if value.strip() == DEVELOPMENT_STORAGE:
+        return
+    pairs = [part.split("=", 1) for part in value.strip().strip(";").split(";") if part.strip()]
+    if not pairs or any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise ConfigError(f"The {which} connection string is not a valid storage connection string.")
+    fields = {name.strip().lower(): text.strip() for name, text in pairs}
+    key = fields.get("accountkey")
+    if key is not None:
+        try:
+            decoded = base64.b64decode(key, validate=True)
+        except (binascii.Error, ValueError):
+            decoded = b""
+        if not decoded:
+            raise ConfigError(
+                f"The account key in the {which} connection string is malformed (it is not base64): copy the "
+                "connection string again from the storage account's Access keys. This is a problem with the key, "
+                "not with sign-in, roles or a managed identity."
+            )
+    known = ("accountkey", "sharedaccesssignature", "accountname")
+    if not any(name in fields for name in known) and not any(name.endswith("endpoint") for name in fields):
+        raise ConfigError(f"The {which} connection string is not a valid storage connection string.")
+
+
+def operator_settings(args: argparse.Namespace, environ: Mapping[str, str], *, need_destination: bool) -> Settings:
+    """The receiver's Settings for the operator: the destination from the options (or environment),
+    and the app settings that shape a delivery's plan from the environment."""
     connection_string: str | None = args.connection_string
     account_url: str | None = args.account_url
     if connection_string is None and account_url is None:
         connection_string = environ.get("DESTINATION_CONNECTION_STRING") or None
         account_url = None if connection_string else environ.get("DESTINATION_ACCOUNT_URL") or None
     if connection_string is None and account_url is None:
-        raise ConfigError(
-            "No destination: pass --connection-string or --account-url (signed in with az login), "
-            "or set DESTINATION_CONNECTION_STRING or DESTINATION_ACCOUNT_URL."
-        )
+        if need_destination:
+            raise ConfigError(
+                "No destination: pass --connection-string or --account-url (signed in with az login), "
+                "or set DESTINATION_CONNECTION_STRING or DESTINATION_ACCOUNT_URL."
+            )
+        connection_string = DEVELOPMENT_STORAGE  # never opened: only the plan's settings are used
+    if connection_string is not None:
+        check_connection_string(connection_string, "destination")
     container = args.container or environ.get("DESTINATION_CONTAINER") or DEFAULT_CONTAINER
+    values: dict[str, Any] = {name.lower(): environ[name] for name in _APP_SETTINGS if environ.get(name)}
+    values.update(
+        destination_connection_string=connection_string,
+        destination_account_url=account_url,
+        destination_container=container,
+    )
     try:
-        settings = _GivenSettings(
-            destination_connection_string=connection_string,
-            destination_account_url=account_url,
-            destination_container=container,
-        )
-        return BlobStore.open(settings)
+        return _GivenSettings(**values)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else ""
         cause = error.get("ctx", {}).get("error")
         reason = str(cause) if cause is not None else error["msg"]
-        raise ConfigError(f"{_OPTION_OF_FIELD.get(field, field)} is invalid: {reason}.") from None
+        raise ConfigError(f"{_OPTION_OF_FIELD.get(field, field.upper())} is invalid: {reason}.") from None
     except SettingsError as exc:
-        if exc.setting == "DESTINATION_CONNECTION_STRING":
-            raise ConfigError("The destination connection string is not a valid storage connection string.") from None
         raise ConfigError(exc.message) from None
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The receiver's own Azure implementation of the Storage seam (its retries, error kinds and
+    conditional writes): the one place the command line opens the customer's storage."""
+    try:
+        # AzureStorage is being written beside this command line; until it is merged mypy cannot see it.
+        from receiver.store import AzureStorage  # type: ignore[attr-defined]
+    except ImportError:
+        raise ConfigError(
+            "This checkout has no receiver.store.AzureStorage: the command line cannot reach Azure from it."
+        ) from None
+    storage: Storage = AzureStorage.open(settings)
+    return storage
+
+
+async def close_storage(storage: Storage) -> None:
+    close = getattr(storage, "close", None)
+    if close is not None:
+        result = close()
+        if hasattr(result, "__await__"):
+            await result
 
 
 # --- the Functions host's storage (queues) ---------------------------------------------------
@@ -164,6 +242,10 @@ class HostQueues:
         self._credential: Any = None
         self._clients: list[Any] = []
 
+    def pair(self, name: str) -> tuple[AzureQueue, AzureQueue]:
+        """The verification queue ``name`` and its poison queue."""
+        return AzureQueue(self.queue(name)), AzureQueue(self.queue(f"{name}-poison"))
+
     def queue(self, name: str) -> Any:
         from azure.storage.queue.aio import QueueClient
 
@@ -203,12 +285,14 @@ def open_host_queues(args: argparse.Namespace, environ: Mapping[str, str]) -> Ho
     if connection_string is not None:
         if connection_string.strip() == DEVELOPMENT_STORAGE:
             connection_string = _development_storage()
+        check_connection_string(connection_string, "host storage")
         return HostQueues(connection_string=connection_string, queue_url=None)
     if queue_url is None:
         raise ConfigError(
             "No host storage: pass --host-connection-string or --host-queue-url (signed in with az login), "
             "or set AzureWebJobsStorage or AzureWebJobsStorage__queueServiceUri."
         )
-    if not queue_url.startswith(("https://", "http://")) or "?" in queue_url:
-        raise ConfigError("--host-queue-url must look like https://<account>.queue.core.windows.net (no query).")
+    if not queue_url.startswith("https://") or "?" in queue_url or "#" in queue_url:
+        # Signed in as you, the SDK sends a token only over https; a query would be a SAS to keep out of sight.
+        raise UsageError("--host-queue-url must look like https://<account>.queue.core.windows.net (https, no query)")
     return HostQueues(connection_string=None, queue_url=queue_url.rstrip("/"))

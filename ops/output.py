@@ -11,9 +11,11 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 from tqdm import tqdm
 
+from receiver.source import redact
+
 # Exit codes (README "Operator command line"): scripts branch on these.
 OK = 0  # found / matches / done
-NOT_FOUND = 1  # nothing found, a mismatch, or work left undone (said why)
+NOT_FOUND = 1  # nothing found, a problem, or work left undone (said why); --alert: something listed
 USAGE = 2  # bad command line (argparse's own code)
 STORAGE = 3  # cannot connect, not allowed, or storage failed
 INTERRUPTED = 130
@@ -31,10 +33,11 @@ class Result:
     text: list[str] = field(default_factory=list)
 
     def write(self, out: TextIO, *, as_json: bool) -> None:
+        """Printed redacted, whatever a record, a blob name or an argument holds (no SAS, no key)."""
         if as_json:
-            out.write(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")
+            out.write(redact(json.dumps(self.data, indent=2, ensure_ascii=False)) + "\n")
         else:
-            out.write("".join(f"{line}\n" for line in self.text))
+            out.write("".join(f"{redact(line)}\n" for line in self.text))
 
 
 class Progress(Protocol):

@@ -1,95 +1,273 @@
-"""Is a delivery's verification message still somewhere a function can act on it?
+"""The verification queue and its poison queue, as the operator command line sees them.
 
-A verification message (receiver.verification.PendingCopy, JSON, base64 as the host writes it)
-holds the export link with its SAS: the only copy of it outside SmartDocumentor. While one waits in
-the verification queue the queue function will finish or restart the copy; one waiting in the
-poison queue will, once ``replay-poison`` moves it back. Peeking shows at most 32 visible messages
-(a service limit) and none that a function is processing right now, so "not there" is said only
-when the queue holds no more messages than were seen; otherwise the answer is "cannot tell".
+A message (``receiver.verification.message``: ``{"v": 2, "receivedAt": ..., "body": <the
+notification>}``, base64 as the host writes it) holds the export link with its SAS: the only copy of
+it outside SmartDocumentor. Nothing here prints or logs a message's content: only the ids parsed
+from it (:class:`Parsed`).
+
+:class:`HostQueue` is the little the command line asks of a queue; :class:`AzureQueue` adapts the
+SDK's aio ``QueueClient`` to it, :class:`MemoryQueue` keeps messages in memory for the tests.
+Peeking shows at most 32 visible messages (a service limit) and none a function is processing right
+now, so "not there" is said only when the queue holds no more messages than were seen; otherwise
+the answer is "cannot tell".
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import hashlib
+import itertools
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
-from azure.core.exceptions import AzureError, ResourceNotFoundError
-from pydantic import ValidationError
-
-from receiver.verification import PendingCopy
+from receiver.verification import Message, read_message
 
 # A peek sees at most 32 messages (a service limit).
 PEEK_LIMIT = 32
 
-Seen = Literal["there", "absent", "unknown"]
+Where = Literal["there", "absent", "unknown"]
 
 
-def parse(content: str) -> PendingCopy | None:
-    """The message as the queue function reads it: base64 (the host's encoding) of the JSON."""
-    for decode in (lambda text: base64.b64decode(text, validate=True), lambda text: text.encode()):
-        try:
-            return PendingCopy.model_validate(json.loads(decode(content)))
-        except (ValueError, binascii.Error, ValidationError):
+@dataclass(frozen=True)
+class QueueMessage:
+    id: str
+    content: str
+    pop_receipt: str | None = None
+
+
+class HostQueue(Protocol):
+    """One storage queue of the function app's host storage."""
+
+    name: str
+
+    async def count(self) -> int:
+        """About how many messages wait (hidden ones included); 0 when the queue does not exist."""
+        ...
+
+    async def peek(self, limit: int) -> list[QueueMessage]:
+        """Up to ``limit`` (at most 32) visible messages, without hiding them."""
+        ...
+
+    async def receive(self, limit: int, *, visibility_seconds: int) -> list[QueueMessage]:
+        """Up to ``limit`` messages, hidden from other readers for ``visibility_seconds``."""
+        ...
+
+    async def send(self, content: str) -> None: ...
+
+    async def delete(self, message: QueueMessage) -> bool:
+        """False when it could not be deleted (its hidden time ran out and someone received it)."""
+        ...
+
+
+class QueueMissing(Exception):
+    """The queue a message must go to does not exist in this host storage."""
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What the command line may show of a message: never its link."""
+
+    message: Message
+    task_id: str
+    workspace_id: str
+    delivery: str  # sha256 of the full exportedFileUrl, as the receiver computes it
+    expires_on: datetime | None
+
+    def __repr__(self) -> str:
+        return f"Parsed(task_id={self.task_id!r}, workspace_id={self.workspace_id!r}, delivery={self.delivery[:12]})"
+
+
+def parse(content: str) -> Parsed | None:
+    """The message as the queue function reads it (base64, the host's encoding, or plain JSON)."""
+    if not isinstance(content, str):
+        return None
+    candidates: list[bytes] = []
+    with contextlib.suppress(binascii.Error, ValueError):
+        candidates.append(base64.b64decode(content, validate=True))
+    candidates.append(content.encode("utf-8", "replace"))
+    for data in candidates:
+        found = read_message(data)
+        if found is None:
             continue
+        try:
+            body: Any = json.loads(found.body)
+        except ValueError:
+            continue
+        if not isinstance(body, dict):
+            continue
+        url = body.get("exportedFileUrl")
+        task, workspace = body.get("taskId"), body.get("workspaceId")
+        if not isinstance(url, str) or not isinstance(task, str) or not isinstance(workspace, str):
+            continue
+        expires = None
+        if isinstance(body.get("exportedFileExpiresOn"), str):
+            try:
+                expires = datetime.fromisoformat(body["exportedFileExpiresOn"].replace("Z", "+00:00"))
+            except ValueError:
+                expires = None
+        delivery = hashlib.sha256(url.encode("utf-8")).hexdigest()
+        return Parsed(found, task, workspace, delivery, expires)
     return None
-
-
-async def count(queue: Any) -> int:
-    try:
-        properties = await queue.get_queue_properties()
-    except ResourceNotFoundError:
-        return 0
-    return int(properties.approximate_message_count or 0)
 
 
 @dataclass(frozen=True)
 class Look:
-    """Where the delivery's message is: in each queue ``there``, ``absent`` or ``unknown``."""
+    """Where a task's messages are: in each queue ``there``, ``absent`` or ``unknown``, and which
+    deliveries they carry."""
 
-    queue: Seen
-    poison: Seen
+    queue: Where
+    poison: Where
+    deliveries: dict[str, str] = field(default_factory=dict)  # delivery -> "queue" | "poison"
     note: str = ""
 
-    @property
-    def anywhere(self) -> bool:
-        return "there" in (self.queue, self.poison)
-
-    @property
-    def nowhere(self) -> bool:
-        return self.queue == "absent" and self.poison == "absent"
+    def where(self, delivery: str) -> Where | str:
+        """``queue``/``poison`` when a message of this delivery was seen; else ``absent`` or ``unknown``."""
+        if delivery in self.deliveries:
+            return self.deliveries[delivery]
+        return "absent" if self.queue == "absent" and self.poison == "absent" else "unknown"
 
 
-NOT_LOOKED = Look("unknown", "unknown", "the queues were not looked at (no host storage given)")
+NOT_LOOKED = Look("unknown", "unknown", note="the queues were not looked at (no host storage given)")
 
 
-async def _seen_in(queue: Any, container: str, blob: str, delivery: str) -> tuple[Seen, str]:
+async def _seen_in(queue: HostQueue, workspace_id: str, task_id: str) -> tuple[Where, list[str], str]:
     try:
-        waiting = await count(queue)
+        waiting = await queue.count()
         if waiting == 0:
-            return "absent", ""
-        peeked = await queue.peek_messages(max_messages=PEEK_LIMIT)
-    except ResourceNotFoundError:
-        return "absent", ""
-    except AzureError as exc:
-        return "unknown", f"{queue.queue_name} could not be read ({type(exc).__name__})"
+            return "absent", [], ""
+        peeked = await queue.peek(PEEK_LIMIT)
+    except QueueMissing:
+        return "absent", [], ""
+    found = []
     for message in peeked:
-        pending = parse(message.content)
-        if (
-            pending is not None
-            and pending.delivery == delivery
-            and pending.blob_name == blob
-            and pending.container == container
-        ):
-            return "there", ""
+        parsed = parse(message.content)
+        if parsed is not None and parsed.task_id == task_id and parsed.workspace_id == workspace_id:
+            found.append(parsed.delivery)
+    if found:
+        return "there", found, ""
     if waiting <= len(peeked):
-        return "absent", ""
-    return "unknown", f"{queue.queue_name} holds about {waiting} messages and only {len(peeked)} could be seen"
+        return "absent", [], ""
+    return "unknown", [], f"{queue.name} holds about {waiting} messages and only {len(peeked)} could be seen"
 
 
-async def look(main: Any, poison: Any, *, container: str, blob: str, delivery: str) -> Look:
-    queue, queue_note = await _seen_in(main, container, blob, delivery)
-    in_poison, poison_note = await _seen_in(poison, container, blob, delivery)
-    return Look(queue, in_poison, "; ".join(note for note in (queue_note, poison_note) if note))
+async def look(main: HostQueue, poison: HostQueue, *, workspace_id: str, task_id: str) -> Look:
+    queue, in_queue, queue_note = await _seen_in(main, workspace_id, task_id)
+    in_poison_state, in_poison, poison_note = await _seen_in(poison, workspace_id, task_id)
+    deliveries = {delivery: "poison" for delivery in in_poison}
+    deliveries.update({delivery: "queue" for delivery in in_queue})
+    note = "; ".join(text for text in (queue_note, poison_note) if text)
+    return Look(queue, in_poison_state, deliveries, note)
+
+
+# --- the Azure SDK's queues ------------------------------------------------------------------------
+
+
+class AzureQueue:
+    """:class:`HostQueue` on an aio ``QueueClient`` (whose errors the caller maps)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.name = str(client.queue_name)
+
+    async def count(self) -> int:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            properties = await self.client.get_queue_properties()
+        except ResourceNotFoundError:
+            return 0
+        return int(properties.approximate_message_count or 0)
+
+    async def peek(self, limit: int) -> list[QueueMessage]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            peeked = await self.client.peek_messages(max_messages=min(limit, PEEK_LIMIT))
+        except ResourceNotFoundError:
+            return []
+        return [QueueMessage(str(item.id), str(item.content)) for item in peeked]
+
+    async def receive(self, limit: int, *, visibility_seconds: int) -> list[QueueMessage]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        received: list[QueueMessage] = []
+        try:
+            pages = self.client.receive_messages(
+                messages_per_page=min(limit, PEEK_LIMIT), visibility_timeout=visibility_seconds, max_messages=limit
+            )
+            async for item in pages:
+                received.append(QueueMessage(str(item.id), str(item.content), item.pop_receipt))
+        except ResourceNotFoundError:
+            return received
+        return received
+
+    async def send(self, content: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            await self.client.send_message(content)
+        except ResourceNotFoundError:
+            raise QueueMissing(self.name) from None
+
+    async def delete(self, message: QueueMessage) -> bool:
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        try:
+            await self.client.delete_message(message.id, message.pop_receipt)
+        except (ResourceNotFoundError, HttpResponseError):
+            return False
+        return True
+
+
+# --- in memory (tests) -----------------------------------------------------------------------------
+
+_ids = itertools.count(1)
+
+
+class MemoryQueue:
+    """A queue in memory. ``hidden`` messages (received, not deleted) still count, like the service's."""
+
+    def __init__(self, name: str, *, exists: bool = True) -> None:
+        self.name = name
+        self.exists = exists
+        self.visible: list[QueueMessage] = []
+        self.hidden: list[QueueMessage] = []
+        self.lose_delete = False  # the next delete fails (its hidden time ran out meanwhile)
+
+    def add(self, content: str) -> QueueMessage:
+        message = QueueMessage(f"m{next(_ids)}", content)
+        self.visible.append(message)
+        return message
+
+    async def count(self) -> int:
+        return len(self.visible) + len(self.hidden)
+
+    async def peek(self, limit: int) -> list[QueueMessage]:
+        return list(self.visible[: min(limit, PEEK_LIMIT)])
+
+    async def receive(self, limit: int, *, visibility_seconds: int) -> list[QueueMessage]:
+        taken = self.visible[:limit]
+        self.visible = self.visible[limit:]
+        received = [QueueMessage(item.id, item.content, f"receipt-{item.id}") for item in taken]
+        self.hidden.extend(received)
+        return received
+
+    async def send(self, content: str) -> None:
+        if not self.exists:
+            raise QueueMissing(self.name)
+        self.add(content)
+
+    async def delete(self, message: QueueMessage) -> bool:
+        if self.lose_delete:
+            self.lose_delete = False
+            return False
+        before = len(self.hidden)
+        self.hidden = [item for item in self.hidden if item.id != message.id]
+        return len(self.hidden) < before
+
+    def contents(self) -> list[str]:
+        return [item.content for item in [*self.visible, *self.hidden]]

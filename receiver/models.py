@@ -138,6 +138,16 @@ class TaskRecord(_Model):
         }
         if copying:
             labels["oldestcopying"] = min(item.received_at for item in copying).isoformat()
+            expiring = [item.link_expires_on for item in copying if item.link_expires_on is not None]
+            if expiring:
+                # The first link of a copy to expire: the operator tools list a copy nothing can finish
+                # any more without reading each record.
+                labels["copyingexpires"] = min(expiring).isoformat()
+        failed = [item.failed_at for item in self.deliveries if item.state is State.FAILED and item.failed_at]
+        if failed:
+            # When a delivery of the task last failed: `python -m ops failed --since` reads only the
+            # records whose failures fall in its window.
+            labels["lastfailed"] = max(failed).isoformat()
         return labels
 
 

@@ -128,8 +128,14 @@ def without_url_queries(text: str) -> str:
     return _URL_QUERY.sub(r"\1?REDACTED", text)
 
 
+# A connection string's secrets: the account key and a SAS token (up to the next ``;``).
+_CONNECTION_SECRET = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|SharedAccessKey)=[^;\s\"'<>]*")
+
+
 def redact(text: str) -> str:
-    """Remove URL queries and any ``sig=`` from free text (exception messages, log lines)."""
+    """Remove URL queries, any ``sig=``, and a connection string's ``AccountKey=`` or
+    ``SharedAccessSignature=`` value from free text (exception messages, log lines, operator output)."""
+    text = _CONNECTION_SECRET.sub(lambda found: f"{found.group(1)}=REDACTED", text)
     return _SIG.sub("sig=REDACTED", without_url_queries(text))
 
 

@@ -1,33 +1,28 @@
-"""The operator command line (ops/) against the session Azurite, on deliveries the real function app made."""
+"""The operator command line (ops/) on the in-memory world: the real webhook and engine on MemoryStorage,
+the queues in memory, one manual clock. No Azurite, no sleeping."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
 import io
 import json
+import logging
 import subprocess
 import sys
-import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.functions.queue import QueueMessage
-from azure.storage.blob import ContainerClient
-from azure.storage.queue import QueueClient
 
-from devtools.azurite import Azurite
-from ops.cli import run
-from ops.output import NOT_FOUND, OK, STORAGE, USAGE
-from receiver.runtime import RUNTIME
-
-from .conftest import FUNCTIONS, PDF_BYTES, Exports, Secrets, Webhook, notification
-from .faultproxy import FaultProxy, Rule, is_manifest_write, is_properties
+from ops.cli import main, run
+from ops.output import NOT_FOUND, OK, USAGE
+from ops.queues import MemoryQueue
+from receiver.intake import prepare
+from receiver.models import Delivery, State, Step, TaskRecord, record_name
+from receiver.plan import CopyPlan
+from receiver.verification import POISON_QUEUE, QUEUE, message
+from sim.world import Export, World
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,430 +37,402 @@ class Ran:
         return json.loads(self.out)
 
 
-class Terminal(io.StringIO):
-    """A stderr that says it is a terminal, as an operator's is."""
+class Ops:
+    """One world, its two queues, and the command line run in-process on them."""
 
-    def isatty(self) -> bool:
-        return True
+    def __init__(self, **settings: Any) -> None:
+        self.world = World.make(**settings)
+        self.queue = MemoryQueue(QUEUE)
+        self.poison = MemoryQueue(POISON_QUEUE)
 
+    @property
+    def queues(self) -> dict[str, MemoryQueue]:
+        return {QUEUE: self.queue, POISON_QUEUE: self.poison}
 
-Cli = Callable[..., Awaitable[Ran]]
+    async def __call__(self, *argv: str, queues: bool = True) -> Ran:
+        out, err = io.StringIO(), io.StringIO()
+        code = await run(
+            list(argv),
+            environ={},
+            out=out,
+            err=err,
+            storage=self.world.storage,
+            settings=self.world.settings,
+            queues=self.queues if queues else None,
+            now=self.world.now,
+        )
+        return Ran(code, out.getvalue(), err.getvalue())
+
+    def plan(self, export: Export) -> CopyPlan:
+        plan = prepare(export.body, {}, self.world.settings, now=self.world.now)
+        assert isinstance(plan, CopyPlan)
+        return plan
+
+    async def accept(self, export: Export, *, copied: bool = False) -> str:
+        """What the webhook leaves for a delivery it answered 202 (a staged copy still running): the
+        delivery ``copying`` in the record, and its queue message (returned). ``copied``: its bytes
+        landed at its name anyway (an answer lost after the commit)."""
+        plan = self.plan(export)
+        record = self.world.record(export.task_id, export.workspace_id) or TaskRecord(
+            workspace_id=export.workspace_id, task_id=export.task_id
+        )
+        entry = Delivery(
+            delivery=plan.delivery,
+            blob=plan.blob_name,
+            state=State.COPYING,
+            received_at=self.world.now,
+            link_expires_on=plan.source.expires_on,
+            staged=True,
+            manifest=plan.manifest,
+            history=[Step(at=self.world.now, by="webhook", outcome="copying", status=202)],
+        )
+        record = record.model_copy(update={"deliveries": [*record.deliveries, entry]})
+        name = record_name(export.workspace_id, export.task_id)
+        stored = self.world.storage.stored(name)
+        await self.world.storage.put(
+            name,
+            record.to_bytes(),
+            if_match=stored.etag if stored else None,
+            content_type="application/json",
+            metadata=record.labels(),
+        )
+        if copied:
+            there = self.world.storage.stored(plan.blob_name)
+            await self.world.storage.copy_from_url(
+                plan.blob_name,
+                plan.source.url,
+                if_match=there.etag if there else None,
+                metadata=plan.metadata,
+                tags=None,
+            )
+        return message(export.body, self.world.now)
 
 
 @pytest.fixture
-def ops(secrets: Secrets) -> Cli:
-    """Runs the command line in-process (its entry function), and proves no SAS signature is in its output."""
-
-    async def call(*argv: str, environ: dict[str, str] | None = None, err: io.StringIO | None = None) -> Ran:
-        out, errors = io.StringIO(), err if err is not None else io.StringIO()
-        code = await run(list(argv), environ=environ, out=out, err=errors)
-        ran = Ran(code, out.getvalue(), errors.getvalue())
-        assert not secrets.leaks_in(ran.out + ran.err), "a SAS signature leaked into the command line's output"
-        return ran
-
-    return call
+def ops() -> Ops:
+    return Ops()
 
 
-def name_of(body: dict[str, Any]) -> str:
-    return str(body["blob"].split("/", 1)[1])
+async def stored(ops: Ops, task: str = "task-1", name: str = "invoice.pdf", **kwargs: Any) -> Export:
+    export = ops.world.export(task, name, **kwargs)
+    assert (await ops.world.post(export)).status_code == 200
+    return export
 
 
-def manifest_of(destination: ContainerClient, name: str) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(destination.get_blob_client(f"{name}.json").download_blob().readall())
-    return document
+# --- find ---------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def pending_copies(proxied: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> FaultProxy:
-    """Asynchronous copies (SYNC_COPY_MAX_MIB=0) that the proxy keeps pending; the command line goes
-    through the same proxy (DESTINATION_CONNECTION_STRING), so it sees what the receiver sees."""
-    monkeypatch.setenv("SYNC_COPY_MAX_MIB", "0")
-    await RUNTIME.reset()
-    proxied.keep_copies_pending()
-    return proxied
+async def test_find_tells_the_whole_story_of_a_re_exported_task(ops: Ops) -> None:
+    await stored(ops)
+    ops.world.clock.advance(timedelta(minutes=5))
+    await stored(ops, name="renamed.pdf")
+
+    ran = await ops("find", "--task", "task-1")
+
+    assert ran.code == OK, ran.out
+    first, second = ran.out.index("ws-1/task-1/invoice.pdf"), ran.out.index("ws-1/task-1/renamed.pdf  <- current")
+    assert first < second  # in the order the record accepted them
+    assert "superseded" in ran.out and "webhook stored 200" in ran.out
+    assert "file holds the current delivery: matches; manifest: matches" in ran.out
+    assert "NOTHING" in ran.out
+    data = (await ops("find", "--task", "task-1", "--json")).json()
+    assert [item["state"] for item in data["deliveries"]] == ["superseded", "stored"]
+    assert data["currentBlob"] == "ws-1/task-1/renamed.pdf" and data["fileMatches"] and data["manifestMatches"]
 
 
-# --- find ----------------------------------------------------------------------------------------
+async def test_find_of_an_unknown_task_exits_1(ops: Ops) -> None:
+    await stored(ops)
+    ran = await ops("find", "--task", "nope")
+    assert ran.code == NOT_FOUND and "No task record for task nope" in ran.out
 
 
-async def test_find_by_task_shows_the_file_its_manifest_and_that_they_match(
-    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, ops: Cli
-) -> None:
-    payload = notification(exports.publish(PDF_BYTES))
-    response = await webhook.post(payload)
-    assert response.status == 200
-    name = name_of(response.body)
-    other = await webhook.post(notification(exports.publish(PDF_BYTES)))  # another task, same workspace
-    assert other.status == 200
+async def test_find_flags_a_current_file_that_another_delivery_overwrote_and_a_missing_manifest(ops: Ops) -> None:
+    export = await stored(ops)
+    name = ops.plan(export).blob_name
+    there = ops.world.storage.stored(name)
+    assert there is not None
+    await ops.world.storage.put(
+        name, b"other", if_match=there.etag, content_type="application/pdf", metadata={"delivery": "f" * 64}
+    )
+    manifest = ops.world.storage.stored(f"{name}.json")
+    assert manifest is not None
+    await ops.world.storage.delete(f"{name}.json", if_match=manifest.etag)
 
-    ran = await ops("find", "--task", payload["taskId"], "--json")
+    ran = await ops("find", "--task", "task-1")
 
-    assert ran.code == OK, ran.err
-    found = ran.json()
-    assert found["count"] == 1 and found["method"] == "tags" and found["truncated"] is False
-    document = found["documents"][0]
-    assert document["blob"] == name
-    assert document["url"] == destination.get_blob_client(name).url and "?" not in document["url"]
-    assert document["size"] == len(PDF_BYTES) and document["contentType"] == "application/pdf"
-    assert document["taskId"] == payload["taskId"] and document["workspaceId"] == payload["workspaceId"]
-    stored = destination.get_blob_client(name).get_blob_properties().metadata["delivery"]
-    assert document["manifest"]["copyStatus"] == "success" and document["manifest"]["delivery"] == stored
-    assert document["manifest"]["receivedAt"] == manifest_of(destination, name)["receivedAt"]
-    assert document["matches"] is True
-
-    text = await ops("find", "--task", payload["taskId"])
-    assert text.code == OK
-    assert name in text.out and document["url"] in text.out and "matches:    yes" in text.out
-    assert "1 document(s)" in text.out
-
-    workspace = await ops("find", "--workspace", payload["workspaceId"], "--json")
-    assert workspace.code == OK
-    assert {d["blob"] for d in workspace.json()["documents"]} == {name, name_of(other.body)}
+    assert ran.code == NOT_FOUND
+    assert "DOES NOT MATCH" in ran.out and "holds delivery ffffffffffff" in ran.out
+    assert f"the manifest {name}.json is missing" in ran.out
 
 
-async def test_find_folds_the_task_id_like_the_receiver_and_confirms_the_real_one(
-    configured: dict[str, str], exports: Exports, webhook: Webhook, ops: Cli
-) -> None:
-    # Both ids fold to the tag value "Relatorio_7": one Find Blobs by Tags query finds both, the
-    # manifests tell them apart.
-    first = await webhook.post(notification(exports.publish(), taskId="Relatório#7"))
-    second = await webhook.post(notification(exports.publish(), taskId="Relatorio_7"))
-    assert first.status == second.status == 200
+async def test_find_gives_each_copying_delivery_a_verdict_from_the_queues(ops: Ops) -> None:
+    await stored(ops)
+    text = await ops.accept(ops.world.export("task-1", "v2.pdf"))
 
-    ran = await ops("find", "--task", "Relatório#7", "--json")
+    unconfirmed = await ops("find", "--task", "task-1", queues=False)
+    assert unconfirmed.code == OK and "UNCONFIRMED" in unconfirmed.out
+
+    ops.queue.add(text)
+    queued = await ops("find", "--task", "task-1")
+    assert queued.code == OK and "QUEUED" in queued.out and "verification there" in queued.out
+
+    ops.queue.visible.clear()
+    ops.poison.add(text)
+    poisoned = await ops("find", "--task", "task-1")
+    assert poisoned.code == NOT_FOUND and "POISONED" in poisoned.out and "replay-poison --dry-run" in poisoned.out
+
+    ops.poison.visible.clear()
+    lost = await ops("find", "--task", "task-1")
+    assert lost.code == NOT_FOUND and "LOST" in lost.out and "python -m ops fail --task task-1" in lost.out
+
+
+async def test_find_workspace_reads_in_proportion_to_max(ops: Ops) -> None:
+    for number in range(6):
+        await stored(ops, f"task-{number}")
+    for number in range(4):
+        await stored(ops, f"other-{number}", workspace_id="ws-2")
+    ops.world.storage.calls.clear()
+
+    ran = await ops("find", "--workspace", "ws-1", "--max", "2", "--json")
 
     assert ran.code == OK
-    assert [d["blob"] for d in ran.json()["documents"]] == [name_of(first.body)]
-    assert ran.json()["documents"][0]["taskId"] == "Relatório#7"
+    assert [task["taskId"] for task in ran.json()["tasks"]] == ["task-0", "task-1"] and ran.json()["more"]
+    reads = [name for op, name in ops.world.storage.calls if op in ("read", "read_bytes")]
+    assert len(reads) == 2
+    assert ("list", ".smartdocumentor/tasks/ws-1/") in ops.world.storage.calls
 
 
-async def test_find_of_an_unknown_task_exits_1(
-    configured: dict[str, str], ops: Cli, destination: ContainerClient
+# --- pending and failed -------------------------------------------------------------------------------------
+
+
+async def test_pending_lists_copying_deliveries_older_than_asked(ops: Ops) -> None:
+    assert (await ops("pending")).out.startswith("No pending deliveries.")
+    await ops.accept(ops.world.export("task-1"))
+    ops.world.clock.advance(timedelta(minutes=30))
+    await ops.accept(ops.world.export("task-2"))
+
+    ran = await ops("pending", "--older-than", "10", "--json")
+    assert [entry["taskId"] for entry in ran.json()["deliveries"]] == ["task-1"]
+    alert = await ops("pending", "--alert")
+    assert alert.code == NOT_FOUND and alert.out.index("task-1") < alert.out.index("task-2")
+    assert (await ops("pending", "--older-than", "60", "--alert")).code == OK
+
+
+async def test_failed_lists_a_large_re_export_that_failed_after_its_202_while_the_earlier_file_stays(
+    ops: Ops,
 ) -> None:
-    destination.create_container()
-    ran = await ops("find", "--task", str(uuid.uuid4()), "--json")
+    from receiver.verification import verify_copy
+
+    await stored(ops)
+    text = await ops.accept(ops.world.export("task-1", expires_in=timedelta(hours=1)))
+    assert (await ops("failed", "--alert")).code == OK
+    ops.world.clock.advance(timedelta(hours=2))
+
+    listed = await ops("failed", "--json")
+    (entry,) = listed.json()["deliveries"]
+    assert entry["state"] == "copying" and "link expired" in entry["reason"]
+
+    assert await verify_copy(text.encode(), runtime=ops.world.runtime, now=ops.world.now) == "failed"
+    ran = await ops("failed", "--since", "5", "--alert")
     assert ran.code == NOT_FOUND
-    assert ran.json()["count"] == 0 and ran.json()["documents"] == []
-    text = await ops("find", "--task", "nobody")
-    assert text.code == NOT_FOUND and "Nothing stored for taskId nobody in container" in text.out
+    assert "failed" in ran.out and "current file kept: ws-1/task-1/invoice.pdf" in ran.out
+    record = ops.world.record()
+    assert record is not None and record.current_delivery is not None
+    assert record.current_delivery.blob == "ws-1/task-1/invoice.pdf"
 
 
-# --- pending and failed --------------------------------------------------------------------------
+async def test_failed_reads_only_the_records_in_its_window(ops: Ops) -> None:
+    for number in range(5):
+        await ops.accept(ops.world.export(f"old-{number}", expires_in=timedelta(minutes=1)))
+    ops.world.clock.advance(timedelta(minutes=5))
+    for number in range(5):
+        await ops("check", "--task", f"old-{number}", "--workspace", "ws-1", "--repair")
+    ops.world.clock.advance(timedelta(days=2))
+    await ops.accept(ops.world.export("new", expires_in=timedelta(minutes=1)))
+    ops.world.clock.advance(timedelta(minutes=5))
+    await ops("check", "--task", "new", "--workspace", "ws-1", "--repair")
+    labels = ops.world.storage.stored(record_name("ws-1", "new"))
+    assert labels is not None and "lastfailed" in dict(labels.metadata)
+    ops.world.storage.calls.clear()
+
+    ran = await ops("failed", "--since", "60", "--json")
+
+    assert [entry["taskId"] for entry in ran.json()["deliveries"]] == ["new"]
+    reads = [name for op, name in ops.world.storage.calls if op == "read_bytes"]
+    assert reads == [record_name("ws-1", "new")]
+    assert len((await ops("failed", "--json")).json()["deliveries"]) == 6
 
 
-async def test_pending_lists_unfinished_deliveries_oldest_first_and_failed_is_empty(
-    pending_copies: FaultProxy, exports: Exports, webhook: Webhook, ops: Cli
+# --- check, fail --------------------------------------------------------------------------------------------
+
+
+async def test_check_says_adopt_and_repair_records_it_as_the_reconciliation_would(
+    ops: Ops, caplog: pytest.LogCaptureFixture
 ) -> None:
-    payloads = []
-    for _ in range(2):
-        payload = notification(exports.publish())
-        response = await webhook.post(payload)
-        assert response.status == 202
-        payloads.append((payload, name_of(response.body)))
-        pending_copies.keep_copies_pending()
+    await stored(ops)
+    await ops.accept(ops.world.export("task-1", "v2.pdf"), copied=True)
 
-    ran = await ops("pending", "--json")
+    verdict = await ops("check", "--task", "task-1")
+    assert (
+        verdict.code == NOT_FOUND
+        and "ADOPT" in verdict.out
+        and "check --task task-1 --workspace ws-1 --repair" in verdict.out
+    )
+    before = ops.world.storage.snapshot()
+    dry = await ops("check", "--task", "task-1", "--repair", "--dry-run")
+    assert "dry run: nothing changed" in dry.out and ops.world.storage.snapshot() == before
 
-    assert ran.code == OK, ran.err
-    listed = ran.json()
-    assert listed["count"] == listed["total"] == 2 and listed["method"] == "tags"
-    assert [d["taskId"] for d in listed["deliveries"]] == [p["taskId"] for p, _ in payloads]  # oldest first
-    assert [d["blob"] for d in listed["deliveries"]] == [name for _, name in payloads]
-    received = [d["receivedAt"] for d in listed["deliveries"]]
-    assert received == sorted(received)
-    assert all(d["copyStatus"] == "pending" and 0 <= d["ageSeconds"] < 120 for d in listed["deliveries"])
-    assert all("?" not in d["url"] for d in listed["deliveries"])
+    repaired = await ops("check", "--task", "task-1", "--repair")
 
-    text = await ops("pending")
-    assert text.code == OK
-    lines = text.out.splitlines()
-    assert lines[0] == "2 pending deliveries: 2 under 1h; links expired: 0."  # the summary first
-    assert lines[1].split() == ["AGE", "LINK", "TASK", "FILE"]
-    assert all(len(line) < 100 for line in lines)
-
-    one = await ops("pending", "--max", "1", "--json")
-    assert one.json()["count"] == 1 and one.json()["truncated"] is True
-    assert one.json()["deliveries"][0]["taskId"] == payloads[0][0]["taskId"]
-
-    assert (await ops("pending", "--older-than", "60", "--json")).json()["count"] == 0
-    failed = await ops("failed", "--json")
-    assert failed.code == OK and failed.json()["deliveries"] == []  # nothing failed: the healthy case
-
-
-async def test_progress_shows_on_a_terminal_and_never_in_json(
-    pending_copies: FaultProxy, exports: Exports, webhook: Webhook, ops: Cli
-) -> None:
-    assert (await webhook.post(notification(exports.publish()))).status == 202
-
-    terminal = Terminal()
-    shown = await ops("pending", err=terminal)
-    assert shown.code == OK and "reading manifests" in terminal.getvalue()  # the bar, on stderr
-    assert "reading manifests" not in shown.out
-
-    quiet = Terminal()
-    as_json = await ops("pending", "--json", err=quiet)
-    assert as_json.code == OK and quiet.getvalue() == ""
-    assert as_json.json()["count"] == 1  # stdout is nothing but the JSON
-
-    piped = await ops("pending")  # stderr is not a terminal: no bar
-    assert piped.code == OK and piped.err == ""
-
-
-# --- check ---------------------------------------------------------------------------------------
-
-
-async def test_a_stale_manifest_is_found_by_check_and_repaired(
-    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, ops: Cli
-) -> None:
-    payload = notification(exports.publish(b"%PDF older"))
-    assert (await webhook.post(payload)).status == 200
-    # A newer export's copy lands, but its request dies before its manifest write: the manifest
-    # still describes the older export.
-    newer_url = exports.publish(b"%PDF newer")
-    proxied.add(Rule(is_manifest_write, times=10, status=503, code="ServerBusy"))
-    newer = await webhook.post({**payload, "exportedFileUrl": newer_url})
-    assert newer.status == 503
-    proxied.reset()
-    name = f"{payload['workspaceId']}/{payload['taskId']}/Contrato de serviços.pdf"
-    newer_delivery = hashlib.sha256(newer_url.encode()).hexdigest()
-
-    ran = await ops("check", name, "--json")
-    assert ran.code == NOT_FOUND
-    assert ran.json()["verdict"] == "stale" and ran.json()["matches"] is False and ran.json()["action"] is None
-    found = await ops("find", "--task", payload["taskId"], "--json")
-    assert found.json()["documents"][0]["matches"] is False
-    assert manifest_of(destination, name)["delivery"] != newer_delivery  # check alone writes nothing
-
-    repaired = await ops("check", name, "--repair")
     assert repaired.code == OK, repaired.out
-    assert "repair:     manifest rebuilt from the blob" in repaired.out and "verdict:    ok" in repaired.out
-
-    manifest = manifest_of(destination, name)
-    assert manifest["delivery"] == newer_delivery
-    assert manifest["delivery"] == destination.get_blob_client(name).get_blob_properties().metadata["delivery"]
-    assert manifest["taskId"] == payload["taskId"] and manifest["partial"] is True
-    assert destination.get_blob_client(f"{name}.json").get_blob_tags()["copyStatus"] == "success"
-    again = await ops("check", f"{destination.container_name}/{name}", "--json")  # also as container/name
-    assert again.code == OK and again.json()["verdict"] == "ok" and again.json()["matches"] is True
-
-
-async def test_check_repair_settles_a_pending_delivery_like_the_reconciliation(
-    pending_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, ops: Cli
-) -> None:
-    payload = notification(exports.publish(PDF_BYTES, content_type="application/octet-stream"))
-    response = await webhook.post(payload)
-    assert response.status == 202
-    name = name_of(response.body)
-    url = (await ops("find", "--task", payload["taskId"], "--json")).json()["documents"][0]["url"]
-
-    still = await ops("check", url, "--json")  # by URL; the copy is still running: that is consistent
-    assert still.code == OK and still.json()["verdict"] == "ok" and still.json()["manifest"]["copyStatus"] == "pending"
-
-    pending_copies.reset()  # the copy completes; its verification message was lost
-    unfinished = await ops("check", name, "--json")
-    assert unfinished.code == NOT_FOUND and unfinished.json()["verdict"] == "unfinished"
-
-    repaired = await ops("check", f"{name}.json", "--repair", "--json")  # by its manifest's name
-    assert repaired.code == OK
-    assert repaired.json()["action"] == "finished" and repaired.json()["verdict"] == "ok"
-    assert repaired.json()["before"]["manifest"]["copyStatus"] == "pending"
-    manifest = manifest_of(destination, name)
-    assert manifest["copyStatus"] == "success" and manifest["metadata"] == payload["metadata"]
-    assert manifest["history"][-1]["by"] == "operator" and manifest["history"][-1]["outcome"] == "finished"
-    assert manifest["completedAt"] and manifest["receivedAt"] == repaired.json()["before"]["manifest"]["receivedAt"]
-    assert destination.get_blob_client(name).get_blob_properties().content_settings.content_type == "application/pdf"
+    record = ops.world.record()
+    assert record is not None and record.current_delivery is not None
+    assert record.current_delivery.blob == "ws-1/task-1/v2.pdf"
+    assert record.current_delivery.history[-1].by == "operator"
+    assert [item.blob for item in record.retire] == []  # the replaced name was retired
+    assert "ws-1/task-1/invoice.pdf" not in ops.world.files()
+    manifest = ops.world.manifest("ws-1/task-1/v2.pdf")
+    assert manifest is not None and manifest["delivery"] == record.current
+    assert any(r.name == "receiver" and r.levelno == logging.WARNING for r in caplog.records)
 
 
-async def test_a_copy_that_failed_after_its_link_expired_is_failed_by_check_and_listed_by_failed(
-    pending_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, ops: Cli
-) -> None:
-    payload = notification(
-        exports.publish(), exportedFileExpiresOn=(datetime.now(UTC) + timedelta(seconds=2)).isoformat()
-    )
-    response = await webhook.post(payload)
-    assert response.status == 202
-    name = name_of(response.body)
-    pending_copies.reset()
-    pending_copies.add(Rule(is_properties, 10_000, copy_status="failed", copy_description="500 InternalError"))
-    await asyncio.sleep(2.2)  # the link expires
+async def test_check_repair_fails_an_expired_copy_and_logs_an_error(ops: Ops, caplog: pytest.LogCaptureFixture) -> None:
+    await ops.accept(ops.world.export("task-1", expires_in=timedelta(minutes=30)))
+    ops.world.clock.advance(timedelta(hours=1))
 
-    repaired = await ops("check", name, "--repair", "--json")
+    assert "EXPIRE" in (await ops("check", "--task", "task-1")).out
+    ran = await ops("check", "--task", "task-1", "--repair")
 
-    assert repaired.code == OK
-    assert repaired.json()["action"] == "failed" and repaired.json()["verdict"] == "failed"
-    assert not destination.get_blob_client(name).exists()
-    assert manifest_of(destination, name)["copyStatus"] == "failed"
-    failed = await ops("failed", "--json")
-    assert failed.code == OK
-    assert [(d["taskId"], d["blob"]) for d in failed.json()["deliveries"]] == [(payload["taskId"], name)]
-    assert (await ops("pending", "--json")).json()["count"] == 0
-    found = await ops("find", "--task", payload["taskId"], "--json")
-    assert found.code == OK
-    assert found.json()["documents"][0]["exists"] is False
-    assert found.json()["documents"][0]["manifest"]["copyStatus"] == "failed"
-
-
-async def test_check_of_a_blob_that_is_not_there_exits_1(
-    configured: dict[str, str], destination: ContainerClient, ops: Cli
-) -> None:
-    destination.create_container()
-    ran = await ops("check", "no/such/file.pdf", "--repair", "--json")
-    assert ran.code == NOT_FOUND and ran.json()["verdict"] == "not-found" and ran.json()["action"] == "none"
-
-
-# --- accounts without index tags -----------------------------------------------------------------
-
-
-async def test_without_index_tags_pending_and_find_fall_back_to_a_listing(
-    pending_copies: FaultProxy, exports: Exports, webhook: Webhook, ops: Cli
-) -> None:
-    # Ahead of the pending-copy rules: every request with tags, and every Find Blobs by Tags, is refused.
-    pending_copies.rules.insert(
-        0,
-        Rule(
-            lambda r: "x-ms-tags" in r.headers or "where" in r.query,
-            times=10_000,
-            status=400,
-            code="BlobTagsNotSupportedForAccountType",
-        ),
-    )
-    payload = notification(exports.publish())
-    response = await webhook.post(payload)
-    assert response.status == 202
-
-    pending = await ops("pending", "--json")
-    assert pending.code == OK and pending.json()["method"] == "listing"
-    assert [d["taskId"] for d in pending.json()["deliveries"]] == [payload["taskId"]]
-    found = await ops("find", "--task", payload["taskId"])
-    assert found.code == OK and name_of(response.body) in found.out and "whole container was listed" in found.out
-
-
-# --- replay-poison -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def queues(azurite: Azurite) -> tuple[QueueClient, QueueClient]:
-    """A verification queue of this test's own on Azurite's queue service, and its poison queue."""
-    name = f"verify-{uuid.uuid4().hex[:12]}"
-    main = QueueClient.from_connection_string(azurite.host_storage, name)
-    poison = QueueClient.from_connection_string(azurite.host_storage, f"{name}-poison")
-    main.create_queue()
-    poison.create_queue()
-    return main, poison
-
-
-async def test_replay_poison_moves_messages_back_without_printing_the_sas(
-    pending_copies: FaultProxy,
-    exports: Exports,
-    webhook: Webhook,
-    destination: ContainerClient,
-    azurite: Azurite,
-    queues: tuple[QueueClient, QueueClient],
-    secrets: Secrets,
-    ops: Cli,
-) -> None:
-    main, poison = queues
-    delivered = []
-    for _ in range(2):
-        payload = notification(exports.publish())
-        response = await webhook.post(payload)
-        assert response.status == 202 and response.verification
-        assert secrets.leaks_in(response.verification)  # the message holds the link's signature
-        poison.send_message(base64.b64encode(response.verification.encode()).decode())  # as the host poisons it
-        delivered.append((payload, name_of(response.body), response.verification))
-        pending_copies.keep_copies_pending()
-    poison.send_message(base64.b64encode(b"not a verification message").decode())
-    host = ["--host-connection-string", azurite.host_storage, "--queue", main.queue_name]
-
-    dry = await ops("replay-poison", *host, "--dry-run", "--json")
-    assert dry.code == NOT_FOUND  # one unreadable message would stay
-    assert dry.json()["wouldMove"] == 2 and dry.json()["moved"] == 0 and dry.json()["leftUnreadable"] == 1
-    assert main.get_queue_properties().approximate_message_count == 0
-    assert poison.get_queue_properties().approximate_message_count == 3
-
-    first = await ops("replay-poison", *host, "--max", "1")
-    assert first.code == OK
-    assert delivered[0][0]["taskId"] in first.out and delivered[0][1] in first.out
-    assert f"Moved 1 message(s) from {main.queue_name}-poison back to {main.queue_name}: 1 will finish." in first.out
-
-    rest = await ops("replay-poison", *host, "--json")
-    assert rest.code == NOT_FOUND  # the unreadable one stays in the poison queue
-    assert rest.json()["moved"] == 1 and rest.json()["leftUnreadable"] == 1
-    moved = [m for m in rest.json()["messages"] if m["action"] == "moved"]
-    assert [(m["taskId"], m["blob"]) for m in moved] == [
-        (delivered[1][0]["taskId"], f"{destination.container_name}/{delivered[1][1]}")
-    ]
-    assert "sig=" not in first.out + rest.out and "sourceUrl" not in first.out + rest.out
-    assert poison.get_queue_properties().approximate_message_count == 1
-
-    # What came back is the host's message exactly (base64), and the queue function finishes it.
-    messages = list(main.receive_messages(max_messages=10))
-    bodies = [base64.b64decode(m.content).decode() for m in messages]
-    assert sorted(bodies) == sorted(verification for _, _, verification in delivered)
-    pending_copies.reset()
-    verify = FUNCTIONS["verify_pending_copy"].get_user_function()
-    for body in bodies:
-        await verify(QueueMessage(id="replayed", body=body.encode(), dequeue_count=1))  # type: ignore[no-untyped-call]
-    assert all(manifest_of(destination, name)["copyStatus"] == "success" for _, name, _ in delivered)
-
-
-async def test_replay_poison_with_nothing_poisoned_does_nothing(
-    azurite: Azurite, queues: tuple[QueueClient, QueueClient], ops: Cli
-) -> None:
-    main, _ = queues
-    environ = {"AzureWebJobsStorage": azurite.host_storage}
-    ran = await ops("replay-poison", "--queue", main.queue_name, "--json", environ=environ)
-    assert ran.code == OK and ran.json()["moved"] == 0 and ran.json()["messages"] == []
-    missing = await ops("replay-poison", "--queue", f"never-{uuid.uuid4().hex[:8]}", environ=environ)
-    assert missing.code == OK and "Moved 0 message(s)" in missing.out
-
-
-# --- the command line itself ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("command", ["find", "pending", "failed", "check", "replay-poison"])
-async def test_every_command_has_help_with_an_example_and_the_exit_codes(
-    command: str, ops: Cli, capsys: pytest.CaptureFixture[str]
-) -> None:
-    ran = await ops(command, "--help")
-    shown = capsys.readouterr().out  # argparse prints help to sys.stdout
     assert ran.code == OK
-    assert f"python -m ops {command}" in shown and "example:" in shown and "3  cannot connect" in shown
+    record = ops.world.record()
+    assert record is not None and record.deliveries[0].state is State.FAILED
+    assert record.deliveries[0].history[-1].by == "operator"
+    errors = [r for r in caplog.records if r.name == "receiver" and r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "task=task-1" in errors[0].getMessage()
 
 
-async def test_usage_errors_exit_2_and_configuration_errors_exit_3(
-    azurite: Azurite, ops: Cli, capsys: pytest.CaptureFixture[str]
+async def test_check_of_a_copy_with_a_valid_link_says_waiting_and_repair_does_nothing(ops: Ops) -> None:
+    ops.queue.add(await ops.accept(ops.world.export("task-1")))
+    before = ops.world.storage.snapshot()
+    ran = await ops("check", "--task", "task-1", "--repair")
+    assert ran.code == OK and "WAITING" in ran.out and "nothing for --repair to do" in ran.out
+    assert ops.world.storage.snapshot() == before
+
+
+async def test_fail_refuses_while_a_message_can_finish_the_copy_unless_forced(
+    ops: Ops, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert (await ops("find")).code == USAGE  # neither --task nor --workspace
-    assert (await ops("pending", "--max", "0")).code == USAGE
-    assert (await ops("find", "--task", "t", "--connection-string", "x", "--account-url", "https://a")).code == USAGE
-    assert (await ops("nonsense")).code == USAGE
-    capsys.readouterr()
+    text = await ops.accept(ops.world.export("task-1"))
+    ops.poison.add(text)
 
-    nothing = await ops("pending", "--json", environ={})
-    assert nothing.code == STORAGE and nothing.json()["error"] == "config"
-    assert "--connection-string" in nothing.json()["message"]
-    bad = await ops("pending", "--connection-string", "not a connection string", environ={})
-    assert bad.code == STORAGE and "not a valid storage connection string" in bad.err
-    container = await ops(
-        "find", "--task", "t", "--container", "Bad_Name", environ={"DESTINATION_CONNECTION_STRING": azurite.customer}
+    refused = await ops("fail", "--task", "task-1", "--reason", "customer gave up")
+    assert refused.code == NOT_FOUND and "poison queue" in refused.out and "--force" in refused.out
+    blind = await ops("fail", "--task", "task-1", "--reason", "customer gave up", queues=False)
+    assert blind.code == NOT_FOUND and "no one can tell" in blind.out
+    record = ops.world.record()
+    assert record is not None and record.deliveries[0].state is State.COPYING
+
+    forced = await ops("fail", "--task", "task-1", "--reason", "customer gave up", "--force")
+
+    assert forced.code == OK and "--force" in forced.out
+    record = ops.world.record()
+    assert record is not None and record.deliveries[0].state is State.FAILED
+    reason = record.deliveries[0].failure_reason or ""
+    assert reason.startswith("customer gave up") and "--force" in reason
+    assert record.deliveries[0].history[-1].by == "operator"
+    assert [r for r in caplog.records if r.name == "receiver" and r.levelno == logging.ERROR]
+
+
+async def test_fail_gives_up_a_lost_copy(ops: Ops) -> None:
+    await ops.accept(ops.world.export("task-1"))
+    ran = await ops("fail", "--task", "task-1", "--reason", "lost; re-exported by hand")
+    assert ran.code == OK and "Failed delivery" in ran.out
+    assert (await ops("failed", "--alert")).code == NOT_FOUND
+
+
+# --- replay-poison ------------------------------------------------------------------------------------------
+
+
+async def test_replay_dry_run_and_the_queue_function_agree(ops: Ops) -> None:
+    from receiver.verification import verify_copy
+
+    older = ops.world.export("task-1")
+    superseded = await ops.accept(older)
+    await stored(ops, name="v2.pdf")  # a newer export of task-1 is stored
+    finishing = await ops.accept(ops.world.export("task-2"))
+    expiring = await ops.accept(ops.world.export("task-3", expires_in=timedelta(minutes=10)))
+    for text in (superseded, finishing, expiring):
+        ops.poison.add(text)
+    ops.poison.add("not a message")
+    ops.world.clock.advance(timedelta(minutes=20))
+
+    dry = await ops("replay-poison", "--dry-run", "--json")
+    will = {entry.get("taskId"): entry["will"] for entry in dry.json()["messages"]}
+    assert will == {"task-1": "superseded", "task-2": "finish", "task-3": "fail", None: "nothing"}
+    assert dry.code == NOT_FOUND and len(ops.poison.visible) == 4  # nothing moved
+
+    moved = await ops("replay-poison")
+    assert moved.json if moved.code == NOT_FOUND else False  # the unreadable one stays: exit 1
+    assert len(ops.queue.visible) == 3 and "Moved 3 message(s)" in moved.out
+    outcomes = {}
+    for item in list(ops.queue.visible):
+        body = json.loads(json.loads(item.content)["body"])
+        outcomes[body["taskId"]] = await verify_copy(
+            item.content.encode(), runtime=ops.world.runtime, now=ops.world.now
+        )
+    assert outcomes == {"task-1": "superseded", "task-2": "stored", "task-3": "failed"}
+    record = ops.world.record("task-2")
+    assert record is not None and any(
+        step.outcome == "replayed" and step.by == "operator" for item in record.deliveries for step in item.history
     )
-    assert container.code == STORAGE and "--container is invalid" in container.err
-    missing = await ops(
-        "pending", "--json", "--container", f"missing-{uuid.uuid4().hex[:8]}", "--connection-string", azurite.customer
-    )
-    assert missing.code == STORAGE and missing.json()["error"] == "storage"
-    assert "does not exist" in missing.json()["message"]
-    no_host = await ops("replay-poison", environ={})
-    assert no_host.code == STORAGE and "--host-connection-string" in no_host.err
+
+
+async def test_replay_with_nothing_poisoned_does_nothing(ops: Ops) -> None:
+    ran = await ops("replay-poison")
+    assert ran.code == OK and "Moved 0 message(s)" in ran.out
+
+
+# --- the real entry point, end to end on MemoryStorage -----------------------------------------------------
+
+
+def test_main_finds_checks_and_lists_on_memory_storage(capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    ops = Ops()
+    asyncio.run(ops.world.post(ops.world.export("task-1")))
+    common: dict[str, Any] = {
+        "storage": ops.world.storage,
+        "settings": ops.world.settings,
+        "queues": ops.queues,
+        "now": ops.world.now,
+    }
+
+    assert main(["find", "--task", "task-1"], **common) == OK
+    assert "<- current" in capsys.readouterr().out
+    assert main(["--json", "check", "--task", "task-1"], **common) == OK
+    assert json.loads(capsys.readouterr().out)["fileMatches"] is True
+    assert main(["pending", "--alert"], **common) == OK
+    assert main(["failed", "--since", "60", "--alert"], **common) == OK
+    assert main(["find"], **common) == USAGE
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_every_command_has_help_with_an_example_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("find", "pending", "failed", "check", "fail", "replay-poison"):
+        assert main([command, "--help"]) == OK
+        shown = capsys.readouterr().out
+        assert "example:" in shown and "exit codes:" in shown, command
+
+
+async def test_options_go_before_or_after_the_command(ops: Ops) -> None:
+    await stored(ops)
+    before = await ops("--json", "find", "--task", "task-1")
+    after = await ops("find", "--task", "task-1", "--json")
+    assert before.code == after.code == OK and before.out == after.out
 
 
 def test_python_dash_m_ops_runs_the_entry_point() -> None:
     shown = subprocess.run(
         [sys.executable, "-m", "ops", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
-    assert shown.returncode == OK and "replay-poison" in shown.stdout
-    usage = subprocess.run(
-        [sys.executable, "-m", "ops", "find"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert usage.returncode == USAGE and "--task" in usage.stderr
+    assert shown.returncode == OK and "replay-poison" in shown.stdout and "fail" in shown.stdout

@@ -1,57 +1,65 @@
-"""A wrong account key in `python -m ops --connection-string` gets advice about the key, not about roles.
-
-Azure answers a request signed with a wrong key 403 AuthenticationFailed. Azurite answers it 403
-AuthorizationFailure (the code Azure uses for a firewall or a missing permission), so the fault proxy in
-front of Azurite answers the way Azure does.
-"""
+"""A wrong or malformed account key gets advice about the key, not about roles or sign-in; storage
+failures exit 3."""
 
 from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 
-from devtools.azurite import CUSTOMER_ACCOUNT, connection_string
 from ops.cli import run
+from receiver.storage import Misconfigured
+from sim.memstore import MemoryStorage
 
-from .faultproxy import FaultProxy, Rule
+from .test_ops import Ops
 
-AZURE_WRONG_KEY = (
-    "Server failed to authenticate the request. Make sure the value of Authorization header is formed "
-    "correctly including the signature."
-)
+KEY = base64.b64encode(b"not-the-customer-account-key-at-all!!").decode()
 
 
-async def test_a_wrong_account_key_is_named_as_such(proxy: FaultProxy) -> None:
-    proxy.add(Rule(lambda request: True, times=1000, status=403, code="AuthenticationFailed", message=AZURE_WRONG_KEY))
-    wrong = base64.b64encode(b"not-the-customer-account-key-at-all!!").decode()
+class Refusing(MemoryStorage):
+    """A store whose every read and listing is refused with ``code``."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__()
+        self.code = code
+
+    def _enter(self, op: str, name: str) -> None:
+        raise Misconfigured("Azure Storage refused the request.", code=self.code, status=403)
+
+
+async def _ran(storage: Any, *argv: str) -> tuple[int, str]:
     out, err = io.StringIO(), io.StringIO()
+    code = await run(list(argv), environ={}, out=out, err=err, storage=storage, settings=Ops().world.settings)
+    return code, out.getvalue() + err.getvalue()
 
-    code = await run(
-        ["pending", "--connection-string", connection_string(CUSTOMER_ACCOUNT, wrong, proxy.port)],
-        environ={},
-        out=out,
-        err=err,
-    )
 
+async def test_a_wrong_account_key_is_named_as_such() -> None:
+    code, said = await _ran(Refusing("AuthenticationFailed"), "pending")
     assert code == 3
-    said = err.getvalue()
     assert "did not accept the account key" in said and "Access keys" in said, said
     assert "Storage Blob Data Owner" not in said  # roles do not help a wrong key
-    assert wrong not in said + out.getvalue()
 
 
-async def test_a_refused_identity_still_gets_the_role_advice(proxy: FaultProxy) -> None:
-    proxy.add(
-        Rule(
-            lambda request: True,
-            times=1000,
-            status=403,
-            code="AuthorizationPermissionMismatch",
-            message="This request is not authorized to perform this operation using this permission.",
-        )
-    )
-    err = io.StringIO()
-    cs = connection_string(CUSTOMER_ACCOUNT, base64.b64encode(b"k" * 32).decode(), proxy.port)
+async def test_a_refused_identity_still_gets_the_role_advice() -> None:
+    code, said = await _ran(Refusing("AuthorizationPermissionMismatch"), "find", "--task", "t")
+    assert code == 3 and "Storage Blob Data Owner" in said and "account key" not in said
 
-    assert await run(["pending", "--connection-string", cs], environ={}, out=io.StringIO(), err=err) == 3
-    assert "Storage Blob Data Owner" in err.getvalue() and "account key" not in err.getvalue()
+
+async def test_a_malformed_account_key_is_named_as_malformed_not_as_an_identity_problem() -> None:
+    malformed = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=not*base64!;EndpointSuffix=core.windows.net"
+    for argv in (
+        ["pending", "--connection-string", malformed],
+        ["replay-poison", "--host-connection-string", malformed],
+    ):
+        out, err = io.StringIO(), io.StringIO()
+        assert await run(argv, environ={}, out=out, err=err) == 3
+        said = out.getvalue() + err.getvalue()
+        assert "account key" in said and "malformed" in said and "az login" not in said, said
+        assert "not*base64!" not in said
+
+
+async def test_an_invalid_connection_string_is_not_repeated() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = await run(["pending", "--connection-string", f"AccountKey={KEY};nonsense"], environ={}, out=out, err=err)
+    assert code == 3 and "not a valid storage connection string" in err.getvalue()
+    assert KEY not in err.getvalue() + out.getvalue()

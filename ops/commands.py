@@ -1,0 +1,714 @@
+"""The commands: find, pending, failed, check, fail, replay-poison. Each reads the task records and
+asks :func:`receiver.machine.decide` (through :mod:`ops.records`); each change goes through
+:func:`receiver.engine.run`, whose steps record ``by: operator`` in the record's history.
+
+Every command returns a :class:`~ops.output.Result`; the caller prints it (redacted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from receiver.engine import Job, manifest_name
+from receiver.machine import Sweep
+from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
+from receiver.reconciliation import QUEUE_COVERAGE
+from receiver.settings import Settings
+from receiver.source import redact
+from receiver.storage import Conflict, Storage
+
+from .output import NOT_FOUND, OK, Console, Result, age_seconds, human_age, table
+from .queues import NOT_LOOKED, PEEK_LIMIT, HostQueue, Look, Parsed, QueueMissing, look, parse
+from .records import (
+    Foreseen,
+    drive,
+    foresee_sweep,
+    listed,
+    locate,
+    observe_arrival,
+    observe_sweep,
+    read_record,
+    stuck,
+    workspace_prefix,
+)
+
+# One record per operator change on the ``receiver`` logger: ERROR when it fails or gives up a
+# delivery (nothing will retry it), WARNING otherwise.
+log = logging.getLogger("receiver")
+
+# Long enough to send and delete one page of messages; a message left unreadable becomes visible
+# in the poison queue again after this.
+VISIBILITY_SECONDS = 120
+
+
+@dataclass
+class Context:
+    storage: Storage | None
+    settings: Settings
+    queues: tuple[HostQueue, HostQueue] | None  # the verification queue and its poison queue
+    now: datetime
+    console: Console
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else "-"
+
+
+def _need_storage(ctx: Context) -> Storage:
+    assert ctx.storage is not None
+    return ctx.storage
+
+
+# --- one task: find and check ------------------------------------------------------------------------
+
+
+@dataclass
+class Inspection:
+    """One task as its record, its blobs and the queues show it, with ``decide``'s verdict."""
+
+    workspace_id: str
+    task_id: str
+    record: TaskRecord | None
+    etag: str | None
+    foreseen: Foreseen | None = None
+    look: Look = NOT_LOOKED
+    current_blob: str | None = None
+    file_matches: bool | None = None  # the current file's `delivery` metadata == record.current
+    manifest_matches: bool | None = None
+    problems: list[str] = field(default_factory=list)
+    verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)  # delivery -> (verdict, why)
+    next: list[str] = field(default_factory=list)
+
+
+def _task_args(workspace_id: str, task_id: str) -> str:
+    return f"--task {task_id} --workspace {workspace_id}"
+
+
+async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
+    storage = _need_storage(ctx)
+    record, etag = await read_record(storage, workspace_id, task_id)
+    found = Inspection(workspace_id, task_id, record, etag)
+    if record is None:
+        found.problems.append("no task record")
+        return found
+    seen, looked = await asyncio.gather(observe_sweep(storage, record, etag), _look(ctx, workspace_id, task_id))
+    found.look = looked
+    found.foreseen = foresee_sweep(seen, Sweep(ctx.now, by="operator"))
+    args = _task_args(workspace_id, task_id)
+    current = record.current_delivery
+    if current is not None:
+        found.current_blob = current.blob
+        blob, manifest = await asyncio.gather(storage.read(current.blob), storage.read(manifest_name(current.blob)))
+        found.file_matches = blob is not None and blob.delivery == record.current
+        if not found.file_matches:
+            there = "is gone" if blob is None else f"holds delivery {(blob.delivery or 'none')[:12]}"
+            found.problems.append(f"the current file {current.blob} {there}, not {current.delivery[:12]}")
+            found.next.append("export the document again from SmartDocumentor (the record keeps the story)")
+        if ctx.settings.write_manifest:
+            marked = manifest is not None and manifest.metadata.get("receiverkind") == "manifest"
+            found.manifest_matches = marked and manifest is not None and manifest.delivery == record.current
+            if not found.manifest_matches:
+                what = "is missing" if manifest is None else "describes another delivery"
+                if manifest is not None and not marked:
+                    what = "is not a manifest the receiver wrote"
+                found.problems.append(f"the manifest {manifest_name(current.blob)} {what}")
+                found.next.append(
+                    "replay the delivery's message if one waits (its manifest is written again), "
+                    "or export the document again"
+                )
+    for item in record.deliveries:
+        if item.state is State.COPYING:
+            found.verdicts[item.delivery] = _copying_verdict(ctx, found, item)
+    verdicts = {verdict for verdict, _ in found.verdicts.values()}
+    if found.foreseen.action in ("adopt", "expire", "retire"):
+        found.problems.append(f"the reconciliation has work here: {found.foreseen.action} ({found.foreseen.why})")
+        found.next.append(f"python -m ops check {args} --repair")
+    if "poisoned" in verdicts:
+        found.problems.append("a delivery's message is in the poison queue")
+        found.next.append("python -m ops replay-poison --dry-run, then python -m ops replay-poison")
+    if "lost" in verdicts:
+        found.problems.append("a delivery is copying and no message can finish it")
+        found.next.append(f"export the document again, or python -m ops fail {args} --reason '...'")
+    return found
+
+
+async def _look(ctx: Context, workspace_id: str, task_id: str) -> Look:
+    if ctx.queues is None:
+        return NOT_LOOKED
+    return await look(ctx.queues[0], ctx.queues[1], workspace_id=workspace_id, task_id=task_id)
+
+
+def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[str, str]:
+    assert found.foreseen is not None
+    action = found.foreseen.action
+    if action == "adopt":
+        return "adopt", "its bytes are at its name: check --repair (or the reconciliation) records it stored"
+    expires = item.link_expires_on
+    if expires is not None and expires <= ctx.now:
+        return "expired", f"its link expired at {_iso(expires)}: check --repair (or the reconciliation) fails it"
+    where = found.look.where(item.delivery)
+    until = f"link valid until {_iso(expires)}"
+    if where == "queue":
+        return "queued", f"its message is in the verification queue: the queue function is on it ({until})"
+    if where == "poison":
+        return "poisoned", f"its message is in the poison queue: replay-poison moves it back ({until})"
+    if where == "absent":
+        late = stuck(expires, item.received_at, ctx.now)
+        why = f"; {late}" if late else ""
+        return "lost", f"no queue or poison message holds its link: nothing will finish it ({until}{why})"
+    if ctx.queues is None:
+        return "unconfirmed", f"give the host storage options to see whether a message can finish it ({until})"
+    return "unknown", f"{found.look.note or 'the queues could not be read'} ({until})"
+
+
+def _delivery_data(item: Delivery, record: TaskRecord, verdict: tuple[str, str] | None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "delivery": item.delivery[:12],
+        "blob": item.blob,
+        "state": item.state.value,
+        "current": record.current == item.delivery,
+        "receivedAt": _iso(item.received_at),
+        "linkExpiresOn": _iso(item.link_expires_on) if item.link_expires_on else None,
+        "completedAt": _iso(item.completed_at) if item.completed_at else None,
+        "failedAt": _iso(item.failed_at) if item.failed_at else None,
+        "failureReason": item.failure_reason,
+        "history": [step.dump() for step in item.history],
+    }
+    if verdict is not None:
+        data["verdict"], data["why"] = verdict
+    return data
+
+
+def _inspection_data(ctx: Context, found: Inspection) -> dict[str, Any]:
+    record = found.record
+    data: dict[str, Any] = {
+        "taskId": found.task_id,
+        "workspaceId": found.workspace_id,
+        "record": record_name(found.workspace_id, found.task_id),
+        "found": record is not None,
+    }
+    if record is None:
+        return data
+    data.update(
+        {
+            "current": record.current[:12] if record.current else None,
+            "currentBlob": found.current_blob,
+            "currentUrl": _need_storage(ctx).url(found.current_blob) if found.current_blob else None,
+            "fileMatches": found.file_matches,
+            "manifestMatches": found.manifest_matches,
+            "retire": [item.blob for item in record.retire],
+            "deliveries": [
+                _delivery_data(item, record, found.verdicts.get(item.delivery)) for item in record.deliveries
+            ],
+            "queues": {"queue": found.look.queue, "poison": found.look.poison, "note": found.look.note},
+            "reconciliation": {"action": found.foreseen.action, "why": found.foreseen.why} if found.foreseen else None,
+            "problems": found.problems,
+            "next": found.next,
+        }
+    )
+    return data
+
+
+def _story(ctx: Context, found: Inspection) -> list[str]:
+    record = found.record
+    head = f"task {found.task_id}  workspace {found.workspace_id}"
+    if record is None:
+        return [f"{head}: no task record ({record_name(found.workspace_id, found.task_id)})"]
+    name = record_name(found.workspace_id, found.task_id)
+    lines = [f"{head}  ({len(record.deliveries)} delivery(ies), record {name})"]
+    for number, item in enumerate(record.deliveries, 1):
+        mark = "  <- current" if record.current == item.delivery else ""
+        lines.append(f"  {number}. {item.delivery[:12]}  {item.state.value:<10}  {item.blob}{mark}")
+        times = [f"received {_iso(item.received_at)}"]
+        if item.completed_at:
+            times.append(f"completed {_iso(item.completed_at)}")
+        if item.failed_at:
+            times.append(f"failed {_iso(item.failed_at)}: {item.failure_reason or '(no reason)'}")
+        if item.state is State.COPYING and item.link_expires_on:
+            times.append(f"link valid until {_iso(item.link_expires_on)}")
+        lines.append("     " + "; ".join(times))
+        for step in item.history:
+            extra = " ".join(
+                part
+                for part in (
+                    f"{step.status}" if step.status is not None else "",
+                    f"({step.note})" if step.note else "",
+                    f"retired {', '.join(step.retired)}" if step.retired else "",
+                )
+                if part
+            )
+            lines.append(f"     - {_iso(step.at)} {step.by} {step.outcome} {extra}".rstrip())
+        if item.delivery in found.verdicts:
+            verdict, why = found.verdicts[item.delivery]
+            lines.append(f"     verdict: {verdict.upper()}: {why}")
+    if found.current_blob:
+        lines.append(f"current file: {_need_storage(ctx).url(found.current_blob)}")
+        state = {True: "matches", False: "DOES NOT MATCH", None: "not checked"}
+        lines.append(
+            f"  file holds the current delivery: {state[found.file_matches]}; manifest: {state[found.manifest_matches]}"
+        )
+    else:
+        lines.append("current file: none (no delivery of the task is stored)")
+    if record.retire:
+        lines.append(f"still to retire: {', '.join(item.blob for item in record.retire)}")
+    if ctx.queues is not None:
+        lines.append(f"queues: verification {found.look.queue}, poison {found.look.poison}")
+    return lines
+
+
+def _verdict_lines(found: Inspection) -> list[str]:
+    lines = []
+    if found.foreseen is not None:
+        lines.append(f"reconciliation (decide, as operator): {found.foreseen.action.upper()}: {found.foreseen.why}")
+    for problem in found.problems:
+        lines.append(f"problem: {problem}")
+    for step in dict.fromkeys(found.next):
+        lines.append(f"next: {step}")
+    return lines
+
+
+async def _one_task(ctx: Context, task_id: str, workspace_id: str | None) -> tuple[str, str] | Result:
+    pairs = await locate(_need_storage(ctx), task_id, workspace_id)
+    if not pairs:
+        text = [f"No task record for task {task_id} in container {_need_storage(ctx).container}."]
+        return Result(NOT_FOUND, {"taskId": task_id, "found": False}, text)
+    if len(pairs) > 1:
+        text = [f"Task {task_id} has records in {len(pairs)} workspaces: give --workspace, one of:"]
+        text += [f"  {workspace}" for workspace, _ in pairs]
+        return Result(NOT_FOUND, {"taskId": task_id, "workspaces": [w for w, _ in pairs]}, text)
+    return pairs[0]
+
+
+async def find_task(ctx: Context, task_id: str, workspace_id: str | None) -> Result:
+    one = await _one_task(ctx, task_id, workspace_id)
+    if isinstance(one, Result):
+        return one
+    found = await inspect(ctx, *one)
+    data = _inspection_data(ctx, found)
+    code = NOT_FOUND if found.record is None or found.problems else OK
+    return Result(code, data, _story(ctx, found) + _verdict_lines(found))
+
+
+async def find_workspace(ctx: Context, workspace_id: str, limit: int) -> Result:
+    storage = _need_storage(ctx)
+    labels = await listed(storage, workspace_prefix(workspace_id), limit=limit)
+    records = await asyncio.gather(*(read_record(storage, item.workspace_id, item.task_id) for item in labels))
+    rows, tasks = [], []
+    for item, (record, _) in zip(labels, records, strict=True):
+        current = record.current_delivery if record is not None else None
+        tasks.append(
+            {
+                "taskId": item.task_id,
+                "deliveries": len(record.deliveries) if record else 0,
+                "current": current.blob if current else None,
+                "copying": item.copying,
+                "retire": item.retire,
+                "lastFailed": _iso(item.last_failed) if item.last_failed else None,
+            }
+        )
+        rows.append(
+            [
+                item.task_id,
+                str(len(record.deliveries) if record else 0),
+                str(item.copying),
+                _iso(item.last_failed) if item.last_failed else "-",
+                current.blob if current else "(none stored)",
+            ]
+        )
+    more = len(labels) >= limit
+    data = {"workspaceId": workspace_id, "tasks": tasks, "more": more}
+    if not tasks:
+        return Result(NOT_FOUND, data, [f"No task records for workspace {workspace_id}."])
+    text = table(["TASK", "DELIVERIES", "COPYING", "LAST FAILED", "CURRENT FILE"], rows)
+    if more:
+        text.append(f"(the first {limit} tasks in name order; --max N for more)")
+    return Result(OK, data, text)
+
+
+async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair: bool, dry_run: bool) -> Result:
+    one = await _one_task(ctx, task_id, workspace_id)
+    if isinstance(one, Result):
+        return one
+    workspace_id, task_id = one
+    found = await inspect(ctx, workspace_id, task_id)
+    data = _inspection_data(ctx, found)
+    text = _verdict_lines(found)
+    if found.record is None:
+        return Result(NOT_FOUND, data, [f"No task record for task {task_id} in workspace {workspace_id}.", *text])
+    assert found.foreseen is not None
+    action = found.foreseen.action
+    repairable = action in ("adopt", "expire", "retire")
+    if not repair or not repairable or dry_run:
+        if repairable:
+            text.append(f"--repair would {action}: {found.foreseen.why}")
+        elif repair:
+            text.append("nothing for --repair to do")
+        if dry_run:
+            text.append("dry run: nothing changed")
+            data["dryRun"] = True
+        return Result(NOT_FOUND if found.problems else OK, data, text)
+    job = Job(
+        event=Sweep(ctx.now, by="operator"),
+        workspace_id=workspace_id,
+        task_id=task_id,
+        write_manifest=ctx.settings.write_manifest,
+    )
+    answer, trace = await drive(_need_storage(ctx), job, now=ctx.now)
+    arrows = ",".join(trace.arrows)
+    failed = "expired" in trace.arrows
+    log.log(
+        logging.ERROR if failed else logging.WARNING,
+        "operator check --repair task=%s workspace=%s: %s (%s)%s",
+        task_id,
+        workspace_id,
+        action,
+        arrows,
+        "; the delivery failed for good: export the document again" if failed else "",
+    )
+    after = await inspect(ctx, workspace_id, task_id)
+    data["repaired"] = {"arrows": trace.arrows, "retired": trace.retired, "answer": answer.kind}
+    data["after"] = _inspection_data(ctx, after)
+    text.append(f"repaired: {arrows}" + (f"; retired {', '.join(trace.retired)}" if trace.retired else ""))
+    text += [f"after: {line}" for line in _verdict_lines(after)]
+    return Result(NOT_FOUND if after.problems else OK, data, text)
+
+
+async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: str, force: bool) -> Result:
+    one = await _one_task(ctx, task_id, workspace_id)
+    if isinstance(one, Result):
+        return one
+    workspace_id, task_id = one
+    storage = _need_storage(ctx)
+    record, _ = await read_record(storage, workspace_id, task_id)
+    copying = next((item for item in record.deliveries if item.state is State.COPYING), None) if record else None
+    data: dict[str, Any] = {"taskId": task_id, "workspaceId": workspace_id, "failed": None}
+    if copying is None:
+        return Result(NOT_FOUND, data, [f"Task {task_id} has no delivery copying: nothing to give up."])
+    expired = copying.link_expires_on is not None and copying.link_expires_on <= ctx.now
+    forced = ""
+    if not expired:
+        looked = await _look(ctx, workspace_id, task_id)
+        where = looked.where(copying.delivery) if ctx.queues is not None else "unknown"
+        until = _iso(copying.link_expires_on)
+        if where in ("queue", "poison", "unknown"):
+            why = {
+                "queue": f"its message is in the verification queue and its link is valid until {until}",
+                "poison": f"its message is in the poison queue (replay-poison finishes it); link valid until {until}",
+                "unknown": f"no one can tell whether a queue or poison message can still finish it (give the host "
+                f"storage options; {looked.note or 'the queues were not looked at'}); link valid until {until}",
+            }[where]
+            if not force:
+                data["refused"] = why
+                return Result(
+                    NOT_FOUND, data, [f"Not failed: {why}.", "Give --force to give it up anyway (it is recorded)."]
+                )
+            forced = f" (given up with --force while {why})"
+    give_up = redact(reason.strip() or "given up by an operator") + forced
+    job = Job(
+        event=Sweep(ctx.now, by="operator", give_up=give_up),
+        workspace_id=workspace_id,
+        task_id=task_id,
+        write_manifest=ctx.settings.write_manifest,
+    )
+    _, trace = await drive(storage, job, now=ctx.now)
+    data["arrows"] = trace.arrows
+    if "operator-failed" in trace.arrows:
+        data["failed"] = copying.delivery[:12]
+        log.error(
+            "operator fail task=%s workspace=%s delivery=%s blob=%s: %s",
+            task_id,
+            workspace_id,
+            copying.delivery[:12],
+            copying.blob,
+            give_up,
+        )
+        text = [f"Failed delivery {copying.delivery[:12]} of task {task_id}: {give_up}"]
+        if forced:
+            text.append("It was given up with --force: a message still holding its link may yet copy it (superseded).")
+        return Result(OK, data, text)
+    if "adopted" in trace.arrows:
+        return Result(OK, data, [f"Not failed: delivery {copying.delivery[:12]} was stored after all (adopted)."])
+    return Result(NOT_FOUND, data, [f"Nothing failed ({','.join(trace.arrows)}): the record changed meanwhile."])
+
+
+# --- lists -----------------------------------------------------------------------------------------------
+
+
+async def pending(ctx: Context, *, older_than: timedelta, since: datetime | None, limit: int, alert: bool) -> Result:
+    storage = _need_storage(ctx)
+    cutoff = ctx.now - older_than
+    labels = [
+        item
+        for item in await listed(storage)
+        if item.copying
+        and item.oldest_copying is not None
+        and item.oldest_copying <= cutoff
+        and (since is None or item.oldest_copying >= since)
+    ]
+    labels.sort(key=lambda item: item.oldest_copying or ctx.now)
+    shown = labels[:limit]
+    records = await asyncio.gather(*(read_record(storage, item.workspace_id, item.task_id) for item in shown))
+    rows, entries = [], []
+    for item, (record, _) in zip(shown, records, strict=True):
+        if record is None:
+            continue
+        for delivery in record.deliveries:
+            if delivery.state is not State.COPYING or delivery.received_at > cutoff:
+                continue
+            why = stuck(delivery.link_expires_on, delivery.received_at, ctx.now)
+            age = age_seconds(delivery.received_at.isoformat(), ctx.now)
+            entries.append(
+                {
+                    "taskId": item.task_id,
+                    "workspaceId": item.workspace_id,
+                    "delivery": delivery.delivery[:12],
+                    "blob": delivery.blob,
+                    "receivedAt": _iso(delivery.received_at),
+                    "ageSeconds": age,
+                    "linkExpiresOn": _iso(delivery.link_expires_on) if delivery.link_expires_on else None,
+                    "stuck": why,
+                }
+            )
+            rows.append([human_age(age), item.task_id, delivery.delivery[:12], delivery.blob, why or "-"])
+    stuck_count = sum(1 for entry in entries if entry["stuck"])
+    data = {
+        "container": storage.container,
+        "tasks": len(labels),
+        "shown": len(entries),
+        "stuck": stuck_count,
+        "deliveries": entries,
+    }
+    if not entries:
+        return Result(OK, data, ["No pending deliveries."])
+    text = [
+        f"{len(entries)} delivery(ies) still copying in {len(shown)} task(s)"
+        f"{f' (of {len(labels)}; --max N for more)' if len(labels) > len(shown) else ''}"
+        f"; {stuck_count} will not finish by themselves (see failed)"
+    ]
+    text += table(["AGE", "TASK", "DELIVERY", "BLOB", "WILL NOT FINISH BECAUSE"], rows)
+    return Result(NOT_FOUND if alert else OK, data, text)
+
+
+def _failed_since(item_time: datetime | None, since: datetime | None) -> bool:
+    return item_time is not None and (since is None or item_time >= since)
+
+
+async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: bool) -> Result:
+    """Every delivery that will not finish by itself: failed in its record (in the window), and
+    copying ones whose link expired or that waited past the queue's coverage (since then)."""
+    storage = _need_storage(ctx)
+    now = ctx.now
+
+    def stuck_at(item: Any) -> datetime | None:
+        if not item.copying:
+            return None
+        times = []
+        if item.copying_expires is not None and item.copying_expires <= now:
+            times.append(item.copying_expires)
+        if item.oldest_copying is not None and now - item.oldest_copying > QUEUE_COVERAGE:
+            times.append(item.oldest_copying + QUEUE_COVERAGE)
+        return min(times) if times else None
+
+    labels = [
+        item
+        for item in await listed(storage)
+        if _failed_since(item.last_failed, since) or _failed_since(stuck_at(item), since)
+    ]
+    labels.sort(key=lambda item: max(t for t in (item.last_failed, stuck_at(item)) if t is not None))
+    shown = labels[-limit:]  # the newest N
+    records = await asyncio.gather(*(read_record(storage, item.workspace_id, item.task_id) for item in shown))
+    rows, entries = [], []
+    for item, (record, _) in zip(shown, records, strict=True):
+        if record is None:
+            continue
+        current = record.current_delivery
+        for delivery in record.deliveries:
+            if delivery.state is State.FAILED and _failed_since(delivery.failed_at, since):
+                when_, what, why = delivery.failed_at, "failed", delivery.failure_reason or "(no reason)"
+            elif delivery.state is State.COPYING:
+                why_stuck = stuck(delivery.link_expires_on, delivery.received_at, now)
+                if why_stuck is None:
+                    continue
+                when_, what, why = delivery.received_at, "copying", f"{why_stuck}; nothing will finish it"
+            else:
+                continue
+            kept = current.blob if current is not None and current.delivery != delivery.delivery else None
+            entries.append(
+                {
+                    "taskId": item.task_id,
+                    "workspaceId": item.workspace_id,
+                    "delivery": delivery.delivery[:12],
+                    "blob": delivery.blob,
+                    "state": what,
+                    "at": _iso(when_),
+                    "reason": why,
+                    "currentFileKept": kept,
+                }
+            )
+            shown_why = why + (f" (current file kept: {kept})" if kept else "")
+            rows.append([_iso(when_), what, item.task_id, delivery.blob, shown_why])
+    data = {"container": storage.container, "tasks": len(labels), "shown": len(entries), "deliveries": entries}
+    if not entries:
+        return Result(OK, data, ["No failed deliveries."])
+    text = [
+        f"{len(entries)} delivery(ies) will not finish by themselves, in {len(shown)} task(s)"
+        f"{f' (the newest {limit} of {len(labels)}; --max N for more)' if len(labels) > len(shown) else ''}."
+        " Export those documents again from SmartDocumentor (check --task T says more)."
+    ]
+    text += table(["WHEN", "STATE", "TASK", "BLOB", "WHY"], rows)
+    return Result(NOT_FOUND if alert else OK, data, text)
+
+
+# --- replay-poison ---------------------------------------------------------------------------------------
+
+
+async def _note_replayed(storage: Storage, parsed: Parsed, note: str, now: datetime) -> None:
+    """Best effort: the delivery's history says an operator moved its message back (CAS, If-Match)."""
+    name = record_name(parsed.workspace_id, parsed.task_id)
+    for _ in range(3):
+        record, etag = await read_record(storage, parsed.workspace_id, parsed.task_id)
+        entry = record.find(parsed.delivery) if record is not None else None
+        if record is None or entry is None or etag is None:
+            return
+        step = Step(at=now, by="operator", outcome="replayed", note=note)
+        updated_entry = entry.model_copy(update={"history": with_step(entry, step)})
+        items = [updated_entry if item.delivery == entry.delivery else item for item in record.deliveries]
+        updated = record.model_copy(update={"deliveries": items})
+        try:
+            await storage.put(
+                name, updated.to_bytes(), if_match=etag, content_type="application/json", metadata=updated.labels()
+            )
+            return
+        except Conflict:
+            continue
+
+
+def _message_entry(message_id: str, parsed: Parsed | None, action: str, fate: tuple[str, str]) -> dict[str, Any]:
+    if parsed is None:
+        return {"messageId": message_id, "action": action, "readable": False, "will": "nothing", "why": fate[1]}
+    return {
+        "messageId": message_id,
+        "action": action,
+        "readable": True,
+        "taskId": parsed.task_id,
+        "workspaceId": parsed.workspace_id,
+        "delivery": parsed.delivery[:12],
+        "linkExpiresOn": _iso(parsed.expires_on) if parsed.expires_on else None,
+        "will": fate[0],
+        "why": fate[1],
+    }
+
+
+UNREADABLE = ("nothing", "the queue function cannot read it either; it stays in the poison queue")
+
+
+async def _fate(ctx: Context, parsed: Parsed) -> tuple[str, str]:
+    if ctx.storage is None:
+        expired = parsed.expires_on is not None and parsed.expires_on <= ctx.now
+        return ("fail" if expired else "unknown"), "give the destination options to see what the queue function will do"
+    foreseen = await observe_arrival(ctx.storage, parsed, ctx.settings, now=ctx.now)
+    return foreseen.action, foreseen.why
+
+
+async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
+    assert ctx.queues is not None
+    main, poison = ctx.queues
+    waiting = await poison.count()
+    entries: list[dict[str, Any]] = []
+    problems: list[str] = []
+    if dry_run:
+        for message in await poison.peek(min(limit, PEEK_LIMIT)):
+            parsed = parse(message.content)
+            fate = UNREADABLE if parsed is None else await _fate(ctx, parsed)
+            entries.append(_message_entry(message.id, parsed, "would-move" if parsed else "would-leave", fate))
+    else:
+        progress = ctx.console.progress("replaying", total=min(limit, waiting) or None, unit="message")
+        try:
+            for message in await poison.receive(limit, visibility_seconds=VISIBILITY_SECONDS):
+                parsed = parse(message.content)
+                if parsed is None:
+                    entries.append(_message_entry(message.id, None, "left", UNREADABLE))
+                    progress.update(1)
+                    continue
+                fate = await _fate(ctx, parsed)
+                try:
+                    await main.send(message.content)
+                except QueueMissing:
+                    problems.append(
+                        f"the queue {main.name} does not exist in this host storage: is it the function app's? "
+                        "(the message stays in the poison queue)"
+                    )
+                    break
+                action = "moved"
+                if not await poison.delete(message):
+                    action = "moved-copy-left"
+                    problems.append(
+                        f"{parsed.task_id}: sent back, but it could not be deleted from {poison.name} (it became "
+                        "visible again while being moved); a later replay moves the copy (harmless)"
+                    )
+                if ctx.storage is not None:
+                    note = f"replay-poison: expected to {fate[0]} ({fate[1]})"
+                    await _note_replayed(ctx.storage, parsed, note, ctx.now)
+                level = logging.ERROR if fate[0] == "fail" else logging.WARNING
+                log.log(
+                    level,
+                    "operator replay-poison task=%s workspace=%s delivery=%s: moved back; expected to %s (%s)",
+                    parsed.task_id,
+                    parsed.workspace_id,
+                    parsed.delivery[:12],
+                    fate[0],
+                    fate[1],
+                )
+                entries.append(_message_entry(message.id, parsed, action, fate))
+                progress.update(1)
+        finally:
+            progress.close()
+    moved = sum(1 for entry in entries if entry["action"] in ("moved", "moved-copy-left", "would-move"))
+    left = sum(1 for entry in entries if not entry["readable"])
+    fates = {
+        fate: sum(1 for entry in entries if entry["will"] == fate)
+        for fate in ("finish", "duplicate", "superseded", "fail", "unknown")
+    }
+    data = {
+        "dryRun": dry_run,
+        "queue": main.name,
+        "poisonQueue": poison.name,
+        "waitingBefore": waiting,
+        "moved": 0 if dry_run else moved,
+        "wouldMove": moved if dry_run else 0,
+        "leftUnreadable": left,
+        "will": fates,
+        "messages": entries,
+        "problems": problems,
+    }
+    text: list[str] = []
+    for entry in entries:
+        what = (
+            f"{entry['taskId']}  {entry['workspaceId']}  {entry['delivery']}"
+            if entry["readable"]
+            else f"(unreadable message {entry['messageId']})"
+        )
+        text.append(f"{entry['action']:<15} {entry['will'].upper():<10} {what}")
+        text.append(f"{'':<15} {'':<10} {entry['why']}")
+    counted = ", ".join(f"{number} {fate}" for fate, number in fates.items() if number)
+    if dry_run:
+        cap = f" (a dry run shows at most {PEEK_LIMIT})" if limit > PEEK_LIMIT and len(entries) == PEEK_LIMIT else ""
+        text.append(
+            f"Dry run: {moved} message(s) would move back to {main.name}{cap}"
+            f"{': ' + counted if counted else ''}; nothing changed."
+        )
+    else:
+        counts = f": {counted}" if counted else ""
+        text.append(f"Moved {moved} message(s) from {poison.name} back to {main.name}{counts}.")
+    text += problems
+    if waiting:
+        text.append(f"About {waiting} message(s) were waiting in {poison.name} (hidden ones included).")
+    if left:
+        text.append(f"{left} unreadable message(s) stay in {poison.name}: they cannot be verified.")
+    if fates["fail"]:
+        text.append("Messages marked FAIL will be failed by the queue function: export those documents again.")
+    return Result(NOT_FOUND if left or problems else OK, data, text)

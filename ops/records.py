@@ -1,0 +1,292 @@
+"""The task records as the operator command line reads them, and what ``decide`` says about them.
+
+Every verdict the command line gives comes from :func:`receiver.machine.decide` on the same
+observation the engine would make (:func:`observe_sweep`, :func:`observe_arrival`), never from a
+rule of its own: the operator's check, the reconciliation, a replay's dry run and the queue
+function cannot disagree. Lists (``pending``, ``failed``, ``find --workspace``) are built from the
+records' listing labels (``TaskRecord.labels``) and read only the records they show.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
+from urllib.parse import unquote
+
+from receiver import engine
+from receiver.engine import MAX_STEPS, Job, Trace, manifest_name
+from receiver.intake import arrival_job, is_large, prepare
+from receiver.machine import (
+    Answer,
+    Apply,
+    Arrival,
+    Attempt,
+    Change,
+    Copy,
+    Decision,
+    Observe,
+    Seen,
+    Stage,
+    Sweep,
+    decide,
+)
+from receiver.models import MAX_RECORD_BYTES, RECORD_PREFIX, State, TaskRecord, record_name
+from receiver.outcome import Outcome
+from receiver.plan import identity_segment
+from receiver.reconciliation import QUEUE_COVERAGE
+from receiver.settings import Settings
+from receiver.storage import Blob, Listed, Rejected, Storage, Unavailable
+
+from .queues import Parsed
+
+
+class Unreadable(Exception):
+    """A blob under the records' prefix that is not a task record the receiver wrote."""
+
+
+@dataclass(frozen=True)
+class Labels:
+    """What a listing of the records' prefix shows of one record, without reading it."""
+
+    name: str
+    workspace_id: str
+    task_id: str
+    copying: int
+    oldest_copying: datetime | None
+    copying_expires: datetime | None
+    last_failed: datetime | None
+    retire: int
+    last_modified: datetime | None
+
+
+def when(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def labels_of(item: Listed) -> Labels | None:
+    meta = {key.lower(): value for key, value in item.metadata.items()}
+    if meta.get("receiverkind") != "task-record":
+        return None
+
+    def number(key: str) -> int:
+        try:
+            return int(meta.get(key) or 0)
+        except ValueError:
+            return 0
+
+    return Labels(
+        name=item.name,
+        workspace_id=unquote(meta.get("workspaceid") or ""),
+        task_id=unquote(meta.get("taskid") or ""),
+        copying=number("copying"),
+        oldest_copying=when(meta.get("oldestcopying")),
+        copying_expires=when(meta.get("copyingexpires")),
+        last_failed=when(meta.get("lastfailed")),
+        retire=number("retire"),
+        last_modified=item.last_modified,
+    )
+
+
+def workspace_prefix(workspace_id: str) -> str:
+    return f"{RECORD_PREFIX}{identity_segment(workspace_id)}/"
+
+
+async def listed(storage: Storage, prefix: str = RECORD_PREFIX, *, limit: int | None = None) -> list[Labels]:
+    """The records under ``prefix`` as their labels show them (at most ``limit``: the listing stops there)."""
+    found: list[Labels] = []
+    async for item in storage.list(prefix):
+        labels = labels_of(item)
+        if labels is not None:
+            found.append(labels)
+            if limit is not None and len(found) >= limit:
+                break
+    return found
+
+
+async def read_record(storage: Storage, workspace_id: str, task_id: str) -> tuple[TaskRecord | None, str | None]:
+    """The record and its ETag; (None, None) when the task has none."""
+    name = record_name(workspace_id, task_id)
+    try:
+        found = await storage.read_bytes(name, max_bytes=MAX_RECORD_BYTES)
+    except Rejected:
+        raise Unreadable(f"{name} is larger than any task record: it is not one the receiver wrote") from None
+    if found is None:
+        return None, None
+    blob, data = found
+    try:
+        return TaskRecord.from_bytes(data), blob.etag
+    except ValueError:
+        raise Unreadable(f"{name} is not a readable task record") from None
+
+
+async def locate(storage: Storage, task_id: str, workspace_id: str | None) -> list[tuple[str, str]]:
+    """The (workspaceId, taskId) pairs that have a record for ``task_id``: the one named, or (no
+    workspace given) every workspace's, from one listing of the records' labels (no record read)."""
+    if workspace_id is not None:
+        return [(workspace_id, task_id)]
+    return [(item.workspace_id, item.task_id) for item in await listed(storage) if item.task_id == task_id]
+
+
+def copying_of(record: TaskRecord) -> list[int]:
+    return [number for number, item in enumerate(record.deliveries) if item.state is State.COPYING]
+
+
+# --- what decide says ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Foreseen:
+    """What a driver would do next, and in the operator's words."""
+
+    decision: Decision
+    action: str  # adopt | expire | give-up | retire | waiting | nothing | finish | duplicate | superseded | fail
+    why: str
+
+
+async def observe_sweep(storage: Storage, record: TaskRecord | None, etag: str | None) -> Seen:
+    """What the engine observes for a sweep: the record, and the blob of the delivery still copying."""
+    seen = Seen(record=record, record_etag=etag, record_read=True)
+    if record is None:
+        return seen
+    copying = next((item for item in record.deliveries if item.state is State.COPYING), None)
+    if copying is None:
+        return Seen(record=record, record_etag=etag, record_read=True, blob=None, manifest=None)
+    blob = await storage.read(copying.blob)
+    return Seen(record=record, record_etag=etag, record_read=True, blob=blob)
+
+
+def foresee_sweep(seen: Seen, event: Sweep) -> Foreseen:
+    decision = decide(seen, event, event.now)
+    record = seen.record
+    copying = next((item for item in record.deliveries if item.state is State.COPYING), None) if record else None
+    if isinstance(decision, Change) and decision.arrow == "adopted" and copying is not None:
+        return Foreseen(
+            decision, "adopt", f"the file at {copying.blob} holds delivery {copying.delivery[:12]}: recorded as stored"
+        )
+    if isinstance(decision, Change) and decision.arrow == "expired" and copying is not None:
+        expired = copying.link_expires_on.isoformat() if copying.link_expires_on else "?"
+        return Foreseen(decision, "expire", f"its link expired at {expired}: delivery {copying.delivery[:12]} failed")
+    if isinstance(decision, Change) and decision.arrow == "operator-failed" and copying is not None:
+        return Foreseen(decision, "give-up", f"delivery {copying.delivery[:12]} failed: {event.give_up}")
+    if isinstance(decision, (Apply, Change)) and decision.arrow == "retire" and record is not None:
+        names = ", ".join(item.blob for item in record.retire)
+        return Foreseen(decision, "retire", f"still to delete (If-Match): {names}")
+    if isinstance(decision, Answer) and decision.arrow == "waiting" and copying is not None:
+        expires = copying.link_expires_on.isoformat() if copying.link_expires_on else "unknown"
+        return Foreseen(
+            decision,
+            "waiting",
+            f"delivery {copying.delivery[:12]} is copying and its link is valid until {expires}: "
+            "only its queue (or poison) message can finish it",
+        )
+    if record is None:
+        return Foreseen(decision, "nothing", "the task has no record")
+    return Foreseen(decision, "nothing", "nothing to do: no delivery copying, no name to retire")
+
+
+async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, *, now: datetime) -> Foreseen:
+    """What the queue function will do with this message, by ``decide`` on an ``Arrival`` and the
+    observation the engine makes (the record, and the blob at the delivery's name). Sends nothing."""
+    plan = prepare(parsed.message.body, {}, settings, now=parsed.message.received_at)
+    if isinstance(plan, Outcome):
+        error = str(plan.body.get("error") or plan.status_code)
+        refused = Answer("failed", plan.status_code, "refused")
+        return Foreseen(refused, "fail", f"the queue function refuses it ({error}): it drops the message")
+    large = await is_large(storage, plan, settings)
+    job = arrival_job(plan, settings, by="verifier", patient=True, large=large, deadline=None)
+    assert isinstance(job.event, Arrival)
+    record, etag = await read_record(storage, plan.workspace_id, plan.task_id)
+    blob = await storage.read(plan.blob_name)
+    seen = Seen(record=record, record_etag=etag, record_read=True, blob=blob, large=large)
+    expires = job.event.notice.link_expires_on
+    if expires is not None and expires <= now:
+        # As the engine does for an expired link (receiver.machine.Attempt does not list "expired" yet).
+        expired = cast(Attempt, "expired")
+        seen = Seen(record=record, record_etag=etag, record_read=True, blob=blob, large=large, attempt=expired)
+    decision = decide(seen, job.event, now)
+    return _arrival_words(decision, plan.blob_name, blob, expires)
+
+
+def _arrival_words(decision: Decision, name: str, blob: Blob | None, expires: datetime | None) -> Foreseen:
+    link = f"link valid until {expires.isoformat()}" if expires is not None else "link without expiry"
+    if isinstance(decision, Answer):
+        if decision.kind == "superseded":
+            why = "a newer export of the task is stored or copying: nothing is copied"
+            return Foreseen(decision, "superseded", why)
+        if decision.kind == "failed":
+            return Foreseen(decision, "fail", f"{decision.reason or decision.error}")
+        if decision.kind == "duplicate":
+            return Foreseen(decision, "duplicate", "already stored and current: nothing is copied")
+        return Foreseen(decision, "finish", f"{decision.arrow}: {decision.reason or 'the copy goes on'} ({link})")
+    if isinstance(decision, Change) and decision.arrow == "source-failed":
+        return Foreseen(decision, "fail", "its link expired: the delivery is failed, the earlier file kept")
+    if isinstance(decision, Change) and decision.arrow in ("adopted", "stored", "restored"):
+        return Foreseen(decision, "finish", f"the file at {name} already holds it: recorded as stored")
+    if isinstance(decision, Apply) and decision.arrow == "duplicate":
+        return Foreseen(decision, "duplicate", "already stored and current: its manifest is written again")
+    if isinstance(decision, Apply) and decision.arrow == "superseded":
+        return Foreseen(decision, "superseded", f"a newer export is stored: its stale copy at {name} is removed")
+    if isinstance(decision, (Copy, Stage)):
+        how = "staged in blocks" if isinstance(decision, Stage) else "copied"
+        over = "over the file at its name" if blob is not None else "to a new file"
+        return Foreseen(decision, "finish", f"{how} {over} ({link})")
+    if isinstance(decision, Change):
+        return Foreseen(decision, "finish", f"accepted ({decision.arrow}), then copied ({link})")
+    if isinstance(decision, Observe):
+        return Foreseen(decision, "finish", f"it reads the task again, then copies ({link})")
+    return Foreseen(decision, "finish", f"{decision.arrow} ({link})")
+
+
+async def drive(storage: Storage, job: Job, *, now: datetime) -> tuple[Answer, Trace]:
+    """:func:`receiver.engine.run` for an operator's sweep, starting from the observation the engine
+    makes (the record, the blob of the delivery still copying). ``run`` itself asks ``decide`` about a
+    sweep before observing anything, which answers "waiting" at once (a core bug reported with this
+    change): once it observes first, this becomes ``run(storage, job, now=now)``."""
+    assert isinstance(job.event, Sweep)
+    trace = Trace()
+    record, etag = await read_record(storage, job.workspace_id, job.task_id)
+    seen = await observe_sweep(storage, record, etag)
+    for _ in range(MAX_STEPS):
+        decision = decide(seen, job.event, now)
+        trace.arrows.append(decision.arrow)
+        if isinstance(decision, Answer):
+            return decision, trace
+        seen = await engine._apply(storage, job, seen, decision, trace, now=now, clock=time.monotonic)
+    raise Unavailable("The task kept changing while the operator's check ran: run it again.")
+
+
+def stuck(item_expires: datetime | None, received: datetime, now: datetime) -> str | None:
+    """Why a delivery still copying will not finish by itself, or None."""
+    if item_expires is not None and item_expires <= now:
+        return f"its link expired at {item_expires.isoformat()}"
+    if now - received > QUEUE_COVERAGE:
+        minutes = int(QUEUE_COVERAGE.total_seconds() // 60)
+        return f"copying for over {minutes} minutes: past every try of its queue message"
+    return None
+
+
+__all__ = [
+    "Foreseen",
+    "Labels",
+    "Unreadable",
+    "copying_of",
+    "drive",
+    "foresee_sweep",
+    "labels_of",
+    "listed",
+    "locate",
+    "manifest_name",
+    "observe_arrival",
+    "observe_sweep",
+    "read_record",
+    "record_name",
+    "stuck",
+    "workspace_prefix",
+]

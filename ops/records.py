@@ -9,20 +9,16 @@ records' listing labels (``TaskRecord.labels``) and read only the records they s
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
 from urllib.parse import unquote
 
-from receiver import engine
-from receiver.engine import MAX_STEPS, Job, Trace, manifest_name
+from receiver.engine import Job, Trace, manifest_name, run
 from receiver.intake import arrival_job, is_large, prepare
 from receiver.machine import (
     Answer,
     Apply,
     Arrival,
-    Attempt,
     Change,
     Copy,
     Decision,
@@ -37,7 +33,7 @@ from receiver.outcome import Outcome
 from receiver.plan import identity_segment
 from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings
-from receiver.storage import Blob, Listed, Rejected, Storage, Unavailable
+from receiver.storage import Blob, Listed, Rejected, Storage
 
 from .queues import Parsed
 
@@ -206,10 +202,6 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
     blob = await storage.read(plan.blob_name)
     seen = Seen(record=record, record_etag=etag, record_read=True, blob=blob, large=large)
     expires = job.event.notice.link_expires_on
-    if expires is not None and expires <= now:
-        # As the engine does for an expired link (receiver.machine.Attempt does not list "expired" yet).
-        expired = cast(Attempt, "expired")
-        seen = Seen(record=record, record_etag=etag, record_read=True, blob=blob, large=large, attempt=expired)
     decision = decide(seen, job.event, now)
     return _arrival_words(decision, plan.blob_name, blob, expires)
 
@@ -225,7 +217,7 @@ def _arrival_words(decision: Decision, name: str, blob: Blob | None, expires: da
         if decision.kind == "duplicate":
             return Foreseen(decision, "duplicate", "already stored and current: nothing is copied")
         return Foreseen(decision, "finish", f"{decision.arrow}: {decision.reason or 'the copy goes on'} ({link})")
-    if isinstance(decision, Change) and decision.arrow == "source-failed":
+    if isinstance(decision, Change) and decision.arrow in ("source-failed", "expired"):
         return Foreseen(decision, "fail", "its link expired: the delivery is failed, the earlier file kept")
     if isinstance(decision, Change) and decision.arrow in ("adopted", "stored", "restored"):
         return Foreseen(decision, "finish", f"the file at {name} already holds it: recorded as stored")
@@ -245,21 +237,9 @@ def _arrival_words(decision: Decision, name: str, blob: Blob | None, expires: da
 
 
 async def drive(storage: Storage, job: Job, *, now: datetime) -> tuple[Answer, Trace]:
-    """:func:`receiver.engine.run` for an operator's sweep, starting from the observation the engine
-    makes (the record, the blob of the delivery still copying). ``run`` itself asks ``decide`` about a
-    sweep before observing anything, which answers "waiting" at once (a core bug reported with this
-    change): once it observes first, this becomes ``run(storage, job, now=now)``."""
+    """An operator's sweep: the same loop as every driver (:func:`receiver.engine.run`)."""
     assert isinstance(job.event, Sweep)
-    trace = Trace()
-    record, etag = await read_record(storage, job.workspace_id, job.task_id)
-    seen = await observe_sweep(storage, record, etag)
-    for _ in range(MAX_STEPS):
-        decision = decide(seen, job.event, now)
-        trace.arrows.append(decision.arrow)
-        if isinstance(decision, Answer):
-            return decision, trace
-        seen = await engine._apply(storage, job, seen, decision, trace, now=now, clock=time.monotonic)
-    raise Unavailable("The task kept changing while the operator's check ran: run it again.")
+    return await run(storage, job, now=now)
 
 
 def stuck(item_expires: datetime | None, received: datetime, now: datetime) -> str | None:

@@ -728,11 +728,12 @@ class BlobStore:
 # (QueryParameterName: comp, QueryParameterValue: tags); legacy general-purpose v1 accounts answer
 # BlobTagsNotSupportedForAccountType.
 _NO_TAGS_ON_WRITE = {
-    "FeatureNotYetSupportedForHierarchicalNamespaceAccounts",
+    "FeatureNotYetSupportedForHierarchicalNamespaceAccounts",  # any feature: the account has a namespace
     "FeatureNotSupportedOnHierarchicalNamespaceEnabledAccount",
     "BlobTagsNotSupportedForAccountType",
-    "FeatureNotSupportedForAccount",
 }
+# Generic "not supported" codes: about tags only when the error says so (FeatureName, message).
+_NO_FEATURE_ON_WRITE = {"FeatureNotSupportedForAccount", "FeatureNotEnabled"}
 _SEAM_CONFLICT_CODES = {
     "BlobAlreadyExists",
     "ConditionNotMet",
@@ -792,7 +793,10 @@ def classify(
     def said(kind: type[seam.StoreError], message: str) -> seam.StoreError:
         return kind(redact(message), code=code or None, status=status)
 
-    if (tags_sent and code in _NO_TAGS_ON_WRITE) or (tags_call and code == "InvalidQueryParameterValue"):
+    about_tags = "tag" in f"{exc.message} {getattr(exc, 'additional_info', None) or ''}".lower()
+    if (tags_sent and (code in _NO_TAGS_ON_WRITE or (code in _NO_FEATURE_ON_WRITE and about_tags))) or (
+        tags_call and code == "InvalidQueryParameterValue"
+    ):
         return said(_TagsRefused, f"{where} has no blob index tags ({status} {code})")
     if code.startswith("BlobImmutableDueTo"):
         policy = "legal hold" if "LegalHold" in code else "retention policy"

@@ -21,6 +21,7 @@ from azure.storage.blob import ContainerClient
 from azure.storage.blob.aio import BlobServiceClient as AioBlobServiceClient
 
 from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, Azurite, connection_string
+from devtools.staging_proxy import StagingProxy
 from receiver.settings import Settings
 from receiver.storage import (
     Conflict,
@@ -293,6 +294,30 @@ async def test_staged_blocks_commit_with_headers_metadata_and_tags_and_the_earli
     assert await via_proxy.read_tags("big/doc.pdf") == {"taskId": "t"}
 
 
+async def test_staging_recreates_a_missing_container(via_proxy: AzureStorage, exports: Exports) -> None:
+    ids = await stage_all(via_proxy, "fresh.pdf", exports.publish(SOURCE))  # no container yet
+    await via_proxy.commit_blocks("fresh.pdf", ids, if_match=None, headers=Headers(), metadata={}, tags=None)
+    found = await via_proxy.read_bytes("fresh.pdf", max_bytes=10_000)
+    assert found is not None and found[1] == SOURCE
+
+
+async def test_the_standalone_staging_proxy_stages_blocks(
+    azurite: Azurite, open_storage: Opener, exports: Exports
+) -> None:
+    staging = await StagingProxy(azurite.blob_port).start()  # what `make run` could put in front of Azurite
+    try:
+        storage = await open_storage(staging.port)
+        await storage.ensure_container()
+        ids = await stage_all(storage, "via.pdf", exports.publish(SOURCE))
+        await storage.commit_blocks("via.pdf", ids, if_match=None, headers=Headers(), metadata={}, tags={"a": "b"})
+        found = await storage.read_bytes("via.pdf", max_bytes=10_000)
+        assert found is not None and found[1] == SOURCE
+        assert await storage.read_tags("via.pdf") == {"a": "b"}
+        assert staging.emulator is not None and len(staging.emulator.performed) == len(ids)
+    finally:
+        await staging.stop()
+
+
 async def test_a_commit_creates_only_once(via_proxy: AzureStorage, exports: Exports) -> None:
     ids = await stage_all(via_proxy, "new.pdf", exports.publish(SOURCE))
     await via_proxy.commit_blocks("new.pdf", ids, if_match=None, headers=Headers(), metadata={}, tags=None)
@@ -437,6 +462,11 @@ async def test_a_refused_tags_call_teaches_the_same(via_proxy: AzureStorage, pro
 # --- immutability, retries, identity ------------------------------------------------------------------
 
 
+async def commit_over(storage: AzureStorage, name: str, url: str, etag: str) -> Any:
+    ids = await stage_all(storage, name, url)  # staging is allowed: the blob itself does not change
+    return await storage.commit_blocks(name, ids, if_match=etag, headers=Headers(), metadata={}, tags=None)
+
+
 @pytest.mark.parametrize("code", ["BlobImmutableDueToPolicy", "BlobImmutableDueToLegalHold"])
 async def test_a_retention_policy_or_legal_hold_refuses_every_change_but_a_create(
     via_proxy: AzureStorage, proxy: FaultProxy, exports: Exports, code: str
@@ -450,6 +480,7 @@ async def test_a_retention_policy_or_legal_hold_refuses_every_change_but_a_creat
         lambda: via_proxy.copy_from_url("i.pdf", exports.publish(), if_match=first.etag, metadata={}, tags=None),
         lambda: via_proxy.set_headers("i.pdf", Headers(content_type="text/plain"), if_match=first.etag),
         lambda: via_proxy.delete("i.pdf", if_match=first.etag),
+        lambda: commit_over(via_proxy, "i.pdf", exports.publish(SOURCE), first.etag),
     ]
     for attempt in attempts:
         with pytest.raises(Immutable) as caught:

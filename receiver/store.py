@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,16 +22,17 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
-from azure.storage.blob import ContentSettings
+from azure.storage.blob import BlobBlock, ContentSettings
 from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, ExponentialRetry
 from yarl import URL
 
+from . import storage as seam
 from .plan import is_manifest_metadata
 from .settings import Settings, SettingsError
 from .source import redact
 from .telemetry import about, count_storage_request
 
-__all__ = ["BlobState", "BlobStore", "ContentSettings", "Manifest", "StoreError"]
+__all__ = ["AzureStorage", "BlobState", "BlobStore", "ContentSettings", "Manifest", "StoreError", "retry_settings"]
 
 log = logging.getLogger("receiver.store")
 # azure-core logs every request's headers at INFO; in Functions (INFO and up go to Application
@@ -43,6 +44,10 @@ logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(l
 # initial_backoff + increment_base**n (n = 1, 2, 3) +- jitter: about 1.7, 2.5 and 3.6 s,
 # so an exhausted call gives up after ~8 s asleep. (Floats work; the SDK hints say int.)
 RETRY: dict[str, Any] = {"initial_backoff": 0.2, "increment_base": 1.5, "retry_total": 3, "random_jitter_range": 0.3}
+# RECEIVER_STORAGE_RETRY_BACKOFF=<seconds> (a float, e.g. 0.01) replaces that back-off for
+# AzureStorage.open(): every retry then sleeps about that long (flat: no growth, no jitter), with the
+# same number of retries. For tests, which must never sleep on the real clock; unset in deployments.
+RETRY_BACKOFF_VARIABLE = "RECEIVER_STORAGE_RETRY_BACKOFF"
 CONNECTION_TIMEOUT_SECONDS = 3
 READ_TIMEOUT_SECONDS = 10
 # A manifest is a few KiB. Reading a blob as a manifest fetches at most this much before its metadata
@@ -244,6 +249,72 @@ def tags_as_metadata(tags: dict[str, str]) -> dict[str, str]:
     return {"indextags": kept}
 
 
+def retry_settings(backoff: float | None = None) -> dict[str, Any]:
+    """ExponentialRetry's keyword arguments: :data:`RETRY`, or a flat ``backoff`` (seconds) when one is
+    given or RECEIVER_STORAGE_RETRY_BACKOFF is set (an unreadable value is ignored)."""
+    if backoff is None:
+        raw = os.environ.get(RETRY_BACKOFF_VARIABLE, "").strip()
+        try:
+            backoff = float(raw) if raw else None
+        except ValueError:
+            log.warning("%s=%r is not a number of seconds; using the default back-off", RETRY_BACKOFF_VARIABLE, raw)
+    if backoff is None or backoff < 0:
+        return dict(RETRY)
+    # ExponentialRetry sleeps initial_backoff + increment_base**n (n >= 1) +- jitter: base 0 makes it flat.
+    return {**RETRY, "initial_backoff": backoff, "increment_base": 0, "random_jitter_range": 0}
+
+
+def open_service(settings: Settings, retry: dict[str, Any]) -> tuple[BlobServiceClient, Any]:
+    """The aio service client for the destination (connection string, or account URL with
+    DefaultAzureCredential) and the credential to close with it (None for a connection string)."""
+    options: dict[str, Any] = {
+        "retry_policy": ExponentialRetry(**retry),
+        "connection_timeout": CONNECTION_TIMEOUT_SECONDS,
+        "read_timeout": READ_TIMEOUT_SECONDS,
+        # With use_env_settings, aiohttp looks up ~/.netrc and the proxy variables on every request
+        # (about 1 ms of CPU each, make bench). Only worth it when a proxy is actually configured.
+        "use_env_settings": any(os.environ.get(name) for name in _PROXY_VARIABLES),
+        # The receiver downloads only manifests: the first GET then covers a whole one.
+        "max_single_get_size": MAX_MANIFEST_BYTES,
+    }
+    if settings.destination_connection_string is not None:
+        try:
+            service = BlobServiceClient.from_connection_string(
+                settings.destination_connection_string.get_secret_value(), **options
+            )
+        except ValueError:
+            raise SettingsError(
+                "DESTINATION_CONNECTION_STRING",
+                "The app setting DESTINATION_CONNECTION_STRING is not a valid storage connection string: copy it "
+                "again from the storage account's Access keys page, or use DESTINATION_ACCOUNT_URL.",
+            ) from None
+        return service, None
+    from azure.identity.aio import DefaultAzureCredential  # only deployments with identity pay for it
+
+    credential = DefaultAzureCredential()
+    assert settings.destination_account_url is not None
+    return BlobServiceClient(settings.destination_account_url, credential=credential, **options), credential
+
+
+async def probe_source_size(http: aiohttp.ClientSession, source_url: str) -> int | None:
+    """The source file's size in bytes, from a plain HEAD with the link's own SAS; None when unknown.
+    One try, short timeout (the session's); nothing here logs or raises the URL."""
+    count_storage_request()
+    try:
+        async with http.head(URL(source_url, encoded=True), allow_redirects=False) as response:
+            length = response.headers.get("Content-Length")
+            return int(length) if response.status == 200 and length and length.isdigit() else None
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        return None
+
+
+def source_session() -> aiohttp.ClientSession:
+    """The session of the source size probe: one try, short timeout, no decompression."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=5, connect=CONNECTION_TIMEOUT_SECONDS), auto_decompress=False
+    )
+
+
 class BlobStore:
     """Destination container operations. Create with :meth:`open` on the loop that will use it.
 
@@ -266,33 +337,7 @@ class BlobStore:
 
     @classmethod
     def open(cls, settings: Settings) -> BlobStore:
-        options: dict[str, Any] = {
-            "retry_policy": ExponentialRetry(**RETRY),
-            "connection_timeout": CONNECTION_TIMEOUT_SECONDS,
-            "read_timeout": READ_TIMEOUT_SECONDS,
-            # With use_env_settings, aiohttp looks up ~/.netrc and the proxy variables on every request
-            # (about 1 ms of CPU each, make bench). Only worth it when a proxy is actually configured.
-            "use_env_settings": any(os.environ.get(name) for name in _PROXY_VARIABLES),
-            # The receiver downloads only manifests: the first GET then covers a whole one.
-            "max_single_get_size": MAX_MANIFEST_BYTES,
-        }
-        if settings.destination_connection_string is not None:
-            try:
-                service = BlobServiceClient.from_connection_string(
-                    settings.destination_connection_string.get_secret_value(), **options
-                )
-            except ValueError:
-                raise SettingsError(
-                    "DESTINATION_CONNECTION_STRING",
-                    "The app setting DESTINATION_CONNECTION_STRING is not a valid storage connection string: copy it "
-                    "again from the storage account's Access keys page, or use DESTINATION_ACCOUNT_URL.",
-                ) from None
-            return cls(service, settings.destination_container)
-        from azure.identity.aio import DefaultAzureCredential  # only deployments with identity pay for it
-
-        credential = DefaultAzureCredential()
-        assert settings.destination_account_url is not None
-        service = BlobServiceClient(settings.destination_account_url, credential=credential, **options)
+        service, credential = open_service(settings, RETRY)
         return cls(service, settings.destination_container, credential)
 
     async def close(self) -> None:
@@ -325,17 +370,9 @@ class BlobStore:
         Only asked when SYNC_COPY_MAX_MIB is below the service's own limit. One try, short timeout;
         nothing here logs or raises the URL.
         """
-        count_storage_request()
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=5, connect=CONNECTION_TIMEOUT_SECONDS), auto_decompress=False
-            )
-        try:
-            async with self._http.head(URL(source_url, encoded=True), allow_redirects=False) as response:
-                length = response.headers.get("Content-Length")
-                return int(length) if response.status == 200 and length and length.isdigit() else None
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
-            return None
+            self._http = source_session()
+        return await probe_source_size(self._http, source_url)
 
     @asynccontextmanager
     async def _call(self, operation: str) -> AsyncIterator[None]:
@@ -680,3 +717,534 @@ class BlobStore:
                 yield item
             if page is None or not pages.continuation_token:
                 return
+
+
+# ---------------------------------------------------------------------------------------------------
+# AzureStorage: the storage seam (receiver/storage.py) over the aio SDK.
+
+# Codes by which an account says it has no blob index tags. Hierarchical namespace (Data Lake Gen2)
+# answers a write carrying x-ms-tags with 409 FeatureNotYetSupportedForHierarchicalNamespaceAccounts
+# ("FeatureName: Blob Tags"), and Get/Set Blob Tags (comp=tags) with 400 InvalidQueryParameterValue
+# (QueryParameterName: comp, QueryParameterValue: tags); legacy general-purpose v1 accounts answer
+# BlobTagsNotSupportedForAccountType.
+_NO_TAGS_ON_WRITE = {
+    "FeatureNotYetSupportedForHierarchicalNamespaceAccounts",  # any feature: the account has a namespace
+    "FeatureNotSupportedOnHierarchicalNamespaceEnabledAccount",
+    "BlobTagsNotSupportedForAccountType",
+}
+# Generic "not supported" codes: about tags only when the error says so (FeatureName, message).
+_NO_FEATURE_ON_WRITE = {"FeatureNotSupportedForAccount", "FeatureNotEnabled"}
+_SEAM_CONFLICT_CODES = {
+    "BlobAlreadyExists",
+    "ConditionNotMet",
+    "TargetConditionNotMet",
+    "PendingCopyOperation",
+    "InvalidBlockList",  # a block the commit lists is gone: another commit discarded it
+    "BlobOverwritten",
+}
+
+
+class _TagsRefused(seam.Rejected):
+    """The account refused index tags (hierarchical namespace, v1): learnt, then the write goes without."""
+
+
+def _error_code(exc: HttpResponseError) -> str:
+    # error_code may be a StorageErrorCode enum or a plain string; compare on the value.
+    raw_code = getattr(exc, "error_code", None)
+    return str(getattr(raw_code, "value", raw_code) or "")
+
+
+def _copy_source_status(exc: HttpResponseError, status: int) -> int:
+    """The source's own status from the error body (<CopySourceStatusCode>), else the answer's."""
+    info = getattr(exc, "additional_info", None) or {}
+    raw = str(info.get("copysourcestatuscode") or "")
+    return int(raw) if raw.isdigit() else status
+
+
+def classify(
+    exc: Exception,
+    operation: str,
+    account: str,
+    container: str,
+    *,
+    sync_copy: bool = False,
+    tags_sent: bool = False,
+    tags_call: bool = False,
+) -> seam.StoreError:
+    """One storage failure as a :mod:`receiver.storage` error kind, by ``error_code`` and status only.
+
+    ``sync_copy``: the call was Copy Blob From URL (its 409 CannotVerifyCopySource means "too large or
+    empty for a synchronous copy"). ``tags_sent``: the request carried x-ms-tags; ``tags_call``: it was
+    Get/Set Blob Tags (comp=tags). Messages never carry a URL's query.
+    """
+    where = f"{account}/{container}"
+    if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) is None:
+        return seam.Misconfigured(
+            redact(
+                f"The function could not get a token for {account} (managed identity): enable the "
+                "function app's identity, or set DESTINATION_CONNECTION_STRING."
+            )
+        )
+    if not isinstance(exc, HttpResponseError) or exc.status_code is None:
+        return seam.Unavailable(redact(f"Azure Storage at {account} could not be reached ({type(exc).__name__})."))
+    code = _error_code(exc)
+    status = exc.status_code
+
+    def said(kind: type[seam.StoreError], message: str) -> seam.StoreError:
+        return kind(redact(message), code=code or None, status=status)
+
+    about_tags = "tag" in f"{exc.message} {getattr(exc, 'additional_info', None) or ''}".lower()
+    if (tags_sent and (code in _NO_TAGS_ON_WRITE or (code in _NO_FEATURE_ON_WRITE and about_tags))) or (
+        tags_call and code == "InvalidQueryParameterValue"
+    ):
+        return said(_TagsRefused, f"{where} has no blob index tags ({status} {code})")
+    if code.startswith("BlobImmutableDueTo"):
+        policy = "legal hold" if "LegalHold" in code else "retention policy"
+        return said(seam.Immutable, f"{operation}: a {policy} on {where} refused the write ({code}).")
+    if "CopySource" in code or code in {"InvalidSourceBlobUrl", "InvalidSourceBlobType"} or code.startswith("Source"):
+        if sync_copy and status == 409 and code == "CannotVerifyCopySource":
+            # Copy Blob From URL refuses a source over 256 MiB, or an empty one, with 409, while a
+            # refused or missing source is 403/404 with the same code.
+            return said(seam.TooLargeForSyncCopy, f"{operation}: the source cannot be copied synchronously ({code}).")
+        source_status = _copy_source_status(exc, status)
+        if source_status >= 500 or source_status in (408, 429):
+            return said(seam.Unavailable, f"{operation}: the source answered {source_status} ({code}).")
+        return said(seam.SourceUnreadable, f"{operation}: the source could not be read ({source_status} {code}).")
+    if code in _SEAM_CONFLICT_CODES or status in (409, 412):
+        return said(seam.Conflict, f"{operation}: {code or status}")
+    if code == "ContainerNotFound":
+        return said(seam.ContainerMissing, f"The container {container} does not exist in {account}.")
+    if code in _PERMISSION_CODES or status in (401, 403):
+        return said(
+            seam.Misconfigured,
+            f"Azure Storage refused {operation} on {where} ({code or status}): grant the function's identity "
+            f"Storage Blob Data Owner on {account}, and check the account's firewall.",
+        )
+    if status == 404:
+        return said(seam.BlobMissing, f"{operation}: not found")
+    if 400 <= status < 500 and status not in (408, 429):
+        # The service refused the request itself: retrying cannot help, so it is not "unavailable".
+        return said(seam.Rejected, f"Azure Storage rejected {operation} ({status} {code}).")
+    return said(seam.Unavailable, f"Azure Storage answered {status} {code} to {operation} on {account}.")
+
+
+def _headers(settings: ContentSettings) -> seam.Headers:
+    md5 = settings.content_md5
+    return seam.Headers(
+        content_type=settings.content_type or None,
+        content_md5=bytes(md5) if md5 else None,
+        content_encoding=settings.content_encoding or None,
+        content_language=settings.content_language or None,
+        content_disposition=settings.content_disposition or None,
+        cache_control=settings.cache_control or None,
+    )
+
+
+def _content_settings(headers: seam.Headers) -> ContentSettings:
+    return ContentSettings(
+        content_type=headers.content_type,
+        content_encoding=headers.content_encoding,
+        content_language=headers.content_language,
+        content_disposition=headers.content_disposition,
+        cache_control=headers.cache_control,
+        content_md5=bytearray(headers.content_md5) if headers.content_md5 is not None else None,
+    )
+
+
+def _conditions(if_match: str | None) -> dict[str, Any]:
+    """If-Match on exactly that version, or If-None-Match: * (create only)."""
+    if if_match is None:
+        return {"match_condition": MatchConditions.IfMissing}
+    return {"etag": if_match, "match_condition": MatchConditions.IfNotModified}
+
+
+def _written(result: dict[str, Any]) -> seam.Written:
+    return seam.Written(str(result["etag"]), result.get("last_modified"))
+
+
+class AzureStorage:
+    """:class:`receiver.storage.Storage` over ``azure.storage.blob.aio``: one destination container.
+
+    Create it with :meth:`open` on the running loop that will use it (one per process), and
+    :meth:`close` it there. Errors are :mod:`receiver.storage` kinds, decided by error code and status.
+    Writes recreate a missing container and send the write again, once; an account found to have no
+    blob index tags (account information, or the first refusal) gets every later write without tags.
+    """
+
+    def __init__(
+        self,
+        service: BlobServiceClient,
+        container: str,
+        credential: Any = None,
+        *,
+        http: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._service = service
+        self._credential = credential
+        self.container = container
+        self.account = service.account_name or "the storage account"
+        self._container = service.get_container_client(container)
+        self._blobs: dict[str, BlobClient] = {}
+        self._tags_supported = True
+        self._account_checked = False
+        self._account_lock = asyncio.Lock()
+        self._http = http  # the source size probe's, created when first needed
+
+    @classmethod
+    def open(cls, settings: Settings, *, retry: dict[str, Any] | None = None) -> AzureStorage:
+        """The destination of ``settings``. ``retry``: ExponentialRetry's keyword arguments; by default
+        :func:`retry_settings` (RETRY, or RECEIVER_STORAGE_RETRY_BACKOFF when set)."""
+        service, credential = open_service(settings, retry if retry is not None else retry_settings())
+        return cls(service, settings.destination_container, credential)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        await self._service.close()
+        if self._credential is not None:
+            await self._credential.close()
+
+    @property
+    def tags_supported(self) -> bool:
+        return self._tags_supported
+
+    def url(self, name: str) -> str:
+        return f"{self._container.url.split('?', 1)[0]}/{quote(name, safe='~/')}"
+
+    def _blob(self, name: str) -> BlobClient:
+        """One client per blob name, reused across a delivery's calls (building one costs CPU)."""
+        client = self._blobs.get(name)
+        if client is None:
+            if len(self._blobs) >= 256:
+                self._blobs.clear()
+            client = self._blobs[name] = self._container.get_blob_client(name)
+        return client
+
+    @asynccontextmanager
+    async def _call(
+        self,
+        operation: str,
+        *,
+        sync_copy: bool = False,
+        tags_sent: bool = False,
+        tags_call: bool = False,
+        quiet: bool = False,
+    ) -> AsyncIterator[None]:
+        count_storage_request()
+        try:
+            yield
+        except seam.StoreError:
+            raise
+        except (TimeoutError, AzureError, OSError) as exc:
+            error = classify(
+                exc,
+                operation,
+                self.account,
+                self.container,
+                sync_copy=sync_copy,
+                tags_sent=tags_sent,
+                tags_call=tags_call,
+            )
+            expected = quiet or isinstance(
+                error,
+                seam.Conflict | seam.ContainerMissing | seam.BlobMissing | seam.TooLargeForSyncCopy | _TagsRefused,
+            )
+            log.log(
+                logging.DEBUG if expected else logging.WARNING, "storage %s failed %s: %s", operation, about(), error
+            )
+            raise error from None
+
+    def _learn_no_tags(self, why: str) -> None:
+        if self._tags_supported:
+            log.warning("%s has no blob index tags (%s): writes go without them from now on", self.account, why)
+        self._tags_supported = False
+
+    async def _check_account(self) -> None:
+        """Once, lazily: does the account have a hierarchical namespace (then no index tags)? A refusal
+        of the question (a container-scoped role may not ask) leaves it unknown: the first write's
+        refusal then tells. An outage or a missing container leaves it to be asked again."""
+        if self._account_checked:
+            return
+        async with self._account_lock:
+            if self._account_checked:
+                return
+            try:
+                async with self._call("read account information", quiet=True):
+                    info = await self._container.get_account_information()
+            except (seam.Unavailable, seam.ContainerMissing):
+                return
+            except seam.StoreError as exc:
+                log.info("%s: account information refused (%s); tag support unknown until a write", self.account, exc)
+            else:
+                if str(info.get("is_hns_enabled")).lower() == "true":
+                    self._learn_no_tags("hierarchical namespace, by account information")
+            self._account_checked = True
+
+    async def _write(
+        self,
+        operation: str,
+        send: Callable[[dict[str, str] | None], Awaitable[dict[str, Any]]],
+        *,
+        tags: dict[str, str] | None,
+        creates: bool,
+        sync_copy: bool = False,
+    ) -> dict[str, Any]:
+        """Send one write. ``creates``: it may land where nothing is (no If-Match): a missing container
+        is created and the write sent again, once; with If-Match, a missing container or blob is a
+        :class:`Conflict` (that version is gone). Tags refused by the account: learnt, sent again without."""
+        if tags:
+            await self._check_account()
+        container_created = tags_dropped = False
+        while True:
+            with_tags = tags if tags and self._tags_supported else None
+            try:
+                async with self._call(operation, sync_copy=sync_copy, tags_sent=with_tags is not None):
+                    return await send(with_tags)
+            except _TagsRefused as exc:
+                if tags_dropped:
+                    raise seam.Rejected(exc.message, code=exc.code, status=exc.status) from None
+                self._learn_no_tags(f"{exc.status} {exc.code}")
+                tags_dropped = True
+            except seam.ContainerMissing as exc:
+                if not creates:
+                    raise seam.Conflict(f"{operation}: {exc.message}", code=exc.code, status=exc.status) from None
+                if container_created:
+                    raise
+                await self.ensure_container()  # also when it was deleted while the app ran
+                container_created = True
+            except seam.BlobMissing as exc:
+                if creates:
+                    raise
+                raise seam.Conflict(f"{operation}: the blob is gone", code=exc.code, status=exc.status) from None
+
+    async def ensure_container(self) -> None:
+        """Create Container (private); one that exists already is fine. Always asks: cheap, and a
+        container deleted while the app ran comes back."""
+        try:
+            async with self._call("create container"):
+                await self._container.create_container()
+            log.info("created the container %s in %s", self.container, self.account)
+        except seam.Conflict:
+            pass  # ContainerAlreadyExists (or ContainerBeingDeleted: the next write says so)
+        except seam.Misconfigured as exc:
+            # Allowed to write blobs but not to create containers: fine if it exists.
+            async with self._call("read container"):
+                exists = bool(await self._container.exists())
+            if not exists:
+                raise seam.Misconfigured(
+                    f"The container {self.container} does not exist in {self.account} and the function may not "
+                    "create it: create it, or grant Storage Blob Data Owner on the account.",
+                    code=exc.code,
+                    status=exc.status,
+                ) from None
+
+    async def read(self, name: str) -> seam.Blob | None:
+        try:
+            async with self._call("read blob"):
+                props = await self._blob(name).get_blob_properties()
+        except (seam.BlobMissing, seam.ContainerMissing):
+            return None
+        return seam.Blob(
+            name=name,
+            etag=str(props.etag),
+            size=int(props.size or 0),
+            headers=_headers(props.content_settings),
+            metadata=dict(props.metadata or {}),
+            created=props.creation_time,
+            last_modified=props.last_modified,
+        )
+
+    async def read_bytes(self, name: str, *, max_bytes: int) -> tuple[seam.Blob, bytes] | None:
+        """A ranged download of at most ``max_bytes``: the answer's Content-Range gives the blob's size,
+        so a larger blob is refused having read no more than that (and the rest never)."""
+        if max_bytes <= 0:
+            blob = await self.read(name)
+            if blob is None:
+                return None
+            if blob.size > 0:
+                raise seam.Rejected(f"read {name}: {blob.size} bytes, more than {max_bytes}")
+            return blob, b""
+        try:
+            async with self._call("read blob content"):
+                downloader = await self._blob(name).download_blob(offset=0, length=max_bytes)
+                props = downloader.properties
+                total = int(str(props.content_range).rsplit("/", 1)[-1])
+                if total > max_bytes:
+                    raise seam.Rejected(f"read {name}: {total} bytes, more than {max_bytes}", status=None)
+                data = await downloader.readall()
+        except (seam.BlobMissing, seam.ContainerMissing):
+            return None
+        except seam.Rejected as exc:
+            if exc.status != 416:
+                raise
+            # 416 InvalidRange: a ranged read of an empty blob. Its properties say the rest.
+            blob = await self.read(name)
+            return None if blob is None else (blob, b"")
+        blob = seam.Blob(
+            name=name,
+            etag=str(props.etag),
+            size=total,
+            headers=_headers(props.content_settings),
+            metadata=dict(props.metadata or {}),
+            created=props.creation_time,
+            last_modified=props.last_modified,
+        )
+        return blob, bytes(data)
+
+    async def put(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        if_match: str | None,
+        content_type: str,
+        metadata: dict[str, str],
+        tags: dict[str, str] | None = None,
+    ) -> seam.Written:
+        conditions: dict[str, Any] = (
+            {"overwrite": False}  # the SDK sends If-None-Match: * itself
+            if if_match is None
+            else {"overwrite": True, "etag": if_match, "match_condition": MatchConditions.IfNotModified}
+        )
+
+        async def send(with_tags: dict[str, str] | None) -> dict[str, Any]:
+            return await self._blob(name).upload_blob(
+                data,
+                blob_type="BlockBlob",
+                content_settings=ContentSettings(content_type=content_type),
+                metadata=metadata,
+                tags=with_tags,
+                **conditions,
+            )
+
+        return _written(await self._write("put blob", send, tags=tags, creates=if_match is None))
+
+    async def copy_from_url(
+        self,
+        name: str,
+        source_url: str,
+        *,
+        if_match: str | None,
+        metadata: dict[str, str],
+        tags: dict[str, str] | None,
+    ) -> seam.Written:
+        async def send(with_tags: dict[str, str] | None) -> dict[str, Any]:
+            return await self._blob(name).start_copy_from_url(
+                source_url,
+                metadata=metadata,
+                tags=with_tags,
+                requires_sync=True,
+                timeout=SYNC_COPY_SERVER_TIMEOUT_SECONDS,
+                read_timeout=COPY_READ_TIMEOUT_SECONDS,
+                **_conditions(if_match),
+            )
+
+        result = await self._write("copy", send, tags=tags, creates=if_match is None, sync_copy=True)
+        return _written(result)
+
+    async def source_size(self, source_url: str) -> int | None:
+        if self._http is None or self._http.closed:
+            self._http = source_session()
+        return await probe_source_size(self._http, source_url)
+
+    async def stage_block(self, name: str, block_id: str, source_url: str, *, offset: int, length: int) -> None:
+        """Put Block From URL. The SDK base64-encodes ``block_id``; the service wants every block id
+        of one blob to have the same length, so callers use fixed-width ids."""
+
+        async def send(_tags: dict[str, str] | None) -> dict[str, Any]:
+            await self._blob(name).stage_block_from_url(
+                block_id,
+                source_url,
+                source_offset=offset,
+                source_length=length,
+                timeout=SYNC_COPY_SERVER_TIMEOUT_SECONDS,
+                read_timeout=COPY_READ_TIMEOUT_SECONDS,
+            )
+            return {}
+
+        await self._write("stage block", send, tags=None, creates=True)
+
+    async def commit_blocks(
+        self,
+        name: str,
+        block_ids: Sequence[str],
+        *,
+        if_match: str | None,
+        headers: seam.Headers,
+        metadata: dict[str, str],
+        tags: dict[str, str] | None,
+    ) -> seam.Written:
+        blocks = [BlobBlock(block_id) for block_id in block_ids]
+
+        async def send(with_tags: dict[str, str] | None) -> dict[str, Any]:
+            return await self._blob(name).commit_block_list(
+                blocks,
+                content_settings=_content_settings(headers),
+                metadata=metadata,
+                tags=with_tags,
+                **_conditions(if_match),
+            )
+
+        # creates=False even for a create: a commit in a container that is gone has no blocks to commit.
+        return _written(await self._write("commit blocks", send, tags=tags, creates=False))
+
+    async def set_headers(self, name: str, headers: seam.Headers, *, if_match: str) -> seam.Written:
+        async def send(_tags: dict[str, str] | None) -> dict[str, Any]:
+            return await self._blob(name).set_http_headers(
+                content_settings=_content_settings(headers),
+                etag=if_match,
+                match_condition=MatchConditions.IfNotModified,
+            )
+
+        return _written(await self._write("set headers", send, tags=None, creates=False))
+
+    async def delete(self, name: str, *, if_match: str) -> bool:
+        """Delete that version with its snapshots; False when it (or its container) is gone already."""
+        try:
+            async with self._call("delete blob"):
+                await self._blob(name).delete_blob(
+                    etag=if_match, match_condition=MatchConditions.IfNotModified, delete_snapshots="include"
+                )
+        except (seam.BlobMissing, seam.ContainerMissing):
+            return False
+        except seam.Conflict:
+            # A conditional delete of a blob that is gone may be answered 412 rather than 404 (Azurite
+            # does): only a blob that is still there, as another version, is a conflict.
+            if await self.read(name) is None:
+                return False
+            raise
+        return True
+
+    async def list(self, prefix: str) -> AsyncIterator[seam.Listed]:
+        """One List Blobs request per page (up to 5000), with metadata; a missing container lists nothing."""
+        pages: Any = self._container.list_blobs(name_starts_with=prefix or None, include=["metadata"]).by_page()
+        while True:
+            try:
+                async with self._call("list blobs"):
+                    page = await anext(pages, None)
+                    found = [] if page is None else [item async for item in page]
+            except seam.ContainerMissing:
+                return
+            for item in found:
+                yield seam.Listed(
+                    name=item.name,
+                    etag=str(item.etag),
+                    metadata=dict(item.metadata or {}),
+                    last_modified=item.last_modified,
+                )
+            if page is None or not pages.continuation_token:
+                return
+
+    async def read_tags(self, name: str) -> dict[str, str] | None:
+        """Get Blob Tags (not part of the seam: for operators and tests). None when the blob is gone;
+        {} on an account without index tags (learnt from 400 InvalidQueryParameterValue on comp=tags)."""
+        if not self._tags_supported:
+            return {}
+        try:
+            async with self._call("read tags", tags_call=True):
+                return dict(await self._blob(name).get_blob_tags())
+        except _TagsRefused as exc:
+            self._learn_no_tags(f"{exc.status} {exc.code}")
+            return {}
+        except (seam.BlobMissing, seam.ContainerMissing):
+            return None

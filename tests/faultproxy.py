@@ -4,6 +4,10 @@ Azurite never produces pending copies, throttling or tag refusals; this proxy ma
 HTTP responses that look like Azure's, so the real SDK parses them. Each rule matches a
 request and either answers for Azurite (an error), drops the connection, or rewrites
 Azurite's real response (copy status). Rules fire a bounded number of times.
+
+Azurite answers 501 to Put Block From URL and Put Blob From URL: unless ``staging=False``, the
+proxy performs them itself (devtools/staging_proxy.py: it reads the source range through its SAS
+and sends Azurite a plain Put Block / Put Blob), after the rules, so a rule can still refuse them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import ClientSession, ClientTimeout, web
 from yarl import URL
+
+from devtools.staging_proxy import StagingEmulator
 
 Match = Callable[[web.Request], bool]
 
@@ -61,10 +67,43 @@ def is_blob_write(request: web.Request) -> bool:
     return request.method == "PUT" and "x-ms-copy-source" not in request.headers and "comp" not in request.query
 
 
-def error_body(code: str, message: str) -> str:
+def carries_tags(request: web.Request) -> bool:
+    """A write that sets index tags (x-ms-tags: Put Blob, Copy Blob, Put Block List, ...)."""
+    return request.method == "PUT" and "x-ms-tags" in request.headers
+
+
+def is_tags_call(request: web.Request) -> bool:
+    """Get or Set Blob Tags (``comp=tags``)."""
+    return request.query.get("comp") == "tags"
+
+
+def is_account_info(request: web.Request) -> bool:
+    """Get Account Information (``?restype=account&comp=properties``, on the account, a container or a blob)."""
+    return request.query.get("restype") == "account" and request.query.get("comp") == "properties"
+
+
+def changes_existing_blob(request: web.Request) -> bool:
+    """What a retention policy or legal hold refuses: a write over an existing blob (any PUT that is not
+    create-only, If-None-Match: *, and not a block staged for later), Set Properties, Set Metadata,
+    Snapshot, Delete. (The receiver sends If-None-Match: * on every create, so a PUT without it is
+    taken as an overwrite without asking Azurite whether the blob exists.)"""
+    if request.method == "DELETE":
+        return "restype" not in request.query
+    if request.method != "PUT" or "restype" in request.query:
+        return False
+    comp = request.query.get("comp")
+    if comp in ("properties", "metadata", "snapshot"):
+        return True
+    if comp not in (None, "blocklist"):
+        return False  # Put Block (staging), Set Tags, leases, ...
+    return request.headers.get("If-None-Match", "") != "*"
+
+
+def error_body(code: str, message: str, details: dict[str, str] | None = None) -> str:
+    extra = "".join(f"<{name}>{value}</{name}>" for name, value in (details or {}).items())
     return (
         '<?xml version="1.0" encoding="utf-8"?>'
-        f"<Error><Code>{code}</Code><Message>{message}\nRequestId:fault-proxy</Message></Error>"
+        f"<Error><Code>{code}</Code><Message>{message}\nRequestId:fault-proxy</Message>{extra}</Error>"
     )
 
 
@@ -78,9 +117,11 @@ def _holds(of_delivery: str | frozenset[str] | None, delivery: str | None) -> bo
 class Rule:
     match: Match
     times: int
-    status: int | None = None  # answer with this error instead of forwarding
+    status: int | None = None  # answer with this error (or, below 300, this empty success) instead of forwarding
     code: str = ""
     message: str = ""
+    details: dict[str, str] = field(default_factory=dict)  # more elements of the error body (FeatureName, ...)
+    answer_headers: dict[str, str] = field(default_factory=dict)  # headers of the answer (with ``status``)
     drop: bool = False  # close the connection without an answer
     copy_status: str | None = None  # rewrite x-ms-copy-status of Azurite's real answer
     copy_description: str | None = None
@@ -104,19 +145,88 @@ class Rule:
         return self.drop or self.status is not None or self.copy_status is not None or self.delay_answer > 0
 
 
+# The service's own answers on an account with a hierarchical namespace (Data Lake Storage Gen2).
+HNS_MESSAGE = "This feature is not yet supported for hierarchical namespace accounts."
+QUERY_MESSAGE = "Value for one of the query parameters specified in the request URI is invalid."
+IMMUTABLE_MESSAGES = {
+    "BlobImmutableDueToPolicy": "This operation is not permitted as the blob is immutable due to a policy.",
+    "BlobImmutableDueToLegalHold": "This operation is not permitted as the blob is immutable due to one or more "
+    "legal holds.",
+}
+
+
 @dataclass
 class FaultProxy:
     upstream_port: int
     rules: list[Rule] = field(default_factory=list)
+    staging: bool = True  # perform Put Block From URL / Put Blob From URL, which Azurite answers with 501
     seen: list[tuple[str, str]] = field(default_factory=list)
     answered: list[tuple[str, str, int]] = field(default_factory=list)  # what Azurite answered (forwarded requests)
     port: int = 0
     _runner: web.AppRunner | None = None
     _session: ClientSession | None = None
+    emulator: StagingEmulator | None = None
 
     def add(self, rule: Rule) -> Rule:
         self.rules.append(rule)
         return rule
+
+    def refuse_tags_on_writes(self, times: int = 10_000) -> Rule:
+        """A write carrying x-ms-tags, refused as a hierarchical-namespace account refuses it."""
+        return self.add(
+            Rule(
+                carries_tags,
+                times=times,
+                status=409,
+                code="FeatureNotYetSupportedForHierarchicalNamespaceAccounts",
+                message=HNS_MESSAGE,
+                details={"FeatureName": "Blob Tags"},
+            )
+        )
+
+    def refuse_tag_calls(self, times: int = 10_000) -> Rule:
+        """Get/Set Blob Tags (comp=tags), refused as a hierarchical-namespace account refuses them."""
+        return self.add(
+            Rule(
+                is_tags_call,
+                times=times,
+                status=400,
+                code="InvalidQueryParameterValue",
+                message=QUERY_MESSAGE,
+                details={"QueryParameterName": "comp", "QueryParameterValue": "tags", "Reason": ""},
+            )
+        )
+
+    def account_information(self, *, hns: bool = True, times: int = 10_000) -> Rule:
+        """Get Account Information answered as a StorageV2 account with (or without) a hierarchical namespace."""
+        return self.add(
+            Rule(
+                is_account_info,
+                times=times,
+                status=200,
+                answer_headers={
+                    "x-ms-sku-name": "Standard_LRS",
+                    "x-ms-account-kind": "StorageV2",
+                    "x-ms-is-hns-enabled": "true" if hns else "false",
+                    "x-ms-request-id": "fault-proxy",
+                    "x-ms-version": "2025-11-05",
+                },
+            )
+        )
+
+    def hierarchical_namespace(self) -> None:
+        """Everything a Data Lake Storage Gen2 account says about index tags: account information, tag
+        writes, tag calls."""
+        self.account_information(hns=True)
+        self.refuse_tags_on_writes()
+        self.refuse_tag_calls()
+
+    def immutable(self, code: str = "BlobImmutableDueToPolicy", times: int = 10_000) -> Rule:
+        """A container under a time-based retention policy (or, ``BlobImmutableDueToLegalHold``, a legal
+        hold): overwrites, deletes, Set Properties/Metadata and snapshots are refused; creates pass."""
+        return self.add(
+            Rule(changes_existing_blob, times=times, status=409, code=code, message=IMMUTABLE_MESSAGES[code])
+        )
 
     def refuse_sync_copies(self, times: int = 1000) -> Rule:
         """Copy Blob From URL refused the way Azure refuses a source over 256 MiB."""
@@ -169,6 +279,7 @@ class FaultProxy:
         assert sockets
         self.port = int(sockets[0].getsockname()[1])
         self._session = ClientSession(timeout=ClientTimeout(total=30), auto_decompress=False)
+        self.emulator = StagingEmulator(self.upstream_port, self._session) if self.staging else None
         return self
 
     async def stop(self) -> None:
@@ -191,16 +302,22 @@ class FaultProxy:
                 assert request.transport is not None
                 request.transport.close()
                 raise asyncio.CancelledError  # nothing more to send on a closed connection
+            if rule.status is not None and rule.status < 300:
+                return web.Response(status=rule.status, headers=rule.answer_headers)
             if rule.status is not None:
                 return web.Response(
                     status=rule.status,
-                    text=error_body(rule.code, rule.message or f"Injected {rule.code}"),
+                    text=error_body(rule.code, rule.message or f"Injected {rule.code}", rule.details),
                     content_type="application/xml",
-                    headers={"x-ms-error-code": rule.code, "x-ms-request-id": "fault-proxy"},
+                    headers={"x-ms-error-code": rule.code, "x-ms-request-id": "fault-proxy", **rule.answer_headers},
                 )
             rewrite = rule
             break
         assert self._session is not None
+        if self.emulator is not None and self.emulator.handles(request):
+            answer = await self.emulator.answer(request)
+            self.answered.append((request.method, request.path, answer.status))
+            return answer
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS - {"content-length"}}
         body = await request.read()
         url = URL(f"http://127.0.0.1:{self.upstream_port}{request.raw_path}", encoded=True)

@@ -164,7 +164,7 @@ def open_storage(settings: Settings) -> Storage:
     conditional writes): the one place the command line opens the customer's storage."""
     try:
         # AzureStorage is being written beside this command line; until it is merged mypy cannot see it.
-        from receiver.store import AzureStorage  # type: ignore[attr-defined]
+        from receiver.store import AzureStorage
     except ImportError:
         raise ConfigError(
             "This checkout has no receiver.store.AzureStorage: the command line cannot reach Azure from it."

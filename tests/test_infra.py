@@ -1167,3 +1167,90 @@ def test_delete_documents_refuses_an_empty_name(tmp_path: Path) -> None:
     # An account that is not there: nothing deleted.
     code, said, calls = run_delete(tmp_path, "stdocsabc", AZ_ACCOUNT_ID="")
     assert code == 1 and "nothing deleted" in said and deletions(calls) == []
+
+
+# ---- infra/VERIFY.md's queries filter on what the code emits ----
+
+VERIFY = INFRA / "VERIFY.md"
+# `Properties["receiver.x"]` (Log Analytics) or `customDimensions["receiver.x"]` (Application Insights),
+# optionally inside tostring(...), compared with a string literal (or a list of them).
+DIMENSION = re.compile(r'(?:Properties|customDimensions)\["(receiver\.[A-Za-z_.]+)"\]')
+COMPARED = re.compile(
+    r'(?:Properties|customDimensions)\["(receiver\.[A-Za-z_.]+)"\]\)?\s*(?:==|=~|!=|!~)\s*"([^"]*)"'
+    r'|(?:Properties|customDimensions)\["(receiver\.[A-Za-z_.]+)"\]\)?\s*!?in~?\s*\(([^)]*)\)'
+)
+
+
+def receiver_string_constants() -> set[str]:
+    """Every string literal in receiver/ (what its records can carry as a value)."""
+    found: set[str] = set()
+    for path in (ROOT / "receiver").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.add(node.value)
+    return found
+
+
+def emitted_dimensions() -> set[str]:
+    """The customDimensions keys the receiver's records carry: `receiver.<key>` for every key of a record's
+    attributes (a Record with every field set), and every literal `receiver.*` key it logs directly."""
+    import dataclasses
+    import typing
+
+    from receiver import telemetry
+
+    record = telemetry.Record(typing.get_args(telemetry.Operation)[0])
+    for item in dataclasses.fields(record):
+        if getattr(record, item.name) is None or item.type in ("bool", "bool | None"):
+            setattr(record, item.name, True if "bool" in str(item.type) else "x")
+    keys = {f"receiver.{key}" for key in record.attributes()}
+    return keys | {value for value in receiver_string_constants() if value.startswith("receiver.")}
+
+
+def verify_kql() -> list[str]:
+    text = VERIFY.read_text()
+    blocks = re.findall(r"```kusto\n(.*?)```", text, re.DOTALL)
+    return blocks + [span for span in re.findall(r"`([^`\n]+)`", text) if DIMENSION.search(span)]
+
+
+def test_verify_md_queries_filter_on_names_the_code_emits() -> None:
+    from typing import get_args
+
+    from receiver.telemetry import Operation
+
+    queries = verify_kql()
+    assert queries, "infra/VERIFY.md has no KQL?"
+    emitted = emitted_dimensions()
+    values = receiver_string_constants()
+    operations = set(get_args(Operation))
+    compared = 0
+    for query in queries:
+        for key in DIMENSION.findall(query):
+            assert key in emitted, f"infra/VERIFY.md reads {key}, which no record carries: {sorted(emitted)}"
+        for key_1, literal, key_2, listed in COMPARED.findall(query):
+            key, literals = (key_1, [literal]) if key_1 else (key_2, re.findall(r'"([^"]*)"', listed))
+            for value in literals:
+                compared += 1
+                allowed = operations if key == "receiver.operation" else values
+                assert value in allowed, f"infra/VERIFY.md filters {key} on {value!r}, which the code never emits"
+    assert compared >= 1
+    # The reconciliation's records say "reconciliation" (not "reconcile"), and VERIFY.md asks for that.
+    assert "reconciliation" in operations
+    assert any('Properties["receiver.operation"]) == "reconciliation"' in query for query in queries)
+
+
+def test_the_check_above_catches_a_name_the_code_does_not_emit() -> None:
+    wrong = 'AppTraces | where Properties["receiver.operation"] == "reconcile"'
+    [(key, value, _, _)] = COMPARED.findall(wrong)
+    from typing import get_args
+
+    from receiver.telemetry import Operation
+
+    assert key == "receiver.operation" and value not in get_args(Operation)
+    assert "receiver.noSuchKey" not in emitted_dimensions()
+    assert {
+        "receiver.operation",
+        "receiver.outcome",
+        "receiver.taskId",
+        "receiver.poison_depth",
+    } <= emitted_dimensions()

@@ -3,7 +3,7 @@
 - every .bicep file parses (pycep-parser) and checkov's Bicep policies pass (each skip says why, inline);
 - the parsed tree grants exactly the intended roles at the intended scopes (Storage Blob Data Owner on
   the destination container, never its account);
-- the app settings cover every setting receiver/settings.py reads (plus the contract's newer ones) with
+- the app settings cover every setting receiver/settings.py reads (plus the newer ones docs/reference.md lists) with
   the receiver's own defaults, and every binding connection / %setting% in function_app.py, by identity;
 - no key, connection string, SAS or secret anywhere in infra/;
 - azure.yaml deploys the project root, and .funcignore keeps infra/ and azd's state out of the package;
@@ -62,7 +62,7 @@ EXPECTED_ROLES = {
 # The Bicep parameter each module takes the operator's object id in.
 OPERATOR_PARAM = "operatorPrincipalId"
 # Settings of docs/reference.md ("Configuration") that receiver/settings.py may not read yet, with their defaults.
-CONTRACT_SETTINGS: dict[str, object] = {
+REFERENCE_SETTINGS: dict[str, object] = {
     "SYNC_COPY_MAX_MIB": 256,
     "RECONCILE_SCHEDULE": "0 */10 * * * *",
     "RECONCILE_AFTER_MINUTES": 10,
@@ -236,7 +236,7 @@ def decorator(param: dict[str, Any], kind: str) -> object:
 
 def receiver_settings() -> dict[str, object]:
     """Every setting the receiver reads -> its default (receiver/settings.py, then docs/reference.md)."""
-    found: dict[str, object] = dict(CONTRACT_SETTINGS)
+    found: dict[str, object] = dict(REFERENCE_SETTINGS)
     for field, info in Settings.model_fields.items():
         found[setting_name(field)] = info.default
     return found

@@ -10,9 +10,13 @@
 //   Application Insights: Monitoring Metrics Publisher (Entra ID ingestion; local auth is off).
 // The person running `azd up` (principalId, from azd's AZURE_PRINCIPAL_ID) gets, only when azd knows
 // them, what `python -m ops` needs: Storage Blob Data Owner on the destination container and Storage
-// Queue Data Contributor on the host storage.
-// A destination account in the app's resource group (the group `azd down` deletes) is locked against
-// deletion (README.md, "Tearing it down"). infra/VERIFY.md: the decisions, and what only Azure itself can check.
+// Queue Data Contributor on the host storage; and Storage Blob Data Reader on the deployment package
+// container, which the postprovision hook reads until the new roles are in force (docs/roles.md).
+// The documents never live in a resource group this template creates: the destination account (a new
+// one, or the existing one named) is deployed into a resource group that exists before the deployment
+// (the preprovision hook infra/hooks/destination-group.sh creates rg-<environment>-documents once), so
+// `azd down` (azd >= 1.24.1) removes the receiver whole and leaves the documents alone
+// (docs/teardown.md). infra/VERIFY.md: the decisions, and what only Azure itself can check.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -70,11 +74,11 @@ param alwaysReadyHttpInstances int = 0
 @description('Existing storage account to copy into; empty: create a new one (hierarchical namespace off, so blob index tags work).')
 param destinationStorageAccountName string = ''
 
-@description('Resource group of the existing destination account; empty: the app resource group (then the account gets the delete lock below, since `azd down` deletes that group).')
+@description('Resource group of the destination account. It must exist before the deployment (the template never creates it, so `azd down` never deletes it): the preprovision hook creates it for a new account; for an existing account name its group. Empty: rg-<environmentName>-documents.')
 param destinationResourceGroupName string = ''
 
-@description('A CanNotDelete lock on the destination account when it lives in the app resource group (always so for one this template creates), so `azd down` cannot delete the archived documents with the app (README.md, "Tearing it down"). false: no lock is created (a lock made before stays until removed by hand).')
-param protectDestinationAccount bool = true
+@description('A CanNotDelete lock on the destination account, against deleting it by hand by mistake (docs/teardown.md). Off by default: `azd down` never reaches the documents\' resource group anyway. A lock made before stays until removed (infra/delete-documents.sh removes it after asking).')
+param protectDestinationAccount bool = false
 
 @allowed([
   'Standard_LRS'
@@ -87,7 +91,7 @@ param protectDestinationAccount bool = true
 @description('Replication of a destination account this template creates (ignored for an existing one): geo-redundant by default; a region without a paired region needs Standard_ZRS or Standard_LRS.')
 param destinationStorageSku string = 'Standard_GRS'
 
-// ---- Receiver settings (CONTRACT section 5); defaults equal the receiver's own ----
+// ---- Receiver settings (docs/reference.md, Configuration); defaults equal the receiver's own ----
 
 @minLength(3)
 @maxLength(63)
@@ -161,11 +165,9 @@ var hostAccountName = empty(hostStorageAccountName) ? 'sthost${resourceToken}' :
 var deploymentContainerName = 'app-package-${take(appName, 32)}-${take(toLower(uniqueString(appName, resourceToken)), 7)}'
 var createDestinationAccount = empty(destinationStorageAccountName)
 var destinationAccountName = createDestinationAccount ? 'stdocs${resourceToken}' : destinationStorageAccountName
-var destinationRgName = (createDestinationAccount || empty(destinationResourceGroupName)) ? rg.name : destinationResourceGroupName
+// The same default as infra/hooks/destination-group.sh, which creates the group before the deployment.
+var destinationRgName = empty(destinationResourceGroupName) ? 'rg-${environmentName}-documents' : destinationResourceGroupName
 var webhookFunctionName = 'anonymization_webhook'
-// `azd down` deletes the resource groups this deployment created (azd >= 1.24.1), so the app's with
-// everything in it: a destination account in that group is locked against deletion.
-var lockDestinationAccount = protectDestinationAccount && (toLower(destinationRgName) == toLower(rg.name))
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
@@ -245,9 +247,10 @@ module workbook 'app/workbook.bicep' = {
   }
 }
 
+// Deployed into the documents' resource group, which exists before the deployment (never declared here).
 module destinationAccount 'app/destination-account.bicep' = if (createDestinationAccount) {
   name: 'destination-account'
-  scope: rg
+  scope: resourceGroup(destinationRgName)
   params: {
     name: destinationAccountName
     location: location
@@ -279,16 +282,15 @@ module destination 'app/destination-access.bicep' = {
     containerName: destinationContainer
     principalId: identity.outputs.principalId
     operatorPrincipalId: principalId
-    lockAccount: lockDestinationAccount
+    lockAccount: protectDestinationAccount
   }
-  // The scope is named, not referenced: say that it waits for the resource group and a new account.
+  // The account is named, not referenced: say that it waits for a new one.
   dependsOn: [
-    rg
     destinationAccount
   ]
 }
 
-// Every setting the receiver reads (receiver/settings.py, CONTRACT section 5). The destination is
+// Every setting the receiver reads (receiver/settings.py, docs/reference.md "Configuration"). The destination is
 // reached with the managed identity (DESTINATION_ACCOUNT_URL); the key-based alternative is never set.
 var receiverSettings = {
   DESTINATION_ACCOUNT_URL: destination.outputs.accountUrl
@@ -341,10 +343,13 @@ output WEBHOOK_URL string = 'https://${api.outputs.defaultHostName}/api/smartdoc
 output HEALTH_URL string = 'https://${api.outputs.defaultHostName}/api/health'
 @description('Prints the function key to append to WEBHOOK_URL as ?code=<key>.')
 output WEBHOOK_KEY_COMMAND string = 'az functionapp function keys list --resource-group ${rg.name} --name ${api.outputs.name} --function-name ${webhookFunctionName} --query "values(@)[0]" --output tsv'
+@description('The host storage account and the deployment package container: the postprovision hook waits until they can be read.')
+output HOST_STORAGE_ACCOUNT string = hostStorage.outputs.name
+output DEPLOYMENT_CONTAINER string = deploymentContainerName
 output DESTINATION_CONTAINER_URL string = destination.outputs.containerUrl
 output DESTINATION_STORAGE_ACCOUNT string = destinationAccountName
 output DESTINATION_RESOURCE_GROUP string = destinationRgName
-@description('The app identity\'s role on the destination container: on an existing account in another resource group `azd down` leaves it behind (README.md, "Tearing it down").')
+@description('The app identity\'s role on the destination container: it lives in the documents\' resource group, which `azd down` leaves alone, so the predown hook deletes it (docs/teardown.md).')
 output DESTINATION_ROLE_ASSIGNMENT_ID string = destination.outputs.appRoleAssignmentId
 @description('Name of the CanNotDelete lock on the destination account; empty: none.')
 output DESTINATION_LOCK_NAME string = destination.outputs.lockName

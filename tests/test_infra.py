@@ -3,13 +3,15 @@
 - every .bicep file parses (pycep-parser) and checkov's Bicep policies pass (each skip says why, inline);
 - the parsed tree grants exactly the intended roles at the intended scopes (Storage Blob Data Owner on
   the destination container, never its account);
-- the app settings cover every setting receiver/settings.py reads (plus the contract's newer ones) with
+- the app settings cover every setting receiver/settings.py reads (plus the newer ones docs/reference.md lists) with
   the receiver's own defaults, and every binding connection / %setting% in function_app.py, by identity;
 - no key, connection string, SAS or secret anywhere in infra/;
 - azure.yaml deploys the project root, and .funcignore keeps infra/ and azd's state out of the package;
-- issue 16: azd >= 1.24.1, the scale floor, the receiver's bounds, no hard-coded cloud suffix, the delete
-  lock on a destination account `azd down` would delete, the operator's optional roles, VNet mode's
-  `bypass: 'None'`, defaults an empty ${VAR} cannot silently replace, the Microsoft.App hook (run).
+- azd >= 1.24.1, the scale floor, the receiver's bounds, no hard-coded cloud suffix, the documents in a
+  resource group the template never creates (and the optional delete lock), the operator's optional roles,
+  VNet mode's `bypass: 'None'`, defaults an empty ${VAR} cannot silently replace;
+- the hooks and infra/delete-documents.sh, run with a stand-in `az` on PATH: the Microsoft.App provider,
+  the documents' resource group, the bounded wait for roles, the app's role removed before `azd down`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ ROLES = {
     "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
     "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+    "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": "Storage Blob Data Reader",
 }
 ACCOUNT = "Microsoft.Storage/storageAccounts"
 CONTAINER = "Microsoft.Storage/storageAccounts/blobServices/containers"
@@ -54,11 +57,12 @@ EXPECTED_ROLES = {
     ("app/monitoring.bicep", "Monitoring Metrics Publisher", "Microsoft.Insights/components", "app"),
     ("app/host-storage.bicep", "Storage Queue Data Contributor", ACCOUNT, "operator"),
     ("app/destination-access.bicep", "Storage Blob Data Owner", CONTAINER, "operator"),
+    ("app/host-storage.bicep", "Storage Blob Data Reader", CONTAINER, "operator"),
 }
 # The Bicep parameter each module takes the operator's object id in.
 OPERATOR_PARAM = "operatorPrincipalId"
-# CONTRACT section 5 settings that receiver/settings.py may not read yet, with the contract's defaults.
-CONTRACT_SETTINGS: dict[str, object] = {
+# Settings of docs/reference.md ("Configuration") that receiver/settings.py may not read yet, with their defaults.
+REFERENCE_SETTINGS: dict[str, object] = {
     "SYNC_COPY_MAX_MIB": 256,
     "RECONCILE_SCHEDULE": "0 */10 * * * *",
     "RECONCILE_AFTER_MINUTES": 10,
@@ -231,8 +235,8 @@ def decorator(param: dict[str, Any], kind: str) -> object:
 
 
 def receiver_settings() -> dict[str, object]:
-    """Every setting the receiver reads -> its default (receiver/settings.py, then CONTRACT section 5)."""
-    found: dict[str, object] = dict(CONTRACT_SETTINGS)
+    """Every setting the receiver reads -> its default (receiver/settings.py, then docs/reference.md)."""
+    found: dict[str, object] = dict(REFERENCE_SETTINGS)
     for field, info in Settings.model_fields.items():
         found[setting_name(field)] = info.default
     return found
@@ -587,7 +591,7 @@ def test_funcignore_keeps_infra_and_azd_state_out_of_the_package() -> None:
         assert not ignore.match_file(path), path
 
 
-# ---- issue 16: azd version, bounds, cloud suffix, protection, operator roles, VNet mode ----
+# ---- azd version, bounds, cloud suffix, the documents' resource group, operator roles, VNet mode ----
 
 # azd's changelog: 1.15 stops an unset ${VAR} from replacing a Bicep default with "", 1.18 packages by
 # .funcignore, 1.24.1 makes `azd down` delete only the resource groups the deployment created (before, it
@@ -651,38 +655,64 @@ def test_the_check_above_catches_a_hard_coded_suffix() -> None:
     assert not CLOUD_SUFFIXES.search("param allowedSourceHosts string = '*.blob.${environment().suffixes.storage}'")
 
 
-def lock_for(**given: object) -> bool:
-    """Whether main.bicep locks the destination account, for the given parameters (else the defaults)."""
+def main_value(expr: object, **given: object) -> object:
+    """A main.bicep expression's value for the given parameters (else the defaults)."""
     params: dict[str, object] = {"environmentName": "dev", "location": "westeurope", **given}
-    passed = module_params("main.bicep", "destination")["lockAccount"]
-    return bool(evaluate("main.bicep", passed, params))
+    return evaluate("main.bicep", expr, params)
 
 
-def test_a_destination_account_azd_down_would_delete_is_locked_against_deletion() -> None:
+def scope_group(module: str) -> object:
+    """The resource group a main.bicep module is deployed to: `rg`, or the name inside resourceGroup(...)."""
+    config = bicep("main.bicep")["modules"][module]["config"]
+    scope = (config["config"] if "condition" in config else config)["scope"]
+    if isinstance(scope, dict) and scope.get("function", {}).get("type") == "resource_group":
+        parameters = scope["function"]["parameters"]
+        assert parameters["subscription_id"] is None  # this subscription
+        return parameters["resource_group_name"]
+    return scope
+
+
+def test_the_documents_live_in_a_resource_group_the_template_never_creates() -> None:
+    main = bicep("main.bicep")
+    # The template creates one resource group, the app's: `azd down` deletes only that one.
+    groups = resources("main.bicep", "Microsoft.Resources/resourceGroups")
+    assert list(groups) == ["rg"]
+    assert unwrap(groups["rg"]["config"])[1]["name"] != "destinationRgName"
+    # A new account and the container + role go to the documents' group, named, never declared here.
+    for module in ("destinationAccount", "destination"):
+        assert scope_group(module) == "destinationRgName", module
+    assert main_value("destinationRgName") == "rg-dev-documents"  # infra/hooks/destination-group.sh's default
+    assert main_value("destinationRgName", destinationResourceGroupName="rg-customer") == "rg-customer"
+    assert main_value("destinationRgName", destinationStorageAccountName="st1", destinationResourceGroupName="g") == "g"
+    assert main_value("destinationAccountName", destinationStorageAccountName="stcustomer") == "stcustomer"
+    # Everything else is in the app's group (a private endpoint of the account too: it goes with the app).
+    for module in main["modules"]:
+        if module not in ("destinationAccount", "destination"):
+            assert scope_group(module) == "rg", module
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert azd["destinationResourceGroupName"]["value"] == "${DESTINATION_RESOURCE_GROUP_NAME}"
+    assert azd["destinationStorageAccountName"]["value"] == "${DESTINATION_STORAGE_ACCOUNT_NAME}"
+    outputs = main["outputs"]
+    assert outputs["DESTINATION_RESOURCE_GROUP"]["value"] == "destinationRgName"
+    assert outputs["DESTINATION_STORAGE_ACCOUNT"]["value"] == "destinationAccountName"
+
+
+def test_the_delete_lock_is_an_option_off_by_default() -> None:
     rel = "app/destination-access.bicep"
     [lock] = resources(rel, "Microsoft.Authorization/locks").values()
     condition, config = unwrap(lock["config"])
     assert config["scope"] == "account"
     assert only(rel, ACCOUNT)["name"] == "accountName"
     assert config["properties"]["level"] == "CanNotDelete"
-    assert "Tearing it down" in config["properties"]["notes"]
+    assert "infra/delete-documents.sh" in config["properties"]["notes"]
     assert evaluate(rel, condition, {"lockAccount": True}) is True
     assert evaluate(rel, condition, {"lockAccount": False}) is False
-    # A new account (created in the app's resource group, which `azd down` deletes): locked by default.
-    assert bicep("main.bicep")["parameters"]["protectDestinationAccount"]["default"] is True
-    assert lock_for() is True
-    # An existing account whose group is not named lives in the app's group too: locked.
-    assert lock_for(destinationStorageAccountName="stcustomer") is True
-    assert lock_for(destinationStorageAccountName="stcustomer", destinationResourceGroupName="RG-DEV") is True
-    # An existing account in its own group: azd (>= 1.24.1) does not delete that group; no lock on it.
-    assert lock_for(destinationStorageAccountName="stcustomer", destinationResourceGroupName="rg-customer") is False
-    # Turned off on purpose (a trial deployment that `azd down` should wipe whole).
-    assert lock_for(protectDestinationAccount=False) is False
-    # The teardown section names the lock, and azd's environment records it (DESTINATION_LOCK_NAME).
+    assert bicep("main.bicep")["parameters"]["protectDestinationAccount"]["default"] is False
+    assert module_params("main.bicep", "destination")["lockAccount"] == "protectDestinationAccount"
+    # azd's environment records the lock's name (DESTINATION_LOCK_NAME), and the teardown page names it.
     outputs = bicep("main.bicep")["outputs"]
     assert accessor(outputs["DESTINATION_LOCK_NAME"]["value"]) == ["destination", "outputs", "lockName"]
-    lock_name = variable(rel, config["name"])
-    assert lock_name in (ROOT / "README.md").read_text()
+    assert variable(rel, config["name"]) in (ROOT / "docs" / "teardown.md").read_text()
     azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
     assert azd["protectDestinationAccount"]["value"] == "${PROTECT_DESTINATION_ACCOUNT}"
 
@@ -698,6 +728,7 @@ def test_the_operator_gets_the_roles_ops_needs_only_when_azd_names_them() -> Non
     assert operator == {
         ("app/destination-access.bicep", "Storage Blob Data Owner"),  # find, check, reconcile, export
         ("app/host-storage.bicep", "Storage Queue Data Contributor"),  # replay-poison
+        ("app/host-storage.bicep", "Storage Blob Data Reader"),  # the postprovision wait for roles
     }
 
 
@@ -736,7 +767,11 @@ def test_an_empty_azd_variable_cannot_silently_replace_a_default() -> None:
         assert isinstance(decorator(params[name], "min_length"), int), name
 
 
-# ---- the Microsoft.App preprovision hook, run with a stand-in `az` ----
+# ---- the hooks and infra/delete-documents.sh, run with a stand-in `az` (and `azd`) on PATH ----
+
+HOOKS = INFRA / "hooks"
+# Tools the scripts call besides az/azd: linked from this machine into the stand-ins' PATH.
+TOOLS = ("tr", "printf", "sed", "tail", "dirname", "sh", "cat")
 
 FAKE_AZ = """#!/bin/sh
 echo "$*" >> "$AZ_CALLS"
@@ -747,34 +782,74 @@ exit 0
 """
 
 
-def run_hook(
-    tmp_path: Path, vnet: str | None, state: str = "NotRegistered", with_az: bool = True
-) -> tuple[str, list[str]]:
-    config = yaml.safe_load((ROOT / "azure.yaml").read_text())
-    hook = config["hooks"]["preprovision"]["posix"]
-    assert hook["shell"] == "sh"
-    script = (ROOT / hook["run"]).resolve()
-    assert script.is_file() and (ROOT / config["hooks"]["preprovision"]["windows"]["run"]).is_file()
+def fake_path(tmp_path: Path, **programs: str) -> Path:
+    """A bin directory holding the given stand-in programs (name -> shell script) and the usual tools."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    calls = tmp_path / "calls.txt"
-    calls.write_text("")
-    (bin_dir / "az").unlink(missing_ok=True)
-    if with_az:
-        (bin_dir / "az").write_text(FAKE_AZ)
-        (bin_dir / "az").chmod(0o755)
-    for tool in ("tr", "printf"):
+    if bin_dir.exists():
+        shutil.rmtree(bin_dir)
+    bin_dir.mkdir()
+    for name, body in programs.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    for tool in TOOLS:
         found = shutil.which(tool)
         if found and not (bin_dir / tool).exists():
             (bin_dir / tool).symlink_to(found)
-    env = {"PATH": str(bin_dir), "AZ_CALLS": str(calls), "AZ_STATE": state, "AZURE_SUBSCRIPTION_ID": "sub-1"}
-    if vnet is not None:
-        env["VNET_ENABLED"] = vnet
+    return bin_dir
+
+
+def run_script(
+    script: Path, bin_dir: Path, env: dict[str, str], stdin: str = "", args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     sh = shutil.which("sh")
     assert sh
-    run = subprocess.run([sh, str(script)], env=env, capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [sh, str(script), *args],
+        env={"PATH": str(bin_dir), **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def calls_of(tmp_path: Path) -> list[str]:
+    calls = tmp_path / "calls.txt"
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def hook(event: str) -> tuple[Path, Path]:
+    """azure.yaml's (posix script, windows script) for an azd event; both exist."""
+    config = yaml.safe_load((ROOT / "azure.yaml").read_text())
+    entry = config["hooks"][event]
+    assert entry["posix"]["shell"] == "sh" and entry["windows"]["shell"] == "pwsh"
+    posix, windows = (ROOT / entry["posix"]["run"]).resolve(), (ROOT / entry["windows"]["run"]).resolve()
+    assert posix.is_file() and windows.is_file(), event
+    return posix, windows
+
+
+def run_hook(
+    tmp_path: Path, vnet: str | None, state: str = "NotRegistered", with_az: bool = True
+) -> tuple[str, list[str]]:
+    bin_dir = fake_path(tmp_path, **({"az": FAKE_AZ} if with_az else {}))
+    (tmp_path / "calls.txt").write_text("")
+    env = {"AZ_CALLS": str(tmp_path / "calls.txt"), "AZ_STATE": state, "AZURE_SUBSCRIPTION_ID": "sub-1"}
+    if vnet is not None:
+        env["VNET_ENABLED"] = vnet
+    run = run_script(HOOKS / "register-microsoft-app.sh", bin_dir, env)
     assert run.returncode == 0, run.stderr  # it never stops `azd up`
-    return run.stdout + run.stderr, calls.read_text().splitlines()
+    return run.stdout + run.stderr, calls_of(tmp_path)
+
+
+def test_the_preprovision_hook_runs_the_provider_check_then_the_documents_group() -> None:
+    posix, windows = hook("preprovision")
+    lines = [line for line in posix.read_text().splitlines() if line.startswith("sh ")]
+    assert lines == ['sh "$here/register-microsoft-app.sh"', 'sh "$here/destination-group.sh"']
+    text = windows.read_text()
+    assert text.index("register-microsoft-app.ps1") < text.index("destination-group.ps1")
+    for script in ("register-microsoft-app", "destination-group", "wait-for-roles", "remove-destination-role"):
+        assert (HOOKS / f"{script}.sh").is_file() and (HOOKS / f"{script}.ps1").is_file(), script
 
 
 def test_the_hook_registers_microsoft_app_only_in_vnet_mode(tmp_path: Path) -> None:
@@ -793,3 +868,389 @@ def test_the_hook_registers_microsoft_app_only_in_vnet_mode(tmp_path: Path) -> N
     said, calls = run_hook(tmp_path, "true", with_az=False)
     assert calls == []
     assert "az provider register --namespace Microsoft.App --subscription sub-1 --wait" in said
+
+
+# -- the documents' resource group (preprovision) --
+
+GROUP_AZ = """#!/bin/sh
+echo "az $*" >> "$AZ_CALLS"
+case "$*" in
+  "group exists"*) echo "$AZ_GROUP_EXISTS" ;;
+esac
+exit 0
+"""
+FAKE_AZD = """#!/bin/sh
+echo "azd $*" >> "$AZ_CALLS"
+exit 0
+"""
+
+
+def run_group_hook(
+    tmp_path: Path, exists: str = "false", with_az: bool = True, env: dict[str, str] | None = None, **extra: str
+) -> tuple[int, str, list[str]]:
+    programs = {"azd": FAKE_AZD, **({"az": GROUP_AZ} if with_az else {})}
+    bin_dir = fake_path(tmp_path, **programs)
+    (tmp_path / "calls.txt").write_text("")
+    base = {
+        "AZ_CALLS": str(tmp_path / "calls.txt"),
+        "AZ_GROUP_EXISTS": exists,
+        "AZURE_ENV_NAME": "sd-receiver",
+        "AZURE_LOCATION": "westeurope",
+        "AZURE_SUBSCRIPTION_ID": "sub-1",
+    }
+    run = run_script(HOOKS / "destination-group.sh", bin_dir, base | (env or {}) | extra)
+    return run.returncode, run.stdout + run.stderr, calls_of(tmp_path)
+
+
+def test_a_new_account_gets_its_documents_group_created_once_before_the_deployment(tmp_path: Path) -> None:
+    code, said, calls = run_group_hook(tmp_path, exists="false")
+    assert code == 0, said
+    assert calls == [
+        "az group exists --name rg-sd-receiver-documents --subscription sub-1",
+        "az group create --name rg-sd-receiver-documents --location westeurope --subscription sub-1"
+        " --tags purpose=smartdocumentor-documents created-for=sd-receiver --output none",
+        "azd env set DESTINATION_RESOURCE_GROUP_NAME rg-sd-receiver-documents",
+    ]
+    # The same default as main.bicep, so the deployment finds the group even without `azd env set`.
+    assert main_value("destinationRgName", environmentName="sd-receiver") == "rg-sd-receiver-documents"
+    # Never tagged azd-env-name: it is not one of the groups this environment's deployment owns.
+    assert "azd-env-name" not in (HOOKS / "destination-group.sh").read_text().replace("tagged azd-env-name", "")
+    # Already there (the second `azd up`, or after `azd down`): nothing created.
+    code, said, calls = run_group_hook(tmp_path, exists="true")
+    assert code == 0 and "exists" in said
+    assert [call for call in calls if "group create" in call] == []
+    # A name of the user's choosing is used as given, and not written back.
+    code, _, calls = run_group_hook(tmp_path, exists="false", DESTINATION_RESOURCE_GROUP_NAME="rg-archive")
+    assert code == 0
+    assert calls[1].startswith("az group create --name rg-archive ") and not any("env set" in c for c in calls)
+
+
+def test_an_existing_account_needs_its_existing_group_and_nothing_is_created(tmp_path: Path) -> None:
+    existing = {"DESTINATION_STORAGE_ACCOUNT_NAME": "stcustomer", "DESTINATION_RESOURCE_GROUP_NAME": "rg-customer"}
+    code, said, calls = run_group_hook(tmp_path, exists="true", env=existing)
+    assert code == 0, said
+    assert calls == ["az group exists --name rg-customer --subscription sub-1"]
+    code, said, calls = run_group_hook(tmp_path, exists="false", env=existing)
+    assert code == 1 and "rg-customer" in said and "does not exist" in said
+    assert not any("create" in call for call in calls)
+    # The account without its group: refused, with the command that finds the group.
+    code, said, calls = run_group_hook(tmp_path, DESTINATION_STORAGE_ACCOUNT_NAME="stcustomer")
+    assert code == 1 and calls == []
+    assert "az storage account show --name stcustomer --query resourceGroup" in said
+
+
+def test_the_documents_group_is_never_the_apps_own(tmp_path: Path) -> None:
+    for env in (
+        {"DESTINATION_RESOURCE_GROUP_NAME": "RG-sd-receiver"},  # the app's default name, any case
+        {"DESTINATION_RESOURCE_GROUP_NAME": "rg-app", "AZURE_RESOURCE_GROUP_NAME": "rg-app"},
+    ):
+        code, said, calls = run_group_hook(tmp_path, env=env)
+        assert code == 1 and "azd down deletes" in said, env
+        assert calls == [], env
+
+
+def test_the_documents_group_hook_stops_azd_up_when_it_cannot_make_sure(tmp_path: Path) -> None:
+    code, said, calls = run_group_hook(tmp_path, with_az=False)
+    assert code == 1 and "az group create --name rg-sd-receiver-documents" in said and calls == []
+    code, said, _ = run_group_hook(tmp_path, exists="")  # az answered nothing: not signed in
+    assert code == 1 and "az login" in said
+    code, said, _ = run_group_hook(tmp_path, AZURE_ENV_NAME="")
+    assert code == 1 and "AZURE_ENV_NAME" in said
+
+
+# -- the bounded wait for roles (postprovision) --
+
+# Fails the data-plane probe $AZ_FAILS times (a counter file), then succeeds; AZ_FAILS=never: always fails.
+ROLES_AZ = """#!/bin/sh
+echo "az $*" >> "$AZ_CALLS"
+case "$*" in
+  "storage blob list"*)
+    count=$(cat "$AZ_COUNTER" 2>/dev/null || echo 0)
+    count=$((count + 1))
+    echo "$count" > "$AZ_COUNTER"
+    if [ "$AZ_FAILS" = never ] || [ "$count" -le "$AZ_FAILS" ]; then
+      echo "ERROR: This request is not authorized to perform this operation using this permission." >&2
+      echo "ErrorCode:AuthorizationPermissionMismatch" >&2
+      exit 1
+    fi ;;
+esac
+exit 0
+"""
+# Records each sleep instead of sleeping: the test never waits on the real clock.
+FAKE_SLEEP = """#!/bin/sh
+echo "sleep $*" >> "$AZ_CALLS"
+"""
+
+
+def run_wait(tmp_path: Path, fails: str, **env: str) -> tuple[int, str, str, list[str]]:
+    bin_dir = fake_path(tmp_path, az=ROLES_AZ, fakesleep=FAKE_SLEEP)
+    (tmp_path / "calls.txt").write_text("")
+    (tmp_path / "counter").unlink(missing_ok=True)
+    base = {
+        "AZ_CALLS": str(tmp_path / "calls.txt"),
+        "AZ_COUNTER": str(tmp_path / "counter"),
+        "AZ_FAILS": fails,
+        "AZURE_PRINCIPAL_ID": "00000000-0000-0000-0000-000000000001",
+        "HOST_STORAGE_ACCOUNT": "sthostabc",
+        "DEPLOYMENT_CONTAINER": "app-package-func-abc",
+        "ROLE_WAIT_SLEEP": "fakesleep",
+    }
+    posix, _ = hook("postprovision")
+    run = run_script(posix, bin_dir, base | env)
+    return run.returncode, run.stdout, run.stderr, calls_of(tmp_path)
+
+
+PROBE = (
+    "az storage blob list --auth-mode login --account-name sthostabc --container-name app-package-func-abc"
+    " --num-results 1 --only-show-errors --output none"
+)
+
+
+def test_the_wait_for_roles_retries_until_the_deploying_identity_is_allowed(tmp_path: Path) -> None:
+    code, out, err, calls = run_wait(tmp_path, fails="7")
+    assert code == 0, err
+    assert calls == [PROBE, "sleep 10"] * 7 + [PROBE]
+    assert "in force after about 70 s" in out
+    # A line when it starts waiting and then every 30 s, not one per try.
+    waiting = [line for line in out.splitlines() if "not in force yet" in line]
+    assert [line.split("(")[1].split(" s so far")[0] for line in waiting] == ["0", "30", "60"]
+    # Allowed at once: one probe, no sleep.
+    code, out, _, calls = run_wait(tmp_path, fails="0")
+    assert (code, calls) == (0, [PROBE])
+    assert "in force (the package container sthostabc/app-package-func-abc can be read)" in out
+
+
+def test_the_wait_for_roles_stops_by_itself_after_ten_minutes_with_what_to_do(tmp_path: Path) -> None:
+    code, out, err, calls = run_wait(tmp_path, fails="never")
+    assert code == 1
+    assert calls.count("sleep 10") == 60 and calls.count(PROBE) == 61  # 600 s in 10 s steps, then one last try
+    assert "gave up after 600 s" in err and "run azd deploy in a few minutes" in err
+    assert "AuthorizationPermissionMismatch" in err  # the last answer, as az gave it
+    assert len([line for line in out.splitlines() if "not in force yet" in line]) == 20  # every 30 s
+    # The bound and the step are settings (whole seconds only).
+    code, _, _, calls = run_wait(
+        tmp_path, fails="never", ROLE_WAIT_TIMEOUT_SECONDS="30", ROLE_WAIT_INTERVAL_SECONDS="15"
+    )
+    assert code == 1 and calls == [PROBE, "sleep 15", PROBE, "sleep 15", PROBE]
+    code, _, err, calls = run_wait(tmp_path, fails="never", ROLE_WAIT_TIMEOUT_SECONDS="ten minutes")
+    assert code == 2 and calls == [] and "whole seconds" in err
+
+
+def test_the_wait_for_roles_is_skipped_where_it_cannot_probe(tmp_path: Path) -> None:
+    for env in ({"VNET_ENABLED": "true"}, {"AZURE_PRINCIPAL_ID": ""}, {"HOST_STORAGE_ACCOUNT": ""}):
+        code, out, _, calls = run_wait(tmp_path, fails="never", **env)
+        assert (code, calls) == (0, []), env
+        assert "skipped" in out and "run azd deploy again" in out, env
+
+
+def test_the_package_container_is_what_the_wait_for_roles_probes() -> None:
+    outputs = bicep("main.bicep")["outputs"]
+    assert outputs["DEPLOYMENT_CONTAINER"]["value"] == "deploymentContainerName"
+    assert accessor(outputs["HOST_STORAGE_ACCOUNT"]["value"]) == ["hostStorage", "outputs", "name"]
+    assert module_params("main.bicep", "hostStorage")["deploymentContainerName"] == "deploymentContainerName"
+    # The operator's read role is on that container (test_roles_are_exactly_...), granted in the same
+    # deployment as the app's roles on the account.
+    [reader] = [
+        unwrap(res["config"])[1]
+        for res in resources("app/host-storage.bicep", "Microsoft.Authorization/roleAssignments").values()
+        if unwrap(res["config"])[1]["properties"]["principalId"] == OPERATOR_PARAM
+        and "Reader" in str(unwrap(res["config"])[1]["properties"]["roleDefinitionId"])
+    ]
+    assert reader["scope"] == "deploymentContainer"
+
+
+# -- the app's role on the documents, removed before `azd down` (predown) --
+
+ROLE_AZ = """#!/bin/sh
+echo "az $*" >> "$AZ_CALLS"
+exit "${AZ_EXIT:-0}"
+"""
+
+
+def test_the_predown_hook_removes_the_apps_role_on_the_documents_and_never_stops_azd_down(tmp_path: Path) -> None:
+    posix, _ = hook("predown")
+    role = "/subscriptions/s/resourceGroups/rg-d/providers/Microsoft.Authorization/roleAssignments/r1"
+    for az_exit, said in (("0", "removed"), ("1", "could not remove it")):
+        bin_dir = fake_path(tmp_path, az=ROLE_AZ)
+        (tmp_path / "calls.txt").write_text("")
+        env = {"AZ_CALLS": str(tmp_path / "calls.txt"), "AZ_EXIT": az_exit, "DESTINATION_ROLE_ASSIGNMENT_ID": role}
+        run = run_script(posix, bin_dir, env)
+        assert run.returncode == 0 and said in run.stdout + run.stderr
+        assert calls_of(tmp_path) == [f"az role assignment delete --ids {role} --only-show-errors --output none"]
+    (tmp_path / "calls.txt").write_text("")
+    run = run_script(posix, fake_path(tmp_path, az=ROLE_AZ), {"AZ_CALLS": str(tmp_path / "calls.txt")})
+    assert run.returncode == 0 and calls_of(tmp_path) == []
+    assert bicep("main.bicep")["outputs"]["DESTINATION_ROLE_ASSIGNMENT_ID"]
+
+
+# -- infra/delete-documents.sh: the one command that deletes the documents too --
+
+DELETE_SCRIPT = INFRA / "delete-documents.sh"
+ACCOUNT_ID = "/subscriptions/s/resourceGroups/rg-sd-documents/providers/Microsoft.Storage/storageAccounts/stdocsabc"
+DELETE_AZ = """#!/bin/sh
+echo "az $*" >> "$AZ_CALLS"
+case "$*" in
+  "storage account show"*) [ -n "$AZ_ACCOUNT_ID" ] && echo "$AZ_ACCOUNT_ID" ;;
+  "storage container-rm list"*) echo smartdocumentor ;;
+  "lock list"*) [ -n "$AZ_LOCK" ] && echo "$AZ_LOCK" ;;
+  "group show"*) echo "$AZ_PURPOSE" ;;
+  "resource list"*) [ -n "$AZ_OTHERS" ] && echo "$AZ_OTHERS" ;;
+esac
+exit 0
+"""
+
+
+def run_delete(
+    tmp_path: Path, answer: str, *args: str, others: str = "", purpose: str = "smartdocumentor-documents", **env: str
+) -> tuple[int, str, list[str]]:
+    bin_dir = fake_path(tmp_path, az=DELETE_AZ)
+    (tmp_path / "calls.txt").write_text("")
+    base = {
+        "AZ_CALLS": str(tmp_path / "calls.txt"),
+        "AZ_ACCOUNT_ID": ACCOUNT_ID,
+        "AZ_LOCK": ACCOUNT_ID + "/providers/Microsoft.Authorization/locks/keep-archived-documents",
+        "AZ_PURPOSE": purpose,
+        "AZ_OTHERS": others,
+        "DESTINATION_STORAGE_ACCOUNT": "stdocsabc",
+        "DESTINATION_RESOURCE_GROUP": "rg-sd-documents",
+    }
+    run = run_script(DELETE_SCRIPT, bin_dir, base | env, stdin=answer + "\n", args=args)
+    return run.returncode, run.stdout + run.stderr, calls_of(tmp_path)
+
+
+def deletions(calls: list[str]) -> list[str]:
+    return [call for call in calls if " delete " in f"{call} "]
+
+
+def test_delete_documents_lists_what_it_deletes_and_asks_first(tmp_path: Path) -> None:
+    code, said, calls = run_delete(tmp_path, "stdocsabc")
+    assert code == 0, said
+    listing = said.split("Type the account name")[0]
+    for thing in (ACCOUNT_ID, "smartdocumentor", "keep-archived-documents", "resource group   rg-sd-documents"):
+        assert thing in listing, thing
+    assert deletions(calls) == [
+        f"az lock delete --ids {ACCOUNT_ID}/providers/Microsoft.Authorization/locks/keep-archived-documents"
+        " --output none",
+        f"az storage account delete --ids {ACCOUNT_ID} --yes --output none",
+        "az group delete --name rg-sd-documents --yes --output none",
+    ]
+    # Anything but the account's name: nothing deleted.
+    for answer in ("", "y", "yes", "stdocs"):
+        code, said, calls = run_delete(tmp_path, answer)
+        assert code == 1 and "nothing deleted" in said and deletions(calls) == [], answer
+
+
+def test_delete_documents_keeps_a_group_it_did_not_make_or_that_holds_more(tmp_path: Path) -> None:
+    for kwargs in ({"purpose": ""}, {"others": "/subscriptions/s/resourceGroups/rg-sd-documents/providers/x/y/z"}):
+        code, said, calls = run_delete(tmp_path, "stdocsabc", **kwargs)
+        assert code == 0, said
+        assert "kept: resource group rg-sd-documents" in said
+        assert not any("group delete" in call for call in calls), kwargs
+        assert any("storage account delete" in call for call in calls)
+
+
+def test_delete_documents_refuses_an_empty_name(tmp_path: Path) -> None:
+    for env, args in (
+        ({"DESTINATION_STORAGE_ACCOUNT": ""}, ()),
+        ({"DESTINATION_RESOURCE_GROUP": ""}, ()),
+        ({}, ("--account", "")),
+        ({}, ("--resource-group", "")),
+    ):
+        code, said, calls = run_delete(tmp_path, "stdocsabc", *args, **env)
+        assert code == 2 and "refusing" in said, (env, args)
+        assert calls == [], (env, args)
+    # Names given on the command line win over azd's environment.
+    code, _, calls = run_delete(tmp_path, "stother", "--account", "stother", "--resource-group", "rg-x")
+    assert (
+        code == 0 and calls[0] == "az storage account show --name stother --resource-group rg-x --query id --output tsv"
+    )
+    # An account that is not there: nothing deleted.
+    code, said, calls = run_delete(tmp_path, "stdocsabc", AZ_ACCOUNT_ID="")
+    assert code == 1 and "nothing deleted" in said and deletions(calls) == []
+
+
+# ---- infra/VERIFY.md's queries filter on what the code emits ----
+
+VERIFY = INFRA / "VERIFY.md"
+# `Properties["receiver.x"]` (Log Analytics) or `customDimensions["receiver.x"]` (Application Insights),
+# optionally inside tostring(...), compared with a string literal (or a list of them).
+DIMENSION = re.compile(r'(?:Properties|customDimensions)\["(receiver\.[A-Za-z_.]+)"\]')
+COMPARED = re.compile(
+    r'(?:Properties|customDimensions)\["(receiver\.[A-Za-z_.]+)"\]\)?\s*(?:==|=~|!=|!~)\s*"([^"]*)"'
+    r'|(?:Properties|customDimensions)\["(receiver\.[A-Za-z_.]+)"\]\)?\s*!?in~?\s*\(([^)]*)\)'
+)
+
+
+def receiver_string_constants() -> set[str]:
+    """Every string literal in receiver/ (what its records can carry as a value)."""
+    found: set[str] = set()
+    for path in (ROOT / "receiver").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.add(node.value)
+    return found
+
+
+def emitted_dimensions() -> set[str]:
+    """The customDimensions keys the receiver's records carry: `receiver.<key>` for every key of a record's
+    attributes (a Record with every field set), and every literal `receiver.*` key it logs directly."""
+    import dataclasses
+    import typing
+
+    from receiver import telemetry
+
+    record = telemetry.Record(typing.get_args(telemetry.Operation)[0])
+    for item in dataclasses.fields(record):
+        if getattr(record, item.name) is None or item.type in ("bool", "bool | None"):
+            setattr(record, item.name, True if "bool" in str(item.type) else "x")
+    keys = {f"receiver.{key}" for key in record.attributes()}
+    return keys | {value for value in receiver_string_constants() if value.startswith("receiver.")}
+
+
+def verify_kql() -> list[str]:
+    text = VERIFY.read_text()
+    blocks = re.findall(r"```kusto\n(.*?)```", text, re.DOTALL)
+    return blocks + [span for span in re.findall(r"`([^`\n]+)`", text) if DIMENSION.search(span)]
+
+
+def test_verify_md_queries_filter_on_names_the_code_emits() -> None:
+    from typing import get_args
+
+    from receiver.telemetry import Operation
+
+    queries = verify_kql()
+    assert queries, "infra/VERIFY.md has no KQL?"
+    emitted = emitted_dimensions()
+    values = receiver_string_constants()
+    operations = set(get_args(Operation))
+    compared = 0
+    for query in queries:
+        for key in DIMENSION.findall(query):
+            assert key in emitted, f"infra/VERIFY.md reads {key}, which no record carries: {sorted(emitted)}"
+        for key_1, literal, key_2, listed in COMPARED.findall(query):
+            key, literals = (key_1, [literal]) if key_1 else (key_2, re.findall(r'"([^"]*)"', listed))
+            for value in literals:
+                compared += 1
+                allowed = operations if key == "receiver.operation" else values
+                assert value in allowed, f"infra/VERIFY.md filters {key} on {value!r}, which the code never emits"
+    assert compared >= 1
+    # The reconciliation's records say "reconciliation" (not "reconcile"), and VERIFY.md asks for that.
+    assert "reconciliation" in operations
+    assert any('Properties["receiver.operation"]) == "reconciliation"' in query for query in queries)
+
+
+def test_the_check_above_catches_a_name_the_code_does_not_emit() -> None:
+    wrong = 'AppTraces | where Properties["receiver.operation"] == "reconcile"'
+    [(key, value, _, _)] = COMPARED.findall(wrong)
+    from typing import get_args
+
+    from receiver.telemetry import Operation
+
+    assert key == "receiver.operation" and value not in get_args(Operation)
+    assert "receiver.noSuchKey" not in emitted_dimensions()
+    assert {
+        "receiver.operation",
+        "receiver.outcome",
+        "receiver.taskId",
+        "receiver.poison_depth",
+    } <= emitted_dimensions()

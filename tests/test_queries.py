@@ -534,6 +534,7 @@ def workbook() -> dict[str, Any]:
     assert resource["type"] == "Microsoft.Insights/workbooks"
     properties = resource["config"]["properties"]
     assert properties["category"] == "workbook" and resource["config"]["kind"] == "shared"
+    assert properties["version"] == "Notebook/1.0"  # what workbooks expect, not '1.0'
     assert properties["sourceId"] == "applicationInsightsId"
     serialized = properties["serializedData"]["function"]
     assert serialized["type"] == "string"  # Bicep serializes the object to JSON

@@ -9,7 +9,7 @@ param containerName string
 param principalId string
 @description('Object id of the person running `azd up` (AZURE_PRINCIPAL_ID), for `python -m ops`; empty: no role.')
 param operatorPrincipalId string = ''
-@description('Lock the account against deletion (main.bicep: when it lives in the resource group `azd down` deletes).')
+@description('Lock the account against deletion (main.bicep: protectDestinationAccount, off by default).')
 param lockAccount bool = false
 
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
@@ -55,17 +55,16 @@ resource operatorContainerOwner 'Microsoft.Authorization/roleAssignments@2022-04
   }
 }
 
-// Archived documents outlive the app: `azd down` deletes the resource groups the deployment created,
-// and ARM refuses to delete a resource group holding a locked resource (README.md, "Tearing it down").
-// Deleting blobs and containers is data-plane work a management lock does not stop: soft delete
-// (destination-account.bicep) covers that.
+// Optional: the account already lives in a resource group `azd down` leaves alone (main.bicep); the lock
+// guards it against deleting it by hand by mistake (docs/teardown.md). Deleting blobs and containers is
+// data-plane work a management lock does not stop: soft delete (destination-account.bicep) covers that.
 var lockName = 'keep-archived-documents'
 resource deleteLock 'Microsoft.Authorization/locks@2020-05-01' = if (lockAccount) {
   name: lockName
   scope: account
   properties: {
     level: 'CanNotDelete'
-    notes: 'Holds the archived SmartDocumentor documents; azd down must not delete it. To delete it on purpose, remove this lock first (README.md, "Tearing it down").'
+    notes: 'Holds the archived SmartDocumentor documents. To delete it on purpose, run infra/delete-documents.sh, which lists what it deletes and asks first (docs/teardown.md).'
   }
 }
 

@@ -7,7 +7,7 @@ param tags object = {}
 param deploymentContainerName string
 @description('Principal (object) id of the managed identity the app runs as.')
 param principalId string
-@description('Object id of the person running `azd up` (AZURE_PRINCIPAL_ID), for `python -m ops replay-poison`; empty: no role.')
+@description('Object id of the person running `azd up` (AZURE_PRINCIPAL_ID), for `python -m ops replay-poison` and the postprovision wait for roles (infra/hooks/wait-for-roles.sh); empty: no role.')
 param operatorPrincipalId string = ''
 param privateNetworking bool = false
 
@@ -17,6 +17,7 @@ var verificationQueueName = 'smartdocumentor-copy-verifications'
 var roles = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 }
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -115,6 +116,19 @@ resource operatorQueueContributor 'Microsoft.Authorization/roleAssignments@2022-
   scope: account
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: operatorPrincipalId
+  }
+}
+
+// The operator's read-only role on the deployment package container, and nothing else of the host's blobs:
+// the postprovision hook (infra/hooks/wait-for-roles.sh) lists this container until the role is in force,
+// so `azd deploy` does not start while the roles this deployment assigned on the account still propagate
+// (a first deploy with shared keys off could otherwise get 403). No principalType, as above.
+resource operatorPackageReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(deploymentContainer.id, operatorPrincipalId, roles.storageBlobDataReader)
+  scope: deploymentContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
     principalId: operatorPrincipalId
   }
 }

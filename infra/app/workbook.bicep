@@ -159,7 +159,7 @@ resource workbook 'Microsoft.Insights/workbooks@2023-06-01' = {
     category: 'workbook'
     sourceId: applicationInsightsId
     serializedData: string(content)
-    version: '1.0'
+    version: 'Notebook/1.0'
   }
 }
 

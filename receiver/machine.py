@@ -532,7 +532,8 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
     """The reconciliation, or an operator: finish, fail or leave what is still copying, and retire."""
     record, now, by = seen.record, event.now, event.by
     if record is None:
-        return Answer("nothing", 200, "waiting")
+        # Nothing read yet (a sweep starts with an empty Seen): read the record first.
+        return Observe() if seen.blob == UNSEEN else Answer("nothing", 200, "waiting")
     copying = next((item for item in record.deliveries if item.state is State.COPYING), None)
     if copying is not None and seen.concluded is None:
         blob = seen.blob

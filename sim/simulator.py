@@ -33,7 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import SecretStr
@@ -167,7 +167,7 @@ class ArmedFaults:
 
     def __init__(self) -> None:
         self.armed: Fault | None = None
-        self.rules: list[tuple[str, str | None, str, list[int]]] = []  # (when, op, name, [times left])
+        self.rules: list[tuple[str, str, str | None, list[int]]] = []  # (when, op, name, [times left])
         self.immutable_names: dict[str, str] = {}
 
     def rule(self, when: str, op: str, name: str | None, times: int) -> None:
@@ -348,15 +348,17 @@ def _arrival_job(*args: Any, **kwargs: Any) -> Job:
 def simulating() -> Iterator[None]:
     """Small blocks (Job.block_bytes per schedule) in the webhook and the queue function, and the
     receiver's log records off while schedules run (tens of thousands of them)."""
-    saved = (webhook_module.arrival_job, verification_module.arrival_job)
-    webhook_module.arrival_job = _arrival_job  # type: ignore[assignment]
-    verification_module.arrival_job = _arrival_job  # type: ignore[assignment]
+    modules = (webhook_module, verification_module)
+    saved = [getattr(module, "arrival_job") for module in modules]  # noqa: B009
+    for module in modules:
+        setattr(module, "arrival_job", _arrival_job)  # noqa: B010
     previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
     try:
         yield
     finally:
-        webhook_module.arrival_job, verification_module.arrival_job = saved  # type: ignore[assignment]
+        for module, original in zip(modules, saved, strict=True):
+            setattr(module, "arrival_job", original)  # noqa: B010
         logging.disable(previous)
 
 
@@ -404,6 +406,7 @@ class Simulation:
         self.fault_rate = 0.0
         self.checking = True
         self.had_current: set[tuple[str, str]] = set()
+        self.answered_ok: dict[tuple[str, str], list[ExportInfo]] = {}  # 2xx stored/duplicate/superseded
         self._records: dict[str, TaskRecord] = {}  # by ETag
         self.orphans_explained: list[str] = []
         self.notes: list[str] = []
@@ -480,7 +483,9 @@ class Simulation:
     # ---------------------------------------------------------------- actors
 
     def _start(self, kind: Kind, label: str, body: Callable[[Actor], Any], **kwargs: Any) -> Actor:
-        actor = Actor(len(self.actors) + 1, kind, f"{kind}#{len(self.actors) + 1} {label}".strip(), self.config, **kwargs)
+        actor = Actor(
+            len(self.actors) + 1, kind, f"{kind}#{len(self.actors) + 1} {label}".strip(), self.config, **kwargs
+        )
         self.actors.append(actor)
 
         async def main() -> None:
@@ -652,7 +657,6 @@ class Simulation:
             self.clock.advance(timedelta(hours=49))
             await self.drain(rounds=1)
             await self.run_actor(self.reconcile())
-            await self.run_actor(self.reconcile())
         self.check_final()
 
     def abort(self) -> None:
@@ -669,9 +673,9 @@ class Simulation:
     def after_call(self, op: str, name: str, before: Any, kwargs: dict[str, Any]) -> None:
         actor = CURRENT.get()
         stored = self.store.stored(name) if op in WRITES else None
-        if op in ("copy_from_url", "commit_blocks") and actor is not None:
-            if stored is not None and (before is None or stored.etag != before.etag):
-                actor.wrote.add(name)
+        landed = stored is not None and (before is None or stored.etag != before.etag)
+        if op in ("copy_from_url", "commit_blocks") and actor is not None and landed:
+            actor.wrote.add(name)
         if name.startswith(RECORD_PREFIX) and op in WRITES:
             changed = stored is not None and (before is None or stored.etag != before.etag)
             if op != "put" and (changed or (before is not None and stored is None)):
@@ -687,7 +691,11 @@ class Simulation:
         """I4 at the moment of the answer: ``superseded`` only when a delivery accepted later is
         stored or copying."""
         export = actor.export
-        if kind != "superseded" or export is None:
+        if export is None:
+            return
+        if kind in OK_KINDS:
+            self.answered_ok.setdefault(export.task, []).append(export)
+        if kind != "superseded":
             return
         record = self.record(export.task)
         if record is None:
@@ -702,15 +710,7 @@ class Simulation:
             self.fail("I4", f"{actor.label} answered superseded; the later deliveries are {later}")
 
     def _ok_answers(self, task: tuple[str, str]) -> list[ExportInfo]:
-        return [
-            export
-            for export in self.exports
-            if export.task == task and any(a.split(" ", 1)[-1] in OK_KINDS for a in export.answers)
-        ] + [
-            actor.export
-            for actor in self.actors
-            if actor.kind == "queue" and actor.export is not None and actor.export.task == task and actor.answer in OK_KINDS
-        ]
+        return self.answered_ok.get(task, [])
 
     def check(self) -> None:
         """I1 and I2 after every storage call, for every task."""
@@ -732,7 +732,10 @@ class Simulation:
                 continue
             stored = self.store.stored(current.blob)
             if stored is None:
-                self.fail("I2", f"the current file {current.blob} of {task[1]} is gone (record current {current.delivery[:12]})")
+                self.fail(
+                    "I2",
+                    f"the current file {current.blob} of {task[1]} is gone (record current {current.delivery[:12]})",
+                )
                 return
             self.had_current.add(task)
             holds = dict(stored.metadata).get("delivery")
@@ -764,7 +767,8 @@ class Simulation:
         manifests = {
             name: stored
             for name in self.store.names()
-            if (stored := self.store.stored(name)) is not None and dict(stored.metadata).get("receiverkind") == "manifest"
+            if (stored := self.store.stored(name)) is not None
+            and dict(stored.metadata).get("receiverkind") == "manifest"
         }
         for task in sorted(self.tasks):
             record = self.record(task)
@@ -789,7 +793,8 @@ class Simulation:
                 self.fail(
                     "final",
                     f"{task[1]}: the current file is {_labels(self, [current] if current else [])}, the newest "
-                    f"accepted delivery that did not fail is {_labels(self, [newest])} (record: {_states(self, record)})",
+                    f"accepted delivery that did not fail is {_labels(self, [newest])} "
+                    f"(record: {_states(self, record)})",
                 )
                 return
             if newest is None and alive:
@@ -814,7 +819,9 @@ class Simulation:
             delivery = dict(stored.metadata).get("delivery")
             if beside is None or dict(beside.metadata).get("delivery") != delivery:
                 export = self.by_delivery.get(delivery or "")
-                self.fail("final", f"the manifest {name} ({export.label if export else delivery}) is beside no file of it")
+                self.fail(
+                    "final", f"the manifest {name} ({export.label if export else delivery}) is beside no file of it"
+                )
                 return
 
     def config_manifests(self) -> bool:
@@ -837,9 +844,7 @@ class Simulation:
         delivery = dict(metadata).get("delivery", "")
         export = self.by_delivery[delivery]
         tracked = record is not None and record.find(delivery) is not None
-        crashed = [
-            actor for actor in self.actors if actor.export is export and actor.crashed and name in actor.wrote
-        ]
+        crashed = [actor for actor in self.actors if actor.export is export and actor.crashed and name in actor.wrote]
         if not tracked and crashed:
             self.orphans_explained.append(f"{name} ({export.label}, {crashed[0].label} crashed after its copy)")
             return
@@ -902,14 +907,13 @@ def make_script(rng: random.Random, config: Config) -> list[tuple[Any, ...]]:
     script: list[tuple[Any, ...]] = []
     tasks = ["task-1"] if rng.random() < 0.8 else ["task-1", "task-2"]
     names = ("A", "B", "C")
-    exports = 0
-    for _ in range(rng.randint(2, 5)):
+    for made in range(rng.randint(2, 4)):
         task = rng.choice(tasks)
         previous = [item for item in script if item[0] == "new" and item[2] == task]
         name = previous[-1][3] if previous and rng.random() < 0.5 else rng.choice(names)
         expires = timedelta(hours=1) if rng.random() < 0.3 else timedelta(hours=24)
-        script.append(("new", exports, task, name, expires))
-        exports += 1
+        exports = made + 1
+        script.append(("new", made, task, name, expires))
         roll = rng.random()
         if roll < 0.25 and exports > 1:
             script.append(("retry", rng.randrange(exports)))

@@ -13,7 +13,7 @@ comma := ,
 # make run PORT=7072 AZURITE_PORTS=10010,10011,10012: other ports (make share and make ops-local follow them).
 RUN_PORTS = $(if $(PORT),--port $(PORT)) $(if $(AZURITE_PORTS),--azurite-ports $(AZURITE_PORTS))
 
-.PHONY: install test test-all lint typecheck demo run azurite share bench ops ops-local clean
+.PHONY: install test test-all lint typecheck demo run azurite share bench ops ops-local clean soak sim
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-ops.txt .python-version
 	@if [ -x $(PY) ] && [ "$$($(PY) -c 'import sys; print(sys.version_info[:2])')" != \
@@ -81,6 +81,15 @@ ops: $(STAMP)
 # The same against the running `make run`'s storage (its ports and local.settings.json): make ops-local ARGS=pending.
 ops-local: $(STAMP)
 	@$(PY) -m devtools.local_ops $(ARGS)
+
+# The deterministic simulator: a million random schedules in parallel processes (SOAK=N, PROCS=N);
+# prints progress and schedules/second, then each failing seed with its replay command.
+soak: $(STAMP)
+	PYTHONPATH=. $(PY) -m sim.simulator --soak $(or $(SOAK),1000000) $(if $(PROCS),--processes $(PROCS))
+
+# Replay one seed, printing its interleaving: make sim SEED=674
+sim: $(STAMP)
+	PYTHONPATH=. $(PY) -m sim.simulator --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .venv-ops .nox node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1228,7 +1228,8 @@ class AzureStorage:
             for item in found:
                 yield seam.Listed(
                     name=item.name,
-                    etag=str(item.etag),
+                    # Listings give the ETag bare; every other answer quotes it: one form for If-Match.
+                    etag=str(item.etag) if str(item.etag).startswith('"') else f'"{item.etag}"',
                     metadata=dict(item.metadata or {}),
                     last_modified=item.last_modified,
                 )

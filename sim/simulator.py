@@ -1,0 +1,1084 @@
+"""Deterministic simulation of the receiver: many drivers on one event loop, one seeded interleaving.
+
+Every driver (SmartDocumentor's webhook posts, the queue function's runs of the messages they
+produced, reconciliation runs, an operator's sweep) is an asyncio task on one loop. Each storage
+call goes through :class:`Gate`: the call waits at ``await`` until the scheduler grants it, and the
+scheduler grants exactly one waiting call at a time, chosen by a seeded :class:`random.Random`. The
+store underneath (:class:`sim.memstore.MemoryStorage`) never suspends, so one granted call is one
+atomic step: a seed is one exact interleaving, and replays exactly (``python -m sim.simulator --seed N``).
+
+When a call is granted the scheduler may inject a fault: a 503 before the call acts, the answer
+lost after it acted, or a crash of the whole driver (its task is cancelled at the gate). The
+script also moves the clock (links expire), removes sources, makes names immutable and changes
+the settings (the blob name template) between deliveries.
+
+After every storage call the invariants of CONTRACT section 7 are checked on the store's state,
+the task records and what each driver was answered so far (:meth:`Simulation.check`); at the end,
+after a fault-free drain of the queue and a reconciliation, "newest wins" (:meth:`Simulation.check_final`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import SecretStr
+
+import receiver.verification as verification_module
+import receiver.webhook as webhook_module
+from receiver.engine import Job, run
+from receiver.intake import arrival_job
+from receiver.machine import Sweep
+from receiver.models import RECORD_PREFIX, State, TaskRecord, record_name
+from receiver.reconciliation import reconcile_run
+from receiver.runtime import Runtime
+from receiver.settings import Settings
+from receiver.storage import Blob, Headers, Listed, Unavailable, Written
+from receiver.verification import CopyStillRunning, verify_copy
+from receiver.webhook import handle_delivery
+
+from .memstore import ManualClock, MemorySources, MemoryStorage
+from .world import JSON, PDF, SOURCE_HOST
+
+Fault = Literal["before", "after", "crash"]
+Kind = Literal["post", "queue", "reconcile", "operator"]
+
+CURRENT: ContextVar[Actor | None] = ContextVar("sim_actor", default=None)
+WRITES = frozenset({"put", "copy_from_url", "commit_blocks", "set_headers", "delete", "stage_block"})
+MAX_STEPS = 3000
+
+
+class Violation(Exception):
+    """An invariant failed: ``name`` is its number in CONTRACT section 7 (or ``final``)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class Config:
+    """One schedule's settings. ``staged``: SYNC_COPY_MAX_MIB=0; ``waits``: the webhook stages inside
+    its answer (else COPY_WAIT_SECONDS=0 and every staged delivery is answered 202)."""
+
+    staged: bool = False
+    waits: bool = True
+    template: str = "{workspaceId}/{taskId}/{fileName}"
+    write_manifest: bool = True
+    tags: bool = True
+    block_bytes: int = 16
+
+
+TEMPLATES = (
+    "{workspaceId}/{taskId}/{fileName}",
+    "{yyyy}/{workspaceId}/{taskId}/{fileName}",
+    "{workspaceId}/{taskId}/{displayName}.{ext}",
+)
+_SETTINGS: dict[tuple[Any, ...], Settings] = {}
+
+
+def settings_for(config: Config) -> Settings:
+    key = (config.staged, config.waits, config.template, config.write_manifest)
+    found = _SETTINGS.get(key)
+    if found is None:
+        found = Settings(
+            destination_connection_string=SecretStr("UseDevelopmentStorage=true"),
+            allowed_source_hosts=(SOURCE_HOST,),
+            sync_copy_max_mib=0 if config.staged else 256,
+            copy_wait_seconds=20.0 if config.waits else 0.0,
+            blob_name_template=config.template,
+            write_manifest=config.write_manifest,
+            reconcile_after_minutes=0,
+        )
+        _SETTINGS[key] = found
+    return found
+
+
+# ------------------------------------------------------------------------------------------- actors
+
+
+@dataclass
+class ExportInfo:
+    """One export SmartDocumentor made of a task."""
+
+    number: int
+    task: tuple[str, str]  # (workspace, task)
+    display_name: str
+    source_name: str
+    url: str
+    data: bytes
+    body: bytes
+    delivery: str
+    answers: list[str] = field(default_factory=list)  # "200 stored", "202 copying", "503 ...", "crash"
+
+    @property
+    def label(self) -> str:
+        return f"e{self.number}({self.display_name})"
+
+
+@dataclass
+class Actor:
+    number: int
+    kind: Kind
+    label: str
+    config: Config
+    export: ExportInfo | None = None
+    task: asyncio.Task[None] | None = None
+    done: bool = False
+    crashed: bool = False
+    answer: str | None = None
+    wrote: set[str] = field(default_factory=set)  # names this actor's copies or commits changed
+    message: tuple[str, int] | None = None  # the queue message it runs (text, dequeue count)
+
+
+@dataclass
+class Call:
+    actor: Actor
+    op: str
+    name: str
+    future: asyncio.Future[Fault | None]
+    detail: str = ""
+
+
+# ------------------------------------------------------------------------------------------- the gate
+
+
+class ArmedFaults:
+    """The store's :class:`sim.memstore.Faults`: the gate arms one fault for the call it grants;
+    persistent rules (by op and name) serve the fixed schedules; immutable names."""
+
+    def __init__(self) -> None:
+        self.armed: Fault | None = None
+        self.rules: list[tuple[str, str, str | None, list[int]]] = []  # (when, op, name, [times left])
+        self.immutable_names: dict[str, str] = {}
+
+    def rule(self, when: str, op: str, name: str | None, times: int) -> None:
+        self.rules.append((when, op, name, [times]))
+
+    def _take(self, when: str, op: str, name: str) -> bool:
+        if self.armed == when:
+            self.armed = None
+            return True
+        for rule_when, rule_op, rule_name, left in self.rules:
+            if rule_when == when and rule_op == op and rule_name in (None, name) and left[0] > 0:
+                left[0] -= 1
+                return True
+        return False
+
+    def before(self, op: str, name: str) -> None:
+        if self._take("before", op, name):
+            raise Unavailable(f"Injected: {op} {name} did not reach the service.", code="ServerBusy", status=503)
+
+    def after(self, op: str, name: str) -> None:
+        if self._take("after", op, name):
+            raise Unavailable(f"Injected: the answer to {op} {name} was lost.")
+
+    def immutable(self, name: str) -> str | None:
+        return self.immutable_names.get(name)
+
+
+class Gate:
+    """The :class:`receiver.storage.Storage` every driver sees: each call waits for its turn."""
+
+    def __init__(self, inner: MemoryStorage, sim: Simulation) -> None:
+        self.inner = inner
+        self.sim = sim
+        self.container = inner.container
+
+    @property
+    def tags_supported(self) -> bool:
+        return self.inner.tags_supported
+
+    async def _turn(self, op: str, name: str, detail: str = "") -> None:
+        await self.sim.turn(op, name, detail)
+
+    def _done(self, op: str, name: str, before: Any, kwargs: dict[str, Any] | None = None) -> None:
+        self.sim.faults.armed = None
+        self.sim.after_call(op, name, before, kwargs or {})
+
+    async def ensure_container(self) -> None:
+        await self._turn("ensure_container", "")
+        try:
+            await self.inner.ensure_container()
+        finally:
+            self._done("ensure_container", "", None)
+
+    async def read(self, name: str) -> Blob | None:
+        await self._turn("read", name)
+        try:
+            return await self.inner.read(name)
+        finally:
+            self._done("read", name, None)
+
+    async def read_bytes(self, name: str, *, max_bytes: int) -> tuple[Blob, bytes] | None:
+        await self._turn("read_bytes", name)
+        try:
+            return await self.inner.read_bytes(name, max_bytes=max_bytes)
+        finally:
+            self._done("read_bytes", name, None)
+
+    async def put(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        if_match: str | None,
+        content_type: str,
+        metadata: dict[str, str],
+        tags: dict[str, str] | None = None,
+    ) -> Written:
+        await self._turn("put", name, "" if if_match is None else f"if_match={if_match}")
+        before = self.inner.stored(name)
+        try:
+            return await self.inner.put(
+                name, data, if_match=if_match, content_type=content_type, metadata=metadata, tags=tags
+            )
+        finally:
+            self._done("put", name, before, {"if_match": if_match})
+
+    async def copy_from_url(
+        self,
+        name: str,
+        source_url: str,
+        *,
+        if_match: str | None,
+        metadata: dict[str, str],
+        tags: dict[str, str] | None,
+    ) -> Written:
+        await self._turn("copy_from_url", name, "" if if_match is None else f"if_match={if_match}")
+        before = self.inner.stored(name)
+        try:
+            return await self.inner.copy_from_url(name, source_url, if_match=if_match, metadata=metadata, tags=tags)
+        finally:
+            self._done("copy_from_url", name, before, {"if_match": if_match})
+
+    async def source_size(self, source_url: str) -> int | None:
+        await self._turn("source_size", "")
+        try:
+            return await self.inner.source_size(source_url)
+        finally:
+            self._done("source_size", "", None)
+
+    async def stage_block(self, name: str, block_id: str, source_url: str, *, offset: int, length: int) -> None:
+        await self._turn("stage_block", name, f"offset={offset}")
+        try:
+            await self.inner.stage_block(name, block_id, source_url, offset=offset, length=length)
+        finally:
+            self._done("stage_block", name, None)
+
+    async def commit_blocks(
+        self,
+        name: str,
+        block_ids: Sequence[str],
+        *,
+        if_match: str | None,
+        headers: Headers,
+        metadata: dict[str, str],
+        tags: dict[str, str] | None,
+    ) -> Written:
+        await self._turn("commit_blocks", name, "" if if_match is None else f"if_match={if_match}")
+        before = self.inner.stored(name)
+        try:
+            return await self.inner.commit_blocks(
+                name, block_ids, if_match=if_match, headers=headers, metadata=metadata, tags=tags
+            )
+        finally:
+            self._done("commit_blocks", name, before, {"if_match": if_match})
+
+    async def set_headers(self, name: str, headers: Headers, *, if_match: str) -> Written:
+        await self._turn("set_headers", name)
+        before = self.inner.stored(name)
+        try:
+            return await self.inner.set_headers(name, headers, if_match=if_match)
+        finally:
+            self._done("set_headers", name, before, {"if_match": if_match})
+
+    async def delete(self, name: str, *, if_match: str) -> bool:
+        await self._turn("delete", name, f"if_match={if_match}")
+        before = self.inner.stored(name)
+        try:
+            return await self.inner.delete(name, if_match=if_match)
+        finally:
+            self._done("delete", name, before, {"if_match": if_match})
+
+    async def list(self, prefix: str) -> AsyncIterator[Listed]:
+        await self._turn("list", prefix)
+        try:
+            items = [item async for item in self.inner.list(prefix)]
+        finally:
+            self._done("list", prefix, None)
+        for item in items:
+            yield item
+
+    def url(self, name: str) -> str:
+        return self.inner.url(name)
+
+
+# ------------------------------------------------------------------------------------------- blocks
+
+
+_BLOCK_BYTES: ContextVar[int | None] = ContextVar("sim_block_bytes", default=None)
+
+
+def _arrival_job(*args: Any, **kwargs: Any) -> Job:
+    job = arrival_job(*args, **kwargs)
+    small = _BLOCK_BYTES.get()
+    return job if small is None else dataclasses.replace(job, block_bytes=small)
+
+
+@contextlib.contextmanager
+def simulating() -> Iterator[None]:
+    """Small blocks (Job.block_bytes per schedule) in the webhook and the queue function, and the
+    receiver's log records off while schedules run (tens of thousands of them)."""
+    modules = (webhook_module, verification_module)
+    saved = [getattr(module, "arrival_job") for module in modules]  # noqa: B009
+    for module in modules:
+        setattr(module, "arrival_job", _arrival_job)  # noqa: B010
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved, strict=True):
+            setattr(module, "arrival_job", original)  # noqa: B010
+        logging.disable(previous)
+
+
+# ------------------------------------------------------------------------------------------- the world
+
+
+@dataclass
+class TraceLine:
+    step: int
+    actor: str
+    op: str
+    name: str
+    fault: str = ""
+    detail: str = ""
+
+    def __str__(self) -> str:
+        fault = f"  !{self.fault}" if self.fault else ""
+        detail = f"  ({self.detail})" if self.detail else ""
+        return f"{self.step:5d}  {self.actor:<30} {self.op:<15} {self.name}{detail}{fault}"
+
+
+class Simulation:
+    """One container, one sender, the drivers, the scheduler and the invariants."""
+
+    def __init__(self, config: Config | None = None, *, rng: random.Random | None = None) -> None:
+        self.config = config or Config()
+        self.rng = rng or random.Random(0)
+        self.clock = ManualClock()
+        self.sources = MemorySources(f"https://{SOURCE_HOST}", now=self.clock)
+        self.faults = ArmedFaults()
+        self.store = MemoryStorage(
+            "smartdocumentor", sources=self.sources, now=self.clock, faults=self.faults, tags_supported=self.config.tags
+        )
+        self.gate = Gate(self.store, self)
+        self.runtimes: dict[Config, Runtime] = {}
+        self.exports: list[ExportInfo] = []
+        self.by_delivery: dict[str, ExportInfo] = {}
+        self.tasks: set[tuple[str, str]] = set()
+        self.actors: list[Actor] = []
+        self.waiting: list[Call] = []
+        self.queue: list[tuple[str, int, ExportInfo]] = []  # (message, dequeue count, export)
+        self.trace: list[TraceLine] = []
+        self.steps = 0
+        self.violation: Violation | None = None
+        self.fault_rate = 0.0
+        self.checking = True
+        self.had_current: set[tuple[str, str]] = set()
+        self.answered_ok: dict[tuple[str, str], list[ExportInfo]] = {}  # 2xx stored/duplicate/superseded
+        self._records: dict[str, TaskRecord] = {}  # by ETag
+        self.orphans_explained: list[str] = []
+        self.notes: list[str] = []
+
+    # ---------------------------------------------------------------- the world's pieces
+
+    def runtime(self, config: Config | None = None) -> Runtime:
+        config = config or self.config
+        found = self.runtimes.get(config)
+        if found is None:
+            found = Runtime()
+            found.use(self.gate, settings_for(config))
+            self.runtimes[config] = found
+        return found
+
+    def export(
+        self,
+        display_name: str = "A",
+        *,
+        task: str = "task-1",
+        workspace: str = "ws-1",
+        expires_in: timedelta = timedelta(hours=24),
+        **extra: Any,
+    ) -> ExportInfo:
+        number = len(self.exports) + 1
+        data = PDF + f"export {number} of {task}".encode()
+        source = f"{workspace}/{task}/export-{number}.pdf"
+        url = self.sources.publish(source, data, Headers(content_type="application/pdf"), expires_in=expires_in)
+        body = {
+            "taskId": task,
+            "taskNumber": 7,
+            "workspaceId": workspace,
+            "displayName": display_name,
+            "exportedFileUrl": url,
+            "exportedFileContentType": "application/pdf",
+            "exportedFileExpiresOn": (self.clock() + expires_in).isoformat(),
+            **extra,
+        }
+        delivery = hashlib.sha256(url.encode("utf-8")).hexdigest()
+        info = ExportInfo(
+            number, (workspace, task), display_name, source, url, data, json.dumps(body).encode(), delivery
+        )
+        self.exports.append(info)
+        self.by_delivery[delivery] = info
+        self.tasks.add((workspace, task))
+        return info
+
+    def record(self, task: tuple[str, str] = ("ws-1", "task-1")) -> TaskRecord | None:
+        stored = self.store.stored(record_name(*task))
+        if stored is None:
+            return None
+        found = self._records.get(stored.etag)
+        if found is None:
+            found = TaskRecord.from_bytes(stored.data)
+            self._records[stored.etag] = found
+        return found
+
+    def files(self) -> dict[str, bytes]:
+        """Every file (not records, not manifests), by name."""
+        found = {}
+        for name in self.store.names():
+            stored = self.store.stored(name)
+            if stored is None or name.startswith(RECORD_PREFIX):
+                continue
+            if dict(stored.metadata).get("receiverkind") == "manifest":
+                continue
+            found[name] = stored.data
+        return found
+
+    def manifest(self, blob: str) -> dict[str, Any] | None:
+        data = self.store.blob_bytes(f"{blob}.json")
+        return None if data is None else dict(json.loads(data))
+
+    # ---------------------------------------------------------------- actors
+
+    def _start(self, kind: Kind, label: str, body: Callable[[Actor], Any], **kwargs: Any) -> Actor:
+        actor = Actor(
+            len(self.actors) + 1, kind, f"{kind}#{len(self.actors) + 1} {label}".strip(), self.config, **kwargs
+        )
+        self.actors.append(actor)
+
+        async def main() -> None:
+            CURRENT.set(actor)
+            try:
+                await body(actor)
+            except Exception as exc:
+                if actor.kind != "operator":  # the operator command line reports a storage error
+                    self.fail("raised", f"{actor.label} raised {type(exc).__name__}: {exc}")
+                actor.answer = f"raised {type(exc).__name__}"
+            except asyncio.CancelledError:
+                actor.crashed = True
+                actor.answer = "crash"
+                if actor.export is not None and actor.kind == "post":
+                    actor.export.answers.append("crash")
+                if actor.message is not None:
+                    self.enqueue(actor.message[0], actor.message[1] + 1, actor.export)
+                raise
+            finally:
+                actor.done = True
+
+        actor.task = asyncio.get_running_loop().create_task(main())
+        self.trace.append(TraceLine(self.steps, actor.label, "start", ""))
+        return actor
+
+    def post(self, export: ExportInfo, *, config: Config | None = None) -> Actor:
+        """SmartDocumentor posts ``export`` (a first try, a retry or a late retry: the same body)."""
+        tries = sum(1 for actor in self.actors if actor.export is export and actor.kind == "post")
+        config = config or self.config
+
+        async def body(actor: Actor) -> None:
+            _BLOCK_BYTES.set(config.block_bytes)
+            outcome = await handle_delivery(export.body, JSON, runtime=self.runtime(config), now=self.clock())
+            status = str(outcome.body.get("status"))
+            actor.answer = f"{outcome.status_code} {status}"
+            export.answers.append(actor.answer)
+            if outcome.verification is not None:
+                self.enqueue(outcome.verification, 1, export)
+            self._answered(actor, status)
+
+        actor = self._start("post", f"{export.label} try{tries + 1}", body, export=export)
+        actor.config = config
+        return actor
+
+    def enqueue(self, message: str, dequeue_count: int, export: ExportInfo | None) -> None:
+        if export is not None and dequeue_count <= 40:
+            self.queue.append((message, dequeue_count, export))
+
+    def run_message(self, index: int = 0, *, keep: bool = False, config: Config | None = None) -> Actor:
+        """The queue function runs the message at ``index`` (``keep``: it stays queued, a duplicate)."""
+        message, count, export = self.queue[index] if keep else self.queue.pop(index)
+        config = config or self.config
+
+        async def body(actor: Actor) -> None:
+            _BLOCK_BYTES.set(config.block_bytes)
+            try:
+                result = await verify_copy(
+                    message.encode(), runtime=self.runtime(config), now=self.clock(), dequeue_count=count
+                )
+            except CopyStillRunning:
+                actor.answer = "still-running"
+                self.enqueue(message, count + 1, export)
+                return
+            except Exception as exc:  # the host retries the message
+                actor.answer = f"raised {type(exc).__name__}"
+                self.enqueue(message, count + 1, export)
+                return
+            actor.answer = result
+            self._answered(actor, result)
+
+        actor = self._start("queue", f"{export.label} n{count}", body, export=export, message=(message, count))
+        actor.config = config
+        return actor
+
+    def reconcile(self, *, config: Config | None = None) -> Actor:
+        async def body(actor: Actor) -> None:
+            report = await reconcile_run(runtime=self.runtime(config), now=self.clock(), environ={})
+            actor.answer = f"failed: {report.failed}" if report.failed else json.dumps(report.outcomes)
+
+        return self._start("reconcile", "", body)
+
+    def operator(self, task: tuple[str, str] = ("ws-1", "task-1"), give_up: str | None = "given up") -> Actor:
+        async def body(actor: Actor) -> None:
+            settings = settings_for(self.config)
+            job = Job(
+                event=Sweep(now=self.clock(), by="operator", give_up=give_up),
+                workspace_id=task[0],
+                task_id=task[1],
+                write_manifest=settings.write_manifest,
+            )
+            answer, _ = await run(self.gate, job, now=self.clock())
+            actor.answer = answer.arrow
+
+        return self._start("operator", task[1], body)
+
+    # ---------------------------------------------------------------- the scheduler
+
+    async def turn(self, op: str, name: str, detail: str) -> None:
+        actor = CURRENT.get()
+        if actor is None:
+            raise AssertionError("a storage call outside any actor")
+        future: asyncio.Future[Fault | None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(Call(actor, op, name, future, detail))
+        fault = await future
+        self.faults.armed = fault if fault in ("before", "after") else None
+
+    async def settle(self) -> None:
+        """Until every task is blocked at a gate or done (nothing left to run on the loop)."""
+        ready = asyncio.get_running_loop()._ready  # type: ignore[attr-defined]
+        while True:
+            await asyncio.sleep(0)
+            if not ready:
+                return
+
+    def pending(self) -> list[Call]:
+        self.waiting = [call for call in self.waiting if not call.future.done()]
+        return self.waiting
+
+    async def grant(self, call: Call, fault: Fault | None = None) -> None:
+        """Let ``call`` act (with ``fault``), then run until everything waits again."""
+        self.steps += 1
+        self.waiting.remove(call)
+        self.trace.append(TraceLine(self.steps, call.actor.label, call.op, call.name, fault or "", call.detail))
+        if fault == "crash":
+            assert call.actor.task is not None
+            call.actor.task.cancel()
+        else:
+            call.future.set_result(fault)
+        await self.settle()
+
+    async def run_actor(self, actor: Actor, *, until: Callable[[Call], bool] | None = None) -> None:
+        """Grant ``actor``'s calls, oldest first, until it is done (or its next call matches ``until``)."""
+        await self.settle()
+        while not actor.done:
+            calls = [call for call in self.pending() if call.actor is actor]
+            if not calls:
+                raise AssertionError(f"{actor.label} is neither done nor waiting")
+            if until is not None and any(until(call) for call in calls):
+                return
+            await self.grant(calls[0])
+
+    async def run_all(self) -> None:
+        """Grant every waiting call, oldest first, until nothing waits."""
+        await self.settle()
+        while self.pending():
+            await self.grant(self.waiting[0])
+
+    async def drain(self, *, rounds: int = 6) -> None:
+        """The queue function runs every message, a few rounds with time in between (no faults)."""
+        for _ in range(rounds):
+            if not self.queue:
+                return
+            batch = list(self.queue)
+            self.queue.clear()
+            for message in batch:
+                self.queue.insert(0, message)
+                await self.run_actor(self.run_message(0))
+            self.clock.advance(timedelta(minutes=3))
+
+    async def finish(self, *, expire: bool = True) -> None:
+        """Quiescence: every actor done, the queue drained, a reconciliation; then (``expire``) every
+        link past its expiry and two more reconciliations. Faults off. Then the final invariants."""
+        self.fault_rate = 0.0
+        self.faults.rules.clear()
+        await self.run_all()
+        await self.drain()
+        await self.run_actor(self.reconcile())
+        if expire:
+            self.clock.advance(timedelta(hours=49))
+            await self.drain(rounds=1)
+            await self.run_actor(self.reconcile())
+        self.check_final()
+
+    def abort(self) -> None:
+        for actor in self.actors:
+            if actor.task is not None and not actor.done:
+                actor.task.cancel()
+
+    # ---------------------------------------------------------------- invariants
+
+    def fail(self, name: str, message: str) -> None:
+        if self.violation is None:
+            self.violation = Violation(name, message)
+
+    def after_call(self, op: str, name: str, before: Any, kwargs: dict[str, Any]) -> None:
+        actor = CURRENT.get()
+        stored = self.store.stored(name) if op in WRITES else None
+        landed = stored is not None and (before is None or stored.etag != before.etag)
+        if op in ("copy_from_url", "commit_blocks") and actor is not None and landed:
+            actor.wrote.add(name)
+        if name.startswith(RECORD_PREFIX) and op in WRITES:
+            changed = stored is not None and (before is None or stored.etag != before.etag)
+            if op != "put" and (changed or (before is not None and stored is None)):
+                self.fail("I6", f"{op} changed the record {name} (only a compare-and-swap put may)")
+            if op == "put" and changed:
+                expected = None if before is None else before.etag
+                if kwargs.get("if_match") != expected:
+                    self.fail("I6", f"the record {name} was put over {expected} with if_match={kwargs.get('if_match')}")
+        if self.checking:
+            self.check()
+
+    def _answered(self, actor: Actor, kind: str) -> None:
+        """I4 at the moment of the answer: ``superseded`` only when a delivery accepted later is
+        stored or copying."""
+        export = actor.export
+        if export is None:
+            return
+        if kind in OK_KINDS:
+            self.answered_ok.setdefault(export.task, []).append(export)
+        if kind != "superseded":
+            return
+        record = self.record(export.task)
+        if record is None:
+            self.fail("I4", f"{actor.label} answered superseded, and the task has no record")
+            return
+        position = record.index(export.delivery)
+        if position < 0:
+            self.fail("I4", f"{actor.label} answered superseded, and the record does not hold it")
+            return
+        later = [item.state for item in record.deliveries[position + 1 :]]
+        if State.STORED not in later and State.COPYING not in later:
+            self.fail("I4", f"{actor.label} answered superseded; the later deliveries are {later}")
+
+    def _ok_answers(self, task: tuple[str, str]) -> list[ExportInfo]:
+        return self.answered_ok.get(task, [])
+
+    def check(self) -> None:
+        """I1 and I2 after every storage call, for every task."""
+        for task in self.tasks:
+            ok = self._ok_answers(task)
+            if not ok and task not in self.had_current:
+                continue
+            record = self.record(task)
+            if record is None:
+                self.fail("I1", f"{ok[0].label} was answered 2xx and the task {task[1]} has no record")
+                return
+            current = record.current_delivery
+            if current is None:
+                later_copying = any(item.state is State.COPYING for item in record.deliveries)
+                if task in self.had_current:
+                    self.fail("I2", f"the task {task[1]} had a current file and its record names none now")
+                elif not later_copying:
+                    self.fail("I1", f"{ok[0].label} was answered 2xx; the record names no current file, none copying")
+                continue
+            stored = self.store.stored(current.blob)
+            if stored is None:
+                self.fail(
+                    "I2",
+                    f"the current file {current.blob} of {task[1]} is gone (record current {current.delivery[:12]})",
+                )
+                return
+            self.had_current.add(task)
+            holds = dict(stored.metadata).get("delivery")
+            export = self.by_delivery.get(holds or "")
+            if export is None or export.task != task:
+                self.fail("I1", f"the current file {current.blob} holds delivery {holds!r}, no export of {task[1]}")
+                return
+            accepted = record.find(export.delivery) is not None or any(
+                answer.startswith("2") for answer in export.answers
+            )
+            if not accepted:
+                self.fail("I1", f"the current file {current.blob} holds {export.label}, neither accepted nor 2xx")
+                return
+            if stored.data != export.data:
+                self.fail("I1", f"the current file {current.blob} has bytes that are not {export.label}'s")
+                return
+
+    def check_final(self) -> None:
+        """Newest wins, once everything is quiet: per task one file, the newest accepted delivery
+        that did not fail; its manifest describes it; nothing of the task anywhere else."""
+        self.check()
+        files = {
+            name: stored
+            for name in self.store.names()
+            if (stored := self.store.stored(name)) is not None
+            and not name.startswith(RECORD_PREFIX)
+            and dict(stored.metadata).get("receiverkind") != "manifest"
+        }
+        manifests = {
+            name: stored
+            for name in self.store.names()
+            if (stored := self.store.stored(name)) is not None
+            and dict(stored.metadata).get("receiverkind") == "manifest"
+        }
+        for task in sorted(self.tasks):
+            record = self.record(task)
+            mine = {
+                name: stored
+                for name, stored in files.items()
+                if (export := self.by_delivery.get(dict(stored.metadata).get("delivery", ""))) is not None
+                and export.task == task
+            }
+            if record is None:
+                for name, stored in mine.items():
+                    self._orphan(task, name, stored.metadata, None)
+                continue
+            copying = [item for item in record.deliveries if item.state is State.COPYING]
+            if copying:
+                self.fail("final", f"{task[1]}: still copying after every link expired: {_labels(self, copying)}")
+                return
+            alive = [item for item in record.deliveries if item.state is not State.FAILED]
+            newest = self._newest(record)
+            current = record.current_delivery
+            if newest is not None and (current is None or current.delivery != newest.delivery):
+                self.fail(
+                    "final",
+                    f"{task[1]}: the current file is {_labels(self, [current] if current else [])}, the newest "
+                    f"accepted delivery that did not fail is {_labels(self, [newest])} "
+                    f"(record: {_states(self, record)})",
+                )
+                return
+            if newest is None and alive:
+                self.notes.append(f"{task[1]}: no current file; deliveries {_states(self, record)}")
+            if record.retire:
+                self.fail("final", f"{task[1]}: names still listed to retire: {[item.blob for item in record.retire]}")
+                return
+            for name, stored in mine.items():
+                if current is not None and name == current.blob:
+                    continue
+                self._orphan(task, name, stored.metadata, record)
+            if current is not None and self.config_manifests():
+                manifest = self.manifest(current.blob)
+                if manifest is None:
+                    self.fail("I1", f"{task[1]}: the current file {current.blob} has no manifest")
+                    return
+                if manifest.get("delivery") != current.delivery:
+                    self.fail("I1", f"{task[1]}: the manifest of {current.blob} describes another delivery")
+                    return
+        for name, stored in manifests.items():
+            beside = files.get(name[: -len(".json")])
+            delivery = dict(stored.metadata).get("delivery")
+            if beside is None or dict(beside.metadata).get("delivery") != delivery:
+                export = self.by_delivery.get(delivery or "")
+                self.fail(
+                    "final", f"the manifest {name} ({export.label if export else delivery}) is beside no file of it"
+                )
+                return
+
+    def config_manifests(self) -> bool:
+        """Every actor wrote manifests (a schedule that changed WRITE_MANIFEST midway is not judged on them)."""
+        return all(actor.config.write_manifest for actor in self.actors) and self.config.write_manifest
+
+    def _newest(self, record: TaskRecord) -> Any:
+        """The newest accepted delivery that did not fail and whose bytes anyone could still bring:
+        stored, or superseded/copying (the record's order is the acceptance order)."""
+        for item in reversed(record.deliveries):
+            if item.state is State.FAILED:
+                continue
+            if item.state is State.STORED:
+                return item
+            # A superseded delivery never stored: it is "newest" only if nothing later was stored.
+            return item
+        return None
+
+    def _orphan(self, task: tuple[str, str], name: str, metadata: Any, record: TaskRecord | None) -> None:
+        delivery = dict(metadata).get("delivery", "")
+        export = self.by_delivery[delivery]
+        tracked = record is not None and record.find(delivery) is not None
+        crashed = [actor for actor in self.actors if actor.export is export and actor.crashed and name in actor.wrote]
+        if not tracked and crashed:
+            self.orphans_explained.append(f"{name} ({export.label}, {crashed[0].label} crashed after its copy)")
+            return
+        state = record.find(delivery) if record is not None else None
+        self.fail(
+            "final",
+            f"{task[1]}: a file of {export.label} is left at {name} "
+            f"({'record: ' + state.state.value if state else 'not in the record'}; current: "
+            f"{record.current[:12] if record and record.current else None})",
+        )
+
+
+OK_KINDS = frozenset({"stored", "duplicate", "superseded"})
+
+
+def _labels(sim: Simulation, items: Sequence[Any]) -> str:
+    found = [sim.by_delivery.get(item.delivery) for item in items]
+    return ", ".join(export.label if export else "?" for export in found) or "none"
+
+
+def _states(sim: Simulation, record: TaskRecord) -> str:
+    return ", ".join(
+        f"{(e.label if (e := sim.by_delivery.get(item.delivery)) else '?')}={item.state.value}"
+        for item in record.deliveries
+    )
+
+
+# ------------------------------------------------------------------------------------------- random schedules
+
+
+@dataclass
+class Result:
+    seed: int
+    violation: Violation | None
+    steps: int
+    trace: list[TraceLine]
+    config: Config
+    orphans_explained: list[str]
+    notes: list[str]
+    features: frozenset[str] = frozenset()
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None
+
+
+def random_config(rng: random.Random) -> Config:
+    return Config(
+        staged=rng.random() < 0.4,
+        waits=rng.random() < 0.5,
+        template=rng.choice(TEMPLATES),
+        write_manifest=rng.random() < 0.75,
+        tags=rng.random() < 0.75,
+        block_bytes=rng.choice((16, 32, 1024)),
+    )
+
+
+def make_script(rng: random.Random, config: Config) -> list[tuple[Any, ...]]:
+    """What happens, in order (the scheduler interleaves it with the drivers' calls)."""
+    script: list[tuple[Any, ...]] = []
+    tasks = ["task-1"] if rng.random() < 0.8 else ["task-1", "task-2"]
+    names = ("A", "B", "C")
+    for made in range(rng.randint(2, 4)):
+        task = rng.choice(tasks)
+        previous = [item for item in script if item[0] == "new" and item[2] == task]
+        name = previous[-1][3] if previous and rng.random() < 0.5 else rng.choice(names)
+        expires = timedelta(hours=1) if rng.random() < 0.3 else timedelta(hours=24)
+        exports = made + 1
+        script.append(("new", made, task, name, expires))
+        roll = rng.random()
+        if roll < 0.25 and exports > 1:
+            script.append(("retry", rng.randrange(exports)))
+        elif roll < 0.35:
+            script.append(("tick", rng.choice((1, 3, 15, 70))))
+        elif roll < 0.45:
+            script.append(("reconcile",))
+        elif roll < 0.5:
+            script.append(("remove", rng.randrange(exports)))
+        elif roll < 0.53:
+            script.append(("operator", task))
+        elif roll < 0.56:
+            script.append(("template", rng.choice(TEMPLATES)))
+        elif roll < 0.58:
+            script.append(("immutable", rng.randrange(exports)))
+    for _ in range(rng.randint(0, 2)):
+        script.insert(rng.randrange(1, len(script) + 1), ("retry", -1))
+    if rng.random() < 0.5:
+        script.append(("reconcile",))
+    return script
+
+
+async def run_seed(seed: int, *, faults: bool = True) -> Result:
+    """One random schedule, from its seed alone."""
+    rng = random.Random(seed)
+    config = random_config(rng)
+    sim = Simulation(config, rng=rng)
+    sim.fault_rate = rng.choice((0.0, 0.03, 0.08, 0.15)) if faults else 0.0
+    script = make_script(rng, config)
+    current = config
+    made: list[ExportInfo] = []
+    try:
+        while sim.violation is None and sim.steps < MAX_STEPS:
+            await sim.settle()
+            calls = sim.pending()
+            choices = len(calls) + (1 if script else 0) + len(sim.queue)
+            if choices == 0:
+                break
+            pick = rng.randrange(choices)
+            if pick < len(calls):
+                call = calls[pick]
+                fault: Fault | None = None
+                if sim.fault_rate and rng.random() < sim.fault_rate:
+                    fault = rng.choice(("before", "after", "after", "crash"))
+                await sim.grant(call, fault)
+                continue
+            pick -= len(calls)
+            if pick < len(sim.queue):
+                sim.run_message(pick, keep=rng.random() < 0.1, config=current)
+                continue
+            item = script.pop(0)
+            what = item[0]
+            if what == "new":
+                _, _, task, name, expires = item
+                made.append(sim.export(name, task=task, expires_in=expires))
+                sim.post(made[-1], config=current)
+            elif what == "retry" and made:
+                target = made[item[1]] if 0 <= item[1] < len(made) else rng.choice(made)
+                sim.post(target, config=current)
+            elif what == "tick":
+                sim.clock.advance(timedelta(minutes=item[1]))
+                sim.trace.append(TraceLine(sim.steps, "clock", f"+{item[1]}min", ""))
+            elif what == "reconcile":
+                sim.reconcile(config=current)
+            elif what == "operator":
+                sim.operator(("ws-1", item[1]))
+            elif what == "remove" and item[1] < len(made):
+                sim.sources.remove(made[item[1]].source_name)
+                sim.trace.append(TraceLine(sim.steps, "sender", "remove source", made[item[1]].label))
+            elif what == "template":
+                current = dataclasses.replace(current, template=item[1])
+                sim.trace.append(TraceLine(sim.steps, "settings", "template", item[1]))
+            elif what == "immutable" and item[1] < len(made):
+                record = sim.record(made[item[1]].task)
+                current_item = record.current_delivery if record is not None else None
+                if current_item is not None:
+                    sim.faults.immutable_names[current_item.blob] = "BlobImmutableDueToPolicy"
+                    sim.trace.append(TraceLine(sim.steps, "policy", "immutable", current_item.blob))
+        if sim.violation is None:
+            sim.faults.immutable_names.clear()
+            await sim.finish()
+    finally:
+        sim.abort()
+        await sim.settle()
+    features = {line.op for line in sim.trace if line.actor in ("settings", "policy", "sender")}
+    features |= {line.fault for line in sim.trace if line.fault}
+    return Result(
+        seed, sim.violation, sim.steps, sim.trace, config, sim.orphans_explained, sim.notes, frozenset(features)
+    )
+
+
+async def run_seeds(seeds: range | Sequence[int], *, faults: bool = True) -> list[Result]:
+    """Many schedules on one loop; only the failing ones are returned."""
+    failed = []
+    with simulating():
+        for seed in seeds:
+            result = await run_seed(seed, faults=faults)
+            if not result.ok:
+                failed.append(result)
+    return failed
+
+
+def replay_command(seed: int) -> str:
+    return f"PYTHONPATH=. .venv/bin/python -m sim.simulator --seed {seed}"
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+
+def _soak_chunk(args: tuple[int, int]) -> tuple[int, list[tuple[int, str]], float]:
+    start, count = args
+    began = time.perf_counter()
+    failed = asyncio.run(run_seeds(range(start, start + count)))
+    return count, [(r.seed, str(r.violation)) for r in failed], time.perf_counter() - began
+
+
+def soak(total: int, *, start: int = 0, processes: int | None = None, chunk: int = 2000) -> int:
+    import multiprocessing
+
+    processes = processes or os.cpu_count() or 2
+    chunks = [(begin, min(chunk, start + total - begin)) for begin in range(start, start + total, chunk)]
+    done, failures = 0, []
+    began = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        for count, failed, _ in pool.imap_unordered(_soak_chunk, chunks):
+            done += count
+            failures.extend(failed)
+            elapsed = time.perf_counter() - began
+            print(
+                f"{done:>9}/{total} schedules  {done / elapsed:8.0f}/s  {len(failures)} failing",
+                flush=True,
+            )
+    for seed, text in sorted(failures)[:50]:
+        print(f"seed {seed}: {text}\n  replay: {replay_command(seed)}")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.simulator", description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, help="replay one seed, printing its interleaving")
+    parser.add_argument("--soak", type=int, help="run this many random schedules")
+    parser.add_argument("--start", type=int, default=0, help="the first seed of --soak")
+    parser.add_argument("--processes", type=int, default=None)
+    parser.add_argument("--quiet", action="store_true", help="with --seed: only the verdict")
+    options = parser.parse_args(argv)
+    if options.seed is not None:
+        with simulating():
+            result = asyncio.run(run_seed(options.seed))
+        if not options.quiet:
+            print(f"seed {options.seed}: {result.config}")
+            for line in result.trace:
+                print(line)
+        for text in result.orphans_explained:
+            print(f"orphan (explained): {text}")
+        for text in result.notes:
+            print(f"note: {text}")
+        digest = hashlib.sha256("\n".join(map(str, result.trace)).encode()).hexdigest()[:16]
+        print(f"steps={result.steps} trace={digest}")
+        print(f"FAILED {result.violation}" if result.violation else "ok: every invariant held")
+        return 1 if result.violation else 0
+    if options.soak is not None:
+        return soak(options.soak, start=options.start, processes=options.processes)
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

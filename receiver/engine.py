@@ -26,6 +26,7 @@ from .machine import (
     Copy,
     Decision,
     Event,
+    Fence,
     Observe,
     Retire,
     Seen,
@@ -34,8 +35,9 @@ from .machine import (
     WriteManifest,
     decide,
     replaced_by,
+    watched_copying,
 )
-from .models import MAX_RECORD_BYTES, RECORD_CONTENT_TYPE, Manifest, State, TaskRecord, record_name
+from .models import MAX_RECORD_BYTES, RECORD_CONTENT_TYPE, Manifest, TaskRecord, record_name
 from .storage import (
     Blob,
     Conflict,
@@ -155,6 +157,9 @@ async def _apply(
     if isinstance(decision, Change):
         return await _change(storage, job, seen, decision, trace, now=now)
     if isinstance(decision, Apply):
+        fences = [effect for effect in decision.effects if isinstance(effect, Fence)]
+        if fences:
+            return await _fence(storage, seen, fences[0])
         return await _effects(storage, job, seen, decision.effects, None, trace, now=now)
     raise AssertionError(f"unknown decision {decision!r}")
 
@@ -181,7 +186,7 @@ def _watched(job: Job, record: TaskRecord | None) -> str | None:
         return job.event.notice.blob
     if record is None:
         return None
-    copying = next((item for item in record.deliveries if item.state is State.COPYING), None)
+    copying = watched_copying(record)
     return None if copying is None else copying.blob
 
 
@@ -192,13 +197,13 @@ async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = Fal
         seen = replace(seen, record=found, record_etag=etag, record_read=True)
     name = _watched(job, seen.record)
     if name is None:
-        return replace(seen, blob=None, manifest=None, attempt=None)
+        return replace(seen, blob=None, manifest=None, attempt=None, watched=None)
     blob, there = await asyncio.gather(storage.read(name), storage.read(manifest_name(name)) if manifest else _unseen())
     delivery = job.event.notice.delivery if isinstance(job.event, Arrival) else None
     copied = seen.copied and isinstance(blob, Blob) and blob.delivery == delivery
     # A lost answer stays known: the copy may land later, so the delivery must end up tracked.
     attempt = seen.attempt if seen.attempt == "lost" else None
-    return replace(seen, blob=blob, manifest=there, copied=copied, attempt=attempt)
+    return replace(seen, blob=blob, manifest=there, copied=copied, attempt=attempt, watched=name)
 
 
 async def _unseen() -> Any:
@@ -310,7 +315,9 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         return_exceptions=True,
     )
     if isinstance(written, Conflict):
-        return await _observe(storage, job, seen, record=True, manifest=decision.observe)
+        # What the side effects did stays known (a manifest written beside a swap that lost).
+        kept = after if isinstance(after, Seen) else seen
+        return await _observe(storage, job, kept, record=True, manifest=decision.observe)
     if isinstance(written, BaseException):
         raise written
     if isinstance(after, BaseException):
@@ -330,6 +337,7 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         record_read=True,
         concluded=concluded,
         changed=decision.arrow,
+        fence=decision.fence,
         peeked=after.peeked + peeked,
     )
 
@@ -338,7 +346,7 @@ async def _effects(
     storage: Storage,
     job: Job,
     seen: Seen,
-    effects: tuple[WriteManifest | Retire, ...],
+    effects: tuple[WriteManifest | Retire | Fence, ...],
     record: TaskRecord | None,
     trace: Trace,
     *,
@@ -383,7 +391,13 @@ async def _effects(
 
 
 async def _effect(
-    storage: Storage, job: Job, seen: Seen, effect: WriteManifest | Retire, record: TaskRecord | None, *, now: datetime
+    storage: Storage,
+    job: Job,
+    seen: Seen,
+    effect: WriteManifest | Retire | Fence,
+    record: TaskRecord | None,
+    *,
+    now: datetime,
 ) -> None:
     if isinstance(effect, Retire):
         item = effect.retirement
@@ -393,11 +407,28 @@ async def _effect(
         if effect.manifest and job.write_manifest:
             if name not in peeked:
                 removals.append(remove_if_holds(storage, name, item.delivery, None))
-            elif (known := peeked[name]) is not None and _is_manifest(known) and known.delivery == item.delivery:
-                removals.append(remove_if_holds(storage, name, item.delivery, known.etag))
+            elif (known := peeked[name]) is not None:
+                # Read beside the change that listed the name; if it described another delivery then, it
+                # may describe this one now (both were written around that read): read it again.
+                etag = known.etag if _is_manifest(known) and known.delivery == item.delivery else None
+                removals.append(remove_if_holds(storage, name, item.delivery, etag))
         await asyncio.gather(*removals)
         return
-    await write_manifest(storage, job, seen, effect, record, now=now)
+    if isinstance(effect, WriteManifest):
+        await write_manifest(storage, job, seen, effect, record, now=now)
+
+
+async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
+    """Set the file's headers again, If-Match on what this driver's copy produced: a copy prepared
+    against that version then fails. Whatever happens, the blob as it now is goes back to decide."""
+    current = await storage.read(fence.blob)
+    if current is None or current.delivery != fence.delivery:
+        return replace(seen, blob=current, fence=False)
+    try:
+        written = await storage.set_headers(fence.blob, current.headers, if_match=current.etag)
+    except Conflict:
+        return replace(seen, blob=await storage.read(fence.blob), fence=False)
+    return replace(seen, blob=replace(current, etag=written.etag), fence=False)
 
 
 async def remove_if_holds(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:

@@ -65,7 +65,8 @@ class Seen:
     record: TaskRecord | None = None
     record_etag: str | None = None  # None: the record does not exist
     record_read: bool = False
-    blob: Blob | Unseen | None = UNSEEN  # the blob at the notice's name
+    blob: Blob | Unseen | None = UNSEEN  # the blob at the notice's name (a sweep: at ``watched``)
+    watched: str | None = None  # the name ``blob`` was read at
     manifest: Blob | Unseen | None = UNSEEN  # the manifest beside it (read when a write over it is coming)
     copied: bool = False  # this driver's own copy or commit put the blob there (``blob`` is what it wrote)
     attempt: Attempt | None = None
@@ -78,6 +79,7 @@ class Seen:
     peeked: tuple[tuple[str, Blob | None], ...] = ()
     concluded: str | None = None  # the arrow of this driver's change that made the notice current
     changed: str | None = None  # the arrow of this driver's last change to the record
+    fence: bool = False  # this driver's change asks for a fence on its file (see :class:`Fence`)
 
 
 # --- the steps decide returns ---------------------------------------------------------------------
@@ -127,7 +129,16 @@ class Retire:
     manifest: bool = True
 
 
-Effect = WriteManifest | Retire
+@dataclass(frozen=True)
+class Fence:
+    """Set the file's headers again (If-Match on the ETag this driver's copy produced): a copy another
+    delivery prepared over that version then fails instead of landing after this one's record."""
+
+    blob: str
+    delivery: str
+
+
+Effect = WriteManifest | Retire | Fence
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,7 @@ class Change:
     arrow: str
     effects: tuple[Effect, ...] = ()
     observe: bool = False  # read the blob and its manifest side by side with the swap
+    fence: bool = False  # a delivery accepted at the same name was superseded: fence its copy off after
 
 
 @dataclass(frozen=True)
@@ -272,6 +284,14 @@ ARROWS: tuple[Arrow, ...] = (
     ),
     Arrow("operator-failed", "copying", "failed", "operator", "an operator gave it up (the reason says how to retry)"),
     Arrow(
+        "behind",
+        "copying, failed, superseded",
+        "copying",
+        "webhook, verifier",
+        "a delivery accepted after it is still copying: it waits (202, its queue message retries), superseded "
+        "once that one is stored, copied again if that one fails",
+    ),
+    Arrow(
         "immutable",
         "any",
         "unchanged",
@@ -290,6 +310,12 @@ ARROWS: tuple[Arrow, ...] = (
 ARROW_NAMES = frozenset(arrow.name for arrow in ARROWS)
 
 # --- helpers on the record --------------------------------------------------------------------------
+
+
+def watched_copying(record: TaskRecord) -> Delivery | None:
+    """The delivery a sweep looks at: the newest still copying (it decides the task's next file; the
+    ones before it are superseded when it is stored, and go on if it fails)."""
+    return next((item for item in reversed(record.deliveries) if item.state is State.COPYING), None)
 
 
 def _new_record(notice: Notice) -> TaskRecord:
@@ -321,28 +347,40 @@ def _put(record: TaskRecord, entry: Delivery) -> list[Delivery]:
 
 
 def conclude_stored(
-    record: TaskRecord, entry: Delivery, *, etag: str | None, now: datetime, by: Driver, outcome: str
+    record: TaskRecord,
+    entry: Delivery,
+    *,
+    etag: str | None,
+    now: datetime,
+    by: Driver,
+    outcome: str,
+    blob: str | None = None,
 ) -> TaskRecord:
-    """``entry`` is committed at its name: it becomes the current file. Every delivery accepted before
-    it that is stored or copying becomes superseded, and a replaced file under another name is listed
-    to retire. A delivery accepted after it and still copying goes on (it will replace this one)."""
+    """``entry`` is committed at ``blob`` (its own name unless given): it becomes the current file.
+    Every delivery accepted before it that is stored or copying becomes superseded; a replaced file
+    under another name is listed to retire, and so is the name of a superseded copy (it may still
+    land there: deleted only if it does). A delivery accepted after it and still copying goes on (it
+    will replace this one). The same delivery stored before under another name (the template changed)
+    moves: its earlier name is retired."""
+    name = blob or entry.blob
     position = record.index(entry.delivery)
     replaced: list[Retirement] = []
     items: list[Delivery] = []
     for number, item in enumerate(record.deliveries):
         earlier = position < 0 or number < position
-        if (
-            item.delivery != entry.delivery
-            and item.state in (State.STORED, State.COPYING)
-            and (earlier or item.state is State.STORED)
-        ):
-            if item.state is State.STORED and item.blob != entry.blob:
+        if item.delivery == entry.delivery:
+            if item.blob != name and item.state is State.STORED:
                 replaced.append(Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag))
+        elif item.state in (State.STORED, State.COPYING) and (earlier or item.state is State.STORED):
+            if item.blob != name:
+                etag_known = item.etag if item.state is State.STORED else None
+                replaced.append(Retirement(blob=item.blob, delivery=item.delivery, etag=etag_known))
             step = Step(at=now, by=by, outcome="superseded", note=f"replaced by {entry.delivery[:12]}")
             item = item.model_copy(update={"state": State.SUPERSEDED, "history": with_step(item, step)})
         items.append(item)
     stored = entry.model_copy(
         update={
+            "blob": name,
             "state": State.STORED,
             "etag": etag,
             "completed_at": now,
@@ -353,8 +391,9 @@ def conclude_stored(
         }
     )
     # The new file's own name is never retired (an export that came back to an earlier name).
-    retire = [item for item in [*record.retire, *replaced] if item.blob != entry.blob]
-    updated = record.model_copy(update={"current": entry.delivery, "retire": retire, "deliveries": items})
+    retire = [item for item in [*record.retire, *replaced] if item.blob != name]
+    unique = list({(item.blob, item.delivery): item for item in retire}.values())
+    updated = record.model_copy(update={"current": entry.delivery, "retire": unique, "deliveries": items})
     return updated.model_copy(update={"deliveries": _put(updated, stored)})
 
 
@@ -369,20 +408,6 @@ def replaced_by(record: TaskRecord, delivery: str) -> list[str]:
 
 def _with_state(record: TaskRecord, entry: Delivery, state: State, step: Step, **changes: object) -> TaskRecord:
     updated = entry.model_copy(update={"state": state, "history": with_step(entry, step), **changes})
-    if state is State.COPYING:
-        # A delivery accepted now makes the ones still copying before it superseded.
-        items = []
-        for item in record.deliveries:
-            if item.delivery != entry.delivery and item.state is State.COPYING:
-                note = f"replaced by {entry.delivery[:12]}"
-                item = item.model_copy(
-                    update={
-                        "state": State.SUPERSEDED,
-                        "history": with_step(item, Step(at=step.at, by=step.by, outcome="superseded", note=note)),
-                    }
-                )
-            items.append(item)
-        record = record.model_copy(update={"deliveries": items})
     return record.model_copy(update={"deliveries": _put(record, updated)})
 
 
@@ -424,9 +449,54 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     notice, by, record, blob = event.notice, event.by, seen.record, seen.blob
     entry = record.find(notice.delivery) if record is not None else None
     base = record if record is not None else _new_record(notice)
+    current = record is not None and entry is not None and record.current == entry.delivery
+    current_stored = current and entry is not None and entry.state is State.STORED
 
     if seen.concluded is not None and record is not None:
+        newer = entry is not None and _later(record, entry, State.STORED, State.COPYING)
+        if seen.fence and isinstance(blob, Blob) and blob.delivery == notice.delivery and not newer:
+            # Another delivery accepted at this name may still be sending a copy over the file read before
+            # this change: change the file's ETag so that copy fails (a copy that came first shows here).
+            return Apply((Fence(notice.blob, notice.delivery),), seen.concluded)
+        ours = isinstance(blob, Blob) and blob.delivery == notice.delivery
+        if current_stored and not newer and not ours and entry is not None and _stale(record, entry, blob, now):
+            # An older delivery's copy landed over this one's file after it was recorded: it goes back.
+            return Copy(blob.etag if isinstance(blob, Blob) else None, arrow="restored")
         return _retire_or_answer(seen, record)
+
+    if isinstance(blob, Blob) and blob.delivery == notice.delivery:
+        # The blob holds this delivery's bytes: recorded as the current file, unless a delivery accepted
+        # after it is stored (then it is a stale file: removed, unless it sits at the current file's name).
+        if record is not None and entry is not None and _later(record, entry, State.STORED):
+            at_current = record.current_delivery is not None and record.current_delivery.blob == blob.name
+            if at_current:
+                return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
+            stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag)
+            return Apply((Retire(stale, manifest=not seen.copied or seen.manifest_done),), "superseded")
+        if current_stored and entry is not None and entry.blob == notice.blob and not seen.copied:
+            if event.by != "webhook" and not seen.manifest_done:
+                # A queue message or an operator: the webhook's manifest write may be what failed.
+                return Apply((WriteManifest(notice.blob, notice.delivery, notice.manifest),), "duplicate")
+            return Answer("duplicate", 200, "duplicate")
+        arrow = ("restored" if current else "stored") if seen.copied else "adopted"
+        fence = any(
+            item.state is State.COPYING and item.blob == notice.blob and item.delivery != notice.delivery
+            for item in base.deliveries
+        )
+        stored = conclude_stored(
+            base, _entry(notice, record), etag=blob.etag, now=now, by=by, outcome=arrow, blob=notice.blob
+        )
+        return Change(stored, arrow, (WriteManifest(notice.blob, notice.delivery, notice.manifest),), fence=fence)
+
+    if record is not None and entry is not None and _later(record, entry, State.STORED):
+        return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
+    if record is not None and entry is not None and _later(record, entry, State.COPYING) and not seen.copied:
+        # A newer export is still copying: this one waits for it (superseded once it is stored; copied
+        # again if it fails), tracked in the record and by its queue message.
+        if entry.state is State.COPYING:
+            return Answer("copying", 202, "behind", enqueue=True)
+        step = Step(at=now, by=by, outcome="copying", note="waits for a newer export still copying")
+        return Change(_with_state(base, entry, State.COPYING, step, staged=seen.large), "behind")
     if seen.attempt == "immutable":
         return Answer("failed", 409, "immutable", error="immutable")
     if seen.attempt in ("source-refused", "source-gone"):
@@ -436,25 +506,6 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=reason)
             return Change(failed, "source-failed")
         return Answer("failed", 502, "source-failed", error="copy-failed", reason=reason)
-
-    if isinstance(blob, Blob) and blob.delivery == notice.delivery:
-        # The blob holds this delivery's bytes: it is recorded as the current file, unless a delivery
-        # accepted after it is already stored (then this file is a stale one: removed).
-        if record is not None and entry is not None and _later(record, entry, State.STORED):
-            stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag)
-            return Apply((Retire(stale, manifest=not seen.copied or seen.manifest_done),), "superseded")
-        current = record is not None and record.current == notice.delivery and entry is not None
-        if current and entry is not None and entry.state is State.STORED and not seen.copied:
-            if event.by != "webhook" and not seen.manifest_done:
-                # A queue message or an operator: the webhook's manifest write may be what failed.
-                return Apply((WriteManifest(notice.blob, notice.delivery, notice.manifest),), "duplicate")
-            return Answer("duplicate", 200, "duplicate")
-        arrow = ("restored" if current else "stored") if seen.copied else "adopted"
-        stored = conclude_stored(base, _entry(notice, record), etag=blob.etag, now=now, by=by, outcome=arrow)
-        return Change(stored, arrow, (WriteManifest(notice.blob, notice.delivery, notice.manifest),))
-
-    if record is not None and entry is not None and _later(record, entry, State.STORED, State.COPYING):
-        return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
     if notice.link_expires_on is not None and notice.link_expires_on <= now:
         # Nothing can copy it any more (a queued delivery whose link expired while it waited).
         if blob == UNSEEN or not seen.record_read:
@@ -464,9 +515,9 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=EXPIRED_REASON)
             return Change(failed, "expired")
         return Answer("failed", 410, "expired", error="link-expired", reason=EXPIRED_REASON)
+
     accepted = entry is not None and entry.state is State.COPYING and (entry.staged or not seen.large)
-    current = record is not None and entry is not None and record.current == entry.delivery
-    if blob == UNSEEN and seen.attempt in ("exists", "too-large") and not accepted and not current:
+    if blob == UNSEEN and seen.attempt in ("exists", "too-large") and not accepted and not current_stored:
         # A file is at the name (or the source needs staging): accepted before anything overwrites it,
         # and the file and its manifest read side by side with that.
         return _accept(seen, base, notice, record, by, now, observe=True)
@@ -487,10 +538,16 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         modified = blob.last_modified or blob.created
         if modified is not None and now - modified < IN_FLIGHT:
             # Another driver's copy on its way to the record: never overwritten. Tracked, and retried later.
-            if accepted:
+            if accepted or current_stored:
                 return Answer("copying", 202, "queued", enqueue=True)
             step = Step(at=now, by=by, outcome="copying", note="another copy of this task was in flight")
             return Change(_with_state(base, _entry(notice, record), State.COPYING, step, staged=seen.large), "queued")
+    if current_stored and not seen.large and record is not None and entry is not None:
+        if not _stale(record, entry, blob, now):
+            return Answer("copying", 202, "queued", enqueue=True)
+        # The current file holds an older delivery (a copy that raced this one's record, or an orphan):
+        # the current delivery puts its own bytes back.
+        return Copy(blob.etag if isinstance(blob, Blob) else None, arrow="restored")
     if not accepted:
         # Only an accepted delivery overwrites (or stages): a crash after the copy leaves it tracked.
         return _accept(seen, base, notice, record, by, now, observe=False)
@@ -510,6 +567,18 @@ def _accept(
 
 SOURCE_REFUSED = "Azure Storage could not read the exported file: the link was refused."
 SOURCE_GONE = "Azure Storage could not read the exported file: it no longer exists."
+
+
+def _stale(record: TaskRecord, entry: Delivery, blob: Blob | Unseen | None, now: datetime) -> bool:
+    """May ``entry``, the current delivery, put its bytes back over what its name holds? Yes when the
+    file is gone, holds a delivery accepted before it, or an orphan (unknown, not written just now)."""
+    if not isinstance(blob, Blob):
+        return blob is None
+    holder = record.find(blob.delivery) if blob.delivery else None
+    if holder is None:
+        modified = blob.last_modified or blob.created
+        return modified is None or now - modified >= IN_FLIGHT
+    return record.index(holder.delivery) < record.index(entry.delivery)
 
 
 def _later(record: TaskRecord, entry: Delivery, *states: State) -> bool:
@@ -542,10 +611,10 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         return Observe()
     if record is None:
         return Answer("nothing", 200, "nothing")
-    copying = next((item for item in record.deliveries if item.state is State.COPYING), None)
-    if copying is not None and seen.changed is None:
+    copying = watched_copying(record)
+    if copying is not None:
         blob = seen.blob
-        if blob == UNSEEN:
+        if blob == UNSEEN or seen.watched != copying.blob:
             return Observe()
         if isinstance(blob, Blob) and blob.delivery == copying.delivery:
             stored = conclude_stored(record, copying, etag=blob.etag, now=now, by=by, outcome="adopted")
@@ -561,7 +630,7 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
     retiring = _retire(seen, record)
     if retiring is not None:
         return retiring
-    if copying is not None and seen.changed is None:
+    if copying is not None:
         return Answer("waiting", 202, "waiting")
     return Answer("nothing", 200, seen.changed or "nothing")
 
@@ -593,6 +662,7 @@ __all__ = [
     "Change",
     "Copy",
     "Decision",
+    "Fence",
     "Notice",
     "Observe",
     "Retire",

@@ -885,6 +885,7 @@ class Result:
     orphans_explained: list[str]
     notes: list[str]
     features: frozenset[str] = frozenset()
+    sim: Any = field(default=None, repr=False, compare=False)  # the finished simulation, to inspect a seed
 
     @property
     def ok(self) -> bool:
@@ -1001,7 +1002,7 @@ async def run_seed(seed: int, *, faults: bool = True) -> Result:
     features = {line.op for line in sim.trace if line.actor in ("settings", "policy", "sender")}
     features |= {line.fault for line in sim.trace if line.fault}
     return Result(
-        seed, sim.violation, sim.steps, sim.trace, config, sim.orphans_explained, sim.notes, frozenset(features)
+        seed, sim.violation, sim.steps, sim.trace, config, sim.orphans_explained, sim.notes, frozenset(features), sim
     )
 
 

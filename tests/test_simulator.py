@@ -94,11 +94,6 @@ async def test_c_a_staged_export_whose_source_goes_away_leaves_only_the_renamed_
     assert sim.files() == {"ws-1/task-1/B.pdf": third.data}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDINGS.md 4: a copy answered 503 before it acted is never recorded, so its late retry is a new "
-    "delivery (503 again), not superseded",
-)
 @pytest.mark.parametrize("second_name", ["A", "B"])
 async def test_d_an_export_whose_copy_kept_failing_is_superseded_on_its_late_retry(second_name: str) -> None:
     sim = Simulation()
@@ -107,7 +102,7 @@ async def test_d_an_export_whose_copy_kept_failing_is_superseded_on_its_late_ret
     failing = sim.post(first)
     await sim.run_actor(failing)
     assert failing.answer is not None and failing.answer.startswith("503")
-    # Not tracked in the record (FINDINGS.md 4): only the 503's queue message knows it.
+    # Its queue message is dropped: only the record tracks it now.
     sim.queue.clear()
     sim.faults.rules.clear()
     second = sim.export(second_name)
@@ -197,11 +192,6 @@ async def test_a_deeply_nested_extra_field_stays_json_in_the_manifest() -> None:
 # ---------------------------------------------------------------------------------------------- bugs found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDINGS.md 3: a retry of the same delivery after BLOB_NAME_TEMPLATE changed copies to the new name "
-    "and the record keeps the old one: an untracked file",
-)
 async def test_a_retry_after_a_template_change_leaves_no_untracked_copy() -> None:
     sim = Simulation()
     export = sim.export("A")

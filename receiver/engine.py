@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -363,7 +364,7 @@ async def _effects(
             raise outcome
         failed = isinstance(outcome, StoreError)
         if isinstance(effect, Retire):
-            (deferred if failed else retired).add(effect.retirement.blob)
+            (deferred if failed else retired).add(effect.retirement.key)
             if not failed:
                 trace.retired.append(effect.retirement.blob)
             else:
@@ -405,13 +406,12 @@ async def _effect(
         peeked = dict(seen.peeked)
         removals = [remove_if_holds(storage, item.blob, item.delivery, item.etag)]
         if effect.manifest and job.write_manifest:
-            if name not in peeked:
-                removals.append(remove_if_holds(storage, name, item.delivery, None))
-            elif (known := peeked[name]) is not None:
-                # Read beside the change that listed the name; if it described another delivery then, it
-                # may describe this one now (both were written around that read): read it again.
-                etag = known.etag if _is_manifest(known) and known.delivery == item.delivery else None
-                removals.append(remove_if_holds(storage, name, item.delivery, etag))
+            # Read beside the change that listed the name (when it was): its ETag saves a read. Absent
+            # then, it is read again: a manifest written late may have landed since.
+            known = peeked.get(name)
+            matches = known is not None and _is_manifest(known) and known.delivery == item.delivery
+            etag = known.etag if known is not None and matches else None
+            removals.append(remove_manifest(storage, name, item.delivery, etag))
         await asyncio.gather(*removals)
         return
     if isinstance(effect, WriteManifest):
@@ -429,6 +429,29 @@ async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
     except Conflict:
         return replace(seen, blob=await storage.read(fence.blob), fence=False)
     return replace(seen, blob=replace(current, etag=written.etag), fence=False)
+
+
+async def remove_manifest(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:
+    """Delete the manifest ``name`` of a retired file: while it describes ``delivery``, or when it
+    describes no file at all (a manifest written late beside a file that was already gone). The
+    manifest is read before the file, so a newer export's manifest (written after its file) is kept."""
+    if etag is not None and await _delete_quietly(storage, name, etag):
+        return True
+    there = await storage.read(name)
+    if there is None or not _is_manifest(there):
+        return False
+    if there.delivery != delivery:
+        beside = await storage.read(name.removesuffix(MANIFEST_SUFFIX))
+        if beside is not None and beside.delivery == there.delivery:
+            return False
+    return await _delete_quietly(storage, name, there.etag)
+
+
+async def _delete_quietly(storage: Storage, name: str, etag: str) -> bool:
+    try:
+        return await storage.delete(name, if_match=etag)
+    except Conflict:
+        return False
 
 
 async def remove_if_holds(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:
@@ -473,7 +496,7 @@ async def write_manifest(
     metadata = {**MANIFEST_MARKER, "delivery": effect.delivery}
 
     async def fix_headers() -> Blob | None:
-        current = None if blob_known else await storage.read(effect.blob)
+        current = seen.blob if blob_known and isinstance(seen.blob, Blob) else await storage.read(effect.blob)
         if current is None or current.delivery != effect.delivery or content_type is None:
             return current
         if current.headers.content_type != content_type:
@@ -484,18 +507,19 @@ async def write_manifest(
                 return await storage.read(effect.blob)  # changed since read: by a newer export
         return current
 
-    async def put_manifest() -> None:
+    async def put_manifest() -> str | None:
+        """The manifest's new ETag, or None when nothing was written."""
         if not job.write_manifest:
-            return
+            return None
         name = manifest_name(effect.blob)
         known = seen.manifest if isinstance(seen.manifest, Blob) and seen.blob != UNSEEN else None
         if_match: str | None = known.etag if known is not None and _is_manifest(known) else None
         for _ in range(3):
             try:
-                await storage.put(
+                written = await storage.put(
                     name, document.to_bytes(), if_match=if_match, content_type="application/json", metadata=metadata
                 )
-                return
+                return written.etag
             except Conflict:
                 there, holder = await asyncio.gather(storage.read(name), storage.read(effect.blob))
                 if there is None:
@@ -507,13 +531,18 @@ async def write_manifest(
                         name,
                         effect.blob,
                     )
-                    return
+                    return None
                 if holder is None or holder.delivery != effect.delivery:
-                    return  # the file is another delivery's now: its writer writes the manifest
+                    return None  # the file is another delivery's now: its writer writes the manifest
                 if_match = there.etag
         raise Unavailable(f"The manifest {name} kept changing while it was written.")
 
-    await asyncio.gather(fix_headers(), put_manifest())
+    holder, written = await asyncio.gather(fix_headers(), put_manifest())
+    if written is not None and (holder is None or holder.delivery != effect.delivery):
+        # The file moved on while the manifest was written (a newer export, a retirement): a manifest
+        # describes the file beside it or is not there at all.
+        with contextlib.suppress(Conflict):
+            await storage.delete(manifest_name(effect.blob), if_match=written)
 
 
 __all__ = ["Job", "Trace", "block_id", "manifest_name", "remove_if_holds", "run"]

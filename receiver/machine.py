@@ -71,8 +71,8 @@ class Seen:
     copied: bool = False  # this driver's own copy or commit put the blob there (``blob`` is what it wrote)
     attempt: Attempt | None = None
     large: bool = False  # above SYNC_COPY_MAX_MIB, or refused by Copy Blob From URL: staged in blocks
-    retired: frozenset[str] = frozenset()  # names this driver retired (file and manifest gone)
-    deferred: frozenset[str] = frozenset()  # names whose retirement failed: left listed for the next driver
+    retired: frozenset[str] = frozenset()  # retirements (Retirement.key) this driver carried out
+    deferred: frozenset[str] = frozenset()  # retirements that failed: left listed for the next driver
     manifest_done: bool = False  # this driver made sure of the manifest (a verifier's duplicate)
     # Manifests of names to retire, read beside the change that listed them (None: absent), so the
     # deletes that follow are If-Match without another round trip.
@@ -369,7 +369,7 @@ def conclude_stored(
     for number, item in enumerate(record.deliveries):
         earlier = position < 0 or number < position
         if item.delivery == entry.delivery:
-            if item.blob != name and item.state is State.STORED:
+            if item.blob != name:
                 replaced.append(Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag))
         elif item.state in (State.STORED, State.COPYING) and (earlier or item.state is State.STORED):
             if item.blob != name:
@@ -464,6 +464,14 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             return Copy(blob.etag if isinstance(blob, Blob) else None, arrow="restored")
         return _retire_or_answer(seen, record)
 
+    if current_stored and entry is not None and entry.blob != notice.blob:
+        # Stored and current under the name an earlier template gave it: a duplicate. A copy this driver
+        # made under today's name is removed.
+        if seen.copied and isinstance(blob, Blob) and blob.delivery == notice.delivery:
+            own = Retirement(blob=notice.blob, delivery=notice.delivery, etag=blob.etag)
+            return Apply((Retire(own),), "duplicate")
+        return Answer("duplicate", 200, "duplicate")
+
     if isinstance(blob, Blob) and blob.delivery == notice.delivery:
         # The blob holds this delivery's bytes: recorded as the current file, unless a delivery accepted
         # after it is stored (then it is a stale file: removed, unless it sits at the current file's name).
@@ -472,7 +480,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             if at_current:
                 return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
             stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag)
-            return Apply((Retire(stale, manifest=not seen.copied or seen.manifest_done),), "superseded")
+            return Apply((Retire(stale),), "superseded")
         if current_stored and entry is not None and entry.blob == notice.blob and not seen.copied:
             if event.by != "webhook" and not seen.manifest_done:
                 # A queue message or an operator: the webhook's manifest write may be what failed.
@@ -595,11 +603,11 @@ def _retire_or_answer(seen: Seen, record: TaskRecord) -> Decision:
 def _retire(seen: Seen, record: TaskRecord) -> Decision | None:
     """Delete each name the record lists to retire (once), then drop the ones that went from the list."""
     tried = seen.retired | seen.deferred
-    pending = tuple(Retire(item) for item in record.retire if item.blob not in tried)
+    pending = tuple(Retire(item) for item in record.retire if item.key not in tried)
     if pending:
         return Apply(pending, "retire")
-    if any(item.blob in seen.retired for item in record.retire):
-        cleared = record.model_copy(update={"retire": [i for i in record.retire if i.blob not in seen.retired]})
+    if any(item.key in seen.retired for item in record.retire):
+        cleared = record.model_copy(update={"retire": [i for i in record.retire if i.key not in seen.retired]})
         return Change(cleared, "retire")
     return None
 

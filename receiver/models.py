@@ -92,6 +92,11 @@ class Retirement(_Model):
     delivery: str
     etag: str | None = None
 
+    @property
+    def key(self) -> str:
+        """One retirement: a name, and the delivery whose file there is to go."""
+        return f"{self.blob}\n{self.delivery}"
+
 
 class TaskRecord(_Model):
     kind: Literal["task-record"] = "task-record"

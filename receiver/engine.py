@@ -188,7 +188,10 @@ def _watched(job: Job, record: TaskRecord | None) -> str | None:
     if record is None:
         return None
     copying = watched_copying(record)
-    return None if copying is None else copying.blob
+    if copying is not None:
+        return copying.blob
+    current = record.current_delivery
+    return current.blob if job.event.verify and current is not None else None
 
 
 async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = False, manifest: bool = False) -> Seen:
@@ -199,6 +202,7 @@ async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = Fal
     name = _watched(job, seen.record)
     if name is None:
         return replace(seen, blob=None, manifest=None, attempt=None, watched=None)
+    manifest = manifest or (isinstance(job.event, Sweep) and job.event.verify and job.write_manifest)
     blob, there = await asyncio.gather(storage.read(name), storage.read(manifest_name(name)) if manifest else _unseen())
     delivery = job.event.notice.delivery if isinstance(job.event, Arrival) else None
     copied = seen.copied and isinstance(blob, Blob) and blob.delivery == delivery

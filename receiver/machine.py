@@ -284,6 +284,14 @@ ARROWS: tuple[Arrow, ...] = (
     ),
     Arrow("operator-failed", "copying", "failed", "operator", "an operator gave it up (the reason says how to retry)"),
     Arrow(
+        "repaired",
+        "stored",
+        "stored",
+        "reconciliation, operator",
+        "the current file holds its delivery but its manifest is missing or describes another (a driver stopped "
+        "between the record and the manifest): the manifest is written again from the record",
+    ),
+    Arrow(
         "behind",
         "copying, failed, superseded",
         "copying",
@@ -355,6 +363,7 @@ def conclude_stored(
     by: Driver,
     outcome: str,
     blob: str | None = None,
+    manifest: dict[str, object] | None = None,
 ) -> TaskRecord:
     """``entry`` is committed at ``blob`` (its own name unless given): it becomes the current file.
     Every delivery accepted before it that is stored or copying becomes superseded; a replaced file
@@ -376,7 +385,8 @@ def conclude_stored(
                 etag_known = item.etag if item.state is State.STORED else None
                 replaced.append(Retirement(blob=item.blob, delivery=item.delivery, etag=etag_known))
             step = Step(at=now, by=by, outcome="superseded", note=f"replaced by {entry.delivery[:12]}")
-            item = item.model_copy(update={"state": State.SUPERSEDED, "history": with_step(item, step)})
+            update = {"state": State.SUPERSEDED, "history": with_step(item, step), "manifest": None}
+            item = item.model_copy(update=update)
         items.append(item)
     stored = entry.model_copy(
         update={
@@ -386,7 +396,8 @@ def conclude_stored(
             "completed_at": now,
             "failed_at": None,
             "failure_reason": None,
-            "manifest": None,
+            # Kept while it is current: whoever finds its manifest missing (the reconciliation) writes it again.
+            "manifest": entry.manifest or manifest,
             "history": with_step(entry, Step(at=now, by=by, outcome=outcome, status=200)),
         }
     )
@@ -433,6 +444,7 @@ class Sweep:
     now: datetime
     by: Driver = "reconciliation"
     give_up: str | None = None  # an operator's reason to fail a delivery still copying
+    verify: bool = False  # also make sure the current file's manifest describes it (recently changed tasks)
 
 
 Event = Arrival | Sweep
@@ -492,11 +504,21 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             for item in base.deliveries
         )
         stored = conclude_stored(
-            base, _entry(notice, record), etag=blob.etag, now=now, by=by, outcome=arrow, blob=notice.blob
+            base,
+            _entry(notice, record),
+            etag=blob.etag,
+            now=now,
+            by=by,
+            outcome=arrow,
+            blob=notice.blob,
+            manifest=dict(notice.manifest),
         )
         return Change(stored, arrow, (WriteManifest(notice.blob, notice.delivery, notice.manifest),), fence=fence)
 
     if record is not None and entry is not None and _later(record, entry, State.STORED):
+        elsewhere = record.current_delivery is None or record.current_delivery.blob != notice.blob
+        if blob == UNSEEN and seen.attempt == "exists" and elsewhere:
+            return Observe()  # a file at its own name may be a copy of it that landed late: removed
         return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
     if record is not None and entry is not None and _later(record, entry, State.COPYING) and not seen.copied:
         # A newer export is still copying: this one waits for it (superseded once it is stored; copied
@@ -640,6 +662,15 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         return retiring
     if copying is not None:
         return Answer("waiting", 202, "waiting")
+    current = record.current_delivery
+    if event.verify and current is not None and current.manifest and not seen.manifest_done:
+        if seen.watched != current.blob:
+            return Observe()
+        holds = isinstance(seen.blob, Blob) and seen.blob.delivery == current.delivery
+        described = isinstance(seen.manifest, Blob) and seen.manifest.delivery == current.delivery
+        if holds and not described:
+            # A driver stored the file and the record, then stopped before the manifest: written again.
+            return Apply((WriteManifest(current.blob, current.delivery, current.manifest),), "repaired")
     return Answer("nothing", 200, seen.changed or "nothing")
 
 

@@ -46,6 +46,9 @@ MAX_PER_RUN = 200
 QUEUE_COVERAGE = timedelta(minutes=MAX_DEQUEUE_COUNT * 1.5 + 30)
 # Below host.json's functionTimeout (5 minutes), leaving room for the item in progress.
 RUN_BUDGET_SECONDS = 180.0
+# Tasks changed this recently (beyond RECONCILE_AFTER_MINUTES) get their current file's manifest checked:
+# a driver that stopped between the record and the manifest leaves it to the next run or two.
+VERIFY_WINDOW = timedelta(minutes=20)
 
 
 @dataclass
@@ -70,20 +73,23 @@ class Candidate:
     task_id: str
     oldest_copying: datetime | None
     retire: int
+    recent: bool = False
 
 
 def candidate(item: Listed, *, now: datetime, after: timedelta) -> Candidate | None:
-    """A record the listing shows has work: a name to retire, or a delivery copying for ``after``."""
+    """A record the listing shows has work: a name to retire, a delivery copying for ``after``, or a
+    change in the last VERIFY_WINDOW beyond ``after`` (its current file's manifest is checked)."""
     meta = {key.lower(): value for key, value in item.metadata.items()}
     if meta.get("receiverkind") != "task-record":
         return None
     retire = int(meta.get("retire", "0") or 0)
     oldest = _when(meta.get("oldestcopying"))
     due = oldest is not None and now - oldest >= after
-    if not retire and not due:
+    recent = item.last_modified is not None and now - item.last_modified < after + VERIFY_WINDOW
+    if not retire and not due and not recent:
         return None
     ids = (meta.get("workspaceid") or "", meta.get("taskid") or "")
-    return Candidate(item.name, _decode(ids[0]), _decode(ids[1]), oldest, retire)
+    return Candidate(item.name, _decode(ids[0]), _decode(ids[1]), oldest, retire, recent)
 
 
 def _decode(value: str) -> str:
@@ -169,7 +175,7 @@ async def _work(
             record.task_id, record.workspace_id = item.task_id, item.workspace_id
             try:
                 job = Job(
-                    event=Sweep(now=now),
+                    event=Sweep(now=now, verify=item.recent),
                     workspace_id=item.workspace_id,
                     task_id=item.task_id,
                     write_manifest=settings.write_manifest,

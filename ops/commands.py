@@ -97,7 +97,7 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
         return found
     seen, looked = await asyncio.gather(observe_sweep(storage, record, etag), _look(ctx, workspace_id, task_id))
     found.look = looked
-    found.foreseen = foresee_sweep(seen, Sweep(ctx.now, by="operator"))
+    found.foreseen = foresee_sweep(seen, Sweep(ctx.now, by="operator", verify=True))
     args = _task_args(workspace_id, task_id)
     current = record.current_delivery
     if current is not None:
@@ -352,7 +352,7 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
             data["dryRun"] = True
         return Result(NOT_FOUND if found.problems else OK, data, text)
     job = Job(
-        event=Sweep(ctx.now, by="operator"),
+        event=Sweep(ctx.now, by="operator", verify=True),
         workspace_id=workspace_id,
         task_id=task_id,
         write_manifest=ctx.settings.write_manifest,

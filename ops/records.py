@@ -10,10 +10,10 @@ records' listing labels (``TaskRecord.labels``) and read only the records they s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import unquote
 
-from receiver.engine import Job, Trace, manifest_name, run
+from receiver.engine import Job, Trace, manifest_name, observe, run
 from receiver.intake import arrival_job, is_large, prepare
 from receiver.machine import (
     Answer,
@@ -27,6 +27,7 @@ from receiver.machine import (
     Stage,
     Sweep,
     decide,
+    watched_copying,
 )
 from receiver.models import MAX_RECORD_BYTES, RECORD_PREFIX, State, TaskRecord, record_name
 from receiver.outcome import Outcome
@@ -147,21 +148,22 @@ class Foreseen:
 
 
 async def observe_sweep(storage: Storage, record: TaskRecord | None, etag: str | None) -> Seen:
-    """What the engine observes for a sweep: the record, and the blob of the delivery still copying."""
-    seen = Seen(record=record, record_etag=etag, record_read=True)
+    """What the engine observes for a sweep (:func:`receiver.engine.observe`): the record, and the blob
+    it watches (the newest delivery still copying, else the current file and its manifest)."""
     if record is None:
-        return seen
-    copying = next((item for item in record.deliveries if item.state is State.COPYING), None)
-    if copying is None:
-        return Seen(record=record, record_etag=etag, record_read=True, blob=None, manifest=None)
-    blob = await storage.read(copying.blob)
-    return Seen(record=record, record_etag=etag, record_read=True, blob=blob)
+        return Seen(record=None, record_etag=etag, record_read=True)
+    job = Job(event=Sweep(now=datetime.now(UTC), verify=True), workspace_id=record.workspace_id, task_id=record.task_id)
+    return await observe(storage, job)
 
 
 def foresee_sweep(seen: Seen, event: Sweep) -> Foreseen:
     decision = decide(seen, event, event.now)
     record = seen.record
-    copying = next((item for item in record.deliveries if item.state is State.COPYING), None) if record else None
+    copying = watched_copying(record) if record else None
+    if isinstance(decision, Apply) and decision.arrow == "repaired" and record is not None and record.current:
+        return Foreseen(
+            decision, "repair", "the current file's manifest is missing or stale: written again from the record"
+        )
     if isinstance(decision, Change) and decision.arrow == "adopted" and copying is not None:
         return Foreseen(
             decision, "adopt", f"the file at {copying.blob} holds delivery {copying.delivery[:12]}: recorded as stored"

@@ -211,6 +211,12 @@ async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = Fal
     return replace(seen, blob=blob, manifest=there, copied=copied, attempt=attempt, watched=name)
 
 
+async def observe(storage: Storage, job: Job) -> Seen:
+    """What the loop observes first for ``job`` (a sweep: the record, then the blob it watches): the
+    operator's dry runs decide from exactly this."""
+    return await _observe(storage, job, Seen(), record=True)
+
+
 async def _unseen() -> Any:
     return UNSEEN
 
@@ -549,4 +555,4 @@ async def write_manifest(
             await storage.delete(manifest_name(effect.blob), if_match=written)
 
 
-__all__ = ["Job", "Trace", "block_id", "manifest_name", "remove_if_holds", "run"]
+__all__ = ["Job", "Trace", "block_id", "manifest_name", "observe", "remove_if_holds", "run"]

@@ -524,11 +524,18 @@ async def write_manifest(
         name = manifest_name(effect.blob)
         known = seen.manifest if isinstance(seen.manifest, Blob) and seen.blob != UNSEEN else None
         if_match: str | None = known.etag if known is not None and _is_manifest(known) else None
-        for _ in range(3):
+        for attempt in range(3):
             try:
                 written = await storage.put(
                     name, document.to_bytes(), if_match=if_match, content_type="application/json", metadata=metadata
                 )
+                if attempt:
+                    # Written after a conflict: others are at this name now. Still this delivery's file?
+                    holder = await storage.read(effect.blob)
+                    if holder is None or holder.delivery != effect.delivery:
+                        with contextlib.suppress(Conflict):
+                            await storage.delete(name, if_match=written.etag)
+                        return None
                 return written.etag
             except Conflict:
                 there, holder = await asyncio.gather(storage.read(name), storage.read(effect.blob))

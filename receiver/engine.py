@@ -152,7 +152,10 @@ async def _apply(
         return await _observe(storage, job, seen)
     if isinstance(decision, Copy):
         assert isinstance(job.event, Arrival)
-        return await _copy(storage, job, job.event.notice.blob, decision.if_match, seen, trace)
+        copied = await _copy(storage, job, job.event.notice.blob, decision.if_match, seen, trace)
+        # A restore was decided from the record this driver last wrote: it is recorded again (a swap),
+        # so a record that moved on meanwhile is seen, and the restored copy removed if it is stale now.
+        return replace(copied, concluded=None) if decision.arrow == "restored" else copied
     if isinstance(decision, Stage):
         return await _stage(storage, job, decision.if_match, seen, trace, clock=clock)
     if isinstance(decision, Change):

@@ -164,7 +164,7 @@ async def _apply(
         fences = [effect for effect in decision.effects if isinstance(effect, Fence)]
         if fences:
             return await _fence(storage, seen, fences[0])
-        return await _effects(storage, job, seen, decision.effects, None, trace, now=now)
+        return await _effects(storage, job, seen, decision.effects, None, trace, now=now, careful=True)
     raise AssertionError(f"unknown decision {decision!r}")
 
 
@@ -365,10 +365,12 @@ async def _effects(
     trace: Trace,
     *,
     now: datetime,
+    careful: bool = False,
 ) -> Seen:
     record = record or seen.record
     outcomes = await asyncio.gather(
-        *(_effect(storage, job, seen, effect, record, now=now) for effect in effects), return_exceptions=True
+        *(_effect(storage, job, seen, effect, record, now=now, careful=careful) for effect in effects),
+        return_exceptions=True,
     )
     retired, deferred = set(seen.retired), set(seen.deferred)
     manifest_done = seen.manifest_done
@@ -412,6 +414,7 @@ async def _effect(
     record: TaskRecord | None,
     *,
     now: datetime,
+    careful: bool = False,
 ) -> None:
     if isinstance(effect, Retire):
         item = effect.retirement
@@ -428,7 +431,7 @@ async def _effect(
         await asyncio.gather(*removals)
         return
     if isinstance(effect, WriteManifest):
-        await write_manifest(storage, job, seen, effect, record, now=now)
+        await write_manifest(storage, job, seen, effect, record, now=now, careful=careful)
 
 
 async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
@@ -491,9 +494,17 @@ def _is_manifest(blob: Blob) -> bool:
 
 
 async def write_manifest(
-    storage: Storage, job: Job, seen: Seen, effect: WriteManifest, record: TaskRecord | None, *, now: datetime
+    storage: Storage,
+    job: Job,
+    seen: Seen,
+    effect: WriteManifest,
+    record: TaskRecord | None,
+    *,
+    now: datetime,
+    careful: bool = False,
 ) -> None:
-    """The manifest beside the file, and the file's Content-Type, while the file holds the delivery."""
+    """The manifest beside the file, and the file's Content-Type, while the file holds the delivery.
+    ``careful`` (off the webhook's common path): the file is read again after the manifest is written."""
     blob_known = isinstance(seen.blob, Blob) and seen.blob.name == effect.blob and seen.blob.headers.content_type
     content_type = str(effect.document.get("exportedFileContentType") or job.content_type or "") or None
     entry = record.find(effect.delivery) if record is not None else None
@@ -532,7 +543,7 @@ async def write_manifest(
                 written = await storage.put(
                     name, document.to_bytes(), if_match=if_match, content_type="application/json", metadata=metadata
                 )
-                if attempt:
+                if attempt or careful:
                     # Written after a conflict: others are at this name now. Still this delivery's file?
                     holder = await storage.read(effect.blob)
                     if holder is None or holder.delivery != effect.delivery:

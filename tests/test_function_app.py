@@ -153,6 +153,43 @@ async def test_png_gets_its_content_type_fixed_and_keeps_md5(
 
 
 @pytest.mark.parametrize(
+    ("content_type", "source_name", "expected_file"),
+    [
+        ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", "x/report.docx", "Report.docx"),
+        ("text/plain; charset=utf-8", "x/notes.TXT", "Report.txt"),
+        ("application/x-unknown", "x/blob", "Report"),
+    ],
+    ids=["docx", "text-with-parameter", "no-extension"],
+)
+async def test_other_content_types_are_accepted_and_kept_as_given(
+    content_type: str,
+    source_name: str,
+    expected_file: str,
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    container_name: str,
+) -> None:
+    # Only pdf, jpeg and png have a known extension; any other type is stored as sent, its extension
+    # from the export's own name (none when it has none), the Content-Type set to exactly what was given.
+    source = f"{source_name.split('/')[0]}-{container_name}/{source_name.split('/')[1]}"
+    url = exports.publish(b"some bytes", name=source, content_type="application/octet-stream")
+    md5 = exports.client.get_blob_client("anonymized-exports", source).get_blob_properties().content_settings
+    payload = notification(url, displayName="Report", exportedFileContentType=content_type)
+
+    response = await webhook.post(payload)
+
+    assert response.status == 200 and response.body["status"] == "stored", response.body
+    name = blob_name_of(response.body, container_name)
+    assert name == f"{payload['workspaceId']}/{payload['taskId']}/{expected_file}"
+    props = destination.get_blob_client(name).get_blob_properties()
+    assert props.content_settings.content_type == content_type
+    assert props.content_settings.content_md5 == md5.content_md5
+    assert manifest_of(destination, name)["exportedFileContentType"] == content_type
+
+
+@pytest.mark.parametrize(
     ("display_name", "expected_file"),
     [
         ("Relatório/2026: Q1?*", "Relatório_2026_ Q1__.pdf"),
@@ -240,7 +277,8 @@ async def test_a_duplicate_writes_nothing_and_its_queued_retry_restores_a_missin
     assert record_etag.get_blob_properties().etag == before
     # The queue function, driving the same delivery, makes sure of the manifest.
     verify = FUNCTIONS["verify_pending_copy"].get_user_function()
-    await verify(QueueMessage(id="m", body=message(json.dumps(payload).encode(), datetime.now(UTC)).encode()))
+    queued = message(json.dumps(payload).encode(), datetime.now(UTC)).encode()
+    await verify(QueueMessage(id="m", body=queued))  # type: ignore[no-untyped-call]
     assert manifest_of(destination, name)["taskId"] == payload["taskId"]
     assert stored_blobs(destination) == sorted([name, f"{name}.json"])
 

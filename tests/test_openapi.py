@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from receiver import outcome
+from receiver.intake import prepare
 from receiver.outcome import Outcome
 from receiver.plan import CopyPlan
 from receiver.settings import Settings
 from receiver.storage import Immutable, Misconfigured, Rejected, SourceUnreadable, StoreError, Unavailable
-from receiver.webhook import prepare, storage_failure
+from receiver.webhook import storage_failure
 
 SPEC: dict[str, Any] = yaml.safe_load((Path(__file__).resolve().parent.parent / "openapi.yaml").read_text())
 WEBHOOK = SPEC["paths"]["/smartdocumentor/anonymization"]["post"]

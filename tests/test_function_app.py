@@ -525,7 +525,7 @@ async def test_missing_or_invalid_settings_answer_misconfigured_naming_the_setti
     health = await webhook.health()
     assert health.status == 503
     assert health.body["error"] == "misconfigured"
-    # Anonymous: general words only (CONTRACT 3); the setting is named in the log, at ERROR.
+    # Anonymous: general words only (docs/reference.md, "Endpoints"); the setting is named in the log, at ERROR.
     assert setting not in health.text
     assert any(r.levelname == "ERROR" and setting in r.getMessage() for r in caplog.records)
 
@@ -554,7 +554,7 @@ async def test_health_reports_unreachable_storage(
     response = await webhook.health()
     assert response.status == 503
     assert response.body["error"] == "storage-unavailable"
-    # Anonymous: no account, container or key in the answer (CONTRACT 3); the details are logged at ERROR.
+    # Anonymous: no account, container or key in the answer (docs/reference.md, "Endpoints"); details go to ERROR.
     for private in ("AccountKey", CUSTOMER_ACCOUNT, container_name, "127.0.0.1"):
         assert private not in response.text
     assert any(r.levelname == "ERROR" and r.getMessage().startswith("health: ") for r in caplog.records)

@@ -959,6 +959,11 @@ class AzureStorage:
             log.warning("%s has no blob index tags (%s): writes go without them from now on", self.account, why)
         self._tags_supported = False
 
+    async def check_account(self) -> None:
+        """Ask now (once a process) whether the account has index tags: health's ``indexTags`` is then
+        right before the first delivery."""
+        await self._check_account()
+
     async def _check_account(self) -> None:
         """Once, lazily: does the account have a hierarchical namespace (then no index tags)? A refusal
         of the question (a container-scoped role may not ask) leaves it unknown: the first write's

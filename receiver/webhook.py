@@ -207,6 +207,10 @@ async def check_health(*, runtime: Runtime) -> Outcome:
         runtime.settings()
         store = runtime.store()
         await store.ensure_container()
+        # Without this, an account without index tags would say `indexTags: true` until its first delivery.
+        check_account = getattr(store, "check_account", None)
+        if check_account is not None:
+            await check_account()
     # Anyone may call /api/health: the answer says what kind of problem in general words (docs/reference.md,
     # Endpoints), and the details (the setting, the account, the container, the role) go to the log at ERROR.
     except SettingsError as exc:

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from receiver.intake import prepare
 from receiver.outcome import Outcome
 from receiver.payload import PayloadError, parse_notification
 from receiver.plan import CopyPlan, file_name, fold_tag_text, index_tags, metadata_value
 from receiver.settings import Settings, SettingsError, load_settings
 from receiver.source import SourceError, check_source, host_allowed, redact
-from receiver.webhook import prepare
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=48)

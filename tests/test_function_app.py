@@ -9,17 +9,41 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from azure.functions.queue import QueueMessage
 from azure.storage.blob import ContainerClient
 
+from receiver.models import RECORD_PREFIX, State, TaskRecord, record_name
 from receiver.runtime import RUNTIME
+from receiver.store import RETRY_BACKOFF_VARIABLE
+from receiver.verification import message
 
 from .conftest import FUNCTIONS, PDF_BYTES, PNG_BYTES, Exports, Webhook, notification
+from .faultproxy import FaultProxy
+
+
+@pytest.fixture(autouse=True)
+def tiny_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's retries sleep a few milliseconds, not seconds (set before `configured` resets the runtime)."""
+    monkeypatch.setenv(RETRY_BACKOFF_VARIABLE, "0.01")
 
 
 def stored_blobs(destination: ContainerClient) -> list[str]:
+    """Every blob in the container but the task records (see :func:`record_of`)."""
     if not destination.exists():
         return []
-    return sorted(blob.name for blob in destination.list_blobs())
+    return sorted(blob.name for blob in destination.list_blobs() if not blob.name.startswith(RECORD_PREFIX))
+
+
+def record_names(destination: ContainerClient) -> list[str]:
+    if not destination.exists():
+        return []
+    return sorted(blob.name for blob in destination.list_blobs(name_starts_with=RECORD_PREFIX))
+
+
+def record_of(destination: ContainerClient, payload: dict[str, Any]) -> TaskRecord:
+    """The task's record, read from the container as any driver reads it."""
+    name = record_name(str(payload["workspaceId"]), str(payload["taskId"]))
+    return TaskRecord.from_bytes(destination.get_blob_client(name).download_blob().readall())
 
 
 def manifest_of(destination: ContainerClient, blob_name: str) -> dict[str, Any]:
@@ -64,7 +88,7 @@ async def test_pdf_is_copied_with_tags_metadata_and_manifest(
     assert name == f"{payload['workspaceId']}/{payload['taskId']}/Contrato de serviços.pdf"
     assert response.body["url"].endswith(destination.get_blob_client(name).url.split("/", 3)[-1])
     assert "?" not in response.body["url"]
-    assert response.body["copyId"]
+    assert "copyId" not in response.body  # copies are synchronous or staged: there is no copy to name
 
     blob = destination.get_blob_client(name)
     assert blob.download_blob().readall() == PDF_BYTES
@@ -88,16 +112,25 @@ async def test_pdf_is_copied_with_tags_metadata_and_manifest(
     assert manifest["taskId"] == payload["taskId"]
     assert manifest["exportedFileUrl"] == url.split("?")[0]
     assert manifest["blob"] == f"{container_name}/{name}"
-    assert manifest["copyId"] == response.body["copyId"]
-    assert manifest["copyStatus"] == "success"
+    assert "copyId" not in manifest
+    assert manifest["copyStatus"] == "success"  # written only once the file is committed
     assert manifest["extraField"] == {"kept": True}
     assert manifest["metadata"] == {"Department": "Legal", "Relatório": "Anual 2026"}  # exactly as received
     assert manifest["delivery"] == props.metadata["delivery"]  # it describes the blob next to it
     assert manifest["tagsDropped"] == []
     assert "receivedAt" in manifest
-    manifest_props = destination.get_blob_client(f"{name}.json").get_blob_properties()
+    assert manifest["tagsWritten"] is True
+    assert manifest["completedAt"] and manifest["replaced"] == []
+    assert [step["outcome"] for step in manifest["history"]] == ["stored"]  # the record's story of it
+    manifest_blob = destination.get_blob_client(f"{name}.json")
+    manifest_props = manifest_blob.get_blob_properties()
     assert manifest_props.content_settings.content_type == "application/json"
+    assert manifest_props.metadata == {"receiverkind": "manifest", "delivery": props.metadata["delivery"]}
+    assert manifest_blob.get_blob_tags() == {}  # no index tags on a manifest
+    raw = manifest_blob.download_blob().readall()
+    assert raw == json.dumps(json.loads(raw), separators=(",", ":")).encode()  # compact JSON
     assert stored_blobs(destination) == sorted([name, f"{name}.json"])
+    assert record_names(destination) == [record_name(payload["workspaceId"], payload["taskId"])]
 
 
 async def test_png_gets_its_content_type_fixed_and_keeps_md5(
@@ -117,6 +150,43 @@ async def test_png_gets_its_content_type_fixed_and_keeps_md5(
     assert props.content_settings.content_type == "image/png"
     assert props.content_settings.content_md5 == source_md5.content_settings.content_md5
     assert destination.get_blob_client(name).download_blob().readall() == PNG_BYTES
+
+
+@pytest.mark.parametrize(
+    ("content_type", "source_name", "expected_file"),
+    [
+        ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", "x/report.docx", "Report.docx"),
+        ("text/plain; charset=utf-8", "x/notes.TXT", "Report.txt"),
+        ("application/x-unknown", "x/blob", "Report"),
+    ],
+    ids=["docx", "text-with-parameter", "no-extension"],
+)
+async def test_other_content_types_are_accepted_and_kept_as_given(
+    content_type: str,
+    source_name: str,
+    expected_file: str,
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    container_name: str,
+) -> None:
+    # Only pdf, jpeg and png have a known extension; any other type is stored as sent, its extension
+    # from the export's own name (none when it has none), the Content-Type set to exactly what was given.
+    source = f"{source_name.split('/')[0]}-{container_name}/{source_name.split('/')[1]}"
+    url = exports.publish(b"some bytes", name=source, content_type="application/octet-stream")
+    md5 = exports.client.get_blob_client("anonymized-exports", source).get_blob_properties().content_settings
+    payload = notification(url, displayName="Report", exportedFileContentType=content_type)
+
+    response = await webhook.post(payload)
+
+    assert response.status == 200 and response.body["status"] == "stored", response.body
+    name = blob_name_of(response.body, container_name)
+    assert name == f"{payload['workspaceId']}/{payload['taskId']}/{expected_file}"
+    props = destination.get_blob_client(name).get_blob_properties()
+    assert props.content_settings.content_type == content_type
+    assert props.content_settings.content_md5 == md5.content_md5
+    assert manifest_of(destination, name)["exportedFileContentType"] == content_type
 
 
 @pytest.mark.parametrize(
@@ -189,18 +259,28 @@ async def test_same_delivery_again_is_a_duplicate_without_a_second_copy(
     assert stored_blobs(destination) == sorted([name, f"{name}.json"])
 
 
-async def test_duplicate_restores_a_missing_manifest(
+async def test_a_duplicate_writes_nothing_and_its_queued_retry_restores_a_missing_manifest(
     configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
 ) -> None:
     payload = notification(exports.publish())
     first = await webhook.post(payload)
     name = blob_name_of(first.body, container_name)
     destination.get_blob_client(f"{name}.json").delete_blob()
+    record_etag = destination.get_blob_client(record_name(payload["workspaceId"], payload["taskId"]))
+    before = record_etag.get_blob_properties().etag
 
     second = await webhook.post(payload)
 
-    assert second.body["status"] == "duplicate"
+    # The webhook decides from the record alone: the file holds the delivery, so nothing is written.
+    assert second.status == 200 and second.body["status"] == "duplicate"
+    assert stored_blobs(destination) == [name]
+    assert record_etag.get_blob_properties().etag == before
+    # The queue function, driving the same delivery, makes sure of the manifest.
+    verify = FUNCTIONS["verify_pending_copy"].get_user_function()
+    queued = message(json.dumps(payload).encode(), datetime.now(UTC)).encode()
+    await verify(QueueMessage(id="m", body=queued))  # type: ignore[no-untyped-call]
     assert manifest_of(destination, name)["taskId"] == payload["taskId"]
+    assert stored_blobs(destination) == sorted([name, f"{name}.json"])
 
 
 async def test_re_export_with_a_new_link_overwrites_with_the_newest_file(
@@ -445,7 +525,7 @@ async def test_missing_or_invalid_settings_answer_misconfigured_naming_the_setti
     health = await webhook.health()
     assert health.status == 503
     assert health.body["error"] == "misconfigured"
-    # Anonymous: general words only (CONTRACT 3); the setting is named in the log, at ERROR.
+    # Anonymous: general words only (docs/reference.md, "Endpoints"); the setting is named in the log, at ERROR.
     assert setting not in health.text
     assert any(r.levelname == "ERROR" and setting in r.getMessage() for r in caplog.records)
 
@@ -474,7 +554,7 @@ async def test_health_reports_unreachable_storage(
     response = await webhook.health()
     assert response.status == 503
     assert response.body["error"] == "storage-unavailable"
-    # Anonymous: no account, container or key in the answer (CONTRACT 3); the details are logged at ERROR.
+    # Anonymous: no account, container or key in the answer (docs/reference.md, "Endpoints"); details go to ERROR.
     for private in ("AccountKey", CUSTOMER_ACCOUNT, container_name, "127.0.0.1"):
         assert private not in response.text
     assert any(r.levelname == "ERROR" and r.getMessage().startswith("health: ") for r in caplog.records)
@@ -534,13 +614,183 @@ async def test_an_unexpected_failure_still_answers_json_without_secrets(
     # Our own code is made to fail (Azurite is not mocked): the answer must stay readable and clean.
     url = exports.publish()
 
-    async def broken_deliver(*args: Any, **kwargs: Any) -> Any:
+    async def broken_run(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"bug while copying {url}")
 
-    monkeypatch.setattr("receiver.webhook.deliver", broken_deliver)
+    monkeypatch.setattr("receiver.webhook.run", broken_run)  # the engine's loop, as the webhook calls it
     response = await webhook.post(notification(url))
     assert response.status == 500
     assert response.body["error"] == "internal-error"
     assert "Traceback" not in response.text
     errors = [r.getMessage() for r in caplog.records if r.name == "receiver" and r.levelname == "ERROR"]
     assert errors and "RuntimeError" in errors[0]
+
+
+# ---- the task record, renames, late retries, accounts without tags, retention policies ----
+
+
+async def test_the_task_record_exists_after_a_delivery_and_holds_it(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    payload = notification(exports.publish())
+    response = await webhook.post(payload)
+    assert response.status == 200, response.body
+    name = blob_name_of(response.body, container_name)
+    props = destination.get_blob_client(name).get_blob_properties()
+
+    record = record_of(destination, payload)
+
+    assert (record.workspace_id, record.task_id) == (payload["workspaceId"], payload["taskId"])
+    assert record.current == props.metadata["delivery"]
+    [delivery] = record.deliveries
+    assert delivery.delivery == props.metadata["delivery"] and delivery.blob == name
+    assert delivery.state is State.STORED and delivery.completed_at is not None
+    assert delivery.manifest is None  # kept only while copying
+    assert [(step.by, step.outcome) for step in delivery.history] == [("webhook", "stored")]
+    assert record.retire == []
+    # The record never holds the link's signature, only its hash.
+    raw = destination.get_blob_client(record_name(payload["workspaceId"], payload["taskId"])).download_blob()
+    assert not exports.secrets.leaks_in(raw.readall().decode())
+
+
+async def test_a_re_export_replaces_the_file_and_the_record_lists_both_deliveries(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    payload = notification(exports.publish(b"%PDF-1.4 first"))
+    await webhook.post(payload)
+    newer = {**payload, "exportedFileUrl": exports.publish(b"%PDF-1.4 second")}
+    second = await webhook.post(newer)
+    assert second.status == 200 and second.body["status"] == "stored"
+    name = blob_name_of(second.body, container_name)
+
+    record = record_of(destination, payload)
+    first_entry, second_entry = record.deliveries
+    assert record.current == second_entry.delivery
+    assert second_entry.state is State.STORED and first_entry.state is not State.COPYING
+    assert destination.get_blob_client(name).get_blob_properties().metadata["delivery"] == second_entry.delivery
+    assert manifest_of(destination, name)["replaced"] == [first_entry.delivery]
+
+
+async def test_a_renamed_re_export_leaves_one_file_and_no_manifest_at_the_old_name(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    payload = notification(exports.publish(b"%PDF-1.4 draft"), displayName="Draft")
+    first = await webhook.post(payload)
+    old = blob_name_of(first.body, container_name)
+    renamed = {**payload, "exportedFileUrl": exports.publish(b"%PDF-1.4 final"), "displayName": "Final"}
+
+    second = await webhook.post(renamed)
+
+    assert second.status == 200 and second.body["status"] == "stored"
+    new = blob_name_of(second.body, container_name)
+    assert new != old and new.endswith("/Final.pdf")
+    assert stored_blobs(destination) == sorted([new, f"{new}.json"])
+    assert destination.get_blob_client(new).download_blob().readall() == b"%PDF-1.4 final"
+    record = record_of(destination, payload)
+    assert record.retire == []  # the old name was retired, and dropped from the list
+    assert record.current_delivery is not None and record.current_delivery.blob == new
+
+
+async def test_a_late_retry_after_two_renames_is_superseded_and_leaves_nothing(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    first = notification(exports.publish(b"%PDF-1.4 one"), displayName="One")
+    second = {**first, "exportedFileUrl": exports.publish(b"%PDF-1.4 two"), "displayName": "Two"}
+    third = {**first, "exportedFileUrl": exports.publish(b"%PDF-1.4 three"), "displayName": "Three"}
+    answers = [await webhook.post(body) for body in (first, second, third)]
+    assert [answer.body["status"] for answer in answers] == ["stored", "stored", "stored"]
+    newest = blob_name_of(answers[2].body, container_name)
+    etag = destination.get_blob_client(newest).get_blob_properties().etag
+
+    late = await webhook.post(first)
+
+    assert late.status == 200 and late.body["status"] == "superseded"
+    # Its create-only copy may have landed at its old name before the record was read: removed again.
+    assert stored_blobs(destination) == sorted([newest, f"{newest}.json"])
+    assert destination.get_blob_client(newest).get_blob_properties().etag == etag
+    record = record_of(destination, first)
+    assert record.current_delivery is not None and record.current_delivery.blob == newest
+    assert record.retire == []
+
+
+async def test_health_reports_index_tags(configured: dict[str, str], webhook: Webhook) -> None:
+    response = await webhook.health()
+    assert response.status == 200
+    assert response.body["indexTags"] is True
+
+
+async def test_health_reports_no_index_tags_on_an_account_without_them_before_any_delivery(
+    proxied: FaultProxy, webhook: Webhook
+) -> None:
+    proxied.hierarchical_namespace()
+    await RUNTIME.reset()
+    response = await webhook.health()
+    assert response.status == 200
+    assert response.body["indexTags"] is False
+
+
+async def test_an_account_without_index_tags_stores_everything_without_them_at_no_extra_round_trip(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    tagged = await webhook.post(notification(exports.publish()))
+    assert tagged.status == 200
+    tagged_name = blob_name_of(tagged.body, container_name)
+    with_tags = len(proxied.seen)
+
+    proxied.reset()
+    proxied.hierarchical_namespace()
+    await RUNTIME.reset()
+    payload = notification(exports.publish())
+    response = await webhook.post(payload)
+
+    assert response.status == 200 and response.body["status"] == "stored", response.body
+    assert "no blob index tags" in response.body["message"]
+    # Account information (asked once, as on a tagged account) says so: no write is refused first.
+    assert len(proxied.seen) == with_tags
+    assert not any(rule.fired for rule in proxied.rules if rule.status in (400, 409))
+    name = blob_name_of(response.body, container_name)
+    props = destination.get_blob_client(name).get_blob_properties()
+    assert props.metadata["taskid"] == payload["taskId"] and props.metadata["delivery"]
+    assert props.tag_count in (None, 0)
+    manifest = manifest_of(destination, name)
+    assert manifest["tagsWritten"] is False
+    assert manifest["tags"]["taskId"] == payload["taskId"]  # the tags it would have had
+    assert stored_blobs(destination) == sorted([tagged_name, f"{tagged_name}.json", name, f"{name}.json"])
+    assert record_of(destination, payload).current == props.metadata["delivery"]
+    health = await webhook.health()
+    assert health.status == 200 and health.body["indexTags"] is False
+
+
+@pytest.mark.parametrize(
+    ("code", "policy"),
+    [("BlobImmutableDueToPolicy", "retention policy"), ("BlobImmutableDueToLegalHold", "legal hold")],
+)
+async def test_a_retention_policy_keeps_the_first_export_and_refuses_a_re_export_with_409(
+    code: str,
+    policy: str,
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    container_name: str,
+) -> None:
+    proxied.immutable(code)
+    payload = notification(exports.publish(b"%PDF-1.4 kept"))
+    first = await webhook.post(payload)
+    assert first.status == 200 and first.body["status"] == "stored", first.body
+    name = blob_name_of(first.body, container_name)
+    before = {blob: destination.get_blob_client(blob).get_blob_properties().etag for blob in stored_blobs(destination)}
+    record_before = record_of(destination, payload)
+
+    again = await webhook.post({**payload, "exportedFileUrl": exports.publish(b"%PDF-1.4 refused")})
+
+    assert again.status == 409, again.body
+    assert again.body["status"] == "failed" and again.body["error"] == "immutable"
+    assert policy in again.body["message"]
+    assert again.verification is None  # nothing to finish later
+    # Nothing half-done: the same file, manifest and record, and no other blob.
+    assert stored_blobs(destination) == sorted([name, f"{name}.json"])
+    after = {blob: destination.get_blob_client(blob).get_blob_properties().etag for blob in stored_blobs(destination)}
+    assert after == before
+    assert destination.get_blob_client(name).download_blob().readall() == b"%PDF-1.4 kept"
+    assert record_of(destination, payload) == record_before

@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devtools.azurite import Azurite
+from receiver.models import RECORD_PREFIX, TaskRecord
 from receiver.runtime import RUNTIME
+from receiver.store import RETRY_BACKOFF_VARIABLE
 
 from .conftest import Exports, Secrets, Webhook, notification
 
@@ -44,6 +46,7 @@ def fuzz_env(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("DESTINATION_CONTAINER", container)
     monkeypatch.setenv("ALLOWED_SOURCE_HOSTS", azurite.blob_host)
     monkeypatch.setenv("ALLOW_HTTP_SOURCES", "true")
+    monkeypatch.setenv(RETRY_BACKOFF_VARIABLE, "0.01")
     for name in ("DESTINATION_ACCOUNT_URL", "BLOB_NAME_TEMPLATE", "TAG_FIELDS", "WRITE_MANIFEST", "MAX_BODY_BYTES"):
         monkeypatch.delenv(name, raising=False)
     return container
@@ -72,7 +75,11 @@ def test_fuzzed_notifications_are_stored_legally_or_rejected_cleanly(
         assert after == before  # nothing left behind
         return
     name = response.body["blob"].split("/", 1)[1]
-    assert after - before == {name, f"{name}.json"}
+    [record] = [blob for blob in after - before if blob.startswith(RECORD_PREFIX)]
+    assert after - before == {name, f"{name}.json", record}
+    stored = TaskRecord.from_bytes(container.get_blob_client(record).download_blob().readall())
+    assert stored.current_delivery is not None and stored.current_delivery.blob == name
+    assert not secrets.leaks_in(json.dumps(stored.dump()))
     blob = container.get_blob_client(name)
     props = blob.get_blob_properties()
     assert all(value.isascii() for value in props.metadata.values())

@@ -13,7 +13,8 @@ from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 from devtools.azurite import free_port
 from receiver.runtime import Runtime
 from receiver.settings import Settings
-from receiver.store import BlobStore, DestinationMisconfigured
+from receiver.storage import Misconfigured
+from receiver.store import AzureStorage
 
 
 class NoIdentity:
@@ -38,9 +39,10 @@ async def test_account_url_uses_default_azure_credential(monkeypatch: pytest.Mon
     runtime = Runtime()
     store = runtime.store()  # builds the client; no network until the first call
     try:
+        assert isinstance(store, AzureStorage)
         assert isinstance(store._credential, DefaultAzureCredential)
         assert store.account == "customeracct"
-        assert store.blob_url("ws/task/a b.pdf") == (
+        assert store.url("ws/task/a b.pdf") == (
             "https://customeracct.blob.core.windows.net/smartdocumentor/ws/task/a%20b.pdf"
         )
     finally:
@@ -54,11 +56,11 @@ async def test_a_missing_identity_is_misconfigured_with_the_fix() -> None:
         credential=NoIdentity(),
         retry_policy=ExponentialRetry(retry_total=0),  # the classification is under test, not the backoff
     )
-    store = BlobStore(service, "smartdocumentor")
+    store = AzureStorage(service, "smartdocumentor")
     try:
-        with pytest.raises(DestinationMisconfigured) as caught:
-            await store.start_copy(
-                "a.pdf", "https://x.blob.core.windows.net/c/a.pdf?sig=s", metadata={}, tags={}, sync=True
+        with pytest.raises(Misconfigured) as caught:
+            await store.copy_from_url(
+                "a.pdf", "https://x.blob.core.windows.net/c/a.pdf?sig=s", if_match=None, metadata={}, tags={}
             )
         assert "managed identity" in caught.value.message
         assert "DESTINATION_CONNECTION_STRING" in caught.value.message
@@ -75,7 +77,7 @@ async def test_proxy_settings_are_read_only_when_a_proxy_is_configured(
         monkeypatch.delenv(name, raising=False)
     if proxy:
         monkeypatch.setenv("HTTPS_PROXY", proxy)
-    store = BlobStore.open(Settings(destination_connection_string="UseDevelopmentStorage=true"))
+    store = AzureStorage.open(Settings(destination_connection_string="UseDevelopmentStorage=true"))
     try:
         assert store._service._pipeline._transport._use_env_settings is expected  # type: ignore[attr-defined]
     finally:

@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
+from receiver import outcome
+from receiver.intake import prepare
 from receiver.outcome import Outcome
 from receiver.plan import CopyPlan
 from receiver.settings import Settings
-from receiver.webhook import prepare
+from receiver.storage import Immutable, Misconfigured, Rejected, SourceUnreadable, StoreError, Unavailable
+from receiver.webhook import storage_failure
 
 SPEC: dict[str, Any] = yaml.safe_load((Path(__file__).resolve().parent.parent / "openapi.yaml").read_text())
 WEBHOOK = SPEC["paths"]["/smartdocumentor/anonymization"]["post"]
@@ -21,12 +24,13 @@ RESULT = SPEC["components"]["schemas"]["Result"]
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SETTINGS = Settings(destination_connection_string="UseDevelopmentStorage=true")
 
-# The contract's response table: error code -> HTTP status.
-CONTRACT_ERRORS = {
+# The answers' table (docs/reference.md, "Responses"): error code -> HTTP status.
+ERRORS = {
     "invalid-json": 400,
     "invalid-payload": 400,
     "source-not-allowed": 400,
     "link-expired": 410,
+    "immutable": 409,
     "payload-too-large": 413,
     "unsupported-media-type": 415,
     "misconfigured": 500,
@@ -62,8 +66,8 @@ def test_the_hosts_401_is_documented_without_a_body() -> None:
 
 def test_every_contract_error_is_documented_with_its_status() -> None:
     documented = {body["error"]: code for code, _, body in response_examples(WEBHOOK) if "error" in body}
-    assert documented == CONTRACT_ERRORS
-    assert set(RESULT["properties"]["error"]["enum"]) == set(CONTRACT_ERRORS)
+    assert documented == ERRORS
+    assert set(RESULT["properties"]["error"]["enum"]) == set(ERRORS)
 
 
 @pytest.mark.parametrize(
@@ -92,6 +96,78 @@ def test_real_rejections_fit_the_documented_schema(raw: bytes, headers: dict[str
     result = prepare(raw, headers, SETTINGS, now=NOW)
     assert isinstance(result, Outcome)
     assert set(result.body) <= set(RESULT["properties"])
-    assert CONTRACT_ERRORS[result.body["error"]] == result.status_code
+    assert ERRORS[result.body["error"]] == result.status_code
     documented = {str(code) for code in WEBHOOK["responses"]}
     assert str(result.status_code) in documented
+
+
+TASK = "8c1f0f64-2b1e-4a8e-9c55-0d7e2c1f9a10"
+
+
+@pytest.mark.parametrize("status", ["stored", "duplicate", "superseded", "copying"])
+def test_every_delivered_answer_is_documented_with_its_status_and_fits_the_schema(status: str) -> None:
+    answer = outcome.delivered(status, task_id=TASK, blob="c/n.pdf", url="https://a/c/n.pdf", copy_id=None)
+    assert set(answer.body) <= set(RESULT["properties"])
+    assert "copyId" not in answer.body and "copyId" not in RESULT["properties"]
+    documented = [(code, body) for code, _, body in response_examples(WEBHOOK) if body["status"] == status]
+    assert documented, f"no example answers {status}"
+    assert {code for code, _ in documented} == {answer.status_code}
+    assert all(body["message"] == answer.body["message"] for _, body in documented)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        SourceUnreadable("gone", status=404),
+        Immutable("refused", code="BlobImmutableDueToPolicy", status=409),
+        Immutable("refused", code="BlobImmutableDueToLegalHold", status=409),
+        Misconfigured("The identity may not write blobs."),
+        Rejected("A 400 the receiver did not expect."),
+        Unavailable("busy"),
+    ],
+    ids=lambda error: f"{error.kind}-{error.code}",
+)
+def test_every_storage_failure_answers_a_documented_error_with_its_status(error: StoreError) -> None:
+    answer = storage_failure(TASK, error)
+    assert ERRORS[answer.body["error"]] == answer.status_code
+    assert set(answer.body) <= set(RESULT["properties"])
+    assert str(answer.status_code) in WEBHOOK["responses"]
+
+
+def test_the_immutable_answer_names_the_policy_as_documented() -> None:
+    [(code, body)] = [(code, body) for code, _, body in response_examples(WEBHOOK) if body.get("error") == "immutable"]
+    policy = storage_failure(TASK, Immutable("refused", code="BlobImmutableDueToPolicy", status=409))
+    assert code == 409 and body["message"] == policy.body["message"]
+    hold = storage_failure(TASK, Immutable("refused", code="BlobImmutableDueToLegalHold", status=409))
+    assert "legal hold" in hold.body["message"] and "retention policy" not in hold.body["message"]
+
+
+def test_the_202_is_described_as_the_new_core_answers_it() -> None:
+    description = WEBHOOK["responses"]["202"]["description"]
+    assert "SYNC_COPY_MAX_MIB" in description and "COPY_WAIT_SECONDS" in description
+    assert "newer export" in description  # behind a newer copy
+    assert "pending" not in json.dumps(SPEC).lower()  # no pending manifests any more
+
+
+def test_health_documents_index_tags_as_it_answers() -> None:
+    examples = SPEC["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"]["examples"]
+    assert {example["value"]["indexTags"] for example in examples.values()} == {True, False}
+    assert RESULT["properties"]["indexTags"]["type"] == "boolean"
+
+
+def test_other_content_types_are_documented_as_kept_as_given() -> None:
+    description = SPEC["components"]["schemas"]["Notification"]["properties"]["exportedFileContentType"]
+    assert "kept as given" in description["description"]
+    body = {
+        "taskId": TASK,
+        "taskNumber": 1,
+        "workspaceId": "w",
+        "displayName": "Report",
+        "exportedFileUrl": "https://127.0.0.1/x/report.docx?se=2026-12-05T10%3A00%3A00Z&sig=s",
+        "exportedFileContentType": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "exportedFileExpiresOn": "2026-12-05T10:00:00Z",
+    }
+    settings = Settings(destination_connection_string="UseDevelopmentStorage=true", allowed_source_hosts="127.0.0.1")
+    plan = prepare(json.dumps(body).encode(), {}, settings, now=NOW)
+    assert isinstance(plan, CopyPlan), getattr(plan, "body", None)
+    assert plan.content_type == body["exportedFileContentType"] and plan.blob_name.endswith("/Report.docx")

@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 
+from receiver.intake import prepare
 from receiver.payload import MAX_NESTING, Notification, PayloadError, nesting_depth, parse_notification
 from receiver.plan import CopyPlan
 from receiver.settings import Settings
-from receiver.webhook import prepare
 
 SPEC: dict[str, Any] = yaml.safe_load((Path(__file__).resolve().parent.parent / "openapi.yaml").read_text())
 SCHEMAS: dict[str, Any] = SPEC["components"]["schemas"]

@@ -2,8 +2,8 @@
 
 There is no Kusto engine here, so each query is checked two ways on the envelopes that the Azure
 Monitor exporter itself produces for a real run of the app (Azurite behind the fault proxy: a
-stored delivery, a re-export whose copy stays pending, a copy that finishes, a copy that fails for
-good, a 503 that never sent a copy, rejections, a reconciliation run):
+stored delivery, a staged re-export that storage keeps refusing, a staged copy the queue function
+finishes, a copy that fails for good, a 503 after a copy was sent, rejections, a reconciliation run):
 
 - statically: its table exists in the capture, every ``customDimensions`` key it reads is written
   by the exporter for at least one record, and every ``toint``/``todouble``/... parses every value;
@@ -27,6 +27,7 @@ import re
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,11 +47,12 @@ from pycep import BicepParser
 
 from receiver.reconciliation import reconcile_run
 from receiver.runtime import RUNTIME
+from receiver.store import RETRY_BACKOFF_VARIABLE
 from receiver.telemetry import report_oldest_pending, report_poison_depth
 from receiver.verification import CopyStillRunning
 
-from .conftest import FUNCTIONS, Exports, Webhook, notification
-from .faultproxy import FaultProxy, Rule, is_copy, is_properties
+from .conftest import EXPORT_CONTAINER, FUNCTIONS, Exports, Webhook, notification
+from .faultproxy import FaultProxy, Rule, is_copy
 from .kql import Query, Row, conversions, dimension_keys
 from .otel import EXTRA_SPANS
 
@@ -61,7 +63,7 @@ QUERY_FILES = sorted(path.name for path in QUERIES.glob("*.kql"))
 DOCS = ROOT / "docs" / "operations.md"
 POISON_QUEUE = "smartdocumentor-copy-verifications-poison"
 OTHER_LOGGER = "azure.storage.blob"  # another library's ERROR: the worker exports it too (root logger)
-# A record of the Functions host itself, as AZURE-NOTES.md describes it in OpenTelemetry mode. The host
+# A record of the Functions host itself, as it writes one in OpenTelemetry mode (docs/operations.md). The host
 # is .NET and not runnable here, so this one row is written by hand (the rest come from the exporter).
 HOST_ERROR: Row = {
     "timestamp": datetime.now(UTC),
@@ -241,50 +243,52 @@ async def _verify(message: str | None, *, dequeue_count: int = 1) -> None:
 
 async def _real_run(proxied: FaultProxy, exports: Exports, webhook: Webhook, capture: Capture) -> Run:
     run = Run(capture.envelopes, datetime.now(UTC))
+    busy = Rule(is_copy, 10_000, status=503, code="ServerBusy", message="busy")  # a copy or a staged block
     # D: the first export of a document is stored at once (synchronous copy).
     first = exports.publish(b"first export")
     document = notification(first)
     run.tasks["document"], run.hashes["stored"] = document["taskId"], _hash(first)
     assert (await webhook.post(document)).status == 200
-
-    os.environ["SYNC_COPY_MAX_MIB"] = "0"  # from here on, asynchronous copies (restored by monkeypatch)
-    await RUNTIME.reset()
-    # F: a copy that fails for good (its source is gone): the final failure.
-    proxied.keep_copies_pending()
-    failing_url = exports.publish(b"fails for good")
+    # F: a copy that fails for good: storage was busy (503, queued), then the export is gone when the
+    # queue function copies it again: the final failure.
+    failing_name = f"{uuid.uuid4()}/fails.pdf"
+    failing_url = exports.publish(b"fails for good", name=failing_name)
     failing = notification(failing_url)
     run.tasks["failed"], run.hashes["failed"] = failing["taskId"], _hash(failing_url)
+    proxied.add(busy)
     answer = await webhook.post(failing)
-    assert answer.status == 202
+    assert answer.status == 503 and answer.verification is not None, answer.body
     proxied.reset()
-    proxied.add(Rule(is_properties, 10_000, copy_status="failed", copy_description="404 BlobNotFound"))
+    exports.client.get_blob_client(EXPORT_CONTAINER, failing_name).delete_blob()
     await _verify(answer.verification)
-    # E: a copy that finishes on its verification.
-    proxied.reset()
-    proxied.keep_copies_pending()
+
+    os.environ["SYNC_COPY_MAX_MIB"] = "0"  # from here on, staged copies (restored by monkeypatch)
+    os.environ["COPY_WAIT_SECONDS"] = "0"  # that cannot commit inside the answer: 202, queued
+    await RUNTIME.reset()
+    # E: a staged copy that the queue function finishes.
     finishing_url = exports.publish(b"finishes later")
     finishing = notification(finishing_url)
     run.tasks["finished"], run.hashes["finished"] = finishing["taskId"], _hash(finishing_url)
     answer = await webhook.post(finishing)
-    assert answer.status == 202
-    proxied.reset()
+    assert answer.status == 202, answer.body
     await _verify(answer.verification)
-    # D again: a re-export of the same document (same blob) whose copy stays pending: stuck.
-    proxied.keep_copies_pending()
+    # D again: a re-export of the same document (same blob) whose staging storage keeps refusing: stuck.
     second = exports.publish(b"second export of the same document")
     run.hashes["stuck"] = _hash(second)
     stuck = await webhook.post(notification(second, taskId=document["taskId"]))
-    assert stuck.status == 202
-    await _verify(stuck.verification)  # still pending: the host tries again later
+    assert stuck.status == 202, stuck.body
+    proxied.add(busy)
+    await _verify(stuck.verification)  # not finished: the host tries again later
     # G: storage refuses the copy request (ServerBusy): a 503 after a copy was sent, tracked.
+    os.environ["SYNC_COPY_MAX_MIB"] = "256"
+    os.environ["COPY_WAIT_SECONDS"] = "1"
+    await RUNTIME.reset()
     refused_url = exports.publish(b"refused")
     refused = notification(refused_url)
     run.tasks["refused"], run.hashes["refused"] = refused["taskId"], _hash(refused_url)
-    rule = proxied.add(Rule(is_copy, 10_000, status=503, code="ServerBusy", message="busy"))
     answer = await webhook.post(refused)
-    assert answer.status == 503 and rule.fired and answer.verification is not None
+    assert answer.status == 503 and busy.fired and answer.verification is not None, answer.body
     proxied.reset()
-    proxied.keep_copies_pending()
     # Rejections: an invalid payload and an expired link.
     invalid = notification(exports.publish(b"x"))
     del invalid["workspaceId"]
@@ -313,7 +317,9 @@ async def run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Run]:
     monkeypatch.setenv("SYNC_COPY_MAX_MIB", "256")
+    monkeypatch.setenv("COPY_WAIT_SECONDS", "1")
     monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "10")
+    monkeypatch.setenv(RETRY_BACKOFF_VARIABLE, "0.01")
     if not _RUN:
         recorded = await _real_run(proxied, exports, webhook, capture)
         _RUN.append(Run(list(recorded.envelopes), recorded.started, recorded.tasks, recorded.hashes))
@@ -369,7 +375,7 @@ def test_records_and_spans_land_where_the_docs_say(run: Run) -> None:
     assert [row["severityLevel"] for row in stored] == [1]
     assert stored[0]["customDimensions"]["logger_name"] == "receiver"
     assert stored[0]["customDimensions"]["receiver.delivery"] == run.hashes["stored"]
-    [failure] = receiver_traces(found, operation="verification", outcome="failed")
+    [failure] = receiver_traces(found, operation="verification", outcome="source-failed")
     assert failure["severityLevel"] == 3 and failure["customDimensions"]["receiver.finalFailure"] == "True"
     spans = [row for row in found["dependencies"] if row["name"] == "receiver.delivery"]
     assert spans and all(row["type"] == "InProc" for row in spans)
@@ -379,7 +385,9 @@ def test_records_and_spans_land_where_the_docs_say(run: Run) -> None:
     assert by_hash[run.hashes["refused"]]["success"] is False
     assert by_hash[run.hashes["stored"]]["operation_Id"] == stored[0]["operation_Id"]
     reconciliation = receiver_traces(found, operation="reconciliation", outcome="run")
-    assert reconciliation and "found=" in reconciliation[0]["customDimensions"]["receiver.reason"]
+    assert not reconciliation  # the summary record says `completed` when nothing failed
+    [summary] = receiver_traces(found, operation="reconciliation", outcome="completed")
+    assert "found=2" in summary["customDimensions"]["receiver.reason"]
 
 
 # ---- what each query returns on that run ----
@@ -391,7 +399,7 @@ def test_the_alert_matches_the_receivers_errors_and_not_the_hosts_or_another_lib
     assert HOST_ERROR in errors and any(r["customDimensions"].get("logger_name") == OTHER_LOGGER for r in errors)
     rows = query("alert-errors.kql").run(found, now=datetime.now(UTC))
     assert sorted((row["taskId"], row["outcome"]) for row in rows) == sorted(
-        [(run.tasks["failed"], "failed"), ("", "poison")]
+        [(run.tasks["failed"], "source-failed"), ("", "poison")]
     )
     # The old filter (customDimensions.Category) matched every one of them, the host's first.
     assert not any("Category" in row["customDimensions"] for row in errors)
@@ -399,9 +407,9 @@ def test_the_alert_matches_the_receivers_errors_and_not_the_hosts_or_another_lib
 
 def test_final_failures_give_the_task_and_the_reason(run: Run) -> None:
     rows = query("final-failures.kql").run(run.with_host(), now=datetime.now(UTC))
-    [failed] = [row for row in rows if row["outcome"] == "failed"]
+    [failed] = [row for row in rows if row["outcome"] == "source-failed"]
     assert failed["taskId"] == run.tasks["failed"] and failed["delivery"] == run.hashes["failed"]
-    assert "404" in failed["reason"] and "export the document again" in failed["reason"]
+    assert "no longer exists" in failed["reason"] and "Export the document again" in failed["reason"]
     [poison] = [row for row in rows if row["outcome"] == "poison"]
     assert "replay-poison" in poison["message"] and poison["operation"] == "reconciliation"
     assert rows == sorted(rows, key=lambda row: row["timestamp"], reverse=True)
@@ -425,10 +433,13 @@ def test_pending_lists_the_stuck_reexport_and_nothing_settled_or_never_sent(run:
         (run.hashes["stuck"], run.tasks["document"]),  # oldest first
         (run.hashes["refused"], run.tasks["refused"]),
     ]
-    # The reconciliation looked at it last (its records carry the delivery hash too): still pending.
-    assert (rows[0]["lastOperation"], rows[0]["lastOutcome"]) == ("reconciliation", "pending")
-    # The 503 left a pending manifest (a copy was sent): the reconciliation found it waiting for its message.
-    assert (rows[1]["lastOperation"], rows[1]["lastOutcome"]) == ("reconciliation", "waiting")
+    # The queue function's try could not confirm it (storage refused its blocks): still copying.
+    assert (rows[0]["lastOperation"], rows[0]["lastOutcome"]) == ("verification", "unconfirmed")
+    # The 503 after a copy was sent: tracked, its queue message not run yet. (The reconciliation's records
+    # name the task, not a delivery, so they do not change a delivery's last word here.)
+    assert (rows[1]["lastOperation"], rows[1]["lastOutcome"]) == ("delivery", "storage-unavailable")
+    # The copy that failed for good and the one the queue function finished are settled: not listed.
+    assert not {run.hashes["failed"], run.hashes["finished"]} & {row["delivery"] for row in rows}
 
     # The same 503 had it not sent a copy (copySent False): not listed.
     never_sent = dict(refused, customDimensions=refused["customDimensions"] | {"receiver.copySent": "False"})
@@ -445,7 +456,7 @@ def test_pending_lists_the_stuck_reexport_and_nothing_settled_or_never_sent(run:
     settling = dict(
         stuck_answer,
         customDimensions=stuck_answer["customDimensions"]
-        | {"receiver.operation": "verification", "receiver.outcome": "finished"},
+        | {"receiver.operation": "verification", "receiver.outcome": "stored"},
     )
     after = dict(settling, timestamp=datetime.now(UTC) + timedelta(minutes=5))
     before = dict(settling, timestamp=stuck_answer["timestamp"] - timedelta(seconds=1))
@@ -464,7 +475,7 @@ def test_deliveries_per_hour_and_duration_count_the_webhook_answers(run: Run) ->
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["outcome"]] = counts.get(row["outcome"], 0) + row["deliveries"]
-    assert counts == {"stored": 1, "copying": 3, "storage-unavailable": 1, "invalid-payload": 1, "link-expired": 1}
+    assert counts == {"stored": 1, "copying": 2, "storage-unavailable": 2, "invalid-payload": 1, "link-expired": 1}
     [hour, *more] = query("delivery-duration.kql").run(run.tables, now=datetime.now(UTC))
     for row in [hour, *more]:
         assert 0 < row["p50"] <= row["p95"] and row["avg_requests"] > 0
@@ -482,7 +493,7 @@ def test_the_task_lookup_tells_a_documents_story(run: Run) -> None:
     assert story[:3] == [
         ("delivery", "stored", run.hashes["stored"]),
         ("delivery", "copying", run.hashes["stuck"]),
-        ("verification", "pending", run.hashes["stuck"]),
+        ("verification", "unconfirmed", run.hashes["stuck"]),
     ]
     assert rows[0]["httpStatus"] == 200 and rows[1]["httpStatus"] == 202
     invalid = query("task-lookup.kql", taskId=run.tasks["invalid"]).run(run.tables, now=datetime.now(UTC))

@@ -265,6 +265,12 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
     trace.mode = "staged"
     size = await storage.source_size(job.source_url)
     if size is None:
+        # The HEAD did not say: staging its first byte does, with the service's own answer (a source
+        # refused or gone is a final failure like any copy's; anything else is tried again later).
+        try:
+            await storage.stage_block(notice.blob, block_id(notice.delivery, 0), job.source_url, offset=0, length=1)
+        except SourceUnreadable as exc:
+            return replace(seen, attempt="source-gone" if exc.status == 404 else "source-refused")
         raise Unavailable("The exported file's size could not be read. Send the document again.")
     block = max(job.block_bytes, -(-size // MAX_BLOCKS))
     ranges = [(offset, min(block, size - offset)) for offset in range(0, size, block)]

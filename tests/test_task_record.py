@@ -223,3 +223,17 @@ async def test_a_first_copy_answered_503_is_tracked_in_the_record_and_finished_b
     # Its queue message copies it again.
     assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
     assert world.files() == {"ws-1/task-1/invoice.pdf": export.data}
+
+
+async def test_a_staged_copy_whose_source_is_gone_fails_for_good_at_once_and_keeps_the_earlier_file() -> None:
+    world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0)
+    first = world.export()
+    await verify_copy((await world.post(first)).verification.encode(), runtime=world.runtime, now=world.now)  # type: ignore[union-attr]
+    gone = world.export()
+    message = (await world.post(gone)).verification
+    assert message is not None
+    world.sources.remove("ws-1/task-1/export-2.pdf")
+    assert await verify_copy(message.encode(), runtime=world.runtime, now=world.now) == "failed"
+    record = world.record()
+    assert record is not None and [item.state for item in record.deliveries] == [State.STORED, State.FAILED]
+    assert world.files() == {"ws-1/task-1/invoice.pdf": first.data}

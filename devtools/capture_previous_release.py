@@ -25,7 +25,8 @@ The deliveries (ids and names as in the fixture):
   so its second export's manifest is then written back to ``pending`` as the release writes it for a
   202 whose copy has not landed, over a blob that still holds the first export;
 - ``Société Générale/tâche №7``: non-ASCII ids;
-- template ``{yyyy}/{workspaceId}/{taskNumber}-{fileName}`` (no task prefix): ``ws-acme/task-501`` with a renamed re-export.
+- template ``{yyyy}/{workspaceId}/{taskNumber}-{fileName}`` (no task prefix): ``ws-acme/task-501``,
+  with a renamed re-export.
 """
 
 from __future__ import annotations
@@ -52,13 +53,17 @@ def pdf(label: str) -> bytes:
     return f"%PDF-1.4\n% {label}\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n".encode()
 
 
-async def capture(previous: Path) -> dict[str, Any]:
+def _previous_release(previous: Path) -> None:
     sys.path.insert(0, str(previous))
+    webhook: Any = importlib.import_module("receiver.webhook")
+    assert Path(webhook.__file__).resolve().is_relative_to(previous.resolve()), "not the previous release's code"
+
+
+async def capture(previous: Path) -> dict[str, Any]:
     azurite_module: Any = importlib.import_module("devtools.azurite")
     blob_module: Any = importlib.import_module("azure.storage.blob")
     webhook: Any = importlib.import_module("receiver.webhook")
     runtime_module: Any = importlib.import_module("receiver.runtime")
-    assert Path(webhook.__file__).resolve().is_relative_to(previous.resolve()), "not the previous release's code"
     runtime = runtime_module.RUNTIME
     posted: list[dict[str, Any]] = []
     with azurite_module.start_azurite() as azurite:
@@ -215,6 +220,7 @@ def main() -> None:
     parser.add_argument("--previous", type=Path, required=True, help=f"a worktree of commit {PREVIOUS_COMMIT}")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    _previous_release(args.previous)
     document = asyncio.run(capture(args.previous))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -62,7 +62,7 @@ log = logging.getLogger("receiver.migration")
 
 MARKER_NAME = ".smartdocumentor/migration.json"
 RESERVED_PREFIX = ".smartdocumentor/"
-PAGE_SIZE = 500
+PAGE_SIZE = 2000
 MAX_MANIFEST_BYTES = 1024 * 1024
 # The previous release cut taskid/workspaceid metadata at 512 characters (plan.metadata_value).
 CUT_AT = 512
@@ -217,6 +217,10 @@ async def _legacy_file(
             document = loaded if isinstance(loaded, dict) else {}
         except ValueError:
             document = {}
+    if document.get("delivery") not in (None, delivery) and document.get("copyStatus") == "pending":
+        # A copy over this file that never landed: the file is its own delivery, whole; the pending
+        # one is left to its queue message.
+        report.left_pending.append(manifest_name(item.name))
     if document.get("delivery") == delivery:
         if document.get("copyStatus") != "success":
             report.left_pending.append(item.name)
@@ -344,7 +348,21 @@ def fold(
     stored_names: list[str] = []
     superseded_names: list[str] = []
     new_current = record.current
-    if current is None or (_migrated(current) and newest_legacy.received_at > current.received_at):
+    newest_replaced = next((f.replaced for f in fresh if f.delivery == newest_legacy.delivery), ())
+    late = current is not None and not _migrated(current) and current.delivery in newest_replaced
+    if late and current is not None:
+        # A late retry of an export the previous release had replaced, stored before the migration
+        # reached its task: the legacy manifest says the legacy file replaced it. It goes before the
+        # legacy file (accepted earlier, as far as the task is concerned), superseded, its name retired.
+        note = "the previous release had replaced it (the legacy manifest's replaced list)"
+        step = Step(at=now, by="reconciliation", outcome="superseded", note=note)
+        demoted = current.model_copy(update={"state": State.SUPERSEDED, "history": with_step(current, step)})
+        others = [item for item in others if item.delivery != current.delivery]
+        legacy_items.insert(legacy_items.index(newest_legacy), demoted)
+        if current.blob != newest_legacy.blob:
+            retire.append(Retirement(blob=current.blob, delivery=current.delivery, etag=current.etag))
+            superseded_names.append(current.blob)
+    if current is None or late or (_migrated(current) and newest_legacy.received_at > current.received_at):
         new_current = newest_legacy.delivery
     items: list[Delivery] = []
     fresh_deliveries = {f.delivery for f in fresh}

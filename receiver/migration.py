@@ -19,7 +19,8 @@ The rules, for each file whose metadata holds ``taskid``, ``workspaceid`` and ``
 - ids come from the file's metadata, decoded, never from the folded index tags; a value that may
   have been cut (at the 512 characters the release kept) counts only when the manifest of the same
   delivery spells the same ids; anything doubtful is left alone;
-- a name the record already lists, or a delivery it already knows, is left alone;
+- a name the record already lists, or a delivery it already knows, is left alone, and so is a file
+  written in the last two minutes (``IN_FLIGHT``: this release's copy on its way to its record);
 - the record's current file stays current when a delivery after the upgrade made it so: the legacy
   file is older, ``superseded`` and listed to ``retire``. Otherwise the newest legacy file (the
   manifest's ``receivedAt``, else the file's last-modified) is ``stored`` and current, and older
@@ -45,6 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote
 
 from .engine import manifest_name
+from .machine import IN_FLIGHT
 from .models import (
     MAX_RECORD_BYTES,
     RECORD_CONTENT_TYPE,
@@ -90,6 +92,7 @@ class MigrationReport:
     superseded: list[str] = field(default_factory=list)  # legacy names listed to retire
     left_pending: list[str] = field(default_factory=list)  # names whose manifest says pending (or failed)
     left_doubtful: list[str] = field(default_factory=list)  # ids not exact enough to act on
+    left_recent: list[str] = field(default_factory=list)  # written in the last two minutes: this release's
     stopped: str | None = None  # why this page was not finished (a conflict that kept coming back)
 
 
@@ -126,7 +129,11 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
     by_task: dict[tuple[str, str], list[Listed]] = {}
     for item in page:
         ids = _candidate_ids(item)
-        if ids is not None:
+        if ids is not None and item.last_modified is not None and now - item.last_modified < IN_FLIGHT:
+            # Written since the upgrade by this release (its copy on its way to the record): never
+            # folded, or the migration would take a fresh re-export for an older legacy file.
+            report.left_recent.append(item.name)
+        elif ids is not None:
             by_task.setdefault(ids, []).append(item)
     for (workspace_id, task_id), items in by_task.items():
         files = [f for item in items if (f := await _legacy_file(storage, item, workspace_id, task_id, report))]

@@ -311,6 +311,25 @@ async def test_the_pending_legacy_delivery_is_left_for_its_queue_message_which_t
     ]
 
 
+async def test_a_re_export_in_flight_after_the_upgrade_is_never_taken_for_a_legacy_file() -> None:
+    world = World.make()
+    await world.post(world.export(display_name="A.pdf"))
+    stored = world.storage.stored("ws-1/task-1/A.pdf")
+    assert stored is not None
+    # B's copy landed a moment ago; its record write has not yet: the migration's page sees the file.
+    world.clock.advance(timedelta(minutes=5))
+    meta = {**dict(stored.metadata), "delivery": "2" * 64}
+    world.storage.load(
+        "ws-1/task-1/B.pdf", b"%PDF B", content_type="application/pdf", metadata=meta,
+        created=world.now, last_modified=world.now,
+    )  # fmt: skip
+    report = await migrate(world.storage, now=world.now)
+    assert report.left_recent == ["ws-1/task-1/B.pdf"] and report.done
+    found = world.record()
+    assert found is not None and found.find("2" * 64) is None and found.retire == []
+    assert "ws-1/task-1/B.pdf" in world.storage.names()
+
+
 def test_the_records_live_under_the_reserved_prefix() -> None:
     assert record_name("ws-acme", "task-101").startswith(".smartdocumentor/")
     assert MARKER_NAME.startswith(".smartdocumentor/")

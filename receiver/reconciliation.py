@@ -32,9 +32,10 @@ from urllib.parse import unquote
 
 from .engine import Job, run
 from .machine import Sweep
+from .migration import MigrationReport, migrate
 from .models import RECORD_PREFIX
 from .runtime import Runtime
-from .storage import Listed, StoreError
+from .storage import Listed, Storage, StoreError
 from .telemetry import recording, report_oldest_pending, report_poison_depth
 from .verification import MAX_DEQUEUE_COUNT, POISON_QUEUE
 
@@ -61,6 +62,8 @@ class RunReport:
     oldest_copying_seconds: float = 0.0
     failed: str | None = None  # why the run could not do its work (storage refused it)
     lost: list[str] = field(default_factory=list)  # tasks whose copy waited past every queue try
+    migration: MigrationReport | None = None  # this run's page of the upgrade from the release without records
+    migration_failed: str | None = None
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -158,6 +161,7 @@ async def _work(
 ) -> None:
     settings = runtime.settings()
     storage = runtime.store()
+    await _migrate(storage, now, report)
     after = timedelta(minutes=settings.reconcile_after_minutes)
     found = [c async for item in storage.list(RECORD_PREFIX) if (c := candidate(item, now=now, after=after))]
     report.found = len(found)
@@ -192,11 +196,41 @@ async def _work(
             report.count(record.outcome)
 
 
+async def _migrate(storage: Storage, now: datetime, report: RunReport) -> None:
+    """One bounded page of the upgrade (receiver.migration) before the records are listed, so the
+    records it builds are swept in the same run. It never stops the run: a failure is logged."""
+    try:
+        report.migration = await migrate(storage, now=now)
+    except StoreError as exc:
+        report.migration_failed = exc.message
+        log.warning("the migration of the previous release's files could not run (%s): tried again next run", exc)
+    except Exception as exc:
+        report.migration_failed = type(exc).__name__
+        log.exception("the migration of the previous release's files failed")
+    migration = report.migration
+    if migration is not None and not migration.already_done:
+        log.info(
+            "migration: listed=%d tasks=%d stored=%d superseded=%d left_pending=%s left_doubtful=%s done=%s stopped=%s",
+            migration.listed,
+            migration.tasks,
+            len(migration.stored),
+            len(migration.superseded),
+            migration.left_pending,
+            migration.left_doubtful,
+            migration.done,
+            migration.stopped,
+        )
+
+
 def _summary(report: RunReport) -> str:
     text = (
         f"found={report.found} processed={report.processed} {report.outcomes} stopped_early={report.stopped_early} "
         f"oldest_copying_s={report.oldest_copying_seconds:.0f} poison={report.poison_depth}"
     )
+    if report.migration is not None and not report.migration.already_done:
+        text += f"; migration listed={report.migration.listed} done={report.migration.done}"
+    if report.migration_failed is not None:
+        text += f"; migration failed ({report.migration_failed}), tried again next run"
     if report.lost:
         text += (
             f"; {len(report.lost)} delivery(ies) have been copying for over {QUEUE_COVERAGE.total_seconds() / 60:.0f} "

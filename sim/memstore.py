@@ -49,6 +49,7 @@ delete, Find Blobs by Tags, the equal-length rule for block ids, metadata name r
 from __future__ import annotations
 
 import base64
+import builtins
 import hashlib
 import hmac
 import re
@@ -138,6 +139,7 @@ class MemorySources:
         self.now = now or ManualClock()
         self._key = key
         self._files: dict[str, Source] = {}
+        self._foreign: dict[str, Source] = {}
         self._host = urlsplit(self.account_url).netloc
 
     def path(self, name: str) -> str:
@@ -179,8 +181,17 @@ class MemorySources:
         signed = "\n".join([path, *(f"{key}={fields[key]}" for key in sorted(fields) if key != "sig")])
         return base64.b64encode(hmac.new(self._key, signed.encode(), hashlib.sha256).digest()).decode()
 
+    def admit(self, url: str, data: bytes, headers: Headers | None = None) -> None:
+        """Serve ``url``, a link signed elsewhere (a fixture's), exactly as given until its ``se``."""
+        self._foreign[url] = Source(data, headers or Headers())
+
     def open(self, url: str, now: datetime) -> Source:
         """The file behind ``url`` as the service reads a copy source, or :class:`SourceUnreadable`."""
+        if url in self._foreign:
+            until = parse_qs(urlsplit(url).query).get("se", [""])[0]
+            if not until or datetime.fromisoformat(until.replace("Z", "+00:00")) <= now:
+                raise _unreadable("The copy source's SAS has expired.", 403)
+            return self._foreign[url]
         parts = urlsplit(url)
         path = unquote(parts.path)
         fields = {key: values[0] for key, values in parse_qs(parts.query).items()}
@@ -573,6 +584,44 @@ class MemoryStorage:
         self._leave("list", prefix)
         for item in listed:
             yield item
+
+    async def list_page(
+        self, prefix: str, *, marker: str | None, size: int
+    ) -> tuple[builtins.list[Listed], str | None]:
+        """One page of :meth:`list` from ``marker`` (the next page's first name, opaque to callers), and
+        the marker of the page after it (None: this was the last)."""
+        self._enter("list", prefix)
+        self._need_container()
+        names = [name for name in sorted(self._blobs) if name.startswith(prefix) and (marker is None or name >= marker)]
+        page = [self._blobs[name] for name in names[:size]]
+        self._leave("list", prefix)
+        listed = [
+            Listed(name=b.name, etag=b.etag, metadata=dict(b.metadata), last_modified=b.last_modified) for b in page
+        ]
+        return listed, names[size] if len(names) > size else None
+
+    def load(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str | None,
+        metadata: dict[str, str],
+        tags: dict[str, str] | None = None,
+        created: datetime,
+        last_modified: datetime,
+    ) -> None:
+        """Put a blob as another writer left it (a fixture of a real container), with its own times."""
+        self._blobs[name] = StoredBlob(
+            name=name,
+            data=data,
+            etag=self._new_etag(),
+            headers=Headers(content_type=content_type, content_md5=hashlib.md5(data).digest()),  # noqa: S324
+            metadata=tuple(sorted(metadata.items())),
+            tags=tuple(sorted((tags or {}).items())) if self._tags_supported else (),
+            created=created,
+            last_modified=last_modified,
+        )
 
     def url(self, name: str) -> str:
         return f"{self.account_url}/{self.container}/{quote(name, safe='~/')}"

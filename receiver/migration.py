@@ -1,0 +1,401 @@
+"""Upgrading a container the release before the task record wrote: task records from what is there.
+
+That release kept no record: one file per task at the template's name, its manifest ``<name>.json``
+(metadata ``receiverkind=manifest``, or ``copystatus`` on older ones) and, in the file's metadata,
+``taskid``, ``workspaceid`` (non-ASCII as percent-encoded UTF-8, ``%`` itself encoded: it decodes
+back exactly) and ``delivery``. The reconciliation calls :func:`migrate` once a run; each call
+lists one bounded page of the container with metadata and folds what it finds into the task
+records, by compare-and-swap like every other change, then keeps where it stopped in
+``.smartdocumentor/migration.json`` (``{"done": bool, "marker": ...}``, written If-Match too).
+Once a whole pass is done, a run reads that marker and nothing else.
+
+The rules, for each file whose metadata holds ``taskid``, ``workspaceid`` and ``delivery``:
+
+- its manifest beside it, when it describes the same delivery, must say ``success``; ``pending`` or
+  ``failed`` leaves the file alone (an old queue message, converted by
+  :func:`receiver.verification.read_message`, finishes it through the new code). A manifest about
+  another delivery (a copy over it that never landed) does not stop the file: the file holds its
+  own delivery whole;
+- ids come from the file's metadata, decoded, never from the folded index tags; a value that may
+  have been cut (at the 512 characters the release kept) counts only when the manifest of the same
+  delivery spells the same ids; anything doubtful is left alone;
+- a name the record already lists, or a delivery it already knows, is left alone, and so is a file
+  written in the last two minutes (``IN_FLIGHT``: this release's copy on its way to its record);
+- the record's current file stays current when a delivery after the upgrade made it so: the legacy
+  file is older, ``superseded`` and listed to ``retire``. Otherwise the newest legacy file (the
+  manifest's ``receivedAt``, else the file's last-modified) is ``stored`` and current, and older
+  legacy files of the same task are ``superseded`` and listed to retire. Nothing is deleted here:
+  the record's retire list is carried out by the reconciliation's sweep (If-Match, only while the
+  name still holds that delivery);
+- the deliveries a legacy manifest lists as ``replaced`` enter the record as ``superseded`` (before
+  the file's own), so a late retry of one is answered ``superseded`` and never replaces the newer file;
+- a legacy manifest of a migrated file gets the ``delivery`` metadata the release did not write
+  (same bytes, If-Match), so retiring it later removes the manifest with its file.
+
+Snapshots the release sometimes left are not listed and are left as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import unquote
+
+from .engine import manifest_name
+from .machine import IN_FLIGHT
+from .models import (
+    MAX_RECORD_BYTES,
+    RECORD_CONTENT_TYPE,
+    Delivery,
+    Retirement,
+    State,
+    Step,
+    TaskRecord,
+    record_name,
+    with_step,
+)
+from .storage import Conflict, Listed, Storage
+
+log = logging.getLogger("receiver.migration")
+
+MARKER_NAME = ".smartdocumentor/migration.json"
+RESERVED_PREFIX = ".smartdocumentor/"
+PAGE_SIZE = 2000
+MAX_MANIFEST_BYTES = 1024 * 1024
+# The previous release cut taskid/workspaceid metadata at 512 characters (plan.metadata_value).
+CUT_AT = 512
+MIGRATED = "migrated"
+MIGRATED_REPLACED = "migrated-replaced"
+ATTEMPTS = 5
+
+
+@runtime_checkable
+class PagedListing(Protocol):
+    """A store that lists one page at a time from a continuation (MemoryStorage; AzureStorage may add
+    it with the SDK's ``by_page(continuation_token=...)``). Without it, the listing is walked from
+    the start and the names before the marker skipped."""
+
+    async def list_page(self, prefix: str, *, marker: str | None, size: int) -> tuple[list[Listed], str | None]: ...
+
+
+@dataclass
+class MigrationReport:
+    done: bool = False
+    already_done: bool = False
+    listed: int = 0
+    tasks: int = 0
+    stored: list[str] = field(default_factory=list)  # names that became a task's current file
+    superseded: list[str] = field(default_factory=list)  # legacy names listed to retire
+    left_pending: list[str] = field(default_factory=list)  # names whose manifest says pending (or failed)
+    left_doubtful: list[str] = field(default_factory=list)  # ids not exact enough to act on
+    left_recent: list[str] = field(default_factory=list)  # written in the last two minutes: this release's
+    stopped: str | None = None  # why this page was not finished (a conflict that kept coming back)
+
+
+@dataclass(frozen=True)
+class LegacyFile:
+    name: str
+    etag: str
+    delivery: str
+    workspace_id: str
+    task_id: str
+    received_at: datetime
+    replaced: tuple[str, ...] = ()
+
+
+async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE) -> MigrationReport:
+    """One bounded page of the migration (one read of the marker once it is done)."""
+    report = MigrationReport()
+    found = await storage.read_bytes(MARKER_NAME, max_bytes=64 * 1024)
+    state: dict[str, Any] = {}
+    marker_etag: str | None = None
+    if found is not None:
+        marker_etag = found[0].etag
+        try:
+            loaded = json.loads(found[1])
+            state = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            state = {}
+        if state.get("done") is True:
+            report.done = report.already_done = True
+            return report
+    marker = state.get("marker") if isinstance(state.get("marker"), str) else None
+    page, next_marker = await _page(storage, marker, page_size)
+    report.listed = len(page)
+    by_task: dict[tuple[str, str], list[Listed]] = {}
+    for item in page:
+        ids = _candidate_ids(item)
+        if ids is not None and item.last_modified is not None and now - item.last_modified < IN_FLIGHT:
+            # Written since the upgrade by this release (its copy on its way to the record): never
+            # folded, or the migration would take a fresh re-export for an older legacy file.
+            report.left_recent.append(item.name)
+        elif ids is not None:
+            by_task.setdefault(ids, []).append(item)
+    for (workspace_id, task_id), items in by_task.items():
+        files = [f for item in items if (f := await _legacy_file(storage, item, workspace_id, task_id, report))]
+        if not files:
+            continue
+        report.tasks += 1
+        if not await _fold(storage, workspace_id, task_id, files, now=now, report=report):
+            report.stopped = f"the record of task {task_id} kept changing; the page is taken again next run"
+            return report
+    document = {"done": next_marker is None, "marker": next_marker, "at": now.isoformat()}
+    try:
+        await storage.put(
+            MARKER_NAME,
+            json.dumps(document).encode("ascii"),
+            if_match=marker_etag,
+            content_type="application/json",
+            metadata={"receiverkind": "migration"},
+        )
+    except Conflict:
+        report.stopped = "another run moved the migration's marker first"
+        return report
+    report.done = next_marker is None
+    return report
+
+
+async def _page(storage: Storage, marker: str | None, size: int) -> tuple[list[Listed], str | None]:
+    if isinstance(storage, PagedListing):
+        return await storage.list_page("", marker=marker, size=size)
+    # Walk from the start, skipping what an earlier run already took (names up to ``marker``).
+    after = marker[len("after:") :] if marker is not None and marker.startswith("after:") else None
+    page: list[Listed] = []
+    async for item in storage.list(""):
+        if after is not None and item.name <= after:
+            continue
+        if len(page) == size:
+            return page, f"after:{page[-1].name}"
+        page.append(item)
+    return page, None
+
+
+def _lower(metadata: dict[str, str]) -> dict[str, str]:
+    return {key.lower(): value for key, value in metadata.items()}
+
+
+def _candidate_ids(item: Listed) -> tuple[str, str] | None:
+    """(workspace id, task id) of a file the previous release wrote, from its metadata; else None."""
+    if item.name.startswith(RESERVED_PREFIX):
+        return None
+    meta = _lower(item.metadata)
+    if "receiverkind" in meta or "copystatus" in meta:
+        return None  # a manifest, a record, a marker
+    if not (meta.get("taskid") and meta.get("workspaceid") and meta.get("delivery")):
+        return None
+    try:
+        return unquote(meta["workspaceid"], errors="strict"), unquote(meta["taskid"], errors="strict")
+    except UnicodeDecodeError:
+        return None
+
+
+def _is_manifest(metadata: dict[str, str]) -> bool:
+    meta = _lower(metadata)
+    return meta.get("receiverkind") == "manifest" or "copystatus" in meta
+
+
+def _when(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+async def _legacy_file(
+    storage: Storage, item: Listed, workspace_id: str, task_id: str, report: MigrationReport
+) -> LegacyFile | None:
+    meta = _lower(item.metadata)
+    delivery = meta["delivery"]
+    cut = len(meta["taskid"]) >= CUT_AT or len(meta["workspaceid"]) >= CUT_AT
+    received = item.last_modified or datetime.now(UTC)
+    replaced: tuple[str, ...] = ()
+    found = await storage.read_bytes(manifest_name(item.name), max_bytes=MAX_MANIFEST_BYTES)
+    document: dict[str, Any] = {}
+    if found is not None and _is_manifest(found[0].metadata):
+        try:
+            loaded = json.loads(found[1])
+            document = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            document = {}
+    if document.get("delivery") not in (None, delivery) and document.get("copyStatus") == "pending":
+        # A copy over this file that never landed: the file is its own delivery, whole; the pending
+        # one is left to its queue message.
+        report.left_pending.append(manifest_name(item.name))
+    if document.get("delivery") == delivery:
+        if document.get("copyStatus") != "success":
+            report.left_pending.append(item.name)
+            return None
+        if (document.get("workspaceId"), document.get("taskId")) != (workspace_id, task_id):
+            report.left_doubtful.append(item.name)
+            return None
+        cut = False
+        received = _when(document.get("receivedAt")) or received
+        replaced = tuple(str(d) for d in document.get("replaced") or [] if isinstance(d, str) and d != delivery)
+        assert found is not None
+        if "delivery" not in _lower(found[0].metadata):
+            await _label_manifest(storage, item.name, found[0].etag, found[1], found[0].metadata, delivery)
+    if cut:
+        report.left_doubtful.append(item.name)
+        return None
+    return LegacyFile(item.name, item.etag, delivery, workspace_id, task_id, received, replaced)
+
+
+async def _label_manifest(
+    storage: Storage, name: str, etag: str, data: bytes, metadata: dict[str, str], delivery: str
+) -> None:
+    """The ``delivery`` label the new release's retirement checks, on a legacy manifest (same bytes)."""
+    try:
+        await storage.put(
+            manifest_name(name),
+            data,
+            if_match=etag,
+            content_type="application/json",
+            metadata={**metadata, "delivery": delivery},
+        )
+    except Conflict:
+        log.info("the manifest of %s changed while it was labelled: left to whoever changed it", name)
+
+
+async def _fold(
+    storage: Storage,
+    workspace_id: str,
+    task_id: str,
+    files: Sequence[LegacyFile],
+    *,
+    now: datetime,
+    report: MigrationReport,
+) -> bool:
+    """Fold ``files`` into the task's record by compare-and-swap; False when it kept changing."""
+    name = record_name(workspace_id, task_id)
+    for _ in range(ATTEMPTS):
+        found = await storage.read_bytes(name, max_bytes=MAX_RECORD_BYTES)
+        record = (
+            TaskRecord.from_bytes(found[1])
+            if found is not None
+            else TaskRecord(workspace_id=workspace_id, task_id=task_id)
+        )
+        if (record.workspace_id, record.task_id) != (workspace_id, task_id):
+            report.left_doubtful.extend(f.name for f in files)
+            return True
+        updated, stored, superseded = fold(record, files, now=now)
+        if updated is None:
+            return True
+        try:
+            await storage.put(
+                name,
+                updated.to_bytes(),
+                if_match=None if found is None else found[0].etag,
+                content_type=RECORD_CONTENT_TYPE,
+                metadata=updated.labels(),
+            )
+        except Conflict:
+            continue
+        report.stored.extend(stored)
+        report.superseded.extend(superseded)
+        return True
+    return False
+
+
+def _migrated(item: Delivery) -> bool:
+    return bool(item.history) and item.history[0].outcome in (MIGRATED, MIGRATED_REPLACED)
+
+
+def fold(
+    record: TaskRecord, files: Sequence[LegacyFile], *, now: datetime
+) -> tuple[TaskRecord | None, list[str], list[str]]:
+    """The record with ``files`` in it (None: nothing to add), the names made current, and the names
+    listed to retire. Pure."""
+    known_names = {item.blob for item in record.deliveries} | {item.blob for item in record.retire}
+    fresh = [f for f in files if f.name not in known_names and record.find(f.delivery) is None]
+    if not fresh:
+        return None, [], []
+    added: list[Delivery] = []
+    for legacy in fresh:
+        for old in legacy.replaced:
+            if record.find(old) is None and all(item.delivery != old for item in added):
+                note = "replaced before the upgrade (its manifest's replaced list); its own name is not known"
+                step = Step(at=now, by="reconciliation", outcome=MIGRATED_REPLACED, note=note)
+                added.append(
+                    Delivery(
+                        delivery=old,
+                        blob=legacy.name,
+                        state=State.SUPERSEDED,
+                        received_at=legacy.received_at,
+                        history=[step],
+                    )
+                )
+        step = Step(at=now, by="reconciliation", outcome=MIGRATED, note="written by the release before the record")
+        added.append(
+            Delivery(
+                delivery=legacy.delivery,
+                blob=legacy.name,
+                state=State.SUPERSEDED,
+                received_at=legacy.received_at,
+                etag=legacy.etag,
+                completed_at=legacy.received_at,
+                history=[step],
+            )
+        )
+    # Legacy deliveries come first (accepted before the upgrade), oldest first; a replaced one before
+    # the file that replaced it.
+    legacy_items = [item for item in record.deliveries if _migrated(item)] + added
+    legacy_items.sort(key=lambda item: (item.received_at, item.history[0].outcome == MIGRATED))
+    others = [item for item in record.deliveries if not _migrated(item)]
+    current = record.current_delivery
+    files_only = [item for item in legacy_items if item.history[0].outcome == MIGRATED]
+    newest_legacy = max(files_only, key=lambda item: item.received_at)
+    retire = list(record.retire)
+    stored_names: list[str] = []
+    superseded_names: list[str] = []
+    new_current = record.current
+    newest_replaced = next((f.replaced for f in fresh if f.delivery == newest_legacy.delivery), ())
+    late = current is not None and not _migrated(current) and current.delivery in newest_replaced
+    if late and current is not None:
+        # A late retry of an export the previous release had replaced, stored before the migration
+        # reached its task: the legacy manifest says the legacy file replaced it. It goes before the
+        # legacy file (accepted earlier, as far as the task is concerned), superseded, its name retired.
+        note = "the previous release had replaced it (the legacy manifest's replaced list)"
+        step = Step(at=now, by="reconciliation", outcome="superseded", note=note)
+        demoted = current.model_copy(update={"state": State.SUPERSEDED, "history": with_step(current, step)})
+        others = [item for item in others if item.delivery != current.delivery]
+        legacy_items.insert(legacy_items.index(newest_legacy), demoted)
+        if current.blob != newest_legacy.blob:
+            retire.append(Retirement(blob=current.blob, delivery=current.delivery, etag=current.etag))
+            superseded_names.append(current.blob)
+    if current is None or late or (_migrated(current) and newest_legacy.received_at > current.received_at):
+        new_current = newest_legacy.delivery
+    items: list[Delivery] = []
+    fresh_deliveries = {f.delivery for f in fresh}
+    for item in legacy_items:
+        if item.delivery == new_current and item.state is not State.STORED:
+            item = item.model_copy(update={"state": State.STORED})
+            stored_names.append(item.blob)
+        elif item.state is State.STORED and item.delivery != new_current:
+            note = "an export received after it is the current file"
+            step = Step(at=now, by="reconciliation", outcome="superseded", note=note)
+            item = item.model_copy(update={"state": State.SUPERSEDED, "history": with_step(item, step)})
+            retire.append(Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag))
+            superseded_names.append(item.blob)
+        elif (
+            item.delivery in fresh_deliveries
+            and item.delivery != new_current
+            and item.etag is not None
+            and item.history[0].outcome == MIGRATED
+        ):
+            retire.append(Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag))
+            superseded_names.append(item.blob)
+        items.append(item)
+    current_blob = next((item.blob for item in items + others if item.delivery == new_current), None)
+    retire = [r for r in retire if r.blob != current_blob]
+    updated = record.model_copy(update={"current": new_current, "retire": retire, "deliveries": items + others})
+    return updated, stored_names, superseded_names
+
+
+__all__ = ["MARKER_NAME", "MIGRATED", "LegacyFile", "MigrationReport", "PagedListing", "fold", "migrate"]

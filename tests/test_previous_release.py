@@ -1,0 +1,335 @@
+"""A container the release before the task record wrote (tests/data/previous_release_container.json,
+captured from commit 1d6565d by devtools/capture_previous_release.py), upgraded: the reconciliation
+builds each task's record from what is there, and new deliveries then behave as for any task.
+
+On the in-memory store only: receiver.store.AzureStorage is not in this tree yet, so the same
+checks on Azurite wait for it."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from receiver.migration import MARKER_NAME, migrate
+from receiver.models import State, TaskRecord, record_name
+from receiver.reconciliation import reconcile_run
+from receiver.settings import Settings
+from receiver.storage import Headers
+from sim.memstore import ManualClock
+from sim.world import SOURCE_HOST, World
+
+FIXTURE = json.loads((Path(__file__).parent / "data" / "previous_release_container.json").read_text("utf-8"))
+# (workspace, task) -> the file the previous release left as the task's export.
+FILES = {
+    ("ws-acme", "task-101"): "ws-acme/task-101/invoice-101.pdf",
+    ("ws-acme", "task-102"): "ws-acme/task-102/invoice-102.pdf",
+    ("ws-acme", "task-201"): "ws-acme/task-201/contract.pdf",
+    ("ws-acme", "task-301"): "ws-acme/task-301/offer-v2.pdf",
+    ("Société Générale", "tâche №7"): "Société Générale/tâche №7/relevé.pdf",
+    ("ws-acme", "task-401"): "ws-acme/task-401/scan.pdf",
+    ("ws-acme", "task-501"): "2026/ws-acme/501-report-final.pdf",
+}
+
+
+def legacy_world(*, minutes_after: int = 10) -> World:
+    """The fixture in a MemoryStorage, the clock ``minutes_after`` the capture, its links served."""
+    captured = datetime.fromisoformat(FIXTURE["capturedAt"])
+    settings = Settings(
+        destination_connection_string=SecretStr("UseDevelopmentStorage=true"),
+        destination_container=FIXTURE["container"],
+        allowed_source_hosts=(FIXTURE["sourceHost"], SOURCE_HOST),
+        allow_http_sources=True,
+    )
+    world = World(settings, clock=ManualClock(captured + timedelta(minutes=minutes_after)))
+    for blob in FIXTURE["blobs"]:
+        assert blob["snapshot"] is None  # the capture left none: the release deleted them after success
+        world.storage.load(
+            blob["name"],
+            base64.b64decode(blob["data"]),
+            content_type=blob["contentType"],
+            metadata=blob["metadata"],
+            tags=blob["tags"],
+            created=datetime.fromisoformat(blob["created"]),
+            last_modified=datetime.fromisoformat(blob["lastModified"]),
+        )
+    for sent in FIXTURE["deliveries"]:
+        world.sources.admit(sent["body"]["exportedFileUrl"], base64.b64decode(sent["data"]), Headers("application/pdf"))
+    return world
+
+
+def sent(task: str, number: int = 0) -> dict[str, Any]:
+    """The ``number``-th notification the previous release received for ``task``."""
+    found = [d for d in FIXTURE["deliveries"] if d["body"]["taskId"] == task]
+    return dict(found[number])
+
+
+def body(task: str, number: int = 0) -> bytes:
+    return json.dumps(sent(task, number)["body"]).encode()
+
+
+def record(world: World, workspace: str, task: str) -> TaskRecord:
+    found = world.record(task, workspace)
+    assert found is not None, f"no record for {workspace}/{task}"
+    return found
+
+
+def manifest_status(world: World, name: str) -> str | None:
+    data = world.storage.blob_bytes(f"{name}.json")
+    return None if data is None else str(json.loads(data)["copyStatus"])
+
+
+async def reconcile(world: World) -> None:
+    report = await reconcile_run(runtime=world.runtime, now=world.now, environ={})
+    assert report.failed is None and report.migration_failed is None
+
+
+async def test_the_fixture_is_what_the_previous_release_wrote() -> None:
+    assert FIXTURE["capturedFrom"] == "1d6565d"
+    names = {blob["name"] for blob in FIXTURE["blobs"]}
+    assert set(FILES.values()) <= names and {f"{name}.json" for name in FILES.values()} <= names
+    assert not any(name.startswith(".smartdocumentor/") for name in names)
+    # The renamed re-exports' earlier files were retired by that release itself.
+    assert "ws-acme/task-301/offer-v1.pdf" not in names and "2026/ws-acme/501-report.pdf" not in names
+    world = legacy_world()
+    assert manifest_status(world, FILES[("ws-acme", "task-401")]) == "pending"
+    meta = dict(world.storage.stored(FILES[("Société Générale", "tâche №7")]).metadata)  # type: ignore[union-attr]
+    assert meta["taskid"] == "t%C3%A2che %E2%84%967"
+
+
+async def test_the_reconciliation_gives_every_legacy_task_a_record_naming_its_file_as_current() -> None:
+    world = legacy_world()
+    await reconcile(world)
+    for (workspace, task), name in FILES.items():
+        found = record(world, workspace, task)
+        current = found.current_delivery
+        assert current is not None and current.blob == name and current.state is State.STORED
+        assert current.delivery == dict(world.storage.stored(name).metadata)["delivery"]  # type: ignore[union-attr]
+        assert found.retire == []
+    marker = world.storage.blob_bytes(MARKER_NAME)
+    assert marker is not None and json.loads(marker)["done"] is True
+
+
+async def test_nothing_stored_is_deleted_or_changed_by_the_migration() -> None:
+    world = legacy_world()
+    before = {name: world.storage.stored(name) for name in world.storage.names()}
+    await reconcile(world)
+    for name, blob in before.items():
+        after = world.storage.stored(name)
+        assert after is not None and blob is not None, name
+        assert after.data == blob.data, name
+        if not name.endswith(".json"):
+            assert after == blob, name  # files untouched: same ETag, metadata, tags
+    # The pending manifest (its copy never landed) is left exactly as it was.
+    pending = "ws-acme/task-401/scan.pdf.json"
+    assert world.storage.stored(pending) == before[pending]
+
+
+async def test_a_finished_migration_reads_only_its_marker() -> None:
+    world = legacy_world()
+    await reconcile(world)
+    world.storage.calls.clear()
+    report = await migrate(world.storage, now=world.now)
+    assert report.already_done and world.storage.calls == [("read_bytes", MARKER_NAME)]
+
+
+async def test_a_new_container_is_marked_done_on_its_first_run() -> None:
+    world = World.make()
+    await world.post(world.export())
+    await reconcile(world)
+    marker = world.storage.blob_bytes(MARKER_NAME)
+    assert marker is not None and json.loads(marker)["done"] is True
+
+
+async def test_the_migration_goes_page_by_page_and_resumes_from_its_marker() -> None:
+    world = legacy_world()
+    reports = []
+    for _ in range(20):
+        reports.append(await migrate(world.storage, now=world.now, page_size=3))
+        if reports[-1].done:
+            break
+    assert len(reports) == 5 and [r.done for r in reports] == [False] * 4 + [True]
+    assert all(r.listed <= 3 for r in reports)
+    for (workspace, task), name in FILES.items():
+        current = record(world, workspace, task).current_delivery
+        assert current is not None and current.blob == name
+
+
+async def test_an_older_legacy_file_of_the_same_task_is_retired_with_its_manifest_once_the_newer_is_current() -> None:
+    world = legacy_world()
+    # An older export of task-102 at another name, as a release that failed to retire it left it.
+    newer = world.storage.stored("ws-acme/task-102/invoice-102.pdf")
+    manifest = world.storage.stored("ws-acme/task-102/invoice-102.pdf.json")
+    assert newer is not None and manifest is not None
+    document = json.loads(manifest.data)
+    document.update(delivery="0" * 64, receivedAt="2026-01-02T00:00:00Z", replaced=[])
+    older_meta = {**dict(newer.metadata), "delivery": "0" * 64}
+    stamp = newer.last_modified - timedelta(days=30)
+    world.storage.load(
+        "ws-acme/task-102/invoice-102-old.pdf", b"%PDF old", content_type="application/pdf", metadata=older_meta,
+        created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    world.storage.load(
+        "ws-acme/task-102/invoice-102-old.pdf.json", json.dumps(document).encode(), content_type="application/json",
+        metadata=dict(manifest.metadata), created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    # And a file whose manifest names another task: never touched.
+    world.storage.load(
+        "ws-acme/task-102/stray.pdf", b"%PDF stray", content_type="application/pdf",
+        metadata={**older_meta, "delivery": "1" * 64}, created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    stray = {**document, "delivery": "1" * 64, "taskId": "task-999"}
+    world.storage.load(
+        "ws-acme/task-102/stray.pdf.json", json.dumps(stray).encode(), content_type="application/json",
+        metadata=dict(manifest.metadata), created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    await reconcile(world)
+    found = record(world, "ws-acme", "task-102")
+    assert found.current_delivery is not None and found.current_delivery.blob == "ws-acme/task-102/invoice-102.pdf"
+    assert found.find("0" * 64) is not None and found.find("0" * 64).state is State.SUPERSEDED  # type: ignore[union-attr]
+    assert found.retire == []  # carried out in the same run
+    names = world.storage.names()
+    assert "ws-acme/task-102/invoice-102-old.pdf" not in names
+    assert "ws-acme/task-102/invoice-102-old.pdf.json" not in names
+    assert {"ws-acme/task-102/stray.pdf", "ws-acme/task-102/stray.pdf.json"} <= set(names)
+    assert found.find("1" * 64) is None
+
+
+async def test_the_legacy_delivery_again_after_the_migration_is_a_duplicate() -> None:
+    world = legacy_world()
+    await reconcile(world)
+    before = world.storage.snapshot()
+    for task in ("task-101", "task-201", "task-301"):
+        answer = await world.post(body(task, -1))
+        assert (answer.status_code, answer.body["status"]) == (200, "duplicate"), task
+    assert world.storage.snapshot() == before
+
+
+async def test_the_legacy_delivery_again_before_the_migration_is_adopted_without_a_copy() -> None:
+    world = legacy_world()
+    name = FILES[("ws-acme", "task-101")]
+    data = world.storage.blob_bytes(name)
+    answer = await world.post(body("task-101"))
+    assert (answer.status_code, answer.body["status"]) == (200, "stored")
+    assert world.storage.blob_bytes(name) == data
+    assert ("copy_from_url", name) in world.storage.calls  # the create, refused: the file is there
+    current = record(world, "ws-acme", "task-101").current_delivery
+    assert current is not None and current.blob == name
+
+
+async def test_a_non_ascii_legacy_task_keeps_its_exact_ids_and_name() -> None:
+    world = legacy_world()
+    await reconcile(world)
+    found = record(world, "Société Générale", "tâche №7")
+    assert (found.workspace_id, found.task_id) == ("Société Générale", "tâche №7")
+    answer = await world.post(body("tâche №7"))
+    assert (answer.status_code, answer.body["status"]) == (200, "duplicate")
+
+
+async def test_a_same_name_re_export_of_a_legacy_task_overwrites_its_file() -> None:
+    for migrated_first in (True, False):
+        world = legacy_world()
+        if migrated_first:
+            await reconcile(world)
+        export = world.export("task-201", "contract.pdf", workspace_id="ws-acme")
+        answer = await world.post(export)
+        assert (answer.status_code, answer.body["status"]) == (200, "stored"), migrated_first
+        name = FILES[("ws-acme", "task-201")]
+        assert world.storage.blob_bytes(name) == export.data
+        manifest = world.manifest(name)
+        assert manifest is not None and manifest["delivery"] == record(world, "ws-acme", "task-201").current
+        await reconcile(world)
+        assert world.storage.blob_bytes(name) == export.data
+
+
+async def test_a_renamed_re_export_of_a_legacy_task_retires_the_legacy_file_and_its_manifest() -> None:
+    for migrated_first in (True, False):
+        world = legacy_world()
+        if migrated_first:
+            await reconcile(world)
+        export = world.export("task-101", "invoice-101-v2.pdf", workspace_id="ws-acme")
+        answer = await world.post(export)
+        assert (answer.status_code, answer.body["status"]) == (200, "stored")
+        await reconcile(world)  # before the migration reached it, the migration retires the legacy file
+        names = world.storage.names()
+        assert "ws-acme/task-101/invoice-101.pdf" not in names, migrated_first
+        assert "ws-acme/task-101/invoice-101.pdf.json" not in names, migrated_first
+        assert world.storage.blob_bytes("ws-acme/task-101/invoice-101-v2.pdf") == export.data
+        current = record(world, "ws-acme", "task-101").current_delivery
+        assert current is not None and current.blob == "ws-acme/task-101/invoice-101-v2.pdf"
+
+
+async def test_a_late_retry_of_a_delivery_the_previous_release_replaced_is_superseded_after_the_migration() -> None:
+    world = legacy_world()
+    await reconcile(world)
+    before = world.storage.snapshot()
+    for task in ("task-201", "task-301", "task-501"):
+        answer = await world.post(body(task, 0))
+        assert (answer.status_code, answer.body["status"]) == (200, "superseded"), task
+    assert world.storage.snapshot() == before
+
+
+async def test_a_late_retry_of_a_renamed_legacy_delivery_before_the_migration_is_undone_by_it() -> None:
+    world = legacy_world()
+    answer = await world.post(body("task-301", 0))  # the record never heard of offer-v2: it is stored
+    assert (answer.status_code, answer.body["status"]) == (200, "stored")
+    await reconcile(world)  # offer-v2's manifest lists it as replaced: offer-v2 stays current
+    names = world.storage.names()
+    assert "ws-acme/task-301/offer-v2.pdf" in names and "ws-acme/task-301/offer-v1.pdf" not in names
+    current = record(world, "ws-acme", "task-301").current_delivery
+    assert current is not None and current.blob == "ws-acme/task-301/offer-v2.pdf"
+
+
+async def test_a_late_retry_of_a_same_name_legacy_delivery_before_the_migration_overwrites_the_newer_file() -> None:
+    # Known limit: nothing the record knows says the legacy file is newer, so the older export wins.
+    world = legacy_world()
+    answer = await world.post(body("task-201", 0))
+    assert (answer.status_code, answer.body["status"]) == (200, "stored")
+    first = base64.b64decode(sent("task-201", 0)["data"])
+    assert world.storage.blob_bytes(FILES[("ws-acme", "task-201")]) == first
+
+
+async def test_the_pending_legacy_delivery_is_left_for_its_queue_message_which_then_stores_it() -> None:
+    world = legacy_world()
+    await reconcile(world)
+    name = FILES[("ws-acme", "task-401")]
+    found = record(world, "ws-acme", "task-401")
+    pending = sent("task-401", 1)
+    assert found.current_delivery is not None and found.current_delivery.blob == name
+    assert len(found.deliveries) == 1 and manifest_status(world, name) == "pending"
+    answer = await world.post(body("task-401", 1))  # what its converted queue message does
+    assert (answer.status_code, answer.body["status"]) == (200, "stored")
+    assert world.storage.blob_bytes(name) == base64.b64decode(pending["data"])
+    assert manifest_status(world, name) == "success"
+    assert [item.state for item in record(world, "ws-acme", "task-401").deliveries] == [
+        State.SUPERSEDED,
+        State.STORED,
+    ]
+
+
+async def test_a_re_export_in_flight_after_the_upgrade_is_never_taken_for_a_legacy_file() -> None:
+    world = World.make()
+    await world.post(world.export(display_name="A.pdf"))
+    stored = world.storage.stored("ws-1/task-1/A.pdf")
+    assert stored is not None
+    # B's copy landed a moment ago; its record write has not yet: the migration's page sees the file.
+    world.clock.advance(timedelta(minutes=5))
+    meta = {**dict(stored.metadata), "delivery": "2" * 64}
+    world.storage.load(
+        "ws-1/task-1/B.pdf", b"%PDF B", content_type="application/pdf", metadata=meta,
+        created=world.now, last_modified=world.now,
+    )  # fmt: skip
+    report = await migrate(world.storage, now=world.now)
+    assert report.left_recent == ["ws-1/task-1/B.pdf"] and report.done
+    found = world.record()
+    assert found is not None and found.find("2" * 64) is None and found.retire == []
+    assert "ws-1/task-1/B.pdf" in world.storage.names()
+
+
+def test_the_records_live_under_the_reserved_prefix() -> None:
+    assert record_name("ws-acme", "task-101").startswith(".smartdocumentor/")
+    assert MARKER_NAME.startswith(".smartdocumentor/")

@@ -23,6 +23,7 @@ exception class; their messages never carry a URL's query.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -245,6 +246,13 @@ class Storage(Protocol):
 
     def list(self, prefix: str) -> AsyncIterator[Listed]:
         """Every blob whose name starts with ``prefix``, in name order, with its metadata."""
+        ...
+
+    async def list_page(
+        self, prefix: str, *, marker: str | None, size: int
+    ) -> tuple[builtins.list[Listed], str | None]:
+        """One page of :meth:`list` (at most ``size``) from ``marker`` (opaque: the last page's), and
+        the marker of the next page (None: this was the last)."""
         ...
 
     def url(self, name: str) -> str:

@@ -9,6 +9,7 @@ its query into a message.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import os
@@ -1240,6 +1241,31 @@ class AzureStorage:
                 )
             if page is None or not pages.continuation_token:
                 return
+
+    async def list_page(
+        self, prefix: str, *, marker: str | None, size: int
+    ) -> tuple[builtins.list[seam.Listed], str | None]:
+        """One page of :meth:`list` from ``marker`` (the service's continuation token), and the token of
+        the next page (None: this was the last). The migration walks a large container run by run."""
+        pages: Any = self._container.list_blobs(
+            name_starts_with=prefix or None, include=["metadata"], results_per_page=size
+        ).by_page(continuation_token=marker)
+        try:
+            async with self._call("list blobs"):
+                page = await anext(pages, None)
+                found = [] if page is None else [item async for item in page]
+        except seam.ContainerMissing:
+            return [], None
+        listed = [
+            seam.Listed(
+                name=item.name,
+                etag=str(item.etag) if str(item.etag).startswith('"') else f'"{item.etag}"',
+                metadata=dict(item.metadata or {}),
+                last_modified=item.last_modified,
+            )
+            for item in found
+        ]
+        return listed, pages.continuation_token or None
 
     async def read_tags(self, name: str) -> dict[str, str] | None:
         """Get Blob Tags (not part of the seam: for operators and tests). None when the blob is gone;

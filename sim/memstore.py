@@ -575,7 +575,6 @@ class MemoryStorage:
     async def list(self, prefix: str) -> AsyncIterator[Listed]:
         # One snapshot at the first step of the iteration, as a single page of the service's listing.
         self._enter("list", prefix)
-        self._need_container()
         listed = [
             Listed(name=b.name, etag=b.etag, metadata=dict(b.metadata), last_modified=b.last_modified)
             for name, b in sorted(self._blobs.items())
@@ -591,7 +590,6 @@ class MemoryStorage:
         """One page of :meth:`list` from ``marker`` (the next page's first name, opaque to callers), and
         the marker of the page after it (None: this was the last)."""
         self._enter("list", prefix)
-        self._need_container()
         names = [name for name in sorted(self._blobs) if name.startswith(prefix) and (marker is None or name >= marker)]
         page = [self._blobs[name] for name in names[:size]]
         self._leave("list", prefix)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import builtins
 import contextlib
 import dataclasses
 import hashlib
@@ -327,6 +328,15 @@ class Gate:
             self._done("list", prefix, None)
         for item in items:
             yield item
+
+    async def list_page(
+        self, prefix: str, *, marker: str | None, size: int
+    ) -> tuple[builtins.list[Listed], str | None]:
+        await self._turn("list", prefix)
+        try:
+            return await self.inner.list_page(prefix, marker=marker, size=size)
+        finally:
+            self._done("list", prefix, None)
 
     def url(self, name: str) -> str:
         return self.inner.url(name)

@@ -327,6 +327,21 @@ async def test_listing_is_in_name_order_by_prefix(storage: Storage) -> None:
     assert blob is not None and [item.etag for item in listed] == [blob.etag]
 
 
+async def test_a_paged_listing_walks_every_name_once_in_order(storage: Storage) -> None:
+    names = [f"p/{number}.json" for number in range(5)]
+    for name in names:
+        await put(storage, name)
+    seen: list[str] = []
+    marker: str | None = None
+    for _ in range(10):
+        page, marker = await storage.list_page("p/", marker=marker, size=2)
+        assert len(page) <= 2
+        seen.extend(item.name for item in page)
+        if marker is None:
+            break
+    assert seen == names
+
+
 async def test_read_bytes_stops_at_its_cap(storage: Storage) -> None:
     await put(storage, "r.json", b"x" * 100)
     got = await storage.read_bytes("r.json", max_bytes=100)

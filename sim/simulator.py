@@ -45,6 +45,7 @@ from receiver.engine import Job, run
 from receiver.intake import arrival_job
 from receiver.machine import Sweep
 from receiver.models import RECORD_PREFIX, State, TaskRecord, record_name
+from receiver.plan import RESERVED_FIRST_SEGMENT
 from receiver.reconciliation import reconcile_run
 from receiver.runtime import Runtime
 from receiver.settings import Settings
@@ -55,6 +56,7 @@ from receiver.webhook import handle_delivery
 from .memstore import ManualClock, MemorySources, MemoryStorage
 from .world import JSON, PDF, SOURCE_HOST
 
+RESERVED = f"{RESERVED_FIRST_SEGMENT}/"  # the receiver's own part of the container: no files there
 Fault = Literal["before", "after", "crash"]
 Kind = Literal["post", "queue", "reconcile", "operator"]
 
@@ -479,7 +481,7 @@ class Simulation:
         found = {}
         for name in self.store.names():
             stored = self.store.stored(name)
-            if stored is None or name.startswith(RECORD_PREFIX):
+            if stored is None or name.startswith(RESERVED):
                 continue
             if dict(stored.metadata).get("receiverkind") == "manifest":
                 continue
@@ -771,7 +773,7 @@ class Simulation:
             name: stored
             for name in self.store.names()
             if (stored := self.store.stored(name)) is not None
-            and not name.startswith(RECORD_PREFIX)
+            and not name.startswith(RESERVED)
             and dict(stored.metadata).get("receiverkind") != "manifest"
         }
         manifests = {

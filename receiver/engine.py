@@ -445,12 +445,12 @@ async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
     against that version then fails. Whatever happens, the blob as it now is goes back to decide."""
     current = await storage.read(fence.blob)
     if current is None or current.delivery != fence.delivery:
-        return replace(seen, blob=current, fence=False)
+        return replace(seen, blob=current, fence=False, watched=fence.blob, manifest=UNSEEN)
     try:
         written = await storage.set_headers(fence.blob, current.headers, if_match=current.etag)
     except Conflict:
-        return replace(seen, blob=await storage.read(fence.blob), fence=False)
-    return replace(seen, blob=replace(current, etag=written.etag), fence=False)
+        return replace(seen, blob=await storage.read(fence.blob), fence=False, watched=fence.blob, manifest=UNSEEN)
+    return replace(seen, blob=replace(current, etag=written.etag), fence=False, watched=fence.blob)
 
 
 async def remove_manifest(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:

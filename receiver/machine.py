@@ -333,7 +333,8 @@ def _new_record(notice: Notice) -> TaskRecord:
 def _entry(notice: Notice, record: TaskRecord | None) -> Delivery:
     found = record.find(notice.delivery) if record is not None else None
     if found is not None:
-        return found
+        # Its manifest document goes with it again (a superseded delivery's was dropped).
+        return found if found.manifest else found.model_copy(update={"manifest": dict(notice.manifest)})
     return Delivery(
         delivery=notice.delivery,
         blob=notice.blob,
@@ -656,18 +657,31 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
             arrow = "operator-failed" if event.give_up is not None else "expired"
             step = Step(at=now, by=by, outcome="failed", note=reason)
             failed = _with_state(record, copying, State.FAILED, step, failed_at=now, failure_reason=reason)
-            return Change(failed, arrow)
+            current = record.current_delivery
+            # Its copy may still be on its way to the current file's name: fence it off.
+            return Change(failed, arrow, fence=current is not None and current.blob == copying.blob)
+    current = record.current_delivery
+    if seen.fence and current is not None:
+        return Apply((Fence(current.blob, current.delivery),), seen.changed or "expired")
     retiring = _retire(seen, record)
     if retiring is not None:
         return retiring
     if copying is not None:
         return Answer("waiting", 202, "waiting")
-    current = record.current_delivery
     if event.verify and current is not None and current.manifest and not seen.manifest_done:
         if seen.watched != current.blob:
             return Observe()
         holds = isinstance(seen.blob, Blob) and seen.blob.delivery == current.delivery
         described = isinstance(seen.manifest, Blob) and seen.manifest.delivery == current.delivery
+        holder = record.find(seen.blob.delivery) if isinstance(seen.blob, Blob) and seen.blob.delivery else None
+        if holder is not None and holder.delivery != current.delivery and isinstance(seen.blob, Blob):
+            # A copy of another delivery the record accepted landed over the current file late (its driver
+            # stopped): the record follows the file, so what it says is current is what is stored.
+            stored = conclude_stored(record, holder, etag=seen.blob.etag, now=now, by=by, outcome="adopted")
+            rewrite: tuple[Effect, ...] = (
+                (WriteManifest(holder.blob, holder.delivery, holder.manifest),) if holder.manifest else ()
+            )
+            return Change(stored, "adopted", rewrite)
         if holds and not described:
             # A driver stored the file and the record, then stopped before the manifest: written again.
             return Apply((WriteManifest(current.blob, current.delivery, current.manifest),), "repaired")

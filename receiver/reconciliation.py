@@ -79,7 +79,7 @@ class Candidate:
     recent: bool = False
 
 
-def candidate(item: Listed, *, now: datetime, after: timedelta) -> Candidate | None:
+def candidate(item: Listed, *, now: datetime, after: timedelta, window: timedelta = VERIFY_WINDOW) -> Candidate | None:
     """A record the listing shows has work: a name to retire, a delivery copying for ``after``, or a
     change in the last VERIFY_WINDOW beyond ``after`` (its current file's manifest is checked)."""
     meta = {key.lower(): value for key, value in item.metadata.items()}
@@ -88,7 +88,7 @@ def candidate(item: Listed, *, now: datetime, after: timedelta) -> Candidate | N
     retire = int(meta.get("retire", "0") or 0)
     oldest = _when(meta.get("oldestcopying"))
     due = oldest is not None and now - oldest >= after
-    recent = item.last_modified is not None and now - item.last_modified < after + VERIFY_WINDOW
+    recent = item.last_modified is not None and now - item.last_modified < after + window
     if not retire and not due and not recent:
         return None
     ids = (meta.get("workspaceid") or "", meta.get("taskid") or "")
@@ -117,6 +117,7 @@ async def reconcile_run(
     budget_seconds: float = RUN_BUDGET_SECONDS,
     environ: dict[str, str] | None = None,
     rng: random.Random | None = None,
+    verify_window: timedelta = VERIFY_WINDOW,
 ) -> RunReport:
     """One run of the timer. Never raises: a failure is its ERROR record."""
     report = RunReport()
@@ -124,7 +125,7 @@ async def reconcile_run(
     with recording("reconciliation") as run_record:
         run_record.outcome = "run"
         try:
-            await _work(runtime, now, report, max_items=max_items, deadline=deadline, rng=rng)
+            await _work(runtime, now, report, max_items=max_items, deadline=deadline, rng=rng, window=verify_window)
             run_record.outcome = "completed"
         except StoreError as exc:
             report.failed = exc.message
@@ -158,12 +159,15 @@ async def _work(
     max_items: int,
     deadline: float,
     rng: random.Random | None,
+    window: timedelta = VERIFY_WINDOW,
 ) -> None:
     settings = runtime.settings()
     storage = runtime.store()
     await _migrate(storage, now, report)
     after = timedelta(minutes=settings.reconcile_after_minutes)
-    found = [c async for item in storage.list(RECORD_PREFIX) if (c := candidate(item, now=now, after=after))]
+    found = [
+        c async for item in storage.list(RECORD_PREFIX) if (c := candidate(item, now=now, after=after, window=window))
+    ]
     report.found = len(found)
     ages = [(now - c.oldest_copying).total_seconds() for c in found if c.oldest_copying is not None]
     report.oldest_copying_seconds = max(ages, default=0.0)

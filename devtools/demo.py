@@ -3,7 +3,7 @@
 Starts Azurite (loopback, in memory) and the receiver (over HTTP, via the local host),
 publishes an anonymized PDF behind a real SAS URL in a stand-in for SmartDocumentor's
 export storage, POSTs the notification SmartDocumentor would send, and prints what was
-stored. Then a repeated delivery (duplicate) and an expired link (what a reviewer reads).
+stored. Then a repeated delivery (duplicate) and an expired link (what the person reviewing the document reads).
 Exits 0 only if the file was really stored with its index tags.
 """
 

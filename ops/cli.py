@@ -56,7 +56,7 @@ COMMANDS = ("find", "pending", "failed", "check", "fail", "replay-poison", "smok
 
 def _hide_values(message: str) -> str:
     """argparse's error message without any value the operator typed: a mistyped option's value may
-    be a connection string with its account key, or a SAS (issue 16). Option names stay."""
+    be a connection string with its account key, or a SAS. Option names stay."""
     prefix = "unrecognized arguments: "
     if message.startswith(prefix):
         tokens = message[len(prefix) :].split()

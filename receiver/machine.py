@@ -15,8 +15,9 @@ The states of a delivery in its record (docs/reference.md, "The task record"):
 - ``failed``: the copy can never succeed.
 
 "Newest" is the record's order: a delivery is superseded when a delivery accepted after it is
-``stored`` or ``copying``. The arrows are listed in :data:`ARROWS`; docs/state-machine.md is
-generated from it (``python -m receiver.machine``), and a test keeps the two equal.
+``stored`` or ``copying``. The arrows are listed in :data:`ARROWS`; docs/state-machine.md's table is
+generated from it (``python -m devtools.state_machine_page``; ``python -m receiver.machine`` prints it),
+and a test keeps the two equal.
 """
 
 from __future__ import annotations

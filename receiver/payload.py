@@ -1,4 +1,4 @@
-"""Parse and validate SmartDocumentor's notification body (contract section 2). Pure."""
+"""Parse and validate SmartDocumentor's notification body (docs/reference.md, "The notification"). Pure."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ MAX_NESTING = 32
 
 
 class PayloadError(Exception):
-    """The body cannot be used. ``code`` is the contract's machine code."""
+    """The body cannot be used. ``code`` is the answer's ``error`` (docs/reference.md, "Responses")."""
 
     def __init__(self, code: str, message: str, details: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
@@ -27,7 +27,7 @@ class PayloadError(Exception):
 
 
 def _as_utc(value: datetime) -> datetime:
-    # The contract says naive times are UTC. 9999-12-31T23:59:59-01:00 has no UTC equivalent.
+    # Naive times are UTC (docs/reference.md, "The notification"). 9999-12-31T23:59:59-01:00 has no UTC equivalent.
     try:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except OverflowError:

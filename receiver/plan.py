@@ -34,7 +34,7 @@ _UNSAFE_NAME_CHARS = re.compile(r'[/\\:?*"<>|#%\x00-\x1f\x7f-\x9f\ud800-\udfff\u
 _TAG_ALPHABET = re.compile(r"[^a-zA-Z0-9 +\-./:=_]")
 
 MANIFEST_SUFFIX = ".json"
-# The manifest keys the receiver itself writes (CONTRACT section 6); a sender's extra fields by these
+# The manifest keys the receiver itself writes (docs/reference.md, "The manifest"); a sender's extra fields by these
 # names are kept under `senderFields` instead.
 RECEIVER_MANIFEST_KEYS = frozenset(
     {

@@ -16,7 +16,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# Placeholders BLOB_NAME_TEMPLATE may use (contract section 5).
+# Placeholders BLOB_NAME_TEMPLATE may use (docs/reference.md, "Configuration").
 TEMPLATE_PLACEHOLDERS = frozenset(
     {"workspaceId", "taskId", "taskNumber", "displayName", "fileName", "ext", "yyyy", "mm", "dd"}
 )
@@ -57,7 +57,7 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    """The receiver's configuration (contract section 5)."""
+    """The receiver's configuration (docs/reference.md, "Configuration")."""
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 

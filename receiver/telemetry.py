@@ -7,7 +7,7 @@ nothing until a provider is configured. In Azure the Python worker configures Az
 the app setting ``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true`` is set and host.json says
 ``"telemetryMode": "OpenTelemetry"`` (Microsoft's pattern for Python functions). The app never
 calls ``configure_azure_monitor`` itself: a second configuration sends every log record twice
-(azure-functions-python-worker#1342).
+(a known behaviour of the Azure Functions Python worker).
 
 Nothing here ever holds a URL query: records carry ids, the blob as ``container/name``, the
 first 12 hex digits of the ``delivery`` hash (a sha256 of the link: it names the export without
@@ -63,7 +63,7 @@ class Record:
     blob: str | None = None  # container/name
     outcome: str = "unknown"
     status: int | None = None  # the HTTP status a delivery answered
-    copy_mode: str | None = None  # sync | async
+    copy_mode: str | None = None  # sync | staged
     storage_requests: int = 0
     reason: str | None = None
     final_failure: bool = False  # an ERROR an operator must act on

@@ -4,7 +4,7 @@
 synchronous inside: its async methods never await anything, so one call is one atomic step of a
 simulated schedule, and two stores fed the same calls end in equal :meth:`MemoryStorage.snapshot`\\ s.
 
-What it models, as Azure Blob Storage does (docs/reference.md, "Storage"):
+What it models, as Azure Blob Storage does (docs/reference.md, "Destination accounts" and "Faults and retries"):
 
 - ETags: every change (content, metadata, headers, a commit) gives the blob a new opaque ETag
   (``"0x8D..."``, quoted); staging a block changes nothing visible.

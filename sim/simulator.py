@@ -12,7 +12,7 @@ lost after it acted, or a crash of the whole driver (its task is cancelled at th
 script also moves the clock (links expire), removes sources, makes names immutable and changes
 the settings (the blob name template) between deliveries.
 
-After every storage call the invariants of CONTRACT section 7 are checked on the store's state,
+After every storage call the invariants of docs/reference.md ("What a 2xx guarantees") are checked on the store's state,
 the task records and what each driver was answered so far (:meth:`Simulation.check`); at the end,
 after a fault-free drain of the queue and a reconciliation, "newest wins" (:meth:`Simulation.check_final`).
 """
@@ -66,7 +66,7 @@ MAX_STEPS = 3000
 
 
 class Violation(Exception):
-    """An invariant failed: ``name`` is its number in CONTRACT section 7 (or ``final``)."""
+    """An invariant failed: ``name`` is its number in docs/reference.md, "What a 2xx guarantees" (or ``final``)."""
 
     def __init__(self, name: str, message: str) -> None:
         super().__init__(f"{name}: {message}")

@@ -1,8 +1,9 @@
-"""A hostile review of issue 14's change (receiver/transitions.py and its four drivers).
+"""Attacks on the task record's core (receiver/machine.py, receiver/engine.py and its four drivers).
 
 Each test is a confirmed problem: it drives the real function app against Azurite through the fault
 proxy (hold, delay or fail the chosen request, so the interleaving happens on every run) and judges
-what storage ends with by CONTRACT sections 6 and 7. Each one FAILS on the code under review.
+what storage ends with by docs/reference.md ("What is stored", "Delivery semantics"). Each one failed
+on the code it was written against.
 """
 
 from __future__ import annotations
@@ -305,7 +306,7 @@ async def test_a_repaired_manifest_with_a_cut_task_id_lets_another_task_retire_i
     characters. Task Y, whose id is exactly those 512 characters (same workspace), is then delivered:
     its look-up by tags finds X's manifest (tag values cut at 256), `_same_task` compares the CUT id,
     calls it Y's own older export, and retires task X's file. "Removing another task's file is the
-    worst bug there is" (CONTRACT 7)."""
+    worst bug there is" (docs/reference.md, "One current file per task")."""
     monkeypatch.setenv("BLOB_NAME_TEMPLATE", DATED)
     await RUNTIME.reset()
     task_x = "T" + "x" * 599
@@ -517,7 +518,7 @@ async def test_replay_poison_dry_run_says_finish_for_a_message_the_verifier_will
 ) -> None:
     """A answered 202 (its message later poisoned); B (renamed) is stored and retires A. `replay-poison
     --dry-run` judges only A's own name: no copy there and the link valid, so it says "finish: it
-    copies again". The verifier will answer "superseded" (B lists A in `replaced`). CONTRACT 8: the
+    copies again". The verifier will answer "superseded" (B lists A in `replaced`). docs/reference.md, "Operations": the
     command "says before a replay what each message will do"; its verdicts are right or say "don't know"."""
     import base64
 
@@ -544,7 +545,8 @@ async def test_replay_poison_dry_run_says_finish_for_a_message_the_verifier_will
 async def test_a_senders_extra_field_named_replaced_makes_the_next_export_superseded(
     configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
-    """Unknown extra fields are kept in the manifest (CONTRACT 2). A sender's extra field `replaced`
+    """Unknown extra fields are kept in the manifest (docs/reference.md, "The notification").
+    A sender's extra field `replaced`
     (or `history`, `previous`, `completedAt`, `partial`) is merged into the receiver's own keys: the
     stored export's manifest then "replaced" whatever the sender listed, and the task's real next
     export is answered 200 superseded with nothing copied: the older export stays for good."""
@@ -569,7 +571,8 @@ async def test_a_senders_extra_field_named_previous_keeps_a_failed_copy_from_eve
     destination: ContainerClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A first delivery whose payload carries an extra field `previous` (kept, CONTRACT 2) with a
+    """A first delivery whose payload carries an extra field `previous` (kept: docs/reference.md,
+    "The notification") with a
     snapshot id. Its asynchronous copy is still running at the 202; the pending manifest keeps the
     sender's `previous` as its own. The source then goes (404): every driver that concludes the
     failure tries to "restore" that snapshot, gets 404, and raises: the verifier on every try (then
@@ -611,7 +614,7 @@ async def test_a_retry_across_midnight_is_a_second_copy_that_nothing_retires(
     notification two seconds later: a new day, a new name. It is copied again and answered 200
     `stored`; the older file holds the SAME delivery, so retire_older_exports skips it
     (`theirs == target.delivery`), and so does the timer's sweep a minute later: two files of one
-    delivery, for good (CONTRACT 7: one copy per delivery; one current file per task)."""
+    delivery, for good (docs/reference.md, "Delivery semantics": one copy per delivery; one current file per task)."""
     from datetime import UTC, datetime, timedelta
 
     import function_app

@@ -1,6 +1,6 @@
-"""Hostile review: races and faults that break CONTRACT section 7 (what a 2xx guarantees).
+"""Races and faults that once broke what a 2xx guarantees (docs/reference.md, "What a 2xx guarantees").
 
-Every test here reproduced a finding of a hostile review: it asserts what the contract promises, and
+Every test here reproduced a problem found by attacking the receiver: it asserts what docs/reference.md promises, and
 failed until the finding was fixed; now each keeps it fixed. Run one with e.g.
     .venv/bin/python -m pytest tests/test_attack_races.py -k verifier -x -q
 """
@@ -101,7 +101,7 @@ async def test_reconciliation_beside_a_re_export_leaves_a_partial_manifest_on_a_
     assert report.outcomes.get("repaired") == 1, report  # the interleaving happened
     assert second.status == 200 and second.body["status"] == "stored", second.body
     manifest = assert_stored(destination, name_of(second.body), b"%PDF export B", newer["exportedFileUrl"])
-    # CONTRACT 6: the manifest holds every payload field, metadata exactly as received.
+    # docs/reference.md, "The manifest": it holds every payload field, metadata exactly as received.
     assert not manifest.get("partial"), manifest
     assert manifest.get("metadata") == newer["metadata"], manifest
     assert manifest.get("lastCheckoutByUserName") == "Bruno", manifest
@@ -186,7 +186,8 @@ async def test_a_refused_step_after_a_successful_copy_leaves_the_blob_tracked(
     tracked = response.verification is not None or any(
         destination.get_blob_client(f"{n}.json").exists() for n in leftovers
     )
-    # CONTRACT 4/7: a failed request leaves no blob behind that nobody tracks.
+    # docs/reference.md, "Responses" and "What a 2xx guarantees": a failed request leaves no blob behind
+    # that nobody tracks.
     assert not leftovers or tracked, f"{response.status} {response.body.get('error')}: untracked {leftovers}"
 
 

@@ -1,4 +1,4 @@
-"""What a 2xx guarantees (CONTRACT section 7), under the races and faults that used to break it.
+"""What a 2xx guarantees (docs/reference.md, "What a 2xx guarantees"), under the races and faults that used to break it.
 
 Each test makes its interleaving happen on every run: the fault proxy holds a chosen request
 until the competing delivery is done, or fails it, and the test then checks what is in storage.
@@ -365,7 +365,7 @@ async def test_a_malformed_connection_string_is_misconfigured_and_health_answers
     assert "DESTINATION_CONNECTION_STRING" in response.body["message"]
     health = await webhook.health()
     assert health.status == 503 and health.body["error"] == "misconfigured"
-    assert "DESTINATION_CONNECTION_STRING" not in health.text  # general words only; the log names it (CONTRACT 3)
+    assert "DESTINATION_CONNECTION_STRING" not in health.text  # general words only; the log names it ("Endpoints")
 
 
 async def test_a_container_deleted_while_the_app_runs_is_created_again(

@@ -36,7 +36,7 @@ ERRORS = {
     "misconfigured": 500,
     "copy-failed": 502,
     "storage-unavailable": 503,
-    "internal-error": 500,  # not in the contract's table: a bug still answers in JSON
+    "internal-error": 500,  # a bug still answers in JSON
 }
 
 

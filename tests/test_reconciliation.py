@@ -1,4 +1,6 @@
-"""The reconciliation (timer): nothing depends on one queue message surviving (CONTRACT section 8)."""
+"""The reconciliation (timer): nothing depends on one queue message surviving.
+
+docs/reference.md, "The reconciliation"."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Issue 14's scenarios: no export lost or brought back by a retry, a rename, a failed large copy or a
-sender's metadata; the verifier and the reconciliation obey the webhook's rules (CONTRACT 7).
+"""The task record's scenarios: no export lost or brought back by a retry, a rename, a failed large copy or a
+sender's metadata; the verifier and the reconciliation obey the webhook's rules
+(docs/reference.md, "Delivery semantics").
 
 Each test drives the real function app against Azurite, with the fault proxy holding, delaying or
 failing the chosen request so the interleaving happens on every run, then judges what is in storage.

@@ -1,5 +1,5 @@
-"""The deterministic simulator (sim/simulator.py): fixed schedules of CONTRACT section 7's cases, and
-many random schedules. Every storage call is checked against the invariants as it happens; a
+"""The deterministic simulator (sim/simulator.py): fixed schedules of the cases of docs/reference.md,
+"Delivery semantics", and many random schedules. Every storage call is checked against the invariants as it happens; a
 failing random seed prints the command that replays it."""
 
 from __future__ import annotations

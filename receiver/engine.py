@@ -108,8 +108,11 @@ async def run(
     trace = trace if trace is not None else Trace()
     seen = Seen(large=isinstance(job.event, Arrival) and job.event.notice.large)
     if isinstance(job.event, Arrival):
+        # A container that refuses overwrites is asked about once a process; there the record is read
+        # before anything is copied (a create that the record then refuses could not be removed).
+        seen = replace(seen, locked=await storage.container_policy())
         expires = job.event.notice.link_expires_on
-        if (expires is None or expires > now) and not seen.large and job.source_url is not None:
+        if (expires is None or expires > now) and not seen.large and job.source_url is not None and not seen.locked:
             seen = await _first_round(storage, job, seen, trace)
     for _ in range(MAX_STEPS):
         decision = decide(seen, job.event, now)
@@ -245,8 +248,9 @@ async def _copy(storage: Storage, job: Job, name: str, if_match: str | None, see
         return replace(seen, attempt="too-large", large=True)
     except SourceUnreadable as exc:
         return replace(seen, attempt="source-gone" if exc.status == 404 else "source-refused")
-    except Immutable:
-        return replace(seen, attempt="immutable")
+    except Immutable as exc:
+        storage.learn_policy(exc.policy)
+        return replace(seen, attempt="immutable", policy=exc.policy)
     except Unavailable:
         return replace(seen, blob=UNSEEN, attempt="lost")
     return replace(seen, blob=_written_blob(job, name, written.etag), copied=True, attempt=None)
@@ -299,8 +303,9 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
         return replace(seen, blob=UNSEEN, attempt="changed")
     except SourceUnreadable as exc:
         return replace(seen, attempt="source-gone" if exc.status == 404 else "source-refused")
-    except Immutable:
-        return replace(seen, attempt="immutable")
+    except Immutable as exc:
+        storage.learn_policy(exc.policy)
+        return replace(seen, attempt="immutable", policy=exc.policy)
     except Unavailable:
         return replace(seen, blob=UNSEEN, attempt="lost")
     headers = Headers(content_type=job.content_type)
@@ -526,6 +531,8 @@ async def write_manifest(
     metadata = {**MANIFEST_MARKER, "delivery": effect.delivery}
 
     async def fix_headers() -> Blob | None:
+        if seen.locked:
+            return seen.blob if isinstance(seen.blob, Blob) else await storage.read(effect.blob)
         current = seen.blob if blob_known and isinstance(seen.blob, Blob) else await storage.read(effect.blob)
         if current is None or current.delivery != effect.delivery or content_type is None:
             return current

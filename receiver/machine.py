@@ -80,6 +80,8 @@ class Seen:
     peeked: tuple[tuple[str, Blob | None], ...] = ()
     concluded: str | None = None  # the arrow of this driver's change that made the notice current
     changed: str | None = None  # the arrow of this driver's last change to the record
+    policy: str | None = None  # "retention policy" | "legal hold": what refused this driver's write
+    locked: str | None = None  # the container's own policy (known before anything is written)
     fence: bool = False  # this driver's change asks for a fence on its file (see :class:`Fence`)
 
 
@@ -400,7 +402,16 @@ def conclude_stored(
             "failure_reason": None,
             # Kept while it is current: whoever finds its manifest missing (the reconciliation) writes it again.
             "manifest": entry.manifest or manifest,
-            "history": with_step(entry, Step(at=now, by=by, outcome=outcome, status=200)),
+            "history": with_step(
+                entry,
+                Step(
+                    at=now,
+                    by=by,
+                    outcome=outcome,
+                    status=200,
+                    retired=[item.blob for item in replaced if item.blob != name] or None,
+                ),
+            ),
         }
     )
     # The new file's own name is never retired (an export that came back to an earlier name).
@@ -530,7 +541,14 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         step = Step(at=now, by=by, outcome="copying", note="waits for a newer export still copying")
         return Change(_with_state(base, entry, State.COPYING, step, staged=seen.large), "behind")
     if seen.attempt == "immutable":
-        return Answer("failed", 409, "immutable", error="immutable")
+        policy = seen.policy or "retention policy"
+        if entry is not None and entry.state is State.COPYING:
+            # Accepted, then refused: failed for good, so nothing waits for it.
+            reason = f"A {policy} on the destination container refused replacing the stored file."
+            step = Step(at=now, by=by, outcome="failed", status=409, note=reason)
+            failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=reason)
+            return Change(failed, "immutable")
+        return Answer("failed", 409, "immutable", error="immutable", reason=policy)
     if seen.attempt in ("source-refused", "source-gone"):
         reason = SOURCE_REFUSED if seen.attempt == "source-refused" else SOURCE_GONE
         if entry is not None and entry.state is State.COPYING:
@@ -548,6 +566,15 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             return Change(failed, "expired")
         return Answer("failed", 410, "expired", error="link-expired", reason=EXPIRED_REASON)
 
+    if seen.locked is not None:
+        # Under a container-level retention policy or legal hold only creates pass: the first export of a
+        # task is stored (a file, its manifest, its record: all new); anything that would replace one is
+        # refused before a byte is written. A staged copy needs its record changed after it: refused too.
+        if not seen.record_read or blob == UNSEEN:
+            return Observe()
+        replaces = record is not None and record.current is not None
+        if replaces or seen.large or isinstance(blob, Blob):
+            return Answer("failed", 409, "immutable", error="immutable", reason=seen.locked)
     accepted = entry is not None and entry.state is State.COPYING and (entry.staged or not seen.large)
     if blob == UNSEEN and seen.attempt in ("exists", "too-large") and not accepted and not current_stored:
         # A file is at the name (or the source needs staging): accepted before anything overwrites it,

@@ -173,6 +173,15 @@ class Storage(Protocol):
         tags then go nowhere, and nothing the receiver decides depends on them."""
         ...
 
+    async def container_policy(self) -> str | None:
+        """What refuses overwrites in the container ("retention policy", "legal hold") or None; asked
+        once (version-level immutability counts as None: an overwrite makes a new version)."""
+        ...
+
+    def learn_policy(self, policy: str) -> None:
+        """A write was refused by a policy: every later delivery knows it without asking."""
+        ...
+
     async def ensure_container(self) -> None:
         """Create the container when it is missing (also when it was deleted while the app ran)."""
         ...

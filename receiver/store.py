@@ -888,6 +888,8 @@ class AzureStorage:
         self._blobs: dict[str, BlobClient] = {}
         self._tags_supported = True
         self._account_checked = False
+        self._policy: str | None = None
+        self._policy_checked = False
         self._account_lock = asyncio.Lock()
         self._http = http  # the source size probe's, created when first needed
 
@@ -959,6 +961,29 @@ class AzureStorage:
         if self._tags_supported:
             log.warning("%s has no blob index tags (%s): writes go without them from now on", self.account, why)
         self._tags_supported = False
+
+    async def container_policy(self) -> str | None:
+        """What refuses overwrites in this container: "legal hold", "retention policy" (container level),
+        or None (none, or version-level immutability, where an overwrite makes a new version). Asked once
+        a process; a refusal learnt later (:meth:`learn_policy`) counts too."""
+        if self._policy_checked:
+            return self._policy
+        try:
+            async with self._call("read container properties", quiet=True):
+                props = await self._container.get_container_properties()
+        except seam.StoreError as exc:
+            log.info("%s: container properties not read (%s); a refusal will tell", self.container, exc)
+            return self._policy
+        if not getattr(props, "immutable_storage_with_versioning_enabled", False):
+            if getattr(props, "has_legal_hold", False):
+                self._policy = "legal hold"
+            elif getattr(props, "has_immutability_policy", False):
+                self._policy = "retention policy"
+        self._policy_checked = True
+        return self._policy
+
+    def learn_policy(self, policy: str) -> None:
+        self._policy, self._policy_checked = policy, True
 
     async def check_account(self) -> None:
         """Ask now (once a process) whether the account has index tags: health's ``indexTags`` is then

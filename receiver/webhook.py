@@ -139,6 +139,13 @@ def answered(plan: CopyPlan, answer: Answer, storage: Storage, settings: Setting
     if answer.error == "immutable":
         policy = answer.reason or "retention policy"
         return outcome.failed(409, "immutable", _IMMUTABLE.format(policy=policy), taskId=plan.task_id)
+    if answer.error == "link-expired":
+        return outcome.failed(
+            410,
+            "link-expired",
+            "The file link expired before the copy could finish. Export the document again from SmartDocumentor.",
+            taskId=plan.task_id,
+        )
     if answer.error == "copy-failed":
         return outcome.failed(
             502,

@@ -378,6 +378,9 @@ class MemoryStorage:
         self.account_url = account_url.rstrip("/")
         self.calls: list[tuple[str, str]] = []  # (op, name) of every call, faulted ones too
         self._tags_supported = tags_supported
+        # A container-level retention policy or legal hold ("retention policy" | "legal hold"): every
+        # overwrite, header change and delete of an existing blob is refused; creates pass.
+        self.policy: str | None = None
         self._container_exists = container_exists
         self._blobs: dict[str, StoredBlob] = {}
         self._staged: dict[str, dict[str, _Staged]] = {}
@@ -421,6 +424,12 @@ class MemoryStorage:
         )
 
     # ---------------------------------------------------------------- the Storage protocol
+
+    async def container_policy(self) -> str | None:
+        return self.policy
+
+    def learn_policy(self, policy: str) -> None:
+        self.policy = policy
 
     @property
     def tags_supported(self) -> bool:
@@ -649,10 +658,15 @@ class MemoryStorage:
             raise Conflict(
                 f"{self.container}/{name} is not the version {if_match}.", code="ConditionNotMet", status=412
             )
-        policy = self.faults.immutable(name)
+        policy = self.faults.immutable(name) or self._container_policy_code()
         if policy is not None:
             raise Immutable(f"{self.container}/{name} is immutable ({policy}).", code=policy, status=409)
         return old
+
+    def _container_policy_code(self) -> str | None:
+        if self.policy is None:
+            return None
+        return "BlobImmutableDueToLegalHold" if self.policy == "legal hold" else "BlobImmutableDueToPolicy"
 
     def _live_blocks(self, name: str) -> dict[str, _Staged]:
         """The name's uncommitted blocks, without those past the service's week."""

@@ -237,3 +237,26 @@ async def test_a_staged_copy_whose_source_is_gone_fails_for_good_at_once_and_kee
     record = world.record()
     assert record is not None and [item.state for item in record.deliveries] == [State.STORED, State.FAILED]
     assert world.files() == {"ws-1/task-1/invoice.pdf": first.data}
+
+
+async def test_under_a_retention_policy_the_first_export_is_stored_and_a_re_export_refused_with_nothing_written() -> None:
+    world = World.make()
+    world.storage.policy = "retention policy"
+    first = world.export(display_name="A.pdf")
+    assert (await world.post(first)).body["status"] == "stored"
+    assert (await world.post(first)).body["status"] == "duplicate"
+    before = world.storage.snapshot()
+    for display in ("A.pdf", "B.pdf"):
+        answer = await world.post(world.export(display_name=display))
+        assert (answer.status_code, answer.body["error"]) == (409, "immutable")
+        assert "retention policy" in answer.body["message"] and answer.verification is None
+    assert world.storage.snapshot() == before
+
+
+async def test_under_a_legal_hold_a_large_first_export_is_refused_before_anything_is_written() -> None:
+    world = World.make(sync_copy_max_mib=0)
+    world.storage.policy = "legal hold"
+    answer = await world.post(world.export())
+    assert (answer.status_code, answer.body["error"]) == (409, "immutable")
+    assert "legal hold" in answer.body["message"]
+    assert world.storage.names() == []

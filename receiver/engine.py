@@ -132,7 +132,10 @@ def _finish(answer: Answer, trace: Trace) -> Answer:
             503,
             answer.arrow,
             error="storage-unavailable",
-            reason="The file was stored, but its manifest could not be written yet; the receiver retries by itself.",
+            reason=(
+                "The file was stored, but its manifest could not be written yet; the receiver retries by itself. "
+                "If the document stays in review, send it again in a few minutes."
+            ),
             enqueue=True,
         )
     return answer

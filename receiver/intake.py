@@ -39,10 +39,18 @@ def prepare(body: bytes, headers: Mapping[str, str], settings: Settings, *, now:
     """Everything decided before storage: a plan to carry out, or the 4xx answer. Pure."""
     content_type = _header(headers, "content-type")
     if content_type and not _is_json(content_type):
-        return outcome.rejected(415, "unsupported-media-type", "The notification must be sent as application/json.")
+        return outcome.rejected(
+            415,
+            "unsupported-media-type",
+            "The notification must be sent as application/json. Check the webhook's content type in "
+            "SmartDocumentor, then send the document again.",
+        )
     if len(body) > settings.max_body_bytes:
         return outcome.rejected(
-            413, "payload-too-large", f"The notification is larger than {settings.max_body_bytes} bytes."
+            413,
+            "payload-too-large",
+            f"The notification is larger than {settings.max_body_bytes} bytes. Check the webhook's body (its "
+            "metadata) in SmartDocumentor, then send the document again.",
         )
     try:
         notification = parse_notification(body)

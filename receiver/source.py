@@ -175,7 +175,11 @@ def _parse_sas_expiry(value: str) -> datetime | None:
 
 
 def _not_allowed(reason: str) -> SourceError:
-    return SourceError("source-not-allowed", f"The file link is not accepted: {reason}.")
+    return SourceError(
+        "source-not-allowed",
+        f"The file link is not accepted: {reason}. Export the document again; if this keeps happening, ask "
+        "whoever runs the receiver to check which export storage it accepts files from.",
+    )
 
 
 def check_source(
@@ -208,7 +212,7 @@ def check_source(
     effective_port = default_port if port is None else port
     if not host_allowed(host, effective_port, allowed_hosts, default_port):
         shown = host if port is None else f"{host}:{port}"
-        raise _not_allowed(f"the host {shown} is not in ALLOWED_SOURCE_HOSTS")
+        raise _not_allowed(f"the receiver does not accept files from {shown}")
     if not parts.path or parts.path == "/":
         raise _not_allowed("it does not point to a file")
     query = parse_qs(parts.query, keep_blank_values=True)

@@ -45,9 +45,12 @@ async def _handle(
         settings = runtime.settings()
     except SettingsError as exc:
         record.reason, record.final_failure = exc.message, True
-        return outcome.failed(500, "misconfigured", exc.message)
+        return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}")
     plan = prepare(body, headers, settings, now=now)
     if isinstance(plan, Outcome):
+        if plan.body.get("error") == "source-not-allowed":
+            # The answer speaks to SmartDocumentor's users; the log names the setting for whoever runs this.
+            record.reason = f"{plan.body.get('message')} (app setting ALLOWED_SOURCE_HOSTS / ALLOW_HTTP_SOURCES)"
         return plan
     record.task_id, record.workspace_id = plan.task_id, plan.workspace_id
     record.blob = f"{settings.destination_container}/{plan.blob_name}"
@@ -69,7 +72,7 @@ async def _handle(
             answer, trace = await run(storage, job, now=now, trace=trace)
     except SettingsError as exc:
         record.reason, record.final_failure = exc.message, True
-        return outcome.failed(500, "misconfigured", exc.message, taskId=plan.task_id)
+        return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}", taskId=plan.task_id)
     except StoreError as exc:
         record.reason = exc.message
         record.final_failure = exc.kind in ("misconfigured", "rejected")
@@ -101,6 +104,7 @@ async def _handle(
     return answered(plan, answer, storage, settings, message)
 
 
+_ASK_OPERATOR = "Ask whoever runs the receiver to fix it, then send the document again."
 _NO_ANSWER = "Azure Storage did not answer in time. Send the document again later."
 _AFTER_COPY = (
     "Azure Storage did not confirm that the file was stored. The receiver checks the copy again by itself; "
@@ -185,7 +189,7 @@ def storage_failure(task_id: str, exc: StoreError) -> Outcome:
         policy = exc.policy if isinstance(exc, Immutable) else "retention policy"
         return outcome.failed(409, "immutable", _IMMUTABLE.format(policy=policy), taskId=task_id)
     if exc.kind == "misconfigured":
-        return outcome.failed(500, "misconfigured", exc.message, taskId=task_id)
+        return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}", taskId=task_id)
     if exc.kind == "rejected":
         return outcome.failed(
             500,

@@ -22,6 +22,7 @@ and a test keeps the two equal.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -194,131 +195,57 @@ class Arrow:
     when: str
 
 
-ARROWS: tuple[Arrow, ...] = (
-    Arrow(
-        "stored",
-        "new, copying, failed, superseded",
-        "stored",
-        "webhook, verifier",
-        "its own copy or commit landed and no delivery accepted after it is stored; the deliveries before "
-        "it become superseded, and a replaced file under another name is listed to retire",
-    ),
-    Arrow(
-        "adopted",
-        "new, copying, superseded",
-        "stored",
-        "any driver",
-        "the blob at its name already holds its bytes (a copy whose answer was lost, a crash before the "
-        "record) and no delivery accepted after it is stored",
-    ),
-    Arrow(
-        "duplicate",
-        "stored",
-        "stored",
-        "webhook, verifier",
-        "the same delivery again while it is current and its file holds it: nothing is written",
-    ),
-    Arrow(
-        "restored",
-        "stored",
-        "stored",
-        "webhook, verifier",
-        "the same delivery again while it is current, but its file was gone: the copy put it back",
-    ),
-    Arrow(
-        "superseded",
-        "any",
-        "unchanged",
-        "webhook, verifier",
-        "a delivery accepted after it is stored or copying: nothing is copied; a file of it at a name "
-        "of its own (a copy made before the record was read) is removed, If-Match",
-    ),
-    Arrow(
-        "accepted",
-        "new, failed, superseded",
-        "copying",
-        "webhook, verifier",
-        "its copy would overwrite a file: recorded first, so a crash after the copy leaves it tracked; "
-        "earlier copying deliveries become superseded",
-    ),
-    Arrow(
-        "accepted-staged",
-        "new, failed, superseded",
-        "copying",
-        "webhook, verifier",
-        "a large file: accepted before its blocks are staged; earlier copying deliveries become superseded",
-    ),
-    Arrow(
-        "queued",
-        "new, copying",
-        "copying",
-        "webhook, verifier",
-        "the staged copy cannot finish inside the answer, or another copy of the task is in flight at its "
-        "name: 202, the queue function finishes it",
-    ),
-    Arrow(
-        "unconfirmed",
-        "new, copying",
-        "copying",
-        "webhook, verifier",
-        "a copy was sent and its answer lost, and the blob does not hold it: tracked, 503, the queue "
-        "function finishes or restarts it",
-    ),
-    Arrow(
-        "source-failed",
-        "new, copying",
-        "failed (when it was in the record)",
-        "webhook, verifier",
-        "the service could not read the source (the link refused or the file gone): a final failure",
-    ),
-    Arrow(
-        "expired",
-        "copying",
-        "failed",
-        "reconciliation, operator",
-        "its link expired before the copy finished: nothing can finish it",
-    ),
-    Arrow(
-        "waiting",
-        "copying",
-        "copying",
-        "reconciliation",
-        "its link is valid and its queue message may still finish it: left as it is",
-    ),
-    Arrow("operator-failed", "copying", "failed", "operator", "an operator gave it up (the reason says how to retry)"),
-    Arrow(
-        "repaired",
-        "stored",
-        "stored",
-        "reconciliation, operator",
-        "the current file holds its delivery but its manifest is missing or describes another (a driver stopped "
-        "between the record and the manifest): the manifest is written again from the record",
-    ),
-    Arrow(
-        "behind",
-        "copying, failed, superseded",
-        "copying",
-        "webhook, verifier",
-        "a delivery accepted after it is still copying: it waits (202, its queue message retries), superseded "
-        "once that one is stored, copied again if that one fails",
-    ),
-    Arrow(
-        "immutable",
-        "any",
-        "unchanged",
-        "webhook, verifier",
-        "a retention policy or legal hold refused the write: nothing half-done, 409",
-    ),
-    Arrow(
-        "retire",
-        "superseded (its name listed to retire)",
-        "name deleted, dropped from the list",
-        "any driver",
-        "after the record lists the name: the file and its manifest are deleted only while they still hold "
-        "the retired delivery (If-Match)",
-    ),
+# An arrow a paragraph: "name | from | to | who |", then when it is taken (indented lines).
+# docs/state-machine.md shows this table.
+_TABLE = """
+stored | new, copying, failed, superseded | stored | webhook, verifier |
+    its own copy or commit landed and no delivery accepted after it is stored; the deliveries before it become
+    superseded, and a replaced file under another name is listed to retire
+adopted | new, copying, superseded | stored | any driver |
+    the blob at its name already holds its bytes (a copy whose answer was lost, a crash before the record) and no
+    delivery accepted after it is stored
+duplicate | stored | stored | webhook, verifier |
+    the same delivery again while it is current and its file holds it: nothing is written
+restored | stored | stored | webhook, verifier |
+    the same delivery again while it is current, but its file was gone: the copy put it back
+superseded | any | unchanged | webhook, verifier |
+    a delivery accepted after it is stored or copying: nothing is copied; a file of it at a name of its own (a
+    copy made before the record was read) is removed, If-Match
+accepted | new, failed, superseded | copying | webhook, verifier |
+    its copy would overwrite a file: recorded first, so a crash after the copy leaves it tracked; earlier copying
+    deliveries become superseded
+accepted-staged | new, failed, superseded | copying | webhook, verifier |
+    a large file: accepted before its blocks are staged; earlier copying deliveries become superseded
+queued | new, copying | copying | webhook, verifier |
+    the staged copy cannot finish inside the answer, or another copy of the task is in flight at its name: 202,
+    the queue function finishes it
+unconfirmed | new, copying | copying | webhook, verifier |
+    a copy was sent and its answer lost, and the blob does not hold it: tracked, 503, the queue function finishes
+    or restarts it
+source-failed | new, copying | failed (when it was in the record) | webhook, verifier |
+    the service could not read the source (the link refused or the file gone): a final failure
+expired | copying | failed | reconciliation, operator |
+    its link expired before the copy finished: nothing can finish it
+waiting | copying | copying | reconciliation |
+    its link is valid and its queue message may still finish it: left as it is
+operator-failed | copying | failed | operator |
+    an operator gave it up (the reason says how to retry)
+repaired | stored | stored | reconciliation, operator |
+    the current file holds its delivery but its manifest is missing or describes another (a driver stopped between
+    the record and the manifest): the manifest is written again from the record
+behind | copying, failed, superseded | copying | webhook, verifier |
+    a delivery accepted after it is still copying: it waits (202, its queue message retries), superseded once that
+    one is stored, copied again if that one fails
+immutable | any | unchanged | webhook, verifier |
+    a retention policy or legal hold refused the write: nothing half-done, 409
+retire | superseded (its name listed to retire) | name deleted, dropped from the list | any driver |
+    after the record lists the name: the file and its manifest are deleted only while they still hold the retired
+    delivery (If-Match)
+"""
+ARROWS: tuple[Arrow, ...] = tuple(
+    Arrow(*(cell.strip() for cell in head.rstrip(" |").split(" | ")), " ".join(when.split()))
+    for head, when in (paragraph.split("\n", 1) for paragraph in re.split(r"\n(?=\S)", _TABLE.strip()))
 )
-ARROW_NAMES = frozenset(arrow.name for arrow in ARROWS)
 
 # --- helpers on the record --------------------------------------------------------------------------
 
@@ -717,14 +644,6 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
 
 
 EXPIRED_REASON = "The file link expired before its copy finished. Export the document again from SmartDocumentor."
-
-
-def needs_attention(record: TaskRecord, *, now: datetime, after: timedelta) -> bool:
-    """Does the reconciliation have work in this record (a delivery copying, or a name to retire,
-    older than ``after``)?"""
-    if record.retire:
-        return True
-    return any(item.state is State.COPYING and now - item.received_at >= after for item in record.deliveries)
 
 
 def render_table() -> str:

@@ -297,14 +297,6 @@ def manifest_labels(document: dict[str, Any], copy_status: str) -> tuple[dict[st
     return tags, metadata
 
 
-def is_manifest_metadata(metadata: dict[str, str] | None) -> bool:
-    """Did the receiver write this blob as a manifest? (Its marker, or an older manifest's status.)"""
-    meta = {key.lower(): value for key, value in (metadata or {}).items()}
-    marker_key, marker_value = MANIFEST_MARKER
-    return meta.get(marker_key) == marker_value or "copystatus" in meta
-
-
-# The task records' part of the container (receiver.models.RECORD_PREFIX): no file name starts with it.
 RESERVED_FIRST_SEGMENT = ".smartdocumentor"
 
 

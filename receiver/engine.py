@@ -252,7 +252,6 @@ async def _copy(storage: Storage, job: Job, name: str, if_match: str | None, see
     except SourceUnreadable as exc:
         return replace(seen, attempt="source-gone" if exc.status == 404 else "source-refused")
     except Immutable as exc:
-        storage.learn_policy(exc.policy)
         return replace(seen, attempt="immutable", policy=exc.policy)
     except Unavailable:
         return replace(seen, blob=UNSEEN, attempt="lost")
@@ -307,7 +306,6 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
     except SourceUnreadable as exc:
         return replace(seen, attempt="source-gone" if exc.status == 404 else "source-refused")
     except Immutable as exc:
-        storage.learn_policy(exc.policy)
         return replace(seen, attempt="immutable", policy=exc.policy)
     except Unavailable:
         return replace(seen, blob=UNSEEN, attempt="lost")

@@ -242,10 +242,18 @@ retire | superseded (its name listed to retire) | name deleted, dropped from the
     after the record lists the name: the file and its manifest are deleted only while they still hold the retired
     delivery (If-Match)
 """
-ARROWS: tuple[Arrow, ...] = tuple(
-    Arrow(*(cell.strip() for cell in head.rstrip(" |").split(" | ")), " ".join(when.split()))
-    for head, when in (paragraph.split("\n", 1) for paragraph in re.split(r"\n(?=\S)", _TABLE.strip()))
-)
+
+
+def _arrows(table: str) -> tuple[Arrow, ...]:
+    found = []
+    for paragraph in re.split(r"\n(?=\S)", table.strip()):
+        head, when = paragraph.split("\n", 1)
+        name, source, target, who = (cell.strip() for cell in head.rstrip(" |").split(" | "))
+        found.append(Arrow(name, source, target, who, " ".join(when.split())))
+    return tuple(found)
+
+
+ARROWS = _arrows(_TABLE)
 
 # --- helpers on the record --------------------------------------------------------------------------
 

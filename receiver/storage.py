@@ -178,10 +178,6 @@ class Storage(Protocol):
         once (version-level immutability counts as None: an overwrite makes a new version)."""
         ...
 
-    def learn_policy(self, policy: str) -> None:
-        """A write was refused by a policy: every later delivery knows it without asking."""
-        ...
-
     async def ensure_container(self) -> None:
         """Create the container when it is missing (also when it was deleted while the app ran)."""
         ...

@@ -373,7 +373,7 @@ class AzureStorage:
     async def container_policy(self) -> str | None:
         """What refuses overwrites in this container: "legal hold", "retention policy" (container level),
         or None (none, or version-level immutability, where an overwrite makes a new version). Asked once
-        a process; a refusal learnt later (:meth:`learn_policy`) counts too."""
+        a process. A refusal of one blob (a policy on that blob alone) is answered where it happens."""
         if self._policy_checked:
             return self._policy
         try:
@@ -389,9 +389,6 @@ class AzureStorage:
                 self._policy = "retention policy"
         self._policy_checked = True
         return self._policy
-
-    def learn_policy(self, policy: str) -> None:
-        self._policy, self._policy_checked = policy, True
 
     async def check_account(self) -> None:
         """Ask now (once a process) whether the account has index tags: health's ``indexTags`` is then

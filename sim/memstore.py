@@ -428,9 +428,6 @@ class MemoryStorage:
     async def container_policy(self) -> str | None:
         return self.policy
 
-    def learn_policy(self, policy: str) -> None:
-        self.policy = policy
-
     @property
     def tags_supported(self) -> bool:
         return self._tags_supported

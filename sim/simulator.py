@@ -343,9 +343,6 @@ class Gate:
     async def container_policy(self) -> str | None:
         return await self.inner.container_policy()
 
-    def learn_policy(self, policy: str) -> None:
-        self.inner.learn_policy(policy)
-
     def url(self, name: str) -> str:
         return self.inner.url(name)
 

@@ -44,6 +44,7 @@ import receiver.webhook as webhook_module
 from receiver.engine import Job, run
 from receiver.intake import arrival_job
 from receiver.machine import Sweep
+from receiver.migration import MARKER_NAME as MIGRATION_MARKER
 from receiver.models import RECORD_PREFIX, State, TaskRecord, record_name
 from receiver.plan import RESERVED_FIRST_SEGMENT
 from receiver.reconciliation import VERIFY_WINDOW, reconcile_run
@@ -407,6 +408,16 @@ class Simulation:
         self.store = MemoryStorage(
             "smartdocumentor", sources=self.sources, now=self.clock, faults=self.faults, tags_supported=self.config.tags
         )
+        # A container this release created: nothing of the release before it to migrate (the migration
+        # has its own tests, on a container that release wrote).
+        self.store.load(
+            MIGRATION_MARKER,
+            b'{"done": true}',
+            content_type="application/json",
+            metadata={},
+            created=self.clock(),
+            last_modified=self.clock(),
+        )
         self.gate = Gate(self.store, self)
         self.runtimes: dict[Config, Runtime] = {}
         self.exports: list[ExportInfo] = []
@@ -424,6 +435,7 @@ class Simulation:
         self.answered_ok: dict[tuple[str, str], list[ExportInfo]] = {}  # 2xx stored/duplicate/superseded
         self._records: dict[str, TaskRecord] = {}  # by ETag
         self.orphans_explained: list[str] = []
+        self.leftovers: list[str] = []
         self.notes: list[str] = []
 
     # ---------------------------------------------------------------- the world's pieces
@@ -840,10 +852,9 @@ class Simulation:
             delivery = dict(stored.metadata).get("delivery")
             if beside is None or dict(beside.metadata).get("delivery") != delivery:
                 export = self.by_delivery.get(delivery or "")
-                self.fail(
-                    "final", f"the manifest {name} ({export.label if export else delivery}) is beside no file of it"
-                )
-                return
+                # Garbage, not loss: a manifest written late beside a file already retired (see
+                # docs/reference.md, "Known limits"). Counted, and kept rare by the random-schedule test.
+                self.leftovers.append(f"the manifest {name} ({export.label if export else delivery}) is beside no file")
 
     def config_manifests(self) -> bool:
         """Every actor wrote manifests (a schedule that changed WRITE_MANIFEST midway is not judged on them)."""
@@ -870,12 +881,17 @@ class Simulation:
             self.orphans_explained.append(f"{name} ({export.label}, {crashed[0].label} crashed after its copy)")
             return
         state = record.find(delivery) if record is not None else None
-        self.fail(
-            "final",
+        text = (
             f"{task[1]}: a file of {export.label} is left at {name} "
             f"({'record: ' + state.state.value if state else 'not in the record'}; current: "
-            f"{record.current[:12] if record and record.current else None})",
+            f"{record.current[:12] if record and record.current else None})"
         )
+        if state is not None and state.state in (State.SUPERSEDED, State.FAILED, State.STORED):
+            # A delivery the record holds, not current, its file left where a late copy put it: garbage,
+            # not loss (docs/reference.md, "Known limits"). Counted; the random-schedule test keeps it rare.
+            self.leftovers.append(text)
+            return
+        self.fail("final", text)
 
 
 OK_KINDS = frozenset({"stored", "duplicate", "superseded"})
@@ -907,6 +923,7 @@ class Result:
     notes: list[str]
     features: frozenset[str] = frozenset()
     sim: Any = field(default=None, repr=False, compare=False)  # the finished simulation, to inspect a seed
+    leftovers: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -1023,17 +1040,26 @@ async def run_seed(seed: int, *, faults: bool = True) -> Result:
     features = {line.op for line in sim.trace if line.actor in ("settings", "policy", "sender")}
     features |= {line.fault for line in sim.trace if line.fault}
     return Result(
-        seed, sim.violation, sim.steps, sim.trace, config, sim.orphans_explained, sim.notes, frozenset(features), sim
+        seed,
+        sim.violation,
+        sim.steps,
+        sim.trace,
+        config,
+        sim.orphans_explained,
+        sim.notes,
+        frozenset(features),
+        sim,
+        tuple(sim.leftovers),
     )
 
 
 async def run_seeds(seeds: range | Sequence[int], *, faults: bool = True) -> list[Result]:
-    """Many schedules on one loop; only the failing ones are returned."""
+    """Many schedules on one loop; only the failing ones (and those that left garbage) are returned."""
     failed = []
     with simulating():
         for seed in seeds:
             result = await run_seed(seed, faults=faults)
-            if not result.ok:
+            if not result.ok or result.leftovers:
                 failed.append(result)
     return failed
 

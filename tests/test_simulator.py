@@ -214,18 +214,19 @@ async def test_a_seed_replays_exactly() -> None:
 
 # SIM_SCHEDULES (default 2000 a test process) random schedules; `make soak` runs a million.
 SCHEDULES = int(os.environ.get("SIM_SCHEDULES", "2000"))
-KNOWN = ("FINDINGS.md",)
 
 
 @pytest.mark.parametrize("part", range(4))
-async def test_random_schedules(part: int) -> None:
-    """The random schedules, in four parts (pytest -n 2 runs them side by side). Failing seeds are
-    reported with their replay command; until FINDINGS.md's bugs are fixed this test only records
-    how many fail (their classes are listed in FINDINGS.md), and fails on a schedule that raises."""
+async def test_random_schedules_keep_every_guarantee_and_leave_garbage_rarely(part: int) -> None:
+    """The random schedules, in four parts (pytest's workers run them side by side). Every invariant
+    holds after every step; what may be left is garbage, never loss (a manifest or a superseded file a
+    late copy or write put back after its retirement: docs/reference.md, "Known limits"), in at most
+    3 % of the schedules. A failing seed is printed with the command that replays it."""
     size = SCHEDULES // 4
-    failed = await run_seeds(range(part * size, (part + 1) * size))
+    found = await run_seeds(range(part * size, (part + 1) * size))
+    failed = [result for result in found if not result.ok]
+    garbage = [result for result in found if result.ok and result.leftovers]
     lines = [f"seed {result.seed}: {result.violation}\n  {replay_command(result.seed)}" for result in failed]
-    raised = [line for result, line in zip(failed, lines, strict=True) if result.violation.name == "raised"]  # type: ignore[union-attr]
-    print(json.dumps({"schedules": size, "failing": len(failed)}))
-    print("\n".join(lines[:20]))
-    assert not raised, "\n".join(raised)
+    print(json.dumps({"schedules": size, "failing": len(failed), "left garbage": len(garbage)}))
+    assert not failed, "\n".join(lines[:20])
+    assert len(garbage) <= max(2, size * 3 // 100), [f"seed {r.seed}: {r.leftovers[0]}" for r in garbage]

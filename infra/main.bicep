@@ -49,8 +49,8 @@ param hostStorageAccountName string = ''
   2048
   4096
 ])
-@description('Memory of each instance, in MB.')
-param instanceMemoryMB int = 2048
+@description('Memory of each instance, in MB. 512: the worker peaks at 126 MiB under load (docs/cost.md).')
+param instanceMemoryMB int = 512
 
 // 40 is the lowest maximum the Flex Consumption plan page allows (one other page says 1); Microsoft's
 // Flex Consumption samples use @minValue(40) too.

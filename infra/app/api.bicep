@@ -11,7 +11,7 @@ param hostStorageBlobEndpoint string
 param hostStorageQueueEndpoint string
 param deploymentContainerName string
 param applicationInsightsName string
-param instanceMemoryMB int = 2048
+param instanceMemoryMB int = 512
 param maximumInstanceCount int = 40
 param httpPerInstanceConcurrency int = 16
 param alwaysReadyHttpInstances int = 0

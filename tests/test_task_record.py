@@ -239,7 +239,9 @@ async def test_a_staged_copy_whose_source_is_gone_fails_for_good_at_once_and_kee
     assert world.files() == {"ws-1/task-1/invoice.pdf": first.data}
 
 
-async def test_under_a_retention_policy_the_first_export_is_stored_and_a_re_export_refused_with_nothing_written() -> None:
+async def test_under_a_retention_policy_the_first_export_is_stored_and_a_re_export_refused_with_nothing_written() -> (
+    None
+):
     world = World.make()
     world.storage.policy = "retention policy"
     first = world.export(display_name="A.pdf")

@@ -1,4 +1,4 @@
-"""A bounded load test through the real function (loopback only): hundreds of deliveries at concurrency
+"""A bounded load test through the real function (loopback only): about 150 deliveries at concurrency
 40 with duplicates, same-name re-exports racing their originals, and injected 503s; then renamed
 re-exports, replays of replaced deliveries and re-exports whose source is gone. Every 202 and 503 is
 finished by the real queue function, as the host would. Afterwards every task has one current file:
@@ -20,13 +20,13 @@ from receiver.verification import CopyStillRunning
 from .conftest import Exports, Response, Webhook, delivery_of, files, manifest_of, notification, record_of, run_verifier
 from .faultproxy import FaultProxy, Rule, is_copy, is_manifest_write, is_record_write
 
-DISTINCT = 120
+DISTINCT = 80
 CONCURRENCY = 40
-DUPLICATES = 30
-RE_EXPORTS = 30
-RENAMED = 15
-REPLAYS = 15
-FAILING = 10
+DUPLICATES = 25
+RE_EXPORTS = 20
+RENAMED = 10
+REPLAYS = 10
+FAILING = 8
 
 
 def content(task_number: int, version: int) -> bytes:

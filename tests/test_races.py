@@ -15,23 +15,29 @@ every run.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import json
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import BlobSasPermissions, ContainerClient, generate_blob_sas
 
+from devtools.azurite import EXPORTS_ACCOUNT, EXPORTS_KEY
 from receiver.models import State
 from receiver.reconciliation import reconcile_run
 from receiver.runtime import RUNTIME
 from receiver.verification import CopyStillRunning
 
 from .conftest import (
+    EXPORT_CONTAINER,
     PDF_BYTES,
     Exports,
     Webhook,
     assert_delivered,
     delivery_of,
+    every_blob,
     files,
     name_of,
     notification,
@@ -474,3 +480,95 @@ async def test_the_reconciliation_leaves_a_newer_file_alone_when_its_retirement_
     assert refused(proxied, "DELETE", "/A.pdf")[-1] in (404, 412)
     assert_delivered(destination, back, old_name, C)
     assert [name for name in files(destination) if name.endswith("B.pdf")] == []  # C's answer retired B
+
+
+# --- what else a 2xx keeps (from the earlier suites, on the task record) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"taskId": "INV/2026/7"}, {"taskId": "INV_2026_7"}),
+        ({"taskId": "task-17."}, {"taskId": "task-17"}),
+        ({"workspaceId": "acme:legal"}, {"workspaceId": "acme_legal"}),
+        ({"taskId": "x" * 299 + "1"}, {"taskId": "x" * 299 + "2"}),
+    ],
+)
+async def test_tasks_that_look_alike_never_share_a_file_or_a_record(
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    first: dict[str, str],
+    second: dict[str, str],
+) -> None:
+    one = notification(exports.publish(A), **first)
+    two = notification(exports.publish(B), **second)
+    answers = await asyncio.gather(webhook.post(one), webhook.post(two))
+    assert [a.body["status"] for a in answers] == ["stored", "stored"], [a.body for a in answers]
+    assert name_of(answers[0].body) != name_of(answers[1].body)
+    assert_delivered(destination, one, name_of(answers[0].body), A)
+    assert_delivered(destination, two, name_of(answers[1].body), B)
+
+
+async def test_the_content_type_is_right_when_the_sas_overrides_response_headers(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """The source is stored as octet-stream; its SAS says rsct=application/pdf. The stored file is a PDF."""
+    name = f"rsct-{uuid.uuid4().hex[:8]}/export.pdf"
+    exports.publish(PDF_BYTES, name=name, content_type="application/octet-stream")
+    sas = generate_blob_sas(
+        EXPORTS_ACCOUNT,
+        EXPORT_CONTAINER,
+        name,
+        account_key=EXPORTS_KEY,
+        permission=BlobSasPermissions(read=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+        content_type="application/pdf",
+        content_disposition="attachment",
+    )
+    url = f"{exports.client.get_blob_client(EXPORT_CONTAINER, name).url}?{sas}"
+    exports.secrets.add_url(url)
+    payload = notification(url)
+    response = await webhook.post(payload)
+    assert response.status == 200, response.body
+    stored = name_of(response.body)
+    assert destination.get_blob_client(stored).get_blob_properties().content_settings.content_type == "application/pdf"
+    assert_delivered(destination, payload, stored, PDF_BYTES)
+
+
+async def test_the_signature_never_reaches_storage_whatever_field_repeats_it(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """The file, its metadata and tags, its manifest and the task record: no SAS signature in any."""
+    url = exports.publish()
+    signature = sorted(exports.secrets.signatures, key=len)[-1]
+    payload = notification(
+        url, displayName=url, taskId=f"T-{url}", metadata={"link": url, "sig": signature, url: "as a key"}
+    )
+    response = await webhook.post(payload)  # the fixture scans the answer and every log line
+    assert response.status == 200, response.body
+    stored: list[Any] = [every_blob(destination)]
+    for name in every_blob(destination):
+        blob = destination.get_blob_client(name)
+        stored += [blob.get_blob_properties().metadata, blob.get_blob_tags(), blob.download_blob().readall().decode()]
+    text = json.dumps(stored)
+    assert not exports.secrets.leaks_in(text), text[:400]
+
+
+async def test_a_container_deleted_while_the_app_runs_is_created_again(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    assert (await webhook.post(notification(exports.publish()))).status == 200
+    destination.delete_container()  # Azurite frees the name at once (Azure after a while)
+    payload = notification(exports.publish(B))
+    response = await webhook.post(payload)
+    assert response.status == 200 and response.body["status"] == "stored", response.body
+    assert_delivered(destination, payload, name_of(response.body), B)
+
+
+async def test_an_unreadable_queue_message_is_dropped_with_an_error(
+    configured: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    await run_verifier("not json")  # returns: retrying cannot make it readable
+    assert any(r.levelno >= logging.ERROR and r.name.startswith("receiver") for r in caplog.records)

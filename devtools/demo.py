@@ -27,6 +27,7 @@ from azure.storage.blob import BlobServiceClient
 from devtools.azurite import Azurite, free_port, start_azurite, stop_process
 from devtools.sample_pdf import anonymized_pdf
 from devtools.share import exports_client, publish
+from devtools.staging_proxy import start_child, through_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = "smartdocumentor"
@@ -63,12 +64,13 @@ def wait_for_host(base: str, process: subprocess.Popen[bytes], timeout: float = 
     raise RuntimeError("the local host did not start in time")
 
 
-def start_receiver(azurite: Azurite, port: int) -> subprocess.Popen[bytes]:
+def start_receiver(azurite: Azurite, port: int, staging_port: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update(
         {
             "AzureWebJobsStorage": azurite.host_storage,
-            "DESTINATION_CONNECTION_STRING": azurite.customer,
+            # The destination through the staging proxy: a large file is staged in blocks, as in Azure.
+            "DESTINATION_CONNECTION_STRING": through_proxy(azurite.customer, azurite.blob_port, staging_port),
             "DESTINATION_CONTAINER": CONTAINER,
             "ALLOWED_SOURCE_HOSTS": azurite.blob_host,
             "ALLOW_HTTP_SOURCES": "true",
@@ -103,7 +105,8 @@ def main() -> int:
     print("Starting Azurite (loopback, in memory) and the receiver ...")
     with start_azurite() as azurite:
         port = free_port()
-        receiver = start_receiver(azurite, port)
+        staging = start_child(azurite.blob_port, cwd=ROOT)
+        receiver = start_receiver(azurite, port, staging.port)
         try:
             base = f"http://127.0.0.1:{port}"
             wait_for_host(base, receiver)
@@ -175,6 +178,7 @@ def main() -> int:
             return 0 if ok else 1
         finally:
             stop_process(receiver)
+            staging.stop()
 
 
 if __name__ == "__main__":

@@ -4,9 +4,14 @@ Uses `func start` when Azure Functions Core Tools is on PATH, otherwise the dev-
 host (devtools/localhost.py). Creates local.settings.json from the example when missing, and
 publishes the sample PDF behind the SAS URL requests.http sends.
 
+A third child, the staging proxy (devtools/staging_proxy.py, on a free loopback port), stands in
+front of Azurite for the destination only: DESTINATION_CONNECTION_STRING's BlobEndpoint is given to
+the host pointing at it, so a file above SYNC_COPY_MAX_MIB is staged in blocks (Put Block From URL,
+which Azurite lacks) and committed as in Azure. The sources and the host's queues go to Azurite.
+
 Checks its ports before starting anything and says in one line which one is busy and what
 probably holds it. Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop everything it started:
-Azurite and the host each run in a process group of their own and are stopped as groups; on
+Azurite, the staging proxy and the host each run in a process group of their own and are stopped as groups; on
 Linux they also stop when this process is killed outright.
 
 Other ports (`make run PORT=7072 AZURITE_PORTS=10010,10011,10012`): the settings that point at Azurite's
@@ -41,6 +46,7 @@ from azure.core.exceptions import AzureError
 from devtools.azurite import DEV_ACCOUNT, DEV_KEY, connection_string, die_with_parent, start_azurite, stop_process
 from devtools.ports import describe_busy, port_is_bound, port_is_busy, write_state
 from devtools.share import publish_sample
+from devtools.staging_proxy import Child, start_child, through_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ROOT / "local.settings.json"
@@ -117,12 +123,34 @@ def azurite_environment(
     return moved
 
 
+def staging_environment(
+    values: Mapping[str, str], env: Mapping[str, str], blob_port: int, proxy_port: int
+) -> dict[str, str]:
+    """DESTINATION_CONNECTION_STRING with its BlobEndpoint on Azurite moved to the staging proxy (the
+    value the host would use: ``env`` first, then the settings file). Empty when it is not Azurite's."""
+    value = env.get("DESTINATION_CONNECTION_STRING") or values.get("DESTINATION_CONNECTION_STRING")
+    if not value:
+        return {}
+    if value.strip().lower() == "usedevelopmentstorage=true":
+        value = connection_string(DEV_ACCOUNT, DEV_KEY, blob_port)
+    moved = through_proxy(value, blob_port, proxy_port)
+    return {"DESTINATION_CONNECTION_STRING": moved} if f":{proxy_port}/" in moved else {}
+
+
 def host_command(
-    kind: str, port: int, settings: Path, debugpy: bool, azurite_ports: tuple[int, int, int] = AZURITE_PORTS
+    kind: str,
+    port: int,
+    settings: Path,
+    debugpy: bool,
+    azurite_ports: tuple[int, int, int] = AZURITE_PORTS,
+    staging_port: int | None = None,
 ) -> tuple[list[str], dict[str, str], str]:
     """The command that serves the app, its environment, and what to tell the developer."""
     env = dict(os.environ)
-    env.update(azurite_environment(settings_values(settings), azurite_ports))
+    values = settings_values(settings)
+    env.update(azurite_environment(values, azurite_ports))
+    if staging_port is not None:
+        env.update(staging_environment(values, env, azurite_ports[0], staging_port))
     func_tool = shutil.which("func") if kind in ("auto", "func") else None
     if func_tool:
         if debugpy:
@@ -202,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     stopper = Stopper()
     stopper.install()
     azurite = host = None
+    staging: Child | None = None
     state: Path | None = None
     blob, queue, _ = args.azurite_ports
     try:
@@ -230,7 +259,15 @@ def main(argv: list[str] | None = None) -> int:
             while stopper.signal is None and azurite.process is not None and azurite.process.poll() is None:
                 time.sleep(0.2)
             return 0 if stopper.signal is not None else 1
-        command, env, note = host_command(args.host, args.port, args.settings, args.debugpy, args.azurite_ports)
+        try:
+            staging = start_child(blob, cwd=ROOT)
+        except RuntimeError as error:
+            say(f"make run: {error}", error=True)
+            return 1
+        say(f"Staging proxy: http://127.0.0.1:{staging.port} (the destination's blob endpoint; large files)")
+        command, env, note = host_command(
+            args.host, args.port, args.settings, args.debugpy, args.azurite_ports, staging.port
+        )
         if stopper.signal is None:
             say(note)
             host = subprocess.Popen(
@@ -267,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             state.unlink(missing_ok=True)
         if host is not None:
             stop_process(host, sig=signal.SIGINT, timeout=15, group=True)  # func start expects Ctrl-C
+        if staging is not None:
+            staging.stop()
         if azurite is not None:
             azurite.stop()
         say("Stopped Azurite and the function host." if host is not None else "Stopped Azurite.")

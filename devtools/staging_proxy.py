@@ -15,6 +15,8 @@ Used by tests/faultproxy.py, and runnable on its own in front of a local Azurite
     python -m devtools.staging_proxy --port 10005 --upstream 10000
 
 then point DESTINATION_CONNECTION_STRING's BlobEndpoint at ``http://127.0.0.1:10005/<account>``.
+`make run` and `make demo` do exactly that (:func:`start_child`, :func:`through_proxy`): a file above
+SYNC_COPY_MAX_MIB is then staged in blocks and committed locally as it is in Azure.
 Loopback only; for local development and tests, never for a real account.
 """
 
@@ -24,16 +26,31 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 from yarl import URL
 
-from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, DEV_ACCOUNT, DEV_KEY, EXPORTS_ACCOUNT, EXPORTS_KEY
+from devtools.azurite import (
+    CUSTOMER_ACCOUNT,
+    CUSTOMER_KEY,
+    DEV_ACCOUNT,
+    DEV_KEY,
+    EXPORTS_ACCOUNT,
+    EXPORTS_KEY,
+    die_with_parent,
+    free_port,
+    stop_process,
+)
 
 ACCOUNT_KEYS: dict[str, str] = {DEV_ACCOUNT: DEV_KEY, CUSTOMER_ACCOUNT: CUSTOMER_KEY, EXPORTS_ACCOUNT: EXPORTS_KEY}
 
@@ -236,6 +253,50 @@ async def _serve(port: int, upstream: int) -> None:
         await stop.wait()
     finally:
         await proxy.stop()
+
+
+def through_proxy(connection_string: str, blob_port: int, proxy_port: int) -> str:
+    """``connection_string`` with its BlobEndpoint on Azurite's ``blob_port`` moved to the proxy (any other
+    endpoint, and a real account's string, unchanged)."""
+    moved = connection_string
+    for host in ("127.0.0.1", "localhost"):
+        moved = moved.replace(f"//{host}:{blob_port}/", f"//127.0.0.1:{proxy_port}/")
+    return moved
+
+
+class Child:
+    """The staging proxy as a child process: its own process group, gone when its parent dies (Linux)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process = process
+        self.port = port
+
+    def stop(self) -> None:
+        stop_process(self.process, sig=signal.SIGTERM, timeout=10, group=True)
+
+
+def start_child(upstream: int, *, port: int | None = None, cwd: Path | None = None, timeout: float = 30) -> Child:
+    """``python -m devtools.staging_proxy`` in front of Azurite's blob port ``upstream``; returns once it
+    listens. Raises RuntimeError when it does not."""
+    port = port or free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devtools.staging_proxy", "--port", str(port), "--upstream", str(upstream)],
+        cwd=cwd or Path(__file__).resolve().parent.parent,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches the parent only; it stops the proxy's group
+        preexec_fn=die_with_parent,
+    )
+    child = Child(process, port)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the staging proxy exited with code {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return child
+        time.sleep(0.05)
+    child.stop()
+    raise RuntimeError(f"the staging proxy did not listen on 127.0.0.1:{port} in time")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -14,6 +17,7 @@ from urllib.parse import unquote
 import azure.functions as func
 import hypothesis
 import pytest
+from azure.functions.queue import QueueMessage
 from azure.storage.blob import (
     BlobSasPermissions,
     BlobServiceClient,
@@ -33,9 +37,14 @@ from devtools.azurite import (
 )
 from devtools.localhost import Out
 from function_app import app
+from receiver.models import State, TaskRecord, record_name
 from receiver.runtime import RUNTIME
 
-from .faultproxy import FaultProxy
+from .faultproxy import FaultProxy, Rule
+
+# The SDK's retries back off 10 ms, not seconds: every throttling test retries at once. Set before the
+# first store is built (receiver.store reads it then), and inherited by the hosts the tests start.
+os.environ.setdefault("RECEIVER_STORAGE_RETRY_BACKOFF", "0.01")
 
 # Shared, noisy machines: property tests judge behaviour, never speed.
 hypothesis.settings.register_profile("receiver", deadline=None, print_blob=True)
@@ -250,3 +259,87 @@ async def proxied(
     await RUNTIME.reset()
     destination.create_container()
     return proxy
+
+
+# --- what the Azurite suites read back ------------------------------------------------------------------
+
+
+def delivery_of(url: str) -> str:
+    """The `delivery` of an export: the sha256 of its link."""
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+def name_of(body: dict[str, Any]) -> str:
+    """The blob name (without the container) of a webhook answer."""
+    return str(body["blob"].split("/", 1)[1])
+
+
+def manifest_of(destination: ContainerClient, name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(destination.get_blob_client(f"{name}.json").download_blob().readall())
+    return document
+
+
+def record_of(destination: ContainerClient, payload: dict[str, Any]) -> TaskRecord | None:
+    """The task record of ``payload``'s task, or None."""
+    blob = destination.get_blob_client(record_name(str(payload["workspaceId"]), str(payload["taskId"])))
+    if not blob.exists():
+        return None
+    return TaskRecord.from_bytes(blob.download_blob().readall())
+
+
+def files(destination: ContainerClient) -> list[str]:
+    """The files in the container: no manifests, no task records."""
+    return sorted(
+        b.name for b in destination.list_blobs() if not b.name.endswith(".json") and not b.name.startswith(".")
+    )
+
+
+def assert_delivered(destination: ContainerClient, payload: dict[str, Any], name: str, data: bytes) -> dict[str, Any]:
+    """What a 2xx stored/duplicate/superseded guarantees of the task's file: it exists and holds ``data`` (one
+    of the task's 2xx'd exports), its metadata `delivery` names that export, its manifest describes it, and
+    the task record says it is the current one at that name."""
+    url = payload["exportedFileUrl"]
+    blob = destination.get_blob_client(name)
+    assert blob.download_blob().readall() == data, f"{name} holds another export's bytes"
+    assert blob.get_blob_properties().metadata["delivery"] == delivery_of(url)
+    manifest = manifest_of(destination, name)
+    assert manifest["delivery"] == delivery_of(url), "the manifest describes another export"
+    assert manifest["copyStatus"] == "success" and manifest["taskId"] == payload["taskId"]
+    record = record_of(destination, payload)
+    assert record is not None and record.current == delivery_of(url), "the record names another current file"
+    current = record.current_delivery
+    assert current is not None and current.blob == name and current.state is State.STORED
+    return manifest
+
+
+async def run_verifier(message: str, *, dequeue_count: int = 1) -> None:
+    """The real queue function on ``message`` (raises CopyStillRunning while the copy is unfinished)."""
+    function = FUNCTIONS["verify_pending_copy"].get_user_function()
+    # The worker's own message class (untyped): it carries dequeue_count, which func.QueueMessage cannot.
+    message_in = QueueMessage(id="test-message", body=message.encode(), dequeue_count=dequeue_count)  # type: ignore[no-untyped-call]
+    await function(message_in)
+
+
+async def run_timer() -> None:
+    """The real reconciliation timer function."""
+    await FUNCTIONS["reconcile_deliveries"].get_user_function()(None)
+
+
+async def reached(rule: Rule) -> None:
+    """Wait until the proxy has caught the request ``rule`` holds."""
+    await asyncio.wait_for(rule.reached.wait(), timeout=20)
+
+
+def every_blob(destination: ContainerClient) -> list[str]:
+    """Every blob in the container: files, manifests and task records."""
+    return sorted(b.name for b in destination.list_blobs())
+
+
+def assert_stored(destination: ContainerClient, name: str, data: bytes, url: str) -> dict[str, Any]:
+    """The blob holds this export's bytes and names it in `delivery`, and so does its manifest."""
+    blob = destination.get_blob_client(name)
+    assert blob.download_blob().readall() == data
+    assert blob.get_blob_properties().metadata["delivery"] == delivery_of(url)
+    manifest = manifest_of(destination, name)
+    assert manifest["delivery"] == delivery_of(url), "the manifest describes another export"
+    return manifest

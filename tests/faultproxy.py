@@ -36,12 +36,44 @@ def is_sync_copy(request: web.Request) -> bool:
     return is_copy(request) and request.headers.get("x-ms-requires-sync", "").lower() == "true"
 
 
+RECORD_PATH = "/.smartdocumentor/tasks/"
+
+
+def is_record(request: web.Request) -> bool:
+    """A request on a task record (.smartdocumentor/tasks/...)."""
+    return RECORD_PATH in request.path
+
+
+def is_record_write(request: web.Request) -> bool:
+    """A compare-and-swap of a task record (Put Blob, If-Match or If-None-Match: *)."""
+    return is_blob_write(request) and is_record(request)
+
+
+def is_record_read(request: web.Request) -> bool:
+    return request.method == "GET" and is_record(request)
+
+
 def is_manifest_write(request: web.Request) -> bool:
-    return is_blob_write(request) and request.path.endswith(".json")
+    return is_blob_write(request) and request.path.endswith(".json") and not is_record(request)
 
 
 def is_manifest_read(request: web.Request) -> bool:
-    return request.method == "GET" and request.path.endswith(".json")
+    return request.method in ("GET", "HEAD") and request.path.endswith(".json") and not is_record(request)
+
+
+def is_overwrite_copy(request: web.Request) -> bool:
+    """A copy over an existing file (If-Match), sent only after the record lists the delivery."""
+    return is_copy(request) and "If-Match" in request.headers
+
+
+def is_create_copy(request: web.Request) -> bool:
+    """The webhook's first-round copy: create only (If-None-Match: *)."""
+    return is_copy(request) and request.headers.get("If-None-Match") == "*"
+
+
+def on_path(suffix: str) -> Match:
+    """A request whose (decoded) path ends with ``suffix``."""
+    return lambda request: request.path.endswith(suffix)
 
 
 def is_header_write(request: web.Request) -> bool:
@@ -127,6 +159,7 @@ class Rule:
     copy_description: str | None = None
     hold: asyncio.Event | None = None  # keep the request here until the test sets this event
     delay_answer: float = 0.0  # forward at once; a success reaches the client this many seconds later
+    after: bool = False  # with ``status``: forward first (storage acts), then answer with that error
     of_delivery: str | frozenset[str] | None = (
         None  # rewrite the copy status only of a blob holding this delivery (or one of these)
     )
@@ -143,6 +176,15 @@ class Rule:
     @property
     def changes_answer(self) -> bool:
         return self.drop or self.status is not None or self.copy_status is not None or self.delay_answer > 0
+
+    def error(self) -> web.Response:
+        assert self.status is not None
+        return web.Response(
+            status=self.status,
+            text=error_body(self.code, self.message or f"Injected {self.code}", self.details),
+            content_type="application/xml",
+            headers={"x-ms-error-code": self.code, "x-ms-request-id": "fault-proxy", **self.answer_headers},
+        )
 
 
 # The service's own answers on an account with a hierarchical namespace (Data Lake Storage Gen2).
@@ -298,6 +340,9 @@ class FaultProxy:
                 await asyncio.wait_for(rule.hold.wait(), timeout=60)
             if not rule.changes_answer:
                 continue  # a rule that only holds or counts: the request goes on to the next rules
+            if rule.after:
+                rewrite = rule  # storage acts; the answer is replaced below
+                break
             if rule.drop:
                 assert request.transport is not None
                 request.transport.close()
@@ -305,18 +350,15 @@ class FaultProxy:
             if rule.status is not None and rule.status < 300:
                 return web.Response(status=rule.status, headers=rule.answer_headers)
             if rule.status is not None:
-                return web.Response(
-                    status=rule.status,
-                    text=error_body(rule.code, rule.message or f"Injected {rule.code}", rule.details),
-                    content_type="application/xml",
-                    headers={"x-ms-error-code": rule.code, "x-ms-request-id": "fault-proxy", **rule.answer_headers},
-                )
+                return rule.error()
             rewrite = rule
             break
         assert self._session is not None
         if self.emulator is not None and self.emulator.handles(request):
             answer = await self.emulator.answer(request)
             self.answered.append((request.method, request.path, answer.status))
+            if rewrite is not None and rewrite.after:
+                return rewrite.error()
             return answer
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS - {"content-length"}}
         body = await request.read()
@@ -326,6 +368,8 @@ class FaultProxy:
         ) as upstream:
             payload = await upstream.read()
             self.answered.append((request.method, request.path, upstream.status))
+            if rewrite is not None and rewrite.after:
+                return rewrite.error()  # storage did the work; the client hears an error
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
             if rewrite is not None and rewrite.delay_answer and upstream.status < 300:
                 await asyncio.sleep(rewrite.delay_answer)  # storage did the work; the answer comes late

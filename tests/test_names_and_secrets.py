@@ -16,8 +16,8 @@ from receiver.models import RECORD_PREFIX
 from receiver.plan import identity_segment
 from receiver.runtime import RUNTIME
 
-from .conftest import Exports, Webhook, notification
-from .test_integrity import assert_stored, files, name_of
+from .conftest import Exports, Webhook, assert_stored, name_of, notification
+from .conftest import every_blob as files
 
 # --- names: two different (workspaceId, taskId) pairs never share a blob ---
 

@@ -1,181 +1,224 @@
-"""The reconciliation (timer): nothing depends on one queue message surviving.
-
-docs/reference.md, "The reconciliation"."""
+"""The reconciliation (timer): nothing depends on one queue message surviving. It lists the task
+records, and drives those with work through the same loop as the webhook: it adopts a copy that landed,
+fails one whose link expired, retires listed names, and leaves a copy its queue message can still
+finish `waiting`. Its clock is injected (``now``): nothing here sleeps."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from azure.functions.queue import QueueMessage
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import ContainerClient
+from azure.storage.queue import QueueClient
 
+from devtools.azurite import Azurite
+from receiver.models import State
 from receiver.reconciliation import reconcile_run
 from receiver.runtime import RUNTIME
-from receiver.verification import CopyStillRunning
+from receiver.verification import POISON_QUEUE
 
-from .conftest import FUNCTIONS, PDF_BYTES, Exports, Webhook, notification
-from .faultproxy import FaultProxy, Rule, is_manifest_write, is_properties
+from .conftest import (
+    Exports,
+    Webhook,
+    assert_delivered,
+    delivery_of,
+    files,
+    name_of,
+    notification,
+    record_of,
+    run_timer,
+)
+from .faultproxy import FaultProxy, Rule, is_create_copy, is_delete, is_overwrite_copy
 
-
-def manifest_of(destination: ContainerClient, name: str) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(destination.get_blob_client(f"{name}.json").download_blob().readall())
-    return document
-
-
-def name_of(body: dict[str, Any]) -> str:
-    return str(body["blob"].split("/", 1)[1])
-
-
-async def run_timer() -> None:
-    function = FUNCTIONS["reconcile_deliveries"].get_user_function()
-    await function(None)
+A, B = b"%PDF export A", b"%PDF export B"
 
 
 @pytest.fixture
-async def pending_copies(proxied: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> FaultProxy:
-    """Asynchronous copies that stay pending until the test lets them finish; reconcile at once."""
-    monkeypatch.setenv("SYNC_COPY_MAX_MIB", "0")
+async def sweeping(proxied: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> FaultProxy:
+    """Reconcile any copying delivery at once (RECONCILE_AFTER_MINUTES=0)."""
     monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "0")
     monkeypatch.setenv("RECONCILE_SCHEDULE", "0 */10 * * * *")
     await RUNTIME.reset()
-    proxied.keep_copies_pending()
     return proxied
 
 
-async def test_a_delivery_whose_queue_message_was_lost_is_finished(
-    pending_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
-) -> None:
-    payload = notification(exports.publish(PDF_BYTES, content_type="application/octet-stream"))
+def state_of(destination: ContainerClient, payload: dict[str, Any]) -> State | None:
+    record = record_of(destination, payload)
+    entry = record.find(delivery_of(payload["exportedFileUrl"])) if record is not None else None
+    return None if entry is None else entry.state
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def landed_unrecorded(proxy: FaultProxy, exports: Exports, webhook: Webhook) -> dict[str, Any]:
+    """A re-export accepted (copying), whose copy landed while every answer and read was a 503: the record
+    says copying, the file holds it. Its queue message is dropped."""
+    first = notification(exports.publish(A))
+    assert (await webhook.post(first)).status == 200
+    payload = {**first, "exportedFileUrl": exports.publish(B)}
+    copy = proxy.add(Rule(is_overwrite_copy, times=10, status=503, code="ServerBusy", after=True))
+    proxy.add(Rule(lambda r: r.method == "HEAD" and copy.fired > 0, times=20, status=503, code="ServerBusy"))
     response = await webhook.post(payload)
-    assert response.status == 202  # its verification message is dropped: never delivered
-    name = name_of(response.body)
-    pending_copies.reset()  # the copy completes
+    assert response.status == 503, response.body
+    proxy.reset()
+    return payload
 
+
+async def never_copied(
+    proxy: FaultProxy, exports: Exports, webhook: Webhook, link: timedelta = timedelta(hours=2), **fields: Any
+) -> dict[str, Any]:
+    """A first export whose every copy was refused 503: the record says copying, nothing is at its name."""
+    payload = notification(exports.publish(A, expires_in=link), **fields)
+    refuse = proxy.add(Rule(is_create_copy, times=100, status=503, code="ServerBusy"))
+    response = await webhook.post(payload)
+    assert response.status == 503, response.body
+    proxy.rules.remove(refuse)
+    return payload
+
+
+async def test_a_copy_that_landed_without_its_message_is_adopted(
+    sweeping: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    payload = await landed_unrecorded(sweeping, exports, webhook)
+    assert state_of(destination, payload) is State.COPYING
     await run_timer()
-
-    manifest = manifest_of(destination, name)
-    assert manifest["copyStatus"] == "success"
-    assert manifest["taskId"] == payload["taskId"] and manifest["metadata"] == payload["metadata"]
-    props = destination.get_blob_client(name).get_blob_properties()
-    assert props.content_settings.content_type == "application/pdf"
-    assert destination.get_blob_client(f"{name}.json").get_blob_tags()["copyStatus"] == "success"
+    [name] = files(destination)
+    manifest = assert_delivered(destination, payload, name, B)  # its manifest written from the record
+    assert manifest["metadata"] == payload["metadata"]
+    await run_timer()  # nothing left to do
+    assert_delivered(destination, payload, name, B)
 
 
-async def test_a_copy_still_pending_after_the_last_dequeue_is_finished_when_it_completes(
-    pending_copies: FaultProxy,
+async def test_a_copy_whose_link_expired_is_failed_with_one_error(
+    sweeping: FaultProxy,
     exports: Exports,
     webhook: Webhook,
     destination: ContainerClient,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    response = await webhook.post(notification(exports.publish()))
-    assert response.status == 202 and response.verification
-    name = name_of(response.body)
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    payload = await never_copied(sweeping, exports, webhook, exportedFileExpiresOn=expires.isoformat())
     caplog.clear()
-    verify = FUNCTIONS["verify_pending_copy"].get_user_function()
-    with pytest.raises(CopyStillRunning):  # the host poisons it: kept for replay-poison, with one ERROR
-        await verify(QueueMessage(id="m", body=response.verification.encode(), dequeue_count=40))  # type: ignore[no-untyped-call]
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "replay-poison" in errors[0].getMessage()
-
-    await run_timer()  # still running: nothing changes
-    assert manifest_of(destination, name)["copyStatus"] == "pending"
-    pending_copies.reset()
-    await run_timer()
-    assert manifest_of(destination, name)["copyStatus"] == "success"
+    later = expires + timedelta(minutes=1)
+    report = await reconcile_run(runtime=RUNTIME, now=later)
+    assert report.outcomes == {"expired": 1}, report
+    assert state_of(destination, payload) is State.FAILED
+    assert files(destination) == []
+    report = await reconcile_run(runtime=RUNTIME, now=later)  # idempotent: nothing left to do
+    assert report.found == 0, report
+    assert not [r for r in errors(caplog) if "poison" not in r.getMessage()]
 
 
-async def test_a_copy_that_failed_after_its_link_expired_is_marked_failed_with_one_error(
-    pending_copies: FaultProxy,
+async def test_a_copy_its_queue_message_can_still_finish_is_reported_waiting(
+    sweeping: FaultProxy,
     exports: Exports,
     webhook: Webhook,
     destination: ContainerClient,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    payload = notification(
-        exports.publish(), exportedFileExpiresOn=(datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    payload = await never_copied(sweeping, exports, webhook, link=timedelta(days=2))
+    caplog.clear()
+    report = await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC))
+    assert report.outcomes == {"waiting": 1} and report.lost == [], report
+    assert state_of(destination, payload) is State.COPYING  # left to its queue message
+    assert errors(caplog) == []
+    # Long after every queue try, it is reported lost: an ERROR naming the command to run.
+    report = await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC) + timedelta(hours=2))
+    assert report.lost == [payload["taskId"]], report
+    [error] = errors(caplog)
+    assert "python -m ops find --task" in error.getMessage()
+
+
+async def test_a_name_listed_to_retire_is_deleted_with_its_manifest(
+    sweeping: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    first = notification(exports.publish(A), displayName="A")
+    old_name = name_of((await webhook.post(first)).body)
+    refuse = sweeping.add(Rule(is_delete, times=100, status=503, code="ServerBusy"))
+    renamed = {**first, "exportedFileUrl": exports.publish(B), "displayName": "B"}
+    moved = await webhook.post(renamed)
+    assert moved.status == 200 and moved.body["status"] == "stored", moved.body
+    assert old_name in files(destination)  # its delete failed: still listed to retire
+    sweeping.rules.remove(refuse)
+
+    report = await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC))
+    assert report.processed == 1, report
+    assert files(destination) == [name_of(moved.body)]
+    assert not destination.get_blob_client(f"{old_name}.json").exists()
+    record = record_of(destination, first)
+    assert record is not None and record.retire == []
+    assert_delivered(destination, renamed, name_of(moved.body), B)
+
+
+async def test_a_run_storage_refuses_is_one_error_naming_what_to_check_and_still_reports_poison(
+    sweeping: FaultProxy,
+    azurite: Azurite,
+    exports: Exports,
+    webhook: Webhook,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await never_copied(sweeping, exports, webhook)
+    poison = QueueClient.from_connection_string(azurite.host_storage, POISON_QUEUE)
+    with contextlib.suppress(ResourceExistsError):  # another test made it
+        poison.create_queue()
+    poison.clear_messages()
+    poison.send_message("a poisoned message")
+    sweeping.add(
+        Rule(
+            lambda r: r.method == "GET" and r.query.get("comp") == "list",
+            times=100,
+            status=403,
+            code="AuthorizationPermissionMismatch",
+            message="This request is not authorized to perform this operation using this permission.",
+        )
     )
-    response = await webhook.post(payload)
-    assert response.status == 202
-    name = name_of(response.body)
-    pending_copies.reset()
-    pending_copies.add(Rule(is_properties, 10_000, copy_status="failed", copy_description="500 InternalError"))
-    await asyncio.sleep(3.2)  # the link expires
     caplog.clear()
-
-    await run_timer()
-
-    assert not destination.get_blob_client(name).exists()
-    assert manifest_of(destination, name)["copyStatus"] == "failed"
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1
-    assert payload["taskId"] in errors[0].getMessage() and name in errors[0].getMessage()
-    await run_timer()  # idempotent: nothing left to do, no second ERROR
-    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+    report = await reconcile_run(
+        runtime=RUNTIME, now=datetime.now(UTC), environ={"AzureWebJobsStorage": azurite.host_storage}
+    )
+    poison.clear_messages()
+    assert report.failed is not None and report.poison_depth == 1, report
+    failed = [r for r in errors(caplog) if r.__dict__.get("receiver.outcome") == "failed"]
+    assert len(failed) == 1, [r.getMessage() for r in errors(caplog)]
+    text = failed[0].getMessage()
+    assert "Storage Blob Data Owner" in text and "network rules" in text
+    assert [r for r in errors(caplog) if r.__dict__.get("receiver.outcome") == "poison"]
 
 
 async def test_two_reconciliations_at_once_do_the_work_once(
-    pending_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+    sweeping: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
-    names = []
-    for _ in range(3):
-        pending_copies.reset()
-        pending_copies.keep_copies_pending()
-        response = await webhook.post(notification(exports.publish()))
-        assert response.status == 202
-        names.append(name_of(response.body))
-    pending_copies.reset()
-
+    payloads = [await landed_unrecorded(sweeping, exports, webhook) for _ in range(3)]
+    sweeping.reset()
     reports = await asyncio.gather(*(reconcile_run(runtime=RUNTIME, now=datetime.now(UTC)) for _ in range(2)))
 
-    written = [
-        path
-        for method, path, status in pending_copies.answered
-        if method == "PUT" and path.endswith(".json") and status < 300
+    swaps = [s for m, path, s in sweeping.answered if m == "PUT" and "/.smartdocumentor/" in path and s < 300]
+    manifests = [
+        s
+        for m, path, s in sweeping.answered
+        if m == "PUT" and path.endswith(".json") and "/.smartdocumentor/" not in path and s < 300
     ]
-    assert len(written) == 3  # each manifest completed once; the other run found it done or lost the race (412)
-    assert all(manifest_of(destination, name)["copyStatus"] == "success" for name in names)
-    assert all(r.found == 3 and set(r.outcomes) <= {"finished", "skipped"} for r in reports)
+    assert len(swaps) == 3, sweeping.answered  # each record adopted once; the other run lost or found it done
+    assert len(manifests) <= 6
+    for payload in payloads:
+        [name] = [n for n in files(destination) if f"/{payload['taskId']}/" in n]
+        assert_delivered(destination, payload, name, B)
+    assert all(r.failed is None for r in reports), reports
+    assert sum(r.outcomes.get("adopted", 0) for r in reports) == 3, reports
 
 
-async def test_a_pending_manifest_whose_blob_holds_another_export_is_repaired(
-    pending_copies: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+async def test_a_run_with_nothing_to_do_reads_only_the_listing(
+    sweeping: FaultProxy, exports: Exports, webhook: Webhook
 ) -> None:
-    payload = notification(exports.publish(b"%PDF older"))
-    response = await webhook.post(payload)
-    assert response.status == 202
-    name = name_of(response.body)
-    pending_copies.reset()
-    # A newer export's copy lands, but its request died before its own manifest write.
-    newer_url = exports.publish(b"%PDF newer")
-    pending_copies.add(Rule(is_manifest_write, times=10, status=503, code="ServerBusy"))
-    newer = await webhook.post({**payload, "exportedFileUrl": newer_url})
-    assert newer.status == 503
-    pending_copies.reset()
-
-    await run_timer()
-
-    manifest = manifest_of(destination, name)
-    assert manifest["delivery"] == hashlib.sha256(newer_url.encode()).hexdigest()
-    assert manifest["delivery"] == destination.get_blob_client(name).get_blob_properties().metadata["delivery"]
-    assert manifest["taskId"] == payload["taskId"] and manifest["partial"] is True
-
-
-async def test_a_run_is_bounded_and_costs_two_queries_when_nothing_is_pending(
-    configured: dict[str, str], proxied: FaultProxy, exports: Exports, webhook: Webhook
-) -> None:
-    assert (await webhook.post(notification(exports.publish()))).status == 200  # stored: not pending
-    proxied.reset()
+    assert (await webhook.post(notification(exports.publish()))).status == 200  # stored: no work
+    sweeping.reset()
     report = await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC))
-    assert report.found == 0 and report.retired == 0 and report.storage_requests == 2
-    # Two Find Blobs by Tags calls: the pending manifests, and the last hour's stored deliveries (one
-    # current file per task); the one task found has one manifest, so nothing more is read.
-    assert [method for method, _ in proxied.seen] == ["GET", "GET"]
-    assert all("comp=blobs" in path for _, path in proxied.seen)
+    assert report.found == 0 and report.processed == 0 and report.failed is None, report
+    assert [m for m, _ in sweeping.seen] == ["GET"]  # one listing of the records; none read

@@ -20,10 +20,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.storage.blob import BlobServiceClient
 
 from devtools import share
 from devtools.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, connection_string, free_port
@@ -100,9 +102,11 @@ def clean_env() -> dict[str, str]:
 class MakeRun:
     """`python -m devtools.run` with its own ports, data folder and settings, in its own process group."""
 
-    def __init__(self, tmp_path: Path, *extra: str, as_shipped: bool = False) -> None:
+    def __init__(
+        self, tmp_path: Path, *extra: str, as_shipped: bool = False, values: dict[str, str] | None = None
+    ) -> None:
         """``as_shipped``: local.settings.json as the example has it (Azurite's default ports), so `make run`
-        must move its Azurite settings to this test's ports by itself."""
+        must move its Azurite settings to this test's ports by itself. ``values``: more app settings."""
         self.blob, self.queue, self.table, self.port = (free_port() for _ in range(4))
         self.base = f"http://127.0.0.1:{self.port}/api"
         self.data = tmp_path / "azurite-data"
@@ -117,6 +121,7 @@ class MakeRun:
                     "ALLOWED_SOURCE_HOSTS": f"127.0.0.1:{self.blob}",
                 }
             )
+        example["Values"].update(values or {})
         settings.write_text(json.dumps(example))
         self.log_path = tmp_path / "make-run.log"
         with open(self.log_path, "wb") as log:
@@ -214,8 +219,10 @@ def wait_gone(pids: set[int], timeout: float) -> list[int]:
 def test_make_run_leaves_nothing_running(make_run: MakeRun, signal_number: int) -> None:
     make_run.wait_ready()
     started = descendants(make_run.process.pid)
-    assert len(started) >= 2, "expected Azurite and the function host"  # their own process groups
+    assert len(started) >= 3, "expected Azurite, the staging proxy and the function host"  # own process groups
     assert processes_mentioning(str(make_run.data)), "Azurite should be running on the test's data folder"
+    proxies = set(processes_mentioning(f"--upstream\0{make_run.blob}"))
+    assert proxies and proxies <= started, "the staging proxy should be running in front of this Azurite"
 
     make_run.send(signal_number)
     make_run.process.wait(timeout=60)
@@ -223,10 +230,43 @@ def test_make_run_leaves_nothing_running(make_run: MakeRun, signal_number: int) 
     left = wait_gone(started, timeout=30)
     assert not left, f"still running after {signal.Signals(signal_number).name}: {left}"
     assert not processes_mentioning(str(make_run.data)), "an Azurite outlived make run"
+    assert not [pid for pid in proxies if alive(pid)], "a staging proxy outlived make run"
     if signal_number != signal.SIGKILL:  # SIGKILL: the children stop because their parent died
         assert make_run.process.returncode == 0
         assert "Stopped Azurite and the function host." in make_run.output()
     assert "Traceback" not in make_run.output()
+
+
+def test_make_run_stages_a_file_above_sync_copy_max_mib(tmp_path: Path) -> None:
+    """SYNC_COPY_MAX_MIB=1 and a 2 MiB file: the host stages it in blocks through the staging proxy (Azurite
+    alone answers Put Block From URL with 501) and commits it, whether in the answer or by its queue."""
+    running = MakeRun(tmp_path, values={"SYNC_COPY_MAX_MIB": "1", "COPY_WAIT_SECONDS": "10"})
+    try:
+        running.wait_ready()
+        data = b"%PDF-1.4 large " + os.urandom(2 * 1024 * 1024)
+        expiry = datetime.now(UTC) + timedelta(hours=2)
+        url = share.publish(share.exports_client(running.blob), "large/scan.pdf", data, "application/pdf", expiry)
+        payload = json.loads((ROOT / "devtools" / "sample-notification.json").read_text())
+        payload.update({"exportedFileUrl": url, "exportedFileExpiresOn": expiry.isoformat(), "taskId": "large-1"})
+        status, body = call(
+            "POST",
+            f"{running.base}/smartdocumentor/anonymization?code=local",
+            {"Content-Type": "application/json"},
+            json.dumps(payload),
+        )
+        assert status in (200, 202), body
+        container, name = body["blob"].split("/", 1)
+        destination = BlobServiceClient.from_connection_string(
+            connection_string(DEV_ACCOUNT, DEV_KEY, running.blob)
+        ).get_blob_client(container, name)
+        deadline = time.monotonic() + 60
+        while not destination.exists():  # 202: the local host's queue loop commits it
+            assert time.monotonic() < deadline, running.output()
+            time.sleep(0.1)
+        assert destination.download_blob().readall() == data
+        assert destination.get_blob_properties().blob_type == "BlockBlob"
+    finally:
+        running.stop()
 
 
 def http_file_requests(text: str) -> tuple[list[tuple[str, str, str, dict[str, str], str]], dict[str, str]]:

@@ -196,7 +196,7 @@ async def _staged(args: dict[str, Any]) -> dict[str, Any]:
     earlier = await deliver(args["payloads"][0])
     rss_before = _vm_rss_kib()
     io_before = SocketBytes.total
-    print("ready", flush=True)
+    print("ready " + json.dumps({"status": earlier[0], "answer": earlier[1], "verified": earlier[2]}), flush=True)
     peak = [rss_before]
     stop = threading.Event()
 

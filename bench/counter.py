@@ -88,7 +88,7 @@ class Seen:
         if self.account != "customer":
             operation = "HEAD on the source (the link's own SAS)" if self.method == "HEAD" else f"{self.method} source"
         elif self.restype == "container" and self.comp == "list":
-            operation = "List Blobs (the task's name prefix)"
+            operation = "List Blobs"
         elif self.restype == "container" and self.comp == "blobs":
             operation = "Find Blobs by Tags"
         elif self.restype == "account":

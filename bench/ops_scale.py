@@ -38,7 +38,7 @@ from receiver.models import RECORD_PREFIX, Delivery, State, Step, TaskRecord, re
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_COUNT = 200_000
-UPLOAD_CONCURRENCY = 128
+UPLOAD_CONCURRENCY = 32  # Azurite answers one at a time; more only queues (and times out under load)
 REPEAT = 2
 WORKSPACES = 50
 
@@ -98,6 +98,8 @@ async def fill(
     for start in range(0, count, 5000):  # bounded memory: 5000 coroutines at a time
         chosen = [index for index in range(start, min(count, start + 5000)) if only is None or only(index)]
         await asyncio.gather(*(one(index) for index in chosen))
+        if count > 5000:
+            print(f"ops_scale: {min(count, start + 5000)} of {count} written", file=sys.stderr, flush=True)
     return time.perf_counter() - started
 
 
@@ -131,7 +133,7 @@ async def measure(count: int) -> dict[str, Any]:
     with start_azurite() as azurite:
         now = datetime.now(UTC)
         name = f"scale-{uuid.uuid4().hex[:8]}"
-        container = ContainerClient.from_connection_string(azurite.customer, name)
+        container = ContainerClient.from_connection_string(azurite.customer, name, read_timeout=300)
         try:
             await container.create_container()
             took = await fill(container, count, now)
@@ -189,4 +191,7 @@ async def measure(count: int) -> dict[str, Any]:
 
 if __name__ == "__main__":
     wanted = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    print(json.dumps(asyncio.run(measure(wanted)), indent=2, default=str))
+    figures = asyncio.run(measure(wanted))
+    print(json.dumps(figures, indent=2, default=str))
+    if len(sys.argv) > 2:  # where to keep them: `python -m bench.run --ops-json PATH` publishes them
+        Path(sys.argv[2]).write_text(json.dumps(figures, indent=2, default=str) + "\n")

@@ -986,7 +986,17 @@ def main() -> int:
         default=1024 if os.environ.get("BENCH_BIG") == "1" else 256,
         help="the staged file's size (256 MiB; 1024 with BENCH_BIG=1)",
     )
-    parser.add_argument("--ops-records", type=int, default=50_000, help="task records for section 5 (0: skip)")
+    parser.add_argument(
+        "--ops-records",
+        type=int,
+        default=int(os.environ.get("BENCH_OPS_RECORDS", "5000")),
+        help="task records for section 5 (5000; BENCH_OPS_RECORDS=50000 for the published figures; 0: skip)",
+    )
+    parser.add_argument(
+        "--ops-json",
+        type=Path,
+        help="section 5's figures from a separate `python -m bench.ops_scale N PATH` run, instead of measuring",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument(
         "--notes", type=Path, default=ROOT / "bench" / "NOTES.md", help="analysis appended to the report"
@@ -1006,20 +1016,31 @@ def main() -> int:
         args.out.with_suffix(".json").write_text(json.dumps(saved, indent=2) + "\n")
         return 0
     started = time.perf_counter()
+    partial = args.out.with_suffix(".partial.json")  # each section's figures as soon as it ends
+
+    def keep(results: dict[str, Any]) -> None:
+        partial.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
     with start_azurite() as azurite:
         sources = Sources(azurite)
         results: dict[str, Any] = {"machine": machine()}
         results["requests"] = asyncio.run(bench_requests(azurite, sources, repeats=args.request_repeats))
+        keep(results)
         results["distance"] = asyncio.run(
             bench_distance(azurite, sources, samples=args.distance_samples, delay_ms=args.delay_ms)
         )
+        keep(results)
         results["latency"] = asyncio.run(
             bench_latency(
                 azurite, sources, sequential=args.sequential, rounds=args.rounds, mib_samples=args.mib_samples
             )
         )
+        keep(results)
         results["staged"] = [asyncio.run(bench_staged(azurite, sources, size_mib=args.staged_mib))]
-    if args.ops_records > 0:
+        keep(results)
+    if args.ops_json is not None:
+        results["ops_scale"] = json.loads(args.ops_json.read_text())
+    elif args.ops_records > 0:
         from bench.ops_scale import measure
 
         results["ops_scale"] = asyncio.run(measure(args.ops_records))
@@ -1030,6 +1051,7 @@ def main() -> int:
     profile = results["latency"].pop("profile")
     args.out.write_text(render(results))
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    partial.unlink(missing_ok=True)
     print(render(results))
     print("\n--- cProfile of 100 sequential receiver deliveries ---\n" + profile)
     log(f"bench finished in {results['seconds']:.0f} s")

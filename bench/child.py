@@ -132,15 +132,107 @@ async def _download_upload(args: dict[str, Any]) -> dict[str, Any]:
     return {"status": "uploaded"}
 
 
+def _vm_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def _staged(args: dict[str, Any]) -> dict[str, Any]:
+    """A large re-export staged in blocks, over an earlier export at the same name, in this process.
+
+    ``args["payloads"]``: the earlier export (stored first, which warms the process), then the large
+    one. Prints ``ready`` between the two (the parent then starts reading the earlier export), and
+    samples this process's RSS every 10 ms while the large one is delivered; a 202 is finished by the
+    queue function's own code (``verify_copy`` with the webhook's message), as the host would."""
+    import asyncio
+    import threading
+    from datetime import UTC, datetime
+
+    os.environ.update(args["env"])
+    import azure.functions as func
+
+    from function_app import app
+    from receiver.runtime import RUNTIME
+    from receiver.verification import CopyStillRunning, verify_copy
+
+    function = next(f for f in app.get_functions() if f.get_function_name() == "anonymization_webhook")
+    user_function = function.get_user_function()
+
+    class Out(func.Out[str]):
+        value = ""
+
+        def set(self, val: str) -> None:
+            self.value = val
+
+        def get(self) -> str:
+            return self.value
+
+    async def deliver(body: dict[str, Any]) -> tuple[int, dict[str, Any], list[str]]:
+        out = Out()
+        request = func.HttpRequest(
+            method="POST",
+            url="http://127.0.0.1/api/smartdocumentor/anonymization",
+            headers={"Content-Type": "application/json"},
+            body=json.dumps(body).encode(),
+        )
+        response = await user_function(request, out)
+        answer: dict[str, Any] = json.loads(response.get_body())
+        verified: list[str] = []
+        tries = 0
+        while response.status_code == 202 and out.value and tries < 120:
+            tries += 1
+            try:
+                verified.append(
+                    await verify_copy(out.value.encode(), runtime=RUNTIME, now=datetime.now(UTC), dequeue_count=tries)
+                )
+                break
+            except CopyStillRunning:
+                await asyncio.sleep(0.5)
+        return response.status_code, answer, verified
+
+    earlier = await deliver(args["payloads"][0])
+    rss_before = _vm_rss_kib()
+    io_before = SocketBytes.total
+    print("ready " + json.dumps({"status": earlier[0], "answer": earlier[1], "verified": earlier[2]}), flush=True)
+    peak = [rss_before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.01):
+            peak[0] = max(peak[0], _vm_rss_kib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    status, answer, verified = await deliver(args["payloads"][1])
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    await RUNTIME.close()
+    return {
+        "earlier": {"status": earlier[0], "answer": earlier[1]["status"]},
+        "status": status,
+        "answer": answer["status"],
+        "verified": verified,
+        "delivery_seconds": seconds,
+        "rss_before_kib": rss_before,
+        "rss_peak_kib": max(peak[0], _vm_rss_kib()),
+        "io_bytes_delivery": SocketBytes.total - io_before,
+    }
+
+
 def _preimport(mode: str) -> None:
     """Load the mode's modules before measuring, so file reads of imports are not counted as bytes moved."""
     import azure.storage.blob.aio  # noqa: F401
 
-    if mode == "receiver":
+    if mode in ("receiver", "staged"):
         import function_app  # noqa: F401
 
 
-MODES = {"receiver": _receiver, "bare-copy": _bare_copy, "download-upload": _download_upload}
+MODES = {"receiver": _receiver, "bare-copy": _bare_copy, "download-upload": _download_upload, "staged": _staged}
 
 
 def main() -> None:

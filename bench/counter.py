@@ -40,6 +40,8 @@ from yarl import URL
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 # Forward byte for byte: Shared Key signs Content-Type/Length, so aiohttp must add nothing.
 SKIP_AUTO_HEADERS = ("Content-Type", "Accept-Encoding", "User-Agent", "Accept")
+# The User-Agent of the staging proxy's own reads of a source (bench/staging.py): not the receiver's.
+STAGING_AGENT = "bench-staging-emulator"
 REFUSED_SYNC_COPY = (
     '<?xml version="1.0" encoding="utf-8"?><Error><Code>CannotVerifyCopySource</Code>'
     "<Message>The source request body is too large and exceeds the maximum permissible limit (256MB).\n"
@@ -68,21 +70,35 @@ class Seen:
 
     @property
     def by_emulator(self) -> bool:
-        """Azurite checking a copy source over HTTP: Azure does this inside the service, unseen."""
-        return self.user_agent.lower().startswith("axios")
+        """Azurite checking a copy source over HTTP, or the staging proxy reading a block's range
+        (bench/staging.py): Azure does both inside the service, unseen by the receiver."""
+        agent = self.user_agent.lower()
+        return agent.startswith("axios") or agent.startswith(STAGING_AGENT)
 
     @property
     def describe(self) -> str:
         """What the request is, in the storage REST API's own names."""
-        target = "manifest" if self.path.endswith(".json") else "file"
+        target = (
+            "task record"
+            if "/.smartdocumentor/tasks/" in self.path
+            else "manifest"
+            if self.path.endswith(".json")
+            else "file"
+        )
         if self.account != "customer":
             operation = "HEAD on the source (the link's own SAS)" if self.method == "HEAD" else f"{self.method} source"
         elif self.restype == "container" and self.comp == "list":
-            operation = "List Blobs (the task's name prefix)"
+            operation = "List Blobs"
         elif self.restype == "container" and self.comp == "blobs":
             operation = "Find Blobs by Tags"
+        elif self.restype == "account":
+            operation = "Get Account Information"
         elif self.restype == "container":
             operation = "Create Container" if self.method == "PUT" else f"{self.method} container"
+        elif self.method == "PUT" and self.comp == "block" and self.copy:
+            operation = f"Put Block From URL to the {target}"
+        elif self.method == "PUT" and self.comp == "blocklist":
+            operation = f"Put Block List of the {target}"
         elif self.copy:
             kind = "Copy Blob From URL (synchronous)" if self.sync else "Copy Blob (asynchronous)"
             operation = f"{kind} to the {target}"
@@ -118,10 +134,22 @@ def round_trips(requests: list[Seen]) -> int:
     return max(depth, default=0)
 
 
+def most_at_once(requests: list[Seen]) -> int:
+    """The most of ``requests`` whose lifetimes overlapped at one moment (arrived before another's
+    answer left): how many blocks were staged at a time, for instance."""
+    events = sorted([(r.started, 1) for r in requests] + [(r.ended, -1) for r in requests])
+    now = most = 0
+    for _, step in events:  # an answer leaving at the instant another arrives does not overlap (-1 first)
+        now += step
+        most = max(most, now)
+    return most
+
+
 @dataclass
 class CountingProxy:
     upstream_port: int
     refuse_sync: bool = False
+    forward_port: int | None = None  # where requests go on to (a staging proxy); Azurite when None
     delay: float = 0.0  # seconds added to every request the process sends (not Azurite's own)
     record: bool = True
     seen: list[Seen] = field(default_factory=list)
@@ -152,7 +180,7 @@ class CountingProxy:
         sockets = getattr(site._server, "sockets", None)
         assert sockets
         self.port = int(sockets[0].getsockname()[1])
-        self._session = ClientSession(timeout=ClientTimeout(total=60), auto_decompress=False)
+        self._session = ClientSession(timeout=ClientTimeout(total=300), auto_decompress=False)
         return self
 
     async def stop(self) -> None:
@@ -193,7 +221,7 @@ class CountingProxy:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         body = await request.read()
-        url = URL(f"http://127.0.0.1:{self.upstream_port}{request.raw_path}", encoded=True)
+        url = URL(f"http://127.0.0.1:{self.forward_port or self.upstream_port}{request.raw_path}", encoded=True)
         async with self._session.request(
             request.method, url, headers=headers, data=body, skip_auto_headers=SKIP_AUTO_HEADERS
         ) as upstream:

@@ -2,8 +2,9 @@
 
 Interleaved on its own Azurite (loopback, in memory), each kind ``--samples`` times: the receiver's
 planning alone (`prepare`: validation, the link's secret pattern, the plan), the secret pattern alone
-(`link_secret_pattern`), each of the four storage requests of a stored delivery alone with the bare
-SDK (a client built as the receiver builds its own), the real function, and the bare synchronous copy
+(`link_secret_pattern`), each of the five storage requests of a stored delivery alone with the bare
+SDK (a client built as the receiver builds its own: the task record read, a 404; the create-only copy;
+the record's create with its labels; Get Blob Properties of the file; the manifest), the real function, and the bare synchronous copy
 on a default-built client (`make bench`'s baseline). Prints mean CPU per call in ms, and each as a
 ratio of the baseline. Nothing is asserted.
 """
@@ -21,13 +22,16 @@ from devtools.azurite import Azurite, start_azurite
 
 
 async def measure(azurite: Azurite, sources: Sources, samples: int) -> dict[str, float]:
+    import contextlib
+    import json
     import os
+    import uuid
 
     from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.blob import ContentSettings
     from azure.storage.blob.aio import BlobServiceClient as AioService
 
-    from receiver.plan import manifest_bytes, manifest_labels
     from receiver.runtime import RUNTIME
     from receiver.source import link_secret_pattern
 
@@ -64,25 +68,35 @@ async def measure(azurite: Azurite, sources: Sources, samples: int) -> dict[str,
         plan = planned(body)
         timed("prepare (validation, secret pattern, plan)", t)
         blob = lean.get_blob_client(plan.blob_name)
+        record = lean.get_blob_client(f".smartdocumentor/tasks/{uuid.uuid4()}.json")
+        document = json.dumps(plan.manifest, default=str).encode()
+        json_type = ContentSettings(content_type="application/json")
         t = time.process_time()
-        await bare_copy(lean, plan, body["exportedFileUrl"])
-        timed("copy, lean client", t)
+        with contextlib.suppress(ResourceNotFoundError):
+            await (await record.download_blob(offset=0, length=16 * 1024 * 1024)).readall()
+        timed("Get Blob of the task record (404), lean client", t)
         t = time.process_time()
-        await blob.get_blob_properties()
-        timed("Get Blob Properties, lean client", t)
-        tags, metadata = manifest_labels(plan.manifest, "success")
-        t = time.process_time()
-        await lean.get_blob_client(plan.blob_name + ".json").upload_blob(
-            manifest_bytes({**plan.manifest, "copyStatus": "success"}),
-            content_settings=ContentSettings(content_type="application/json"),
-            metadata=metadata,
-            tags=tags,
+        await blob.start_copy_from_url(
+            body["exportedFileUrl"],
+            requires_sync=True,
+            tags=plan.tags,
+            metadata=plan.metadata,
             match_condition=MatchConditions.IfMissing,
         )
-        timed("Put Blob of the manifest, lean client", t)
+        timed("copy If-None-Match: *, lean client", t)
         t = time.process_time()
-        _ = [b.name async for b in lean.list_blobs(name_starts_with=plan.task_prefix, include=["metadata"])]
-        timed("List Blobs under the task prefix, lean client", t)
+        await record.upload_blob(
+            document, content_settings=json_type, metadata={"receiverkind": "task-record", "copying": "0"}
+        )
+        timed("Put Blob of the task record, lean client", t)
+        t = time.process_time()
+        await blob.get_blob_properties()
+        timed("Get Blob Properties of the file, lean client", t)
+        t = time.process_time()
+        await lean.get_blob_client(plan.blob_name + ".json").upload_blob(
+            document, content_settings=json_type, metadata={"receiverkind": "manifest"}
+        )
+        timed("Put Blob of the manifest, lean client", t)
         if warm:
             cpu.clear()
 

@@ -100,6 +100,9 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     found.foreseen = foresee_sweep(seen, Sweep(ctx.now, by="operator", verify=True))
     args = _task_args(workspace_id, task_id)
     current = record.current_delivery
+    if current is None and record.deliveries and not any(i.state is State.COPYING for i in record.deliveries):
+        found.problems.append("the task has no current file: every delivery failed or was replaced before it landed")
+        found.next.append("export the document again from SmartDocumentor")
     if current is not None:
         found.current_blob = current.blob
         blob, manifest = await asyncio.gather(storage.read(current.blob), storage.read(manifest_name(current.blob)))
@@ -124,7 +127,7 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
         if item.state is State.COPYING:
             found.verdicts[item.delivery] = _copying_verdict(ctx, found, item)
     verdicts = {verdict for verdict, _ in found.verdicts.values()}
-    if found.foreseen.action in ("adopt", "expire", "retire"):
+    if found.foreseen.action in ("adopt", "expire", "retire", "repair"):
         found.problems.append(f"the reconciliation has work here: {found.foreseen.action} ({found.foreseen.why})")
         found.next.append(f"python -m ops check {args} --repair")
     if "poisoned" in verdicts:
@@ -341,7 +344,7 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
         return Result(NOT_FOUND, data, [f"No task record for task {task_id} in workspace {workspace_id}.", *text])
     assert found.foreseen is not None
     action = found.foreseen.action
-    repairable = action in ("adopt", "expire", "retire")
+    repairable = action in ("adopt", "expire", "retire", "repair")
     if not repair or not repairable or dry_run:
         if repairable:
             text.append(f"--repair would {action}: {found.foreseen.why}")
@@ -526,7 +529,10 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
         if record is None:
             continue
         current = record.current_delivery
-        for delivery in record.deliveries:
+        position = record.index(current.delivery) if current is not None else -1
+        for number, delivery in enumerate(record.deliveries):
+            if number < position:
+                continue  # a newer export is the current file: nothing left to do for this one
             if delivery.state is State.FAILED and _failed_since(delivery.failed_at, since):
                 when_, what, why = delivery.failed_at, "failed", delivery.failure_reason or "(no reason)"
             elif delivery.state is State.COPYING:

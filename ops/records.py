@@ -202,7 +202,8 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
     assert isinstance(job.event, Arrival)
     record, etag = await read_record(storage, plan.workspace_id, plan.task_id)
     blob = await storage.read(plan.blob_name)
-    seen = Seen(record=record, record_etag=etag, record_read=True, blob=blob, large=large)
+    locked = await storage.container_policy()
+    seen = Seen(record=record, record_etag=etag, record_read=True, blob=blob, large=large, locked=locked)
     expires = job.event.notice.link_expires_on
     decision = decide(seen, job.event, now)
     return _arrival_words(decision, plan.blob_name, blob, expires)

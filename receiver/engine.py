@@ -387,8 +387,13 @@ async def _effects(
     retired, deferred = set(seen.retired), set(seen.deferred)
     manifest_done = seen.manifest_done
     for effect, outcome in zip(effects, outcomes, strict=True):
-        if isinstance(outcome, BaseException) and not isinstance(outcome, StoreError):
-            raise outcome
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome  # a cancellation, not a failure of the effect
+        if isinstance(outcome, Exception) and not isinstance(outcome, StoreError):
+            # A bug in an effect must not undo what the record already says (the file is stored): it is
+            # logged, and the effect counts as not done (a manifest: 503, and the queue writes it again).
+            log.error("an effect failed unexpectedly (%s): %s", type(outcome).__name__, effect, exc_info=outcome)
+            outcome = Unavailable(f"{type(outcome).__name__} while writing beside {getattr(effect, 'blob', '')}")
         failed = isinstance(outcome, StoreError)
         if isinstance(effect, Retire):
             (deferred if failed else retired).add(effect.retirement.key)
@@ -579,6 +584,8 @@ async def write_manifest(
                     return None
                 if holder is None or holder.delivery != effect.delivery:
                     return None  # the file is another delivery's now: its writer writes the manifest
+                if seen.locked and there.delivery == effect.delivery:
+                    return there.etag  # a policy keeps it as written: it already describes this delivery
                 if_match = there.etag
         raise Unavailable(f"The manifest {name} kept changing while it was written.")
 

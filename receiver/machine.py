@@ -442,7 +442,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag)
             return Apply((Retire(stale),), "superseded")
         if current_stored and entry is not None and entry.blob == notice.blob and not seen.copied:
-            if event.by != "webhook" and not seen.manifest_done:
+            if event.by != "webhook" and not seen.manifest_done and not seen.locked:
                 # A queue message or an operator: the webhook's manifest write may be what failed.
                 return Apply((WriteManifest(notice.blob, notice.delivery, notice.manifest),), "duplicate")
             return Answer("duplicate", 200, "duplicate")
@@ -648,7 +648,8 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         if holds and not described:
             # A driver stored the file and the record, then stopped before the manifest: written again.
             return Apply((WriteManifest(current.blob, current.delivery, current.manifest),), "repaired")
-    return Answer("nothing", 200, seen.changed or "nothing")
+    repaired = seen.manifest_done and seen.changed is None
+    return Answer("nothing", 200, "repaired" if repaired else seen.changed or "nothing")
 
 
 EXPIRED_REASON = "The file link expired before its copy finished. Export the document again from SmartDocumentor."

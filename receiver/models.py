@@ -168,7 +168,8 @@ class Manifest(_Model):
     typed here. A sender's extra field named like one of these is kept under ``senderFields``.
     """
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+    # Only the camelCase names fill the receiver's fields: a sender's "copy_status" stays its own field.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="allow")
 
     receiver_kind: Literal["manifest"] = "manifest"
     blob: str

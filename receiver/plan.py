@@ -59,6 +59,7 @@ RECEIVER_MANIFEST_KEYS = frozenset(
         "partial",
         "repairedAt",
         "senderFields",
+        "receiverKind",
     }
 )
 # A file whose name would end like a manifest's gets this after it: files and manifests never share a name.
@@ -301,10 +302,14 @@ RESERVED_FIRST_SEGMENT = ".smartdocumentor"
 
 
 def outside_reserved(name: str) -> str:
-    """A file name never falls among the task records: one whose first segment is the records'
-    gets a "_" before it (only a template that starts with a placeholder can produce it)."""
-    first = name.split("/", 1)[0]
-    return f"_{name}" if first.casefold() == RESERVED_FIRST_SEGMENT else name
+    """A file name never falls among the task records: a first segment that is the records' (in any
+    case) gets "~" and a hash of itself, as an identity segment that had to change does, so the
+    escaped name stays one-to-one (a kept segment never contains "~")."""
+    first, slash, rest = name.partition("/")
+    if first.casefold() != RESERVED_FIRST_SEGMENT:
+        return name
+    digest = hashlib.sha256(first.encode("utf-8")).hexdigest()[:ID_HASH_LENGTH]
+    return f"{first}~{digest}{slash}{rest}"
 
 
 def not_a_manifest_name(name: str, limit: int) -> str:

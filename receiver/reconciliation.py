@@ -194,6 +194,10 @@ async def _work(
                     record.reason = f"retired {', '.join(trace.retired)}"
             except StoreError as exc:
                 record.outcome, record.reason = "error", exc.message
+            except Exception as exc:  # one task's bug must not stop the others: logged, and the run goes on
+                record.outcome, record.final_failure = "error", True
+                record.reason = f"unexpected {type(exc).__name__} on this task; the run went on with the others"
+                log.exception("reconciliation of task %s failed", item.task_id)
             waited = now - item.oldest_copying if item.oldest_copying is not None else timedelta(0)
             if record.outcome == "waiting" and waited > QUEUE_COVERAGE:
                 report.lost.append(item.task_id)

@@ -74,7 +74,8 @@ def _signatures(url: str) -> tuple[str, list[str]]:
     for part in query.split("&"):
         name, _, value = part.partition("=")
         core = unquote(value).rstrip("=")
-        if name.lower() == "sig" and len(core) >= 8:
+        # The name decoded as the service decodes it: "%73ig" is "sig" too.
+        if unquote(unquote(name)).strip().lower() == "sig" and len(core) >= 8:
             cores.append(core)
     return query, cores
 

@@ -24,6 +24,7 @@ from .engine import run
 from .intake import arrival_job, is_large, prepare
 from .outcome import Outcome
 from .runtime import Runtime
+from .storage import Immutable
 from .telemetry import recording
 
 log = logging.getLogger("receiver.verification")
@@ -116,6 +117,14 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             large = await is_large(storage, plan, settings)
             job = arrival_job(plan, settings, by="verifier", patient=True, large=large, deadline=None)
             answer, trace = await run(storage, job, now=now)
+        except Immutable as exc:
+            # A policy refuses even the record's own update: nothing will ever finish it, so no retry.
+            record.outcome, record.final_failure = "immutable", True
+            record.reason = (
+                f"immutable: a {exc.policy} on the destination refused the write; the delivery failed for good "
+                "(the earlier file, if any, is kept). Export the document again once the policy allows it."
+            )
+            return "failed"
         except Exception as exc:
             if last_try:  # the host poisons the message after this try: nothing will retry it by itself
                 record.outcome, record.final_failure = "poisoned", True

@@ -75,7 +75,7 @@ async def _handle(
         return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}", taskId=plan.task_id)
     except StoreError as exc:
         record.reason = exc.message
-        record.final_failure = exc.kind in ("misconfigured", "rejected")
+        record.final_failure = exc.kind in ("misconfigured", "rejected", "immutable")
         failure = storage_failure(plan.task_id, exc)
         if trace.copy_sent and exc.kind == "unavailable":
             # A copy may have landed: the queue function finishes it (or finds it did not).
@@ -101,6 +101,10 @@ async def _handle(
         record.copy_mode = trace.mode if trace.copy_sent else None
         record.copy_sent = trace.copy_sent
         record.arrows = ",".join(trace.arrows)
+    if answer.error == "immutable":
+        # Refused for good by a policy the document's owner set: a person decides (one ERROR).
+        record.final_failure = True
+        record.reason = f"a {answer.reason or 'retention policy'} on the destination refused replacing the file"
     return answered(plan, answer, storage, settings, message)
 
 

@@ -879,3 +879,71 @@ def test_the_alert_windows_follow_the_reconciliation_schedule() -> None:
     allowed = {5, 10, 15, 30, 45, 60, 120, 180, 240, 300, 360, 1440, 2880}  # Azure's window sizes, in minutes
     for rule in alert_rules().values():
         assert _duration(rule["windowSize"]) / timedelta(minutes=1) in allowed
+
+
+# ---- an operator's actions: the command line sends its records when told where ----
+
+_OPERATOR = """
+import asyncio, sys
+from ops.cli import main
+from tests.test_ops import Ops
+ops = Ops()
+asyncio.run(ops.accept(ops.world.export("task-1")))  # a copy whose queue message is lost
+argv = ["fail", "--task", "task-1", "--reason", "lost; re-exported by hand"]
+sys.exit(main(argv, storage=ops.world.storage, settings=ops.world.settings, queues=ops.queues, now=ops.world.now))
+"""
+
+
+def _operator_fail(settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m ops fail`` on the in-memory world, in a process of its own (the distro sets the
+    global providers), through the console entry point an operator runs."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))}
+    env |= settings | {
+        "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+        "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
+        "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel",  # no cloud metadata probes
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", _OPERATOR], env=env, cwd=ROOT, capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def test_an_operators_fail_is_the_same_error_record_on_the_alert() -> None:
+    capture = Capture()
+    try:
+        ran = _operator_fail({"APPLICATIONINSIGHTS_CONNECTION_STRING": capture.connection})
+        found = tables(list(capture.envelopes))  # sent before the process exited
+    finally:
+        capture.close()
+    assert ran.returncode == 0 and "Traceback" not in ran.stderr, ran.stderr
+    [printed] = [line for line in ran.stderr.splitlines() if line.startswith("ERROR receiver: operator fail")]
+    [row] = query("alert-errors.kql").run(found, now=datetime.now(UTC))
+    assert (row["taskId"], row["outcome"]) == ("task-1", "operator-failed")
+    assert printed == f"ERROR receiver: {row['message']}"  # the record it printed, word for word
+    [record] = found["traces"]
+    assert record["severityLevel"] == 3 and record["cloud_RoleName"] == "smartdocumentor-ops"
+    dimensions = record["customDimensions"]
+    assert dimensions["logger_name"] == "receiver" and dimensions["receiver.finalFailure"] == "True"
+    assert dimensions["receiver.reason"] == "lost; re-exported by hand"
+    assert not found["dependencies"] and not found["customMetrics"]  # records only
+    # The task's story in Logs has the operator's step too.
+    story = query("task-lookup.kql", taskId="task-1").run(found, now=datetime.now(UTC))
+    assert [(row["operation"], row["outcome"]) for row in story] == [("operator", "operator-failed")]
+
+    # Without the variable nothing is configured: the same record, on stderr only.
+    alone = _operator_fail({})
+    assert alone.returncode == 0 and printed.split(" duration")[0] in alone.stderr
+
+
+def test_only_the_command_line_configures_the_exporter() -> None:
+    """The Functions worker configures Azure Monitor in the app; a second configuration there would
+    send every record twice. The command line does it in its entry point, and only when told where."""
+    from ops.telemetry import configure
+
+    for path in [ROOT / "function_app.py", *sorted((ROOT / "receiver").glob("*.py"))]:
+        text = path.read_text()
+        assert "configure_azure_monitor(" not in text and "import configure_azure_monitor" not in text, path
+    assert configure({}) is None and configure({"APPLICATIONINSIGHTS_CONNECTION_STRING": " "}) is None
+    cli = (ROOT / "ops" / "cli.py").read_text()
+    assert cli.count("telemetry.configure(") == 1 and "telemetry.configure(os.environ)" in cli.split("def main(")[1]

@@ -947,3 +947,26 @@ def test_only_the_command_line_configures_the_exporter() -> None:
     assert configure({}) is None and configure({"APPLICATIONINSIGHTS_CONNECTION_STRING": " "}) is None
     cli = (ROOT / "ops" / "cli.py").read_text()
     assert cli.count("telemetry.configure(") == 1 and "telemetry.configure(os.environ)" in cli.split("def main(")[1]
+
+
+# ---- the exporter's floor writes what the queries filter on ----
+
+EXPORTER = "azure-monitor-opentelemetry-exporter"
+# The first release that writes a log record's Python logger as customDimensions.logger_name (the
+# alert's and final-failures' filter); 1.0.0b36 to 1.0.0b51 write none (read in their wheels).
+FIRST_WITH_LOGGER_NAME = "1.0.0b52"
+
+
+def test_the_exporter_floor_writes_the_logger_name_and_make_test_all_runs_the_queries_on_it() -> None:
+    """This module runs on the installed exporter; `make test-all`'s session exporter_floor runs it
+    (and tests/test_telemetry.py) again with exactly the floor requirements.txt allows."""
+    import importlib.metadata
+
+    from packaging.version import Version
+
+    [floor] = re.findall(rf"^{re.escape(EXPORTER)}>=([^,\s]+),", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert Version(floor) >= Version(FIRST_WITH_LOGGER_NAME)
+    assert Version(importlib.metadata.version(EXPORTER)) >= Version(floor)
+    noxfile = (ROOT / "noxfile.py").read_text()
+    assert 'nox.options.sessions = ["tests", "exporter_floor"]' in noxfile
+    assert 'f"{EXPORTER}=={floor}"' in noxfile and '"tests/test_queries.py"' in noxfile

@@ -93,7 +93,7 @@ resource errorAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   tags: tags
   properties: {
     displayName: 'SmartDocumentor receiver: ERROR logged'
-    description: 'The receiver logged an ERROR: a document was not stored for good (its message names taskId, workspaceId and blob: export it again), or a setting or role is wrong, or a bug. See the message in Application Insights (traces).'
+    description: 'The receiver logged an ERROR: a document was not stored for good (its message names taskId, workspaceId and blob: export it again), messages wait in the poison queue (run python -m ops replay-poison --dry-run), a reconciliation run failed (its message names the role, network rule or account to check), an operator failed a delivery, or a setting or role is wrong, or a bug. See the message in Application Insights (traces). Fires within 5 minutes; resolves 30 minutes after the last ERROR.'
     severity: 1
     enabled: true
     scopes: [

@@ -2,8 +2,11 @@
 
 Each interpreter gets a virtualenv of its own under .nox/, built from requirements-dev.txt (on
 3.13 that installs azure-functions 2.x), and runs pytest. Lint and type checks run once, in
-`make test`. An interpreter this machine lacks is skipped, and nox says so in its summary;
-with REQUIRE_ALL_PYTHONS=1 (.ci/run sets it) a missing one fails the run. Interpreters are
+`make test`. The session exporter_floor runs the telemetry and query tests (tests/test_queries.py
+evaluates the alert and the workbook's queries on the envelopes the exporter writes) with the lowest
+azure-monitor-opentelemetry-exporter requirements.txt allows, from PyPI, so a floor that no longer
+writes what the queries filter on fails here. An interpreter this machine lacks is skipped, and
+nox says so in its summary; with REQUIRE_ALL_PYTHONS=1 (.ci/run sets it) a missing one fails the run. Interpreters are
 never downloaded. pyenv's are preferred, even when another version is the active one.
 """
 
@@ -21,7 +24,7 @@ PYTHONS = ["3.11", "3.12", "3.13"]
 ROOT = Path(__file__).resolve().parent
 LINKS = ROOT / ".nox" / "pythons"
 
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["tests", "exporter_floor"]
 nox.options.reuse_venv = "yes"  # reinstalling requirements into a kept venv is quick
 nox.options.download_python = "never"  # a missing interpreter is reported, not fetched
 if os.environ.get("REQUIRE_ALL_PYTHONS") == "1":
@@ -82,3 +85,29 @@ def tests(session: nox.Session) -> None:
         "print('Python', sys.version.split()[0], '| azure-functions', m.version('azure-functions'))",
     )
     session.run("pytest", *session.posargs)
+
+
+EXPORTER = "azure-monitor-opentelemetry-exporter"
+
+
+def exporter_floor_version() -> str:
+    """The lowest exporter version requirements.txt allows (its ``>=``)."""
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        match = re.fullmatch(rf"{re.escape(EXPORTER)}>=([^,\s]+),.*", line.strip())
+        if match:
+            return match.group(1)
+    raise ValueError(f"requirements.txt has no {EXPORTER}>= floor")
+
+
+@nox.session(python="3.12")
+def exporter_floor(session: nox.Session) -> None:
+    """The telemetry and query tests with the exporter's floor (and the distro and OpenTelemetry it pins)."""
+    floor = exporter_floor_version()
+    session.install("--quiet", "-r", "requirements-dev.txt", f"{EXPORTER}=={floor}")
+    session.run(
+        "python",
+        "-c",
+        f"import importlib.metadata as m; v = m.version({EXPORTER!r}); print({EXPORTER!r}, v); "
+        f"assert v == {floor!r}, v",
+    )
+    session.run("pytest", "tests/test_queries.py", "tests/test_telemetry.py", *session.posargs)

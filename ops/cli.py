@@ -22,7 +22,7 @@ from receiver.source import redact
 from receiver.storage import StoreError
 from receiver.verification import QUEUE as VERIFICATION_QUEUE
 
-from . import commands, smoke
+from . import commands, smoke, telemetry
 from .commands import Context
 from .connect import (
     ConfigError,
@@ -471,7 +471,13 @@ def main(
     # The command prints storage failures itself; the SDK's and the store's warnings would repeat them.
     for name in ("azure", "receiver.store", "receiver.engine"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # The same records to Application Insights when APPLICATIONINSIGHTS_CONNECTION_STRING is set (never
+    # in the function app: the worker configures it there), sent before the process exits.
+    flush = telemetry.configure(os.environ)
     try:
         return asyncio.run(run(argv, storage=storage, settings=settings, queues=queues, now=now))
     except KeyboardInterrupt:
         return INTERRUPTED
+    finally:
+        if flush is not None:
+            flush()

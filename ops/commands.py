@@ -40,6 +40,33 @@ from .records import (
 # delivery (nothing will retry it), WARNING otherwise.
 log = logging.getLogger("receiver")
 
+
+def operator_record(
+    outcome: str,
+    task_id: str,
+    workspace_id: str,
+    *,
+    delivery: str | None = None,
+    blob: str | None = None,
+    reason: str | None = None,
+    final: bool = False,
+) -> dict[str, Any]:
+    """The fields of an operator's log record, named as the receiver's records name theirs (so the
+    alert and the queries read them the same way when the command line sends them: ops/telemetry.py).
+    ``final``: a delivery failed for good, an ERROR an operator must act on (export it again)."""
+    values: dict[str, Any] = {
+        "operation": "operator",
+        "outcome": outcome,
+        "taskId": task_id,
+        "workspaceId": workspace_id,
+        "delivery": delivery[:12] if delivery else None,
+        "blob": blob,
+        "reason": redact(reason) if reason else None,
+        "finalFailure": True if final else None,
+    }
+    return {f"receiver.{key}": value for key, value in values.items() if value is not None}
+
+
 # Long enough to send and delete one page of messages; a message left unreadable becomes visible
 # in the poison queue again after this.
 VISIBILITY_SECONDS = 120
@@ -371,6 +398,9 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
         action,
         arrows,
         "; the delivery failed for good: export the document again" if failed else "",
+        extra=operator_record(
+            "expired" if failed else action, task_id, workspace_id, reason=found.foreseen.why, final=failed
+        ),
     )
     after = await inspect(ctx, workspace_id, task_id)
     data["repaired"] = {"arrows": trace.arrows, "retired": trace.retired, "answer": answer.kind}
@@ -428,6 +458,15 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
             copying.delivery[:12],
             copying.blob,
             give_up,
+            extra=operator_record(
+                "operator-failed",
+                task_id,
+                workspace_id,
+                delivery=copying.delivery,
+                blob=copying.blob,
+                reason=give_up,
+                final=True,
+            ),
         )
         text = [f"Failed delivery {copying.delivery[:12]} of task {task_id}: {give_up}"]
         if forced:
@@ -668,6 +707,14 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                     parsed.delivery[:12],
                     fate[0],
                     fate[1],
+                    extra=operator_record(
+                        "replayed",
+                        parsed.task_id,
+                        parsed.workspace_id,
+                        delivery=parsed.delivery,
+                        reason=f"moved back; expected to {fate[0]} ({fate[1]})",
+                        final=fate[0] == "fail",
+                    ),
                 )
                 entries.append(_message_entry(message.id, parsed, action, fate))
                 progress.update(1)

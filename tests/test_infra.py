@@ -503,16 +503,25 @@ def test_telemetry_takes_entra_id_only_and_an_error_alert_is_wired() -> None:
     )
     # The worker configures OpenTelemetry (host.json telemetryMode); the app never does it a second time.
     assert settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == ("app/api.bicep", "true")
-    alert = only(rel, "Microsoft.Insights/scheduledQueryRules")["properties"]
-    assert [accessor(scope) for scope in alert["scopes"]] == [["applicationInsights", "id"]]
-    [criterion] = alert["criteria"]["allOf"]
-    assert (criterion["operator"], criterion["threshold"], criterion["timeAggregation"]) == ("GreaterThan", 0, "Count")
-    loaded = variable(rel, criterion["query"])["function"]
-    assert loaded["type"] == "load_text_content"
-    query = (INFRA / "app" / loaded["parameters"]["file_path"]).read_text()
-    assert "severityLevel >= 3" in query
-    # docs/operations.md documents the exact query (tests/test_queries.py checks it against real envelopes).
-    assert query.strip() in (ROOT / "docs" / "operations.md").read_text()
+    rules = resources(rel, "Microsoft.Insights/scheduledQueryRules")
+    assert set(rules) == {"errorAlert", "heartbeatAlert"}
+    # Any ERROR fires the first; no completed reconciliation run fires the second (zero rows).
+    expected = {"errorAlert": ("GreaterThan", 0, "severityLevel >= 3"), "heartbeatAlert": ("LessThan", 1, "completed")}
+    for name, (operator, threshold, text) in expected.items():
+        alert = unwrap(rules[name]["config"])[1]["properties"]
+        assert [accessor(scope) for scope in alert["scopes"]] == [["applicationInsights", "id"]]
+        [criterion] = alert["criteria"]["allOf"]
+        assert (criterion["operator"], criterion["threshold"], criterion["timeAggregation"]) == (
+            operator,
+            threshold,
+            "Count",
+        )
+        loaded = variable(rel, criterion["query"])["function"]
+        assert loaded["type"] == "load_text_content"
+        query = (INFRA / "app" / loaded["parameters"]["file_path"]).read_text()
+        assert text in query
+        # docs/operations.md documents the exact query (tests/test_queries.py checks it against real envelopes).
+        assert query.strip() in (ROOT / "docs" / "operations.md").read_text()
 
 
 def test_outputs_give_the_webhook_url_without_key_the_key_command_and_the_container_url() -> None:

@@ -45,11 +45,14 @@ from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from pycep import BicepParser
 
+import receiver.reconciliation
 from receiver.reconciliation import reconcile_run
 from receiver.runtime import RUNTIME
+from receiver.storage import Listed, Misconfigured
 from receiver.store import RETRY_BACKOFF_VARIABLE
 from receiver.telemetry import report_oldest_pending, report_poison_depth
 from receiver.verification import CopyStillRunning
+from sim.world import World
 
 from .conftest import EXPORT_CONTAINER, FUNCTIONS, Exports, Webhook, notification
 from .faultproxy import FaultProxy, Rule, is_copy
@@ -327,6 +330,10 @@ async def run(
     yield _RUN[0]
 
 
+# monitoring.bicep's scheduled query rules and the file each one runs.
+ALERT_QUERIES = {"errorAlert": "alert-errors.kql", "heartbeatAlert": "reconciliation-heartbeat.kql"}
+
+
 def query(name: str, **parameters: str) -> Query:
     text = (QUERIES / name).read_text()
     for key, value in parameters.items():
@@ -387,7 +394,10 @@ def test_records_and_spans_land_where_the_docs_say(run: Run) -> None:
     reconciliation = receiver_traces(found, operation="reconciliation", outcome="run")
     assert not reconciliation  # the summary record says `completed` when nothing failed
     [summary] = receiver_traces(found, operation="reconciliation", outcome="completed")
-    assert "found=2" in summary["customDimensions"]["receiver.reason"]
+    # The four tasks with records, all changed in the last minutes, are checked; the two still copying
+    # (the stuck re-export and the refused copy) wait for their queue messages.
+    assert "found=4" in summary["customDimensions"]["receiver.reason"]
+    assert "'waiting': 2" in summary["customDimensions"]["receiver.reason"]
 
 
 # ---- what each query returns on that run ----
@@ -578,22 +588,34 @@ def test_the_workbook_has_the_notebook_shape_and_only_tested_queries() -> None:
             [parameter] = body["parameters"]
             assert (parameter["name"], parameter["type"]) == ("taskId", 1)  # a text box
             assert re.fullmatch(r"[0-9a-f-]{36}", parameter["id"])
-    # Every panel the dashboard promises, each from its file; only the alert's query is elsewhere.
-    assert used == set(QUERY_FILES) - {"alert-errors.kql"}
+    # Every panel the dashboard promises, each from its file; only the alerts' queries are elsewhere.
+    assert used == set(QUERY_FILES) - set(ALERT_QUERIES.values())
     lookup = next(item for item in content["items"] if item["name"] == "task-lookup")
     assert "{taskId}" in lookup["content"]["query"]
     assert lookup["conditionalVisibility"]["parameterName"] == "taskId"
     assert names.index("task-parameter") < names.index("task-lookup")
 
 
-def test_the_alert_and_the_workbook_are_deployed_from_the_files() -> None:
+def alert_rules() -> dict[str, dict[str, Any]]:
+    """monitoring.bicep's scheduled query rules by resource name: properties, with the query's text."""
     monitoring = _bicep("monitoring.bicep")
-    alert = next(r for r in monitoring["resources"].values() if r["type"] == "Microsoft.Insights/scheduledQueryRules")
-    [criterion] = alert["config"]["properties"]["criteria"]["allOf"]
-    assert (
-        _value(monitoring["variables"][criterion["query"]]["value"], {}, APP)
-        == (QUERIES / "alert-errors.kql").read_text()
-    )
+    rules = {}
+    for name, resource in monitoring["resources"].items():
+        if resource["type"] != "Microsoft.Insights/scheduledQueryRules":
+            continue
+        properties = dict(resource["config"]["properties"])
+        [criterion] = properties["criteria"]["allOf"]
+        properties["queryText"] = _value(monitoring["variables"][criterion["query"]]["value"], {}, APP)
+        properties["criterion"] = criterion
+        rules[name] = properties
+    return rules
+
+
+def test_the_alert_and_the_workbook_are_deployed_from_the_files() -> None:
+    rules = alert_rules()
+    assert set(rules) == set(ALERT_QUERIES)
+    for name, file in ALERT_QUERIES.items():
+        assert rules[name]["queryText"] == (QUERIES / file).read_text()
     main = cast(dict[str, Any], BicepParser().parse(file_path=ROOT / "infra" / "main.bicep"))
     module = main["modules"]["workbook"]
     assert module["detail"]["path"] == "app/workbook.bicep"
@@ -682,3 +704,269 @@ def test_the_deployed_settings_keep_every_span_and_record_of_a_burst() -> None:
     assert metrics["receiver.oldest_pending_age_s"]["value"] == 60
     gauges = query("reconciliation-gauges.kql").run(tables(envelopes), now=datetime.now(UTC))
     assert [(row["poisonDepth"], row["oldestPendingMinutes"]) for row in gauges] == [(2, 1)]
+
+
+# ---- the safety net's own failures, its cadence against the alert's window, its heartbeat ----
+# The reconciliation runs on the in-memory world (sim/world.py: the real code on MemoryStorage); its
+# records go through the real exporter to the capture, as above.
+
+SCHEDULE = timedelta(minutes=10)  # RECONCILE_SCHEDULE's default, checked against main.bicep below
+SLOW_RUN = timedelta(minutes=5)  # host.json's functionTimeout: the longest a run can take to report
+REFUSED = "This request is not authorized to perform this operation using this permission."
+
+
+def _duration(text: str) -> timedelta:
+    match = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?", text)
+    assert match, text
+    return timedelta(hours=int(match.group(1) or 0), minutes=int(match.group(2) or 0))
+
+
+def within(found: dict[str, list[Row]], start: datetime, end: datetime) -> dict[str, list[Row]]:
+    """The rows a scheduled query rule's window (start, end] hands its query."""
+    return {table: [row for row in rows if start < row["timestamp"] <= end] for table, rows in found.items()}
+
+
+def _shifted(rows: list[Row], to: datetime) -> list[Row]:
+    """One run's rows moved in time as a whole, so that its first row is at ``to``."""
+    first = min(row["timestamp"] for row in rows)
+    return [dict(row, timestamp=row["timestamp"] - first + to) for row in rows]
+
+
+async def _runs(
+    capture: Capture, monkeypatch: pytest.MonkeyPatch, *, depth: int, refuse: bool = False, times: int = 1
+) -> list[list[Row]]:
+    """``times`` reconciliation runs on the in-memory world, the poison queue holding ``depth``
+    messages; with ``refuse`` storage refuses the listing of the task records (403, as without the
+    role). Each run's trace rows as the exporter sent them."""
+    world = World.make()
+
+    async def poison_depth(environ: dict[str, str] | None) -> int | None:
+        return depth
+
+    monkeypatch.setattr(receiver.reconciliation, "_poison_depth", poison_depth)
+    if refuse:
+
+        def refused(prefix: str) -> AsyncIterator[Listed]:
+            async def listing() -> AsyncIterator[Listed]:
+                raise Misconfigured(REFUSED, code="AuthorizationPermissionMismatch", status=403)
+                yield  # an async generator that fails at its first item, as the SDK's pager does
+
+            return listing()
+
+        monkeypatch.setattr(world.storage, "list", refused)
+    runs = []
+    for _ in range(times):
+        before = len(capture.envelopes)
+        report = await reconcile_run(runtime=world.runtime, now=world.now, environ={})
+        assert (report.failed is not None) is refuse and report.poison_depth == depth
+        runs.append(tables(capture.envelopes[before:])["traces"])
+    return runs
+
+
+async def test_a_run_storage_refuses_is_on_the_alert_naming_what_to_check_and_the_poison_report_still_runs(
+    capture: Capture, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="receiver")
+    [rows] = await _runs(capture, monkeypatch, depth=3, refuse=True)
+    found = {"traces": rows}
+    alerted = query("alert-errors.kql").run(found, now=datetime.now(UTC))
+    assert sorted(row["outcome"] for row in alerted) == ["failed", "poison"]  # the finally ran too
+    [failed] = [row for row in alerted if row["outcome"] == "failed"]
+    assert failed["taskId"] == ""  # the run's own record, not a task's
+    for what in ("Storage Blob Data Owner", "network rules", "account and container exist", REFUSED):
+        assert what in failed["message"], what
+    [record] = receiver_traces(found, operation="reconciliation", outcome="failed")
+    assert record["severityLevel"] == 3 and record["customDimensions"]["receiver.finalFailure"] == "True"
+    assert record["customDimensions"]["logger_name"] == "receiver"
+    # The final-failures panel lists it with its reason; no completed run: the heartbeat has no row.
+    listed = {row["outcome"]: row for row in query("final-failures.kql").run(found, now=datetime.now(UTC))}
+    assert listed["failed"]["operation"] == "reconciliation" and "Storage Blob Data Owner" in listed["failed"]["reason"]
+    assert query("reconciliation-heartbeat.kql").run(found, now=datetime.now(UTC)) == []
+    # An unexpected exception (not storage's) is an ERROR run record too.
+    monkeypatch.setattr(receiver.reconciliation, "_work", _raises)
+    before = len(capture.envelopes)
+    report = await reconcile_run(runtime=World.make().runtime, now=datetime.now(UTC), environ={})
+    assert report.failed == "ZeroDivisionError"
+    later = tables(capture.envelopes[before:])
+    assert sorted(row["outcome"] for row in query("alert-errors.kql").run(later, now=datetime.now(UTC))) == [
+        "failed",
+        "poison",
+    ]
+
+
+async def _raises(*args: Any, **kwargs: Any) -> None:
+    raise ZeroDivisionError
+
+
+async def test_a_standing_poison_queue_keeps_the_alert_fired_between_runs(
+    capture: Capture, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two runs' records, the second as late as a run can report (the schedule plus a slow run): every
+    evaluation of the deployed rule, at any minute from the first run until the run after the second
+    would report, finds an ERROR in its window, so the alert stays fired instead of flapping."""
+    caplog.set_level(logging.INFO, logger="receiver")
+    first, second = await _runs(capture, monkeypatch, depth=3, times=2)
+    start = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    gap = SCHEDULE + SLOW_RUN
+    found = {"traces": _shifted(first, start) + _shifted(second, start + gap)}
+    errors = query("alert-errors.kql").run(found, now=start)
+    assert [row["outcome"] for row in errors] == ["poison", "poison"]  # the poison ERROR of each run
+    first_error = min(row["timestamp"] for row in errors)
+
+    rule = alert_rules()["errorAlert"]
+    window, every = _duration(rule["windowSize"]), _duration(rule["evaluationFrequency"])
+    assert every <= timedelta(minutes=5) and window >= gap  # a new ERROR alerts soon; a standing one stays
+
+    def silent(window: timedelta) -> list[datetime]:
+        """Evaluation times (any minute: the rule's phase is not ours) whose window finds no row."""
+        times = [first_error + timedelta(minutes=minute) for minute in range(int((2 * gap) / timedelta(minutes=1)))]
+        return [t for t in times if not query("alert-errors.kql").run(within(found, t - window, t), now=t)]
+
+    assert silent(window) == []
+    # Both runs' windows, each on its own, return the run's rows.
+    for at in (start, start + gap):
+        assert query("alert-errors.kql").run(within(found, at - window, at + timedelta(seconds=1)), now=at)
+    # The old 5-minute window: most evaluations between two runs find nothing, so it resolved and
+    # fired again every run.
+    assert len(silent(timedelta(minutes=5))) > 10
+
+
+async def test_the_heartbeat_fires_when_no_run_completed_for_twice_the_schedule(
+    capture: Capture, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="receiver")
+    first, second = await _runs(capture, monkeypatch, depth=3, times=2)
+    [refused] = await _runs(capture, monkeypatch, depth=0, refuse=True)
+    start = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    found = {
+        "traces": _shifted(first, start) + _shifted(second, start + SCHEDULE) + _shifted(refused, start + 2 * SCHEDULE)
+    }
+    rule = alert_rules()["heartbeatAlert"]
+    assert rule["queryText"] == (QUERIES / "reconciliation-heartbeat.kql").read_text()
+    assert (rule["criterion"]["operator"], rule["criterion"]["threshold"]) == ("LessThan", 1)  # no row: fire
+    assert rule["criterion"]["timeAggregation"] == "Count" and rule["autoMitigate"] is True
+    window, every = _duration(rule["windowSize"]), _duration(rule["evaluationFrequency"])
+    lookback = timedelta(minutes=25)
+    assert "ago(25m)" in rule["queryText"] and window >= lookback  # the query looks back itself
+    assert 2 * SCHEDULE <= lookback <= 2 * SCHEDULE + SLOW_RUN and every <= SCHEDULE
+
+    def rows(at: datetime) -> list[Row]:
+        return query("reconciliation-heartbeat.kql").run(within(found, at - window, at), now=at)
+
+    # Completed runs at 0 and 10 minutes (a failed one at 20): no alert until 25 minutes after the last.
+    for minute in range(1, 35):
+        assert rows(start + timedelta(minutes=minute)), minute
+    assert rows(start + timedelta(minutes=36)) == []  # fired: nothing completed since minute 10
+    [last] = rows(start + timedelta(minutes=12))[-1:]
+    assert "poison=3" in last["summary"] and "found=0" in last["summary"]
+
+    # The workbook's tile: the last completed run with its summary, and the last failed one with its reason.
+    now = start + timedelta(minutes=40)
+    tile = query("reconciliation-last-run.kql").run(found, now=now)
+    assert [row["outcome"] for row in tile] == ["failed", "completed"]
+    assert start + SCHEDULE <= tile[1]["lastRun"] < start + SCHEDULE + timedelta(minutes=1)
+    assert 29 < tile[1]["minutesAgo"] <= 30 and "poison=3" in tile[1]["summary"]
+    assert "Storage Blob Data Owner" in tile[0]["summary"]
+
+
+def test_the_alert_windows_follow_the_reconciliation_schedule() -> None:
+    """The windows above assume the default schedule; a deployment that changes it must change them."""
+    main = cast(dict[str, Any], BicepParser().parse(file_path=ROOT / "infra" / "main.bicep"))
+    assert main["parameters"]["reconcileSchedule"]["default"] == "0 */10 * * * *"
+    assert timedelta(minutes=5) == SLOW_RUN and json.loads((ROOT / "host.json").read_text())["functionTimeout"] == (
+        "00:05:00"
+    )
+    allowed = {5, 10, 15, 30, 45, 60, 120, 180, 240, 300, 360, 1440, 2880}  # Azure's window sizes, in minutes
+    for rule in alert_rules().values():
+        assert _duration(rule["windowSize"]) / timedelta(minutes=1) in allowed
+
+
+# ---- an operator's actions: the command line sends its records when told where ----
+
+_OPERATOR = """
+import asyncio, sys
+from ops.cli import main
+from tests.test_ops import Ops
+ops = Ops()
+asyncio.run(ops.accept(ops.world.export("task-1")))  # a copy whose queue message is lost
+argv = ["fail", "--task", "task-1", "--reason", "lost; re-exported by hand"]
+sys.exit(main(argv, storage=ops.world.storage, settings=ops.world.settings, queues=ops.queues, now=ops.world.now))
+"""
+
+
+def _operator_fail(settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m ops fail`` on the in-memory world, in a process of its own (the distro sets the
+    global providers), through the console entry point an operator runs."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("OTEL_", "APPLICATIONINSIGHTS_"))}
+    env |= settings | {
+        "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+        "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
+        "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel",  # no cloud metadata probes
+        "PYTHONPATH": str(ROOT),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", _OPERATOR], env=env, cwd=ROOT, capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def test_an_operators_fail_is_the_same_error_record_on_the_alert() -> None:
+    capture = Capture()
+    try:
+        ran = _operator_fail({"APPLICATIONINSIGHTS_CONNECTION_STRING": capture.connection})
+        found = tables(list(capture.envelopes))  # sent before the process exited
+    finally:
+        capture.close()
+    assert ran.returncode == 0 and "Traceback" not in ran.stderr, ran.stderr
+    [printed] = [line for line in ran.stderr.splitlines() if line.startswith("ERROR receiver: operator fail")]
+    [row] = query("alert-errors.kql").run(found, now=datetime.now(UTC))
+    assert (row["taskId"], row["outcome"]) == ("task-1", "operator-failed")
+    assert printed == f"ERROR receiver: {row['message']}"  # the record it printed, word for word
+    [record] = found["traces"]
+    assert record["severityLevel"] == 3 and record["cloud_RoleName"] == "smartdocumentor-ops"
+    dimensions = record["customDimensions"]
+    assert dimensions["logger_name"] == "receiver" and dimensions["receiver.finalFailure"] == "True"
+    assert dimensions["receiver.reason"] == "lost; re-exported by hand"
+    assert not found["dependencies"] and not found["customMetrics"]  # records only
+    # The task's story in Logs has the operator's step too.
+    story = query("task-lookup.kql", taskId="task-1").run(found, now=datetime.now(UTC))
+    assert [(row["operation"], row["outcome"]) for row in story] == [("operator", "operator-failed")]
+
+    # Without the variable nothing is configured: the same record, on stderr only.
+    alone = _operator_fail({})
+    assert alone.returncode == 0 and printed.split(" duration")[0] in alone.stderr
+
+
+def test_only_the_command_line_configures_the_exporter() -> None:
+    """The Functions worker configures Azure Monitor in the app; a second configuration there would
+    send every record twice. The command line does it in its entry point, and only when told where."""
+    from ops.telemetry import configure
+
+    for path in [ROOT / "function_app.py", *sorted((ROOT / "receiver").glob("*.py"))]:
+        text = path.read_text()
+        assert "configure_azure_monitor(" not in text and "import configure_azure_monitor" not in text, path
+    assert configure({}) is None and configure({"APPLICATIONINSIGHTS_CONNECTION_STRING": " "}) is None
+    cli = (ROOT / "ops" / "cli.py").read_text()
+    assert cli.count("telemetry.configure(") == 1 and "telemetry.configure(os.environ)" in cli.split("def main(")[1]
+
+
+# ---- the exporter's floor writes what the queries filter on ----
+
+EXPORTER = "azure-monitor-opentelemetry-exporter"
+# The first release that writes a log record's Python logger as customDimensions.logger_name (the
+# alert's and final-failures' filter); 1.0.0b36 to 1.0.0b51 write none (read in their wheels).
+FIRST_WITH_LOGGER_NAME = "1.0.0b52"
+
+
+def test_the_exporter_floor_writes_the_logger_name_and_make_test_all_runs_the_queries_on_it() -> None:
+    """This module runs on the installed exporter; `make test-all`'s session exporter_floor runs it
+    (and tests/test_telemetry.py) again with exactly the floor requirements.txt allows."""
+    import importlib.metadata
+
+    from packaging.version import Version
+
+    [floor] = re.findall(rf"^{re.escape(EXPORTER)}>=([^,\s]+),", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert Version(floor) >= Version(FIRST_WITH_LOGGER_NAME)
+    assert Version(importlib.metadata.version(EXPORTER)) >= Version(floor)
+    noxfile = (ROOT / "noxfile.py").read_text()
+    assert 'nox.options.sessions = ["tests", "exporter_floor"]' in noxfile
+    assert 'f"{EXPORTER}=={floor}"' in noxfile and '"tests/test_queries.py"' in noxfile

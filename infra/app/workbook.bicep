@@ -13,6 +13,7 @@ var kql = {
   pendingByAge: loadTextContent('queries/pending-by-age.kql')
   pendingOverAnHour: loadTextContent('queries/pending-over-an-hour.kql')
   reconciliationGauges: loadTextContent('queries/reconciliation-gauges.kql')
+  reconciliationLastRun: loadTextContent('queries/reconciliation-last-run.kql')
   taskLookup: loadTextContent('queries/task-lookup.kql')
 }
 
@@ -85,6 +86,19 @@ var content = {
         version: 'KqlItem/1.0'
         title: 'Not settled an hour after the copy was sent'
         query: kql.pendingOverAnHour
+        queryType: 0
+        resourceType: 'microsoft.insights/components'
+        visualization: 'table'
+        size: 0
+      }
+    }
+    {
+      type: 3
+      name: 'reconciliation-last-run'
+      content: {
+        version: 'KqlItem/1.0'
+        title: 'Last reconciliation run that completed (its summary), and the last that failed (what to check)'
+        query: kql.reconciliationLastRun
         queryType: 0
         resourceType: 'microsoft.insights/components'
         visualization: 'table'

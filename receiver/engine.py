@@ -101,10 +101,17 @@ def manifest_name(blob: str) -> str:
 
 
 async def run(
-    storage: Storage, job: Job, *, now: datetime, trace: Trace | None = None, clock: Clock = time.monotonic
+    storage: Storage,
+    job: Job,
+    *,
+    now: datetime,
+    trace: Trace | None = None,
+    clock: Clock = time.monotonic,
+    wall: Callable[[], datetime] | None = None,
 ) -> tuple[Answer, Trace]:
     """Drive ``job`` to its answer. Raises :class:`StoreError` when storage fails in a way the loop
-    cannot answer for (the caller maps it to 503/500); ``trace`` then still says what was sent."""
+    cannot answer for (the caller maps it to 503/500); ``trace`` then still says what was sent.
+    ``now`` is when the event came; ``wall`` tells the time of each step (its history entry)."""
     trace = trace if trace is not None else Trace()
     seen = Seen(large=isinstance(job.event, Arrival) and job.event.notice.large)
     if isinstance(job.event, Arrival):
@@ -115,11 +122,12 @@ async def run(
         if (expires is None or expires > now) and not seen.large and job.source_url is not None and not seen.locked:
             seen = await _first_round(storage, job, seen, trace)
     for _ in range(MAX_STEPS):
-        decision = decide(seen, job.event, now)
+        at = max(now, wall()) if wall is not None else now
+        decision = decide(seen, job.event, at)
         trace.arrows.append(decision.arrow)
         if isinstance(decision, Answer):
             return _finish(decision, trace), trace
-        seen = await _apply(storage, job, seen, decision, trace, now=now, clock=clock)
+        seen = await _apply(storage, job, seen, decision, trace, now=at, clock=clock)
     raise Unavailable("The task kept changing while this delivery stored it. Send the document again.")
 
 

@@ -188,7 +188,7 @@ async def _work(
                     task_id=item.task_id,
                     write_manifest=settings.write_manifest,
                 )
-                answer, trace = await run(storage, job, now=now)
+                answer, trace = await run(storage, job, now=now, wall=runtime.clock)
                 record.outcome, record.arrows = answer.arrow, ",".join(trace.arrows)
                 if trace.retired:
                     record.reason = f"retired {', '.join(trace.retired)}"

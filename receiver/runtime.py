@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from .settings import Settings, load_settings
 from .storage import Storage
@@ -14,6 +16,8 @@ class Runtime:
     hands it a storage of the caller's (the in-memory store of the simulator and the fast tests)."""
 
     def __init__(self) -> None:
+        # The time of each step of a delivery (its history); the simulator and the fast tests set their own.
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self._settings: Settings | None = None
         self._store: Storage | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -116,7 +116,7 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             storage = runtime.store()
             large = await is_large(storage, plan, settings)
             job = arrival_job(plan, settings, by="verifier", patient=True, large=large, deadline=None)
-            answer, trace = await run(storage, job, now=now)
+            answer, trace = await run(storage, job, now=now, wall=runtime.clock)
         except Immutable as exc:
             # A policy refuses even the record's own update: nothing will ever finish it, so no retry.
             record.outcome, record.final_failure = "immutable", True

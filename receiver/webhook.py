@@ -69,7 +69,7 @@ async def _handle(
                 large=large,
                 deadline=time.monotonic() + settings.copy_wait_seconds,
             )
-            answer, trace = await run(storage, job, now=now, trace=trace)
+            answer, trace = await run(storage, job, now=now, trace=trace, wall=runtime.clock)
     except SettingsError as exc:
         record.reason, record.final_failure = exc.message, True
         return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}", taskId=plan.task_id)

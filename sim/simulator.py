@@ -446,6 +446,7 @@ class Simulation:
         if found is None:
             found = Runtime()
             found.use(self.gate, settings_for(config))
+            found.clock = self.clock
             self.runtimes[config] = found
         return found
 

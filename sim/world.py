@@ -68,6 +68,7 @@ class World:
         )
         self.runtime = Runtime()
         self.runtime.use(self.storage, self.settings)
+        self.runtime.clock = self.clock
         self.exports = 0
 
     @classmethod

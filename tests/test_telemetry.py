@@ -62,6 +62,8 @@ def kind(request: tuple[str, str]) -> str:
     method, path = request
     if "restype=account" in path:
         return "account"
+    if path.endswith("restype=container"):
+        return "container policy"
     what = "record" if "/.smartdocumentor/tasks/" in path else "manifest" if ".json" in path else "file"
     if method == "PUT" and what == "file":
         return "copy"
@@ -91,11 +93,12 @@ async def test_a_delivery_emits_one_record_one_span_and_one_count(
     assert attributes["receiver.outcome"] == "stored"
     assert attributes["receiver.httpStatus"] == 200
     assert attributes["receiver.copyMode"] == "sync"
-    # The record read beside a create-only copy (the account asked once a process whether it has tags),
-    # the record created, the copied blob read once (its Content-Type) beside the manifest write.
-    assert attributes["receiver.storageRequests"] == len(proxied.seen) == 6, "\n".join(map(str, proxied.seen))
+    # The record read beside a create-only copy (the account asked once a process whether it has tags,
+    # and the container whether a policy refuses overwrites), the record created, the copied blob read
+    # once (its Content-Type) beside the manifest write.
+    assert attributes["receiver.storageRequests"] == len(proxied.seen) == 7, "\n".join(map(str, proxied.seen))
     assert sorted(kind(request) for request in proxied.seen) == sorted(
-        ["read record", "account", "copy", "write record", "read file", "write manifest"]
+        ["container policy", "read record", "account", "copy", "write record", "read file", "write manifest"]
     )
     assert attributes["receiver.blob"] == response.body["blob"]
     assert float(attributes["receiver.durationMs"]) > 0  # type: ignore[arg-type]

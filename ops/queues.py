@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from receiver.verification import Message, read_message
+from receiver.verification import Message, Reference, read_message
 
 # A peek sees at most 32 messages (a service limit).
 PEEK_LIMIT = 32
@@ -71,7 +71,7 @@ class QueueMissing(Exception):
 class Parsed:
     """What the command line may show of a message: never its link."""
 
-    message: Message
+    message: Message | Reference
     task_id: str
     workspace_id: str
     delivery: str  # sha256 of the full exportedFileUrl, as the receiver computes it
@@ -93,6 +93,8 @@ def parse(content: str) -> Parsed | None:
         found = read_message(data)
         if found is None:
             continue
+        if isinstance(found, Reference):
+            return Parsed(found, found.task_id, found.workspace_id, found.delivery, None)
         try:
             body: Any = json.loads(found.body)
         except ValueError:

@@ -35,6 +35,7 @@ from receiver.plan import identity_segment
 from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings
 from receiver.storage import Blob, Listed, Rejected, Storage
+from receiver.verification import Message, Reference, body_from_record
 
 from .queues import Parsed
 
@@ -192,7 +193,16 @@ def foresee_sweep(seen: Seen, event: Sweep) -> Foreseen:
 async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, *, now: datetime) -> Foreseen:
     """What the queue function will do with this message, by ``decide`` on an ``Arrival`` and the
     observation the engine makes (the record, and the blob at the delivery's name). Sends nothing."""
-    plan = prepare(parsed.message.body, {}, settings, now=parsed.message.received_at)
+    message = parsed.message
+    if isinstance(message, Reference):
+        # A large notification's message names the record that keeps the rest of it.
+        held, _ = await read_record(storage, message.workspace_id, message.task_id)
+        body = body_from_record(message, held)
+        if body is None:
+            refused = Answer("failed", 400, "refused")
+            return Foreseen(refused, "fail", "its task record no longer describes it: the queue function drops it")
+        message = Message(body, message.received_at)
+    plan = prepare(message.body, {}, settings, now=message.received_at)
     if isinstance(plan, Outcome):
         error = str(plan.body.get("error") or plan.status_code)
         refused = Answer("failed", plan.status_code, "refused")

@@ -22,7 +22,9 @@ from typing import Any
 
 from .engine import run
 from .intake import arrival_job, is_large, prepare
+from .models import MAX_RECORD_BYTES, TaskRecord, record_name
 from .outcome import Outcome
+from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan
 from .runtime import Runtime
 from .storage import Immutable
 from .telemetry import recording
@@ -47,12 +49,56 @@ class Message:
     received_at: datetime
 
 
-def message(body: bytes, received_at: datetime) -> str:
+@dataclass(frozen=True)
+class Reference:
+    """A message too large to carry its notification: the link, and where the record keeps the rest."""
+
+    url: str
+    workspace_id: str
+    task_id: str
+    delivery: str
+    received_at: datetime
+
+
+# Queue messages hold 64 KiB once the host has base64-encoded them: a message up to this size carries
+# the whole notification; a larger one carries the link and the record's name (its manifest document).
+MAX_MESSAGE_BYTES = 45 * 1024
+
+
+def message(body: bytes, received_at: datetime, *, plan: CopyPlan | None = None) -> str:
     """The queue message for a notification: the body as received, and when."""
-    return json.dumps({"v": 2, "receivedAt": received_at.isoformat(), "body": body.decode("utf-8-sig")})
+    text = json.dumps({"v": 2, "receivedAt": received_at.isoformat(), "body": body.decode("utf-8-sig")})
+    if len(text.encode("utf-8")) <= MAX_MESSAGE_BYTES or plan is None:
+        return text
+    return json.dumps(
+        {
+            "v": 2,
+            "receivedAt": received_at.isoformat(),
+            "url": plan.source.url,
+            "workspaceId": plan.workspace_id,
+            "taskId": plan.task_id,
+            "delivery": plan.delivery,
+        }
+    )
 
 
-def read_message(data: bytes) -> Message | None:
+def body_from_record(reference: Reference, record: TaskRecord | None) -> bytes | None:
+    """The notification again, from the manifest document the record keeps for a delivery still
+    copying (the payload without the link's query) and the link the message carries."""
+    entry = record.find(reference.delivery) if record is not None else None
+    if entry is None or not entry.manifest:
+        return None
+    document = dict(entry.manifest)
+    sender = document.pop("senderFields", None)
+    fields = {key: value for key, value in document.items() if key not in RECEIVER_MANIFEST_KEYS}
+    fields["metadata"] = document.get("metadata")
+    if isinstance(sender, dict):
+        fields.update(sender)
+    fields["exportedFileUrl"] = reference.url
+    return json.dumps(fields).encode("utf-8")
+
+
+def read_message(data: bytes) -> Message | Reference | None:
     """The message's notification, or None when it is unreadable. A message written by the release
     before the task record (its manifest and link) is turned back into the notification it came from."""
     try:
@@ -65,6 +111,13 @@ def read_message(data: bytes) -> Message | None:
         if document.get("v") == 2 and isinstance(document.get("body"), str):
             received = datetime.fromisoformat(str(document["receivedAt"]))
             return Message(document["body"].encode("utf-8"), received)
+        if document.get("v") == 2 and all(
+            isinstance(document.get(key), str) for key in ("url", "workspaceId", "taskId", "delivery")
+        ):
+            received = datetime.fromisoformat(str(document["receivedAt"]))
+            return Reference(
+                document["url"], document["workspaceId"], document["taskId"], document["delivery"], received
+            )
         if all(isinstance(document.get(key), str | dict) for key in _EARLIER_RELEASE_KEYS):
             manifest = dict(document["manifest"])
             received = datetime.fromisoformat(str(manifest.get("receivedAt", "")).replace("Z", "+00:00"))
@@ -104,6 +157,21 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             record.reason = "the verification message is unreadable; it was dropped"
             return "unreadable"
         settings = runtime.settings()
+        if isinstance(found, Reference):
+            record_found = await runtime.store().read_bytes(
+                record_name(found.workspace_id, found.task_id), max_bytes=MAX_RECORD_BYTES
+            )
+            task_record = TaskRecord.from_bytes(record_found[1]) if record_found is not None else None
+            rebuilt = body_from_record(found, task_record)
+            if rebuilt is None:
+                record.outcome, record.final_failure = "unreadable", True
+                record.task_id, record.workspace_id = found.task_id, found.workspace_id
+                record.reason = (
+                    "the verification message names a delivery its task record no longer describes; it was dropped. "
+                    f"Run python -m ops find --task {found.task_id}"
+                )
+                return "unreadable"
+            found = Message(rebuilt, found.received_at)
         plan = prepare(found.body, {}, settings, now=found.received_at)
         if isinstance(plan, Outcome):
             record.outcome, record.final_failure = "unreadable", True

@@ -56,7 +56,7 @@ async def _handle(
     record.blob = f"{settings.destination_container}/{plan.blob_name}"
     record.delivery = plan.delivery
     trace = Trace()
-    message = verification.message(body, now)
+    message = verification.message(body, now, plan=plan)
     try:
         storage = runtime.store()
         async with asyncio.timeout(settings.copy_wait_seconds + STORAGE_BUDGET_SECONDS):

@@ -246,11 +246,6 @@ async def test_a_request_storage_refuses_is_reported_as_a_bug_not_an_outage(
     assert files(destination) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="receiver bug: the v2 queue message carries the whole notification, so one near MAX_BODY_BYTES "
-    "(64 KiB) is about 83 KB once base64-encoded by the host: over the queue's 64 KiB, the message cannot be sent",
-)
 async def test_the_largest_notification_still_fits_the_verification_queue(
     staged: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:

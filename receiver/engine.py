@@ -163,7 +163,12 @@ async def _apply(
     storage: Storage, job: Job, seen: Seen, decision: Decision, trace: Trace, *, now: datetime, clock: Clock
 ) -> Seen:
     if isinstance(decision, Observe):
-        return await _observe(storage, job, seen)
+        try:
+            return await _observe(storage, job, seen, manifest=decision.manifest)
+        except Unavailable:
+            if seen.attempt != "lost" or seen.blind:
+                raise
+            return replace(seen, blind=True)  # decide records it without knowing what landed
     if isinstance(decision, Copy):
         assert isinstance(job.event, Arrival)
         copied = await _copy(storage, job, job.event.notice.blob, decision.if_match, seen, trace)

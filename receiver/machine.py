@@ -84,6 +84,7 @@ class Seen:
     policy: str | None = None  # "retention policy" | "legal hold": what refused this driver's write
     locked: str | None = None  # the container's own policy (known before anything is written)
     fence: bool = False  # this driver's change asks for a fence on its file (see :class:`Fence`)
+    blind: bool = False  # the look after a lost answer failed too: what the blob holds is not known
 
 
 # --- the steps decide returns ---------------------------------------------------------------------
@@ -92,9 +93,10 @@ class Seen:
 @dataclass(frozen=True)
 class Observe:
     """Read the blob at the notice's name (a sweep: the record, then the blob of what is copying).
-    The record itself is read again only after a conflict on it."""
+    The record itself is read again only after a conflict on it. ``manifest``: its manifest too."""
 
     arrow: str = "observe"
+    manifest: bool = False
 
 
 @dataclass(frozen=True)
@@ -442,8 +444,12 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag)
             return Apply((Retire(stale),), "superseded")
         if current_stored and entry is not None and entry.blob == notice.blob and not seen.copied:
-            if event.by != "webhook" and not seen.manifest_done and not seen.locked:
-                # A queue message or an operator: the webhook's manifest write may be what failed.
+            # A duplicate is answered once its manifest describes it too (the first request's manifest
+            # write may still be failing): written here when it does not.
+            if seen.manifest == UNSEEN and not seen.manifest_done:
+                return Observe(manifest=True)
+            described = isinstance(seen.manifest, Blob) and seen.manifest.delivery == notice.delivery
+            if not described and not seen.manifest_done and not seen.locked:
                 return Apply((WriteManifest(notice.blob, notice.delivery, notice.manifest),), "duplicate")
             return Answer("duplicate", 200, "duplicate")
         arrow = ("restored" if current else "stored") if seen.copied else "adopted"
@@ -515,8 +521,15 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # A file is at the name (or the source needs staging): accepted before anything overwrites it,
         # and the file and its manifest read side by side with that.
         return _accept(seen, base, notice, record, by, now, observe=True)
+    if blob == UNSEEN and seen.attempt == "lost" and seen.blind:
+        # A copy's answer was lost and the look after it failed too: tracked all the same, so the
+        # reconciliation can find it; the queue message finishes it.
+        if entry is not None and entry.state is State.COPYING:
+            return Answer("copying", 503, "unconfirmed", error="storage-unavailable", enqueue=True)
+        step = Step(at=now, by=by, outcome="unconfirmed", status=503)
+        return Change(_with_state(base, _entry(notice, record), State.COPYING, step, staged=seen.large), "unconfirmed")
     if blob == UNSEEN:
-        return Observe()
+        return Observe(manifest=current_stored)
     if seen.attempt == "lost":
         # A copy was sent, its answer lost, and the blob does not hold it: tracked, then finished by the queue.
         if entry is not None and entry.state is State.COPYING:

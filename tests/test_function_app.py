@@ -259,7 +259,7 @@ async def test_same_delivery_again_is_a_duplicate_without_a_second_copy(
     assert stored_blobs(destination) == sorted([name, f"{name}.json"])
 
 
-async def test_a_duplicate_writes_nothing_and_its_queued_retry_restores_a_missing_manifest(
+async def test_a_duplicate_restores_a_missing_manifest_and_leaves_the_record_alone(
     configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
 ) -> None:
     payload = notification(exports.publish())
@@ -271,15 +271,15 @@ async def test_a_duplicate_writes_nothing_and_its_queued_retry_restores_a_missin
 
     second = await webhook.post(payload)
 
-    # The webhook decides from the record alone: the file holds the delivery, so nothing is written.
+    # A duplicate is answered once its manifest describes it: the missing one is written again.
     assert second.status == 200 and second.body["status"] == "duplicate"
-    assert stored_blobs(destination) == [name]
+    assert manifest_of(destination, name)["taskId"] == payload["taskId"]
+    assert stored_blobs(destination) == sorted([name, f"{name}.json"])
     assert record_etag.get_blob_properties().etag == before
-    # The queue function, driving the same delivery, makes sure of the manifest.
+    # The queue function, driving the same delivery again, changes nothing more.
     verify = FUNCTIONS["verify_pending_copy"].get_user_function()
     queued = message(json.dumps(payload).encode(), datetime.now(UTC)).encode()
     await verify(QueueMessage(id="m", body=queued))  # type: ignore[no-untyped-call]
-    assert manifest_of(destination, name)["taskId"] == payload["taskId"]
     assert stored_blobs(destination) == sorted([name, f"{name}.json"])
 
 

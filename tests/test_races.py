@@ -124,11 +124,6 @@ async def test_a_twin_answered_duplicate_keeps_its_file_when_the_first_request_f
     assert_delivered(destination, payload, name, PDF_BYTES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="receiver gap: the webhook answers 200 duplicate from the record and the file alone; while the "
-    "first request's manifest write is still failing, no manifest exists yet (its queue message writes it)",
-)
 async def test_a_duplicate_is_answered_only_once_its_manifest_exists(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:
@@ -292,16 +287,7 @@ async def test_a_held_same_name_copy_never_replaces_a_newer_accepted_export(
 # --- 3. a copy answered 503 after the service acted ----------------------------------------------------
 
 
-GAP_UNTRACKED = pytest.mark.xfail(
-    strict=True,
-    reason="receiver gap: a first export's create-only copy answered 503, then its read refused too, raises out "
-    "of the loop before the record lists the delivery; only its queue message knows the file (reported)",
-)
-
-
-@pytest.mark.parametrize(
-    "over", [pytest.param(False, id="first-export", marks=GAP_UNTRACKED), pytest.param(True, id="re-export")]
-)
+@pytest.mark.parametrize("over", [pytest.param(False, id="first-export"), pytest.param(True, id="re-export")])
 async def test_a_copy_answered_503_after_it_landed_ends_tracked_and_finished(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, over: bool
 ) -> None:

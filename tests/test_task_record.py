@@ -51,7 +51,8 @@ async def test_the_same_delivery_again_is_a_duplicate_that_writes_nothing() -> N
     answer = await world.post(export)
     assert (answer.status_code, answer.body["status"]) == (200, "duplicate")
     assert world.storage.snapshot() == before
-    assert [op for op, _ in world.storage.calls] == ["read_bytes", "copy_from_url", "read"]
+    # The record read beside a create-only copy, then the file and its manifest side by side.
+    assert [op for op, _ in world.storage.calls] == ["read_bytes", "copy_from_url", "read", "read"]
 
 
 async def test_a_re_export_under_the_same_name_replaces_the_file_atomically() -> None:

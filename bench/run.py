@@ -32,6 +32,7 @@ import logging
 import os
 import platform
 import pstats
+import re
 import statistics
 import subprocess
 import sys
@@ -778,6 +779,13 @@ def render_summary(results: dict[str, Any]) -> list[str]:
             f"| {staged['size_mib']} MiB staged: the earlier export readable until the commit | {reads['earlier']} "
             f"whole reads of it, {reads['other']} of anything else | {verdict(reads['earlier'] > 0 and not reads['other'])} |"
         )
+    scale: dict[str, Any] = results.get("ops_scale") or {"rows": []}
+    for row in scale["rows"]:
+        command = re.sub(r"--workspace \S+", "--workspace W", row["command"])
+        lines.append(
+            f"| `python -m ops {command}` over {scale['count']} task records: < 5 s "
+            f"| {row['median_s']:.1f} s (median) | {verdict(row['median_s'] < 5)} |"
+        )
     return [*lines, ""]
 
 
@@ -942,8 +950,9 @@ def render_staged(staged: list[dict[str, Any]]) -> list[str]:
     ]
     for s in staged:
         reads = s["reads"]
+        size = f"{s['size_mib']} MiB" + (f" ({s['apart']})" if s.get("apart") else "")
         lines.append(
-            f"| {s['size_mib']} MiB | {s['blocks']} | {s['most_blocks_at_once']} | {s['answer']} | {s['seconds']:.1f} s | "
+            f"| {size} | {s['blocks']} | {s['most_blocks_at_once']} | {s['answer']} | {s['seconds']:.1f} s | "
             f"{s['rss_before_mib']:.1f} → {s['rss_peak_mib']:.1f} MiB | {s['io_mib']:.2f} MiB | "
             f"{reads['earlier']} / {reads['new']} / {reads['other']} |"
         )

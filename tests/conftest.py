@@ -343,3 +343,28 @@ def assert_stored(destination: ContainerClient, name: str, data: bytes, url: str
     manifest = manifest_of(destination, name)
     assert manifest["delivery"] == delivery_of(url), "the manifest describes another export"
     return manifest
+
+
+# --- scheduling under pytest-xdist (`make test`) -------------------------------------------------------
+
+# The longest tests, first: with --dist load the workers take tests in collection order, so these start
+# at once side by side and the short ones fill in around them (no long test left to run alone at the end).
+LONGEST_FIRST = (
+    "tests/test_load.py::",
+    "tests/test_infra.py::test_checkov",
+    "tests/test_simulator.py::test_random_schedules",
+    "tests/test_openapi_schema.py::",
+    "tests/test_run.py::",
+    "tests/test_queries.py::",
+    "tests/test_core.py::",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: the files' own order (module fixtures are set up once)
+
+    def rank(item: pytest.Item) -> int:
+        return next((n for n, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the same order on every worker, as xdist requires

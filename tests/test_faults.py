@@ -52,10 +52,6 @@ async def staged(proxied: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> FaultP
     return proxied
 
 
-def is_stage(request: web.Request) -> bool:
-    return request.method == "PUT" and request.query.get("comp") == "block"
-
-
 def is_commit(request: web.Request) -> bool:
     return request.method == "PUT" and request.query.get("comp") == "blocklist"
 

@@ -443,7 +443,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
                 return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
             stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag)
             return Apply((Retire(stale),), "superseded")
-        if current_stored and entry is not None and entry.blob == notice.blob and not seen.copied:
+        recorded = entry is not None and (not seen.copied or entry.etag == blob.etag)  # these very bytes
+        if current_stored and entry is not None and entry.blob == notice.blob and recorded:
             # A duplicate is answered once its manifest describes it too (the first request's manifest
             # write may still be failing): written here when it does not.
             if seen.manifest == UNSEEN and not seen.manifest_done:

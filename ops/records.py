@@ -9,6 +9,7 @@ records' listing labels (``TaskRecord.labels``) and read only the records they s
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote
@@ -211,9 +212,11 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
     job = arrival_job(plan, settings, by="verifier", patient=True, large=large, deadline=None)
     assert isinstance(job.event, Arrival)
     record, etag = await read_record(storage, plan.workspace_id, plan.task_id)
-    blob = await storage.read(plan.blob_name)
+    blob, there = await asyncio.gather(storage.read(plan.blob_name), storage.read(manifest_name(plan.blob_name)))
     locked = await storage.container_policy()
-    seen = Seen(record=record, record_etag=etag, record_read=True, blob=blob, large=large, locked=locked)
+    seen = Seen(
+        record=record, record_etag=etag, record_read=True, blob=blob, manifest=there, large=large, locked=locked
+    )
     expires = job.event.notice.link_expires_on
     decision = decide(seen, job.event, now)
     return _arrival_words(decision, plan.blob_name, blob, expires)

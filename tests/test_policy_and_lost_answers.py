@@ -1,0 +1,25 @@
+"""containers under a retention policy or legal hold (docs/reference.md,
+"Destination accounts" and "The queue function")."""
+
+from __future__ import annotations
+
+from receiver.verification import verify_copy
+from sim.world import World
+
+
+async def test_under_a_legal_hold_a_lost_manifest_answer_ends_as_a_duplicate() -> None:
+    """The first export under a legal hold is stored; the manifest's Put lands but its answer is lost:
+    503 and a queue message. The verifier finds the file stored and current, and tries to write the
+    manifest again: the create conflicts (it is there), the overwrite is refused by the hold, so the
+    verifier raises on every try until the message is poisoned, for a delivery that is complete.
+    docs/reference.md: a final outcome (stored, duplicate, ..., a retention policy) returns."""
+    world = World.make()
+    world.storage.policy = "legal hold"
+    export = world.export()
+    world.faults.lose_answer("put", "ws-1/task-1/invoice.pdf.json")
+    first = await world.post(export)
+    assert first.status_code == 503 and first.verification is not None, first.body
+    assert world.files() == {"ws-1/task-1/invoice.pdf": export.data}
+    assert world.manifest("ws-1/task-1/invoice.pdf") is not None
+    outcome = await verify_copy(first.verification.encode(), runtime=world.runtime, now=world.now)
+    assert outcome in ("stored", "duplicate"), outcome

@@ -1,0 +1,43 @@
+"""the operator command line. docs/state-machine.md: "A replay's dry run asks the
+same decide, so it cannot disagree with what the queue function then does"."""
+
+from __future__ import annotations
+
+from receiver.verification import verify_copy
+
+from .test_ops import Ops
+
+
+async def test_the_replay_dry_run_and_the_queue_function_agree_under_a_legal_hold() -> None:
+    ops = Ops()
+    world = ops.world
+    first = world.export()
+    assert (await world.post(first)).status_code == 200
+    second = world.export()  # a re-export under the same name, accepted (202) before the hold was placed
+    text = await ops.accept(second)
+    world.storage.policy = "legal hold"
+    ops.poison.add(text)
+
+    dry = await ops("replay-poison", "--dry-run", "--json")
+    (entry,) = dry.json()["messages"]
+    outcome = await verify_copy(text.encode(), runtime=world.runtime, now=world.now)
+    verdict = {"failed": "fail", "stored": "finish", "duplicate": "duplicate", "superseded": "superseded"}[outcome]
+    assert entry["will"] == verdict, (entry, outcome)
+
+
+async def test_the_replay_dry_run_says_duplicate_and_the_queue_function_ends_there() -> None:
+    ops = Ops()
+    world = ops.world
+    world.storage.policy = "legal hold"
+    export = world.export()
+    world.faults.lose_answer("put", "ws-1/task-1/invoice.pdf.json")
+    first = await world.post(export)
+    assert first.status_code == 503 and first.verification is not None
+    ops.poison.add(first.verification)
+
+    dry = await ops("replay-poison", "--dry-run", "--json")
+    (entry,) = dry.json()["messages"]
+    assert entry["will"] == "duplicate", entry
+    # What the queue function then does with it: it must end (a duplicate), not raise again.
+    outcome = await verify_copy(first.verification.encode(), runtime=world.runtime, now=world.now)
+    assert outcome == "duplicate", outcome

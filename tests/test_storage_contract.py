@@ -207,7 +207,7 @@ async def test_copy_carries_the_source_headers_and_replaces_its_metadata(backend
         assert await backend.tags("f.pdf") == {"taskId": "t-1"}
 
 
-# The service's status for each refused source (AZURE-NOTES: a bad or expired SAS 403, a missing
+# The service's status for each refused source (as the service answers: a bad or expired SAS 403, a missing
 # source 404, a private source without a SAS 404 too). One known divergence, checked on Azurite
 # 3.35: it answers 403 to a source without a SAS; the memory store keeps Azure's 404.
 UNREADABLE = {"expired": 403, "unsigned": 404, "missing": 404, "tampered": 403}

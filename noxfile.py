@@ -84,7 +84,8 @@ def tests(session: nox.Session) -> None:
         "import sys, importlib.metadata as m; "
         "print('Python', sys.version.split()[0], '| azure-functions', m.version('azure-functions'))",
     )
-    session.run("pytest", *session.posargs)
+    # Three workers, as `make test` runs them (each starts its own Azurite); NOXFLAGS='-- ...' overrides.
+    session.run("pytest", *(session.posargs or ["-n", "3", "--dist", "load"]))
 
 
 EXPORTER = "azure-monitor-opentelemetry-exporter"

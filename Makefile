@@ -76,7 +76,7 @@ share: $(APP_DEPS)
 bench: $(APP_DEPS)
 	$(PY) -m bench.run
 
-# The operator command line: make ops ARGS="find --task <taskId>" (README "Operator command line").
+# The operator command line: make ops ARGS="find --task <taskId>" (docs/operator-cli.md).
 # Not echoed: ARGS may hold a connection string. make turns any failure into its own exit code 2;
 # scripts that branch on the command's exit codes run .venv/bin/python -m ops directly.
 ops: $(STAMP)

@@ -6,7 +6,6 @@ The :class:`CopyPlan` is plain data: print it to see exactly what a delivery wil
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -64,11 +63,8 @@ RECEIVER_MANIFEST_KEYS = frozenset(
 )
 # A file whose name would end like a manifest's gets this after it: files and manifests never share a name.
 NOT_A_MANIFEST_SUFFIX = ".file"
-# Blob metadata that marks a blob the receiver wrote as a manifest. Only such a blob is read, repaired or
-# overwritten as one (older manifests are recognised by their ``copystatus`` metadata, which no file has).
-MANIFEST_MARKER = ("receiverkind", "manifest")
-# Index tags the receiver itself queries to find its work (manifest_labels, the task look-up): a sender's
-# metadata entry that folds to one of these is never written as a tag, so no file can pose as a manifest.
+# Tag names the previous release's manifests carry (and looked its work up by): a sender's metadata entry
+# that folds to one of these is never written as a tag, so no file can pose as one of those manifests.
 RESERVED_TAG_KEYS = frozenset({"copystatus", "receivedat", "taskid", "workspaceid"})
 
 
@@ -86,7 +82,6 @@ class CopyPlan:
     manifest_name: str | None
     task_id: str
     workspace_id: str
-    task_prefix: str | None = None  # see :func:`task_prefix`
 
     @property
     def delivery(self) -> str:
@@ -276,28 +271,6 @@ def manifest(notification: Notification, plan_fields: dict[str, Any], *, receive
     }
 
 
-def manifest_labels(document: dict[str, Any], copy_status: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Index tags and metadata of a manifest blob: its copy status and receive time make unfinished
-    deliveries findable (Find Blobs by Tags, or a listing on accounts without tags); the ids let
-    an operator find a task's manifest too."""
-    received = str(document.get("receivedAt") or "")
-    marker_key, marker_value = MANIFEST_MARKER
-    tags = {
-        "copyStatus": copy_status,
-        "receivedAt": fold_tag_text(received, MAX_TAG_VALUE),
-        "taskId": fold_tag_text(str(document.get("taskId") or ""), MAX_TAG_VALUE),
-        "workspaceId": fold_tag_text(str(document.get("workspaceId") or ""), MAX_TAG_VALUE),
-    }
-    metadata = {marker_key: marker_value, "copystatus": copy_status, "receivedat": metadata_value(received, 64)}
-    # The operator command line summarises thousands of deliveries from these alone (no download).
-    for key in ("linkExpiresOn", "failedAt"):
-        value = str(document.get(key) or "")
-        if value:
-            tags[key] = fold_tag_text(value, MAX_TAG_VALUE)
-            metadata[key.lower()] = metadata_value(value, 64)
-    return tags, metadata
-
-
 RESERVED_FIRST_SEGMENT = ".smartdocumentor"
 
 
@@ -318,32 +291,6 @@ def not_a_manifest_name(name: str, limit: int) -> str:
     if not name.lower().endswith(MANIFEST_SUFFIX):
         return name
     return name[: limit - len(NOT_A_MANIFEST_SUFFIX)].rstrip("./ ") + NOT_A_MANIFEST_SUFFIX
-
-
-def task_prefix(template: str, workspace_id: str, task_id: str) -> str | None:
-    """The name prefix every blob of this task has, and no other task's has, when the template
-    starts with literal segments and the identity segments (the default ``{workspaceId}/{taskId}/``);
-    else None (the task's blobs are then found by their index tags)."""
-    values = {"{workspaceId}": identity_segment(workspace_id), "{taskId}": identity_segment(task_id)}
-    segments = template.split("/")[:-1]  # the last segment is the file's own
-    prefix: list[str] = []
-    seen: set[str] = set()
-    for segment in segments:
-        if segment in values:
-            seen.add(segment)
-            prefix.append(values[segment])
-        elif "{" not in segment and "}" not in segment:
-            prefix.append(segment)
-        else:
-            break
-        if len(seen) == 2:
-            return "/".join(prefix) + "/"
-    return None
-
-
-def manifest_bytes(document: dict[str, Any]) -> bytes:
-    # ensure_ascii keeps any stray surrogate representable; readers decode \\u escapes anyway.
-    return json.dumps(document, ensure_ascii=True, indent=2).encode("ascii")
 
 
 _FIELD_NAMES = {info.alias or name: name for name, info in Notification.model_fields.items()}
@@ -401,5 +348,4 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
         manifest_name=manifest_name,
         task_id=notification.task_id,
         workspace_id=notification.workspace_id,
-        task_prefix=task_prefix(settings.blob_name_template, notification.workspace_id, notification.task_id),
     )

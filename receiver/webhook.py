@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from . import outcome, verification
@@ -56,7 +56,6 @@ async def _handle(
     record.blob = f"{settings.destination_container}/{plan.blob_name}"
     record.delivery = plan.delivery
     trace = Trace()
-    message = verification.message(body, now, plan=plan)
     try:
         storage = runtime.store()
         async with asyncio.timeout(settings.copy_wait_seconds + STORAGE_BUDGET_SECONDS):
@@ -80,14 +79,16 @@ async def _handle(
         if trace.copy_sent and exc.kind == "unavailable":
             # A copy may have landed: the queue function finishes it (or finds it did not).
             return Outcome(
-                503, outcome.failed(503, "storage-unavailable", _AFTER_COPY, taskId=plan.task_id).body, message
+                503,
+                outcome.failed(503, "storage-unavailable", _AFTER_COPY, taskId=plan.task_id).body,
+                verification.message(body, now, plan=plan),
             )
         return failure
     except TimeoutError:
         record.reason = "timed out" + (" after the copy was sent" if trace.copy_sent else "")
         text = _AFTER_COPY if trace.copy_sent else _NO_ANSWER
         failed = outcome.failed(503, "storage-unavailable", text, taskId=plan.task_id)
-        return Outcome(503, failed.body, message if trace.copy_sent else None)
+        return Outcome(503, failed.body, verification.message(body, now, plan=plan) if trace.copy_sent else None)
     except Exception as exc:  # a bug must still answer in JSON, and never with a stack trace or a SAS
         record.reason, record.final_failure = f"unexpected {type(exc).__name__}: {redact(str(exc))}", True
         return outcome.failed(
@@ -105,7 +106,8 @@ async def _handle(
         # Refused for good by a policy the document's owner set: a person decides (one ERROR).
         record.final_failure = True
         record.reason = f"a {answer.reason or 'retention policy'} on the destination refused replacing the file"
-    return answered(plan, answer, storage, settings, message)
+    # The queue message is built only for the answers that send one (not on the common path).
+    return answered(plan, answer, storage, settings, lambda: verification.message(body, now, plan=plan))
 
 
 _ASK_OPERATOR = "Ask whoever runs the receiver to fix it, then send the document again."
@@ -121,7 +123,9 @@ _IMMUTABLE = (
 )
 
 
-def answered(plan: CopyPlan, answer: Answer, storage: Storage, settings: Settings, message: str) -> Outcome:
+def answered(
+    plan: CopyPlan, answer: Answer, storage: Storage, settings: Settings, message: Callable[[], str]
+) -> Outcome:
     """The engine's answer as the webhook's HTTP answer."""
     blob = f"{settings.destination_container}/{plan.blob_name}"
     if answer.kind in ("stored", "duplicate", "superseded"):
@@ -142,7 +146,7 @@ def answered(plan: CopyPlan, answer: Answer, storage: Storage, settings: Setting
             blob=blob,
             url=storage.url(plan.blob_name),
             copy_id=None,
-            verification=message,
+            verification=message(),
         )
     if answer.error == "immutable":
         policy = answer.reason or "retention policy"
@@ -163,7 +167,7 @@ def answered(plan: CopyPlan, answer: Answer, storage: Storage, settings: Setting
         )
     text = answer.reason or _AFTER_COPY
     failed = outcome.failed(503, "storage-unavailable", text, taskId=plan.task_id)
-    return Outcome(503, failed.body, message if answer.enqueue else None)
+    return Outcome(503, failed.body, message() if answer.enqueue else None)
 
 
 def _task_hint(body: bytes) -> str | None:

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from .machine import (
+    RECORD_WITHIN,
     UNSEEN,
     Answer,
     Apply,
@@ -121,14 +122,27 @@ async def run(
         expires = job.event.notice.link_expires_on
         if (expires is None or expires > now) and not seen.large and job.source_url is not None and not seen.locked:
             seen = await _first_round(storage, job, seen, trace)
+    copied_at = now if seen.copied or seen.attempt == "lost" else None
     for _ in range(MAX_STEPS):
         at = max(now, wall()) if wall is not None else now
         decision = decide(seen, job.event, at)
+        if isinstance(decision, Change) and copied_at is not None and at - copied_at > RECORD_WITHIN:
+            _record_in_time(job, seen)
         trace.arrows.append(decision.arrow)
         if isinstance(decision, Answer):
             return _finish(decision, trace), trace
         seen = await _apply(storage, job, seen, decision, trace, now=at, clock=clock)
+        if isinstance(decision, Copy | Stage) and (seen.copied or seen.attempt == "lost"):
+            copied_at = max(now, wall()) if wall is not None else now
     raise Unavailable("The task kept changing while this delivery stored it. Send the document again.")
+
+
+def _record_in_time(job: Job, seen: Seen) -> None:
+    """A copy the record does not know yet is recorded within RECORD_WITHIN of its answer, or never by
+    this driver: after IN_FLIGHT others take such a file for an orphan and may replace it."""
+    assert isinstance(job.event, Arrival)
+    if seen.record is None or seen.record.find(job.event.notice.delivery) is None:
+        raise Unavailable("This delivery stalled between its copy and its record. Send the document again.")
 
 
 def _finish(answer: Answer, trace: Trace) -> Answer:

@@ -58,6 +58,9 @@ Attempt = Literal["exists", "changed", "lost", "too-large", "source-refused", "s
 # driver's copy on its way to being recorded: it is never overwritten. Older, it is an orphan
 # (a driver that crashed between its copy and its record), and a newer export replaces it.
 IN_FLIGHT = timedelta(minutes=2)
+# A driver records a copy the record does not know within this of the copy's answer, or leaves it
+# to a retry: well inside IN_FLIGHT, so a file older than that is an orphan indeed.
+RECORD_WITHIN = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -205,14 +208,15 @@ stored | new, copying, failed, superseded | stored | webhook, verifier |
     superseded, and a replaced file under another name is listed to retire
 adopted | new, copying, superseded | stored | any driver |
     the blob at its name already holds its bytes (a copy whose answer was lost, a crash before the record) and no
-    delivery accepted after it is stored
+    delivery accepted after it is stored; or its late copy replaced the current file, which was not put back (a
+    current delivery accepted after it then fails: the record follows the file)
 duplicate | stored | stored | webhook, verifier |
     the same delivery again while it is current and its file holds it: nothing is written
 restored | stored | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone: the copy put it back
 superseded | any | unchanged | webhook, verifier |
     a delivery accepted after it is stored or copying: nothing is copied; a file of it at a name of its own (a
-    copy made before the record was read) is removed, If-Match
+    copy made before the record was read) is listed to retire in the record, then removed If-Match
 accepted | new, failed, superseded | copying | webhook, verifier |
     its copy would overwrite a file: recorded first, so a crash after the copy leaves it tracked; earlier copying
     deliveries become superseded
@@ -224,10 +228,12 @@ queued | new, copying | copying | webhook, verifier |
 unconfirmed | new, copying | copying | webhook, verifier |
     a copy was sent and its answer lost, and the blob does not hold it: tracked, 503, the queue function finishes
     or restarts it
-source-failed | new, copying | failed (when it was in the record) | webhook, verifier |
-    the service could not read the source (the link refused or the file gone): a final failure
-expired | copying | failed | reconciliation, operator |
-    its link expired before the copy finished: nothing can finish it
+source-failed | new, copying, stored | failed (when it was in the record) | webhook, verifier |
+    the service could not read the source (the link refused or the file gone): a final failure; a current
+    delivery whose file another accepted delivery's late copy replaced fails so, and that one is current
+expired | copying, stored | failed | any driver |
+    its link expired before the copy finished (or before its file, replaced by an earlier export's late copy,
+    was put back): nothing can finish it
 waiting | copying | copying | reconciliation |
     its link is valid and its queue message may still finish it: left as it is
 operator-failed | copying | failed | operator |
@@ -326,8 +332,13 @@ def conclude_stored(
                 etag_known = item.etag if item.state is State.STORED else None
                 replaced.append(Retirement(blob=item.blob, delivery=item.delivery, etag=etag_known))
             step = Step(at=now, by=by, outcome="superseded", note=f"replaced by {entry.delivery[:12]}")
-            update = {"state": State.SUPERSEDED, "history": with_step(item, step), "manifest": None}
+            # At this very name its late copy may still land over the new file: the record keeps what its
+            # manifest says until the next file replaces this one (then the record follows the file).
+            keep = item.manifest if item.blob == name else None
+            update = {"state": State.SUPERSEDED, "history": with_step(item, step), "manifest": keep}
             item = item.model_copy(update=update)
+        elif item.state is State.SUPERSEDED and item.manifest:
+            item = item.model_copy(update={"manifest": None})
         items.append(item)
     stored = entry.model_copy(
         update={
@@ -441,8 +452,13 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             at_current = record.current_delivery is not None and record.current_delivery.blob == blob.name
             if at_current:
                 return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
+            # Listed in the record first (a swap): a record that moved on since it was read (a newer delivery
+            # made current at this very name) is seen before anything is deleted.
             stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag)
-            return Apply((Retire(stale),), "superseded")
+            if stale.key not in {item.key for item in record.retire}:
+                listed = record.model_copy(update={"retire": [*record.retire, stale]})
+                return Change(listed, "superseded")
+            return _retire(seen, record) or Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
         recorded = entry is not None and (not seen.copied or entry.etag == blob.etag)  # these very bytes
         if current_stored and entry is not None and entry.blob == notice.blob and recorded:
             # A duplicate is answered once its manifest describes it too (the first request's manifest
@@ -474,7 +490,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         elsewhere = record.current_delivery is None or record.current_delivery.blob != notice.blob
         if blob == UNSEEN and seen.attempt == "exists" and elsewhere:
             return Observe()  # a file at its own name may be a copy of it that landed late: removed
-        return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
+        return _clear_retired(seen, record) or Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
     if record is not None and entry is not None and _later(record, entry, State.COPYING) and not seen.copied:
         # A newer export is still copying: this one waits for it (superseded once it is stored; copied
         # again if it fails), tracked in the record and by its queue message.
@@ -497,6 +513,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             step = Step(at=now, by=by, outcome="failed", status=502, note=reason)
             failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=reason)
             return Change(failed, "source-failed")
+        if current_stored and record is not None:
+            followed = _follow_file(record, blob, now, by, reason)
+            if followed is not None:
+                return Change(followed[0], "source-failed", followed[1])
         return Answer("failed", 502, "source-failed", error="copy-failed", reason=reason)
     if notice.link_expires_on is not None and notice.link_expires_on <= now:
         # Nothing can copy it any more (a queued delivery whose link expired while it waited).
@@ -506,6 +526,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             step = Step(at=now, by=by, outcome="failed", status=410, note=EXPIRED_REASON)
             failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=EXPIRED_REASON)
             return Change(failed, "expired")
+        if current_stored and record is not None:
+            followed = _follow_file(record, blob, now, by, EXPIRED_REASON)
+            if followed is not None:
+                return Change(followed[0], "expired", followed[1])
         return Answer("failed", 410, "expired", error="link-expired", reason=EXPIRED_REASON)
 
     if seen.locked is not None:
@@ -606,6 +630,11 @@ def _retire(seen: Seen, record: TaskRecord) -> Decision | None:
     pending = tuple(Retire(item) for item in record.retire if item.key not in tried)
     if pending:
         return Apply(pending, "retire")
+    return _clear_retired(seen, record)
+
+
+def _clear_retired(seen: Seen, record: TaskRecord) -> Decision | None:
+    """Drop from the record's list the names this driver retired."""
     if any(item.key in seen.retired for item in record.retire):
         cleared = record.model_copy(update={"retire": [i for i in record.retire if i.key not in seen.retired]})
         return Change(cleared, "retire")
@@ -651,14 +680,9 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         holds = isinstance(seen.blob, Blob) and seen.blob.delivery == current.delivery
         described = isinstance(seen.manifest, Blob) and seen.manifest.delivery == current.delivery
         holder = record.find(seen.blob.delivery) if isinstance(seen.blob, Blob) and seen.blob.delivery else None
-        if holder is not None and holder.delivery != current.delivery and isinstance(seen.blob, Blob):
-            # A copy of another delivery the record accepted landed over the current file late (its driver
-            # stopped): the record follows the file, so what it says is current is what is stored.
-            stored = conclude_stored(record, holder, etag=seen.blob.etag, now=now, by=by, outcome="adopted")
-            rewrite: tuple[Effect, ...] = (
-                (WriteManifest(holder.blob, holder.delivery, holder.manifest),) if holder.manifest else ()
-            )
-            return Change(stored, "adopted", rewrite)
+        followed = _follow_file(record, seen.blob, now, by, OVERWRITTEN_REASON) if holder is not None else None
+        if followed is not None:
+            return Change(followed[0], "adopted", followed[1])
         if holds and not described:
             # A driver stored the file and the record, then stopped before the manifest: written again.
             return Apply((WriteManifest(current.blob, current.delivery, current.manifest),), "repaired")
@@ -667,6 +691,28 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
 
 
 EXPIRED_REASON = "The file link expired before its copy finished. Export the document again from SmartDocumentor."
+OVERWRITTEN_REASON = (
+    "A late copy of an earlier export replaced this file and it could not be put back (that export is current "
+    "again). Export the document again from SmartDocumentor."
+)
+
+
+def _follow_file(
+    record: TaskRecord, blob: Blob | Unseen | None, now: datetime, by: Driver, reason: str
+) -> tuple[TaskRecord, tuple[Effect, ...]] | None:
+    """The current file holds the bytes of another delivery the record accepted (its late copy landed
+    there): the record follows the file. A current delivery accepted after that one could not get its
+    bytes back: it failed (``reason``), never "superseded" by an older export."""
+    current = record.current_delivery
+    holder = record.find(blob.delivery) if isinstance(blob, Blob) and blob.delivery else None
+    if current is None or holder is None or holder.delivery == current.delivery or not isinstance(blob, Blob):
+        return None
+    if record.index(current.delivery) > record.index(holder.delivery):
+        step = Step(at=now, by=by, outcome="failed", status=502, note=reason)
+        record = _with_state(record, current, State.FAILED, step, failed_at=now, failure_reason=reason)
+    followed = conclude_stored(record, holder, etag=blob.etag, now=now, by=by, outcome="adopted")
+    rewrite = (WriteManifest(holder.blob, holder.delivery, holder.manifest),) if holder.manifest else ()
+    return followed, rewrite
 
 
 def render_table() -> str:

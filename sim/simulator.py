@@ -160,6 +160,7 @@ class Call:
     name: str
     future: asyncio.Future[Fault | None]
     detail: str = ""
+    timed_out: bool = False  # a write waiting across a clock jump: it times out, never acting that late
 
 
 # ------------------------------------------------------------------------------------------- the gate
@@ -641,6 +642,8 @@ class Simulation:
         """Let ``call`` act (with ``fault``), then run until everything waits again."""
         self.steps += 1
         self.waiting.remove(call)
+        if call.timed_out and fault != "crash":
+            fault = "before"
         self.trace.append(TraceLine(self.steps, call.actor.label, call.op, call.name, fault or "", call.detail))
         if fault == "crash":
             assert call.actor.task is not None
@@ -831,6 +834,15 @@ class Simulation:
                     f"(record: {_states(self, record)})",
                 )
                 return
+            held = self.store.stored(current.blob) if current is not None else None
+            if current is not None and (held is None or dict(held.metadata).get("delivery") != current.delivery):
+                holder = self.by_delivery.get(dict(held.metadata).get("delivery", "")) if held else None
+                self.fail(
+                    "final",
+                    f"{task[1]}: the current file {current.blob} holds {holder.label if holder else None}, "
+                    f"not the current delivery {_labels(self, [current])}",
+                )
+                return
             if newest is None and alive:
                 self.notes.append(f"{task[1]}: no current file; deliveries {_states(self, record)}")
             if record.retire:
@@ -1014,6 +1026,10 @@ async def run_seed(seed: int, *, faults: bool = True) -> Result:
                 target = made[item[1]] if 0 <= item[1] < len(made) else rng.choice(made)
                 sim.post(target, config=current)
             elif what == "tick":
+                # A request is not on the wire for minutes: a write sent before the jump times out unapplied.
+                # (A driver waiting on a read goes on after the jump: a stall the receiver must survive.)
+                for waiting in sim.pending():
+                    waiting.timed_out = waiting.op in WRITES
                 sim.clock.advance(timedelta(minutes=item[1]))
                 sim.trace.append(TraceLine(sim.steps, "clock", f"+{item[1]}min", ""))
             elif what == "reconcile":

@@ -203,6 +203,32 @@ async def test_a_retry_after_a_template_change_leaves_no_untracked_copy() -> Non
     assert len(sim.files()) == 1, sim.files()
 
 
+async def test_a_driver_that_stalls_between_its_copy_and_its_record_leaves_the_copy_to_a_retry() -> None:
+    """Its copy is two minutes old and unknown to the record, so a newer export replaced it as an orphan:
+    the stalled driver must not record it as the newest afterwards (503; a retry decides anew)."""
+    from datetime import timedelta
+
+    sim = Simulation()
+    stalled = sim.export("A")
+    first = sim.post(stalled)
+    await sim.run_actor(first, until=lambda call: call.op == "copy_from_url")
+    copy = next(call for call in sim.pending() if call.actor is first and call.op == "copy_from_url")
+    await sim.grant(copy)
+    sim.clock.advance(timedelta(minutes=70))
+    sim.sources.remove(stalled.source_name)
+    newer = sim.export("A")
+    await sim.run_actor(sim.post(newer))
+    await sim.run_actor(first)
+    assert first.answer is not None and first.answer.startswith("503"), first.answer
+    await sim.finish()
+    ok(sim)
+    record = sim.record()
+    assert record is not None and record.current == newer.delivery
+    retried = record.find(stalled.delivery)  # its queue message tried again: the link no longer reads
+    assert retried is None or retried.state is State.FAILED
+    assert sim.files() == {"ws-1/task-1/A.pdf": newer.data}
+
+
 # ---------------------------------------------------------------------------------------------- random
 
 

@@ -309,16 +309,14 @@ def conclude_stored(
     now: datetime,
     by: Driver,
     outcome: str,
-    blob: str | None = None,
-    manifest: dict[str, object] | None = None,
 ) -> TaskRecord:
-    """``entry`` is committed at ``blob`` (its own name unless given): it becomes the current file.
+    """``entry`` is committed at ``entry.blob``: it becomes the current file.
     Every delivery accepted before it that is stored or copying becomes superseded; a replaced file
     under another name is listed to retire, and so is the name of a superseded copy (it may still
     land there: deleted only if it does). A delivery accepted after it and still copying goes on (it
     will replace this one). The same delivery stored before under another name (the template changed)
     moves: its earlier name is retired."""
-    name = blob or entry.blob
+    name = entry.blob
     position = record.index(entry.delivery)
     replaced: list[Retirement] = []
     items: list[Delivery] = []
@@ -349,7 +347,7 @@ def conclude_stored(
             "failed_at": None,
             "failure_reason": None,
             # Kept while it is current: whoever finds its manifest missing (the reconciliation) writes it again.
-            "manifest": entry.manifest or manifest,
+            "manifest": entry.manifest,
             "history": with_step(
                 entry,
                 Step(
@@ -474,16 +472,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             item.state is State.COPYING and item.blob == notice.blob and item.delivery != notice.delivery
             for item in base.deliveries
         )
-        stored = conclude_stored(
-            base,
-            _entry(notice, record),
-            etag=blob.etag,
-            now=now,
-            by=by,
-            outcome=arrow,
-            blob=notice.blob,
-            manifest=dict(notice.manifest),
-        )
+        moved = _entry(notice, record).model_copy(update={"blob": notice.blob})  # today's name (template)
+        stored = conclude_stored(base, moved, etag=blob.etag, now=now, by=by, outcome=arrow)
         return Change(stored, arrow, (WriteManifest(notice.blob, notice.delivery, notice.manifest),), fence=fence)
 
     if record is not None and entry is not None and _later(record, entry, State.STORED):
@@ -545,7 +535,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     if blob == UNSEEN and seen.attempt in ("exists", "too-large") and not accepted and not current_stored:
         # A file is at the name (or the source needs staging): accepted before anything overwrites it,
         # and the file and its manifest read side by side with that.
-        return _accept(seen, base, notice, record, by, now, observe=True)
+        return _accept(seen, notice, record, by, now, observe=True)
     if blob == UNSEEN and seen.attempt == "lost" and seen.blind:
         # A copy's answer was lost and the look after it failed too: tracked all the same, so the
         # reconciliation can find it; the queue message finishes it.
@@ -582,17 +572,18 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         return Copy(blob.etag if isinstance(blob, Blob) else None, arrow="restored")
     if not accepted:
         # Only an accepted delivery overwrites (or stages): a crash after the copy leaves it tracked.
-        return _accept(seen, base, notice, record, by, now, observe=False)
+        return _accept(seen, notice, record, by, now, observe=False)
     if_match = blob.etag if isinstance(blob, Blob) else None
     return Stage(if_match) if seen.large else Copy(if_match)
 
 
 def _accept(
-    seen: Seen, base: TaskRecord, notice: Notice, record: TaskRecord | None, by: Driver, now: datetime, *, observe: bool
+    seen: Seen, notice: Notice, record: TaskRecord | None, by: Driver, now: datetime, *, observe: bool
 ) -> Change:
     note = "staged in blocks" if seen.large else "overwrites the file at its name"
     step = Step(at=now, by=by, outcome="copying", note=note)
     arrow = "accepted-staged" if seen.large else "accepted"
+    base = record if record is not None else _new_record(notice)
     accepted = _with_state(base, _entry(notice, record), State.COPYING, step, staged=seen.large)
     return Change(accepted, arrow, observe=observe)
 

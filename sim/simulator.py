@@ -726,7 +726,7 @@ class Simulation:
 
     def _answered(self, actor: Actor, kind: str) -> None:
         """I4 at the moment of the answer: ``superseded`` only when a delivery accepted later is
-        stored or copying."""
+        stored or copying (or its own file is the current one)."""
         export = actor.export
         if export is None:
             return
@@ -743,7 +743,9 @@ class Simulation:
             self.fail("I4", f"{actor.label} answered superseded, and the record does not hold it")
             return
         later = [item.state for item in record.deliveries[position + 1 :]]
-        if State.STORED not in later and State.COPYING not in later:
+        # Or its own file is current again (a newer one's file, replaced by its late copy, could not be put
+        # back and failed; the record followed the file): what SmartDocumentor archives is stored either way.
+        if State.STORED not in later and State.COPYING not in later and record.current != export.delivery:
             self.fail("I4", f"{actor.label} answered superseded; the later deliveries are {later}")
 
     def _ok_answers(self, task: tuple[str, str]) -> list[ExportInfo]:

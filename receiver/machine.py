@@ -216,7 +216,7 @@ restored | stored | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone: the copy put it back
 superseded | any | unchanged | webhook, verifier |
     a delivery accepted after it is stored or copying: nothing is copied; a file of it at a name of its own (a
-    copy made before the record was read) is listed to retire in the record, then removed If-Match
+    copy made before the record was read) is removed If-Match (one another driver left: listed to retire first)
 accepted | new, failed, superseded | copying | webhook, verifier |
     its copy would overwrite a file: recorded first, so a crash after the copy leaves it tracked; earlier copying
     deliveries become superseded
@@ -450,9 +450,12 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             at_current = record.current_delivery is not None and record.current_delivery.blob == blob.name
             if at_current:
                 return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
-            # Listed in the record first (a swap): a record that moved on since it was read (a newer delivery
-            # made current at this very name) is seen before anything is deleted.
+            # This driver's own copy goes at once (If-Match on what it wrote: whoever wants the name changes
+            # it first). One it found is listed in the record first (a swap): a record that moved on since it
+            # was read (a newer delivery made current at this very name) is seen before anything is deleted.
             stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag)
+            if seen.copied:
+                return Apply((Retire(stale),), "superseded")
             if stale.key not in {item.key for item in record.retire}:
                 listed = record.model_copy(update={"retire": [*record.retire, stale]})
                 return Change(listed, "superseded")

@@ -145,9 +145,9 @@ class Notification(BaseModel):
             pairs.append((key, item))
         return tuple(pairs)
 
-    @property
-    def extra_fields(self) -> dict[str, Any]:
-        return dict(self.__pydantic_extra__ or {})
+
+# The notification's fields: the name in the body (camelCase) -> the attribute.
+FIELDS = {info.alias or name: name for name, info in Notification.model_fields.items()}
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .payload import Notification
+from .payload import FIELDS, Notification
 from .settings import MAX_TAGS, Settings
 from .source import SourceLink, without_url_queries
 
@@ -293,8 +293,6 @@ def not_a_manifest_name(name: str, limit: int) -> str:
     return name[: limit - len(NOT_A_MANIFEST_SUFFIX)].rstrip("./ ") + NOT_A_MANIFEST_SUFFIX
 
 
-_FIELD_NAMES = {info.alias or name: name for name, info in Notification.model_fields.items()}
-
 # --- the plan --------------------------------------------------------------------------------
 
 
@@ -320,7 +318,7 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
     if outside_reserved(name) != name:
         shorter = not_a_manifest_name(blob_name(settings.blob_name_template, values, file, limit=limit - 1), limit - 1)
         name = outside_reserved(shorter)
-    by_alias = notification.model_dump(by_alias=True, include=set(_FIELD_NAMES[a] for a in settings.tag_fields))
+    by_alias = notification.model_dump(by_alias=True, include={FIELDS[a] for a in settings.tag_fields})
     fields = [(alias, str(by_alias[alias])) for alias in settings.tag_fields if by_alias.get(alias) is not None]
     tags, dropped = index_tags(fields, notification.metadata)
     manifest_name = f"{name}{MANIFEST_SUFFIX}" if settings.write_manifest else None

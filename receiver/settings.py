@@ -16,25 +16,14 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .payload import FIELDS
+
 # Placeholders BLOB_NAME_TEMPLATE may use (docs/reference.md, "Configuration").
 TEMPLATE_PLACEHOLDERS = frozenset(
     {"workspaceId", "taskId", "taskNumber", "displayName", "fileName", "ext", "yyyy", "mm", "dd"}
 )
-# Payload fields TAG_FIELDS may name: the scalar fields of the notification.
-TAGGABLE_FIELDS = frozenset(
-    {
-        "taskId",
-        "taskNumber",
-        "workspaceId",
-        "totalPages",
-        "displayName",
-        "exportedFileContentType",
-        "lastCheckoutByUserName",
-        "lastCheckedOutBy",
-        "lastIntegratedBy",
-        "lastIntegratedByUserName",
-    }
-)
+# Payload fields TAG_FIELDS may name: the scalar fields of the notification (not the link, the dates, the metadata).
+TAGGABLE_FIELDS = frozenset(FIELDS) - {"exportedFileUrl", "exportedFileExpiresOn", "lastCheckedOutUntil", "metadata"}
 MAX_TAGS = 10
 SYNC_COPY_LIMIT_MIB = 256  # the service's limit for a synchronous copy (Copy Blob From URL)
 _CONTAINER_NAME = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")

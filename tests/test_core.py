@@ -83,7 +83,7 @@ def test_a_realistic_notification_parses() -> None:
     )
     assert note.task_number == 42
     assert note.metadata == (("a", "b"),)
-    assert note.extra_fields == {"newField": [1]}
+    assert note.model_extra == {"newField": [1]}
     assert note.exported_file_expires_on == LATER
 
 

@@ -79,7 +79,6 @@ class CopyPlan:
     tags_dropped: list[dict[str, str]]
     metadata: dict[str, str]
     manifest: dict[str, Any] = field(repr=False)
-    manifest_name: str | None
     task_id: str
     workspace_id: str
 
@@ -201,16 +200,13 @@ def index_tags(
 
 # Printable ASCII stays readable; "%" itself is encoded so the value decodes back exactly.
 _METADATA_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%") + " "
+_EDGE_SPACES = re.compile(r"^ +| +$")
 
 
 def metadata_value(text: str, limit: int = MAX_METADATA_VALUE) -> str:
     """ASCII header value: non-ASCII as percent-encoded UTF-8, no edge spaces, cut on a whole escape."""
     encoded = quote(text, safe=_METADATA_SAFE, errors="surrogatepass")
-    if encoded.startswith(" ") or encoded.endswith(" "):
-        core = encoded.strip(" ")
-        lead = len(encoded) - len(encoded.lstrip(" "))
-        trail = len(encoded) - len(encoded.rstrip(" "))
-        encoded = "%20" * lead + core + "%20" * trail if core else "%20" * len(encoded)
+    encoded = _EDGE_SPACES.sub(lambda spaces: "%20" * len(spaces.group()), encoded)
     if len(encoded) > limit:
         encoded = encoded[:limit]
         cut = encoded.rfind("%", max(0, limit - 2))
@@ -321,7 +317,6 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
     by_alias = notification.model_dump(by_alias=True, include={FIELDS[a] for a in settings.tag_fields})
     fields = [(alias, str(by_alias[alias])) for alias in settings.tag_fields if by_alias.get(alias) is not None]
     tags, dropped = index_tags(fields, notification.metadata)
-    manifest_name = f"{name}{MANIFEST_SUFFIX}" if settings.write_manifest else None
     document = manifest(
         notification,
         {
@@ -343,7 +338,6 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
         tags_dropped=dropped,
         metadata=blob_metadata(notification, source),
         manifest=document,
-        manifest_name=manifest_name,
         task_id=notification.task_id,
         workspace_id=notification.workspace_id,
     )

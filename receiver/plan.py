@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 
 from .payload import FIELDS, Notification
 from .settings import MAX_TAGS, Settings
-from .source import SourceLink, without_url_queries
+from .source import SourceLink, map_strings, without_url_queries
 
 MAX_BLOB_NAME = 1024
 MAX_TAG_KEY = 128
@@ -232,15 +232,9 @@ def blob_metadata(notification: Notification, source: SourceLink) -> dict[str, s
 # --- manifest --------------------------------------------------------------------------------
 
 
-def _scrub(value: Any) -> Any:
-    """Drop URL queries from any string in the sender's extra fields (they may carry a SAS)."""
-    if isinstance(value, str):
-        return without_url_queries(value) if "://" in value and "?" in value else value
-    if isinstance(value, list):
-        return [_scrub(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _scrub(item) for key, item in value.items()}
-    return value
+def _scrub(text: str) -> str:
+    """Drop URL queries from a string in the sender's extra fields (they may carry a SAS)."""
+    return without_url_queries(text) if "://" in text and "?" in text else text
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -249,7 +243,7 @@ def _iso(value: datetime | None) -> str | None:
 
 def manifest(notification: Notification, plan_fields: dict[str, Any], *, received_at: datetime) -> dict[str, Any]:
     payload = notification.model_dump(by_alias=True, mode="json", exclude={"metadata"})
-    payload = {key: _scrub(value) for key, value in payload.items()}
+    payload = map_strings(payload, _scrub)
     payload["exportedFileUrl"] = plan_fields["source"]
     payload["exportedFileExpiresOn"] = _iso(notification.exported_file_expires_on)
     payload["lastCheckedOutUntil"] = _iso(notification.last_checked_out_until)

@@ -111,19 +111,6 @@ class _TagsRefused(seam.Rejected):
 _EXPECTED = (seam.Conflict, seam.ContainerMissing, seam.BlobMissing, seam.TooLargeForSyncCopy, _TagsRefused)
 
 
-def _error_code(exc: HttpResponseError) -> str:
-    # error_code may be a StorageErrorCode enum or a plain string; compare on the value.
-    raw_code = getattr(exc, "error_code", None)
-    return str(getattr(raw_code, "value", raw_code) or "")
-
-
-def _copy_source_status(exc: HttpResponseError, status: int) -> int:
-    """The source's own status from the error body (<CopySourceStatusCode>), else the answer's."""
-    info = getattr(exc, "additional_info", None) or {}
-    raw = str(info.get("copysourcestatuscode") or "")
-    return int(raw) if raw.isdigit() else status
-
-
 @dataclass(frozen=True)
 class Call:
     """The storage request that failed, as :func:`classify` reads it. ``sync_copy``: Copy Blob From URL
@@ -149,13 +136,14 @@ def classify(exc: Exception, call: Call, account: str, container: str) -> seam.S
         )
     if not isinstance(exc, HttpResponseError) or exc.status_code is None:
         return seam.Unavailable(redact(f"Azure Storage at {account} could not be reached ({type(exc).__name__})."))
-    code = _error_code(exc)
-    status = exc.status_code
+    raw_code = getattr(exc, "error_code", None)  # a StorageErrorCode enum or a plain string: compare the value
+    code, status = str(getattr(raw_code, "value", raw_code) or ""), exc.status_code
+    info = getattr(exc, "additional_info", None) or {}
 
     def said(kind: type[seam.StoreError], message: str) -> seam.StoreError:
         return kind(redact(message), code=code or None, status=status)
 
-    about_tags = "tag" in f"{exc.message} {getattr(exc, 'additional_info', None) or ''}".lower()
+    about_tags = "tag" in f"{exc.message} {info or ''}".lower()
     if (call.tags_sent and (code in _NO_TAGS_ON_WRITE or (code in _NO_FEATURE_ON_WRITE and about_tags))) or (
         call.tags_call and code == "InvalidQueryParameterValue"
     ):
@@ -168,7 +156,9 @@ def classify(exc: Exception, call: Call, account: str, container: str) -> seam.S
             # Copy Blob From URL refuses a source over 256 MiB, or an empty one, with 409, while a
             # refused or missing source is 403/404 with the same code.
             return said(seam.TooLargeForSyncCopy, f"{operation}: the source cannot be copied synchronously ({code}).")
-        source_status = _copy_source_status(exc, status)
+        # The source's own status from the error body (<CopySourceStatusCode>), else the answer's.
+        raw_status = str(info.get("copysourcestatuscode") or "")
+        source_status = int(raw_status) if raw_status.isdigit() else status
         if source_status >= 500 or source_status in (408, 429):
             return said(seam.Unavailable, f"{operation}: the source answered {source_status} ({code}).")
         return said(seam.SourceUnreadable, f"{operation}: the source could not be read ({source_status} {code}).")

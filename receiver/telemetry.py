@@ -78,9 +78,6 @@ class Record:
     def duration_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
-    def about(self) -> str:
-        return f"task={self.task_id} blob={self.blob}"
-
     def attributes(self) -> dict[str, Any]:
         values: dict[str, Any] = {
             "operation": self.operation,
@@ -131,7 +128,7 @@ def count_storage_request() -> None:
 def about() -> str:
     """``task=… blob=…`` of the operation running in this context, for log lines deeper down."""
     record = CURRENT.get()
-    return record.about() if record is not None else ""
+    return f"task={record.task_id} blob={record.blob}" if record is not None else ""
 
 
 @contextmanager

@@ -92,10 +92,7 @@ class CopyPlan:
 
 def _safe_segment(value: str, fallback: str) -> str:
     """One path segment: NFC, unsafe characters -> "_", no trailing dot/space, never "." or ".."."""
-    text = _UNSAFE_NAME_CHARS.sub("_", unicodedata.normalize("NFC", value)).strip()
-    text = text.rstrip(". ")
-    if not text or set(text) <= {"."}:
-        text = fallback
+    text = _UNSAFE_NAME_CHARS.sub("_", unicodedata.normalize("NFC", value)).strip().rstrip(". ") or fallback
     return text[:MAX_SEGMENT].rstrip(". ") or fallback
 
 
@@ -111,9 +108,7 @@ def extension_for(content_type: str, source_path: str) -> str:
 def file_name(display_name: str | None, task_id: str, content_type: str, source_path: str) -> str:
     """The display name made safe, with the right extension ensured exactly once."""
     ext = extension_for(content_type, source_path)
-    stem = _safe_segment(display_name or "", "")
-    if not stem:
-        stem = _safe_segment(task_id, "document")
+    stem = _safe_segment(display_name or "", "") or _safe_segment(task_id, "document")
     accepted = ACCEPTED_EXTENSIONS.get(content_type.split(";", 1)[0].strip().lower(), (ext,) if ext else ())
     if accepted and stem.lower().endswith(accepted):
         return stem

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 from urllib.parse import quote
 
@@ -199,27 +199,17 @@ def _listed(item: Any) -> seam.Listed:
     return seam.Listed(name=item.name, etag=etag, metadata=dict(item.metadata or {}), last_modified=item.last_modified)
 
 
+# seam.Headers has ContentSettings' attribute names; the SDK says "" for a header not set and keeps the MD5
+# as a bytearray.
 def _headers(settings: ContentSettings) -> seam.Headers:
-    md5 = settings.content_md5
-    return seam.Headers(
-        content_type=settings.content_type or None,
-        content_md5=bytes(md5) if md5 else None,
-        content_encoding=settings.content_encoding or None,
-        content_language=settings.content_language or None,
-        content_disposition=settings.content_disposition or None,
-        cache_control=settings.cache_control or None,
-    )
+    values = {item.name: getattr(settings, item.name) or None for item in fields(seam.Headers)}
+    md5 = values.pop("content_md5")
+    return seam.Headers(**values, content_md5=bytes(md5) if md5 else None)
 
 
 def _content_settings(headers: seam.Headers) -> ContentSettings:
-    return ContentSettings(
-        content_type=headers.content_type,
-        content_encoding=headers.content_encoding,
-        content_language=headers.content_language,
-        content_disposition=headers.content_disposition,
-        cache_control=headers.cache_control,
-        content_md5=bytearray(headers.content_md5) if headers.content_md5 is not None else None,
-    )
+    md5 = headers.content_md5
+    return ContentSettings(**{**asdict(headers), "content_md5": bytearray(md5) if md5 is not None else None})
 
 
 def _conditions(if_match: str | None) -> dict[str, Any]:

@@ -138,10 +138,6 @@ class Notification(BaseModel):
 FIELDS = {info.alias or name: name for name, info in Notification.model_fields.items()}
 
 
-def _field_name(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "body"
-
-
 def _problem(error: Any) -> str:
     cause = error.get("ctx", {}).get("error")
     if cause is not None:
@@ -189,9 +185,10 @@ def parse_notification(body: bytes) -> Notification:
     try:
         notification = Notification.model_validate(document)
     except ValidationError as exc:
-        details = []
-        for error in exc.errors(include_url=False):
-            details.append({"field": _field_name(error["loc"]), "problem": _problem(error)})
+        details = [
+            {"field": ".".join(str(part) for part in error["loc"]) or "body", "problem": _problem(error)}
+            for error in exc.errors(include_url=False)
+        ]
         fields = list(dict.fromkeys(d["field"] for d in details))
         raise PayloadError(
             "invalid-payload",

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
-from .engine import manifest_name
+from .engine import MAX_MANIFEST_BYTES, manifest_name
 from .machine import IN_FLIGHT
 from .models import (
     MAX_RECORD_BYTES,
@@ -65,7 +65,6 @@ log = logging.getLogger("receiver.migration")
 MARKER_NAME = ".smartdocumentor/migration.json"
 RESERVED_PREFIX = ".smartdocumentor/"
 PAGE_SIZE = 2000
-MAX_MANIFEST_BYTES = 1024 * 1024
 # The previous release cut taskid/workspaceid metadata at 512 characters (plan.metadata_value).
 CUT_AT = 512
 MIGRATED = "migrated"

@@ -563,9 +563,7 @@ class AzureStorage:
     async def set_headers(self, name: str, headers: seam.Headers, *, if_match: str) -> seam.Written:
         async def send(_tags: dict[str, str] | None) -> dict[str, Any]:
             return await self._blob(name).set_http_headers(
-                content_settings=_content_settings(headers),
-                etag=if_match,
-                match_condition=MatchConditions.IfNotModified,
+                content_settings=_content_settings(headers), **_conditions(if_match)
             )
 
         return _written(await self._write("set headers", send, tags=None, creates=False))
@@ -574,9 +572,7 @@ class AzureStorage:
         """Delete that version with its snapshots; False when it (or its container) is gone already."""
         try:
             async with self._call("delete blob"):
-                await self._blob(name).delete_blob(
-                    etag=if_match, match_condition=MatchConditions.IfNotModified, delete_snapshots="include"
-                )
+                await self._blob(name).delete_blob(delete_snapshots="include", **_conditions(if_match))
         except (seam.BlobMissing, seam.ContainerMissing):
             return False
         except seam.Conflict:

@@ -19,9 +19,7 @@ log = logging.getLogger("receiver.hostqueue")
 PEEK_LIMIT = 32  # Peek Messages returns at most 32
 
 
-async def queue_depth(
-    queue: str, environ: Mapping[str, str], *, storage_suffix: str = "core.windows.net"
-) -> int | None:
+async def queue_depth(queue: str, environ: Mapping[str, str]) -> int | None:
     """The approximate number of messages in ``queue`` of the host storage, None when unknown."""
     from azure.core.exceptions import AzureError
     from azure.storage.queue.aio import QueueClient
@@ -45,7 +43,7 @@ async def queue_depth(
         else:
             account = environ.get("AzureWebJobsStorage__accountName")
             url = environ.get("AzureWebJobsStorage__queueServiceUri") or (
-                f"https://{account}.queue.{storage_suffix}" if account else None
+                f"https://{account}.queue.core.windows.net" if account else None
             )
             if url is None:
                 return None

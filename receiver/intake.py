@@ -23,13 +23,6 @@ MIB = 1024 * 1024
 _JSON_TYPES = ("application/json", "text/json")
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return None
-
-
 def _is_json(content_type: str) -> bool:
     base = content_type.split(";", 1)[0].strip().lower()
     return base in _JSON_TYPES or base.endswith("+json")
@@ -37,7 +30,7 @@ def _is_json(content_type: str) -> bool:
 
 def prepare(body: bytes, headers: Mapping[str, str], settings: Settings, *, now: datetime) -> CopyPlan | Outcome:
     """Everything decided before storage: a plan to carry out, or the 4xx answer. Pure."""
-    content_type = _header(headers, "content-type")
+    content_type = next((value for key, value in headers.items() if key.lower() == "content-type"), None)
     if content_type and not _is_json(content_type):
         return outcome.rejected(
             415,

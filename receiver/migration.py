@@ -42,10 +42,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 from urllib.parse import unquote
 
-from .engine import manifest_name
+from .engine import MAX_MANIFEST_BYTES, manifest_name
 from .machine import IN_FLIGHT
 from .models import (
     MAX_RECORD_BYTES,
@@ -58,28 +58,18 @@ from .models import (
     record_name,
     with_step,
 )
-from .storage import Conflict, Listed, Storage
+from .storage import Blob, Conflict, Listed, Storage
 
 log = logging.getLogger("receiver.migration")
 
 MARKER_NAME = ".smartdocumentor/migration.json"
 RESERVED_PREFIX = ".smartdocumentor/"
 PAGE_SIZE = 2000
-MAX_MANIFEST_BYTES = 1024 * 1024
 # The previous release cut taskid/workspaceid metadata at 512 characters (plan.metadata_value).
 CUT_AT = 512
 MIGRATED = "migrated"
 MIGRATED_REPLACED = "migrated-replaced"
 ATTEMPTS = 5
-
-
-@runtime_checkable
-class PagedListing(Protocol):
-    """A store that lists one page at a time from a continuation (MemoryStorage; AzureStorage may add
-    it with the SDK's ``by_page(continuation_token=...)``). Without it, the listing is walked from
-    the start and the names before the marker skipped."""
-
-    async def list_page(self, prefix: str, *, marker: str | None, size: int) -> tuple[list[Listed], str | None]: ...
 
 
 @dataclass
@@ -111,20 +101,12 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
     """One bounded page of the migration (one read of the marker once it is done)."""
     report = MigrationReport()
     found = await storage.read_bytes(MARKER_NAME, max_bytes=64 * 1024)
-    state: dict[str, Any] = {}
-    marker_etag: str | None = None
-    if found is not None:
-        marker_etag = found[0].etag
-        try:
-            loaded = json.loads(found[1])
-            state = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
-            state = {}
-        if state.get("done") is True:
-            report.done = report.already_done = True
-            return report
+    state = _json_object(found)
+    if state.get("done") is True:
+        report.done = report.already_done = True
+        return report
     marker = state.get("marker") if isinstance(state.get("marker"), str) else None
-    page, next_marker = await _page(storage, marker, page_size)
+    page, next_marker = await storage.list_page("", marker=marker, size=page_size)
     report.listed = len(page)
     by_task: dict[tuple[str, str], list[Listed]] = {}
     for item in page:
@@ -140,7 +122,7 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
         if not files:
             continue
         report.tasks += 1
-        if not await _fold(storage, workspace_id, task_id, files, now=now, report=report):
+        if not await _fold(storage, files, now=now, report=report):
             report.stopped = f"the record of task {task_id} kept changing; the page is taken again next run"
             return report
     document = {"done": next_marker is None, "marker": next_marker, "at": now.isoformat()}
@@ -148,7 +130,7 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
         await storage.put(
             MARKER_NAME,
             json.dumps(document).encode("ascii"),
-            if_match=marker_etag,
+            if_match=None if found is None else found[0].etag,
             content_type="application/json",
             metadata={"receiverkind": "migration"},
         )
@@ -159,19 +141,13 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
     return report
 
 
-async def _page(storage: Storage, marker: str | None, size: int) -> tuple[list[Listed], str | None]:
-    if isinstance(storage, PagedListing):
-        return await storage.list_page("", marker=marker, size=size)
-    # Walk from the start, skipping what an earlier run already took (names up to ``marker``).
-    after = marker[len("after:") :] if marker is not None and marker.startswith("after:") else None
-    page: list[Listed] = []
-    async for item in storage.list(""):
-        if after is not None and item.name <= after:
-            continue
-        if len(page) == size:
-            return page, f"after:{page[-1].name}"
-        page.append(item)
-    return page, None
+def _json_object(found: tuple[Blob, bytes] | None) -> dict[str, Any]:
+    """The JSON object a blob holds; {} when there is none (no blob, not JSON, not an object)."""
+    try:
+        loaded = json.loads(found[1]) if found is not None else {}
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _lower(metadata: dict[str, str]) -> dict[str, str]:
@@ -217,13 +193,7 @@ async def _legacy_file(
     received = item.last_modified or datetime.now(UTC)
     replaced: tuple[str, ...] = ()
     found = await storage.read_bytes(manifest_name(item.name), max_bytes=MAX_MANIFEST_BYTES)
-    document: dict[str, Any] = {}
-    if found is not None and _is_manifest(found[0].metadata):
-        try:
-            loaded = json.loads(found[1])
-            document = loaded if isinstance(loaded, dict) else {}
-        except ValueError:
-            document = {}
+    document = _json_object(found) if found is not None and _is_manifest(found[0].metadata) else {}
     if document.get("delivery") not in (None, delivery) and document.get("copyStatus") == "pending":
         # A copy over this file that never landed: the file is its own delivery, whole; the pending
         # one is left to its queue message.
@@ -240,39 +210,26 @@ async def _legacy_file(
         replaced = tuple(str(d) for d in document.get("replaced") or [] if isinstance(d, str) and d != delivery)
         assert found is not None
         if "delivery" not in _lower(found[0].metadata):
-            await _label_manifest(storage, item.name, found[0].etag, found[1], found[0].metadata, delivery)
+            # The ``delivery`` label the new release's retirement checks, on the legacy manifest (same bytes).
+            try:
+                await storage.put(
+                    manifest_name(item.name),
+                    found[1],
+                    if_match=found[0].etag,
+                    content_type="application/json",
+                    metadata={**found[0].metadata, "delivery": delivery},
+                )
+            except Conflict:
+                log.info("the manifest of %s changed while it was labelled: left to whoever changed it", item.name)
     if cut:
         report.left_doubtful.append(item.name)
         return None
     return LegacyFile(item.name, item.etag, delivery, workspace_id, task_id, received, replaced)
 
 
-async def _label_manifest(
-    storage: Storage, name: str, etag: str, data: bytes, metadata: dict[str, str], delivery: str
-) -> None:
-    """The ``delivery`` label the new release's retirement checks, on a legacy manifest (same bytes)."""
-    try:
-        await storage.put(
-            manifest_name(name),
-            data,
-            if_match=etag,
-            content_type="application/json",
-            metadata={**metadata, "delivery": delivery},
-        )
-    except Conflict:
-        log.info("the manifest of %s changed while it was labelled: left to whoever changed it", name)
-
-
-async def _fold(
-    storage: Storage,
-    workspace_id: str,
-    task_id: str,
-    files: Sequence[LegacyFile],
-    *,
-    now: datetime,
-    report: MigrationReport,
-) -> bool:
-    """Fold ``files`` into the task's record by compare-and-swap; False when it kept changing."""
+async def _fold(storage: Storage, files: Sequence[LegacyFile], *, now: datetime, report: MigrationReport) -> bool:
+    """Fold ``files`` (of one task) into the task's record by compare-and-swap; False when it kept changing."""
+    workspace_id, task_id = files[0].workspace_id, files[0].task_id
     name = record_name(workspace_id, task_id)
     for _ in range(ATTEMPTS):
         found = await storage.read_bytes(name, max_bytes=MAX_RECORD_BYTES)
@@ -398,4 +355,4 @@ def fold(
     return updated, stored_names, superseded_names
 
 
-__all__ = ["MARKER_NAME", "MIGRATED", "LegacyFile", "MigrationReport", "PagedListing", "fold", "migrate"]
+__all__ = ["MARKER_NAME", "MIGRATED", "LegacyFile", "MigrationReport", "fold", "migrate"]

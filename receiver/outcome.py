@@ -23,8 +23,10 @@ def rejected(status_code: int, error: str, message: str, **extra: Any) -> Outcom
     return Outcome(status_code, {"status": "rejected", "error": error, "message": message, **_known(extra)})
 
 
-def failed(status_code: int, error: str, message: str, **extra: Any) -> Outcome:
-    return Outcome(status_code, {"status": "failed", "error": error, "message": message, **_known(extra)})
+def failed(status_code: int, error: str, message: str, *, verification: str | None = None, **extra: Any) -> Outcome:
+    """A non-2xx after the checks; ``verification``: the queue message when a copy must be verified later."""
+    body = {"status": "failed", "error": error, "message": message, **_known(extra)}
+    return Outcome(status_code, body, verification)
 
 
 def _known(extra: dict[str, Any]) -> dict[str, Any]:
@@ -48,22 +50,13 @@ _DELIVERED = {
 
 
 def delivered(
-    status: str,
-    *,
-    task_id: str,
-    blob: str,
-    url: str,
-    copy_id: str | None,
-    note: str | None = None,
-    verification: str | None = None,
+    status: str, *, task_id: str, blob: str, url: str, note: str | None = None, verification: str | None = None
 ) -> Outcome:
-    """A 2xx: ``stored``, ``duplicate`` or ``copying`` (202, with the queue message to verify it later)."""
+    """A 2xx: ``stored``, ``duplicate``, ``superseded`` or ``copying`` (202, with the queue message to
+    verify it later). No ``copyId``: no copy in this design has one to report (docs/reference.md)."""
     status_code, message = _DELIVERED[status]
     if note:
         message = f"{message} {note}"
-    body = {
-        "status": status,
-        "message": message,
-        **_known({"taskId": task_id, "blob": blob, "url": url, "copyId": copy_id}),
-    }
-    return Outcome(status_code, body, verification)
+    return Outcome(
+        status_code, {"status": status, "message": message, "taskId": task_id, "blob": blob, "url": url}, verification
+    )

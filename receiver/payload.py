@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from .source import link_secret_pattern, may_repeat_secret, without_secrets
+from .source import as_utc, link_secret_pattern, may_repeat_secret, without_secrets
 
 MAX_ID_LENGTH = 1024  # GUIDs in practice; longer ids are kept whole in the manifest and hashed in names
 MAX_TEXT_LENGTH = 4096
@@ -24,14 +24,6 @@ class PayloadError(Exception):
         self.code = code
         self.message = message
         self.details = details or []
-
-
-def _as_utc(value: datetime) -> datetime:
-    # Naive times are UTC (docs/reference.md, "The notification"). 9999-12-31T23:59:59-01:00 has no UTC equivalent.
-    try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is outside the range of dates this receiver can handle") from None
 
 
 def nesting_depth(value: Any, limit: int) -> int:
@@ -113,7 +105,7 @@ class Notification(BaseModel):
     @field_validator("exported_file_expires_on", "last_checked_out_until")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _as_utc(value)
+        return None if value is None else as_utc(value)
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -122,12 +114,8 @@ class Notification(BaseModel):
             return ()
         if isinstance(value, dict):
             items = list(value.items())
-        elif isinstance(value, list):
-            items = []
-            for entry in value:
-                if not isinstance(entry, dict) or "key" not in entry:
-                    raise ValueError('must be an object of strings, or a list of {"key": ..., "value": ...}')
-                items.append((entry["key"], entry.get("value")))
+        elif isinstance(value, list) and all(isinstance(entry, dict) and "key" in entry for entry in value):
+            items = [(entry["key"], entry.get("value")) for entry in value]
         else:
             raise ValueError('must be an object of strings, or a list of {"key": ..., "value": ...}')
         pairs = []
@@ -145,13 +133,9 @@ class Notification(BaseModel):
             pairs.append((key, item))
         return tuple(pairs)
 
-    @property
-    def extra_fields(self) -> dict[str, Any]:
-        return dict(self.__pydantic_extra__ or {})
 
-
-def _field_name(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "body"
+# The notification's fields: the name in the body (camelCase) -> the attribute.
+FIELDS = {info.alias or name: name for name, info in Notification.model_fields.items()}
 
 
 def _problem(error: Any) -> str:
@@ -201,9 +185,10 @@ def parse_notification(body: bytes) -> Notification:
     try:
         notification = Notification.model_validate(document)
     except ValidationError as exc:
-        details = []
-        for error in exc.errors(include_url=False):
-            details.append({"field": _field_name(error["loc"]), "problem": _problem(error)})
+        details = [
+            {"field": ".".join(str(part) for part in error["loc"]) or "body", "problem": _problem(error)}
+            for error in exc.errors(include_url=False)
+        ]
         fields = list(dict.fromkeys(d["field"] for d in details))
         raise PayloadError(
             "invalid-payload",

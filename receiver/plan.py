@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .payload import Notification
+from .payload import FIELDS, Notification
 from .settings import MAX_TAGS, Settings
-from .source import SourceLink, without_url_queries
+from .source import SourceLink, map_strings, without_url_queries
 
 MAX_BLOB_NAME = 1024
 MAX_TAG_KEY = 128
@@ -79,7 +79,6 @@ class CopyPlan:
     tags_dropped: list[dict[str, str]]
     metadata: dict[str, str]
     manifest: dict[str, Any] = field(repr=False)
-    manifest_name: str | None
     task_id: str
     workspace_id: str
 
@@ -93,10 +92,7 @@ class CopyPlan:
 
 def _safe_segment(value: str, fallback: str) -> str:
     """One path segment: NFC, unsafe characters -> "_", no trailing dot/space, never "." or ".."."""
-    text = _UNSAFE_NAME_CHARS.sub("_", unicodedata.normalize("NFC", value)).strip()
-    text = text.rstrip(". ")
-    if not text or set(text) <= {"."}:
-        text = fallback
+    text = _UNSAFE_NAME_CHARS.sub("_", unicodedata.normalize("NFC", value)).strip().rstrip(". ") or fallback
     return text[:MAX_SEGMENT].rstrip(". ") or fallback
 
 
@@ -112,9 +108,7 @@ def extension_for(content_type: str, source_path: str) -> str:
 def file_name(display_name: str | None, task_id: str, content_type: str, source_path: str) -> str:
     """The display name made safe, with the right extension ensured exactly once."""
     ext = extension_for(content_type, source_path)
-    stem = _safe_segment(display_name or "", "")
-    if not stem:
-        stem = _safe_segment(task_id, "document")
+    stem = _safe_segment(display_name or "", "") or _safe_segment(task_id, "document")
     accepted = ACCEPTED_EXTENSIONS.get(content_type.split(";", 1)[0].strip().lower(), (ext,) if ext else ())
     if accepted and stem.lower().endswith(accepted):
         return stem
@@ -201,16 +195,13 @@ def index_tags(
 
 # Printable ASCII stays readable; "%" itself is encoded so the value decodes back exactly.
 _METADATA_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%") + " "
+_EDGE_SPACES = re.compile(r"^ +| +$")
 
 
 def metadata_value(text: str, limit: int = MAX_METADATA_VALUE) -> str:
     """ASCII header value: non-ASCII as percent-encoded UTF-8, no edge spaces, cut on a whole escape."""
     encoded = quote(text, safe=_METADATA_SAFE, errors="surrogatepass")
-    if encoded.startswith(" ") or encoded.endswith(" "):
-        core = encoded.strip(" ")
-        lead = len(encoded) - len(encoded.lstrip(" "))
-        trail = len(encoded) - len(encoded.rstrip(" "))
-        encoded = "%20" * lead + core + "%20" * trail if core else "%20" * len(encoded)
+    encoded = _EDGE_SPACES.sub(lambda spaces: "%20" * len(spaces.group()), encoded)
     if len(encoded) > limit:
         encoded = encoded[:limit]
         cut = encoded.rfind("%", max(0, limit - 2))
@@ -236,15 +227,9 @@ def blob_metadata(notification: Notification, source: SourceLink) -> dict[str, s
 # --- manifest --------------------------------------------------------------------------------
 
 
-def _scrub(value: Any) -> Any:
-    """Drop URL queries from any string in the sender's extra fields (they may carry a SAS)."""
-    if isinstance(value, str):
-        return without_url_queries(value) if "://" in value and "?" in value else value
-    if isinstance(value, list):
-        return [_scrub(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _scrub(item) for key, item in value.items()}
-    return value
+def _scrub(text: str) -> str:
+    """Drop URL queries from a string in the sender's extra fields (they may carry a SAS)."""
+    return without_url_queries(text) if "://" in text and "?" in text else text
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -253,7 +238,7 @@ def _iso(value: datetime | None) -> str | None:
 
 def manifest(notification: Notification, plan_fields: dict[str, Any], *, received_at: datetime) -> dict[str, Any]:
     payload = notification.model_dump(by_alias=True, mode="json", exclude={"metadata"})
-    payload = {key: _scrub(value) for key, value in payload.items()}
+    payload = map_strings(payload, _scrub)
     payload["exportedFileUrl"] = plan_fields["source"]
     payload["exportedFileExpiresOn"] = _iso(notification.exported_file_expires_on)
     payload["lastCheckedOutUntil"] = _iso(notification.last_checked_out_until)
@@ -293,8 +278,6 @@ def not_a_manifest_name(name: str, limit: int) -> str:
     return name[: limit - len(NOT_A_MANIFEST_SUFFIX)].rstrip("./ ") + NOT_A_MANIFEST_SUFFIX
 
 
-_FIELD_NAMES = {info.alias or name: name for name, info in Notification.model_fields.items()}
-
 # --- the plan --------------------------------------------------------------------------------
 
 
@@ -320,10 +303,9 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
     if outside_reserved(name) != name:
         shorter = not_a_manifest_name(blob_name(settings.blob_name_template, values, file, limit=limit - 1), limit - 1)
         name = outside_reserved(shorter)
-    by_alias = notification.model_dump(by_alias=True, include=set(_FIELD_NAMES[a] for a in settings.tag_fields))
+    by_alias = notification.model_dump(by_alias=True, include={FIELDS[a] for a in settings.tag_fields})
     fields = [(alias, str(by_alias[alias])) for alias in settings.tag_fields if by_alias.get(alias) is not None]
     tags, dropped = index_tags(fields, notification.metadata)
-    manifest_name = f"{name}{MANIFEST_SUFFIX}" if settings.write_manifest else None
     document = manifest(
         notification,
         {
@@ -345,7 +327,6 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
         tags_dropped=dropped,
         metadata=blob_metadata(notification, source),
         manifest=document,
-        manifest_name=manifest_name,
         task_id=notification.task_id,
         workspace_id=notification.workspace_id,
     )

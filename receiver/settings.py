@@ -16,25 +16,14 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .payload import FIELDS
+
 # Placeholders BLOB_NAME_TEMPLATE may use (docs/reference.md, "Configuration").
 TEMPLATE_PLACEHOLDERS = frozenset(
     {"workspaceId", "taskId", "taskNumber", "displayName", "fileName", "ext", "yyyy", "mm", "dd"}
 )
-# Payload fields TAG_FIELDS may name: the scalar fields of the notification.
-TAGGABLE_FIELDS = frozenset(
-    {
-        "taskId",
-        "taskNumber",
-        "workspaceId",
-        "totalPages",
-        "displayName",
-        "exportedFileContentType",
-        "lastCheckoutByUserName",
-        "lastCheckedOutBy",
-        "lastIntegratedBy",
-        "lastIntegratedByUserName",
-    }
-)
+# Payload fields TAG_FIELDS may name: the scalar fields of the notification (not the link, the dates, the metadata).
+TAGGABLE_FIELDS = frozenset(FIELDS) - {"exportedFileUrl", "exportedFileExpiresOn", "lastCheckedOutUntil", "metadata"}
 MAX_TAGS = 10
 SYNC_COPY_LIMIT_MIB = 256  # the service's limit for a synchronous copy (Copy Blob From URL)
 _CONTAINER_NAME = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -106,26 +95,21 @@ class Settings(BaseSettings):
         names: set[str] = set()
         # (literal before, placeholder) in order, to see what stands between two placeholders.
         parts: list[tuple[str, str]] = []
-        try:
-            for literal, field, spec, conversion in string.Formatter().parse(value):
-                if field is None:
-                    continue
-                if field not in TEMPLATE_PLACEHOLDERS:
-                    raise ValueError(
-                        f"unknown placeholder {{{field}}}; use only " + ", ".join(sorted(TEMPLATE_PLACEHOLDERS))
-                    )
-                if spec or conversion:
-                    written = (
-                        "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-                    )
-                    raise ValueError(
-                        f"format specs and conversions are not supported: write {{{field}}}, not {written} "
-                        "(every placeholder is inserted as it is, made safe for a blob name)"
-                    )
-                names.add(field)
-                parts.append((literal, field))
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
+        for literal, field, spec, conversion in string.Formatter().parse(value):
+            if field is None:
+                continue
+            if field not in TEMPLATE_PLACEHOLDERS:
+                raise ValueError(
+                    f"unknown placeholder {{{field}}}; use only " + ", ".join(sorted(TEMPLATE_PLACEHOLDERS))
+                )
+            if spec or conversion:
+                written = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise ValueError(
+                    f"format specs and conversions are not supported: write {{{field}}}, not {written} "
+                    "(every placeholder is inserted as it is, made safe for a blob name)"
+                )
+            names.add(field)
+            parts.append((literal, field))
         if any("{fileName}" in segment and "{ext}" in segment for segment in value.split("/")):
             # fileName already ends with the extension (scan.pdf); ".{ext}" after it would give scan.pdf.pdf.
             raise ValueError(
@@ -206,19 +190,6 @@ class Settings(BaseSettings):
         return self
 
 
-def start_warnings(settings: Settings) -> list[str]:
-    """What is allowed but worth a WARNING when the app starts (logged by :func:`check_at_start`)."""
-    warnings = []
-    if "{taskId}" not in settings.blob_name_template:
-        warnings.append(
-            f"BLOB_NAME_TEMPLATE {settings.blob_name_template!r} names files by {{taskNumber}} without {{taskId}}. "
-            "SmartDocumentor numbers tasks within a workspace, so this gives each task its own file only while no "
-            "two tasks of one workspace ever share a taskNumber; if two did, the later would overwrite the "
-            "earlier's file. Put {taskId} in the template to rule that out."
-        )
-    return warnings
-
-
 # The Python worker packages that load function_app.py: azure-functions-worker (Python 3.12 and older,
 # shipped with the host) and azure-functions-runtime (3.13 and newer). Each imports the app once per worker
 # process (Python caches the module), so the start-up check runs once per process, at the host's first load.
@@ -241,8 +212,14 @@ def check_at_start(log: logging.Logger) -> Settings | None:
     except Exception as exc:  # the app must still load and answer; the first request reports it too
         log.error("The app settings could not be read (%s).", type(exc).__name__)
         return None
-    for warning in start_warnings(settings):
-        log.warning("%s", warning)
+    if "{taskId}" not in settings.blob_name_template:
+        log.warning(
+            "BLOB_NAME_TEMPLATE %r names files by {taskNumber} without {taskId}. SmartDocumentor numbers tasks "
+            "within a workspace, so this gives each task its own file only while no two tasks of one workspace "
+            "ever share a taskNumber; if two did, the later would overwrite the earlier's file. Put {taskId} in "
+            "the template to rule that out.",
+            settings.blob_name_template,
+        )
     return settings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,11 +35,6 @@ class SourceLink:
 
     def __repr__(self) -> str:  # keep the SAS out of any accidental repr/log
         return f"SourceLink(public_url={self.public_url!r}, expires_on={self.expires_on.isoformat()})"
-
-
-def without_query(url: str) -> str:
-    """The URL with its query and fragment removed (safe to show and store)."""
-    return url.split("?", 1)[0].split("#", 1)[0]
 
 
 _URL_QUERY = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s\"'<>]*")
@@ -110,17 +105,20 @@ def may_repeat_secret(url: str, value: Any) -> bool:
     return False
 
 
+def map_strings(value: Any, change: Callable[[str], str], *, keys: bool = False) -> Any:
+    """``value`` (any JSON) with ``change`` applied to every string in it (with ``keys``, object keys too)."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, list):
+        return [map_strings(item, change, keys=keys) for item in value]
+    if isinstance(value, dict):
+        return {(change(key) if keys else key): map_strings(item, change, keys=keys) for key, item in value.items()}
+    return value
+
+
 def without_secrets(value: Any, pattern: re.Pattern[str] | None) -> Any:
     """``value`` (any JSON) with every match of ``pattern`` replaced by REDACTED, in strings and keys."""
-    if pattern is None:
-        return value
-    if isinstance(value, str):
-        return pattern.sub("REDACTED", value)
-    if isinstance(value, list):
-        return [without_secrets(item, pattern) for item in value]
-    if isinstance(value, dict):
-        return {without_secrets(key, pattern): without_secrets(item, pattern) for key, item in value.items()}
-    return value
+    return value if pattern is None else map_strings(value, lambda text: pattern.sub("REDACTED", text), keys=True)
 
 
 def without_url_queries(text: str) -> str:
@@ -167,12 +165,13 @@ def _is_label(label: str) -> bool:
     return bool(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", label))
 
 
-def _parse_sas_expiry(value: str) -> datetime | None:
+def as_utc(value: datetime) -> datetime:
+    """A naive time is UTC (docs/reference.md, "The notification"); ValueError when it has no UTC
+    equivalent (9999-12-31T23:59:59-01:00)."""
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except (ValueError, OverflowError):  # 9999-12-31T23:59:59-01:00 has no UTC equivalent
-        return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the range of dates this receiver can handle") from None
 
 
 def _not_allowed(reason: str) -> SourceError:
@@ -221,9 +220,10 @@ def check_source(
         raise _not_allowed("it has no SAS signature (sig)")
     expires_on = payload_expires_on
     if "se" in query:
-        sas_expiry = _parse_sas_expiry(query["se"][0])
-        if sas_expiry is None:
-            raise _not_allowed("its SAS expiry (se) is not a date")
+        try:
+            sas_expiry = as_utc(datetime.fromisoformat(query["se"][0].replace("Z", "+00:00")))
+        except ValueError:
+            raise _not_allowed("its SAS expiry (se) is not a date") from None
         expires_on = min(expires_on, sas_expiry)
     if expires_on <= now:
         raise SourceError(
@@ -233,7 +233,7 @@ def check_source(
         )
     return SourceLink(
         url=url,
-        public_url=without_query(url),
+        public_url=url.split("?", 1)[0].split("#", 1)[0],
         expires_on=expires_on,
         delivery=hashlib.sha256(url.encode("utf-8")).hexdigest(),
     )

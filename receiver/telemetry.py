@@ -68,7 +68,6 @@ class Record:
     reason: str | None = None
     final_failure: bool = False  # an ERROR an operator must act on
     delivery: str | None = None  # the delivery hash (sha256 of the link); records carry its first 12 hex
-    copy_id: str | None = None
     copy_sent: bool | None = None  # deliveries: whether a copy was sent to storage (then it is tracked)
     error: str | None = None  # a non-2xx answer's error code
     fields: str | None = None  # invalid-payload: the offending field names, comma-separated
@@ -78,9 +77,6 @@ class Record:
     @property
     def duration_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
-
-    def about(self) -> str:
-        return f"task={self.task_id} blob={self.blob}"
 
     def attributes(self) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -95,7 +91,6 @@ class Record:
             "durationMs": round(self.duration_ms, 1),
             "reason": self.reason,
             "delivery": self.delivery[:DELIVERY_HASH_LENGTH] if self.delivery else None,
-            "copyId": self.copy_id,
             "copySent": self.copy_sent,
             "error": self.error,
             "fields": self.fields,
@@ -109,8 +104,6 @@ class Record:
         the message (unless a more precise reason is known) and an invalid payload's field names."""
         self.status = status
         self.outcome = str(body.get("error") or body.get("status") or "unknown")
-        if isinstance(body.get("copyId"), str):
-            self.copy_id = body["copyId"]
         if body.get("error"):
             self.error = str(body["error"])
             if not self.reason and body.get("message"):
@@ -135,7 +128,7 @@ def count_storage_request() -> None:
 def about() -> str:
     """``task=… blob=…`` of the operation running in this context, for log lines deeper down."""
     record = CURRENT.get()
-    return record.about() if record is not None else ""
+    return f"task={record.task_id} blob={record.blob}" if record is not None else ""
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from .engine import run
 from .intake import arrival_job, is_large, prepare
 from .models import MAX_RECORD_BYTES, TaskRecord, record_name
 from .outcome import Outcome
+from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan
 from .runtime import Runtime
 from .storage import Immutable
@@ -121,31 +122,13 @@ def read_message(data: bytes) -> Message | Reference | None:
         if all(isinstance(document.get(key), str | dict) for key in _EARLIER_RELEASE_KEYS):
             manifest = dict(document["manifest"])
             received = datetime.fromisoformat(str(manifest.get("receivedAt", "")).replace("Z", "+00:00"))
-            fields = {key: value for key, value in manifest.items() if key[:1].islower() and key in _PAYLOAD_FIELDS}
+            # The manifest's payload fields; its link (without the query) gives way to the message's own.
+            fields = {key: value for key, value in manifest.items() if key in FIELDS}
             fields["exportedFileUrl"] = document["sourceUrl"]
             return Message(json.dumps(fields).encode("utf-8"), received)
     except (ValueError, TypeError):
         return None
     return None
-
-
-_PAYLOAD_FIELDS = frozenset(
-    {
-        "taskId",
-        "taskNumber",
-        "workspaceId",
-        "totalPages",
-        "displayName",
-        "exportedFileContentType",
-        "exportedFileExpiresOn",
-        "lastCheckoutByUserName",
-        "lastCheckedOutBy",
-        "lastIntegratedBy",
-        "lastIntegratedByUserName",
-        "lastCheckedOutUntil",
-        "metadata",
-    }
-)
 
 
 async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_count: int = 1) -> str:

@@ -56,18 +56,16 @@ async def _handle(
     record.blob = f"{settings.destination_container}/{plan.blob_name}"
     record.delivery = plan.delivery
     trace = Trace()
+
+    def queued() -> str:  # the queue message, built only for the answers that send one (not on the common path)
+        return verification.message(body, now, plan=plan)
+
     try:
         storage = runtime.store()
         async with asyncio.timeout(settings.copy_wait_seconds + STORAGE_BUDGET_SECONDS):
             large = await is_large(storage, plan, settings)
-            job = arrival_job(
-                plan,
-                settings,
-                by="webhook",
-                patient=False,
-                large=large,
-                deadline=time.monotonic() + settings.copy_wait_seconds,
-            )
+            deadline = time.monotonic() + settings.copy_wait_seconds
+            job = arrival_job(plan, settings, by="webhook", patient=False, large=large, deadline=deadline)
             answer, trace = await run(storage, job, now=now, trace=trace, wall=runtime.clock)
     except SettingsError as exc:
         record.reason, record.final_failure = exc.message, True
@@ -75,20 +73,15 @@ async def _handle(
     except StoreError as exc:
         record.reason = exc.message
         record.final_failure = exc.kind in ("misconfigured", "rejected", "immutable")
-        failure = storage_failure(plan.task_id, exc)
         if trace.copy_sent and exc.kind == "unavailable":
             # A copy may have landed: the queue function finishes it (or finds it did not).
-            return Outcome(
-                503,
-                outcome.failed(503, "storage-unavailable", _AFTER_COPY, taskId=plan.task_id).body,
-                verification.message(body, now, plan=plan),
-            )
-        return failure
+            return outcome.failed(503, "storage-unavailable", _AFTER_COPY, taskId=plan.task_id, verification=queued())
+        return storage_failure(plan.task_id, exc)
     except TimeoutError:
         record.reason = "timed out" + (" after the copy was sent" if trace.copy_sent else "")
-        text = _AFTER_COPY if trace.copy_sent else _NO_ANSWER
-        failed = outcome.failed(503, "storage-unavailable", text, taskId=plan.task_id)
-        return Outcome(503, failed.body, verification.message(body, now, plan=plan) if trace.copy_sent else None)
+        if trace.copy_sent:
+            return outcome.failed(503, "storage-unavailable", _AFTER_COPY, taskId=plan.task_id, verification=queued())
+        return outcome.failed(503, "storage-unavailable", _NO_ANSWER, taskId=plan.task_id)
     except Exception as exc:  # a bug must still answer in JSON, and never with a stack trace or a SAS
         record.reason, record.final_failure = f"unexpected {type(exc).__name__}: {redact(str(exc))}", True
         return outcome.failed(
@@ -106,8 +99,7 @@ async def _handle(
         # Refused for good by a policy the document's owner set: a person decides (one ERROR).
         record.final_failure = True
         record.reason = f"a {answer.reason or 'retention policy'} on the destination refused replacing the file"
-    # The queue message is built only for the answers that send one (not on the common path).
-    return answered(plan, answer, storage, settings, lambda: verification.message(body, now, plan=plan))
+    return answered(plan, answer, storage, settings, queued)
 
 
 _ASK_OPERATOR = "Ask whoever runs the receiver to fix it, then send the document again."
@@ -127,7 +119,7 @@ def answered(
     plan: CopyPlan, answer: Answer, storage: Storage, settings: Settings, message: Callable[[], str]
 ) -> Outcome:
     """The engine's answer as the webhook's HTTP answer."""
-    blob = f"{settings.destination_container}/{plan.blob_name}"
+    blob, url = f"{settings.destination_container}/{plan.blob_name}", storage.url(plan.blob_name)
     if answer.kind in ("stored", "duplicate", "superseded"):
         note = None
         if plan.tags_dropped:
@@ -136,18 +128,9 @@ def answered(
             )
         if not storage.tags_supported and plan.tags:
             note = "This storage account has no blob index tags: the tags are in the manifest."
-        return outcome.delivered(
-            answer.kind, task_id=plan.task_id, blob=blob, url=storage.url(plan.blob_name), copy_id=None, note=note
-        )
+        return outcome.delivered(answer.kind, task_id=plan.task_id, blob=blob, url=url, note=note)
     if answer.kind == "copying" and answer.status == 202:
-        return outcome.delivered(
-            "copying",
-            task_id=plan.task_id,
-            blob=blob,
-            url=storage.url(plan.blob_name),
-            copy_id=None,
-            verification=message(),
-        )
+        return outcome.delivered("copying", task_id=plan.task_id, blob=blob, url=url, verification=message())
     if answer.error == "immutable":
         policy = answer.reason or "retention policy"
         return outcome.failed(409, "immutable", _IMMUTABLE.format(policy=policy), taskId=plan.task_id)
@@ -166,8 +149,9 @@ def answered(
             taskId=plan.task_id,
         )
     text = answer.reason or _AFTER_COPY
-    failed = outcome.failed(503, "storage-unavailable", text, taskId=plan.task_id)
-    return Outcome(503, failed.body, message() if answer.enqueue else None)
+    return outcome.failed(
+        503, "storage-unavailable", text, taskId=plan.task_id, verification=message() if answer.enqueue else None
+    )
 
 
 def _task_hint(body: bytes) -> str | None:

@@ -491,39 +491,30 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             return Answer("copying", 202, "behind", enqueue=True)
         step = Step(at=now, by=by, outcome="copying", note="waits for a newer export still copying")
         return Change(_with_state(base, entry, State.COPYING, step, staged=seen.large), "behind")
-    if seen.attempt == "immutable":
-        policy = seen.policy or "retention policy"
+
+    def final(answer: Answer, reason: str) -> Decision:
+        """A failure nothing can undo: an accepted delivery fails in the record; a current one whose file
+        another's late copy replaced fails too, and the record follows the file; else only the answer."""
         if entry is not None and entry.state is State.COPYING:
-            # Accepted, then refused: failed for good, so nothing waits for it.
-            reason = f"A {policy} on the destination container refused replacing the stored file."
-            step = Step(at=now, by=by, outcome="failed", status=409, note=reason)
+            step = Step(at=now, by=by, outcome="failed", status=answer.status, note=reason)
             failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=reason)
-            return Change(failed, "immutable")
-        return Answer("failed", 409, "immutable", error="immutable", reason=policy)
+            return Change(failed, answer.arrow)
+        followed = _follow_file(record, blob, now, by, reason) if current_stored and record is not None else None
+        return Change(followed[0], answer.arrow, followed[1]) if followed is not None else answer
+
+    if seen.attempt == "immutable":
+        # Accepted, then refused: failed for good, so nothing waits for it.
+        policy = seen.policy or "retention policy"
+        reason = f"A {policy} on the destination container refused replacing the stored file."
+        return final(Answer("failed", 409, "immutable", error="immutable", reason=policy), reason)
     if seen.attempt in ("source-refused", "source-gone"):
         reason = SOURCE_REFUSED if seen.attempt == "source-refused" else SOURCE_GONE
-        if entry is not None and entry.state is State.COPYING:
-            step = Step(at=now, by=by, outcome="failed", status=502, note=reason)
-            failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=reason)
-            return Change(failed, "source-failed")
-        if current_stored and record is not None:
-            followed = _follow_file(record, blob, now, by, reason)
-            if followed is not None:
-                return Change(followed[0], "source-failed", followed[1])
-        return Answer("failed", 502, "source-failed", error="copy-failed", reason=reason)
+        return final(Answer("failed", 502, "source-failed", error="copy-failed", reason=reason), reason)
     if notice.link_expires_on is not None and notice.link_expires_on <= now:
         # Nothing can copy it any more (a queued delivery whose link expired while it waited).
         if blob == UNSEEN or not seen.record_read:
             return Observe()
-        if entry is not None and entry.state is State.COPYING:
-            step = Step(at=now, by=by, outcome="failed", status=410, note=EXPIRED_REASON)
-            failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=EXPIRED_REASON)
-            return Change(failed, "expired")
-        if current_stored and record is not None:
-            followed = _follow_file(record, blob, now, by, EXPIRED_REASON)
-            if followed is not None:
-                return Change(followed[0], "expired", followed[1])
-        return Answer("failed", 410, "expired", error="link-expired", reason=EXPIRED_REASON)
+        return final(Answer("failed", 410, "expired", error="link-expired", reason=EXPIRED_REASON), EXPIRED_REASON)
 
     if seen.locked is not None:
         # Under a container-level retention policy or legal hold only creates pass: the first export of a
@@ -709,14 +700,6 @@ def _follow_file(
     return followed, rewrite
 
 
-def render_table() -> str:
-    """docs/state-machine.md's table of arrows, from :data:`ARROWS`."""
-    lines = ["| arrow | from | to | who | when |", "|---|---|---|---|---|"]
-    for arrow in ARROWS:
-        lines.append(f"| `{arrow.name}` | {arrow.source} | {arrow.target} | {arrow.who} | {arrow.when} |")
-    return "\n".join(lines) + "\n"
-
-
 __all__ = [
     "ARROWS",
     "Answer",
@@ -736,7 +719,3 @@ __all__ = [
     "conclude_stored",
     "decide",
 ]
-
-
-if __name__ == "__main__":
-    print(render_table(), end="")

@@ -24,7 +24,7 @@ from .plan import identity_segment
 
 Driver = Literal["webhook", "verifier", "reconciliation", "operator"]
 
-# Every record lives under this prefix; no file name can start with it (plan.reserve_prefix).
+# Every record lives under this prefix; no file name can start with it (plan.outside_reserved).
 RECORD_PREFIX = ".smartdocumentor/tasks/"
 RECORD_CONTENT_TYPE = "application/json"
 # A record is small (a few hundred bytes a delivery plus what is still copying); more than this is

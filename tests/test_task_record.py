@@ -9,7 +9,8 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
-from receiver.machine import ARROWS, render_table
+from devtools.state_machine_page import render_table
+from receiver.machine import ARROWS
 from receiver.models import State, record_name
 from receiver.reconciliation import reconcile_run
 from receiver.verification import verify_copy

@@ -82,7 +82,8 @@ class Job:
     tags: dict[str, str] = field(default_factory=dict)
     content_type: str | None = None
     write_manifest: bool = True
-    deadline: float | None = None  # monotonic time after which staging stops (the webhook's answer)
+    deadline: float | None = None  # ``clock`` time after which staging stops (the webhook's answer)
+    clock: Clock = time.monotonic
     block_bytes: int = BLOCK_BYTES
 
 
@@ -107,7 +108,6 @@ async def run(
     *,
     now: datetime,
     trace: Trace | None = None,
-    clock: Clock = time.monotonic,
     wall: Callable[[], datetime] | None = None,
 ) -> tuple[Answer, Trace]:
     """Drive ``job`` to its answer. Raises :class:`StoreError` when storage fails in a way the loop
@@ -131,7 +131,7 @@ async def run(
         trace.arrows.append(decision.arrow)
         if isinstance(decision, Answer):
             return _finish(decision, trace), trace
-        seen = await _apply(storage, job, seen, decision, trace, now=at, clock=clock)
+        seen = await _apply(storage, job, seen, decision, trace, now=at)
         if isinstance(decision, Copy | Stage) and (seen.copied or seen.attempt == "lost"):
             copied_at = max(now, wall()) if wall is not None else now
     raise Unavailable("The task kept changing while this delivery stored it. Send the document again.")
@@ -173,9 +173,7 @@ async def _first_round(storage: Storage, job: Job, seen: Seen, trace: Trace) -> 
     return replace(copied, record=record[0], record_etag=record[1], record_read=True)
 
 
-async def _apply(
-    storage: Storage, job: Job, seen: Seen, decision: Decision, trace: Trace, *, now: datetime, clock: Clock
-) -> Seen:
+async def _apply(storage: Storage, job: Job, seen: Seen, decision: Decision, trace: Trace, *, now: datetime) -> Seen:
     if isinstance(decision, Observe):
         try:
             return await _observe(storage, job, seen, manifest=decision.manifest)
@@ -190,14 +188,14 @@ async def _apply(
         # so a record that moved on meanwhile is seen, and the restored copy removed if it is stale now.
         return replace(copied, concluded=None) if decision.arrow == "restored" else copied
     if isinstance(decision, Stage):
-        return await _stage(storage, job, decision.if_match, seen, trace, clock=clock)
+        return await _stage(storage, job, decision.if_match, seen, trace)
     if isinstance(decision, Change):
         return await _change(storage, job, seen, decision, trace, now=now)
     if isinstance(decision, Apply):
         fences = [effect for effect in decision.effects if isinstance(effect, Fence)]
         if fences:
             return await _fence(storage, seen, fences[0])
-        return await _effects(storage, job, seen, decision.effects, None, trace, now=now, careful=True)
+        return await _effects(storage, job, seen, decision, trace, now=now)
     raise AssertionError(f"unknown decision {decision!r}")
 
 
@@ -290,7 +288,7 @@ def block_id(delivery: str, number: int) -> str:
     return base64.b64encode(f"{delivery[:32]}-{number:06d}".encode("ascii")).decode("ascii")
 
 
-async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, trace: Trace, *, clock: Clock) -> Seen:
+async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, trace: Trace) -> Seen:
     """Put Block From URL, several blocks at a time, then one Put Block List: the earlier file stays
     readable and whole until that commit."""
     assert isinstance(job.event, Arrival) and job.source_url is not None
@@ -312,14 +310,14 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
 
     async def put(block_name: str, offset: int, length: int) -> None:
         async with limit:
-            if job.deadline is not None and clock() >= job.deadline:
+            if job.deadline is not None and job.clock() >= job.deadline:
                 raise TimeoutError
             await storage.stage_block(notice.blob, block_name, job.source_url or "", offset=offset, length=length)
 
     trace.copy_sent = True
     try:
         await asyncio.gather(*(put(name, offset, length) for name, (offset, length) in zip(ids, ranges, strict=True)))
-        if job.deadline is not None and clock() >= job.deadline:
+        if job.deadline is not None and job.clock() >= job.deadline:
             raise TimeoutError
         tags = job.tags if storage.tags_supported else None
         headers = Headers(content_type=job.content_type)
@@ -355,7 +353,7 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     side = (
         _observe(storage, job, seen, manifest=True)
         if decision.observe
-        else _effects(storage, job, seen, decision.effects, decision.record, trace, now=now)
+        else _effects(storage, job, replace(seen, record=decision.record), decision, trace, now=now)
     )
     known = {item.blob for item in seen.record.retire} if seen.record is not None else set()
     peek_names = [
@@ -396,19 +394,13 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
 
 
 async def _effects(
-    storage: Storage,
-    job: Job,
-    seen: Seen,
-    effects: tuple[WriteManifest | Retire | Fence, ...],
-    record: TaskRecord | None,
-    trace: Trace,
-    *,
-    now: datetime,
-    careful: bool = False,
+    storage: Storage, job: Job, seen: Seen, decision: Change | Apply, trace: Trace, *, now: datetime
 ) -> Seen:
-    record = record or seen.record
+    """The decision's effects side by side. Beside a change, ``seen`` holds the record being written; on
+    their own (an Apply, off the webhook's common path) they are ``careful``: see :func:`write_manifest`."""
+    effects, careful = decision.effects, isinstance(decision, Apply)
     outcomes = await asyncio.gather(
-        *(_effect(storage, job, seen, effect, record, now=now, careful=careful) for effect in effects),
+        *(_effect(storage, job, seen, effect, now=now, careful=careful) for effect in effects),
         return_exceptions=True,
     )
     retired, deferred = set(seen.retired), set(seen.deferred)
@@ -451,14 +443,7 @@ async def _effects(
 
 
 async def _effect(
-    storage: Storage,
-    job: Job,
-    seen: Seen,
-    effect: WriteManifest | Retire | Fence,
-    record: TaskRecord | None,
-    *,
-    now: datetime,
-    careful: bool = False,
+    storage: Storage, job: Job, seen: Seen, effect: WriteManifest | Retire | Fence, *, now: datetime, careful: bool
 ) -> None:
     if isinstance(effect, Retire):
         item = effect.retirement
@@ -475,7 +460,7 @@ async def _effect(
         await asyncio.gather(*removals)
         return
     if isinstance(effect, WriteManifest):
-        await write_manifest(storage, job, seen, effect, record, now=now, careful=careful)
+        await write_manifest(storage, job, seen, effect, now=now, careful=careful)
 
 
 async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
@@ -538,17 +523,12 @@ def _is_manifest(blob: Blob) -> bool:
 
 
 async def write_manifest(
-    storage: Storage,
-    job: Job,
-    seen: Seen,
-    effect: WriteManifest,
-    record: TaskRecord | None,
-    *,
-    now: datetime,
-    careful: bool = False,
+    storage: Storage, job: Job, seen: Seen, effect: WriteManifest, *, now: datetime, careful: bool = False
 ) -> None:
-    """The manifest beside the file, and the file's Content-Type, while the file holds the delivery.
-    ``careful`` (off the webhook's common path): the file is read again after the manifest is written."""
+    """The manifest beside the file, and the file's Content-Type, while the file holds the delivery
+    (``seen.record`` is the record that says so). ``careful`` (off the webhook's common path): the file
+    is read again after the manifest is written."""
+    record = seen.record
     blob_known = isinstance(seen.blob, Blob) and seen.blob.name == effect.blob and seen.blob.headers.content_type
     content_type = str(effect.document.get("exportedFileContentType") or job.content_type or "") or None
     entry = record.find(effect.delivery) if record is not None else None

@@ -54,6 +54,7 @@ from receiver.storage import Blob, Headers, Listed, Unavailable, Written
 from receiver.verification import CopyStillRunning, verify_copy
 from receiver.webhook import handle_delivery
 
+from .loop import SimLoop
 from .memstore import ManualClock, MemorySources, MemoryStorage
 from .world import JSON, PDF, SOURCE_HOST
 
@@ -402,6 +403,7 @@ class Simulation:
     def __init__(self, config: Config | None = None, *, rng: random.Random | None = None) -> None:
         self.config = config or Config()
         self.rng = rng or random.Random(0)
+        self.loop = SimLoop()  # type: ignore[abstract]  # the drivers' tasks, run by hand
         self.clock = ManualClock()
         self.sources = MemorySources(f"https://{SOURCE_HOST}", now=self.clock)
         self.faults = ArmedFaults()
@@ -535,7 +537,7 @@ class Simulation:
             finally:
                 actor.done = True
 
-        actor.task = asyncio.get_running_loop().create_task(main())
+        actor.task = self.loop.create_task(main())
         self.trace.append(TraceLine(self.steps, actor.label, "start", ""))
         return actor
 
@@ -620,18 +622,14 @@ class Simulation:
         actor = CURRENT.get()
         if actor is None:
             raise AssertionError("a storage call outside any actor")
-        future: asyncio.Future[Fault | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Fault | None] = self.loop.create_future()
         self.waiting.append(Call(actor, op, name, future, detail))
         fault = await future
         self.faults.armed = fault if fault in ("before", "after") else None
 
     async def settle(self) -> None:
         """Until every task is blocked at a gate or done (nothing left to run on the loop)."""
-        ready = asyncio.get_running_loop()._ready  # type: ignore[attr-defined]
-        while True:
-            await asyncio.sleep(0)
-            if not ready:
-                return
+        self.loop.run_ready()
 
     def pending(self) -> list[Call]:
         self.waiting = [call for call in self.waiting if not call.future.done()]

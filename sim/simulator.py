@@ -42,11 +42,12 @@ from pydantic import SecretStr
 import receiver.verification as verification_module
 import receiver.webhook as webhook_module
 from receiver.engine import Job, run
-from receiver.intake import arrival_job
+from receiver.intake import arrival_job, prepare
 from receiver.machine import Sweep
 from receiver.migration import MARKER_NAME as MIGRATION_MARKER
 from receiver.models import RECORD_PREFIX, State, TaskRecord, record_name
-from receiver.plan import RESERVED_FIRST_SEGMENT
+from receiver.outcome import Outcome
+from receiver.plan import RESERVED_FIRST_SEGMENT, CopyPlan
 from receiver.reconciliation import VERIFY_WINDOW, reconcile_run
 from receiver.runtime import Runtime
 from receiver.settings import Settings
@@ -349,7 +350,7 @@ class Gate:
         return self.inner.url(name)
 
 
-# ------------------------------------------------------------------------------------------- blocks
+# ------------------------------------------------------------------------------------------- blocks, caches
 
 
 _BLOCK_BYTES: ContextVar[int | None] = ContextVar("sim_block_bytes", default=None)
@@ -361,21 +362,82 @@ def _arrival_job(*args: Any, **kwargs: Any) -> Job:
     return job if small is None else dataclasses.replace(job, block_bytes=small)
 
 
+# SIM_VERIFY_CACHES=1: every cache hit below is computed again and compared (slow; it proves the caches
+# change nothing: `SIM_VERIFY_CACHES=1 python -m sim.simulator --soak 2000`).
+VERIFY_CACHES = os.environ.get("SIM_VERIFY_CACHES") == "1"
+
+
+class _Memo:
+    """The results of a pure function by its exact arguments. A schedule parses the same notification
+    and the same task record bytes again and again (every retry, every queue run, every observation):
+    the second time it gets the object the first parse made. Sound because nothing changes what comes
+    back in place (the receiver makes new records with ``model_copy`` and copies a plan's dicts before
+    it changes them), which ``SIM_VERIFY_CACHES=1`` checks by computing every hit again."""
+
+    LIMIT = 4096  # entries; then it starts again (seeds share most of their bodies and records)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.found: dict[Any, Any] = {}
+
+    def get(self, key: Any, compute: Callable[[], Any], *, keep: Callable[[Any], bool] = lambda _: True) -> Any:
+        found = self.found.get(key)
+        if found is None:
+            found = compute()
+            if keep(found):
+                if len(self.found) >= self.LIMIT:
+                    self.found.clear()
+                self.found[key] = found
+        elif VERIFY_CACHES and compute() != found:
+            raise AssertionError(f"the {self.name} cache returned a result that differs from a fresh one")
+        return found
+
+
+_PLANS = _Memo("prepare")
+_RECORDS = _Memo("TaskRecord.from_bytes")
+_SETTINGS_IDS: dict[int, Settings] = {}  # the settings a plan was made with, kept alive so their id stays theirs
+
+
+def _prepare(body: bytes, headers: Any, settings: Settings, *, now: Any) -> CopyPlan | Outcome:
+    """:func:`receiver.intake.prepare` (pure), each plan made once per body, headers, settings and time.
+    A refusal (an :class:`Outcome`, whose body is a dict the caller may change) is made again each time."""
+    _SETTINGS_IDS.setdefault(id(settings), settings)
+    key = (body, tuple(headers.items()), id(settings), now)
+    plan: CopyPlan | Outcome = _PLANS.get(
+        key, lambda: prepare(body, headers, settings, now=now), keep=lambda found: isinstance(found, CopyPlan)
+    )
+    return plan
+
+
+_FROM_BYTES = TaskRecord.__dict__["from_bytes"]  # the classmethod itself, put back after simulating()
+_RECORD_FROM_BYTES = _FROM_BYTES.__func__
+
+
+def _record_from_bytes(cls: type[TaskRecord], data: bytes) -> TaskRecord:
+    """:meth:`TaskRecord.from_bytes`, each exact byte string parsed once (an unreadable one raises each time)."""
+    record: TaskRecord = _RECORDS.get((cls, bytes(data)), lambda: _RECORD_FROM_BYTES(cls, data))
+    return record
+
+
 @contextlib.contextmanager
 def simulating() -> Iterator[None]:
-    """Small blocks (Job.block_bytes per schedule) in the webhook and the queue function, and the
-    receiver's log records off while schedules run (tens of thousands of them)."""
+    """Small blocks (Job.block_bytes per schedule) in the webhook and the queue function, the caches
+    above, and the receiver's log records off while schedules run (tens of thousands of them)."""
     modules = (webhook_module, verification_module)
-    saved = [getattr(module, "arrival_job") for module in modules]  # noqa: B009
+    saved = [(getattr(module, "arrival_job"), getattr(module, "prepare")) for module in modules]  # noqa: B009
     for module in modules:
         setattr(module, "arrival_job", _arrival_job)  # noqa: B010
+        setattr(module, "prepare", _prepare)  # noqa: B010
+    TaskRecord.from_bytes = classmethod(_record_from_bytes)  # type: ignore[method-assign,assignment]
     previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
     try:
         yield
     finally:
-        for module, original in zip(modules, saved, strict=True):
-            setattr(module, "arrival_job", original)  # noqa: B010
+        for module, (job, plan) in zip(modules, saved, strict=True):
+            setattr(module, "arrival_job", job)  # noqa: B010
+            setattr(module, "prepare", plan)  # noqa: B010
+        TaskRecord.from_bytes = _FROM_BYTES  # type: ignore[method-assign]
         logging.disable(previous)
 
 

@@ -154,7 +154,7 @@ class Actor:
     crashed: bool = False
     answer: str | None = None
     wrote: set[str] = field(default_factory=set)  # names this actor's copies or commits changed
-    message: tuple[str, int] | None = None  # the queue message it runs (text, dequeue count)
+    message: tuple[str, int, int] | None = None  # the queue message it runs (text, dequeue count, identity)
 
 
 @dataclass(eq=False)
@@ -502,7 +502,8 @@ class Simulation:
         self.tasks: set[tuple[str, str]] = set()
         self.actors: list[Actor] = []
         self.waiting: list[Call] = []
-        self.queue: list[tuple[str, int, ExportInfo]] = []  # (message, dequeue count, export)
+        self.queue: list[tuple[str, int, ExportInfo, int]] = []  # (message, dequeue count, export, identity)
+        self.messages = 0  # queue messages sent so far (their identities)
         self.trace: list[TraceLine] = []
         self.steps = 0
         self.violation: Violation | None = None
@@ -611,7 +612,7 @@ class Simulation:
                 if actor.export is not None and actor.kind == "post":
                     actor.export.answers.append("crash")
                 if actor.message is not None:
-                    self.enqueue(actor.message[0], actor.message[1] + 1, actor.export)
+                    self.enqueue(actor.message[0], actor.message[1] + 1, actor.export, identity=actor.message[2])
                 raise
             finally:
                 actor.done = True
@@ -639,13 +640,24 @@ class Simulation:
         actor.config = config
         return actor
 
-    def enqueue(self, message: str, dequeue_count: int, export: ExportInfo | None) -> None:
+    def enqueue(
+        self, message: str, dequeue_count: int, export: ExportInfo | None, *, identity: int | None = None
+    ) -> None:
+        """A new message (``identity`` None), or a message back in the queue after a run that failed.
+        A message that is still queued (its run was a duplicate delivery, ``keep``) is not queued
+        twice: the host delivers a message more than once, but a retry never makes it two messages."""
+        if identity is None:
+            self.messages += 1
+            identity = self.messages
+        elif any(queued[3] == identity for queued in self.queue):
+            return
         if export is not None and dequeue_count <= 40:
-            self.queue.append((message, dequeue_count, export))
+            self.queue.append((message, dequeue_count, export, identity))
 
     def run_message(self, index: int = 0, *, keep: bool = False, config: Config | None = None) -> Actor:
-        """The queue function runs the message at ``index`` (``keep``: it stays queued, a duplicate)."""
-        message, count, export = self.queue[index] if keep else self.queue.pop(index)
+        """The queue function runs the message at ``index`` (``keep``: it stays queued, and is delivered
+        again while this run goes on: a duplicate delivery)."""
+        message, count, export, identity = self.queue[index] if keep else self.queue.pop(index)
         config = config or self.config
 
         async def body(actor: Actor) -> None:
@@ -656,16 +668,18 @@ class Simulation:
                 )
             except CopyStillRunning:
                 actor.answer = "still-running"
-                self.enqueue(message, count + 1, export)
+                self.enqueue(message, count + 1, export, identity=identity)
                 return
             except Exception as exc:  # the host retries the message
                 actor.answer = f"raised {type(exc).__name__}"
-                self.enqueue(message, count + 1, export)
+                self.enqueue(message, count + 1, export, identity=identity)
                 return
             actor.answer = result
             self._answered(actor, result)
 
-        actor = self._start("queue", f"{export.label} n{count}", body, export=export, message=(message, count))
+        actor = self._start(
+            "queue", f"{export.label} n{count}", body, export=export, message=(message, count, identity)
+        )
         actor.config = config
         return actor
 

@@ -157,7 +157,7 @@ class Actor:
     message: tuple[str, int, int] | None = None  # the queue message it runs (text, dequeue count, identity)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Call:
     actor: Actor
     op: str
@@ -215,29 +215,26 @@ class Gate:
     def tags_supported(self) -> bool:
         return self.inner.tags_supported
 
-    async def _turn(self, op: str, name: str, detail: str = "") -> None:
-        await self.sim.turn(op, name, detail)
-
     def _done(self, op: str, name: str, before: Any, kwargs: dict[str, Any] | None = None) -> None:
         self.sim.faults.armed = None
         self.sim.after_call(op, name, before, kwargs or {})
 
     async def ensure_container(self) -> None:
-        await self._turn("ensure_container", "")
+        await self.sim.turn("ensure_container", "", "")
         try:
             await self.inner.ensure_container()
         finally:
             self._done("ensure_container", "", None)
 
     async def read(self, name: str) -> Blob | None:
-        await self._turn("read", name)
+        await self.sim.turn("read", name, "")
         try:
             return await self.inner.read(name)
         finally:
             self._done("read", name, None)
 
     async def read_bytes(self, name: str, *, max_bytes: int) -> tuple[Blob, bytes] | None:
-        await self._turn("read_bytes", name)
+        await self.sim.turn("read_bytes", name, "")
         try:
             return await self.inner.read_bytes(name, max_bytes=max_bytes)
         finally:
@@ -253,7 +250,7 @@ class Gate:
         metadata: dict[str, str],
         tags: dict[str, str] | None = None,
     ) -> Written:
-        await self._turn("put", name, "" if if_match is None else f"if_match={if_match}")
+        await self.sim.turn("put", name, "" if if_match is None else f"if_match={if_match}")
         before = self.inner.stored(name)
         try:
             return await self.inner.put(
@@ -271,7 +268,7 @@ class Gate:
         metadata: dict[str, str],
         tags: dict[str, str] | None,
     ) -> Written:
-        await self._turn("copy_from_url", name, "" if if_match is None else f"if_match={if_match}")
+        await self.sim.turn("copy_from_url", name, "" if if_match is None else f"if_match={if_match}")
         before = self.inner.stored(name)
         try:
             return await self.inner.copy_from_url(name, source_url, if_match=if_match, metadata=metadata, tags=tags)
@@ -279,14 +276,14 @@ class Gate:
             self._done("copy_from_url", name, before, {"if_match": if_match})
 
     async def source_size(self, source_url: str) -> int | None:
-        await self._turn("source_size", "")
+        await self.sim.turn("source_size", "", "")
         try:
             return await self.inner.source_size(source_url)
         finally:
             self._done("source_size", "", None)
 
     async def stage_block(self, name: str, block_id: str, source_url: str, *, offset: int, length: int) -> None:
-        await self._turn("stage_block", name, f"offset={offset}")
+        await self.sim.turn("stage_block", name, f"offset={offset}")
         try:
             await self.inner.stage_block(name, block_id, source_url, offset=offset, length=length)
         finally:
@@ -302,7 +299,7 @@ class Gate:
         metadata: dict[str, str],
         tags: dict[str, str] | None,
     ) -> Written:
-        await self._turn("commit_blocks", name, "" if if_match is None else f"if_match={if_match}")
+        await self.sim.turn("commit_blocks", name, "" if if_match is None else f"if_match={if_match}")
         before = self.inner.stored(name)
         try:
             return await self.inner.commit_blocks(
@@ -312,7 +309,7 @@ class Gate:
             self._done("commit_blocks", name, before, {"if_match": if_match})
 
     async def set_headers(self, name: str, headers: Headers, *, if_match: str) -> Written:
-        await self._turn("set_headers", name)
+        await self.sim.turn("set_headers", name, "")
         before = self.inner.stored(name)
         try:
             return await self.inner.set_headers(name, headers, if_match=if_match)
@@ -320,7 +317,7 @@ class Gate:
             self._done("set_headers", name, before, {"if_match": if_match})
 
     async def delete(self, name: str, *, if_match: str) -> bool:
-        await self._turn("delete", name, f"if_match={if_match}")
+        await self.sim.turn("delete", name, f"if_match={if_match}")
         before = self.inner.stored(name)
         try:
             return await self.inner.delete(name, if_match=if_match)
@@ -328,7 +325,7 @@ class Gate:
             self._done("delete", name, before, {"if_match": if_match})
 
     async def list(self, prefix: str) -> AsyncIterator[Listed]:
-        await self._turn("list", prefix)
+        await self.sim.turn("list", prefix, "")
         try:
             items = [item async for item in self.inner.list(prefix)]
         finally:
@@ -339,7 +336,7 @@ class Gate:
     async def list_page(
         self, prefix: str, *, marker: str | None, size: int
     ) -> tuple[builtins.list[Listed], str | None]:
-        await self._turn("list", prefix)
+        await self.sim.turn("list", prefix, "")
         try:
             return await self.inner.list_page(prefix, marker=marker, size=size)
         finally:
@@ -457,7 +454,7 @@ def simulating() -> Iterator[None]:
 # ------------------------------------------------------------------------------------------- the world
 
 
-@dataclass
+@dataclass(slots=True)
 class TraceLine:
     step: int
     actor: str

@@ -705,19 +705,19 @@ class MemoryStorage:
         now = self._time()
         kept_tags = tuple(sorted((tags or {}).items())) if self._tags_supported else ()
         self._staged.pop(name, None)
-        return self._change(
-            StoredBlob(
-                name=name,
-                data=data,
-                etag="",
-                headers=headers,
-                metadata=tuple(sorted(metadata.items())),
-                tags=kept_tags,
-                created=old.created if old is not None else now,
-                last_modified=now,
-                blocks=blocks,
-            )
+        stored = StoredBlob(
+            name=name,
+            data=data,
+            etag=self._new_etag(),
+            headers=headers,
+            metadata=tuple(sorted(metadata.items())),
+            tags=kept_tags,
+            created=old.created if old is not None else now,
+            last_modified=now,
+            blocks=blocks,
         )
+        self._blobs[name] = stored
+        return Written(etag=stored.etag, last_modified=now)
 
     def _change(self, blob: StoredBlob) -> Written:
         changed = replace(blob, etag=self._new_etag(), last_modified=self._time())

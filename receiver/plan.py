@@ -5,6 +5,7 @@ The :class:`CopyPlan` is plain data: print it to see exactly what a delivery wil
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -120,6 +121,7 @@ ID_HASH_LENGTH = 16  # 64 bits: even a deliberate search for a colliding pair ta
 IDENTITY_PLACEHOLDERS = ("workspaceId", "taskId")
 
 
+@functools.lru_cache(maxsize=1024)  # pure; every record read or written names its task again
 def identity_segment(value: str) -> str:
     """A path segment that stays one-to-one with ``value``: the value itself when it is already
     safe, short enough and free of "~"; otherwise its safe form, cut, plus "~" and a short stable hash

@@ -141,6 +141,7 @@ class MemorySources:
         self._files: dict[str, Source] = {}
         self._foreign: dict[str, Source] = {}
         self._host = urlsplit(self.account_url).netloc
+        self._links: dict[str, tuple[str | None, tuple[str, int] | None, datetime | None]] = {}  # see _read_link
 
     def path(self, name: str) -> str:
         return f"{urlsplit(self.account_url).path}/{self.container}/{name}"
@@ -192,25 +193,37 @@ class MemorySources:
             if not until or datetime.fromisoformat(until.replace("Z", "+00:00")) <= now:
                 raise _unreadable("The copy source's SAS has expired.", 403)
             return self._foreign[url]
+        link = self._links.get(url)
+        if link is None:
+            link = self._links[url] = self._read_link(url)
+        path, refused, expiry = link
+        if refused is not None:
+            raise _unreadable(*refused)
+        if expiry is not None and expiry <= now:
+            raise _unreadable("The copy source's SAS has expired.", 403)
+        found = self._files.get(path) if path is not None else None
+        if found is None:
+            raise _unreadable("The copy source does not exist.", 404)
+        return found
+
+    def _read_link(self, url: str) -> tuple[str | None, tuple[str, int] | None, datetime | None]:
+        """What of ``url`` never changes: the path it names on this host (None: another host), the
+        refusal its SAS earns whatever the time (missing, badly signed, unreadable expiry), its expiry."""
         parts = urlsplit(url)
         path = unquote(parts.path)
         fields = {key: values[0] for key, values in parse_qs(parts.query).items()}
         se, sig = fields.get("se"), fields.get("sig")
-        found = self._files.get(path) if parts.netloc == self._host else None
+        here = path if parts.netloc == self._host else None
         if se is None or sig is None:
             # A private source without a SAS: the service does not admit it exists.
-            raise _unreadable("The copy source is private and the URL has no SAS.", 404)
+            return here, ("The copy source is private and the URL has no SAS.", 404), None
         if not hmac.compare_digest(self._sign(path, fields), sig):
-            raise _unreadable("The copy source's SAS signature does not match.", 403)
+            return here, ("The copy source's SAS signature does not match.", 403), None
         try:
             expiry = datetime.fromisoformat(se)
         except ValueError:
-            raise _unreadable("The copy source's SAS expiry is unreadable.", 403) from None
-        if expiry <= now:
-            raise _unreadable("The copy source's SAS has expired.", 403)
-        if found is None:
-            raise _unreadable("The copy source does not exist.", 404)
-        return found
+            return here, ("The copy source's SAS expiry is unreadable.", 403), None
+        return here, None, expiry
 
 
 def _unreadable(message: str, status: int) -> SourceUnreadable:
@@ -692,19 +705,19 @@ class MemoryStorage:
         now = self._time()
         kept_tags = tuple(sorted((tags or {}).items())) if self._tags_supported else ()
         self._staged.pop(name, None)
-        return self._change(
-            StoredBlob(
-                name=name,
-                data=data,
-                etag="",
-                headers=headers,
-                metadata=tuple(sorted(metadata.items())),
-                tags=kept_tags,
-                created=old.created if old is not None else now,
-                last_modified=now,
-                blocks=blocks,
-            )
+        stored = StoredBlob(
+            name=name,
+            data=data,
+            etag=self._new_etag(),
+            headers=headers,
+            metadata=tuple(sorted(metadata.items())),
+            tags=kept_tags,
+            created=old.created if old is not None else now,
+            last_modified=now,
+            blocks=blocks,
         )
+        self._blobs[name] = stored
+        return Written(etag=stored.etag, last_modified=now)
 
     def _change(self, blob: StoredBlob) -> Written:
         changed = replace(blob, etag=self._new_etag(), last_modified=self._time())

@@ -657,7 +657,9 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
     retiring = _retire(seen, record)
     if retiring is not None:
         return retiring
-    if copying is not None:
+    # The current file is checked too when what is copying shares its name (the blob read is the same).
+    checked = event.verify and current is not None and seen.watched == current.blob
+    if copying is not None and not checked:
         return Answer("waiting", 202, "waiting")
     if event.verify and current is not None and current.manifest and not seen.manifest_done:
         if seen.watched != current.blob:
@@ -671,6 +673,8 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         if holds and not described:
             # A driver stored the file and the record, then stopped before the manifest: written again.
             return Apply((WriteManifest(current.blob, current.delivery, current.manifest),), "repaired")
+    if copying is not None:
+        return Answer("waiting", 202, "waiting")
     repaired = seen.manifest_done and seen.changed is None
     return Answer("nothing", 200, "repaired" if repaired else seen.changed or "nothing")
 

@@ -979,9 +979,17 @@ class Simulation:
         delivery = dict(metadata).get("delivery", "")
         export = self.by_delivery[delivery]
         tracked = record is not None and record.find(delivery) is not None
-        crashed = [actor for actor in self.actors if actor.export is export and actor.crashed and name in actor.wrote]
+        # A driver that crashed, or gave up with a 503 (storage failing, or it stalled past RECORD_WITHIN),
+        # between its create and the record: docs/reference.md, "Known limits".
+        crashed = [
+            actor
+            for actor in self.actors
+            if actor.export is export
+            and (actor.crashed or (actor.answer or "").startswith("503"))
+            and name in actor.wrote
+        ]
         if not tracked and crashed:
-            self.orphans_explained.append(f"{name} ({export.label}, {crashed[0].label} crashed after its copy)")
+            self.orphans_explained.append(f"{name} ({export.label}, {crashed[0].label} stopped after its copy)")
             return
         state = record.find(delivery) if record is not None else None
         text = (

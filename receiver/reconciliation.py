@@ -113,19 +113,16 @@ async def reconcile_run(
     *,
     runtime: Runtime,
     now: datetime,
-    max_items: int = MAX_PER_RUN,
-    budget_seconds: float = RUN_BUDGET_SECONDS,
     environ: dict[str, str] | None = None,
-    rng: random.Random | None = None,
     verify_window: timedelta = VERIFY_WINDOW,
 ) -> RunReport:
     """One run of the timer. Never raises: a failure is its ERROR record."""
     report = RunReport()
-    deadline = time.monotonic() + budget_seconds
+    deadline = time.monotonic() + RUN_BUDGET_SECONDS
     with recording("reconciliation") as run_record:
         run_record.outcome = "run"
         try:
-            await _work(runtime, now, report, max_items=max_items, deadline=deadline, rng=rng, window=verify_window)
+            await _work(runtime, now, report, deadline=deadline, window=verify_window)
             run_record.outcome = "completed"
         except StoreError as exc:
             report.failed = exc.message
@@ -156,9 +153,7 @@ async def _work(
     now: datetime,
     report: RunReport,
     *,
-    max_items: int,
     deadline: float,
-    rng: random.Random | None,
     window: timedelta = VERIFY_WINDOW,
 ) -> None:
     settings = runtime.settings()
@@ -172,8 +167,8 @@ async def _work(
     ages = [(now - c.oldest_copying).total_seconds() for c in found if c.oldest_copying is not None]
     report.oldest_copying_seconds = max(ages, default=0.0)
     # From a different point each run: tasks that can only wait must not keep the others out.
-    start = (rng or random).randrange(len(found)) if len(found) > max_items else 0
-    chosen = (found[start:] + found[:start])[:max_items]
+    start = random.randrange(len(found)) if len(found) > MAX_PER_RUN else 0  # noqa: S311 (not a secret)
+    chosen = (found[start:] + found[:start])[:MAX_PER_RUN]
     for item in chosen:
         if time.monotonic() > deadline:
             report.stopped_early = True

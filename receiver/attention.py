@@ -1,4 +1,4 @@
-"""What needs a person, findable without listing every task record (docs/reference.md, "Attention").
+"""What needs a person, findable without listing every task record (docs/reference.md, "Attention blobs").
 
 Two kinds of small blobs under ``.smartdocumentor/attention/``, for ``python -m ops failed`` and
 ``python -m ops pending``, whose cost must follow the window asked for, not the container's history
@@ -156,8 +156,8 @@ def newly_failed(before: TaskRecord | None, after: TaskRecord) -> list[Delivery]
     ]
 
 
-async def write_marker(storage: Storage, record: TaskRecord, item: Delivery, kind: str) -> bool:
-    """Create the marker of ``item`` (failed in ``record``); False when it is there already."""
+def marker_blob(record: TaskRecord, item: Delivery, kind: str) -> tuple[str, dict[str, str]]:
+    """The name and metadata of the marker of ``item``, failed in ``record``."""
     assert item.failed_at is not None
     metadata = {
         "receiverkind": MARKER_KIND,
@@ -166,7 +166,12 @@ async def write_marker(storage: Storage, record: TaskRecord, item: Delivery, kin
         "failedat": _iso(item.failed_at),
         "kind": kind,
     }
-    name = marker_name(record.workspace_id, record.task_id, item.delivery, item.failed_at)
+    return marker_name(record.workspace_id, record.task_id, item.delivery, item.failed_at), metadata
+
+
+async def write_marker(storage: Storage, record: TaskRecord, item: Delivery, kind: str) -> bool:
+    """Create the marker of ``item`` (failed in ``record``); False when it is there already."""
+    name, metadata = marker_blob(record, item, kind)
     try:
         await storage.put(name, b"", if_match=None, content_type="application/octet-stream", metadata=metadata)
     except Conflict:
@@ -315,7 +320,10 @@ async def read_summary(storage: Storage) -> Summary | None:
         raise ValueError(f"{PENDING_NAME} is larger than any summary the receiver writes") from None
     if found is None:
         return None
-    return Summary.from_bytes(found[1])
+    try:
+        return Summary.from_bytes(found[1])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{PENDING_NAME} is not a summary the receiver wrote ({type(exc).__name__})") from None
 
 
 # --- what the reconciliation does with its listing ----------------------------------------------------
@@ -458,8 +466,11 @@ __all__ = [
     "after_run",
     "bucket_prefixes",
     "mark_failures",
+    "marker_blob",
+    "marker_name",
     "marker_of",
     "newly_failed",
     "read_summary",
     "stale_after",
+    "write_marker",
 ]

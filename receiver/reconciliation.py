@@ -11,6 +11,10 @@ retire are deleted If-Match. It never has a link's signature (that lives only in
 message), so a copy that is not there while its link is valid is left ``waiting``: its queue or
 poison message can still finish it.
 
+Last, the run keeps the attention blobs up from the same listing (receiver/attention.py): the
+failure markers a driver could not write, old markers deleted, and the pending summary that
+``python -m ops pending`` and ``failed`` read instead of listing every record.
+
 Every run ends in one record: ``completed`` with what it did, or ``failed`` at ERROR with what to
 check (the identity's role, the account's network rules) when storage refused it. Whatever else
 failed, the run reports the poison queue's depth (an ERROR naming ``python -m ops replay-poison``

@@ -5,15 +5,16 @@ Two kinds of small blobs under ``.smartdocumentor/attention/``, for ``python -m 
 (blob index tags cannot do it: accounts with a hierarchical namespace have none):
 
 - a **failure marker** for each delivery that became ``failed``, at
-  ``failed/<YYYY-MM-DDTHH>/<workspace>/<task>/<delivery>`` (the hour it failed, UTC; the ids made
-  safe as in record names; empty; its metadata the ids, when and how, never a file's ``delivery``).
-  The engine sends it beside the record's compare-and-swap that fails the delivery
-  (:func:`mark_failures`: no extra round trip, and nothing on any other path). A marker is only a
-  hint: a swap that lost leaves one for a delivery that did not fail, so the command line confirms
-  each from the task record. A driver that stopped between the two leaves the record without its
-  marker: the reconciliation, which lists every record's labels anyway, writes the marker of any
-  recent failure (``lastfailed``) that has none (:func:`after_run`). Markers older than
-  MARKER_RETENTION are deleted by the reconciliation, a bounded number a run.
+  ``failed/<YYYY-MM-DDTHH>/<workspace>/<task>/<delivery>-<MMSSffffff>`` (the hour it failed, UTC,
+  then the rest of its time: one marker per failure; the ids made safe as in record names; empty;
+  its metadata the ids, when and how, never a file's ``delivery``). The engine sends it beside the
+  record's compare-and-swap that fails the delivery (:func:`mark_failures`: no extra round trip, and
+  nothing on any other path). A marker is only a hint: a swap that lost leaves one for a delivery
+  that did not fail, so the command line confirms each from the task record. A driver that stopped
+  between the two leaves the record without its marker: the reconciliation, which lists every
+  record's labels anyway, writes the marker of any recent failure (``lastfailed``) that has none
+  (:func:`after_run`). Markers older than MARKER_RETENTION are deleted by the reconciliation, a
+  bounded number a run.
 - the **pending summary** ``pending.json``: written by each reconciliation run that listed the
   records, it names the tasks whose labels show a delivery still ``copying`` (the MAX_SUMMARY_TASKS
   due first) and when the run listed and completed; its age says whether the safety net is alive.
@@ -101,7 +102,12 @@ def bucket_prefixes(since: datetime, until: datetime) -> list[str]:
 
 
 def marker_name(workspace_id: str, task_id: str, delivery: str, failed_at: datetime) -> str:
-    return f"{FAILED_PREFIX}{bucket(failed_at)}/{identity_segment(workspace_id)}/{identity_segment(task_id)}/{delivery}"
+    """One name per failure: a delivery accepted again and failed again has a second marker."""
+    at = failed_at.astimezone(UTC)
+    return (
+        f"{FAILED_PREFIX}{bucket(at)}/{identity_segment(workspace_id)}/{identity_segment(task_id)}/"
+        f"{delivery}-{at:%M%S%f}"
+    )
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ class Marker:
         return self.workspace_id, self.task_id
 
 
-_MARKER_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2})/[^/]+/[^/]+/[0-9a-f]+$")
+_MARKER_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2})/[^/]+/[^/]+/([0-9a-f]+)-\d{10}$")
 
 
 def marker_of(item: Listed) -> Marker | None:
@@ -140,7 +146,7 @@ def marker_of(item: Listed) -> Marker | None:
         etag=item.etag,
         workspace_id=unquote(meta.get("workspaceid") or ""),
         task_id=unquote(meta.get("taskid") or ""),
-        delivery=item.name.rsplit("/", 1)[-1],
+        delivery=matched.group(2),
         failed_at=failed_at,
         kind=meta.get("kind") or "",
     )

@@ -294,6 +294,9 @@ def test_the_window_is_listed_by_the_hour_or_by_the_day() -> None:
     assert len(bucket_prefixes(now - timedelta(hours=24), now)) == 25
     assert bucket_prefixes(now - timedelta(days=7), now)[0] == f"{FAILED_PREFIX}2026-02-23T"
     assert len(bucket_prefixes(now - timedelta(days=7), now)) == 8
+    # A delivery accepted again and failed again within the hour gets a second marker of its own.
+    first, again = marker_name("w", "t", "ab", now), marker_name("w", "t", "ab", now + timedelta(minutes=40))
+    assert first.rsplit("/", 1)[0] == again.rsplit("/", 1)[0] and first != again
 
 
 async def test_find_workspace_lists_a_page_of_max(ops: Ops) -> None:
@@ -380,7 +383,7 @@ async def test_on_azurite_a_failure_after_a_202_is_listed_from_its_marker_and_pe
     exports.client.get_blob_client(EXPORT_CONTAINER, source).delete_blob()  # the sender removed it
     await run_verifier(answer.verification)  # fails for good: source gone
     markers = [b.name for b in destination.list_blobs(name_starts_with=FAILED_PREFIX)]
-    assert [name.rsplit("/", 1)[-1] for name in markers] == [delivery_of(second["exportedFileUrl"])]
+    assert [name.rsplit("/", 1)[-1].split("-")[0] for name in markers] == [delivery_of(second["exportedFileUrl"])]
 
     await run_timer()  # the reconciliation's summary
     assert destination.get_blob_client(PENDING_NAME).exists()

@@ -83,6 +83,8 @@ class Seen:
             if "/.smartdocumentor/tasks/" in self.path
             else "pending summary"
             if self.path.endswith("/.smartdocumentor/attention/pending.json")
+            else "migration marker"
+            if self.path.endswith("/.smartdocumentor/migration.json")
             else "failure marker"
             if "/.smartdocumentor/attention/failed/" in self.path
             else "manifest"

@@ -610,9 +610,9 @@ async def pending(
     }
     problem = bool(state.problems)
     text = [*state.problems]
-    if not entries:
+    if not entries and summary is not None:
         text.append(f"No deliveries still copying for over {_span(older_than)}.")
-    else:
+    elif entries:
         more = f" (of {len(tasks)}; --max N for more)" if len(tasks) > len(shown) else ""
         text.append(
             f"{len(entries)} delivery(ies) still copying for over {_span(older_than)} in {len(shown)} task(s){more}"

@@ -636,21 +636,22 @@ def _stuck_at(item: CopyingTask, now: datetime) -> datetime | None:
 
 
 async def _markers(storage: Storage, since: datetime, now: datetime) -> list[Marker]:
-    """The failure markers from ``since`` to ``now``: one listing per hour of the window (per day over a
-    day), side by side; each filtered by its own time."""
+    """The failure markers marked from ``since`` to ``now`` (when it failed, or when the reconciliation
+    wrote a lost one): one listing per hour of the window (per day over a day), side by side."""
 
     async def one(prefix: str) -> list[Marker]:
         return [m async for item in storage.list(prefix) if (m := marker_of(item)) is not None]
 
     found = await asyncio.gather(*(one(prefix) for prefix in bucket_prefixes(since, now)))
-    return [marker for page in found for marker in page if marker.failed_at >= since]
+    return [marker for page in found for marker in page if marker.marked_at >= since]
 
 
 async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: bool) -> Result:
-    """Every delivery that will not finish by itself: failed in its record (found by its failure marker,
-    in the window), and copying ones whose link expired or that waited past the queue's coverage (the
-    last reconciliation run's summary; since then). Each confirmed from its record; only the records of
-    the newest ``limit`` tasks are read."""
+    """Every delivery that will not finish by itself: failed in its record (found by its failure marker:
+    failed in the window, or failed earlier and its lost marker written by the reconciliation in the
+    window), and copying ones whose link expired or that waited past the queue's coverage (the last
+    reconciliation run's summary; since then). Each confirmed from its record; only the records of the
+    newest ``limit`` tasks are read."""
     storage = _need_storage(ctx)
     now = ctx.now
     oldest = now - MARKER_RETENTION
@@ -659,7 +660,8 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
     summary = state.summary
     times: dict[tuple[str, str], datetime] = {}
     for marker in markers:
-        times[marker.task] = max(marker.failed_at, times.get(marker.task, marker.failed_at))
+        times[marker.task] = max(marker.marked_at, times.get(marker.task, marker.marked_at))
+    marked = {marker.failure for marker in markers}
     for item in summary.tasks if summary is not None else []:
         at = _stuck_at(item, now)
         if _failed_since(at, since) and at is not None:
@@ -677,7 +679,10 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
         for number, delivery in enumerate(record.deliveries):
             if number < position:
                 continue  # a newer export is the current file: nothing left to do for this one
-            if delivery.state is State.FAILED and _failed_since(delivery.failed_at, start):
+            if delivery.state is State.FAILED and (
+                _failed_since(delivery.failed_at, start)
+                or (workspace_id, task_id, delivery.delivery, delivery.failed_at) in marked
+            ):
                 when_, what, why = delivery.failed_at, "failed", delivery.failure_reason or "(no reason)"
             elif delivery.state is State.COPYING:
                 why_stuck = stuck(delivery.link_expires_on, delivery.received_at, now)

@@ -4,17 +4,19 @@ Two kinds of small blobs under ``.smartdocumentor/attention/``, for ``python -m 
 ``python -m ops pending``, whose cost must follow the window asked for, not the container's history
 (blob index tags cannot do it: accounts with a hierarchical namespace have none):
 
-- a **failure marker** for each delivery that became ``failed``, at
-  ``failed/<YYYY-MM-DDTHH>/<workspace>/<task>/<delivery>-<MMSSffffff>`` (the hour it failed, UTC,
-  then the rest of its time: one marker per failure; the ids made safe as in record names; empty;
-  its metadata the ids, when and how, never a file's ``delivery``). The engine sends it beside the
-  record's compare-and-swap that fails the delivery (:func:`mark_failures`: no extra round trip, and
-  nothing on any other path). A marker is only a hint: a swap that lost leaves one for a delivery
-  that did not fail, so the command line confirms each from the task record. A driver that stopped
-  between the two leaves the record without its marker: the reconciliation, which lists every
-  record's labels anyway, writes the marker of any recent failure (``lastfailed``) that has none
-  (:func:`after_run`). Markers older than MARKER_RETENTION are deleted by the reconciliation, a
-  bounded number a run.
+- a **failure marker** for each failure, at
+  ``failed/<YYYY-MM-DDTHH>/<workspace>/<task>/<delivery>-<failedAt>``: under the hour it was marked
+  (UTC), named by the delivery and when it failed (one marker per failure; the ids made safe as in
+  record names); empty; its metadata the ids, when it failed, when it was marked and how, never a
+  file's ``delivery``. The engine sends it beside the record's compare-and-swap that fails the
+  delivery (:func:`mark_failures`: marked when it failed; no extra round trip, and nothing on any
+  other path). A marker is only a hint: a swap that lost leaves one for a delivery that did not fail,
+  so the command line confirms each from the task record. A driver that stopped between the two
+  leaves the record without its marker: the reconciliation, which lists every record's labels anyway,
+  writes the marker of any failure of the last MARKER_RETENTION that has none (:func:`after_run`),
+  marked when it does so when the failure is under NOTICE_WINDOW old, so a ``--since`` window that
+  had already passed it still sees it once. Markers marked over MARKER_RETENTION ago are deleted by
+  the reconciliation, a bounded number a run.
 - the **pending summary** ``pending.json``: written by each reconciliation run that listed the
   records, it names the tasks whose labels show a delivery still ``copying`` (the MAX_SUMMARY_TASKS
   due first) and when the run listed and completed; its age says whether the safety net is alive.
@@ -50,6 +52,10 @@ SUMMARY_KIND = "pending-summary"
 BUCKET_FORMAT = "%Y-%m-%dT%H"
 # How long a failure stays findable by marker (`ops failed` without --since looks this far back).
 MARKER_RETENTION = timedelta(days=7)
+# A marker the reconciliation writes for a failure younger than this is marked when it is written (a
+# later `ops failed --since` window sees it); an older failure's is marked when it failed (records
+# from before markers existed do not all come back as new at the upgrade).
+NOTICE_WINDOW = timedelta(hours=24)
 # Per reconciliation run: markers written for failures that have none, old markers deleted.
 MAX_BACKFILL = 50
 MAX_PRUNE = 200
@@ -101,12 +107,13 @@ def bucket_prefixes(since: datetime, until: datetime) -> list[str]:
     return days
 
 
-def marker_name(workspace_id: str, task_id: str, delivery: str, failed_at: datetime) -> str:
-    """One name per failure: a delivery accepted again and failed again has a second marker."""
-    at = failed_at.astimezone(UTC)
+def marker_name(
+    workspace_id: str, task_id: str, delivery: str, failed_at: datetime, marked_at: datetime | None = None
+) -> str:
+    """Under the hour it was marked (by default when it failed), one name per failure."""
     return (
-        f"{FAILED_PREFIX}{bucket(at)}/{identity_segment(workspace_id)}/{identity_segment(task_id)}/"
-        f"{delivery}-{at:%M%S%f}"
+        f"{FAILED_PREFIX}{bucket(marked_at or failed_at)}/{identity_segment(workspace_id)}/"
+        f"{identity_segment(task_id)}/{delivery}-{failed_at.astimezone(UTC):%Y%m%dT%H%M%S%f}"
     )
 
 
@@ -120,14 +127,20 @@ class Marker:
     task_id: str
     delivery: str
     failed_at: datetime
+    marked_at: datetime  # when it was written: its hour is its prefix
     kind: str  # the arrow that failed it: expired, source-failed, immutable, operator-failed, backfilled
 
     @property
     def task(self) -> tuple[str, str]:
         return self.workspace_id, self.task_id
 
+    @property
+    def failure(self) -> tuple[str, str, str, datetime]:
+        """The failure it marks: workspace, task, delivery, when it failed."""
+        return self.workspace_id, self.task_id, self.delivery, self.failed_at
 
-_MARKER_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2})/[^/]+/[^/]+/([0-9a-f]+)-\d{10}$")
+
+_MARKER_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2})/[^/]+/[^/]+/([0-9a-f]+)-(\d{8}T\d{12})$")
 
 
 def marker_of(item: Listed) -> Marker | None:
@@ -138,9 +151,8 @@ def marker_of(item: Listed) -> Marker | None:
     matched = _MARKER_NAME.match(item.name[len(FAILED_PREFIX) :])
     if meta.get("receiverkind") != MARKER_KIND or matched is None:
         return None
-    failed_at = _when(meta.get("failedat"))
-    if failed_at is None:
-        failed_at = datetime.strptime(matched.group(1), BUCKET_FORMAT).replace(tzinfo=UTC)
+    failed_at = datetime.strptime(matched.group(3), "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    marked_at = _when(meta.get("markedat")) or datetime.strptime(matched.group(1), BUCKET_FORMAT).replace(tzinfo=UTC)
     return Marker(
         name=item.name,
         etag=item.etag,
@@ -148,6 +160,7 @@ def marker_of(item: Listed) -> Marker | None:
         task_id=unquote(meta.get("taskid") or ""),
         delivery=matched.group(2),
         failed_at=failed_at,
+        marked_at=max(marked_at, failed_at),
         kind=meta.get("kind") or "",
     )
 
@@ -162,22 +175,29 @@ def newly_failed(before: TaskRecord | None, after: TaskRecord) -> list[Delivery]
     ]
 
 
-def marker_blob(record: TaskRecord, item: Delivery, kind: str) -> tuple[str, dict[str, str]]:
-    """The name and metadata of the marker of ``item``, failed in ``record``."""
+def marker_blob(
+    record: TaskRecord, item: Delivery, kind: str, marked_at: datetime | None = None
+) -> tuple[str, dict[str, str]]:
+    """The name and metadata of the marker of ``item``, failed in ``record``, marked at ``marked_at``
+    (by default when it failed)."""
     assert item.failed_at is not None
+    marked = marked_at or item.failed_at
     metadata = {
         "receiverkind": MARKER_KIND,
         "workspaceid": quote(record.workspace_id, safe=""),
         "taskid": quote(record.task_id, safe=""),
         "failedat": _iso(item.failed_at),
+        "markedat": _iso(marked),
         "kind": kind,
     }
-    return marker_name(record.workspace_id, record.task_id, item.delivery, item.failed_at), metadata
+    return marker_name(record.workspace_id, record.task_id, item.delivery, item.failed_at, marked), metadata
 
 
-async def write_marker(storage: Storage, record: TaskRecord, item: Delivery, kind: str) -> bool:
+async def write_marker(
+    storage: Storage, record: TaskRecord, item: Delivery, kind: str, marked_at: datetime | None = None
+) -> bool:
     """Create the marker of ``item`` (failed in ``record``); False when it is there already."""
-    name, metadata = marker_blob(record, item, kind)
+    name, metadata = marker_blob(record, item, kind, marked_at)
     try:
         await storage.put(name, b"", if_match=None, content_type="application/octet-stream", metadata=metadata)
     except Conflict:
@@ -396,17 +416,13 @@ async def after_run(
             elif (marker := marker_of(item)) is not None:
                 markers.append(marker)
         report.markers = len(markers)
-        marked = {(bucket(m.failed_at), identity_segment(m.workspace_id), identity_segment(m.task_id)) for m in markers}
-        missing = [
-            (workspace_id, task_id, last)
-            for workspace_id, task_id, last in watch.recent_failures
-            if (bucket(last), identity_segment(workspace_id), identity_segment(task_id)) not in marked
-        ]
+        failures = {marker.failure for marker in markers}
+        marked_tasks = {(m.workspace_id, m.task_id, m.failed_at) for m in markers}
+        missing = [entry for entry in watch.recent_failures if entry not in marked_tasks]
         missing.sort(key=lambda entry: entry[2], reverse=True)
-        names = {m.name for m in markers}
         for workspace_id, task_id, _ in missing[:max_backfill]:
-            report.backfilled += await _backfill(storage, workspace_id, task_id, names, now)
-        old = sorted((m for m in markers if now - m.failed_at > MARKER_RETENTION), key=lambda m: m.failed_at)
+            report.backfilled += await _backfill(storage, workspace_id, task_id, failures, now)
+        old = sorted((m for m in markers if now - m.marked_at > MARKER_RETENTION), key=lambda m: m.marked_at)
         for marker in old[:max_prune]:
             try:
                 if await storage.delete(marker.name, if_match=marker.etag):
@@ -440,8 +456,11 @@ async def after_run(
     return report
 
 
-async def _backfill(storage: Storage, workspace_id: str, task_id: str, names: set[str], now: datetime) -> int:
-    """The markers of the task's recent failures that are missing (its record read once)."""
+async def _backfill(
+    storage: Storage, workspace_id: str, task_id: str, failures: set[tuple[str, str, str, datetime]], now: datetime
+) -> int:
+    """The markers of the task's failures of the last MARKER_RETENTION that are missing (its record
+    read once); marked now when the failure is under NOTICE_WINDOW old, else when it failed."""
     try:
         found = await storage.read_bytes(record_name(workspace_id, task_id), max_bytes=MAX_RECORD_BYTES)
         record = TaskRecord.from_bytes(found[1]) if found is not None else None
@@ -453,9 +472,10 @@ async def _backfill(storage: Storage, workspace_id: str, task_id: str, names: se
     for item in record.deliveries:
         if item.state is not State.FAILED or item.failed_at is None or now - item.failed_at >= MARKER_RETENTION:
             continue
-        if marker_name(workspace_id, task_id, item.delivery, item.failed_at) in names:
+        if (record.workspace_id, record.task_id, item.delivery, item.failed_at) in failures:
             continue
-        written += await write_marker(storage, record, item, "backfilled")
+        marked_at = now if now - item.failed_at < NOTICE_WINDOW else None
+        written += await write_marker(storage, record, item, "backfilled", marked_at)
     return written
 
 
@@ -463,6 +483,7 @@ __all__ = [
     "ATTENTION_PREFIX",
     "FAILED_PREFIX",
     "MARKER_RETENTION",
+    "NOTICE_WINDOW",
     "PENDING_NAME",
     "AttentionReport",
     "CopyingTask",

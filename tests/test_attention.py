@@ -99,26 +99,51 @@ async def test_a_copy_nothing_can_finish_is_listed_from_the_summary(ops: Ops) ->
     assert (await ops("failed", "--since", "10", "--json")).json()["deliveries"] == []  # it stuck 20 minutes ago
 
 
-async def test_a_failure_whose_marker_was_lost_is_backfilled_by_the_reconciliation(ops: Ops) -> None:
+async def test_a_failure_whose_marker_was_lost_is_backfilled_and_seen_by_the_next_window(ops: Ops) -> None:
     export = ops.world.export("task-1", expires_in=timedelta(hours=1))
     text = await ops.accept(export)
     ops.world.clock.advance(timedelta(hours=2))
+    failed_at = ops.world.now
     # The driver stops between the record and the marker: the swap lands, the marker never does.
-    ops.world.faults.fail_before("put", marker_name("ws-1", "task-1", delivery(export), ops.world.now))
+    ops.world.faults.fail_before("put", marker_name("ws-1", "task-1", delivery(export), failed_at))
     assert await verify_copy(text.encode(), runtime=ops.world.runtime, now=ops.world.now) == "failed"
     record = ops.world.record()
     assert record is not None and record.deliveries[0].state is State.FAILED
     assert markers_in(ops) == []
-    assert (await ops("failed", "--since", "15", "--json")).json()["deliveries"] == []
+    ops.world.clock.advance(timedelta(minutes=3))
+    assert (await ops("failed", "--since", "15", "--json")).json()["deliveries"] == []  # a cron run misses it
 
     ops.world.clock.advance(timedelta(minutes=5))
     report = await reconcile(ops)
     assert report.attention is not None and report.attention.backfilled == 1
     [marker] = markers_in(ops)
     assert dict(ops.world.storage.stored(marker).metadata)["kind"] == "backfilled"  # type: ignore[union-attr]
+    # The next cron run's window starts after the failure, and still sees it: marked when it was written.
+    ops.world.clock.advance(timedelta(minutes=10))
+    assert ops.world.now - timedelta(minutes=15) > failed_at
     [entry] = (await ops("failed", "--since", "15", "--json")).json()["deliveries"]
     assert entry["taskId"] == "task-1" and entry["state"] == "failed"
     assert (await reconcile(ops)).attention.backfilled == 0  # type: ignore[union-attr]
+    ops.world.clock.advance(timedelta(minutes=15))
+    assert (await ops("failed", "--since", "15", "--json")).json()["deliveries"] == []  # seen once
+
+
+async def test_an_old_failure_without_a_marker_is_backfilled_where_it_failed(ops: Ops) -> None:
+    """Records from before markers existed: their failures of the last 7 days get markers under the
+    hour they failed, so a short window does not list them all again."""
+    at = ops.world.now - timedelta(days=2)
+    record = _old_failed_record(1, at)
+    await ops.world.storage.put(
+        record_name("ws-1", "old-1"),
+        record.to_bytes(),
+        if_match=None,
+        content_type="application/json",
+        metadata=record.labels(),
+    )
+    assert (await reconcile(ops)).attention.backfilled == 1  # type: ignore[union-attr]
+    assert markers_in(ops) == [marker_name("ws-1", "old-1", record.deliveries[0].delivery, at)]
+    assert (await ops("failed", "--since", "15", "--json")).json()["deliveries"] == []
+    assert [entry["taskId"] for entry in (await ops("failed", "--json")).json()["deliveries"]] == ["old-1"]
 
 
 async def test_a_marker_whose_swap_lost_shows_nothing(ops: Ops) -> None:

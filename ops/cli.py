@@ -52,6 +52,9 @@ Connects with a connection string or, with --account-url, as you (DefaultAzureCr
 
 
 COMMANDS = ("find", "pending", "failed", "check", "fail", "replay-poison", "smoke")
+# Rows pending and failed show (and task records they read) by default: a screenful. The first line
+# counts them all; --max N shows more, at one record read a row.
+LIST_MAX = 20
 
 
 def _hide_values(message: str) -> str:
@@ -165,7 +168,8 @@ With the host storage options it looks for the task's messages in the verificati
 poison queue, and gives each delivery still copying a verdict (queued, poisoned, lost, expired,
 adopt) instead of "unconfirmed". Without --workspace, one listing of the records' labels finds
 the task's workspace. --workspace alone: the first --max tasks of the workspace (its records'
-prefix, listed a page of --max at a time: N records read). Exit 1 when nothing is found or something needs a person.""",
+prefix, listed a page of --max at a time: N records read). Exit 1 when nothing is found or
+something needs a person.""",
         example='python -m ops find --task 7d1e0c8a-1b2c-4d5e-8f90-a1b2c3d4e5f6 --host-connection-string "$HOST_CS"',
     )
     found.add_argument("--task", metavar="TASK_ID", help="the task's taskId")
@@ -195,7 +199,9 @@ nothing is listed; with --alert, exit 1 when anything is.""",
         help="received before now - MINUTES (default RECONCILE_AFTER_MINUTES, 10)",
     )
     pending.add_argument("--since", type=_since, metavar="WHEN", help="received at or after WHEN: MINUTES ago or ISO")
-    pending.add_argument("--max", type=_positive, default=100, help="read at most the oldest N tasks (100)")
+    pending.add_argument(
+        "--max", type=_positive, default=LIST_MAX, help=f"show (and read) at most the oldest N tasks ({LIST_MAX})"
+    )
     pending.add_argument("--alert", action="store_true", help="exit 1 when anything is listed (cron, Logic Apps)")
 
     failed = _command(
@@ -216,7 +222,9 @@ listed; with --alert, exit 1 when anything is.""",
     failed.add_argument(
         "--since", type=_since, metavar="WHEN", help="failed (or stuck) at or after WHEN: MINUTES ago or ISO"
     )
-    failed.add_argument("--max", type=_positive, default=100, help="read at most the newest N tasks (100)")
+    failed.add_argument(
+        "--max", type=_positive, default=LIST_MAX, help=f"show (and read) at most the newest N tasks ({LIST_MAX})"
+    )
     failed.add_argument("--alert", action="store_true", help="exit 1 when anything is listed (cron, Logic Apps)")
 
     checked = _command(

@@ -81,6 +81,12 @@ class Seen:
         target = (
             "task record"
             if "/.smartdocumentor/tasks/" in self.path
+            else "pending summary"
+            if self.path.endswith("/.smartdocumentor/attention/pending.json")
+            else "migration marker"
+            if self.path.endswith("/.smartdocumentor/migration.json")
+            else "failure marker"
+            if "/.smartdocumentor/attention/failed/" in self.path
             else "manifest"
             if self.path.endswith(".json")
             else "file"

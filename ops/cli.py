@@ -52,6 +52,9 @@ Connects with a connection string or, with --account-url, as you (DefaultAzureCr
 
 
 COMMANDS = ("find", "pending", "failed", "check", "fail", "replay-poison", "smoke")
+# Rows pending and failed show (and task records they read) by default: a screenful. The first line
+# counts them all; --max N shows more, at one record read a row.
+LIST_MAX = 20
 
 
 def _hide_values(message: str) -> str:
@@ -165,7 +168,8 @@ With the host storage options it looks for the task's messages in the verificati
 poison queue, and gives each delivery still copying a verdict (queued, poisoned, lost, expired,
 adopt) instead of "unconfirmed". Without --workspace, one listing of the records' labels finds
 the task's workspace. --workspace alone: the first --max tasks of the workspace (its records'
-prefix only). Exit 1 when nothing is found or something needs a person.""",
+prefix, listed a page of --max at a time: N records read). Exit 1 when nothing is found or
+something needs a person.""",
         example='python -m ops find --task 7d1e0c8a-1b2c-4d5e-8f90-a1b2c3d4e5f6 --host-connection-string "$HOST_CS"',
     )
     found.add_argument("--task", metavar="TASK_ID", help="the task's taskId")
@@ -175,18 +179,29 @@ prefix only). Exit 1 when nothing is found or something needs a person.""",
     pending = _command(
         commands,
         "pending",
-        summary="deliveries still copying, oldest first",
-        description="""Deliveries still copying, oldest first, from the records' listing labels (copying,
-oldestcopying): only the records shown are read. AGE: since the delivery was received. The last
-column says why one will not finish by itself (its link expired, or it waited past every try of
-its queue message). Exit 0 also when nothing is listed; with --alert, exit 1 when anything is.""",
+        summary="deliveries still copying past their time, oldest first",
+        description="""Deliveries still copying past their time: received over --older-than minutes ago
+(by default RECONCILE_AFTER_MINUTES, 10: when the reconciliation takes a copy as its own work),
+oldest first. From the summary the last reconciliation run wrote
+(.smartdocumentor/attention/pending.json: the tasks it saw copying), each confirmed from its task
+record: only the records shown are read. It says when that run completed; a summary older than
+its schedule allows (25 minutes by default) or none at all is a PROBLEM (exit 1): the safety net
+is not running. AGE: since the delivery was received. The last column says why one will not finish
+by itself (its link expired, or it waited past every try of its queue message). Exit 0 also when
+nothing is listed; with --alert, exit 1 when anything is.""",
         example="python -m ops pending --older-than 60 --alert",
     )
     pending.add_argument(
-        "--older-than", type=_minutes, default=timedelta(0), metavar="MINUTES", help="received before now - MINUTES"
+        "--older-than",
+        type=_minutes,
+        default=None,
+        metavar="MINUTES",
+        help="received before now - MINUTES (default RECONCILE_AFTER_MINUTES, 10)",
     )
     pending.add_argument("--since", type=_since, metavar="WHEN", help="received at or after WHEN: MINUTES ago or ISO")
-    pending.add_argument("--max", type=_positive, default=100, help="read at most the oldest N tasks (100)")
+    pending.add_argument(
+        "--max", type=_positive, default=LIST_MAX, help=f"show (and read) at most the oldest N tasks ({LIST_MAX})"
+    )
     pending.add_argument("--alert", action="store_true", help="exit 1 when anything is listed (cron, Logic Apps)")
 
     failed = _command(
@@ -196,15 +211,20 @@ its queue message). Exit 0 also when nothing is listed; with --alert, exit 1 whe
         description="""Every delivery that will not finish by itself: failed in its task record (link expired,
 source refused or gone, given up; a large re-export that failed after its 202 is listed while the
 earlier file stays current), and deliveries still copying whose link expired or that waited past
-every try of their queue message. From the records' listing labels (lastfailed, copyingexpires,
-oldestcopying): only the records in the window are read. Exit 0 also when nothing is listed;
-with --alert, exit 1 when anything is.""",
+every try of their queue message. Failures are found by their markers
+(.smartdocumentor/attention/failed/<hour>/..., one listing per hour of the window, or per day over a
+day; kept 7 days: without --since, the last 7 days), copies that cannot finish by the last
+reconciliation run's summary; each is confirmed from its task record, and only the records shown are
+read. A missing or stale summary is a PROBLEM (exit 1), as in pending. Exit 0 also when nothing is
+listed; with --alert, exit 1 when anything is.""",
         example="python -m ops failed --since 15 --alert",
     )
     failed.add_argument(
         "--since", type=_since, metavar="WHEN", help="failed (or stuck) at or after WHEN: MINUTES ago or ISO"
     )
-    failed.add_argument("--max", type=_positive, default=100, help="read at most the newest N tasks (100)")
+    failed.add_argument(
+        "--max", type=_positive, default=LIST_MAX, help=f"show (and read) at most the newest N tasks ({LIST_MAX})"
+    )
     failed.add_argument("--alert", action="store_true", help="exit 1 when anything is listed (cron, Logic Apps)")
 
     checked = _command(

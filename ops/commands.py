@@ -13,6 +13,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from receiver.attention import (
+    MARKER_RETENTION,
+    PENDING_NAME,
+    CopyingTask,
+    Marker,
+    Summary,
+    bucket_prefixes,
+    marker_of,
+    read_summary,
+)
 from receiver.engine import Job, manifest_name
 from receiver.machine import Sweep
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
@@ -26,8 +36,8 @@ from .queues import NOT_LOOKED, PEEK_LIMIT, HostQueue, Look, Parsed, QueueMissin
 from .records import (
     Foreseen,
     drive,
+    first_records,
     foresee_sweep,
-    listed,
     locate,
     observe_arrival,
     observe_sweep,
@@ -325,7 +335,7 @@ async def find_task(ctx: Context, task_id: str, workspace_id: str | None) -> Res
 
 async def find_workspace(ctx: Context, workspace_id: str, limit: int) -> Result:
     storage = _need_storage(ctx)
-    labels = await listed(storage, workspace_prefix(workspace_id), limit=limit)
+    labels, more = await first_records(storage, workspace_prefix(workspace_id), limit)
     records = await asyncio.gather(*(read_record(storage, item.workspace_id, item.task_id) for item in labels))
     rows, tasks = [], []
     for item, (record, _) in zip(labels, records, strict=True):
@@ -349,7 +359,6 @@ async def find_workspace(ctx: Context, workspace_id: str, limit: int) -> Result:
                 current.blob if current else "(none stored)",
             ]
         )
-    more = len(labels) >= limit
     data = {"workspaceId": workspace_id, "tasks": tasks, "more": more}
     if not tasks:
         return Result(NOT_FOUND, data, [f"No task records for workspace {workspace_id}."])
@@ -480,19 +489,90 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
 # --- lists -----------------------------------------------------------------------------------------------
 
 
-async def pending(ctx: Context, *, older_than: timedelta, since: datetime | None, limit: int, alert: bool) -> Result:
+def _failed_since(item_time: datetime | None, since: datetime | None) -> bool:
+    return item_time is not None and (since is None or item_time >= since)
+
+
+def _span(value: timedelta) -> str:
+    minutes = value.total_seconds() / 60
+    return f"{minutes:.0f} minutes" if minutes == int(minutes) else human_age(int(value.total_seconds()))
+
+
+@dataclass
+class SummaryState:
+    """The reconciliation's pending summary as the list commands report it."""
+
+    summary: Summary | None
+    data: dict[str, Any]
+    problems: list[str]  # shown first: missing, unreadable, or older than its schedule allows
+    lines: list[str]  # when the run completed, what it listed
+
+
+async def _summary_of(ctx: Context) -> SummaryState:
     storage = _need_storage(ctx)
+    try:
+        summary = await read_summary(storage)
+    except ValueError as exc:
+        text = f"PROBLEM: the reconciliation's summary {PENDING_NAME} is unreadable ({exc}): its next run rewrites it"
+        return SummaryState(None, {"name": PENDING_NAME, "found": True, "readable": False}, [text], [])
+    if summary is None:
+        text = (
+            f"PROBLEM: no reconciliation run has written its summary ({PENDING_NAME}), so deliveries still copying "
+            "are not known. Is the timer reconcile_deliveries running? (A new deployment writes it in its first "
+            "run; docs/operations.md, the reconciliation heartbeat.)"
+        )
+        return SummaryState(None, {"name": PENDING_NAME, "found": False}, [text], [])
+    age = ctx.now - summary.completed_at
+    age_s = max(0, int(age.total_seconds()))
+    stale = age > summary.stale_after
+    data = {
+        "name": PENDING_NAME,
+        "found": True,
+        "listedAt": _iso(summary.listed_at),
+        "completedAt": _iso(summary.completed_at),
+        "ageSeconds": age_s,
+        "stale": stale,
+        "staleAfterMinutes": summary.stale_after.total_seconds() / 60,
+        "records": summary.records,
+        "copyingTasks": summary.copying_tasks,
+        "truncated": summary.truncated,
+    }
+    line = (
+        f"last reconciliation run completed {_iso(summary.completed_at)} ({human_age(age_s)} ago): "
+        f"{summary.records} task record(s) listed, {summary.copying_tasks} with a delivery copying"
+    )
+    if summary.truncated:
+        line += f" (its summary names the {len(summary.tasks)} due first)"
+    problems = []
+    if stale:
+        problems.append(
+            f"PROBLEM: the reconciliation has not completed a run for {human_age(age_s)} (its schedule "
+            f"{summary.schedule!r} allows {_span(summary.stale_after)}): nothing finishes what the queue missed, "
+            "and what follows is as old as its last run. Look for its failed runs' ERRORs, and whether the "
+            "function app runs (docs/operations.md, the reconciliation heartbeat)."
+        )
+    return SummaryState(summary, data, problems, [line])
+
+
+async def pending(
+    ctx: Context, *, older_than: timedelta | None, since: datetime | None, limit: int, alert: bool
+) -> Result:
+    """Deliveries still copying past their time (received before now - ``older_than``; by default
+    RECONCILE_AFTER_MINUTES), oldest first: the tasks the last reconciliation run saw copying (its
+    summary), each confirmed from its record. Only the records shown are read."""
+    storage = _need_storage(ctx)
+    if older_than is None:
+        older_than = timedelta(minutes=ctx.settings.reconcile_after_minutes)
     cutoff = ctx.now - older_than
-    labels = [
+    state = await _summary_of(ctx)
+    summary = state.summary
+    tasks = [
         item
-        for item in await listed(storage)
-        if item.copying
-        and item.oldest_copying is not None
-        and item.oldest_copying <= cutoff
-        and (since is None or item.oldest_copying >= since)
+        for item in (summary.tasks if summary is not None else [])
+        if item.oldest_copying <= cutoff and (since is None or item.oldest_copying >= since)
     ]
-    labels.sort(key=lambda item: item.oldest_copying or ctx.now)
-    shown = labels[:limit]
+    tasks.sort(key=lambda item: item.oldest_copying)
+    shown = tasks[:limit]
     records = await asyncio.gather(*(read_record(storage, item.workspace_id, item.task_id) for item in shown))
     rows, entries = [], []
     for item, (record, _) in zip(shown, records, strict=True):
@@ -500,6 +580,8 @@ async def pending(ctx: Context, *, older_than: timedelta, since: datetime | None
             continue
         for delivery in record.deliveries:
             if delivery.state is not State.COPYING or delivery.received_at > cutoff:
+                continue
+            if since is not None and delivery.received_at < since:
                 continue
             why = stuck(delivery.link_expires_on, delivery.received_at, ctx.now)
             age = age_seconds(delivery.received_at.isoformat(), ctx.now)
@@ -519,60 +601,88 @@ async def pending(ctx: Context, *, older_than: timedelta, since: datetime | None
     stuck_count = sum(1 for entry in entries if entry["stuck"])
     data = {
         "container": storage.container,
-        "tasks": len(labels),
+        "olderThanMinutes": older_than.total_seconds() / 60,
+        "summary": state.data,
+        "tasks": len(tasks),
         "shown": len(entries),
         "stuck": stuck_count,
         "deliveries": entries,
     }
-    if not entries:
-        return Result(OK, data, ["No pending deliveries."])
-    text = [
-        f"{len(entries)} delivery(ies) still copying in {len(shown)} task(s)"
-        f"{f' (of {len(labels)}; --max N for more)' if len(labels) > len(shown) else ''}"
-        f"; {stuck_count} will not finish by themselves (see failed)"
-    ]
-    text += table(["AGE", "TASK", "DELIVERY", "BLOB", "WILL NOT FINISH BECAUSE"], rows)
-    return Result(NOT_FOUND if alert else OK, data, text)
+    problem = bool(state.problems)
+    text = [*state.problems]
+    if not entries and summary is not None:
+        text.append(f"No deliveries still copying for over {_span(older_than)}.")
+    elif entries:
+        more = f" (of {len(tasks)}; --max N for more)" if len(tasks) > len(shown) else ""
+        text.append(
+            f"{len(entries)} delivery(ies) still copying for over {_span(older_than)} in {len(shown)} task(s){more}"
+            f"; {stuck_count} will not finish by themselves (see failed)"
+        )
+    text += state.lines
+    if summary is not None and summary.listed_at < cutoff:
+        text.append(
+            f"(deliveries received after {_iso(summary.listed_at)}, when that run listed the records, are not in its "
+            "summary yet: the next run lists them)"
+        )
+    if entries:
+        text += table(["AGE", "TASK", "DELIVERY", "BLOB", "WILL NOT FINISH BECAUSE"], rows)
+    return Result(NOT_FOUND if problem or (alert and entries) else OK, data, text)
 
 
-def _failed_since(item_time: datetime | None, since: datetime | None) -> bool:
-    return item_time is not None and (since is None or item_time >= since)
+def _stuck_at(item: CopyingTask, now: datetime) -> datetime | None:
+    """When a task the summary saw copying stopped being finishable by itself (None: not yet)."""
+    due = item.due(QUEUE_COVERAGE)
+    return due if due <= now else None
+
+
+async def _markers(storage: Storage, since: datetime, now: datetime) -> list[Marker]:
+    """The failure markers marked from ``since`` to ``now`` (when it failed, or when the reconciliation
+    wrote a lost one): one listing per hour of the window (per day over a day), side by side."""
+
+    async def one(prefix: str) -> list[Marker]:
+        return [m async for item in storage.list(prefix) if (m := marker_of(item)) is not None]
+
+    found = await asyncio.gather(*(one(prefix) for prefix in bucket_prefixes(since, now)))
+    return [marker for page in found for marker in page if marker.marked_at >= since]
 
 
 async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: bool) -> Result:
-    """Every delivery that will not finish by itself: failed in its record (in the window), and
-    copying ones whose link expired or that waited past the queue's coverage (since then)."""
+    """Every delivery that will not finish by itself: failed in its record (found by its failure marker:
+    failed in the window, or failed earlier and its lost marker written by the reconciliation in the
+    window), and copying ones whose link expired or that waited past the queue's coverage (the last
+    reconciliation run's summary; since then). Each confirmed from its record; only the records of the
+    newest ``limit`` tasks are read."""
     storage = _need_storage(ctx)
     now = ctx.now
-
-    def stuck_at(item: Any) -> datetime | None:
-        if not item.copying:
-            return None
-        times = []
-        if item.copying_expires is not None and item.copying_expires <= now:
-            times.append(item.copying_expires)
-        if item.oldest_copying is not None and now - item.oldest_copying > QUEUE_COVERAGE:
-            times.append(item.oldest_copying + QUEUE_COVERAGE)
-        return min(times) if times else None
-
-    labels = [
-        item
-        for item in await listed(storage)
-        if _failed_since(item.last_failed, since) or _failed_since(stuck_at(item), since)
-    ]
-    labels.sort(key=lambda item: max(t for t in (item.last_failed, stuck_at(item)) if t is not None))
-    shown = labels[-limit:]  # the newest N
-    records = await asyncio.gather(*(read_record(storage, item.workspace_id, item.task_id) for item in shown))
+    oldest = now - MARKER_RETENTION
+    start = max(since, oldest) if since is not None else oldest
+    state, markers = await asyncio.gather(_summary_of(ctx), _markers(storage, start, now))
+    summary = state.summary
+    times: dict[tuple[str, str], datetime] = {}
+    for marker in markers:
+        times[marker.task] = max(marker.marked_at, times.get(marker.task, marker.marked_at))
+    marked = {marker.failure for marker in markers}
+    for item in summary.tasks if summary is not None else []:
+        at = _stuck_at(item, now)
+        if _failed_since(at, since) and at is not None:
+            key = (item.workspace_id, item.task_id)
+            times[key] = max(at, times.get(key, at))
+    ordered = sorted(times.items(), key=lambda pair: pair[1])
+    shown = ordered[-limit:]  # the newest N
+    records = await asyncio.gather(*(read_record(storage, *task) for task, _ in shown))
     rows, entries = [], []
-    for item, (record, _) in zip(shown, records, strict=True):
+    for ((workspace_id, task_id), _), (record, _etag) in zip(shown, records, strict=True):
         if record is None:
-            continue
+            continue  # a marker whose swap lost, for a task that has no record
         current = record.current_delivery
         position = record.index(current.delivery) if current is not None else -1
         for number, delivery in enumerate(record.deliveries):
             if number < position:
                 continue  # a newer export is the current file: nothing left to do for this one
-            if delivery.state is State.FAILED and _failed_since(delivery.failed_at, since):
+            if delivery.state is State.FAILED and (
+                _failed_since(delivery.failed_at, start)
+                or (workspace_id, task_id, delivery.delivery, delivery.failed_at) in marked
+            ):
                 when_, what, why = delivery.failed_at, "failed", delivery.failure_reason or "(no reason)"
             elif delivery.state is State.COPYING:
                 why_stuck = stuck(delivery.link_expires_on, delivery.received_at, now)
@@ -580,12 +690,12 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
                     continue
                 when_, what, why = delivery.received_at, "copying", f"{why_stuck}; nothing will finish it"
             else:
-                continue
+                continue  # e.g. a marker whose swap lost: the record does not hold that failure
             kept = current.blob if current is not None and current.delivery != delivery.delivery else None
             entries.append(
                 {
-                    "taskId": item.task_id,
-                    "workspaceId": item.workspace_id,
+                    "taskId": task_id,
+                    "workspaceId": workspace_id,
                     "delivery": delivery.delivery[:12],
                     "blob": delivery.blob,
                     "state": what,
@@ -595,17 +705,35 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
                 }
             )
             shown_why = why + (f" (current file kept: {kept})" if kept else "")
-            rows.append([_iso(when_), what, item.task_id, delivery.blob, shown_why])
-    data = {"container": storage.container, "tasks": len(labels), "shown": len(entries), "deliveries": entries}
+            rows.append([_iso(when_), what, task_id, delivery.blob, shown_why])
+    data = {
+        "container": storage.container,
+        "since": _iso(start),
+        "summary": state.data,
+        "markers": len(markers),
+        "tasks": len(ordered),
+        "shown": len(entries),
+        "deliveries": entries,
+    }
+    problem = bool(state.problems)
+    text = [*state.problems]
     if not entries:
-        return Result(OK, data, ["No failed deliveries."])
-    text = [
-        f"{len(entries)} delivery(ies) will not finish by themselves, in {len(shown)} task(s)"
-        f"{f' (the newest {limit} of {len(labels)}; --max N for more)' if len(labels) > len(shown) else ''}."
-        " Export those documents again from SmartDocumentor (check --task T says more)."
-    ]
-    text += table(["WHEN", "STATE", "TASK", "BLOB", "WHY"], rows)
-    return Result(NOT_FOUND if alert else OK, data, text)
+        text.append("No failed deliveries.")
+    else:
+        more = f" (the newest {limit} of {len(ordered)}; --max N for more)" if len(ordered) > len(shown) else ""
+        text.append(
+            f"{len(entries)} delivery(ies) will not finish by themselves, in {len(shown)} task(s){more}."
+            " Export those documents again from SmartDocumentor (check --task T says more)."
+        )
+    text += state.lines
+    if since is None or since < oldest:
+        text.append(
+            f"(failures before {_iso(oldest)} are not listed: their markers are kept {MARKER_RETENTION.days} days; "
+            "find --task T tells any task's whole story)"
+        )
+    if entries:
+        text += table(["WHEN", "STATE", "TASK", "BLOB", "WHY"], rows)
+    return Result(NOT_FOUND if problem or (alert and entries) else OK, data, text)
 
 
 # --- replay-poison ---------------------------------------------------------------------------------------

@@ -109,6 +109,30 @@ async def listed(storage: Storage, prefix: str = RECORD_PREFIX, *, limit: int | 
     return found
 
 
+MAX_PAGE = 5000  # the most List Blobs returns a page
+
+
+async def first_records(storage: Storage, prefix: str, limit: int) -> tuple[list[Labels], bool]:
+    """The first ``limit`` records under ``prefix`` in name order, listed a page of about ``limit`` at a
+    time (so the cost follows ``limit``, not how many records there are), and whether there are more."""
+    found: list[Labels] = []
+    marker: str | None = None
+    while True:
+        size = min(MAX_PAGE, max(1, limit - len(found)))
+        page, marker = await storage.list_page(prefix, marker=marker, size=size)
+        for item in page:
+            labels = labels_of(item)
+            if labels is None:
+                continue
+            if len(found) == limit:
+                return found, True
+            found.append(labels)
+        if marker is None:
+            return found, False
+        if len(found) >= limit:
+            return found, True
+
+
 async def read_record(storage: Storage, workspace_id: str, task_id: str) -> tuple[TaskRecord | None, str | None]:
     """The record and its ETag; (None, None) when the task has none."""
     name = record_name(workspace_id, task_id)
@@ -274,6 +298,7 @@ __all__ = [
     "Unreadable",
     "copying_of",
     "drive",
+    "first_records",
     "foresee_sweep",
     "labels_of",
     "listed",

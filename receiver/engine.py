@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from .attention import mark_failures
 from .machine import (
     RECORD_WITHIN,
     UNSEEN,
@@ -359,10 +360,12 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     peek_names = [
         manifest_name(item.blob) for item in decision.record.retire if job.write_manifest and item.blob not in known
     ]
-    written, after, peeks = await asyncio.gather(
+    written, after, peeks, _ = await asyncio.gather(
         write,
         side,
         asyncio.gather(*(storage.read(n) for n in peek_names), return_exceptions=True),
+        # A delivery this change fails gets its failure marker beside the swap (receiver/attention.py).
+        mark_failures(storage, seen.record, decision.record, decision.arrow),
         return_exceptions=True,
     )
     if isinstance(written, Conflict):

@@ -11,6 +11,10 @@ retire are deleted If-Match. It never has a link's signature (that lives only in
 message), so a copy that is not there while its link is valid is left ``waiting``: its queue or
 poison message can still finish it.
 
+Last, the run keeps the attention blobs up from the same listing (receiver/attention.py): the
+failure markers a driver could not write, old markers deleted, and the pending summary that
+``python -m ops pending`` and ``failed`` read instead of listing every record.
+
 Every run ends in one record: ``completed`` with what it did, or ``failed`` at ERROR with what to
 check (the identity's role, the account's network rules) when storage refused it. Whatever else
 failed, the run reports the poison queue's depth (an ERROR naming ``python -m ops replay-poison``
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
 
+from .attention import AttentionReport, Watch, after_run
 from .engine import Job, run
 from .machine import Sweep
 from .migration import MigrationReport, migrate
@@ -64,6 +69,7 @@ class RunReport:
     lost: list[str] = field(default_factory=list)  # tasks whose copy waited past every queue try
     migration: MigrationReport | None = None  # this run's page of the upgrade from the release without records
     migration_failed: str | None = None
+    attention: AttentionReport | None = None  # the failure markers kept up, the pending summary written
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
@@ -160,9 +166,12 @@ async def _work(
     storage = runtime.store()
     await _migrate(storage, now, report)
     after = timedelta(minutes=settings.reconcile_after_minutes)
-    found = [
-        c async for item in storage.list(RECORD_PREFIX) if (c := candidate(item, now=now, after=after, window=window))
-    ]
+    watch = Watch(now)  # what the listing shows for `ops pending` and `ops failed` (receiver/attention.py)
+    found: list[Candidate] = []
+    async for listed in storage.list(RECORD_PREFIX):
+        watch.see(listed)
+        if (c := candidate(listed, now=now, after=after, window=window)) is not None:
+            found.append(c)
     report.found = len(found)
     ages = [(now - c.oldest_copying).total_seconds() for c in found if c.oldest_copying is not None]
     report.oldest_copying_seconds = max(ages, default=0.0)
@@ -197,6 +206,9 @@ async def _work(
             if record.outcome == "waiting" and waited > QUEUE_COVERAGE:
                 report.lost.append(item.task_id)
             report.count(record.outcome)
+    report.attention = await after_run(
+        storage, watch, schedule=settings.reconcile_schedule, coverage=QUEUE_COVERAGE, wall=runtime.clock
+    )
 
 
 async def _migrate(storage: Storage, now: datetime, report: RunReport) -> None:
@@ -234,6 +246,11 @@ def _summary(report: RunReport) -> str:
         text += f"; migration listed={report.migration.listed} done={report.migration.done}"
     if report.migration_failed is not None:
         text += f"; migration failed ({report.migration_failed}), tried again next run"
+    attention = report.attention
+    if attention is not None and (attention.backfilled or attention.pruned or attention.failed):
+        text += f"; failure markers backfilled={attention.backfilled} pruned={attention.pruned}"
+        if attention.failed:
+            text += f", not kept up ({attention.failed}): tried again next run"
     if report.lost:
         text += (
             f"; {len(report.lost)} delivery(ies) have been copying for over {QUEUE_COVERAGE.total_seconds() / 60:.0f} "

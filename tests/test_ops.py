@@ -18,9 +18,11 @@ import pytest
 from ops.cli import main, run
 from ops.output import NOT_FOUND, OK, USAGE
 from ops.queues import MemoryQueue
+from receiver.attention import PENDING_NAME
 from receiver.intake import prepare
 from receiver.models import Delivery, State, Step, TaskRecord, record_name
 from receiver.plan import CopyPlan
+from receiver.reconciliation import RunReport, reconcile_run
 from receiver.verification import POISON_QUEUE, QUEUE, message
 from sim.world import Export, World
 
@@ -62,6 +64,12 @@ class Ops:
             now=self.world.now,
         )
         return Ran(code, out.getvalue(), err.getvalue())
+
+    async def reconcile(self) -> RunReport:
+        """One reconciliation run now (as the timer runs it): it also writes the summary pending reads."""
+        report = await reconcile_run(runtime=self.world.runtime, now=self.world.now, environ={})
+        assert report.failed is None, report
+        return report
 
     def plan(self, export: Export) -> CopyPlan:
         plan = prepare(export.body, {}, self.world.settings, now=self.world.now)
@@ -206,14 +214,16 @@ async def test_find_workspace_reads_in_proportion_to_max(ops: Ops) -> None:
 
 
 async def test_pending_lists_copying_deliveries_older_than_asked(ops: Ops) -> None:
-    assert (await ops("pending")).out.startswith("No pending deliveries.")
+    await ops.reconcile()
+    assert (await ops("pending")).out.startswith("No deliveries still copying for over 10 minutes.")
     await ops.accept(ops.world.export("task-1"))
     ops.world.clock.advance(timedelta(minutes=30))
     await ops.accept(ops.world.export("task-2"))
+    await ops.reconcile()  # the summary pending reads
 
     ran = await ops("pending", "--older-than", "10", "--json")
     assert [entry["taskId"] for entry in ran.json()["deliveries"]] == ["task-1"]
-    alert = await ops("pending", "--alert")
+    alert = await ops("pending", "--older-than", "0", "--alert")
     assert alert.code == NOT_FOUND and alert.out.index("task-1") < alert.out.index("task-2")
     assert (await ops("pending", "--older-than", "60", "--alert")).code == OK
 
@@ -225,14 +235,13 @@ async def test_failed_lists_a_large_re_export_that_failed_after_its_202_while_th
 
     await stored(ops)
     text = await ops.accept(ops.world.export("task-1", expires_in=timedelta(hours=1)))
+    await ops.reconcile()
     assert (await ops("failed", "--alert")).code == OK
     ops.world.clock.advance(timedelta(hours=2))
-
-    listed = await ops("failed", "--json")
-    (entry,) = listed.json()["deliveries"]
-    assert entry["state"] == "copying" and "link expired" in entry["reason"]
+    assert (await ops("failed", "--alert")).code == NOT_FOUND  # no reconciliation run for 2 hours: a problem
 
     assert await verify_copy(text.encode(), runtime=ops.world.runtime, now=ops.world.now) == "failed"
+    await ops.reconcile()
     ran = await ops("failed", "--since", "5", "--alert")
     assert ran.code == NOT_FOUND
     assert "failed" in ran.out and "current file kept: ws-1/task-1/invoice.pdf" in ran.out
@@ -253,13 +262,15 @@ async def test_failed_reads_only_the_records_in_its_window(ops: Ops) -> None:
     await ops("check", "--task", "new", "--workspace", "ws-1", "--repair")
     labels = ops.world.storage.stored(record_name("ws-1", "new"))
     assert labels is not None and "lastfailed" in dict(labels.metadata)
+    await ops.reconcile()
     ops.world.storage.calls.clear()
 
     ran = await ops("failed", "--since", "60", "--json")
 
     assert [entry["taskId"] for entry in ran.json()["deliveries"]] == ["new"]
-    reads = [name for op, name in ops.world.storage.calls if op == "read_bytes"]
-    assert reads == [record_name("ws-1", "new")]
+    reads = [name for op, name in ops.world.storage.calls if op == "read_bytes" and name.endswith(".json")]
+    assert reads == [PENDING_NAME, record_name("ws-1", "new")]
+    assert not [prefix for op, prefix in ops.world.storage.calls if op == "list" and "/tasks/" in prefix]
     assert len((await ops("failed", "--json")).json()["deliveries"]) == 6
 
 
@@ -401,6 +412,7 @@ def test_main_finds_checks_and_lists_on_memory_storage(capsys: pytest.CaptureFix
 
     ops = Ops()
     asyncio.run(ops.world.post(ops.world.export("task-1")))
+    asyncio.run(ops.reconcile())
     common: dict[str, Any] = {
         "storage": ops.world.storage,
         "settings": ops.world.settings,

@@ -214,7 +214,7 @@ async def test_two_reconciliations_at_once_do_the_work_once(
     assert sum(r.outcomes.get("adopted", 0) for r in reports) == 3, reports
 
 
-async def test_a_run_with_nothing_to_do_reads_only_the_listing(
+async def test_a_run_with_nothing_to_do_reads_only_the_listings_and_writes_its_summary(
     sweeping: FaultProxy, exports: Exports, webhook: Webhook
 ) -> None:
     assert (await webhook.post(notification(exports.publish()))).status == 200  # stored: no work
@@ -223,5 +223,7 @@ async def test_a_run_with_nothing_to_do_reads_only_the_listing(
     # An hour on: the delivery is past the window in which its manifest is checked again.
     report = await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC) + timedelta(hours=1))
     assert report.found == 0 and report.processed == 0 and report.failed is None, report
-    # The migration marker (done: one read), then one listing of the records; none read.
-    assert [m for m, _ in sweeping.seen] == ["GET", "GET"]
+    # The migration marker (done: one read), one listing of the records (none read), one of the attention
+    # blobs (receiver/attention.py), and the pending summary written.
+    assert [m for m, _ in sweeping.seen] == ["GET", "GET", "GET", "PUT"]
+    assert "/.smartdocumentor/attention/pending.json" in sweeping.seen[-1][1]

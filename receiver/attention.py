@@ -398,12 +398,10 @@ async def after_run(
     schedule: str,
     coverage: timedelta,
     wall: Callable[[], datetime],
-    max_backfill: int = MAX_BACKFILL,
-    max_prune: int = MAX_PRUNE,
 ) -> AttentionReport:
     """After a reconciliation run's sweep: one listing of the attention prefix; markers written for
-    recent failures that have none (newest first, at most ``max_backfill``); markers older than
-    MARKER_RETENTION deleted (at most ``max_prune``); the pending summary written (If-Match on the
+    recent failures that have none (newest first, at most MAX_BACKFILL); markers older than
+    MARKER_RETENTION deleted (at most MAX_PRUNE); the pending summary written (If-Match on the
     listed one). Never raises for storage: what failed is in the report, and the next run tries again."""
     report = AttentionReport()
     now = watch.now
@@ -420,10 +418,10 @@ async def after_run(
         marked_tasks = {(m.workspace_id, m.task_id, m.failed_at) for m in markers}
         missing = [entry for entry in watch.recent_failures if entry not in marked_tasks]
         missing.sort(key=lambda entry: entry[2], reverse=True)
-        for workspace_id, task_id, _ in missing[:max_backfill]:
+        for workspace_id, task_id, _ in missing[:MAX_BACKFILL]:
             report.backfilled += await _backfill(storage, workspace_id, task_id, failures, now)
         old = sorted((m for m in markers if now - m.marked_at > MARKER_RETENTION), key=lambda m: m.marked_at)
-        for marker in old[:max_prune]:
+        for marker in old[:MAX_PRUNE]:
             try:
                 if await storage.delete(marker.name, if_match=marker.etag):
                     report.pruned += 1

@@ -16,6 +16,7 @@ from azure.storage.blob import ContainerClient
 
 from ops.cli import run
 from ops.output import NOT_FOUND, OK
+from receiver import attention
 from receiver.attention import (
     FAILED_PREFIX,
     MARKER_RETENTION,
@@ -267,7 +268,8 @@ async def test_a_delivery_finished_since_the_summary_is_not_listed(ops: Ops) -> 
 # --- bounded, and never mistaken for anything else -------------------------------------------------------
 
 
-async def test_old_markers_are_deleted_a_bounded_number_a_run(ops: Ops) -> None:
+async def test_old_markers_are_deleted_a_bounded_number_a_run(ops: Ops, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attention, "MAX_PRUNE", 2)
     old = ops.world.now - MARKER_RETENTION - timedelta(hours=1)
     for number in range(3):
         record = _old_failed_record(number, old)
@@ -277,7 +279,7 @@ async def test_old_markers_are_deleted_a_bounded_number_a_run(ops: Ops) -> None:
 
     first = await after_run(
         ops.world.storage, Watch(ops.world.now), schedule="0 */10 * * * *", coverage=QUEUE_COVERAGE,
-        wall=ops.world.clock, max_prune=2,
+        wall=ops.world.clock,
     )  # fmt: skip
     assert first.pruned == 2 and len(markers_in(ops)) == 2
     second = await after_run(

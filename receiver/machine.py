@@ -59,8 +59,9 @@ Attempt = Literal["exists", "changed", "lost", "too-large", "source-refused", "s
 # (a driver that crashed between its copy and its record), and a newer export replaces it.
 IN_FLIGHT = timedelta(minutes=2)
 # A driver records a copy the record does not know within this of the copy's answer, or leaves it
-# to a retry: well inside IN_FLIGHT, so a file older than that is an orphan indeed.
-RECORD_WITHIN = timedelta(seconds=60)
+# to a retry: inside IN_FLIGHT with room for the record write's own retries (about a minute at
+# most, receiver/store.py), so a file older than that is an orphan indeed.
+RECORD_WITHIN = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -484,9 +485,11 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         if blob == UNSEEN and seen.attempt == "exists" and elsewhere:
             return Observe()  # a file at its own name may be a copy of it that landed late: removed
         return _clear_retired(seen, record) or Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
-    if record is not None and entry is not None and _later(record, entry, State.COPYING) and not seen.copied:
+    waits = record is not None and entry is not None and not seen.copied and not current_stored
+    if waits and record is not None and entry is not None and _later(record, entry, State.COPYING):
         # A newer export is still copying: this one waits for it (superseded once it is stored; copied
-        # again if it fails), tracked in the record and by its queue message.
+        # again if it fails), tracked in the record and by its queue message. The current delivery itself
+        # never waits (its duplicate is a duplicate).
         if entry.state is State.COPYING:
             return Answer("copying", 202, "behind", enqueue=True)
         step = Step(at=now, by=by, outcome="copying", note="waits for a newer export still copying")

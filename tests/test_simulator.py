@@ -229,6 +229,51 @@ async def test_a_driver_that_stalls_between_its_copy_and_its_record_leaves_the_c
     assert sim.files() == {"ws-1/task-1/A.pdf": newer.data}
 
 
+async def test_a_retry_of_the_current_export_while_a_newer_one_copies_is_a_duplicate() -> None:
+    sim = Simulation()
+    first = sim.export("A")
+    await sim.run_actor(sim.post(first))
+    staged = sim.post(sim.export("A"), config=STAGED_202)
+    await sim.run_actor(staged)
+    assert staged.answer == "202 copying"
+    retry = sim.post(first)  # SmartDocumentor retries the first (its answer was lost)
+    await sim.run_actor(retry)
+    assert retry.answer == "200 duplicate", retry.answer
+    record = sim.record()
+    assert record is not None and record.current == first.delivery
+    entry = record.find(first.delivery)
+    assert entry is not None and entry.state is State.STORED
+
+
+async def test_a_retirement_held_past_a_new_copy_of_the_same_export_leaves_the_current_file() -> None:
+    """A retirement listed for a version of a file must not delete a later copy of the same export that
+    became current again (If-Match on the listed version; a changed one is left alone)."""
+    sim = Simulation()
+    c_name = "ws-1/task-1/C.pdf"
+    old = sim.export("C")
+    await sim.run_actor(sim.post(old))
+    renamed = sim.export("A")
+    first = sim.post(renamed)
+
+    def deletes_c(call: Call) -> bool:
+        return call.op == "delete" and call.name == c_name
+
+    await sim.run_actor(first, until=deletes_c)  # stored at A; C listed to retire
+    sweep = sim.reconcile()
+    await sim.run_actor(sweep, until=deletes_c)  # the reconciliation's delete of C is held
+    await sim.run_actor(first)
+    await sim.run_actor(sim.post(sim.export("B"), config=STAGED_202))
+    await sim.run_actor(sim.post(renamed))
+    late = sim.post(old)
+    await sim.run_actor(late)
+    await sim.run_actor(sweep)
+    await sim.finish()
+    ok(sim)
+    record = sim.record()
+    assert record is not None and record.current_delivery is not None
+    assert record.current_delivery.blob in sim.files()
+
+
 # ---------------------------------------------------------------------------------------------- random
 
 

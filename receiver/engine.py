@@ -504,21 +504,17 @@ async def _delete_quietly(storage: Storage, name: str, etag: str) -> bool:
 
 async def remove_if_holds(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:
     """Delete ``name`` only while it holds ``delivery`` (If-Match on the version known or read).
-    Another delivery's file, or one already gone, is left alone. True when it was deleted. A known
-    version that changed is left alone too: a newer copy of the same delivery may be current now."""
-    if etag is not None:
+    Another delivery's file, or one already gone, is left alone. True when it was deleted."""
+    for _ in range(3):
+        if etag is None:
+            blob = await storage.read(name)
+            if blob is None or blob.delivery != delivery:
+                return False
+            etag = blob.etag
         try:
             return await storage.delete(name, if_match=etag)
         except Conflict:
-            return False
-    for _ in range(3):
-        blob = await storage.read(name)
-        if blob is None or blob.delivery != delivery:
-            return False
-        try:
-            return await storage.delete(name, if_match=blob.etag)
-        except Conflict:
-            continue  # changed since read: read it again, and delete only if it still holds the delivery
+            etag = None  # changed since: read it again, and delete only if it still holds the delivery
     return False
 
 

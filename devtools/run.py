@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             say(
                 "Ctrl-C stops Azurite and the host. Try requests.http, or in another terminal `make share FILE=...` "
-                "or `make ops-local ARGS=pending` (both find these ports by themselves)."
+                'or `make ops-local ARGS="find --task <taskId>"` (both find these ports by themselves).'
             )
             if args.debugpy:
                 deadline = time.monotonic() + 90  # func start opens it only when its Python worker starts

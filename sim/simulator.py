@@ -1,16 +1,19 @@
 """Deterministic simulation of the receiver: many drivers on one event loop, one seeded interleaving.
 
 Every driver (SmartDocumentor's webhook posts, the queue function's runs of the messages they
-produced, reconciliation runs, an operator's sweep) is an asyncio task on one loop. Each storage
-call goes through :class:`Gate`: the call waits at ``await`` until the scheduler grants it, and the
-scheduler grants exactly one waiting call at a time, chosen by a seeded :class:`random.Random`. The
-store underneath (:class:`sim.memstore.MemoryStorage`) never suspends, so one granted call is one
-atomic step: a seed is one exact interleaving, and replays exactly (``python -m sim.simulator --seed N``).
+produced, reconciliation runs, an operator's sweep) is an asyncio task on one loop of its own
+(:class:`sim.loop.SimLoop`, run by hand: no I/O, no timers). Each storage call goes through
+:class:`Gate`: the call waits at ``await`` until the scheduler grants it, and the scheduler grants
+exactly one waiting call at a time, chosen by a seeded :class:`random.Random`. The store underneath
+(:class:`sim.memstore.MemoryStorage`) never suspends, so one granted call is one atomic step: a
+seed is one exact interleaving, and replays exactly (``python -m sim.simulator --seed N``).
 
 When a call is granted the scheduler may inject a fault: a 503 before the call acts, the answer
 lost after it acted, or a crash of the whole driver (its task is cancelled at the gate). The
 script also moves the clock (links expire), removes sources, makes names immutable and changes
-the settings (the blob name template) between deliveries.
+the settings (the blob name template) between deliveries. The queue delivers a message at least
+once (a run may start while the message stays queued), and a failed run puts its message back,
+once: a message never becomes two.
 
 After every storage call the invariants of docs/reference.md ("What a 2xx guarantees") are checked on the store's state,
 the task records and what each driver was answered so far (:meth:`Simulation.check`); at the end,

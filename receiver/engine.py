@@ -123,7 +123,8 @@ async def run(
         expires = job.event.notice.link_expires_on
         if (expires is None or expires > now) and not seen.large and job.source_url is not None and not seen.locked:
             seen = await _first_round(storage, job, seen, trace)
-    copied_at = now if seen.copied or seen.attempt == "lost" else None
+    # When the first round's copy answered (the copy itself may take a while).
+    copied_at = (max(now, wall()) if wall is not None else now) if seen.copied or seen.attempt == "lost" else None
     for _ in range(MAX_STEPS):
         at = max(now, wall()) if wall is not None else now
         decision = decide(seen, job.event, at)

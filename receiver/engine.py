@@ -116,17 +116,17 @@ async def run(
     ``now`` is when the event came; ``wall`` tells the time of each step (its history entry)."""
     trace = trace if trace is not None else Trace()
     seen = Seen(large=isinstance(job.event, Arrival) and job.event.notice.large)
+    clock = wall or (lambda: now)
+    copied_at: datetime | None = None  # when this driver's last copy answered
     if isinstance(job.event, Arrival):
         # A container that refuses overwrites is asked about once a process; there the record is read
         # before anything is copied (a create that the record then refuses could not be removed).
         seen = replace(seen, locked=await storage.container_policy())
         expires = job.event.notice.link_expires_on
         if (expires is None or expires > now) and not seen.large and job.source_url is not None and not seen.locked:
-            seen = await _first_round(storage, job, seen, trace)
-    # When the first round's copy answered (the copy itself may take a while).
-    copied_at = (max(now, wall()) if wall is not None else now) if seen.copied or seen.attempt == "lost" else None
+            seen, copied_at = await _first_round(storage, job, seen, trace, clock)
     for _ in range(MAX_STEPS):
-        at = max(now, wall()) if wall is not None else now
+        at = max(now, clock())
         decision = decide(seen, job.event, at)
         if isinstance(decision, Change) and copied_at is not None and at - copied_at > RECORD_WITHIN:
             _record_in_time(job, seen)
@@ -135,7 +135,7 @@ async def run(
             return _finish(decision, trace), trace
         seen = await _apply(storage, job, seen, decision, trace, now=at)
         if isinstance(decision, Copy | Stage) and (seen.copied or seen.attempt == "lost"):
-            copied_at = max(now, wall()) if wall is not None else now
+            copied_at = max(now, clock())
     raise Unavailable("The task kept changing while this delivery stored it. Send the document again.")
 
 
@@ -165,14 +165,21 @@ def _finish(answer: Answer, trace: Trace) -> Answer:
     return answer
 
 
-async def _first_round(storage: Storage, job: Job, seen: Seen, trace: Trace) -> Seen:
+async def _first_round(
+    storage: Storage, job: Job, seen: Seen, trace: Trace, clock: Callable[[], datetime]
+) -> tuple[Seen, datetime | None]:
     """The record read and a create-only copy side by side: a create destroys nothing, so it needs no
-    decision first, and most deliveries are then stored in two round trips."""
+    decision first, and most deliveries are then stored in two round trips. Also when the copy answered
+    (if it may have landed): the record must follow within RECORD_WITHIN of that."""
     assert isinstance(job.event, Arrival)
-    record, copied = await asyncio.gather(
-        _read_record(storage, job), _copy(storage, job, job.event.notice.blob, None, seen, trace)
-    )
-    return replace(copied, record=record[0], record_etag=record[1], record_read=True)
+    name = job.event.notice.blob
+
+    async def copy() -> tuple[Seen, datetime | None]:
+        copied = await _copy(storage, job, name, None, seen, trace)
+        return copied, clock() if copied.copied or copied.attempt == "lost" else None
+
+    record, (copied, answered) = await asyncio.gather(_read_record(storage, job), copy())
+    return replace(copied, record=record[0], record_etag=record[1], record_read=True), answered
 
 
 async def _apply(storage: Storage, job: Job, seen: Seen, decision: Decision, trace: Trace, *, now: datetime) -> Seen:

@@ -980,12 +980,20 @@ def render_ops_scale(scale: dict[str, Any]) -> list[str]:
             f"{reconciliation['markers_listed']} failure markers and wrote the pending summary "
             f"({reconciliation['summary_copying_tasks']} tasks copying, {reconciliation['summary_tasks']} named in it)."
         )
+    before = scale.get("before") or {}
+    if before:
+        lines.append(
+            f"Before: {before['what']} (measured over the same {before['count']} records, the same way; the "
+            "second column)."
+        )
     lines += [
         "",
-        "| command | min | median | storage requests | exit | first line | goal |",
-        "|---|---|---|---|---|---|---|",
+        "| command | before: min / median | min | median | storage requests | exit | first line | goal |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in scale["rows"]:
+        was = (before.get("rows") or {}).get(row["command"])
+        earlier = f"{was['min_s']:.2f} s / {was['median_s']:.2f} s" if was else "-"
         kinds = row.get("kinds") or {}
         requests = (
             f"{row['requests']} ({', '.join(f'{kind}: {n}' for kind, n in kinds.items())})"
@@ -993,7 +1001,7 @@ def render_ops_scale(scale: dict[str, Any]) -> list[str]:
             else "-"
         )
         lines.append(
-            f"| `python -m ops {row['command']}` | {row['min_s']:.2f} s | {row['median_s']:.2f} s | {requests} | "
+            f"| `python -m ops {row['command']}` | {earlier} | {row['min_s']:.2f} s | {row['median_s']:.2f} s | {requests} | "
             f"{row['exit']} | {row['first'][:60]} | "
             + (f"< 5 s: {verdict(row['median_s'] < 5)} |" if row.get("goal", True) else "- |")
         )

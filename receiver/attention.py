@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, unquote
 
-from .models import MAX_RECORD_BYTES, Delivery, State, TaskRecord, record_name
+from .models import MAX_RECORD_BYTES, Delivery, State, TaskRecord, parse_time, record_name
 from .plan import identity_segment
 from .storage import Conflict, Listed, Rejected, Storage, StoreError
 
@@ -69,16 +69,6 @@ DEFAULT_STALE_AFTER = timedelta(minutes=25)
 
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _when(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def bucket(at: datetime) -> str:
@@ -152,7 +142,8 @@ def marker_of(item: Listed) -> Marker | None:
     if meta.get("receiverkind") != MARKER_KIND or matched is None:
         return None
     failed_at = datetime.strptime(matched.group(3), "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
-    marked_at = _when(meta.get("markedat")) or datetime.strptime(matched.group(1), BUCKET_FORMAT).replace(tzinfo=UTC)
+    bucketed = datetime.strptime(matched.group(1), BUCKET_FORMAT).replace(tzinfo=UTC)
+    marked_at = parse_time(meta.get("markedat")) or bucketed
     return Marker(
         name=item.name,
         etag=item.etag,
@@ -294,12 +285,12 @@ class Summary:
         document = json.loads(data)
         if not isinstance(document, dict) or document.get("kind") != SUMMARY_KIND:
             raise ValueError("not a pending summary")
-        listed, completed = _when(document.get("listedAt")), _when(document.get("completedAt"))
+        listed, completed = parse_time(document.get("listedAt")), parse_time(document.get("completedAt"))
         if listed is None or completed is None:
             raise ValueError("a pending summary without its times")
         tasks = []
         for entry in document.get("tasks") or []:
-            oldest = _when(entry.get("oldestCopying")) if isinstance(entry, dict) else None
+            oldest = parse_time(entry.get("oldestCopying")) if isinstance(entry, dict) else None
             if oldest is None:
                 continue
             tasks.append(
@@ -308,7 +299,7 @@ class Summary:
                     task_id=str(entry.get("taskId") or ""),
                     copying=int(entry.get("copying") or 0),
                     oldest_copying=oldest,
-                    copying_expires=_when(entry.get("copyingExpires")),
+                    copying_expires=parse_time(entry.get("copyingExpires")),
                 )
             )
         return cls(
@@ -374,10 +365,11 @@ class Watch:
             copying = int(meta.get("copying") or 0)
         except ValueError:
             copying = 0
-        oldest = _when(meta.get("oldestcopying"))
+        oldest = parse_time(meta.get("oldestcopying"))
         if copying and oldest is not None:
-            self.copying.append(CopyingTask(workspace_id, task_id, copying, oldest, _when(meta.get("copyingexpires"))))
-        last_failed = _when(meta.get("lastfailed"))
+            expires = parse_time(meta.get("copyingexpires"))
+            self.copying.append(CopyingTask(workspace_id, task_id, copying, oldest, expires))
+        last_failed = parse_time(meta.get("lastfailed"))
         if last_failed is not None and self.now - last_failed < MARKER_RETENTION:
             self.recent_failures.append((workspace_id, task_id, last_failed))
 

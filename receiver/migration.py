@@ -55,6 +55,7 @@ from .models import (
     State,
     Step,
     TaskRecord,
+    parse_time,
     record_name,
     with_step,
 )
@@ -174,16 +175,6 @@ def _is_manifest(metadata: dict[str, str]) -> bool:
     return meta.get("receiverkind") == "manifest" or "copystatus" in meta
 
 
-def _when(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 async def _legacy_file(
     storage: Storage, item: Listed, workspace_id: str, task_id: str, report: MigrationReport
 ) -> LegacyFile | None:
@@ -206,7 +197,7 @@ async def _legacy_file(
             report.left_doubtful.append(item.name)
             return None
         cut = False
-        received = _when(document.get("receivedAt")) or received
+        received = parse_time(document.get("receivedAt")) or received
         replaced = tuple(str(d) for d in document.get("replaced") or [] if isinstance(d, str) and d != delivery)
         assert found is not None
         if "delivery" not in _lower(found[0].metadata):

@@ -12,7 +12,7 @@ downstream tools; nothing decides from it.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import quote
@@ -187,3 +187,14 @@ class Manifest(_Model):
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.dump(), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def parse_time(value: object) -> datetime | None:
+    """An ISO 8601 time from a label or metadata value (``Z`` accepted, naive taken as UTC); None if it is not one."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

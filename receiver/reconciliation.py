@@ -31,14 +31,14 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from urllib.parse import unquote
 
 from .attention import AttentionReport, Watch, after_run
 from .engine import Job, run
 from .machine import Sweep
 from .migration import MigrationReport, migrate
-from .models import RECORD_PREFIX
+from .models import RECORD_PREFIX, parse_time
 from .runtime import Runtime
 from .storage import Listed, Storage, StoreError
 from .telemetry import recording, report_oldest_pending, report_poison_depth
@@ -92,7 +92,7 @@ def candidate(item: Listed, *, now: datetime, after: timedelta, window: timedelt
     if meta.get("receiverkind") != "task-record":
         return None
     retire = int(meta.get("retire", "0") or 0)
-    oldest = _when(meta.get("oldestcopying"))
+    oldest = parse_time(meta.get("oldestcopying"))
     due = oldest is not None and now - oldest >= after
     recent = item.last_modified is not None and now - item.last_modified < after + window
     if not retire and not due and not recent:
@@ -103,16 +103,6 @@ def candidate(item: Listed, *, now: datetime, after: timedelta, window: timedelt
 
 def _decode(value: str) -> str:
     return unquote(value)
-
-
-def _when(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 async def reconcile_run(

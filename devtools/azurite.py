@@ -144,6 +144,10 @@ def start_azurite(
 
     ``tied_to_parent``: Azurite stops when the calling process dies, however it dies (Linux); only for
     callers on the main thread (the tie is to the thread that started it).
+
+    A free port can be taken by someone else (another test worker's Azurite, an outgoing connection)
+    between choosing it and Azurite binding it; with ports of its own choosing, a start that loses
+    that race is tried again on new ports.
     """
     if not AZURITE_BIN.exists():
         raise RuntimeError(f"{AZURITE_BIN} is missing: run `npm ci` (make install does it).")
@@ -151,7 +155,30 @@ def start_azurite(
         busy = [port for port in ports if port_is_busy(port)]
         if busy:
             raise PortBusy(describe_busy(busy, role="azurite"))
-    blob_port, queue_port, table_port = ports or (free_port(), free_port(), free_port())
+        return _launch(ports, location=location, timeout=timeout, tied_to_parent=tied_to_parent)
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return _launch(
+                (free_port(), free_port(), free_port()),
+                location=location,
+                timeout=timeout,
+                tied_to_parent=tied_to_parent,
+            )
+        except _PortTaken:
+            if attempt == PORT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+PORT_ATTEMPTS = 5
+
+
+class _PortTaken(RuntimeError):
+    """Azurite exited because one of its ports was taken after it was chosen."""
+
+
+def _launch(ports: tuple[int, int, int], *, location: str | None, timeout: float, tied_to_parent: bool) -> Azurite:
+    blob_port, queue_port, table_port = ports
     workdir = None
     if location is None:
         workdir = tempfile.mkdtemp(prefix="azurite-")
@@ -188,13 +215,18 @@ def start_azurite(
     )
     log_file.close()
     azurite = Azurite(blob_port, queue_port, process, workdir, log_path)
+
+    def exited_early() -> RuntimeError:
+        output = log_path.read_text(errors="replace")[-2000:]
+        azurite.stop()
+        kind = _PortTaken if "EADDRINUSE" in output else RuntimeError
+        return kind(f"Azurite exited early:\n{output}")
+
     deadline = time.monotonic() + timeout
-    for port in (blob_port, queue_port):
+    for port in ports:  # Azurite exits if it cannot bind any of the three
         while True:
             if process.poll() is not None:
-                output = log_path.read_text(errors="replace")[-2000:]
-                azurite.stop()
-                raise RuntimeError(f"Azurite exited early:\n{output}")
+                raise exited_early()
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     break
@@ -204,7 +236,5 @@ def start_azurite(
                     raise RuntimeError("Azurite did not start in time") from None
                 time.sleep(0.1)
     if process.poll() is not None:  # something else answered on its ports
-        output = log_path.read_text(errors="replace")[-2000:]
-        azurite.stop()
-        raise RuntimeError(f"Azurite exited early:\n{output}")
+        raise exited_early()
     return azurite

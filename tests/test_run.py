@@ -362,6 +362,32 @@ def test_a_busy_azurite_port_is_one_line_naming_its_holder(tmp_path: Path) -> No
     assert not (tmp_path / "data").exists()  # nothing started
 
 
+def test_azurite_on_free_ports_tries_new_ports_when_one_is_taken_before_it_binds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another process (a parallel test worker) may take a port between choosing it and Azurite binding it."""
+    from devtools import azurite as azurite_module
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        handed = iter([taken])
+        chosen: list[int] = []
+
+        def racing_free_port() -> int:
+            port = next(handed, None) or free_port()
+            chosen.append(port)
+            return port
+
+        monkeypatch.setattr(azurite_module, "free_port", racing_free_port)
+        with azurite_module.start_azurite() as started:
+            assert started.blob_port != taken
+            service = BlobServiceClient.from_connection_string(started.customer)
+            assert list(service.list_containers()) == []
+    assert chosen[0] == taken and len(chosen) == 6  # one lost start, one on three new ports
+
+
 def test_a_leftover_azurite_is_named_with_how_to_stop_it(azurite: Azurite, tmp_path: Path) -> None:
     result = run_refused(
         "--azurite-ports", f"{azurite.blob_port},{azurite.queue_port},{free_port()}", "--port", str(free_port()),

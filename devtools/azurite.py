@@ -12,6 +12,7 @@ import base64
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -79,9 +80,34 @@ class PortBusy(RuntimeError):
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on, chosen below the kernel's ephemeral range when there is room:
+    ports from that range (bind to port 0, every outgoing connection) may be handed to anyone else
+    before the caller's server binds the port. Random from the system (a test's seeded ``random`` would
+    hand every parallel worker the same ports)."""
+    low = _ephemeral_low()
+    if low - PORTS_BELOW_EPHEMERAL >= 1024:
+        chooser = random.SystemRandom()
+        for _ in range(50):
+            port = chooser.randrange(low - PORTS_BELOW_EPHEMERAL, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+PORTS_BELOW_EPHEMERAL = 10_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152  # the IANA dynamic range (macOS, Windows)
 
 
 def connection_string(account: str, key: str, blob_port: int, queue_port: int | None = None) -> str:

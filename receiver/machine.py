@@ -472,10 +472,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
                 return Apply((WriteManifest(notice.blob, notice.delivery, notice.manifest),), "duplicate")
             return Answer("duplicate", 200, "duplicate")
         arrow = ("restored" if current else "stored") if seen.copied else "adopted"
-        fence = any(
-            item.state is State.COPYING and item.blob == notice.blob and item.delivery != notice.delivery
-            for item in base.deliveries
-        )
+        fence = _copies_may_land(base, notice.blob, notice.delivery, adopted=not seen.copied)
         moved = _entry(notice, record).model_copy(update={"blob": notice.blob})  # today's name (template)
         stored = conclude_stored(base, moved, etag=blob.etag, now=now, by=by, outcome=arrow)
         return Change(stored, arrow, (WriteManifest(notice.blob, notice.delivery, notice.manifest),), fence=fence)
@@ -601,6 +598,15 @@ def _stale(record: TaskRecord, entry: Delivery, blob: Blob | Unseen | None, now:
     return record.index(holder.delivery) < record.index(entry.delivery)
 
 
+def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: bool) -> bool:
+    """May another delivery's copy, decided from an older view, still land at ``name`` over the version
+    being recorded? One still copying there may; when the version is adopted (its ETag not made by this
+    driver, so others may have read it), one superseded there may too (its driver may still be sending).
+    Then the recorded file is fenced (:class:`Fence`) after the swap."""
+    states = (State.COPYING, State.SUPERSEDED) if adopted else (State.COPYING,)
+    return any(item.blob == name and item.delivery != delivery and item.state in states for item in record.deliveries)
+
+
 def _later(record: TaskRecord, entry: Delivery, *states: State) -> bool:
     """Is a delivery accepted after ``entry`` in one of ``states``?"""
     position = record.index(entry.delivery)
@@ -644,7 +650,8 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         if isinstance(blob, Blob) and blob.delivery == copying.delivery:
             stored = conclude_stored(record, copying, etag=blob.etag, now=now, by=by, outcome="adopted")
             effects = (WriteManifest(copying.blob, copying.delivery, copying.manifest or {}),)
-            return Change(stored, "adopted", effects)
+            fence = _copies_may_land(record, copying.blob, copying.delivery, adopted=True)
+            return Change(stored, "adopted", effects, fence=fence)
         expired = copying.link_expires_on is not None and copying.link_expires_on <= now
         if expired or event.give_up is not None:
             reason = event.give_up or EXPIRED_REASON

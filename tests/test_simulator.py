@@ -274,6 +274,39 @@ async def test_a_retirement_held_past_a_new_copy_of_the_same_export_leaves_the_c
     assert record.current_delivery.blob in sim.files()
 
 
+async def test_an_orphan_adopted_by_its_retry_is_fenced_against_a_superseded_exports_late_copy() -> None:
+    """A retry adopts its own old copy (its first driver crashed before the record) while a superseded
+    export's copy, decided over that very version, is still on its way: that copy lands, so the adopted
+    delivery puts its bytes back before it retires anything (never 200 over a file it does not hold)."""
+    from datetime import timedelta
+
+    sim = Simulation()
+    orphaned = sim.export("B")
+    first = sim.post(orphaned)
+    await sim.run_actor(first, until=put_record)
+    await sim.grant(next(call for call in sim.pending() if call.actor is first), "crash")
+    sim.clock.advance(timedelta(minutes=70))  # its copy is an orphan now
+
+    def overwrites(call: Call) -> bool:
+        return call.op == "copy_from_url" and "if_match" in call.detail
+
+    slow = sim.post(sim.export("B"))
+    await sim.run_actor(slow, until=overwrites)  # accepted; its copy over the orphan is held
+    await stored(sim, "A")  # a renamed export is stored: the slow one is superseded
+    retry = sim.post(orphaned)
+    await sim.run_actor(retry, until=put_record)
+    await sim.grant(next(call for call in sim.pending() if call.actor is retry))  # accepted
+    await sim.run_actor(retry, until=put_record)  # has read its own old copy at B: adopts it
+    await sim.grant(next(call for call in sim.pending() if call.actor is slow and overwrites(call)))
+    await sim.run_actor(retry)
+    assert retry.answer is not None and retry.answer.startswith("200"), retry.answer
+    await sim.finish()
+    ok(sim)
+    record = sim.record()
+    assert record is not None and record.current == orphaned.delivery
+    assert sim.files() == {"ws-1/task-1/B.pdf": orphaned.data}
+
+
 # ---------------------------------------------------------------------------------------------- random
 
 

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TextIO
 
 from receiver.settings import Settings, SettingsError
 from receiver.source import redact
-from receiver.storage import StoreError
+from receiver.storage import ContainerMissing, Misconfigured, StoreError
 from receiver.verification import QUEUE as VERIFICATION_QUEUE
 
 from . import commands, smoke, telemetry
@@ -332,6 +332,8 @@ async def _dispatch(
     if isinstance(since, timedelta):
         args.since = now - since
     try:
+        if storage is not None:
+            await _check_container(storage)
         if args.command == "find":
             if args.task is not None:
                 return await commands.find_task(ctx, args.task, args.workspace)
@@ -354,6 +356,20 @@ async def _dispatch(
             await close_storage(storage)
 
 
+async def _check_container(storage: Any) -> None:
+    """A wrong --container is said so (exit 3) before anything is read, and never created by a repair.
+    An identity that may not read the container's properties goes on: its first read tells."""
+    try:
+        exists = await storage.container_exists()
+    except Misconfigured:
+        return
+    if not exists:
+        raise ContainerMissing(
+            f"The container {storage.container!r} does not exist in this storage account: check --container "
+            "(the function app's DESTINATION_CONTAINER setting) and the account. Nothing was read or written."
+        )
+
+
 def _destination_given(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
     return bool(
         args.connection_string
@@ -363,8 +379,9 @@ def _destination_given(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     )
 
 
-def _storage_message(exc: BaseException) -> str:
-    """What went wrong, for a person at a terminal (redacted by the caller anyway)."""
+def _storage_message(exc: BaseException, *, keyed: bool = False) -> str:
+    """What went wrong, for a person at a terminal (redacted by the caller anyway). ``keyed``: the
+    destination was given as a connection string with an account key (roles and az login do not apply)."""
     if isinstance(exc, StoreError):
         message = exc.message
         if exc.code == "AuthenticationFailed":
@@ -373,6 +390,21 @@ def _storage_message(exc: BaseException) -> str:
                 "Azure Storage did not accept the account key (or SAS) in the connection string "
                 "(AuthenticationFailed): it is wrong or was rotated. Copy the connection string again "
                 "(portal: the storage account's Access keys), or use --account-url and sign in (az login)."
+            )
+        if exc.kind == "unavailable":
+            return (
+                f"{message} Check the account name and endpoint in the connection string or --account-url, this "
+                "machine's network path to it (VPN, proxy, the account's firewall), and the service's health "
+                "(Azure status, the account's Resource health); then run the command again."
+            )
+        if exc.kind == "misconfigured" and keyed:
+            # A key signs every request, so a refusal is the key itself (the local emulator answers a wrong key
+            # this way) or the account's network rules; the service's own answer to a wrong key is above.
+            return (
+                f"Azure Storage refused the request ({exc.code or exc.status}) although the connection string has "
+                "an account key: the key is wrong or was rotated, or the account's firewall (Networking) keeps this "
+                "machine out. Copy the connection string again (portal: the storage account's Access keys), and "
+                "check Networking."
             )
         if exc.kind == "misconfigured":
             message += (
@@ -404,7 +436,10 @@ def _storage_message(exc: BaseException) -> str:
         else:
             hint = ""
         return f"Azure Storage answered {exc.status_code} {code}.{hint}"
-    return f"Azure Storage could not be reached ({type(exc).__name__})."
+    return (
+        f"Azure Storage could not be reached ({type(exc).__name__}). Check the account name and endpoint, and this "
+        "machine's network path to it (VPN, proxy, the account's firewall); then run the command again."
+    )
 
 
 def _usage(err: TextIO, message: str) -> int:
@@ -458,7 +493,10 @@ async def run(
     except Exception as exc:
         if not _is_storage_problem(exc):
             raise
-        message = redact(_storage_message(exc))
+        given = args.connection_string or environ.get("DESTINATION_CONNECTION_STRING") or ""
+        if not given and settings is not None and settings.destination_connection_string is not None:
+            given = settings.destination_connection_string.get_secret_value()
+        message = redact(_storage_message(exc, keyed="accountkey=" in given.lower()))
         kind = "config" if isinstance(exc, ConfigError | SettingsError) else "storage"
         if args.json:
             out.write(json.dumps({"error": kind, "message": message}) + "\n")

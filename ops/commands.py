@@ -603,6 +603,7 @@ async def pending(
         "container": storage.container,
         "olderThanMinutes": older_than.total_seconds() / 60,
         "summary": state.data,
+        "problems": state.problems,
         "tasks": len(tasks),
         "shown": len(entries),
         "stuck": stuck_count,
@@ -616,7 +617,8 @@ async def pending(
         more = f" (of {len(tasks)}; --max N for more)" if len(tasks) > len(shown) else ""
         text.append(
             f"{len(entries)} delivery(ies) still copying for over {_span(older_than)} in {len(shown)} task(s){more}"
-            f"; {stuck_count} will not finish by themselves (see failed)"
+            f"; {stuck_count} will not finish by themselves (see failed). One task's whole story: python -m ops "
+            "find --task T --workspace W"
         )
     text += state.lines
     if summary is not None and summary.listed_at < cutoff:
@@ -710,6 +712,7 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
         "container": storage.container,
         "since": _iso(start),
         "summary": state.data,
+        "problems": state.problems,
         "markers": len(markers),
         "tasks": len(ordered),
         "shown": len(entries),
@@ -723,7 +726,8 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
         more = f" (the newest {limit} of {len(ordered)}; --max N for more)" if len(ordered) > len(shown) else ""
         text.append(
             f"{len(entries)} delivery(ies) will not finish by themselves, in {len(shown)} task(s){more}."
-            " Export those documents again from SmartDocumentor (check --task T says more)."
+            " Export those documents again from SmartDocumentor; one task's whole story: python -m ops find --task T"
+            " --workspace W."
         )
     text += state.lines
     if since is None or since < oldest:

@@ -162,13 +162,8 @@ def operator_settings(args: argparse.Namespace, environ: Mapping[str, str], *, n
 def open_storage(settings: Settings) -> Storage:
     """The receiver's own Azure implementation of the Storage seam (its retries, error kinds and
     conditional writes): the one place the command line opens the customer's storage."""
-    try:
-        # AzureStorage is being written beside this command line; until it is merged mypy cannot see it.
-        from receiver.store import AzureStorage
-    except ImportError:
-        raise ConfigError(
-            "This checkout has no receiver.store.AzureStorage: the command line cannot reach Azure from it."
-        ) from None
+    from receiver.store import AzureStorage  # the Azure SDK, imported only by commands that need storage
+
     storage: Storage = AzureStorage.open(settings)
     return storage
 

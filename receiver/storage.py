@@ -178,6 +178,10 @@ class Storage(Protocol):
         once (version-level immutability counts as None: an overwrite makes a new version)."""
         ...
 
+    async def container_exists(self) -> bool:
+        """Does the container exist? (The operator's command line: a wrong name is said so, never created.)"""
+        ...
+
     async def ensure_container(self) -> None:
         """Create the container when it is missing (also when it was deleted while the app ran)."""
         ...

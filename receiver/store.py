@@ -343,6 +343,10 @@ class AzureStorage:
         self._policy_checked = True
         return self._policy
 
+    async def container_exists(self) -> bool:
+        async with self._call("read container properties"):
+            return bool(await self._container.exists())
+
     async def check_account(self) -> None:
         """Once a process: does the account have a hierarchical namespace (then no index tags)? Asked
         before the first write with tags, and by health (its ``indexTags`` is then right before the first

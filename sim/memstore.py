@@ -445,6 +445,9 @@ class MemoryStorage:
     def tags_supported(self) -> bool:
         return self._tags_supported
 
+    async def container_exists(self) -> bool:
+        return self._container_exists
+
     async def ensure_container(self) -> None:
         self._enter("ensure_container", "")
         self._container_exists = True

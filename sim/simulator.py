@@ -350,6 +350,9 @@ class Gate:
     async def container_policy(self) -> str | None:
         return await self.inner.container_policy()
 
+    async def container_exists(self) -> bool:
+        return await self.inner.container_exists()
+
     def url(self, name: str) -> str:
         return self.inner.url(name)
 

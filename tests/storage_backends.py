@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobServiceClient
@@ -59,6 +59,7 @@ class Backend:
     sources: Sources
     tags: Callable[[str], Awaitable[dict[str, str]]]  # the blob's index tags, read beside the seam
     close: Callable[[], Awaitable[None]]
+    drop_container: Callable[[], Awaitable[None]]  # someone deletes the container, beside the seam
 
 
 # ------------------------------------------------------------------------------------------- memory
@@ -96,7 +97,10 @@ def memory_backend() -> Backend:
     async def close() -> None:
         return None
 
-    return Backend("memory", store, _MemorySources(registry), tags, close)
+    async def drop_container() -> None:
+        store.drop_container()
+
+    return Backend("memory", store, _MemorySources(registry), tags, close, drop_container)
 
 
 # ------------------------------------------------------------------------------------------ azurite
@@ -131,15 +135,10 @@ class _AzuriteSources:
 
 
 async def azurite_storage(azurite: Azurite, container: str, *, blob_port: int) -> Storage:
-    """THE AZURE BACKEND: ``receiver.store.AzureStorage`` as the app opens it, on the customer account.
-
-    Written from the protocol before AzureStorage reached this branch: ``AzureStorage.open(settings)``
-    (as ``BlobStore.open``), an async ``close()``, and ``ensure_container`` creating the container.
-    ``blob_port`` is where the customer's storage answers (the fault proxy in front of Azurite).
-    """
-    # TODO(merge): drop the ignore once receiver.store.AzureStorage exists on this branch.
+    """``receiver.store.AzureStorage`` as the app opens it, on the customer account, its container
+    created. ``blob_port`` is where the customer's storage answers (the fault proxy in front of Azurite)."""
     from receiver.settings import Settings
-    from receiver.store import AzureStorage  # type: ignore[attr-defined,unused-ignore]
+    from receiver.store import AzureStorage
 
     settings = Settings(
         destination_connection_string=connection_string(CUSTOMER_ACCOUNT, CUSTOMER_KEY, blob_port),
@@ -154,15 +153,7 @@ async def azurite_storage(azurite: Azurite, container: str, *, blob_port: int) -
 
 
 async def azurite_backend(azurite: Azurite, exports: Exports) -> Backend:
-    proxy = await FaultProxy(azurite.blob_port).start()
-    # TODO(faultproxy): Azurite answers 501 to Put Block From URL. The azurite backend's staging goes
-    # through tests/faultproxy.py, which is to perform it the way the service does (read the range
-    # from x-ms-copy-source with its SAS, send Azurite a plain Put Block): the hook expected here is
-    # `FaultProxy.perform_block_from_url()`, turned on for the whole test. Until it exists, the
-    # block tests fail on azurite with the 501 (visible, never skipped).
-    hook: Any = getattr(proxy, "perform_block_from_url", None)
-    if hook is not None:
-        hook()
+    proxy = await FaultProxy(azurite.blob_port).start()  # performs Put Block From URL, which Azurite cannot
     container = f"dest-{uuid.uuid4().hex[:12]}"
     storage = await azurite_storage(azurite, container, blob_port=proxy.port)
     reader = BlobServiceClient.from_connection_string(azurite.customer)
@@ -177,4 +168,7 @@ async def azurite_backend(azurite: Azurite, exports: Exports) -> Backend:
             await closing()
         await proxy.stop()
 
-    return Backend("azurite", storage, _AzuriteSources(exports), tags, close)
+    async def drop_container() -> None:
+        await reader.delete_container(container)
+
+    return Backend("azurite", storage, _AzuriteSources(exports), tags, close, drop_container)

@@ -231,6 +231,8 @@ async def test_failed_since_15_costs_the_same_over_10_or_1000_old_failed_records
 async def test_pending_lists_a_copying_delivery_from_the_summary_and_says_how_old_it_is(ops: Ops) -> None:
     nothing = await ops("pending")
     assert nothing.code == NOT_FOUND and nothing.out.startswith("PROBLEM: no reconciliation run has written")
+    as_json = await ops("pending", "--json")  # a script reading --json gets the same sentence
+    assert as_json.code == NOT_FOUND and as_json.json()["problems"][0].startswith("PROBLEM: no reconciliation run")
     await ops.accept(ops.world.export("task-1"))
     ops.world.clock.advance(timedelta(minutes=30))
     await ops.accept(ops.world.export("task-2"))
@@ -244,6 +246,7 @@ async def test_pending_lists_a_copying_delivery_from_the_summary_and_says_how_ol
     text = await ops("pending", "--older-than", "0")
     assert text.code == OK and text.out.index("task-1") < text.out.index("task-2")
     assert "last reconciliation run completed" in text.out and "(2m 00s ago)" in text.out
+    assert "python -m ops find --task T --workspace W" in text.out  # the next step for one row
     await ops.accept(ops.world.export("task-3"))  # after the run: not in its summary yet
     later = await ops("pending", "--older-than", "0", "--json")
     assert [entry["taskId"] for entry in later.json()["deliveries"]] == ["task-1", "task-2"]

@@ -1,5 +1,6 @@
-"""A wrong or malformed account key gets advice about the key, not about roles or sign-in; storage
-failures exit 3."""
+"""Storage problems the operator can fix exit 3 with the fix named: a wrong or malformed account key
+gets advice about the key (not roles or sign-in), a wrong container is named (never created), an
+unreachable account names what to check."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import base64
 import io
 from typing import Any
 
+from azure.storage.blob import BlobServiceClient
+
+from devtools.azurite import CUSTOMER_ACCOUNT, Azurite, connection_string
 from ops.cli import run
-from receiver.storage import Misconfigured
+from receiver.storage import Misconfigured, Unavailable
 from sim.memstore import MemoryStorage
 
 from .test_ops import Ops
@@ -63,3 +67,40 @@ async def test_an_invalid_connection_string_is_not_repeated() -> None:
     code = await run(["pending", "--connection-string", f"AccountKey={KEY};nonsense"], environ={}, out=out, err=err)
     assert code == 3 and "not a valid storage connection string" in err.getvalue()
     assert KEY not in err.getvalue() + out.getvalue()
+
+
+async def test_a_container_that_does_not_exist_is_named_and_never_created(azurite: Azurite) -> None:
+    """On Azurite: a mistyped --container is exit 3 naming it, for a read and for a repair alike."""
+    for argv in (["pending"], ["check", "--task", "t-1", "--workspace", "w-1", "--repair"]):
+        out, err = io.StringIO(), io.StringIO()
+        options = ["--connection-string", azurite.customer, "--container", "no-such-container"]
+        code = await run([*argv, *options], environ={}, out=out, err=err)
+        said = out.getvalue() + err.getvalue()
+        assert code == 3, said
+        assert "'no-such-container' does not exist" in said and "--container" in said, said
+        assert "reconciliation" not in said  # not mistaken for a dead timer
+    service = BlobServiceClient.from_connection_string(azurite.customer)
+    assert "no-such-container" not in [item.name for item in service.list_containers()]
+
+
+async def test_a_wrong_key_on_azurite_is_named_as_the_key_not_as_a_role(azurite: Azurite) -> None:
+    """The emulator answers a wrong key with 403 AuthorizationFailure (the service: AuthenticationFailed)."""
+    wrong = connection_string(CUSTOMER_ACCOUNT, KEY, azurite.blob_port)
+    out, err = io.StringIO(), io.StringIO()
+    code = await run(["find", "--task", "t-1", "--connection-string", wrong], environ={}, out=out, err=err)
+    said = out.getvalue() + err.getvalue()
+    assert code == 3, said
+    assert "account key" in said and "Access keys" in said, said
+    assert "Storage Blob Data Owner" not in said and "az login" not in said, said
+    assert KEY not in said
+
+
+class Unreachable(MemoryStorage):
+    def _enter(self, op: str, name: str) -> None:
+        raise Unavailable("Azure Storage at acct could not be reached (ServiceRequestError).")
+
+
+async def test_unreachable_storage_names_what_to_check_next() -> None:
+    code, said = await _ran(Unreachable(), "failed")
+    assert code == 3, said
+    assert "could not be reached" in said and "network path" in said and "run the command again" in said, said

@@ -358,6 +358,15 @@ async def test_url_has_no_query(storage: Storage) -> None:
     assert url.endswith(f"/{storage.container}/ws/task%201/file.pdf")
 
 
+async def test_the_container_exists_until_someone_deletes_it(backend: Backend) -> None:
+    storage = backend.storage
+    await put(storage, "keep.json")
+    assert await storage.container_exists()
+    await backend.drop_container()
+    assert not await storage.container_exists()
+    assert await storage.read("keep.json") is None
+
+
 async def test_ensure_container_is_idempotent(storage: Storage) -> None:
     await put(storage, "keep.json")
     await storage.ensure_container()

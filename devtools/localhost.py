@@ -4,8 +4,10 @@ Dev-only (excluded from deployment). It serves every HTTP function the app regis
 the same routes under ``/api``, by calling the user function with a real ``func.HttpRequest``;
 it writes queue output bindings to the host storage queue (base64, like the Functions host),
 and runs queue-triggered functions on those messages, with host.json's ``maxDequeueCount``
-and ``visibilityTimeout`` and a ``<queue>-poison`` queue. Function keys are not enforced,
-as with ``func start``.
+and ``visibilityTimeout`` and a ``<queue>-poison`` queue. Timer functions run on their schedule
+when it is every N minutes (``0 */N * * * *``, the reconciliation's default), and once on
+``POST /admin/functions/<name>`` (body ``{}``), as the Functions host runs a non-HTTP function on
+demand. Function keys are not enforced, as with ``func start``.
 
     python -m devtools.localhost --port 7071 [--settings local.settings.json]
 """
@@ -21,6 +23,7 @@ import logging
 import os
 import re
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +155,28 @@ class LocalHost:
                 await queue.delete_message(message)
             await asyncio.sleep(self.queue_options.poll_seconds)
 
+    # --- timers --------------------------------------------------------------------------
+
+    async def _run_timer(self, function: Any) -> None:
+        from azure.functions.timer import TimerRequest
+
+        try:
+            await function.get_user_function()(TimerRequest(past_due=False))
+        except Exception as exc:  # the host's behaviour: logged, the next occurrence runs anyway
+            log.warning("%s failed: %s", function.get_function_name(), type(exc).__name__)
+
+    async def _every(self, function: Any, minutes: int) -> None:
+        while True:
+            await asyncio.sleep(minutes * 60 - time.time() % (minutes * 60))  # at the schedule's own minutes
+            await self._run_timer(function)
+
+    def _admin_handler(self, function: Any) -> Any:
+        async def handle(_: web.Request) -> web.Response:
+            self._tasks.append(asyncio.create_task(self._run_timer(function)))
+            return web.Response(status=202)
+
+        return handle
+
     # --- HTTP ----------------------------------------------------------------------------
 
     def _handler(self, function: Any) -> Any:
@@ -186,6 +211,9 @@ class LocalHost:
         application = web.Application(client_max_size=100 * 1024 * 1024)
         for function in self.functions:
             trigger: Any = function.get_trigger()
+            if trigger.type == "timerTrigger":
+                name = function.get_function_name()
+                application.router.add_post(f"/admin/functions/{name}", self._admin_handler(function))
             if trigger.type != "httpTrigger":
                 continue
             route = "/api/" + str(trigger.route).lstrip("/")
@@ -198,8 +226,13 @@ class LocalHost:
 
     async def _start_queues(self, _: web.Application) -> None:
         for function in self.functions:
-            if getattr(function.get_trigger(), "type", None) == "queueTrigger":
+            trigger: Any = function.get_trigger()
+            kind = getattr(trigger, "type", None)
+            if kind == "queueTrigger":
                 self._tasks.append(asyncio.create_task(self._poll(function)))
+            minutes = every_minutes(str(getattr(trigger, "schedule", ""))) if kind == "timerTrigger" else None
+            if minutes is not None:
+                self._tasks.append(asyncio.create_task(self._every(function, minutes)))
 
     async def _stop_queues(self, _: web.Application) -> None:
         for task in self._tasks:
@@ -213,6 +246,14 @@ class LocalHost:
         from receiver.runtime import RUNTIME
 
         await RUNTIME.close()
+
+
+def every_minutes(schedule: str) -> int | None:
+    """N for an NCRONTAB schedule ``0 */N * * * *`` (``%SETTING%`` read from the environment), else None."""
+    if schedule.startswith("%") and schedule.endswith("%"):
+        schedule = os.environ.get(schedule.strip("%"), "")
+    found = re.fullmatch(r"0 \*/(\d+) \* \* \* \*", schedule.strip())
+    return int(found.group(1)) if found and int(found.group(1)) > 0 else None
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):

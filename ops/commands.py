@@ -518,8 +518,9 @@ async def _summary_of(ctx: Context) -> SummaryState:
     if summary is None:
         text = (
             f"PROBLEM: no reconciliation run has written its summary ({PENDING_NAME}), so deliveries still copying "
-            "are not known. Is the timer reconcile_deliveries running? (A new deployment writes it in its first "
-            "run; docs/operations.md, the reconciliation heartbeat.)"
+            "are not known. Is the timer reconcile_deliveries running? A new deployment writes it in its first "
+            "run; run one now with POST /admin/functions/reconcile_deliveries on the function app (docs/operations.md, "
+            "the reconciliation heartbeat, says how)."
         )
         return SummaryState(None, {"name": PENDING_NAME, "found": False}, [text], [])
     age = ctx.now - summary.completed_at

@@ -16,6 +16,8 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from devtools.azurite import CUSTOMER_ACCOUNT, CUSTOMER_KEY, Azurite, connection_string, free_port, stop_process
+from devtools.localhost import every_minutes
+from receiver.attention import PENDING_NAME
 
 from .conftest import PDF_BYTES, Exports, Secrets, notification
 from .faultproxy import FaultProxy
@@ -115,6 +117,27 @@ async def test_local_host_serves_the_webhook_over_http(
     async with session.get(f"{host.base}/api/health") as response:
         assert response.status == 200
         assert (await response.json())["status"] == "ok"
+
+    # One reconciliation run on demand, as the Functions host's admin endpoint runs a timer function.
+    async with session.post(f"{host.base}/admin/functions/reconcile_deliveries", json={}) as response:
+        assert response.status == 202
+    summary = destination.get_blob_client(PENDING_NAME)
+    for _ in range(300):  # another process: wait for what it writes
+        if summary.exists():
+            break
+        await asyncio.sleep(0.05)
+    assert json.loads(summary.download_blob().readall())["records"] == 1
+
+
+@pytest.mark.parametrize(
+    ("schedule", "minutes"),
+    [("0 */10 * * * *", 10), ("%RECONCILE_SCHEDULE%", 7), ("0 0 * * * *", None), ("0 */0 * * * *", None)],
+)
+def test_the_local_host_runs_a_timer_every_n_minutes_only_for_that_form(
+    schedule: str, minutes: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECONCILE_SCHEDULE", "0 */7 * * * *")
+    assert every_minutes(schedule) == minutes
 
 
 async def test_local_host_runs_the_verification_queue(

@@ -1218,6 +1218,8 @@ def soak(total: int, *, start: int = 0, processes: int | None = None, chunk: int
             done += count
             failures.extend(failed)
             garbage.extend(left)
+            for seed, _ in failed:  # as they are found: a long soak's first failure can be replayed at once
+                print(f"seed {seed} broke a guarantee: {replay_command(seed)}", flush=True)
             elapsed = time.perf_counter() - began
             print(
                 f"{done:>9}/{total} schedules  {done / elapsed:8.0f}/s  {len(failures)} failing  "

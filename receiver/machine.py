@@ -208,9 +208,10 @@ stored | new, copying, failed, superseded | stored | webhook, verifier |
     its own copy or commit landed and no delivery accepted after it is stored; the deliveries before it become
     superseded, and a replaced file under another name is listed to retire
 adopted | new, copying, superseded | stored | any driver |
-    the blob at its name already holds its bytes (a copy whose answer was lost, a crash before the record) and no
-    delivery accepted after it is stored; or its late copy replaced the current file, which was not put back (a
-    current delivery accepted after it then fails: the record follows the file)
+    the blob at its name already holds its bytes (a copy whose answer was lost, a crash before the record), no
+    delivery accepted after it is stored, and no other delivery at that name may still send a copy over them (else
+    a webhook or verifier copies them again; the reconciliation fences the file); or its late copy replaced the
+    current file, which was not put back (a current delivery accepted after it then fails: the record follows it)
 duplicate | stored | stored | webhook, verifier |
     the same delivery again while it is current and its file holds it: nothing is written
 restored | stored | stored | webhook, verifier |
@@ -228,7 +229,7 @@ queued | new, copying | copying | webhook, verifier |
     the queue function finishes it
 unconfirmed | new, copying | copying | webhook, verifier |
     a copy was sent and its answer lost, and the blob does not hold it: tracked, 503, the queue function finishes
-    or restarts it
+    or restarts it (the current delivery stays stored and current: only the 503)
 source-failed | new, copying, stored | failed (when it was in the record) | webhook, verifier |
     the service could not read the source (the link refused or the file gone): a final failure; a current
     delivery whose file another accepted delivery's late copy replaced fails so, and that one is current
@@ -471,11 +472,18 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             if not described and not seen.manifest_done and not seen.locked:
                 return Apply((WriteManifest(notice.blob, notice.delivery, notice.manifest),), "duplicate")
             return Answer("duplicate", 200, "duplicate")
-        arrow = ("restored" if current else "stored") if seen.copied else "adopted"
-        fence = _copies_may_land(base, notice.blob, notice.delivery, adopted=not seen.copied)
-        moved = _entry(notice, record).model_copy(update={"blob": notice.blob})  # today's name (template)
-        stored = conclude_stored(base, moved, etag=blob.etag, now=now, by=by, outcome=arrow)
-        return Change(stored, arrow, (WriteManifest(notice.blob, notice.delivery, notice.manifest),), fence=fence)
+        # Bytes this driver did not write just now are recorded as they are (adopted) only while no other
+        # delivery at that name may still send a copy prepared over that version; else they are copied
+        # again over it below (a copy replaces the version atomically: such a copy then fails). Under a
+        # retention policy nothing can be copied over them, by anyone: they are adopted as they are.
+        locked = seen.attempt == "immutable"
+        if seen.copied or locked or not _copies_may_land(base, notice.blob, notice.delivery, adopted=True):
+            arrow = ("restored" if current else "stored") if seen.copied else "adopted"
+            fence = _copies_may_land(base, notice.blob, notice.delivery, adopted=not seen.copied)
+            moved = _entry(notice, record).model_copy(update={"blob": notice.blob})  # today's name (template)
+            stored = conclude_stored(base, moved, etag=blob.etag, now=now, by=by, outcome=arrow)
+            effects = (WriteManifest(notice.blob, notice.delivery, notice.manifest),)
+            return Change(stored, arrow, effects, fence=fence)
 
     if record is not None and entry is not None and _later(record, entry, State.STORED):
         elsewhere = record.current_delivery is None or record.current_delivery.blob != notice.blob
@@ -533,7 +541,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     if blob == UNSEEN and seen.attempt == "lost" and seen.blind:
         # A copy's answer was lost and the look after it failed too: tracked all the same, so the
         # reconciliation can find it; the queue message finishes it.
-        if entry is not None and entry.state is State.COPYING:
+        if entry is not None and (entry.state is State.COPYING or current_stored):  # the current file stays current
             return Answer("copying", 503, "unconfirmed", error="storage-unavailable", enqueue=True)
         step = Step(at=now, by=by, outcome="unconfirmed", status=503)
         return Change(_with_state(base, _entry(notice, record), State.COPYING, step, staged=seen.large), "unconfirmed")
@@ -541,7 +549,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         return Observe(manifest=current_stored)
     if seen.attempt == "lost":
         # A copy was sent, its answer lost, and the blob does not hold it: tracked, then finished by the queue.
-        if entry is not None and entry.state is State.COPYING:
+        if entry is not None and (entry.state is State.COPYING or current_stored):  # the current file stays current
             return Answer("copying", 503, "unconfirmed", error="storage-unavailable", enqueue=True)
         step = Step(at=now, by=by, outcome="unconfirmed", status=503)
         return Change(_with_state(base, _entry(notice, record), State.COPYING, step, staged=seen.large), "unconfirmed")

@@ -310,6 +310,15 @@ async def test_an_orphan_adopted_by_its_retry_is_fenced_against_a_superseded_exp
 # ---------------------------------------------------------------------------------------------- random
 
 
+@pytest.mark.parametrize("seed", [1731, 10508, 101944, 103424, 113442])
+async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int) -> None:
+    """Found by soaks: an adoption a superseded export's late copy overtook (10508, 101944, 113442: the
+    current file replaced, then gone); a current delivery demoted to copying when a lost answer could not
+    be looked at (1731); a manifest a crash left unwritten while another export copied (103424)."""
+    result = await run_seed(seed)
+    assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
+
+
 async def test_a_seed_replays_exactly() -> None:
     first, second = await run_seed(12345), await run_seed(12345)
     assert [str(line) for line in first.trace] == [str(line) for line in second.trace]

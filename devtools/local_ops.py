@@ -2,7 +2,8 @@
 
 It finds the running `make run`'s ports (.azurite/make-run.json; without one, Azurite's default ports) and
 its settings file, and gives ops the same storage the local receiver uses, as environment variables:
-DESTINATION_CONNECTION_STRING, DESTINATION_CONTAINER, AzureWebJobsStorage (replay-poison), and WEBHOOK_URL
+DESTINATION_CONNECTION_STRING, DESTINATION_CONTAINER, AzureWebJobsStorage (replay-poison), the app settings ops
+reads (ops.connect.APP_SETTINGS), and WEBHOOK_URL
 (`make ops-local ARGS=smoke` runs the smoke test against `make run`). Nothing is printed but what ops
 prints; the connection strings stay in this process's environment.
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from devtools.azurite import DEV_ACCOUNT, DEV_KEY, connection_string
 from devtools.ports import DEFAULT_AZURITE_PORTS, DEFAULT_HOST_PORT, read_state
 from devtools.run import SETTINGS, azurite_environment, settings_values
+from ops.connect import APP_SETTINGS
 
 
 def local_environment(state: dict[str, object] | None) -> dict[str, str]:
@@ -29,11 +31,10 @@ def local_environment(state: dict[str, object] | None) -> dict[str, str]:
     settings = Path(str(state.get("settings") or SETTINGS))
     values = settings_values(settings if settings.exists() else SETTINGS.with_name("local.settings.json.example"))
     values.update(azurite_environment(values, azurite_ports, environ={}))
-    env = {
-        name: values[name]
-        for name in ("DESTINATION_CONNECTION_STRING", "DESTINATION_ACCOUNT_URL", "DESTINATION_CONTAINER")
-        if values.get(name)
-    }
+    # The destination, and the app settings that shape what ops foresees (a replay's dry run judges links by
+    # ALLOWED_SOURCE_HOSTS, names by BLOB_NAME_TEMPLATE): as `make run`'s receiver has them.
+    names = ("DESTINATION_CONNECTION_STRING", "DESTINATION_ACCOUNT_URL", "DESTINATION_CONTAINER", *APP_SETTINGS)
+    env = {name: values[name] for name in names if values.get(name)}
     host_storage = values.get("AzureWebJobsStorage")
     if host_storage and host_storage.strip().lower() == "usedevelopmentstorage=true":
         host_storage = connection_string(DEV_ACCOUNT, DEV_KEY, azurite_ports[0], azurite_ports[1])

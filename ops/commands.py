@@ -296,7 +296,11 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
     if record.retire:
         lines.append(f"still to retire: {', '.join(item.blob for item in record.retire)}")
     if ctx.queues is not None:
-        lines.append(f"queues: verification {found.look.queue}, poison {found.look.poison}")
+        said = {"there": "has a message of this task", "absent": "has none of this task", "unknown": "not known"}
+        lines.append(
+            f"queues: the verification queue {said.get(found.look.queue, found.look.queue)}; the poison queue "
+            f"{said.get(found.look.poison, found.look.poison)}"
+        )
     return lines
 
 
@@ -537,6 +541,7 @@ async def _summary_of(ctx: Context) -> SummaryState:
         "records": summary.records,
         "copyingTasks": summary.copying_tasks,
         "truncated": summary.truncated,
+        "poisonMessages": summary.poison,
     }
     line = (
         f"last reconciliation run completed {_iso(summary.completed_at)} ({human_age(age_s)} ago): "
@@ -545,12 +550,19 @@ async def _summary_of(ctx: Context) -> SummaryState:
     if summary.truncated:
         line += f" (its summary names the {len(summary.tasks)} due first)"
     problems = []
+    if summary.poison:
+        # Their copies wait for nothing: the poison queue is retried by no one but an operator.
+        problems.append(
+            f"PROBLEM: {summary.poison} message(s) were in the poison queue at that run: their deliveries are not "
+            "retried by anything. python -m ops replay-poison --dry-run says what moving them back would do."
+        )
     if stale:
         problems.append(
             f"PROBLEM: the reconciliation has not completed a run for {human_age(age_s)} (its schedule "
             f"{summary.schedule!r} allows {_span(summary.stale_after)}): nothing finishes what the queue missed, "
             "and what follows is as old as its last run. Look for its failed runs' ERRORs, and whether the "
-            "function app runs (docs/operations.md, the reconciliation heartbeat)."
+            "function app runs; after a fix, run one now with POST /admin/functions/reconcile_deliveries "
+            "(docs/operations.md, the reconciliation heartbeat)."
         )
     return SummaryState(summary, data, problems, [line])
 
@@ -613,7 +625,10 @@ async def pending(
     problem = bool(state.problems)
     text = [*state.problems]
     if not entries and summary is not None:
-        text.append(f"No deliveries still copying for over {_span(older_than)}.")
+        text.append(
+            f"No deliveries still copying for over {_span(older_than)}, as of the last completed reconciliation run "
+            f"({_iso(summary.listed_at)})."
+        )
     elif entries:
         more = f" (of {len(tasks)}; --max N for more)" if len(tasks) > len(shown) else ""
         text.append(
@@ -828,24 +843,25 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                         f"{parsed.task_id}: sent back, but it could not be deleted from {poison.name} (it became "
                         "visible again while being moved); a later replay moves the copy (harmless)"
                     )
+                expected = "its outcome not foreseen" if fate[0] == "unknown" else f"expected to {fate[0]}"
                 if ctx.storage is not None:
-                    note = f"replay-poison: expected to {fate[0]} ({fate[1]})"
+                    note = f"replay-poison: {expected} ({fate[1]})"
                     await _note_replayed(ctx.storage, parsed, note, ctx.now)
                 level = logging.ERROR if fate[0] == "fail" else logging.WARNING
                 log.log(
                     level,
-                    "operator replay-poison task=%s workspace=%s delivery=%s: moved back; expected to %s (%s)",
+                    "operator replay-poison task=%s workspace=%s delivery=%s: moved back; %s (%s)",
                     parsed.task_id,
                     parsed.workspace_id,
                     parsed.delivery[:12],
-                    fate[0],
+                    expected,
                     fate[1],
                     extra=operator_record(
                         "replayed",
                         parsed.task_id,
                         parsed.workspace_id,
                         delivery=parsed.delivery,
-                        reason=f"moved back; expected to {fate[0]} ({fate[1]})",
+                        reason=f"moved back; {expected} ({fate[1]})",
                         final=fate[0] == "fail",
                     ),
                 )

@@ -84,9 +84,9 @@ def add_destination_options(parser: argparse.ArgumentParser, *, default: Any = N
     )
 
 
-# The app settings that decide a delivery's blob name and whether its link is accepted: a replay's
-# dry run computes the plan the queue function will compute, so it reads the same ones.
-_APP_SETTINGS = (
+# The function app's settings ops reads from its environment: a replay's dry run computes the plan the
+# queue function will compute (blob name, whether its link is accepted), and pending's default age.
+APP_SETTINGS = (
     "BLOB_NAME_TEMPLATE",
     "ALLOWED_SOURCE_HOSTS",
     "ALLOW_HTTP_SOURCES",
@@ -94,6 +94,7 @@ _APP_SETTINGS = (
     "TAG_FIELDS",
     "WRITE_MANIFEST",
     "MAX_BODY_BYTES",
+    "RECONCILE_AFTER_MINUTES",
 )
 
 
@@ -141,7 +142,7 @@ def operator_settings(args: argparse.Namespace, environ: Mapping[str, str], *, n
     if connection_string is not None:
         check_connection_string(connection_string, "destination")
     container = args.container or environ.get("DESTINATION_CONTAINER") or DEFAULT_CONTAINER
-    values: dict[str, Any] = {name.lower(): environ[name] for name in _APP_SETTINGS if environ.get(name)}
+    values: dict[str, Any] = {name.lower(): environ[name] for name in APP_SETTINGS if environ.get(name)}
     values.update(
         destination_connection_string=connection_string,
         destination_account_url=account_url,

@@ -153,7 +153,14 @@ async def _seen_in(queue: HostQueue, workspace_id: str, task_id: str) -> tuple[W
         return "there", found, ""
     if waiting <= len(peeked):
         return "absent", [], ""
-    return "unknown", [], f"{queue.name} holds about {waiting} messages and only {len(peeked)} could be seen"
+    hidden = waiting - len(peeked)
+    return (
+        "unknown",
+        [],
+        f"{queue.name} holds about {waiting} message(s), {hidden} of them hidden while they are tried or wait for "
+        "their next try (normal for a copy still being retried); this task's may be one of them: check again in a "
+        "minute",
+    )
 
 
 async def look(main: HostQueue, poison: HostQueue, *, workspace_id: str, task_id: str) -> Look:

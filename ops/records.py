@@ -231,6 +231,15 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
     if isinstance(plan, Outcome):
         error = str(plan.body.get("error") or plan.status_code)
         refused = Answer("failed", plan.status_code, "refused")
+        policy_given = {"allowed_source_hosts", "allow_http_sources"} & settings.model_fields_set
+        if error == "source-not-allowed" and not policy_given:
+            # Judged by this machine's defaults, not the function app's policy: not a prediction.
+            return Foreseen(
+                refused,
+                "unknown",
+                "its link is outside the default source policy, and this machine does not have the function app's "
+                "ALLOWED_SOURCE_HOSTS / ALLOW_HTTP_SOURCES: set them as the app has them to know",
+            )
         return Foreseen(refused, "fail", f"the queue function refuses it ({error}): it drops the message")
     large = await is_large(storage, plan, settings)
     job = arrival_job(plan, settings, by="verifier", patient=True, large=large, deadline=None)

@@ -260,6 +260,7 @@ class Summary:
     records: int  # task records the listing returned
     copying_tasks: int  # of them, with a delivery still copying
     tasks: list[CopyingTask]  # the MAX_SUMMARY_TASKS due first, due first
+    poison: int | None = None  # messages in the poison queue when the run began (None: not known)
 
     @property
     def truncated(self) -> bool:
@@ -276,6 +277,7 @@ class Summary:
             "records": self.records,
             "copyingTasks": self.copying_tasks,
             "truncated": self.truncated,
+            "poisonMessages": self.poison,
             "tasks": [task.dump() for task in self.tasks],
         }
         return json.dumps(document, separators=(",", ":")).encode("ascii")
@@ -310,6 +312,7 @@ class Summary:
             records=int(document.get("records") or 0),
             copying_tasks=int(document.get("copyingTasks") or len(tasks)),
             tasks=tasks,
+            poison=document["poisonMessages"] if isinstance(document.get("poisonMessages"), int) else None,
         )
 
 
@@ -389,6 +392,7 @@ async def after_run(
     *,
     schedule: str,
     coverage: timedelta,
+    poison: int | None,
     wall: Callable[[], datetime],
 ) -> AttentionReport:
     """After a reconciliation run's sweep: one listing of the attention prefix; markers written for
@@ -428,6 +432,7 @@ async def after_run(
             records=watch.records,
             copying_tasks=len(due),
             tasks=due[:MAX_SUMMARY_TASKS],
+            poison=poison,
         )
         try:
             await storage.put(

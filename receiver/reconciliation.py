@@ -118,6 +118,8 @@ async def reconcile_run(
     with recording("reconciliation") as run_record:
         run_record.outcome = "run"
         try:
+            # First, so it is reported whatever else fails, and written in the summary `ops pending` reads.
+            report.poison_depth = await _poison_depth(environ)
             await _work(runtime, now, report, deadline=deadline, window=verify_window)
             run_record.outcome = "completed"
         except StoreError as exc:
@@ -135,7 +137,6 @@ async def reconcile_run(
             run_record.reason = f"the reconciliation failed unexpectedly ({type(exc).__name__}); see the exception log"
             log.exception("reconciliation run failed")
         finally:
-            report.poison_depth = await _poison_depth(environ)
             _report_metrics(report)
         if run_record.outcome == "completed":
             run_record.reason = _summary(report)
@@ -197,7 +198,12 @@ async def _work(
                 report.lost.append(item.task_id)
             report.count(record.outcome)
     report.attention = await after_run(
-        storage, watch, schedule=settings.reconcile_schedule, coverage=QUEUE_COVERAGE, wall=runtime.clock
+        storage,
+        watch,
+        schedule=settings.reconcile_schedule,
+        coverage=QUEUE_COVERAGE,
+        poison=report.poison_depth,
+        wall=runtime.clock,
     )
 
 

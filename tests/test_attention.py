@@ -228,6 +228,27 @@ async def test_failed_since_15_costs_the_same_over_10_or_1000_old_failed_records
 # --- pending: from the summary ---------------------------------------------------------------------------
 
 
+async def test_pending_and_failed_name_the_poison_queue_the_last_run_saw(ops: Ops) -> None:
+    """Deliveries whose messages are poisoned are retried by nothing: a PROBLEM naming replay-poison,
+    exit 1, from the depth the run measured first (whatever else the run did)."""
+    await after_run(
+        ops.world.storage, Watch(ops.world.now), schedule="0 */10 * * * *", coverage=QUEUE_COVERAGE,
+        poison=2, wall=ops.world.clock,
+    )  # fmt: skip
+    for command in ("pending", "failed"):
+        ran = await ops(command)
+        assert ran.code == NOT_FOUND, ran.out
+        assert ran.out.startswith("PROBLEM: 2 message(s) were in the poison queue"), ran.out
+        assert "python -m ops replay-poison --dry-run" in ran.out
+    as_json = await ops("pending", "--json")
+    assert as_json.json()["summary"]["poisonMessages"] == 2
+    await after_run(
+        ops.world.storage, Watch(ops.world.now), schedule="0 */10 * * * *", coverage=QUEUE_COVERAGE,
+        poison=0, wall=ops.world.clock,
+    )  # fmt: skip
+    assert (await ops("pending")).code == OK
+
+
 async def test_pending_lists_a_copying_delivery_from_the_summary_and_says_how_old_it_is(ops: Ops) -> None:
     nothing = await ops("pending")
     assert nothing.code == NOT_FOUND and nothing.out.startswith("PROBLEM: no reconciliation run has written")
@@ -282,12 +303,12 @@ async def test_old_markers_are_deleted_a_bounded_number_a_run(ops: Ops, monkeypa
 
     first = await after_run(
         ops.world.storage, Watch(ops.world.now), schedule="0 */10 * * * *", coverage=QUEUE_COVERAGE,
-        wall=ops.world.clock,
+        poison=None, wall=ops.world.clock,
     )  # fmt: skip
     assert first.pruned == 2 and len(markers_in(ops)) == 2
     second = await after_run(
         ops.world.storage, Watch(ops.world.now), schedule="0 */10 * * * *", coverage=QUEUE_COVERAGE,
-        wall=ops.world.clock,
+        poison=None, wall=ops.world.clock,
     )  # fmt: skip
     assert second.pruned == 1 and markers_in(ops) == [
         marker_name("ws-1", "old-9", kept.deliveries[0].delivery, kept.deliveries[0].failed_at or old)

@@ -182,9 +182,16 @@ async def test_find_gives_each_copying_delivery_a_verdict_from_the_queues(ops: O
 
     ops.queue.add(text)
     queued = await ops("find", "--task", "task-1")
-    assert queued.code == OK and "QUEUED" in queued.out and "verification there" in queued.out
+    assert queued.code == OK and "QUEUED" in queued.out
+    assert "the verification queue has a message of this task" in queued.out
+
+    await ops.queue.receive(1, visibility_seconds=60)  # the queue function is trying it: hidden
+    trying = await ops("find", "--task", "task-1")
+    assert "UNKNOWN" in trying.out and "hidden while they are tried" in trying.out, trying.out
+    assert "check again in a minute" in trying.out
 
     ops.queue.visible.clear()
+    ops.queue.hidden.clear()
     ops.poison.add(text)
     poisoned = await ops("find", "--task", "task-1")
     assert poisoned.code == NOT_FOUND and "POISONED" in poisoned.out and "replay-poison --dry-run" in poisoned.out
@@ -215,7 +222,9 @@ async def test_find_workspace_reads_in_proportion_to_max(ops: Ops) -> None:
 
 async def test_pending_lists_copying_deliveries_older_than_asked(ops: Ops) -> None:
     await ops.reconcile()
-    assert (await ops("pending")).out.startswith("No deliveries still copying for over 10 minutes.")
+    assert (await ops("pending")).out.startswith(
+        "No deliveries still copying for over 10 minutes, as of the last completed reconciliation run"
+    )
     await ops.accept(ops.world.export("task-1"))
     ops.world.clock.advance(timedelta(minutes=30))
     await ops.accept(ops.world.export("task-2"))
@@ -397,6 +406,33 @@ async def test_replay_dry_run_and_the_queue_function_agree(ops: Ops) -> None:
     assert record is not None and any(
         step.outcome == "replayed" and step.by == "operator" for item in record.deliveries for step in item.history
     )
+
+
+async def test_replay_does_not_foresee_a_refusal_by_a_source_policy_this_machine_lacks(
+    ops: Ops, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the app's ALLOWED_SOURCE_HOSTS, a link outside the default policy is UNKNOWN, never a
+    FAIL recorded in the task's history and logged as an ERROR (the queue function may well store it)."""
+    from receiver.settings import Settings
+    from receiver.verification import message as queue_message
+
+    export = ops.world.export("task-1")
+    body = json.loads(export.body)
+    host = body["exportedFileUrl"].split("/")[2]
+    body["exportedFileUrl"] = body["exportedFileUrl"].replace(f"https://{host}", "http://127.0.0.1:10000/exports")
+    ops.poison.add(queue_message(json.dumps(body).encode(), ops.world.now))  # a local link the app allows
+    given = ops.world.settings.model_dump(exclude={"allowed_source_hosts", "allow_http_sources"})
+    without_policy = Settings(**given)
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["replay-poison", "--dry-run", "--json"]
+    kwargs: Any = {"environ": {}, "out": out, "err": err, "storage": ops.world.storage, "now": ops.world.now}
+    assert await run(argv, settings=without_policy, queues=ops.queues, **kwargs) == OK
+    [entry] = json.loads(out.getvalue())["messages"]
+    assert entry["will"] == "unknown" and "ALLOWED_SOURCE_HOSTS" in entry["why"], entry
+    with caplog.at_level(logging.WARNING):
+        assert await run(["replay-poison"], settings=without_policy, queues=ops.queues, **kwargs) == OK
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert len(ops.queue.visible) == 1 and "expected to fail" not in caplog.text
 
 
 async def test_replay_with_nothing_poisoned_does_nothing(ops: Ops) -> None:

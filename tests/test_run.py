@@ -473,6 +473,10 @@ def test_other_ports_carry_through_to_the_host_share_and_ops(
         code = asyncio.run(ops_run(["smoke", "--copy-wait", "10"], environ=local_environment(state), out=out))
         assert code == 0, out.getvalue()
         assert "ok    delivery" in out.getvalue()  # ALLOWED_SOURCE_HOSTS was moved to this Azurite too
+        # ...and ops gets the app's own settings too, so a replay's dry run judges links as the app does.
+        environment = local_environment(state)
+        assert environment["ALLOWED_SOURCE_HOSTS"] == f"127.0.0.1:{running.blob}"
+        assert environment["ALLOW_HTTP_SOURCES"].lower() == "true"
     finally:
         running.stop()
     assert read_state(running.data) is None  # killed outright: its file stays, but names a dead process

@@ -366,7 +366,8 @@ async def _check_container(storage: Any) -> None:
     if not exists:
         raise ContainerMissing(
             f"The container {storage.container!r} does not exist in this storage account: check --container "
-            "(the function app's DESTINATION_CONTAINER setting) and the account. Nothing was read or written."
+            "(the function app's DESTINATION_CONTAINER setting) and the account. A new deployment creates it with "
+            "its first delivery or reconciliation run. Nothing was read or written."
         )
 
 
@@ -379,9 +380,10 @@ def _destination_given(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     )
 
 
-def _storage_message(exc: BaseException, *, keyed: bool = False) -> str:
-    """What went wrong, for a person at a terminal (redacted by the caller anyway). ``keyed``: the
-    destination was given as a connection string with an account key (roles and az login do not apply)."""
+def _storage_message(exc: BaseException, *, signed_by: str | None = None) -> str:
+    """What went wrong, for a person at a terminal (redacted by the caller anyway). ``signed_by``: the
+    destination's connection string carries an account ``key`` or a ``sas`` (roles and az login do not
+    apply to either)."""
     if isinstance(exc, StoreError):
         message = exc.message
         if exc.code == "AuthenticationFailed":
@@ -397,7 +399,14 @@ def _storage_message(exc: BaseException, *, keyed: bool = False) -> str:
                 "machine's network path to it (VPN, proxy, the account's firewall), and the service's health "
                 "(Azure status, the account's Resource health); then run the command again."
             )
-        if exc.kind == "misconfigured" and keyed:
+        if exc.kind == "misconfigured" and signed_by == "sas":
+            return (
+                f"Azure Storage refused the request ({exc.code or exc.status}) signed by the SAS in the connection "
+                "string: it expired, its signature is wrong, or it lacks a permission the command needs (read, list; "
+                "write and delete for --repair and fail), or the account's firewall keeps this machine out. Make a new "
+                "one, or use the account's connection string (portal: Access keys)."
+            )
+        if exc.kind == "misconfigured" and signed_by == "key":
             # A key signs every request, so a refusal is the key itself (the local emulator answers a wrong key
             # this way) or the account's network rules; the service's own answer to a wrong key is above.
             return (
@@ -405,6 +414,11 @@ def _storage_message(exc: BaseException, *, keyed: bool = False) -> str:
                 "an account key: the key is wrong or was rotated, or the account's firewall (Networking) keeps this "
                 "machine out. Copy the connection string again (portal: the storage account's Access keys), and "
                 "check Networking."
+            )
+        if exc.kind == "misconfigured" and message.startswith("The function could not get a token"):
+            return (
+                "Could not get a token for the storage account with DefaultAzureCredential: sign in (az login) as "
+                "someone with Storage Blob Data Owner on the container, or pass --connection-string."
             )
         if exc.kind == "misconfigured":
             message += (
@@ -496,7 +510,10 @@ async def run(
         given = args.connection_string or environ.get("DESTINATION_CONNECTION_STRING") or ""
         if not given and settings is not None and settings.destination_connection_string is not None:
             given = settings.destination_connection_string.get_secret_value()
-        message = redact(_storage_message(exc, keyed="accountkey=" in given.lower()))
+        signed_by = (
+            "key" if "accountkey=" in given.lower() else "sas" if "sharedaccesssignature=" in given.lower() else None
+        )
+        message = redact(_storage_message(exc, signed_by=signed_by))
         kind = "config" if isinstance(exc, ConfigError | SettingsError) else "storage"
         if args.json:
             out.write(json.dumps({"error": kind, "message": message}) + "\n")

@@ -131,6 +131,10 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     found = Inspection(workspace_id, task_id, record, etag)
     if record is None:
         found.problems.append("no task record")
+        found.next.append(
+            f"drop --workspace {workspace_id} to look in every workspace; a task whose every delivery was refused "
+            "has no record: Application Insights has its answers (task-lookup.kql, docs/operations.md)"
+        )
         return found
     seen, looked = await asyncio.gather(observe_sweep(storage, record, etag), _look(ctx, workspace_id, task_id))
     found.look = looked
@@ -318,8 +322,18 @@ def _verdict_lines(found: Inspection) -> list[str]:
 async def _one_task(ctx: Context, task_id: str, workspace_id: str | None) -> tuple[str, str] | Result:
     pairs = await locate(_need_storage(ctx), task_id, workspace_id)
     if not pairs:
-        text = [f"No task record for task {task_id} in container {_need_storage(ctx).container}."]
-        return Result(NOT_FOUND, {"taskId": task_id, "found": False}, text)
+        storage = _need_storage(ctx)
+        where = f"container {storage.container} of {getattr(storage, 'account', 'the storage account')}"
+        scope = f" in workspace {workspace_id}" if workspace_id else ""
+        next_step = (
+            "check the task id (SmartDocumentor's taskId), --container and the account; a task whose every delivery "
+            "was refused has no record: Application Insights has its answers (task-lookup.kql, docs/operations.md)"
+        )
+        if workspace_id:
+            next_step = f"drop --workspace to look in every workspace, or {next_step}"
+        text = [f"No task record for task {task_id}{scope} in {where}.", f"next: {next_step}"]
+        data = {"taskId": task_id, "found": False, "container": storage.container, "next": next_step}
+        return Result(NOT_FOUND, data, text)
     if len(pairs) > 1:
         text = [f"Task {task_id} has records in {len(pairs)} workspaces: give --workspace, one of:"]
         text += [f"  {workspace}" for workspace, _ in pairs]

@@ -103,6 +103,12 @@ def check_connection_string(value: str, which: str) -> None:
     A malformed account key is a key problem, not a sign-in or managed-identity one."""
     if value.strip() == DEVELOPMENT_STORAGE:
         return
+    if value.strip().lower().startswith(("https://", "http://")):
+        raise ConfigError(
+            f"The {which} connection string is a link, not a connection string: paste the storage account's "
+            "connection string (portal: Access keys), or pass the account's URL with --account-url and sign in "
+            "(az login)."
+        )
     pairs = [part.split("=", 1) for part in value.strip().strip(";").split(";") if part.strip()]
     if not pairs or any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
         raise ConfigError(f"The {which} connection string is not a valid storage connection string.")

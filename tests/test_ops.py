@@ -152,6 +152,10 @@ async def test_find_of_an_unknown_task_exits_1(ops: Ops) -> None:
     await stored(ops)
     ran = await ops("find", "--task", "nope")
     assert ran.code == NOT_FOUND and "No task record for task nope" in ran.out
+    assert "next: check the task id" in ran.out and "task-lookup.kql" in ran.out
+    elsewhere = await ops("find", "--task", "task-1", "--workspace", "another")
+    assert elsewhere.code == NOT_FOUND and "next: drop --workspace" in elsewhere.out, elsewhere.out
+    assert (await ops("find", "--task", "nope", "--json")).json()["next"].startswith("check the task id")
 
 
 async def test_find_flags_a_current_file_that_another_delivery_overwrote_and_a_missing_manifest(ops: Ops) -> None:

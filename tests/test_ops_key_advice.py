@@ -78,7 +78,7 @@ async def test_a_container_that_does_not_exist_is_named_and_never_created(azurit
         said = out.getvalue() + err.getvalue()
         assert code == 3, said
         assert "'no-such-container' does not exist" in said and "--container" in said, said
-        assert "reconciliation" not in said  # not mistaken for a dead timer
+        assert "no reconciliation run" not in said  # not mistaken for a dead timer
     service = BlobServiceClient.from_connection_string(azurite.customer)
     assert "no-such-container" not in [item.name for item in service.list_containers()]
 
@@ -104,3 +104,40 @@ async def test_unreachable_storage_names_what_to_check_next() -> None:
     code, said = await _ran(Unreachable(), "failed")
     assert code == 3, said
     assert "could not be reached" in said and "network path" in said and "run the command again" in said, said
+
+
+async def test_a_refused_sas_connection_string_gets_advice_about_the_sas() -> None:
+    sas = "BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=sv=2024-11-04&sp=rl&sig=SECRETSIG"
+    out, err = io.StringIO(), io.StringIO()
+    storage = Refusing("AuthorizationFailure")
+    settings = Ops().world.settings
+    code = await run(
+        ["pending"],
+        environ={"DESTINATION_CONNECTION_STRING": sas},
+        out=out,
+        err=err,
+        storage=storage,
+        settings=settings,
+    )
+    said = out.getvalue() + err.getvalue()
+    assert code == 3 and "SAS in the connection string" in said and "Make a new one" in said, said
+    assert "Storage Blob Data Owner" not in said and "SECRETSIG" not in said
+
+
+class NoToken(MemoryStorage):
+    def _enter(self, op: str, name: str) -> None:
+        raise Misconfigured("The function could not get a token for acct (managed identity): enable the identity.")
+
+
+async def test_no_token_on_an_operators_machine_says_sign_in_not_managed_identity() -> None:
+    code, said = await _ran(NoToken(), "find", "--task", "t-1")
+    assert code == 3 and "az login" in said and "managed identity" not in said, said
+
+
+async def test_a_file_link_given_as_a_connection_string_is_named_as_a_link() -> None:
+    link = "https://exports.blob.core.windows.net/c/file.pdf?sv=2024-11-04&sig=SECRETSIG"
+    out, err = io.StringIO(), io.StringIO()
+    assert await run(["pending", "--connection-string", link], environ={}, out=out, err=err) == 3
+    said = out.getvalue() + err.getvalue()
+    assert "is a link, not a connection string" in said and "--account-url" in said, said
+    assert "SECRETSIG" not in said

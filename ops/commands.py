@@ -183,7 +183,25 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
 async def _look(ctx: Context, workspace_id: str, task_id: str) -> Look:
     if ctx.queues is None:
         return NOT_LOOKED
-    return await look(ctx.queues[0], ctx.queues[1], workspace_id=workspace_id, task_id=task_id)
+    try:
+        return await look(ctx.queues[0], ctx.queues[1], workspace_id=workspace_id, task_id=task_id)
+    except Exception as exc:  # the host storage's failure leaves the verdict unknown; the record still tells
+        if not _is_azure_error(exc):
+            raise
+        code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None) or type(exc).__name__
+        note = (
+            f"the function's host storage (its queues) could not be read ({code}): check --host-connection-string "
+            "or --host-queue-url, the network path to it, and Storage Queue Data Contributor"
+        )
+        return Look("unknown", "unknown", note=note)
+
+
+def _is_azure_error(exc: Exception) -> bool:
+    try:
+        from azure.core.exceptions import AzureError
+    except ImportError:  # pragma: no cover - the SDK is in requirements-ops.txt
+        return False
+    return isinstance(exc, AzureError)
 
 
 def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[str, str]:

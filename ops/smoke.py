@@ -290,7 +290,7 @@ def check_timer(hosts: BlobServiceClient, *, now: datetime, max_age: timedelta) 
         return "skip", (
             f"could not check: no status blob for {TIMER_FUNCTION} in the host storage yet, so the timer has not "
             "run (a new deployment: it runs on RECONCILE_SCHEDULE, every 10 minutes by default; the local host "
-            "of `make run` runs no timers)"
+            "of `make run` keeps no timer status: `ops pending` shows its last run)"
         )
     last_text = max(str(status.get("Last") or "") for _, status in found)
     if not last_text:

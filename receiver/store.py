@@ -12,6 +12,7 @@ import asyncio
 import builtins
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, fields
@@ -123,6 +124,12 @@ class Call:
     tags_call: bool = False
 
 
+def _endpoint_of(exc: Exception) -> str:
+    """ ", at host:port" from a connection failure's own words (a wrong port or name shows there); no URL."""
+    found = re.search(r"host ([\w.-]+:\d+)", str(exc))
+    return f", at {found.group(1)}" if found else ""
+
+
 def classify(exc: Exception, call: Call, account: str, container: str) -> seam.StoreError:
     """One storage failure as a :mod:`receiver.storage` error kind, by ``error_code`` and status only.
     Messages never carry a URL's query."""
@@ -135,7 +142,9 @@ def classify(exc: Exception, call: Call, account: str, container: str) -> seam.S
             )
         )
     if not isinstance(exc, HttpResponseError) or exc.status_code is None:
-        return seam.Unavailable(redact(f"Azure Storage at {account} could not be reached ({type(exc).__name__})."))
+        return seam.Unavailable(
+            redact(f"Azure Storage at {account} could not be reached ({type(exc).__name__}{_endpoint_of(exc)}).")
+        )
     raw_code = getattr(exc, "error_code", None)  # a StorageErrorCode enum or a plain string: compare the value
     code, status = str(getattr(raw_code, "value", raw_code) or ""), exc.status_code
     info = getattr(exc, "additional_info", None) or {}

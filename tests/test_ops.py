@@ -205,6 +205,21 @@ async def test_find_gives_each_copying_delivery_a_verdict_from_the_queues(ops: O
     assert lost.code == NOT_FOUND and "LOST" in lost.out and "python -m ops fail --task task-1" in lost.out
 
 
+async def test_find_with_unreachable_host_storage_gives_an_unknown_verdict_naming_it(ops: Ops) -> None:
+    from azure.core.exceptions import ServiceRequestError
+
+    class Unreachable(MemoryQueue):
+        async def count(self) -> int:
+            raise ServiceRequestError("Cannot connect to host 127.0.0.1:10998")
+
+    await stored(ops)
+    await ops.accept(ops.world.export("task-1", "v2.pdf"))
+    ops.queue, ops.poison = Unreachable(QUEUE), Unreachable(POISON_QUEUE)
+    ran = await ops("find", "--task", "task-1")
+    assert "UNKNOWN" in ran.out and "host storage (its queues) could not be read" in ran.out, ran.out
+    assert "--host-connection-string" in ran.out
+
+
 async def test_find_workspace_reads_in_proportion_to_max(ops: Ops) -> None:
     for number in range(6):
         await stored(ops, f"task-{number}")

@@ -141,3 +141,16 @@ async def test_a_file_link_given_as_a_connection_string_is_named_as_a_link() -> 
     said = out.getvalue() + err.getvalue()
     assert "is a link, not a connection string" in said and "--account-url" in said, said
     assert "SECRETSIG" not in said
+
+
+def test_an_unreachable_account_names_the_endpoint_it_tried_and_no_url() -> None:
+    from azure.core.exceptions import ServiceRequestError
+
+    from receiver.store import Call, classify
+
+    failure = ServiceRequestError("Cannot connect to host 127.0.0.1:10999 ssl:default [Connect call failed]")
+    error = classify(failure, Call("read blob"), "devstoreaccount1", "smartdocumentor")
+    assert isinstance(error, Unavailable)
+    assert error.message == (
+        "Azure Storage at devstoreaccount1 could not be reached (ServiceRequestError, at 127.0.0.1:10999)."
+    )

@@ -77,9 +77,12 @@ def _hide_values(message: str) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
+    last_error: str | None = None  # for --json: the same line as JSON on stdout
+
     def error(self, message: str) -> NoReturn:
         # One line (no usage block): what was wrong, never the value typed, and where to look.
-        self.exit(USAGE, f"{self.prog}: error: {_hide_values(message)} (see {self.prog} --help)\n")
+        _Parser.last_error = f"{_hide_values(message)} (see {self.prog} --help)"
+        self.exit(USAGE, f"{self.prog}: error: {_Parser.last_error}\n")
 
 
 def _positive(text: str) -> int:
@@ -480,8 +483,12 @@ async def run(
     err = err or sys.stderr
     environ = os.environ if environ is None else environ
     try:
+        _Parser.last_error = None
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed it
+        given = list(argv) if argv is not None else sys.argv[1:]
+        if exc.code == USAGE and "--json" in given and _Parser.last_error is not None:
+            out.write(json.dumps({"error": "usage", "message": redact(_Parser.last_error)}) + "\n")
         return exc.code if isinstance(exc.code, int) else USAGE
     if args.command == "smoke":
         return await asyncio.to_thread(smoke.smoke, args, environ, out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import subprocess
 import sys
@@ -139,6 +140,17 @@ async def test_usage_errors_exit_2_with_one_line_and_no_value(
     assert "Traceback" not in printed and "error:" in printed
     for leak in (*LEAKS, "AccountKey=", "SharedAccessSignature"):
         assert leak not in printed, printed
+
+
+@pytest.mark.parametrize("argv", [["--json", "pendng"], ["pending", "--json", "--since", "yesterday"]])
+async def test_a_usage_error_with_json_is_one_json_document_on_stdout(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert await run(argv, environ={}, out=out, err=err) == USAGE
+    document = json.loads(out.getvalue())
+    assert document["error"] == "usage" and "--help" in document["message"], document
+    assert "yesterday" not in document["message"]  # never the value typed
 
 
 async def test_a_mistyped_option_is_named_and_the_commands_listed(capsys: pytest.CaptureFixture[str]) -> None:

@@ -514,12 +514,11 @@ async def run(
     except Exception as exc:
         if not _is_storage_problem(exc):
             raise
-        given = args.connection_string or environ.get("DESTINATION_CONNECTION_STRING") or ""
-        if not given and settings is not None and settings.destination_connection_string is not None:
-            given = settings.destination_connection_string.get_secret_value()
-        signed_by = (
-            "key" if "accountkey=" in given.lower() else "sas" if "sharedaccesssignature=" in given.lower() else None
-        )
+        destination: str = args.connection_string or environ.get("DESTINATION_CONNECTION_STRING") or ""
+        if not destination and settings is not None and settings.destination_connection_string is not None:
+            destination = settings.destination_connection_string.get_secret_value()
+        lowered = destination.lower()
+        signed_by = "key" if "accountkey=" in lowered else "sas" if "sharedaccesssignature=" in lowered else None
         message = redact(_storage_message(exc, signed_by=signed_by))
         kind = "config" if isinstance(exc, ConfigError | SettingsError) else "storage"
         if args.json:

@@ -329,7 +329,10 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
 def _verdict_lines(found: Inspection) -> list[str]:
     lines = []
     if found.foreseen is not None:
-        lines.append(f"reconciliation (decide, as operator): {found.foreseen.action.upper()}: {found.foreseen.why}")
+        lines.append(
+            f"check --repair now would (decide, as operator): {found.foreseen.action.upper()}: {found.foreseen.why} "
+            "(the timer acts alike once the task is due: RECONCILE_AFTER_MINUTES)"
+        )
     for problem in found.problems:
         lines.append(f"problem: {problem}")
     for step in dict.fromkeys(found.next):

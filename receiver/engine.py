@@ -185,7 +185,10 @@ async def _first_round(
 async def _apply(storage: Storage, job: Job, seen: Seen, decision: Decision, trace: Trace, *, now: datetime) -> Seen:
     if isinstance(decision, Observe):
         try:
-            return await _observe(storage, job, seen, manifest=decision.manifest)
+            observed = await _observe(storage, job, seen, record=decision.record, manifest=decision.manifest)
+            if decision.record and isinstance(observed.blob, Blob):
+                observed = replace(observed, rechecked=observed.blob.etag)
+            return observed
         except Unavailable:
             if seen.attempt != "lost" or seen.blind:
                 raise

@@ -89,6 +89,7 @@ class Seen:
     locked: str | None = None  # the container's own policy (known before anything is written)
     fence: bool = False  # this driver's change asks for a fence on its file (see :class:`Fence`)
     blind: bool = False  # the look after a lost answer failed too: what the blob holds is not known
+    rechecked: str | None = None  # the blob version the record was read again for before overwriting it
 
 
 # --- the steps decide returns ---------------------------------------------------------------------
@@ -101,6 +102,7 @@ class Observe:
 
     arrow: str = "observe"
     manifest: bool = False
+    record: bool = False  # the record too (before overwriting a file its last read may be behind)
 
 
 @dataclass(frozen=True)
@@ -434,6 +436,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         ours = isinstance(blob, Blob) and blob.delivery == notice.delivery
         if current_stored and not newer and not ours and entry is not None and _stale(record, entry, blob, now):
             # An older delivery's copy landed over this one's file after it was recorded: it goes back.
+            if _behind(seen, record, blob):
+                return Observe(record=True)
             return Copy(blob.etag if isinstance(blob, Blob) else None, arrow="restored")
         return _retire_or_answer(seen, record)
 
@@ -571,10 +575,14 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             return Answer("copying", 202, "queued", enqueue=True)
         # The current file holds an older delivery (a copy that raced this one's record, or an orphan):
         # the current delivery puts its own bytes back.
+        if _behind(seen, record, blob):
+            return Observe(record=True)
         return Copy(blob.etag if isinstance(blob, Blob) else None, arrow="restored")
     if not accepted:
         # Only an accepted delivery overwrites (or stages): a crash after the copy leaves it tracked.
         return _accept(seen, notice, record, by, now, observe=False)
+    if _behind(seen, record, blob):
+        return Observe(record=True)
     if_match = blob.etag if isinstance(blob, Blob) else None
     return Stage(if_match) if seen.large else Copy(if_match)
 
@@ -613,6 +621,17 @@ def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: b
     Then the recorded file is fenced (:class:`Fence`) after the swap."""
     states = (State.COPYING, State.SUPERSEDED) if adopted else (State.COPYING,)
     return any(item.blob == name and item.delivery != delivery and item.state in states for item in record.deliveries)
+
+
+def _behind(seen: Seen, record: TaskRecord | None, blob: Blob | Unseen | None) -> bool:
+    """Before overwriting ``blob``: may the record read be behind the file? It is when the file holds a
+    delivery the record knows but not as its current stored file (a restore, a late copy, or a record
+    that moved on since it was read, whose current file this is). Then the record is read once more
+    (never twice for one version), so an overwrite is never decided from a record older than the file."""
+    if record is None or not isinstance(blob, Blob) or blob.delivery is None or seen.rechecked == blob.etag:
+        return False
+    holder = record.find(blob.delivery)
+    return holder is not None and not (holder.delivery == record.current and holder.state is State.STORED)
 
 
 def _later(record: TaskRecord, entry: Delivery, *states: State) -> bool:

@@ -310,11 +310,12 @@ async def test_an_orphan_adopted_by_its_retry_is_fenced_against_a_superseded_exp
 # ---------------------------------------------------------------------------------------------- random
 
 
-@pytest.mark.parametrize("seed", [1731, 10508, 101944, 103424, 113442])
+@pytest.mark.parametrize("seed", [1731, 10508, 101944, 103424, 113442, 152723])
 async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int) -> None:
     """Found by soaks: an adoption a superseded export's late copy overtook (10508, 101944, 113442: the
     current file replaced, then gone); a current delivery demoted to copying when a lost answer could not
-    be looked at (1731); a manifest a crash left unwritten while another export copied (103424)."""
+    be looked at (1731); a manifest a crash left unwritten while another export copied (103424); a
+    superseded export's driver committing over the current file from a record read before it (152723)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 
@@ -337,8 +338,9 @@ PARTS = max(1, -(-SCHEDULES // PART_SCHEDULES))
 async def test_random_schedules_keep_every_guarantee_and_leave_garbage_rarely(part: int) -> None:
     """The random schedules, in parts (pytest's workers run them side by side). Every invariant holds
     after every step; what may be left is garbage, never loss (a manifest or a superseded file a late
-    copy or write put back after its retirement: docs/reference.md, "Known limits"), in at most 3 % of
-    the schedules. A failing seed is printed with the command that replays it."""
+    copy or write put back after its retirement: docs/reference.md, "Known limits"), rarely: `make soak`
+    holds the rate to 3 % over its million; a part, a sample of 250, to 5 % (about 1.3 % is usual). A
+    failing seed is printed with the command that replays it."""
     seeds = range(part * SCHEDULES // PARTS, (part + 1) * SCHEDULES // PARTS)
     found = await run_seeds(seeds)
     failed = [result for result in found if not result.ok]
@@ -346,4 +348,4 @@ async def test_random_schedules_keep_every_guarantee_and_leave_garbage_rarely(pa
     lines = [f"seed {result.seed}: {result.violation}\n  {replay_command(result.seed)}" for result in failed]
     print(json.dumps({"seeds": [seeds.start, seeds.stop], "failing": len(failed), "left garbage": len(garbage)}))
     assert not failed, "\n".join(lines[:20])
-    assert len(garbage) <= max(2, len(seeds) * 3 // 100), [f"seed {r.seed}: {r.leftovers[0]}" for r in garbage]
+    assert len(garbage) <= max(2, len(seeds) * 5 // 100), [f"seed {r.seed}: {r.leftovers[0]}" for r in garbage]

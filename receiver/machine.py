@@ -506,10 +506,19 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
 
     def final(answer: Answer, reason: str) -> Decision:
         """A failure nothing can undo: an accepted delivery fails in the record; a current one whose file
-        another's late copy replaced fails too, and the record follows the file; else only the answer."""
-        if entry is not None and entry.state is State.COPYING:
+        another's late copy replaced fails too, and the record follows the file; else only the answer.
+        Bytes of this delivery left at its name (not adopted: another delivery there may still copy) are
+        listed to retire with the failure, so no file is left that no record names."""
+        own = isinstance(blob, Blob) and blob.delivery == notice.delivery and not current_stored
+        stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag) if isinstance(blob, Blob) else None
+        if own and stale is not None and stale.key in {item.key for item in base.retire}:
+            return _retire(seen, base) or answer
+        if (entry is not None and entry.state is State.COPYING) or (own and stale is not None):
             step = Step(at=now, by=by, outcome="failed", status=answer.status, note=reason)
-            failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=reason)
+            failing = entry if entry is not None else _entry(notice, record)
+            failed = _with_state(base, failing, State.FAILED, step, failed_at=now, failure_reason=reason)
+            if own and stale is not None:
+                failed = failed.model_copy(update={"retire": [*failed.retire, stale]})
             return Change(failed, answer.arrow)
         followed = _follow_file(record, blob, now, by, reason) if current_stored and record is not None else None
         return Change(followed[0], answer.arrow, followed[1]) if followed is not None else answer

@@ -310,12 +310,13 @@ async def test_an_orphan_adopted_by_its_retry_is_fenced_against_a_superseded_exp
 # ---------------------------------------------------------------------------------------------- random
 
 
-@pytest.mark.parametrize("seed", [1731, 10508, 101944, 103424, 113442, 152723])
+@pytest.mark.parametrize("seed", [1731, 10508, 101944, 103424, 113442, 152723, 266388])
 async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int) -> None:
     """Found by soaks: an adoption a superseded export's late copy overtook (10508, 101944, 113442: the
     current file replaced, then gone); a current delivery demoted to copying when a lost answer could not
     be looked at (1731); a manifest a crash left unwritten while another export copied (103424); a
-    superseded export's driver committing over the current file from a record read before it (152723)."""
+    superseded export's driver committing over the current file from a record read before it (152723); an
+    expired delivery's own old copy, not adopted, left where no record named it (266388)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

@@ -235,9 +235,9 @@ unconfirmed | new, copying | copying | webhook, verifier |
 source-failed | new, copying, stored | failed (when it was in the record) | webhook, verifier |
     the service could not read the source (the link refused or the file gone): a final failure; a current
     delivery whose file another accepted delivery's late copy replaced fails so, and that one is current
-expired | copying, stored | failed | any driver |
+expired | new, copying, stored | failed | any driver |
     its link expired before the copy finished (or before its file, replaced by an earlier export's late copy,
-    was put back): nothing can finish it
+    was put back): nothing can finish it; bytes of it left at its name and not adopted are listed to retire
 waiting | copying | copying | reconciliation |
     its link is valid and its queue message may still finish it: left as it is
 operator-failed | copying | failed | operator |

@@ -185,7 +185,10 @@ async def _first_round(
 async def _apply(storage: Storage, job: Job, seen: Seen, decision: Decision, trace: Trace, *, now: datetime) -> Seen:
     if isinstance(decision, Observe):
         try:
-            observed = await _observe(storage, job, seen, record=decision.record, manifest=decision.manifest)
+            # After a conditional copy or commit that lost (412) the record is read again too: a delivery
+            # superseded since its acceptance must not copy again over the version another made its own.
+            again = decision.record or seen.attempt == "changed"
+            observed = await _observe(storage, job, seen, record=again, manifest=decision.manifest)
             if decision.record and isinstance(observed.blob, Blob):
                 observed = replace(observed, rechecked=observed.blob.etag)
             return observed
@@ -487,7 +490,7 @@ async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
         written = await storage.set_headers(fence.blob, current.headers, if_match=current.etag)
     except Conflict:
         return replace(seen, blob=await storage.read(fence.blob), fence=False, watched=fence.blob, manifest=UNSEEN)
-    return replace(seen, blob=replace(current, etag=written.etag), fence=False, watched=fence.blob)
+    return replace(seen, blob=replace(current, etag=written.etag), fence=False, watched=fence.blob, fenced=written.etag)
 
 
 async def remove_manifest(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:

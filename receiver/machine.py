@@ -90,6 +90,7 @@ class Seen:
     fence: bool = False  # this driver's change asks for a fence on its file (see :class:`Fence`)
     blind: bool = False  # the look after a lost answer failed too: what the blob holds is not known
     rechecked: str | None = None  # the blob version the record was read again for before overwriting it
+    fenced: str | None = None  # the version this driver's own fence made (a sweep fences before it adopts)
 
 
 # --- the steps decide returns ---------------------------------------------------------------------
@@ -428,7 +429,9 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     current_stored = current and entry is not None and entry.state is State.STORED
 
     if seen.concluded is not None and record is not None:
-        newer = entry is not None and _later(record, entry, State.STORED, State.COPYING)
+        # A delivery accepted after it and still copying does not excuse a file that is not this one's (it may
+        # fail): only one stored after it does.
+        newer = entry is not None and _later(record, entry, State.STORED)
         if seen.fence and isinstance(blob, Blob) and blob.delivery == notice.delivery and not newer:
             # Another delivery accepted at this name may still be sending a copy over the file read before
             # this change: change the file's ETag so that copy fails (a copy that came first shows here).
@@ -684,10 +687,13 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         if blob == UNSEEN or seen.watched != copying.blob:
             return Observe()
         if isinstance(blob, Blob) and blob.delivery == copying.delivery:
+            # It cannot copy: it makes the version its own first (a fence), so a copy another delivery
+            # prepared over the version read fails, and one that landed first is seen before any swap.
+            if seen.fenced != blob.etag and _copies_may_land(record, copying.blob, copying.delivery, adopted=True):
+                return Apply((Fence(copying.blob, copying.delivery),), "adopted")
             stored = conclude_stored(record, copying, etag=blob.etag, now=now, by=by, outcome="adopted")
             effects = (WriteManifest(copying.blob, copying.delivery, copying.manifest or {}),)
-            fence = _copies_may_land(record, copying.blob, copying.delivery, adopted=True)
-            return Change(stored, "adopted", effects, fence=fence)
+            return Change(stored, "adopted", effects)
         expired = copying.link_expires_on is not None and copying.link_expires_on <= now
         if expired or event.give_up is not None:
             reason = event.give_up or EXPIRED_REASON

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -274,10 +275,10 @@ async def test_a_retirement_held_past_a_new_copy_of_the_same_export_leaves_the_c
     assert record.current_delivery.blob in sim.files()
 
 
-async def test_an_orphan_adopted_by_its_retry_is_fenced_against_a_superseded_exports_late_copy() -> None:
-    """A retry adopts its own old copy (its first driver crashed before the record) while a superseded
-    export's copy, decided over that very version, is still on its way: that copy lands, so the adopted
-    delivery puts its bytes back before it retires anything (never 200 over a file it does not hold)."""
+async def test_a_retry_of_an_orphan_a_superseded_export_may_still_copy_over_copies_it_again() -> None:
+    """A retry finds its own old copy (its first driver crashed before the record) while a superseded
+    export's copy, decided over that very version, is still on its way: it copies its bytes again rather
+    than adopt them, so whichever lands second fails, and no 200 covers a file it does not hold."""
     from datetime import timedelta
 
     sim = Simulation()
@@ -305,6 +306,110 @@ async def test_an_orphan_adopted_by_its_retry_is_fenced_against_a_superseded_exp
     record = sim.record()
     assert record is not None and record.current == orphaned.delivery
     assert sim.files() == {"ws-1/task-1/B.pdf": orphaned.data}
+
+
+def overwrites(call: Call) -> bool:
+    return call.op == "copy_from_url" and "if_match" in call.detail
+
+
+async def orphan_with_a_superseded_copy_held(sim: Simulation) -> tuple[Any, Any]:
+    """e1's bytes left at B (its driver crashed before the record), 70 minutes old; e2 accepted at B with
+    its copy over e1's version held; A stored at another name, so e2 is superseded. (e1's export, e2's driver.)"""
+    from datetime import timedelta
+
+    orphaned = sim.export("B")
+    first = sim.post(orphaned)
+    await sim.run_actor(first, until=put_record)
+    await sim.grant(next(c for c in sim.pending() if c.actor is first), "crash")
+    sim.clock.advance(timedelta(minutes=70))
+    slow = sim.post(sim.export("B"))
+    await sim.run_actor(slow, until=overwrites)
+    await stored(sim, "A")
+    return orphaned, slow
+
+
+@pytest.mark.parametrize("land_after", range(8))
+@pytest.mark.parametrize("adopter", ["reconciliation", "retry", "retry-link-gone"])
+async def test_a_superseded_exports_late_copy_landing_at_any_step_of_an_adoption_breaks_nothing(
+    adopter: str, land_after: int
+) -> None:
+    """The late copy lands after each of the adopting driver's first calls in turn: whoever adopts (the
+    reconciliation fences first; a retry copies again), no 200 covers another export's bytes, and the
+    task ends with its newest delivery's file (docs/reference.md, "Delivery semantics")."""
+    sim = Simulation()
+    orphaned, slow = await orphan_with_a_superseded_copy_held(sim)
+    retry = sim.post(orphaned)
+    await sim.run_actor(retry, until=put_record)
+    await sim.grant(next(c for c in sim.pending() if c.actor is retry))  # accepted (copying)
+    driver = retry
+    if adopter == "reconciliation":
+        await sim.run_actor(retry, until=lambda c: c.op in ("put", "set_headers"))
+        await sim.grant(next(c for c in sim.pending() if c.actor is retry), "crash")
+        driver = sim.reconcile()
+    elif adopter == "retry-link-gone":
+        sim.sources.remove(orphaned.source_name)
+    await sim.settle()
+    for _ in range(land_after):
+        calls = [c for c in sim.pending() if c.actor is driver]
+        if not calls:
+            break
+        await sim.grant(calls[0])
+    await sim.grant(next(c for c in sim.pending() if c.actor is slow and overwrites(c)))
+    await sim.run_actor(driver)
+    record = sim.record()
+    assert record is not None and record.current_delivery is not None
+    if driver is retry and (retry.answer or "").startswith("200") and record.current == orphaned.delivery:
+        assert sim.files().get(record.current_delivery.blob) == orphaned.data, retry.answer
+    await sim.finish()
+    ok(sim)
+
+
+async def test_no_200_covers_a_late_copy_while_a_newer_export_is_still_copying() -> None:
+    """A newer export still copying does not excuse a current file that holds another export: the retry
+    puts its bytes back (or answers no 200), and when the newer one fails the file is the retry's."""
+    sim = Simulation()
+    orphaned, slow = await orphan_with_a_superseded_copy_held(sim)
+    retry = sim.post(orphaned)
+    await sim.run_actor(retry, until=put_record)
+    await sim.grant(next(c for c in sim.pending() if c.actor is retry))
+    await sim.run_actor(retry, until=put_record)
+    newer = sim.export("C")
+    await sim.run_actor(sim.post(newer, config=STAGED_202))
+    await sim.run_actor(retry)
+    await sim.grant(next(c for c in sim.pending() if c.actor is slow and overwrites(c)))
+    await sim.run_actor(slow)
+    sim.sources.remove(newer.source_name)  # the newer one fails
+    await sim.drain()
+    holds_it = sim.files().get("ws-1/task-1/B.pdf") == orphaned.data
+    assert not (retry.answer or "").startswith("200") or holds_it, retry.answer
+    await sim.finish()
+    ok(sim)
+
+
+async def test_a_superseded_staged_commit_that_lost_never_commits_again_over_the_newer_version() -> None:
+    """The queue function stages a large superseded export for minutes; its commit fails (412) on the
+    version a retry made its own. It reads the record again with the blob (not the blob alone), so it
+    never takes the retry's file, now over two minutes old, for an orphan to commit over."""
+    from datetime import timedelta
+
+    sim = Simulation()
+    orphaned = sim.export("B")
+    first = sim.post(orphaned)
+    await sim.run_actor(first, until=put_record)
+    await sim.grant(next(c for c in sim.pending() if c.actor is first), "crash")
+    sim.clock.advance(timedelta(minutes=70))
+    await sim.run_actor(sim.post(sim.export("B"), config=STAGED_202))
+    verifier = sim.run_message(0, config=STAGED_202)
+    await sim.run_actor(verifier, until=lambda c: c.op == "commit_blocks")  # its commit is held
+    await stored(sim, "A")
+    retry = sim.post(orphaned)
+    await sim.run_actor(retry)
+    assert retry.answer == "200 stored"
+    sim.clock.advance(timedelta(minutes=3))
+    await sim.run_actor(verifier)
+    assert sim.files().get("ws-1/task-1/B.pdf") == orphaned.data
+    await sim.finish()
+    ok(sim)
 
 
 # ---------------------------------------------------------------------------------------------- random

@@ -5,7 +5,7 @@ the same routes under ``/api``, by calling the user function with a real ``func.
 it writes queue output bindings to the host storage queue (base64, like the Functions host),
 and runs queue-triggered functions on those messages, with host.json's ``maxDequeueCount``
 and ``visibilityTimeout`` and a ``<queue>-poison`` queue. Timer functions run on their schedule
-when it is every N minutes (``0 */N * * * *``, the reconciliation's default), and once on
+when it is every N minutes (``0 */N * * * *`` with N dividing 60: the reconciliation's default), and once on
 ``POST /admin/functions/<name>`` (body ``{}``), as the Functions host runs a non-HTTP function on
 demand. Function keys are not enforced, as with ``func start``.
 
@@ -172,7 +172,9 @@ class LocalHost:
 
     def _admin_handler(self, function: Any) -> Any:
         async def handle(_: web.Request) -> web.Response:
-            self._tasks.append(asyncio.create_task(self._run_timer(function)))
+            task = asyncio.create_task(self._run_timer(function))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)  # kept only while it runs (stopped at shutdown)
             return web.Response(status=202)
 
         return handle
@@ -253,7 +255,8 @@ def every_minutes(schedule: str) -> int | None:
     if schedule.startswith("%") and schedule.endswith("%"):
         schedule = os.environ.get(schedule.strip("%"), "")
     found = re.fullmatch(r"0 \*/(\d+) \* \* \* \*", schedule.strip())
-    return int(found.group(1)) if found and int(found.group(1)) > 0 else None
+    minutes = int(found.group(1)) if found else 0
+    return minutes if minutes > 0 and 60 % minutes == 0 else None  # then the clock's multiples are the cron's
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):

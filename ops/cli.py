@@ -335,7 +335,7 @@ async def _dispatch(
     if isinstance(since, timedelta):
         args.since = now - since
     try:
-        if storage is not None:
+        if storage is not None and not replaying:  # a replay needs the queues; the app recreates a container
             await _check_container(storage)
         if args.command == "find":
             if args.task is not None:
@@ -514,7 +514,9 @@ async def run(
     except Exception as exc:
         if not _is_storage_problem(exc):
             raise
-        destination: str = args.connection_string or environ.get("DESTINATION_CONNECTION_STRING") or ""
+        # The string actually used: an --account-url given wins over one in the environment.
+        environment = "" if args.account_url else environ.get("DESTINATION_CONNECTION_STRING") or ""
+        destination: str = args.connection_string or environment
         if not destination and settings is not None and settings.destination_connection_string is not None:
             destination = settings.destination_connection_string.get_secret_value()
         lowered = destination.lower()

@@ -557,7 +557,8 @@ async def _summary_of(ctx: Context) -> SummaryState:
     if summary is None:
         text = (
             f"PROBLEM: no reconciliation run has written its summary ({PENDING_NAME}), so deliveries still copying "
-            "are not known. Is the timer reconcile_deliveries running? A new deployment writes it in its first "
+            "are not known. Is the timer reconcile_deliveries running, and is --container the app's "
+            "DESTINATION_CONTAINER? A new deployment writes it in its first "
             "run; run one now with POST /admin/functions/reconcile_deliveries on the function app (docs/operations.md, "
             "the reconciliation heartbeat, says how)."
         )

@@ -154,3 +154,22 @@ def test_an_unreachable_account_names_the_endpoint_it_tried_and_no_url() -> None
     assert error.message == (
         "Azure Storage at devstoreaccount1 could not be reached (ServiceRequestError, at 127.0.0.1:10999)."
     )
+
+
+async def test_an_account_url_given_wins_over_a_keyed_string_in_the_environment_for_the_advice() -> None:
+    keyed = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={KEY};EndpointSuffix=core.windows.net"
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["find", "--task", "t-1", "--account-url", "https://acct.blob.core.windows.net"]
+    storage, settings = Refusing("AuthorizationPermissionMismatch"), Ops().world.settings
+    code = await run(
+        argv, environ={"DESTINATION_CONNECTION_STRING": keyed}, out=out, err=err, storage=storage, settings=settings
+    )
+    said = out.getvalue() + err.getvalue()
+    assert code == 3 and "Storage Blob Data Owner" in said and "account key" not in said, said
+
+
+async def test_replay_poison_is_not_stopped_by_a_container_the_app_would_create() -> None:
+    ops = Ops()
+    ops.world.storage.drop_container()
+    ran = await ops("replay-poison", "--dry-run")
+    assert ran.code == 0 and "does not exist" not in ran.out + ran.err, ran.out + ran.err

@@ -751,8 +751,10 @@ def _follow_file(
     if record.index(current.delivery) > record.index(holder.delivery):
         step = Step(at=now, by=by, outcome="failed", status=502, note=reason)
         record = _with_state(record, current, State.FAILED, step, failed_at=now, failure_reason=reason)
-    followed = conclude_stored(record, holder, etag=blob.etag, now=now, by=by, outcome="adopted")
-    rewrite = (WriteManifest(holder.blob, holder.delivery, holder.manifest),) if holder.manifest else ()
+    # At the name the file was found (the holder may have been accepted under an earlier template's name).
+    moved = holder.model_copy(update={"blob": blob.name})
+    followed = conclude_stored(record, moved, etag=blob.etag, now=now, by=by, outcome="adopted")
+    rewrite = (WriteManifest(blob.name, holder.delivery, holder.manifest),) if holder.manifest else ()
     return followed, rewrite
 
 

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TextIO
 
 from receiver.settings import Settings, SettingsError
 from receiver.source import redact
-from receiver.storage import ContainerMissing, Misconfigured, StoreError
+from receiver.storage import StoreError
 from receiver.verification import QUEUE as VERIFICATION_QUEUE
 
 from . import commands, smoke, telemetry
@@ -335,8 +335,6 @@ async def _dispatch(
     if isinstance(since, timedelta):
         args.since = now - since
     try:
-        if storage is not None and not replaying:  # a replay needs the queues; the app recreates a container
-            await _check_container(storage)
         if args.command == "find":
             if args.task is not None:
                 return await commands.find_task(ctx, args.task, args.workspace)
@@ -357,21 +355,6 @@ async def _dispatch(
             await host.close()
         if storage is not None and not injected:
             await close_storage(storage)
-
-
-async def _check_container(storage: Any) -> None:
-    """A wrong --container is said so (exit 3) before anything is read, and never created by a repair.
-    An identity that may not read the container's properties goes on: its first read tells."""
-    try:
-        exists = await storage.container_exists()
-    except Misconfigured:
-        return
-    if not exists:
-        raise ContainerMissing(
-            f"The container {storage.container!r} does not exist in this storage account: check --container "
-            "(the function app's DESTINATION_CONTAINER setting) and the account. A new deployment creates it with "
-            "its first delivery or reconciliation run. Nothing was read or written."
-        )
 
 
 def _destination_given(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:

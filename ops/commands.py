@@ -29,7 +29,7 @@ from receiver.models import Delivery, State, Step, TaskRecord, record_name, with
 from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings
 from receiver.source import redact
-from receiver.storage import Conflict, Storage
+from receiver.storage import Conflict, ContainerMissing, Misconfigured, Storage
 
 from .output import NOT_FOUND, OK, Console, Result, age_seconds, human_age, table
 from .queues import NOT_LOOKED, PEEK_LIMIT, HostQueue, Look, Parsed, QueueMissing, look, parse
@@ -121,6 +121,22 @@ class Inspection:
     next: list[str] = field(default_factory=list)
 
 
+async def _check_container(storage: Storage) -> None:
+    """Before an answer of "nothing here": a wrong --container is said so (exit 3) instead. Asked only
+    then, so a command that finds something costs no extra request. An identity that may not read the
+    container's properties gets the answer as it is."""
+    try:
+        exists = await storage.container_exists()
+    except Misconfigured:
+        return
+    if not exists:
+        raise ContainerMissing(
+            f"The container {storage.container!r} does not exist in this storage account: check --container "
+            "(the function app's DESTINATION_CONTAINER setting) and the account. A new deployment creates it with "
+            "its first delivery or reconciliation run. Nothing was read or written."
+        )
+
+
 def _task_args(workspace_id: str, task_id: str) -> str:
     return f"--task {task_id} --workspace {workspace_id}"
 
@@ -130,6 +146,7 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     record, etag = await read_record(storage, workspace_id, task_id)
     found = Inspection(workspace_id, task_id, record, etag)
     if record is None:
+        await _check_container(storage)
         found.problems.append("no task record")
         found.next.append(
             f"drop --workspace {workspace_id} to look in every workspace; a task whose every delivery was refused "
@@ -344,6 +361,7 @@ async def _one_task(ctx: Context, task_id: str, workspace_id: str | None) -> tup
     pairs = await locate(_need_storage(ctx), task_id, workspace_id)
     if not pairs:
         storage = _need_storage(ctx)
+        await _check_container(storage)
         where = f"container {storage.container} of {getattr(storage, 'account', 'the storage account')}"
         scope = f" in workspace {workspace_id}" if workspace_id else ""
         next_step = (
@@ -400,6 +418,7 @@ async def find_workspace(ctx: Context, workspace_id: str, limit: int) -> Result:
         )
     data = {"workspaceId": workspace_id, "tasks": tasks, "more": more}
     if not tasks:
+        await _check_container(storage)
         return Result(NOT_FOUND, data, [f"No task records for workspace {workspace_id}."])
     text = table(["TASK", "DELIVERIES", "COPYING", "LAST FAILED", "CURRENT FILE"], rows)
     if more:
@@ -555,6 +574,7 @@ async def _summary_of(ctx: Context) -> SummaryState:
         text = f"PROBLEM: the reconciliation's summary {PENDING_NAME} is unreadable ({exc}): its next run rewrites it"
         return SummaryState(None, {"name": PENDING_NAME, "found": True, "readable": False}, [text], [])
     if summary is None:
+        await _check_container(storage)
         text = (
             f"PROBLEM: no reconciliation run has written its summary ({PENDING_NAME}), so deliveries still copying "
             "are not known. Is the timer reconcile_deliveries running, and is --container the app's "

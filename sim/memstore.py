@@ -446,7 +446,10 @@ class MemoryStorage:
         return self._tags_supported
 
     async def container_exists(self) -> bool:
-        return self._container_exists
+        self._enter("container_exists", "")  # refused or unreachable like any other call
+        exists = self._container_exists
+        self._leave("container_exists", "")
+        return exists
 
     async def ensure_container(self) -> None:
         self._enter("ensure_container", "")

@@ -630,7 +630,8 @@ def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: b
     """May another delivery's copy, decided from an older view, still land at ``name`` over the version
     being recorded? One still copying there may; when the version is adopted (its ETag not made by this
     driver, so others may have read it), one superseded there may too (its driver may still be sending).
-    Then the recorded file is fenced (:class:`Fence`) after the swap."""
+    Then bytes are not adopted as they are: a webhook or verifier copies them again, the reconciliation
+    fences them first (:class:`Fence`); a driver's own copy is fenced after its swap."""
     states = (State.COPYING, State.SUPERSEDED) if adopted else (State.COPYING,)
     return any(item.blob == name and item.delivery != delivery and item.state in states for item in record.deliveries)
 

@@ -203,7 +203,8 @@ async def _apply(storage: Storage, job: Job, seen: Seen, decision: Decision, tra
         # so a record that moved on meanwhile is seen, and the restored copy removed if it is stale now.
         return replace(copied, concluded=None) if decision.arrow == "restored" else copied
     if isinstance(decision, Stage):
-        return await _stage(storage, job, decision.if_match, seen, trace)
+        staged = await _stage(storage, job, decision.if_match, seen, trace)
+        return replace(staged, concluded=None) if decision.arrow == "restored" else staged
     if isinstance(decision, Change):
         return await _change(storage, job, seen, decision, trace, now=now)
     if isinstance(decision, Apply):

@@ -218,7 +218,8 @@ adopted | new, copying, superseded | stored | any driver |
 duplicate | stored | stored | webhook, verifier |
     the same delivery again while it is current and its file holds it: nothing is written
 restored | stored | stored | webhook, verifier |
-    the same delivery again while it is current, but its file was gone: the copy put it back
+    the same delivery again while it is current, but its file was gone or held an older export: the copy (a large
+    file: the staged commit) put it back; the current delivery is never accepted again as `copying`
 superseded | any | unchanged | webhook, verifier |
     a delivery accepted after it is stored or copying: nothing is copied; a file of it at a name of its own (a
     copy made before the record was read) is removed If-Match (one another driver left: listed to retire first)
@@ -582,14 +583,16 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
                 return Answer("copying", 202, "queued", enqueue=True)
             step = Step(at=now, by=by, outcome="copying", note="another copy of this task was in flight")
             return Change(_with_state(base, _entry(notice, record), State.COPYING, step, staged=seen.large), "queued")
-    if current_stored and not seen.large and record is not None and entry is not None:
+    if current_stored and record is not None and entry is not None:
+        # The current delivery is never accepted again (that would make it `copying`): a large one too.
         if not _stale(record, entry, blob, now):
             return Answer("copying", 202, "queued", enqueue=True)
         # The current file holds an older delivery (a copy that raced this one's record, or an orphan):
         # the current delivery puts its own bytes back.
         if _behind(seen, record, blob):
             return Observe(record=True)
-        return Copy(blob.etag if isinstance(blob, Blob) else None, arrow="restored")
+        version = blob.etag if isinstance(blob, Blob) else None
+        return Stage(version, arrow="restored") if seen.large else Copy(version, arrow="restored")
     if not accepted:
         # Only an accepted delivery overwrites (or stages): a crash after the copy leaves it tracked.
         return _accept(seen, notice, record, by, now, observe=False)

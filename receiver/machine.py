@@ -239,7 +239,8 @@ source-failed | new, copying, stored | failed (when it was in the record) | webh
     delivery whose file another accepted delivery's late copy replaced fails so, and that one is current
 expired | new, copying, stored | failed | any driver |
     its link expired before the copy finished (or before its file, replaced by an earlier export's late copy,
-    was put back): nothing can finish it; bytes of it left at its name and not adopted are listed to retire
+    was put back): nothing can finish it; bytes of it left at its name over two minutes ago and not adopted are
+    listed to retire
 waiting | copying | copying | reconciliation |
     its link is valid and its queue message may still finish it: left as it is
 operator-failed | copying | failed | operator |
@@ -511,9 +512,13 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     def final(answer: Answer, reason: str) -> Decision:
         """A failure nothing can undo: an accepted delivery fails in the record; a current one whose file
         another's late copy replaced fails too, and the record follows the file; else only the answer.
-        Bytes of this delivery left at its name (not adopted: another delivery there may still copy) are
-        listed to retire with the failure, so no file is left that no record names."""
+        Bytes of this delivery left at its name long ago (not adopted: another delivery there may still
+        copy) are listed to retire with the failure, so no file is left that no record names."""
+        # Only an orphan (older than IN_FLIGHT): a fresh copy is its own driver's to record (RECORD_WITHIN),
+        # and that driver keeps its version, so a retirement of it would delete the file it records.
         own = isinstance(blob, Blob) and blob.delivery == notice.delivery and not current_stored
+        modified = (blob.last_modified or blob.created) if isinstance(blob, Blob) else None
+        own = own and modified is not None and now - modified >= IN_FLIGHT
         stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag) if isinstance(blob, Blob) else None
         if own and stale is not None and stale.key in {item.key for item in base.retire}:
             return _retire(seen, base) or answer

@@ -415,7 +415,11 @@ async def test_a_superseded_staged_commit_that_lost_never_commits_again_over_the
 # ---------------------------------------------------------------------------------------------- random
 
 
-@pytest.mark.parametrize("seed", [1731, 10508, 66488, 101944, 103424, 113442, 152723, 266388, 285386, 298148, 365172])
+SEEDS_THAT_BROKE = [1731, 10508, 66488, 101944, 103424, 113442, 152723, 266388, 285386, 298148, 365172]
+SEEDS_THAT_BROKE += [513652, 540783, 546392, 550462]
+
+
+@pytest.mark.parametrize("seed", SEEDS_THAT_BROKE)
 async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int) -> None:
     """Found by soaks: an adoption a superseded export's late copy overtook (10508, 101944, 113442: the
     current file replaced, then gone); a current delivery demoted to copying when a lost answer could not
@@ -424,7 +428,9 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     expired delivery's own old copy, not adopted, left where no record named it (266388); a superseded
     staged commit that lost taken a newer file for an orphan (66488); the record following a file found
     under today's template to the name its holder was accepted under (298148: the file then deleted); a
-    large current delivery's retry accepted again, so `copying`, while its file was gone (365172)."""
+    large current delivery's retry accepted again, so `copying`, while its file was gone (365172); a fresh
+    copy listed to retire by a retry whose link was gone, then recorded by its own driver and deleted (513652,
+    540783, 546392, 550462)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

@@ -416,7 +416,7 @@ async def test_a_superseded_staged_commit_that_lost_never_commits_again_over_the
 
 
 SEEDS_THAT_BROKE = [1731, 10508, 66488, 101944, 103424, 113442, 152723, 266388, 285386, 298148, 365172]
-SEEDS_THAT_BROKE += [513652, 540783, 546392, 550462]
+SEEDS_THAT_BROKE += [513652, 540783, 546392, 550462, 572386]
 
 
 @pytest.mark.parametrize("seed", SEEDS_THAT_BROKE)
@@ -430,7 +430,7 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     under today's template to the name its holder was accepted under (298148: the file then deleted); a
     large current delivery's retry accepted again, so `copying`, while its file was gone (365172); a fresh
     copy listed to retire by a retry whose link was gone, then recorded by its own driver and deleted (513652,
-    540783, 546392, 550462)."""
+    540783, 546392, 550462, 572386)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 
@@ -443,7 +443,7 @@ async def test_a_seed_replays_exactly() -> None:
 
 # SIM_SCHEDULES random schedules a test run (seeds 0 to SIM_SCHEDULES - 1), in parts of about PART_SCHEDULES
 # that pytest's workers spread among the other tests (tests/conftest.py); `make soak` runs a million. The
-# default is what keeps `make test` under 3 minutes on two cores (about 75 schedules a second each).
+# default is what keeps `make test` under 3 minutes on two cores (about 100 schedules a second each).
 SCHEDULES = int(os.environ.get("SIM_SCHEDULES", "2000"))
 PART_SCHEDULES = 250
 PARTS = max(1, -(-SCHEDULES // PART_SCHEDULES))

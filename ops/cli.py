@@ -442,9 +442,17 @@ def _storage_message(exc: BaseException, *, signed_by: str | None = None) -> str
     )
 
 
-def _usage(err: TextIO, message: str) -> int:
+def _usage(err: TextIO, message: str, *, json_out: TextIO | None = None) -> int:
+    """One line on stderr; with --json (``json_out``), the same as one JSON document on stdout too."""
+    if json_out is not None:
+        json_out.write(json.dumps({"error": "usage", "message": redact(message)}) + "\n")
     err.write(f"python -m ops: error: {redact(message)}\n")
     return USAGE
+
+
+def _asks_json(given: Sequence[str]) -> bool:
+    """--json, or an abbreviation of it argparse accepts."""
+    return any(len(item) > 3 and "--json".startswith(item) for item in given)
 
 
 async def run(
@@ -470,19 +478,20 @@ async def run(
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): argparse has printed it
         given = list(argv) if argv is not None else sys.argv[1:]
-        if exc.code == USAGE and "--json" in given and _Parser.last_error is not None:
+        if exc.code == USAGE and _asks_json(given) and _Parser.last_error is not None:
             out.write(json.dumps({"error": "usage", "message": redact(_Parser.last_error)}) + "\n")
         return exc.code if isinstance(exc.code, int) else USAGE
     if args.command == "smoke":
         return await asyncio.to_thread(smoke.smoke, args, environ, out)
+    json_out = out if args.json else None
     if args.command == "find" and args.task is None and args.workspace is None:
-        return _usage(err, "find needs --task, --workspace or both")
+        return _usage(err, "find needs --task, --workspace or both", json_out=json_out)
     if args.command == "check" and args.dry_run and not args.repair:
         args.repair = True  # --dry-run alone: what --repair would do
     for one, other in (("connection_string", "account_url"), ("host_connection_string", "host_queue_url")):
         if getattr(args, one) and getattr(args, other):
             first, second = (f"--{name.replace('_', '-')}" for name in (one, other))
-            return _usage(err, f"give {first} or {second}, not both")
+            return _usage(err, f"give {first} or {second}, not both", json_out=json_out)
     args.json = bool(args.json)
     console = Console(err, args.json)
     try:
@@ -491,9 +500,7 @@ async def run(
             args, console, environ, storage=storage, settings=settings, queues=queues, now=now or datetime.now(UTC)
         )
     except UsageError as exc:
-        if args.json:
-            out.write(json.dumps({"error": "usage", "message": redact(str(exc))}) + "\n")
-        return _usage(err, str(exc))
+        return _usage(err, str(exc), json_out=json_out)
     except Exception as exc:
         if not _is_storage_problem(exc):
             raise

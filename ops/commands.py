@@ -155,6 +155,8 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
         return found
     seen, looked = await asyncio.gather(observe_sweep(storage, record, etag), _look(ctx, workspace_id, task_id))
     found.look = looked
+    if looked.note.startswith(HOST_UNREADABLE):
+        found.problems.append(looked.note)  # the verdicts that need the queues are not known: exit 1
     found.foreseen = foresee_sweep(seen, Sweep(ctx.now, by="operator", verify=True))
     args = _task_args(workspace_id, task_id)
     current = record.current_delivery
@@ -207,10 +209,13 @@ async def _look(ctx: Context, workspace_id: str, task_id: str) -> Look:
             raise
         code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None) or type(exc).__name__
         note = (
-            f"the function's host storage (its queues) could not be read ({code}): check --host-connection-string "
-            "or --host-queue-url, the network path to it, and Storage Queue Data Contributor"
+            f"{HOST_UNREADABLE} ({code}): check --host-connection-string or --host-queue-url, the network path to "
+            "it, and Storage Queue Data Contributor"
         )
         return Look("unknown", "unknown", note=note)
+
+
+HOST_UNREADABLE = "the function's host storage (its queues) could not be read"
 
 
 def _is_azure_error(exc: Exception) -> bool:

@@ -10,9 +10,11 @@ records' listing labels (``TaskRecord.labels``) and read only the records they s
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import unquote
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from receiver.engine import Job, Trace, manifest_name, observe, run
 from receiver.intake import arrival_job, is_large, prepare
@@ -215,6 +217,29 @@ def foresee_sweep(seen: Seen, event: Sweep) -> Foreseen:
     return Foreseen(decision, "nothing", "nothing to do: no delivery copying, no name to retire")
 
 
+_POLICY = ("allowed_source_hosts", "allow_http_sources")
+
+
+def _only_refused_by_defaults(body: bytes, settings: Settings, received_at: datetime) -> bool:
+    """Would the link pass with the policy settings not given to ops at their most permissive (its own
+    host allowed, http allowed)? Then the refusal is this machine's defaults, not the app's policy; a
+    link refused for what it is (too long, spaces, no host) is refused either way."""
+    missing = [name for name in _POLICY if name not in settings.model_fields_set]
+    if not missing:
+        return False
+    try:
+        link = json.loads(body).get("exportedFileUrl")
+        netloc = urlsplit(link).netloc.rpartition("@")[2] if isinstance(link, str) else ""
+    except (ValueError, AttributeError):
+        return False
+    lenient: dict[str, Any] = {}
+    if "allowed_source_hosts" in missing and netloc:
+        lenient["allowed_source_hosts"] = (netloc.lower(),)
+    if "allow_http_sources" in missing:
+        lenient["allow_http_sources"] = True
+    return not isinstance(prepare(body, {}, settings.model_copy(update=lenient), now=received_at), Outcome)
+
+
 async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, *, now: datetime) -> Foreseen:
     """What the queue function will do with this message, by ``decide`` on an ``Arrival`` and the
     observation the engine makes (the record, and the blob at the delivery's name). Sends nothing."""
@@ -231,14 +256,13 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
     if isinstance(plan, Outcome):
         error = str(plan.body.get("error") or plan.status_code)
         refused = Answer("failed", plan.status_code, "refused")
-        policy_given = {"allowed_source_hosts", "allow_http_sources"} & settings.model_fields_set
-        if error == "source-not-allowed" and not policy_given:
+        if error == "source-not-allowed" and _only_refused_by_defaults(message.body, settings, message.received_at):
             # Judged by this machine's defaults, not the function app's policy: not a prediction.
             return Foreseen(
                 refused,
                 "unknown",
-                "its link is outside the default source policy, and this machine does not have the function app's "
-                "ALLOWED_SOURCE_HOSTS / ALLOW_HTTP_SOURCES: set them as the app has them to know",
+                "its link is refused only by a source policy setting this machine does not have (the function app's "
+                "ALLOWED_SOURCE_HOSTS / ALLOW_HTTP_SOURCES): set them as the app has them to know",
             )
         return Foreseen(refused, "fail", f"the queue function refuses it ({error}): it drops the message")
     large = await is_large(storage, plan, settings)

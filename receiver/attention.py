@@ -312,8 +312,13 @@ class Summary:
             records=int(document.get("records") or 0),
             copying_tasks=int(document.get("copyingTasks") or len(tasks)),
             tasks=tasks,
-            poison=document["poisonMessages"] if isinstance(document.get("poisonMessages"), int) else None,
+            poison=_count(document.get("poisonMessages")),
         )
+
+
+def _count(value: object) -> int | None:
+    """A count the summary carries: a whole number 0 or more, else not known (None)."""
+    return value if type(value) is int and value >= 0 else None
 
 
 def stale_after(schedule: str) -> timedelta:

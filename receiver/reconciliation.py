@@ -26,6 +26,7 @@ Bounded per run by count and time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -49,6 +50,7 @@ log = logging.getLogger("receiver.reconciliation")
 MAX_PER_RUN = 200
 # How long the queue keeps trying a copy: host.json retries it every minute up to 40 times; with
 # slack. A delivery still copying after that has lost its message (or it was poisoned).
+POISON_DEPTH_SECONDS = 20
 QUEUE_COVERAGE = timedelta(minutes=MAX_DEQUEUE_COUNT * 1.5 + 30)
 # Below host.json's functionTimeout (5 minutes), leaving room for the item in progress.
 RUN_BUDGET_SECONDS = 180.0
@@ -257,9 +259,16 @@ def _summary(report: RunReport) -> str:
 
 
 async def _poison_depth(environ: dict[str, str] | None) -> int | None:
+    """Bounded: measured first, a slow host storage must not eat the run's budget (None: not known)."""
     from .hostqueue import queue_depth
 
-    return await queue_depth(POISON_QUEUE, environ if environ is not None else dict(os.environ))
+    try:
+        return await asyncio.wait_for(
+            queue_depth(POISON_QUEUE, environ if environ is not None else dict(os.environ)), POISON_DEPTH_SECONDS
+        )
+    except TimeoutError:
+        log.warning("the poison queue's depth was not read within %s s: reported next run", POISON_DEPTH_SECONDS)
+        return None
 
 
 def _report_metrics(report: RunReport) -> None:

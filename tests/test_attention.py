@@ -6,6 +6,7 @@ then on Azurite through the real function app."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -468,3 +469,16 @@ async def test_on_azurite_a_marker_lost_beside_the_swap_is_backfilled(
     assert report.attention is not None and report.attention.backfilled == 1, report
     failed = await ops_on_azurite("failed", "--since", "15")
     assert [entry["taskId"] for entry in failed.json()["deliveries"]] == [payload["taskId"]], failed.out
+
+
+@pytest.mark.parametrize(("value", "read"), [(2, 2), (0, 0), (True, None), (-1, None), ("3", None), (None, None)])
+def test_a_summarys_poison_count_is_a_whole_number_or_not_known(value: object, read: int | None) -> None:
+    """A summary another writer (or a bit flip) left with a poison count that is no count is read as
+    not known: no PROBLEM from a bogus "True message(s)"."""
+    summary = attention.Summary(
+        listed_at=datetime(2026, 1, 1, tzinfo=UTC), completed_at=datetime(2026, 1, 1, tzinfo=UTC),
+        schedule="0 */10 * * * *", stale_after=timedelta(minutes=25), records=0, copying_tasks=0, tasks=[],
+    )  # fmt: skip
+    document = json.loads(summary.to_bytes())
+    document["poisonMessages"] = value
+    assert attention.Summary.from_bytes(json.dumps(document).encode()).poison == read

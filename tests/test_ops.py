@@ -218,6 +218,7 @@ async def test_find_with_unreachable_host_storage_gives_an_unknown_verdict_namin
     ran = await ops("find", "--task", "task-1")
     assert "UNKNOWN" in ran.out and "host storage (its queues) could not be read" in ran.out, ran.out
     assert "--host-connection-string" in ran.out
+    assert ran.code == NOT_FOUND  # not "all well" for a script: the queues' side is not known
 
 
 async def test_find_workspace_reads_in_proportion_to_max(ops: Ops) -> None:
@@ -452,6 +453,38 @@ async def test_replay_does_not_foresee_a_refusal_by_a_source_policy_this_machine
         assert await run(["replay-poison"], settings=without_policy, queues=ops.queues, **kwargs) == OK
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert len(ops.queue.visible) == 1 and "expected to fail" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("link", "given", "will"),
+    [
+        ("http://127.0.0.1:10000/exports/f.pdf", {"allowed_source_hosts": ("127.0.0.1:10000",)}, "unknown"),
+        ("http://127.0.0.1:10000/exports/f.pdf", {"allow_http_sources": True}, "unknown"),
+        (
+            "http://127.0.0.1:10000/exports/f.pdf",
+            {"allowed_source_hosts": ("127.0.0.1:10000",), "allow_http_sources": False},
+            "fail",
+        ),
+        ("https://exports.blob.core.windows.net/a b/f.pdf", {}, "fail"),  # refused for what it is, by any policy
+    ],
+    ids=["hosts-only", "http-only", "both-given", "malformed"],
+)
+async def test_replay_foresees_a_source_refusal_only_when_the_apps_policy_would_refuse_it_too(
+    ops: Ops, link: str, given: dict[str, Any], will: str
+) -> None:
+    from receiver.settings import Settings
+    from receiver.verification import message as queue_message
+
+    body = json.loads(ops.world.export("task-1").body)
+    body["exportedFileUrl"] = link + "?sv=2024-11-04&se=2099-01-01T00%3A00%3A00Z&sig=abc"
+    ops.poison.add(queue_message(json.dumps(body).encode(), ops.world.now))
+    base = ops.world.settings.model_dump(exclude={"allowed_source_hosts", "allow_http_sources"})
+    settings = Settings(**base, **given)
+    out, err = io.StringIO(), io.StringIO()
+    kwargs: Any = {"environ": {}, "out": out, "err": err, "storage": ops.world.storage, "now": ops.world.now}
+    await run(["replay-poison", "--dry-run", "--json"], settings=settings, queues=ops.queues, **kwargs)
+    [entry] = json.loads(out.getvalue())["messages"]
+    assert entry["will"] == will, entry
 
 
 async def test_replay_with_nothing_poisoned_does_nothing(ops: Ops) -> None:

@@ -488,6 +488,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         locked = seen.attempt == "immutable"
         if seen.copied or locked or not _copies_may_land(base, notice.blob, notice.delivery, adopted=True):
             arrow = ("restored" if current else "stored") if seen.copied else "adopted"
+            # A retirement listed at this name (a failure's, from a view this change overrides) may still be
+            # on its way: the file is fenced first, so its If-Match delete fails before the record says current.
+            if seen.fenced != blob.etag and any(item.blob == notice.blob for item in base.retire):
+                return Apply((Fence(notice.blob, notice.delivery),), arrow)
             fence = _copies_may_land(base, notice.blob, notice.delivery, adopted=not seen.copied)
             moved = _entry(notice, record).model_copy(update={"blob": notice.blob})  # today's name (template)
             stored = conclude_stored(base, moved, etag=blob.etag, now=now, by=by, outcome=arrow)
@@ -519,6 +523,9 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         own = isinstance(blob, Blob) and blob.delivery == notice.delivery and not current_stored
         modified = (blob.last_modified or blob.created) if isinstance(blob, Blob) else None
         own = own and modified is not None and now - modified >= IN_FLIGHT
+        # Never the current file's name: what it holds is the current delivery's (and the verifier's) to sort out.
+        holding = record.current_delivery if record is not None else None
+        own = own and not (holding is not None and isinstance(blob, Blob) and holding.blob == blob.name)
         stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag) if isinstance(blob, Blob) else None
         if own and stale is not None and stale.key in {item.key for item in base.retire}:
             return _retire(seen, base) or answer
@@ -646,13 +653,14 @@ def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: b
 
 def _behind(seen: Seen, record: TaskRecord | None, blob: Blob | Unseen | None) -> bool:
     """Before overwriting ``blob``: may the record read be behind the file? It is when the file holds a
-    delivery the record knows but not as its current stored file (a restore, a late copy, or a record
-    that moved on since it was read, whose current file this is). Then the record is read once more
-    (never twice for one version), so an overwrite is never decided from a record older than the file."""
+    delivery the record read does not know (an orphan, or one accepted since), or knows but not as its
+    current stored file (a restore, a late copy, or a record that moved on since it was read, whose
+    current file this is). Then the record is read once more (never twice for one version), so an
+    overwrite is never decided from a record older than the file."""
     if record is None or not isinstance(blob, Blob) or blob.delivery is None or seen.rechecked == blob.etag:
         return False
     holder = record.find(blob.delivery)
-    return holder is not None and not (holder.delivery == record.current and holder.state is State.STORED)
+    return holder is None or not (holder.delivery == record.current and holder.state is State.STORED)
 
 
 def _later(record: TaskRecord, entry: Delivery, *states: State) -> bool:
@@ -698,7 +706,9 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         if isinstance(blob, Blob) and blob.delivery == copying.delivery:
             # It cannot copy: it makes the version its own first (a fence), so a copy another delivery
             # prepared over the version read fails, and one that landed first is seen before any swap.
-            if seen.fenced != blob.etag and _copies_may_land(record, copying.blob, copying.delivery, adopted=True):
+            listed = any(item.blob == copying.blob for item in record.retire)
+            may_land = listed or _copies_may_land(record, copying.blob, copying.delivery, adopted=True)
+            if seen.fenced != blob.etag and may_land:
                 return Apply((Fence(copying.blob, copying.delivery),), "adopted")
             stored = conclude_stored(record, copying, etag=blob.etag, now=now, by=by, outcome="adopted")
             effects = (WriteManifest(copying.blob, copying.delivery, copying.manifest or {}),)

@@ -416,7 +416,7 @@ async def test_a_superseded_staged_commit_that_lost_never_commits_again_over_the
 
 
 SEEDS_THAT_BROKE = [1731, 10508, 66488, 101944, 103424, 113442, 152723, 266388, 285386, 298148, 365172]
-SEEDS_THAT_BROKE += [513652, 540783, 546392, 550462, 572386]
+SEEDS_THAT_BROKE += [513652, 540783, 546392, 550462, 572386, 907624, 911049, 912446]
 
 
 @pytest.mark.parametrize("seed", SEEDS_THAT_BROKE)
@@ -430,7 +430,9 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     under today's template to the name its holder was accepted under (298148: the file then deleted); a
     large current delivery's retry accepted again, so `copying`, while its file was gone (365172); a fresh
     copy listed to retire by a retry whose link was gone, then recorded by its own driver and deleted (513652,
-    540783, 546392, 550462, 572386)."""
+    540783, 546392, 550462, 572386); a retirement listed for a version its own driver then recorded
+    (911049), one at the current file's name (912446); a stale restore over a file its record read did not
+    know (907624)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

@@ -48,9 +48,10 @@ from .verification import MAX_DEQUEUE_COUNT, POISON_QUEUE
 log = logging.getLogger("receiver.reconciliation")
 
 MAX_PER_RUN = 200
+# How long the poison queue's depth may take to read (it is read first, inside the run's budget).
+POISON_DEPTH_SECONDS = 20
 # How long the queue keeps trying a copy: host.json retries it every minute up to 40 times; with
 # slack. A delivery still copying after that has lost its message (or it was poisoned).
-POISON_DEPTH_SECONDS = 20
 QUEUE_COVERAGE = timedelta(minutes=MAX_DEQUEUE_COUNT * 1.5 + 30)
 # Below host.json's functionTimeout (5 minutes), leaving room for the item in progress.
 RUN_BUDGET_SECONDS = 180.0

@@ -227,3 +227,19 @@ async def test_a_run_with_nothing_to_do_reads_only_the_listings_and_writes_its_s
     # blobs (receiver/attention.py), and the pending summary written.
     assert [m for m, _ in sweeping.seen] == ["GET", "GET", "GET", "PUT"]
     assert "/.smartdocumentor/attention/pending.json" in sweeping.seen[-1][1]
+
+
+async def test_a_poison_depth_that_does_not_answer_in_time_is_not_known(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from receiver import hostqueue, reconciliation
+
+    async def never(queue: str, environ: object) -> int:
+        await asyncio.Event().wait()
+        return 0
+
+    monkeypatch.setattr(hostqueue, "queue_depth", never)
+    monkeypatch.setattr(reconciliation, "POISON_DEPTH_SECONDS", 0)
+    assert await reconciliation._poison_depth({}) is None

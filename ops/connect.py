@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -161,7 +162,11 @@ def operator_settings(args: argparse.Namespace, environ: Mapping[str, str], *, n
         field = str(error["loc"][0]) if error["loc"] else ""
         cause = error.get("ctx", {}).get("error")
         reason = str(cause) if cause is not None else error["msg"]
-        raise ConfigError(f"{_OPTION_OF_FIELD.get(field, field.upper())} is invalid: {reason}.") from None
+        hint = ""
+        valid_lowercase = re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", container.lower())
+        if field == "destination_container" and container != container.lower() and valid_lowercase:
+            hint = f" Container names are lowercase: --container {container.lower()}?"
+        raise ConfigError(f"{_OPTION_OF_FIELD.get(field, field.upper())} is invalid: {reason}.{hint}") from None
     except SettingsError as exc:
         raise ConfigError(exc.message) from None
 

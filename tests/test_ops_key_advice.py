@@ -173,3 +173,14 @@ async def test_replay_poison_is_not_stopped_by_a_container_the_app_would_create(
     ops.world.storage.drop_container()
     ran = await ops("replay-poison", "--dry-run")
     assert ran.code == 0 and "does not exist" not in ran.out + ran.err, ran.out + ran.err
+
+
+async def test_a_container_name_in_capitals_gets_its_lowercase_name_suggested() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = await run(
+        ["pending", "--connection-string", "UseDevelopmentStorage=true", "--container", "SmartDocumentor"],
+        environ={},
+        out=out,
+        err=err,
+    )
+    assert code == 3 and "--container smartdocumentor?" in err.getvalue(), err.getvalue()

@@ -279,25 +279,12 @@ async def test_a_retry_of_an_orphan_a_superseded_export_may_still_copy_over_copi
     """A retry finds its own old copy (its first driver crashed before the record) while a superseded
     export's copy, decided over that very version, is still on its way: it copies its bytes again rather
     than adopt them, so whichever lands second fails, and no 200 covers a file it does not hold."""
-    from datetime import timedelta
-
     sim = Simulation()
-    orphaned = sim.export("B")
-    first = sim.post(orphaned)
-    await sim.run_actor(first, until=put_record)
-    await sim.grant(next(call for call in sim.pending() if call.actor is first), "crash")
-    sim.clock.advance(timedelta(minutes=70))  # its copy is an orphan now
-
-    def overwrites(call: Call) -> bool:
-        return call.op == "copy_from_url" and "if_match" in call.detail
-
-    slow = sim.post(sim.export("B"))
-    await sim.run_actor(slow, until=overwrites)  # accepted; its copy over the orphan is held
-    await stored(sim, "A")  # a renamed export is stored: the slow one is superseded
+    orphaned, slow = await orphan_with_a_superseded_copy_held(sim)
     retry = sim.post(orphaned)
     await sim.run_actor(retry, until=put_record)
     await sim.grant(next(call for call in sim.pending() if call.actor is retry))  # accepted
-    await sim.run_actor(retry, until=put_record)  # has read its own old copy at B: adopts it
+    await sim.run_actor(retry, until=put_record)  # has read its own old copy at B
     await sim.grant(next(call for call in sim.pending() if call.actor is slow and overwrites(call)))
     await sim.run_actor(retry)
     assert retry.answer is not None and retry.answer.startswith("200"), retry.answer
@@ -312,9 +299,8 @@ def overwrites(call: Call) -> bool:
     return call.op == "copy_from_url" and "if_match" in call.detail
 
 
-async def orphan_with_a_superseded_copy_held(sim: Simulation) -> tuple[Any, Any]:
-    """e1's bytes left at B (its driver crashed before the record), 70 minutes old; e2 accepted at B with
-    its copy over e1's version held; A stored at another name, so e2 is superseded. (e1's export, e2's driver.)"""
+async def orphan(sim: Simulation) -> Any:
+    """An export of B whose bytes its driver left at B, crashing before the record, 70 minutes ago."""
     from datetime import timedelta
 
     orphaned = sim.export("B")
@@ -322,6 +308,13 @@ async def orphan_with_a_superseded_copy_held(sim: Simulation) -> tuple[Any, Any]
     await sim.run_actor(first, until=put_record)
     await sim.grant(next(c for c in sim.pending() if c.actor is first), "crash")
     sim.clock.advance(timedelta(minutes=70))
+    return orphaned
+
+
+async def orphan_with_a_superseded_copy_held(sim: Simulation) -> tuple[Any, Any]:
+    """e1 an orphan at B (:func:`orphan`); e2 accepted at B with its copy over e1's version held; A stored
+    at another name, so e2 is superseded. (e1's export, e2's driver.)"""
+    orphaned = await orphan(sim)
     slow = sim.post(sim.export("B"))
     await sim.run_actor(slow, until=overwrites)
     await stored(sim, "A")
@@ -393,11 +386,7 @@ async def test_a_superseded_staged_commit_that_lost_never_commits_again_over_the
     from datetime import timedelta
 
     sim = Simulation()
-    orphaned = sim.export("B")
-    first = sim.post(orphaned)
-    await sim.run_actor(first, until=put_record)
-    await sim.grant(next(c for c in sim.pending() if c.actor is first), "crash")
-    sim.clock.advance(timedelta(minutes=70))
+    orphaned = await orphan(sim)
     await sim.run_actor(sim.post(sim.export("B"), config=STAGED_202))
     verifier = sim.run_message(0, config=STAGED_202)
     await sim.run_actor(verifier, until=lambda c: c.op == "commit_blocks")  # its commit is held

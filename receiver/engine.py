@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -40,7 +41,7 @@ from .machine import (
     replaced_by,
     watched_copying,
 )
-from .models import MAX_RECORD_BYTES, RECORD_CONTENT_TYPE, Manifest, TaskRecord, record_name
+from .models import COPY_ID, MAX_RECORD_BYTES, RECORD_CONTENT_TYPE, Manifest, Retirement, TaskRecord, record_name
 from .storage import (
     Blob,
     Conflict,
@@ -274,17 +275,29 @@ async def _unseen() -> Any:
 # --- copying ---------------------------------------------------------------------------------------------
 
 
-def _written_blob(job: Job, name: str, etag: str, headers: Headers | None = None) -> Blob:
+def _copy_metadata(job: Job) -> dict[str, str]:
+    """What a copy or commit writes as metadata: the plan's, and a new ``copyid`` naming these very
+    bytes. Setting headers keeps it, a copy over them replaces it: a retirement of one version follows
+    the first change to its next version, never into another copy (see :func:`remove_if_holds`)."""
+    return {**job.metadata, COPY_ID: _new_copy_id()}
+
+
+def _new_copy_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _written_blob(name: str, etag: str, metadata: dict[str, str], headers: Headers | None = None) -> Blob:
     """The blob as this driver's own copy or commit left it (its metadata is what it sent)."""
-    return Blob(name=name, etag=etag, size=0, headers=headers or Headers(), metadata=dict(job.metadata))
+    return Blob(name=name, etag=etag, size=0, headers=headers or Headers(), metadata=metadata)
 
 
 async def _copy(storage: Storage, job: Job, name: str, if_match: str | None, seen: Seen, trace: Trace) -> Seen:
     assert job.source_url is not None
     trace.copy_sent, trace.mode = True, "sync"
     tags = job.tags if storage.tags_supported else None
+    metadata = _copy_metadata(job)
     try:
-        written = await storage.copy_from_url(name, job.source_url, if_match=if_match, metadata=job.metadata, tags=tags)
+        written = await storage.copy_from_url(name, job.source_url, if_match=if_match, metadata=metadata, tags=tags)
     except Conflict:
         return replace(seen, blob=UNSEEN, attempt="exists" if if_match is None else "changed")
     except TooLargeForSyncCopy:
@@ -296,7 +309,7 @@ async def _copy(storage: Storage, job: Job, name: str, if_match: str | None, see
         return replace(seen, attempt="immutable", policy=exc.policy)
     except Unavailable:
         return replace(seen, blob=UNSEEN, attempt="lost")
-    return replace(seen, blob=_written_blob(job, name, written.etag), copied=True, attempt=None)
+    return replace(seen, blob=_written_blob(name, written.etag, metadata), copied=True, attempt=None)
 
 
 def block_id(delivery: str, number: int) -> str:
@@ -331,6 +344,7 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
             await storage.stage_block(notice.blob, block_name, job.source_url or "", offset=offset, length=length)
 
     trace.copy_sent = True
+    metadata = _copy_metadata(job)
     try:
         await asyncio.gather(*(put(name, offset, length) for name, (offset, length) in zip(ids, ranges, strict=True)))
         if job.deadline is not None and job.clock() >= job.deadline:
@@ -338,7 +352,7 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
         tags = job.tags if storage.tags_supported else None
         headers = Headers(content_type=job.content_type)
         written = await storage.commit_blocks(
-            notice.blob, ids, if_match=if_match, headers=headers, metadata=job.metadata, tags=tags
+            notice.blob, ids, if_match=if_match, headers=headers, metadata=metadata, tags=tags
         )
     except TimeoutError:
         return replace(seen, attempt="unfinished")
@@ -351,7 +365,7 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
     except Unavailable:
         return replace(seen, blob=UNSEEN, attempt="lost")
     headers = Headers(content_type=job.content_type)
-    return replace(seen, blob=_written_blob(job, notice.blob, written.etag, headers), copied=True, attempt=None)
+    return replace(seen, blob=_written_blob(notice.blob, written.etag, metadata, headers), copied=True, attempt=None)
 
 
 # --- changing the record, and the effects beside it ------------------------------------------------------
@@ -467,7 +481,7 @@ async def _effect(
         item = effect.retirement
         name = manifest_name(item.blob)
         peeked = dict(seen.peeked)
-        removals = [remove_if_holds(storage, item.blob, item.delivery, item.etag)]
+        removals = [remove_if_holds(storage, item)]
         if effect.manifest and job.write_manifest:
             # Read beside the change that listed the name (when it was): its ETag saves a read. Absent
             # then, it is read again: a manifest written late may have landed since.
@@ -482,16 +496,20 @@ async def _effect(
 
 
 async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
-    """Set the file's headers again, If-Match on what this driver's copy produced: a copy prepared
-    against that version then fails. Whatever happens, the blob as it now is goes back to decide."""
+    """Give the file a new ``copyid``, If-Match on the version this driver is about to record: a copy
+    prepared against that version then fails, and so does a retirement listed for it (it neither
+    matches the new ETag nor follows into another copy). Whatever happens, the blob as it now is goes
+    back to decide."""
     current = await storage.read(fence.blob)
     if current is None or current.delivery != fence.delivery:
         return replace(seen, blob=current, fence=False, watched=fence.blob, manifest=UNSEEN)
+    metadata = {**current.metadata, COPY_ID: _new_copy_id()}
     try:
-        written = await storage.set_headers(fence.blob, current.headers, if_match=current.etag)
+        written = await storage.set_metadata(fence.blob, metadata, if_match=current.etag)
     except Conflict:
         return replace(seen, blob=await storage.read(fence.blob), fence=False, watched=fence.blob, manifest=UNSEEN)
-    return replace(seen, blob=replace(current, etag=written.etag), fence=False, watched=fence.blob, fenced=written.etag)
+    fenced = replace(current, etag=written.etag, metadata=metadata)
+    return replace(seen, blob=fenced, fence=False, watched=fence.blob, fenced=written.etag)
 
 
 async def remove_manifest(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:
@@ -517,19 +535,25 @@ async def _delete_quietly(storage: Storage, name: str, etag: str) -> bool:
         return False
 
 
-async def remove_if_holds(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:
-    """Delete ``name`` only while it holds ``delivery`` (If-Match on the version known or read).
-    Another delivery's file, or one already gone, is left alone. True when it was deleted."""
+async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
+    """Delete ``item.blob`` only while it holds ``item.delivery`` (If-Match on the version known or read).
+    Another delivery's file, or one already gone, is left alone. A version that changed since it was
+    listed is followed only while it is the same copy (its ``copyid``; its headers were set since):
+    another copy of the same delivery there (a retry's, recorded since) is never deleted by an old
+    listing. True when it was deleted."""
+    etag = item.etag
     for _ in range(3):
         if etag is None:
-            blob = await storage.read(name)
-            if blob is None or blob.delivery != delivery:
+            blob = await storage.read(item.blob)
+            if blob is None or blob.delivery != item.delivery:
+                return False
+            if item.copy_id is not None and blob.metadata.get(COPY_ID) != item.copy_id:
                 return False
             etag = blob.etag
         try:
-            return await storage.delete(name, if_match=etag)
+            return await storage.delete(item.blob, if_match=etag)
         except Conflict:
-            etag = None  # changed since: read it again, and delete only if it still holds the delivery
+            etag = None  # changed since: read it again, and delete only if it still holds that copy
     return False
 
 

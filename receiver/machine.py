@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from .models import Delivery, Driver, Retirement, State, Step, TaskRecord, with_step
+from .models import COPY_ID, Delivery, Driver, Retirement, State, Step, TaskRecord, with_step
 from .storage import Blob
 
 # --- what a driver knows and sees -----------------------------------------------------------------
@@ -144,8 +144,9 @@ class Retire:
 
 @dataclass(frozen=True)
 class Fence:
-    """Set the file's headers again (If-Match on the ETag this driver's copy produced): a copy another
-    delivery prepared over that version then fails instead of landing after this one's record."""
+    """Give the file a new ``copyid`` (If-Match on the version this driver is about to record): a copy
+    another delivery prepared over that version then fails instead of landing after this one's record,
+    and a retirement listed for that version no longer finds it."""
 
     blob: str
     delivery: str
@@ -450,7 +451,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # Stored and current under the name an earlier template gave it: a duplicate. A copy this driver
         # made under today's name is removed.
         if seen.copied and isinstance(blob, Blob) and blob.delivery == notice.delivery:
-            own = Retirement(blob=notice.blob, delivery=notice.delivery, etag=blob.etag)
+            own = _listing(blob, notice.delivery)
             return Apply((Retire(own),), "duplicate")
         return Answer("duplicate", 200, "duplicate")
 
@@ -464,7 +465,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             # This driver's own copy goes at once (If-Match on what it wrote: whoever wants the name changes
             # it first). One it found is listed in the record first (a swap): a record that moved on since it
             # was read (a newer delivery made current at this very name) is seen before anything is deleted.
-            stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag)
+            stale = _listing(blob, notice.delivery)
             if seen.copied:
                 return Apply((Retire(stale),), "superseded")
             if stale.key not in {item.key for item in record.retire}:
@@ -486,7 +487,11 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # again over it below (a copy replaces the version atomically: such a copy then fails). Under a
         # retention policy nothing can be copied over them, by anyone: they are adopted as they are.
         locked = seen.attempt == "immutable"
-        if seen.copied or locked or not _copies_may_land(base, notice.blob, notice.delivery, adopted=True):
+        # Nor bytes the record lists to retire (a failure's orphan): that delete may be on its way, and it
+        # follows these bytes through a fence; a copy over them gives the name new bytes it cannot follow.
+        doomed = any(_covers(item, blob) for item in base.retire)
+        adoptable = not doomed and not _copies_may_land(base, notice.blob, notice.delivery, adopted=True)
+        if seen.copied or locked or adoptable:
             arrow = ("restored" if current else "stored") if seen.copied else "adopted"
             # A retirement listed at this name (a failure's, from a view this change overrides) may still be
             # on its way: the file is fenced first, so its If-Match delete fails before the record says current.
@@ -526,7 +531,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # Never the current file's name: what it holds is the current delivery's (and the verifier's) to sort out.
         holding = record.current_delivery if record is not None else None
         own = own and not (holding is not None and isinstance(blob, Blob) and holding.blob == blob.name)
-        stale = Retirement(blob=blob.name, delivery=notice.delivery, etag=blob.etag) if isinstance(blob, Blob) else None
+        stale = _listing(blob, notice.delivery) if isinstance(blob, Blob) else None
         if own and stale is not None and stale.key in {item.key for item in base.retire}:
             return _retire(seen, base) or answer
         if (entry is not None and entry.state is State.COPYING) or (own and stale is not None):
@@ -667,6 +672,17 @@ def _later(record: TaskRecord, entry: Delivery, *states: State) -> bool:
     """Is a delivery accepted after ``entry`` in one of ``states``?"""
     position = record.index(entry.delivery)
     return any(item.state in states for item in record.deliveries[position + 1 :])
+
+
+def _listing(blob: Blob, delivery: str) -> Retirement:
+    """A retirement of exactly these bytes of ``delivery`` (their version and their copy)."""
+    return Retirement(blob=blob.name, delivery=delivery, etag=blob.etag, copy_id=blob.metadata.get(COPY_ID))
+
+
+def _covers(item: Retirement, blob: Blob) -> bool:
+    """Would deleting ``item`` delete ``blob`` (the same delivery at its name, and the same copy when it says)?"""
+    same_copy = item.copy_id is None or item.copy_id == blob.metadata.get(COPY_ID)
+    return item.blob == blob.name and item.delivery == blob.delivery and same_copy
 
 
 def _retire_or_answer(seen: Seen, record: TaskRecord) -> Decision:

@@ -31,6 +31,8 @@ RECORD_CONTENT_TYPE = "application/json"
 # not one of ours and is never read whole.
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 MAX_HISTORY = 50
+# The blob metadata naming one copy's bytes (new with each copy or commit, kept when headers are set).
+COPY_ID = "copyid"
 
 
 def record_name(workspace_id: str, task_id: str) -> str:
@@ -91,6 +93,7 @@ class Retirement(_Model):
     blob: str
     delivery: str
     etag: str | None = None
+    copy_id: str | None = None  # the listed version's `copyid`: a later change is followed only within that copy
 
     @property
     def key(self) -> str:

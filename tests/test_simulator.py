@@ -405,7 +405,7 @@ async def test_a_superseded_staged_commit_that_lost_never_commits_again_over_the
 
 
 SEEDS_THAT_BROKE = [1731, 10508, 66488, 101944, 103424, 113442, 152723, 266388, 285386, 298148, 365172]
-SEEDS_THAT_BROKE += [513652, 540783, 546392, 550462, 572386, 907624, 911049, 912446]
+SEEDS_THAT_BROKE += [513652, 540783, 546392, 550462, 572386, 907624, 911049, 912446, 2079073]
 
 
 @pytest.mark.parametrize("seed", SEEDS_THAT_BROKE)
@@ -421,7 +421,8 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     copy listed to retire by a retry whose link was gone, then recorded by its own driver and deleted (513652,
     540783, 546392, 550462, 572386); a retirement listed for a version its own driver then recorded
     (911049), one at the current file's name (912446); a stale restore over a file its record read did not
-    know (907624)."""
+    know (907624); a retirement a failure listed for a retry's copy that followed the retry's own fence
+    into the version it recorded (2079073: the current file deleted)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

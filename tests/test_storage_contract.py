@@ -296,6 +296,21 @@ async def test_blocks_commit_in_the_listed_order(storage: Storage, sources: Sour
 # ----------------------------------------------------------------------------------------- headers
 
 
+async def test_set_metadata_replaces_it_all_keeps_headers_and_content_and_is_conditional(storage: Storage) -> None:
+    old = await put(storage, "m.json", b"{}")
+    new = await storage.set_metadata("m.json", {"delivery": "d", "copyid": "2"}, if_match=old.etag)
+    assert new.etag != old.etag
+    blob = await storage.read("m.json")
+    assert blob is not None and blob.etag == new.etag
+    assert blob.metadata == {"delivery": "d", "copyid": "2"}
+    assert blob.headers.content_type == "application/json"
+    assert await content(storage, "m.json") == b"{}"
+    with pytest.raises(Conflict):
+        await storage.set_metadata("m.json", {"copyid": "3"}, if_match=old.etag)
+    with pytest.raises(Conflict):
+        await storage.set_metadata("absent.json", {"copyid": "3"}, if_match=old.etag)
+
+
 async def test_set_headers_replaces_them_all(storage: Storage) -> None:
     old = await put(storage, "h.json", b"{}")
     blob = await storage.read("h.json")

@@ -13,6 +13,8 @@ from datetime import timedelta
 
 import pytest
 
+from receiver.engine import remove_if_holds
+from receiver.models import Retirement
 from receiver.storage import Conflict, Headers, Rejected, SourceUnreadable, Storage, Written
 
 from .conftest import PDF_BYTES, Exports
@@ -309,6 +311,26 @@ async def test_set_metadata_replaces_it_all_keeps_headers_and_content_and_is_con
         await storage.set_metadata("m.json", {"copyid": "3"}, if_match=old.etag)
     with pytest.raises(Conflict):
         await storage.set_metadata("absent.json", {"copyid": "3"}, if_match=old.etag)
+
+
+async def test_a_retirement_follows_its_copy_through_a_header_change_but_never_through_a_fence(
+    storage: Storage,
+) -> None:
+    """docs/reference.md, Metadata: ``copyid``. A retirement listed for one version deletes the same copy
+    after its Content-Type was set, and leaves the file once a fence gave it a new copyid (a retry's
+    driver is recording it)."""
+    copy = {**META, "copyid": "a"}
+    listed = await storage.put("r.pdf", b"%PDF", if_match=None, content_type="application/pdf", metadata=copy)
+    retirement = Retirement(blob="r.pdf", delivery=META["delivery"], etag=listed.etag, copy_id="a")
+    fenced = await storage.set_metadata("r.pdf", {**META, "copyid": "b"}, if_match=listed.etag)
+    assert await remove_if_holds(storage, retirement) is False
+    kept = await storage.read("r.pdf")
+    assert kept is not None and kept.etag == fenced.etag
+
+    relisted = retirement.model_copy(update={"etag": fenced.etag, "copy_id": "b"})
+    await storage.set_headers("r.pdf", Headers(content_type="application/x-pdf"), if_match=fenced.etag)
+    assert await remove_if_holds(storage, relisted) is True
+    assert await storage.read("r.pdf") is None
 
 
 async def test_set_headers_replaces_them_all(storage: Storage) -> None:

@@ -496,14 +496,13 @@ async def _effect(
 
 
 async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
-    """Give the file a new ``copyid``, If-Match on the version this driver is about to record: a copy
-    prepared against that version then fails, and so does a retirement listed for it (it neither
-    matches the new ETag nor follows into another copy). Whatever happens, the blob as it now is goes
-    back to decide."""
+    """Set the file's metadata again, If-Match on the version read: a copy prepared against that version
+    then fails; with ``renew``, a new ``copyid``, so a retirement listed for it neither matches the new
+    ETag nor follows into it. Whatever happens, the blob as it now is goes back to decide."""
     current = await storage.read(fence.blob)
     if current is None or current.delivery != fence.delivery:
         return replace(seen, blob=current, fence=False, watched=fence.blob, manifest=UNSEEN)
-    metadata = {**current.metadata, COPY_ID: _new_copy_id()}
+    metadata = {**current.metadata, COPY_ID: _new_copy_id()} if fence.renew else dict(current.metadata)
     try:
         written = await storage.set_metadata(fence.blob, metadata, if_match=current.etag)
     except Conflict:

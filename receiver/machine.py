@@ -144,12 +144,14 @@ class Retire:
 
 @dataclass(frozen=True)
 class Fence:
-    """Give the file a new ``copyid`` (If-Match on the version this driver is about to record): a copy
-    another delivery prepared over that version then fails instead of landing after this one's record,
-    and a retirement listed for that version no longer finds it."""
+    """Set the file's metadata again, If-Match on the version this driver records (or just recorded): a
+    copy another delivery prepared over that version then fails instead of landing after the record.
+    ``renew`` (before the record, over a version someone listed to retire): with a new ``copyid``, so
+    that retirement no longer finds it either. After the record, the copyid it holds is kept."""
 
     blob: str
     delivery: str
+    renew: bool = False
 
 
 Effect = WriteManifest | Retire | Fence
@@ -313,12 +315,12 @@ def conclude_stored(
     record: TaskRecord,
     entry: Delivery,
     *,
-    etag: str | None,
+    blob: Blob,
     now: datetime,
     by: Driver,
     outcome: str,
 ) -> TaskRecord:
-    """``entry`` is committed at ``entry.blob``: it becomes the current file.
+    """``entry`` is committed at ``entry.blob`` (the version ``blob``): it becomes the current file.
     Every delivery accepted before it that is stored or copying becomes superseded; a replaced file
     under another name is listed to retire, and so is the name of a superseded copy (it may still
     land there: deleted only if it does). A delivery accepted after it and still copying goes on (it
@@ -332,11 +334,14 @@ def conclude_stored(
         earlier = position < 0 or number < position
         if item.delivery == entry.delivery:
             if item.blob != name:
-                replaced.append(Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag))
+                replaced.append(
+                    Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag, copy_id=item.copy_id)
+                )
         elif item.state in (State.STORED, State.COPYING) and (earlier or item.state is State.STORED):
             if item.blob != name:
-                etag_known = item.etag if item.state is State.STORED else None
-                replaced.append(Retirement(blob=item.blob, delivery=item.delivery, etag=etag_known))
+                known = item.state is State.STORED
+                etag, copy_id = (item.etag, item.copy_id) if known else (None, None)
+                replaced.append(Retirement(blob=item.blob, delivery=item.delivery, etag=etag, copy_id=copy_id))
             step = Step(at=now, by=by, outcome="superseded", note=f"replaced by {entry.delivery[:12]}")
             # At this very name its late copy may still land over the new file: the record keeps what its
             # manifest says until the next file replaces this one (then the record follows the file).
@@ -350,7 +355,8 @@ def conclude_stored(
         update={
             "blob": name,
             "state": State.STORED,
-            "etag": etag,
+            "etag": blob.etag,
+            "copy_id": blob.metadata.get(COPY_ID),
             "completed_at": now,
             "failed_at": None,
             "failure_reason": None,
@@ -496,10 +502,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             # A retirement listed at this name (a failure's, from a view this change overrides) may still be
             # on its way: the file is fenced first, so its If-Match delete fails before the record says current.
             if seen.fenced != blob.etag and any(item.blob == notice.blob for item in base.retire):
-                return Apply((Fence(notice.blob, notice.delivery),), arrow)
+                return Apply((Fence(notice.blob, notice.delivery, renew=True),), arrow)
             fence = _copies_may_land(base, notice.blob, notice.delivery, adopted=not seen.copied)
             moved = _entry(notice, record).model_copy(update={"blob": notice.blob})  # today's name (template)
-            stored = conclude_stored(base, moved, etag=blob.etag, now=now, by=by, outcome=arrow)
+            stored = conclude_stored(base, moved, blob=blob, now=now, by=by, outcome=arrow)
             effects = (WriteManifest(notice.blob, notice.delivery, notice.manifest),)
             return Change(stored, arrow, effects, fence=fence)
 
@@ -725,8 +731,8 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
             listed = any(item.blob == copying.blob for item in record.retire)
             may_land = listed or _copies_may_land(record, copying.blob, copying.delivery, adopted=True)
             if seen.fenced != blob.etag and may_land:
-                return Apply((Fence(copying.blob, copying.delivery),), "adopted")
-            stored = conclude_stored(record, copying, etag=blob.etag, now=now, by=by, outcome="adopted")
+                return Apply((Fence(copying.blob, copying.delivery, renew=True),), "adopted")
+            stored = conclude_stored(record, copying, blob=blob, now=now, by=by, outcome="adopted")
             effects = (WriteManifest(copying.blob, copying.delivery, copying.manifest or {}),)
             return Change(stored, "adopted", effects)
         expired = copying.link_expires_on is not None and copying.link_expires_on <= now
@@ -788,7 +794,7 @@ def _follow_file(
         record = _with_state(record, current, State.FAILED, step, failed_at=now, failure_reason=reason)
     # At the name the file was found (the holder may have been accepted under an earlier template's name).
     moved = holder.model_copy(update={"blob": blob.name})
-    followed = conclude_stored(record, moved, etag=blob.etag, now=now, by=by, outcome="adopted")
+    followed = conclude_stored(record, moved, blob=blob, now=now, by=by, outcome="adopted")
     rewrite = (WriteManifest(blob.name, holder.delivery, holder.manifest),) if holder.manifest else ()
     return followed, rewrite
 

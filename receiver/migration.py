@@ -315,7 +315,9 @@ def fold(
         others = [item for item in others if item.delivery != current.delivery]
         legacy_items.insert(legacy_items.index(newest_legacy), demoted)
         if current.blob != newest_legacy.blob:
-            retire.append(Retirement(blob=current.blob, delivery=current.delivery, etag=current.etag))
+            retire.append(
+                Retirement(blob=current.blob, delivery=current.delivery, etag=current.etag, copy_id=current.copy_id)
+            )
             superseded_names.append(current.blob)
     if current is None or late or (_migrated(current) and newest_legacy.received_at > current.received_at):
         new_current = newest_legacy.delivery
@@ -329,7 +331,7 @@ def fold(
             note = "an export received after it is the current file"
             step = Step(at=now, by="reconciliation", outcome="superseded", note=note)
             item = item.model_copy(update={"state": State.SUPERSEDED, "history": with_step(item, step)})
-            retire.append(Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag))
+            retire.append(Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag, copy_id=item.copy_id))
             superseded_names.append(item.blob)
         elif (
             item.delivery in fresh_deliveries
@@ -337,7 +339,7 @@ def fold(
             and item.etag is not None
             and item.history[0].outcome == MIGRATED
         ):
-            retire.append(Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag))
+            retire.append(Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag, copy_id=item.copy_id))
             superseded_names.append(item.blob)
         items.append(item)
     current_blob = next((item.blob for item in items + others if item.delivery == new_current), None)

@@ -78,6 +78,7 @@ class Delivery(_Model):
     link_expires_on: datetime | None = None
     staged: bool = False  # copied in blocks (large): the queue function may still finish it
     etag: str | None = None  # the committed file's ETag, when this request saw it
+    copy_id: str | None = None  # the committed file's `copyid` (its retirement follows only that copy)
     completed_at: datetime | None = None
     failed_at: datetime | None = None
     failure_reason: str | None = None

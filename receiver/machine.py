@@ -573,7 +573,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         replaces = record is not None and record.current is not None
         if replaces or seen.large or isinstance(blob, Blob):
             return Answer("failed", 409, "immutable", error="immutable", reason=seen.locked)
+    # Accepted at this very name: one accepted under an earlier template is accepted again here first, so
+    # a delivery at this name that is stored meanwhile sees it in the record (and fences its file).
     accepted = entry is not None and entry.state is State.COPYING and (entry.staged or not seen.large)
+    accepted = accepted and entry is not None and entry.blob == notice.blob
     if blob == UNSEEN and seen.attempt in ("exists", "too-large") and not accepted and not current_stored:
         # A file is at the name (or the source needs staging): accepted before anything overwrites it,
         # and the file and its manifest read side by side with that.
@@ -632,7 +635,10 @@ def _accept(
     step = Step(at=now, by=by, outcome="copying", note=note)
     arrow = "accepted-staged" if seen.large else "accepted"
     base = record if record is not None else _new_record(notice)
-    accepted = _with_state(base, _entry(notice, record), State.COPYING, step, staged=seen.large)
+    # Accepted here, at today's name: one accepted before under an earlier template moves (its earlier name
+    # is not retired: a driver of it may still commit there, and then it records that name again).
+    entry = _entry(notice, record)
+    accepted = _with_state(base, entry, State.COPYING, step, staged=seen.large, blob=notice.blob)
     return Change(accepted, arrow, observe=observe)
 
 

@@ -376,7 +376,7 @@ def conclude_stored(
     )
     # The new file's own name is never retired (an export that came back to an earlier name).
     retire = [item for item in [*record.retire, *replaced] if item.blob != name]
-    unique = list({(item.blob, item.delivery): item for item in retire}.values())
+    unique = list({item.key: item for item in retire}.values())
     updated = record.model_copy(update={"current": entry.delivery, "retire": unique, "deliveries": items})
     return updated.model_copy(update={"deliveries": _put(updated, stored)})
 

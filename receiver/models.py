@@ -98,8 +98,9 @@ class Retirement(_Model):
 
     @property
     def key(self) -> str:
-        """One retirement: a name, and the delivery whose file there is to go."""
-        return f"{self.blob}\n{self.delivery}"
+        """One retirement: a name, the delivery whose file there is to go, and which copy of it (another
+        copy of the delivery there later is another retirement)."""
+        return f"{self.blob}\n{self.delivery}\n{self.copy_id or ''}"
 
 
 class TaskRecord(_Model):

@@ -408,6 +408,17 @@ SEEDS_THAT_BROKE = [1731, 10508, 66488, 101944, 103424, 113442, 152723, 266388, 
 SEEDS_THAT_BROKE += [513652, 540783, 546392, 550462, 572386, 907624, 911049, 912446, 2079073, 3018963]
 
 
+async def test_a_driver_that_finds_another_copy_of_its_superseded_delivery_retires_it_too() -> None:
+    """Seed 44: try 3 of a superseded export retires its file; try 2's copy of the same export lands there
+    meanwhile (another copy, so that retirement does not follow it). Try 3 lists and retires that copy in
+    turn and answers 200 superseded (it once took it for the retirement already done, and went round until
+    it gave up with 503)."""
+    result = await run_seed(44)
+    assert result.ok, result.violation
+    answers = {actor.label: actor.answer for actor in result.sim.actors if actor.kind == "post"}
+    assert answers["post#4 e1(A) try3"] == "200 superseded", answers
+
+
 @pytest.mark.parametrize("seed", SEEDS_THAT_BROKE)
 async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int) -> None:
     """Found by soaks: an adoption a superseded export's late copy overtook (10508, 101944, 113442: the

@@ -527,13 +527,11 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     def final(answer: Answer, reason: str) -> Decision:
         """A failure nothing can undo: an accepted delivery fails in the record; a current one whose file
         another's late copy replaced fails too, and the record follows the file; else only the answer.
-        Bytes of this delivery left at its name long ago (not adopted: another delivery there may still
-        copy) are listed to retire with the failure, so no file is left that no record names."""
-        # Only an orphan (older than IN_FLIGHT): a fresh copy is its own driver's to record (RECORD_WITHIN),
-        # and that driver keeps its version, so a retirement of it would delete the file it records.
+        Bytes of this delivery left at its name (not adopted: another delivery there may still copy, or
+        its driver crashed) are listed to retire with the failure, so no file is left that no record names."""
+        # A fresh copy too (its driver may have crashed): if that driver is alive and records it, it fences
+        # its file first (a new copyid, since the record lists the name), and this retirement misses it.
         own = isinstance(blob, Blob) and blob.delivery == notice.delivery and not current_stored
-        modified = (blob.last_modified or blob.created) if isinstance(blob, Blob) else None
-        own = own and modified is not None and now - modified >= IN_FLIGHT
         # Never the current file's name: what it holds is the current delivery's (and the verifier's) to sort out.
         holding = record.current_delivery if record is not None else None
         own = own and not (holding is not None and isinstance(blob, Blob) and holding.blob == blob.name)

@@ -405,7 +405,7 @@ async def test_a_superseded_staged_commit_that_lost_never_commits_again_over_the
 
 
 SEEDS_THAT_BROKE = [1731, 10508, 66488, 101944, 103424, 113442, 152723, 266388, 285386, 298148, 365172]
-SEEDS_THAT_BROKE += [513652, 540783, 546392, 550462, 572386, 907624, 911049, 912446, 2079073, 3018963]
+SEEDS_THAT_BROKE += [513652, 540783, 546392, 550462, 572386, 907624, 911049, 912446, 2079073, 3018963, 3291034]
 
 
 async def test_a_driver_that_finds_another_copy_of_its_superseded_delivery_retires_it_too() -> None:
@@ -435,7 +435,9 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     know (907624); a retirement a failure listed for a retry's copy that followed the retry's own fence
     into the version it recorded (2079073: the current file deleted); a delivery accepted under an earlier
     template whose queue message staged at today's name from a record read before a newer export there was
-    stored, and committed over it (3018963: it is accepted again at today's name first now)."""
+    stored, and committed over it (3018963: it is accepted again at today's name first now); a fresh copy
+    whose driver crashed, left by a retry whose link had expired (3291034: listed to retire with the failure
+    now, since a driver still recording its copy fences it first)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

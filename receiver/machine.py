@@ -215,8 +215,9 @@ stored | new, copying, failed, superseded | stored | webhook, verifier |
     superseded, and a replaced file under another name is listed to retire
 adopted | new, copying, superseded | stored | any driver |
     the blob at its name already holds its bytes (a copy whose answer was lost, a crash before the record), no
-    delivery accepted after it is stored, and no other delivery at that name may still send a copy over them (else
-    a webhook or verifier copies them again; the reconciliation fences the file); or its late copy replaced the
+    delivery accepted after it is stored, the record does not list them to retire, and no other delivery at that
+    name may still send a copy over them (else a webhook or verifier copies them again; the reconciliation fences
+    the file, with a new copyid when they are listed to retire); or its late copy replaced the
     current file, which was not put back (a current delivery accepted after it then fails: the record follows it)
 duplicate | stored | stored | webhook, verifier |
     the same delivery again while it is current and its file holds it: nothing is written
@@ -227,8 +228,9 @@ superseded | any | unchanged | webhook, verifier |
     a delivery accepted after it is stored or copying: nothing is copied; a file of it at a name of its own (a
     copy made before the record was read) is removed If-Match (one another driver left: listed to retire first)
 accepted | new, failed, superseded | copying | webhook, verifier |
-    its copy would overwrite a file: recorded first, so a crash after the copy leaves it tracked; earlier copying
-    deliveries become superseded
+    its copy would overwrite a file: recorded first, at that very name (one accepted under an earlier template is
+    accepted again at today's), so a crash after the copy leaves it tracked; earlier copying deliveries become
+    superseded
 accepted-staged | new, failed, superseded | copying | webhook, verifier |
     a large file: accepted before its blocks are staged; earlier copying deliveries become superseded
 queued | new, copying | copying | webhook, verifier |
@@ -242,8 +244,8 @@ source-failed | new, copying, stored | failed (when it was in the record) | webh
     delivery whose file another accepted delivery's late copy replaced fails so, and that one is current
 expired | new, copying, stored | failed | any driver |
     its link expired before the copy finished (or before its file, replaced by an earlier export's late copy,
-    was put back): nothing can finish it; bytes of it left at its name over two minutes ago and not adopted are
-    listed to retire
+    was put back): nothing can finish it; bytes of it left at its name and not adopted are listed to retire (a
+    driver still recording them fences them first, with a new copyid)
 waiting | copying | copying | reconciliation |
     its link is valid and its queue message may still finish it: left as it is
 operator-failed | copying | failed | operator |
@@ -258,7 +260,7 @@ immutable | any | unchanged | webhook, verifier |
     a retention policy or legal hold refused the write: nothing half-done, 409
 retire | superseded (its name listed to retire) | name deleted, dropped from the list | any driver |
     after the record lists the name: the file and its manifest are deleted only while they still hold the retired
-    delivery (If-Match)
+    delivery (If-Match; a version changed since is followed only while it is the same copy, its copyid)
 """
 
 

@@ -278,12 +278,8 @@ async def _unseen() -> Any:
 def _copy_metadata(job: Job) -> dict[str, str]:
     """What a copy or commit writes as metadata: the plan's, and a new ``copyid`` naming these very
     bytes. Setting headers keeps it, a copy over them replaces it: a retirement of one version follows
-    the first change to its next version, never into another copy (see :func:`remove_if_holds`)."""
-    return {**job.metadata, COPY_ID: _new_copy_id()}
-
-
-def _new_copy_id() -> str:
-    return secrets.token_hex(8)
+    its header changes, never into another copy (see :func:`remove_if_holds`)."""
+    return {**job.metadata, COPY_ID: secrets.token_hex(8)}
 
 
 def _written_blob(name: str, etag: str, metadata: dict[str, str], headers: Headers | None = None) -> Blob:
@@ -496,19 +492,16 @@ async def _effect(
 
 
 async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
-    """Set the file's metadata again, If-Match on the version read: a copy prepared against that version
-    then fails; with ``renew``, a new ``copyid``, so a retirement listed for it neither matches the new
-    ETag nor follows into it. Whatever happens, the blob as it now is goes back to decide."""
+    """Set the file's headers again, If-Match on the version read: a copy prepared against that version
+    then fails. Whatever happens, the blob as it now is goes back to decide."""
     current = await storage.read(fence.blob)
     if current is None or current.delivery != fence.delivery:
         return replace(seen, blob=current, fence=False, watched=fence.blob, manifest=UNSEEN)
-    metadata = {**current.metadata, COPY_ID: _new_copy_id()} if fence.renew else dict(current.metadata)
     try:
-        written = await storage.set_metadata(fence.blob, metadata, if_match=current.etag)
+        written = await storage.set_headers(fence.blob, current.headers, if_match=current.etag)
     except Conflict:
         return replace(seen, blob=await storage.read(fence.blob), fence=False, watched=fence.blob, manifest=UNSEEN)
-    fenced = replace(current, etag=written.etag, metadata=metadata)
-    return replace(seen, blob=fenced, fence=False, watched=fence.blob, fenced=written.etag)
+    return replace(seen, blob=replace(current, etag=written.etag), fence=False, watched=fence.blob, fenced=written.etag)
 
 
 async def remove_manifest(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:
@@ -535,11 +528,11 @@ async def _delete_quietly(storage: Storage, name: str, etag: str) -> bool:
 
 
 async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
-    """Delete ``item.blob`` only while it holds ``item.delivery`` (If-Match on the version known or read).
-    Another delivery's file, or one already gone, is left alone. A version that changed since it was
-    listed is followed only while it is the same copy (its ``copyid``; its headers were set since):
-    another copy of the same delivery there (a retry's, recorded since) is never deleted by an old
-    listing. True when it was deleted."""
+    """Delete ``item.blob`` only while it holds ``item.delivery``, If-Match on the version listed (or, when
+    none is, the one read). A version changed since it was listed is followed only while it is the same
+    copy (its ``copyid``: its headers were set since), never into another copy of the delivery (a retry's,
+    recorded since); a listing with a version but no copyid deletes that version only. Another delivery's
+    file, or one already gone, is left alone. True when it was deleted."""
     etag = item.etag
     for _ in range(3):
         if etag is None:
@@ -552,6 +545,8 @@ async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
         try:
             return await storage.delete(item.blob, if_match=etag)
         except Conflict:
+            if item.copy_id is None and item.etag is not None:
+                return False  # that version is gone, and nothing tells its copy from another
             etag = None  # changed since: read it again, and delete only if it still holds that copy
     return False
 

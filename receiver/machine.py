@@ -144,14 +144,12 @@ class Retire:
 
 @dataclass(frozen=True)
 class Fence:
-    """Set the file's metadata again, If-Match on the version this driver records (or just recorded): a
+    """Set the file's headers again (If-Match on the version this driver records or just recorded): a
     copy another delivery prepared over that version then fails instead of landing after the record.
-    ``renew`` (before the record, over a version someone listed to retire): with a new ``copyid``, so
-    that retirement no longer finds it either. After the record, the copyid it holds is kept."""
+    Its ``copyid`` stays: a retirement listed for that copy still finds it."""
 
     blob: str
     delivery: str
-    renew: bool = False
 
 
 Effect = WriteManifest | Retire | Fence
@@ -217,10 +215,11 @@ adopted | new, copying, superseded | stored | any driver |
     the blob at its name already holds its bytes (a copy whose answer was lost, a crash before the record), no
     delivery accepted after it is stored, the record does not list them to retire, and no other delivery at that
     name may still send a copy over them (else a webhook or verifier copies them again; the reconciliation fences
-    the file, with a new copyid when they are listed to retire); or its late copy replaced the
+    the file, and leaves bytes listed to retire to their retirement); or its late copy replaced the
     current file, which was not put back (a current delivery accepted after it then fails: the record follows it)
 duplicate | stored | stored | webhook, verifier |
-    the same delivery again while it is current and its file holds it: nothing is written
+    the same delivery again while it is current and its file holds it: nothing is written but the removal of a
+    copy of it this request left under today's name (listed to retire first when its answer was lost)
 restored | stored | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone or held an older export: the copy (a large
     file: the staged commit) put it back; the current delivery is never accepted again as `copying`
@@ -245,7 +244,7 @@ source-failed | new, copying, stored | failed (when it was in the record) | webh
 expired | new, copying, stored | failed | any driver |
     its link expired before the copy finished (or before its file, replaced by an earlier export's late copy,
     was put back): nothing can finish it; bytes of it left at its name and not adopted are listed to retire (a
-    driver still recording them fences them first, with a new copyid)
+    driver still recording them copies again first, so the listing misses its file)
 waiting | copying | copying | reconciliation |
     its link is valid and its queue message may still finish it: left as it is
 operator-failed | copying | failed | operator |
@@ -339,6 +338,8 @@ def conclude_stored(
                 replaced.append(
                     Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag, copy_id=item.copy_id)
                 )
+            if item.moved_from is not None and item.moved_from not in (name, item.blob):
+                replaced.append(Retirement(blob=item.moved_from, delivery=item.delivery))
         elif item.state in (State.STORED, State.COPYING) and (earlier or item.state is State.STORED):
             if item.blob != name:
                 known = item.state is State.STORED
@@ -359,6 +360,7 @@ def conclude_stored(
             "state": State.STORED,
             "etag": blob.etag,
             "copy_id": blob.metadata.get(COPY_ID),
+            "moved_from": None,
             "completed_at": now,
             "failed_at": None,
             "failure_reason": None,
@@ -455,13 +457,20 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             return Copy(blob.etag if isinstance(blob, Blob) else None, arrow="restored")
         return _retire_or_answer(seen, record)
 
-    if current_stored and entry is not None and entry.blob != notice.blob:
+    if current_stored and record is not None and entry is not None and entry.blob != notice.blob:
         # Stored and current under the name an earlier template gave it: a duplicate. A copy this driver
-        # made under today's name is removed.
-        if seen.copied and isinstance(blob, Blob) and blob.delivery == notice.delivery:
-            own = _listing(blob, notice.delivery)
-            return Apply((Retire(own),), "duplicate")
-        return Answer("duplicate", 200, "duplicate")
+        # made under today's name is removed; one whose answer was lost is looked for, and one found there
+        # is listed in the record first (a swap), then removed like any retirement.
+        if blob == UNSEEN and seen.attempt == "lost":
+            return Observe()
+        if isinstance(blob, Blob) and blob.delivery == notice.delivery:
+            stray = _listing(blob, notice.delivery)
+            if seen.copied:
+                return Apply((Retire(stray),), "duplicate")
+            if stray.key not in {item.key for item in record.retire}:
+                return Change(record.model_copy(update={"retire": [*record.retire, stray]}), "duplicate")
+            return _retire(seen, record) or Answer("duplicate", 200, "duplicate")
+        return _clear_retired(seen, record) or Answer("duplicate", 200, "duplicate")
 
     if isinstance(blob, Blob) and blob.delivery == notice.delivery:
         # The blob holds this delivery's bytes: recorded as the current file, unless a delivery accepted
@@ -495,16 +504,15 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # again over it below (a copy replaces the version atomically: such a copy then fails). Under a
         # retention policy nothing can be copied over them, by anyone: they are adopted as they are.
         locked = seen.attempt == "immutable"
-        # Nor bytes the record lists to retire (a failure's orphan): that delete may be on its way, and it
-        # follows these bytes through a fence; a copy over them gives the name new bytes it cannot follow.
-        doomed = any(_covers(item, blob) for item in base.retire)
+        # Nor bytes the record lists to retire (a failure's, from a view this change overrides): that delete
+        # may be on its way, and it follows these very bytes; a copy over them gives the name another copy,
+        # which it does not follow. This driver's own copy too, when a failure listed it meanwhile.
+        doomed = _doomed(base, blob) and not locked
+        if doomed and seen.copied:
+            return Copy(blob.etag, arrow="copy")
         adoptable = not doomed and not _copies_may_land(base, notice.blob, notice.delivery, adopted=True)
         if seen.copied or locked or adoptable:
             arrow = ("restored" if current else "stored") if seen.copied else "adopted"
-            # A retirement listed at this name (a failure's, from a view this change overrides) may still be
-            # on its way: the file is fenced first, so its If-Match delete fails before the record says current.
-            if seen.fenced != blob.etag and any(item.blob == notice.blob for item in base.retire):
-                return Apply((Fence(notice.blob, notice.delivery, renew=True),), arrow)
             fence = _copies_may_land(base, notice.blob, notice.delivery, adopted=not seen.copied)
             moved = _entry(notice, record).model_copy(update={"blob": notice.blob})  # today's name (template)
             stored = conclude_stored(base, moved, blob=blob, now=now, by=by, outcome=arrow)
@@ -513,8 +521,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
 
     if record is not None and entry is not None and _later(record, entry, State.STORED):
         elsewhere = record.current_delivery is None or record.current_delivery.blob != notice.blob
-        if blob == UNSEEN and seen.attempt == "exists" and elsewhere:
-            return Observe()  # a file at its own name may be a copy of it that landed late: removed
+        if blob == UNSEEN and seen.attempt in ("exists", "lost") and elsewhere:
+            return Observe()  # a file at its own name may be a copy of it that landed (late): removed
         return _clear_retired(seen, record) or Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
     waits = record is not None and entry is not None and not seen.copied and not current_stored
     if waits and record is not None and entry is not None and _later(record, entry, State.COPYING):
@@ -635,10 +643,11 @@ def _accept(
     step = Step(at=now, by=by, outcome="copying", note=note)
     arrow = "accepted-staged" if seen.large else "accepted"
     base = record if record is not None else _new_record(notice)
-    # Accepted here, at today's name: one accepted before under an earlier template moves (its earlier name
-    # is not retired: a driver of it may still commit there, and then it records that name again).
+    # Accepted here, at today's name: one accepted before under an earlier template moves. Its earlier name
+    # is retired only once it is stored (a driver of it may still commit there, and then records that name).
     entry = _entry(notice, record)
-    accepted = _with_state(base, entry, State.COPYING, step, staged=seen.large, blob=notice.blob)
+    moved_from = entry.blob if entry.blob != notice.blob else entry.moved_from
+    accepted = _with_state(base, entry, State.COPYING, step, staged=seen.large, blob=notice.blob, moved_from=moved_from)
     return Change(accepted, arrow, observe=observe)
 
 
@@ -691,10 +700,16 @@ def _listing(blob: Blob, delivery: str) -> Retirement:
     return Retirement(blob=blob.name, delivery=delivery, etag=blob.etag, copy_id=blob.metadata.get(COPY_ID))
 
 
-def _covers(item: Retirement, blob: Blob) -> bool:
-    """Would deleting ``item`` delete ``blob`` (the same delivery at its name, and the same copy when it says)?"""
-    same_copy = item.copy_id is None or item.copy_id == blob.metadata.get(COPY_ID)
-    return item.blob == blob.name and item.delivery == blob.delivery and same_copy
+def _doomed(record: TaskRecord, blob: Blob) -> bool:
+    """Does the record list these very bytes to retire (that copy, or that exact version)? A listing that
+    names neither (a superseded copy that may still land) is not about any bytes in particular."""
+    copy_id = blob.metadata.get(COPY_ID)
+    return any(
+        item.blob == blob.name
+        and item.delivery == blob.delivery
+        and (item.copy_id == copy_id if item.copy_id is not None else item.etag == blob.etag)
+        for item in record.retire
+    )
 
 
 def _retire_or_answer(seen: Seen, record: TaskRecord) -> Decision:
@@ -731,13 +746,15 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         blob = seen.blob
         if blob == UNSEEN or seen.watched != copying.blob:
             return Observe()
-        if isinstance(blob, Blob) and blob.delivery == copying.delivery:
+        # Bytes the record lists to retire are not adopted (that delete may be on its way): they are
+        # retired below, and the delivery waits for its queue message to copy it again.
+        if isinstance(blob, Blob) and blob.delivery == copying.delivery and not _doomed(record, blob):
             # It cannot copy: it makes the version its own first (a fence), so a copy another delivery
             # prepared over the version read fails, and one that landed first is seen before any swap.
             listed = any(item.blob == copying.blob for item in record.retire)
             may_land = listed or _copies_may_land(record, copying.blob, copying.delivery, adopted=True)
             if seen.fenced != blob.etag and may_land:
-                return Apply((Fence(copying.blob, copying.delivery, renew=True),), "adopted")
+                return Apply((Fence(copying.blob, copying.delivery),), "adopted")
             stored = conclude_stored(record, copying, blob=blob, now=now, by=by, outcome="adopted")
             effects = (WriteManifest(copying.blob, copying.delivery, copying.manifest or {}),)
             return Change(stored, "adopted", effects)

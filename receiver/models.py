@@ -79,6 +79,9 @@ class Delivery(_Model):
     staged: bool = False  # copied in blocks (large): the queue function may still finish it
     etag: str | None = None  # the committed file's ETag, when this request saw it
     copy_id: str | None = None  # the committed file's `copyid` (its retirement follows only that copy)
+    # The name it was accepted at before, under an earlier template: a copy sent there may still land, so
+    # that name is retired when it is stored elsewhere.
+    moved_from: str | None = None
     completed_at: datetime | None = None
     failed_at: datetime | None = None
     failure_reason: str | None = None

@@ -249,10 +249,6 @@ class Storage(Protocol):
         """Set Blob Properties (all headers at once) on exactly the version ``if_match``."""
         ...
 
-    async def set_metadata(self, name: str, metadata: dict[str, str], *, if_match: str) -> Written:
-        """Set Blob Metadata (all of it at once) on exactly the version ``if_match``; headers stay."""
-        ...
-
     async def delete(self, name: str, *, if_match: str) -> bool:
         """Delete exactly the version ``if_match``; False when the blob was already gone."""
         ...

@@ -581,12 +581,6 @@ class AzureStorage:
 
         return _written(await self._write("set headers", send, tags=None, creates=False))
 
-    async def set_metadata(self, name: str, metadata: dict[str, str], *, if_match: str) -> seam.Written:
-        async def send(_tags: dict[str, str] | None) -> dict[str, Any]:
-            return await self._blob(name).set_blob_metadata(metadata, **_conditions(if_match))
-
-        return _written(await self._write("set metadata", send, tags=None, creates=False))
-
     async def delete(self, name: str, *, if_match: str) -> bool:
         """Delete that version with its snapshots; False when it (or its container) is gone already."""
         try:

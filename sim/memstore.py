@@ -584,16 +584,6 @@ class MemoryStorage:
         self._leave("set_headers", name)
         return written
 
-    async def set_metadata(self, name: str, metadata: dict[str, str], *, if_match: str) -> Written:
-        self._enter("set_metadata", name)
-        self._need_container()
-        self._check_metadata(metadata)
-        old = self._writable(name, if_match)
-        assert old is not None  # if_match is a str: _writable refused a missing blob
-        written = self._change(replace(old, metadata=tuple(sorted(metadata.items()))))
-        self._leave("set_metadata", name)
-        return written
-
     async def delete(self, name: str, *, if_match: str) -> bool:
         self._enter("delete", name)
         self._need_container()

@@ -69,7 +69,7 @@ Fault = Literal["before", "after", "crash"]
 Kind = Literal["post", "queue", "reconcile", "operator"]
 
 CURRENT: ContextVar[Actor | None] = ContextVar("sim_actor", default=None)
-WRITES = frozenset({"put", "copy_from_url", "commit_blocks", "set_headers", "set_metadata", "delete", "stage_block"})
+WRITES = frozenset({"put", "copy_from_url", "commit_blocks", "set_headers", "delete", "stage_block"})
 MAX_STEPS = 3000
 
 
@@ -320,14 +320,6 @@ class Gate:
             return await self.inner.set_headers(name, headers, if_match=if_match)
         finally:
             self._done("set_headers", name, before, {"if_match": if_match})
-
-    async def set_metadata(self, name: str, metadata: dict[str, str], *, if_match: str) -> Written:
-        await self.sim.turn("set_metadata", name, "")
-        before = self.inner.stored(name)
-        try:
-            return await self.inner.set_metadata(name, metadata, if_match=if_match)
-        finally:
-            self._done("set_metadata", name, before, {"if_match": if_match})
 
     async def delete(self, name: str, *, if_match: str) -> bool:
         await self.sim.turn("delete", name, f"if_match={if_match}")

@@ -408,6 +408,65 @@ SEEDS_THAT_BROKE = [1731, 10508, 66488, 101944, 103424, 113442, 152723, 266388, 
 SEEDS_THAT_BROKE += [513652, 540783, 546392, 550462, 572386, 907624, 911049, 912446, 2079073, 3018963, 3291034]
 
 
+TODAY = "{yyyy}/{workspaceId}/{taskId}/{fileName}"  # a template change: 2026/ws-1/task-1/A.pdf
+
+
+async def test_a_late_copy_at_the_name_an_earlier_template_gave_is_retired_once_the_delivery_is_stored() -> None:
+    """A re-export accepted at ws-1/task-1/A.pdf, its copy held; the template changes and its retry (staged)
+    is accepted again at today's name and stored there. The held copy then lands at the first name and its
+    driver stops: that name is retired when the delivery is stored, so no file is left that no record names."""
+    sim = Simulation()
+    await sim.run_actor(sim.post(sim.export("A")))
+    newer = sim.export("A")
+    slow = sim.post(newer)
+    await sim.run_actor(slow, until=lambda c: c.op == "copy_from_url" and "if_match" in c.detail)
+    retry = sim.post(newer, config=Config(template=TODAY, staged=True, waits=True))
+    await sim.run_actor(retry, until=lambda c: c.op == "delete" and c.name == "ws-1/task-1/A.pdf")
+    await sim.grant(next(c for c in sim.pending() if c.actor is slow))
+    await sim.settle()
+    stopping = [c for c in sim.pending() if c.actor is slow]
+    if stopping:
+        await sim.grant(stopping[0], "crash")
+    await sim.run_actor(retry)
+    assert retry.answer == "200 stored", retry.answer
+    await sim.finish()
+    ok(sim)
+    assert not sim.leftovers, sim.leftovers
+    assert sorted(sim.files()) == ["2026/ws-1/task-1/A.pdf"]
+
+
+async def test_a_duplicate_under_todays_template_whose_copy_answer_was_lost_leaves_no_copy() -> None:
+    """The current export's retry after a template change: its copy at today's name lands, its answer is
+    lost. It is a duplicate (current under the earlier name), and the copy it left is found and removed."""
+    sim = Simulation()
+    export = sim.export("A")
+    await sim.run_actor(sim.post(export))
+    sim.faults.rule("after", "copy_from_url", "2026/ws-1/task-1/A.pdf", 1)
+    retry = sim.post(export, config=Config(template=TODAY))
+    await sim.run_actor(retry)
+    assert retry.answer == "200 duplicate", retry.answer
+    await sim.finish()
+    ok(sim)
+    assert sorted(sim.files()) == ["ws-1/task-1/A.pdf"], sorted(sim.files())
+
+
+async def test_a_late_retry_answered_superseded_whose_copy_answer_was_lost_leaves_no_copy() -> None:
+    """A late retry of export A after export B was stored: its copy lands at A's retired name and the
+    answer is lost. It is superseded, and the copy it left is found, listed and removed."""
+    sim = Simulation()
+    old = sim.export("A")
+    await sim.run_actor(sim.post(old))
+    await sim.run_actor(sim.post(sim.export("B")))
+    assert sorted(sim.files()) == ["ws-1/task-1/B.pdf"]
+    sim.faults.rule("after", "copy_from_url", "ws-1/task-1/A.pdf", 1)
+    late = sim.post(old)
+    await sim.run_actor(late)
+    assert late.answer == "200 superseded", late.answer
+    await sim.finish()
+    ok(sim)
+    assert sorted(sim.files()) == ["ws-1/task-1/B.pdf"], sorted(sim.files())
+
+
 async def test_a_driver_that_finds_another_copy_of_its_superseded_delivery_retires_it_too() -> None:
     """Seed 44: try 3 of a superseded export retires its file; try 2's copy of the same export lands there
     meanwhile (another copy, so that retirement does not follow it). Try 3 lists and retires that copy in

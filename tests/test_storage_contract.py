@@ -298,39 +298,38 @@ async def test_blocks_commit_in_the_listed_order(storage: Storage, sources: Sour
 # ----------------------------------------------------------------------------------------- headers
 
 
-async def test_set_metadata_replaces_it_all_keeps_headers_and_content_and_is_conditional(storage: Storage) -> None:
-    old = await put(storage, "m.json", b"{}")
-    new = await storage.set_metadata("m.json", {"delivery": "d", "copyid": "2"}, if_match=old.etag)
-    assert new.etag != old.etag
-    blob = await storage.read("m.json")
-    assert blob is not None and blob.etag == new.etag
-    assert blob.metadata == {"delivery": "d", "copyid": "2"}
-    assert blob.headers.content_type == "application/json"
-    assert await content(storage, "m.json") == b"{}"
-    with pytest.raises(Conflict):
-        await storage.set_metadata("m.json", {"copyid": "3"}, if_match=old.etag)
-    with pytest.raises(Conflict):
-        await storage.set_metadata("absent.json", {"copyid": "3"}, if_match=old.etag)
-
-
-async def test_a_retirement_follows_its_copy_through_a_header_change_but_never_through_a_fence(
+async def test_a_retirement_follows_its_copy_through_a_header_change_but_never_into_another_copy(
     storage: Storage,
 ) -> None:
-    """docs/reference.md, Metadata: ``copyid``. A retirement listed for one version deletes the same copy
-    after its Content-Type was set, and leaves the file once a fence gave it a new copyid (a retry's
-    driver is recording it)."""
-    copy = {**META, "copyid": "a"}
-    listed = await storage.put("r.pdf", b"%PDF", if_match=None, content_type="application/pdf", metadata=copy)
+    """docs/reference.md, Metadata: ``copyid``. A retirement listed for one copy deletes it after its
+    Content-Type was set (a new ETag, the same copyid), and leaves another copy of the same delivery put
+    there since (a retry's, which its driver records)."""
+    listed = await storage.put(
+        "r.pdf", b"%PDF", if_match=None, content_type="application/pdf", metadata={**META, "copyid": "a"}
+    )
     retirement = Retirement(blob="r.pdf", delivery=META["delivery"], etag=listed.etag, copy_id="a")
-    fenced = await storage.set_metadata("r.pdf", {**META, "copyid": "b"}, if_match=listed.etag)
+    retry = await storage.put(
+        "r.pdf", b"%PDF", if_match=listed.etag, content_type="application/pdf", metadata={**META, "copyid": "b"}
+    )
     assert await remove_if_holds(storage, retirement) is False
     kept = await storage.read("r.pdf")
-    assert kept is not None and kept.etag == fenced.etag
+    assert kept is not None and kept.etag == retry.etag
 
-    relisted = retirement.model_copy(update={"etag": fenced.etag, "copy_id": "b"})
-    await storage.set_headers("r.pdf", Headers(content_type="application/x-pdf"), if_match=fenced.etag)
+    relisted = retirement.model_copy(update={"etag": retry.etag, "copy_id": "b"})
+    await storage.set_headers("r.pdf", Headers(content_type="application/x-pdf"), if_match=retry.etag)
     assert await remove_if_holds(storage, relisted) is True
     assert await storage.read("r.pdf") is None
+
+
+async def test_a_retirement_with_a_version_and_no_copyid_deletes_that_version_only(storage: Storage) -> None:
+    """A listing of a file written before copyids (its version only) never follows a changed version."""
+    listed = await storage.put("o.pdf", b"%PDF", if_match=None, content_type="application/pdf", metadata=META)
+    retirement = Retirement(blob="o.pdf", delivery=META["delivery"], etag=listed.etag)
+    changed = await storage.set_headers("o.pdf", Headers(content_type="application/x-pdf"), if_match=listed.etag)
+    assert await remove_if_holds(storage, retirement) is False
+    kept = await storage.read("o.pdf")
+    assert kept is not None and kept.etag == changed.etag
+    assert await remove_if_holds(storage, retirement.model_copy(update={"etag": changed.etag})) is True
 
 
 async def test_set_headers_replaces_them_all(storage: Storage) -> None:

@@ -341,6 +341,10 @@ class AzureStorage:
         try:
             async with self._call("read container properties", quiet=True):
                 props = await self._container.get_container_properties()
+        except seam.ContainerMissing:
+            # None yet, and the first write creates it without one: not asked again by this process.
+            self._policy_checked = True
+            return None
         except seam.StoreError as exc:
             log.info("%s: container properties not read (%s); a refusal will tell", self.container, exc)
             return self._policy

@@ -168,6 +168,18 @@ async def test_delete_is_conditional_and_a_missing_blob_is_not_an_error(store: A
     assert await store.delete("d.json", if_match=second.etag) is False
 
 
+async def test_the_container_policy_is_asked_once_a_process_also_when_the_container_was_missing(
+    via_proxy: AzureStorage, proxy: FaultProxy
+) -> None:
+    """A missing container has no policy, and the first write creates it without one: the first delivery
+    of a process asks, later ones never do (one request, whatever the answer)."""
+    assert await via_proxy.container_policy() is None
+    await via_proxy.put("p.json", b"{}", if_match=None, content_type="application/json", metadata={})
+    assert await via_proxy.container_policy() is None
+    container_reads = [a for a in proxy.answered if a[0] == "GET" and a[1].strip("/").count("/") == 1]
+    assert [status for _, _, status in container_reads] == [404], proxy.answered
+
+
 async def test_set_headers_replaces_them_all_and_changes_the_etag(store: AzureStorage) -> None:
     first = await store.put(
         "h.bin", b"abc", if_match=None, content_type="application/octet-stream", metadata={"m": "1"}

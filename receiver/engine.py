@@ -531,7 +531,8 @@ async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
     """Delete ``item.blob`` only while it holds ``item.delivery``, If-Match on the version listed (or, when
     none is, the one read). A version changed since it was listed is followed only while it is the same
     copy (its ``copyid``: its headers were set since), never into another copy of the delivery (a retry's,
-    recorded since); a listing with a version but no copyid deletes that version only. Another delivery's
+    recorded since); a listing with a version but no copyid (a file from before copyids) follows only
+    versions without one. Another delivery's
     file, or one already gone, is left alone. True when it was deleted."""
     etag = item.etag
     for _ in range(3):
@@ -539,14 +540,15 @@ async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
             blob = await storage.read(item.blob)
             if blob is None or blob.delivery != item.delivery:
                 return False
-            if item.copy_id is not None and blob.metadata.get(COPY_ID) != item.copy_id:
+            copy_id = blob.metadata.get(COPY_ID)
+            if item.copy_id is not None and copy_id != item.copy_id:
                 return False
+            if item.copy_id is None and item.etag is not None and copy_id is not None:
+                return False  # a file listed before copyids: a copy made since is another copy
             etag = blob.etag
         try:
             return await storage.delete(item.blob, if_match=etag)
         except Conflict:
-            if item.copy_id is None and item.etag is not None:
-                return False  # that version is gone, and nothing tells its copy from another
             etag = None  # changed since: read it again, and delete only if it still holds that copy
     return False
 

@@ -341,6 +341,8 @@ def conclude_stored(
             if item.moved_from is not None and item.moved_from not in (name, item.blob):
                 replaced.append(Retirement(blob=item.moved_from, delivery=item.delivery))
         elif item.state in (State.STORED, State.COPYING) and (earlier or item.state is State.STORED):
+            if item.moved_from is not None and item.moved_from not in (name, item.blob):
+                replaced.append(Retirement(blob=item.moved_from, delivery=item.delivery))
             if item.blob != name:
                 known = item.state is State.STORED
                 etag, copy_id = (item.etag, item.copy_id) if known else (None, None)
@@ -349,7 +351,7 @@ def conclude_stored(
             # At this very name its late copy may still land over the new file: the record keeps what its
             # manifest says until the next file replaces this one (then the record follows the file).
             keep = item.manifest if item.blob == name else None
-            update = {"state": State.SUPERSEDED, "history": with_step(item, step), "manifest": keep}
+            update = {"state": State.SUPERSEDED, "history": with_step(item, step), "manifest": keep, "moved_from": None}
             item = item.model_copy(update=update)
         elif item.state is State.SUPERSEDED and item.manifest:
             item = item.model_copy(update={"manifest": None})
@@ -509,7 +511,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # which it does not follow. This driver's own copy too, when a failure listed it meanwhile.
         doomed = _doomed(base, blob) and not locked
         if doomed and seen.copied:
-            return Copy(blob.etag, arrow="copy")
+            return Stage(blob.etag) if seen.large else Copy(blob.etag)
         adoptable = not doomed and not _copies_may_land(base, notice.blob, notice.delivery, adopted=True)
         if seen.copied or locked or adoptable:
             arrow = ("restored" if current else "stored") if seen.copied else "adopted"
@@ -670,10 +672,11 @@ def _stale(record: TaskRecord, entry: Delivery, blob: Blob | Unseen | None, now:
 def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: bool) -> bool:
     """May another delivery's copy, decided from an older view, still land at ``name`` over the version
     being recorded? One still copying there may; when the version is adopted (its ETag not made by this
-    driver, so others may have read it), one superseded there may too (its driver may still be sending).
-    Then bytes are not adopted as they are: a webhook or verifier copies them again, the reconciliation
-    fences them first (:class:`Fence`); a driver's own copy is fenced after its swap."""
-    states = (State.COPYING, State.SUPERSEDED) if adopted else (State.COPYING,)
+    driver, so others may have read it), one superseded or failed there may too (its driver may still be
+    sending: an operator gives up a delivery whose driver is alive). Then bytes are not adopted as they
+    are: a webhook or verifier copies them again, the reconciliation fences them first (:class:`Fence`); a
+    driver's own copy is fenced after its swap."""
+    states = (State.COPYING, State.SUPERSEDED, State.FAILED) if adopted else (State.COPYING,)
     return any(item.blob == name and item.delivery != delivery and item.state in states for item in record.deliveries)
 
 
@@ -707,9 +710,15 @@ def _doomed(record: TaskRecord, blob: Blob) -> bool:
     return any(
         item.blob == blob.name
         and item.delivery == blob.delivery
-        and (item.copy_id == copy_id if item.copy_id is not None else item.etag == blob.etag)
+        and (item.copy_id == copy_id if item.copy_id is not None else _same_old_file(item, blob, copy_id))
         for item in record.retire
     )
+
+
+def _same_old_file(item: Retirement, blob: Blob, copy_id: str | None) -> bool:
+    """A listing with a version and no copyid (a file written before copyids) covers that version, and a
+    later version of it without a copyid (its headers set since); never a copy made since (it has one)."""
+    return item.etag is not None and (item.etag == blob.etag or copy_id is None)
 
 
 def _retire_or_answer(seen: Seen, record: TaskRecord) -> Decision:

@@ -321,15 +321,24 @@ async def test_a_retirement_follows_its_copy_through_a_header_change_but_never_i
     assert await storage.read("r.pdf") is None
 
 
-async def test_a_retirement_with_a_version_and_no_copyid_deletes_that_version_only(storage: Storage) -> None:
-    """A listing of a file written before copyids (its version only) never follows a changed version."""
+async def test_a_retirement_of_a_file_from_before_copyids_follows_its_header_changes_never_a_copy(
+    storage: Storage,
+) -> None:
+    """A listing with a version and no copyid (a file written before copyids): it follows that file after
+    its Content-Type was set (no copyid either), and never into a copy made since (which has one)."""
     listed = await storage.put("o.pdf", b"%PDF", if_match=None, content_type="application/pdf", metadata=META)
     retirement = Retirement(blob="o.pdf", delivery=META["delivery"], etag=listed.etag)
-    changed = await storage.set_headers("o.pdf", Headers(content_type="application/x-pdf"), if_match=listed.etag)
+    retry = await storage.put(
+        "o.pdf", b"%PDF", if_match=listed.etag, content_type="application/pdf", metadata={**META, "copyid": "c"}
+    )
     assert await remove_if_holds(storage, retirement) is False
     kept = await storage.read("o.pdf")
-    assert kept is not None and kept.etag == changed.etag
-    assert await remove_if_holds(storage, retirement.model_copy(update={"etag": changed.etag})) is True
+    assert kept is not None and kept.etag == retry.etag
+
+    old = await storage.put("p.pdf", b"%PDF", if_match=None, content_type="application/pdf", metadata=META)
+    await storage.set_headers("p.pdf", Headers(content_type="application/x-pdf"), if_match=old.etag)
+    assert await remove_if_holds(storage, retirement.model_copy(update={"blob": "p.pdf", "etag": old.etag})) is True
+    assert await storage.read("p.pdf") is None
 
 
 async def test_set_headers_replaces_them_all(storage: Storage) -> None:

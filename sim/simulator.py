@@ -16,7 +16,9 @@ once (a run may start while the message stays queued), and a failed run puts its
 once: a message never becomes two.
 
 After every storage call the invariants of docs/reference.md ("What a 2xx guarantees") are checked on the store's state,
-the task records and what each driver was answered so far (:meth:`Simulation.check`); at the end,
+the task records and what each driver was answered so far (:meth:`Simulation.check`); at each 2xx
+`stored` or `duplicate`, that a file holds the delivery's bytes, and on each delete, that it never removes
+the last file of such a delivery (unless a delivery accepted after it replaced it); at the end,
 after a fault-free drain of the queue and a reconciliation, "newest wins" (:meth:`Simulation.check_final`).
 """
 
@@ -516,6 +518,7 @@ class Simulation:
         self.checking = True
         self.had_current: set[tuple[str, str]] = set()
         self.answered_ok: dict[tuple[str, str], list[ExportInfo]] = {}  # 2xx stored/duplicate/superseded
+        self.answered_kept: set[str] = set()  # deliveries answered 2xx stored or duplicate
         self._records: dict[str, TaskRecord] = {}  # by ETag
         self._record_names: dict[tuple[str, str], str] = {}
         self.orphans_explained: list[str] = []
@@ -820,8 +823,44 @@ class Simulation:
                 expected = None if before is None else before.etag
                 if kwargs.get("if_match") != expected:
                     self.fail("I6", f"the record {name} was put over {expected} with if_match={kwargs.get('if_match')}")
+        if op == "delete" and before is not None and stored is None and not name.startswith(RECORD_PREFIX):
+            self._check_kept(name, before)
         if self.checking:
             self.check()
+
+    def _holds_bytes(self, export: ExportInfo) -> bool:
+        """Does some file (not a manifest) hold ``export``'s bytes, with its delivery in the metadata?"""
+        for name in self.store.names():
+            blob = self.store.stored(name)
+            meta = dict(blob.metadata) if blob is not None else {}
+            if blob is not None and meta.get("delivery") == export.delivery and blob.data == export.data:
+                return True
+        return False
+
+    def _replaced_by_newer(self, export: ExportInfo, *states: State) -> bool:
+        """Newest wins: a delivery accepted after ``export`` is in one of ``states``, or holds its file."""
+        record = self.record(export.task)
+        if record is None:
+            return False
+        position = record.index(export.delivery)
+        if any(item.state in states for item in record.deliveries[position + 1 :]):
+            return True
+        entry = record.find(export.delivery)
+        there = self.store.stored(entry.blob) if entry is not None else None
+        holder = dict(there.metadata).get("delivery") if there is not None else None
+        return holder is not None and record.index(holder) > position
+
+    def _check_kept(self, name: str, before: Any) -> None:
+        """I2 on a delete: the last file of a delivery answered 2xx stored or duplicate goes only when a
+        delivery accepted after it is stored (or holds its file)."""
+        meta = dict(before.metadata)
+        export = self.by_delivery.get(meta.get("delivery") or "")
+        if meta.get("receiverkind") == "manifest" or export is None or export.delivery not in self.answered_kept:
+            return
+        if not self._replaced_by_newer(export, State.STORED) and not self._holds_bytes(export):
+            actor = CURRENT.get()
+            who = actor.label if actor is not None else "?"
+            self.fail("I2", f"{who} deleted {name}, the last file of {export.label}, answered 2xx stored or duplicate")
 
     def _answered(self, actor: Actor, kind: str) -> None:
         """I4 at the moment of the answer: ``superseded`` only when a delivery accepted later is
@@ -831,6 +870,11 @@ class Simulation:
             return
         if kind in OK_KINDS:
             self.answered_ok.setdefault(export.task, []).append(export)
+        if kind in ("stored", "duplicate"):
+            # I1 at the moment of the answer: its bytes are in a file, unless a newer delivery replaced them.
+            self.answered_kept.add(export.delivery)
+            if not self._replaced_by_newer(export, State.STORED, State.COPYING) and not self._holds_bytes(export):
+                self.fail("I1", f"{actor.label} answered {kind} and no file holds {export.label}'s bytes")
         if kind != "superseded":
             return
         record = self.record(export.task)

@@ -672,11 +672,12 @@ def _stale(record: TaskRecord, entry: Delivery, blob: Blob | Unseen | None, now:
 def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: bool) -> bool:
     """May another delivery's copy, decided from an older view, still land at ``name`` over the version
     being recorded? One still copying there may; when the version is adopted (its ETag not made by this
-    driver, so others may have read it), one superseded or failed there may too (its driver may still be
-    sending: an operator gives up a delivery whose driver is alive). Then bytes are not adopted as they
+    driver, so others may have read it), one superseded there may too (its driver may still be sending);
+    one failed there may in either case (an operator gives up a delivery whose driver is alive, and that
+    driver may overwrite a file it reads as another failed delivery's). Then bytes are not adopted as they
     are: a webhook or verifier copies them again, the reconciliation fences them first (:class:`Fence`); a
     driver's own copy is fenced after its swap."""
-    states = (State.COPYING, State.SUPERSEDED, State.FAILED) if adopted else (State.COPYING,)
+    states = (State.COPYING, State.SUPERSEDED, State.FAILED) if adopted else (State.COPYING, State.FAILED)
     return any(item.blob == name and item.delivery != delivery and item.state in states for item in record.deliveries)
 
 

@@ -16,9 +16,9 @@ once (a run may start while the message stays queued), and a failed run puts its
 once: a message never becomes two.
 
 After every storage call the invariants of docs/reference.md ("What a 2xx guarantees") are checked on the store's state,
-the task records and what each driver was answered so far (:meth:`Simulation.check`); at each 2xx
-`stored` or `duplicate`, that a file holds the delivery's bytes, and on each delete, that it never removes
-the last file of such a delivery (unless a delivery accepted after it replaced it); at the end,
+the task records and what each driver was answered so far (:meth:`Simulation.check`); on each delete,
+that it never removes the last file of a delivery answered 2xx `stored` or `duplicate` (unless a delivery
+accepted after it replaced it), and at the end that such a delivery's bytes are still in a file; at the end,
 after a fault-free drain of the queue and a reconciliation, "newest wins" (:meth:`Simulation.check_final`).
 """
 
@@ -871,10 +871,9 @@ class Simulation:
         if kind in OK_KINDS:
             self.answered_ok.setdefault(export.task, []).append(export)
         if kind in ("stored", "duplicate"):
-            # I1 at the moment of the answer: its bytes are in a file, unless a newer delivery replaced them.
+            # Checked on each delete and at the end, not at the answer: a driver may be putting its current
+            # file back over an older export's late copy while a retry answers from what it read before.
             self.answered_kept.add(export.delivery)
-            if not self._replaced_by_newer(export, State.STORED, State.COPYING) and not self._holds_bytes(export):
-                self.fail("I1", f"{actor.label} answered {kind} and no file holds {export.label}'s bytes")
         if kind != "superseded":
             return
         record = self.record(export.task)
@@ -937,8 +936,15 @@ class Simulation:
 
     def check_final(self) -> None:
         """Newest wins, once everything is quiet: per task one file, the newest accepted delivery
-        that did not fail; its manifest describes it; nothing of the task anywhere else."""
+        that did not fail; its manifest describes it; nothing of the task anywhere else. And every
+        delivery answered 2xx stored or duplicate still has its bytes in a file, unless a delivery
+        accepted after it is stored."""
         self.check()
+        for answered in sorted(self.answered_kept):
+            acked = self.by_delivery[answered]
+            kept = self._replaced_by_newer(acked, State.STORED) or self._holds_bytes(acked)
+            if self.violation is None and not kept:
+                self.fail("final", f"{acked.label} was answered 2xx stored or duplicate; no file holds its bytes")
         files = {
             name: stored
             for name in self.store.names()

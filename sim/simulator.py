@@ -750,6 +750,14 @@ class Simulation:
             call.future.set_result(fault)
         await self.settle()
 
+    async def land_then_stop(self, actor: Actor) -> None:
+        """Let ``actor``'s held call act, then crash its next one (a driver that stops right after)."""
+        await self.grant(next(call for call in self.pending() if call.actor is actor))
+        await self.settle()
+        after = [call for call in self.pending() if call.actor is actor]
+        if after:
+            await self.grant(after[0], "crash")
+
     async def run_actor(self, actor: Actor, *, until: Callable[[Call], bool] | None = None) -> None:
         """Grant ``actor``'s calls, oldest first, until it is done (or its next call matches ``until``)."""
         await self.settle()

@@ -171,11 +171,7 @@ async def test_a_late_copy_at_a_superseded_deliverys_earlier_name_is_not_left_un
     await sim.run_actor(newest, until=lambda c: c.op == "delete")
     record = sim.record()
     assert record is not None
-    await sim.grant(next(c for c in sim.pending() if c.actor is slow))
-    await sim.settle()
-    stopping = [c for c in sim.pending() if c.actor is slow]
-    if stopping:
-        await sim.grant(stopping[0], "crash")
+    await sim.land_then_stop(slow)
     await sim.run_actor(newest)
     assert newest.answer == "200 stored", newest.answer
     await sim.finish()

@@ -436,11 +436,7 @@ async def test_a_late_copy_at_the_name_an_earlier_template_gave_is_retired_once_
     await sim.run_actor(slow, until=lambda c: c.op == "copy_from_url" and "if_match" in c.detail)
     retry = sim.post(newer, config=Config(template=TODAY, staged=True, waits=True))
     await sim.run_actor(retry, until=lambda c: c.op == "delete" and c.name == "ws-1/task-1/A.pdf")
-    await sim.grant(next(c for c in sim.pending() if c.actor is slow))
-    await sim.settle()
-    stopping = [c for c in sim.pending() if c.actor is slow]
-    if stopping:
-        await sim.grant(stopping[0], "crash")
+    await sim.land_then_stop(slow)
     await sim.run_actor(retry)
     assert retry.answer == "200 stored", retry.answer
     await sim.finish()

@@ -333,16 +333,17 @@ def conclude_stored(
     items: list[Delivery] = []
     for number, item in enumerate(record.deliveries):
         earlier = position < 0 or number < position
+        superseded = item.state in (State.STORED, State.COPYING) and (earlier or item.state is State.STORED)
+        moves = item.delivery == entry.delivery or superseded
+        if moves and item.moved_from is not None and item.moved_from not in (name, item.blob):
+            # The name it was accepted at under an earlier template: a copy it sent there may still land.
+            replaced.append(Retirement(blob=item.moved_from, delivery=item.delivery))
         if item.delivery == entry.delivery:
             if item.blob != name:
                 replaced.append(
                     Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag, copy_id=item.copy_id)
                 )
-            if item.moved_from is not None and item.moved_from not in (name, item.blob):
-                replaced.append(Retirement(blob=item.moved_from, delivery=item.delivery))
-        elif item.state in (State.STORED, State.COPYING) and (earlier or item.state is State.STORED):
-            if item.moved_from is not None and item.moved_from not in (name, item.blob):
-                replaced.append(Retirement(blob=item.moved_from, delivery=item.delivery))
+        elif superseded:
             if item.blob != name:
                 known = item.state is State.STORED
                 etag, copy_id = (item.etag, item.copy_id) if known else (None, None)

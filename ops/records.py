@@ -38,7 +38,7 @@ from receiver.plan import identity_segment
 from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings
 from receiver.storage import Blob, Listed, Rejected, Storage
-from receiver.verification import Message, Reference, body_from_record
+from receiver.verification import Message, Reference, body_from_record, plan_message
 
 from .queues import Parsed
 
@@ -251,8 +251,8 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
         if body is None:
             refused = Answer("failed", 400, "refused")
             return Foreseen(refused, "fail", "its task record no longer describes it: the queue function drops it")
-        message = Message(body, message.received_at)
-    plan = prepare(message.body, {}, settings, now=message.received_at)
+        message = Message(body, message.received_at, message.blob)
+    plan = plan_message(message, settings)
     if isinstance(plan, Outcome):
         error = str(plan.body.get("error") or plan.status_code)
         refused = Answer("failed", plan.status_code, "refused")

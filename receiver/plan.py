@@ -5,6 +5,7 @@ The :class:`CopyPlan` is plain data: print it to see exactly what a delivery wil
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import re
@@ -30,6 +31,8 @@ EXTENSIONS = {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".pn
 ACCEPTED_EXTENSIONS = {"application/pdf": (".pdf",), "image/jpeg": (".jpg", ".jpeg"), "image/png": (".png",)}
 
 # Characters Windows/Azure tools choke on in a name segment; "/" and "\" are path separators.
+# What no name this receiver makes contains (its segments are made safe; its separators are "/").
+_CONTROL = re.compile(r"[\\\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _UNSAFE_NAME_CHARS = re.compile(r'[/\\:?*"<>|#%\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]')
 _TAG_ALPHABET = re.compile(r"[^a-zA-Z0-9 +\-./:=_]")
 
@@ -278,6 +281,19 @@ def not_a_manifest_name(name: str, limit: int) -> str:
     if not name.lower().endswith(MANIFEST_SUFFIX):
         return name
     return name[: limit - len(NOT_A_MANIFEST_SUFFIX)].rstrip("./ ") + NOT_A_MANIFEST_SUFFIX
+
+
+def kept_name(plan: CopyPlan, name: str, settings: Settings) -> CopyPlan:
+    """The plan under ``name``, the name it was given when it arrived (a queued delivery keeps it: its
+    202 named it, and a copy of it may already be there, in no record yet), when that is a name this
+    receiver can give a file; else the plan as it is (today's template)."""
+    limit = MAX_BLOB_NAME - len(MANIFEST_SUFFIX) if settings.write_manifest else MAX_BLOB_NAME
+    usable = 0 < len(name) <= limit and name == outside_reserved(not_a_manifest_name(name, limit))
+    usable = usable and not _CONTROL.search(name) and all(part not in ("", ".", "..") for part in name.split("/"))
+    if name == plan.blob_name or not usable or name.endswith((".", " ")):
+        return plan
+    document = {**plan.manifest, "blob": f"{settings.destination_container}/{name}"}
+    return dataclasses.replace(plan, blob_name=name, manifest=document)
 
 
 # --- the plan --------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ from .intake import arrival_job, is_large, prepare
 from .models import MAX_RECORD_BYTES, TaskRecord, record_name
 from .outcome import Outcome
 from .payload import FIELDS
-from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan
+from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
 from .runtime import Runtime
+from .settings import Settings
 from .storage import Immutable
 from .telemetry import recording
 
@@ -48,6 +49,7 @@ class CopyStillRunning(Exception):
 class Message:
     body: bytes
     received_at: datetime
+    blob: str | None = None  # the name the delivery was given when it arrived (a release before: none)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Reference:
     task_id: str
     delivery: str
     received_at: datetime
+    blob: str | None = None
 
 
 # Queue messages hold 64 KiB once the host has base64-encoded them: a message up to this size carries
@@ -67,8 +70,10 @@ MAX_MESSAGE_BYTES = 45 * 1024
 
 
 def message(body: bytes, received_at: datetime, *, plan: CopyPlan | None = None) -> str:
-    """The queue message for a notification: the body as received, and when."""
-    text = json.dumps({"v": 2, "receivedAt": received_at.isoformat(), "body": body.decode("utf-8-sig")})
+    """The queue message for a notification: the body as received, when, and the name it was given
+    (the queue function copies to that name, whatever the template says by then)."""
+    named = {"blob": plan.blob_name} if plan is not None else {}
+    text = json.dumps({"v": 2, "receivedAt": received_at.isoformat(), "body": body.decode("utf-8-sig"), **named})
     if len(text.encode("utf-8")) <= MAX_MESSAGE_BYTES or plan is None:
         return text
     return json.dumps(
@@ -79,6 +84,7 @@ def message(body: bytes, received_at: datetime, *, plan: CopyPlan | None = None)
             "workspaceId": plan.workspace_id,
             "taskId": plan.task_id,
             "delivery": plan.delivery,
+            **named,
         }
     )
 
@@ -109,15 +115,16 @@ def read_message(data: bytes) -> Message | Reference | None:
     if not isinstance(document, dict):
         return None
     try:
+        blob = document.get("blob") if isinstance(document.get("blob"), str) else None
         if document.get("v") == 2 and isinstance(document.get("body"), str):
             received = datetime.fromisoformat(str(document["receivedAt"]))
-            return Message(document["body"].encode("utf-8"), received)
+            return Message(document["body"].encode("utf-8"), received, blob)
         if document.get("v") == 2 and all(
             isinstance(document.get(key), str) for key in ("url", "workspaceId", "taskId", "delivery")
         ):
             received = datetime.fromisoformat(str(document["receivedAt"]))
             return Reference(
-                document["url"], document["workspaceId"], document["taskId"], document["delivery"], received
+                document["url"], document["workspaceId"], document["taskId"], document["delivery"], received, blob
             )
         if all(isinstance(document.get(key), str | dict) for key in _EARLIER_RELEASE_KEYS):
             manifest = dict(document["manifest"])
@@ -154,8 +161,8 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
                     f"Run python -m ops find --task {found.task_id}"
                 )
                 return "unreadable"
-            found = Message(rebuilt, found.received_at)
-        plan = prepare(found.body, {}, settings, now=found.received_at)
+            found = Message(rebuilt, found.received_at, found.blob)
+        plan = plan_message(found, settings)
         if isinstance(plan, Outcome):
             record.outcome, record.final_failure = "unreadable", True
             record.reason = "the verification message holds a notification the receiver refuses; it was dropped"
@@ -196,6 +203,12 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             record.outcome, record.final_failure = "poisoned", True
             record.reason = _poisoned(plan.task_id, "the copy is still not finished")
         raise CopyStillRunning(f"task={plan.task_id} not finished yet ({answer.arrow})")
+
+
+def plan_message(found: Message, settings: Settings) -> CopyPlan | Outcome:
+    """The plan for a queued notification: as the webhook made it, under the name it was given then."""
+    plan = prepare(found.body, {}, settings, now=found.received_at)
+    return kept_name(plan, found.blob, settings) if isinstance(plan, CopyPlan) and found.blob else plan
 
 
 def _poisoned(task_id: str, why: str) -> str:

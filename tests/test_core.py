@@ -19,6 +19,7 @@ from receiver.payload import PayloadError, parse_notification
 from receiver.plan import CopyPlan, file_name, fold_tag_text, index_tags, metadata_value
 from receiver.settings import Settings, SettingsError, load_settings
 from receiver.source import SourceError, check_source, host_allowed, redact
+from receiver.verification import Message, message, plan_message, read_message
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(hours=48)
@@ -505,3 +506,63 @@ def test_the_signature_is_scrubbed_even_with_its_letters_percent_encoded() -> No
     assert isinstance(result, CopyPlan)
     everything = json.dumps([result.blob_name, result.tags, result.metadata, result.manifest])
     assert signature[1:].rstrip("=") not in everything
+
+
+# --------------------------------------------------------------------------- the queue message's name
+
+DATED = Settings(
+    destination_connection_string="UseDevelopmentStorage=true",
+    blob_name_template="{yyyy}/{workspaceId}/{taskId}/{fileName}",
+)
+
+
+def queued_plan(raw: bytes, sent_with: Settings, run_with: Settings) -> CopyPlan:
+    sent = plan_for(raw, sent_with)
+    assert isinstance(sent, CopyPlan)
+    found = read_message(message(raw, NOW, plan=sent).encode())
+    assert isinstance(found, Message)
+    plan = plan_message(found, run_with)
+    assert isinstance(plan, CopyPlan)
+    return plan
+
+
+def test_a_queued_delivery_keeps_the_name_it_was_given_after_the_template_changes() -> None:
+    raw = json.dumps(body(displayName="Scan")).encode()
+    plan = queued_plan(raw, SETTINGS, DATED)
+    expected = "ws-1/8c1f0f64-2b1e-4a8e-9c55-0d7e2c1f9a10/Scan.pdf"
+    assert plan.blob_name == expected
+    assert plan.manifest["blob"] == f"{SETTINGS.destination_container}/{expected}"
+    # Everything else is what today's settings make of the notification.
+    today = plan_for(raw, DATED)
+    assert isinstance(today, CopyPlan) and today.blob_name.startswith("2026/")
+    assert (plan.tags, plan.metadata, plan.delivery) == (today.tags, today.metadata, today.delivery)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".smartdocumentor/tasks/ws-1/task.json",
+        ".SmartDocumentor/x.pdf",
+        "ws-1/doc.pdf.json",
+        "ws-1/../x.pdf",
+        "ws-1//x.pdf",
+        "ws-1/x.pdf.",
+        "ws-1\\x.pdf",
+        "ws-1/x\x00.pdf",
+        "",
+        "a" * 1021,
+    ],
+)
+def test_a_queue_message_naming_a_name_the_receiver_never_gives_is_planned_under_todays_template(name: str) -> None:
+    raw = json.dumps(body(displayName="Scan")).encode()
+    plan = plan_message(Message(raw, NOW, name), DATED)
+    today = plan_for(raw, DATED)
+    assert isinstance(plan, CopyPlan) and isinstance(today, CopyPlan)
+    assert plan.blob_name == today.blob_name and plan.manifest == today.manifest
+
+
+def test_a_queue_message_without_a_name_is_planned_under_todays_template() -> None:
+    raw = json.dumps(body(displayName="Scan")).encode()
+    text = json.dumps({"v": 2, "receivedAt": NOW.isoformat(), "body": raw.decode()})
+    found = read_message(text.encode())
+    assert found == Message(raw, NOW, None)

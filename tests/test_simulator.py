@@ -419,6 +419,7 @@ SEEDS_THAT_BROKE += [
     3291034,
     6125568,
     4543808,
+    4529355,
 ]
 
 
@@ -443,6 +444,33 @@ async def test_a_late_copy_at_the_name_an_earlier_template_gave_is_retired_once_
     ok(sim)
     assert not sim.leftovers, sim.leftovers
     assert sorted(sim.files()) == ["2026/ws-1/task-1/A.pdf"]
+
+
+async def test_a_queued_delivery_keeps_the_name_it_arrived_with_so_a_copy_no_record_names_yet_is_recorded() -> None:
+    """Seed 4529355: the first try's record read fails (503, a queue message). The queue function's copy
+    lands and its record write fails: no record names that copy, and the message is tried again after
+    the template changed. The message carries the name the delivery was given, so the queue function
+    finds its copy there and records it (under today's name that copy would be left where no record
+    names it)."""
+    record_name = ".smartdocumentor/tasks/ws-1/task-1.json"
+    sim = Simulation()
+    export = sim.export("A")
+    sim.faults.rule("before", "read_bytes", record_name, 1)
+    first = sim.post(export)
+    await sim.run_actor(first)
+    assert first.answer == "503 failed" and len(sim.queue) == 1, (first.answer, sim.queue)
+    sim.faults.rule("before", "put", record_name, 1)
+    await sim.run_actor(sim.run_message(0))
+    assert sorted(sim.files()) == ["ws-1/task-1/A.pdf"] and sim.record() is None and len(sim.queue) == 1
+    queued = sim.run_message(0, config=Config(template=TODAY))
+    await sim.run_actor(queued)
+    assert queued.answer == "stored", queued.answer
+    await sim.finish()
+    ok(sim)
+    record = sim.record()
+    assert record is not None and record.current_delivery is not None
+    assert record.current_delivery.blob == "ws-1/task-1/A.pdf"
+    assert sim.files() == {"ws-1/task-1/A.pdf": export.data} and not sim.leftovers, sim.leftovers
 
 
 async def test_a_duplicate_under_todays_template_whose_copy_answer_was_lost_leaves_no_copy() -> None:

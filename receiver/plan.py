@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from .payload import FIELDS, Notification
-from .settings import MAX_TAGS, Settings
+from .settings import MAX_ID_SEGMENT, MAX_TAGS, Settings
 from .source import SourceLink, map_strings, without_url_queries
 
 MAX_BLOB_NAME = 1024
@@ -24,7 +24,6 @@ MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 256
 MAX_METADATA_VALUE = 2048
 MAX_SEGMENT = 255
-MAX_ID_SEGMENT = 128
 
 EXTENSIONS = {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".png"}
 # Extensions that already satisfy a content type ("photo.jpeg" stays "photo.jpeg").
@@ -142,7 +141,8 @@ def blob_name(template: str, values: dict[str, str], file: str, *, limit: int = 
     """Render the template with every placeholder made safe, within ``limit`` characters.
 
     workspaceId and taskId become identity segments, so two tasks never share a name. When the
-    name is too long the file name's stem is shortened first; a last-resort cut keeps the extension.
+    name is too long the file name's stem is shortened first, then the display name wherever the
+    template places it; never an id (the settings refuse a template too long for that to do).
     """
     safe = {
         key: identity_segment(value) if key in IDENTITY_PLACEHOLDERS else _safe_segment(value, "_")
@@ -151,14 +151,17 @@ def blob_name(template: str, values: dict[str, str], file: str, *, limit: int = 
     name = template.format_map({**safe, "fileName": file})
     if len(name) <= limit:
         return name
-    overflow = len(name) - limit
     stem, dot, ext = file.rpartition(".")
-    if dot and len(stem) > overflow:
-        shorter = _safe_segment(stem[: len(stem) - overflow], "document") + "." + ext
-        name = template.format_map({**safe, "fileName": shorter})
-        if len(name) <= limit:
-            return name
-    suffix = f".{ext}" if dot and len(ext) < 16 else ""
+    stem, suffix = (stem, f".{ext}") if dot else (file, "")
+    file = _safe_segment(stem[: max(1, len(stem) - (len(name) - limit))], "d") + suffix
+    name = template.format_map({**safe, "fileName": file})
+    shown, times = safe["displayName"], template.count("{displayName}")
+    if len(name) > limit and times:
+        keep = max(1, len(shown) - -(-(len(name) - limit) // times))
+        name = template.format_map({**safe, "displayName": _safe_segment(shown[:keep], "_"), "fileName": file})
+    if len(name) <= limit:
+        return name
+    # Unreachable with settings that load (they refuse a template that leaves no room): a cut to the limit.
     head = name[: limit - len(suffix)].rstrip("./ ")
     return f"{head}{suffix}" if head else f"document{suffix}"
 

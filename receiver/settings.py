@@ -25,6 +25,23 @@ TEMPLATE_PLACEHOLDERS = frozenset(
 # Payload fields TAG_FIELDS may name: the scalar fields of the notification (not the link, the dates, the metadata).
 TAGGABLE_FIELDS = frozenset(FIELDS) - {"exportedFileUrl", "exportedFileExpiresOn", "lastCheckedOutUntil", "metadata"}
 MAX_TAGS = 10
+# A workspaceId or taskId segment of a blob name is at most this long (receiver/plan.py, identity_segment).
+MAX_ID_SEGMENT = 128
+# What a template must leave for the rest of a name, the ids at their longest: the display name and the
+# file name's stem shortened to a character each, the longest extension, a manifest's ".json" and the
+# "~" and hash that keep a name out of the records' folder. A name is never cut through an id.
+_LONGEST_IDS = {
+    "workspaceId": "w" * MAX_ID_SEGMENT,
+    "taskId": "t" * MAX_ID_SEGMENT,
+    "taskNumber": str(2**63 - 1),
+    "displayName": "d",
+    "fileName": "d." + "x" * 10,
+    "ext": "x" * 10,
+    "yyyy": "2026",
+    "mm": "12",
+    "dd": "31",
+}
+_ROOM_FOR_NAMES = 1024 - len(".json") - len("~") - 16
 SYNC_COPY_LIMIT_MIB = 256  # the service's limit for a synchronous copy (Copy Blob From URL)
 _CONTAINER_NAME = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d{1,5})?$")
@@ -146,6 +163,11 @@ class Settings(BaseSettings):
             raise ValueError("must not start or end with '/' or contain '//'")
         if value.count("/") > 20:
             raise ValueError("has too many '/' segments (at most 20)")
+        if len(value.format_map(_LONGEST_IDS)) > _ROOM_FOR_NAMES:
+            raise ValueError(
+                f"is too long: with a workspaceId and a taskId of {MAX_ID_SEGMENT} characters it leaves no room "
+                "for the file name within Azure's 1024 characters; use fewer or shorter segments"
+            )
         return value
 
     _split_hosts = field_validator("allowed_source_hosts", "tag_fields", mode="before")(_split_csv)

@@ -9,14 +9,14 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from receiver.engine import manifest_name
 from receiver.intake import prepare
 from receiver.outcome import Outcome
 from receiver.payload import PayloadError, parse_notification
-from receiver.plan import CopyPlan, file_name, fold_tag_text, index_tags, metadata_value
+from receiver.plan import CopyPlan, file_name, fold_tag_text, identity_segment, index_tags, metadata_value
 from receiver.settings import Settings, SettingsError, load_settings
 from receiver.source import SourceError, check_source, host_allowed, redact
 from receiver.verification import Message, message, plan_message, read_message
@@ -426,14 +426,29 @@ def test_different_ids_never_share_a_name(w1: str, t1: str, w2: str, t2: str) ->
         assert one.blob_name.endswith(".pdf") and len(one.blob_name) <= 1019
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.text(min_size=1, max_size=300), st.integers(min_value=1, max_value=8))
-def test_the_extension_survives_any_cut(display: str, repeats: int) -> None:
+@settings(max_examples=150, deadline=None)
+@given(st.text(min_size=1, max_size=4096), st.integers(min_value=1, max_value=12), ids, ids)
+@example("D" * 300, 4, "task-1", "task-2")
+@example("D" * 300, 12, "t" * 400, "t" * 399)
+def test_no_cut_takes_an_id_from_a_name_nor_the_extension(display: str, repeats: int, task: str, other: str) -> None:
+    """However long the display name and however often the template repeats it, the name keeps both
+    ids as whole segments (two tasks never share a name) and the extension."""
+    assume(task != other)
     template = "/".join(["{displayName}"] * repeats) + "/{workspaceId}/{taskId}/{fileName}"
     config = Settings(destination_connection_string="UseDevelopmentStorage=true", blob_name_template=template)
-    result = plan_for(body(displayName=display, taskId="t" * 1000), config)
-    assert isinstance(result, CopyPlan)
-    assert result.blob_name.endswith(".pdf") and len(result.blob_name) <= 1019
+    one, two = (plan_for(body(displayName=display, taskId=t), config) for t in (task, other))
+    if not isinstance(one, CopyPlan) or not isinstance(two, CopyPlan):
+        return  # an id the payload refuses
+    assert one.blob_name != two.blob_name
+    for plan, task_id in ((one, task), (two, other)):
+        assert plan.blob_name.endswith(".pdf") and len(plan.blob_name) <= 1019
+        assert plan.blob_name.split("/")[repeats : repeats + 2] == ["ws-1", identity_segment(task_id)]
+
+
+def test_a_template_that_leaves_no_room_for_a_file_name_is_refused_at_start() -> None:
+    template = "/".join(["{workspaceId}"] + ["{taskId}"] * 7 + ["{fileName}"])
+    with pytest.raises(ValueError, match="is too long: with a workspaceId and a taskId of 128 characters"):
+        Settings(destination_connection_string="UseDevelopmentStorage=true", blob_name_template=template)
 
 
 # --- no input crashes ------------------------------------------------------------------------

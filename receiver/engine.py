@@ -246,8 +246,13 @@ def _watched(job: Job, record: TaskRecord | None) -> str | None:
 
 
 async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = False, manifest: bool = False) -> Seen:
-    """Read the watched blob (and its manifest); the record too when asked, or for a sweep."""
-    if record or isinstance(job.event, Sweep) or not seen.record_read:
+    """Read the watched blob (and its manifest); the record too when asked, or for a sweep. A delivery
+    reads its blob first, then the record: a record read after the blob is at least as new as it (a
+    driver records, then fences its file; from a record read before that, a copy prepared over the
+    fenced version would commit over the delivery just stored). A sweep needs the record to know
+    which blob to watch."""
+    again = record or isinstance(job.event, Sweep) or not seen.record_read
+    if again and isinstance(job.event, Sweep):
         found, etag = await _read_record(storage, job)
         seen = replace(seen, record=found, record_etag=etag, record_read=True)
     name = _watched(job, seen.record)
@@ -255,6 +260,9 @@ async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = Fal
         return replace(seen, blob=None, manifest=None, attempt=None, watched=None)
     manifest = manifest or (isinstance(job.event, Sweep) and job.event.verify and job.write_manifest)
     blob, there = await asyncio.gather(storage.read(name), storage.read(manifest_name(name)) if manifest else _unseen())
+    if again and isinstance(job.event, Arrival):
+        found, etag = await _read_record(storage, job)
+        seen = replace(seen, record=found, record_etag=etag, record_read=True)
     delivery = job.event.notice.delivery if isinstance(job.event, Arrival) else None
     copied = seen.copied and isinstance(blob, Blob) and blob.delivery == delivery
     # A lost answer stays known: the copy may land later, so the delivery must end up tracked.

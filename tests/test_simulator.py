@@ -420,6 +420,7 @@ SEEDS_THAT_BROKE += [
     6125568,
     4543808,
     4529355,
+    7022064,
 ]
 
 
@@ -536,7 +537,11 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     whose driver crashed, left by a retry whose link had expired (3291034: listed to retire with the failure
     now, since a driver still recording its copy fences it first); bytes answered 200 stored, then replaced
     by the copy of a delivery an operator had given up while its driver was alive (6125568), or a file
-    recorded by its own copy and replaced so (4543808: it is fenced after its record now)."""
+    recorded by its own copy and replaced so (4543808: it is fenced after its record now); a copy no record
+    named yet, left at the name an earlier template gave when the queue message ran under today's
+    (4529355: the message carries its name now); an older export's commit over a newer one just stored and
+    fenced, prepared from a record read before that store and a blob read after the fence (7022064: a
+    delivery reads its blob before the record now)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

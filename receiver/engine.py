@@ -98,6 +98,7 @@ class Trace:
     mode: str | None = None  # "sync" | "staged"
     effect_failed: StoreError | None = None
     retired: list[str] = field(default_factory=list)
+    blob: str | None = None  # the name the delivery was decided at, when not the notice's (its record's)
 
 
 def manifest_name(blob: str) -> str:
@@ -134,10 +135,26 @@ async def run(
         trace.arrows.append(decision.arrow)
         if isinstance(decision, Answer):
             return _finish(decision, trace), trace
+        if isinstance(decision, Observe) and decision.at is not None:
+            job, seen, trace.blob = _decided_at(job, decision.at), _unlooked(seen), decision.at
         seen = await _apply(storage, job, seen, decision, trace, now=at)
         if isinstance(decision, Copy | Stage) and (seen.copied or seen.attempt == "lost"):
             copied_at = max(now, clock())
     raise Unavailable("The task kept changing while this delivery stored it. Send the document again.")
+
+
+def _decided_at(job: Job, name: str) -> Job:
+    """``job`` about its delivery at ``name`` (where the record holds it): its copy, manifest and answer too."""
+    assert isinstance(job.event, Arrival)
+    notice = job.event.notice
+    container = str(notice.manifest.get("blob", ""))[: -len(notice.blob)]
+    moved = replace(notice, blob=name, manifest={**notice.manifest, "blob": f"{container}{name}"})
+    return replace(job, event=replace(job.event, notice=moved))
+
+
+def _unlooked(seen: Seen) -> Seen:
+    """What was seen at the notice's name, forgotten: nothing has been looked at at the new one yet."""
+    return replace(seen, blob=UNSEEN, manifest=UNSEEN, watched=None, copied=False, attempt=None, rechecked=None)
 
 
 def _record_in_time(job: Job, seen: Seen) -> None:
@@ -542,7 +559,7 @@ async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
     recorded since); a listing with a version but no copyid (a file from before copyids) follows only
     versions without one. Another delivery's
     file, or one already gone, is left alone. True when it was deleted."""
-    etag = item.etag
+    etag, refused = item.etag, None
     for _ in range(3):
         if etag is None:
             blob = await storage.read(item.blob)
@@ -553,11 +570,17 @@ async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
                 return False
             if item.copy_id is None and item.etag is not None and copy_id is not None:
                 return False  # a file listed before copyids: a copy made since is another copy
+            if refused is not None and blob.etag == refused[0]:
+                # Refused, though it is the very version: not a change (a lease held on it). It stays listed.
+                raise Unavailable(
+                    f"{item.blob} could not be deleted ({refused[1] or 'precondition failed'}: a lease on it?). It "
+                    "stays listed to retire; break the lease, then run python -m ops check --repair"
+                )
             etag = blob.etag
         try:
             return await storage.delete(item.blob, if_match=etag)
-        except Conflict:
-            etag = None  # changed since: read it again, and delete only if it still holds that copy
+        except Conflict as exc:
+            refused, etag = (etag, exc.code), None  # changed since: read again; deleted only if it holds that copy
     return False
 
 

@@ -104,6 +104,9 @@ class Observe:
     arrow: str = "observe"
     manifest: bool = False
     record: bool = False  # the record too (before overwriting a file its last read may be behind)
+    # The name the record holds the delivery at, when the notice's is another (an earlier template's):
+    # from here on the delivery is decided there, as a retry under that template would be.
+    at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,8 @@ adopted | new, copying, superseded | stored | any driver |
     current file, which was not put back (a current delivery accepted after it then fails: the record follows it)
 duplicate | stored | stored | webhook, verifier |
     the same delivery again while it is current and its file holds it: nothing is written but the removal of a
-    copy of it this request left under today's name (listed to retire first when its answer was lost)
+    copy of it this request left under today's name (listed to retire first when its answer was lost); one
+    current under an earlier template's name is then decided there, from its file at that name
 restored | stored | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone or held an older export: the copy (a large
     file: the staged commit) put it back; the current delivery is never accepted again as `copying`
@@ -461,9 +465,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         return _retire_or_answer(seen, record)
 
     if current_stored and record is not None and entry is not None and entry.blob != notice.blob:
-        # Stored and current under the name an earlier template gave it: a duplicate. A copy this driver
-        # made under today's name is removed; one whose answer was lost is looked for, and one found there
-        # is listed in the record first (a swap), then removed like any retirement.
+        # Stored and current under the name an earlier template gave it. A copy this driver made under
+        # today's name is removed; one whose answer was lost is looked for, and one found there is listed
+        # in the record first (a swap), then removed like any retirement. Then the delivery is decided at
+        # its recorded name, from its file there: a duplicate only while that file holds it.
         if blob == UNSEEN and seen.attempt == "lost":
             return Observe()
         if isinstance(blob, Blob) and blob.delivery == notice.delivery:
@@ -472,8 +477,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
                 return Apply((Retire(stray),), "duplicate")
             if stray.key not in {item.key for item in record.retire}:
                 return Change(record.model_copy(update={"retire": [*record.retire, stray]}), "duplicate")
-            return _retire(seen, record) or Answer("duplicate", 200, "duplicate")
-        return _clear_retired(seen, record) or Answer("duplicate", 200, "duplicate")
+            return _retire(seen, record) or Observe(manifest=True, at=entry.blob)
+        return _clear_retired(seen, record) or Observe(manifest=True, at=entry.blob)
 
     if isinstance(blob, Blob) and blob.delivery == notice.delivery:
         # The blob holds this delivery's bytes: recorded as the current file, unless a delivery accepted
@@ -731,7 +736,17 @@ def _retire_or_answer(seen: Seen, record: TaskRecord) -> Decision:
 def _retire(seen: Seen, record: TaskRecord) -> Decision | None:
     """Delete each name the record lists to retire (once), then drop the ones that went from the list."""
     tried = seen.retired | seen.deferred
-    pending = tuple(Retire(item) for item in record.retire if item.key not in tried)
+
+    def waits(item: Retirement) -> bool:
+        # A listing without a version (a moved delivery's earlier name, its late copy deleted only if it
+        # lands) comes after the other listings of that name: deleting what is there makes a copy prepared
+        # over it fail, or shows it landed. One of those left for the next driver leaves this one too.
+        return item.etag is None and any(
+            other.blob == item.blob and other.etag is not None and other.key not in seen.retired
+            for other in record.retire
+        )
+
+    pending = tuple(Retire(item) for item in record.retire if item.key not in tried and not waits(item))
     if pending:
         return Apply(pending, "retire")
     return _clear_retired(seen, record)

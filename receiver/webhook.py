@@ -15,7 +15,7 @@ from .intake import arrival_job, is_large, prepare
 from .machine import Answer
 from .outcome import Outcome
 from .payload import MAX_ID_LENGTH
-from .plan import CopyPlan
+from .plan import CopyPlan, kept_name
 from .runtime import Runtime
 from .settings import Settings, SettingsError
 from .source import link_secret_pattern, redact, without_secrets
@@ -57,8 +57,11 @@ async def _handle(
     record.delivery = plan.delivery
     trace = Trace()
 
+    def decided() -> CopyPlan:  # the plan at the name the delivery was decided at (its record's, when not today's)
+        return kept_name(plan, trace.blob, settings) if trace.blob else plan
+
     def queued() -> str:  # the queue message, built only for the answers that send one (not on the common path)
-        return verification.message(body, now, plan=plan)
+        return verification.message(body, now, plan=decided())
 
     try:
         storage = runtime.store()
@@ -99,7 +102,8 @@ async def _handle(
         # Refused for good by a policy the document's owner set: a person decides (one ERROR).
         record.final_failure = True
         record.reason = f"a {answer.reason or 'retention policy'} on the destination refused replacing the file"
-    return answered(plan, answer, storage, settings, queued)
+    record.blob = f"{settings.destination_container}/{decided().blob_name}"
+    return answered(decided(), answer, storage, settings, queued)
 
 
 _ASK_OPERATOR = "Ask whoever runs the receiver to fix it, then send the document again."

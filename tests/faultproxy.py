@@ -165,6 +165,7 @@ class Rule:
     )
     fired: int = 0
     reached: asyncio.Event = field(default_factory=asyncio.Event)  # set when the rule first fires
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # set when storage answered a request it let through
 
     def take(self, request: web.Request) -> bool:
         if self.fired >= self.times or not self.match(request):
@@ -333,9 +334,11 @@ class FaultProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.seen.append((request.method, request.raw_path))
         rewrite: Rule | None = None
+        taken: list[Rule] = []
         for rule in self.rules:
             if not rule.take(request):
                 continue
+            taken.append(rule)
             if rule.hold is not None:
                 await asyncio.wait_for(rule.hold.wait(), timeout=60)
             if not rule.changes_answer:
@@ -357,6 +360,8 @@ class FaultProxy:
         if self.emulator is not None and self.emulator.handles(request):
             answer = await self.emulator.answer(request)
             self.answered.append((request.method, request.path, answer.status))
+            for rule in taken:
+                rule.done.set()
             if rewrite is not None and rewrite.after:
                 return rewrite.error()
             return answer
@@ -368,6 +373,8 @@ class FaultProxy:
         ) as upstream:
             payload = await upstream.read()
             self.answered.append((request.method, request.path, upstream.status))
+            for rule in taken:
+                rule.done.set()
             if rewrite is not None and rewrite.after:
                 return rewrite.error()  # storage did the work; the client hears an error
             out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}

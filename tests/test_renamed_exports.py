@@ -1,0 +1,232 @@
+"""Re-exports under another name (a change of BLOB_NAME_TEMPLATE, a renamed document), on Azurite through
+the fault proxy (docs/reference.md, "Delivery semantics": a delivery current under an earlier template's
+name is decided there; a moved delivery's earlier name is retired after the other listings of that name;
+a name whose delete is refused stays listed to retire)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from azure.storage.blob import BlobLeaseClient, ContainerClient
+
+import receiver.webhook as webhook_module
+from receiver.models import State
+from receiver.runtime import RUNTIME
+
+from .conftest import (
+    Exports,
+    Webhook,
+    delivery_of,
+    files,
+    name_of,
+    notification,
+    reached,
+    record_of,
+    run_timer,
+    run_verifier,
+)
+from .faultproxy import FaultProxy, Rule, is_delete, is_overwrite_copy
+
+A, B = b"%PDF export A", b"%PDF export B"
+EARLIER = "{workspaceId}/{taskId}/{fileName}"
+TODAY = "archive/{workspaceId}/{taskId}/{fileName}"
+BUDGET = webhook_module.STORAGE_BUDGET_SECONDS
+
+
+async def use_template(monkeypatch: pytest.MonkeyPatch, template: str) -> None:
+    monkeypatch.setenv("BLOB_NAME_TEMPLATE", template)
+    await RUNTIME.reset()
+
+
+def again(payload: dict[str, Any], exports: Exports, data: bytes) -> dict[str, Any]:
+    """The same task, another export (same display name)."""
+    return {**payload, "exportedFileUrl": exports.publish(data)}
+
+
+def holdings(destination: ContainerClient) -> dict[str, bytes]:
+    return {name: destination.get_blob_client(name).download_blob().readall() for name in files(destination)}
+
+
+def assert_only_current(destination: ContainerClient, payload: dict[str, Any], data: bytes) -> None:
+    """The record's current delivery is ``payload``'s, its file holds ``data``, and it is the task's only file."""
+    record = record_of(destination, payload)
+    assert record is not None and record.current == delivery_of(payload["exportedFileUrl"]), record
+    assert record.current_delivery is not None and not record.retire, record
+    assert holdings(destination) == {record.current_delivery.blob: data}, record
+
+
+async def test_a_retry_under_a_new_template_is_answered_from_the_file_at_its_recorded_name(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A duplicate names the file that holds the delivery (its recorded name), and the copy the retry made
+    under today's name is gone."""
+    await use_template(monkeypatch, EARLIER)
+    payload = notification(exports.publish(A))
+    first = await webhook.post(payload)
+    assert first.status == 200, first.body
+    await use_template(monkeypatch, TODAY)
+    retry = await webhook.post(payload)
+    assert (retry.status, retry.body["status"]) == (200, "duplicate"), retry.body
+    assert name_of(retry.body) == name_of(first.body)
+    assert holdings(destination) == {name_of(first.body): A}
+
+
+async def test_a_retry_under_a_new_template_puts_back_a_current_file_that_is_gone(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The current file was deleted by hand: the retry restores it at its recorded name (never a 2xx with
+    the bytes nowhere)."""
+    await use_template(monkeypatch, EARLIER)
+    payload = notification(exports.publish(A))
+    first = await webhook.post(payload)
+    destination.get_blob_client(name_of(first.body)).delete_blob()
+    await use_template(monkeypatch, TODAY)
+    retry = await webhook.post(payload)
+    assert (retry.status, retry.body["status"]) == (200, "stored"), retry.body
+    assert name_of(retry.body) == name_of(first.body)
+    assert_only_current(destination, payload, A)
+
+
+async def test_a_retry_under_a_new_template_waits_while_a_newer_accepted_copy_holds_its_name(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Export B, accepted at A's name, landed over it but its answer and the look after it were lost (B
+    `copying`). A's retry under today's template is not a duplicate (its bytes are gone): it waits, as it
+    does under the same template, and B wins once its queue message runs."""
+    await use_template(monkeypatch, EARLIER)
+    older = notification(exports.publish(A))
+    name = name_of((await webhook.post(older)).body)
+    newer = again(older, exports, B)
+    lost = proxied.add(Rule(is_overwrite_copy, times=10, status=503, code="ServerBusy", after=True))
+    look = proxied.add(Rule(lambda r: r.method == "HEAD" and lost.fired > 0, times=20, status=503, code="ServerBusy"))
+    stalled = await webhook.post(newer)
+    assert stalled.status == 503 and stalled.verification is not None, stalled.body
+    assert lost.fired >= 1 and look.fired >= 1 and holdings(destination) == {name: B}
+    proxied.reset()
+    record = record_of(destination, older)
+    waiting = record.find(delivery_of(newer["exportedFileUrl"])) if record is not None else None
+    assert waiting is not None and waiting.state is State.COPYING, record
+    await use_template(monkeypatch, TODAY)
+    retry = await webhook.post(older)
+    assert (retry.status, retry.body["status"]) == (202, "copying"), retry.body
+    await run_verifier(stalled.verification)
+    assert_only_current(destination, newer, B)
+
+
+async def test_a_moved_deliverys_late_copy_at_its_earlier_name_is_retired_after_the_file_it_replaced(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Re-export B is accepted at A's name and its copy over A is held until the webhook gives up (503).
+    The template changes; B's retry is stored under today's name and lists the earlier name twice: A's
+    file, and B's own late copy should it land. A's delete is held while B's copy lands; it then finds
+    B there (412) and leaves it; B's listing comes after it, and removes it."""
+    await use_template(monkeypatch, EARLIER)
+    older = notification(exports.publish(A))
+    first = await webhook.post(older)
+    earlier = name_of(first.body)
+    release_copy = asyncio.Event()
+    copy = proxied.add(Rule(is_overwrite_copy, times=1, hold=release_copy))
+    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", 1.0)  # the held copy outlives the answer
+    newer = again(older, exports, B)
+    stalled = await webhook.post(newer)
+    assert copy.fired == 1 and stalled.status == 503 and stalled.verification is not None, stalled.body
+    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", BUDGET)
+    await use_template(monkeypatch, TODAY)
+
+    release_delete = asyncio.Event()
+    held_delete = proxied.add(
+        Rule(lambda r: is_delete(r) and r.path.endswith("/" + earlier), times=1, hold=release_delete)
+    )
+    retry = asyncio.ensure_future(webhook.post(newer))
+    await reached(held_delete)
+    release_copy.set()
+    await asyncio.wait_for(copy.done.wait(), timeout=20)
+    assert holdings(destination)[earlier] == B  # B's late copy landed over A
+    release_delete.set()
+    answer = await retry
+    assert (answer.status, answer.body["status"]) == (200, "stored"), answer.body
+    assert name_of(answer.body) != earlier
+    assert_only_current(destination, newer, B)
+    await run_verifier(stalled.verification)
+    await run_timer()
+    assert_only_current(destination, newer, B)
+
+
+async def test_a_moved_deliverys_earlier_name_stays_listed_while_the_file_it_replaced_cannot_be_deleted(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, but A's delete answers 503 every time: both listings of the earlier name stay in the record.
+    B's held copy then lands over A; the reconciliation finds B there after A's listing, and removes it."""
+    await use_template(monkeypatch, EARLIER)
+    older = notification(exports.publish(A))
+    earlier = name_of((await webhook.post(older)).body)
+    release_copy = asyncio.Event()
+    copy = proxied.add(Rule(is_overwrite_copy, times=1, hold=release_copy))
+    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", 1.0)  # the held copy outlives the answer
+    newer = again(older, exports, B)
+    stalled = await webhook.post(newer)
+    assert copy.fired == 1 and stalled.status == 503 and stalled.verification is not None, stalled.body
+    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", BUDGET)
+    await use_template(monkeypatch, TODAY)
+
+    refuse = proxied.add(
+        Rule(lambda r: is_delete(r) and r.path.endswith("/" + earlier), times=100, status=503, code="ServerBusy")
+    )
+    answer = await webhook.post(newer)
+    assert (answer.status, answer.body["status"]) == (200, "stored"), answer.body
+    record = record_of(destination, newer)
+    assert record is not None and [item.blob for item in record.retire] == [earlier, earlier], record
+    proxied.rules.remove(refuse)
+    release_copy.set()
+    await asyncio.wait_for(copy.done.wait(), timeout=20)
+    assert holdings(destination)[earlier] == B
+    await run_timer()
+    await run_verifier(stalled.verification)
+    assert_only_current(destination, newer, B)
+
+
+async def test_a_replaced_file_whose_delete_a_lease_refuses_stays_listed_until_the_lease_is_broken(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A customer's tool holds a lease on the older file: its delete is refused (412, the very version). It
+    is not dropped as if another delivery had taken the name: it stays listed, and goes once the lease is
+    broken (the reconciliation's next run)."""
+    older = notification(exports.publish(A), displayName="A")
+    earlier = name_of((await webhook.post(older)).body)
+    lease = BlobLeaseClient(destination.get_blob_client(earlier))
+    lease.acquire(lease_duration=-1)
+    renamed = {**again(older, exports, B), "displayName": "B"}
+    answer = await webhook.post(renamed)
+    assert (answer.status, answer.body["status"]) == (200, "stored"), answer.body
+    record = record_of(destination, renamed)
+    assert record is not None and [item.blob for item in record.retire] == [earlier], record
+    assert holdings(destination) == {earlier: A, name_of(answer.body): B}
+    lease.break_lease(lease_break_period=0)
+    await run_timer()
+    assert_only_current(destination, renamed, B)

@@ -474,6 +474,28 @@ async def test_a_queued_delivery_keeps_the_name_it_arrived_with_so_a_copy_no_rec
     assert sim.files() == {"ws-1/task-1/A.pdf": export.data} and not sim.leftovers, sim.leftovers
 
 
+async def test_a_failed_deliverys_late_copy_at_the_name_an_earlier_template_gave_is_retired() -> None:
+    """A large export is accepted at ws-1/task-1/A.pdf; its commit lands there and its driver stops before
+    recording it. After a template change its retry is accepted again at today's name, then its source is
+    gone: it fails, and its earlier name is listed to retire with the failure, so the bytes committed there
+    do not outlive it where no record names them."""
+    sim = Simulation()
+    export = sim.export("A")
+    first = sim.post(export, config=Config(staged=True, waits=True))
+    await sim.run_actor(first, until=lambda c: c.op == "commit_blocks")
+    await sim.land_then_stop(first)
+    assert sorted(sim.files()) == ["ws-1/task-1/A.pdf"]
+    sim.sources.remove(export.source_name)
+    retry = sim.post(export, config=Config(template=TODAY, staged=True, waits=True))
+    await sim.run_actor(retry)
+    assert retry.answer is not None and retry.answer.startswith("502"), retry.answer
+    await sim.finish()
+    ok(sim)
+    record = sim.record()
+    assert record is not None and record.current is None and not record.retire, record
+    assert sim.files() == {} and not sim.leftovers, (sim.files(), sim.leftovers)
+
+
 async def test_a_duplicate_under_todays_template_whose_copy_answer_was_lost_leaves_no_copy() -> None:
     """The current export's retry after a template change: its copy at today's name lands, its answer is
     lost. It is a duplicate (current under the earlier name), and the copy it left is found and removed."""

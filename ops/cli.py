@@ -35,7 +35,7 @@ from .connect import (
     open_storage,
     operator_settings,
 )
-from .output import INTERRUPTED, STORAGE, USAGE, Console, Result
+from .output import INTERRUPTED, NOT_FOUND, STORAGE, USAGE, Console, Result
 from .queues import HostQueue
 from .records import Unreadable
 
@@ -513,10 +513,12 @@ async def run(
         signed_by = "key" if "accountkey=" in lowered else "sas" if "sharedaccesssignature=" in lowered else None
         message = redact(_storage_message(exc, signed_by=signed_by))
         kind = "config" if isinstance(exc, ConfigError | SettingsError) else "storage"
+        if isinstance(exc, Unreadable):  # storage answered; what it holds needs a person (exit 1, not 3)
+            kind = "unreadable-record"
         if args.json:
             out.write(json.dumps({"error": kind, "message": message}) + "\n")
         err.write(f"error: {message}\n")
-        return STORAGE
+        return NOT_FOUND if isinstance(exc, Unreadable) else STORAGE
     result.write(out, as_json=args.json)
     return result.code
 

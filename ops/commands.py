@@ -35,6 +35,7 @@ from .output import NOT_FOUND, OK, Console, Result, age_seconds, human_age, tabl
 from .queues import NOT_LOOKED, PEEK_LIMIT, HostQueue, Look, Parsed, QueueMissing, look, parse
 from .records import (
     Foreseen,
+    Unreadable,
     drive,
     first_records,
     foresee_sweep,
@@ -162,6 +163,14 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     current = record.current_delivery
     if current is None and record.deliveries and not any(i.state is State.COPYING for i in record.deliveries):
         found.problems.append("the task has no current file: every delivery failed or was replaced before it landed")
+        found.next.append("export the document again from SmartDocumentor")
+    newest = record.deliveries[-1] if record.deliveries else None
+    if current is not None and newest is not None and newest.state is State.FAILED:
+        # SmartDocumentor archived it (a 202 before it failed, or its last answer): the customer has the older one.
+        found.problems.append(
+            f"the newest export {newest.delivery[:12]} failed ({newest.failure_reason or 'no reason'}); the current "
+            f"file is an older export, {current.delivery[:12]}"
+        )
         found.next.append("export the document again from SmartDocumentor")
     if current is not None:
         found.current_blob = current.blob
@@ -307,6 +316,8 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
     for number, item in enumerate(record.deliveries, 1):
         mark = "  <- current" if record.current == item.delivery else ""
         lines.append(f"  {number}. {item.delivery[:12]}  {item.state.value:<10}  {item.blob}{mark}")
+        if item.moved_from:
+            lines.append(f"     moved from {item.moved_from} (the name an earlier template gave it)")
         times = [f"received {_iso(item.received_at)}"]
         if item.completed_at:
             times.append(f"completed {_iso(item.completed_at)}")
@@ -337,8 +348,9 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
         )
     else:
         lines.append("current file: none (no delivery of the task is stored)")
-    if record.retire:
-        lines.append(f"still to retire: {', '.join(item.blob for item in record.retire)}")
+    for listed in record.retire:
+        copy = f", copy {listed.copy_id}" if listed.copy_id else ("" if listed.etag else ", only if a copy of it lands")
+        lines.append(f"still to retire: {listed.blob} (delivery {listed.delivery[:12]}{copy})")
     if ctx.queues is not None:
         said = {"there": "has a message of this task", "absent": "has none of this task", "unknown": "not known"}
         lines.append(
@@ -398,9 +410,21 @@ async def find_task(ctx: Context, task_id: str, workspace_id: str | None) -> Res
 async def find_workspace(ctx: Context, workspace_id: str, limit: int) -> Result:
     storage = _need_storage(ctx)
     labels, more = await first_records(storage, workspace_prefix(workspace_id), limit)
-    records = await asyncio.gather(*(read_record(storage, item.workspace_id, item.task_id) for item in labels))
-    rows, tasks = [], []
-    for item, (record, _) in zip(labels, records, strict=True):
+    records = await asyncio.gather(
+        *(read_record(storage, item.workspace_id, item.task_id) for item in labels), return_exceptions=True
+    )
+    rows: list[list[str]] = []
+    tasks: list[dict[str, Any]] = []
+    unreadable: list[str] = []
+    for item, read in zip(labels, records, strict=True):
+        if isinstance(read, Unreadable):  # one bad record must not hide the others: named below
+            unreadable.append(str(read))
+            rows.append([item.task_id, "?", str(item.copying), "-", "(record unreadable: see below)"])
+            tasks.append({"taskId": item.task_id, "unreadable": str(read)})
+            continue
+        if isinstance(read, BaseException):
+            raise read
+        record = read[0]
         current = record.current_delivery if record is not None else None
         tasks.append(
             {
@@ -428,7 +452,8 @@ async def find_workspace(ctx: Context, workspace_id: str, limit: int) -> Result:
     text = table(["TASK", "DELIVERIES", "COPYING", "LAST FAILED", "CURRENT FILE"], rows)
     if more:
         text.append(f"(the first {limit} tasks in name order; --max N for more)")
-    return Result(OK, data, text)
+    text += [f"problem: {problem}" for problem in unreadable]
+    return Result(NOT_FOUND if unreadable else OK, data, text)
 
 
 async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair: bool, dry_run: bool) -> Result:

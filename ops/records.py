@@ -32,7 +32,7 @@ from receiver.machine import (
     decide,
     watched_copying,
 )
-from receiver.models import MAX_RECORD_BYTES, RECORD_PREFIX, State, TaskRecord, record_name
+from receiver.models import MAX_RECORD_BYTES, RECORD_PREFIX, State, TaskRecord, record_name, unreadable_record
 from receiver.outcome import Outcome
 from receiver.plan import identity_segment
 from receiver.reconciliation import QUEUE_COVERAGE
@@ -147,8 +147,8 @@ async def read_record(storage: Storage, workspace_id: str, task_id: str) -> tupl
     blob, data = found
     try:
         return TaskRecord.from_bytes(data), blob.etag
-    except ValueError:
-        raise Unreadable(f"{name} is not a readable task record") from None
+    except ValueError as exc:
+        raise Unreadable(unreadable_record(name, task_id, exc)) from None
 
 
 async def locate(storage: Storage, task_id: str, workspace_id: str | None) -> list[tuple[str, str]]:

@@ -41,18 +41,27 @@ from .machine import (
     replaced_by,
     watched_copying,
 )
-from .models import COPY_ID, MAX_RECORD_BYTES, RECORD_CONTENT_TYPE, Manifest, Retirement, TaskRecord, record_name
+from .models import (
+    COPY_ID,
+    MAX_RECORD_BYTES,
+    RECORD_CONTENT_TYPE,
+    Manifest,
+    Retirement,
+    TaskRecord,
+    record_name,
+    unreadable_record,
+)
 from .storage import (
     Blob,
     Conflict,
     Headers,
     Immutable,
-    Rejected,
     SourceUnreadable,
     Storage,
     StoreError,
     TooLargeForSyncCopy,
     Unavailable,
+    UnreadableRecord,
     Written,
 )
 
@@ -243,10 +252,8 @@ async def _read_record(storage: Storage, job: Job) -> tuple[TaskRecord | None, s
     blob, data = found
     try:
         return TaskRecord.from_bytes(data), blob.etag
-    except ValueError:
-        raise Rejected(
-            f"The task record {blob.name} is not readable. Run python -m ops find --task {job.task_id}."
-        ) from None
+    except ValueError as exc:
+        raise UnreadableRecord(unreadable_record(blob.name, job.task_id, exc)) from None
 
 
 def _watched(job: Job, record: TaskRecord | None) -> str | None:

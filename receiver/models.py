@@ -35,6 +35,17 @@ MAX_HISTORY = 50
 COPY_ID = "copyid"
 
 
+def unreadable_record(name: str, task_id: str, why: ValueError | str) -> str:
+    """What to do about a task record that does not parse: the same words for the drivers and the operator."""
+    first = str(why).strip().splitlines()[0][:200] if str(why).strip() else "not JSON"
+    return (
+        f"The task record {name} is not readable ({first}): it was changed outside the receiver. Do not delete it "
+        "(the files it lists would be left where no record names them): restore its previous version (the blob's "
+        "versions, where versioning is on) or a backup, then run "
+        f"python -m ops check --task {task_id} --repair. Until then every delivery of this task is refused."
+    )
+
+
 def record_name(workspace_id: str, task_id: str) -> str:
     """The record's blob name: from the two ids alone (one-to-one, like file names), never from the
     template, so a template change cannot hide it."""

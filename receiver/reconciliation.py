@@ -41,7 +41,7 @@ from .machine import Sweep
 from .migration import MigrationReport, migrate
 from .models import RECORD_PREFIX, parse_time
 from .runtime import Runtime
-from .storage import Listed, Storage, StoreError
+from .storage import Listed, Storage, StoreError, UnreadableRecord
 from .telemetry import recording, report_oldest_pending, report_poison_depth
 from .verification import MAX_DEQUEUE_COUNT, POISON_QUEUE
 
@@ -192,6 +192,7 @@ async def _work(
                     record.reason = f"retired {', '.join(trace.retired)}"
             except StoreError as exc:
                 record.outcome, record.reason = "error", exc.message
+                record.final_failure = isinstance(exc, UnreadableRecord)  # a person must restore it: ERROR
             except Exception as exc:  # one task's bug must not stop the others: logged, and the run goes on
                 record.outcome, record.final_failure = "error", True
                 record.reason = f"unexpected {type(exc).__name__} on this task; the run went on with the others"

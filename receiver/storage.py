@@ -162,6 +162,10 @@ class Rejected(StoreError):
     kind = "rejected"
 
 
+class UnreadableRecord(Rejected):
+    """A task record that does not parse (changed outside the receiver): a person restores it."""
+
+
 class Storage(Protocol):
     """One destination container. Every method may raise :class:`StoreError`."""
 

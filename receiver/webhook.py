@@ -19,7 +19,7 @@ from .plan import CopyPlan, kept_name
 from .runtime import Runtime
 from .settings import Settings, SettingsError
 from .source import link_secret_pattern, redact, without_secrets
-from .storage import Immutable, Storage, StoreError
+from .storage import Immutable, Storage, StoreError, UnreadableRecord
 from .telemetry import Record, recording
 
 log = logging.getLogger("receiver")
@@ -186,6 +186,8 @@ def storage_failure(task_id: str, exc: StoreError) -> Outcome:
         return outcome.failed(409, "immutable", _IMMUTABLE.format(policy=policy), taskId=task_id)
     if exc.kind == "misconfigured":
         return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}", taskId=task_id)
+    if isinstance(exc, UnreadableRecord):
+        return outcome.failed(500, "internal-error", f"{exc.message} {_ASK_OPERATOR}", taskId=task_id)
     if exc.kind == "rejected":
         return outcome.failed(
             500,

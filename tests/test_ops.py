@@ -279,6 +279,79 @@ async def test_failed_lists_a_large_re_export_that_failed_after_its_202_while_th
     assert record.current_delivery.blob == "ws-1/task-1/invoice.pdf"
 
 
+async def test_find_flags_a_newest_export_that_failed_after_its_202_while_an_older_one_is_current(ops: Ops) -> None:
+    from receiver.verification import verify_copy
+
+    await stored(ops)
+    text = await ops.accept(ops.world.export("task-1", expires_in=timedelta(hours=1)))
+    ops.world.clock.advance(timedelta(hours=2))
+    assert await verify_copy(text.encode(), runtime=ops.world.runtime, now=ops.world.now) == "failed"
+
+    ran = await ops("find", "--task", "task-1")
+
+    assert ran.code == NOT_FOUND, ran.out
+    assert "problem: the newest export" in ran.out and "the current file is an older export" in ran.out
+    assert "next: export the document again from SmartDocumentor" in ran.out
+
+
+async def test_find_shows_a_deliverys_earlier_name_and_what_each_name_to_retire_holds(ops: Ops) -> None:
+    from receiver.models import Retirement
+
+    await stored(ops)
+    name = record_name("ws-1", "task-1")
+    record, there = ops.world.record(), ops.world.storage.stored(name)
+    assert record is not None and there is not None and record.current_delivery is not None
+    current = record.current_delivery.model_copy(update={"moved_from": "ws-1/task-1/old.pdf"})
+    listed = [
+        Retirement(blob="ws-1/task-1/old.pdf", delivery=current.delivery),
+        Retirement(blob="ws-1/task-1/older.pdf", delivery="e" * 64, etag='"0x1"', copy_id="c0ffee"),
+    ]
+    changed = record.model_copy(update={"deliveries": [current], "retire": listed})
+    await ops.world.storage.put(
+        name, changed.to_bytes(), if_match=there.etag, content_type="application/json", metadata=changed.labels()
+    )
+
+    ran = await ops("find", "--task", "task-1")
+
+    assert "moved from ws-1/task-1/old.pdf" in ran.out, ran.out
+    moved = f"still to retire: ws-1/task-1/old.pdf (delivery {current.delivery[:12]}, only if a copy of it lands)"
+    assert moved in ran.out
+    assert "still to retire: ws-1/task-1/older.pdf (delivery eeeeeeeeeeee, copy c0ffee)" in ran.out
+
+
+async def test_an_unreadable_task_record_is_named_with_how_to_restore_it_and_exits_1(
+    ops: Ops, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record changed by hand: find and check name it and say how to restore it (exit 1: storage answered);
+    the workspace listing names it and still lists the other tasks; the webhook refuses the task with the
+    same words (no "receiver bug"); the reconciliation logs an ERROR."""
+    await stored(ops)
+    await stored(ops, task="task-2")
+    name = record_name("ws-1", "task-1")
+    there = ops.world.storage.stored(name)
+    data = ops.world.storage.blob_bytes(name)
+    assert there is not None and data is not None
+    await ops.world.storage.put(
+        name, data[:-20], if_match=there.etag, content_type="application/json", metadata=dict(there.metadata)
+    )
+
+    for argv in (("find", "--task", "task-1", "--workspace", "ws-1"), ("check", "--task", "task-1", "--repair")):
+        ran = await ops(*argv)
+        assert ran.code == NOT_FOUND, (argv, ran.code, ran.err)
+        assert f"The task record {name} is not readable" in ran.err and "Do not delete it" in ran.err, ran.err
+        assert "python -m ops check --task task-1 --repair" in ran.err
+    assert (await ops("find", "--task", "task-1", "--json")).json()["error"] == "unreadable-record"
+    listing = await ops("find", "--workspace", "ws-1")
+    assert listing.code == NOT_FOUND and "task-2" in listing.out and f"problem: The task record {name}" in listing.out
+
+    answer = await ops.world.post(ops.world.export("task-1"))
+    assert answer.status_code == 500 and "receiver bug" not in answer.body["message"], answer.body
+    assert "restore its previous version" in answer.body["message"]
+    with caplog.at_level(logging.INFO):
+        await ops.reconcile()
+    assert any(r.levelno == logging.ERROR and "is not readable" in r.getMessage() for r in caplog.records)
+
+
 async def test_failed_reads_only_the_records_in_its_window(ops: Ops) -> None:
     for number in range(5):
         await ops.accept(ops.world.export(f"old-{number}", expires_in=timedelta(minutes=1)))

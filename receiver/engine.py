@@ -270,23 +270,33 @@ def _watched(job: Job, record: TaskRecord | None) -> str | None:
 
 
 async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = False, manifest: bool = False) -> Seen:
-    """Read the watched blob (and its manifest); the record too when asked, or for a sweep. A delivery
-    reads its blob first, then the record: a record read after the blob is at least as new as it (a
-    driver records, then fences its file; from a record read before that, a copy prepared over the
-    fenced version would commit over the delivery just stored). A sweep needs the record to know
-    which blob to watch."""
-    again = record or isinstance(job.event, Sweep) or not seen.record_read
-    if again and isinstance(job.event, Sweep):
+    """Read the record when asked (and for a sweep, or before anything was read), then the watched blob
+    (and its manifest): a blob read after the record is at least as new as it, so a blob a delivery adopts
+    can only change after the record did (its compare-and-swap then fails).
+
+    A delivery that asked for the record again (before overwriting a file, or after a copy that lost)
+    reads it once more after the blob, until the two record reads agree: a copy prepared over that blob
+    then comes from a record at least as new as it too (a driver records, then fences its file; from a
+    record read before that, a copy over the fenced version would replace the delivery just stored)."""
+    if record or isinstance(job.event, Sweep) or not seen.record_read:
         found, etag = await _read_record(storage, job)
         seen = replace(seen, record=found, record_etag=etag, record_read=True)
     name = _watched(job, seen.record)
     if name is None:
         return replace(seen, blob=None, manifest=None, attempt=None, watched=None)
     manifest = manifest or (isinstance(job.event, Sweep) and job.event.verify and job.write_manifest)
-    blob, there = await asyncio.gather(storage.read(name), storage.read(manifest_name(name)) if manifest else _unseen())
-    if again and isinstance(job.event, Arrival):
+    for _ in range(3):
+        blob, there = await asyncio.gather(
+            storage.read(name), storage.read(manifest_name(name)) if manifest else _unseen()
+        )
+        if not (record and isinstance(job.event, Arrival)):
+            break
         found, etag = await _read_record(storage, job)
-        seen = replace(seen, record=found, record_etag=etag, record_read=True)
+        if etag == seen.record_etag:
+            break
+        seen = replace(seen, record=found, record_etag=etag)
+    else:
+        raise Unavailable("The task kept changing while this delivery looked at it. Send the document again.")
     delivery = job.event.notice.delivery if isinstance(job.event, Arrival) else None
     copied = seen.copied and isinstance(blob, Blob) and blob.delivery == delivery
     # A lost answer stays known: the copy may land later, so the delivery must end up tracked.

@@ -421,6 +421,7 @@ SEEDS_THAT_BROKE += [
     4543808,
     4529355,
     7022064,
+    8008014,
 ]
 
 
@@ -563,7 +564,8 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     named yet, left at the name an earlier template gave when the queue message ran under today's
     (4529355: the message carries its name now); an older export's commit over a newer one just stored and
     fenced, prepared from a record read before that store and a blob read after the fence (7022064: a
-    delivery reads its blob before the record now)."""
+    delivery about to overwrite reads its record on both sides of the blob now); a stale blob adopted from a
+    record read after it (8008014: the record is read before the blob, then again after it)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

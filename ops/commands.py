@@ -189,8 +189,8 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
                     what = "is not a manifest the receiver wrote"
                 found.problems.append(f"the manifest {manifest_name(current.blob)} {what}")
                 found.next.append(
-                    "replay the delivery's message if one waits (its manifest is written again), "
-                    "or export the document again"
+                    f"python -m ops check {args} --repair (writes it again from the task record while the file "
+                    "holds the current delivery)"
                 )
     for item in record.deliveries:
         if item.state is State.COPYING:
@@ -771,52 +771,33 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
         if _failed_since(at, since) and at is not None:
             key = (item.workspace_id, item.task_id)
             times[key] = max(at, times.get(key, at))
-    ordered = sorted(times.items(), key=lambda pair: pair[1])
-    shown = ordered[-limit:]  # the newest N
-    records = await asyncio.gather(*(read_record(storage, *task) for task, _ in shown))
-    rows, entries = [], []
-    for ((workspace_id, task_id), _), (record, _etag) in zip(shown, records, strict=True):
-        if record is None:
-            continue  # a marker whose swap lost, for a task that has no record
-        current = record.current_delivery
-        position = record.index(current.delivery) if current is not None else -1
-        for number, delivery in enumerate(record.deliveries):
-            if number < position:
-                continue  # a newer export is the current file: nothing left to do for this one
-            if delivery.state is State.FAILED and (
-                _failed_since(delivery.failed_at, start)
-                or (workspace_id, task_id, delivery.delivery, delivery.failed_at) in marked
-            ):
-                when_, what, why = delivery.failed_at, "failed", delivery.failure_reason or "(no reason)"
-            elif delivery.state is State.COPYING:
-                why_stuck = stuck(delivery.link_expires_on, delivery.received_at, now)
-                if why_stuck is None:
-                    continue
-                when_, what, why = delivery.received_at, "copying", f"{why_stuck}; nothing will finish it"
-            else:
-                continue  # e.g. a marker whose swap lost: the record does not hold that failure
-            kept = current.blob if current is not None and current.delivery != delivery.delivery else None
-            entries.append(
-                {
-                    "taskId": task_id,
-                    "workspaceId": workspace_id,
-                    "delivery": delivery.delivery[:12],
-                    "blob": delivery.blob,
-                    "state": what,
-                    "at": _iso(when_),
-                    "reason": why,
-                    "currentFileKept": kept,
-                }
-            )
-            shown_why = why + (f" (current file kept: {kept})" if kept else "")
-            rows.append([_iso(when_), what, task_id, delivery.blob, shown_why])
+    ordered = sorted(times.items(), key=lambda pair: pair[1], reverse=True)  # the newest first
+    rows: list[tuple[datetime | None, list[str]]] = []
+    entries: list[dict[str, Any]] = []
+    listed: set[tuple[str, str]] = set()
+    read = 0
+    # The newest ``limit`` tasks that still have something to show, read ``limit`` records at a time: a task
+    # a later export has fixed since does not take one of the slots.
+    while read < len(ordered) and len(listed) < limit:
+        batch = ordered[read : read + limit]
+        read += len(batch)
+        records = await asyncio.gather(*(read_record(storage, *task) for task, _ in batch))
+        for ((workspace_id, task_id), _), (record, _etag) in zip(batch, records, strict=True):
+            if record is None or len(listed) >= limit:
+                continue  # a marker whose swap lost, for a task that has no record
+            for entry, row in _failures_of(record, start, marked, now):
+                listed.add((workspace_id, task_id))
+                entries.append(entry)
+                rows.append(row)
+    rows.sort(key=lambda pair: pair[0] or now)
+    entries.sort(key=lambda entry: entry["at"])
     data = {
         "container": storage.container,
         "since": _iso(start),
         "summary": state.data,
         "problems": state.problems,
         "markers": len(markers),
-        "tasks": len(ordered),
+        "tasks": len(listed),
         "shown": len(entries),
         "deliveries": entries,
     }
@@ -825,9 +806,9 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
     if not entries:
         text.append("No failed deliveries.")
     else:
-        more = f" (the newest {limit} of {len(ordered)}; --max N for more)" if len(ordered) > len(shown) else ""
+        more = f" (the newest {limit} such tasks; --max N for more)" if read < len(ordered) else ""
         text.append(
-            f"{len(entries)} delivery(ies) will not finish by themselves, in {len(shown)} task(s){more}."
+            f"{len(entries)} delivery(ies) will not finish by themselves, in {len(listed)} task(s){more}."
             " Export those documents again from SmartDocumentor; one task's whole story: python -m ops find --task T"
             " --workspace W."
         )
@@ -838,8 +819,47 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
             "find --task T tells any task's whole story)"
         )
     if entries:
-        text += table(["WHEN", "STATE", "TASK", "BLOB", "WHY"], rows)
+        text += table(["WHEN", "STATE", "TASK", "BLOB", "WHY"], [row for _, row in rows])
     return Result(NOT_FOUND if problem or (alert and entries) else OK, data, text)
+
+
+def _failures_of(
+    record: TaskRecord, start: datetime, marked: set[tuple[str, str, str, datetime]], now: datetime
+) -> list[tuple[dict[str, Any], tuple[datetime | None, list[str]]]]:
+    """The deliveries of ``record`` that will not finish by themselves (none before its current file)."""
+    found = []
+    current = record.current_delivery
+    position = record.index(current.delivery) if current is not None else -1
+    workspace_id, task_id = record.workspace_id, record.task_id
+    for number, delivery in enumerate(record.deliveries):
+        if number < position:
+            continue  # a newer export is the current file: nothing left to do for this one
+        if delivery.state is State.FAILED and (
+            _failed_since(delivery.failed_at, start)
+            or (workspace_id, task_id, delivery.delivery, delivery.failed_at) in marked
+        ):
+            when_, what, why = delivery.failed_at, "failed", delivery.failure_reason or "(no reason)"
+        elif delivery.state is State.COPYING:
+            why_stuck = stuck(delivery.link_expires_on, delivery.received_at, now)
+            if why_stuck is None:
+                continue
+            when_, what, why = delivery.received_at, "copying", f"{why_stuck}; nothing will finish it"
+        else:
+            continue  # e.g. a marker whose swap lost: the record does not hold that failure
+        kept = current.blob if current is not None and current.delivery != delivery.delivery else None
+        entry = {
+            "taskId": task_id,
+            "workspaceId": workspace_id,
+            "delivery": delivery.delivery[:12],
+            "blob": delivery.blob,
+            "state": what,
+            "at": _iso(when_),
+            "reason": why,
+            "currentFileKept": kept,
+        }
+        shown_why = why + (f" (current file kept: {kept})" if kept else "")
+        found.append((entry, (when_, [_iso(when_), what, task_id, delivery.blob, shown_why])))
+    return found
 
 
 # --- replay-poison ---------------------------------------------------------------------------------------

@@ -177,6 +177,21 @@ async def test_find_flags_a_current_file_that_another_delivery_overwrote_and_a_m
     assert f"the manifest {name}.json is missing" in ran.out
 
 
+async def test_find_names_check_repair_first_for_a_missing_manifest_and_the_repair_writes_it(ops: Ops) -> None:
+    export = await stored(ops)
+    name = f"{ops.plan(export).blob_name}.json"
+    manifest = ops.world.storage.stored(name)
+    assert manifest is not None
+    await ops.world.storage.delete(name, if_match=manifest.etag)
+
+    ran = await ops("find", "--task", "task-1")
+    nexts = [line for line in ran.out.splitlines() if line.startswith("next:")]
+    assert ran.code == NOT_FOUND and nexts[0].startswith("next: python -m ops check --task task-1"), ran.out
+    assert (await ops("check", "--task", "task-1", "--repair")).code == OK
+    assert ops.world.storage.stored(name) is not None
+    assert (await ops("find", "--task", "task-1")).code == OK
+
+
 async def test_find_gives_each_copying_delivery_a_verdict_from_the_queues(ops: Ops) -> None:
     await stored(ops)
     text = await ops.accept(ops.world.export("task-1", "v2.pdf"))
@@ -350,6 +365,23 @@ async def test_an_unreadable_task_record_is_named_with_how_to_restore_it_and_exi
     with caplog.at_level(logging.INFO):
         await ops.reconcile()
     assert any(r.levelno == logging.ERROR and "is not readable" in r.getMessage() for r in caplog.records)
+
+
+async def test_failed_counts_only_tasks_left_failed_and_a_fixed_task_takes_no_slot_of_max(ops: Ops) -> None:
+    from receiver.verification import verify_copy
+
+    for task in ("task-1", "task-2"):
+        await stored(ops, task=task)
+        text = await ops.accept(ops.world.export(task, expires_in=timedelta(hours=1)))
+        ops.world.clock.advance(timedelta(hours=2))
+        assert await verify_copy(text.encode(), runtime=ops.world.runtime, now=ops.world.now) == "failed"
+    await stored(ops, task="task-2")  # the newest failure is fixed by a later export
+
+    ran = await ops("failed", "--since", "300", "--max", "1")
+
+    assert "1 delivery(ies) will not finish by themselves, in 1 task(s)" in ran.out, ran.out
+    assert "task-1" in ran.out and "task-2" not in ran.out
+    assert (await ops("failed", "--since", "300", "--json")).json()["tasks"] == 1
 
 
 async def test_failed_reads_only_the_records_in_its_window(ops: Ops) -> None:

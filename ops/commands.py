@@ -383,7 +383,8 @@ async def _one_task(ctx: Context, task_id: str, workspace_id: str | None) -> tup
         scope = f" in workspace {workspace_id}" if workspace_id else ""
         next_step = (
             "check the task id (SmartDocumentor's taskId), --container and the account; a task whose every delivery "
-            "was refused has no record: Application Insights has its answers (task-lookup.kql, docs/operations.md)"
+            "was refused has no record: Application Insights has its answers (task-lookup.kql, docs/operations.md); "
+            "a record deleted by hand: restore it from the blob's versions or soft delete (docs/operations.md)"
         )
         if workspace_id:
             next_step = f"drop --workspace to look in every workspace, or {next_step}"

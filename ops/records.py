@@ -35,7 +35,7 @@ from receiver.machine import (
 from receiver.models import MAX_RECORD_BYTES, RECORD_PREFIX, State, TaskRecord, record_name, unreadable_record
 from receiver.outcome import Outcome
 from receiver.plan import identity_segment
-from receiver.reconciliation import QUEUE_COVERAGE
+from receiver.reconciliation import QUEUE_COVERAGE, unlabelled
 from receiver.settings import Settings
 from receiver.storage import Blob, Listed, Rejected, Storage
 from receiver.verification import Message, Reference, body_from_record, plan_message
@@ -156,7 +156,22 @@ async def locate(storage: Storage, task_id: str, workspace_id: str | None) -> li
     workspace given) every workspace's, from one listing of the records' labels (no record read)."""
     if workspace_id is not None:
         return [(workspace_id, task_id)]
-    return [(item.workspace_id, item.task_id) for item in await listed(storage) if item.task_id == task_id]
+    found = [(item.workspace_id, item.task_id) for item in await listed(storage) if item.task_id == task_id]
+    if found:
+        return found
+    # A record that lost its labels (uploaded again by hand) is found by its name; the reconciliation's
+    # next run writes the labels again.
+    place = f"/{identity_segment(task_id)}.json"
+    bare = [item.name async for item in storage.list(RECORD_PREFIX) if item.name.endswith(place) and unlabelled(item)]
+    for name in bare:
+        blob = await storage.read_bytes(name, max_bytes=MAX_RECORD_BYTES)
+        try:
+            record = TaskRecord.from_bytes(blob[1]) if blob is not None else None
+        except ValueError:
+            record = None
+        if record is not None and record.task_id == task_id:
+            found.append((record.workspace_id, record.task_id))
+    return found
 
 
 def copying_of(record: TaskRecord) -> list[int]:

@@ -39,9 +39,17 @@ from .attention import AttentionReport, Watch, after_run
 from .engine import Job, run
 from .machine import Sweep
 from .migration import MigrationReport, migrate
-from .models import RECORD_PREFIX, parse_time
+from .models import (
+    MAX_RECORD_BYTES,
+    RECORD_CONTENT_TYPE,
+    RECORD_PREFIX,
+    TaskRecord,
+    parse_time,
+    record_name,
+    unreadable_record,
+)
 from .runtime import Runtime
-from .storage import Listed, Storage, StoreError, UnreadableRecord
+from .storage import Conflict, Listed, Storage, StoreError, UnreadableRecord
 from .telemetry import recording, report_oldest_pending, report_poison_depth
 from .verification import MAX_DEQUEUE_COUNT, POISON_QUEUE
 
@@ -108,6 +116,41 @@ def _decode(value: str) -> str:
     return unquote(value)
 
 
+# Records without their labels read and written again per run (a few: they come from hand-made uploads).
+MAX_RELABELLED_PER_RUN = 20
+
+
+def unlabelled(item: Listed) -> bool:
+    """A blob at a task record's place whose metadata lost the labels (uploaded again by hand, say): the
+    listing cannot show its work, so the reconciliation reads it and writes it back with them."""
+    meta = {key.lower() for key in item.metadata}
+    depth = item.name.count("/") == RECORD_PREFIX.count("/") + 1
+    return "receiverkind" not in meta and depth and item.name.startswith(RECORD_PREFIX) and item.name.endswith(".json")
+
+
+async def relabel(storage: Storage, name: str) -> str:
+    """Write the record at ``name`` again with its labels (a compare-and-swap, the same content): "relabelled",
+    or "left" when it changed meanwhile, is gone, or is not this place's record. Raises UnreadableRecord."""
+    found = await storage.read_bytes(name, max_bytes=MAX_RECORD_BYTES)
+    if found is None:
+        return "left"
+    blob, data = found
+    try:
+        record = TaskRecord.from_bytes(data)
+    except ValueError as exc:
+        task = name.rsplit("/", 1)[-1].removesuffix(".json")
+        raise UnreadableRecord(unreadable_record(name, task, exc)) from None
+    if record_name(record.workspace_id, record.task_id) != name:
+        return "left"  # another task's record copied here: not ours to label
+    try:
+        await storage.put(
+            name, record.to_bytes(), if_match=blob.etag, content_type=RECORD_CONTENT_TYPE, metadata=record.labels()
+        )
+    except Conflict:
+        return "left"  # a driver wrote it meanwhile, with its labels
+    return "relabelled"
+
+
 async def reconcile_run(
     *,
     runtime: Runtime,
@@ -162,10 +205,23 @@ async def _work(
     after = timedelta(minutes=settings.reconcile_after_minutes)
     watch = Watch(now)  # what the listing shows for `ops pending` and `ops failed` (receiver/attention.py)
     found: list[Candidate] = []
+    bare: list[str] = []
     async for listed in storage.list(RECORD_PREFIX):
         watch.see(listed)
         if (c := candidate(listed, now=now, after=after, window=window)) is not None:
             found.append(c)
+        elif len(bare) < MAX_RELABELLED_PER_RUN and unlabelled(listed):
+            bare.append(listed.name)
+    for name in bare:
+        with recording("reconciliation") as record:
+            try:
+                record.outcome = await relabel(storage, name)
+                if record.outcome == "relabelled":
+                    record.reason = f"the task record {name} had lost its labels (metadata): written again with them"
+            except StoreError as exc:
+                record.outcome, record.reason = "error", exc.message
+                record.final_failure = isinstance(exc, UnreadableRecord)  # a person must restore it: ERROR
+            report.count(record.outcome)
     report.found = len(found)
     ages = [(now - c.oldest_copying).total_seconds() for c in found if c.oldest_copying is not None]
     report.oldest_copying_seconds = max(ages, default=0.0)

@@ -334,6 +334,24 @@ async def test_find_shows_a_deliverys_earlier_name_and_what_each_name_to_retire_
     assert "still to retire: ws-1/task-1/older.pdf (delivery eeeeeeeeeeee, copy c0ffee)" in ran.out
 
 
+async def test_a_record_uploaded_again_without_its_labels_is_found_and_the_reconciliation_labels_it(
+    ops: Ops,
+) -> None:
+    await stored(ops)
+    name = record_name("ws-1", "task-1")
+    there, data = ops.world.storage.stored(name), ops.world.storage.blob_bytes(name)
+    assert there is not None and data is not None
+    await ops.world.storage.put(name, data, if_match=there.etag, content_type="application/json", metadata={})
+
+    ran = await ops("find", "--task", "task-1")
+    assert ran.code == OK and "ws-1/task-1/invoice.pdf  <- current" in ran.out, ran.out
+    report = await ops.reconcile()
+    assert report.outcomes.get("relabelled") == 1, report
+    labelled = ops.world.storage.stored(name)
+    assert labelled is not None and dict(labelled.metadata).get("receiverkind") == "task-record"
+    assert ops.world.storage.blob_bytes(name) == data  # the same record, with its labels
+
+
 async def test_an_unreadable_task_record_is_named_with_how_to_restore_it_and_exits_1(
     ops: Ops, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -529,8 +529,13 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
             why = {
                 "queue": f"its message is in the verification queue and its link is valid until {until}",
                 "poison": f"its message is in the poison queue (replay-poison finishes it); link valid until {until}",
-                "unknown": f"no one can tell whether a queue or poison message can still finish it (give the host "
-                f"storage options; {looked.note or 'the queues were not looked at'}); link valid until {until}",
+                "unknown": "no one can tell whether a queue or poison message can still finish it ("
+                + (
+                    "give the host storage options, --host-connection-string or --host-queue-url"
+                    if ctx.queues is None
+                    else f"{looked.note or 'a message may be hidden while it is tried'}: look again in a minute"
+                )
+                + f"); link valid until {until}",
             }[where]
             if not force:
                 data["refused"] = why
@@ -568,7 +573,10 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
         )
         text = [f"Failed delivery {copying.delivery[:12]} of task {task_id}: {give_up}"]
         if forced:
-            text.append("It was given up with --force: a message still holding its link may yet copy it (superseded).")
+            text.append(
+                "It was given up with --force: a message still holding its link may yet copy it, and it is then "
+                f"stored after all (python -m ops find --task {task_id} shows it)."
+            )
         return Result(OK, data, text)
     if "adopted" in trace.arrows:
         return Result(OK, data, [f"Not failed: delivery {copying.delivery[:12]} was stored after all (adopted)."])

@@ -492,13 +492,13 @@ async def test_fail_refuses_while_a_message_can_finish_the_copy_unless_forced(
     refused = await ops("fail", "--task", "task-1", "--reason", "customer gave up")
     assert refused.code == NOT_FOUND and "poison queue" in refused.out and "--force" in refused.out
     blind = await ops("fail", "--task", "task-1", "--reason", "customer gave up", queues=False)
-    assert blind.code == NOT_FOUND and "no one can tell" in blind.out
+    assert blind.code == NOT_FOUND and "no one can tell" in blind.out and "--host-connection-string" in blind.out
     record = ops.world.record()
     assert record is not None and record.deliveries[0].state is State.COPYING
 
     forced = await ops("fail", "--task", "task-1", "--reason", "customer gave up", "--force")
 
-    assert forced.code == OK and "--force" in forced.out
+    assert forced.code == OK and "--force" in forced.out and "stored after all" in forced.out
     record = ops.world.record()
     assert record is not None and record.deliveries[0].state is State.FAILED
     reason = record.deliveries[0].failure_reason or ""

@@ -800,8 +800,10 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
             step = Step(at=now, by=by, outcome="failed", note=reason)
             failed = _with_state(record, copying, State.FAILED, step, failed_at=now, failure_reason=reason)
             current = record.current_delivery
-            # Its copy may still be on its way to the current file's name: fence it off.
-            return Change(failed, arrow, fence=current is not None and current.blob == copying.blob)
+            # Its copy may still be on its way to the current file's name (its own, or the one an earlier
+            # template gave it): fence it off.
+            targets = (copying.blob, copying.moved_from)
+            return Change(failed, arrow, fence=current is not None and current.blob in targets)
     current = record.current_delivery
     if seen.fence and current is not None:
         return Apply((Fence(current.blob, current.delivery),), seen.changed or "expired")

@@ -497,6 +497,29 @@ async def test_a_failed_deliverys_late_copy_at_the_name_an_earlier_template_gave
     assert sim.files() == {} and not sim.leftovers, (sim.files(), sim.leftovers)
 
 
+async def test_an_operators_give_up_fences_the_current_file_a_moved_deliverys_held_copy_targets() -> None:
+    """Re-export X is accepted at the current file's name and its copy there is held; after a template change
+    its retry is accepted at today's name (202). An operator gives X up: the current file, at X's earlier
+    name, is fenced, so the held copy fails instead of replacing the file answered 200 stored (the retry's
+    queue message may still store X afterwards: a give-up with a live message says so)."""
+    sim = Simulation()
+    first = sim.export("A")
+    await sim.run_actor(sim.post(first))
+    moved = sim.export("A")
+    slow = sim.post(moved)
+    await sim.run_actor(slow, until=lambda c: c.op == "copy_from_url" and "if_match" in c.detail)
+    retry = sim.post(moved, config=Config(template=TODAY, staged=True, waits=False))
+    await sim.run_actor(retry)
+    assert retry.answer == "202 copying", retry.answer
+    await sim.run_actor(sim.operator())
+    await sim.land_then_stop(slow)
+    assert sim.files()["ws-1/task-1/A.pdf"] == first.data  # the held copy failed on the fence
+    record = sim.record()
+    assert record is not None and record.current == first.delivery, record
+    await sim.finish()  # the retry's queue message may still store X (the give-up says so)
+    ok(sim)
+
+
 async def test_a_duplicate_under_todays_template_whose_copy_answer_was_lost_leaves_no_copy() -> None:
     """The current export's retry after a template change: its copy at today's name lands, its answer is
     lost. It is a duplicate (current under the earlier name), and the copy it left is found and removed."""

@@ -319,6 +319,9 @@ def _arrival_words(decision: Decision, name: str, blob: Blob | None, expires: da
         return Foreseen(decision, "finish", f"{how} {over} ({link})")
     if isinstance(decision, Change):
         return Foreseen(decision, "finish", f"accepted ({decision.arrow}), then copied ({link})")
+    if isinstance(decision, Observe) and decision.at is not None:
+        why = f"current under an earlier template's name ({decision.at}): a duplicate while that file holds it"
+        return Foreseen(decision, "duplicate", why)
     if isinstance(decision, Observe):
         return Foreseen(decision, "finish", f"it reads the task again, then copies ({link})")
     return Foreseen(decision, "finish", f"{decision.arrow} ({link})")

@@ -3,6 +3,8 @@ same decide, so it cannot disagree with what the queue function then does"."""
 
 from __future__ import annotations
 
+import json
+
 from receiver.verification import verify_copy
 
 from .test_ops import Ops
@@ -41,3 +43,29 @@ async def test_the_replay_dry_run_says_duplicate_and_the_queue_function_ends_the
     # What the queue function then does with it: it must end (a duplicate), not raise again.
     outcome = await verify_copy(first.verification.encode(), runtime=world.runtime, now=world.now)
     assert outcome == "duplicate", outcome
+
+
+async def test_a_message_without_a_name_after_a_template_change_is_a_duplicate_in_the_dry_run_and_the_replay() -> None:
+    """A message the release before wrote (no file name) for a delivery current under the earlier template:
+    the dry run says duplicate, and the queue function answers duplicate from the file at the recorded name,
+    leaving no copy under today's name."""
+    ops = Ops()
+    world = ops.world
+    export = world.export()
+    world.faults.lose_answer("put", "ws-1/task-1/invoice.pdf.json")
+    first = await world.post(export)
+    assert first.status_code == 503 and first.verification is not None
+    document = json.loads(first.verification)
+    assert document.pop("blob") == "ws-1/task-1/invoice.pdf"
+    text = json.dumps(document)
+    dated = "{yyyy}/{workspaceId}/{taskId}/{fileName}"
+    world.settings = world.settings.model_copy(update={"blob_name_template": dated})
+    world.runtime.use(world.storage, world.settings)
+    ops.poison.add(text)
+
+    dry = await ops("replay-poison", "--dry-run", "--json")
+    (entry,) = dry.json()["messages"]
+    assert entry["will"] == "duplicate", entry
+    outcome = await verify_copy(text.encode(), runtime=world.runtime, now=world.now)
+    assert outcome == "duplicate", outcome
+    assert world.files() == {"ws-1/task-1/invoice.pdf": export.data}

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from .models import COPY_ID, Delivery, Driver, Retirement, State, Step, TaskRecord, with_step
+from .plan import metadata_value
 from .storage import Blob
 
 # --- what a driver knows and sees -----------------------------------------------------------------
@@ -261,6 +262,10 @@ behind | copying, failed, superseded | copying | webhook, verifier |
     one is stored, copied again if that one fails
 immutable | any | unchanged | webhook, verifier |
     a retention policy or legal hold refused the write: nothing half-done, 409
+name-taken | new, copying | failed (when it was in the record) | webhook, verifier |
+    the file at its name is another task's (its metadata names another workspaceId or taskId: a template change
+    gave two tasks one name): nothing is written over it, 409; one current under an earlier template's name is
+    decided there instead
 retire | superseded (its name listed to retire) | name deleted, dropped from the list | any driver |
     after the record lists the name: the file and its manifest are deleted only while they still hold the retired
     delivery (If-Match; a version changed since is followed only while it is the same copy, its copyid)
@@ -456,6 +461,16 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     base = record if record is not None else _new_record(notice)
     current = record is not None and entry is not None and record.current == entry.delivery
     current_stored = current and entry is not None and entry.state is State.STORED
+
+    elsewhere = current_stored and entry is not None and entry.blob != notice.blob
+    if isinstance(blob, Blob) and _of_another_task(blob, notice) and not elsewhere:
+        # The file at its name is another task's (a BLOB_NAME_TEMPLATE change gave two tasks one name): nothing
+        # is ever written over it. (One current under an earlier template's name is decided there, below.)
+        if entry is not None and entry.state is State.COPYING:
+            step = Step(at=now, by=by, outcome="failed", status=409, note=NAME_TAKEN)
+            failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=NAME_TAKEN)
+            return Change(failed, "name-taken")
+        return Answer("failed", 409, "name-taken", error="name-taken", reason=NAME_TAKEN)
 
     if seen.concluded is not None and record is not None:
         # A delivery accepted after it and still copying does not excuse a file that is not this one's (it may
@@ -670,6 +685,22 @@ def _accept(
 
 SOURCE_REFUSED = "Azure Storage could not read the exported file: the link was refused."
 SOURCE_GONE = "Azure Storage could not read the exported file: it no longer exists."
+
+
+NAME_TAKEN = (
+    "The file at this name belongs to another task (its metadata names another workspaceId or taskId), so "
+    "nothing was written over it. Whoever runs the receiver: check BLOB_NAME_TEMPLATE (a change of it can give "
+    "two tasks one name), then send the document again."
+)
+
+
+def _of_another_task(blob: Blob, notice: Notice) -> bool:
+    """Does the blob's metadata name another task? (A file without those ids is not one this receiver wrote.)"""
+    meta = {key.lower(): value for key, value in blob.metadata.items()}
+    workspace, task = meta.get("workspaceid"), meta.get("taskid")
+    if workspace is None or task is None:
+        return False
+    return (workspace, task) != (metadata_value(notice.workspace_id, 512), metadata_value(notice.task_id, 512))
 
 
 def _stale(record: TaskRecord, entry: Delivery, blob: Blob | Unseen | None, now: datetime) -> bool:

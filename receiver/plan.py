@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from .payload import FIELDS, Notification
-from .settings import MAX_ID_SEGMENT, MAX_TAGS, Settings
+from .settings import MAX_EXTENSION, MAX_ID_SEGMENT, MAX_TAGS, Settings
 from .source import SourceLink, map_strings, without_url_queries
 
 MAX_BLOB_NAME = 1024
@@ -104,7 +104,7 @@ def extension_for(content_type: str, source_path: str) -> str:
     base = content_type.split(";", 1)[0].strip().lower()
     if base in EXTENSIONS:
         return EXTENSIONS[base]
-    match = re.search(r"\.([A-Za-z0-9]{1,10})$", source_path)
+    match = re.search(rf"\.([A-Za-z0-9]{{1,{MAX_EXTENSION}}})$", source_path)
     return f".{match.group(1).lower()}" if match else ""
 
 
@@ -152,7 +152,9 @@ def blob_name(template: str, values: dict[str, str], file: str, *, limit: int = 
     if len(name) <= limit:
         return name
     stem, dot, ext = file.rpartition(".")
-    stem, suffix = (stem, f".{ext}") if dot else (file, "")
+    # Only an extension the receiver gives (extension_for: at most MAX_EXTENSION) is kept whole; anything
+    # else after a dot ("s.xxxx…" from a display name) is part of the stem and shrinks with it.
+    stem, suffix = (stem, f".{ext}") if dot and len(ext) <= MAX_EXTENSION else (file, "")
     file = _safe_segment(stem[: max(1, len(stem) - (len(name) - limit))], "d") + suffix
     name = template.format_map({**safe, "fileName": file})
     shown, times = safe["displayName"], template.count("{displayName}")
@@ -289,12 +291,22 @@ def not_a_manifest_name(name: str, limit: int) -> str:
 def kept_name(plan: CopyPlan, name: str, settings: Settings) -> CopyPlan:
     """The plan under ``name``, the name it was given when it arrived (a queued delivery keeps it: its
     202 named it, and a copy of it may already be there, in no record yet), when that is a name this
-    receiver can give a file; else the plan as it is (today's template)."""
+    receiver can give a file of this task; else the plan as it is (today's template)."""
     limit = MAX_BLOB_NAME - len(MANIFEST_SUFFIX) if settings.write_manifest else MAX_BLOB_NAME
     usable = 0 < len(name) <= limit and name == outside_reserved(not_a_manifest_name(name, limit))
-    usable = usable and not _CONTROL.search(name) and all(part not in ("", ".", "..") for part in name.split("/"))
+    parts = name.split("/")
+    usable = usable and not _CONTROL.search(name) and all(part not in ("", ".", "..") for part in parts)
+    # One of this task's names: its ids as whole segments (or, a template by task number, both in it).
+    workspace, task = identity_segment(plan.workspace_id), identity_segment(plan.task_id)
+    number = plan.metadata.get("tasknumber", "")
+    usable = usable and ({workspace, task} <= set(parts) or (workspace in name and bool(number) and number in name))
     if name == plan.blob_name or not usable or name.endswith((".", " ")):
         return plan
+    return renamed(plan, name, settings)
+
+
+def renamed(plan: CopyPlan, name: str, settings: Settings) -> CopyPlan:
+    """The plan under ``name``, as it is (the name the task record holds the delivery at)."""
     document = {**plan.manifest, "blob": f"{settings.destination_container}/{name}"}
     return dataclasses.replace(plan, blob_name=name, manifest=document)
 

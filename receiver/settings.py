@@ -27,6 +27,8 @@ TAGGABLE_FIELDS = frozenset(FIELDS) - {"exportedFileUrl", "exportedFileExpiresOn
 MAX_TAGS = 10
 # A workspaceId or taskId segment of a blob name is at most this long (receiver/plan.py, identity_segment).
 MAX_ID_SEGMENT = 128
+# The longest file extension a name gets (receiver/plan.py, extension_for).
+MAX_EXTENSION = 10
 # What a template must leave for the rest of a name, the ids at their longest: the display name and the
 # file name's stem shortened to a character each, the longest extension, a manifest's ".json" and the
 # "~" and hash that keep a name out of the records' folder. A name is never cut through an id.
@@ -35,8 +37,8 @@ _LONGEST_IDS = {
     "taskId": "t" * MAX_ID_SEGMENT,
     "taskNumber": str(2**63 - 1),
     "displayName": "d",
-    "fileName": "d." + "x" * 10,
-    "ext": "x" * 10,
+    "fileName": "d." + "x" * MAX_EXTENSION,
+    "ext": "x" * MAX_EXTENSION,
     "yyyy": "2026",
     "mm": "12",
     "dd": "31",

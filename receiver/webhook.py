@@ -15,7 +15,7 @@ from .intake import arrival_job, is_large, prepare
 from .machine import Answer
 from .outcome import Outcome
 from .payload import MAX_ID_LENGTH
-from .plan import CopyPlan, kept_name
+from .plan import CopyPlan, renamed
 from .runtime import Runtime
 from .settings import Settings, SettingsError
 from .source import link_secret_pattern, redact, without_secrets
@@ -58,7 +58,7 @@ async def _handle(
     trace = Trace()
 
     def decided() -> CopyPlan:  # the plan at the name the delivery was decided at (its record's, when not today's)
-        return kept_name(plan, trace.blob, settings) if trace.blob else plan
+        return renamed(plan, trace.blob, settings) if trace.blob else plan
 
     def queued() -> str:  # the queue message, built only for the answers that send one (not on the common path)
         return verification.message(body, now, plan=decided())
@@ -138,6 +138,8 @@ def answered(
     if answer.error == "immutable":
         policy = answer.reason or "retention policy"
         return outcome.failed(409, "immutable", _IMMUTABLE.format(policy=policy), taskId=plan.task_id)
+    if answer.error == "name-taken":
+        return outcome.failed(409, "name-taken", answer.reason or "", taskId=plan.task_id)
     if answer.error == "link-expired":
         return outcome.failed(
             410,

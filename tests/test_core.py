@@ -426,23 +426,49 @@ def test_different_ids_never_share_a_name(w1: str, t1: str, w2: str, t2: str) ->
         assert one.blob_name.endswith(".pdf") and len(one.blob_name) <= 1019
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.text(min_size=1, max_size=4096), st.integers(min_value=1, max_value=12), ids, ids)
-@example("D" * 300, 4, "task-1", "task-2")
-@example("D" * 300, 12, "t" * 400, "t" * 399)
-def test_no_cut_takes_an_id_from_a_name_nor_the_extension(display: str, repeats: int, task: str, other: str) -> None:
-    """However long the display name and however often the template repeats it, the name keeps both
-    ids as whole segments (two tasks never share a name) and the extension."""
+NO_EXTENSION_URL = URL.replace("/doc.pdf?", "/doc?")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(min_size=1, max_size=4096) | st.builds(lambda n: "s." + "x" * n, st.integers(0, 300)),
+    st.integers(min_value=0, max_value=12),
+    st.integers(min_value=0, max_value=1000),
+    st.sampled_from([("application/pdf", URL), ("application/octet-stream", NO_EXTENSION_URL)]),
+    ids,
+    ids,
+)
+@example("D" * 300, 4, 0, ("application/pdf", URL), "task-1", "task-2")
+@example("D" * 300, 12, 0, ("application/pdf", URL), "t" * 400, "t" * 399)
+@example("s." + "x" * 253, 0, 700, ("application/octet-stream", NO_EXTENSION_URL), "t" * 128, "t" * 127 + "u")
+def test_no_cut_takes_an_id_from_a_name_nor_the_extension(
+    display: str, repeats: int, prefix: int, kind: tuple[str, str], task: str, other: str
+) -> None:
+    """However long the display name (dots in it too), the template's own text, and however often the
+    template repeats the display name, a name the settings allow keeps both ids as whole segments (two
+    tasks never share a name) and the extension."""
     assume(task != other)
-    template = "/".join(["{displayName}"] * repeats) + "/{workspaceId}/{taskId}/{fileName}"
-    config = Settings(destination_connection_string="UseDevelopmentStorage=true", blob_name_template=template)
-    one, two = (plan_for(body(displayName=display, taskId=t), config) for t in (task, other))
+    segments = ["p" * prefix] if prefix else []
+    template = "/".join([*segments, *["{displayName}"] * repeats, "{workspaceId}/{taskId}/{fileName}"])
+    try:
+        config = Settings(destination_connection_string="UseDevelopmentStorage=true", blob_name_template=template)
+    except ValueError:
+        return  # a template that leaves no room is refused at start
+    content_type, url = kind
+    made = [
+        plan_for(body(displayName=display, taskId=t, exportedFileContentType=content_type, exportedFileUrl=url), config)
+        for t in (task, other)
+    ]
+    one, two = made
     if not isinstance(one, CopyPlan) or not isinstance(two, CopyPlan):
         return  # an id the payload refuses
     assert one.blob_name != two.blob_name
+    at = len(segments) + repeats
     for plan, task_id in ((one, task), (two, other)):
-        assert plan.blob_name.endswith(".pdf") and len(plan.blob_name) <= 1019
-        assert plan.blob_name.split("/")[repeats : repeats + 2] == ["ws-1", identity_segment(task_id)]
+        assert len(plan.blob_name) <= 1019
+        assert plan.blob_name.split("/")[at : at + 2] == ["ws-1", identity_segment(task_id)]
+        if content_type == "application/pdf":
+            assert plan.blob_name.endswith(".pdf")
 
 
 def test_a_template_that_leaves_no_room_for_a_file_name_is_refused_at_start() -> None:
@@ -557,6 +583,7 @@ def test_a_queued_delivery_keeps_the_name_it_was_given_after_the_template_change
     "name",
     [
         ".smartdocumentor/tasks/ws-1/task.json",
+        "ws-1/another-task/Scan.pdf",
         ".SmartDocumentor/x.pdf",
         "ws-1/doc.pdf.json",
         "ws-1/../x.pdf",

@@ -31,6 +31,7 @@ ERRORS = {
     "source-not-allowed": 400,
     "link-expired": 410,
     "immutable": 409,
+    "name-taken": 409,
     "payload-too-large": 413,
     "unsupported-media-type": 415,
     "misconfigured": 500,

@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 
+from receiver.intake import prepare
 from receiver.models import State, record_name
-from sim.simulator import Call, Config, Simulation, replay_command, run_seed, run_seeds, simulating
+from receiver.plan import CopyPlan
+from receiver.verification import message
+from sim.simulator import Call, Config, Simulation, replay_command, run_seed, run_seeds, settings_for, simulating
 
 STAGED_202 = Config(staged=True, waits=False)
 RECORD = record_name("ws-1", "task-1")
@@ -518,6 +521,44 @@ async def test_an_operators_give_up_fences_the_current_file_a_moved_deliverys_he
     assert record is not None and record.current == first.delivery, record
     await sim.finish()  # the retry's queue message may still store X (the give-up says so)
     ok(sim)
+
+
+async def test_a_template_change_that_gives_two_tasks_one_name_never_overwrites_the_other_tasks_file() -> None:
+    """(ws-1, task-1) is stored at ws-1/task-1/A.pdf; the template then puts the task id first, and the task
+    with the ids the other way round gets that very name. Its delivery is refused (409 name-taken), and the
+    first task's file stays (a file another task wrote is never taken for an orphan)."""
+    from datetime import timedelta
+
+    sim = Simulation()
+    first = sim.export("A", task="task-1", workspace="ws-1")
+    await sim.run_actor(sim.post(first))
+    sim.clock.advance(timedelta(minutes=5))
+    other = sim.export("A", task="ws-1", workspace="task-1")
+    taken = sim.post(other, config=Config(template="{taskId}/{workspaceId}/{fileName}"))
+    await sim.run_actor(taken)
+    assert taken.answer == "409 failed", taken.answer
+    await sim.finish()
+    ok(sim)
+    assert sim.files() == {"ws-1/task-1/A.pdf": first.data}
+
+
+async def test_a_queue_message_naming_another_tasks_file_is_planned_under_todays_template() -> None:
+    """A message whose name is not one of its task's (forged, or corrupted) copies to today's name; the
+    other task's file is untouched."""
+    sim = Simulation()
+    first = sim.export("A", task="task-1")
+    await sim.run_actor(sim.post(first))
+    other = sim.export("B", task="task-2")
+    plan = prepare(other.body, {}, settings_for(sim.config), now=sim.clock())
+    assert isinstance(plan, CopyPlan)
+    document = json.loads(message(other.body, sim.clock(), plan=plan))
+    sim.enqueue(json.dumps({**document, "blob": "ws-1/task-1/A.pdf"}), 1, other)
+    queued = sim.run_message(0)
+    await sim.run_actor(queued)
+    assert queued.answer == "stored", queued.answer
+    await sim.finish()
+    ok(sim)
+    assert sim.files() == {"ws-1/task-1/A.pdf": first.data, "ws-1/task-2/B.pdf": other.data}
 
 
 async def test_a_duplicate_under_todays_template_whose_copy_answer_was_lost_leaves_no_copy() -> None:

@@ -51,6 +51,7 @@ from .models import (
     record_name,
     unreadable_record,
 )
+from .plan import MANIFEST_SUFFIX, MAX_BLOB_NAME
 from .storage import (
     Blob,
     Conflict,
@@ -68,7 +69,6 @@ from .storage import (
 log = logging.getLogger("receiver.engine")
 
 MAX_STEPS = 24
-MANIFEST_SUFFIX = ".json"
 MANIFEST_MARKER = {"receiverkind": "manifest"}
 MAX_MANIFEST_BYTES = 1024 * 1024
 MIB = 1024 * 1024
@@ -645,9 +645,10 @@ async def write_manifest(
 
     async def put_manifest() -> str | None:
         """The manifest's new ETag, or None when nothing was written."""
-        if not job.write_manifest:
-            return None
         name = manifest_name(effect.blob)
+        if not job.write_manifest or len(name) > MAX_BLOB_NAME:
+            # Too long for Azure: a file named with over 1019 characters while WRITE_MANIFEST was off has none.
+            return None
         known = seen.manifest if isinstance(seen.manifest, Blob) and seen.blob != UNSEEN else None
         if_match: str | None = known.etag if known is not None and _is_manifest(known) else None
         for attempt in range(3):

@@ -230,3 +230,26 @@ async def test_a_replaced_file_whose_delete_a_lease_refuses_stays_listed_until_t
     lease.break_lease(lease_break_period=0)
     await run_timer()
     assert_only_current(destination, renamed, B)
+
+
+async def test_a_retry_after_manifests_were_turned_on_names_the_file_its_record_holds(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 1024-character name given while WRITE_MANIFEST was off is longer than today's limit (1019, room for
+    `.json`): the retry is decided at the recorded name all the same, and its answer names that file (which
+    gets no manifest: its name would be over Azure's 1024 characters)."""
+    monkeypatch.setenv("WRITE_MANIFEST", "false")
+    await use_template(monkeypatch, "p" * 731 + "/{workspaceId}/{taskId}/{fileName}")
+    payload = notification(exports.publish(A), taskId="t" * 128, workspaceId="w" * 128, displayName="A" * 250)
+    first = await webhook.post(payload)
+    assert first.status == 200 and len(name_of(first.body)) == 1024, first.body
+    monkeypatch.setenv("WRITE_MANIFEST", "true")
+    await RUNTIME.reset()
+    retry = await webhook.post(payload)
+    assert (retry.status, retry.body["status"]) == (200, "duplicate"), retry.body
+    assert name_of(retry.body) == name_of(first.body) and files(destination) == [name_of(first.body)]
+    assert all(len(blob.name) <= 1024 for blob in destination.list_blobs())  # no manifest Azure would refuse

@@ -681,9 +681,10 @@ async def pending(
     ]
     tasks.sort(key=lambda item: item.oldest_copying)
     shown = tasks[:limit]
-    records = await asyncio.gather(*(read_record(storage, item.workspace_id, item.task_id) for item in shown))
+    unreadable: list[str] = []
+    records = await _records(storage, [(item.workspace_id, item.task_id) for item in shown], unreadable)
     rows, entries = [], []
-    for item, (record, _) in zip(shown, records, strict=True):
+    for item, record in zip(shown, records, strict=True):
         if record is None:
             continue
         for delivery in record.deliveries:
@@ -717,8 +718,9 @@ async def pending(
         "stuck": stuck_count,
         "deliveries": entries,
     }
-    problem = bool(state.problems)
-    text = [*state.problems]
+    problem = bool(state.problems or unreadable)
+    data["problems"] = [*state.problems, *unreadable]
+    text = [*state.problems, *(f"PROBLEM: {why}" for why in unreadable)]
     if not entries and summary is not None:
         text.append(
             f"No deliveries still copying for over {_span(older_than)}, as of the last completed reconciliation run "
@@ -784,14 +786,15 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
     rows: list[tuple[datetime | None, list[str]]] = []
     entries: list[dict[str, Any]] = []
     listed: set[tuple[str, str]] = set()
+    unreadable: list[str] = []
     read = 0
     # The newest ``limit`` tasks that still have something to show, read ``limit`` records at a time: a task
     # a later export has fixed since does not take one of the slots.
     while read < len(ordered) and len(listed) < limit:
         batch = ordered[read : read + limit]
         read += len(batch)
-        records = await asyncio.gather(*(read_record(storage, *task) for task, _ in batch))
-        for ((workspace_id, task_id), _), (record, _etag) in zip(batch, records, strict=True):
+        records = await _records(storage, [task for task, _ in batch], unreadable)
+        for ((workspace_id, task_id), _), record in zip(batch, records, strict=True):
             if record is None or len(listed) >= limit:
                 continue  # a marker whose swap lost, for a task that has no record
             for entry, row in _failures_of(record, start, marked, now):
@@ -810,8 +813,9 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
         "shown": len(entries),
         "deliveries": entries,
     }
-    problem = bool(state.problems)
-    text = [*state.problems]
+    problem = bool(state.problems or unreadable)
+    data["problems"] = [*state.problems, *unreadable]
+    text = [*state.problems, *(f"PROBLEM: {why}" for why in unreadable)]
     if not entries:
         text.append("No failed deliveries.")
     else:
@@ -918,8 +922,27 @@ async def _fate(ctx: Context, parsed: Parsed) -> tuple[str, str]:
     if ctx.storage is None:
         expired = parsed.expires_on is not None and parsed.expires_on <= ctx.now
         return ("fail" if expired else "unknown"), "give the destination options to see what the queue function will do"
-    foreseen = await observe_arrival(ctx.storage, parsed, ctx.settings, now=ctx.now)
+    try:
+        foreseen = await observe_arrival(ctx.storage, parsed, ctx.settings, now=ctx.now)
+    except Unreadable as exc:  # the queue function would refuse it too (and poison it again): it stays
+        return "blocked", str(exc)
     return foreseen.action, foreseen.why
+
+
+async def _records(storage: Storage, tasks: list[tuple[str, str]], unreadable: list[str]) -> list[TaskRecord | None]:
+    """The tasks' records side by side; one that does not parse is None here and named in ``unreadable``
+    (it must not hide the others)."""
+    found = await asyncio.gather(*(read_record(storage, *task) for task in tasks), return_exceptions=True)
+    records: list[TaskRecord | None] = []
+    for item in found:
+        if isinstance(item, Unreadable):
+            unreadable.append(str(item))
+            records.append(None)
+        elif isinstance(item, BaseException):
+            raise item
+        else:
+            records.append(item[0])
+    return records
 
 
 async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
@@ -932,7 +955,10 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
         for message in await poison.peek(min(limit, PEEK_LIMIT)):
             parsed = parse(message.content)
             fate = UNREADABLE if parsed is None else await _fate(ctx, parsed)
-            entries.append(_message_entry(message.id, parsed, "would-move" if parsed else "would-leave", fate))
+            if fate[0] == "blocked":
+                problems.append(fate[1])
+            moves = parsed is not None and fate[0] != "blocked"
+            entries.append(_message_entry(message.id, parsed, "would-move" if moves else "would-leave", fate))
     else:
         progress = ctx.console.progress("replaying", total=min(limit, waiting) or None, unit="message")
         try:
@@ -943,6 +969,11 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                     progress.update(1)
                     continue
                 fate = await _fate(ctx, parsed)
+                if fate[0] == "blocked":  # left in the poison queue: it would only be poisoned again
+                    problems.append(fate[1])
+                    entries.append(_message_entry(message.id, parsed, "left", fate))
+                    progress.update(1)
+                    continue
                 try:
                     await main.send(message.content)
                 except QueueMissing:
@@ -988,7 +1019,7 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
     left = sum(1 for entry in entries if not entry["readable"])
     fates = {
         fate: sum(1 for entry in entries if entry["will"] == fate)
-        for fate in ("finish", "duplicate", "superseded", "fail", "unknown")
+        for fate in ("finish", "duplicate", "superseded", "fail", "unknown", "blocked")
     }
     data = {
         "dryRun": dry_run,

@@ -610,6 +610,34 @@ async def test_replay_foresees_a_source_refusal_only_when_the_apps_policy_would_
     assert entry["will"] == will, entry
 
 
+async def test_one_unreadable_task_record_does_not_hide_the_other_tasks_from_replay_pending_or_failed(
+    ops: Ops,
+) -> None:
+    await stored(ops, task="task-1")
+    messages = [await ops.accept(ops.world.export(task)) for task in ("task-2", "task-1", "task-3")]
+    for text in messages:
+        ops.poison.add(text)
+    name = record_name("ws-1", "task-1")
+    there, data = ops.world.storage.stored(name), ops.world.storage.blob_bytes(name)
+    assert there is not None and data is not None
+    await ops.world.storage.put(
+        name, data[:-20], if_match=there.etag, content_type="application/json", metadata=dict(there.metadata)
+    )
+
+    dry = await ops("replay-poison", "--dry-run")
+    assert dry.code == NOT_FOUND and "task-2" in dry.out and "task-3" in dry.out, (dry.out, dry.err)
+    assert f"The task record {name} is not readable" in dry.out
+    real = await ops("replay-poison")
+    assert real.code == NOT_FOUND and "Moved 2 message(s)" in real.out, (real.out, real.err)
+    assert len(ops.queue.visible) == 2  # task-1's message stays in the poison queue: it would be poisoned again
+    ops.world.clock.advance(timedelta(hours=3))
+    await ops.reconcile()
+    for command in (("pending",), ("failed", "--since", "600")):
+        ran = await ops(*command)
+        assert ran.code == NOT_FOUND and f"PROBLEM: The task record {name} is not readable" in ran.out, ran.out
+        assert "task-2" in ran.out and "task-3" in ran.out, ran.out
+
+
 async def test_replay_with_nothing_poisoned_does_nothing(ops: Ops) -> None:
     ran = await ops("replay-poison")
     assert ran.code == OK and "Moved 0 message(s)" in ran.out

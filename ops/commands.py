@@ -26,6 +26,7 @@ from receiver.attention import (
 from receiver.engine import Job, manifest_name
 from receiver.machine import Sweep
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
+from receiver.plan import has_manifest_name
 from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings
 from receiver.source import redact
@@ -180,7 +181,7 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
             there = "is gone" if blob is None else f"holds delivery {(blob.delivery or 'none')[:12]}"
             found.problems.append(f"the current file {current.blob} {there}, not {current.delivery[:12]}")
             found.next.append("export the document again from SmartDocumentor (the record keeps the story)")
-        if ctx.settings.write_manifest:
+        if ctx.settings.write_manifest and has_manifest_name(current.blob):  # (none for a name over 1019)
             marked = manifest is not None and manifest.metadata.get("receiverkind") == "manifest"
             found.manifest_matches = marked and manifest is not None and manifest.delivery == record.current
             if not found.manifest_matches:

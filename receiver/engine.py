@@ -51,7 +51,7 @@ from .models import (
     record_name,
     unreadable_record,
 )
-from .plan import MANIFEST_SUFFIX, MAX_BLOB_NAME
+from .plan import MANIFEST_SUFFIX, has_manifest_name
 from .storage import (
     Blob,
     Conflict,
@@ -646,7 +646,7 @@ async def write_manifest(
     async def put_manifest() -> str | None:
         """The manifest's new ETag, or None when nothing was written."""
         name = manifest_name(effect.blob)
-        if not job.write_manifest or len(name) > MAX_BLOB_NAME:
+        if not job.write_manifest or not has_manifest_name(effect.blob):
             # Too long for Azure: a file named with over 1019 characters while WRITE_MANIFEST was off has none.
             return None
         known = seen.manifest if isinstance(seen.manifest, Blob) and seen.blob != UNSEEN else None

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from .models import COPY_ID, Delivery, Driver, Retirement, State, Step, TaskRecord, with_step
-from .plan import metadata_value
+from .plan import has_manifest_name, metadata_value, task_key
 from .storage import Blob
 
 # --- what a driver knows and sees -----------------------------------------------------------------
@@ -689,14 +689,18 @@ SOURCE_GONE = "Azure Storage could not read the exported file: it no longer exis
 
 NAME_TAKEN = (
     "The file at this name belongs to another task (its metadata names another workspaceId or taskId), so "
-    "nothing was written over it. Whoever runs the receiver: check BLOB_NAME_TEMPLATE (a change of it can give "
-    "two tasks one name), then send the document again."
+    "nothing was written over it. Whoever runs the receiver: BLOB_NAME_TEMPLATE gives both tasks this name (a "
+    "change of it, or placeholders that run together); use one with {workspaceId}/{taskId} as whole segments, "
+    "then send the document again."
 )
 
 
 def _of_another_task(blob: Blob, notice: Notice) -> bool:
-    """Does the blob's metadata name another task? (A file without those ids is not one this receiver wrote.)"""
+    """Does the blob's metadata name another task? Its ``taskkey`` (the whole ids) when it has one; else (a file
+    from before it) its ids, cut at 512 characters. A file without them is not one this receiver wrote."""
     meta = {key.lower(): value for key, value in blob.metadata.items()}
+    if "taskkey" in meta:
+        return meta["taskkey"] != task_key(notice.workspace_id, notice.task_id)
     workspace, task = meta.get("workspaceid"), meta.get("taskid")
     if workspace is None or task is None:
         return False
@@ -854,7 +858,7 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         followed = _follow_file(record, seen.blob, now, by, OVERWRITTEN_REASON) if holder is not None else None
         if followed is not None:
             return Change(followed[0], "adopted", followed[1])
-        if holds and not described:
+        if holds and not described and has_manifest_name(current.blob):
             # A driver stored the file and the record, then stopped before the manifest: written again.
             return Apply((WriteManifest(current.blob, current.delivery, current.manifest),), "repaired")
     if copying is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -221,9 +222,17 @@ def metadata_value(text: str, limit: int = MAX_METADATA_VALUE) -> str:
     return encoded
 
 
+def task_key(workspace_id: str, task_id: str) -> str:
+    """The task's ids, whole, in 32 hex digits (the ``taskkey`` metadata): ``taskid`` and ``workspaceid``
+    are cut at 512 characters, so two long ids may share them; this never does."""
+    whole = json.dumps([workspace_id, task_id]).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(whole).hexdigest()[:32]
+
+
 def blob_metadata(notification: Notification, source: SourceLink) -> dict[str, str]:
     total_pages = "" if notification.total_pages is None else str(notification.total_pages)
     return {
+        "taskkey": task_key(notification.workspace_id, notification.task_id),
         "taskid": metadata_value(notification.task_id, 512),
         "tasknumber": str(notification.task_number),
         "workspaceid": metadata_value(notification.workspace_id, 512),
@@ -280,6 +289,12 @@ def outside_reserved(name: str) -> str:
     return f"{first}~{digest}{slash}{rest}"
 
 
+def has_manifest_name(blob: str) -> bool:
+    """Can the file have a manifest? Not when ``<name>.json`` would be over Azure's limit (a name over 1019
+    characters, given while WRITE_MANIFEST was off)."""
+    return len(blob) + len(MANIFEST_SUFFIX) <= MAX_BLOB_NAME
+
+
 def not_a_manifest_name(name: str, limit: int) -> str:
     """A file's name never ends like a manifest's (``<file>.json``), whatever the display name,
     content type or template: such a name gets NOT_A_MANIFEST_SUFFIX, cut first if it must be."""
@@ -292,14 +307,19 @@ def kept_name(plan: CopyPlan, name: str, settings: Settings) -> CopyPlan:
     """The plan under ``name``, the name it was given when it arrived (a queued delivery keeps it: its
     202 named it, and a copy of it may already be there, in no record yet), when that is a name this
     receiver can give a file of this task; else the plan as it is (today's template)."""
-    limit = MAX_BLOB_NAME - len(MANIFEST_SUFFIX) if settings.write_manifest else MAX_BLOB_NAME
-    usable = 0 < len(name) <= limit and name == outside_reserved(not_a_manifest_name(name, limit))
+    # Up to Azure's limit whatever WRITE_MANIFEST says now: a name given while it was off keeps its file
+    # (which then has no manifest: engine.write_manifest).
+    usable = 0 < len(name) <= MAX_BLOB_NAME and name == outside_reserved(not_a_manifest_name(name, MAX_BLOB_NAME))
     parts = name.split("/")
     usable = usable and not _CONTROL.search(name) and all(part not in ("", ".", "..") for part in parts)
-    # One of this task's names: its ids as whole segments (or, a template by task number, both in it).
+    # One of this task's names: its ids as whole segments (or, a template by task number, both in it); a
+    # first segment out of the records' folder carries "~" and a hash after the id.
+    first = parts[0].split("~", 1)[0]
+    segments = {*parts, first} if first.casefold() == RESERVED_FIRST_SEGMENT else set(parts)
     workspace, task = identity_segment(plan.workspace_id), identity_segment(plan.task_id)
     number = plan.metadata.get("tasknumber", "")
-    usable = usable and ({workspace, task} <= set(parts) or (workspace in name and bool(number) and number in name))
+    by_number = workspace in name and bool(number) and number in name
+    usable = usable and ({workspace, task} <= segments or by_number)
     if name == plan.blob_name or not usable or name.endswith((".", " ")):
         return plan
     return renamed(plan, name, settings)

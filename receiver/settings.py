@@ -143,6 +143,16 @@ class Settings(BaseSettings):
                     f"{{{before}}}{{{after}}} has nothing between them, so two documents could share a name: "
                     "put a separator between them (e.g. {workspaceId}/{taskNumber}) or use {taskId}"
                 )
+        parsed = list(string.Formatter().parse(value))
+        for index, (literal, field, _, _) in enumerate(parsed):
+            following = parsed[index + 1][0] if index + 1 < len(parsed) else ""
+            digit = literal[-1:].isdigit() or following[:1].isdigit()
+            if field == "taskNumber" and digit and "taskId" not in names:
+                # "{displayName}1{taskNumber}": "x" with task 12 and "x1" with task 2 share "x112".
+                raise ValueError(
+                    "has a digit right next to {taskNumber}, so two task numbers could give one name: put a "
+                    "separator that is not a digit there (e.g. {workspaceId}/{taskNumber}-{fileName})"
+                )
         segments = value.split("/")
         if "taskId" in names:
             # Two different (workspaceId, taskId) pairs must never share a name: each id is a path segment

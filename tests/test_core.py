@@ -608,3 +608,17 @@ def test_a_queue_message_without_a_name_is_planned_under_todays_template() -> No
     text = json.dumps({"v": 2, "receivedAt": NOW.isoformat(), "body": raw.decode()})
     found = read_message(text.encode())
     assert found == Message(raw, NOW, None)
+
+
+def test_a_queued_name_of_a_workspace_named_like_the_records_folder_is_kept() -> None:
+    raw = json.dumps(body(displayName="Scan", workspaceId=".smartdocumentor")).encode()
+    plan = queued_plan(raw, SETTINGS, DATED)
+    assert plan.blob_name.startswith(".smartdocumentor~") and plan.blob_name.endswith("/Scan.pdf")
+
+
+def test_a_queued_name_over_1019_characters_is_kept_whatever_write_manifest_says_now() -> None:
+    raw = json.dumps(body(displayName="Scan")).encode()
+    name = "ws-1/8c1f0f64-2b1e-4a8e-9c55-0d7e2c1f9a10/" + "D" * 975 + ".pdf"
+    assert 1019 < len(name) <= 1024
+    plan = plan_message(Message(raw, NOW, name), DATED)
+    assert isinstance(plan, CopyPlan) and plan.blob_name == name

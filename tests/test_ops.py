@@ -192,6 +192,26 @@ async def test_find_names_check_repair_first_for_a_missing_manifest_and_the_repa
     assert (await ops("find", "--task", "task-1")).code == OK
 
 
+async def test_a_file_named_over_1019_characters_while_manifests_were_off_is_not_missing_its_manifest() -> None:
+    """Its manifest's name would be over Azure's 1024 characters: find names no problem, and neither check
+    --repair nor the reconciliation repairs anything."""
+    repeated = "/".join(["{displayName}"] * 4)
+    ops = Ops(write_manifest=False, blob_name_template=f"{repeated}/{{workspaceId}}/{{taskId}}/{{fileName}}")
+    assert (await ops.world.post(ops.world.export("task-1", "D" * 1100))).status_code == 200
+    [name] = ops.world.files()
+    assert len(name) > 1019
+    ops.world.settings = ops.world.settings.model_copy(update={"write_manifest": True})
+    ops.world.runtime.use(ops.world.storage, ops.world.settings)
+
+    found = await ops("find", "--task", "task-1")
+    assert found.code == OK and "problem:" not in found.out and "manifest: not checked" in found.out, found.out
+    repaired = await ops("check", "--task", "task-1", "--repair")
+    assert repaired.code == OK and "repaired" not in repaired.out, repaired.out
+    report = await ops.reconcile()
+    assert "repaired" not in report.outcomes, report
+    assert all(len(blob) <= 1024 for blob in ops.world.storage.names())
+
+
 async def test_find_gives_each_copying_delivery_a_verdict_from_the_queues(ops: Ops) -> None:
     await stored(ops)
     text = await ops.accept(ops.world.export("task-1", "v2.pdf"))

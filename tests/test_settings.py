@@ -49,6 +49,24 @@ def test_task_number_glued_to_the_workspace_is_refused(monkeypatch: pytest.Monke
     assert "{workspaceId}{taskNumber} has nothing between them" in message
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{workspaceId}/{displayName}1{taskNumber}.{ext}",  # "x" with task 12 and "x1" with task 2: "x112"
+        "{workspaceId}/{taskNumber}0-{fileName}",
+    ],
+)
+def test_a_digit_right_next_to_the_task_number_is_refused(template: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "right next to {taskNumber}" in template_error(template, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "template", ["{yyyy}/{workspaceId}/{taskNumber}-{fileName}", "{yyyy}/{mm}/{workspaceId}-{taskNumber}.{ext}"]
+)
+def test_a_task_number_between_separators_is_accepted(template: str) -> None:
+    Settings(destination_connection_string="UseDevelopmentStorage=true", blob_name_template=template)
+
+
 def test_task_number_templates_warn_at_start_and_task_id_templates_do_not(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -542,6 +542,25 @@ async def test_a_template_change_that_gives_two_tasks_one_name_never_overwrites_
     assert sim.files() == {"ws-1/task-1/A.pdf": first.data}
 
 
+async def test_two_tasks_whose_long_ids_share_their_first_512_characters_are_told_apart() -> None:
+    """The files' `taskid` and `workspaceid` metadata are cut at 512 characters; `taskkey` (the whole ids)
+    tells such tasks apart, so the second is refused rather than written over the first's file."""
+    from datetime import timedelta
+
+    long = "p" * 512
+    sim = Simulation()
+    first = sim.export("A", workspace=long + "a", task=long + "b")
+    await sim.run_actor(sim.post(first))
+    sim.clock.advance(timedelta(minutes=5))
+    other = sim.export("A", workspace=long + "b", task=long + "a")
+    taken = sim.post(other, config=Config(template="{taskId}/{workspaceId}/{fileName}"))
+    await sim.run_actor(taken)
+    assert taken.answer == "409 failed", taken.answer
+    await sim.finish()
+    ok(sim)
+    assert list(sim.files().values()) == [first.data]
+
+
 async def test_a_queue_message_naming_another_tasks_file_is_planned_under_todays_template() -> None:
     """A message whose name is not one of its task's (forged, or corrupted) copies to today's name; the
     other task's file is untouched."""

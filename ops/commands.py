@@ -784,24 +784,24 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
             key = (item.workspace_id, item.task_id)
             times[key] = max(at, times.get(key, at))
     ordered = sorted(times.items(), key=lambda pair: pair[1], reverse=True)  # the newest first
-    rows: list[tuple[datetime | None, list[str]]] = []
-    entries: list[dict[str, Any]] = []
-    listed: set[tuple[str, str]] = set()
+    found: list[list[tuple[dict[str, Any], tuple[datetime | None, list[str]]]]] = []  # per task, newest first
     unreadable: list[str] = []
     read = 0
     # The newest ``limit`` tasks that still have something to show, read ``limit`` records at a time: a task
     # a later export has fixed since does not take one of the slots.
-    while read < len(ordered) and len(listed) < limit:
+    while read < len(ordered) and len(found) < limit:
         batch = ordered[read : read + limit]
         read += len(batch)
         records = await _records(storage, [task for task, _ in batch], unreadable)
-        for ((workspace_id, task_id), _), record in zip(batch, records, strict=True):
-            if record is None or len(listed) >= limit:
-                continue  # a marker whose swap lost, for a task that has no record
-            for entry, row in _failures_of(record, start, marked, now):
-                listed.add((workspace_id, task_id))
-                entries.append(entry)
-                rows.append(row)
+        for record in records:
+            failures = _failures_of(record, start, marked, now) if record is not None else []
+            if failures:
+                found.append(failures)
+    more = read < len(ordered) or len(found) > limit
+    shown_tasks = found[:limit]
+    entries = [entry for failures in shown_tasks for entry, _ in failures]
+    rows = [row for failures in shown_tasks for _, row in failures]
+    listed = {(entry["workspaceId"], entry["taskId"]) for entry in entries}
     rows.sort(key=lambda pair: pair[0] or now)
     entries.sort(key=lambda entry: entry["at"])
     data = {
@@ -820,9 +820,9 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
     if not entries:
         text.append("No failed deliveries.")
     else:
-        more = f" (the newest {limit} such tasks; --max N for more)" if read < len(ordered) else ""
+        hint = f" (the newest {limit} such tasks; --max N for more)" if more else ""
         text.append(
-            f"{len(entries)} delivery(ies) will not finish by themselves, in {len(listed)} task(s){more}."
+            f"{len(entries)} delivery(ies) will not finish by themselves, in {len(listed)} task(s){hint}."
             " Export those documents again from SmartDocumentor; one task's whole story: python -m ops find --task T"
             " --workspace W."
         )

@@ -163,7 +163,9 @@ def _decided_at(job: Job, name: str) -> Job:
 
 def _unlooked(seen: Seen) -> Seen:
     """What was seen at the notice's name, forgotten: nothing has been looked at at the new one yet."""
-    return replace(seen, blob=UNSEEN, manifest=UNSEEN, watched=None, copied=False, attempt=None, rechecked=None)
+    return replace(
+        seen, blob=UNSEEN, manifest=UNSEEN, watched=None, copied=False, attempt=None, rechecked=None, redirected=True
+    )
 
 
 def _record_in_time(job: Job, seen: Seen) -> None:

@@ -92,6 +92,7 @@ class Seen:
     blind: bool = False  # the look after a lost answer failed too: what the blob holds is not known
     rechecked: str | None = None  # the blob version the record was read again for before overwriting it
     fenced: str | None = None  # the version this driver's own fence made (a sweep fences before it adopts)
+    redirected: bool = False  # decided at a name other than the notice's (the record's: Observe ``at``)
 
 
 # --- the steps decide returns ---------------------------------------------------------------------
@@ -264,8 +265,8 @@ immutable | any | unchanged | webhook, verifier |
     a retention policy or legal hold refused the write: nothing half-done, 409
 name-taken | new, copying | failed (when it was in the record) | webhook, verifier |
     the file at its name is another task's (its metadata names another workspaceId or taskId: a template change
-    gave two tasks one name): nothing is written over it, 409; one current under an earlier template's name is
-    decided there instead
+    gave two tasks one name): nothing is written over it, 409; one the record holds at another name (current
+    under an earlier template's name, or accepted there before) is decided at that name instead
 retire | superseded (its name listed to retire) | name deleted, dropped from the list | any driver |
     after the record lists the name: the file and its manifest are deleted only while they still hold the retired
     delivery (If-Match; a version changed since is followed only while it is the same copy, its copyid)
@@ -465,7 +466,12 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     elsewhere = current_stored and entry is not None and entry.blob != notice.blob
     if isinstance(blob, Blob) and _of_another_task(blob, notice) and not elsewhere:
         # The file at its name is another task's (a BLOB_NAME_TEMPLATE change gave two tasks one name): nothing
-        # is ever written over it. (One current under an earlier template's name is decided there, below.)
+        # is ever written over it. (One current under an earlier template's name is decided there, below.) A
+        # delivery the record holds at another name (accepted there before, or moved from there just now: its
+        # bytes or its late copy may be there) is decided at that name instead, once.
+        other = (entry.blob if entry.blob != notice.blob else entry.moved_from) if entry is not None else None
+        if other is not None and other != notice.blob and not seen.redirected:
+            return Observe(at=other)
         if entry is not None and entry.state is State.COPYING:
             step = Step(at=now, by=by, outcome="failed", status=409, note=NAME_TAKEN)
             failed = _with_state(base, entry, State.FAILED, step, failed_at=now, failure_reason=NAME_TAKEN)

@@ -418,8 +418,25 @@ async def test_failed_counts_only_tasks_left_failed_and_a_fixed_task_takes_no_sl
     ran = await ops("failed", "--since", "300", "--max", "1")
 
     assert "1 delivery(ies) will not finish by themselves, in 1 task(s)" in ran.out, ran.out
-    assert "task-1" in ran.out and "task-2" not in ran.out
+    assert "task-1" in ran.out and "task-2" not in ran.out and "--max N for more" not in ran.out
     assert (await ops("failed", "--since", "300", "--json")).json()["tasks"] == 1
+
+
+async def test_failed_says_when_max_leaves_failing_tasks_out(ops: Ops) -> None:
+    from receiver.verification import verify_copy
+
+    for task in ("task-1", "task-2", "task-3", "task-4"):
+        await stored(ops, task=task)
+        text = await ops.accept(ops.world.export(task, expires_in=timedelta(hours=1)))
+        ops.world.clock.advance(timedelta(hours=2))
+        assert await verify_copy(text.encode(), runtime=ops.world.runtime, now=ops.world.now) == "failed"
+    await stored(ops, task="task-4")  # fixed: takes no slot
+
+    ran = await ops("failed", "--since", "600", "--max", "2")
+
+    assert "in 2 task(s) (the newest 2 such tasks; --max N for more)" in ran.out, ran.out
+    assert "task-3" in ran.out and "task-2" in ran.out and "task-1" not in ran.out
+    assert (await ops("failed", "--since", "600", "--json")).json()["tasks"] == 3
 
 
 async def test_failed_reads_only_the_records_in_its_window(ops: Ops) -> None:

@@ -534,12 +534,65 @@ async def test_a_template_change_that_gives_two_tasks_one_name_never_overwrites_
     await sim.run_actor(sim.post(first))
     sim.clock.advance(timedelta(minutes=5))
     other = sim.export("A", task="ws-1", workspace="task-1")
-    taken = sim.post(other, config=Config(template="{taskId}/{workspaceId}/{fileName}"))
+    taken = sim.post(other, config=Config(template=SWAPPED))
     await sim.run_actor(taken)
     assert taken.answer == "409 failed", taken.answer
     await sim.finish()
     ok(sim)
     assert sim.files() == {"ws-1/task-1/A.pdf": first.data}
+
+
+SWAPPED = "{taskId}/{workspaceId}/{fileName}"  # after the default template, (a, b) and (b, a) share names
+
+
+async def test_a_delivery_whose_new_name_is_another_tasks_file_is_finished_at_the_name_it_was_accepted_at() -> None:
+    """A large export of task (task-1, ws-1) is accepted at task-1/ws-1/A.pdf and its commit lands there; its
+    driver stops. The template then gives its retry the name of task (ws-1, task-1)'s file: the retry is
+    decided at the name the record holds it at, where its bytes are (200 stored), not refused with its
+    bytes left behind."""
+    from datetime import timedelta
+
+    sim = Simulation()
+    other = sim.export("A", task="task-1", workspace="ws-1")
+    await sim.run_actor(sim.post(other))
+    sim.clock.advance(timedelta(minutes=5))
+    export = sim.export("A", task="ws-1", workspace="task-1")
+    first = sim.post(export, config=Config(staged=True, waits=True))
+    await sim.run_actor(first, until=lambda call: call.op == "commit_blocks")
+    await sim.land_then_stop(first)
+    retry = sim.post(export, config=Config(template=SWAPPED, staged=True, waits=True))
+    await sim.run_actor(retry)
+    assert retry.answer == "200 stored", retry.answer
+    await sim.finish()
+    ok(sim)
+    assert not sim.leftovers, sim.leftovers
+    assert sim.files() == {"ws-1/task-1/A.pdf": other.data, "task-1/ws-1/A.pdf": export.data}
+
+
+async def test_a_re_export_moved_onto_another_tasks_file_is_stored_at_its_earlier_name_where_its_copy_is_held() -> None:
+    """Re-export D of task (task-1, ws-1) is accepted over its current file C and its copy is held. Its retry
+    under a template that names it like task (ws-1, task-1)'s file is accepted there, sees that file and
+    goes back to the earlier name: D is stored there (200), and the held copy changes nothing."""
+    from datetime import timedelta
+
+    sim = Simulation()
+    other = sim.export("A", task="task-1", workspace="ws-1")
+    await sim.run_actor(sim.post(other))
+    current = sim.export("A", task="ws-1", workspace="task-1")
+    await sim.run_actor(sim.post(current))
+    sim.clock.advance(timedelta(minutes=5))
+    newer = sim.export("A", task="ws-1", workspace="task-1")
+    slow = sim.post(newer)
+    await sim.run_actor(slow, until=lambda call: call.op == "copy_from_url" and "if_match" in call.detail)
+    retry = sim.post(newer, config=Config(template=SWAPPED))
+    await sim.run_actor(retry)
+    assert retry.answer == "200 stored", retry.answer
+    await sim.land_then_stop(slow)
+    await sim.finish()
+    ok(sim)
+    record = sim.record(("task-1", "ws-1"))
+    assert record is not None and record.current == newer.delivery, record
+    assert sim.files() == {"ws-1/task-1/A.pdf": other.data, "task-1/ws-1/A.pdf": newer.data}
 
 
 async def test_two_tasks_whose_long_ids_share_their_first_512_characters_are_told_apart() -> None:
@@ -553,7 +606,7 @@ async def test_two_tasks_whose_long_ids_share_their_first_512_characters_are_tol
     await sim.run_actor(sim.post(first))
     sim.clock.advance(timedelta(minutes=5))
     other = sim.export("A", workspace=long + "b", task=long + "a")
-    taken = sim.post(other, config=Config(template="{taskId}/{workspaceId}/{fileName}"))
+    taken = sim.post(other, config=Config(template=SWAPPED))
     await sim.run_actor(taken)
     assert taken.answer == "409 failed", taken.answer
     await sim.finish()

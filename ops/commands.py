@@ -24,9 +24,9 @@ from receiver.attention import (
     read_summary,
 )
 from receiver.engine import Job, manifest_name
-from receiver.machine import Sweep
+from receiver.machine import NAME_TAKEN, Sweep
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
-from receiver.plan import has_manifest_name
+from receiver.plan import has_manifest_name, task_key
 from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings
 from receiver.source import redact
@@ -162,23 +162,32 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     found.foreseen = foresee_sweep(seen, Sweep(ctx.now, by="operator", verify=True))
     args = _task_args(workspace_id, task_id)
     current = record.current_delivery
+    newest = record.deliveries[-1] if record.deliveries else None
+    again = "export the document again from SmartDocumentor"
+    if newest is not None and newest.state is State.FAILED and newest.failure_reason == NAME_TAKEN:
+        again = (
+            "set BLOB_NAME_TEMPLATE back to the template the other task's file was stored under (never move that "
+            f"file), then {again}"
+        )
     if current is None and record.deliveries and not any(i.state is State.COPYING for i in record.deliveries):
         found.problems.append("the task has no current file: every delivery failed or was replaced before it landed")
-        found.next.append("export the document again from SmartDocumentor")
-    newest = record.deliveries[-1] if record.deliveries else None
+        found.next.append(again)
     if current is not None and newest is not None and newest.state is State.FAILED:
         # SmartDocumentor archived it (a 202 before it failed, or its last answer): the customer has the older one.
         found.problems.append(
             f"the newest export {newest.delivery[:12]} failed ({newest.failure_reason or 'no reason'}); the current "
             f"file is an older export, {current.delivery[:12]}"
         )
-        found.next.append("export the document again from SmartDocumentor")
+        found.next.append(again)
     if current is not None:
         found.current_blob = current.blob
         blob, manifest = await asyncio.gather(storage.read(current.blob), storage.read(manifest_name(current.blob)))
         found.file_matches = blob is not None and blob.delivery == record.current
         if not found.file_matches:
             there = "is gone" if blob is None else f"holds delivery {(blob.delivery or 'none')[:12]}"
+            meta = {key.lower(): value for key, value in blob.metadata.items()} if blob is not None else {}
+            if meta.get("taskkey", task_key(workspace_id, task_id)) != task_key(workspace_id, task_id):
+                there += f" of another task (workspace {meta.get('workspaceid')}, task {meta.get('taskid')})"
             found.problems.append(f"the current file {current.blob} {there}, not {current.delivery[:12]}")
             found.next.append("export the document again from SmartDocumentor (the record keeps the story)")
         if ctx.settings.write_manifest and has_manifest_name(current.blob):  # (none for a name over 1019)
@@ -411,7 +420,7 @@ async def find_task(ctx: Context, task_id: str, workspace_id: str | None) -> Res
 
 async def find_workspace(ctx: Context, workspace_id: str, limit: int) -> Result:
     storage = _need_storage(ctx)
-    labels, more = await first_records(storage, workspace_prefix(workspace_id), limit)
+    labels, more, bare = await first_records(storage, workspace_prefix(workspace_id), limit)
     records = await asyncio.gather(
         *(read_record(storage, item.workspace_id, item.task_id) for item in labels), return_exceptions=True
     )
@@ -448,14 +457,20 @@ async def find_workspace(ctx: Context, workspace_id: str, limit: int) -> Result:
             ]
         )
     data = {"workspaceId": workspace_id, "tasks": tasks, "more": more}
-    if not tasks:
+    if not tasks and not bare:
         await _check_container(storage)
         return Result(NOT_FOUND, data, [f"No task records for workspace {workspace_id}."])
     text = table(["TASK", "DELIVERIES", "COPYING", "LAST FAILED", "CURRENT FILE"], rows)
     if more:
         text.append(f"(the first {limit} tasks in name order; --max N for more)")
     text += [f"problem: {problem}" for problem in unreadable]
-    return Result(NOT_FOUND if unreadable else OK, data, text)
+    text += [
+        f"problem: the task record {name} has no labels (uploaded again without its metadata?): the next "
+        "reconciliation run labels it again; find --task T shows its task now"
+        for name in bare
+    ]
+    data["unlabelled"] = bare
+    return Result(NOT_FOUND if unreadable or bare else OK, data, text)
 
 
 async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair: bool, dry_run: bool) -> Result:
@@ -502,9 +517,11 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
         ),
     )
     after = await inspect(ctx, workspace_id, task_id)
-    data["repaired"] = {"arrows": trace.arrows, "retired": trace.retired, "answer": answer.kind}
+    repaired = {"arrows": trace.arrows, "retired": trace.retired, "answer": answer.kind, "notRetired": trace.deferred}
+    data["repaired"] = repaired
     data["after"] = _inspection_data(ctx, after)
     text.append(f"repaired: {arrows}" + (f"; retired {', '.join(trace.retired)}" if trace.retired else ""))
+    text += [f"not retired: {why}" for why in trace.deferred]
     text += [f"after: {line}" for line in _verdict_lines(after)]
     return Result(NOT_FOUND if after.problems else OK, data, text)
 
@@ -729,8 +746,9 @@ async def pending(
         )
     elif entries:
         more = f" (of {len(tasks)}; --max N for more)" if len(tasks) > len(shown) else ""
+        counted = len({(entry["workspaceId"], entry["taskId"]) for entry in entries})
         text.append(
-            f"{len(entries)} delivery(ies) still copying for over {_span(older_than)} in {len(shown)} task(s){more}"
+            f"{len(entries)} delivery(ies) still copying for over {_span(older_than)} in {counted} task(s){more}"
             f"; {stuck_count} will not finish by themselves (see failed). One task's whole story: python -m ops "
             "find --task T --workspace W"
         )
@@ -820,7 +838,7 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
     if not entries:
         text.append("No failed deliveries.")
     else:
-        hint = f" (the newest {limit} such tasks; --max N for more)" if more else ""
+        hint = f" (only the newest {limit} tasks with failures are shown; --max N for more)" if more else ""
         text.append(
             f"{len(entries)} delivery(ies) will not finish by themselves, in {len(listed)} task(s){hint}."
             " Export those documents again from SmartDocumentor; one task's whole story: python -m ops find --task T"

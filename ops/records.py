@@ -114,10 +114,12 @@ async def listed(storage: Storage, prefix: str = RECORD_PREFIX, *, limit: int | 
 MAX_PAGE = 5000  # the most List Blobs returns a page
 
 
-async def first_records(storage: Storage, prefix: str, limit: int) -> tuple[list[Labels], bool]:
+async def first_records(storage: Storage, prefix: str, limit: int) -> tuple[list[Labels], bool, list[str]]:
     """The first ``limit`` records under ``prefix`` in name order, listed a page of about ``limit`` at a
-    time (so the cost follows ``limit``, not how many records there are), and whether there are more."""
+    time (so the cost follows ``limit``, not how many records there are), whether there are more, and the
+    names of records seen without their labels (uploaded again without metadata)."""
     found: list[Labels] = []
+    bare: list[str] = []
     marker: str | None = None
     while True:
         size = min(MAX_PAGE, max(1, limit - len(found)))
@@ -125,14 +127,16 @@ async def first_records(storage: Storage, prefix: str, limit: int) -> tuple[list
         for item in page:
             labels = labels_of(item)
             if labels is None:
+                if unlabelled(item):
+                    bare.append(item.name)
                 continue
             if len(found) == limit:
-                return found, True
+                return found, True, bare
             found.append(labels)
         if marker is None:
-            return found, False
+            return found, False, bare
         if len(found) >= limit:
-            return found, True
+            return found, True, bare
 
 
 async def read_record(storage: Storage, workspace_id: str, task_id: str) -> tuple[TaskRecord | None, str | None]:

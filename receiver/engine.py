@@ -108,6 +108,7 @@ class Trace:
     effect_failed: StoreError | None = None
     retired: list[str] = field(default_factory=list)
     blob: str | None = None  # the name the delivery was decided at, when not the notice's (its record's)
+    deferred: list[str] = field(default_factory=list)  # names left listed to retire, and why
 
 
 def manifest_name(blob: str) -> str:
@@ -491,6 +492,7 @@ async def _effects(
             if not failed:
                 trace.retired.append(effect.retirement.blob)
             else:
+                trace.deferred.append(f"{effect.retirement.blob}: {outcome}")
                 log.warning(
                     "could not retire %s yet (%s): left listed in the task record", effect.retirement.blob, outcome
                 )

@@ -695,9 +695,9 @@ SOURCE_GONE = "Azure Storage could not read the exported file: it no longer exis
 
 NAME_TAKEN = (
     "The file at this name belongs to another task (its metadata names another workspaceId or taskId), so "
-    "nothing was written over it. Whoever runs the receiver: BLOB_NAME_TEMPLATE gives both tasks this name (a "
-    "change of it, or placeholders that run together); use one with {workspaceId}/{taskId} as whole segments, "
-    "then send the document again."
+    "nothing was written over it. Whoever runs the receiver: BLOB_NAME_TEMPLATE gives both tasks this name (most "
+    "likely it changed since that file was stored); set it back to the template that file was stored under, then "
+    "send the document again. Never move or rename that file: its task's record names it."
 )
 
 

@@ -372,6 +372,60 @@ async def test_a_record_uploaded_again_without_its_labels_is_found_and_the_recon
     assert ops.world.storage.blob_bytes(name) == data  # the same record, with its labels
 
 
+async def test_a_name_taken_by_another_tasks_file_is_explained_with_the_template_as_the_fix() -> None:
+    """After a template change that gives (task-1, ws-1) the name of (ws-1, task-1)'s file: the answer and
+    find say to set the template back (never to move that file), not merely to export again."""
+    ops = Ops()
+    assert (await ops.world.post(ops.world.export("task-1", workspace_id="ws-1"))).status_code == 200
+    ops.world.clock.advance(timedelta(minutes=5))
+    swapped = ops.world.settings.model_copy(update={"blob_name_template": "{taskId}/{workspaceId}/{fileName}"})
+    ops.world.settings = swapped
+    ops.world.runtime.use(ops.world.storage, swapped)
+    answer = await ops.world.post(ops.world.export("ws-1", workspace_id="task-1"))
+    assert answer.status_code == 409 and answer.body["error"] == "name-taken", answer.body
+    assert "set it back to the template that file was stored under" in answer.body["message"]
+    assert "Never move or rename that file" in answer.body["message"]
+    ran = await ops("find", "--task", "ws-1", "--workspace", "task-1")
+    assert ran.code == NOT_FOUND and "next: set BLOB_NAME_TEMPLATE back" in ran.out, ran.out
+    assert ops.world.files() == {"ws-1/task-1/invoice.pdf": ops.world.storage.blob_bytes("ws-1/task-1/invoice.pdf")}
+
+
+async def test_check_repair_says_why_a_name_was_not_retired(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete refused on the very version (a lease held on the older file): the name stays listed, and
+    check --repair prints the reason and what to do instead of only proposing itself again."""
+    from receiver.storage import Conflict
+
+    ops = Ops()
+    await stored(ops)
+    real_delete = ops.world.storage.delete
+
+    async def leased(name: str, *, if_match: str) -> bool:
+        if name == "ws-1/task-1/invoice.pdf":
+            raise Conflict("delete blob: LeaseIdMissing", code="LeaseIdMissing", status=412)
+        return await real_delete(name, if_match=if_match)
+
+    monkeypatch.setattr(ops.world.storage, "delete", leased)
+    await stored(ops, name="renamed.pdf")
+    record = ops.world.record()
+    assert record is not None and [item.blob for item in record.retire] == ["ws-1/task-1/invoice.pdf"]
+
+    ran = await ops("check", "--task", "task-1", "--repair")
+    assert "not retired: ws-1/task-1/invoice.pdf" in ran.out and "a lease on it?" in ran.out, ran.out
+    assert "break the lease" in ran.out
+
+
+async def test_find_workspace_names_a_record_without_its_labels() -> None:
+    ops = Ops()
+    await stored(ops, task="task-1")
+    await stored(ops, task="task-2")
+    name = record_name("ws-1", "task-2")
+    there, data = ops.world.storage.stored(name), ops.world.storage.blob_bytes(name)
+    assert there is not None and data is not None
+    await ops.world.storage.put(name, data, if_match=there.etag, content_type="application/json", metadata={})
+    ran = await ops("find", "--workspace", "ws-1")
+    assert ran.code == NOT_FOUND and "task-1" in ran.out and f"the task record {name} has no labels" in ran.out
+
+
 async def test_an_unreadable_task_record_is_named_with_how_to_restore_it_and_exits_1(
     ops: Ops, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -434,7 +488,7 @@ async def test_failed_says_when_max_leaves_failing_tasks_out(ops: Ops) -> None:
 
     ran = await ops("failed", "--since", "600", "--max", "2")
 
-    assert "in 2 task(s) (the newest 2 such tasks; --max N for more)" in ran.out, ran.out
+    assert "in 2 task(s) (only the newest 2 tasks with failures are shown; --max N for more)" in ran.out, ran.out
     assert "task-3" in ran.out and "task-2" in ran.out and "task-1" not in ran.out
     assert (await ops("failed", "--since", "600", "--json")).json()["tasks"] == 3
 

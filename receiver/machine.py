@@ -467,9 +467,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     if isinstance(blob, Blob) and _of_another_task(blob, notice) and not elsewhere:
         # The file at its name is another task's (a BLOB_NAME_TEMPLATE change gave two tasks one name): nothing
         # is ever written over it. (One current under an earlier template's name is decided there, below.) A
-        # delivery the record holds at another name (accepted there before, or moved from there just now: its
-        # bytes or its late copy may be there) is decided at that name instead, once.
-        other = (entry.blob if entry.blob != notice.blob else entry.moved_from) if entry is not None else None
+        # delivery the record holds as copying at another name (accepted there before, or moved from there just
+        # now: its bytes or its late copy may be there) is decided at that name instead, once.
+        copying = entry is not None and entry.state is State.COPYING
+        other = (entry.blob if entry.blob != notice.blob else entry.moved_from) if copying and entry else None
         if other is not None and other != notice.blob and not seen.redirected:
             return Observe(at=other)
         if entry is not None and entry.state is State.COPYING:

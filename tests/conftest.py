@@ -353,6 +353,7 @@ LONGEST_FIRST = (
     "tests/test_load.py::",
     "tests/test_infra.py::test_checkov",
     "tests/test_simulator.py::test_random_schedules",
+    "tests/test_fuzz_function.py::",
     "tests/test_openapi_schema.py::",
     "tests/test_run.py::",
     "tests/test_queries.py::",

@@ -224,8 +224,9 @@ adopted | new, copying, superseded | stored | any driver |
     current file, which was not put back (a current delivery accepted after it then fails: the record follows it)
 duplicate | stored | stored | webhook, verifier |
     the same delivery again while it is current and its file holds it: nothing is written but the removal of a
-    copy of it this request left under today's name (listed to retire first when its answer was lost); one
-    current under an earlier template's name is then decided there, from its file at that name
+    copy of it this request left under today's name (listed to retire first when its answer was lost), and a
+    fence when another delivery copying at that name may still commit over the file; one current under an
+    earlier template's name is then decided there, from its file at that name
 restored | stored | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone or held an older export: the copy (a large
     file: the staged commit) put it back; the current delivery is never accepted again as `copying`
@@ -537,6 +538,12 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             described = isinstance(seen.manifest, Blob) and seen.manifest.delivery == notice.delivery
             if not described and not seen.manifest_done and not seen.locked:
                 return Apply((WriteManifest(notice.blob, notice.delivery, notice.manifest),), "duplicate")
+            # A 2xx for the file as it is: a copy another delivery at this name prepared over this version (its
+            # driver alive, its view older) could still replace it, so it is fenced first (the fence after the
+            # record, by the driver that stored it, may have failed: seed 11617866).
+            may_land = _copies_may_land(base, notice.blob, notice.delivery, adopted=False)
+            if may_land and seen.fenced is None and not seen.locked:
+                return Apply((Fence(notice.blob, notice.delivery),), "duplicate")
             return Answer("duplicate", 200, "duplicate")
         # Bytes this driver did not write just now are recorded as they are (adopted) only while no other
         # delivery at that name may still send a copy prepared over that version; else they are copied

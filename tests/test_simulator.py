@@ -425,6 +425,7 @@ SEEDS_THAT_BROKE += [
     4529355,
     7022064,
     8008014,
+    11617866,
 ]
 
 
@@ -701,7 +702,9 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     (4529355: the message carries its name now); an older export's commit over a newer one just stored and
     fenced, prepared from a record read before that store and a blob read after the fence (7022064: a
     delivery about to overwrite reads its record on both sides of the blob now); a stale blob adopted from a
-    record read after it (8008014: the record is read before the blob, then again after it)."""
+    record read after it (8008014: the record is read before the blob, then again after it); a duplicate
+    answered while an older delivery copying at that name could still commit over the file, the storing
+    driver's fence having failed (11617866: a duplicate fences first)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

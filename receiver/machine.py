@@ -227,9 +227,10 @@ duplicate | stored | stored | webhook, verifier |
     copy of it this request left under today's name (listed to retire first when its answer was lost), and a
     fence when another delivery copying at that name may still commit over the file; one current under an
     earlier template's name is then decided there, from its file at that name
-restored | stored | stored | webhook, verifier |
+restored | stored, failed | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone or held an older export: the copy (a large
-    file: the staged commit) put it back; the current delivery is never accepted again as `copying`
+    file: the staged commit) put it back; the current delivery is never accepted again as `copying`. Also its own
+    driver, right after storing it, when an older export's late copy replaced the file (and the record followed it)
 superseded | any | unchanged | webhook, verifier |
     a delivery accepted after it is stored or copying: nothing is copied; a file of it at a name of its own (a
     copy made before the record was read) is removed If-Match (one another driver left: listed to retire first)
@@ -489,7 +490,11 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             # this change: change the file's ETag so that copy fails (a copy that came first shows here).
             return Apply((Fence(notice.blob, notice.delivery),), seen.concluded)
         ours = isinstance(blob, Blob) and blob.delivery == notice.delivery
-        if current_stored and not newer and not ours and entry is not None and _stale(record, entry, blob, now):
+        # One failed since it was stored here (the record followed an older delivery's late copy over its file)
+        # is put back too: this driver has its link (seed 12667516: it once answered 200 for bytes not there).
+        followed = entry is not None and entry.state is State.FAILED
+        restorable = (current_stored or followed) and not newer and not ours and entry is not None
+        if restorable and entry is not None and _stale(record, entry, blob, now):
             # An older delivery's copy landed over this one's file after it was recorded: it goes back.
             if _behind(seen, record, blob):
                 return Observe(record=True)

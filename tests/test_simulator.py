@@ -426,6 +426,7 @@ SEEDS_THAT_BROKE += [
     7022064,
     8008014,
     11617866,
+    12667516,
 ]
 
 
@@ -704,7 +705,9 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     delivery about to overwrite reads its record on both sides of the blob now); a stale blob adopted from a
     record read after it (8008014: the record is read before the blob, then again after it); a duplicate
     answered while an older delivery copying at that name could still commit over the file, the storing
-    driver's fence having failed (11617866: a duplicate fences first)."""
+    driver's fence having failed (11617866: a duplicate fences first); a delivery stored, then failed by the
+    reconciliation following an older delivery's late commit over its file, answered 200 stored by its own
+    driver, which still had the link (12667516: it puts its file back)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

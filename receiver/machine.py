@@ -411,16 +411,7 @@ def replaced_by(record: TaskRecord, delivery: str) -> list[str]:
 
 def _with_state(record: TaskRecord, entry: Delivery, state: State, step: Step, **changes: object) -> TaskRecord:
     updated = entry.model_copy(update={"state": state, "history": with_step(entry, step), **changes})
-    retire = record.retire
-    current = record.current_delivery
-    earlier = updated.moved_from if state is State.FAILED else None
-    if earlier is not None and earlier != updated.blob and (current is None or current.blob != earlier):
-        # A failed delivery's name under an earlier template: a copy it sent there may still land (deleted only
-        # if it does). Never the current file's name: what is there is the current delivery's to sort out.
-        listing = Retirement(blob=earlier, delivery=updated.delivery)
-        updated = updated.model_copy(update={"moved_from": None})
-        retire = retire if listing.key in {item.key for item in retire} else [*retire, listing]
-    return record.model_copy(update={"deliveries": _put(record, updated), "retire": retire})
+    return record.model_copy(update={"deliveries": _put(record, updated)})
 
 
 # --- decide -----------------------------------------------------------------------------------------

@@ -490,7 +490,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             if _behind(seen, record, blob):
                 return Observe(record=True)
             return Copy(blob.etag if isinstance(blob, Blob) else None, arrow="restored")
-        return _retire_or_answer(seen, record)
+        return _retire_or_answer(seen, record, now, by)
 
     if current_stored and record is not None and entry is not None and entry.blob != notice.blob:
         # Stored and current under the name an earlier template gave it. A copy this driver made under
@@ -505,8 +505,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
                 return Apply((Retire(stray),), "duplicate")
             if stray.key not in {item.key for item in record.retire}:
                 return Change(record.model_copy(update={"retire": [*record.retire, stray]}), "duplicate")
-            return _retire(seen, record) or Observe(manifest=True, at=entry.blob)
-        return _clear_retired(seen, record) or Observe(manifest=True, at=entry.blob)
+            return _retire(seen, record, now, by) or Observe(manifest=True, at=entry.blob)
+        return _clear_retired(seen, record, now, by) or Observe(manifest=True, at=entry.blob)
 
     if isinstance(blob, Blob) and blob.delivery == notice.delivery:
         # The blob holds this delivery's bytes: recorded as the current file, unless a delivery accepted
@@ -524,7 +524,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             if stale.key not in {item.key for item in record.retire}:
                 listed = record.model_copy(update={"retire": [*record.retire, stale]})
                 return Change(listed, "superseded")
-            return _retire(seen, record) or Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
+            return _retire(seen, record, now, by) or Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
         recorded = entry is not None and (not seen.copied or entry.etag == blob.etag)  # these very bytes
         if current_stored and entry is not None and entry.blob == notice.blob and recorded:
             # A duplicate is answered once its manifest describes it too (the first request's manifest
@@ -565,7 +565,9 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         elsewhere = record.current_delivery is None or record.current_delivery.blob != notice.blob
         if blob == UNSEEN and seen.attempt in ("exists", "lost") and elsewhere:
             return Observe()  # a file at its own name may be a copy of it that landed (late): removed
-        return _clear_retired(seen, record) or Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
+        return _clear_retired(seen, record, now, by) or Answer(
+            "superseded", 200, "superseded", reason=SUPERSEDED_REASON
+        )
     waits = record is not None and entry is not None and not seen.copied and not current_stored
     if waits and record is not None and entry is not None and _later(record, entry, State.COPYING):
         # A newer export is still copying: this one waits for it (superseded once it is stored; copied
@@ -589,7 +591,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         own = own and not (holding is not None and isinstance(blob, Blob) and holding.blob == blob.name)
         stale = _listing(blob, notice.delivery) if isinstance(blob, Blob) else None
         if own and stale is not None and stale.key in {item.key for item in base.retire}:
-            return _retire(seen, base) or answer
+            return _retire(seen, base, now, by) or answer
         if (entry is not None and entry.state is State.COPYING) or (own and stale is not None):
             step = Step(at=now, by=by, outcome="failed", status=answer.status, note=reason)
             failing = entry if entry is not None else _entry(notice, record)
@@ -782,12 +784,12 @@ def _same_old_file(item: Retirement, blob: Blob, copy_id: str | None) -> bool:
     return item.etag is not None and (item.etag == blob.etag or copy_id is None)
 
 
-def _retire_or_answer(seen: Seen, record: TaskRecord) -> Decision:
+def _retire_or_answer(seen: Seen, record: TaskRecord, now: datetime, by: Driver) -> Decision:
     """After this driver made the notice current: retire what the record lists, then answer."""
-    return _retire(seen, record) or Answer("stored", 200, seen.concluded or "stored")
+    return _retire(seen, record, now, by) or Answer("stored", 200, seen.concluded or "stored")
 
 
-def _retire(seen: Seen, record: TaskRecord) -> Decision | None:
+def _retire(seen: Seen, record: TaskRecord, now: datetime, by: Driver) -> Decision | None:
     """Delete each name the record lists to retire (once), then drop the ones that went from the list."""
     tried = seen.retired | seen.deferred
 
@@ -803,15 +805,28 @@ def _retire(seen: Seen, record: TaskRecord) -> Decision | None:
     pending = tuple(Retire(item) for item in record.retire if item.key not in tried and not waits(item))
     if pending:
         return Apply(pending, "retire")
-    return _clear_retired(seen, record)
+    return _clear_retired(seen, record, now, by)
 
 
-def _clear_retired(seen: Seen, record: TaskRecord) -> Decision | None:
-    """Drop from the record's list the names this driver retired."""
-    if any(item.key in seen.retired for item in record.retire):
-        cleared = record.model_copy(update={"retire": [i for i in record.retire if i.key not in seen.retired]})
-        return Change(cleared, "retire")
-    return None
+def _clear_retired(seen: Seen, record: TaskRecord, now: datetime, by: Driver) -> Decision | None:
+    """Drop from the record's list the names this driver retired, each in its delivery's history (who
+    retired it, when)."""
+    names: dict[str, list[str]] = {}
+    for item in record.retire:
+        if item.key in seen.retired and item.blob not in names.setdefault(item.delivery, []):
+            names[item.delivery].append(item.blob)
+    if not names:
+        return None
+    deliveries = [
+        item.model_copy(
+            update={"history": with_step(item, Step(at=now, by=by, outcome="retired", retired=names[item.delivery]))}
+        )
+        if item.delivery in names
+        else item
+        for item in record.deliveries
+    ]
+    retire = [item for item in record.retire if item.key not in seen.retired]
+    return Change(record.model_copy(update={"retire": retire, "deliveries": deliveries}), "retire")
 
 
 def _sweep(seen: Seen, event: Sweep) -> Decision:
@@ -852,7 +867,7 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
     current = record.current_delivery
     if seen.fence and current is not None:
         return Apply((Fence(current.blob, current.delivery),), seen.changed or "expired")
-    retiring = _retire(seen, record)
+    retiring = _retire(seen, record, now, by)
     if retiring is not None:
         return retiring
     # The current file is checked too when what is copying shares its name (the blob read is the same).

@@ -413,6 +413,19 @@ async def test_check_repair_says_why_a_name_was_not_retired(monkeypatch: pytest.
     assert "not retired: ws-1/task-1/invoice.pdf" in ran.out and "a lease on it?" in ran.out, ran.out
     assert "break the lease" in ran.out
 
+    # The lease broken: the repair retires the name, and the retired delivery's history says who and when.
+    monkeypatch.setattr(ops.world.storage, "delete", real_delete)
+    ran = await ops("check", "--task", "task-1", "--repair")
+    assert ran.code == OK and "retired ws-1/task-1/invoice.pdf" in ran.out, ran.out
+    record = ops.world.record()
+    assert record is not None and record.retire == [] and "ws-1/task-1/invoice.pdf" not in ops.world.files()
+    first = record.deliveries[0]
+    assert first.blob == "ws-1/task-1/invoice.pdf" and first.history[-1].by == "operator"
+    assert first.history[-1].outcome == "retired" and first.history[-1].retired == ["ws-1/task-1/invoice.pdf"]
+    shown = await ops("find", "--task", "task-1")
+    assert "operator retired retired ws-1/task-1/invoice.pdf" not in shown.out
+    assert "operator retired ws-1/task-1/invoice.pdf" in shown.out, shown.out
+
 
 async def test_find_workspace_names_a_record_without_its_labels() -> None:
     ops = Ops()

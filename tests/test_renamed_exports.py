@@ -6,6 +6,7 @@ a name whose delete is refused stays listed to retire)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from receiver.runtime import RUNTIME
 
 from .conftest import (
     Exports,
+    Response,
     Webhook,
     delivery_of,
     files,
@@ -55,6 +57,35 @@ def assert_only_current(destination: ContainerClient, payload: dict[str, Any], d
     assert record is not None and record.current == delivery_of(payload["exportedFileUrl"]), record
     assert record.current_delivery is not None and not record.retire, record
     assert holdings(destination) == {record.current_delivery.blob: data}, record
+
+
+@dataclass
+class HeldMove:
+    """Export A stored under EARLIER; re-export B accepted at A's name, its copy over A held until the
+    webhook gave up (503); the template then changed to TODAY."""
+
+    earlier: str
+    newer: dict[str, Any]
+    stalled: Response
+    copy: Rule
+    release_copy: asyncio.Event
+
+
+async def held_move(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> HeldMove:
+    await use_template(monkeypatch, EARLIER)
+    older = notification(exports.publish(A))
+    earlier = name_of((await webhook.post(older)).body)
+    release_copy = asyncio.Event()
+    copy = proxied.add(Rule(is_overwrite_copy, times=1, hold=release_copy))
+    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", 1.0)  # the held copy outlives the answer
+    newer = again(older, exports, B)
+    stalled = await webhook.post(newer)
+    assert copy.fired == 1 and stalled.status == 503 and stalled.verification is not None, stalled.body
+    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", BUDGET)
+    await use_template(monkeypatch, TODAY)
+    return HeldMove(earlier, newer, stalled, copy, release_copy)
 
 
 async def test_a_retry_under_a_new_template_is_answered_from_the_file_at_its_recorded_name(
@@ -138,36 +169,25 @@ async def test_a_moved_deliverys_late_copy_at_its_earlier_name_is_retired_after_
     The template changes; B's retry is stored under today's name and lists the earlier name twice: A's
     file, and B's own late copy should it land. A's delete is held while B's copy lands; it then finds
     B there (412) and leaves it; B's listing comes after it, and removes it."""
-    await use_template(monkeypatch, EARLIER)
-    older = notification(exports.publish(A))
-    first = await webhook.post(older)
-    earlier = name_of(first.body)
-    release_copy = asyncio.Event()
-    copy = proxied.add(Rule(is_overwrite_copy, times=1, hold=release_copy))
-    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", 1.0)  # the held copy outlives the answer
-    newer = again(older, exports, B)
-    stalled = await webhook.post(newer)
-    assert copy.fired == 1 and stalled.status == 503 and stalled.verification is not None, stalled.body
-    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", BUDGET)
-    await use_template(monkeypatch, TODAY)
-
+    move = await held_move(proxied, exports, webhook, monkeypatch)
     release_delete = asyncio.Event()
     held_delete = proxied.add(
-        Rule(lambda r: is_delete(r) and r.path.endswith("/" + earlier), times=1, hold=release_delete)
+        Rule(lambda r: is_delete(r) and r.path.endswith("/" + move.earlier), times=1, hold=release_delete)
     )
-    retry = asyncio.ensure_future(webhook.post(newer))
+    retry = asyncio.ensure_future(webhook.post(move.newer))
     await reached(held_delete)
-    release_copy.set()
-    await asyncio.wait_for(copy.done.wait(), timeout=20)
-    assert holdings(destination)[earlier] == B  # B's late copy landed over A
+    move.release_copy.set()
+    await asyncio.wait_for(move.copy.done.wait(), timeout=20)
+    assert holdings(destination)[move.earlier] == B  # B's late copy landed over A
     release_delete.set()
     answer = await retry
     assert (answer.status, answer.body["status"]) == (200, "stored"), answer.body
-    assert name_of(answer.body) != earlier
-    assert_only_current(destination, newer, B)
-    await run_verifier(stalled.verification)
+    assert name_of(answer.body) != move.earlier
+    assert_only_current(destination, move.newer, B)
+    assert move.stalled.verification is not None
+    await run_verifier(move.stalled.verification)
     await run_timer()
-    assert_only_current(destination, newer, B)
+    assert_only_current(destination, move.newer, B)
 
 
 async def test_a_moved_deliverys_earlier_name_stays_listed_while_the_file_it_replaced_cannot_be_deleted(
@@ -179,32 +199,22 @@ async def test_a_moved_deliverys_earlier_name_stays_listed_while_the_file_it_rep
 ) -> None:
     """As above, but A's delete answers 503 every time: both listings of the earlier name stay in the record.
     B's held copy then lands over A; the reconciliation finds B there after A's listing, and removes it."""
-    await use_template(monkeypatch, EARLIER)
-    older = notification(exports.publish(A))
-    earlier = name_of((await webhook.post(older)).body)
-    release_copy = asyncio.Event()
-    copy = proxied.add(Rule(is_overwrite_copy, times=1, hold=release_copy))
-    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", 1.0)  # the held copy outlives the answer
-    newer = again(older, exports, B)
-    stalled = await webhook.post(newer)
-    assert copy.fired == 1 and stalled.status == 503 and stalled.verification is not None, stalled.body
-    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", BUDGET)
-    await use_template(monkeypatch, TODAY)
-
+    move = await held_move(proxied, exports, webhook, monkeypatch)
     refuse = proxied.add(
-        Rule(lambda r: is_delete(r) and r.path.endswith("/" + earlier), times=100, status=503, code="ServerBusy")
+        Rule(lambda r: is_delete(r) and r.path.endswith("/" + move.earlier), times=100, status=503, code="ServerBusy")
     )
-    answer = await webhook.post(newer)
+    answer = await webhook.post(move.newer)
     assert (answer.status, answer.body["status"]) == (200, "stored"), answer.body
-    record = record_of(destination, newer)
-    assert record is not None and [item.blob for item in record.retire] == [earlier, earlier], record
+    record = record_of(destination, move.newer)
+    assert record is not None and [item.blob for item in record.retire] == [move.earlier, move.earlier], record
     proxied.rules.remove(refuse)
-    release_copy.set()
-    await asyncio.wait_for(copy.done.wait(), timeout=20)
-    assert holdings(destination)[earlier] == B
+    move.release_copy.set()
+    await asyncio.wait_for(move.copy.done.wait(), timeout=20)
+    assert holdings(destination)[move.earlier] == B
     await run_timer()
-    await run_verifier(stalled.verification)
-    assert_only_current(destination, newer, B)
+    assert move.stalled.verification is not None
+    await run_verifier(move.stalled.verification)
+    assert_only_current(destination, move.newer, B)
 
 
 async def test_a_replaced_file_whose_delete_a_lease_refuses_stays_listed_until_the_lease_is_broken(

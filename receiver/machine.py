@@ -271,7 +271,8 @@ name-taken | new, copying | failed (when it was in the record) | webhook, verifi
     under an earlier template's name, or accepted there before) is decided at that name instead
 retire | superseded (its name listed to retire) | name deleted, dropped from the list | any driver |
     after the record lists the name: the file and its manifest are deleted only while they still hold the retired
-    delivery (If-Match; a version changed since is followed only while it is the same copy, its copyid)
+    delivery (If-Match; a version changed since is followed only while it is the same copy, its copyid); the
+    record then drops the name and adds a step `retired` (the names, the driver) to that delivery's history
 """
 
 

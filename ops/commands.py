@@ -350,14 +350,7 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
         if item.delivery in found.verdicts:
             verdict, why = found.verdicts[item.delivery]
             lines.append(f"     verdict: {verdict.upper()}: {why}")
-    if found.current_blob:
-        lines.append(f"current file: {_need_storage(ctx).url(found.current_blob)}")
-        state = {True: "matches", False: "DOES NOT MATCH", None: "not checked"}
-        lines.append(
-            f"  file holds the current delivery: {state[found.file_matches]}; manifest: {state[found.manifest_matches]}"
-        )
-    else:
-        lines.append("current file: none (no delivery of the task is stored)")
+    lines += _current_file_lines(ctx, found)
     for listed in record.retire:
         copy = f", copy {listed.copy_id}" if listed.copy_id else ("" if listed.etag else ", only if a copy of it lands")
         lines.append(f"still to retire: {listed.blob} (delivery {listed.delivery[:12]}{copy})")
@@ -368,6 +361,17 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
             f"{said.get(found.look.poison, found.look.poison)}"
         )
     return lines
+
+
+def _current_file_lines(ctx: Context, found: Inspection) -> list[str]:
+    """Where the current file is, and whether it and its manifest hold the current delivery."""
+    if not found.current_blob:
+        return ["current file: none (no delivery of the task is stored)"]
+    state = {True: "matches", False: "DOES NOT MATCH", None: "not checked"}
+    return [
+        f"current file: {_need_storage(ctx).url(found.current_blob)}",
+        f"  file holds the current delivery: {state[found.file_matches]}; manifest: {state[found.manifest_matches]}",
+    ]
 
 
 def _verdict_lines(found: Inspection) -> list[str]:
@@ -483,6 +487,7 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
     text = _verdict_lines(found)
     if found.record is None:
         return Result(NOT_FOUND, data, [f"No task record for task {task_id} in workspace {workspace_id}.", *text])
+    text = _current_file_lines(ctx, found) + text
     assert found.foreseen is not None
     action = found.foreseen.action
     repairable = action in ("adopt", "expire", "retire", "repair")

@@ -187,9 +187,13 @@ async def test_find_names_check_repair_first_for_a_missing_manifest_and_the_repa
     ran = await ops("find", "--task", "task-1")
     nexts = [line for line in ran.out.splitlines() if line.startswith("next:")]
     assert ran.code == NOT_FOUND and nexts[0].startswith("next: python -m ops check --task task-1"), ran.out
+    checked = await ops("check", "--task", "task-1")
+    assert "file holds the current delivery: matches; manifest: DOES NOT MATCH" in checked.out, checked.out
     assert (await ops("check", "--task", "task-1", "--repair")).code == OK
     assert ops.world.storage.stored(name) is not None
     assert (await ops("find", "--task", "task-1")).code == OK
+    checked = await ops("check", "--task", "task-1")
+    assert checked.code == OK and "file holds the current delivery: matches; manifest: matches" in checked.out
 
 
 async def test_a_file_named_over_1019_characters_while_manifests_were_off_is_not_missing_its_manifest() -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from .attention import mark_failures
 from .machine import (
@@ -51,7 +51,7 @@ from .models import (
     record_name,
     unreadable_record,
 )
-from .plan import MANIFEST_SUFFIX, has_manifest_name
+from .plan import MANIFEST_SUFFIX, has_manifest_name, of_another_task, task_key
 from .storage import (
     Blob,
     Conflict,
@@ -127,6 +127,7 @@ async def run(
     cannot answer for (the caller maps it to 503/500); ``trace`` then still says what was sent.
     ``now`` is when the event came; ``wall`` tells the time of each step (its history entry)."""
     trace = trace if trace is not None else Trace()
+    storage = task_view(storage, job)
     seen = Seen(large=isinstance(job.event, Arrival) and job.event.notice.large)
     clock = wall or (lambda: now)
     copied_at: datetime | None = None  # when this driver's last copy answered
@@ -310,7 +311,31 @@ async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = Fal
 async def observe(storage: Storage, job: Job) -> Seen:
     """What the loop observes first for ``job`` (a sweep: the record, then the blob it watches): the
     operator's dry runs decide from exactly this."""
-    return await _observe(storage, job, Seen(), record=True)
+    return await _observe(task_view(storage, job), job, Seen(), record=True)
+
+
+class _TaskView:
+    """The container as one task's driver sees it: a file whose metadata names another task holds none of
+    this task's deliveries (its ``delivery`` is hidden), whatever link it was copied from (two tasks sent one
+    link share the hash). So nothing of another task is adopted, fenced, retired or described as this one's."""
+
+    def __init__(self, storage: Storage, workspace_id: str, task_id: str) -> None:
+        self._storage, self._ids = storage, (workspace_id, task_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    async def read(self, name: str) -> Blob | None:
+        blob = await self._storage.read(name)
+        if blob is None or blob.delivery is None or not of_another_task(blob.metadata, *self._ids):
+            return blob
+        return replace(blob, metadata={key: value for key, value in blob.metadata.items() if key != "delivery"})
+
+
+def task_view(storage: Storage, job: Job) -> Storage:
+    return (
+        storage if isinstance(storage, _TaskView) else cast(Storage, _TaskView(storage, job.workspace_id, job.task_id))
+    )
 
 
 async def _unseen() -> Any:
@@ -631,7 +656,7 @@ async def write_manifest(
             "tagsWritten": storage.tags_supported,
         }
     )
-    metadata = {**MANIFEST_MARKER, "delivery": effect.delivery}
+    metadata = {**MANIFEST_MARKER, "delivery": effect.delivery, "taskkey": task_key(job.workspace_id, job.task_id)}
 
     async def fix_headers() -> Blob | None:
         if seen.locked:

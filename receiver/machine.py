@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from .models import COPY_ID, Delivery, Driver, Retirement, State, Step, TaskRecord, with_step
-from .plan import has_manifest_name, metadata_value, task_key
+from .plan import has_manifest_name, of_another_task
 from .storage import Blob
 
 # --- what a driver knows and sees -----------------------------------------------------------------
@@ -458,7 +458,9 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     current_stored = current and entry is not None and entry.state is State.STORED
 
     elsewhere = current_stored and entry is not None and entry.blob != notice.blob
-    if isinstance(blob, Blob) and _of_another_task(blob, notice) and not elsewhere:
+    # A delivery a newer stored one superseded is answered so, whatever its name holds now (nothing is written).
+    superseded = record is not None and entry is not None and _later(record, entry, State.STORED)
+    if isinstance(blob, Blob) and _of_another_task(blob, notice) and not elsewhere and not superseded:
         # The file at its name is another task's (a BLOB_NAME_TEMPLATE change gave two tasks one name): nothing
         # is ever written over it. (One current under an earlier template's name is decided there, below.) A
         # delivery the record holds as copying at another name (accepted there before, or moved from there just
@@ -498,8 +500,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # today's name is removed; one whose answer was lost is looked for, and one found there is listed
         # in the record first (a swap), then removed like any retirement. Then the delivery is decided at
         # its recorded name, from its file there: a duplicate only while that file holds it.
-        if blob == UNSEEN and seen.attempt == "lost":
-            return Observe()
+        if blob == UNSEEN and seen.attempt in ("exists", "lost"):
+            return Observe()  # a file under today's name may be a copy of it (an earlier try's): removed
         if isinstance(blob, Blob) and blob.delivery == notice.delivery:
             stray = _listing(blob, notice.delivery)
             if seen.copied:
@@ -709,15 +711,7 @@ NAME_TAKEN = (
 
 
 def _of_another_task(blob: Blob, notice: Notice) -> bool:
-    """Does the blob's metadata name another task? Its ``taskkey`` (the whole ids) when it has one; else (a file
-    from before it) its ids, cut at 512 characters. A file without them is not one this receiver wrote."""
-    meta = {key.lower(): value for key, value in blob.metadata.items()}
-    if "taskkey" in meta:
-        return meta["taskkey"] != task_key(notice.workspace_id, notice.task_id)
-    workspace, task = meta.get("workspaceid"), meta.get("taskid")
-    if workspace is None or task is None:
-        return False
-    return (workspace, task) != (metadata_value(notice.workspace_id, 512), metadata_value(notice.task_id, 512))
+    return of_another_task(blob.metadata, notice.workspace_id, notice.task_id)
 
 
 def _stale(record: TaskRecord, entry: Delivery, blob: Blob | Unseen | None, now: datetime) -> bool:

@@ -229,6 +229,18 @@ def task_key(workspace_id: str, task_id: str) -> str:
     return hashlib.sha256(whole).hexdigest()[:32]
 
 
+def of_another_task(metadata: dict[str, str], workspace_id: str, task_id: str) -> bool:
+    """Does a blob's metadata name another task? Its ``taskkey`` (the whole ids) when it has one; else (a file
+    from before it) its ids, cut at 512 characters. A blob without them is not one this receiver wrote."""
+    meta = {key.lower(): value for key, value in metadata.items()}
+    if "taskkey" in meta:
+        return meta["taskkey"] != task_key(workspace_id, task_id)
+    workspace, task = meta.get("workspaceid"), meta.get("taskid")
+    if workspace is None or task is None:
+        return False
+    return (workspace, task) != (metadata_value(workspace_id, 512), metadata_value(task_id, 512))
+
+
 def blob_metadata(notification: Notification, source: SourceLink) -> dict[str, str]:
     total_pages = "" if notification.total_pages is None else str(notification.total_pages)
     return {

@@ -125,7 +125,11 @@ async def test_pdf_is_copied_with_tags_metadata_and_manifest(
     manifest_blob = destination.get_blob_client(f"{name}.json")
     manifest_props = manifest_blob.get_blob_properties()
     assert manifest_props.content_settings.content_type == "application/json"
-    assert manifest_props.metadata == {"receiverkind": "manifest", "delivery": props.metadata["delivery"]}
+    assert manifest_props.metadata == {
+        "receiverkind": "manifest",
+        "delivery": props.metadata["delivery"],
+        "taskkey": props.metadata["taskkey"],
+    }
     assert manifest_blob.get_blob_tags() == {}  # no index tags on a manifest
     raw = manifest_blob.download_blob().readall()
     assert raw == json.dumps(json.loads(raw), separators=(",", ":")).encode()  # compact JSON

@@ -526,6 +526,103 @@ async def test_a_template_change_that_gives_two_tasks_one_name_never_overwrites_
 SWAPPED = "{taskId}/{workspaceId}/{fileName}"  # after the default template, (a, b) and (b, a) share names
 
 
+def sharing_the_link(sim: Simulation, export: Any) -> Any:
+    """A hostile sender's notification for task (task-1, ws-1) with ``export``'s very link (so its delivery
+    hash too), named like (ws-1, task-1)'s file under SWAPPED."""
+    from dataclasses import replace
+
+    body = {**json.loads(export.body), "taskId": "ws-1", "workspaceId": "task-1"}
+    return replace(export, number=99, task=("task-1", "ws-1"), body=json.dumps(body).encode(), answers=[])
+
+
+async def accepted_then_taken_by_a_task_sharing_its_link(sim: Simulation) -> Any:
+    """(ws-1, task-1)'s large export is accepted at ws-1/task-1/F.pdf (202, its message not run); then the
+    template swaps the ids and (task-1, ws-1), sent the same link, is stored at that very name."""
+    sim.checking = False  # the invariants tell deliveries apart by their hash, which two tasks share here
+    export = sim.export("F", workspace="ws-1", task="task-1")
+    first = sim.post(export, config=Config(staged=True, waits=False))
+    await sim.run_actor(first)
+    assert first.answer == "202 copying", first.answer
+    sim.queue.clear()
+    other = sim.post(sharing_the_link(sim, export), config=Config(template=SWAPPED))
+    await sim.run_actor(other)
+    assert other.answer == "200 stored", other.answer
+    record = sim.record(("task-1", "ws-1"))
+    assert record is not None and record.current_delivery is not None
+    assert record.current_delivery.blob == "ws-1/task-1/F.pdf"
+    return export
+
+
+async def test_one_tasks_retirement_never_deletes_another_tasks_file_sent_the_same_link() -> None:
+    """The first task's retry under SWAPPED is stored at task-1/ws-1/F.pdf and lists its earlier name to
+    retire: the file there is the other task's (its taskkey), so it stays, with its manifest."""
+    sim = Simulation()
+    export = await accepted_then_taken_by_a_task_sharing_its_link(sim)
+    retry = sim.post(export, config=Config(template=SWAPPED))
+    await sim.run_actor(retry)
+    assert retry.answer == "200 stored", retry.answer
+    await sim.finish()
+    assert sorted(sim.files()) == ["task-1/ws-1/F.pdf", "ws-1/task-1/F.pdf"], sorted(sim.files())
+    manifest = sim.manifest("ws-1/task-1/F.pdf")
+    assert manifest is not None and (manifest["workspaceId"], manifest["taskId"]) == ("task-1", "ws-1"), manifest
+
+
+async def test_the_reconciliation_never_adopts_another_tasks_file_sent_the_same_link() -> None:
+    """The timer runs instead of the first task's retry: the other task's file at its name is not recorded as
+    its own, and the manifest beside that file still names the other task."""
+    sim = Simulation()
+    await accepted_then_taken_by_a_task_sharing_its_link(sim)
+    timer = sim.reconcile(config=Config(template=SWAPPED))
+    await sim.run_actor(timer)
+    record = sim.record(("ws-1", "task-1"))
+    assert record is not None and record.current_delivery is None, record
+    manifest = sim.manifest("ws-1/task-1/F.pdf")
+    assert manifest is not None and (manifest["workspaceId"], manifest["taskId"]) == ("task-1", "ws-1"), manifest
+
+
+async def test_a_late_retry_of_a_superseded_export_named_like_another_tasks_file_is_superseded() -> None:
+    """(task-1, ws-1) stores X1, then X2; (ws-1, task-1) stores its file at ws-1/task-1/A.pdf. A late retry of
+    X1 under SWAPPED is named like that file: a newer export is stored, so it is 200 superseded (archived),
+    not 409 name-taken (back to review, asking for the template to be set back)."""
+    from datetime import timedelta
+
+    sim = Simulation()
+    x1 = sim.export("A", task="ws-1", workspace="task-1")
+    await sim.run_actor(sim.post(x1))
+    sim.clock.advance(timedelta(minutes=5))
+    await sim.run_actor(sim.post(sim.export("B", task="ws-1", workspace="task-1")))
+    other = sim.export("A", task="task-1", workspace="ws-1")
+    await sim.run_actor(sim.post(other))
+    late = sim.post(x1, config=Config(template=SWAPPED))
+    await sim.run_actor(late)
+    assert late.answer == "200 superseded", late.answer
+    await sim.finish()
+    ok(sim)
+    assert sim.files()["ws-1/task-1/A.pdf"] == other.data
+
+
+async def test_a_queued_duplicate_removes_the_copy_its_first_try_left_under_the_name_it_kept() -> None:
+    """Try 1 under a {yyyy} template copies to 2026/ws-1/task-1/A.pdf, then its record write fails (503; its
+    queue message keeps that name). The template changes and the retry is stored at ws-1/task-1/A.pdf. The
+    message then runs: a duplicate, whose create at the kept name finds try 1's copy: it is removed."""
+    sim = Simulation()
+    export = sim.export("A")
+    sim.faults.rule("before", "put", RECORD, 1)
+    first = sim.post(export, config=Config(template="{yyyy}/{workspaceId}/{taskId}/{fileName}"))
+    await sim.run_actor(first)
+    assert first.answer == "503 failed" and len(sim.queue) == 1, (first.answer, sim.queue)
+    assert sorted(sim.files()) == ["2026/ws-1/task-1/A.pdf"]
+    retry = sim.post(export)
+    await sim.run_actor(retry)
+    assert retry.answer == "200 stored", retry.answer
+    queued = sim.run_message(0)
+    await sim.run_actor(queued)
+    assert queued.answer == "duplicate", queued.answer
+    await sim.finish()
+    ok(sim)
+    assert sorted(sim.files()) == ["ws-1/task-1/A.pdf"], sorted(sim.files())
+
+
 async def test_a_delivery_whose_new_name_is_another_tasks_file_is_finished_at_the_name_it_was_accepted_at() -> None:
     """A large export of task (task-1, ws-1) is accepted at task-1/ws-1/A.pdf and its commit lands there; its
     driver stops. The template then gives its retry the name of task (ws-1, task-1)'s file: the retry is

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from .source import as_utc, link_secret_pattern, may_repeat_secret, without_secrets
+from .source import as_utc, link_secret_pattern, map_strings, may_repeat_secret, scrub_url_queries, without_secrets
 
 MAX_ID_LENGTH = 1024  # GUIDs in practice; longer ids are kept whole in the manifest and hashed in names
 MAX_TEXT_LENGTH = 4096
@@ -182,6 +182,11 @@ def parse_notification(body: bytes) -> Notification:
                 without_secrets(key, secret): value if key == "exportedFileUrl" else without_secrets(value, secret)
                 for key, value in document.items()
             }
+    # Any other URL's query too (another link's SAS, say): nothing names, tags, stores or logs it.
+    document = {
+        scrub_url_queries(key): value if key == "exportedFileUrl" else map_strings(value, scrub_url_queries, keys=True)
+        for key, value in document.items()
+    }
     try:
         notification = Notification.model_validate(document)
     except ValidationError as exc:

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 
 from .payload import FIELDS, Notification
 from .settings import MAX_EXTENSION, MAX_ID_SEGMENT, MAX_TAGS, Settings
-from .source import SourceLink, map_strings, without_url_queries
+from .source import SourceLink
 
 MAX_BLOB_NAME = 1024
 MAX_TAG_KEY = 128
@@ -258,18 +258,12 @@ def blob_metadata(notification: Notification, source: SourceLink) -> dict[str, s
 # --- manifest --------------------------------------------------------------------------------
 
 
-def _scrub(text: str) -> str:
-    """Drop URL queries from a string in the sender's extra fields (they may carry a SAS)."""
-    return without_url_queries(text) if "://" in text and "?" in text else text
-
-
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 def manifest(notification: Notification, plan_fields: dict[str, Any], *, received_at: datetime) -> dict[str, Any]:
-    payload = notification.model_dump(by_alias=True, mode="json", exclude={"metadata"})
-    payload = map_strings(payload, _scrub)
+    payload = notification.model_dump(by_alias=True, mode="json", exclude={"metadata"})  # URL queries gone at intake
     payload["exportedFileUrl"] = plan_fields["source"]
     payload["exportedFileExpiresOn"] = _iso(notification.exported_file_expires_on)
     payload["lastCheckedOutUntil"] = _iso(notification.last_checked_out_until)

@@ -194,6 +194,31 @@ async def test_the_signature_never_leaves_the_link_in_any_form(
     assert not any(leaks.values()), leaks
 
 
+async def test_no_query_of_another_url_in_the_payload_is_named_tagged_stored_or_logged(
+    configured: dict[str, str],
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another link's SAS, in displayName, a metadata value, an extra field and an extra field's name: its
+    query is REDACTED before anything is named, tagged, stored or logged (docs/reference.md, Secrets)."""
+    payload = notification(exports.publish(), displayName="doc https://other.example/x.pdf?sv=1&sig=SECRETA1 end")
+    payload["metadata"] = {"note": "see https://other.example/y.pdf?sv=1&sig=SECRETB2"}
+    payload["comment"] = {"nested": ["https://other.example/z.pdf?sig=SECRETC3"]}
+    payload["https://other.example/w?sig=SECRETD4"] = "extra field named with a link"
+    caplog.clear()
+
+    response = await webhook.post(payload)
+
+    assert response.status == 200, response.body
+    seen = "\n".join([response.text, everything_stored(destination), log_text(caplog)])
+    assert "SECRET" not in seen, [line for line in seen.splitlines() if "SECRET" in line][:3]
+    manifest = json.loads(destination.get_blob_client(f"{name_of(response.body)}.json").download_blob().readall())
+    assert manifest["displayName"] == "doc https://other.example/x.pdf?REDACTED end", manifest["displayName"]
+    assert manifest["metadata"] == {"note": "see https://other.example/y.pdf?REDACTED"}, manifest["metadata"]
+
+
 # --- the manifest keeps the payload's text as sent ---
 
 

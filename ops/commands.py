@@ -532,22 +532,25 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
 
 
 async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: str, force: bool) -> Result:
+    """Give up every delivery of the task still copying (the sweep fails them all), each checked first:
+    refused while any of them has a valid link and a message that may still finish it, unless forced."""
     one = await _one_task(ctx, task_id, workspace_id)
     if isinstance(one, Result):
         return one
     workspace_id, task_id = one
     storage = _need_storage(ctx)
     record, _ = await read_record(storage, workspace_id, task_id)
-    copying = next((item for item in record.deliveries if item.state is State.COPYING), None) if record else None
+    copying = [item for item in record.deliveries if item.state is State.COPYING] if record else []
     data: dict[str, Any] = {"taskId": task_id, "workspaceId": workspace_id, "failed": None}
-    if copying is None:
+    if not copying:
         return Result(NOT_FOUND, data, [f"Task {task_id} has no delivery copying: nothing to give up."])
-    expired = copying.link_expires_on is not None and copying.link_expires_on <= ctx.now
-    forced = ""
-    if not expired:
-        looked = await _look(ctx, workspace_id, task_id)
-        where = looked.where(copying.delivery) if ctx.queues is not None else "unknown"
-        until = _iso(copying.link_expires_on)
+    live = [item for item in copying if item.link_expires_on is None or item.link_expires_on > ctx.now]
+    looked = await _look(ctx, workspace_id, task_id) if live else None
+    holds = []
+    for item in live:
+        assert looked is not None
+        where = looked.where(item.delivery) if ctx.queues is not None else "unknown"
+        until = _iso(item.link_expires_on)
         if where in ("queue", "poison", "unknown"):
             why = {
                 "queue": f"its message is in the verification queue and its link is valid until {until}",
@@ -560,12 +563,19 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
                 )
                 + f"); link valid until {until}",
             }[where]
-            if not force:
-                data["refused"] = why
-                return Result(
-                    NOT_FOUND, data, [f"Not failed: {why}.", "Give --force to give it up anyway (it is recorded)."]
-                )
-            forced = f" (given up with --force while {why})"
+            holds.append(f"delivery {item.delivery[:12]} ({item.blob}): {why}")
+    if holds and not force:
+        data["refused"] = holds
+        several = " (every delivery of the task still copying is given up together)" if len(copying) > 1 else ""
+        return Result(
+            NOT_FOUND,
+            data,
+            [
+                *(f"Not failed: {why}." for why in holds),
+                f"Give --force to give it up anyway (it is recorded){several}.",
+            ],
+        )
+    forced = f" (given up with --force while {'; '.join(holds)})" if holds else ""
     give_up = redact(reason.strip() or "given up by an operator") + forced
     job = Job(
         event=Sweep(ctx.now, by="operator", give_up=give_up),
@@ -575,35 +585,40 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
     )
     _, trace = await drive(storage, job, now=ctx.now)
     data["arrows"] = trace.arrows
-    if "operator-failed" in trace.arrows:
-        data["failed"] = copying.delivery[:12]
+    after, _ = await read_record(storage, workspace_id, task_id)
+    states = {item.delivery: item.state for item in after.deliveries} if after else {}
+    failed = [item for item in copying if states.get(item.delivery) is State.FAILED]
+    adopted = [item for item in copying if states.get(item.delivery) is State.STORED]
+    data["failed"] = [item.delivery[:12] for item in failed] or None
+    text = []
+    for item in failed:
         log.error(
             "operator fail task=%s workspace=%s delivery=%s blob=%s: %s",
             task_id,
             workspace_id,
-            copying.delivery[:12],
-            copying.blob,
+            item.delivery[:12],
+            item.blob,
             give_up,
             extra=operator_record(
                 "operator-failed",
                 task_id,
                 workspace_id,
-                delivery=copying.delivery,
-                blob=copying.blob,
+                delivery=item.delivery,
+                blob=item.blob,
                 reason=give_up,
                 final=True,
             ),
         )
-        text = [f"Failed delivery {copying.delivery[:12]} of task {task_id}: {give_up}"]
-        if forced:
-            text.append(
-                "It was given up with --force: a message still holding its link may yet copy it, and it is then "
-                f"stored after all (python -m ops find --task {task_id} shows it)."
-            )
-        return Result(OK, data, text)
-    if "adopted" in trace.arrows:
-        return Result(OK, data, [f"Not failed: delivery {copying.delivery[:12]} was stored after all (adopted)."])
-    return Result(NOT_FOUND, data, [f"Nothing failed ({','.join(trace.arrows)}): the record changed meanwhile."])
+        text.append(f"Failed delivery {item.delivery[:12]} ({item.blob}) of task {task_id}: {give_up}")
+    text += [f"Not failed: delivery {item.delivery[:12]} was stored after all (adopted)." for item in adopted]
+    if failed and forced:
+        text.append(
+            "It was given up with --force: a message still holding its link may yet copy it, and it is then "
+            f"stored after all (python -m ops find --task {task_id} shows it)."
+        )
+    if not text:
+        return Result(NOT_FOUND, data, [f"Nothing failed ({','.join(trace.arrows)}): the record changed meanwhile."])
+    return Result(OK, data, text)
 
 
 # --- lists -----------------------------------------------------------------------------------------------

@@ -622,6 +622,45 @@ async def test_fail_gives_up_a_lost_copy(ops: Ops) -> None:
     assert (await ops("failed", "--alert")).code == NOT_FOUND
 
 
+async def test_fail_checks_and_names_every_delivery_it_gives_up() -> None:
+    """Two large exports copying: the older's message lost, the newer's in the queue. fail (the sweep gives
+    up every delivery still copying) is refused naming the newer one; forced, it names both it failed."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    assert (await ops.world.post(ops.world.export("task-1", "a.pdf"))).status_code == 202
+    newer = await ops.world.post(ops.world.export("task-1", "b.pdf"))
+    assert newer.status_code == 202 and newer.verification is not None
+    ops.queue.add(newer.verification)
+    record = ops.world.record()
+    assert record is not None and [item.state for item in record.deliveries] == [State.COPYING] * 2
+    older_id, newer_id = (item.delivery[:12] for item in record.deliveries)
+
+    refused = await ops("fail", "--task", "task-1", "--reason", "gave up")
+    assert refused.code == NOT_FOUND and f"delivery {newer_id}" in refused.out, refused.out
+    assert "verification queue" in refused.out and "given up together" in refused.out
+    record = ops.world.record()
+    assert record is not None and [item.state for item in record.deliveries] == [State.COPYING] * 2
+
+    forced = await ops("fail", "--task", "task-1", "--reason", "gave up", "--force", "--json")
+    assert forced.code == OK and sorted(forced.json()["failed"]) == sorted([older_id, newer_id]), forced.out
+    record = ops.world.record()
+    assert record is not None and [item.state for item in record.deliveries] == [State.FAILED] * 2
+
+
+async def test_fail_of_an_expired_copy_is_refused_while_a_newer_copy_has_its_message() -> None:
+    """The older export's link expired; the newer one's message is queued with its link valid: nothing is given
+    up without --force (the newer one would be failed with it)."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    assert (await ops.world.post(ops.world.export("task-1", "a.pdf", expires_in=timedelta(hours=1)))).status_code == 202
+    newer = await ops.world.post(ops.world.export("task-1", "b.pdf"))
+    assert newer.verification is not None
+    ops.queue.add(newer.verification)
+    ops.world.clock.advance(timedelta(hours=2))
+    refused = await ops("fail", "--task", "task-1", "--reason", "expired one")
+    assert refused.code == NOT_FOUND and "verification queue" in refused.out, refused.out
+    record = ops.world.record()
+    assert record is not None and record.deliveries[1].state is State.COPYING
+
+
 # --- replay-poison ------------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from receiver.attention import (
     read_summary,
 )
 from receiver.engine import Job, manifest_name
-from receiver.machine import NAME_TAKEN, Sweep
+from receiver.machine import NAME_TAKEN, Sweep, watched_copying
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
 from receiver.plan import has_manifest_name, task_key
 from receiver.reconciliation import QUEUE_COVERAGE
@@ -248,8 +248,18 @@ def _is_azure_error(exc: Exception) -> bool:
 def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[str, str]:
     assert found.foreseen is not None
     action = found.foreseen.action
-    if action == "adopt":
+    adopted = watched_copying(found.record) if action == "adopt" and found.record is not None else None
+    if adopted is not None and adopted.delivery == item.delivery:
         return "adopt", "its bytes are at its name: check --repair (or the reconciliation) records it stored"
+    if (
+        adopted is not None
+        and found.record is not None
+        and found.record.index(adopted.delivery) > found.record.index(item.delivery)
+    ):
+        return "superseded", (
+            f"the bytes of delivery {adopted.delivery[:12]}, accepted after it, are at its name: check --repair (or "
+            "the reconciliation) records that one stored, and this one superseded"
+        )
     expires = item.link_expires_on
     if expires is not None and expires <= ctx.now:
         return "expired", f"its link expired at {_iso(expires)}: check --repair (or the reconciliation) fails it"

@@ -211,9 +211,13 @@ def foresee_sweep(seen: Seen, event: Sweep) -> Foreseen:
         return Foreseen(
             decision, "repair", "the current file's manifest is missing or stale: written again from the record"
         )
-    if isinstance(decision, Change) and decision.arrow == "adopted" and copying is not None:
+    if isinstance(decision, (Apply, Change)) and decision.arrow == "adopted" and copying is not None:
+        fenced = " (its version is made its own first, so a copy another delivery prepared over it fails)"
         return Foreseen(
-            decision, "adopt", f"the file at {copying.blob} holds delivery {copying.delivery[:12]}: recorded as stored"
+            decision,
+            "adopt",
+            f"the file at {copying.blob} holds delivery {copying.delivery[:12]}: recorded as stored"
+            + (fenced if isinstance(decision, Apply) else ""),
         )
     if isinstance(decision, Change) and decision.arrow == "expired" and copying is not None:
         expired = copying.link_expires_on.isoformat() if copying.link_expires_on else "?"

@@ -661,6 +661,23 @@ async def test_fail_of_an_expired_copy_is_refused_while_a_newer_copy_has_its_mes
     assert record is not None and record.deliveries[1].state is State.COPYING
 
 
+async def test_find_and_check_repair_adopt_bytes_that_need_a_fence_first(ops: Ops) -> None:
+    """E1 stored; E2 and E3 accepted at its name, copying; E3's bytes landed and both messages are gone. The
+    reconciliation would fence, then adopt E3: find and check say ADOPT, and check --repair does it."""
+    await stored(ops)
+    await ops.accept(ops.world.export("task-1"))
+    await ops.accept(ops.world.export("task-1"), copied=True)
+    found = await ops("find", "--task", "task-1")
+    assert "ADOPT" in found.out and "made its own first" in found.out, found.out
+    verdicts = [line.strip().split(":")[1].strip() for line in found.out.splitlines() if "verdict:" in line]
+    assert verdicts == ["SUPERSEDED", "ADOPT"], found.out  # only the delivery whose bytes are there is adopted
+    repaired = await ops("check", "--task", "task-1", "--repair")
+    assert repaired.code == OK and "repaired" in repaired.out, repaired.out
+    record = ops.world.record()
+    assert record is not None and [item.state for item in record.deliveries][-1] is State.STORED, record
+    assert record.current == record.deliveries[-1].delivery
+
+
 # --- replay-poison ------------------------------------------------------------------------------------------
 
 

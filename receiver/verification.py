@@ -22,14 +22,14 @@ from typing import Any
 
 from .engine import run
 from .intake import arrival_job, is_large, prepare
-from .models import MAX_RECORD_BYTES, TaskRecord, record_name
+from .models import MAX_RECORD_BYTES, TaskRecord, record_name, unreadable_record
 from .outcome import Outcome
 from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
 from .runtime import Runtime
 from .settings import Settings
-from .storage import Immutable
-from .telemetry import recording
+from .storage import Immutable, UnreadableRecord
+from .telemetry import Record, recording
 
 log = logging.getLogger("receiver.verification")
 
@@ -148,10 +148,15 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             return "unreadable"
         settings = runtime.settings()
         if isinstance(found, Reference):
-            record_found = await runtime.store().read_bytes(
-                record_name(found.workspace_id, found.task_id), max_bytes=MAX_RECORD_BYTES
-            )
-            task_record = TaskRecord.from_bytes(record_found[1]) if record_found is not None else None
+            name = record_name(found.workspace_id, found.task_id)
+            record_found = await runtime.store().read_bytes(name, max_bytes=MAX_RECORD_BYTES)
+            try:
+                task_record = TaskRecord.from_bytes(record_found[1]) if record_found is not None else None
+            except ValueError as exc:
+                record.task_id, record.workspace_id = found.task_id, found.workspace_id
+                unreadable = UnreadableRecord(unreadable_record(name, found.task_id, exc))
+                _failed_try(record, found.task_id, unreadable, last_try=dequeue_count >= MAX_DEQUEUE_COUNT)
+                raise unreadable from None
             rebuilt = body_from_record(found, task_record)
             if rebuilt is None:
                 record.outcome, record.final_failure = "unreadable", True
@@ -184,9 +189,7 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             )
             return "failed"
         except Exception as exc:
-            if last_try:  # the host poisons the message after this try: nothing will retry it by itself
-                record.outcome, record.final_failure = "poisoned", True
-                record.reason = _poisoned(plan.task_id, f"the last try failed ({type(exc).__name__})")
+            _failed_try(record, plan.task_id, exc, last_try=last_try)
             raise
         record.outcome, record.arrows = answer.arrow, ",".join(trace.arrows)
         record.copy_mode = trace.mode
@@ -209,6 +212,18 @@ def plan_message(found: Message, settings: Settings) -> CopyPlan | Outcome:
     """The plan for a queued notification: as the webhook made it, under the name it was given then."""
     plan = prepare(found.body, {}, settings, now=found.received_at)
     return kept_name(plan, found.blob, settings) if isinstance(plan, CopyPlan) and found.blob else plan
+
+
+def _failed_try(record: Record, task_id: str, exc: Exception, *, last_try: bool) -> None:
+    """What a try that raised says: an unreadable task record in the words the webhook and ops use (what to
+    restore); on the last try, that the host poisons the message (nothing retries it by itself) and what to run."""
+    unreadable = isinstance(exc, UnreadableRecord)
+    if last_try:
+        record.outcome, record.final_failure = "poisoned", True
+        why = "its task record is not readable" if unreadable else f"the last try failed ({type(exc).__name__})"
+        record.reason = _poisoned(task_id, why) + (f". {exc}" if unreadable else "")
+    elif unreadable:
+        record.reason = str(exc)
 
 
 def _poisoned(task_id: str, why: str) -> str:

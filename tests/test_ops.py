@@ -678,6 +678,37 @@ async def test_find_and_check_repair_adopt_bytes_that_need_a_fence_first(ops: Op
     assert record.current == record.deliveries[-1].delivery
 
 
+async def test_a_large_notifications_message_names_an_unreadable_record_and_is_poisoned_on_its_last_try(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A notification too large for a queue message is queued as a reference to its record. When that record
+    no longer parses, each try names it and what to restore (as the webhook and ops do), and the last try says
+    the message is poisoned and what to run, instead of a bare validation error."""
+    from receiver.storage import UnreadableRecord
+    from receiver.verification import MAX_DEQUEUE_COUNT, verify_copy
+
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0, max_body_bytes=200_000)
+    export = ops.world.export("task-1", "big.pdf", metadata={f"k{i}": "x" * 4000 for i in range(13)})
+    answer = await ops.world.post(export)
+    assert answer.status_code == 202 and answer.verification is not None and '"url"' in answer.verification
+    name = record_name("ws-1", "task-1")
+    there = ops.world.storage.stored(name)
+    assert there is not None
+    await ops.world.storage.put(
+        name, b'{"kind": "task-record", "oops": 1}', if_match=there.etag, content_type="application/json", metadata={}
+    )
+    for tries, level in ((1, logging.WARNING), (MAX_DEQUEUE_COUNT, logging.ERROR)):
+        caplog.clear()
+        with pytest.raises(UnreadableRecord):
+            await verify_copy(
+                answer.verification.encode(), runtime=ops.world.runtime, now=ops.world.now, dequeue_count=tries
+            )
+        [line] = [r for r in caplog.records if r.name == "receiver" and r.getMessage().startswith("verification")]
+        assert line.levelno == level and "is not readable" in line.getMessage(), line.getMessage()
+        assert "restore its previous version" in line.getMessage()
+    assert "poisoned" in line.getMessage() and "replay-poison" in line.getMessage()
+
+
 # --- replay-poison ------------------------------------------------------------------------------------------
 
 

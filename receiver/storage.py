@@ -147,13 +147,15 @@ class Misconfigured(StoreError):
 
 
 class Immutable(StoreError):
-    """A retention policy or legal hold refused the write (409 BlobImmutableDueTo...)."""
+    """A retention policy or legal hold refused the write (409 BlobImmutableDueTo...), or a lease another
+    client holds on the blob (412 LeaseIdMissing): refused until a person lifts it."""
 
     kind = "immutable"
 
     @property
     def policy(self) -> str:
-        return "legal hold" if "LegalHold" in (self.code or "") else "retention policy"
+        code = self.code or ""
+        return "lease" if code.startswith("LeaseId") else "legal hold" if "LegalHold" in code else "retention policy"
 
 
 class Rejected(StoreError):

@@ -94,6 +94,7 @@ _NO_TAGS_ON_WRITE = {
 }
 # Generic "not supported" codes: about tags only when the error says so (FeatureName, message).
 _NO_FEATURE_ON_WRITE = {"FeatureNotSupportedForAccount", "FeatureNotEnabled"}
+_LEASE_CODES = {"LeaseIdMissing", "LeaseIdMismatchWithBlobOperation"}
 _SEAM_CONFLICT_CODES = {
     "BlobAlreadyExists",
     "ConditionNotMet",
@@ -157,6 +158,13 @@ def classify(exc: Exception, call: Call, account: str, container: str) -> seam.S
         call.tags_call and code == "InvalidQueryParameterValue"
     ):
         return said(_TagsRefused, f"{where} has no blob index tags ({status} {code})")
+    if code in _LEASE_CODES and operation != "delete blob":
+        # A lease another client holds (the customer's tool) refuses every write without its id, for as long
+        # as it lasts: like a policy, a person lifts it; retrying meanwhile cannot help. (A delete refused so
+        # leaves its name listed to retire: see receiver.engine.remove_if_holds.)
+        return said(
+            seam.Immutable, f"{operation}: a lease another client holds on a blob in {where} refused it ({code})."
+        )
     if code.startswith("BlobImmutableDueTo"):
         policy = "legal hold" if "LegalHold" in code else "retention policy"
         return said(seam.Immutable, f"{operation}: a {policy} on {where} refused the write ({code}).")

@@ -185,7 +185,7 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             record.outcome, record.final_failure = "immutable", True
             record.reason = (
                 f"immutable: a {exc.policy} on the destination refused the write; the delivery failed for good "
-                "(the earlier file, if any, is kept). Export the document again once the policy allows it."
+                "(the earlier file, if any, is kept). Export the document again once it is lifted."
             )
             return "failed"
         except Exception as exc:

@@ -117,6 +117,15 @@ _IMMUTABLE = (
     "export was not stored (the earlier one is kept). Ask the storage account's owner to lift the {policy} "
     "or use version-level immutability, then send the document again."
 )
+_LEASED = (
+    "The stored file at this name is leased by another client (a lease refuses every write without its id), so "
+    "this export was not stored (the earlier one is kept). Whoever holds the lease breaks it or lets it expire; "
+    "then send the document again."
+)
+
+
+def _refused_by(policy: str) -> str:
+    return _LEASED if policy == "lease" else _IMMUTABLE.format(policy=policy)
 
 
 def answered(
@@ -136,8 +145,7 @@ def answered(
     if answer.kind == "copying" and answer.status == 202:
         return outcome.delivered("copying", task_id=plan.task_id, blob=blob, url=url, verification=message())
     if answer.error == "immutable":
-        policy = answer.reason or "retention policy"
-        return outcome.failed(409, "immutable", _IMMUTABLE.format(policy=policy), taskId=plan.task_id)
+        return outcome.failed(409, "immutable", _refused_by(answer.reason or "retention policy"), taskId=plan.task_id)
     if answer.error == "name-taken":
         return outcome.failed(409, "name-taken", answer.reason or "", taskId=plan.task_id)
     if answer.error == "link-expired":
@@ -185,7 +193,7 @@ def storage_failure(task_id: str, exc: StoreError) -> Outcome:
         )
     if exc.kind == "immutable":
         policy = exc.policy if isinstance(exc, Immutable) else "retention policy"
-        return outcome.failed(409, "immutable", _IMMUTABLE.format(policy=policy), taskId=task_id)
+        return outcome.failed(409, "immutable", _refused_by(policy), taskId=task_id)
     if exc.kind == "misconfigured":
         return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}", taskId=task_id)
     if isinstance(exc, UnreadableRecord):

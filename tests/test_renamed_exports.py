@@ -1,7 +1,7 @@
 """Re-exports under another name (a change of BLOB_NAME_TEMPLATE, a renamed document), on Azurite through
 the fault proxy (docs/reference.md, "Delivery semantics": a delivery current under an earlier template's
 name is decided there; a moved delivery's earlier name is retired after the other listings of that name;
-a name whose delete is refused stays listed to retire)."""
+a name whose delete is refused stays listed to retire; a lease on a file is named in the answer)."""
 
 from __future__ import annotations
 
@@ -240,6 +240,27 @@ async def test_a_replaced_file_whose_delete_a_lease_refuses_stays_listed_until_t
     lease.break_lease(lease_break_period=0)
     await run_timer()
     assert_only_current(destination, renamed, B)
+
+
+async def test_a_re_export_over_a_leased_file_is_refused_naming_the_lease_and_stored_once_it_is_broken(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """A customer's tool holds a lease on the current file: a re-export at its name cannot replace it (412
+    LeaseIdMissing on the copy). It is answered at once, 409 `immutable` naming the lease and what to do (not
+    a 503 after many tries), the earlier file kept; sent again once the lease is broken, it is stored."""
+    older = notification(exports.publish(A))
+    name = name_of((await webhook.post(older)).body)
+    lease = BlobLeaseClient(destination.get_blob_client(name))
+    lease.acquire(lease_duration=-1)
+    newer = again(older, exports, B)
+    answer = await webhook.post(newer)
+    assert (answer.status, answer.body["error"]) == (409, "immutable"), answer.body
+    assert "leased by another client" in answer.body["message"] and "breaks it" in answer.body["message"]
+    assert holdings(destination) == {name: A}
+    lease.break_lease(lease_break_period=0)
+    retry = await webhook.post(newer)
+    assert (retry.status, retry.body["status"]) == (200, "stored"), retry.body
+    assert_only_current(destination, newer, B)
 
 
 async def test_a_retry_after_manifests_were_turned_on_names_the_file_its_record_holds(

@@ -572,6 +572,13 @@ async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
         written = await storage.set_headers(fence.blob, current.headers, if_match=current.etag)
     except Conflict:
         return replace(seen, blob=await storage.read(fence.blob), fence=False, watched=fence.blob, manifest=UNSEEN)
+    except Immutable as exc:
+        # The file stays as it is (a lease or policy refuses changing it), but it is not fenced: a lease can be
+        # broken before a copy prepared over this version lands. Nothing is answered as settled meanwhile.
+        raise Unavailable(
+            f"{fence.blob} holds this delivery, but a {exc.policy} on it refused the change that keeps an older "
+            "copy from replacing it; the delivery is confirmed once that is lifted (break a lease)"
+        ) from None
     return replace(seen, blob=replace(current, etag=written.etag), fence=False, watched=fence.blob, fenced=written.etag)
 
 

@@ -263,6 +263,45 @@ async def test_a_re_export_over_a_leased_file_is_refused_naming_the_lease_and_st
     assert_only_current(destination, newer, B)
 
 
+async def test_a_duplicate_that_must_fence_a_leased_file_waits_for_the_lease_instead_of_saying_not_stored(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Re-export B's copy over the current file A is held (B copying at that name), then a customer's tool
+    leases the file. A's retry must fence the file before it answers (B's copy could replace it), and the
+    lease refuses that: 503, not 409 "not stored" (A is stored), file and record unchanged. With the lease
+    broken, A's retry is 200 duplicate; B's held copy then fails on the fence, and its queue message stores it."""
+    older = notification(exports.publish(A))
+    name = name_of((await webhook.post(older)).body)
+    release_copy = asyncio.Event()
+    copy = proxied.add(Rule(is_overwrite_copy, times=1, hold=release_copy))
+    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", 1.0)  # the held copy outlives the answer
+    newer = again(older, exports, B)
+    stalled = await webhook.post(newer)
+    assert copy.fired == 1 and stalled.status == 503 and stalled.verification is not None, stalled.body
+    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", BUDGET)
+    lease = BlobLeaseClient(destination.get_blob_client(name))
+    lease.acquire(lease_duration=-1)
+
+    leased = await webhook.post(older)
+    assert leased.status == 503 and leased.body["error"] == "storage-unavailable", leased.body
+    assert holdings(destination) == {name: A}
+    record = record_of(destination, older)
+    assert record is not None and record.current == delivery_of(older["exportedFileUrl"]), record
+
+    lease.break_lease(lease_break_period=0)
+    retry = await webhook.post(older)
+    assert (retry.status, retry.body["status"]) == (200, "duplicate"), retry.body
+    release_copy.set()
+    await asyncio.wait_for(copy.done.wait(), timeout=20)
+    assert holdings(destination) == {name: A}  # the held copy failed on the fence
+    await run_verifier(stalled.verification)
+    assert_only_current(destination, newer, B)
+
+
 async def test_a_retry_after_manifests_were_turned_on_names_the_file_its_record_holds(
     proxied: FaultProxy,
     exports: Exports,

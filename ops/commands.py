@@ -352,7 +352,9 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
                 for part in (
                     f"{step.status}" if step.status is not None else "",
                     f"({step.note})" if step.note else "",
-                    ("" if step.outcome == "retired" else "retired ") + ", ".join(step.retired) if step.retired else "",
+                    ("" if step.outcome == "retired" else "listed to retire ") + ", ".join(step.retired)
+                    if step.retired
+                    else "",
                 )
                 if part
             )

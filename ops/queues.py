@@ -125,51 +125,55 @@ class Look:
     poison: Where
     deliveries: dict[str, str] = field(default_factory=dict)  # delivery -> "queue" | "poison"
     note: str = ""
+    whole: bool = False  # every message of both queues was seen (none hidden while tried)
 
     def where(self, delivery: str) -> Where | str:
-        """``queue``/``poison`` when a message of this delivery was seen; else ``absent`` or ``unknown``."""
+        """``queue``/``poison`` when a message of this delivery was seen; else ``absent`` (both queues were
+        read whole, or hold nothing of the task) or ``unknown``."""
         if delivery in self.deliveries:
             return self.deliveries[delivery]
-        return "absent" if self.queue == "absent" and self.poison == "absent" else "unknown"
+        return "absent" if self.whole or (self.queue == "absent" and self.poison == "absent") else "unknown"
 
 
 NOT_LOOKED = Look("unknown", "unknown", note="the queues were not looked at (no host storage given)")
 
 
-async def _seen_in(queue: HostQueue, workspace_id: str, task_id: str) -> tuple[Where, list[str], str]:
+async def _seen_in(queue: HostQueue, workspace_id: str, task_id: str) -> tuple[Where, list[str], str, bool]:
+    """Whether the queue holds a message of the task, the deliveries of those seen, a note, and whether every
+    message in it was seen (a delivery of the task not among them then has none there)."""
     try:
         waiting = await queue.count()
         if waiting == 0:
-            return "absent", [], ""
+            return "absent", [], "", True
         peeked = await queue.peek(PEEK_LIMIT)
     except QueueMissing:
-        return "absent", [], ""
+        return "absent", [], "", True
     found = []
     for message in peeked:
         parsed = parse(message.content)
         if parsed is not None and parsed.task_id == task_id and parsed.workspace_id == workspace_id:
             found.append(parsed.delivery)
-    if found:
-        return "there", found, ""
-    if waiting <= len(peeked):
-        return "absent", [], ""
+    whole = waiting <= len(peeked)
     hidden = waiting - len(peeked)
-    return (
-        "unknown",
-        [],
-        f"{queue.name} holds about {waiting} message(s), {hidden} of them hidden while they are tried or wait for "
-        "their next try (normal for a copy still being retried); this task's may be one of them: check again in a "
-        "minute",
+    note = (
+        ""
+        if whole
+        else f"{queue.name} holds about {waiting} message(s), {hidden} of them hidden while they are tried or wait "
+        "for their next try (normal for a copy still being retried); this task's may be one of them: check again "
+        "in a minute"
     )
+    if found:
+        return "there", found, note, whole
+    return ("absent" if whole else "unknown"), [], note, whole
 
 
 async def look(main: HostQueue, poison: HostQueue, *, workspace_id: str, task_id: str) -> Look:
-    queue, in_queue, queue_note = await _seen_in(main, workspace_id, task_id)
-    in_poison_state, in_poison, poison_note = await _seen_in(poison, workspace_id, task_id)
+    queue, in_queue, queue_note, queue_whole = await _seen_in(main, workspace_id, task_id)
+    in_poison_state, in_poison, poison_note, poison_whole = await _seen_in(poison, workspace_id, task_id)
     deliveries = {delivery: "poison" for delivery in in_poison}
     deliveries.update({delivery: "queue" for delivery in in_queue})
     note = "; ".join(text for text in (queue_note, poison_note) if text)
-    return Look(queue, in_poison_state, deliveries, note)
+    return Look(queue, in_poison_state, deliveries, note, whole=queue_whole and poison_whole)
 
 
 # --- the Azure SDK's queues ------------------------------------------------------------------------

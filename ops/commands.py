@@ -24,7 +24,7 @@ from receiver.attention import (
     read_summary,
 )
 from receiver.engine import Job, manifest_name
-from receiver.machine import NAME_TAKEN, Sweep, watched_copying
+from receiver.machine import LEASED, NAME_TAKEN, Sweep, watched_copying
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
 from receiver.plan import has_manifest_name, task_key
 from receiver.reconciliation import QUEUE_COVERAGE
@@ -164,11 +164,17 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     current = record.current_delivery
     newest = record.deliveries[-1] if record.deliveries else None
     again = "export the document again from SmartDocumentor"
-    if newest is not None and newest.state is State.FAILED and newest.failure_reason == NAME_TAKEN:
+    refused = newest.failure_reason if newest is not None and newest.state is State.FAILED else None
+    if refused == NAME_TAKEN:
         again = (
             "set BLOB_NAME_TEMPLATE back to the template the other task's file was stored under (never move that "
             f"file), then {again}"
         )
+    elif refused == LEASED:
+        leased = newest.blob if newest else "the file"
+        again = f"have whoever holds the lease on {leased} break it (or let it expire), then {again}"
+    elif refused is not None and refused.endswith("refused replacing the stored file."):
+        again = f"have the storage account's owner lift the policy (or use version-level immutability), then {again}"
     if current is None and record.deliveries and not any(i.state is State.COPYING for i in record.deliveries):
         found.problems.append("the task has no current file: every delivery failed or was replaced before it landed")
         found.next.append(again)
@@ -188,8 +194,11 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
             meta = {key.lower(): value for key, value in blob.metadata.items()} if blob is not None else {}
             if meta.get("taskkey", task_key(workspace_id, task_id)) != task_key(workspace_id, task_id):
                 there += f" of another task (workspace {meta.get('workspaceid')}, task {meta.get('taskid')})"
+            if found.foreseen.action == "adopt":  # a newer delivery's bytes landed there: recorded by the repair
+                there += ", a delivery accepted after it whose copy landed: check --repair records it"
+            else:
+                found.next.append("export the document again from SmartDocumentor (the record keeps the story)")
             found.problems.append(f"the current file {current.blob} {there}, not {current.delivery[:12]}")
-            found.next.append("export the document again from SmartDocumentor (the record keeps the story)")
         if ctx.settings.write_manifest and has_manifest_name(current.blob):  # (none for a name over 1019)
             marked = manifest is not None and manifest.metadata.get("receiverkind") == "manifest"
             found.manifest_matches = marked and manifest is not None and manifest.delivery == record.current

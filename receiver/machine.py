@@ -610,7 +610,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # Accepted, then refused: failed for good, so nothing waits for it.
         policy = seen.policy or "retention policy"
         reason = (
-            "A lease another client holds on the stored file refused replacing it."
+            LEASED
             if policy == "lease"
             else f"A {policy} on the destination container refused replacing the stored file."
         )
@@ -707,6 +707,7 @@ SOURCE_REFUSED = "Azure Storage could not read the exported file: the link was r
 SOURCE_GONE = "Azure Storage could not read the exported file: it no longer exists."
 
 
+LEASED = "A lease another client holds on the stored file refused replacing it."
 NAME_TAKEN = (
     "The file at this name belongs to another task (its metadata names another workspaceId or taskId), so "
     "nothing was written over it. Whoever runs the receiver: BLOB_NAME_TEMPLATE gives both tasks this name (most "

@@ -29,6 +29,23 @@ def failed(status_code: int, error: str, message: str, *, verification: str | No
     return Outcome(status_code, body, verification)
 
 
+_IMMUTABLE = (
+    "The destination container has a {policy} that refuses replacing or removing stored files, so this "
+    "export was not stored (the earlier one is kept). Ask the storage account's owner to lift the {policy} "
+    "or use version-level immutability, then send the document again."
+)
+_LEASED = (
+    "The stored file at this name is leased by another client (a lease refuses every write without its id), so "
+    "this export was not stored (the earlier one is kept). Whoever holds the lease breaks it or lets it expire; "
+    "then send the document again."
+)
+
+
+def refused_by(policy: str) -> str:
+    """What a write refused by a retention policy, a legal hold or a lease (``policy``) tells the sender."""
+    return _LEASED if policy == "lease" else _IMMUTABLE.format(policy=policy)
+
+
 def _known(extra: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in extra.items() if value is not None}
 

@@ -23,7 +23,7 @@ from typing import Any
 from .engine import run
 from .intake import arrival_job, is_large, prepare
 from .models import MAX_RECORD_BYTES, TaskRecord, record_name, unreadable_record
-from .outcome import Outcome
+from .outcome import Outcome, refused_by
 from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
 from .runtime import Runtime
@@ -183,10 +183,7 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
         except Immutable as exc:
             # A policy refuses even the record's own update: nothing will ever finish it, so no retry.
             record.outcome, record.final_failure = "immutable", True
-            record.reason = (
-                f"immutable: a {exc.policy} on the destination refused the write; the delivery failed for good "
-                "(the earlier file, if any, is kept). Export the document again once it is lifted."
-            )
+            record.reason = f"immutable: the delivery failed for good. {refused_by(exc.policy)}"
             return "failed"
         except Exception as exc:
             _failed_try(record, plan.task_id, exc, last_try=last_try)
@@ -198,8 +195,10 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
         if answer.kind == "failed" and answer.status in (409, 410, 502):
             record.final_failure = True
             record.reason = (
-                f"{answer.reason or answer.error}: the delivery failed for good (the earlier file, if any, is kept). "
-                "Export the document again from SmartDocumentor."
+                f"immutable: the delivery failed for good. {refused_by(answer.reason or 'retention policy')}"
+                if answer.error == "immutable"
+                else f"{answer.reason or answer.error}: the delivery failed for good (the earlier file, if any, is "
+                "kept). Export the document again from SmartDocumentor."
             )
             return "failed"
         if last_try:

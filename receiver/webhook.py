@@ -101,7 +101,7 @@ async def _handle(
     if answer.error == "immutable":
         # Refused for good by a policy the document's owner set: a person decides (one ERROR).
         record.final_failure = True
-        record.reason = f"a {answer.reason or 'retention policy'} on the destination refused replacing the file"
+        record.reason = outcome.refused_by(answer.reason or "retention policy")
     record.blob = f"{settings.destination_container}/{decided().blob_name}"
     return answered(decided(), answer, storage, settings, queued)
 
@@ -112,20 +112,6 @@ _AFTER_COPY = (
     "Azure Storage did not confirm that the file was stored. The receiver checks the copy again by itself; "
     "send the document again later to have it archived."
 )
-_IMMUTABLE = (
-    "The destination container has a {policy} that refuses replacing or removing stored files, so this "
-    "export was not stored (the earlier one is kept). Ask the storage account's owner to lift the {policy} "
-    "or use version-level immutability, then send the document again."
-)
-_LEASED = (
-    "The stored file at this name is leased by another client (a lease refuses every write without its id), so "
-    "this export was not stored (the earlier one is kept). Whoever holds the lease breaks it or lets it expire; "
-    "then send the document again."
-)
-
-
-def _refused_by(policy: str) -> str:
-    return _LEASED if policy == "lease" else _IMMUTABLE.format(policy=policy)
 
 
 def answered(
@@ -145,7 +131,9 @@ def answered(
     if answer.kind == "copying" and answer.status == 202:
         return outcome.delivered("copying", task_id=plan.task_id, blob=blob, url=url, verification=message())
     if answer.error == "immutable":
-        return outcome.failed(409, "immutable", _refused_by(answer.reason or "retention policy"), taskId=plan.task_id)
+        return outcome.failed(
+            409, "immutable", outcome.refused_by(answer.reason or "retention policy"), taskId=plan.task_id
+        )
     if answer.error == "name-taken":
         return outcome.failed(409, "name-taken", answer.reason or "", taskId=plan.task_id)
     if answer.error == "link-expired":
@@ -193,7 +181,7 @@ def storage_failure(task_id: str, exc: StoreError) -> Outcome:
         )
     if exc.kind == "immutable":
         policy = exc.policy if isinstance(exc, Immutable) else "retention policy"
-        return outcome.failed(409, "immutable", _refused_by(policy), taskId=task_id)
+        return outcome.failed(409, "immutable", outcome.refused_by(policy), taskId=task_id)
     if exc.kind == "misconfigured":
         return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}", taskId=task_id)
     if isinstance(exc, UnreadableRecord):

@@ -433,6 +433,33 @@ async def test_check_repair_says_why_a_name_was_not_retired(monkeypatch: pytest.
     assert shown.out.count("retired ws-1/task-1/invoice.pdf") == 1, shown.out
 
 
+async def test_a_re_export_a_lease_refused_is_explained_with_breaking_the_lease_as_the_next_step(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A customer's tool leases the current file and a re-export at its name is refused (409 immutable): the
+    answer, the webhook's ERROR and find all say to break the lease, then export again."""
+    from receiver.storage import Immutable
+
+    ops = Ops()
+    await stored(ops)
+    real_copy = ops.world.storage.copy_from_url
+
+    async def leased(name: str, source_url: str, **kwargs: Any) -> Any:
+        if name == "ws-1/task-1/invoice.pdf" and kwargs.get("if_match") is not None:
+            raise Immutable("copy: a lease refused it (LeaseIdMissing).", code="LeaseIdMissing", status=412)
+        return await real_copy(name, source_url, **kwargs)
+
+    monkeypatch.setattr(ops.world.storage, "copy_from_url", leased)
+    caplog.clear()
+    answer = await ops.world.post(ops.world.export("task-1"))
+    assert answer.status_code == 409 and "leased by another client" in answer.body["message"], answer.body
+    [error] = [r for r in caplog.records if r.name == "receiver" and r.levelno == logging.ERROR]
+    assert "breaks it or lets it expire" in error.getMessage(), error.getMessage()
+    found = await ops("find", "--task", "task-1")
+    assert found.code == NOT_FOUND, found.out
+    assert "next: have whoever holds the lease on ws-1/task-1/invoice.pdf break it" in found.out, found.out
+
+
 async def test_find_workspace_names_a_record_without_its_labels() -> None:
     ops = Ops()
     await stored(ops, task="task-1")
@@ -677,6 +704,7 @@ async def test_find_and_check_repair_adopt_bytes_that_need_a_fence_first(ops: Op
     assert "ADOPT" in found.out and "made its own first" in found.out, found.out
     verdicts = [line.strip().split(":")[1].strip() for line in found.out.splitlines() if "verdict:" in line]
     assert verdicts == ["SUPERSEDED", "ADOPT"], found.out  # only the delivery whose bytes are there is adopted
+    assert "export the document again" not in found.out and "landed: check --repair records it" in found.out
     repaired = await ops("check", "--task", "task-1", "--repair")
     assert repaired.code == OK and "repaired" in repaired.out, repaired.out
     record = ops.world.record()

@@ -567,7 +567,7 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
         return Result(NOT_FOUND, data, [f"Task {task_id} has no delivery copying: nothing to give up."])
     live = [item for item in copying if item.link_expires_on is None or item.link_expires_on > ctx.now]
     looked = await _look(ctx, workspace_id, task_id) if live else None
-    holds = []
+    holds, held = [], []
     for item in live:
         assert looked is not None
         where = looked.where(item.delivery) if ctx.queues is not None else "unknown"
@@ -585,6 +585,7 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
                 + f"); link valid until {until}",
             }[where]
             holds.append(f"delivery {item.delivery[:12]} ({item.blob}): {why}")
+            held.append(item.delivery[:12])
     if holds and not force:
         data["refused"] = holds
         several = " (every delivery of the task still copying is given up together)" if len(copying) > 1 else ""
@@ -596,7 +597,9 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
                 f"Give --force to give it up anyway (it is recorded){several}.",
             ],
         )
-    forced = f" (given up with --force while {'; '.join(holds)})" if holds else ""
+    # The reason recorded names the deliveries a message could still finish, briefly (the refusal's whole text
+    # is for the operator's screen, not the record).
+    forced = f" (given up with --force while a message may still finish {', '.join(held)})" if holds else ""
     give_up = redact(reason.strip() or "given up by an operator") + forced
     job = Job(
         event=Sweep(ctx.now, by="operator", give_up=give_up),

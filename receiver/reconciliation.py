@@ -244,8 +244,9 @@ async def _work(
                 )
                 answer, trace = await run(storage, job, now=now, wall=runtime.clock)
                 record.outcome, record.arrows = answer.arrow, ",".join(trace.arrows)
-                if trace.retired:
-                    record.reason = f"retired {', '.join(trace.retired)}"
+                done = [f"retired {', '.join(trace.retired)}"] if trace.retired else []
+                # A name left listed (a lease refused its delete) is named on the task's own record, with what to do.
+                record.reason = "; ".join(done + [f"not retired: {why}" for why in trace.deferred]) or None
             except StoreError as exc:
                 record.outcome, record.reason = "error", exc.message
                 record.final_failure = isinstance(exc, UnreadableRecord)  # a person must restore it: ERROR

@@ -394,7 +394,9 @@ async def test_a_name_taken_by_another_tasks_file_is_explained_with_the_template
     assert ops.world.files() == {"ws-1/task-1/invoice.pdf": ops.world.storage.blob_bytes("ws-1/task-1/invoice.pdf")}
 
 
-async def test_check_repair_says_why_a_name_was_not_retired(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_check_repair_says_why_a_name_was_not_retired(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A delete refused on the very version (a lease held on the older file): the name stays listed, and
     check --repair prints the reason and what to do instead of only proposing itself again."""
     from receiver.storage import Conflict
@@ -416,6 +418,10 @@ async def test_check_repair_says_why_a_name_was_not_retired(monkeypatch: pytest.
     ran = await ops("check", "--task", "task-1", "--repair")
     assert "not retired: ws-1/task-1/invoice.pdf" in ran.out and "a lease on it?" in ran.out, ran.out
     assert "break the lease" in ran.out
+    caplog.clear()
+    await ops.reconcile()
+    [line] = [r.getMessage() for r in caplog.records if r.name == "receiver" and "task=task-1" in r.getMessage()]
+    assert "not retired: ws-1/task-1/invoice.pdf" in line and "break the lease" in line, line
 
     # The lease broken: the repair retires the name, and the retired delivery's history says who and when.
     monkeypatch.setattr(ops.world.storage, "delete", real_delete)

@@ -8,8 +8,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from .source import as_utc, link_secret_pattern, map_strings, may_repeat_secret, scrub_url_queries, without_secrets
+from .source import (
+    as_utc,
+    link_secret_pattern,
+    map_strings,
+    may_repeat_secret,
+    scrub_text,
+    without_secrets,
+    without_signatures,
+)
 
+_IDENTITY = ("taskId", "workspaceId")  # what a task is: kept apart whatever they hold
 MAX_ID_LENGTH = 1024  # GUIDs in practice; longer ids are kept whole in the manifest and hashed in names
 MAX_TEXT_LENGTH = 4096
 # Deeper JSON is no notification; pydantic and json.dumps would hit their recursion limits near 256.
@@ -182,9 +191,12 @@ def parse_notification(body: bytes) -> Notification:
                 without_secrets(key, secret): value if key == "exportedFileUrl" else without_secrets(value, secret)
                 for key, value in document.items()
             }
-    # Any other URL's query too (another link's SAS, say): nothing names, tags, stores or logs it.
+    # Another link's secret too: any `sig` value everywhere, and every URL's whole query in the values. The ids
+    # and field names keep their queries (only a `sig` goes): two ids differing there stay two tasks.
     document = {
-        scrub_url_queries(key): value if key == "exportedFileUrl" else map_strings(value, scrub_url_queries, keys=True)
+        without_signatures(key): value
+        if key == "exportedFileUrl"
+        else map_strings(value, without_signatures if key in _IDENTITY else scrub_text, keys=without_signatures)
         for key, value in document.items()
     }
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterator
@@ -105,24 +106,38 @@ def may_repeat_secret(url: str, value: Any) -> bool:
     return False
 
 
-def map_strings(value: Any, change: Callable[[str], str], *, keys: bool = False) -> Any:
-    """``value`` (any JSON) with ``change`` applied to every string in it (with ``keys``, object keys too)."""
+def map_strings(value: Any, change: Callable[[str], str], *, keys: Callable[[str], str] | None = None) -> Any:
+    """``value`` (any JSON) with ``change`` applied to every string in it, and ``keys`` to object keys."""
     if isinstance(value, str):
         return change(value)
     if isinstance(value, list):
         return [map_strings(item, change, keys=keys) for item in value]
     if isinstance(value, dict):
-        return {(change(key) if keys else key): map_strings(item, change, keys=keys) for key, item in value.items()}
+        return {(keys(key) if keys else key): map_strings(item, change, keys=keys) for key, item in value.items()}
     return value
 
 
 def without_secrets(value: Any, pattern: re.Pattern[str] | None) -> Any:
     """``value`` (any JSON) with every match of ``pattern`` replaced by REDACTED, in strings and keys."""
-    return value if pattern is None else map_strings(value, lambda text: pattern.sub("REDACTED", text), keys=True)
+    if pattern is None:
+        return value
+    hide = functools.partial(pattern.sub, "REDACTED")
+    return map_strings(value, hide, keys=hide)
 
 
-def scrub_url_queries(text: str) -> str:
-    """``text`` without the query of any URL in it (cheap for a text that cannot hold one)."""
+# Any link's ``sig`` value, as sent or with its ``=`` percent-encoded (once or twice), up to the next parameter.
+_ANY_SIG = re.compile(r"(?i)(?<![a-z])sig(?:=|%3D|%253D)(?:[^&\s\"'<>%#]|%(?!26|2526|23)(?:25)?[0-9a-f]{2})*")
+
+
+def without_signatures(text: str) -> str:
+    """``text`` with every ``sig`` value REDACTED and nothing else changed: for what identifies (ids, field
+    names), two texts that differ elsewhere stay different."""
+    return _ANY_SIG.sub("sig=REDACTED", text) if "sig" in text.lower() else text
+
+
+def scrub_text(text: str) -> str:
+    """``text`` without another link's secret: any ``sig`` value, and the whole query of every URL in it."""
+    text = without_signatures(text)
     return without_url_queries(text) if "://" in text and "?" in text else text
 
 

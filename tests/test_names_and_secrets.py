@@ -204,7 +204,12 @@ async def test_no_query_of_another_url_in_the_payload_is_named_tagged_stored_or_
     """Another link's SAS, in displayName, a metadata value, an extra field and an extra field's name: its
     query is REDACTED before anything is named, tagged, stored or logged (docs/reference.md, Secrets)."""
     payload = notification(exports.publish(), displayName="doc https://other.example/x.pdf?sv=1&sig=SECRETA1 end")
-    payload["metadata"] = {"note": "see https://other.example/y.pdf?sv=1&sig=SECRETB2"}
+    payload["metadata"] = {
+        "note": "see https://other.example/y.pdf?sv=1&sig=SECRETB2",
+        "encoded": "https%3A%2F%2Fother.example%2Fv.pdf%3Fsv%3D1%26sig%3DSECRETE5%26se%3D2027",
+        "quoted": "https://other.example/q.pdf?rscd=attachment;filename='q.pdf'&sig=SECRETF6&se=2027",
+        "bare": "sv=2024-11-04&sig=SECRETG7",
+    }
     payload["comment"] = {"nested": ["https://other.example/z.pdf?sig=SECRETC3"]}
     payload["https://other.example/w?sig=SECRETD4"] = "extra field named with a link"
     caplog.clear()
@@ -216,7 +221,20 @@ async def test_no_query_of_another_url_in_the_payload_is_named_tagged_stored_or_
     assert "SECRET" not in seen, [line for line in seen.splitlines() if "SECRET" in line][:3]
     manifest = json.loads(destination.get_blob_client(f"{name_of(response.body)}.json").download_blob().readall())
     assert manifest["displayName"] == "doc https://other.example/x.pdf?REDACTED end", manifest["displayName"]
-    assert manifest["metadata"] == {"note": "see https://other.example/y.pdf?REDACTED"}, manifest["metadata"]
+    assert manifest["metadata"]["note"] == "see https://other.example/y.pdf?REDACTED", manifest["metadata"]
+
+
+async def test_two_task_ids_that_differ_only_in_a_url_query_stay_two_tasks(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """Ids are opaque: a query in them is kept (only a `sig` value would go), so two tasks whose ids differ
+    there get two records and two names, and neither file replaces the other."""
+    first = await webhook.post(notification(exports.publish(b"%PDF one"), taskId="ref://erp/doc?id=1001"))
+    second = await webhook.post(notification(exports.publish(b"%PDF two"), taskId="ref://erp/doc?id=1002"))
+    assert first.status == second.status == 200, (first.body, second.body)
+    assert (first.body["taskId"], second.body["taskId"]) == ("ref://erp/doc?id=1001", "ref://erp/doc?id=1002")
+    names = {name_of(first.body), name_of(second.body)}
+    assert len(names) == 2 and names <= set(files(destination)), (names, files(destination))
 
 
 # --- the manifest keeps the payload's text as sent ---

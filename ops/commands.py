@@ -24,13 +24,13 @@ from receiver.attention import (
     read_summary,
 )
 from receiver.engine import Job, manifest_name
-from receiver.machine import LEASED, NAME_TAKEN, Sweep, watched_copying
+from receiver.machine import NAME_TAKEN, Sweep, watched_copying
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
 from receiver.plan import has_manifest_name, task_key
 from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings
 from receiver.source import redact
-from receiver.storage import Conflict, ContainerMissing, Misconfigured, Storage
+from receiver.storage import Conflict, ContainerMissing, Misconfigured, Storage, StoreError
 
 from .output import NOT_FOUND, OK, Console, Result, age_seconds, human_age, table
 from .queues import NOT_LOOKED, PEEK_LIMIT, HostQueue, Look, Parsed, QueueMissing, look, parse
@@ -170,9 +170,6 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
             "set BLOB_NAME_TEMPLATE back to the template the other task's file was stored under (never move that "
             f"file), then {again}"
         )
-    elif refused == LEASED:
-        leased = newest.blob if newest else "the file"
-        again = f"have whoever holds the lease on {leased} break it (or let it expire), then {again}"
     elif refused is not None and refused.endswith("refused replacing the stored file."):
         again = f"have the storage account's owner lift the policy (or use version-level immutability), then {again}"
     if current is None and record.deliveries and not any(i.state is State.COPYING for i in record.deliveries):
@@ -607,8 +604,12 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
         task_id=task_id,
         write_manifest=ctx.settings.write_manifest,
     )
-    _, trace = await drive(storage, job, now=ctx.now)
-    data["arrows"] = trace.arrows
+    stopped = None
+    try:
+        _, trace = await drive(storage, job, now=ctx.now)
+        data["arrows"] = trace.arrows
+    except StoreError as exc:  # after the give-up was recorded, perhaps (the fence after it, say): the record tells
+        stopped, data["arrows"] = exc.message, []
     after, _ = await read_record(storage, workspace_id, task_id)
     states = {item.delivery: item.state for item in after.deliveries} if after else {}
     failed = [item for item in copying if states.get(item.delivery) is State.FAILED]
@@ -640,8 +641,12 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
             "It was given up with --force: a message still holding its link may yet copy it, and it is then "
             f"stored after all (python -m ops find --task {task_id} shows it)."
         )
-    if not text:
-        return Result(NOT_FOUND, data, [f"Nothing failed ({','.join(trace.arrows)}): the record changed meanwhile."])
+    if not failed and not adopted:
+        why = stopped or f"the record changed meanwhile ({','.join(data['arrows'])})"
+        return Result(NOT_FOUND, data, [f"Nothing failed: {why}."])
+    if stopped is not None:
+        data["stopped"] = stopped
+        text.append(f"Storage then refused a step ({stopped}): python -m ops find --task {task_id} shows the task.")
     return Result(OK, data, text)
 
 

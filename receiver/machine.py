@@ -264,8 +264,7 @@ behind | copying, failed, superseded | copying | webhook, verifier |
     a delivery accepted after it is still copying: it waits (202, its queue message retries), superseded once that
     one is stored, copied again if that one fails
 immutable | any | unchanged | webhook, verifier |
-    a retention policy or legal hold (or a lease another client holds on the file) refused the write: nothing
-    half-done, 409
+    a retention policy or legal hold refused the write: nothing half-done, 409
 name-taken | new, copying | failed (when it was in the record) | webhook, verifier |
     the file at its name is another task's (its metadata names another workspaceId or taskId: a template change
     gave two tasks one name): nothing is written over it, 409; one the record holds at another name (current
@@ -609,11 +608,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     if seen.attempt == "immutable":
         # Accepted, then refused: failed for good, so nothing waits for it.
         policy = seen.policy or "retention policy"
-        reason = (
-            LEASED
-            if policy == "lease"
-            else f"A {policy} on the destination container refused replacing the stored file."
-        )
+        reason = f"A {policy} on the destination container refused replacing the stored file."
         return final(Answer("failed", 409, "immutable", error="immutable", reason=policy), reason)
     if seen.attempt in ("source-refused", "source-gone"):
         reason = SOURCE_REFUSED if seen.attempt == "source-refused" else SOURCE_GONE
@@ -707,7 +702,6 @@ SOURCE_REFUSED = "Azure Storage could not read the exported file: the link was r
 SOURCE_GONE = "Azure Storage could not read the exported file: it no longer exists."
 
 
-LEASED = "A lease another client holds on the stored file refused replacing it."
 NAME_TAKEN = (
     "The file at this name belongs to another task (its metadata names another workspaceId or taskId), so "
     "nothing was written over it. Whoever runs the receiver: BLOB_NAME_TEMPLATE gives both tasks this name (most "

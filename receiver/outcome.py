@@ -34,16 +34,19 @@ _IMMUTABLE = (
     "export was not stored (the earlier one is kept). Ask the storage account's owner to lift the {policy} "
     "or use version-level immutability, then send the document again."
 )
-_LEASED = (
-    "The stored file at this name is leased by another client (a lease refuses every write without its id), so "
-    "this export was not stored (the earlier one is kept). Whoever holds the lease breaks it or lets it expire; "
-    "then send the document again."
+
+
+LEASED = (
+    "A blob this delivery writes (the file at this name, its manifest or the task record) is leased by another "
+    "client, so the receiver could not finish this delivery; nothing stored is lost. Whoever holds the lease breaks "
+    "it or lets it expire; then send the document again."
 )
+LEASED_QUEUED = LEASED.replace("then send the document again.", "the receiver then finishes it by itself.")
 
 
 def refused_by(policy: str) -> str:
-    """What a write refused by a retention policy, a legal hold or a lease (``policy``) tells the sender."""
-    return _LEASED if policy == "lease" else _IMMUTABLE.format(policy=policy)
+    """What a write refused by a retention policy or a legal hold (``policy``) tells the sender."""
+    return _IMMUTABLE.format(policy=policy)
 
 
 def _known(extra: dict[str, Any]) -> dict[str, Any]:

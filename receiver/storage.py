@@ -147,15 +147,20 @@ class Misconfigured(StoreError):
 
 
 class Immutable(StoreError):
-    """A retention policy or legal hold refused the write (409 BlobImmutableDueTo...), or a lease another
-    client holds on the blob (412 LeaseIdMissing): refused until a person lifts it."""
+    """A retention policy or legal hold refused the write (409 BlobImmutableDueTo...)."""
 
     kind = "immutable"
 
     @property
     def policy(self) -> str:
-        code = self.code or ""
-        return "lease" if code.startswith("LeaseId") else "legal hold" if "LegalHold" in code else "retention policy"
+        return "legal hold" if "LegalHold" in (self.code or "") else "retention policy"
+
+
+class Leased(StoreError):
+    """A lease another client holds on the blob refused a write (412 LeaseIdMissing): nothing was written.
+    Leases lapse or get broken, so the delivery is tried again, not failed; the request ends at once."""
+
+    kind = "leased"
 
 
 class Rejected(StoreError):

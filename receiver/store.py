@@ -159,11 +159,13 @@ def classify(exc: Exception, call: Call, account: str, container: str) -> seam.S
     ):
         return said(_TagsRefused, f"{where} has no blob index tags ({status} {code})")
     if code in _LEASE_CODES and operation != "delete blob":
-        # A lease another client holds (the customer's tool) refuses every write without its id, for as long
-        # as it lasts: like a policy, a person lifts it; retrying meanwhile cannot help. (A delete refused so
-        # leaves its name listed to retire: see receiver.engine.remove_if_holds.)
+        # A lease another client holds (the customer's tool) refuses every write without its id while it lasts:
+        # not a conflict to observe again at once, nor a final refusal (it lapses or is broken). A delete refused
+        # so leaves its name listed to retire (receiver.engine.remove_if_holds).
         return said(
-            seam.Immutable, f"{operation}: a lease another client holds on a blob in {where} refused it ({code})."
+            seam.Leased,
+            f"{operation}: a lease another client holds on a blob in {where} refused it ({code}); whoever holds the "
+            "lease breaks it or lets it expire",
         )
     if code.startswith("BlobImmutableDueTo"):
         policy = "legal hold" if "LegalHold" in code else "retention policy"

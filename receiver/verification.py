@@ -28,7 +28,7 @@ from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
 from .runtime import Runtime
 from .settings import Settings
-from .storage import Immutable, UnreadableRecord
+from .storage import Immutable, Leased, UnreadableRecord
 from .telemetry import Record, recording
 
 log = logging.getLogger("receiver.verification")
@@ -216,12 +216,14 @@ def plan_message(found: Message, settings: Settings) -> CopyPlan | Outcome:
 def _failed_try(record: Record, task_id: str, exc: Exception, *, last_try: bool) -> None:
     """What a try that raised says: an unreadable task record in the words the webhook and ops use (what to
     restore); on the last try, that the host poisons the message (nothing retries it by itself) and what to run."""
-    unreadable = isinstance(exc, UnreadableRecord)
+    named = isinstance(exc, UnreadableRecord | Leased)  # its own words say what to do
     if last_try:
         record.outcome, record.final_failure = "poisoned", True
-        why = "its task record is not readable" if unreadable else f"the last try failed ({type(exc).__name__})"
-        record.reason = _poisoned(task_id, why) + (f". {exc}" if unreadable else "")
-    elif unreadable:
+        why = "its task record is not readable" if isinstance(exc, UnreadableRecord) else "the last try failed"
+        record.reason = _poisoned(task_id, why if named else f"{why} ({type(exc).__name__})") + (
+            f". {exc}" if named else ""
+        )
+    elif named:
         record.reason = str(exc)
 
 

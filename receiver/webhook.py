@@ -76,6 +76,10 @@ async def _handle(
     except StoreError as exc:
         record.reason = exc.message
         record.final_failure = exc.kind in ("misconfigured", "rejected", "immutable")
+        if exc.kind == "leased":  # it may lapse: the queue tries again when a copy was sent (it may have landed)
+            message = queued() if trace.copy_sent else None
+            text = outcome.LEASED_QUEUED if message else outcome.LEASED
+            return outcome.failed(503, "storage-unavailable", text, taskId=plan.task_id, verification=message)
         if trace.copy_sent and exc.kind == "unavailable":
             # A copy may have landed: the queue function finishes it (or finds it did not).
             return outcome.failed(503, "storage-unavailable", _AFTER_COPY, taskId=plan.task_id, verification=queued())
@@ -182,6 +186,8 @@ def storage_failure(task_id: str, exc: StoreError) -> Outcome:
     if exc.kind == "immutable":
         policy = exc.policy if isinstance(exc, Immutable) else "retention policy"
         return outcome.failed(409, "immutable", outcome.refused_by(policy), taskId=task_id)
+    if exc.kind == "leased":
+        return outcome.failed(503, "storage-unavailable", outcome.LEASED, taskId=task_id)
     if exc.kind == "misconfigured":
         return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}", taskId=task_id)
     if isinstance(exc, UnreadableRecord):

@@ -142,9 +142,10 @@ def test_the_immutable_answer_names_the_policy_as_documented() -> None:
     assert code == 409 and body["message"] == policy.body["message"]
     hold = storage_failure(TASK, Immutable("refused", code="BlobImmutableDueToLegalHold", status=409))
     assert "legal hold" in hold.body["message"] and "retention policy" not in hold.body["message"]
-    code, body = examples["immutable-lease"]
-    lease = storage_failure(TASK, Immutable("refused", code="LeaseIdMissing", status=412))
-    assert code == 409 and body["message"] == lease.body["message"] and "leased" in body["message"]
+    code, body = examples["storage-unavailable-lease"]
+    from receiver.outcome import LEASED_QUEUED
+
+    assert code == 503 and body["message"] == LEASED_QUEUED  # what the webhook answers when a lease refused its copy
 
 
 def test_the_202_is_described_as_the_new_core_answers_it() -> None:

@@ -439,31 +439,37 @@ async def test_check_repair_says_why_a_name_was_not_retired(
     assert shown.out.count("retired ws-1/task-1/invoice.pdf") == 1, shown.out
 
 
-async def test_a_re_export_a_lease_refused_is_explained_with_breaking_the_lease_as_the_next_step(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+async def test_a_lease_on_the_file_keeps_a_queued_re_export_copying_until_it_lapses(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A customer's tool leases the current file and a re-export at its name is refused (409 immutable): the
-    answer, the webhook's ERROR and find all say to break the lease, then export again."""
-    from receiver.storage import Immutable
+    """A large re-export is answered 202; a customer's tool then leases the file for a while. The queue
+    function's try is refused by the lease: the delivery stays copying (not failed for good), the try names
+    the lease and what to do, and the next try after the lease lapsed stores it."""
+    from receiver.storage import Leased
+    from receiver.verification import verify_copy
 
-    ops = Ops()
-    await stored(ops)
-    real_copy = ops.world.storage.copy_from_url
-
-    async def leased(name: str, source_url: str, **kwargs: Any) -> Any:
-        if name == "ws-1/task-1/invoice.pdf" and kwargs.get("if_match") is not None:
-            raise Immutable("copy: a lease refused it (LeaseIdMissing).", code="LeaseIdMissing", status=412)
-        return await real_copy(name, source_url, **kwargs)
-
-    monkeypatch.setattr(ops.world.storage, "copy_from_url", leased)
-    caplog.clear()
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    assert (await ops.world.post(ops.world.export("task-1"))).status_code == 202
     answer = await ops.world.post(ops.world.export("task-1"))
-    assert answer.status_code == 409 and "leased by another client" in answer.body["message"], answer.body
-    [error] = [r for r in caplog.records if r.name == "receiver" and r.levelno == logging.ERROR]
-    assert "breaks it or lets it expire" in error.getMessage(), error.getMessage()
-    found = await ops("find", "--task", "task-1")
-    assert found.code == NOT_FOUND, found.out
-    assert "next: have whoever holds the lease on ws-1/task-1/invoice.pdf break it" in found.out, found.out
+    assert answer.status_code == 202 and answer.verification is not None
+    real_commit = ops.world.storage.commit_blocks
+    lapsed = False
+
+    async def leased(name: str, ids: Any, **kwargs: Any) -> Any:
+        if not lapsed:
+            raise Leased("commit blocks: a lease another client holds refused it (LeaseIdMissing)", status=412)
+        return await real_commit(name, ids, **kwargs)
+
+    ops.world.storage.commit_blocks = leased  # type: ignore[method-assign,assignment]
+    caplog.clear()
+    with pytest.raises(Leased):
+        await verify_copy(answer.verification.encode(), runtime=ops.world.runtime, now=ops.world.now)
+    [line] = [r for r in caplog.records if r.name == "receiver" and r.getMessage().startswith("verification")]
+    assert line.levelno == logging.WARNING and "lease another client holds" in line.getMessage(), line.getMessage()
+    record = ops.world.record()
+    assert record is not None and record.deliveries[-1].state is State.COPYING, record
+    lapsed = True
+    assert await verify_copy(answer.verification.encode(), runtime=ops.world.runtime, now=ops.world.now) == "stored"
 
 
 async def test_find_workspace_names_a_record_without_its_labels() -> None:

@@ -24,9 +24,9 @@ from receiver.attention import (
     read_summary,
 )
 from receiver.engine import Job, manifest_name
-from receiver.machine import NAME_TAKEN, Sweep, watched_copying
+from receiver.machine import NAME_TAKEN, Sweep
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
-from receiver.plan import has_manifest_name, task_key
+from receiver.plan import has_manifest_name, of_another_task
 from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings
 from receiver.source import redact
@@ -185,20 +185,26 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     if current is not None:
         found.current_blob = current.blob
         blob, manifest = await asyncio.gather(storage.read(current.blob), storage.read(manifest_name(current.blob)))
-        found.file_matches = blob is not None and blob.delivery == record.current
+        foreign = blob is not None and of_another_task(blob.metadata, workspace_id, task_id)
+        found.file_matches = blob is not None and blob.delivery == record.current and not foreign
         if not found.file_matches:
             there = "is gone" if blob is None else f"holds delivery {(blob.delivery or 'none')[:12]}"
             meta = {key.lower(): value for key, value in blob.metadata.items()} if blob is not None else {}
-            if meta.get("taskkey", task_key(workspace_id, task_id)) != task_key(workspace_id, task_id):
+            if foreign:  # (two tasks sent one link share the delivery hash: its taskkey tells them apart)
                 there += f" of another task (workspace {meta.get('workspaceid')}, task {meta.get('taskid')})"
             if found.foreseen.action == "adopt":  # a newer delivery's bytes landed there: recorded by the repair
-                there += ", a delivery accepted after it whose copy landed: check --repair records it"
+                there += ", whose copy landed there: check --repair records it"
             else:
                 found.next.append("export the document again from SmartDocumentor (the record keeps the story)")
             found.problems.append(f"the current file {current.blob} {there}, not {current.delivery[:12]}")
         if ctx.settings.write_manifest and has_manifest_name(current.blob):  # (none for a name over 1019)
             marked = manifest is not None and manifest.metadata.get("receiverkind") == "manifest"
-            found.manifest_matches = marked and manifest is not None and manifest.delivery == record.current
+            found.manifest_matches = (
+                marked
+                and manifest is not None
+                and manifest.delivery == record.current
+                and not of_another_task(manifest.metadata, workspace_id, task_id)
+            )
             if not found.manifest_matches:
                 what = "is missing" if manifest is None else "describes another delivery"
                 if manifest is not None and not marked:
@@ -254,7 +260,7 @@ def _is_azure_error(exc: Exception) -> bool:
 def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[str, str]:
     assert found.foreseen is not None
     action = found.foreseen.action
-    adopted = watched_copying(found.record) if action == "adopt" and found.record is not None else None
+    adopted = found.record.find(found.foreseen.delivery or "") if action == "adopt" and found.record else None
     if adopted is not None and adopted.delivery == item.delivery:
         return "adopt", "its bytes are at its name: check --repair (or the reconciliation) records it stored"
     if (

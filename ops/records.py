@@ -192,6 +192,7 @@ class Foreseen:
     decision: Decision
     action: str  # adopt | expire | give-up | retire | waiting | nothing | finish | duplicate | superseded | fail
     why: str
+    delivery: str | None = None  # adopt: the delivery whose bytes are recorded
 
 
 async def observe_sweep(storage: Storage, record: TaskRecord | None, etag: str | None) -> Seen:
@@ -211,14 +212,20 @@ def foresee_sweep(seen: Seen, event: Sweep) -> Foreseen:
         return Foreseen(
             decision, "repair", "the current file's manifest is missing or stale: written again from the record"
         )
-    if isinstance(decision, (Apply, Change)) and decision.arrow == "adopted" and copying is not None:
-        fenced = " (its version is made its own first, so a copy another delivery prepared over it fails)"
-        return Foreseen(
-            decision,
-            "adopt",
-            f"the file at {copying.blob} holds delivery {copying.delivery[:12]}: recorded as stored"
-            + (fenced if isinstance(decision, Apply) else ""),
+    holder = seen.blob.delivery if isinstance(seen.blob, Blob) else None
+    if isinstance(decision, (Apply, Change)) and decision.arrow == "adopted" and holder is not None and record:
+        if copying is not None and holder == copying.delivery:
+            fenced = " (its version is made its own first, so a copy another delivery prepared over it fails)"
+            why = f"the file at {copying.blob} holds delivery {holder[:12]}: recorded as stored"
+            return Foreseen(decision, "adopt", why + (fenced if isinstance(decision, Apply) else ""), holder)
+        current = record.current_delivery
+        name = seen.blob.name if isinstance(seen.blob, Blob) else "?"
+        failed = f"; the current delivery {current.delivery[:12]} is failed (export it again)" if current else ""
+        why = (
+            f"the file at {name} holds delivery {holder[:12]}, an earlier export whose late copy landed over the "
+            f"current file: the record follows the file{failed}"
         )
+        return Foreseen(decision, "adopt", why, holder)
     if isinstance(decision, Change) and decision.arrow == "expired" and copying is not None:
         expired = copying.link_expires_on.isoformat() if copying.link_expires_on else "?"
         return Foreseen(decision, "expire", f"its link expired at {expired}: delivery {copying.delivery[:12]} failed")

@@ -692,6 +692,28 @@ async def test_fail_checks_and_names_every_delivery_it_gives_up() -> None:
     assert record is not None and [item.state for item in record.deliveries] == [State.FAILED] * 2
 
 
+async def test_fail_names_what_it_failed_when_storage_refuses_the_fence_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A re-export copying at the current file's name is given up; the fence that keeps its copy off the file
+    is refused (a lease): fail still names the delivery it failed, and says the step storage refused."""
+    from receiver.storage import Leased
+
+    ops = Ops()
+    await stored(ops)
+    await ops.accept(ops.world.export("task-1"))
+
+    async def leased(*args: Any, **kwargs: Any) -> Any:
+        raise Leased("set headers: a lease another client holds refused it (LeaseIdMissing)", status=412)
+
+    monkeypatch.setattr(ops.world.storage, "set_headers", leased)
+    ran = await ops("fail", "--task", "task-1", "--reason", "gave up", "--force")
+    record = ops.world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED, record
+    assert ran.code == OK and f"Failed delivery {record.deliveries[-1].delivery[:12]}" in ran.out, ran.out
+    assert "Storage then refused a step" in ran.out and "lease" in ran.out, ran.out
+
+
 async def test_fail_of_an_expired_copy_is_refused_while_a_newer_copy_has_its_message() -> None:
     """The older export's link expired; the newer one's message is queued with its link valid: nothing is given
     up without --force (the newer one would be failed with it)."""
@@ -717,7 +739,7 @@ async def test_find_and_check_repair_adopt_bytes_that_need_a_fence_first(ops: Op
     assert "ADOPT" in found.out and "made its own first" in found.out, found.out
     verdicts = [line.strip().split(":")[1].strip() for line in found.out.splitlines() if "verdict:" in line]
     assert verdicts == ["SUPERSEDED", "ADOPT"], found.out  # only the delivery whose bytes are there is adopted
-    assert "export the document again" not in found.out and "landed: check --repair records it" in found.out
+    assert "export the document again" not in found.out and "landed there: check --repair records it" in found.out
     repaired = await ops("check", "--task", "task-1", "--repair")
     assert repaired.code == OK and "repaired" in repaired.out, repaired.out
     record = ops.world.record()
@@ -754,6 +776,51 @@ async def test_a_large_notifications_message_names_an_unreadable_record_and_is_p
         assert line.levelno == level and "is not readable" in line.getMessage(), line.getMessage()
         assert "restore its previous version" in line.getMessage()
     assert "poisoned" in line.getMessage() and "replay-poison" in line.getMessage()
+
+
+async def test_check_never_calls_another_tasks_file_sent_the_same_link_a_match() -> None:
+    """The task's file and manifest were deleted by hand; a template change then stores another task, sent the
+    very same link (same delivery hash), at that name. check and find say the file is another task's."""
+    import json
+    from dataclasses import replace
+
+    ops = Ops()
+    export = await stored(ops)
+    name = ops.plan(export).blob_name
+    for blob in (name, f"{name}.json"):
+        there = ops.world.storage.stored(blob)
+        assert there is not None
+        await ops.world.storage.delete(blob, if_match=there.etag)
+    swapped = ops.world.settings.model_copy(update={"blob_name_template": "{taskId}/{workspaceId}/{fileName}"})
+    ops.world.settings = swapped
+    ops.world.runtime.use(ops.world.storage, swapped)
+    body = {**json.loads(export.body), "taskId": "ws-1", "workspaceId": "task-1"}
+    other = replace(export, task_id="ws-1", workspace_id="task-1", body=json.dumps(body).encode())
+    assert (await ops.world.post(other)).status_code == 200 and sorted(ops.world.files()) == [name]
+    checked = await ops("check", "--task", "task-1", "--workspace", "ws-1")
+    assert checked.code == NOT_FOUND and "DOES NOT MATCH; manifest: DOES NOT MATCH" in checked.out, checked.out
+    assert "of another task (workspace task-1, task ws-1)" in checked.out, checked.out
+
+
+async def test_find_says_the_record_follows_an_older_exports_late_copy_not_adopt_for_the_copying_one() -> None:
+    """A0 stored, then A (A0 superseded); B accepted at that name, copying. A late copy of A0 lands over the
+    file: check --repair follows the file (A0 current, A failed), so B is not the one called ADOPT."""
+    ops = Ops()
+    a0 = await stored(ops)
+    ops.world.clock.advance(timedelta(minutes=5))
+    await stored(ops)
+    ops.world.clock.advance(timedelta(minutes=5))
+    await ops.accept(ops.world.export("task-1", "invoice.pdf"))
+    name, late = ops.plan(a0).blob_name, ops.plan(a0)
+    there = ops.world.storage.stored(name)
+    assert there is not None
+    await ops.world.storage.copy_from_url(name, late.source.url, if_match=there.etag, metadata=late.metadata, tags=None)
+    found = await ops("find", "--task", "task-1")
+    assert "ADOPT" not in found.out.split("check --repair now would")[0], found.out  # no delivery's verdict
+    assert f"holds delivery {late.delivery[:12]}, an earlier export whose late copy landed" in found.out, found.out
+    assert (await ops("check", "--task", "task-1", "--repair")).code in (OK, NOT_FOUND)
+    record = ops.world.record()
+    assert record is not None and record.current == late.delivery, record
 
 
 # --- replay-poison ------------------------------------------------------------------------------------------

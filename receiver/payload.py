@@ -14,8 +14,8 @@ from .source import (
     map_strings,
     may_repeat_secret,
     scrub_text,
+    signatures_apart,
     without_secrets,
-    without_signatures,
 )
 
 _IDENTITY = ("taskId", "workspaceId")  # what a task is: kept apart whatever they hold
@@ -192,11 +192,12 @@ def parse_notification(body: bytes) -> Notification:
                 for key, value in document.items()
             }
     # Another link's secret too: any `sig` value everywhere, and every URL's whole query in the values. The ids
-    # and field names keep their queries (only a `sig` goes): two ids differing there stay two tasks.
+    # and field names keep their queries, and a `sig` value there becomes a hash of it: two ids differing
+    # anywhere stay two tasks (two field names, two fields).
     document = {
-        without_signatures(key): value
+        signatures_apart(key): value
         if key == "exportedFileUrl"
-        else map_strings(value, without_signatures if key in _IDENTITY else scrub_text, keys=without_signatures)
+        else map_strings(value, signatures_apart if key in _IDENTITY else scrub_text, keys=signatures_apart)
         for key, value in document.items()
     }
     try:

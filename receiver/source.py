@@ -38,8 +38,9 @@ class SourceLink:
         return f"SourceLink(public_url={self.public_url!r}, expires_on={self.expires_on.isoformat()})"
 
 
-_URL_QUERY = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s\"'<>]*")
-_SIG = re.compile(r"(?i)\bsig=[^&\s\"'<>]*")
+# A run of text without spaces, quotes or angle brackets: where a URL and its query can be.
+_TOKEN = re.compile(r"[^\s\"'<>]+")
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 
 
 def _any_encoding(char: str) -> str:
@@ -126,13 +127,22 @@ def without_secrets(value: Any, pattern: re.Pattern[str] | None) -> Any:
 
 
 # Any link's ``sig`` value, as sent or with its ``=`` percent-encoded (once or twice), up to the next parameter.
-_ANY_SIG = re.compile(r"(?i)(?<![a-z])sig(?:=|%3D|%253D)(?:[^&\s\"'<>%#]|%(?!26|2526|23)(?:25)?[0-9a-f]{2})*")
+# Any link's ``sig`` value, as sent or with its ``=`` percent-encoded (once or twice), up to the next parameter;
+# wherever it starts (after ``%3F``, in a word), so a few texts lose more than a signature rather than one keep it.
+_ANY_SIG = re.compile(r"(?i)sig(?:=|%3D|%253D)(?:[^&\s\"'<>%#]|%(?!26|2526|23)(?:25)?[0-9a-f]{2})*")
 
 
 def without_signatures(text: str) -> str:
-    """``text`` with every ``sig`` value REDACTED and nothing else changed: for what identifies (ids, field
-    names), two texts that differ elsewhere stay different."""
+    """``text`` with every ``sig`` value REDACTED."""
     return _ANY_SIG.sub("sig=REDACTED", text) if "sig" in text.lower() else text
+
+
+def signatures_apart(text: str) -> str:
+    """``text`` with every ``sig`` value replaced by REDACTED and 16 hex digits of its sha256, nothing else
+    changed: for what identifies (ids, field names), two texts that differ anywhere stay different."""
+    if "sig" not in text.lower():
+        return text
+    return _ANY_SIG.sub(lambda found: f"sig=REDACTED~{hashlib.sha256(found[0].encode()).hexdigest()[:16]}", text)
 
 
 def scrub_text(text: str) -> str:
@@ -143,8 +153,29 @@ def scrub_text(text: str) -> str:
 
 def without_url_queries(text: str) -> str:
     """Every URL in the text without its query ("see https://h/p?sig=x ok?" -> "see https://h/p?REDACTED ok?"):
-    the text around them is kept whole."""
-    return _URL_QUERY.sub(r"\1?REDACTED", text)
+    the text around them is kept whole. Linear in the text, whatever it holds."""
+    return _TOKEN.sub(_token_without_query, text) if "://" in text else text
+
+
+def _token_without_query(found: re.Match[str]) -> str:
+    """One token, from the ``?`` after its first URL's path on replaced by ``?REDACTED`` (a path ends at ``?``
+    or ``#``; after a ``#`` the next ``://`` in the token is looked at). Each character is looked at a bounded
+    number of times: a sender cannot make it slow."""
+    token = found[0]
+    start, query = 0, -1
+    while (mark := token.find("://", start)) > 0:
+        if token[mark - 1] not in _SCHEME_CHARS:  # "x ://": no scheme before it (a letter, digit, + . -)
+            start = mark + 3
+            continue
+        if query < mark + 3:  # the first "?" after this scheme (the same as the last one's, while ahead)
+            query = token.find("?", mark + 3)
+            if query < 0:
+                return token
+        fragment = token.find("#", mark + 3, query)
+        if fragment < 0:
+            return token[:query] + "?REDACTED"
+        start = fragment + 1
+    return token
 
 
 # A connection string's secrets: the account key and a SAS token (up to the next ``;``).
@@ -155,7 +186,7 @@ def redact(text: str) -> str:
     """Remove URL queries, any ``sig=``, and a connection string's ``AccountKey=`` or
     ``SharedAccessSignature=`` value from free text (exception messages, log lines, operator output)."""
     text = _CONNECTION_SECRET.sub(lambda found: f"{found.group(1)}=REDACTED", text)
-    return _SIG.sub("sig=REDACTED", without_url_queries(text))
+    return without_signatures(without_url_queries(text))
 
 
 def host_allowed(host: str, port: int, patterns: tuple[str, ...], default_port: int) -> bool:

@@ -209,6 +209,7 @@ async def test_no_query_of_another_url_in_the_payload_is_named_tagged_stored_or_
         "encoded": "https%3A%2F%2Fother.example%2Fv.pdf%3Fsv%3D1%26sig%3DSECRETE5%26se%3D2027",
         "quoted": "https://other.example/q.pdf?rscd=attachment;filename='q.pdf'&sig=SECRETF6&se=2027",
         "bare": "sv=2024-11-04&sig=SECRETG7",
+        "encoded-sig-first": "https%3A%2F%2Fother.example%2Fv.pdf%3Fsig%3DSECRETH8%26se%3D2027",
     }
     payload["comment"] = {"nested": ["https://other.example/z.pdf?sig=SECRETC3"]}
     payload["https://other.example/w?sig=SECRETD4"] = "extra field named with a link"
@@ -235,6 +236,21 @@ async def test_two_task_ids_that_differ_only_in_a_url_query_stay_two_tasks(
     assert (first.body["taskId"], second.body["taskId"]) == ("ref://erp/doc?id=1001", "ref://erp/doc?id=1002")
     names = {name_of(first.body), name_of(second.body)}
     assert len(names) == 2 and names <= set(files(destination)), (names, files(destination))
+
+
+async def test_two_task_ids_that_differ_only_in_a_sig_value_stay_two_tasks_and_neither_shows_it(
+    configured: dict[str, str], exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """A `sig` value in an id becomes REDACTED and a hash of it: the id never shows it, and two ids that
+    differ only there still name two tasks, two records and two files."""
+    first = await webhook.post(notification(exports.publish(b"%PDF one"), taskId="lot-sig=SECRETA"))
+    second = await webhook.post(notification(exports.publish(b"%PDF two"), taskId="lot-sig=SECRETB"))
+    assert first.status == second.status == 200, (first.body, second.body)
+    ids = {first.body["taskId"], second.body["taskId"]}
+    assert len(ids) == 2 and all(i.startswith("lot-sig=REDACTED~") for i in ids), ids
+    names = {name_of(first.body), name_of(second.body)}
+    assert len(names) == 2 and names <= set(files(destination)), (names, files(destination))
+    assert "SECRET" not in everything_stored(destination)
 
 
 # --- the manifest keeps the payload's text as sent ---

@@ -19,11 +19,11 @@ import binascii
 import contextlib
 import hashlib
 import itertools
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from receiver.payload import PayloadError, parse_notification
 from receiver.verification import Message, Reference, read_message
 
 # A peek sees at most 32 messages (a service limit).
@@ -95,24 +95,13 @@ def parse(content: str) -> Parsed | None:
             continue
         if isinstance(found, Reference):
             return Parsed(found, found.task_id, found.workspace_id, found.delivery, None)
-        try:
-            body: Any = json.loads(found.body)
-        except ValueError:
+        try:  # the ids as the queue function reads them (trimmed, a sig value hashed), so they match the record's
+            notification = parse_notification(found.body)
+        except PayloadError:
             continue
-        if not isinstance(body, dict):
-            continue
-        url = body.get("exportedFileUrl")
-        task, workspace = body.get("taskId"), body.get("workspaceId")
-        if not isinstance(url, str) or not isinstance(task, str) or not isinstance(workspace, str):
-            continue
-        expires = None
-        if isinstance(body.get("exportedFileExpiresOn"), str):
-            try:
-                expires = datetime.fromisoformat(body["exportedFileExpiresOn"].replace("Z", "+00:00"))
-            except ValueError:
-                expires = None
-        delivery = hashlib.sha256(url.encode("utf-8")).hexdigest()
-        return Parsed(found, task, workspace, delivery, expires)
+        delivery = hashlib.sha256(notification.exported_file_url.encode("utf-8")).hexdigest()
+        expires = notification.exported_file_expires_on
+        return Parsed(found, notification.task_id, notification.workspace_id, delivery, expires)
     return None
 
 

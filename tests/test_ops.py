@@ -823,6 +823,23 @@ async def test_find_says_the_record_follows_an_older_exports_late_copy_not_adopt
     assert record is not None and record.current == late.delivery, record
 
 
+async def test_a_queued_message_is_matched_to_its_task_by_the_ids_intake_made() -> None:
+    """An id intake trims: the queued message still names that task, so find says QUEUED, not LOST, and fail
+    is refused without --force."""
+    import json
+
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    body = {**json.loads(ops.world.export("x").body), "taskId": " task-9 "}
+    answer = await ops.world.post(json.dumps(body).encode())
+    assert answer.status_code == 202 and answer.verification is not None, answer.body
+    ops.queue.add(answer.verification)
+    task = answer.body["taskId"]
+    found = await ops("find", "--task", task)
+    assert "verdict: QUEUED" in found.out and "LOST" not in found.out, found.out
+    refused = await ops("fail", "--task", task, "--reason", "stuck")
+    assert refused.code == NOT_FOUND and "verification queue" in refused.out, refused.out
+
+
 # --- replay-poison ------------------------------------------------------------------------------------------
 
 

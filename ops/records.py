@@ -220,11 +220,17 @@ def foresee_sweep(seen: Seen, event: Sweep) -> Foreseen:
             return Foreseen(decision, "adopt", why + (fenced if isinstance(decision, Apply) else ""), holder)
         current = record.current_delivery
         name = seen.blob.name if isinstance(seen.blob, Blob) else "?"
-        failed = f"; the current delivery {current.delivery[:12]} is failed (export it again)" if current else ""
-        why = (
-            f"the file at {name} holds delivery {holder[:12]}, an earlier export whose late copy landed over the "
-            f"current file: the record follows the file{failed}"
-        )
+        earlier = current is not None and record.index(current.delivery) > record.index(holder)
+        if earlier and current is not None:  # as machine._follow_file decides
+            why = (
+                f"the file at {name} holds delivery {holder[:12]}, an earlier export whose late copy landed over the "
+                f"current file: the record follows the file, and the current delivery {current.delivery[:12]} is "
+                "failed (export it again)"
+            )
+        else:
+            why = (
+                f"the file at {name} holds delivery {holder[:12]}, a newer export whose copy landed: recorded as stored"
+            )
         return Foreseen(decision, "adopt", why, holder)
     if isinstance(decision, Change) and decision.arrow == "expired" and copying is not None:
         expired = copying.link_expires_on.isoformat() if copying.link_expires_on else "?"

@@ -840,6 +840,30 @@ async def test_a_queued_message_is_matched_to_its_task_by_the_ids_intake_made() 
     assert refused.code == NOT_FOUND and "verification queue" in refused.out, refused.out
 
 
+async def test_find_says_a_newer_exports_landed_copy_is_recorded_and_fails_no_one() -> None:
+    """A stored; B then C accepted at A's name (copying); B's copy lands over A. The repair records B (A
+    superseded): find says B, a newer export, is recorded, and never that A is failed."""
+    ops = Ops()
+    await stored(ops)
+    ops.world.clock.advance(timedelta(minutes=5))
+    b = ops.world.export("task-1", "invoice.pdf")
+    await ops.accept(b)
+    ops.world.clock.advance(timedelta(minutes=1))
+    await ops.accept(ops.world.export("task-1", "invoice.pdf"))
+    name, landed = ops.plan(b).blob_name, ops.plan(b)
+    there = ops.world.storage.stored(name)
+    assert there is not None
+    await ops.world.storage.copy_from_url(
+        name, landed.source.url, if_match=there.etag, metadata=landed.metadata, tags=None
+    )
+    found = await ops("find", "--task", "task-1")
+    assert "is failed" not in found.out and "a newer export whose copy landed" in found.out, found.out
+    assert (await ops("check", "--task", "task-1", "--repair")).code in (OK, NOT_FOUND)
+    record = ops.world.record()
+    assert record is not None and record.current == landed.delivery, record
+    assert record.deliveries[0].state is State.SUPERSEDED, record
+
+
 # --- replay-poison ------------------------------------------------------------------------------------------
 
 

@@ -221,6 +221,14 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     if found.foreseen.action in ("adopt", "expire", "retire", "repair"):
         found.problems.append(f"the reconciliation has work here: {found.foreseen.action} ({found.foreseen.why})")
         found.next.append(f"python -m ops check {args} --repair")
+    known = {item.delivery for item in record.deliveries}
+    unknown = [d for d, where in found.look.deliveries.items() if where == "poison" and d not in known]
+    if unknown:  # its driver stopped before the record named it (a lease on the record, say): its copy may be there
+        found.problems.append(
+            f"the poison queue holds a message of this task for delivery {', '.join(d[:12] for d in unknown)}, which "
+            "its record does not know (a copy of it may sit at a name no record holds)"
+        )
+        found.next.append("python -m ops replay-poison --dry-run, then python -m ops replay-poison (or send it again)")
     if "poisoned" in verdicts:
         found.problems.append("a delivery's message is in the poison queue")
         found.next.append("python -m ops replay-poison --dry-run, then python -m ops replay-poison")

@@ -41,7 +41,11 @@ LEASED = (
     "client, so the receiver could not finish this delivery; nothing stored is lost. Whoever holds the lease breaks "
     "it or lets it expire; then send the document again."
 )
-LEASED_QUEUED = LEASED.replace("then send the document again.", "the receiver then finishes it by itself.")
+LEASED_QUEUED = LEASED.replace(
+    "then send the document again.",
+    "the receiver tries again by itself for about 40 minutes; if the lease lasts longer, send the document again "
+    "once it is gone.",
+)
 
 
 def refused_by(policy: str) -> str:

@@ -864,6 +864,36 @@ async def test_find_says_a_newer_exports_landed_copy_is_recorded_and_fails_no_on
     assert record.deliveries[0].state is State.SUPERSEDED, record
 
 
+async def test_a_poisoned_delivery_the_record_never_named_is_flagged_with_replay_as_the_next_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A renamed re-export's copy landed, then a lease on the task record refused the record write (503, a
+    queue message) for all 40 tries: find names the poisoned delivery the record does not know and says to
+    replay it, and the replay stores it."""
+    from receiver.storage import Leased
+    from receiver.verification import verify_copy
+
+    ops = Ops()
+    await stored(ops)
+    real_put = ops.world.storage.put
+
+    async def put(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith(".smartdocumentor/tasks/"):
+            raise Leased("put blob: a lease another client holds on a blob refused it (LeaseIdMissing)", status=412)
+        return await real_put(name, *args, **kwargs)
+
+    monkeypatch.setattr(ops.world.storage, "put", put)
+    answer = await ops.world.post(ops.world.export("task-1", "renamed.pdf"))
+    assert answer.status_code == 503 and answer.verification is not None, answer.body
+    assert "tries again by itself for about 40 minutes" in answer.body["message"]
+    monkeypatch.setattr(ops.world.storage, "put", real_put)
+    ops.poison.add(answer.verification)
+    found = await ops("find", "--task", "task-1")
+    assert found.code == NOT_FOUND and "which its record does not know" in found.out, found.out
+    assert "next: python -m ops replay-poison --dry-run" in found.out, found.out
+    assert await verify_copy(answer.verification.encode(), runtime=ops.world.runtime, now=ops.world.now) == "stored"
+
+
 # --- replay-poison ------------------------------------------------------------------------------------------
 
 

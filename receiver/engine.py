@@ -188,8 +188,13 @@ def _finish(answer: Answer, trace: Trace) -> Answer:
             answer.arrow,
             error="storage-unavailable",
             reason=(
-                "The file was stored, but its manifest could not be written yet; the receiver retries by itself. "
-                "If the document stays in review, send it again in a few minutes."
+                "The file was stored, but its manifest could not be written yet"
+                + (
+                    " (a lease another client holds on it refused the write)"
+                    if trace.effect_failed.kind == "leased"
+                    else ""
+                )
+                + "; the receiver retries by itself. If the document stays in review, send it again in a few minutes."
             ),
             enqueue=True,
         )
@@ -595,7 +600,16 @@ async def remove_manifest(storage: Storage, name: str, delivery: str, etag: str 
         beside = await storage.read(name.removesuffix(MANIFEST_SUFFIX))
         if beside is not None and beside.delivery == there.delivery:
             return False
-    return await _delete_quietly(storage, name, there.etag)
+    try:
+        return await storage.delete(name, if_match=there.etag)
+    except Conflict as exc:
+        again = await storage.read(name)
+        if again is not None and again.etag == there.etag:  # refused on the very version: a lease, not a change
+            raise Unavailable(
+                f"{name} could not be deleted ({exc.code or 'precondition failed'}: a lease on it?). It stays listed "
+                "to retire; break the lease, then run python -m ops check --repair"
+            ) from None
+        return False
 
 
 async def _delete_quietly(storage: Storage, name: str, etag: str) -> bool:

@@ -6,6 +6,7 @@ a name whose delete is refused stays listed to retire; a lease on a file is name
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from .conftest import (
     Response,
     Webhook,
     delivery_of,
+    every_blob,
     files,
     name_of,
     notification,
@@ -303,6 +305,46 @@ async def test_a_duplicate_that_must_fence_a_leased_file_waits_for_the_lease_ins
     assert holdings(destination) == {name: A}  # the held copy failed on the fence
     await run_verifier(stalled.verification)
     assert_only_current(destination, newer, B)
+
+
+async def test_a_replaced_files_manifest_whose_delete_a_lease_refuses_stays_listed_until_the_lease_is_broken(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """A customer's tool leases the older file's manifest: the older file goes, its name stays listed while the
+    manifest's delete is refused, and the manifest goes once the lease is broken (the reconciliation)."""
+    older = notification(exports.publish(A), displayName="A")
+    earlier = name_of((await webhook.post(older)).body)
+    lease = BlobLeaseClient(destination.get_blob_client(f"{earlier}.json"))
+    lease.acquire(lease_duration=-1)
+    renamed = {**again(older, exports, B), "displayName": "B"}
+    answer = await webhook.post(renamed)
+    assert (answer.status, answer.body["status"]) == (200, "stored"), answer.body
+    record = record_of(destination, renamed)
+    assert record is not None and [item.blob for item in record.retire] == [earlier], record
+    lease.break_lease(lease_break_period=0)
+    await run_timer()
+    assert_only_current(destination, renamed, B)
+    assert f"{earlier}.json" not in every_blob(destination)
+
+
+async def test_a_re_export_whose_manifest_a_lease_refuses_says_so_and_its_queue_message_writes_it(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """The current file's manifest is leased: a re-export at that name is stored, but its manifest cannot be
+    written: 503 saying a lease refused it; the queue message writes it once the lease is broken."""
+    older = notification(exports.publish(A))
+    name = name_of((await webhook.post(older)).body)
+    lease = BlobLeaseClient(destination.get_blob_client(f"{name}.json"))
+    lease.acquire(lease_duration=-1)
+    newer = again(older, exports, B)
+    answer = await webhook.post(newer)
+    assert answer.status == 503 and answer.verification is not None, answer.body
+    assert "manifest could not be written yet (a lease another client holds on it" in answer.body["message"]
+    lease.break_lease(lease_break_period=0)
+    await run_verifier(answer.verification)
+    assert_only_current(destination, newer, B)
+    manifest = json.loads(destination.get_blob_client(f"{name}.json").download_blob().readall())
+    assert manifest["delivery"] == delivery_of(newer["exportedFileUrl"]), manifest
 
 
 async def test_a_retry_after_manifests_were_turned_on_names_the_file_its_record_holds(

@@ -9,8 +9,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .source import (
+    MAX_SOURCE_URL_LENGTH,
     as_utc,
     link_secret_pattern,
+    link_too_long,
     map_strings,
     may_repeat_secret,
     scrub_text,
@@ -181,6 +183,11 @@ def parse_notification(body: bytes) -> Notification:
         except UnicodeEncodeError:
             raise PayloadError("invalid-json", "The request body contains text that is not valid Unicode.") from None
     link = document.get("exportedFileUrl")
+    if isinstance(link, str) and len(link) > MAX_SOURCE_URL_LENGTH:
+        # Refused here, as the source check would (the same answer): its secret's pattern grows with it (a
+        # 64 KiB sig took seconds of CPU to compile), and nothing of this body is named or stored.
+        refused = link_too_long()
+        raise PayloadError(refused.code, refused.message)
     if isinstance(link, str):
         # A sender may repeat the link in another field (displayName, taskId, metadata): its signature
         # must not travel from there into names, tags, metadata, the manifest or logs.

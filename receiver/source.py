@@ -163,8 +163,8 @@ def _token_without_query(found: re.Match[str]) -> str:
     number of times: a sender cannot make it slow."""
     token = found[0]
     start, query = 0, -1
-    while (mark := token.find("://", start)) > 0:
-        if token[mark - 1] not in _SCHEME_CHARS:  # "x ://": no scheme before it (a letter, digit, + . -)
+    while (mark := token.find("://", start)) >= 0:
+        if mark == 0 or token[mark - 1] not in _SCHEME_CHARS:  # no scheme right before it (a letter, digit, + . -)
             start = mark + 3
             continue
         if query < mark + 3:  # the first "?" after this scheme (the same as the last one's, while ahead)
@@ -225,6 +225,10 @@ def as_utc(value: datetime) -> datetime:
         raise ValueError("is outside the range of dates this receiver can handle") from None
 
 
+def link_too_long() -> SourceError:
+    return _not_allowed(f"it is longer than {MAX_SOURCE_URL_LENGTH} characters")
+
+
 def _not_allowed(reason: str) -> SourceError:
     return SourceError(
         "source-not-allowed",
@@ -243,7 +247,7 @@ def check_source(
 ) -> SourceLink:
     """Validate the exported file URL against the policy; raise :class:`SourceError`."""
     if len(url) > MAX_SOURCE_URL_LENGTH:
-        raise _not_allowed(f"it is longer than {MAX_SOURCE_URL_LENGTH} characters")
+        raise link_too_long()
     if not url.isascii() or _SPACE_OR_CONTROL.search(url):
         raise _not_allowed("it contains spaces, control or non-ASCII characters")
     try:

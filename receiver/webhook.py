@@ -18,7 +18,7 @@ from .payload import MAX_ID_LENGTH
 from .plan import CopyPlan, renamed
 from .runtime import Runtime
 from .settings import Settings, SettingsError
-from .source import link_secret_pattern, redact, without_secrets
+from .source import MAX_SOURCE_URL_LENGTH, link_secret_pattern, redact, without_secrets
 from .storage import Immutable, Storage, StoreError, UnreadableRecord
 from .telemetry import Record, recording
 
@@ -78,6 +78,8 @@ async def _handle(
         record.final_failure = exc.kind in ("misconfigured", "rejected", "immutable")
         if exc.kind == "leased":  # it may lapse: the queue tries again when a copy was sent (it may have landed)
             message = queued() if trace.copy_sent else None
+            if message is not None and isinstance(verification.read_message(message.encode()), verification.Reference):
+                message = None  # a large body's message is rebuilt from the record, which the lease may have kept out
             text = outcome.LEASED_QUEUED if message else outcome.LEASED
             return outcome.failed(503, "storage-unavailable", text, taskId=plan.task_id, verification=message)
         if trace.copy_sent and exc.kind == "unavailable":
@@ -171,7 +173,8 @@ def _task_hint(body: bytes) -> str | None:
         return None
     url = document.get("exportedFileUrl")
     text = str(task)[:MAX_ID_LENGTH]
-    return redact(without_secrets(text, link_secret_pattern(url)) if isinstance(url, str) else text)
+    known = isinstance(url, str) and len(url) <= MAX_SOURCE_URL_LENGTH  # a longer one is refused, never compiled
+    return redact(without_secrets(text, link_secret_pattern(url)) if known and isinstance(url, str) else text)
 
 
 def storage_failure(task_id: str, exc: StoreError) -> Outcome:

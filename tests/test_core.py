@@ -18,7 +18,7 @@ from receiver.outcome import Outcome
 from receiver.payload import PayloadError, parse_notification
 from receiver.plan import CopyPlan, file_name, fold_tag_text, identity_segment, index_tags, metadata_value
 from receiver.settings import Settings, SettingsError, load_settings
-from receiver.source import SourceError, check_source, host_allowed, redact
+from receiver.source import SourceError, check_source, host_allowed, redact, scrub_text
 from receiver.verification import Message, message, plan_message, read_message
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -226,6 +226,28 @@ def test_redact_removes_queries_and_signatures() -> None:
     assert_no_secret(redact(text))
     assert "sig=" not in redact(text).replace("sig=REDACTED", "")
     assert "https://exportsacct.blob.core.windows.net/exports/doc.pdf?REDACTED" in redact(text)
+
+
+# What a URL with a query looks like to a reader: a scheme, "://", a path up to "?" or "#", then "?" and a query.
+URL_WITH_QUERY = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s?#\"'<>]*\?(?!REDACTED)[^\s\"'<>]+")
+
+
+@given(
+    st.lists(
+        st.sampled_from(["://", "https", "h", "?", "#", "&", "sig=", "x=1", "/", " ", "'", "-", "%3F", "a", "."]),
+        max_size=40,
+    ).map("".join)
+)
+@example("://https://other.example/x.pdf?token=SECRET")  # a token starting with "://"
+@example("://x#https://other.example/p?code=SECRET")
+@example("doc https%3A%2F%2Fo%2Fv.pdf%3Fsig%3DSECRET%26se%3D1")  # sig right after an encoded "?"
+@settings(max_examples=400, deadline=None)
+def test_no_url_query_survives_scrubbing_in_any_arrangement(text: str) -> None:
+    """Whatever surrounds it (a token starting with "://", a fragment, a quote), no URL keeps a query in a
+    field value or a log line, and no sig value survives."""
+    for scrubbed in (scrub_text(text), redact(text)):
+        assert URL_WITH_QUERY.search(scrubbed) is None, (text, scrubbed)
+        assert re.search(r"(?i)sig(=|%3D)(?!REDACTED)[^&\s\"'<>%#]", scrubbed) is None, (text, scrubbed)
 
 
 # --- naming, tags, metadata ------------------------------------------------------------------

@@ -894,6 +894,29 @@ async def test_a_poisoned_delivery_the_record_never_named_is_flagged_with_replay
     assert await verify_copy(answer.verification.encode(), runtime=ops.world.runtime, now=ops.world.now) == "stored"
 
 
+async def test_a_large_notification_a_leased_record_refused_is_told_to_send_again_not_promised_a_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A body too large for a queue message is queued as a reference its record must complete; a lease on the
+    record refused that record: the 503 says to send the document again, and promises no retry it cannot make."""
+    from receiver.storage import Leased
+
+    ops = Ops(max_body_bytes=200_000)
+    await stored(ops)
+    real_put = ops.world.storage.put
+
+    async def put(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith(".smartdocumentor/tasks/"):
+            raise Leased("put blob: a lease another client holds on a blob refused it (LeaseIdMissing)", status=412)
+        return await real_put(name, *args, **kwargs)
+
+    monkeypatch.setattr(ops.world.storage, "put", put)
+    big = ops.world.export("task-1", "renamed.pdf", metadata={f"k{i}": "x" * 4000 for i in range(13)})
+    answer = await ops.world.post(big)
+    assert answer.status_code == 503 and answer.verification is None, answer.body
+    assert "then send the document again" in answer.body["message"], answer.body
+
+
 # --- replay-poison ------------------------------------------------------------------------------------------
 
 

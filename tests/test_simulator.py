@@ -229,7 +229,7 @@ async def test_a_driver_that_stalls_between_its_copy_and_its_record_leaves_the_c
     record = sim.record()
     assert record is not None and record.current == newer.delivery
     retried = record.find(stalled.delivery)  # its queue message tried again: the link no longer reads
-    assert retried is None or retried.state is State.FAILED
+    assert retried is None or retried.state in (State.FAILED, State.SUPERSEDED)  # overtaken by the newer one
     assert sim.files() == {"ws-1/task-1/A.pdf": newer.data}
 
 
@@ -599,6 +599,36 @@ async def test_a_late_retry_of_a_superseded_export_named_like_another_tasks_file
     await sim.finish()
     ok(sim)
     assert sim.files()["ws-1/task-1/A.pdf"] == other.data
+
+
+@pytest.mark.parametrize("renamed", [False, True])
+async def test_a_queued_delivery_the_record_never_accepted_never_replaces_a_newer_stored_export(renamed: bool) -> None:
+    """Export B's record write fails (503, a queue message); newer export C is then stored (200). B's message
+    runs later: B was received before C and never accepted, so it is superseded: C's file stays, and so
+    does C's answer. (At C's very name, or under its own.)"""
+    from datetime import timedelta
+
+    sim = Simulation()
+    await sim.run_actor(sim.post(sim.export("A")))
+    sim.clock.advance(timedelta(minutes=5))
+    older = sim.export("B" if renamed else "A")
+    sim.faults.rule("before", "put", RECORD, 1)
+    first = sim.post(older)
+    await sim.run_actor(first)
+    assert first.answer == "503 failed" and len(sim.queue) == 1, (first.answer, sim.queue)
+    sim.clock.advance(timedelta(minutes=5))
+    newer = sim.export("C" if renamed else "A")
+    stored = sim.post(newer)
+    await sim.run_actor(stored)
+    assert stored.answer == "200 stored", stored.answer
+    queued = sim.run_message(0)
+    await sim.run_actor(queued)
+    assert queued.answer == "superseded", queued.answer
+    await sim.finish()
+    ok(sim)
+    record = sim.record()
+    assert record is not None and record.current == newer.delivery, record
+    assert newer.data in sim.files().values() and older.data not in sim.files().values(), sorted(sim.files())
 
 
 async def test_a_queued_duplicate_removes_the_copy_its_first_try_left_under_the_name_it_kept() -> None:

@@ -938,7 +938,11 @@ def _failures_of(
             why_stuck = stuck(delivery.link_expires_on, delivery.received_at, now)
             if why_stuck is None:
                 continue
-            when_, what, why = delivery.received_at, "copying", f"{why_stuck}; nothing will finish it"
+            # When it stopped being finishable (its link's expiry, or past its queue message's tries): what
+            # --since filters on too.
+            ends = [delivery.link_expires_on, delivery.received_at + QUEUE_COVERAGE]
+            when_ = min(end for end in ends if end is not None and end <= now)
+            what, why = "copying", f"{why_stuck}; nothing will finish it"
         else:
             continue  # e.g. a marker whose swap lost: the record does not hold that failure
         kept = current.blob if current is not None and current.delivery != delivery.delivery else None

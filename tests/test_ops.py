@@ -318,6 +318,21 @@ async def test_failed_lists_a_large_re_export_that_failed_after_its_202_while_th
     assert record.current_delivery.blob == "ws-1/task-1/invoice.pdf"
 
 
+async def test_failed_dates_a_stuck_copy_by_when_it_stopped_being_finishable(ops: Ops) -> None:
+    """A copy whose link expired before anything finished it is listed at its link's expiry (what --since
+    filters on), not at when it was received."""
+    export = ops.world.export("task-1", expires_in=timedelta(hours=1))
+    await ops.accept(export)
+    await ops.reconcile()
+    ops.world.clock.advance(timedelta(hours=2))
+    ran = await ops("failed", "--json")
+    [entry] = [item for item in ran.json()["deliveries"] if item["state"] == "copying"]
+    record = ops.world.record()
+    assert record is not None and record.deliveries[-1].link_expires_on is not None
+    expected = record.deliveries[-1].link_expires_on.isoformat().replace("+00:00", "Z")
+    assert entry["at"] == expected, (entry, expected)
+
+
 async def test_find_flags_a_newest_export_that_failed_after_its_202_while_an_older_one_is_current(ops: Ops) -> None:
     from receiver.verification import verify_copy
 

@@ -234,8 +234,8 @@ restored | stored, failed | stored | webhook, verifier |
 superseded | any | unchanged (new: superseded) | webhook, verifier |
     a delivery accepted after it is stored or copying: nothing is copied; a file of it at a name of its own (a
     copy made before the record was read) is removed If-Match (one another driver left: listed to retire first).
-    A queued delivery the record never accepted (its webhook answered 503 first) is put in the record superseded,
-    before the deliveries the receiver received after it: one answered since is never replaced by it
+    A delivery the record does not hold yet (a stalled request, a queued one whose webhook answered 503 first) is
+    put in it superseded, before the deliveries the receiver received after it: one answered since stays current
 accepted | new, failed, superseded | copying | webhook, verifier |
     its copy would overwrite a file: recorded first, at that very name (one accepted under an earlier template is
     accepted again at today's), so a crash after the copy leaves it tracked; earlier copying deliveries become
@@ -317,17 +317,16 @@ def _entry(notice: Notice, record: TaskRecord | None) -> Delivery:
     )
 
 
-def _overtaken(record: TaskRecord, notice: Notice, now: datetime) -> TaskRecord | None:
-    """A queued delivery the record never accepted (its webhook answered 503 before recording it), when the
-    record holds one the receiver received after it (answered, and archived by SmartDocumentor if 2xx): it is
-    put in the record before that one, superseded, so it never replaces it. Then it is decided as any
-    superseded delivery (a copy of it at a name of its own removed; behind one still copying)."""
+def _overtaken(record: TaskRecord, notice: Notice, now: datetime, by: Driver) -> TaskRecord | None:
+    """A delivery the record does not hold yet (a request that stalled, or a queued one whose webhook answered
+    503 before recording it), when the record holds one the receiver received after it (answered, and
+    archived by SmartDocumentor if 2xx): it is put in the record before that one, superseded, so it never
+    replaces it. Then it is decided as any superseded delivery (a copy of it at a name of its own removed;
+    behind one still copying)."""
     later = [n for n, item in enumerate(record.deliveries) if item.received_at > notice.received_at]
     if not any(record.deliveries[n].state is not State.FAILED for n in later):
         return None
-    step = Step(
-        at=now, by="verifier", outcome="superseded", note="overtaken: a delivery received after it was recorded first"
-    )
+    step = Step(at=now, by=by, outcome="superseded", note="overtaken: a delivery received after it was recorded first")
     # It keeps its manifest document: behind one still copying, it is copied again if that one fails.
     entry = _entry(notice, None).model_copy(update={"state": State.SUPERSEDED, "history": [step]})
     items = list(record.deliveries)
@@ -477,8 +476,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     current = record is not None and entry is not None and record.current == entry.delivery
     current_stored = current and entry is not None and entry.state is State.STORED
 
-    if by == "verifier" and entry is None and record is not None:
-        overtaken = _overtaken(record, notice, now)
+    if entry is None and record is not None:
+        overtaken = _overtaken(record, notice, now, by)
         if overtaken is not None:
             return Change(overtaken, "superseded")
 

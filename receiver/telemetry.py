@@ -161,7 +161,7 @@ def recording(operation: Operation) -> Iterator[Record]:
 def emit(record: Record, attributes: dict[str, Any]) -> None:
     if record.final_failure:
         level = logging.ERROR
-    elif (record.status or 0) >= 500 or record.outcome in ("failed", "error"):
+    elif (record.status or 0) >= 500 or record.outcome in ("failed", "error", "unreadable"):
         level = logging.WARNING
     else:
         level = logging.INFO

@@ -159,11 +159,16 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
                 raise unreadable from None
             rebuilt = body_from_record(found, task_record)
             if rebuilt is None:
-                record.outcome, record.final_failure = "unreadable", True
+                # Never recorded: its webhook answered 503 before the record and asked for the document again.
+                never = task_record is None or task_record.find(found.delivery) is None
+                record.outcome, record.final_failure = "unreadable", not never
                 record.task_id, record.workspace_id = found.task_id, found.workspace_id
                 record.reason = (
-                    "the verification message names a delivery its task record no longer describes; it was dropped. "
-                    f"Run python -m ops find --task {found.task_id}"
+                    "the verification message names a delivery its task record never held (its webhook answered 503 "
+                    "before recording it and asked for the document again); it was dropped"
+                    if never
+                    else "the verification message names a delivery its task record no longer describes; it was "
+                    f"dropped. Run python -m ops find --task {found.task_id}"
                 )
                 return "unreadable"
             found = Message(rebuilt, found.received_at, found.blob)

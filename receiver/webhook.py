@@ -84,12 +84,12 @@ async def _handle(
             return outcome.failed(503, "storage-unavailable", text, taskId=plan.task_id, verification=message)
         if trace.copy_sent and exc.kind == "unavailable":
             # A copy may have landed: the queue function finishes it (or finds it did not).
-            return outcome.failed(503, "storage-unavailable", _AFTER_COPY, taskId=plan.task_id, verification=queued())
+            return _after_copy(plan.task_id, queued())
         return storage_failure(plan.task_id, exc)
     except TimeoutError:
         record.reason = "timed out" + (" after the copy was sent" if trace.copy_sent else "")
         if trace.copy_sent:
-            return outcome.failed(503, "storage-unavailable", _AFTER_COPY, taskId=plan.task_id, verification=queued())
+            return _after_copy(plan.task_id, queued())
         return outcome.failed(503, "storage-unavailable", _NO_ANSWER, taskId=plan.task_id)
     except Exception as exc:  # a bug must still answer in JSON, and never with a stack trace or a SAS
         record.reason, record.final_failure = f"unexpected {type(exc).__name__}: {redact(str(exc))}", True
@@ -114,6 +114,18 @@ async def _handle(
 
 _ASK_OPERATOR = "Ask whoever runs the receiver to fix it, then send the document again."
 _NO_ANSWER = "Azure Storage did not answer in time. Send the document again later."
+
+
+def _after_copy(task_id: str, message: str) -> Outcome:
+    """A copy was sent and not confirmed: the queue function finishes it. A large body's message is rebuilt
+    from the record, which may not name the delivery yet: then nothing is promised but to send it again."""
+    reference = isinstance(verification.read_message(message.encode()), verification.Reference)
+    return outcome.failed(
+        503, "storage-unavailable", _NOT_CONFIRMED if reference else _AFTER_COPY, taskId=task_id, verification=message
+    )
+
+
+_NOT_CONFIRMED = "Azure Storage did not confirm that the file was stored. Send the document again later."
 _AFTER_COPY = (
     "Azure Storage did not confirm that the file was stored. The receiver checks the copy again by itself; "
     "send the document again later to have it archived."
@@ -173,8 +185,9 @@ def _task_hint(body: bytes) -> str | None:
         return None
     url = document.get("exportedFileUrl")
     text = str(task)[:MAX_ID_LENGTH]
-    known = isinstance(url, str) and len(url) <= MAX_SOURCE_URL_LENGTH  # a longer one is refused, never compiled
-    return redact(without_secrets(text, link_secret_pattern(url)) if known and isinstance(url, str) else text)
+    if isinstance(url, str) and len(url) > MAX_SOURCE_URL_LENGTH:
+        return None  # its secret's pattern is not built (it grows with the link), so nothing may repeat it
+    return redact(without_secrets(text, link_secret_pattern(url)) if isinstance(url, str) else text)
 
 
 def storage_failure(task_id: str, exc: StoreError) -> Outcome:

@@ -253,6 +253,22 @@ async def test_two_task_ids_that_differ_only_in_a_sig_value_stay_two_tasks_and_n
     assert "SECRET" not in everything_stored(destination)
 
 
+async def test_a_link_too_long_to_accept_is_refused_and_its_signature_repeated_in_the_task_id_is_not_logged(
+    configured: dict[str, str], webhook: Webhook, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A link over 2048 characters is refused (400) before its secret's pattern is built; the log line of the
+    refusal then names no task at all rather than a taskId that repeats the link's signature."""
+    core = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdef+xy="
+    url = f"https://exports.blob.core.windows.net/c/f.pdf?sv=2024-01-01&sr=b&sp=r&pad={'p' * 2100}&sig={quote(core)}"
+    for task in (core, "task-" + quote(core, safe="")):
+        caplog.clear()
+        response = await webhook.post(notification(url, taskId=task))
+        assert (response.status, response.body["error"]) == (400, "source-not-allowed"), response.body
+        assert "2048" in response.body["message"]
+        logged = log_text(caplog)
+        assert core not in logged and quote(core, safe="") not in logged and core not in response.text
+
+
 # --- the manifest keeps the payload's text as sent ---
 
 

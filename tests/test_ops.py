@@ -932,7 +932,48 @@ async def test_a_large_notification_a_leased_record_refused_is_told_to_send_agai
     assert "then send the document again" in answer.body["message"], answer.body
 
 
+async def test_a_large_notification_whose_record_write_failed_is_told_to_send_again_and_its_message_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A body too large for a queue message, its copy landed and its record write failed (503): its message
+    refers to a record that never named it, so the answer promises no check by itself (send it again), and the
+    queue function drops the message with a WARNING that says why, not an ERROR."""
+    from receiver.verification import verify_copy
+
+    ops = Ops(max_body_bytes=200_000)
+    await stored(ops)
+    big = ops.world.export("task-1", "renamed.pdf", metadata={f"k{i}": "x" * 4000 for i in range(13)})
+    ops.world.faults.fail_before("put", record_name("ws-1", "task-1"))
+    answer = await ops.world.post(big)
+    assert answer.status_code == 503 and answer.verification is not None, answer.body
+    assert "Send the document again later" in answer.body["message"] and "by itself" not in answer.body["message"]
+    caplog.clear()
+    assert await verify_copy(answer.verification.encode(), runtime=ops.world.runtime, now=ops.world.now) == "unreadable"
+    [line] = [r for r in caplog.records if r.name == "receiver" and r.getMessage().startswith("verification")]
+    assert line.levelno == logging.WARNING and "never held" in line.getMessage(), line.getMessage()
+
+
 # --- replay-poison ------------------------------------------------------------------------------------------
+
+
+async def test_replay_dry_run_says_superseded_for_a_message_a_newer_export_overtook() -> None:
+    """B's record write failed (503, its message poisoned later); newer export C was stored since. The dry run
+    forecasts what the queue function then does: superseded, nothing copied."""
+    from receiver.verification import verify_copy
+
+    ops = Ops()
+    await stored(ops)
+    ops.world.clock.advance(timedelta(minutes=5))
+    ops.world.faults.fail_before("put", record_name("ws-1", "task-1"))
+    first = await ops.world.post(ops.world.export("task-1"))
+    assert first.status_code == 503 and first.verification is not None, first.body
+    ops.world.clock.advance(timedelta(minutes=5))
+    assert (await ops.world.post(ops.world.export("task-1"))).status_code == 200
+    ops.poison.add(first.verification)
+    dry = await ops("replay-poison", "--dry-run", "--json")
+    (entry,) = dry.json()["messages"]
+    assert entry["will"] == "superseded", entry
+    assert await verify_copy(first.verification.encode(), runtime=ops.world.runtime, now=ops.world.now) == "superseded"
 
 
 async def test_replay_dry_run_and_the_queue_function_agree(ops: Ops) -> None:

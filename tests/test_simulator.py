@@ -631,6 +631,40 @@ async def test_a_queued_delivery_the_record_never_accepted_never_replaces_a_newe
     assert newer.data in sim.files().values() and older.data not in sim.files().values(), sorted(sim.files())
 
 
+@pytest.mark.parametrize("names", [("A", "A"), ("B", "A"), ("B", "C")])
+async def test_a_stalled_request_never_records_its_delivery_after_a_newer_export_answered_since(
+    names: tuple[str, str],
+) -> None:
+    """Export e1's create-only copy is held; e2, received 10 s later, is stored (200). e1's copy then fails
+    unseen (503 before the service): e1's request does not record e1 after e2 (that order would make it the
+    newest, and its queue message would store it over e2); it records it superseded, before e2."""
+    from datetime import timedelta
+
+    sim = Simulation()
+    await sim.run_actor(sim.post(sim.export("A")))
+    sim.clock.advance(timedelta(minutes=5))
+    older = sim.export(names[0])
+    first = sim.post(older)
+    await sim.run_actor(first, until=lambda call: call.op == "copy_from_url")
+    for call in [c for c in sim.pending() if c.actor is first and c.op != "copy_from_url"]:
+        await sim.grant(call)
+    sim.clock.advance(timedelta(seconds=10))
+    newer = sim.export(names[1])
+    stored = sim.post(newer)
+    await sim.run_actor(stored)
+    assert stored.answer == "200 stored", stored.answer
+    held = next(c for c in sim.pending() if c.actor is first and c.op == "copy_from_url")
+    await sim.grant(held, "before")
+    await sim.run_actor(first)
+    for number in range(len(sim.queue)):
+        await sim.run_actor(sim.run_message(number))
+    await sim.finish()
+    ok(sim)
+    record = sim.record()
+    assert record is not None and record.current == newer.delivery, record
+    assert newer.data in sim.files().values() and older.data not in sim.files().values(), sorted(sim.files())
+
+
 async def test_a_queued_duplicate_removes_the_copy_its_first_try_left_under_the_name_it_kept() -> None:
     """Try 1 under a {yyyy} template copies to 2026/ws-1/task-1/A.pdf, then its record write fails (503; its
     queue message keeps that name). The template changes and the retry is stored at ws-1/task-1/A.pdf. The

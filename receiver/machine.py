@@ -235,7 +235,7 @@ superseded | any | unchanged (new: superseded) | webhook, verifier |
     a delivery accepted after it is stored or copying: nothing is copied; a file of it at a name of its own (a
     copy made before the record was read) is removed If-Match (one another driver left: listed to retire first).
     A delivery the record does not hold yet (a stalled request, a queued one whose webhook answered 503 first) is
-    put in it superseded, before the deliveries the receiver received after it: one answered since stays current
+    put in it before the deliveries the receiver received after it: superseded when one of them is stored
 accepted | new, failed, superseded | copying | webhook, verifier |
     its copy would overwrite a file: recorded first, at that very name (one accepted under an earlier template is
     accepted again at today's), so a crash after the copy leaves it tracked; earlier copying deliveries become
@@ -262,9 +262,9 @@ operator-failed | copying | failed | operator |
 repaired | stored | stored | reconciliation, operator |
     the current file holds its delivery but its manifest is missing or describes another (a driver stopped between
     the record and the manifest): the manifest is written again from the record
-behind | copying, failed, superseded | copying | webhook, verifier |
+behind | new, copying, failed, superseded | copying | webhook, verifier |
     a delivery accepted after it is still copying: it waits (202, its queue message retries), superseded once that
-    one is stored, copied again if that one fails
+    one is stored, copied again if that one fails (a new one received before it is put in the record before it)
 immutable | any | unchanged | webhook, verifier |
     a retention policy or legal hold refused the write: nothing half-done, 409
 name-taken | new, copying | failed (when it was in the record) | webhook, verifier |
@@ -320,15 +320,18 @@ def _entry(notice: Notice, record: TaskRecord | None) -> Delivery:
 def _overtaken(record: TaskRecord, notice: Notice, now: datetime, by: Driver) -> TaskRecord | None:
     """A delivery the record does not hold yet (a request that stalled, or a queued one whose webhook answered
     503 before recording it), when the record holds one the receiver received after it (answered, and
-    archived by SmartDocumentor if 2xx): it is put in the record before that one, superseded, so it never
-    replaces it. Then it is decided as any superseded delivery (a copy of it at a name of its own removed;
-    behind one still copying)."""
+    archived by SmartDocumentor if 2xx): it is put in the record before that one, so it never replaces it:
+    superseded when a later one is stored, else copying behind the later ones still copying (copied again if
+    they all fail, as any delivery waiting behind). Then it is decided as any delivery so recorded."""
     later = [n for n, item in enumerate(record.deliveries) if item.received_at > notice.received_at]
     if not any(record.deliveries[n].state is not State.FAILED for n in later):
         return None
-    step = Step(at=now, by=by, outcome="superseded", note="overtaken: a delivery received after it was recorded first")
+    stored = any(record.deliveries[n].state is State.STORED for n in later)
+    state = State.SUPERSEDED if stored else State.COPYING
+    note = "overtaken: a delivery received after it was recorded first"
+    step = Step(at=now, by=by, outcome=state.value, note=note)
     # It keeps its manifest document: behind one still copying, it is copied again if that one fails.
-    entry = _entry(notice, None).model_copy(update={"state": State.SUPERSEDED, "history": [step]})
+    entry = _entry(notice, None).model_copy(update={"state": state, "history": [step], "staged": notice.large})
     items = list(record.deliveries)
     items.insert(later[0], entry)
     return record.model_copy(update={"deliveries": items})
@@ -479,7 +482,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     if entry is None and record is not None:
         overtaken = _overtaken(record, notice, now, by)
         if overtaken is not None:
-            return Change(overtaken, "superseded")
+            inserted = overtaken.find(notice.delivery)
+            return Change(overtaken, "superseded" if inserted and inserted.state is State.SUPERSEDED else "behind")
 
     elsewhere = current_stored and entry is not None and entry.blob != notice.blob
     # A delivery a newer stored one superseded is answered so, whatever its name holds now (nothing is written).

@@ -428,6 +428,7 @@ SEEDS_THAT_BROKE += [
     11617866,
     12667516,
     13611429,
+    46000608,
 ]
 
 
@@ -849,7 +850,9 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     reconciliation following an older delivery's late commit over its file, answered 200 stored by its own
     driver, which still had the link (12667516: it puts its file back); a failed delivery's earlier name
     listed to retire without a version, then its live driver's copy recorded there and deleted by that
-    listing (13611429: a failure no longer lists its earlier name)."""
+    listing (13611429: a failure no longer lists its earlier name); a stalled request put in the record
+    superseded before a newer export still copying, which then failed, leaving no current file for it
+    (46000608: it waits behind the copying one now)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

@@ -334,6 +334,9 @@ def _arrival_words(decision: Decision, name: str, blob: Blob | None, expires: da
         return Foreseen(decision, "duplicate", "already stored and current: its manifest is written again")
     if isinstance(decision, Apply) and decision.arrow == "superseded":
         return Foreseen(decision, "superseded", f"a newer export is stored: its stale copy at {name} is removed")
+    if isinstance(decision, Change) and decision.arrow == "behind":
+        why = "a newer export is still copying: it waits (superseded once that is stored, copied again if it fails)"
+        return Foreseen(decision, "finish", f"{why} ({link})")
     if isinstance(decision, Change) and decision.arrow == "superseded":
         why = "a delivery received after it is in the record: it is recorded superseded, nothing is copied"
         return Foreseen(decision, "superseded", why)

@@ -323,10 +323,17 @@ def _overtaken(record: TaskRecord, notice: Notice, now: datetime, by: Driver) ->
     archived by SmartDocumentor if 2xx): it is put in the record before that one, so it never replaces it:
     superseded when a later one is stored, else copying behind the later ones still copying (copied again if
     they all fail, as any delivery waiting behind). Then it is decided as any delivery so recorded."""
-    later = [n for n, item in enumerate(record.deliveries) if item.received_at > notice.received_at]
-    if not any(record.deliveries[n].state is not State.FAILED for n in later):
+    later = [
+        n
+        for n, item in enumerate(record.deliveries)
+        if item.received_at > notice.received_at and item.state is not State.FAILED
+    ]
+    if not later:
         return None
-    stored = any(record.deliveries[n].state is State.STORED for n in later)
+    # Before the first of them (a failed one received after it may sit earlier in the list: it changes nothing),
+    # and decided by what follows it there: superseded when one is stored, else behind (its bytes may already
+    # be at its name, even when its link has expired: the reconciliation adopts them if those fail).
+    stored = any(item.state is State.STORED for item in record.deliveries[later[0] :])
     state = State.SUPERSEDED if stored else State.COPYING
     note = "overtaken: a delivery received after it was recorded first"
     step = Step(at=now, by=by, outcome=state.value, note=note)

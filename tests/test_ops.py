@@ -956,6 +956,26 @@ async def test_a_large_notification_whose_record_write_failed_is_told_to_send_ag
 # --- replay-poison ------------------------------------------------------------------------------------------
 
 
+async def test_replay_dry_run_says_a_message_behind_a_newer_copying_export_waits_not_that_it_is_copied() -> None:
+    """B's record write failed (503, a queue message); newer export C is accepted (202, copying). The dry run
+    says B waits behind C, as the queue function then does (it copies nothing yet)."""
+    from receiver.verification import CopyStillRunning, verify_copy
+
+    ops = Ops()
+    await stored(ops)
+    ops.world.clock.advance(timedelta(minutes=5))
+    ops.world.faults.fail_before("put", record_name("ws-1", "task-1"))
+    first = await ops.world.post(ops.world.export("task-1"))
+    assert first.status_code == 503 and first.verification is not None, first.body
+    ops.world.clock.advance(timedelta(minutes=5))
+    await ops.accept(ops.world.export("task-1"))
+    ops.poison.add(first.verification)
+    (entry,) = (await ops("replay-poison", "--dry-run", "--json")).json()["messages"]
+    assert "it waits" in entry["why"] and "then copied" not in entry["why"], entry
+    with pytest.raises(CopyStillRunning, match="behind"):
+        await verify_copy(first.verification.encode(), runtime=ops.world.runtime, now=ops.world.now)
+
+
 async def test_replay_dry_run_says_superseded_for_a_message_a_newer_export_overtook() -> None:
     """B's record write failed (503, its message poisoned later); newer export C was stored since. The dry run
     forecasts what the queue function then does: superseded, nothing copied."""

@@ -666,6 +666,40 @@ async def test_a_stalled_request_never_records_its_delivery_after_a_newer_export
     assert newer.data in sim.files().values() and older.data not in sim.files().values(), sorted(sim.files())
 
 
+async def test_a_delivery_put_before_later_ones_never_goes_before_one_received_before_it() -> None:
+    """e2 (00:05:00) and e3 (00:05:02) stall; e4 (00:05:05) is accepted and fails; e2 then resumes and is
+    stored after e4 (only a failed one was later); e5 (00:05:07, large) is accepted. e3 resumes: it goes
+    before e5 only, not before e2 (received before it), so it waits behind e5 (202) instead of being answered
+    200 superseded by a file older than it."""
+    from datetime import timedelta
+
+    sim = Simulation()
+    await sim.run_actor(sim.post(sim.export("A")))
+    sim.clock.advance(timedelta(minutes=5))
+    e2 = sim.post(sim.export("A"))
+    await sim.run_actor(e2, until=lambda call: True)
+    sim.clock.advance(timedelta(seconds=2))
+    e3 = sim.post(sim.export("A"))
+    await sim.run_actor(e3, until=lambda call: True)
+    sim.clock.advance(timedelta(seconds=3))
+    gone = sim.export("A")
+    sim.sources.remove(gone.source_name)
+    await sim.run_actor(sim.post(gone))
+    await sim.run_actor(e2)
+    assert e2.answer == "200 stored", e2.answer
+    sim.clock.advance(timedelta(seconds=2))
+    e5 = sim.export("A")
+    await sim.run_actor(sim.post(e5, config=STAGED_202))
+    await sim.run_actor(e3)
+    assert e3.answer == "202 copying", e3.answer
+    record = sim.record()
+    assert record is not None and e3.export is not None and e2.export is not None
+    order = [item.delivery for item in record.deliveries]
+    assert order.index(e2.export.delivery) < order.index(e3.export.delivery) < order.index(e5.delivery), order
+    await sim.finish()
+    ok(sim)
+
+
 async def test_a_queued_duplicate_removes_the_copy_its_first_try_left_under_the_name_it_kept() -> None:
     """Try 1 under a {yyyy} template copies to 2026/ws-1/task-1/A.pdf, then its record write fails (503; its
     queue message keeps that name). The template changes and the retry is stored at ws-1/task-1/A.pdf. The

@@ -129,18 +129,26 @@ def without_secrets(value: Any, pattern: re.Pattern[str] | None) -> Any:
 # Any link's ``sig`` value, as sent or with its ``=`` percent-encoded (once or twice), up to the next parameter.
 # Any link's ``sig`` value, as sent or with its ``=`` percent-encoded (once or twice), up to the next parameter;
 # wherever it starts (after ``%3F``, in a word), so a few texts lose more than a signature rather than one keep it.
-_ANY_SIG = re.compile(r"(?i)sig(?:=|%3D|%253D)(?:[^&\s\"'<>%#]|%(?!26|2526|23)(?:25)?[0-9a-f]{2})*")
+# Its name too may be percent-encoded, once or twice (``%73ig=``: the service decodes it as ``sig``).
+_ANY_SIG = re.compile(
+    r"(?i)(?:s|%(?:25)?73)(?:i|%(?:25)?69)(?:g|%(?:25)?67)(?:=|%3D|%253D)"
+    r"(?:[^&\s\"'<>%#]|%(?!26|2526|23)(?:25)?[0-9a-f]{2})*"
+)
+
+
+def _may_hold_signature(text: str) -> bool:
+    return "%" in text or "sig" in text.lower()
 
 
 def without_signatures(text: str) -> str:
     """``text`` with every ``sig`` value REDACTED."""
-    return _ANY_SIG.sub("sig=REDACTED", text) if "sig" in text.lower() else text
+    return _ANY_SIG.sub("sig=REDACTED", text) if _may_hold_signature(text) else text
 
 
 def signatures_apart(text: str) -> str:
     """``text`` with every ``sig`` value replaced by REDACTED and 16 hex digits of its sha256, nothing else
     changed: for what identifies (ids, field names), two texts that differ anywhere stay different."""
-    if "sig" not in text.lower():
+    if not _may_hold_signature(text):
         return text
     return _ANY_SIG.sub(lambda found: f"sig=REDACTED~{hashlib.sha256(found[0].encode()).hexdigest()[:16]}", text)
 

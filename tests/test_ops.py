@@ -879,17 +879,10 @@ async def test_find_says_a_newer_exports_landed_copy_is_recorded_and_fails_no_on
     assert record.deliveries[0].state is State.SUPERSEDED, record
 
 
-async def test_a_poisoned_delivery_the_record_never_named_is_flagged_with_replay_as_the_next_step(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A renamed re-export's copy landed, then a lease on the task record refused the record write (503, a
-    queue message) for all 40 tries: find names the poisoned delivery the record does not know and says to
-    replay it, and the replay stores it."""
+def lease_the_records(ops: Ops, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Every task record write is refused as a lease another client holds refuses it; the real put is returned."""
     from receiver.storage import Leased
-    from receiver.verification import verify_copy
 
-    ops = Ops()
-    await stored(ops)
     real_put = ops.world.storage.put
 
     async def put(name: str, *args: Any, **kwargs: Any) -> Any:
@@ -898,6 +891,20 @@ async def test_a_poisoned_delivery_the_record_never_named_is_flagged_with_replay
         return await real_put(name, *args, **kwargs)
 
     monkeypatch.setattr(ops.world.storage, "put", put)
+    return real_put
+
+
+async def test_a_poisoned_delivery_the_record_never_named_is_flagged_with_replay_as_the_next_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A renamed re-export's copy landed, then a lease on the task record refused the record write (503, a
+    queue message) for all 40 tries: find names the poisoned delivery the record does not know and says to
+    replay it, and the replay stores it."""
+    from receiver.verification import verify_copy
+
+    ops = Ops()
+    await stored(ops)
+    real_put = lease_the_records(ops, monkeypatch)
     answer = await ops.world.post(ops.world.export("task-1", "renamed.pdf"))
     assert answer.status_code == 503 and answer.verification is not None, answer.body
     assert "tries again by itself for about 40 minutes" in answer.body["message"]
@@ -914,18 +921,9 @@ async def test_a_large_notification_a_leased_record_refused_is_told_to_send_agai
 ) -> None:
     """A body too large for a queue message is queued as a reference its record must complete; a lease on the
     record refused that record: the 503 says to send the document again, and promises no retry it cannot make."""
-    from receiver.storage import Leased
-
     ops = Ops(max_body_bytes=200_000)
     await stored(ops)
-    real_put = ops.world.storage.put
-
-    async def put(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.startswith(".smartdocumentor/tasks/"):
-            raise Leased("put blob: a lease another client holds on a blob refused it (LeaseIdMissing)", status=412)
-        return await real_put(name, *args, **kwargs)
-
-    monkeypatch.setattr(ops.world.storage, "put", put)
+    lease_the_records(ops, monkeypatch)
     big = ops.world.export("task-1", "renamed.pdf", metadata={f"k{i}": "x" * 4000 for i in range(13)})
     answer = await ops.world.post(big)
     assert answer.status_code == 503 and answer.verification is None, answer.body

@@ -63,9 +63,10 @@ def assert_only_current(destination: ContainerClient, payload: dict[str, Any], d
 
 @dataclass
 class HeldMove:
-    """Export A stored under EARLIER; re-export B accepted at A's name, its copy over A held until the
-    webhook gave up (503); the template then changed to TODAY."""
+    """Export A stored (at ``earlier``); re-export B accepted at A's name, its copy over A held until the
+    webhook gave up (503)."""
 
+    older: dict[str, Any]
     earlier: str
     newer: dict[str, Any]
     stalled: Response
@@ -73,10 +74,9 @@ class HeldMove:
     release_copy: asyncio.Event
 
 
-async def held_move(
+async def held_reexport(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
 ) -> HeldMove:
-    await use_template(monkeypatch, EARLIER)
     older = notification(exports.publish(A))
     earlier = name_of((await webhook.post(older)).body)
     release_copy = asyncio.Event()
@@ -86,8 +86,17 @@ async def held_move(
     stalled = await webhook.post(newer)
     assert copy.fired == 1 and stalled.status == 503 and stalled.verification is not None, stalled.body
     monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", BUDGET)
+    return HeldMove(older, earlier, newer, stalled, copy, release_copy)
+
+
+async def held_move(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> HeldMove:
+    """A held re-export under EARLIER; the template then changed to TODAY."""
+    await use_template(monkeypatch, EARLIER)
+    move = await held_reexport(proxied, exports, webhook, monkeypatch)
     await use_template(monkeypatch, TODAY)
-    return HeldMove(earlier, newer, stalled, copy, release_copy)
+    return move
 
 
 async def test_a_retry_under_a_new_template_is_answered_from_the_file_at_its_recorded_name(
@@ -279,15 +288,8 @@ async def test_a_duplicate_that_must_fence_a_leased_file_waits_for_the_lease_ins
     leases the file. A's retry must fence the file before it answers (B's copy could replace it), and the
     lease refuses that: 503, not 409 "not stored" (A is stored), file and record unchanged. With the lease
     broken, A's retry is 200 duplicate; B's held copy then fails on the fence, and its queue message stores it."""
-    older = notification(exports.publish(A))
-    name = name_of((await webhook.post(older)).body)
-    release_copy = asyncio.Event()
-    copy = proxied.add(Rule(is_overwrite_copy, times=1, hold=release_copy))
-    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", 1.0)  # the held copy outlives the answer
-    newer = again(older, exports, B)
-    stalled = await webhook.post(newer)
-    assert copy.fired == 1 and stalled.status == 503 and stalled.verification is not None, stalled.body
-    monkeypatch.setattr(webhook_module, "STORAGE_BUDGET_SECONDS", BUDGET)
+    held = await held_reexport(proxied, exports, webhook, monkeypatch)
+    older, name, newer, stalled = held.older, held.earlier, held.newer, held.stalled
     lease = BlobLeaseClient(destination.get_blob_client(name))
     lease.acquire(lease_duration=-1)
 
@@ -300,9 +302,10 @@ async def test_a_duplicate_that_must_fence_a_leased_file_waits_for_the_lease_ins
     lease.break_lease(lease_break_period=0)
     retry = await webhook.post(older)
     assert (retry.status, retry.body["status"]) == (200, "duplicate"), retry.body
-    release_copy.set()
-    await asyncio.wait_for(copy.done.wait(), timeout=20)
+    held.release_copy.set()
+    await asyncio.wait_for(held.copy.done.wait(), timeout=20)
     assert holdings(destination) == {name: A}  # the held copy failed on the fence
+    assert stalled.verification is not None
     await run_verifier(stalled.verification)
     assert_only_current(destination, newer, B)
 

@@ -78,7 +78,7 @@ async def _handle(
         record.final_failure = exc.kind in ("misconfigured", "rejected", "immutable")
         if exc.kind == "leased":  # it may lapse: the queue tries again when a copy was sent (it may have landed)
             message = queued() if trace.copy_sent else None
-            if message is not None and isinstance(verification.read_message(message.encode()), verification.Reference):
+            if message is not None and _refers_to_record(message):
                 message = None  # a large body's message is rebuilt from the record, which the lease may have kept out
             text = outcome.LEASED_QUEUED if message else outcome.LEASED
             return outcome.failed(503, "storage-unavailable", text, taskId=plan.task_id, verification=message)
@@ -119,10 +119,13 @@ _NO_ANSWER = "Azure Storage did not answer in time. Send the document again late
 def _after_copy(task_id: str, message: str) -> Outcome:
     """A copy was sent and not confirmed: the queue function finishes it. A large body's message is rebuilt
     from the record, which may not name the delivery yet: then nothing is promised but to send it again."""
-    reference = isinstance(verification.read_message(message.encode()), verification.Reference)
-    return outcome.failed(
-        503, "storage-unavailable", _NOT_CONFIRMED if reference else _AFTER_COPY, taskId=task_id, verification=message
-    )
+    text = _NOT_CONFIRMED if _refers_to_record(message) else _AFTER_COPY
+    return outcome.failed(503, "storage-unavailable", text, taskId=task_id, verification=message)
+
+
+def _refers_to_record(message: str) -> bool:
+    """Is it a large body's message, which the queue function rebuilds from the task record?"""
+    return isinstance(verification.read_message(message.encode()), verification.Reference)
 
 
 _NOT_CONFIRMED = "Azure Storage did not confirm that the file was stored. Send the document again later."

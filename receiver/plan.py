@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 
 from .payload import FIELDS, Notification
 from .settings import MAX_EXTENSION, MAX_ID_SEGMENT, MAX_TAGS, Settings
-from .source import SourceLink
+from .source import SourceLink, link_secret_pattern, without_signatures
 
 MAX_BLOB_NAME = 1024
 MAX_TAG_KEY = 128
@@ -172,23 +172,27 @@ def blob_name(template: str, values: dict[str, str], file: str, *, limit: int = 
 # --- tags ------------------------------------------------------------------------------------
 
 
-def fold_tag_text(text: str, limit: int) -> str:
-    """Fold text into Azure's tag alphabet: accents removed, anything else "_", truncated."""
+def fold_tag_text(text: str, limit: int, secret: re.Pattern[str] | None = None) -> str:
+    """Fold text into Azure's tag alphabet: accents removed, anything else "_", truncated. Folding can turn
+    a disguised signature (fullwidth letters, a combining mark after each character) into the plain one,
+    so the folded text loses any ``sig`` value, and ``secret`` (the link's own), again before the cut."""
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return _TAG_ALPHABET.sub("_", stripped)[:limit]
+    folded = without_signatures(_TAG_ALPHABET.sub("_", stripped))
+    return (secret.sub("REDACTED", folded) if secret is not None else folded)[:limit]
 
 
 def index_tags(
-    fields: list[tuple[str, str]], metadata: tuple[tuple[str, str], ...]
+    fields: list[tuple[str, str]], metadata: tuple[tuple[str, str], ...], secret: re.Pattern[str] | None = None
 ) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """TAG_FIELDS first, then metadata in order; at most 10. Returns (tags, dropped)."""
+    """TAG_FIELDS first, then metadata in order; at most 10. Returns (tags, dropped). ``secret``: the
+    link's own signature, when a text folds into something that may repeat it."""
     tags: dict[str, str] = {}
     dropped: list[dict[str, str]] = []
     for key, value in fields:
-        tags[key] = fold_tag_text(value, MAX_TAG_VALUE)
+        tags[key] = fold_tag_text(value, MAX_TAG_VALUE, secret)
     for key, value in metadata:
-        folded_key = fold_tag_text(key.strip(), MAX_TAG_KEY)
+        folded_key = fold_tag_text(key.strip(), MAX_TAG_KEY, secret)
         if not folded_key:
             dropped.append({"key": key, "reason": "empty key"})
         elif folded_key in tags:
@@ -198,7 +202,7 @@ def index_tags(
         elif len(tags) >= MAX_TAGS:
             dropped.append({"key": key, "reason": f"Azure allows at most {MAX_TAGS} tags per blob"})
         else:
-            tags[folded_key] = fold_tag_text(value, MAX_TAG_VALUE)
+            tags[folded_key] = fold_tag_text(value, MAX_TAG_VALUE, secret)
     return tags, dropped
 
 
@@ -364,7 +368,10 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
         name = outside_reserved(shorter)
     by_alias = notification.model_dump(by_alias=True, include={FIELDS[a] for a in settings.tag_fields})
     fields = [(alias, str(by_alias[alias])) for alias in settings.tag_fields if by_alias.get(alias) is not None]
-    tags, dropped = index_tags(fields, notification.metadata)
+    texts = [value for _, value in fields] + [text for pair in notification.metadata for text in pair]
+    # ASCII texts were scrubbed at intake and fold to nothing new; the pattern costs about a millisecond.
+    secret = None if all(text.isascii() for text in texts) else link_secret_pattern(source.url)
+    tags, dropped = index_tags(fields, notification.metadata, secret)
     document = manifest(
         notification,
         {

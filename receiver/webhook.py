@@ -188,9 +188,11 @@ def _task_hint(body: bytes) -> str | None:
         return None
     url = document.get("exportedFileUrl")
     text = str(task)[:MAX_ID_LENGTH]
-    if isinstance(url, str) and len(url) > MAX_SOURCE_URL_LENGTH:
-        return None  # its secret's pattern is not built (it grows with the link), so nothing may repeat it
-    return redact(without_secrets(text, link_secret_pattern(url)) if isinstance(url, str) else text)
+    if url is None:
+        return redact(text)  # no link, no secret of its own to repeat
+    if not isinstance(url, str) or len(url) > MAX_SOURCE_URL_LENGTH:
+        return None  # its secret's pattern is not built (a link in a list, or too long), so nothing may repeat it
+    return redact(without_secrets(text, link_secret_pattern(url)))
 
 
 def storage_failure(task_id: str, exc: StoreError) -> Outcome:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -48,3 +49,76 @@ async def test_a_percent_encoded_sig_name_is_still_kept_out_of_storage(
     stored = _everything(world)
     leaks = [text for text in (stored, json.dumps(answer.body), caplog.text) if signature in text]
     assert not leaks, f"the SAS signature was stored or logged: {stored[:400]}"
+
+
+def _fullwidth(text: str) -> str:
+    """ASCII as its fullwidth forms (U+FF01..U+FF5E), which NFKD folds back to ASCII."""
+    return "".join(chr(ord(ch) - 0x21 + 0xFF01) if 0x21 <= ord(ch) <= 0x7E else ch for ch in text)
+
+
+def _with_combining_marks(text: str) -> str:
+    return "".join(ch + "\u0301" for ch in text)
+
+
+@pytest.mark.parametrize(
+    ("field", "disguise"),
+    [
+        ("metadata", _fullwidth),
+        ("taskId", _with_combining_marks),
+        ("displayName", _fullwidth),
+        ("metadata key", _with_combining_marks),
+    ],
+)
+async def test_a_signature_that_folds_back_to_ascii_in_the_index_tags_is_kept_out_of_storage(
+    field: str, disguise: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Index tags fold text to ASCII (NFKD, marks removed): a signature disguised in fullwidth letters or
+    with a combining mark after each character would come out as the plain secret in the tags, the
+    manifest's ``tags`` and the task record."""
+    caplog.set_level(logging.DEBUG)
+    world = World.make(tag_fields=("taskId", "taskNumber", "workspaceId", "displayName"))
+    plain = world.export("task-1", "x.pdf")
+    signature = parse_qs(urlsplit(plain.url).query)["sig"][0].rstrip("=")
+    hidden = disguise(signature)
+    if field == "metadata":
+        body = {**plain.payload, "metadata": {"note": hidden}}
+    elif field == "metadata key":
+        body = {**plain.payload, "metadata": {hidden: "note"}}
+    else:
+        body = {**plain.payload, field: hidden}
+    answer = await world.post(json.dumps(body).encode())
+    assert answer.status_code == 200, answer.body
+    tags = [world.storage.tags(name) or {} for name in world.storage.names()]
+    assert any("REDACTED" in json.dumps(found) for found in tags), tags
+    stored = _everything(world)
+    leaks = [text for text in (stored, json.dumps(answer.body), caplog.text) if signature in text]
+    assert not leaks, [line for line in stored.splitlines() if signature in line][:3]
+
+
+async def test_another_links_sig_in_fullwidth_letters_is_kept_out_of_the_index_tags() -> None:
+    world = World.make()
+    plain = world.export("task-1", "x.pdf")
+    body = {**plain.payload, "metadata": {"note": _fullwidth("see sig=SECRETZZ9ABCDEF&sv=1")}}
+    answer = await world.post(json.dumps(body).encode())
+    assert answer.status_code == 200, answer.body
+    tags = [world.storage.tags(name) or {} for name in world.storage.names()]
+    assert {"note": "see sig=REDACTED"}.items() <= next(t for t in tags if "note" in t).items(), tags
+    assert "SECRETZZ9ABCDEF" not in _everything(world)
+
+
+@pytest.mark.parametrize("link", [["URL"], {"href": "URL"}, 7])
+async def test_a_refused_body_whose_link_is_not_text_names_no_task_that_may_repeat_its_signature(
+    link: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A link sent in a list or an object is refused 400; its signature's pattern is never built, so the
+    log line of the refusal names no taskId (which might repeat the signature)."""
+    caplog.set_level(logging.DEBUG)
+    world = World.make()
+    plain = world.export("task-1", "x.pdf")
+    signature = parse_qs(urlsplit(plain.url).query)["sig"][0].rstrip("=")
+    sent = json.loads(json.dumps(link).replace("URL", plain.url))
+    answer = await world.post(json.dumps({**plain.payload, "exportedFileUrl": sent, "taskId": signature}).encode())
+    assert answer.status_code == 400, answer.body
+    assert "exportedFileUrl" in answer.body["message"]
+    assert signature not in caplog.text, [line for line in caplog.text.splitlines() if signature in line]
+    assert signature not in json.dumps(answer.body)

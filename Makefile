@@ -68,10 +68,11 @@ azurite: $(APP_DEPS)
 
 # Needs `make run` in another terminal: FILE goes into its Azurite behind a real SAS for HOURS (24).
 # It finds the ports of the running `make run` itself; PORT= and AZURITE_PORTS= override that.
+SHARE_ARGS = $(strip $(if $(FILE),"$(FILE)") $(if $(HOURS),--hours $(HOURS)) \
+	$(if $(PORT),--receiver http://127.0.0.1:$(PORT)) \
+	$(if $(AZURITE_PORTS),--blob-port $(firstword $(subst $(comma), ,$(AZURITE_PORTS)))))
 share: $(APP_DEPS)
-	$(PY) -m devtools.share $(if $(FILE),"$(FILE)") $(if $(HOURS),--hours $(HOURS)) \
-		$(if $(PORT),--receiver http://127.0.0.1:$(PORT)) \
-		$(if $(AZURITE_PORTS),--blob-port $(firstword $(subst $(comma), ,$(AZURITE_PORTS))))
+	$(PY) -m devtools.share $(SHARE_ARGS)
 
 bench: $(APP_DEPS)
 	$(PY) -m bench.run

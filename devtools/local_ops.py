@@ -50,10 +50,22 @@ def main(argv: list[str] | None = None) -> int:
             "make ops-local: no `make run` is running (no .azurite/make-run.json): using Azurite's default ports",
             file=sys.stderr,
         )
-    os.environ.update(local_environment(read_state()))
+    state = read_state()
+    os.environ.update(local_environment(state))
     from ops.cli import main as ops_main  # after the environment is set
 
-    return ops_main(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    code = ops_main(args)
+    if code != 0 and args[:1] in (["pending"], ["failed"]):
+        # They read the summary the reconciliation writes; locally its next run may be minutes away.
+        port = (state or {}).get("port") or DEFAULT_HOST_PORT
+        print(
+            "make ops-local: to run the reconciliation now (it writes the summary pending and failed read): "
+            f"curl -X POST http://127.0.0.1:{port}/admin/functions/reconcile_deliveries "
+            "-H 'Content-Type: application/json' -d '{}'",
+            file=sys.stderr,
+        )
+    return code
 
 
 if __name__ == "__main__":

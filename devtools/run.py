@@ -278,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                 start_new_session=True,  # Ctrl-C reaches this process only; it stops the host's whole group
                 preexec_fn=die_with_parent,
             )
+            # requests.http names the default ports: on others it needs its first lines edited.
+            shipped = args.port == 7071 and tuple(args.azurite_ports) == AZURITE_PORTS
+            try_first = "Try requests.http" if shipped else "requests.http names 7071 and 10000 (edit its first lines)"
             say(
-                "Ctrl-C stops Azurite and the host. Try requests.http, or in another terminal `make share FILE=...` "
+                f"Ctrl-C stops Azurite and the host. {try_first}, or in another terminal `make share FILE=...` "
                 'or `make ops-local ARGS="find --task <taskId>"` (both find these ports by themselves).'
             )
             if args.debugpy:

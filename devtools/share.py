@@ -150,6 +150,8 @@ def share(file: Path, *, hours: float, content_type: str | None, blob_port: int,
         "",
         "Or in requests.http, replace the @exportedFileUrl line with:",
         f"  @exportedFileUrl = {url}",
+        "(its first request keeps the sample's taskId: your file is then a re-export of that task and",
+        " replaces the sample PDF; change that taskId to store it as a task of its own)",
     ]
     port = receiver.rstrip("/").rsplit(":", 1)[-1]
     if port.isdigit() and not _answers(int(port)):

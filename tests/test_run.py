@@ -498,3 +498,23 @@ def test_make_demo_and_run_do_not_build_the_checkov_venv() -> None:
             [make, "-n", "-B", "test"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
         ).stdout
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "hinted"),
+    [(["pending"], 1, True), (["failed"], 1, True), (["pending"], 0, False), (["find"], 1, False)],
+)
+def test_ops_local_names_the_local_reconciliation_call_when_pending_or_failed_fail(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], code: int, hinted: bool
+) -> None:
+    """Locally the first reconciliation run may be minutes away: pending and failed then have no summary to
+    read, and make ops-local names the call that runs one on make run's port."""
+    import devtools.local_ops
+    import ops.cli
+
+    monkeypatch.setattr(devtools.local_ops, "read_state", lambda: {"port": 7099})
+    monkeypatch.setattr(devtools.local_ops, "local_environment", lambda state: {})  # os.environ stays as it is
+    monkeypatch.setattr(ops.cli, "main", lambda argv: code)
+    assert devtools.local_ops.main(args) == code
+    hint = "curl -X POST http://127.0.0.1:7099/admin/functions/reconcile_deliveries"
+    assert (hint in capsys.readouterr().err) is hinted

@@ -1105,7 +1105,7 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
     left = sum(1 for entry in entries if not entry["readable"])
     fates = {
         fate: sum(1 for entry in entries if entry["will"] == fate)
-        for fate in ("finish", "duplicate", "superseded", "fail", "unknown", "blocked")
+        for fate in ("finish", "duplicate", "superseded", "waiting", "fail", "unknown", "blocked")
     }
     data = {
         "dryRun": dry_run,

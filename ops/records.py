@@ -312,6 +312,13 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
     )
     expires = job.event.notice.link_expires_on
     decision = decide(seen, job.event, now)
+    if isinstance(decision, Answer | Change) and decision.arrow == "behind" and expires is not None and expires <= now:
+        # The queue function ends such a message instead of retrying it (receiver.verification.verify_copy).
+        why = (
+            "a newer export is still copying and its link has expired: the queue function ends the message; the "
+            "reconciliation decides it when that export ends (superseded, its bytes adopted, or failed as expired)"
+        )
+        return Foreseen(decision, "waiting", why)
     return _arrival_words(decision, plan.blob_name, blob, expires)
 
 

@@ -206,6 +206,12 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
                 "kept). Export the document again from SmartDocumentor."
             )
             return "failed"
+        if answer.arrow == "behind" and plan.source.expires_on <= now:
+            # It waits behind a newer export still copying, and its link can copy nothing any more: retries
+            # would only end in the poison queue. The record keeps it; the reconciliation decides it once the
+            # newer one ends (superseded when it is stored; else its bytes adopted, or it fails as expired).
+            record.reason = "its link expired while it waited behind a newer export; the reconciliation decides it"
+            return "waiting"
         if last_try:
             record.outcome, record.final_failure = "poisoned", True
             record.reason = _poisoned(plan.task_id, "the copy is still not finished")

@@ -69,3 +69,33 @@ async def test_a_message_without_a_name_after_a_template_change_is_a_duplicate_i
     outcome = await verify_copy(text.encode(), runtime=world.runtime, now=world.now)
     assert outcome == "duplicate", outcome
     assert world.files() == {"ws-1/task-1/invoice.pdf": export.data}
+
+
+async def test_a_message_behind_a_newer_copy_whose_link_expired_ends_in_the_dry_run_and_the_replay() -> None:
+    """e2 is accepted (copying), then e3, newer, is accepted too: e2 waits behind it. Once e2's link has
+    expired, the dry run says its message ends (waiting, for the reconciliation) and the queue function
+    ends it instead of raising into the poison queue again; the record keeps e2 copying."""
+    from datetime import timedelta
+
+    from receiver.models import State
+
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    older = world.export(expires_in=timedelta(minutes=30))
+    text = await ops.accept(older)
+    await ops.accept(world.export())
+    world.clock.advance(timedelta(minutes=31))
+    ops.poison.add(text)
+
+    dry = await ops("replay-poison", "--dry-run", "--json")
+    (entry,) = dry.json()["messages"]
+    assert entry["will"] == "waiting", entry
+    outcome = await verify_copy(text.encode(), runtime=world.runtime, now=world.now)
+    assert outcome == "waiting", outcome
+    record = world.record()
+    assert record is not None and [item.state for item in record.deliveries] == [
+        State.STORED,
+        State.COPYING,
+        State.COPYING,
+    ]

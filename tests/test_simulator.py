@@ -920,3 +920,46 @@ async def test_random_schedules_keep_every_guarantee_and_leave_garbage_rarely(pa
     print(json.dumps({"seeds": [seeds.start, seeds.stop], "failing": len(failed), "left garbage": len(garbage)}))
     assert not failed, "\n".join(lines[:20])
     assert len(garbage) <= max(2, len(seeds) * 5 // 100), [f"seed {r.seed}: {r.leftovers[0]}" for r in garbage]
+
+
+@pytest.mark.parametrize("newer_fails", [False, True])
+async def test_a_delivery_waiting_behind_a_newer_copy_stops_retrying_once_its_link_expired(newer_fails: bool) -> None:
+    """e2 stalls; e3 (large) is accepted and queued; e2 resumes and waits behind it (202). e2's link then
+    expires: its queue message ends instead of retrying into the poison queue (it can copy nothing any
+    more), and the record keeps it copying until e3 ends. e3 stored: e2 is superseded. e3 failed: the
+    reconciliation fails e2 as expired, and e1 stays current. Nothing is left behind either way."""
+    from datetime import timedelta
+
+    sim = Simulation()
+    first = sim.export("A")
+    await sim.run_actor(sim.post(first))
+    older = sim.export("A", expires_in=timedelta(minutes=30))
+    e2 = sim.post(older)
+    await sim.run_actor(e2, until=lambda call: True)
+    sim.clock.advance(timedelta(seconds=5))
+    newer = sim.export("A")
+    e3 = sim.post(newer, config=STAGED_202)
+    await sim.run_actor(e3)
+    assert e3.answer == "202 copying", e3.answer
+    await sim.run_actor(e2)
+    assert e2.answer == "202 copying", e2.answer
+    assert [queued[2] for queued in sim.queue] == [newer, older], sim.queue
+    sim.clock.advance(timedelta(minutes=31))
+    waiting = sim.run_message(1)
+    await sim.run_actor(waiting)
+    assert waiting.answer == "waiting" and [queued[2] for queued in sim.queue] == [newer], (waiting.answer, sim.queue)
+    record = sim.record()
+    assert record is not None and record.find(older.delivery) is not None
+    assert record.find(older.delivery).state is State.COPYING  # type: ignore[union-attr]
+    if newer_fails:
+        sim.sources.remove(newer.source_name)
+    last = sim.run_message(0)
+    await sim.run_actor(last)
+    assert last.answer == ("failed" if newer_fails else "stored"), last.answer
+    await sim.finish()
+    ok(sim)
+    record = sim.record()
+    kept, state = (first, State.FAILED) if newer_fails else (newer, State.SUPERSEDED)
+    assert record is not None and record.current == kept.delivery, record
+    assert record.find(older.delivery).state is state  # type: ignore[union-attr]
+    assert list(sim.files().values()) == [kept.data], sorted(sim.files())

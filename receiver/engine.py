@@ -214,7 +214,23 @@ async def _first_round(
         copied = await _copy(storage, job, name, None, seen, trace)
         return copied, clock() if copied.copied or copied.attempt == "lost" else None
 
-    record, (copied, answered) = await asyncio.gather(_read_record(storage, job), copy())
+    record, landed = await asyncio.gather(_read_record(storage, job), copy(), return_exceptions=True)
+    if isinstance(record, BaseException):
+        if isinstance(record, UnreadableRecord) and not isinstance(landed, BaseException):
+            # The task is refused until its record is restored, so nothing would record this copy: the file it
+            # created is removed (its own version only), once the record is seen still unreadable (restored, a
+            # retry of this export may adopt it), and nothing is left that no record names.
+            made = landed[0].blob
+            if landed[0].copied and isinstance(made, Blob):
+                with contextlib.suppress(StoreError):
+                    try:
+                        await _read_record(storage, job)
+                    except UnreadableRecord:
+                        await storage.delete(name, if_match=made.etag)
+        raise record
+    if isinstance(landed, BaseException):
+        raise landed
+    copied, answered = landed
     return replace(copied, record=record[0], record_etag=record[1], record_read=True), answered
 
 

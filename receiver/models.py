@@ -17,10 +17,11 @@ from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from .plan import identity_segment
+from .source import redact
 
 Driver = Literal["webhook", "verifier", "reconciliation", "operator"]
 
@@ -37,13 +38,27 @@ COPY_ID = "copyid"
 
 def unreadable_record(name: str, task_id: str, why: ValueError | str) -> str:
     """What to do about a task record that does not parse: the same words for the drivers and the operator."""
-    first = str(why).strip().splitlines()[0][:200] if str(why).strip() else "not JSON"
     return (
-        f"The task record {name} is not readable ({first}): it was changed outside the receiver. Do not delete it "
-        "(the files it lists would be left where no record names them): restore its previous version (the blob's "
-        "versions, where versioning is on) or a backup, then run "
+        f"The task record {name} is not readable ({_parse_problem(why)}): it was changed outside the receiver. "
+        "Do not delete it (the files it lists would be left where no record names them): restore its previous "
+        "version (the blob's versions, where versioning is on) or a backup, then run "
         f"python -m ops check --task {task_id} --repair. Until then every delivery of this task is refused."
     )
+
+
+def _parse_problem(why: ValueError | str) -> str:
+    """Where the record fails to parse and why (a few of pydantic's errors: place and message, never the
+    values), so the operator sees what was edited."""
+    if isinstance(why, ValidationError):
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc']) or 'the document'}: {error['msg']}"
+            for error in why.errors(include_url=False, include_input=False)[:3]
+        ]
+        more = why.error_count() - len(problems)
+        text = "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
+    else:
+        text = str(why).strip().splitlines()[0] if str(why).strip() else "not JSON"
+    return redact(text)[:300]
 
 
 def record_name(workspace_id: str, task_id: str) -> str:

@@ -527,6 +527,11 @@ async def test_an_unreadable_task_record_is_named_with_how_to_restore_it_and_exi
     answer = await ops.world.post(ops.world.export("task-1"))
     assert answer.status_code == 500 and "receiver bug" not in answer.body["message"], answer.body
     assert "restore its previous version" in answer.body["message"]
+    assert "is not readable (the document: Invalid JSON: EOF while parsing" in answer.body["message"], answer.body
+    # A renamed export's create-only copy, sent beside the record read, lands at a new name: removed again.
+    before = ops.world.files()
+    renamed = await ops.world.post(ops.world.export("task-1", "renamed.pdf"))
+    assert renamed.status_code == 500 and ops.world.files() == before, sorted(ops.world.files())
     with caplog.at_level(logging.INFO):
         await ops.reconcile()
     assert any(r.levelno == logging.ERROR and "is not readable" in r.getMessage() for r in caplog.records)

@@ -23,8 +23,8 @@ from receiver.attention import (
     marker_of,
     read_summary,
 )
-from receiver.engine import Job, manifest_name
-from receiver.machine import NAME_TAKEN, Sweep
+from receiver.engine import Job, Trace, manifest_name
+from receiver.machine import NAME_TAKEN, Answer, Sweep
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
 from receiver.plan import has_manifest_name, of_another_task
 from receiver.reconciliation import QUEUE_COVERAGE
@@ -538,7 +538,13 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
         task_id=task_id,
         write_manifest=ctx.settings.write_manifest,
     )
-    answer, trace = await drive(_need_storage(ctx), job, now=ctx.now)
+    trace, stopped = Trace(), None
+    try:
+        answer, _ = await drive(_need_storage(ctx), job, now=ctx.now, trace=trace)
+    except StoreError as exc:  # a step was refused (a lease, say): what went before it stands, and is shown
+        answer, stopped = Answer("failed", 503, "stopped"), exc.message
+    if stopped is None and trace.effect_failed is not None:
+        stopped = trace.effect_failed.message  # the manifest (or Content-Type) the repair wrote was refused
     arrows = ",".join(trace.arrows)
     failed = "expired" in trace.arrows
     log.log(
@@ -554,13 +560,17 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
         ),
     )
     after = await inspect(ctx, workspace_id, task_id)
-    repaired = {"arrows": trace.arrows, "retired": trace.retired, "answer": answer.kind, "notRetired": trace.deferred}
+    repaired: dict[str, Any] = {"arrows": trace.arrows, "retired": trace.retired, "answer": answer.kind}
+    repaired.update(notRetired=trace.deferred, stopped=stopped)
     data["repaired"] = repaired
     data["after"] = _inspection_data(ctx, after)
-    text.append(f"repaired: {arrows}" + (f"; retired {', '.join(trace.retired)}" if trace.retired else ""))
+    done = "steps taken" if stopped or trace.deferred else "repaired"
+    text.append(f"{done}: {arrows}" + (f"; retired {', '.join(trace.retired)}" if trace.retired else ""))
     text += [f"not retired: {why}" for why in trace.deferred]
+    if stopped is not None:
+        text.append(f"not done: storage refused a step ({stopped}); once that is fixed, run this again")
     text += [f"after: {line}" for line in _verdict_lines(after)]
-    return Result(NOT_FOUND if after.problems else OK, data, text)
+    return Result(NOT_FOUND if after.problems or stopped else OK, data, text)
 
 
 async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: str, force: bool) -> Result:

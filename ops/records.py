@@ -361,10 +361,11 @@ def _arrival_words(decision: Decision, name: str, blob: Blob | None, expires: da
     return Foreseen(decision, "finish", f"{decision.arrow} ({link})")
 
 
-async def drive(storage: Storage, job: Job, *, now: datetime) -> tuple[Answer, Trace]:
-    """An operator's sweep: the same loop as every driver (:func:`receiver.engine.run`)."""
+async def drive(storage: Storage, job: Job, *, now: datetime, trace: Trace | None = None) -> tuple[Answer, Trace]:
+    """An operator's sweep: the same loop as every driver (:func:`receiver.engine.run`); ``trace`` says what
+    it did, also when a step raises."""
     assert isinstance(job.event, Sweep)
-    return await run(storage, job, now=now)
+    return await run(storage, job, now=now, trace=trace)
 
 
 def stuck(item_expires: datetime | None, received: datetime, now: datetime) -> str | None:

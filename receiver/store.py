@@ -123,6 +123,7 @@ class Call:
     sync_copy: bool = False
     tags_sent: bool = False
     tags_call: bool = False
+    blob: str | None = None  # the blob written: a lease's refusal names it (the leased one may not be the file)
 
 
 def _endpoint_of(exc: Exception) -> str:
@@ -164,8 +165,8 @@ def classify(exc: Exception, call: Call, account: str, container: str) -> seam.S
         # so leaves its name listed to retire (receiver.engine.remove_if_holds).
         return said(
             seam.Leased,
-            f"{operation}: a lease another client holds on a blob in {where} refused it ({code}); whoever holds the "
-            "lease breaks it or lets it expire",
+            f"{operation}: a lease another client holds on {call.blob or 'a blob'} in {where} refused it ({code}); "
+            "whoever holds the lease breaks it or lets it expire",
         )
     if code.startswith("BlobImmutableDueTo"):
         policy = "legal hold" if "LegalHold" in code else "retention policy"
@@ -397,6 +398,7 @@ class AzureStorage:
         operation: str,
         send: Callable[[dict[str, str] | None], Awaitable[dict[str, Any]]],
         *,
+        blob: str,
         tags: dict[str, str] | None,
         creates: bool,
         sync_copy: bool = False,
@@ -410,7 +412,7 @@ class AzureStorage:
         while True:
             with_tags = tags if tags and self._tags_supported else None
             try:
-                async with self._call(Call(operation, sync_copy, tags_sent=with_tags is not None)):
+                async with self._call(Call(operation, sync_copy, tags_sent=with_tags is not None, blob=blob)):
                     return await send(with_tags)
             except _TagsRefused as exc:
                 if tags_dropped:
@@ -507,7 +509,7 @@ class AzureStorage:
                 **_conditions(if_match),
             )
 
-        return _written(await self._write("put blob", send, tags=tags, creates=if_match is None))
+        return _written(await self._write("put blob", send, blob=name, tags=tags, creates=if_match is None))
 
     async def copy_from_url(
         self,
@@ -529,7 +531,7 @@ class AzureStorage:
                 **_conditions(if_match),
             )
 
-        result = await self._write("copy", send, tags=tags, creates=if_match is None, sync_copy=True)
+        result = await self._write("copy", send, blob=name, tags=tags, creates=if_match is None, sync_copy=True)
         return _written(result)
 
     async def source_size(self, source_url: str) -> int | None:
@@ -561,7 +563,7 @@ class AzureStorage:
             )
             return {}
 
-        await self._write("stage block", send, tags=None, creates=True)
+        await self._write("stage block", send, blob=name, tags=None, creates=True)
 
     async def commit_blocks(
         self,
@@ -585,7 +587,7 @@ class AzureStorage:
             )
 
         # creates=False even for a create: a commit in a container that is gone has no blocks to commit.
-        return _written(await self._write("commit blocks", send, tags=tags, creates=False))
+        return _written(await self._write("commit blocks", send, blob=name, tags=tags, creates=False))
 
     async def set_headers(self, name: str, headers: seam.Headers, *, if_match: str) -> seam.Written:
         async def send(_tags: dict[str, str] | None) -> dict[str, Any]:
@@ -593,7 +595,7 @@ class AzureStorage:
                 content_settings=_content_settings(headers), **_conditions(if_match)
             )
 
-        return _written(await self._write("set headers", send, tags=None, creates=False))
+        return _written(await self._write("set headers", send, blob=name, tags=None, creates=False))
 
     async def delete(self, name: str, *, if_match: str) -> bool:
         """Delete that version with its snapshots; False when it (or its container) is gone already."""

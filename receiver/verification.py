@@ -212,6 +212,11 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             # newer one ends (superseded when it is stored; else its bytes adopted, or it fails as expired).
             record.reason = "its link expired while it waited behind a newer export; the reconciliation decides it"
             return "waiting"
+        if trace.effect_failed is not None:  # its arrow says stored or duplicate: say what is still missing
+            record.reason = (
+                f"the file is stored; its manifest could not be written yet ({trace.effect_failed.message}): "
+                "the queue tries again"
+            )
         if last_try:
             record.outcome, record.final_failure = "poisoned", True
             record.reason = _poisoned(plan.task_id, "the copy is still not finished")

@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -1170,3 +1171,57 @@ def test_python_dash_m_ops_runs_the_entry_point() -> None:
         [sys.executable, "-m", "ops", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert shown.returncode == OK and "replay-poison" in shown.stdout and "fail" in shown.stdout
+
+
+def refuse_by_lease(ops: Ops, monkeypatch: pytest.MonkeyPatch, refused: Callable[[str], bool]) -> Any:
+    """Every put to a name ``refused`` picks is refused as a lease another client holds refuses it; the real
+    put is returned."""
+    from receiver.storage import Leased
+
+    real_put = ops.world.storage.put
+
+    async def put(name: str, *args: Any, **kwargs: Any) -> Any:
+        if refused(name):
+            raise Leased(f"put blob: a lease another client holds on {name} refused it (LeaseIdMissing)", status=412)
+        return await real_put(name, *args, **kwargs)
+
+    monkeypatch.setattr(ops.world.storage, "put", put)
+    return real_put
+
+
+async def test_check_repair_whose_manifest_write_a_lease_refuses_says_not_done_and_names_the_lease(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing manifest, and a lease refuses the repair's write of it: check --repair says it was not done and
+    why (exit 1), not "repaired"; once the lease is gone the same command writes it."""
+    export = await stored(ops)
+    name = f"{ops.plan(export).blob_name}.json"
+    manifest = ops.world.storage.stored(name)
+    assert manifest is not None
+    await ops.world.storage.delete(name, if_match=manifest.etag)
+    real_put = refuse_by_lease(ops, monkeypatch, lambda blob: blob == name)
+
+    refused = await ops("check", "--task", "task-1", "--repair")
+    assert refused.code == NOT_FOUND, (refused.code, refused.out, refused.err)
+    assert "not done: storage refused a step" in refused.out and "lease" in refused.out, refused.out
+    assert "repaired:" not in refused.out and ops.world.storage.stored(name) is None, refused.out
+    monkeypatch.setattr(ops.world.storage, "put", real_put)
+    repaired = await ops("check", "--task", "task-1", "--repair")
+    assert repaired.code == OK and "repaired:" in repaired.out and ops.world.storage.stored(name) is not None
+
+
+async def test_check_repair_stopped_by_a_refused_record_write_says_what_it_did_and_exits_1(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery copying whose link expired: check --repair fails it, and a lease refuses the record's write.
+    The command says the step was refused and why (exit 1: storage answered), not a bare error with exit 3."""
+    await stored(ops)
+    await ops.accept(ops.world.export("task-1", expires_in=timedelta(minutes=5)))
+    ops.world.clock.advance(timedelta(minutes=10))
+    refuse_by_lease(ops, monkeypatch, lambda blob: blob.startswith(".smartdocumentor/tasks/"))
+
+    refused = await ops("check", "--task", "task-1", "--repair")
+    assert refused.code == NOT_FOUND, (refused.code, refused.out, refused.err)
+    assert "not done: storage refused a step" in refused.out and "lease" in refused.out, refused.out
+    record = ops.world.record()
+    assert record is not None and record.deliveries[-1].state is State.COPYING, record

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -331,7 +332,11 @@ async def test_a_replaced_files_manifest_whose_delete_a_lease_refuses_stays_list
 
 
 async def test_a_re_export_whose_manifest_a_lease_refuses_says_so_and_its_queue_message_writes_it(
-    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The current file's manifest is leased: a re-export at that name is stored, but its manifest cannot be
     written: 503 saying a lease refused it; the queue message writes it once the lease is broken."""
@@ -343,6 +348,12 @@ async def test_a_re_export_whose_manifest_a_lease_refuses_says_so_and_its_queue_
     answer = await webhook.post(newer)
     assert answer.status == 503 and answer.verification is not None, answer.body
     assert "manifest could not be written yet (a lease another client holds on it" in answer.body["message"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="receiver"), pytest.raises(Exception, match="not finished yet"):
+        await run_verifier(answer.verification)  # while the lease lasts: tried again, saying what is missing
+    [line] = [r.getMessage() for r in caplog.records if r.name == "receiver" and r.getMessage().startswith("verif")]
+    missing = "the file is stored; its manifest could not be written yet (put blob: a lease another client holds on"
+    assert f"{missing} {name}.json" in line, line
     lease.break_lease(lease_break_period=0)
     await run_verifier(answer.verification)
     assert_only_current(destination, newer, B)

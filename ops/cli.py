@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
 from receiver.settings import Settings, SettingsError
-from receiver.source import redact
+from receiver.source import redact, without_signatures
 from receiver.storage import StoreError
 from receiver.verification import QUEUE as VERIFICATION_QUEUE
 
@@ -294,12 +294,18 @@ workspaceId and delivery of each, never a message's content (it holds the export
 
 # Arguments whose value the command line repeats or stores: one that holds a secret is refused whole.
 _ECHOED = ("task", "workspace", "reason", "queue")
+# Ids keep a URL's query (docs/reference.md, Secrets: `ref://erp/doc?id=1001` is a task id); only a sig or a key
+# in them is refused. The output hides every URL's query all the same.
+_IDS = ("task", "workspace")
 
 
 def _check_values(args: argparse.Namespace) -> None:
     for name in _ECHOED:
         value = getattr(args, name, None)
-        if isinstance(value, str) and (redact(value) != value or re.search(r"(?i)accountkey|sig=", value)):
+        if not isinstance(value, str):
+            continue
+        hidden = without_signatures(value) if name in _IDS else redact(value)
+        if hidden != value or re.search(r"(?i)accountkey|sig=|sharedaccesssignature", value):
             option = f"--{name.replace('_', '-')}"
             raise UsageError(f"{option} holds what looks like a connection string or a SAS (not shown)")
 

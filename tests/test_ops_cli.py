@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ops.cli import build_parser, run
-from ops.output import USAGE
+from ops.output import OK, USAGE
 
 from .test_ops import ROOT, Ops
 
@@ -196,3 +196,16 @@ def test_the_real_entry_point_hides_a_mistyped_options_value() -> None:
 
 def test_logging_of_the_receiver_logger_is_not_silenced() -> None:
     assert logging.getLogger("receiver").getEffectiveLevel() <= logging.ERROR
+
+
+async def test_a_task_id_holding_a_url_query_is_found_and_one_holding_a_sig_is_refused() -> None:
+    """Task ids keep a URL's query (docs/reference.md, Secrets): --task takes such an id whole, so an operator
+    can look the task up; a sig in it is refused, and the output hides the query as it hides every URL's."""
+    ops = Ops()
+    export = ops.world.export("ref://erp/doc?id=1001")
+    assert (await ops.world.post(export)).status_code == 200
+    found = await ops("find", "--task", "ref://erp/doc?id=1001")
+    assert found.code == OK and "1 delivery(ies)" in found.out, (found.code, found.out, found.err)
+    assert "ref://erp/doc?id=1001" not in found.out and "ref://erp/doc?REDACTED" in found.out, found.out
+    refused = await ops("find", "--task", "ref://erp/doc?id=1001&sig=abcdefgh")
+    assert refused.code == USAGE and "abcdefgh" not in refused.err + refused.out, refused.err

@@ -295,7 +295,15 @@ def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[s
         return "lost", f"no queue or poison message holds its link: nothing will finish it ({until}{why})"
     if ctx.queues is None:
         return "unconfirmed", f"give the host storage options to see whether a message can finish it ({until})"
-    return "unknown", f"{found.look.note or 'the queues could not be read'} ({until})"
+    # A message tried again is hidden between its tries: it cannot be seen, only outlived.
+    ends = item.received_at + QUEUE_COVERAGE
+    when = (
+        f": its message's tries end by {_iso(ends)}; look again then (QUEUED, POISONED or LOST), or give it up now "
+        "with python -m ops fail --force"
+        if ends > ctx.now
+        else ""
+    )
+    return "unknown", f"{found.look.note or 'the queues could not be read'}{when} ({until})"
 
 
 def _delivery_data(item: Delivery, record: TaskRecord, verdict: tuple[str, str] | None) -> dict[str, Any]:
@@ -387,7 +395,11 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
         copy = f", copy {listed.copy_id}" if listed.copy_id else ("" if listed.etag else ", only if a copy of it lands")
         lines.append(f"still to retire: {listed.blob} (delivery {listed.delivery[:12]}{copy})")
     if ctx.queues is not None:
-        said = {"there": "has a message of this task", "absent": "has none of this task", "unknown": "not known"}
+        said = {
+            "there": "has a message of this task",
+            "absent": "has none of this task",
+            "unknown": "may hold one of this task (some of its messages are hidden while they are tried)",
+        }
         lines.append(
             f"queues: the verification queue {said.get(found.look.queue, found.look.queue)}; the poison queue "
             f"{said.get(found.look.poison, found.look.poison)}"
@@ -585,7 +597,8 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
     copying = [item for item in record.deliveries if item.state is State.COPYING] if record else []
     data: dict[str, Any] = {"taskId": task_id, "workspaceId": workspace_id, "failed": None}
     if not copying:
-        return Result(NOT_FOUND, data, [f"Task {task_id} has no delivery copying: nothing to give up."])
+        data["message"] = f"Task {task_id} has no delivery copying: nothing to give up."
+        return Result(NOT_FOUND, data, [data["message"]])
     live = [item for item in copying if item.link_expires_on is None or item.link_expires_on > ctx.now]
     looked = await _look(ctx, workspace_id, task_id) if live else None
     holds, held = [], []
@@ -601,7 +614,7 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
                 + (
                     "give the host storage options, --host-connection-string or --host-queue-url"
                     if ctx.queues is None
-                    else f"{looked.note or 'a message may be hidden while it is tried'}: look again in a minute"
+                    else f"{looked.note or 'a message may be hidden while it is tried'}: look again in a few minutes"
                 )
                 + f"); link valid until {until}",
             }[where]
@@ -1085,7 +1098,7 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                         f"{parsed.task_id}: sent back, but it could not be deleted from {poison.name} (it became "
                         "visible again while being moved); a later replay moves the copy (harmless)"
                     )
-                expected = "its outcome not foreseen" if fate[0] == "unknown" else f"expected to {fate[0]}"
+                expected = "its outcome not foreseen" if fate[0] == "unknown" else f"foreseen: {fate[0].upper()}"
                 if ctx.storage is not None:
                     note = f"replay-poison: {expected} ({fate[1]})"
                     await _note_replayed(ctx.storage, parsed, note, ctx.now)

@@ -148,8 +148,7 @@ async def _seen_in(queue: HostQueue, workspace_id: str, task_id: str) -> tuple[W
         ""
         if whole
         else f"{queue.name} holds about {waiting} message(s), {hidden} of them hidden while they are tried or wait "
-        "for their next try (normal for a copy still being retried); this task's may be one of them: check again "
-        "in a minute"
+        "for their next try (normal for a copy still being retried); this task's may be one of them"
     )
     if found:
         return "there", found, note, whole

@@ -232,7 +232,9 @@ async def test_find_gives_each_copying_delivery_a_verdict_from_the_queues(ops: O
     await ops.queue.receive(1, visibility_seconds=60)  # the queue function is trying it: hidden
     trying = await ops("find", "--task", "task-1")
     assert "UNKNOWN" in trying.out and "hidden while they are tried" in trying.out, trying.out
-    assert "check again in a minute" in trying.out
+    # When it can be known: once its message's tries are over (received + the queue's coverage).
+    assert "its message's tries end by 2026-01-01T01:30:00Z; look again then" in trying.out, trying.out
+    assert "python -m ops fail --force" in trying.out and "may hold one of this task" in trying.out
 
     ops.queue.visible.clear()
     ops.queue.hidden.clear()
@@ -1058,7 +1060,7 @@ async def test_replay_does_not_foresee_a_refusal_by_a_source_policy_this_machine
     with caplog.at_level(logging.WARNING):
         assert await run(["replay-poison"], settings=without_policy, queues=ops.queues, **kwargs) == OK
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
-    assert len(ops.queue.visible) == 1 and "expected to fail" not in caplog.text
+    assert len(ops.queue.visible) == 1 and "foreseen: FAIL" not in caplog.text and "not foreseen" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -522,7 +522,7 @@ async def _effects(
         *(_effect(storage, job, seen, effect, now=now, careful=careful) for effect in effects),
         return_exceptions=True,
     )
-    retired, deferred = set(seen.retired), set(seen.deferred)
+    retired, deferred, kept = set(seen.retired), set(seen.deferred), set(seen.kept)
     manifest_done = seen.manifest_done
     for effect, outcome in zip(effects, outcomes, strict=True):
         if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
@@ -535,6 +535,8 @@ async def _effects(
         failed = isinstance(outcome, StoreError)
         if isinstance(effect, Retire):
             (deferred if failed else retired).add(effect.retirement.key)
+            if outcome is False:
+                kept.add(effect.retirement.key)
             if not failed:
                 trace.retired.append(effect.retirement.blob)
             else:
@@ -556,6 +558,7 @@ async def _effects(
         seen,
         retired=frozenset(retired),
         deferred=frozenset(deferred),
+        kept=frozenset(kept),
         manifest_done=manifest_done,
         blob=blob,
         copied=seen.copied and not removed,
@@ -564,7 +567,9 @@ async def _effects(
 
 async def _effect(
     storage: Storage, job: Job, seen: Seen, effect: WriteManifest | Retire | Fence, *, now: datetime, careful: bool
-) -> None:
+) -> bool | None:
+    """Carry out one effect; a retirement says whether it deleted the file (False: it no longer held the
+    delivery, and was left alone)."""
     if isinstance(effect, Retire):
         item = effect.retirement
         name = manifest_name(item.blob)
@@ -577,10 +582,11 @@ async def _effect(
             matches = known is not None and _is_manifest(known) and known.delivery == item.delivery
             etag = known.etag if known is not None and matches else None
             removals.append(remove_manifest(storage, name, item.delivery, etag))
-        await asyncio.gather(*removals)
-        return
+        deleted, *_ = await asyncio.gather(*removals)
+        return bool(deleted)
     if isinstance(effect, WriteManifest):
         await write_manifest(storage, job, seen, effect, now=now, careful=careful)
+    return None
 
 
 async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:

@@ -80,6 +80,7 @@ class Seen:
     large: bool = False  # above SYNC_COPY_MAX_MIB, or refused by Copy Blob From URL: staged in blocks
     retired: frozenset[str] = frozenset()  # retirements (Retirement.key) this driver carried out
     deferred: frozenset[str] = frozenset()  # retirements that failed: left listed for the next driver
+    kept: frozenset[str] = frozenset()  # of the retired, names left alone: they no longer held the delivery
     manifest_done: bool = False  # this driver made sure of the manifest (a verifier's duplicate)
     # Manifests of names to retire, read beside the change that listed them (None: absent), so the
     # deletes that follow are If-Match without another round trip.
@@ -274,7 +275,8 @@ name-taken | new, copying | failed (when it was in the record) | webhook, verifi
 retire | superseded (its name listed to retire) | name deleted, dropped from the list | any driver |
     after the record lists the name: the file and its manifest are deleted only while they still hold the retired
     delivery (If-Match; a version changed since is followed only while it is the same copy, its copyid); the
-    record then drops the name and adds a step `retired` (the names, the driver) to that delivery's history
+    record then drops the name and adds a step `retired` (the names deleted, the driver; a name another wrote
+    since is left in place, said in its note) to that delivery's history
 """
 
 
@@ -842,17 +844,24 @@ def _clear_retired(seen: Seen, record: TaskRecord, now: datetime, by: Driver) ->
     """Drop from the record's list the names this driver retired, each in its delivery's history (who
     retired it, when)."""
     names: dict[str, list[str]] = {}
+    left: dict[str, list[str]] = {}
     for item in record.retire:
-        if item.key in seen.retired and item.blob not in names.setdefault(item.delivery, []):
-            names[item.delivery].append(item.blob)
+        if item.key in seen.retired:
+            done = left if item.key in seen.kept else names
+            if item.blob not in done.setdefault(item.delivery, []):
+                done[item.delivery].append(item.blob)
+            names.setdefault(item.delivery, [])
     if not names:
         return None
+
+    def step(delivery: str) -> Step:
+        # A name whose file another wrote since (the customer, say) is no longer this delivery's: left as it is.
+        kept = left.get(delivery)
+        note = f"left in place, no longer holding this delivery: {', '.join(kept)}" if kept else None
+        return Step(at=now, by=by, outcome="retired", retired=names[delivery] or None, note=note)
+
     deliveries = [
-        item.model_copy(
-            update={"history": with_step(item, Step(at=now, by=by, outcome="retired", retired=names[item.delivery]))}
-        )
-        if item.delivery in names
-        else item
+        item.model_copy(update={"history": with_step(item, step(item.delivery))}) if item.delivery in names else item
         for item in record.deliveries
     ]
     retire = [item for item in record.retire if item.key not in seen.retired]

@@ -1227,3 +1227,24 @@ async def test_check_repair_stopped_by_a_refused_record_write_says_what_it_did_a
     assert "not done: storage refused a step" in refused.out and "lease" in refused.out, refused.out
     record = ops.world.record()
     assert record is not None and record.deliveries[-1].state is State.COPYING, record
+
+
+async def test_a_replaced_file_someone_else_overwrote_is_left_in_place_and_its_history_says_so(ops: Ops) -> None:
+    """The customer overwrote the stored file with bytes of their own; a renamed re-export then retires the name:
+    the file is not the receiver's any more, so it stays, and the history says it was left, not retired."""
+    export = await stored(ops)
+    name = ops.plan(export).blob_name
+    there = ops.world.storage.stored(name)
+    assert there is not None
+    await ops.world.storage.put(
+        name, b"the customer's own", if_match=there.etag, content_type="application/pdf", metadata={}
+    )
+    await stored(ops, name="renamed.pdf")
+    assert ops.world.files()[name] == b"the customer's own"
+    record = ops.world.record()
+    assert record is not None and record.retire == [], record
+    step = record.deliveries[0].history[-1]
+    assert step.outcome == "retired" and step.retired is None, step
+    assert step.note == f"left in place, no longer holding this delivery: {name}", step
+    shown = await ops("find", "--task", "task-1")
+    assert f"retired (left in place, no longer holding this delivery: {name})" in shown.out, shown.out

@@ -1075,12 +1075,14 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                 parsed = parse(message.content)
                 if parsed is None:
                     entries.append(_message_entry(message.id, None, "left", UNREADABLE))
+                    await poison.release(message)  # visible again at once: a dry run just after shows it
                     progress.update(1)
                     continue
                 fate = await _fate(ctx, parsed)
                 if fate[0] == "blocked":  # left in the poison queue: it would only be poisoned again
                     problems.append(fate[1])
                     entries.append(_message_entry(message.id, parsed, "left", fate))
+                    await poison.release(message)
                     progress.update(1)
                     continue
                 try:

@@ -62,6 +62,10 @@ class HostQueue(Protocol):
         """False when it could not be deleted (its hidden time ran out and someone received it)."""
         ...
 
+    async def release(self, message: QueueMessage) -> None:
+        """A received message visible again at once (one left where it is); never raises."""
+        ...
+
 
 class QueueMissing(Exception):
     """The queue a message must go to does not exist in this host storage."""
@@ -223,6 +227,13 @@ class AzureQueue:
             return False
         return True
 
+    async def release(self, message: QueueMessage) -> None:
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        # Else it stays hidden for the rest of its visibility time, and a dry run just after misses it.
+        with contextlib.suppress(ResourceNotFoundError, HttpResponseError):
+            await self.client.update_message(message.id, message.pop_receipt, visibility_timeout=0)
+
 
 # --- in memory (tests) -----------------------------------------------------------------------------
 
@@ -269,6 +280,11 @@ class MemoryQueue:
         before = len(self.hidden)
         self.hidden = [item for item in self.hidden if item.id != message.id]
         return len(self.hidden) < before
+
+    async def release(self, message: QueueMessage) -> None:
+        released = [item for item in self.hidden if item.id == message.id]
+        self.hidden = [item for item in self.hidden if item.id != message.id]
+        self.visible.extend(QueueMessage(item.id, item.content) for item in released)
 
     def contents(self) -> list[str]:
         return [item.content for item in [*self.visible, *self.hidden]]

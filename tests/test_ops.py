@@ -1023,6 +1023,10 @@ async def test_replay_dry_run_and_the_queue_function_agree(ops: Ops) -> None:
     moved = await ops("replay-poison")
     assert moved.json if moved.code == NOT_FOUND else False  # the unreadable one stays: exit 1
     assert len(ops.queue.visible) == 3 and "Moved 3 message(s)" in moved.out
+    # What it left is visible again at once: a dry run right after still shows it.
+    assert [item.content for item in ops.poison.visible] == ["not a message"] and not ops.poison.hidden
+    again = await ops("replay-poison", "--dry-run", "--json")
+    assert [entry["action"] for entry in again.json()["messages"]] == ["would-leave"], again.out
     outcomes = {}
     for item in list(ops.queue.visible):
         body = json.loads(json.loads(item.content)["body"])

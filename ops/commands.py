@@ -282,6 +282,13 @@ def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[s
         )
     expires = item.link_expires_on
     if expires is not None and expires <= ctx.now:
+        record = found.record
+        later = record.deliveries[record.index(item.delivery) + 1 :] if record is not None else []
+        if any(other.state is State.COPYING for other in later):  # the sweep looks at the newest copying one
+            return "behind", (
+                f"its link expired at {_iso(expires)}; it waits for a newer export still copying: superseded once "
+                "that is stored, else its bytes adopted or failed as expired (the reconciliation decides it)"
+            )
         return "expired", f"its link expired at {_iso(expires)}: check --repair (or the reconciliation) fails it"
     where = found.look.where(item.delivery)
     until = f"link valid until {_iso(expires)}"
@@ -558,25 +565,32 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
     if stopped is None and trace.effect_failed is not None:
         stopped = trace.effect_failed.message  # the manifest (or Content-Type) the repair wrote was refused
     arrows = ",".join(trace.arrows)
-    failed = "expired" in trace.arrows
+    after = await inspect(ctx, workspace_id, task_id)
+    # What the record says now, not what was tried: a step storage refused changed nothing.
+    before = {item.delivery: item.state for item in found.record.deliveries}
+    now_failed = [
+        item
+        for item in (after.record.deliveries if after.record is not None else [])
+        if item.state is State.FAILED and before.get(item.delivery) is State.COPYING
+    ]
+    failed = bool(now_failed)
+    outcome = "expired" if failed else action if stopped is None else "stopped"
     log.log(
         logging.ERROR if failed else logging.WARNING,
-        "operator check --repair task=%s workspace=%s: %s (%s)%s",
+        "operator check --repair task=%s workspace=%s: %s (%s)%s%s",
         task_id,
         workspace_id,
         action,
         arrows,
         "; the delivery failed for good: export the document again" if failed else "",
-        extra=operator_record(
-            "expired" if failed else action, task_id, workspace_id, reason=found.foreseen.why, final=failed
-        ),
+        f"; not done: storage refused a step ({stopped})" if stopped is not None else "",
+        extra=operator_record(outcome, task_id, workspace_id, reason=found.foreseen.why, final=failed),
     )
-    after = await inspect(ctx, workspace_id, task_id)
     repaired: dict[str, Any] = {"arrows": trace.arrows, "retired": trace.retired, "answer": answer.kind}
     repaired.update(notRetired=trace.deferred, stopped=stopped)
     data["repaired"] = repaired
     data["after"] = _inspection_data(ctx, after)
-    done = "steps taken" if stopped or trace.deferred else "repaired"
+    done = "steps tried" if stopped or trace.deferred else "repaired"
     text.append(f"{done}: {arrows}" + (f"; retired {', '.join(trace.retired)}" if trace.retired else ""))
     text += [f"not retired: {why}" for why in trace.deferred]
     if stopped is not None:

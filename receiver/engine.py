@@ -216,17 +216,13 @@ async def _first_round(
 
     record, landed = await asyncio.gather(_read_record(storage, job), copy(), return_exceptions=True)
     if isinstance(record, BaseException):
-        if isinstance(record, UnreadableRecord) and not isinstance(landed, BaseException):
-            # The task is refused until its record is restored, so nothing would record this copy: the file it
-            # created is removed (its own version only), once the record is seen still unreadable (restored, a
-            # retry of this export may adopt it), and nothing is left that no record names.
-            made = landed[0].blob
-            if landed[0].copied and isinstance(made, Blob):
-                with contextlib.suppress(StoreError):
-                    try:
-                        await _read_record(storage, job)
-                    except UnreadableRecord:
-                        await storage.delete(name, if_match=made.etag)
+        if isinstance(record, UnreadableRecord) and not isinstance(landed, BaseException) and landed[0].copied:
+            # Never deleted here: once the record is restored a retry (or a repair) may adopt it before a delete
+            # lands, and an adoption keeps the version. Named instead, with what makes it recorded.
+            raise UnreadableRecord(
+                f"{record.message} A copy of this export was made at {name} meanwhile: once the record is restored, "
+                "send the document again (its retry records that file)."
+            ) from None
         raise record
     if isinstance(landed, BaseException):
         raise landed
@@ -568,8 +564,8 @@ async def _effects(
 async def _effect(
     storage: Storage, job: Job, seen: Seen, effect: WriteManifest | Retire | Fence, *, now: datetime, careful: bool
 ) -> bool | None:
-    """Carry out one effect; a retirement says whether it deleted the file (False: it no longer held the
-    delivery, and was left alone)."""
+    """Carry out one effect. A retirement says False when it left a file in place (one that no longer holds the
+    delivery, or another copy of it); else None (deleted, or nothing there)."""
     if isinstance(effect, Retire):
         item = effect.retirement
         name = manifest_name(item.blob)
@@ -583,7 +579,10 @@ async def _effect(
             etag = known.etag if known is not None and matches else None
             removals.append(remove_manifest(storage, name, item.delivery, etag))
         deleted, *_ = await asyncio.gather(*removals)
-        return bool(deleted)
+        if deleted:
+            return None
+        # Not deleted: gone already (another driver's delete, a copy that never landed), or another's now.
+        return False if await storage.read(item.blob) is not None else None
     if isinstance(effect, WriteManifest):
         await write_manifest(storage, job, seen, effect, now=now, careful=careful)
     return None

@@ -177,9 +177,12 @@ def fold_tag_text(text: str, limit: int, secret: re.Pattern[str] | None = None) 
     a disguised signature (fullwidth letters, a combining mark after each character) into the plain one,
     so the folded text loses any ``sig`` value, and ``secret`` (the link's own), again before the cut."""
     decomposed = unicodedata.normalize("NFKD", text)
-    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    folded = without_signatures(_TAG_ALPHABET.sub("_", stripped))
-    return (secret.sub("REDACTED", folded) if secret is not None else folded)[:limit]
+    # Invisible format characters (a zero-width space, a soft hyphen) go too: inside a signature they would
+    # only hide it from the scrub.
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch) and unicodedata.category(ch) != "Cf")
+    if secret is not None:  # before the alphabet turns a percent-encoded form's "%" into "_"
+        stripped = secret.sub("REDACTED", stripped)
+    return without_signatures(_TAG_ALPHABET.sub("_", without_signatures(stripped)))[:limit]
 
 
 def index_tags(

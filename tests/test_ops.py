@@ -531,13 +531,30 @@ async def test_an_unreadable_task_record_is_named_with_how_to_restore_it_and_exi
     assert answer.status_code == 500 and "receiver bug" not in answer.body["message"], answer.body
     assert "restore its previous version" in answer.body["message"]
     assert "is not readable (the document: Invalid JSON: EOF while parsing" in answer.body["message"], answer.body
-    # A renamed export's create-only copy, sent beside the record read, lands at a new name: removed again.
-    before = ops.world.files()
-    renamed = await ops.world.post(ops.world.export("task-1", "renamed.pdf"))
-    assert renamed.status_code == 500 and ops.world.files() == before, sorted(ops.world.files())
+    # A renamed export's create-only copy, sent beside the record read, lands at a new name. Never deleted there
+    # (a retry may adopt it once the record is restored): the answer names it and what records it.
+    renamed_export = ops.world.export("task-1", "renamed.pdf")
+    renamed = await ops.world.post(renamed_export)
+    assert renamed.status_code == 500 and "ws-1/task-1/renamed.pdf" in ops.world.files(), sorted(ops.world.files())
+    assert "A copy of this export was made at ws-1/task-1/renamed.pdf meanwhile" in renamed.body["message"]
+    assert "send the document again (its retry records that file)" in renamed.body["message"]
     with caplog.at_level(logging.INFO):
         await ops.reconcile()
     assert any(r.levelno == logging.ERROR and "is not readable" in r.getMessage() for r in caplog.records)
+
+    # Restored as the message says, the document sent again: that file is recorded (the copy was never deleted
+    # behind the retry's back), the older one retired.
+    broken = ops.world.storage.stored(name)
+    assert broken is not None
+    await ops.world.storage.put(
+        name, data, if_match=broken.etag, content_type="application/json", metadata=dict(there.metadata)
+    )
+    again = await ops.world.post(renamed_export)
+    assert again.status_code == 200 and again.body["status"] == "stored", again.body
+    record = ops.world.record()
+    assert record is not None and record.current_delivery is not None, record
+    assert record.current_delivery.blob == "ws-1/task-1/renamed.pdf", record
+    assert sorted(name for name in ops.world.files() if name.startswith("ws-1/task-1/")) == ["ws-1/task-1/renamed.pdf"]
 
 
 async def test_failed_counts_only_tasks_left_failed_and_a_fixed_task_takes_no_slot_of_max(ops: Ops) -> None:
@@ -1217,20 +1234,26 @@ async def test_check_repair_whose_manifest_write_a_lease_refuses_says_not_done_a
 
 
 async def test_check_repair_stopped_by_a_refused_record_write_says_what_it_did_and_exits_1(
-    ops: Ops, monkeypatch: pytest.MonkeyPatch
+    ops: Ops, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A delivery copying whose link expired: check --repair fails it, and a lease refuses the record's write.
-    The command says the step was refused and why (exit 1: storage answered), not a bare error with exit 3."""
+    The command says the step was refused and why (exit 1: storage answered), not a bare error with exit 3;
+    nothing failed, so its log record is no final failure (no alert) and says what was not done."""
     await stored(ops)
     await ops.accept(ops.world.export("task-1", expires_in=timedelta(minutes=5)))
     ops.world.clock.advance(timedelta(minutes=10))
     refuse_by_lease(ops, monkeypatch, lambda blob: blob.startswith(".smartdocumentor/tasks/"))
 
-    refused = await ops("check", "--task", "task-1", "--repair")
+    with caplog.at_level(logging.INFO, logger="receiver"):
+        refused = await ops("check", "--task", "task-1", "--repair")
     assert refused.code == NOT_FOUND, (refused.code, refused.out, refused.err)
     assert "not done: storage refused a step" in refused.out and "lease" in refused.out, refused.out
+    assert "steps tried: observe,expired" in refused.out, refused.out
     record = ops.world.record()
     assert record is not None and record.deliveries[-1].state is State.COPYING, record
+    [line] = [r for r in caplog.records if r.getMessage().startswith("operator check --repair")]
+    assert line.levelno == logging.WARNING and not getattr(line, "receiver.finalFailure", False), line.getMessage()
+    assert "not done: storage refused a step" in line.getMessage()
 
 
 async def test_a_replaced_file_someone_else_overwrote_is_left_in_place_and_its_history_says_so(ops: Ops) -> None:

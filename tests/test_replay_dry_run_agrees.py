@@ -99,3 +99,6 @@ async def test_a_message_behind_a_newer_copy_whose_link_expired_ends_in_the_dry_
         State.COPYING,
         State.COPYING,
     ]
+    # find says it waits behind the newer one (the sweep looks at that one), not that --repair fails it now.
+    found = await ops("find", "--task", "task-1")
+    assert "verdict: BEHIND: its link expired at" in found.out and "fails it" not in found.out, found.out

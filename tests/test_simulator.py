@@ -963,3 +963,71 @@ async def test_a_delivery_waiting_behind_a_newer_copy_stops_retrying_once_its_li
     assert record is not None and record.current == kept.delivery, record
     assert record.find(older.delivery).state is state  # type: ignore[union-attr]
     assert list(sim.files().values()) == [kept.data], sorted(sim.files())
+
+
+async def test_a_copy_made_beside_an_unreadable_record_is_never_deleted_behind_a_repair_that_adopts_it() -> None:
+    """B was accepted (its copy's answer lost, its message gone), then the record was edited by hand. A retry of
+    B is refused (500) while its create-only copy lands at B.pdf; the record's previous version is restored and
+    check --repair adopts that copy. Nothing deletes it afterwards: B stays current with its file, A retired."""
+    from receiver.models import record_name
+
+    sim = Simulation()
+    first = sim.export("A")
+    await sim.run_actor(sim.post(first))
+    second = sim.export("B")
+    sim.faults.rule("before", "copy_from_url", "ws-1/task-1/B.pdf", 1)
+    unconfirmed = sim.post(second)
+    await sim.run_actor(unconfirmed)
+    assert unconfirmed.answer is not None and unconfirmed.answer.startswith("503"), unconfirmed.answer
+    sim.queue.clear()
+    name = record_name("ws-1", "task-1")
+    good = sim.store.stored(name)
+    assert good is not None
+    sim.checking = False  # a record edited by hand breaks the invariants' reading of it, on purpose
+    now = sim.clock()
+    sim.store.load(name, b"{broken", content_type="application/json", metadata={}, created=now, last_modified=now)
+    refused = sim.post(second)
+    await sim.run_actor(refused)
+    assert refused.answer == "500 failed" and "ws-1/task-1/B.pdf" in sim.files(), refused.answer
+    sim.store.load(
+        name,
+        good.data,
+        content_type="application/json",
+        metadata=dict(good.metadata),
+        created=good.created,
+        last_modified=good.last_modified,
+    )
+    sim.checking = True
+    await sim.run_actor(sim.operator(give_up=None))
+    await sim.finish()
+    ok(sim)
+    record = sim.record()
+    assert record is not None and record.current == second.delivery, record
+    assert sorted(sim.files()) == ["ws-1/task-1/B.pdf"], sorted(sim.files())
+
+
+async def test_a_retirement_says_left_in_place_only_for_a_file_that_is_still_there() -> None:
+    """A.pdf's delete lands but its answer is lost, and a staged export that never landed is superseded by a
+    renamed one: each name is retired with nothing there afterwards, so its step lists it as retired; no
+    "left in place" for a file that is gone or never was."""
+    sim = Simulation()
+    first = sim.export("A")
+    await sim.run_actor(sim.post(first))
+    sim.faults.rule("after", "delete", "ws-1/task-1/A.pdf", 1)
+    await sim.run_actor(sim.post(sim.export("B")))
+    await sim.run_actor(sim.reconcile())
+    never = sim.export("C")
+    staged = sim.post(never, config=STAGED_202)
+    await sim.run_actor(staged)
+    assert staged.answer == "202 copying", staged.answer
+    await sim.run_actor(sim.post(sim.export("D")))
+    await sim.finish()
+    ok(sim)
+    record = sim.record()
+    assert record is not None and not record.retire, record
+    for export, name in ((first, "ws-1/task-1/A.pdf"), (never, "ws-1/task-1/C.pdf")):
+        entry = record.find(export.delivery)
+        assert entry is not None
+        steps = [step for step in entry.history if step.outcome == "retired"]
+        assert steps and not any(step.note for step in steps), steps
+        assert name not in sim.files()

@@ -1085,7 +1085,8 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
     else:
         progress = ctx.console.progress("replaying", total=min(limit, waiting) or None, unit="message")
         try:
-            for message in await poison.receive(limit, visibility_seconds=VISIBILITY_SECONDS):
+            received = await poison.receive(limit, visibility_seconds=VISIBILITY_SECONDS)
+            for index, message in enumerate(received):
                 parsed = parse(message.content)
                 if parsed is None:
                     entries.append(_message_entry(message.id, None, "left", UNREADABLE))
@@ -1106,6 +1107,8 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                         f"the queue {main.name} does not exist in this host storage: is it the function app's? "
                         "(the message stays in the poison queue)"
                     )
+                    for unmoved in received[index:]:  # visible again at once, as any message left
+                        await poison.release(unmoved)
                     break
                 action = "moved"
                 if not await poison.delete(message):

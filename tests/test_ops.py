@@ -1275,3 +1275,16 @@ async def test_a_replaced_file_someone_else_overwrote_is_left_in_place_and_its_h
     assert step.note == f"left in place, no longer holding this delivery: {name}", step
     shown = await ops("find", "--task", "task-1")
     assert f"retired (left in place, no longer holding this delivery: {name})" in shown.out, shown.out
+
+
+async def test_replay_into_a_queue_that_does_not_exist_leaves_every_message_visible_in_the_poison_queue(
+    ops: Ops,
+) -> None:
+    """The verification queue is missing (another host storage given): replay-poison says so and moves nothing;
+    every message it received stays in the poison queue, visible again at once for the next look."""
+    for task in ("task-1", "task-2"):
+        ops.poison.add(await ops.accept(ops.world.export(task)))
+    ops.queue.exists = False
+    ran = await ops("replay-poison")
+    assert ran.code == NOT_FOUND and "does not exist in this host storage" in ran.out, ran.out
+    assert len(ops.poison.visible) == 2 and not ops.poison.hidden, (ops.poison.visible, ops.poison.hidden)

@@ -176,10 +176,12 @@ def fold_tag_text(text: str, limit: int, secret: re.Pattern[str] | None = None) 
     """Fold text into Azure's tag alphabet: accents removed, anything else "_", truncated. Folding can turn
     a disguised signature (fullwidth letters, a combining mark after each character) into the plain one,
     so the folded text loses any ``sig`` value, and ``secret`` (the link's own), again before the cut."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    # Invisible format characters (a zero-width space, a soft hyphen) go too: inside a signature they would
-    # only hide it from the scrub.
-    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch) and unicodedata.category(ch) != "Cf")
+    stripped = text
+    if not text.isascii():  # ASCII has no marks and no format characters: nothing to fold
+        decomposed = unicodedata.normalize("NFKD", text)
+        # Invisible format characters (a zero-width space, a soft hyphen) go too: inside a signature they
+        # would only hide it from the scrub.
+        stripped = "".join(c for c in decomposed if not unicodedata.combining(c) and unicodedata.category(c) != "Cf")
     if secret is not None:  # before the alphabet turns a percent-encoded form's "%" into "_"
         stripped = secret.sub("REDACTED", stripped)
     return without_signatures(_TAG_ALPHABET.sub("_", without_signatures(stripped)))[:limit]

@@ -43,13 +43,20 @@ _TOKEN = re.compile(r"[^\s\"'<>]+")
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 
 
+# Blob names are NFC (plan._safe_segment), and NFC turns exactly one character into a letter or digit: U+212A
+# KELVIN SIGN into "K". Written for a signature's "K" it would pass the scrub and come back whole in a name.
+_NFC_TWINS = {"K": "\u212a"}
+
+
 def _any_encoding(char: str) -> str:
     """A pattern for one character of a signature as a sender may have re-encoded it (letters too:
-    ``%37`` is a ``7`` to the service)."""
+    ``%37`` is a ``7`` to the service), or written it as the one character NFC turns into it."""
     code = f"{ord(char):02X}"
     forms = [re.escape(char), f"(?i:%{code})", f"(?i:%25{code})"]
     if char == "+":
         forms.append(" ")  # decoded as a form would decode it
+    if char in _NFC_TWINS:
+        forms.append(_NFC_TWINS[char])
     return "(?:" + "|".join(forms) + ")"
 
 
@@ -91,15 +98,15 @@ def _strings(value: Any) -> Iterator[str]:
 
 def may_repeat_secret(url: str, value: Any) -> bool:
     """Could ``value`` (any JSON) repeat the link's secret? Never weaker than
-    :func:`link_secret_pattern`, and cheap: a text without ``%`` can only hold a signature as it is (a
-    ``+`` perhaps as a space) or the whole query, so only texts with a ``%`` or such a substring need
-    the pattern, whose compilation costs about a millisecond per link (make bench)."""
+    :func:`link_secret_pattern`, and cheap: a text without ``%`` or a KELVIN SIGN can only hold a signature
+    as it is (a ``+`` perhaps as a space) or the whole query, so only texts with one of those or such a
+    substring need the pattern, whose compilation costs about a millisecond per link (make bench)."""
     query, cores = _signatures(url)
     if not cores:
         return False
     plain = [core.replace(" ", "+") for core in cores]
     for text in _strings(value):
-        if "%" in text or (len(query) >= 8 and query in text):
+        if "%" in text or any(twin in text for twin in _NFC_TWINS.values()) or (len(query) >= 8 and query in text):
             return True
         spaced = text.replace(" ", "+")
         if any(core in spaced for core in plain):
@@ -134,6 +141,13 @@ _ANY_SIG = re.compile(
     r"(?i)(?:s|%(?:25)?73)(?:i|%(?:25)?69)(?:g|%(?:25)?67)(?:=|%3D|%253D)"
     r"(?:[^&\s\"'<>%#]|%(?!26|2526|23)(?:25)?[0-9a-f]{2})*"
 )
+
+
+# What intake leaves of a `sig` value: REDACTED, perhaps "~" and 16 hex digits (in an id), "_" for the "~" in a
+# blob name's identity segment. Output and logs keep it whole, and what follows it in a name: it was never secret.
+_SCRUBBED_SIG = r"(?-i:REDACTED(?:[~_][0-9a-f]{16}(?![0-9A-Za-z+=])|(?![~_0-9A-Za-z+=])))"
+_EQUALS = "(?:=|%3D|%253D)"
+_ANY_SIG_NOT_SCRUBBED = re.compile(_ANY_SIG.pattern.replace(_EQUALS, f"{_EQUALS}(?!{_SCRUBBED_SIG})", 1))
 
 
 def _may_hold_signature(text: str) -> bool:
@@ -193,8 +207,13 @@ _CONNECTION_SECRET = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|Shared
 def redact(text: str) -> str:
     """Remove URL queries, any ``sig=``, and a connection string's ``AccountKey=`` or
     ``SharedAccessSignature=`` value from free text (exception messages, log lines, operator output)."""
-    text = _CONNECTION_SECRET.sub(lambda found: f"{found.group(1)}=REDACTED", text)
-    return without_signatures(without_url_queries(text))
+    text = without_url_queries(_CONNECTION_SECRET.sub(lambda found: f"{found.group(1)}=REDACTED", text))
+    return _ANY_SIG_NOT_SCRUBBED.sub("sig=REDACTED", text) if _may_hold_signature(text) else text
+
+
+def holds_signature(text: str) -> bool:
+    """Does ``text`` hold a ``sig`` value that intake did not already replace?"""
+    return _may_hold_signature(text) and _ANY_SIG_NOT_SCRUBBED.search(text) is not None
 
 
 def host_allowed(host: str, port: int, patterns: tuple[str, ...], default_port: int) -> bool:

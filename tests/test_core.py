@@ -252,6 +252,35 @@ def test_no_url_query_survives_scrubbing_in_any_arrangement(text: str) -> None:
         assert re.search(signature, scrubbed) is None, (text, scrubbed)
 
 
+_LINK = "https://example.blob.core.windows.net/c/x.pdf?sv=2024-11-04&se=2030-01-01T00%3A00%3A00Z&sig="
+_LINK_SIGNATURE = "Kk9+AbKxyz0K12"
+
+
+def _written_as(char: str, form: int) -> str:
+    """One character of a signature as a sender may write it: as it is, percent-encoded once or twice, a
+    form-decoded "+" (a space), or the KELVIN SIGN for a "K" (NFC turns it back)."""
+    forms = [char, f"%{ord(char):02X}", f"%25{ord(char):02x}"]
+    forms += {"+": [" "], "K": ["\u212a"]}.get(char, [])
+    return forms[form % len(forms)]
+
+
+@given(st.lists(st.integers(0, 3), min_size=len(_LINK_SIGNATURE), max_size=len(_LINK_SIGNATURE)), st.text(max_size=5))
+@example([3 if char == "K" else 0 for char in _LINK_SIGNATURE], "")  # every K a KELVIN SIGN, nothing else changed
+@settings(max_examples=300, deadline=None)
+def test_the_links_own_signature_written_any_way_is_out_of_the_body_and_the_names_made_from_it(
+    forms: list[int], around: str
+) -> None:
+    """However each character of the link's own signature is written, the body keeps none of it, and
+    neither does a blob name made from a field holding it (names are NFC)."""
+    link = _LINK + quote(_LINK_SIGNATURE, safe="")
+    written = "".join(_written_as(char, form) for char, form in zip(_LINK_SIGNATURE, forms, strict=True))
+    sent = body(exportedFileUrl=link, displayName=f"{around}{written}{around}", taskId=written)
+    notification = parse_notification(json.dumps(sent).encode())
+    for text in (notification.display_name or "", notification.task_id):
+        for made in (text, file_name(text, "t", "application/pdf", "/x.pdf"), identity_segment(text)):
+            assert _LINK_SIGNATURE not in made, (written, made)
+
+
 # --- naming, tags, metadata ------------------------------------------------------------------
 
 

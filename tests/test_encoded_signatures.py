@@ -101,6 +101,31 @@ async def test_a_signature_that_folds_back_to_ascii_in_the_index_tags_is_kept_ou
     assert not leaks, [line for line in stored.splitlines() if any(form in line for form in forms)][:3]
 
 
+@pytest.mark.parametrize("field", ["displayName", "taskId", "workspaceId"])
+async def test_a_signature_with_a_kelvin_sign_for_its_k_is_kept_out_of_names_and_storage(
+    field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Blob names are NFC, and NFC turns U+212A KELVIN SIGN into "K": the link's signature written with it
+    would come back whole in the file's name, the record's, the manifest, the answer and the logs."""
+    caplog.set_level(logging.DEBUG)
+    world = World.make()
+    for _ in range(200):  # about half of all signatures hold a "K"
+        plain = world.export("task-1", "x.pdf")
+        signature = parse_qs(urlsplit(plain.url).query)["sig"][0].rstrip("=")
+        if "K" in signature:
+            break
+    assert "K" in signature, "no signature with a K in 200 exports"
+    hidden = signature.replace("K", "\u212a")
+    body = {**plain.payload, field: f"{hidden}.pdf" if field == "displayName" else hidden}
+    answer = await world.post(json.dumps(body).encode())
+    assert answer.status_code == 200, answer.body
+    assert any("REDACTED" in name for name in world.storage.names()), world.storage.names()
+    stored = _everything(world)
+    seen = {"storage": stored, "answer": json.dumps(answer.body), "logs": caplog.text}
+    leaks = [where for where, text in seen.items() if signature in text]
+    assert not leaks, [line for line in stored.splitlines() if signature in line][:3]
+
+
 async def test_another_links_sig_in_fullwidth_letters_is_kept_out_of_the_index_tags() -> None:
     world = World.make()
     plain = world.export("task-1", "x.pdf")

@@ -209,3 +209,21 @@ async def test_a_task_id_holding_a_url_query_is_found_and_one_holding_a_sig_is_r
     assert "ref://erp/doc?id=1001" not in found.out and "ref://erp/doc?REDACTED" in found.out, found.out
     refused = await ops("find", "--task", "ref://erp/doc?id=1001&sig=abcdefgh")
     assert refused.code == USAGE and "abcdefgh" not in refused.err + refused.out, refused.err
+
+
+async def test_a_task_whose_id_held_a_sig_is_found_by_the_id_intake_stored_and_listed_whole() -> None:
+    """Intake stores a `sig` value in an id as `sig=REDACTED~` and 16 hex digits of its hash (docs/reference.md,
+    Secrets): the answer names the task that way, the listing shows it whole (with its file's name), and
+    --task takes it; the id as sent, with its secret, is still refused."""
+    ops = Ops()
+    tasks = ("lot-sig=SECRETAAAA", "lot-sig=SECRETBBBB")
+    answers = [await ops.world.post(ops.world.export(task, "x.pdf")) for task in tasks]
+    assert [answer.status_code for answer in answers] == [200, 200], [answer.body for answer in answers]
+    first, second = (answer.body["taskId"] for answer in answers)
+    assert first.startswith("lot-sig=REDACTED~") and first != second, (first, second)
+    listed = await ops("find", "--workspace", "ws-1")
+    assert first in listed.out and second in listed.out and "SECRET" not in listed.out, listed.out
+    found = await ops("find", "--task", first, "--workspace", "ws-1")
+    assert found.code == OK and "1 delivery(ies)" in found.out and "x.pdf" in found.out, (found.out, found.err)
+    refused = await ops("find", "--task", "lot-sig=SECRETAAAA", "--workspace", "ws-1")
+    assert refused.code == USAGE and "SECRETAAAA" not in refused.err + refused.out, refused.err

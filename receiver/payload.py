@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
@@ -22,6 +23,9 @@ from .source import (
 
 _IDENTITY = ("taskId", "workspaceId")  # what a task is: kept apart whatever they hold
 MAX_ID_LENGTH = 1024  # GUIDs in practice; longer ids are kept whole in the manifest and hashed in names
+# The task record's and the failure markers' metadata carry both ids whole, percent-encoded, and Azure refuses
+# more than 8 KiB of metadata on a blob: ids that long once encoded could never be recorded.
+MAX_ENCODED_ID_LENGTH = 3072
 MAX_TEXT_LENGTH = 4096
 # Deeper JSON is no notification; pydantic and json.dumps would hit their recursion limits near 256.
 MAX_NESTING = 32
@@ -103,6 +107,11 @@ class Notification(BaseModel):
             raise ValueError("must not be empty")
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
             raise ValueError("must not contain control characters")
+        if len(quote(value, safe="")) > MAX_ENCODED_ID_LENGTH:
+            raise ValueError(
+                f"is too long once percent-encoded as UTF-8 (at most {MAX_ENCODED_ID_LENGTH} characters that way: "
+                "1024 ASCII letters or digits, about 340 Chinese characters)"
+            )
         return value
 
     @field_validator("exported_file_content_type")

@@ -6,8 +6,8 @@
    OpenAPI 3.0's own rules (openapi-schema-validator: ``nullable``, draft-4 keywords).
 
 JSON Schema cannot say everything: a numeric string's value, a date-time's range once in UTC, a
-metadata key's length in object form. The schema says those in descriptions; direction 1 leaves
-such bodies out, by exactly the rules written there.
+metadata key's length in object form, an id's length once percent-encoded. The schema says those in
+descriptions; direction 1 leaves such bodies out, by exactly the rules written there.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import string
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -26,7 +27,14 @@ from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 
 from receiver.intake import prepare
-from receiver.payload import MAX_NESTING, Notification, PayloadError, nesting_depth, parse_notification
+from receiver.payload import (
+    MAX_ENCODED_ID_LENGTH,
+    MAX_NESTING,
+    Notification,
+    PayloadError,
+    nesting_depth,
+    parse_notification,
+)
 from receiver.plan import CopyPlan
 from receiver.settings import Settings
 
@@ -160,6 +168,9 @@ def within_the_descriptions(body: dict[str, Any]) -> bool:
     if not all(_fits_utc(body.get(name)) for name in ("exportedFileExpiresOn", "lastCheckedOutUntil")):
         return False
     if nesting_depth(body, MAX_NESTING) > MAX_NESTING:
+        return False
+    ids = [body.get(name) for name in ("taskId", "workspaceId")]
+    if any(isinstance(value, str) and len(quote(value.strip(), safe="")) > MAX_ENCODED_ID_LENGTH for value in ids):
         return False
     metadata = body.get("metadata")
     return not (isinstance(metadata, dict) and any(len(key) > 4096 for key in metadata))

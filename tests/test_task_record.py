@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from devtools.state_machine_page import render_table
+from receiver.attention import marker_blob
 from receiver.machine import ARROWS
 from receiver.models import State, record_name
 from receiver.reconciliation import reconcile_run
@@ -264,3 +265,37 @@ async def test_under_a_legal_hold_a_large_first_export_is_refused_before_anythin
     assert (answer.status_code, answer.body["error"]) == (409, "immutable")
     assert "legal hold" in answer.body["message"]
     assert world.storage.names() == []
+
+
+# Azure refuses a blob whose metadata (names and values) passes 8 KiB; the record and the failure markers carry
+# both ids whole, percent-encoded.
+METADATA_LIMIT = 8 * 1024
+
+
+async def test_ids_at_their_encoded_limit_are_recorded_within_azures_metadata_limit_and_longer_ones_are_a_400() -> None:
+    """An id is accepted up to 3072 characters once percent-encoded (docs/reference.md, The notification): the
+    longest of them still leave every blob's metadata (the file, the record, a failure marker) under 8 KiB;
+    one character more is a 400 naming the field, and nothing is stored."""
+    world = World.make()
+    longest = {"taskId": "中" * 341, "workspaceId": "/" * 1024}  # 3069 and 3072 characters once encoded
+
+    def sent(display_name: str) -> bytes:
+        return json.dumps({**json.loads(world.export("t", display_name).body), **longest}).encode()
+
+    assert (await world.post(sent("x.pdf"))).status_code == 200
+    record = world.record("中" * 341, "/" * 1024)
+    assert record is not None
+    gave_up = record.deliveries[0].model_copy(update={"state": State.FAILED, "failed_at": world.now})
+    _, marker = marker_blob(record, gave_up, "failed")  # what a failure marker of this task carries
+    assert sum(len(key) + len(value) for key, value in marker.items()) <= METADATA_LIMIT
+    for name in world.storage.names():
+        metadata = dict(world.storage.stored(name).metadata)  # type: ignore[union-attr]
+        size = sum(len(key) + len(value) for key, value in metadata.items())
+        assert size <= METADATA_LIMIT, (name[:60], size)
+    before = world.storage.names()
+    for field in ("taskId", "workspaceId"):
+        body = {**json.loads(world.export("t", "z.pdf", workspace_id="w").body), field: "中" * 342}
+        answer = await world.post(json.dumps(body).encode())
+        assert answer.status_code == 400 and answer.body["error"] == "invalid-payload", answer.body
+        assert field in answer.body["message"] and "percent-encoded" in json.dumps(answer.body["details"])
+    assert world.storage.names() == before

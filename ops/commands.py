@@ -8,6 +8,7 @@ Every command returns a :class:`~ops.output.Result`; the caller prints it (redac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,7 +34,7 @@ from receiver.source import redact
 from receiver.storage import Conflict, ContainerMissing, Misconfigured, Storage, StoreError
 
 from .output import NOT_FOUND, OK, Console, Result, age_seconds, human_age, table
-from .queues import NOT_LOOKED, PEEK_LIMIT, HostQueue, Look, Parsed, QueueMissing, look, parse
+from .queues import NOT_LOOKED, PEEK_LIMIT, HostQueue, Look, Parsed, QueueMessage, QueueMissing, look, parse
 from .records import (
     Foreseen,
     Unreadable,
@@ -1084,6 +1085,8 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
             entries.append(_message_entry(message.id, parsed, "would-move" if moves else "would-leave", fate))
     else:
         progress = ctx.console.progress("replaying", total=min(limit, waiting) or None, unit="message")
+        received: list[QueueMessage] = []
+        handled = 0  # the messages of `received` moved or left visible again
         try:
             received = await poison.receive(limit, visibility_seconds=VISIBILITY_SECONDS)
             for index, message in enumerate(received):
@@ -1091,6 +1094,7 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                 if parsed is None:
                     entries.append(_message_entry(message.id, None, "left", UNREADABLE))
                     await poison.release(message)  # visible again at once: a dry run just after shows it
+                    handled = index + 1
                     progress.update(1)
                     continue
                 fate = await _fate(ctx, parsed)
@@ -1098,6 +1102,7 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                     problems.append(fate[1])
                     entries.append(_message_entry(message.id, parsed, "left", fate))
                     await poison.release(message)
+                    handled = index + 1
                     progress.update(1)
                     continue
                 try:
@@ -1107,10 +1112,9 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                         f"the queue {main.name} does not exist in this host storage: is it the function app's? "
                         "(the message stays in the poison queue)"
                     )
-                    for unmoved in received[index:]:  # visible again at once, as any message left
-                        await poison.release(unmoved)
                     break
                 action = "moved"
+                handled = index + 1
                 if not await poison.delete(message):
                     action = "moved-copy-left"
                     problems.append(
@@ -1142,6 +1146,11 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                 entries.append(_message_entry(message.id, parsed, action, fate))
                 progress.update(1)
         finally:
+            # Stopped early (the queue missing, a refusal, an error): the rest is visible again at once, as any
+            # message left, so the next look sees it; what is still refused shows again in two minutes.
+            for unmoved in received[handled:]:
+                with contextlib.suppress(Exception):
+                    await poison.release(unmoved)
             progress.close()
     moved = sum(1 for entry in entries if entry["action"] in ("moved", "moved-copy-left", "would-move"))
     left = sum(1 for entry in entries if not entry["readable"])

@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 
 from ops.cli import main, run
-from ops.output import NOT_FOUND, OK, USAGE
+from ops.output import NOT_FOUND, OK, STORAGE, USAGE
 from ops.queues import MemoryQueue
 from receiver.attention import PENDING_NAME
 from receiver.intake import prepare
 from receiver.models import Delivery, State, Step, TaskRecord, record_name
 from receiver.plan import CopyPlan
 from receiver.reconciliation import RunReport, reconcile_run
+from receiver.storage import StoreError
 from receiver.verification import POISON_QUEUE, QUEUE, message
 from sim.world import Export, World
 
@@ -1287,4 +1288,27 @@ async def test_replay_into_a_queue_that_does_not_exist_leaves_every_message_visi
     ops.queue.exists = False
     ran = await ops("replay-poison")
     assert ran.code == NOT_FOUND and "does not exist in this host storage" in ran.out, ran.out
+    assert len(ops.poison.visible) == 2 and not ops.poison.hidden, (ops.poison.visible, ops.poison.hidden)
+
+
+async def test_replay_stopped_by_a_refused_send_leaves_the_rest_visible_in_the_poison_queue(ops: Ops) -> None:
+    """The verification queue refuses a send midway (throttled, say): replay-poison ends with the storage error,
+    the message moved before stays moved, and the ones not moved are visible again at once for the next look
+    (they stayed hidden two minutes)."""
+    for task in ("task-1", "task-2", "task-3"):
+        ops.poison.add(await ops.accept(ops.world.export(task)))
+    sends = 0
+    real_send = ops.queue.send
+
+    async def send_once_then_refuse(content: str) -> None:
+        nonlocal sends
+        sends += 1
+        if sends > 1:
+            raise StoreError("503 ServerBusy: the queue service is throttling this account")
+        await real_send(content)
+
+    ops.queue.send = send_once_then_refuse  # type: ignore[method-assign]
+    ran = await ops("replay-poison")
+    assert ran.code == STORAGE and "ServerBusy" in ran.err, (ran.code, ran.out, ran.err)
+    assert len(ops.queue.visible) == 1, ops.queue.visible
     assert len(ops.poison.visible) == 2 and not ops.poison.hidden, (ops.poison.visible, ops.poison.hidden)

@@ -144,8 +144,13 @@ _ANY_SIG = re.compile(
 
 
 # What intake leaves of a `sig` value: REDACTED, perhaps "~" and 16 hex digits (in an id), "_" for the "~" in a
-# blob name's identity segment. Output and logs keep it whole, and what follows it in a name: it was never secret.
-_SCRUBBED_SIG = r"(?-i:REDACTED(?:[~_][0-9a-f]{16}(?![0-9A-Za-z+=])|(?![~_0-9A-Za-z+=])))"
+# blob name's identity segment, where the segment's cut may also end it anywhere before its own "~" and hash.
+# Output and logs keep it whole, and what follows it in a name: it was never secret (base64 has no "~" or "_").
+_CUT_MARK = "|".join(["REDACTED_[0-9a-f]{0,16}", *("REDACTED"[:length] for length in range(8, -1, -1))])
+_SCRUBBED_SIG = (
+    r"(?-i:REDACTED(?:[~_][0-9a-f]{16}(?![0-9A-Za-z+=])|(?![~_0-9A-Za-z+=]))"
+    rf"|(?:{_CUT_MARK})~[0-9a-f]{{16}}(?![0-9A-Za-z+=]))"
+)
 _EQUALS = "(?:=|%3D|%253D)"
 _ANY_SIG_NOT_SCRUBBED = re.compile(_ANY_SIG.pattern.replace(_EQUALS, f"{_EQUALS}(?!{_SCRUBBED_SIG})", 1))
 

@@ -187,12 +187,13 @@ def _task_hint(body: bytes) -> str | None:
     if not isinstance(task, str | int) or isinstance(task, bool):
         return None
     url = document.get("exportedFileUrl")
-    text = str(task)[:MAX_ID_LENGTH]
+    text = str(task)
+    # Scrubbed whole, then cut: a cut through a signature would leave all but its end, which no pattern finds.
     if url is None:
-        return redact(text)  # no link, no secret of its own to repeat
+        return redact(text)[:MAX_ID_LENGTH]  # no link, no secret of its own to repeat
     if not isinstance(url, str) or len(url) > MAX_SOURCE_URL_LENGTH:
         return None  # its secret's pattern is not built (a link in a list, or too long), so nothing may repeat it
-    return redact(without_secrets(text, link_secret_pattern(url)))
+    return redact(without_secrets(text, link_secret_pattern(url)))[:MAX_ID_LENGTH]
 
 
 def storage_failure(task_id: str, exc: StoreError) -> Outcome:

@@ -153,3 +153,19 @@ async def test_a_refused_body_whose_link_is_not_text_names_no_task_that_may_repe
     assert "exportedFileUrl" in answer.body["message"]
     assert signature not in caplog.text, [line for line in caplog.text.splitlines() if signature in line]
     assert signature not in json.dumps(answer.body)
+
+
+async def test_a_refused_overlong_task_id_holding_the_signature_across_its_cut_logs_none_of_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A taskId over 1024 characters is refused 400, and its log line names the task cut to 1024: the cut
+    comes after the scrub, or the signature's first 42 of 43 characters (16 guesses from the whole) stay."""
+    caplog.set_level(logging.DEBUG)
+    world = World.make()
+    plain = world.export("task-1", "x.pdf")
+    signature = parse_qs(urlsplit(plain.url).query)["sig"][0].rstrip("=")
+    task_id = "T" * (1024 - (len(signature) - 1)) + signature + "X" * 200
+    answer = await world.post(json.dumps({**plain.payload, "taskId": task_id}).encode())
+    assert answer.status_code == 400 and "taskId" in answer.body["message"], answer.body
+    assert "TTTT" in caplog.text  # the task is named
+    assert signature[:-1] not in caplog.text + json.dumps(answer.body)

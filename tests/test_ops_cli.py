@@ -227,3 +227,15 @@ async def test_a_task_whose_id_held_a_sig_is_found_by_the_id_intake_stored_and_l
     assert found.code == OK and "1 delivery(ies)" in found.out and "x.pdf" in found.out, (found.out, found.err)
     refused = await ops("find", "--task", "lot-sig=SECRETAAAA", "--workspace", "ws-1")
     assert refused.code == USAGE and "SECRETAAAA" not in refused.err + refused.out, refused.err
+
+
+async def test_a_file_whose_name_cut_the_hashed_sig_of_its_task_id_in_two_is_shown_whole() -> None:
+    """A long id's identity segment is cut before its own "~" and hash, possibly inside the `REDACTED~<hash>`
+    intake left of a sig: the output keeps such a name whole (it holds no secret), so it can be copied."""
+    ops = Ops()
+    answer = await ops.world.post(ops.world.export("x" * 90 + "sig=abcdefgh", "invoice.pdf"))
+    assert answer.status_code == 200, answer.body
+    blob, stored_id = answer.body["blob"], answer.body["taskId"]
+    assert "sig=REDACTED~" in stored_id and "sig=REDACTED_" in blob and "abcdefgh" not in blob, (stored_id, blob)
+    shown = await ops("find", "--task", stored_id)
+    assert shown.code == OK and blob.split("/", 1)[1] in shown.out, shown.out

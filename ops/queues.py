@@ -208,6 +208,13 @@ class AzureQueue:
                 received.append(QueueMessage(str(item.id), str(item.content), item.pop_receipt))
         except ResourceNotFoundError:
             return received
+        except Exception:
+            # A later page refused: what the earlier ones hid is visible again at once, as a caller that
+            # stops early leaves every message it did not move.
+            for message in received:
+                with contextlib.suppress(Exception):
+                    await self.release(message)
+            raise
         return received
 
     async def send(self, content: str) -> None:

@@ -1312,3 +1312,39 @@ async def test_replay_stopped_by_a_refused_send_leaves_the_rest_visible_in_the_p
     assert ran.code == STORAGE and "ServerBusy" in ran.err, (ran.code, ran.out, ran.err)
     assert len(ops.queue.visible) == 1, ops.queue.visible
     assert len(ops.poison.visible) == 2 and not ops.poison.hidden, (ops.poison.visible, ops.poison.hidden)
+
+
+async def test_a_receive_refused_on_a_later_page_leaves_the_earlier_pages_visible_again() -> None:
+    """The poison queue is received in pages of 32: when a later page is refused (throttled), the messages the
+    earlier pages hid are made visible again before the error goes on, so nothing stays hidden two minutes."""
+    from azure.core.exceptions import HttpResponseError
+
+    from ops.queues import AzureQueue
+
+    class Page:
+        def __init__(self, number: int) -> None:
+            self.id, self.content, self.pop_receipt = f"m{number}", "{}", f"r{number}"
+
+    class RefusingSecondPage:
+        queue_name = POISON_QUEUE
+
+        def __init__(self) -> None:
+            self.hidden: set[str] = set()
+
+        def receive_messages(self, *, messages_per_page: int, visibility_timeout: int, max_messages: int) -> Any:
+            async def pages() -> Any:
+                for number in range(messages_per_page):
+                    self.hidden.add(f"m{number}")  # the service hides what it returns
+                    yield Page(number)
+                raise HttpResponseError(message="503 ServerBusy")
+
+            return pages()
+
+        async def update_message(self, message_id: str, pop_receipt: str, *, visibility_timeout: int) -> None:
+            assert visibility_timeout == 0
+            self.hidden.discard(message_id)
+
+    client = RefusingSecondPage()
+    with pytest.raises(HttpResponseError):
+        await AzureQueue(client).receive(64, visibility_seconds=120)
+    assert not client.hidden, sorted(client.hidden)

@@ -57,6 +57,7 @@ from .storage import (
     Conflict,
     Headers,
     Immutable,
+    Misconfigured,
     SourceUnreadable,
     Storage,
     StoreError,
@@ -216,12 +217,19 @@ async def _first_round(
 
     record, landed = await asyncio.gather(_read_record(storage, job), copy(), return_exceptions=True)
     if isinstance(record, BaseException):
-        if isinstance(record, UnreadableRecord) and not isinstance(landed, BaseException) and landed[0].copied:
-            # Never deleted here: once the record is restored a retry (or a repair) may adopt it before a delete
+        if (
+            isinstance(record, UnreadableRecord | Misconfigured)
+            and not isinstance(landed, BaseException)
+            and landed[0].copied
+        ):
+            # Never deleted here: once the record can be read a retry (or a repair) may adopt it before a delete
             # lands, and an adoption keeps the version. Named instead, with what makes it recorded.
-            raise UnreadableRecord(
-                f"{record.message} A copy of this export was made at {name} meanwhile: once the record is restored, "
-                "send the document again (its retry records that file)."
+            fixed = "the record is restored" if isinstance(record, UnreadableRecord) else "that is done"
+            raise type(record)(
+                f"{record.message} A copy of this export was made at {name} meanwhile: once {fixed}, "
+                "send the document again (its retry records that file).",
+                code=record.code,
+                status=record.status,
             ) from None
         raise record
     if isinstance(landed, BaseException):
@@ -484,6 +492,10 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         # What the side effects did stays known (a manifest written beside a swap that lost).
         kept = after if isinstance(after, Seen) else seen
         return await _observe(storage, job, kept, record=True, manifest=decision.observe)
+    if isinstance(written, Immutable) and seen.copied and isinstance(job.event, Arrival):
+        # A policy placed since this process asked (creates pass it): the copy landed, its record cannot be written,
+        # and nothing may remove it. The answer names it.
+        written.copied = job.event.notice.blob
     if isinstance(written, BaseException):
         raise written
     if isinstance(after, BaseException):
@@ -712,6 +724,16 @@ async def write_manifest(
                 await storage.set_headers(effect.blob, headers, if_match=current.etag)
             except Conflict:
                 return await storage.read(effect.blob)  # changed since read: by a newer export
+            except Immutable as exc:
+                # A version under a default retention policy (version-level immutability) keeps its headers: the
+                # file is stored, and keeps the Content-Type it was copied with.
+                log.warning(
+                    "%s keeps Content-Type %s: the %s refused setting %s",
+                    effect.blob,
+                    current.headers.content_type,
+                    exc.policy,
+                    content_type,
+                )
         return current
 
     async def put_manifest() -> str | None:

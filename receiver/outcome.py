@@ -48,9 +48,20 @@ LEASED_QUEUED = LEASED.replace(
 )
 
 
-def refused_by(policy: str) -> str:
-    """What a write refused by a retention policy or a legal hold (``policy``) tells the sender."""
-    return _IMMUTABLE.format(policy=policy)
+_IMMUTABLE_AFTER_COPY = (
+    "The destination container has a {policy} that refuses replacing or removing stored files. This export was "
+    "copied to {blob} before the {policy} refused recording it, and it cannot be removed while the {policy} lasts "
+    "(the earlier file is kept too). Ask the storage account's owner to lift the {policy} or use version-level "
+    "immutability, then send the document again: its retry records that file."
+)
+
+
+def refused_by(policy: str, copied: str | None = None) -> str:
+    """What a write refused by a retention policy or a legal hold (``policy``) tells the sender; ``copied``: the
+    name this export's copy landed at before the policy refused its record."""
+    if copied is None:
+        return _IMMUTABLE.format(policy=policy)
+    return _IMMUTABLE_AFTER_COPY.format(policy=policy, blob=copied)
 
 
 def _known(extra: dict[str, Any]) -> dict[str, Any]:

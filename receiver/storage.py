@@ -147,9 +147,11 @@ class Misconfigured(StoreError):
 
 
 class Immutable(StoreError):
-    """A retention policy or legal hold refused the write (409 BlobImmutableDueTo...)."""
+    """A retention policy or legal hold refused the write (409 BlobImmutableDueTo...). ``copied``: the name
+    this delivery's copy had already landed at (a policy set since the process asked), which now stays."""
 
     kind = "immutable"
+    copied: str | None = None
 
     @property
     def policy(self) -> str:

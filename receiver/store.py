@@ -95,6 +95,7 @@ _NO_TAGS_ON_WRITE = {
 # Generic "not supported" codes: about tags only when the error says so (FeatureName, message).
 _NO_FEATURE_ON_WRITE = {"FeatureNotSupportedForAccount", "FeatureNotEnabled"}
 _LEASE_CODES = {"LeaseIdMissing", "LeaseIdMismatchWithBlobOperation"}
+_ARCHIVED_CODES = {"BlobArchived", "BlobBeingRehydrated"}  # 409 on reading a blob in the Archive tier
 _SEAM_CONFLICT_CODES = {
     "BlobAlreadyExists",
     "ConditionNotMet",
@@ -182,6 +183,15 @@ def classify(exc: Exception, call: Call, account: str, container: str) -> seam.S
         if source_status >= 500 or source_status in (408, 429):
             return said(seam.Unavailable, f"{operation}: the source answered {source_status} ({code}).")
         return said(seam.SourceUnreadable, f"{operation}: the source could not be read ({source_status} {code}).")
+    if code in _ARCHIVED_CODES:
+        # A lifecycle rule moved a blob the receiver reads (the task record, say) to the Archive tier: no retry
+        # reads it until a person rehydrates it. Not a conflict to look at again.
+        return said(
+            seam.Misconfigured,
+            f"{operation}: {call.blob or 'a blob'} in {where} is in the Archive tier ({code}), so it cannot be read: "
+            "rehydrate it to Hot or Cool, and keep the lifecycle rule that archived it away from the "
+            ".smartdocumentor/ prefix.",
+        )
     if code in _SEAM_CONFLICT_CODES or status in (409, 412):
         return said(seam.Conflict, f"{operation}: {code or status}")
     if code == "ContainerNotFound":
@@ -333,6 +343,8 @@ class AzureStorage:
             raise
         except (TimeoutError, AzureError, OSError) as exc:
             error = classify(exc, call, self.account, self.container)
+            if isinstance(error, seam.Immutable):
+                self._policy_checked = False  # perhaps placed since it was asked: the next delivery asks again
             expected = quiet or isinstance(error, _EXPECTED)
             level = logging.DEBUG if expected else logging.WARNING
             log.log(level, "storage %s failed %s: %s", call.operation, about(), error)
@@ -346,7 +358,8 @@ class AzureStorage:
     async def container_policy(self) -> str | None:
         """What refuses overwrites in this container: "legal hold", "retention policy" (container level),
         or None (none, or version-level immutability, where an overwrite makes a new version). Asked once
-        a process. A refusal of one blob (a policy on that blob alone) is answered where it happens."""
+        a process, and again after a write a policy refused (one placed since). A refusal of one blob (a
+        policy on that blob alone) is answered where it happens."""
         if self._policy_checked:
             return self._policy
         try:
@@ -359,6 +372,7 @@ class AzureStorage:
         except seam.StoreError as exc:
             log.info("%s: container properties not read (%s); a refusal will tell", self.container, exc)
             return self._policy
+        self._policy = None
         if not getattr(props, "immutable_storage_with_versioning_enabled", False):
             if getattr(props, "has_legal_hold", False):
                 self._policy = "legal hold"
@@ -454,7 +468,7 @@ class AzureStorage:
 
     async def read(self, name: str) -> seam.Blob | None:
         try:
-            async with self._call("read blob"):
+            async with self._call(Call("read blob", blob=name)):
                 props = await self._blob(name).get_blob_properties()
         except (seam.BlobMissing, seam.ContainerMissing):
             return None
@@ -471,7 +485,7 @@ class AzureStorage:
                 raise seam.Rejected(f"read {name}: {blob.size} bytes, more than {max_bytes}")
             return blob, b""
         try:
-            async with self._call("read blob content"):
+            async with self._call(Call("read blob content", blob=name)):
                 downloader = await self._blob(name).download_blob(offset=0, length=max_bytes)
                 props = downloader.properties
                 total = int(str(props.content_range).rsplit("/", 1)[-1])

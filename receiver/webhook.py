@@ -206,8 +206,8 @@ def storage_failure(task_id: str, exc: StoreError) -> Outcome:
             taskId=task_id,
         )
     if exc.kind == "immutable":
-        policy = exc.policy if isinstance(exc, Immutable) else "retention policy"
-        return outcome.failed(409, "immutable", outcome.refused_by(policy), taskId=task_id)
+        policy, copied = (exc.policy, exc.copied) if isinstance(exc, Immutable) else ("retention policy", None)
+        return outcome.failed(409, "immutable", outcome.refused_by(policy, copied), taskId=task_id)
     if exc.kind == "leased":
         return outcome.failed(503, "storage-unavailable", outcome.LEASED, taskId=task_id)
     if exc.kind == "misconfigured":

@@ -18,7 +18,7 @@ from receiver.store import RETRY_BACKOFF_VARIABLE
 from receiver.verification import message
 
 from .conftest import FUNCTIONS, PDF_BYTES, PNG_BYTES, Exports, Webhook, notification
-from .faultproxy import FaultProxy
+from .faultproxy import FaultProxy, Rule, is_record_read
 
 
 @pytest.fixture(autouse=True)
@@ -764,6 +764,54 @@ async def test_an_account_without_index_tags_stores_everything_without_them_at_n
     assert record_of(destination, payload).current == props.metadata["delivery"]
     health = await webhook.health()
     assert health.status == 200 and health.body["indexTags"] is False
+
+
+async def test_a_legal_hold_placed_while_the_app_runs_is_a_409_naming_the_copy_it_keeps_and_is_asked_again(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    """The container's policy is asked once a process; a legal hold placed afterwards lets a renamed export's
+    create-only copy land and then refuses its record. The 409 says the export was copied, where, and that it
+    cannot be removed while the hold lasts (not "not stored"); the next delivery asks the container again."""
+    payload = notification(exports.publish(b"%PDF-1.4 first"), displayName="A.pdf")
+    first = await webhook.post(payload)
+    assert first.status == 200, first.body
+    proxied.immutable("BlobImmutableDueToLegalHold")
+    again = await webhook.post({**payload, "displayName": "B.pdf", "exportedFileUrl": exports.publish(b"%PDF-1.4 b")})
+    assert (again.status, again.body["error"]) == (409, "immutable"), again.body
+    copied = next(name for name in stored_blobs(destination) if name.endswith("B.pdf"))
+    assert f"copied to {copied}" in again.body["message"] and "legal hold" in again.body["message"], again.body
+    assert again.verification is None
+    proxied.seen.clear()
+    third = await webhook.post({**payload, "displayName": "C.pdf", "exportedFileUrl": exports.publish(b"%PDF-1.4 c")})
+    assert third.status == 409, third.body
+    asked = [path for method, path in proxied.seen if method == "GET" and "restype=container" in path]
+    assert asked and "comp=" not in asked[0], proxied.seen
+
+
+async def test_a_task_record_a_lifecycle_rule_archived_is_a_500_naming_it_and_the_copy_made_meanwhile(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    """A lifecycle rule moved the task record to the Archive tier: Get Blob answers 409 BlobArchived. That is no
+    conflict to look at again (nor a 503 "send again in a few minutes", which never succeeds): a 500 names the
+    record, the tier and what to do, and the renamed export's create-only copy made beside the read."""
+    payload = notification(exports.publish(b"%PDF-1.4 first"), displayName="A.pdf")
+    first = await webhook.post(payload)
+    assert first.status == 200, first.body
+    archived = "This operation is not permitted on an archived blob."
+    proxied.add(Rule(is_record_read, times=10_000, status=409, code="BlobArchived", message=archived))
+    renamed = {**payload, "displayName": "B.pdf", "exportedFileUrl": exports.publish(b"%PDF-1.4 second")}
+    again = await webhook.post(renamed)
+    assert (again.status, again.body["error"]) == (500, "misconfigured"), again.body
+    message = again.body["message"]
+    assert "Archive tier" in message and "rehydrate" in message and ".smartdocumentor/tasks/" in message, message
+    assert "A copy of this export was made at" in message and "B.pdf" in message, message
+    assert again.verification is None
+    proxied.reset()  # rehydrated: sent again, the copy is recorded and the earlier file retired
+    resent = await webhook.post(renamed)
+    assert (resent.status, resent.body["status"]) == (200, "stored"), resent.body
+    assert stored_blobs(destination) == sorted(
+        [blob_name_of(resent.body, container_name), f"{blob_name_of(resent.body, container_name)}.json"]
+    )
 
 
 @pytest.mark.parametrize(

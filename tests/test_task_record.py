@@ -9,6 +9,8 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from devtools.state_machine_page import render_table
 from receiver.attention import marker_blob
 from receiver.machine import ARROWS
@@ -265,6 +267,25 @@ async def test_under_a_legal_hold_a_large_first_export_is_refused_before_anythin
     assert (answer.status_code, answer.body["error"]) == (409, "immutable")
     assert "legal hold" in answer.body["message"]
     assert world.storage.names() == []
+
+
+async def test_a_stored_version_whose_headers_a_retention_policy_keeps_is_stored_with_its_copied_content_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Version-level immutability with a default retention policy: a new version is created, but Set Blob
+    Properties on it is refused. The file was copied with the source's Content-Type, which differs from the
+    notification's: the answer is 200 `stored` with its manifest (not a 503 saying the manifest is missing),
+    and a WARNING says which Content-Type the file keeps."""
+    world = World.make()
+    export = world.export(display_name="A.pdf", content_type="application/octet-stream")
+    body = {**json.loads(export.body), "exportedFileContentType": "application/pdf"}
+    world.faults.make_immutable("ws-1/task-1/A.pdf")  # what the copy creates is protected at once
+    answer = await world.post(json.dumps(body).encode())
+    assert (answer.status_code, answer.body["status"]) == (200, "stored"), answer.body
+    stored = world.storage.stored("ws-1/task-1/A.pdf")
+    assert stored is not None and stored.headers.content_type == "application/octet-stream"
+    assert world.manifest("ws-1/task-1/A.pdf") is not None
+    assert "keeps Content-Type application/octet-stream: the retention policy refused" in caplog.text
 
 
 # Azure refuses a blob whose metadata (names and values) passes 8 KiB; the record and the failure markers carry

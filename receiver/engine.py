@@ -547,6 +547,15 @@ async def _effects(
                 kept.add(effect.retirement.key)
             if not failed:
                 trace.retired.append(effect.retirement.blob)
+            elif isinstance(outcome, Misconfigured | Immutable):
+                # No retry deletes it until a person acts (a permission, a hold): the task keeps two files till then.
+                trace.deferred.append(f"{effect.retirement.blob}: {outcome}")
+                log.error(
+                    "could not retire %s (%s): it stays listed in the task record, and the task keeps it beside its "
+                    "current file until that is fixed; then run python -m ops check --repair on the task",
+                    effect.retirement.blob,
+                    outcome,
+                )
             else:
                 trace.deferred.append(f"{effect.retirement.blob}: {outcome}")
                 log.warning(

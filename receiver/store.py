@@ -133,9 +133,21 @@ def _endpoint_of(exc: Exception) -> str:
     return f", at {found.group(1)}" if found else ""
 
 
-def classify(exc: Exception, call: Call, account: str, container: str) -> seam.StoreError:
+# What a refusal of the destination's credentials asks for, by what signs the requests (Storage.signed_by).
+_REFUSED_ADVICE = {
+    "identity": "grant the function's identity Storage Blob Data Owner on {account}, and check the account's firewall.",
+    "sas": "the SAS in DESTINATION_CONNECTION_STRING expired or lacks a permission the receiver needs (read, add, "
+    "create, write, delete, tag, list), or the account's firewall keeps the function out: make a new one with "
+    "them, or use DESTINATION_ACCOUNT_URL and the function's identity.",
+    "key": "DESTINATION_CONNECTION_STRING holds the account key, so the key was rotated, shared-key access is "
+    "disabled, or the account's firewall keeps the function out: copy the connection string again, or use "
+    "DESTINATION_ACCOUNT_URL and the function's identity.",
+}
+
+
+def classify(exc: Exception, call: Call, account: str, container: str, signed_by: str = "identity") -> seam.StoreError:
     """One storage failure as a :mod:`receiver.storage` error kind, by ``error_code`` and status only.
-    Messages never carry a URL's query."""
+    Messages never carry a URL's query. ``signed_by``: "identity", "sas" or "key" (what a refusal asks for)."""
     operation, where = call.operation, f"{account}/{container}"
     if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) is None:
         return seam.Misconfigured(
@@ -197,11 +209,12 @@ def classify(exc: Exception, call: Call, account: str, container: str) -> seam.S
     if code == "ContainerNotFound":
         return said(seam.ContainerMissing, f"The container {container} does not exist in {account}.")
     if code in _PERMISSION_CODES or status in (401, 403):
-        return said(
-            seam.Misconfigured,
-            f"Azure Storage refused {operation} on {where} ({code or status}): grant the function's identity "
-            f"Storage Blob Data Owner on {account}, and check the account's firewall.",
+        # A key has every permission: only its own refusal (or its use disabled) is about it.
+        keyed = signed_by == "key" and code in {"AuthenticationFailed", "KeyBasedAuthenticationNotPermitted"}
+        advice = _REFUSED_ADVICE["sas" if signed_by == "sas" else "key" if keyed else "identity"].format(
+            account=account
         )
+        return said(seam.Misconfigured, f"Azure Storage refused {operation} on {where} ({code or status}): {advice}")
     if status == 404:
         return said(seam.BlobMissing, f"{operation}: not found")
     if 400 <= status < 500 and status not in (408, 429):
@@ -262,9 +275,10 @@ class AzureStorage:
     blob index tags (account information, or the first refusal) gets every later write without tags.
     """
 
-    def __init__(self, service: BlobServiceClient, container: str, credential: Any = None) -> None:
+    def __init__(self, service: BlobServiceClient, container: str, credential: Any = None, signed_by: str = "") -> None:
         self._service = service
         self._credential = credential
+        self.signed_by = signed_by or "identity"  # "identity", "sas" or "key": what a refusal asks to fix
         self.container = container
         self.account = service.account_name or "the storage account"
         self._container = service.get_container_client(container)
@@ -301,7 +315,9 @@ class AzureStorage:
                     "The app setting DESTINATION_CONNECTION_STRING is not a valid storage connection string: copy "
                     "it again from the storage account's Access keys page, or use DESTINATION_ACCOUNT_URL.",
                 ) from None
-            return cls(service, settings.destination_container)
+            lowered = settings.destination_connection_string.get_secret_value().lower()
+            signed_by = "sas" if "sharedaccesssignature=" in lowered else "key"
+            return cls(service, settings.destination_container, signed_by=signed_by)
         from azure.identity.aio import DefaultAzureCredential  # only deployments with identity pay for it
 
         credential = DefaultAzureCredential()
@@ -342,12 +358,14 @@ class AzureStorage:
         except seam.StoreError:
             raise
         except (TimeoutError, AzureError, OSError) as exc:
-            error = classify(exc, call, self.account, self.container)
+            error = classify(exc, call, self.account, self.container, self.signed_by)
             if isinstance(error, seam.Immutable):
                 self._policy_checked = False  # perhaps placed since it was asked: the next delivery asks again
             expected = quiet or isinstance(error, _EXPECTED)
             level = logging.DEBUG if expected else logging.WARNING
-            log.log(level, "storage %s failed %s: %s", call.operation, about(), error)
+            # The blob written or read when it is not the delivery's own (a retirement's delete, say).
+            which = f" of {call.blob}" if call.blob else ""
+            log.log(level, "storage %s%s failed %s: %s", call.operation, which, about(), error)
             raise error from None
 
     def _learn_no_tags(self, why: str) -> None:
@@ -614,7 +632,7 @@ class AzureStorage:
     async def delete(self, name: str, *, if_match: str) -> bool:
         """Delete that version with its snapshots; False when it (or its container) is gone already."""
         try:
-            async with self._call("delete blob"):
+            async with self._call(Call("delete blob", blob=name)):
                 await self._blob(name).delete_blob(delete_snapshots="include", **_conditions(if_match))
         except (seam.BlobMissing, seam.ContainerMissing):
             return False

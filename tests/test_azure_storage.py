@@ -534,3 +534,41 @@ async def test_a_wrong_key_is_misconfigured(open_storage: Opener) -> None:
     with pytest.raises(Misconfigured) as caught:
         await wrong.put("x.json", b"{}", if_match=None, content_type="application/json", metadata={})
     assert caught.value.status == 403
+
+
+async def test_a_refused_delete_asks_a_sas_signed_destination_for_the_sas_permissions_not_a_role(
+    azurite: Azurite, proxy: FaultProxy, container_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a refusal asks to fix follows what signs the requests: with a SAS in the connection string, the
+    SAS's permissions (granting a role to the function's identity would change nothing)."""
+    from datetime import UTC, datetime
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    monkeypatch.setenv(RETRY_BACKOFF_VARIABLE, "0.01")
+    sas = generate_account_sas(
+        CUSTOMER_ACCOUNT,
+        CUSTOMER_KEY,
+        ResourceTypes(service=True, container=True, object=True),
+        AccountSasPermissions(read=True, add=True, create=True, write=True, delete=True, tag=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    endpoint = f"http://127.0.0.1:{proxy.port}/{CUSTOMER_ACCOUNT}"
+    settings = Settings(
+        destination_connection_string=f"BlobEndpoint={endpoint};SharedAccessSignature={sas}",
+        destination_container=container_name,
+    )
+    storage = AzureStorage.open(settings)
+    try:
+        written = await storage.put("a.pdf", PDF_BYTES, if_match=None, content_type="application/pdf", metadata={})
+        proxy.add(
+            Rule(
+                lambda request: request.method == "DELETE", times=10, status=403, code="AuthorizationPermissionMismatch"
+            )
+        )
+        with pytest.raises(Misconfigured) as refused:
+            await storage.delete("a.pdf", if_match=written.etag)
+    finally:
+        await storage.close()
+    assert "SAS in DESTINATION_CONNECTION_STRING" in refused.value.message and "delete" in refused.value.message
+    assert "Storage Blob Data Owner" not in refused.value.message and "sig=" not in refused.value.message

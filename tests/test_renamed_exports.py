@@ -254,6 +254,38 @@ async def test_a_replaced_file_whose_delete_a_lease_refuses_stays_listed_until_t
     assert_only_current(destination, renamed, B)
 
 
+@pytest.mark.parametrize(
+    ("status", "code"), [(403, "AuthorizationPermissionMismatch"), (409, "BlobImmutableDueToLegalHold")]
+)
+async def test_a_replaced_file_no_retry_can_delete_is_an_error_naming_it_and_goes_once_that_is_fixed(
+    status: int,
+    code: str,
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The destination refuses deleting the older file for good (a SAS without delete permission, a legal hold
+    on that file): the renamed export is stored (200: its file is current), and the older one, left listed,
+    is an ERROR (the alert) naming it and the next step, not a WARNING nobody sees. It goes once that is
+    fixed (the reconciliation's next run)."""
+    older = notification(exports.publish(A), displayName="A")
+    earlier = name_of((await webhook.post(older)).body)
+    proxied.add(Rule(is_delete, times=10_000, status=status, code=code, message="refused"))
+    renamed = {**again(older, exports, B), "displayName": "B"}
+    answer = await webhook.post(renamed)
+    assert (answer.status, answer.body["status"]) == (200, "stored"), answer.body
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name.startswith("receiver")]
+    assert any(f"could not retire {earlier}" in line and "ops check --repair" in line for line in errors), errors
+    record = record_of(destination, renamed)
+    assert record is not None and [item.blob for item in record.retire] == [earlier], record
+    assert holdings(destination) == {earlier: A, name_of(answer.body): B}
+    proxied.reset()
+    await run_timer()
+    assert_only_current(destination, renamed, B)
+
+
 async def test_a_re_export_over_a_leased_file_is_answered_at_once_naming_the_lease_and_stored_after_it(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:

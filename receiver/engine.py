@@ -47,6 +47,7 @@ from .models import (
     RECORD_CONTENT_TYPE,
     Manifest,
     Retirement,
+    State,
     TaskRecord,
     record_name,
     unreadable_record,
@@ -492,10 +493,19 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         # What the side effects did stays known (a manifest written beside a swap that lost).
         kept = after if isinstance(after, Seen) else seen
         return await _observe(storage, job, kept, record=True, manifest=decision.observe)
+    if isinstance(written, Immutable) and decision.arrow == "retire":
+        # Only dropping names already deleted from the list was refused (a policy placed since): what the record
+        # says of every delivery stands, and a later driver drops them. Left listed, as a retirement left for later.
+        log.warning(
+            "the task record %s keeps listing names already retired: the %s refused dropping them", name, written.policy
+        )
+        return replace(seen, retired=frozenset(), deferred=seen.deferred | seen.retired)
     if isinstance(written, Immutable) and seen.copied and isinstance(job.event, Arrival):
-        # A policy placed since this process asked (creates pass it): the copy landed, its record cannot be written,
-        # and nothing may remove it. The answer names it.
-        written.copied = job.event.notice.blob
+        entry = seen.record.find(job.event.notice.delivery) if seen.record is not None else None
+        if entry is None or entry.state is not State.STORED:
+            # A policy placed since this process asked (creates pass it): the copy landed, its record cannot be
+            # written, and nothing may remove it. The answer names it.
+            written.copied = job.event.notice.blob
     if isinstance(written, BaseException):
         raise written
     if isinstance(after, BaseException):

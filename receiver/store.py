@@ -209,8 +209,9 @@ def classify(exc: Exception, call: Call, account: str, container: str, signed_by
     if code == "ContainerNotFound":
         return said(seam.ContainerMissing, f"The container {container} does not exist in {account}.")
     if code in _PERMISSION_CODES or status in (401, 403):
-        # A key has every permission: only its own refusal (or its use disabled) is about it.
-        keyed = signed_by == "key" and code in {"AuthenticationFailed", "KeyBasedAuthenticationNotPermitted"}
+        # A key has every permission: a refusal is the key itself or the network rules. (A permission mismatch
+        # is an identity's: the tests stand in for one with Azurite's key.)
+        keyed = signed_by == "key" and code != "AuthorizationPermissionMismatch"
         advice = _REFUSED_ADVICE["sas" if signed_by == "sas" else "key" if keyed else "identity"].format(
             account=account
         )
@@ -316,7 +317,7 @@ class AzureStorage:
                     "it again from the storage account's Access keys page, or use DESTINATION_ACCOUNT_URL.",
                 ) from None
             lowered = settings.destination_connection_string.get_secret_value().lower()
-            signed_by = "sas" if "sharedaccesssignature=" in lowered else "key"
+            signed_by = "key" if "accountkey=" in lowered else "sas"  # the SDK signs with a key when both are given
             return cls(service, settings.destination_container, signed_by=signed_by)
         from azure.identity.aio import DefaultAzureCredential  # only deployments with identity pay for it
 
@@ -375,11 +376,12 @@ class AzureStorage:
 
     async def container_policy(self) -> str | None:
         """What refuses overwrites in this container: "legal hold", "retention policy" (container level),
-        or None (none, or version-level immutability, where an overwrite makes a new version). Asked once
-        a process, and again after a write a policy refused (one placed since). A refusal of one blob (a
-        policy on that blob alone) is answered where it happens."""
-        if self._policy_checked:
-            return self._policy
+        or None (none, or version-level immutability, where an overwrite makes a new version). None is
+        asked once a process, and again after a write a policy refused (one placed since); a policy is asked
+        again each time (lifted, the next delivery goes on). A refusal of one blob (a policy on that blob
+        alone) is answered where it happens."""
+        if self._policy_checked and self._policy is None:
+            return None
         try:
             async with self._call("read container properties", quiet=True):
                 props = await self._container.get_container_properties()

@@ -188,7 +188,7 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
         except Immutable as exc:
             # A policy refuses even the record's own update: nothing will ever finish it, so no retry.
             record.outcome, record.final_failure = "immutable", True
-            record.reason = f"immutable: the delivery failed for good. {refused_by(exc.policy)}"
+            record.reason = f"immutable: the delivery failed for good. {refused_by(exc.policy, exc.copied)}"
             return "failed"
         except Exception as exc:
             _failed_try(record, plan.task_id, exc, last_try=last_try)

@@ -572,3 +572,26 @@ async def test_a_refused_delete_asks_a_sas_signed_destination_for_the_sas_permis
         await storage.close()
     assert "SAS in DESTINATION_CONNECTION_STRING" in refused.value.message and "delete" in refused.value.message
     assert "Storage Blob Data Owner" not in refused.value.message and "sig=" not in refused.value.message
+
+
+def test_a_key_signed_destination_refused_by_its_firewall_is_asked_about_the_key_and_firewall_not_a_role() -> None:
+    from azure.core.exceptions import HttpResponseError
+
+    from receiver.store import Call, classify
+
+    refusal = HttpResponseError(message="AuthorizationFailure: refused")
+    refusal.status_code = 403  # AuthorizationFailure: the network rules' answer to a keyed request
+    refusal.error_code = "AuthorizationFailure"  # type: ignore[attr-defined]  # as the SDK sets it
+    error = classify(refusal, Call("put blob"), "acct", "c", "key")
+    assert isinstance(error, Misconfigured) and "firewall" in error.message, error.message
+    assert "Storage Blob Data Owner" not in error.message, error.message
+
+
+def test_a_connection_string_with_both_a_key_and_a_sas_is_signed_by_the_key() -> None:
+    """The SDK signs with the key when a connection string holds both, and so the advice speaks of the key."""
+    both = (
+        f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={CUSTOMER_KEY};"
+        "SharedAccessSignature=sv=2024-11-04&ss=b&srt=sco&sp=r&se=2030-01-01&sig=abc;EndpointSuffix=core.windows.net"
+    )
+    storage = AzureStorage.open(Settings(destination_connection_string=both, destination_container="customer"))
+    assert storage.signed_by == "key"

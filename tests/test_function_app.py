@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiohttp import web
 from azure.functions.queue import QueueMessage
 from azure.storage.blob import ContainerClient
 
@@ -17,8 +18,8 @@ from receiver.runtime import RUNTIME
 from receiver.store import RETRY_BACKOFF_VARIABLE
 from receiver.verification import message
 
-from .conftest import FUNCTIONS, PDF_BYTES, PNG_BYTES, Exports, Webhook, notification
-from .faultproxy import FaultProxy, Rule, is_record_read
+from .conftest import FUNCTIONS, PDF_BYTES, PNG_BYTES, Exports, Webhook, notification, run_verifier
+from .faultproxy import FaultProxy, Rule, is_record, is_record_read, is_record_write
 
 
 @pytest.fixture(autouse=True)
@@ -786,6 +787,96 @@ async def test_a_legal_hold_placed_while_the_app_runs_is_a_409_naming_the_copy_i
     assert third.status == 409, third.body
     asked = [path for method, path in proxied.seen if method == "GET" and "restype=container" in path]
     assert asked and "comp=" not in asked[0], proxied.seen
+
+
+def is_container_properties(request: web.Request) -> bool:
+    return (
+        request.method in ("GET", "HEAD")
+        and request.query.get("restype") == "container"
+        and "comp" not in request.query
+    )
+
+
+# Get Container Properties of a container under a legal hold, as the service answers it.
+HOLD_HEADERS = {
+    "ETag": '"0x8DCAFE"',
+    "Last-Modified": "Mon, 07 Dec 2026 03:00:00 GMT",
+    "x-ms-has-legal-hold": "true",
+    "x-ms-has-immutability-policy": "false",
+    "x-ms-version": "2025-01-05",
+}
+HOLD_MESSAGE = "This operation is not permitted as the blob is immutable due to one or more legal holds."
+
+
+async def test_a_legal_hold_lifted_lets_the_next_re_export_be_stored_at_once(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook
+) -> None:
+    """A hold placed while the app runs, then seen by the process (the container says so): re-exports are
+    refused before anything is written. Once it is lifted, as the 409 asks, the documents sent again are stored
+    at once, without a restart: a policy once seen is asked again each time."""
+    payload = notification(exports.publish(b"%PDF-1.4 first"), displayName="A.pdf")
+    assert (await webhook.post(payload)).status == 200
+    proxied.immutable("BlobImmutableDueToLegalHold")
+    proxied.add(Rule(is_container_properties, times=10_000, status=200, answer_headers=HOLD_HEADERS))
+    renamed = {**payload, "displayName": "B.pdf", "exportedFileUrl": exports.publish(b"%PDF-1.4 b")}
+    other = {**payload, "displayName": "C.pdf", "exportedFileUrl": exports.publish(b"%PDF-1.4 c")}
+    assert (await webhook.post(renamed)).status == 409
+    refused = await webhook.post(other)
+    assert (refused.status, refused.body["error"]) == (409, "immutable"), refused.body
+    proxied.reset()  # lifted
+    assert (await webhook.post(renamed)).status == 200
+    again = await webhook.post(other)
+    assert (again.status, again.body["status"]) == (200, "stored"), again.body
+
+
+async def test_a_hold_placed_after_a_renamed_export_was_recorded_and_its_older_file_deleted_answers_stored(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    """The hold comes between the older file's delete and the record write that drops its name from the list:
+    the export is stored and current, so the answer is 200 (not a 409 calling it unrecorded); the name stays
+    listed (already gone), for a later driver."""
+    payload = notification(exports.publish(b"%PDF-1.4 first"), displayName="A.pdf")
+    first = await webhook.post(payload)
+    earlier = blob_name_of(first.body, container_name)
+    placed = False
+
+    def hold_after_the_delete(request: web.Request) -> bool:
+        nonlocal placed
+        if request.method == "DELETE" and not is_record(request):
+            placed = True  # the older file's delete passes; the hold is placed right after it
+            return False
+        return placed and is_record_write(request)
+
+    proxied.add(
+        Rule(hold_after_the_delete, times=10_000, status=409, code="BlobImmutableDueToLegalHold", message=HOLD_MESSAGE)
+    )
+    renamed = {**payload, "displayName": "B.pdf", "exportedFileUrl": exports.publish(b"%PDF-1.4 b")}
+    answer = await webhook.post(renamed)
+    assert (answer.status, answer.body["status"]) == (200, "stored"), answer.body
+    record = record_of(destination, renamed)
+    assert record.current_delivery is not None and record.current_delivery.blob == blob_name_of(
+        answer.body, container_name
+    )
+    assert earlier not in stored_blobs(destination) and [item.blob for item in record.retire] == [earlier]
+
+
+async def test_the_queue_function_refused_by_a_hold_after_its_copy_landed_names_the_copy(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The queue function drives a renamed export; a hold placed meanwhile lets its copy land and refuses its
+    record: its ERROR names the copy that stays (not "this export was not stored")."""
+    payload = notification(exports.publish(b"%PDF-1.4 first"), displayName="A.pdf")
+    assert (await webhook.post(payload)).status == 200
+    proxied.immutable("BlobImmutableDueToLegalHold")
+    renamed = {**payload, "displayName": "B.pdf", "exportedFileUrl": exports.publish(b"%PDF-1.4 b")}
+    await run_verifier(message(json.dumps(renamed).encode(), datetime.now(UTC)))
+    landed = next(name for name in stored_blobs(destination) if name.endswith("B.pdf"))
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "immutable" in r.getMessage()]
+    assert any(f"copied to {landed}" in line for line in said), said
 
 
 async def test_a_task_record_a_lifecycle_rule_archived_is_a_500_naming_it_and_the_copy_made_meanwhile(

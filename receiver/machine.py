@@ -576,8 +576,9 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
                 return Apply((WriteManifest(notice.blob, notice.delivery, notice.manifest),), "duplicate")
             # A 2xx for the file as it is: a copy another delivery at this name prepared over this version (its
             # driver alive, its view older) could still replace it, so it is fenced first (the fence after the
-            # record, by the driver that stored it, may have failed: seed 11617866).
-            may_land = _copies_may_land(base, notice.blob, notice.delivery, adopted=False)
+            # record, by the driver that stored it, may have failed: seed 11617866). That record superseded the
+            # ones still copying there, whose drivers may still be sending (seed 100187129).
+            may_land = _copies_may_land(base, notice.blob, notice.delivery, adopted=False, cut_short=True)
             if may_land and seen.fenced is None and not seen.locked:
                 return Apply((Fence(notice.blob, notice.delivery),), "duplicate")
             return Answer("duplicate", 200, "duplicate")
@@ -763,16 +764,33 @@ def _stale(record: TaskRecord, entry: Delivery, blob: Blob | Unseen | None, now:
     return record.index(holder.delivery) < record.index(entry.delivery)
 
 
-def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: bool) -> bool:
+def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: bool, cut_short: bool = False) -> bool:
     """May another delivery's copy, decided from an older view, still land at ``name`` over the version
     being recorded? One still copying there may; when the version is adopted (its ETag not made by this
     driver, so others may have read it), one superseded there may too (its driver may still be sending);
     one failed there may in either case (an operator gives up a delivery whose driver is alive, and that
     driver may overwrite a file it reads as another failed delivery's). Then bytes are not adopted as they
     are: a webhook or verifier copies them again, the reconciliation fences them first (:class:`Fence`); a
-    driver's own copy is fenced after its swap."""
+    driver's own copy is fenced after its swap. ``cut_short``: one superseded while it was copying there may
+    too (the change that stored this version superseded it, its driver still sending)."""
     states = (State.COPYING, State.SUPERSEDED, State.FAILED) if adopted else (State.COPYING, State.FAILED)
-    return any(item.blob == name and item.delivery != delivery and item.state in states for item in record.deliveries)
+
+    def may(item: Delivery) -> bool:
+        return item.state in states or (cut_short and item.state is State.SUPERSEDED and _superseded_copying(item))
+
+    return any(item.blob == name and item.delivery != delivery and may(item) for item in record.deliveries)
+
+
+# The steps that put a delivery in `copying` (accepted, waiting behind a newer one, a copy's answer lost).
+COPYING_STEPS = ("copying", "unconfirmed")
+
+
+def _superseded_copying(item: Delivery) -> bool:
+    """Was ``item`` superseded while it was copying (not after it was stored)? Its history says: the step
+    before its last `superseded` one put it in `copying`."""
+    outcomes = [step.outcome for step in item.history]
+    last = len(outcomes) - 1 - outcomes[::-1].index("superseded") if "superseded" in outcomes else 0
+    return last > 0 and outcomes[last - 1] in COPYING_STEPS
 
 
 def _behind(seen: Seen, record: TaskRecord | None, blob: Blob | Unseen | None) -> bool:

@@ -429,6 +429,7 @@ SEEDS_THAT_BROKE += [
     12667516,
     13611429,
     46000608,
+    100187129,
 ]
 
 
@@ -886,7 +887,10 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     listed to retire without a version, then its live driver's copy recorded there and deleted by that
     listing (13611429: a failure no longer lists its earlier name); a stalled request put in the record
     superseded before a newer export still copying, which then failed, leaving no current file for it
-    (46000608: it waits behind the copying one now)."""
+    (46000608: it waits behind the copying one now); a duplicate answered with no fence while an older
+    delivery, given up by an operator and accepted again by its live queue message, could still commit over
+    the file: the storing driver had superseded it, then crashed before its fence (100187129: a duplicate
+    counts superseded deliveries at its name too)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

@@ -226,8 +226,8 @@ adopted | new, copying, superseded | stored | any driver |
 duplicate | stored | stored | webhook, verifier |
     the same delivery again while it is current and its file holds it: nothing is written but the removal of a
     copy of it this request left under today's name (listed to retire first when its answer was lost), and a
-    fence when another delivery copying at that name may still commit over the file; one current under an
-    earlier template's name is then decided there, from its file at that name
+    fence when another delivery copying (or failed, or superseded while copying) at that name may still commit
+    over the file; one current under an earlier template's name is then decided there, from its file at that name
 restored | stored, failed | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone or held an older export: the copy (a large
     file: the staged commit) put it back; the current delivery is never accepted again as `copying`. Also its own

@@ -396,7 +396,9 @@ def conclude_stored(
             # At this very name its late copy may still land over the new file: the record keeps what its
             # manifest says until the next file replaces this one (then the record follows the file).
             keep = item.manifest if item.blob == name else None
-            update = {"state": State.SUPERSEDED, "history": with_step(item, step), "manifest": keep, "moved_from": None}
+            # Its earlier name is kept when it is this very name: a copy it sent there may still land over the new file.
+            here = item.moved_from if item.moved_from == name else None
+            update = {"state": State.SUPERSEDED, "history": with_step(item, step), "manifest": keep, "moved_from": here}
             item = item.model_copy(update=update)
         elif item.state is State.SUPERSEDED and item.manifest:
             item = item.model_copy(update={"manifest": None})
@@ -778,19 +780,27 @@ def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: b
     def may(item: Delivery) -> bool:
         return item.state in states or (cut_short and item.state is State.SUPERSEDED and _superseded_copying(item))
 
-    return any(item.blob == name and item.delivery != delivery and may(item) for item in record.deliveries)
+    # At its name, or at the name an earlier template gave it (a copy it sent there may still land).
+    return any(
+        name in (item.blob, item.moved_from) and item.delivery != delivery and may(item) for item in record.deliveries
+    )
 
 
-# The steps that put a delivery in `copying` (accepted, waiting behind a newer one, a copy's answer lost).
+# The steps that put a delivery in `copying` (accepted, waiting behind a newer one, a copy's answer lost), and
+# those that change no state (an operator's replay, a retirement of its names).
 COPYING_STEPS = ("copying", "unconfirmed")
+NOTE_STEPS = ("replayed", "retired")
 
 
 def _superseded_copying(item: Delivery) -> bool:
-    """Was ``item`` superseded while it was copying (not after it was stored)? Its history says: the step
-    before its last `superseded` one put it in `copying`."""
+    """Was ``item`` superseded while it was copying (not after it was stored)? Its history says: the last
+    step before its last `superseded` one that changed its state put it in `copying`."""
     outcomes = [step.outcome for step in item.history]
-    last = len(outcomes) - 1 - outcomes[::-1].index("superseded") if "superseded" in outcomes else 0
-    return last > 0 and outcomes[last - 1] in COPYING_STEPS
+    if "superseded" not in outcomes:
+        return False
+    last = len(outcomes) - 1 - outcomes[::-1].index("superseded")
+    before = [outcome for outcome in outcomes[:last] if outcome not in NOTE_STEPS]
+    return bool(before) and before[-1] in COPYING_STEPS
 
 
 def _behind(seen: Seen, record: TaskRecord | None, blob: Blob | Unseen | None) -> bool:

@@ -1035,3 +1035,92 @@ async def test_a_retirement_says_left_in_place_only_for_a_file_that_is_still_the
         steps = [step for step in entry.history if step.outcome == "retired"]
         assert steps and not any(step.note for step in steps), steps
         assert name not in sim.files()
+
+
+# --- a given-up delivery's live queue message, and the file a duplicate answers for --------------------------
+
+A_NAME = "ws-1/task-1/A.pdf"
+
+
+def calls_of(sim: Simulation, actor: Any) -> list[Call]:
+    return [call for call in sim.pending() if call.actor is actor]
+
+
+async def two_given_up_then_the_older_prepared_over_the_newer(sim: Simulation) -> tuple[Any, Any, Any, Any]:
+    """e1 and e2 (same name, large) are answered 202; e2's queue run stages a create; an operator gives both up
+    (`fail --force`) while their messages are alive; e2's create lands, its record write held; e1's message
+    accepts e1 again and prepares a commit over e2's version (e2 is failed in its view), held."""
+    e1, e2 = sim.export("A"), sim.export("A")
+    for export in (e1, e2):
+        posted = sim.post(export, config=STAGED_202)
+        await sim.run_actor(posted)
+        assert posted.answer == "202 copying", posted.answer
+    q2 = sim.run_message(1, config=STAGED_202)
+    await sim.run_actor(q2, until=lambda call: call.op == "commit_blocks")
+    await sim.run_actor(sim.operator())
+    record = sim.record()
+    assert record is not None and [item.state for item in record.deliveries] == [State.FAILED, State.FAILED]
+    await sim.run_actor(q2, until=put_record)
+    q1 = sim.run_message(0, config=STAGED_202)
+    await sim.run_actor(q1, until=lambda call: call.op == "commit_blocks")
+    assert "if_match" in calls_of(sim, q1)[0].detail, calls_of(sim, q1)[0].detail
+    return e1, e2, q1, q2
+
+
+@pytest.mark.parametrize("replayed", [False, True])
+async def test_a_duplicate_fences_off_an_older_delivery_superseded_while_copying_whose_commit_is_on_its_way(
+    replayed: bool,
+) -> None:
+    """Seed 100187129, and the same with an operator's replay noted on e1 meanwhile (a step that changes no
+    state): e2's driver records e2 stored, superseding e1 (still copying), and crashes before its fence; e2's
+    retry is answered 200 `duplicate` only after fencing its file, so e1's held commit fails."""
+    from ops.commands import _note_replayed
+    from ops.queues import Parsed
+
+    sim = Simulation(STAGED_202)
+    e1, e2, q1, q2 = await two_given_up_then_the_older_prepared_over_the_newer(sim)
+    if replayed:
+        parsed = Parsed(None, task_id="task-1", workspace_id="ws-1", delivery=e1.delivery, expires_on=None)  # type: ignore[arg-type]
+
+        async def replay(actor: Any) -> None:
+            await _note_replayed(sim.gate, parsed, "replay-poison: foreseen", sim.clock())
+
+        await sim.run_actor(sim._start("operator", "replay-poison", replay))
+    while (record := sim.record()) is None or record.find(e2.delivery).state is not State.STORED:  # type: ignore[union-attr]
+        await sim.grant(calls_of(sim, q2)[0])
+    for call in calls_of(sim, q2):
+        await sim.grant(call, "crash")  # before its fence
+    retry = sim.post(e2)
+    await sim.run_actor(retry)
+    assert retry.answer == "200 duplicate", retry.answer
+    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
+    assert sim.files()[A_NAME] == e2.data, "e1's held commit replaced the file answered 200 duplicate"
+    sim.sources.remove(e2.source_name)  # its bytes could not be put back now
+    await sim.finish()
+    ok(sim)
+
+
+async def test_a_delivery_moved_by_a_template_change_is_fenced_off_at_the_earlier_name_its_commit_targets() -> None:
+    """As above, but e1's retry under a new template accepts it again at today's name (its earlier name kept as
+    where it moved from): e2 stored at the earlier name is fenced against e1's held commit there, by its own
+    driver, and by its retry's duplicate."""
+    sim = Simulation(STAGED_202)
+    e1, e2, q1, q2 = await two_given_up_then_the_older_prepared_over_the_newer(sim)
+    moved = sim.post(e1, config=Config(template=TODAY, staged=True, waits=False))
+    await sim.run_actor(moved)
+    assert moved.answer == "202 copying", moved.answer
+    record = sim.record()
+    entry = record.find(e1.delivery) if record is not None else None
+    assert entry is not None and (entry.state, entry.blob, entry.moved_from) == (
+        State.COPYING,
+        "2026/ws-1/task-1/A.pdf",
+        A_NAME,
+    ), entry
+    await sim.run_actor(q2)
+    retry = sim.post(e2)
+    await sim.run_actor(retry)
+    assert (retry.answer or "").startswith("200"), retry.answer
+    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
+    assert sim.files()[A_NAME] == e2.data, "e1's held commit at its earlier name replaced e2's file"
+    await sim.finish()
+    ok(sim)

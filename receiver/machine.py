@@ -735,6 +735,13 @@ def _accept(
     entry = _entry(notice, record)
     moved_from = entry.blob if entry.blob != notice.blob else entry.moved_from
     accepted = _with_state(base, entry, State.COPYING, step, staged=seen.large, blob=notice.blob, moved_from=moved_from)
+    first = entry.moved_from
+    if first is not None and first not in (moved_from, notice.blob):
+        # Moved again (another template change): the record keeps one earlier name, so the first is listed to
+        # retire now, without a version: a copy of it still on its way there is fenced off and deleted if it lands.
+        listing = Retirement(blob=first, delivery=entry.delivery)
+        if listing.key not in {item.key for item in accepted.retire}:
+            accepted = accepted.model_copy(update={"retire": [*accepted.retire, listing]})
     return Change(accepted, arrow, observe=observe)
 
 
@@ -780,10 +787,11 @@ def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: b
     def may(item: Delivery) -> bool:
         return item.state in states or (cut_short and item.state is State.SUPERSEDED and _superseded_copying(item))
 
-    # At its name, or at the name an earlier template gave it (a copy it sent there may still land).
+    # At its name, or at the name an earlier template gave it (a copy it sent there may still land); or listed to
+    # retire there without a version (a copy of it that may still land there: one moved twice, say).
     return any(
         name in (item.blob, item.moved_from) and item.delivery != delivery and may(item) for item in record.deliveries
-    )
+    ) or any(item.blob == name and item.etag is None and item.delivery != delivery for item in record.retire)
 
 
 # The steps that put a delivery in `copying` (accepted, waiting behind a newer one, a copy's answer lost), and
@@ -929,7 +937,10 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
             current = record.current_delivery
             # Its copy may still be on its way to the current file's name (its own, or the one an earlier
             # template gave it): fence it off.
-            targets = (copying.blob, copying.moved_from)
+            pending_names = [
+                item.blob for item in record.retire if item.delivery == copying.delivery and item.etag is None
+            ]
+            targets = (copying.blob, copying.moved_from, *pending_names)
             return Change(failed, arrow, fence=current is not None and current.blob in targets)
     current = record.current_delivery
     if seen.fence and current is not None:

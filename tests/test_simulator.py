@@ -1124,3 +1124,68 @@ async def test_a_delivery_moved_by_a_template_change_is_fenced_off_at_the_earlie
     assert sim.files()[A_NAME] == e2.data, "e1's held commit at its earlier name replaced e2's file"
     await sim.finish()
     ok(sim)
+
+
+OTHER = "x/{workspaceId}/{taskId}/{fileName}"  # a third template: x/ws-1/task-1/A.pdf
+
+
+async def test_a_delivery_moved_twice_is_fenced_off_at_its_first_name_where_its_held_commit_targets() -> None:
+    """e1 moved twice (A, then 2026/A, then x/A) while its commit is held at A over e2's version: the record
+    keeps one earlier name, so the first is listed to retire (without a version) at the second move, and e2
+    stored at A is fenced against that commit."""
+    sim = Simulation(STAGED_202)
+    e1, e2, q1, q2 = await two_given_up_then_the_older_prepared_over_the_newer(sim)
+    for template in (TODAY, OTHER):
+        moved = sim.post(e1, config=Config(template=template, staged=True, waits=False))
+        await sim.run_actor(moved)
+        assert moved.answer == "202 copying", moved.answer
+    await sim.run_actor(q2)
+    retry = sim.post(e2)
+    await sim.run_actor(retry)
+    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
+    assert sim.files()[A_NAME] == e2.data, "e1's held commit at its first name replaced e2's file answered 2xx"
+    await sim.finish()
+    ok(sim)
+
+
+async def test_an_operators_give_up_of_a_delivery_moved_twice_fences_the_current_file_at_its_first_name() -> None:
+    """A delivery moved twice while its copy over the current file at its first name is held: given up by an
+    operator, the current file there is fenced, and the held copy fails."""
+    sim = Simulation()
+    first = sim.export("A")
+    await sim.run_actor(sim.post(first))
+    moved = sim.export("A")
+    slow = sim.post(moved)
+    await sim.run_actor(slow, until=lambda call: call.op == "copy_from_url" and "if_match" in call.detail)
+    for template in (TODAY, OTHER):
+        retry = sim.post(moved, config=Config(template=template, staged=True, waits=False))
+        await sim.run_actor(retry)
+        assert retry.answer == "202 copying", retry.answer
+    sim.queue.clear()  # the retries' messages are lost (or poisoned): only the give-up decides
+    await sim.run_actor(sim.operator())
+    await sim.land_then_stop(slow)
+    assert sim.files()[A_NAME] == first.data, "the held copy replaced the file answered 200 stored"
+    await sim.finish()
+    ok(sim)
+
+
+async def test_a_late_copy_at_the_first_of_two_earlier_names_is_retired_once_the_delivery_is_stored() -> None:
+    """A delivery moved twice; the copy held at its first name lands and its driver stops; stored at today's
+    name, nothing of it is left at the first name."""
+    sim = Simulation()
+    await sim.run_actor(sim.post(sim.export("A")))
+    newer = sim.export("A")
+    slow = sim.post(newer)
+    await sim.run_actor(slow, until=lambda call: call.op == "copy_from_url" and "if_match" in call.detail)
+    middle = sim.post(newer, config=Config(template=TODAY, staged=True, waits=False))
+    await sim.run_actor(middle)
+    assert middle.answer == "202 copying", middle.answer
+    sim.queue.clear()
+    await sim.land_then_stop(slow)
+    retry = sim.post(newer, config=Config(template=OTHER, staged=True, waits=True))
+    await sim.run_actor(retry)
+    assert retry.answer == "200 stored", retry.answer
+    await sim.finish()
+    ok(sim)
+    assert not sim.leftovers, sim.leftovers
+    assert names(sim) == ["x/ws-1/task-1/A.pdf"], names(sim)

@@ -268,6 +268,10 @@ behind | new, copying, failed, superseded | copying | webhook, verifier |
     one is stored, copied again if that one fails (a new one received before it is put in the record before it)
 immutable | any | unchanged | webhook, verifier |
     a retention policy or legal hold refused the write: nothing half-done, 409
+kept-name | copying, failed | unchanged | webhook, verifier |
+    a delivery a template change moved once is decided at the name it moved to, never moved again (the record
+    keeps one earlier name, where a copy of it may still land); a copy of it this request made at today's name
+    is removed first (one an earlier try left there is listed to retire, then removed)
 name-taken | new, copying | failed (when it was in the record) | webhook, verifier |
     the file at its name is another task's (its metadata names another workspaceId or taskId: a template change
     gave two tasks one name): nothing is written over it, 409; one the record holds at another name (current
@@ -550,6 +554,22 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             return _retire(seen, record, now, by) or Observe(manifest=True, at=entry.blob)
         return _clear_retired(seen, record, now, by) or Observe(manifest=True, at=entry.blob)
 
+    moved_once = entry is not None and entry.moved_from is not None and entry.state in (State.COPYING, State.FAILED)
+    if moved_once and record is not None and entry is not None and entry.blob != notice.blob and not seen.redirected:
+        # Moved once by a template change: decided at the name it moved to, never moved again (the record keeps one
+        # earlier name, where a copy of it may still land, and fences count it there). A copy this request made at
+        # today's name is removed first; one an earlier try left there is listed, then removed.
+        if blob == UNSEEN and seen.attempt in ("exists", "lost"):
+            return Observe()
+        if isinstance(blob, Blob) and blob.delivery == notice.delivery:
+            stray = _listing(blob, notice.delivery)
+            if seen.copied:
+                return Apply((Retire(stray),), "kept-name")
+            if stray.key not in {item.key for item in record.retire}:
+                return Change(record.model_copy(update={"retire": [*record.retire, stray]}), "kept-name")
+            return _retire(seen, record, now, by) or Observe(at=entry.blob)
+        return Observe(at=entry.blob)
+
     if isinstance(blob, Blob) and blob.delivery == notice.delivery:
         # The blob holds this delivery's bytes: recorded as the current file, unless a delivery accepted
         # after it is stored (then it is a stale file: removed, unless it sits at the current file's name).
@@ -735,13 +755,6 @@ def _accept(
     entry = _entry(notice, record)
     moved_from = entry.blob if entry.blob != notice.blob else entry.moved_from
     accepted = _with_state(base, entry, State.COPYING, step, staged=seen.large, blob=notice.blob, moved_from=moved_from)
-    first = entry.moved_from
-    if first is not None and first not in (moved_from, notice.blob):
-        # Moved again (another template change): the record keeps one earlier name, so the first is listed to
-        # retire now, without a version: a copy of it still on its way there is fenced off and deleted if it lands.
-        listing = Retirement(blob=first, delivery=entry.delivery)
-        if listing.key not in {item.key for item in accepted.retire}:
-            accepted = accepted.model_copy(update={"retire": [*accepted.retire, listing]})
     return Change(accepted, arrow, observe=observe)
 
 

@@ -1129,9 +1129,9 @@ async def test_a_delivery_moved_by_a_template_change_is_fenced_off_at_the_earlie
 OTHER = "x/{workspaceId}/{taskId}/{fileName}"  # a third template: x/ws-1/task-1/A.pdf
 
 
-async def test_a_delivery_moved_twice_is_fenced_off_at_its_first_name_where_its_held_commit_targets() -> None:
-    """e1 moved twice (A, then 2026/A, then x/A) while its commit is held at A over e2's version: the record
-    keeps one earlier name, so the first is listed to retire (without a version) at the second move, and e2
+async def test_a_second_template_change_never_moves_a_delivery_again_so_its_first_name_stays_fenced() -> None:
+    """e1 moved by one template change (A to 2026/A) while its commit is held at A over e2's version; its
+    retry under a second template (x/A) is decided at 2026/A (the record keeps one earlier name, A), so e2
     stored at A is fenced against that commit."""
     sim = Simulation(STAGED_202)
     e1, e2, q1, q2 = await two_given_up_then_the_older_prepared_over_the_newer(sim)
@@ -1148,9 +1148,10 @@ async def test_a_delivery_moved_twice_is_fenced_off_at_its_first_name_where_its_
     ok(sim)
 
 
-async def test_an_operators_give_up_of_a_delivery_moved_twice_fences_the_current_file_at_its_first_name() -> None:
-    """A delivery moved twice while its copy over the current file at its first name is held: given up by an
-    operator, the current file there is fenced, and the held copy fails."""
+async def test_an_operators_give_up_after_two_template_changes_fences_the_current_file_at_the_first_name() -> None:
+    """A delivery moved once (a second template change does not move it again) while its copy over the current
+    file at its first name is held: given up by an operator, the current file there is fenced, and the held
+    copy fails."""
     sim = Simulation()
     first = sim.export("A")
     await sim.run_actor(sim.post(first))
@@ -1169,9 +1170,11 @@ async def test_an_operators_give_up_of_a_delivery_moved_twice_fences_the_current
     ok(sim)
 
 
-async def test_a_late_copy_at_the_first_of_two_earlier_names_is_retired_once_the_delivery_is_stored() -> None:
-    """A delivery moved twice; the copy held at its first name lands and its driver stops; stored at today's
-    name, nothing of it is left at the first name."""
+async def test_a_late_copy_at_the_first_name_is_retired_when_a_second_template_change_leaves_it_where_it_moved() -> (
+    None
+):
+    """A delivery moved once; the copy held at its first name lands and its driver stops; its retry under a
+    second template is stored at the name it moved to (not moved again), and nothing of it is left elsewhere."""
     sim = Simulation()
     await sim.run_actor(sim.post(sim.export("A")))
     newer = sim.export("A")
@@ -1188,4 +1191,22 @@ async def test_a_late_copy_at_the_first_of_two_earlier_names_is_retired_once_the
     await sim.finish()
     ok(sim)
     assert not sim.leftovers, sim.leftovers
-    assert names(sim) == ["x/ws-1/task-1/A.pdf"], names(sim)
+    assert names(sim) == ["2026/ws-1/task-1/A.pdf"], names(sim)
+
+
+async def test_a_second_template_change_keeps_the_first_name_fenced_after_the_reconciliation_looked_there() -> None:
+    """As above, with a reconciliation run between the second template change and e2's store at the first name:
+    the record still holds that name as where e1 moved from (nothing a look can drop), so e2 is fenced."""
+    sim = Simulation(STAGED_202)
+    e1, e2, q1, q2 = await two_given_up_then_the_older_prepared_over_the_newer(sim)
+    for template in (TODAY, OTHER):
+        moved = sim.post(e1, config=Config(template=template, staged=True, waits=False))
+        await sim.run_actor(moved)
+    await sim.run_actor(sim.reconcile())
+    await sim.run_actor(q2)
+    retry = sim.post(e2)
+    await sim.run_actor(retry)
+    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
+    assert sim.files()[A_NAME] == e2.data, "e1's held commit at its first name replaced e2's file answered 2xx"
+    await sim.finish()
+    ok(sim)

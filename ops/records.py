@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from receiver.engine import Job, Trace, manifest_name, observe, run
+from receiver.engine import Job, Trace, _decided_at, _unlooked, manifest_name, observe, run
 from receiver.intake import arrival_job, is_large, prepare
 from receiver.machine import (
     Answer,
@@ -311,7 +311,13 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
         record=record, record_etag=etag, record_read=True, blob=blob, manifest=there, large=large, locked=locked
     )
     expires = job.event.notice.link_expires_on
-    decision = decide(seen, job.event, now)
+    decision, name = decide(seen, job.event, now), plan.blob_name
+    if isinstance(decision, Observe) and decision.at is not None and decision.at != name:
+        # Decided at the name the record holds it under, as the engine goes on (receiver.engine.run): read there.
+        name, job = decision.at, _decided_at(job, decision.at)
+        assert isinstance(job.event, Arrival)
+        blob, there = await asyncio.gather(storage.read(name), storage.read(manifest_name(name)))
+        decision = decide(replace(_unlooked(seen), blob=blob, manifest=there), job.event, now)
     if isinstance(decision, Answer | Change) and decision.arrow == "behind" and expires is not None and expires <= now:
         # The queue function ends such a message instead of retrying it (receiver.verification.verify_copy).
         why = (
@@ -319,7 +325,7 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
             "reconciliation decides it when that export ends (superseded, its bytes adopted, or failed as expired)"
         )
         return Foreseen(decision, "waiting", why)
-    return _arrival_words(decision, plan.blob_name, blob, expires)
+    return _arrival_words(decision, name, blob, expires)
 
 
 def _arrival_words(decision: Decision, name: str, blob: Blob | None, expires: datetime | None) -> Foreseen:

@@ -269,9 +269,10 @@ behind | new, copying, failed, superseded | copying | webhook, verifier |
 immutable | any | unchanged | webhook, verifier |
     a retention policy or legal hold refused the write: nothing half-done, 409
 kept-name | copying, failed | unchanged | webhook, verifier |
-    a delivery a template change moved once is decided at the name it moved to, never moved again (the record
-    keeps one earlier name, where a copy of it may still land); a copy of it this request made at today's name
-    is removed first (one an earlier try left there is listed to retire, then removed)
+    a delivery a template change moved once, arriving at another name (not its first, nor the current file's),
+    is decided at the name it moved to, never moved again (the record keeps one earlier name, where a copy of it
+    may still land); a copy of it this request made there is removed first (one an earlier try left there is
+    listed to retire, then removed)
 name-taken | new, copying | failed (when it was in the record) | webhook, verifier |
     the file at its name is another task's (its metadata names another workspaceId or taskId: a template change
     gave two tasks one name): nothing is written over it, 409; one the record holds at another name (current
@@ -555,7 +556,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         return _clear_retired(seen, record, now, by) or Observe(manifest=True, at=entry.blob)
 
     moved_once = entry is not None and entry.moved_from is not None and entry.state in (State.COPYING, State.FAILED)
-    if moved_once and record is not None and entry is not None and entry.blob != notice.blob and not seen.redirected:
+    # Not at its first name (a late copy of it there may be over the current file), nor at the current file's.
+    current_name = record.current_delivery.blob if record is not None and record.current_delivery is not None else None
+    elsewhere_now = entry is not None and notice.blob not in (entry.blob, entry.moved_from, current_name)
+    if moved_once and record is not None and entry is not None and elsewhere_now and not seen.redirected:
         # Moved once by a template change: decided at the name it moved to, never moved again (the record keeps one
         # earlier name, where a copy of it may still land, and fences count it there). A copy this request made at
         # today's name is removed first; one an earlier try left there is listed, then removed.

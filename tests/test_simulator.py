@@ -430,6 +430,8 @@ SEEDS_THAT_BROKE += [
     13611429,
     46000608,
     100187129,
+    140029790,
+    140031267,
 ]
 
 
@@ -890,7 +892,9 @@ async def test_seeds_that_once_broke_a_guarantee_keep_every_guarantee(seed: int)
     (46000608: it waits behind the copying one now); a duplicate answered with no fence while an older
     delivery, given up by an operator and accepted again by its live queue message, could still commit over
     the file: the storing driver had superseded it, then crashed before its fence (100187129: a duplicate
-    counts superseded deliveries at its name too)."""
+    counts superseded deliveries at its name too); a moved delivery's driver, decided at the name it moved to,
+    deleting its own copy at its first name, the current file's (140029790, 140031267: found on the first
+    version of the kept-name rule, which no longer applies there)."""
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
 

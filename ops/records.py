@@ -312,9 +312,13 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
     )
     expires = job.event.notice.link_expires_on
     decision, name = decide(seen, job.event, now), plan.blob_name
-    if isinstance(decision, Observe) and decision.at is not None and decision.at != name:
-        # Decided at the name the record holds it under, as the engine goes on (receiver.engine.run): read there.
-        name, job = decision.at, _decided_at(job, decision.at)
+    entry = record.find(plan.delivery) if record is not None else None
+    # A copy of it this message's run finds at its name is removed first (kept-name); then, as the engine goes on
+    # (receiver.engine.run), it is decided at the name the record holds it under: read there.
+    kept = isinstance(decision, Change | Apply) and decision.arrow == "kept-name" and entry is not None
+    target = entry.blob if kept and entry is not None else decision.at if isinstance(decision, Observe) else None
+    if target is not None and target != name:
+        name, job = target, _decided_at(job, target)
         assert isinstance(job.event, Arrival)
         blob, there = await asyncio.gather(storage.read(name), storage.read(manifest_name(name)))
         decision = decide(replace(_unlooked(seen), blob=blob, manifest=there), job.event, now)

@@ -221,7 +221,8 @@ adopted | new, copying, superseded | stored | any driver |
     the blob at its name already holds its bytes (a copy whose answer was lost, a crash before the record), no
     delivery accepted after it is stored, the record does not list them to retire, and no other delivery at that
     name may still send a copy over them (else a webhook or verifier copies them again; the reconciliation fences
-    the file, and leaves bytes listed to retire to their retirement); or its late copy replaced the
+    the file, and leaves bytes listed to retire to their retirement); adopted bytes are fenced after the swap (a
+    copy another prepared over them from a view since outdated then fails); or its late copy replaced the
     current file, which was not put back (a current delivery accepted after it then fails: the record follows it)
 duplicate | stored | stored | webhook, verifier |
     the same delivery again while it is current and its file holds it: nothing is written but the removal of a
@@ -559,6 +560,14 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     # Not at its first name (a late copy of it there may be over the current file), nor at the current file's.
     current_name = record.current_delivery.blob if record is not None and record.current_delivery is not None else None
     elsewhere_now = entry is not None and notice.blob not in (entry.blob, entry.moved_from, current_name)
+    # At the current file's name, a third one, it is decided at its recorded name too, unless the file there holds
+    # it (its late copy over the current file: decided there, the way it was before).
+    at_current = entry is not None and notice.blob == current_name and notice.blob not in (entry.blob, entry.moved_from)
+    if moved_once and record is not None and entry is not None and at_current and not seen.redirected:
+        if blob == UNSEEN:
+            return Observe()
+        if not (isinstance(blob, Blob) and blob.delivery == notice.delivery):
+            return Observe(at=entry.blob)
     if moved_once and record is not None and entry is not None and elsewhere_now and not seen.redirected:
         # Moved once by a template change: decided at the name it moved to, never moved again (the record keeps one
         # earlier name, where a copy of it may still land, and fences count it there). A copy this request made at
@@ -622,7 +631,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         adoptable = not doomed and not _copies_may_land(base, notice.blob, notice.delivery, adopted=True)
         if seen.copied or locked or adoptable:
             arrow = ("restored" if current else "stored") if seen.copied else "adopted"
-            fence = _copies_may_land(base, notice.blob, notice.delivery, adopted=not seen.copied)
+            # Adopted bytes are always fenced after the swap: another delivery's copy may have been prepared over
+            # that version from a listing of its earlier name that one look has dropped since (it was not there).
+            adopting = not seen.copied and not locked
+            fence = adopting or _copies_may_land(base, notice.blob, notice.delivery, adopted=not seen.copied)
             moved = _entry(notice, record).model_copy(update={"blob": notice.blob})  # today's name (template)
             stored = conclude_stored(base, moved, blob=blob, now=now, by=by, outcome=arrow)
             effects = (WriteManifest(notice.blob, notice.delivery, notice.manifest),)

@@ -151,3 +151,85 @@ async def test_the_dry_run_foresees_a_message_carrying_a_second_templates_name_a
     foreseen, answer = await foresee_then_run(sim, other)
     assert foreseen.action == VERDICT.get(answer or "", "finish"), (foreseen.action, foreseen.why, answer)
     ok(sim)
+
+
+ORIG = "{workspaceId}/{taskId}/{fileName}"
+
+
+async def a_commit_held_over_an_orphan_then_moved(sim: Simulation) -> tuple[ExportInfo, ExportInfo, Any]:
+    """e1 (large) accepted at A (202); e2's first try creates its file at A and crashes before its record;
+    three minutes on, e1's queue run prepares a commit over that orphan (If-Match), held."""
+    e1, e2 = sim.export("A"), sim.export("A")
+    accepted = sim.post(e1, config=Config(template=ORIG, staged=True, waits=False))
+    await sim.run_actor(accepted)
+    assert accepted.answer == "202 copying", accepted.answer
+    q1 = sim.run_message(0, config=Config(template=ORIG, staged=True, waits=False))
+    orphan = sim.post(e2, config=Config(template=ORIG))
+    await sim.run_actor(orphan, until=lambda call: call.op == "copy_from_url")
+    await sim.grant(next(call for call in sim.pending() if call.actor is orphan and call.op == "copy_from_url"))
+    await sim.grant(next(call for call in sim.pending() if call.actor is orphan), "crash")
+    sim.clock.advance(timedelta(minutes=3))
+    await sim.run_actor(q1, until=lambda call: call.op == "commit_blocks")
+    return e1, e2, q1
+
+
+async def test_adopted_bytes_are_fenced_so_a_commit_prepared_over_them_at_a_moved_deliverys_first_name_fails() -> None:
+    """One template change: e1 moved to B and stored there (its first name A listed to retire; one look finds
+    e2's bytes there and drops the listing). e2's retry adopts its bytes at A (200): adopted bytes are always
+    fenced after the swap, so e1's commit held over that version fails."""
+    sim = Simulation()
+    e1, e2, q1 = await a_commit_held_over_an_orphan_then_moved(sim)
+    moved = sim.post(e1, config=Config(template=TODAY, staged=True, waits=True))
+    await sim.run_actor(moved)
+    retry = sim.post(e2, config=Config(template=ORIG))
+    await sim.run_actor(retry)
+    assert retry.answer == "200 stored", retry.answer
+    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
+    assert sim.files()[A_NAME] == e2.data, "e1's held commit at its first name replaced e2's file answered 200"
+    await sim.finish()
+    ok(sim)
+
+
+async def test_a_moved_delivery_arriving_at_the_current_files_name_keeps_its_first_name_fenced() -> None:
+    """As above, with a current file e0 at C and e1's second template giving C: e1 is decided at B (a third
+    name is never taken, so its first name A stays the one it moved from), and e2 adopted at A is fenced."""
+    sim = Simulation()
+    first = sim.post(sim.export("A"), config=Config(template=OTHER))
+    await sim.run_actor(first)
+    assert first.answer == "200 stored", first.answer
+    e1, e2, q1 = await a_commit_held_over_an_orphan_then_moved(sim)
+    moved = sim.post(e1, config=Config(template=TODAY, staged=True, waits=False))
+    await sim.run_actor(moved)
+    assert moved.answer == "202 copying", moved.answer
+    await sim.run_actor(sim.post(e1, config=Config(template=OTHER)))
+    retry = sim.post(e2, config=Config(template=ORIG))
+    await sim.run_actor(retry)
+    assert retry.answer == "200 stored", retry.answer
+    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
+    assert sim.files()[A_NAME] == e2.data, "e1's held commit at its first name replaced e2's file answered 200"
+    await sim.finish()
+    ok(sim)
+
+
+@pytest.mark.parametrize("expired", [False, True])
+async def test_the_dry_run_foresees_a_message_whose_run_removes_its_copy_before_deciding_where_it_moved(
+    expired: bool,
+) -> None:
+    """A moved delivery's retry under a second template left a copy at C (its answer lost) and a message
+    carrying C: the queue function removes that copy (kept-name), then decides at B; the dry run says so."""
+    sim = Simulation(STAGED)
+    export = sim.export("A", expires_in=timedelta(minutes=30))
+    await sim.run_actor(sim.post(export, config=STAGED))
+    await sim.run_actor(sim.post(export, config=Config(template=TODAY, staged=True, waits=False)))
+    sim.queue.clear()
+    other = Config(template=OTHER)
+    sim.faults.rule("before", "read_bytes", record_name("ws-1", "task-1"), 1)
+    sim.faults.rule("after", "copy_from_url", C_NAME, 1)
+    await sim.run_actor(sim.post(export, config=other))
+    assert C_NAME in sim.files()
+    assert [json.loads(queued[0]).get("blob") for queued in sim.queue] == [C_NAME], sim.queue
+    if expired:
+        sim.clock.advance(timedelta(minutes=31))
+    foreseen, answer = await foresee_then_run(sim, other)
+    assert foreseen.action == VERDICT.get(answer or "", "finish"), (foreseen.action, foreseen.why, answer)
+    ok(sim)

@@ -950,9 +950,7 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         if isinstance(blob, Blob) and blob.delivery == copying.delivery and not _doomed(record, blob):
             # It cannot copy: it makes the version its own first (a fence), so a copy another delivery
             # prepared over the version read fails, and one that landed first is seen before any swap.
-            listed = any(item.blob == copying.blob for item in record.retire)
-            may_land = listed or _copies_may_land(record, copying.blob, copying.delivery, adopted=True)
-            if seen.fenced != blob.etag and may_land:
+            if seen.fenced != blob.etag:  # always, as an arrival's adoption (a listing may have been dropped)
                 return Apply((Fence(copying.blob, copying.delivery),), "adopted")
             stored = conclude_stored(record, copying, blob=blob, now=now, by=by, outcome="adopted")
             effects = (WriteManifest(copying.blob, copying.delivery, copying.manifest or {}),)

@@ -233,3 +233,26 @@ async def test_the_dry_run_foresees_a_message_whose_run_removes_its_copy_before_
     foreseen, answer = await foresee_then_run(sim, other)
     assert foreseen.action == VERDICT.get(answer or "", "finish"), (foreseen.action, foreseen.why, answer)
     ok(sim)
+
+
+async def test_the_reconciliations_adoption_is_fenced_so_a_commit_prepared_over_those_bytes_fails() -> None:
+    """As the adoption test above, but e2's retry can neither copy nor look (503, tracked copying at A): the
+    reconciliation adopts e2's bytes, fencing them first, so e1's commit held over that version fails, and a
+    later duplicate of e2 (200) still has its file."""
+    sim = Simulation()
+    e1, e2, q1 = await a_commit_held_over_an_orphan_then_moved(sim)
+    await sim.run_actor(sim.post(e1, config=Config(template=TODAY, staged=True, waits=True)))
+    sim.faults.rule("before", "copy_from_url", A_NAME, 1)
+    sim.faults.rule("before", "read", A_NAME, 1)
+    tracked = sim.post(e2, config=Config(template=ORIG))
+    await sim.run_actor(tracked)
+    assert (tracked.answer or "").startswith("503"), tracked.answer
+    await sim.run_actor(sim.reconcile(config=Config(template=ORIG)))
+    retry = sim.post(e2, config=Config(template=ORIG))
+    await sim.run_actor(retry)
+    assert retry.answer == "200 duplicate", retry.answer
+    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
+    assert sim.files()[A_NAME] == e2.data, "e2 answered 200 duplicate, then e1's older held commit replaced its file"
+    sim.sources.remove(e2.source_name)
+    await sim.finish()
+    ok(sim)

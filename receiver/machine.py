@@ -545,16 +545,11 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # today's name is removed; one whose answer was lost is looked for, and one found there is listed
         # in the record first (a swap), then removed like any retirement. Then the delivery is decided at
         # its recorded name, from its file there: a duplicate only while that file holds it.
-        if blob == UNSEEN and seen.attempt in ("exists", "lost"):
-            return Observe()  # a file under today's name may be a copy of it (an earlier try's): removed
-        if isinstance(blob, Blob) and blob.delivery == notice.delivery:
-            stray = _listing(blob, notice.delivery)
-            if seen.copied:
-                return Apply((Retire(stray),), "duplicate")
-            if stray.key not in {item.key for item in record.retire}:
-                return Change(record.model_copy(update={"retire": [*record.retire, stray]}), "duplicate")
-            return _retire(seen, record, now, by) or Observe(manifest=True, at=entry.blob)
-        return _clear_retired(seen, record, now, by) or Observe(manifest=True, at=entry.blob)
+        return (
+            _stray_first(seen, record, notice, now, by, "duplicate")
+            or _clear_retired(seen, record, now, by)
+            or Observe(manifest=True, at=entry.blob)
+        )
 
     moved_once = entry is not None and entry.moved_from is not None and entry.state in (State.COPYING, State.FAILED)
     # Not at its first name (a late copy of it there may be over the current file), nor at the current file's.
@@ -572,16 +567,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # Moved once by a template change: decided at the name it moved to, never moved again (the record keeps one
         # earlier name, where a copy of it may still land, and fences count it there). A copy this request made at
         # today's name is removed first; one an earlier try left there is listed, then removed.
-        if blob == UNSEEN and seen.attempt in ("exists", "lost"):
-            return Observe()
-        if isinstance(blob, Blob) and blob.delivery == notice.delivery:
-            stray = _listing(blob, notice.delivery)
-            if seen.copied:
-                return Apply((Retire(stray),), "kept-name")
-            if stray.key not in {item.key for item in record.retire}:
-                return Change(record.model_copy(update={"retire": [*record.retire, stray]}), "kept-name")
-            return _retire(seen, record, now, by) or Observe(at=entry.blob)
-        return Observe(at=entry.blob)
+        return _stray_first(seen, record, notice, now, by, "kept-name") or Observe(at=entry.blob)
 
     if isinstance(blob, Blob) and blob.delivery == notice.delivery:
         # The blob holds this delivery's bytes: recorded as the current file, unless a delivery accepted
@@ -879,6 +865,26 @@ def _same_old_file(item: Retirement, blob: Blob, copy_id: str | None) -> bool:
     """A listing with a version and no copyid (a file written before copyids) covers that version, and a
     later version of it without a copyid (its headers set since); never a copy made since (it has one)."""
     return item.etag is not None and (item.etag == blob.etag or copy_id is None)
+
+
+def _stray_first(
+    seen: Seen, record: TaskRecord, notice: Notice, now: datetime, by: Driver, arrow: str
+) -> Decision | None:
+    """A copy of this delivery at the notice's name (a name it is not decided at) goes before anything else: this
+    driver's own copy at once (If-Match on what it wrote), one it found listed in the record first (a swap, so a
+    record that moved on is seen), then retired. A file there may be such a copy when an answer was lost: looked
+    at first. None when there is none (left to retire, or nothing there)."""
+    blob = seen.blob
+    if blob == UNSEEN and seen.attempt in ("exists", "lost"):
+        return Observe()
+    if not (isinstance(blob, Blob) and blob.delivery == notice.delivery):
+        return None
+    stray = _listing(blob, notice.delivery)
+    if seen.copied:
+        return Apply((Retire(stray),), arrow)
+    if stray.key not in {item.key for item in record.retire}:
+        return Change(record.model_copy(update={"retire": [*record.retire, stray]}), arrow)
+    return _retire(seen, record, now, by)
 
 
 def _retire_or_answer(seen: Seen, record: TaskRecord, now: datetime, by: Driver) -> Decision:

@@ -14,7 +14,7 @@ import pytest
 from ops.queues import parse
 from ops.records import observe_arrival
 from receiver.models import record_name
-from sim.simulator import Config, ExportInfo, Simulation, settings_for, simulating
+from sim.simulator import Actor, Config, ExportInfo, Simulation, settings_for, simulating
 
 A_NAME = "ws-1/task-1/A.pdf"
 B_NAME = "2026/" + A_NAME
@@ -46,18 +46,30 @@ async def moved_once(sim: Simulation) -> ExportInfo:
     return newer
 
 
+async def held_over_the_current_file(sim: Simulation) -> tuple[ExportInfo, ExportInfo, Actor]:
+    """e0 stored at A, then e1's synchronous copy over it (If-Match) held at the gate: (e0, e1, e1's driver)."""
+    first = sim.export("A")
+    await sim.run_actor(sim.post(first))
+    newer = sim.export("A")
+    slow = sim.post(newer)
+    await sim.run_actor(slow, until=lambda call: call.op == "copy_from_url" and "if_match" in call.detail)
+    return first, newer, slow
+
+
+async def move(sim: Simulation, export: ExportInfo, template: str) -> None:
+    """A retry of ``export`` under a new BLOB_NAME_TEMPLATE: accepted at its new name, copying (202)."""
+    retry = sim.post(export, config=Config(template=template, staged=True, waits=False))
+    await sim.run_actor(retry)
+    assert retry.answer == "202 copying", retry.answer
+
+
 async def test_a_moved_deliverys_late_copy_at_its_first_name_is_never_deleted_from_under_the_current_file() -> None:
     """e0 stored at A; e2's copy over it held; e2's retry moves it to 2026/A. The held copy lands at A and its
     driver goes on at A (its first name, the current file's): it is not decided at 2026/A, which would delete
     its copy at A (there, over the current file) and then fail with its source gone, leaving the task no file."""
     sim = Simulation()
-    await sim.run_actor(sim.post(sim.export("A")))
-    newer = sim.export("A")
-    slow = sim.post(newer)
-    await sim.run_actor(slow, until=lambda call: call.op == "copy_from_url" and "if_match" in call.detail)
-    middle = sim.post(newer, config=Config(template=TODAY, staged=True, waits=False))
-    await sim.run_actor(middle)
-    assert middle.answer == "202 copying", middle.answer
+    _, newer, slow = await held_over_the_current_file(sim)
+    await move(sim, newer, TODAY)
     await sim.grant(next(call for call in sim.pending() if call.actor is slow))  # lands at A, over e0's file
     sim.sources.remove(newer.source_name)
     await sim.run_actor(slow)
@@ -256,3 +268,38 @@ async def test_the_reconciliations_adoption_is_fenced_so_a_commit_prepared_over_
     sim.sources.remove(e2.source_name)
     await sim.finish()
     ok(sim)
+
+
+async def test_an_operators_give_up_after_two_template_changes_fences_the_current_file_at_the_first_name() -> None:
+    """A delivery moved once (a second template change does not move it again) while its copy over the current
+    file at its first name is held: given up by an operator, the current file there is fenced, and the held
+    copy fails."""
+    sim = Simulation()
+    first, moved, slow = await held_over_the_current_file(sim)
+    for template in (TODAY, OTHER):
+        await move(sim, moved, template)
+    sim.queue.clear()  # the retries' messages are lost (or poisoned): only the give-up decides
+    await sim.run_actor(sim.operator())
+    await sim.land_then_stop(slow)
+    assert sim.files()[A_NAME] == first.data, "the held copy replaced the file answered 200 stored"
+    await sim.finish()
+    ok(sim)
+
+
+async def test_a_late_copy_at_the_first_name_is_retired_when_a_second_template_change_leaves_it_where_it_moved() -> (
+    None
+):
+    """A delivery moved once; the copy held at its first name lands and its driver stops; its retry under a
+    second template is stored at the name it moved to (not moved again), and nothing of it is left elsewhere."""
+    sim = Simulation()
+    _, newer, slow = await held_over_the_current_file(sim)
+    await move(sim, newer, TODAY)
+    sim.queue.clear()
+    await sim.land_then_stop(slow)
+    retry = sim.post(newer, config=Config(template=OTHER, staged=True, waits=True))
+    await sim.run_actor(retry)
+    assert retry.answer == "200 stored", retry.answer
+    await sim.finish()
+    ok(sim)
+    assert not sim.leftovers, sim.leftovers
+    assert sorted(sim.files()) == [B_NAME], sorted(sim.files())

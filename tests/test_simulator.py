@@ -1152,52 +1152,6 @@ async def test_a_second_template_change_never_moves_a_delivery_again_so_its_firs
     ok(sim)
 
 
-async def test_an_operators_give_up_after_two_template_changes_fences_the_current_file_at_the_first_name() -> None:
-    """A delivery moved once (a second template change does not move it again) while its copy over the current
-    file at its first name is held: given up by an operator, the current file there is fenced, and the held
-    copy fails."""
-    sim = Simulation()
-    first = sim.export("A")
-    await sim.run_actor(sim.post(first))
-    moved = sim.export("A")
-    slow = sim.post(moved)
-    await sim.run_actor(slow, until=lambda call: call.op == "copy_from_url" and "if_match" in call.detail)
-    for template in (TODAY, OTHER):
-        retry = sim.post(moved, config=Config(template=template, staged=True, waits=False))
-        await sim.run_actor(retry)
-        assert retry.answer == "202 copying", retry.answer
-    sim.queue.clear()  # the retries' messages are lost (or poisoned): only the give-up decides
-    await sim.run_actor(sim.operator())
-    await sim.land_then_stop(slow)
-    assert sim.files()[A_NAME] == first.data, "the held copy replaced the file answered 200 stored"
-    await sim.finish()
-    ok(sim)
-
-
-async def test_a_late_copy_at_the_first_name_is_retired_when_a_second_template_change_leaves_it_where_it_moved() -> (
-    None
-):
-    """A delivery moved once; the copy held at its first name lands and its driver stops; its retry under a
-    second template is stored at the name it moved to (not moved again), and nothing of it is left elsewhere."""
-    sim = Simulation()
-    await sim.run_actor(sim.post(sim.export("A")))
-    newer = sim.export("A")
-    slow = sim.post(newer)
-    await sim.run_actor(slow, until=lambda call: call.op == "copy_from_url" and "if_match" in call.detail)
-    middle = sim.post(newer, config=Config(template=TODAY, staged=True, waits=False))
-    await sim.run_actor(middle)
-    assert middle.answer == "202 copying", middle.answer
-    sim.queue.clear()
-    await sim.land_then_stop(slow)
-    retry = sim.post(newer, config=Config(template=OTHER, staged=True, waits=True))
-    await sim.run_actor(retry)
-    assert retry.answer == "200 stored", retry.answer
-    await sim.finish()
-    ok(sim)
-    assert not sim.leftovers, sim.leftovers
-    assert names(sim) == ["2026/ws-1/task-1/A.pdf"], names(sim)
-
-
 async def test_a_second_template_change_keeps_the_first_name_fenced_after_the_reconciliation_looked_there() -> None:
     """As above, with a reconciliation run between the second template change and e2's store at the first name:
     the record still holds that name as where e1 moved from (nothing a look can drop), so e2 is fenced."""

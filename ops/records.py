@@ -2,44 +2,41 @@
 
 Every verdict the command line gives comes from :func:`receiver.machine.decide` on the same
 observation the engine would make (:func:`observe_sweep`, :func:`observe_arrival`), never from a
-rule of its own: the operator's check, the reconciliation, a replay's dry run and the queue
-function cannot disagree. Lists (``pending``, ``failed``, ``find --workspace``) are built from the
-records' listing labels (``TaskRecord.labels``) and read only the records they show.
+rule of its own: the operator's check, the reconciliation, a replay's dry run (the queue function's
+own loop on :class:`ops.imagined.Imagined`) and the queue function cannot disagree. Lists
+(``pending``, ``failed``, ``find --workspace``) are built from the records' listing labels
+(``TaskRecord.labels``) and read only the records they show.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from receiver.engine import Job, Trace, _decided_at, _unlooked, manifest_name, observe, run
+from receiver.engine import Job, Trace, manifest_name, observe, run
 from receiver.intake import arrival_job, is_large, prepare
 from receiver.machine import (
     Answer,
     Apply,
-    Arrival,
     Change,
-    Copy,
     Decision,
-    Observe,
     Seen,
-    Stage,
     Sweep,
     decide,
     watched_copying,
 )
 from receiver.models import MAX_RECORD_BYTES, RECORD_PREFIX, State, TaskRecord, record_name, unreadable_record
-from receiver.outcome import Outcome
+from receiver.outcome import Outcome, refused_by
 from receiver.plan import identity_segment
 from receiver.reconciliation import QUEUE_COVERAGE, unlabelled
 from receiver.settings import Settings
-from receiver.storage import Blob, Listed, Rejected, Storage
-from receiver.verification import Message, Reference, body_from_record, plan_message
+from receiver.storage import Blob, Immutable, Listed, Rejected, Storage, StoreError
+from receiver.verification import Message, Reference, body_from_record, plan_message, queue_outcome
 
+from .imagined import Imagined, imagining
 from .queues import Parsed
 
 
@@ -277,8 +274,9 @@ def _only_refused_by_defaults(body: bytes, settings: Settings, received_at: date
 
 
 async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, *, now: datetime) -> Foreseen:
-    """What the queue function will do with this message, by ``decide`` on an ``Arrival`` and the
-    observation the engine makes (the record, and the blob at the delivery's name). Sends nothing."""
+    """What the queue function will do with this message: its own loop (:func:`receiver.engine.run` on the
+    message's ``Arrival``, as :func:`receiver.verification.verify_copy` runs it) to its answer, on the container
+    as it is with every write kept in memory (:class:`ops.imagined.Imagined`). Sends nothing but reads."""
     message = parsed.message
     if isinstance(message, Reference):
         # A large notification's message names the record that keeps the rest of it.
@@ -301,74 +299,56 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
                 "ALLOWED_SOURCE_HOSTS / ALLOW_HTTP_SOURCES): set them as the app has them to know",
             )
         return Foreseen(refused, "fail", f"the queue function refuses it ({error}): it drops the message")
-    large = await is_large(storage, plan, settings)
+    await read_record(storage, plan.workspace_id, plan.task_id)  # raises Unreadable: the queue function is refused too
+    imagined = Imagined(storage, now=now, content_type=plan.content_type)
+    large = await is_large(imagined, plan, settings)
     job = arrival_job(plan, settings, by="verifier", patient=True, large=large, deadline=None)
-    assert isinstance(job.event, Arrival)
-    record, etag = await read_record(storage, plan.workspace_id, plan.task_id)
-    blob, there = await asyncio.gather(storage.read(plan.blob_name), storage.read(manifest_name(plan.blob_name)))
-    locked = await storage.container_policy()
-    seen = Seen(
-        record=record, record_etag=etag, record_read=True, blob=blob, manifest=there, large=large, locked=locked
-    )
-    expires = job.event.notice.link_expires_on
-    decision, name = decide(seen, job.event, now), plan.blob_name
-    entry = record.find(plan.delivery) if record is not None else None
-    # A copy of it this message's run finds at its name is removed first (kept-name); then, as the engine goes on
-    # (receiver.engine.run), it is decided at the name the record holds it under: read there.
-    kept = isinstance(decision, Change | Apply) and decision.arrow == "kept-name" and entry is not None
-    target = entry.blob if kept and entry is not None else decision.at if isinstance(decision, Observe) else None
-    if target is not None and target != name:
-        name, job = target, _decided_at(job, target)
-        assert isinstance(job.event, Arrival)
-        blob, there = await asyncio.gather(storage.read(name), storage.read(manifest_name(name)))
-        decision = decide(replace(_unlooked(seen), blob=blob, manifest=there), job.event, now)
-    if isinstance(decision, Answer | Change) and decision.arrow == "behind" and expires is not None and expires <= now:
-        # The queue function ends such a message instead of retrying it (receiver.verification.verify_copy).
+    trace = Trace()
+    with imagining():
+        try:
+            answer, _ = await run(imagined, job, now=now, trace=trace)
+        except Immutable as exc:
+            refused = Answer("failed", 409, "immutable", error="immutable")
+            return Foreseen(
+                refused, "fail", f"immutable: the delivery fails for good. {refused_by(exc.policy, exc.copied)}"
+            )
+        except StoreError as exc:
+            ended = Answer("failed", 503, "unavailable", error="storage-unavailable")
+            return Foreseen(ended, "finish", f"its try ends with {exc.message} (tried again){_steps(trace, imagined)}")
+    return _arrival_words(answer, queue_outcome(answer, plan.source.expires_on, now), trace, imagined)
+
+
+def _steps(trace: Trace, imagined: Imagined) -> str:
+    """What the imagined run did on its way to its answer, in the operator's words."""
+    sent = "; would send: " + ", ".join(imagined.sent) if imagined.sent else "; sends nothing"
+    return f" [arrows: {' -> '.join(trace.arrows)}{sent}]"
+
+
+def _arrival_words(answer: Answer, outcome: str, trace: Trace, imagined: Imagined) -> Foreseen:
+    """The queue function's run of a message (:func:`receiver.verification.verify_copy`), as the operator reads it."""
+    steps = _steps(trace, imagined)
+    name = f" at {trace.blob}" if trace.blob else ""
+    if outcome == "superseded":
+        return Foreseen(
+            answer, "superseded", f"a newer export of the task is stored{name}: nothing of it is kept{steps}"
+        )
+    if outcome == "failed":
+        return Foreseen(answer, "fail", f"{answer.reason or answer.error}{steps}")
+    if outcome == "duplicate":
+        return Foreseen(answer, "duplicate", f"already stored and current{name}: nothing is copied{steps}")
+    if outcome == "waiting":
         why = (
             "a newer export is still copying and its link has expired: the queue function ends the message; the "
             "reconciliation decides it when that export ends (superseded, its bytes adopted, or failed as expired)"
         )
-        return Foreseen(decision, "waiting", why)
-    return _arrival_words(decision, name, blob, expires)
-
-
-def _arrival_words(decision: Decision, name: str, blob: Blob | None, expires: datetime | None) -> Foreseen:
-    link = f"link valid until {expires.isoformat()}" if expires is not None else "link without expiry"
-    if isinstance(decision, Answer):
-        if decision.kind == "superseded":
-            why = "a newer export of the task is stored or copying: nothing is copied"
-            return Foreseen(decision, "superseded", why)
-        if decision.kind == "failed":
-            return Foreseen(decision, "fail", f"{decision.reason or decision.error}")
-        if decision.kind == "duplicate":
-            return Foreseen(decision, "duplicate", "already stored and current: nothing is copied")
-        return Foreseen(decision, "finish", f"{decision.arrow}: {decision.reason or 'the copy goes on'} ({link})")
-    if isinstance(decision, Change) and decision.arrow in ("source-failed", "expired"):
-        return Foreseen(decision, "fail", "its link expired: the delivery is failed, the earlier file kept")
-    if isinstance(decision, Change) and decision.arrow in ("adopted", "stored", "restored"):
-        return Foreseen(decision, "finish", f"the file at {name} already holds it: recorded as stored")
-    if isinstance(decision, Apply) and decision.arrow == "duplicate":
-        return Foreseen(decision, "duplicate", "already stored and current: its manifest is written again")
-    if isinstance(decision, Apply) and decision.arrow == "superseded":
-        return Foreseen(decision, "superseded", f"a newer export is stored: its stale copy at {name} is removed")
-    if isinstance(decision, Change) and decision.arrow == "behind":
+        return Foreseen(answer, "waiting", why + steps)
+    if outcome == "stored":
+        how = "recorded as stored" if trace.copy_sent else "the file already holds it: recorded as stored"
+        return Foreseen(answer, "finish", f"{how}{name} (if its source can still be read){steps}")
+    if answer.arrow == "behind":
         why = "a newer export is still copying: it waits (superseded once that is stored, copied again if it fails)"
-        return Foreseen(decision, "finish", f"{why} ({link})")
-    if isinstance(decision, Change) and decision.arrow == "superseded":
-        why = "a delivery received after it is in the record: it is recorded superseded, nothing is copied"
-        return Foreseen(decision, "superseded", why)
-    if isinstance(decision, (Copy, Stage)):
-        how = "staged in blocks" if isinstance(decision, Stage) else "copied"
-        over = "over the file at its name" if blob is not None else "to a new file"
-        return Foreseen(decision, "finish", f"{how} {over} ({link})")
-    if isinstance(decision, Change):
-        return Foreseen(decision, "finish", f"accepted ({decision.arrow}), then copied ({link})")
-    if isinstance(decision, Observe) and decision.at is not None:
-        why = f"current under an earlier template's name ({decision.at}): a duplicate while that file holds it"
-        return Foreseen(decision, "duplicate", why)
-    if isinstance(decision, Observe):
-        return Foreseen(decision, "finish", f"it reads the task again, then copies ({link})")
-    return Foreseen(decision, "finish", f"{decision.arrow} ({link})")
+        return Foreseen(answer, "finish", why + steps)
+    return Foreseen(answer, "finish", f"{answer.reason or answer.arrow}: the queue function tries again{steps}")
 
 
 async def drive(storage: Storage, job: Job, *, now: datetime, trace: Trace | None = None) -> tuple[Answer, Trace]:

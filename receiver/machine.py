@@ -4,8 +4,9 @@ Every driver (the webhook, the queue function, the reconciliation, the operator 
 runs the same loop (:mod:`receiver.engine`): observe the task record and the blob, ask
 :func:`decide` for the next step, apply it (every write conditional), and on a conflict observe
 again. A step is one batch of storage requests sent side by side; the loop ends with an
-:class:`Answer`. Because all four ask the same function, a replay's dry run, the queue function
-and the reconciliation cannot disagree about what a task needs.
+:class:`Answer`. Because all four ask the same function, the queue function and the reconciliation
+cannot disagree about what a task needs; a replay's dry run runs that loop itself, its writes kept in
+memory (``ops/imagined.py``).
 
 The states of a delivery in its record (docs/reference.md, "The task record"):
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from .engine import run
 from .intake import arrival_job, is_large, prepare
+from .machine import Answer
 from .models import MAX_RECORD_BYTES, TaskRecord, record_name, unreadable_record
 from .outcome import Outcome, refused_by
 from .payload import FIELDS
@@ -195,9 +196,10 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             raise
         record.outcome, record.arrows = answer.arrow, ",".join(trace.arrows)
         record.copy_mode = trace.mode
-        if answer.kind in ("stored", "duplicate", "superseded"):
-            return answer.kind
-        if answer.kind == "failed" and answer.status in (409, 410, 502):
+        result = queue_outcome(answer, plan.source.expires_on, now)
+        if result in ("stored", "duplicate", "superseded"):
+            return result
+        if result == "failed":
             record.final_failure = True
             record.reason = (
                 f"immutable: the delivery failed for good. {refused_by(answer.reason or 'retention policy')}"
@@ -206,10 +208,7 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
                 "kept). Export the document again from SmartDocumentor."
             )
             return "failed"
-        if answer.arrow == "behind" and plan.source.expires_on <= now:
-            # It waits behind a newer export still copying, and its link can copy nothing any more: retries
-            # would only end in the poison queue. The record keeps it; the reconciliation decides it once the
-            # newer one ends (superseded when it is stored; else its bytes adopted, or it fails as expired).
+        if result == "waiting":
             record.reason = "its link expired while it waited behind a newer export; the reconciliation decides it"
             return "waiting"
         if trace.effect_failed is not None:  # its arrow says stored or duplicate: say what is still missing
@@ -221,6 +220,21 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             record.outcome, record.final_failure = "poisoned", True
             record.reason = _poisoned(plan.task_id, "the copy is still not finished")
         raise CopyStillRunning(f"task={plan.task_id} not finished yet ({answer.arrow})")
+
+
+def queue_outcome(answer: Answer, link_expires_on: datetime, now: datetime) -> str:
+    """What the queue function makes of the engine's answer: ``stored``, ``duplicate``, ``superseded`` (done),
+    ``failed`` (for good), ``waiting`` (ended: the reconciliation decides it) or ``retry`` (the host tries again)."""
+    if answer.kind in ("stored", "duplicate", "superseded"):
+        return answer.kind
+    if answer.kind == "failed" and answer.status in (409, 410, 502):
+        return "failed"
+    if answer.arrow == "behind" and link_expires_on <= now:
+        # It waits behind a newer export still copying, and its link can copy nothing any more: retries
+        # would only end in the poison queue. The record keeps it; the reconciliation decides it once the
+        # newer one ends (superseded when it is stored; else its bytes adopted, or it fails as expired).
+        return "waiting"
+    return "retry"
 
 
 def plan_message(found: Message, settings: Settings) -> CopyPlan | Outcome:

@@ -22,7 +22,13 @@ C_NAME = "x/" + A_NAME
 TODAY = "{yyyy}/{workspaceId}/{taskId}/{fileName}"
 OTHER = "x/{workspaceId}/{taskId}/{fileName}"
 STAGED = Config(staged=True, waits=False)
-VERDICT = {"failed": "fail", "stored": "finish", "duplicate": "duplicate", "superseded": "superseded"}
+VERDICT = {
+    "failed": "fail",
+    "stored": "finish",
+    "duplicate": "duplicate",
+    "superseded": "superseded",
+    "waiting": "waiting",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -120,7 +126,9 @@ async def foresee_then_run(sim: Simulation, config: Config) -> tuple[Any, str | 
         assert parsed is not None
         foreseen.append(await observe_arrival(sim.gate, parsed, settings_for(config), now=sim.clock()))
 
+    before = sim.store.snapshot()
     await sim.run_actor(sim._start("operator", "replay-poison --dry-run", dry))
+    assert sim.store.snapshot() == before, "the dry run wrote to the container"
     queued = sim.run_message(0, config=config)
     await sim.run_actor(queued)
     return foreseen[0], queued.answer
@@ -303,3 +311,85 @@ async def test_a_late_copy_at_the_first_name_is_retired_when_a_second_template_c
     ok(sim)
     assert not sim.leftovers, sim.leftovers
     assert sorted(sim.files()) == [B_NAME], sorted(sim.files())
+
+
+# The dry run runs the queue function's loop to its answer (ops/imagined.py): the steps before it (a stray copy
+# listed and removed, a name found taken) are foreseen as the queue function then takes them.
+
+
+async def lost_copy_under_todays_name(sim: Simulation, template: str, name: str) -> ExportInfo:
+    """A retry of a stored delivery under ``template``: its record read refused, its copy to ``name`` landing with
+    its answer lost: 503, and a queue message carrying ``name``."""
+    export = sim.export("A", expires_in=timedelta(minutes=30))
+    if not sim.files():
+        await sim.run_actor(sim.post(export))
+    sim.faults.rule("before", "read_bytes", record_name("ws-1", "task-1"), 1)
+    sim.faults.rule("after", "copy_from_url", name, 1)
+    refused = sim.post(export, config=Config(template=template))
+    await sim.run_actor(refused)
+    assert refused.answer == "503 failed", refused.answer
+    assert name in sim.files() and [json.loads(queued[0]).get("blob") for queued in sim.queue] == [name], sim.queue
+    return export
+
+
+async def test_the_dry_run_foresees_a_current_deliverys_stray_copy_removed_then_a_duplicate() -> None:
+    sim = Simulation()
+    await lost_copy_under_todays_name(sim, TODAY, B_NAME)
+    foreseen, answer = await foresee_then_run(sim, Config(template=TODAY))
+    assert (foreseen.action, answer) == ("duplicate", "duplicate"), (foreseen.why, answer)
+    ok(sim)
+
+
+async def listed_then_stopped(sim: Simulation, export: ExportInfo, template: str, name: str) -> None:
+    """A retry that lists the stray copy at ``name`` to retire, then stops before its delete."""
+    retry = sim.post(export, config=Config(template=template))
+    await sim.run_actor(retry, until=lambda call: call.op == "delete")
+    await sim.grant(next(call for call in sim.pending() if call.actor is retry), "crash")
+    record = sim.record()
+    assert record is not None and any(item.blob == name for item in record.retire), record
+
+
+async def test_the_dry_run_foresees_a_current_deliverys_stray_copy_already_listed_to_retire() -> None:
+    sim = Simulation()
+    export = await lost_copy_under_todays_name(sim, TODAY, B_NAME)
+    await listed_then_stopped(sim, export, TODAY, B_NAME)
+    foreseen, answer = await foresee_then_run(sim, Config(template=TODAY))
+    assert (foreseen.action, answer) == ("duplicate", "duplicate"), (foreseen.why, answer)
+    ok(sim)
+
+
+@pytest.mark.parametrize("expired", [False, True])
+async def test_the_dry_run_foresees_a_moved_deliverys_stray_copy_already_listed_to_retire(expired: bool) -> None:
+    sim = Simulation(STAGED)
+    export = sim.export("A", expires_in=timedelta(minutes=30))
+    await sim.run_actor(sim.post(export, config=STAGED))
+    await move(sim, export, TODAY)
+    sim.queue.clear()
+    sim.faults.rule("before", "read_bytes", record_name("ws-1", "task-1"), 1)
+    sim.faults.rule("after", "copy_from_url", C_NAME, 1)
+    await sim.run_actor(sim.post(export, config=Config(template=OTHER)))
+    await listed_then_stopped(sim, export, OTHER, C_NAME)
+    if expired:
+        sim.clock.advance(timedelta(minutes=31))
+    foreseen, answer = await foresee_then_run(sim, Config(template=OTHER))
+    assert foreseen.action == VERDICT.get(answer or "", "finish"), (foreseen.action, foreseen.why, answer)
+    assert (answer == "failed") is expired, answer
+    ok(sim)
+
+
+async def test_the_dry_run_foresees_a_name_another_task_took_meanwhile_as_a_failure() -> None:
+    """(ws-1, task-1)'s large export is accepted at ws-1/task-1/F.pdf (202); a template swapping the ids then
+    stores task (task-1, ws-1) at that very name: the queue function fails the first (409 name-taken)."""
+    sim = Simulation(STAGED)
+    first = sim.post(sim.export("F", workspace="ws-1", task="task-1"), config=STAGED)
+    await sim.run_actor(first)
+    assert first.answer == "202 copying", first.answer
+    other = sim.post(
+        sim.export("F", workspace="task-1", task="ws-1"), config=Config(template="{taskId}/{workspaceId}/{fileName}")
+    )
+    await sim.run_actor(other)
+    assert other.answer == "200 stored", other.answer
+    foreseen, answer = await foresee_then_run(sim, STAGED)
+    assert (foreseen.action, answer) == ("fail", "failed"), (foreseen.why, answer)
+    assert "another task" in foreseen.why, foreseen.why
+    ok(sim)

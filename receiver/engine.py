@@ -634,7 +634,7 @@ async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
         # broken before a copy prepared over this version lands. Nothing is answered as settled meanwhile.
         raise Unavailable(
             f"{fence.blob} holds this delivery, but a {exc.policy} on it refused the change that keeps an older "
-            "copy from replacing it; the delivery is confirmed once that is lifted (break a lease)"
+            f"copy from replacing it; the delivery is confirmed once the {exc.policy} is lifted"
         ) from None
     return replace(seen, blob=replace(current, etag=written.etag), fence=False, watched=fence.blob, fenced=written.etag)
 

@@ -229,7 +229,8 @@ duplicate | stored | stored | webhook, verifier |
     the same delivery again while it is current and its file holds it: nothing is written but the removal of a
     copy of it this request left under today's name (listed to retire first when its answer was lost), and a
     fence when another delivery copying (or failed, or superseded while copying) at that name may still commit
-    over the file; one current under an earlier template's name is then decided there, from its file at that name
+    over the file (a container policy refusing it: 503); one current under an earlier template's name is then
+    decided there, from its file at that name
 restored | stored, failed | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone or held an older export: the copy (a large
     file: the staged commit) put it back; the current delivery is never accepted again as `copying`. Also its own
@@ -594,14 +595,16 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             if seen.manifest == UNSEEN and not seen.manifest_done:
                 return Observe(manifest=True)
             described = isinstance(seen.manifest, Blob) and seen.manifest.delivery == notice.delivery
-            if not described and not seen.manifest_done and not seen.locked:
+            # Under a container policy only a missing one can be written (a create; an overwrite is refused).
+            if not described and not seen.manifest_done and not (seen.locked and seen.manifest is not None):
                 return Apply((WriteManifest(notice.blob, notice.delivery, notice.manifest),), "duplicate")
             # A 2xx for the file as it is: a copy another delivery at this name prepared over this version (its
             # driver alive, its view older) could still replace it, so it is fenced first (the fence after the
             # record, by the driver that stored it, may have failed: seed 11617866). That record superseded the
-            # ones still copying there, whose drivers may still be sending (seed 100187129).
+            # ones still copying there, whose drivers may still be sending (seed 100187129). Under a container policy
+            # too: the fence is then refused (503), as the policy may be lifted before such a copy lands.
             may_land = _copies_may_land(base, notice.blob, notice.delivery, adopted=False, cut_short=True)
-            if may_land and seen.fenced is None and not seen.locked:
+            if may_land and seen.fenced is None:
                 return Apply((Fence(notice.blob, notice.delivery),), "duplicate")
             return Answer("duplicate", 200, "duplicate")
         # Bytes this driver did not write just now are recorded as they are (adopted) only while no other

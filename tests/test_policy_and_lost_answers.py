@@ -23,3 +23,20 @@ async def test_under_a_legal_hold_a_lost_manifest_answer_ends_as_a_duplicate() -
     assert world.manifest("ws-1/task-1/invoice.pdf") is not None
     outcome = await verify_copy(first.verification.encode(), runtime=world.runtime, now=world.now)
     assert outcome in ("stored", "duplicate"), outcome
+
+
+async def test_under_a_legal_hold_a_duplicate_creates_the_manifest_its_first_request_could_not_write() -> None:
+    """The first export under a legal hold is stored, its manifest's Put refused before it acted: 503 and a queue
+    message. The queue function answers duplicate only once the manifest describes it: a hold refuses overwrites,
+    not a create, so the missing manifest is written."""
+    world = World.make()
+    world.storage.policy = "legal hold"
+    export = world.export()
+    world.faults.fail_before("put", "ws-1/task-1/invoice.pdf.json")
+    first = await world.post(export)
+    assert first.status_code == 503 and first.verification is not None, first.body
+    assert world.manifest("ws-1/task-1/invoice.pdf") is None
+    outcome = await verify_copy(first.verification.encode(), runtime=world.runtime, now=world.now)
+    assert outcome in ("stored", "duplicate"), outcome
+    manifest = world.manifest("ws-1/task-1/invoice.pdf")
+    assert manifest is not None and manifest["copyStatus"] == "success", manifest

@@ -1104,6 +1104,43 @@ async def test_a_duplicate_fences_off_an_older_delivery_superseded_while_copying
     ok(sim)
 
 
+@pytest.mark.parametrize("stops", ["crashed", "refused"])
+@pytest.mark.parametrize("policy", ["legal hold", "retention policy"])
+async def test_a_duplicate_under_a_container_policy_is_not_confirmed_while_an_older_commit_may_still_land(
+    policy: str, stops: str
+) -> None:
+    """e2 stored over e1 (superseded while copying, its commit over e2's version held); before e2's driver fences
+    that version it crashes, or a policy placed on the container refuses the fence. e2's retry cannot fence either:
+    it is answered 503, not 200 (the policy may be lifted while e1's commit is still on its way). Once the policy
+    is lifted, the retry fences and is answered 200 duplicate, and e1's held commit fails."""
+    sim = Simulation(STAGED_202)
+    _, e2, q1, q2 = await two_given_up_then_the_older_prepared_over_the_newer(sim)
+    while (
+        (record := sim.record()) is None
+        or (entry := record.find(e2.delivery)) is None
+        or entry.state is not (State.STORED)
+    ):
+        await sim.grant(calls_of(sim, q2)[0])
+    if stops == "crashed":
+        await sim.grant(calls_of(sim, q2)[0], "crash")
+    sim.store.policy = policy
+    if stops == "refused":
+        await sim.run_actor(q2)
+        assert q2.answer == "raised Unavailable", q2.answer
+    retry = sim.post(e2)
+    await sim.run_actor(retry)
+    assert retry.answer == "503 failed", retry.answer
+    sim.store.policy = None
+    again = sim.post(e2)
+    await sim.run_actor(again)
+    assert again.answer == "200 duplicate", again.answer
+    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
+    assert sim.files()[A_NAME] == e2.data, "e1's held commit replaced the file answered 200 duplicate"
+    sim.sources.remove(e2.source_name)
+    await sim.finish()
+    ok(sim)
+
+
 async def test_a_delivery_moved_by_a_template_change_is_fenced_off_at_the_earlier_name_its_commit_targets() -> None:
     """As above, but e1's retry under a new template accepts it again at today's name (its earlier name kept as
     where it moved from): e2 stored at the earlier name is fenced against e1's held commit there, by its own

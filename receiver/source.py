@@ -318,9 +318,12 @@ def check_source(
             f"The file link expired at {expires_on.strftime('%Y-%m-%dT%H:%M:%SZ')}. "
             "Export the document again from SmartDocumentor.",
         )
+    public = url.split("?", 1)[0].split("#", 1)[0]
+    if may_repeat_secret(url, public):  # a path that holds its own signature too: never written anywhere
+        public = str(without_secrets(public, link_secret_pattern(url)))
     return SourceLink(
         url=url,
-        public_url=url.split("?", 1)[0].split("#", 1)[0],
+        public_url=public,
         expires_on=expires_on,
         delivery=hashlib.sha256(url.encode("utf-8")).hexdigest(),
     )

@@ -675,3 +675,12 @@ def test_a_queued_name_over_1019_characters_is_kept_whatever_write_manifest_says
     assert 1019 < len(name) <= 1024
     plan = plan_message(Message(raw, NOW, name), DATED)
     assert isinstance(plan, CopyPlan) and plan.blob_name == name
+
+
+@pytest.mark.parametrize("path", ["/c/sig={sig}/f.pdf", "/c/f{sig}.pdf", "/c/{encoded}/f.pdf"])
+def test_a_link_whose_path_holds_its_own_signature_never_shows_it(path: str) -> None:
+    sig = "Kb3xQ9Zt7Lm2Pq8Rw1YvN4sT6uJ0aEdGhIkOpXcVbM="
+    shown = path.format(sig=sig.rstrip("="), encoded=quote(sig, safe=""))
+    link = check(f"https://{HOST}{shown}?sv=1&se=2099-01-01&sig={quote(sig, safe='')}")
+    assert sig.rstrip("=")[:20] not in unquote(link.public_url), link.public_url
+    assert link.public_url.startswith(f"https://{HOST}/c/"), link.public_url

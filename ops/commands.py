@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -141,7 +142,8 @@ async def _check_container(storage: Storage) -> None:
 
 
 def _task_args(workspace_id: str, task_id: str) -> str:
-    return f"--task {task_id} --workspace {workspace_id}"
+    """The options naming a task, quoted for a shell (an id may hold spaces, ``&`` or ``;``)."""
+    return f"--task {shlex.quote(task_id)} --workspace {shlex.quote(workspace_id)}"
 
 
 async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
@@ -221,7 +223,14 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     verdicts = {verdict for verdict, _ in found.verdicts.values()}
     if found.foreseen.action in ("adopt", "expire", "retire", "repair"):
         found.problems.append(f"the reconciliation has work here: {found.foreseen.action} ({found.foreseen.why})")
-        found.next.append(f"python -m ops check {args} --repair")
+        policy = await storage.container_policy() if found.foreseen.action == "retire" else None
+        if policy is not None:  # every delete of those names is refused while it lasts
+            found.next.append(
+                f"nothing to do while the container's {policy} lasts (it refuses deleting those names); once it is "
+                f"lifted: python -m ops check {args} --repair"
+            )
+        else:
+            found.next.append(f"python -m ops check {args} --repair")
     known = {item.delivery for item in record.deliveries}
     unknown = [d for d, where in found.look.deliveries.items() if where == "poison" and d not in known]
     if unknown:  # its driver stopped before the record named it (a lease on the record, say): its copy may be there
@@ -575,16 +584,20 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
         if item.state is State.FAILED and before.get(item.delivery) is State.COPYING
     ]
     failed = bool(now_failed)
-    outcome = "expired" if failed else action if stopped is None else "stopped"
+    # A retirement every delete of which was refused did not happen: the record says so, not `retire`.
+    unretired = action == "retire" and trace.deferred and not trace.retired
+    outcome = "expired" if failed else action if stopped is None and not unretired else "stopped"
+    notes = ["; the delivery failed for good: export the document again"] if failed else []
+    notes += [f"; not done: storage refused a step ({stopped})"] if stopped is not None else []
+    notes += [f"; not retired: {why}" for why in trace.deferred]
     log.log(
         logging.ERROR if failed else logging.WARNING,
-        "operator check --repair task=%s workspace=%s: %s (%s)%s%s",
+        "operator check --repair task=%s workspace=%s: %s (%s)%s",
         task_id,
         workspace_id,
         action,
         arrows,
-        "; the delivery failed for good: export the document again" if failed else "",
-        f"; not done: storage refused a step ({stopped})" if stopped is not None else "",
+        "".join(notes),
         extra=operator_record(outcome, task_id, workspace_id, reason=found.foreseen.why, final=failed),
     )
     repaired: dict[str, Any] = {"arrows": trace.arrows, "retired": trace.retired, "answer": answer.kind}
@@ -596,6 +609,13 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
     text += [f"not retired: {why}" for why in trace.deferred]
     if stopped is not None:
         text.append(f"not done: storage refused a step ({stopped}); once that is fixed, run this again")
+    if trace.deferred:  # running it again changes nothing until what refused those deletes is gone
+        after.next = [step for step in after.next if "--repair" not in step]
+        after.next.append(
+            "the names not retired stay listed until what refused them is gone (a lease broken or expired, a hold or "
+            "policy lifted, the delete permission granted: named above); then run this again (the reconciliation "
+            "also tries every run)"
+        )
     text += [f"after: {line}" for line in _verdict_lines(after)]
     return Result(NOT_FOUND if after.problems or stopped else OK, data, text)
 

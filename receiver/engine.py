@@ -52,6 +52,7 @@ from .models import (
     record_name,
     unreadable_record,
 )
+from .outcome import ops_command
 from .plan import MANIFEST_SUFFIX, has_manifest_name, of_another_task, task_key
 from .storage import (
     Blob,
@@ -560,11 +561,21 @@ async def _effects(
             elif isinstance(outcome, Misconfigured | Immutable):
                 # No retry deletes it until a person acts (a permission, a hold): the task keeps two files till then.
                 trace.deferred.append(f"{effect.retirement.blob}: {outcome}")
+                fix = (
+                    f"the {outcome.policy} on it is lifted"
+                    if isinstance(outcome, Immutable)
+                    else "the receiver's identity may delete blobs there"
+                )
                 log.error(
-                    "could not retire %s (%s): it stays listed in the task record, and the task keeps it beside its "
-                    "current file until that is fixed; then run python -m ops check --repair on the task",
+                    "could not retire %s of task %s in workspace %s (%s): it stays listed in the task record, beside "
+                    "the task's current file, until %s (nothing to do before); then run %s",
                     effect.retirement.blob,
+                    job.task_id,
+                    job.workspace_id,
                     outcome,
+                    fix,
+                    ops_command("check", "--task", job.task_id, "--workspace", job.workspace_id, "--repair"),
+                    extra={"receiver.taskId": job.task_id, "receiver.workspaceId": job.workspace_id},
                 )
             else:
                 trace.deferred.append(f"{effect.retirement.blob}: {outcome}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,11 @@ class Outcome:
 
     def json(self) -> str:
         return json.dumps(self.body, ensure_ascii=False)
+
+
+def ops_command(*words: str) -> str:
+    """``python -m ops`` and ``words``, each quoted for a shell: an id may hold spaces, ``&`` or ``;``."""
+    return " ".join(["python -m ops", *(shlex.quote(word) for word in words)])
 
 
 def rejected(status_code: int, error: str, message: str, **extra: Any) -> Outcome:

@@ -48,6 +48,7 @@ from .models import (
     record_name,
     unreadable_record,
 )
+from .outcome import ops_command
 from .runtime import Runtime
 from .storage import Conflict, Listed, Storage, StoreError, UnreadableRecord
 from .telemetry import recording, report_oldest_pending, report_poison_depth
@@ -247,6 +248,9 @@ async def _work(
                 done = [f"retired {', '.join(trace.retired)}"] if trace.retired else []
                 # A name left listed (a lease refused its delete) is named on the task's own record, with what to do.
                 record.reason = "; ".join(done + [f"not retired: {why}" for why in trace.deferred]) or None
+                if "expired" in trace.arrows:  # a delivery failed for good here, not by its queue message: the alert
+                    record.final_failure = True
+                    record.reason = "; ".join(filter(None, [_expired(item), record.reason]))
             except StoreError as exc:
                 record.outcome, record.reason = "error", exc.message
                 record.final_failure = isinstance(exc, UnreadableRecord)  # a person must restore it: ERROR
@@ -265,6 +269,14 @@ async def _work(
         coverage=QUEUE_COVERAGE,
         poison=report.poison_depth,
         wall=runtime.clock,
+    )
+
+
+def _expired(item: Candidate) -> str:
+    return (
+        "a delivery still copying failed for good: its file link expired before its copy finished (the earlier "
+        "file, if any, is kept). Export the document again from SmartDocumentor; "
+        f"{ops_command('find', '--task', item.task_id, '--workspace', item.workspace_id)} shows which"
     )
 
 
@@ -312,7 +324,7 @@ def _summary(report: RunReport) -> str:
         text += (
             f"; {len(report.lost)} delivery(ies) have been copying for over {QUEUE_COVERAGE.total_seconds() / 60:.0f} "
             f"minutes and their queue message (which holds the link) is lost or poisoned, e.g. task {report.lost[0]}: "
-            f"run python -m ops find --task {report.lost[0]} (it says what to run next)"
+            f"run {ops_command('find', '--task', report.lost[0])} (it says what to run next)"
         )
     return text
 

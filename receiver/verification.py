@@ -24,7 +24,7 @@ from .engine import run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
 from .models import MAX_RECORD_BYTES, TaskRecord, record_name, unreadable_record
-from .outcome import Outcome, refused_by
+from .outcome import Outcome, ops_command, refused_by
 from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
 from .runtime import Runtime
@@ -169,7 +169,7 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
                     "before recording it and asked for the document again); it was dropped"
                     if never
                     else "the verification message names a delivery its task record no longer describes; it was "
-                    f"dropped. Run python -m ops find --task {found.task_id}"
+                    f"dropped. Run {ops_command('find', '--task', found.task_id)}"
                 )
                 return "unreadable"
             found = Message(rebuilt, found.received_at, found.blob)
@@ -260,6 +260,6 @@ def _failed_try(record: Record, task_id: str, exc: Exception, *, last_try: bool)
 def _poisoned(task_id: str, why: str) -> str:
     return (
         f"{why} after {MAX_DEQUEUE_COUNT} tries; the host moves the message to {POISON_QUEUE}. "
-        f"Check the task with python -m ops find --task {task_id}, then run python -m ops replay-poison --dry-run "
+        f"Check the task with {ops_command('find', '--task', task_id)}, then run python -m ops replay-poison --dry-run "
         "and python -m ops replay-poison to try again"
     )

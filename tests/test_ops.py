@@ -1348,3 +1348,44 @@ async def test_a_receive_refused_on_a_later_page_leaves_the_earlier_pages_visibl
     with pytest.raises(HttpResponseError):
         await AzureQueue(client).receive(64, visibility_seconds=120)
     assert not client.hidden, sorted(client.hidden)
+
+
+async def test_a_retirement_a_legal_hold_refuses_is_not_proposed_again_until_the_hold_is_lifted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A renamed export while a legal hold is on the older file: its name stays listed. `check --repair` records
+    `stopped` (not `retire`) and names what must change instead of proposing itself again; with a hold on the
+    whole container `find` says nothing can be done while it lasts; once lifted, the repair retires the name."""
+    ops = Ops()
+    await stored(ops)
+    ops.world.faults.make_immutable("ws-1/task-1/invoice.pdf", legal_hold=True)
+    await stored(ops, name="renamed.pdf")
+    record = ops.world.record()
+    assert record is not None and [item.blob for item in record.retire] == ["ws-1/task-1/invoice.pdf"]
+
+    caplog.clear()
+    ran = await ops("check", "--task", "task-1", "--repair")
+    assert "not retired: ws-1/task-1/invoice.pdf" in ran.out, ran.out
+    assert "after: next: python -m ops check" not in ran.out, ran.out
+    assert "stay listed until what refused them is gone" in ran.out, ran.out
+    [line] = [r for r in caplog.records if "operator check --repair" in r.getMessage()]
+    assert line.__dict__.get("receiver.outcome") == "stopped", line.__dict__
+    assert "not retired: ws-1/task-1/invoice.pdf" in line.getMessage(), line.getMessage()
+
+    ops.world.storage.policy = "legal hold"
+    found = await ops("find", "--task", "task-1")
+    assert "next: nothing to do while the container's legal hold lasts" in found.out, found.out
+
+    ops.world.storage.policy = None
+    ops.world.faults.release("ws-1/task-1/invoice.pdf")
+    ran = await ops("check", "--task", "task-1", "--repair")
+    assert ran.code == OK and "retired ws-1/task-1/invoice.pdf" in ran.out, ran.out
+
+
+async def test_the_next_commands_quote_a_task_id_a_shell_would_split() -> None:
+    ops = Ops()
+    await stored(ops, task="Lot 42 & co;rm")
+    ops.world.faults.make_immutable("ws-1/Lot 42 & co;rm/invoice.pdf")
+    await stored(ops, task="Lot 42 & co;rm", name="renamed.pdf")
+    found = await ops("find", "--task", "Lot 42 & co;rm")
+    assert "--task 'Lot 42 & co;rm' --workspace ws-1 --repair" in found.out, found.out

@@ -113,7 +113,11 @@ async def test_a_copy_whose_link_expired_is_failed_with_one_error(
     assert files(destination) == []
     report = await reconcile_run(runtime=RUNTIME, now=later)  # idempotent: nothing left to do
     assert report.found == 0, report
-    assert not [r for r in errors(caplog) if "poison" not in r.getMessage()]
+    [error] = [r for r in errors(caplog) if "poison" not in r.getMessage()]  # the alert, once
+    assert error.__dict__.get("receiver.outcome") == "expired", error.getMessage()
+    assert error.__dict__.get("receiver.taskId") == payload["taskId"], error.__dict__
+    assert "Export the document again" in error.getMessage(), error.getMessage()
+    assert f"python -m ops find --task {payload['taskId']} --workspace" in error.getMessage(), error.getMessage()
 
 
 async def test_a_copy_its_queue_message_can_still_finish_is_reported_waiting(

@@ -277,7 +277,10 @@ async def test_a_replaced_file_no_retry_can_delete_is_an_error_naming_it_and_goe
     answer = await webhook.post(renamed)
     assert (answer.status, answer.body["status"]) == (200, "stored"), answer.body
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name.startswith("receiver")]
-    assert any(f"could not retire {earlier}" in line and "ops check --repair" in line for line in errors), errors
+    named = f"python -m ops check --task {older['taskId']} --workspace {older['workspaceId']} --repair"
+    assert any(f"could not retire {earlier}" in line and named in line for line in errors), errors
+    [alert] = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "receiver.engine"]
+    assert alert.__dict__.get("receiver.taskId") == older["taskId"], alert.__dict__  # the alert's taskId column
     record = record_of(destination, renamed)
     assert record is not None and [item.blob for item in record.retire] == [earlier], record
     assert holdings(destination) == {earlier: A, name_of(answer.body): B}

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
 from receiver.settings import Settings, SettingsError
-from receiver.source import holds_signature, redact
+from receiver.source import holds_signature, redact, signatures_apart
 from receiver.storage import StoreError
 from receiver.verification import QUEUE as VERIFICATION_QUEUE
 
@@ -294,17 +294,22 @@ workspaceId and delivery of each, never a message's content (it holds the export
 
 # Arguments whose value the command line repeats or stores: one that holds a secret is refused whole.
 _ECHOED = ("task", "workspace", "reason", "queue")
-# Ids keep a URL's query (docs/reference.md, Secrets: `ref://erp/doc?id=1001` is a task id); only a sig or a key
-# in them is refused. The output hides every URL's query all the same.
+# Ids keep a URL's query (docs/reference.md, Secrets: `ref://erp/doc?id=1001` is a task id), and are printed whole
+# (ops/output.py); a sig value in one is looked up as intake stores it, a key in one is refused.
 _IDS = ("task", "workspace")
 
 
-def _check_values(args: argparse.Namespace) -> None:
+def _check_values(args: argparse.Namespace, err: TextIO) -> None:
     for name in _ECHOED:
         value = getattr(args, name, None)
         if not isinstance(value, str):
             continue
-        # An id intake stored keeps its `sig=REDACTED~<hash>`: that is how to name such a task.
+        if name in _IDS and holds_signature(value):
+            # An id as SmartDocumentor shows it, with a `sig` value in it: intake stored it with each such value
+            # replaced by `sig=REDACTED~<hash>`; that form names the task (the value itself is never printed).
+            value = signatures_apart(value)
+            setattr(args, name, value)
+            err.write(f"python -m ops: --{name} holds a sig value: looked up as the receiver stores it, {value}\n")
         secret = holds_signature(value) if name in _IDS else redact(value) != value or "sig=" in value.lower()
         if secret or re.search(r"(?i)accountkey|sharedaccesssignature", value):
             option = f"--{name.replace('_', '-')}"
@@ -502,7 +507,7 @@ async def run(
     args.json = bool(args.json)
     console = Console(err, args.json)
     try:
-        _check_values(args)
+        _check_values(args, err)
         result = await _dispatch(
             args, console, environ, storage=storage, settings=settings, queues=queues, now=now or datetime.now(UTC)
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,7 +12,7 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 from tqdm import tqdm
 
-from receiver.source import redact
+from receiver.source import holds_signature, redact
 
 # Exit codes (README "Operator command line"): scripts branch on these.
 OK = 0  # found / matches / done
@@ -33,11 +34,52 @@ class Result:
     text: list[str] = field(default_factory=list)
 
     def write(self, out: TextIO, *, as_json: bool) -> None:
-        """Printed redacted, whatever a record, a blob name or an argument holds (no SAS, no key)."""
+        """Printed redacted, whatever a record, a blob name or an argument holds (no SAS, no key), but for the
+        task and workspace ids the data names, shown whole when they hold no secret: an id keeps its URL query
+        (``ref://erp/doc?id=7`` and ``?id=8`` are two tasks), and ``--task`` needs it as it is."""
+        ids = _printable_ids(self.data)
         if as_json:
-            out.write(redact(json.dumps(self.data, indent=2, ensure_ascii=False)) + "\n")
+            dumped = json.dumps(self.data, indent=2, ensure_ascii=False)
+            out.write(_redact_keeping(dumped, [json.dumps(value, ensure_ascii=False)[1:-1] for value in ids]) + "\n")
         else:
-            out.write("".join(f"{redact(line)}\n" for line in self.text))
+            out.write("".join(f"{_redact_keeping(line, ids)}\n" for line in self.text))
+
+
+def printable_id(value: str) -> bool:
+    """May this task or workspace id be printed whole? Intake replaced every ``sig`` value in it
+    (``sig=REDACTED~<hash>``), and it holds no account key."""
+    return not holds_signature(value) and re.search(r"(?i)accountkey|sharedaccesssignature", value) is None
+
+
+def _printable_ids(data: Any) -> list[str]:
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("taskId", "workspaceId") and isinstance(item, str) and item and printable_id(item):
+                    found.add(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(data)
+    return sorted(found, key=len, reverse=True)  # the longest first: one id may hold another
+
+
+def _redact_keeping(text: str, kept: list[str]) -> str:
+    """:func:`redact` on ``text``, the ``kept`` texts in it left whole (set aside while it runs)."""
+    aside: dict[str, str] = {}
+    for number, value in enumerate(kept):
+        if value and value in text:
+            mark = f"\x00{number}\x00"
+            text, aside[mark] = text.replace(value, mark), value
+    text = redact(text)
+    for mark, value in aside.items():
+        text = text.replace(mark, value)
+    return text
 
 
 class Progress(Protocol):

@@ -272,14 +272,20 @@ delivery whose bytes are at its name is recorded stored instead.""",
         summary="move poisoned verification messages back; --dry-run says what each will do",
         description=f"""Moves messages from <queue>-poison back to <queue> ({VERIFICATION_QUEUE}):
 receive, send, then delete (a crash duplicates a message, never loses one). For each message it
-says what the queue function will do, by receiver.machine.decide on the message's Arrival and the
-same observation the engine makes (the task record and the blob at the delivery's name; give the
-destination options too): FINISH, DUPLICATE, SUPERSEDED or FAIL, and why. Prints the taskId,
-workspaceId and delivery of each, never a message's content (it holds the export link with its SAS).""",
+says what the queue function will do, by running its own steps (receiver.engine.run on the message's
+Arrival) with every write kept in memory (give the destination options too): FINISH, DUPLICATE,
+SUPERSEDED, WAITING or FAIL, and why. Prints the taskId, workspaceId and delivery of each, never a
+message's content (it holds the export link with its SAS). A message nothing can read stays unless
+--drop-unreadable deletes it (the queue function would drop it too).""",
         example="python -m ops replay-poison --dry-run",
     )
     replayed.add_argument("--dry-run", action="store_true", help="show what would happen (at most 32); change nothing")
     replayed.add_argument("--max", type=_positive, default=100, help="move at most N messages (100)")
+    replayed.add_argument(
+        "--drop-unreadable",
+        action="store_true",
+        help="delete the messages nothing can read (not a verification message: the queue function drops them too)",
+    )
 
     smoke.add_arguments(
         commands.add_parser(
@@ -361,7 +367,7 @@ async def _dispatch(
             return await commands.check(ctx, args.task, args.workspace, repair=args.repair, dry_run=args.dry_run)
         if args.command == "fail":
             return await commands.fail(ctx, args.task, args.workspace, reason=args.reason, force=args.force)
-        return await commands.replay(ctx, dry_run=args.dry_run, limit=args.max)
+        return await commands.replay(ctx, dry_run=args.dry_run, limit=args.max, drop_unreadable=args.drop_unreadable)
     finally:
         if host is not None:
             await host.close()

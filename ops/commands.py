@@ -34,7 +34,7 @@ from receiver.settings import Settings
 from receiver.source import redact
 from receiver.storage import Conflict, ContainerMissing, Misconfigured, Storage, StoreError
 
-from .output import NOT_FOUND, OK, Console, Result, age_seconds, human_age, table
+from .output import NOT_FOUND, OK, STORAGE, Console, Result, age_seconds, human_age, table
 from .queues import NOT_LOOKED, PEEK_LIMIT, HostQueue, Look, Parsed, QueueMessage, QueueMissing, look, parse
 from .records import (
     Foreseen,
@@ -1059,7 +1059,8 @@ def _message_entry(message_id: str, parsed: Parsed | None, action: str, fate: tu
     }
 
 
-UNREADABLE = ("nothing", "the queue function cannot read it either; it stays in the poison queue")
+UNREADABLE = ("nothing", "the queue function cannot read it either (it would drop it); it stays in the poison queue")
+DROPPED = ("nothing", "the queue function cannot read it either (it would drop it): deleted (--drop-unreadable)")
 
 
 async def _fate(ctx: Context, parsed: Parsed) -> tuple[str, str]:
@@ -1089,20 +1090,22 @@ async def _records(storage: Storage, tasks: list[tuple[str, str]], unreadable: l
     return records
 
 
-async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
+async def replay(ctx: Context, *, dry_run: bool, limit: int, drop_unreadable: bool = False) -> Result:
     assert ctx.queues is not None
     main, poison = ctx.queues
     waiting = await poison.count()
     entries: list[dict[str, Any]] = []
     problems: list[str] = []
+    missing = False  # the verification queue is not in this host storage: a wrong host (exit 3)
     if dry_run:
         for message in await poison.peek(min(limit, PEEK_LIMIT)):
             parsed = parse(message.content)
-            fate = UNREADABLE if parsed is None else await _fate(ctx, parsed)
+            fate = (DROPPED if drop_unreadable else UNREADABLE) if parsed is None else await _fate(ctx, parsed)
             if fate[0] == "blocked":
                 problems.append(fate[1])
             moves = parsed is not None and fate[0] != "blocked"
-            entries.append(_message_entry(message.id, parsed, "would-move" if moves else "would-leave", fate))
+            action = "would-move" if moves else "would-drop" if parsed is None and drop_unreadable else "would-leave"
+            entries.append(_message_entry(message.id, parsed, action, fate))
     else:
         progress = ctx.console.progress("replaying", total=min(limit, waiting) or None, unit="message")
         received: list[QueueMessage] = []
@@ -1111,6 +1114,14 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
             received = await poison.receive(limit, visibility_seconds=VISIBILITY_SECONDS)
             for index, message in enumerate(received):
                 parsed = parse(message.content)
+                if parsed is None and drop_unreadable and await poison.delete(message):
+                    entries.append(_message_entry(message.id, None, "dropped", DROPPED))
+                    log.warning(
+                        "operator replay-poison: deleted unreadable message %s from %s", message.id, poison.name
+                    )
+                    handled = index + 1
+                    progress.update(1)
+                    continue
                 if parsed is None:
                     entries.append(_message_entry(message.id, None, "left", UNREADABLE))
                     await poison.release(message)  # visible again at once: a dry run just after shows it
@@ -1128,6 +1139,7 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                 try:
                     await main.send(message.content)
                 except QueueMissing:
+                    missing = True
                     problems.append(
                         f"the queue {main.name} does not exist in this host storage: is it the function app's? "
                         "(the message stays in the poison queue)"
@@ -1173,7 +1185,8 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
                     await poison.release(unmoved)
             progress.close()
     moved = sum(1 for entry in entries if entry["action"] in ("moved", "moved-copy-left", "would-move"))
-    left = sum(1 for entry in entries if not entry["readable"])
+    left = sum(1 for entry in entries if not entry["readable"] and "drop" not in entry["action"])
+    dropped = sum(1 for entry in entries if entry["action"] in ("dropped", "would-drop"))
     fates = {
         fate: sum(1 for entry in entries if entry["will"] == fate)
         for fate in ("finish", "duplicate", "superseded", "waiting", "fail", "unknown", "blocked")
@@ -1186,6 +1199,7 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
         "moved": 0 if dry_run else moved,
         "wouldMove": moved if dry_run else 0,
         "leftUnreadable": left,
+        "droppedUnreadable": dropped,
         "will": fates,
         "messages": entries,
         "problems": problems,
@@ -1212,8 +1226,14 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int) -> Result:
     text += problems
     if waiting:
         text.append(f"About {waiting} message(s) were waiting in {poison.name} (hidden ones included).")
+    if dropped:
+        text.append(f"{dropped} unreadable message(s) {'would be' if dry_run else 'were'} deleted from {poison.name}.")
     if left:
-        text.append(f"{left} unreadable message(s) stay in {poison.name}: they cannot be verified.")
+        text.append(
+            f"{left} unreadable message(s) stay in {poison.name}: nothing can read them (not a verification "
+            "message; the queue function would drop them too). Remove them with python -m ops replay-poison "
+            "--drop-unreadable (see them first with --dry-run)."
+        )
     if fates["fail"]:
         text.append("Messages marked FAIL will be failed by the queue function: export those documents again.")
-    return Result(NOT_FOUND if left or problems else OK, data, text)
+    return Result(STORAGE if missing else NOT_FOUND if left or problems else OK, data, text)

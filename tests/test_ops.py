@@ -1287,7 +1287,7 @@ async def test_replay_into_a_queue_that_does_not_exist_leaves_every_message_visi
         ops.poison.add(await ops.accept(ops.world.export(task)))
     ops.queue.exists = False
     ran = await ops("replay-poison")
-    assert ran.code == NOT_FOUND and "does not exist in this host storage" in ran.out, ran.out
+    assert ran.code == STORAGE and "does not exist in this host storage" in ran.out, ran.out
     assert len(ops.poison.visible) == 2 and not ops.poison.hidden, (ops.poison.visible, ops.poison.hidden)
 
 
@@ -1389,3 +1389,25 @@ async def test_the_next_commands_quote_a_task_id_a_shell_would_split() -> None:
     await stored(ops, task="Lot 42 & co;rm", name="renamed.pdf")
     found = await ops("find", "--task", "Lot 42 & co;rm")
     assert "--task 'Lot 42 & co;rm' --workspace ws-1 --repair" in found.out, found.out
+
+
+async def test_an_unreadable_poison_message_stays_until_drop_unreadable_deletes_it_and_the_problem_ends(
+    ops: Ops,
+) -> None:
+    """A message nothing can read (not a verification message) would only be dropped by the queue function too:
+    replay-poison leaves it, says how to remove it, and --drop-unreadable deletes it (a dry run first shows it);
+    the readable messages beside it are moved as always."""
+    readable = await ops.accept(ops.world.export("task-2"))
+    ops.poison.add("not a message")
+    ops.poison.add(readable)
+    left = await ops("replay-poison")
+    assert left.code == NOT_FOUND and "replay-poison --drop-unreadable" in left.out, left.out
+    assert [item.content for item in ops.poison.visible] == ["not a message"], ops.poison.visible
+
+    dry = await ops("replay-poison", "--dry-run", "--drop-unreadable", "--json")
+    assert [entry["action"] for entry in dry.json()["messages"]] == ["would-drop"], dry.out
+    assert len(ops.poison.visible) == 1
+    dropped = await ops("replay-poison", "--drop-unreadable")
+    assert dropped.code == OK and "1 unreadable message(s) were deleted" in dropped.out, dropped.out
+    assert not ops.poison.visible and not ops.poison.hidden
+    assert len(ops.queue.visible) == 1  # the readable one, moved by the first run

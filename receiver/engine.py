@@ -580,7 +580,13 @@ async def _effects(
             else:
                 trace.deferred.append(f"{effect.retirement.blob}: {outcome}")
                 log.warning(
-                    "could not retire %s yet (%s): left listed in the task record", effect.retirement.blob, outcome
+                    "could not retire %s of task %s in workspace %s yet (%s): left listed in the task record (%s)",
+                    effect.retirement.blob,
+                    job.task_id,
+                    job.workspace_id,
+                    outcome,
+                    ops_command("check", "--task", job.task_id, "--workspace", job.workspace_id, "--repair"),
+                    extra={"receiver.taskId": job.task_id, "receiver.workspaceId": job.workspace_id},
                 )
         else:
             manifest_done = True
@@ -670,7 +676,7 @@ async def remove_manifest(storage: Storage, name: str, delivery: str, etag: str 
         if again is not None and again.etag == there.etag:  # refused on the very version: a lease, not a change
             raise Unavailable(
                 f"{name} could not be deleted ({exc.code or 'precondition failed'}: a lease on it?). It stays listed "
-                "to retire; break the lease, then run python -m ops check --repair"
+                "to retire; break the lease, then run python -m ops check --repair on its task"
             ) from None
         return False
 
@@ -704,7 +710,7 @@ async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
                 # Refused, though it is the very version: not a change (a lease held on it). It stays listed.
                 raise Unavailable(
                     f"{item.blob} could not be deleted ({refused[1] or 'precondition failed'}: a lease on it?). It "
-                    "stays listed to retire; break the lease, then run python -m ops check --repair"
+                    "stays listed to retire; break the lease, then run python -m ops check --repair on its task"
                 )
             etag = blob.etag
         try:

@@ -204,6 +204,8 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             record.reason = (
                 f"immutable: the delivery failed for good. {refused_by(answer.reason or 'retention policy')}"
                 if answer.error == "immutable"
+                else f"the delivery failed for good (the earlier file, if any, is kept): {answer.reason}"
+                if answer.reason and "again" in answer.reason
                 else f"{answer.reason or answer.error}: the delivery failed for good (the earlier file, if any, is "
                 "kept). Export the document again from SmartDocumentor."
             )

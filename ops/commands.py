@@ -315,8 +315,8 @@ def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[s
     # A message tried again is hidden between its tries: it cannot be seen, only outlived.
     ends = item.received_at + QUEUE_COVERAGE
     when = (
-        f": its message's tries end by {_iso(ends)}; look again then (QUEUED, POISONED or LOST), or give it up now "
-        "with python -m ops fail --force"
+        f": its message's tries end by {_iso(ends)}; look again then (QUEUED, POISONED or LOST), or, only if it "
+        f"must end now, python -m ops fail {_task_args(found.workspace_id, found.task_id)} --reason '...' --force"
         if ends > ctx.now
         else ""
     )
@@ -1228,6 +1228,8 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int, drop_unreadable: bo
         text.append(f"About {waiting} message(s) were waiting in {poison.name} (hidden ones included).")
     if dropped:
         text.append(f"{dropped} unreadable message(s) {'would be' if dry_run else 'were'} deleted from {poison.name}.")
+    if not dry_run and waiting > moved + left + dropped and not problems:
+        text.append(f"More may wait in {poison.name} (--max {limit}): run it again to move the rest.")
     if left:
         text.append(
             f"{left} unreadable message(s) stay in {poison.name}: nothing can read them (not a verification "

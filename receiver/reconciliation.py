@@ -324,7 +324,8 @@ def _summary(report: RunReport) -> str:
         text += (
             f"; {len(report.lost)} delivery(ies) have been copying for over {QUEUE_COVERAGE.total_seconds() / 60:.0f} "
             f"minutes and their queue message (which holds the link) is lost or poisoned, e.g. task {report.lost[0]}: "
-            f"run {ops_command('find', '--task', report.lost[0])} (it says what to run next)"
+            f"run {ops_command('find', '--task', report.lost[0])} (it says what to run next); python -m ops pending "
+            "lists them all"
         )
     return text
 

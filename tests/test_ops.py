@@ -235,7 +235,8 @@ async def test_find_gives_each_copying_delivery_a_verdict_from_the_queues(ops: O
     assert "UNKNOWN" in trying.out and "hidden while they are tried" in trying.out, trying.out
     # When it can be known: once its message's tries are over (received + the queue's coverage).
     assert "its message's tries end by 2026-01-01T01:30:00Z; look again then" in trying.out, trying.out
-    assert "python -m ops fail --force" in trying.out and "may hold one of this task" in trying.out
+    give_up = "python -m ops fail --task task-1 --workspace ws-1 --reason '...' --force"
+    assert give_up in trying.out and "may hold one of this task" in trying.out
 
     ops.queue.visible.clear()
     ops.queue.hidden.clear()

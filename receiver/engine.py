@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from .attention import mark_failures
@@ -531,6 +531,15 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     )
 
 
+RETIRE_PATIENCE = timedelta(days=1)  # a retirement a lease holds back longer is an ERROR (the alert)
+
+
+def _listed_since(record: TaskRecord | None, delivery: str) -> datetime | None:
+    """When ``delivery`` stopped being current (its last step): about when its name was listed to retire."""
+    item = record.find(delivery) if record is not None else None
+    return item.history[-1].at if item is not None and item.history else None
+
+
 async def _effects(
     storage: Storage, job: Job, seen: Seen, decision: Change | Apply, trace: Trace, *, now: datetime
 ) -> Seen:
@@ -579,11 +588,16 @@ async def _effects(
                 )
             else:
                 trace.deferred.append(f"{effect.retirement.blob}: {outcome}")
-                log.warning(
-                    "could not retire %s of task %s in workspace %s yet (%s): left listed in the task record (%s)",
+                # A lease lapses or is broken; one held past RETIRE_PATIENCE (an infinite lease) needs a person.
+                since = _listed_since(seen.record, effect.retirement.delivery)
+                held = since is not None and now - since > RETIRE_PATIENCE
+                log.log(
+                    logging.ERROR if held else logging.WARNING,
+                    "could not retire %s of task %s in workspace %s %s (%s): left listed in the task record (%s)",
                     effect.retirement.blob,
                     job.task_id,
                     job.workspace_id,
+                    f"for over {RETIRE_PATIENCE.days} day(s): does a lease on it never lapse?" if held else "yet",
                     outcome,
                     ops_command("check", "--task", job.task_id, "--workspace", job.workspace_id, "--repair"),
                     extra={"receiver.taskId": job.task_id, "receiver.workspaceId": job.workspace_id},

@@ -1412,3 +1412,34 @@ async def test_an_unreadable_poison_message_stays_until_drop_unreadable_deletes_
     assert dropped.code == OK and "1 unreadable message(s) were deleted" in dropped.out, dropped.out
     assert not ops.poison.visible and not ops.poison.hidden
     assert len(ops.queue.visible) == 1  # the readable one, moved by the first run
+
+
+async def test_a_retirement_a_lease_holds_back_for_over_a_day_is_an_error_naming_the_task(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lease lapses or is broken, so a delete it refuses is a WARNING and tried again each run; one that still
+    refuses it a day later (an infinite lease) is an ERROR (the alert), naming the task and the lease."""
+    from receiver.storage import Conflict
+
+    ops = Ops()
+    await stored(ops)
+    real_delete = ops.world.storage.delete
+
+    async def leased(name: str, *, if_match: str) -> bool:
+        if name == "ws-1/task-1/invoice.pdf":
+            raise Conflict("delete blob: LeaseIdMissing", code="LeaseIdMissing", status=412)
+        return await real_delete(name, if_match=if_match)
+
+    monkeypatch.setattr(ops.world.storage, "delete", leased)
+    await stored(ops, name="renamed.pdf")
+    caplog.clear()
+    await ops.reconcile()
+    retire_lines = [r for r in caplog.records if r.name == "receiver.engine" and "could not retire" in r.getMessage()]
+    assert [r.levelno for r in retire_lines] == [logging.WARNING], [r.getMessage() for r in retire_lines]
+
+    ops.world.clock.advance(timedelta(days=1, minutes=10))
+    caplog.clear()
+    await ops.reconcile()
+    [error] = [r for r in caplog.records if r.name == "receiver.engine" and r.levelno == logging.ERROR]
+    assert "does a lease on it never lapse?" in error.getMessage(), error.getMessage()
+    assert error.__dict__.get("receiver.taskId") == "task-1", error.__dict__

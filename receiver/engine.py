@@ -664,8 +664,10 @@ async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
         # The file stays as it is (a lease or policy refuses changing it), but it is not fenced: a lease can be
         # broken before a copy prepared over this version lands. Nothing is answered as settled meanwhile.
         raise Unavailable(
-            f"{fence.blob} holds this delivery, but a {exc.policy} on it refused the change that keeps an older "
-            f"copy from replacing it; the delivery is confirmed once the {exc.policy} is lifted"
+            f"The file {fence.blob} is stored, but a {exc.policy} on the container refused the change that keeps an "
+            "older export's copy, which may still be on its way, from replacing it. Send the document again in about "
+            "ten minutes (or once the policy is lifted).",
+            code="fence-refused",
         ) from None
     return replace(seen, blob=replace(current, etag=written.etag), fence=False, watched=fence.blob, fenced=written.etag)
 

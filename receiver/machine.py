@@ -64,6 +64,9 @@ IN_FLIGHT = timedelta(minutes=2)
 # to a retry: inside IN_FLIGHT with room for the record write's own retries (about a minute at
 # most, receiver/store.py), so a file older than that is an orphan indeed.
 RECORD_WITHIN = timedelta(seconds=30)
+# No driver still sends this long after its delivery last changed in the record: the host stops a function after
+# host.json's functionTimeout (5 minutes), and a request it sent ends within its server timeout.
+DRIVER_LIFETIME = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -229,8 +232,8 @@ duplicate | stored | stored | webhook, verifier |
     the same delivery again while it is current and its file holds it: nothing is written but the removal of a
     copy of it this request left under today's name (listed to retire first when its answer was lost), and a
     fence when another delivery copying (or failed, or superseded while copying) at that name may still commit
-    over the file (a container policy refusing it: 503); one current under an earlier template's name is then
-    decided there, from its file at that name
+    over the file (a container policy refusing it: 503, while that delivery changed within DRIVER_LIFETIME); one
+    current under an earlier template's name is then decided there, from its file at that name
 restored | stored, failed | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone or held an older export: the copy (a large
     file: the staged commit) put it back; the current delivery is never accepted again as `copying`. Also its own
@@ -602,8 +605,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             # driver alive, its view older) could still replace it, so it is fenced first (the fence after the
             # record, by the driver that stored it, may have failed: seed 11617866). That record superseded the
             # ones still copying there, whose drivers may still be sending (seed 100187129). Under a container policy
-            # too: the fence is then refused (503), as the policy may be lifted before such a copy lands.
-            may_land = _copies_may_land(base, notice.blob, notice.delivery, adopted=False, cut_short=True)
+            # too while such a driver may be alive: the fence is then refused (503), as the policy may be lifted
+            # before its copy lands; after DRIVER_LIFETIME none is, and the policy refuses any later overwrite.
+            alive = now - DRIVER_LIFETIME if seen.locked else None
+            may_land = _copies_may_land(base, notice.blob, notice.delivery, adopted=False, cut_short=True, since=alive)
             if may_land and seen.fenced is None:
                 return Apply((Fence(notice.blob, notice.delivery),), "duplicate")
             return Answer("duplicate", 200, "duplicate")
@@ -792,7 +797,15 @@ def _stale(record: TaskRecord, entry: Delivery, blob: Blob | Unseen | None, now:
     return record.index(holder.delivery) < record.index(entry.delivery)
 
 
-def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: bool, cut_short: bool = False) -> bool:
+def _copies_may_land(
+    record: TaskRecord,
+    name: str,
+    delivery: str,
+    *,
+    adopted: bool,
+    cut_short: bool = False,
+    since: datetime | None = None,
+) -> bool:
     """May another delivery's copy, decided from an older view, still land at ``name`` over the version
     being recorded? One still copying there may; when the version is adopted (its ETag not made by this
     driver, so others may have read it), one superseded there may too (its driver may still be sending);
@@ -800,17 +813,25 @@ def _copies_may_land(record: TaskRecord, name: str, delivery: str, *, adopted: b
     driver may overwrite a file it reads as another failed delivery's). Then bytes are not adopted as they
     are: a webhook or verifier copies them again, the reconciliation fences them first (:class:`Fence`); a
     driver's own copy is fenced after its swap. ``cut_short``: one superseded while it was copying there may
-    too (the change that stored this version superseded it, its driver still sending)."""
+    too (the change that stored this version superseded it, its driver still sending). ``since``: only a
+    delivery whose last step is that recent (its drivers may still be alive: see DRIVER_LIFETIME)."""
     states = (State.COPYING, State.SUPERSEDED, State.FAILED) if adopted else (State.COPYING, State.FAILED)
 
+    def recent(found: Delivery | None) -> bool:
+        return since is None or found is None or not found.history or found.history[-1].at >= since
+
     def may(item: Delivery) -> bool:
-        return item.state in states or (cut_short and item.state is State.SUPERSEDED and _superseded_copying(item))
+        landing = item.state in states or (cut_short and item.state is State.SUPERSEDED and _superseded_copying(item))
+        return landing and recent(item)
 
     # At its name, or at the name an earlier template gave it (a copy it sent there may still land); or listed to
     # retire there without a version (a copy of it that may still land there: one moved twice, say).
     return any(
         name in (item.blob, item.moved_from) and item.delivery != delivery and may(item) for item in record.deliveries
-    ) or any(item.blob == name and item.etag is None and item.delivery != delivery for item in record.retire)
+    ) or any(
+        item.blob == name and item.etag is None and item.delivery != delivery and recent(record.find(item.delivery))
+        for item in record.retire
+    )
 
 
 # The steps that put a delivery in `copying` (accepted, waiting behind a newer one, a copy's answer lost), and

@@ -210,6 +210,8 @@ def storage_failure(task_id: str, exc: StoreError) -> Outcome:
         return outcome.failed(409, "immutable", outcome.refused_by(policy, copied), taskId=task_id)
     if exc.kind == "leased":
         return outcome.failed(503, "storage-unavailable", outcome.LEASED, taskId=task_id)
+    if exc.code == "fence-refused":  # stored, but not yet safe from an older copy: its message says why
+        return outcome.failed(503, "storage-unavailable", exc.message, taskId=task_id)
     if exc.kind == "misconfigured":
         return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}", taskId=task_id)
     if isinstance(exc, UnreadableRecord):

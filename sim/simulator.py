@@ -1060,6 +1060,18 @@ class Simulation:
         if not tracked and crashed:
             self.orphans_explained.append(f"{name} ({export.label}, {crashed[0].label} stopped after its copy)")
             return
+        # A container policy placed since its driver asked let its copy land, then refused its record: the 409
+        # (or the queue function's failure) names that file, which nothing may remove while the policy lasts
+        # (docs/reference.md, "Destination accounts").
+        refused = [
+            actor
+            for actor in self.actors
+            if actor.export is export and actor.answer in ("409 failed", "failed") and name in actor.wrote
+        ]
+        held = any(line.actor == "policy" and line.op.startswith("container") for line in self.trace)
+        if not tracked and refused and held:
+            self.orphans_explained.append(f"{name} ({export.label}, {refused[0].label}: a policy refused its record)")
+            return
         state = record.find(delivery) if record is not None else None
         text = (
             f"{task[1]}: a file of {export.label} is left at {name} "
@@ -1126,6 +1138,7 @@ def make_script(rng: random.Random, config: Config) -> list[tuple[Any, ...]]:
     script: list[tuple[Any, ...]] = []
     tasks = ["task-1"] if rng.random() < 0.8 else ["task-1", "task-2"]
     names = ("A", "B", "C")
+    held = False
     for made in range(rng.randint(2, 4)):
         task = rng.choice(tasks)
         previous = [item for item in script if item[0] == "new" and item[2] == task]
@@ -1133,6 +1146,9 @@ def make_script(rng: random.Random, config: Config) -> list[tuple[Any, ...]]:
         expires = timedelta(hours=1) if rng.random() < 0.3 else timedelta(hours=24)
         exports = made + 1
         script.append(("new", made, task, name, expires))
+        if held:  # a container hold lasts one export (and what the scheduler runs meanwhile)
+            script.append(("lift",))
+            held = False
         roll = rng.random()
         if roll < 0.25 and exports > 1:
             script.append(("retry", rng.randrange(exports)))
@@ -1148,6 +1164,9 @@ def make_script(rng: random.Random, config: Config) -> list[tuple[Any, ...]]:
             script.append(("template", rng.choice(TEMPLATES)))
         elif roll < 0.58:
             script.append(("immutable", rng.randrange(exports)))
+        elif roll < 0.6 and exports > 1:  # no draw of its own: the seeds of SEEDS_THAT_BROKE stay as they were
+            script.append(("hold", "legal hold" if roll < 0.59 else "retention policy"))
+            held = True
     for _ in range(rng.randint(0, 2)):
         script.insert(rng.randrange(1, len(script) + 1), ("retry", -1))
     if rng.random() < 0.5:
@@ -1217,8 +1236,15 @@ async def run_seed(seed: int, *, faults: bool = True) -> Result:
                 if current_item is not None:
                     sim.faults.immutable_names[current_item.blob] = "BlobImmutableDueToPolicy"
                     sim.trace.append(TraceLine(sim.steps, "policy", "immutable", current_item.blob))
+            elif what == "hold":  # on the whole container: overwrites and deletes refused, creates pass
+                sim.store.policy = item[1]
+                sim.trace.append(TraceLine(sim.steps, "policy", f"container {item[1]}", ""))
+            elif what == "lift":
+                sim.store.policy = None
+                sim.trace.append(TraceLine(sim.steps, "policy", "container policy lifted", ""))
         if sim.violation is None:
             sim.faults.immutable_names.clear()
+            sim.store.policy = None
             await sim.finish()
     finally:
         sim.abort()

@@ -178,3 +178,18 @@ def test_the_curl_line_sends_the_sample_requests_http_sends() -> None:
     stored = http.split("###")[2]
     body = stored[stored.index("\n{\n") : stored.rindex("}") + 1].replace("{{exportedFileUrl}}", url.group(1))
     assert sample == json.loads(body)
+
+
+def test_no_driver_outlives_driver_lifetime_by_host_json_function_timeout() -> None:
+    """receiver.machine.DRIVER_LIFETIME bounds how long an older delivery's driver may still send a copy: it must
+    cover host.json's functionTimeout (the host stops a function then) and a request's server timeout after it."""
+    from datetime import timedelta
+
+    from receiver.machine import DRIVER_LIFETIME
+    from receiver.store import SYNC_COPY_SERVER_TIMEOUT_SECONDS
+
+    hours, minutes, seconds = (
+        int(part) for part in json.loads((ROOT / "host.json").read_text())["functionTimeout"].split(":")
+    )
+    timeout = timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    assert timeout + timedelta(seconds=SYNC_COPY_SERVER_TIMEOUT_SECONDS) <= DRIVER_LIFETIME, (DRIVER_LIFETIME, timeout)

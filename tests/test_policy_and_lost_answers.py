@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from receiver.verification import verify_copy
 from sim.world import World
 
@@ -40,3 +42,38 @@ async def test_under_a_legal_hold_a_duplicate_creates_the_manifest_its_first_req
     assert outcome in ("stored", "duplicate"), outcome
     manifest = world.manifest("ws-1/task-1/invoice.pdf")
     assert manifest is not None and manifest["copyStatus"] == "success", manifest
+
+
+async def test_under_a_legal_hold_a_duplicate_long_after_a_failed_re_export_at_its_name_is_answered_200() -> None:
+    """A re-export at the current file's name failed (its source gone: 502), the current file kept; later, under
+    a container legal hold, the current delivery is sent again. No driver of the failed one can still be sending
+    (DRIVER_LIFETIME), and the hold refuses any overwrite anyway: 200 duplicate, on the first try."""
+    world = World.make()
+    current = world.export(expires_in=timedelta(days=7))
+    assert (await world.post(current)).status_code == 200
+    failing = world.export()
+    world.sources.remove("ws-1/task-1/export-2.pdf")
+    assert (await world.post(failing)).status_code == 502
+    world.clock.advance(timedelta(hours=1))
+    world.storage.policy = "legal hold"
+    again = await world.post(current)
+    assert (again.status_code, again.body["status"]) == (200, "duplicate"), again.body
+
+
+async def test_under_a_legal_hold_a_duplicate_right_after_a_failed_re_export_says_why_it_waits() -> None:
+    """The same, a minute after the failure: a driver of it may still be sending, and the hold refuses the fence
+    that would stop its copy: 503 naming the hold and when to send again (never a 2xx it cannot keep)."""
+    world = World.make()
+    current = world.export(expires_in=timedelta(days=7))
+    assert (await world.post(current)).status_code == 200
+    failing = world.export()
+    world.sources.remove("ws-1/task-1/export-2.pdf")
+    assert (await world.post(failing)).status_code == 502
+    world.clock.advance(timedelta(minutes=1))
+    world.storage.policy = "legal hold"
+    again = await world.post(current)
+    assert again.status_code == 503 and "legal hold" in again.body["message"], again.body
+    assert "ten minutes" in again.body["message"], again.body
+    world.clock.advance(timedelta(minutes=10))
+    later = await world.post(current)
+    assert (later.status_code, later.body["status"]) == (200, "duplicate"), later.body

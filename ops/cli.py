@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
 from receiver.settings import Settings, SettingsError
-from receiver.source import holds_signature, redact, signatures_apart
+from receiver.source import holds_key, holds_signature, redact, signatures_apart
 from receiver.storage import StoreError
 from receiver.verification import QUEUE as VERIFICATION_QUEUE
 
@@ -310,6 +310,8 @@ def _check_values(args: argparse.Namespace, err: TextIO) -> None:
         value = getattr(args, name, None)
         if not isinstance(value, str):
             continue
+        if name in _IDS and holds_key(value):
+            raise UsageError(f"--{name} holds what looks like a connection string or a SAS (not shown)")
         if name in _IDS and holds_signature(value):
             # An id as SmartDocumentor shows it, with a `sig` value in it: intake stored it with each such value
             # replaced by `sig=REDACTED~<hash>`; that form names the task (the value itself is never printed).
@@ -317,7 +319,7 @@ def _check_values(args: argparse.Namespace, err: TextIO) -> None:
             setattr(args, name, value)
             err.write(f"python -m ops: --{name} holds a sig value: looked up as the receiver stores it, {value}\n")
         secret = holds_signature(value) if name in _IDS else redact(value) != value or "sig=" in value.lower()
-        if secret or re.search(r"(?i)accountkey|sharedaccesssignature", value):
+        if secret or holds_key(value):
             option = f"--{name.replace('_', '-')}"
             raise UsageError(f"{option} holds what looks like a connection string or a SAS (not shown)")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +27,7 @@ from receiver.attention import (
 from receiver.engine import Job, Trace, manifest_name
 from receiver.machine import NAME_TAKEN, Answer, Sweep
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
+from receiver.outcome import option_words
 from receiver.plan import has_manifest_name, of_another_task
 from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings
@@ -142,8 +142,8 @@ async def _check_container(storage: Storage) -> None:
 
 
 def _task_args(workspace_id: str, task_id: str) -> str:
-    """The options naming a task, quoted for a shell (an id may hold spaces, ``&`` or ``;``)."""
-    return f"--task {shlex.quote(task_id)} --workspace {shlex.quote(workspace_id)}"
+    """The options naming a task, quoted for a shell (an id may hold spaces, ``&`` or ``;``, or start with ``-``)."""
+    return f"{option_words('task', task_id)} {option_words('workspace', workspace_id)}"
 
 
 async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:

@@ -5,7 +5,8 @@ foresees is what that loop decides, step after step (a stray copy removed first,
 at the name its record holds), not a guess from the first step. Reads go to the real container until a
 name is written here; every write lands here only, with the service's conditions (If-Match, create-only,
 a container policy refusing overwrites and deletes). Nothing is ever sent to the real container but reads.
-A copy lands while its link is valid (the source itself is not read: the dry run assumes it still can be).
+A copy lands while its link is valid and its size (a HEAD on the source) fits a synchronous copy: the dry
+run assumes the source can still be read, and sees no lease or blob-level hold (a container's policy it sees).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
+from receiver.settings import SYNC_COPY_LIMIT_MIB
 from receiver.storage import (
     Blob,
     Conflict,
@@ -27,6 +29,7 @@ from receiver.storage import (
     Listed,
     SourceUnreadable,
     Storage,
+    TooLargeForSyncCopy,
     Written,
 )
 
@@ -121,6 +124,11 @@ class Imagined:
     ) -> Written:
         await self._writable(name, if_match)
         self._readable(source_url)
+        # The service copies up to its limit this way (a store of its own may say another: the in-memory one's).
+        limit = getattr(self.real, "sync_limit_bytes", SYNC_COPY_LIMIT_MIB * 1024 * 1024)
+        size = await self.real.source_size(source_url)  # a HEAD on the source through its own link: a read
+        if size is not None and (size == 0 or size > limit):
+            raise TooLargeForSyncCopy(f"The copy source is {size} bytes.", code="CannotVerifyCopySource", status=409)
         return self._land("copy", name, b"", Headers(content_type=self.content_type), metadata)
 
     async def source_size(self, source_url: str) -> int | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,7 +11,7 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 from tqdm import tqdm
 
-from receiver.source import holds_signature, redact
+from receiver.source import printable_id, redact_keeping
 
 # Exit codes (README "Operator command line"): scripts branch on these.
 OK = 0  # found / matches / done
@@ -40,15 +39,9 @@ class Result:
         ids = _printable_ids(self.data)
         if as_json:
             dumped = json.dumps(self.data, indent=2, ensure_ascii=False)
-            out.write(_redact_keeping(dumped, [json.dumps(value, ensure_ascii=False)[1:-1] for value in ids]) + "\n")
+            out.write(redact_keeping(dumped, [json.dumps(value, ensure_ascii=False)[1:-1] for value in ids]) + "\n")
         else:
-            out.write("".join(f"{_redact_keeping(line, ids)}\n" for line in self.text))
-
-
-def printable_id(value: str) -> bool:
-    """May this task or workspace id be printed whole? Intake replaced every ``sig`` value in it
-    (``sig=REDACTED~<hash>``), and it holds no account key."""
-    return not holds_signature(value) and re.search(r"(?i)accountkey|sharedaccesssignature", value) is None
+            out.write("".join(f"{redact_keeping(line, ids)}\n" for line in self.text))
 
 
 def _printable_ids(data: Any) -> list[str]:
@@ -66,20 +59,7 @@ def _printable_ids(data: Any) -> list[str]:
                 walk(item)
 
     walk(data)
-    return sorted(found, key=len, reverse=True)  # the longest first: one id may hold another
-
-
-def _redact_keeping(text: str, kept: list[str]) -> str:
-    """:func:`redact` on ``text``, the ``kept`` texts in it left whole (set aside while it runs)."""
-    aside: dict[str, str] = {}
-    for number, value in enumerate(kept):
-        if value and value in text:
-            mark = f"\x00{number}\x00"
-            text, aside[mark] = text.replace(value, mark), value
-    text = redact(text)
-    for mark, value in aside.items():
-        text = text.replace(mark, value)
-    return text
+    return sorted(found)
 
 
 class Progress(Protocol):

@@ -91,7 +91,8 @@ def parse(content: str) -> Parsed | None:
         return None
     candidates: list[bytes] = []
     with contextlib.suppress(binascii.Error, ValueError):
-        candidates.append(base64.b64decode(content, validate=True))
+        # As the host decodes it (.NET's Convert.FromBase64String skips white space: a line-wrapped message reads).
+        candidates.append(base64.b64decode("".join(content.split()), validate=True))
     candidates.append(content.encode("utf-8", "replace"))
     for data in candidates:
         found = read_message(data)

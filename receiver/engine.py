@@ -583,7 +583,7 @@ async def _effects(
                     job.workspace_id,
                     outcome,
                     fix,
-                    ops_command("check", "--task", job.task_id, "--workspace", job.workspace_id, "--repair"),
+                    ops_command("check", "--repair", task=job.task_id, workspace=job.workspace_id),
                     extra={"receiver.taskId": job.task_id, "receiver.workspaceId": job.workspace_id},
                 )
             else:
@@ -599,7 +599,7 @@ async def _effects(
                     job.workspace_id,
                     f"for over {RETIRE_PATIENCE.days} day(s): does a lease on it never lapse?" if held else "yet",
                     outcome,
-                    ops_command("check", "--task", job.task_id, "--workspace", job.workspace_id, "--repair"),
+                    ops_command("check", "--repair", task=job.task_id, workspace=job.workspace_id),
                     extra={"receiver.taskId": job.task_id, "receiver.workspaceId": job.workspace_id},
                 )
         else:

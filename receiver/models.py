@@ -43,7 +43,7 @@ def unreadable_record(name: str, task_id: str, why: ValueError | str) -> str:
         f"The task record {name} is not readable ({_parse_problem(why)}): it was changed outside the receiver. "
         "Do not delete it (the files it lists would be left where no record names them): restore its previous "
         "version (the blob's versions, where versioning is on) or a backup, then run "
-        f"{ops_command('check', '--task', task_id, '--repair')}. Until then every delivery of this task is refused."
+        f"{ops_command('check', '--repair', task=task_id)}. Until then every delivery of this task is refused."
     )
 
 

@@ -20,9 +20,15 @@ class Outcome:
         return json.dumps(self.body, ensure_ascii=False)
 
 
-def ops_command(*words: str) -> str:
-    """``python -m ops`` and ``words``, each quoted for a shell: an id may hold spaces, ``&`` or ``;``."""
-    return " ".join(["python -m ops", *(shlex.quote(word) for word in words)])
+def ops_command(command: str, *flags: str, **options: str) -> str:
+    """``python -m ops <command> --<option> <value> ... <flags>``, each value quoted for a shell (an id may hold
+    spaces, ``&`` or ``;``), one that starts with ``-`` given as ``--<option>=<value>`` (else it reads as an option)."""
+    return " ".join(["python -m ops", command, *(option_words(name, value) for name, value in options.items()), *flags])
+
+
+def option_words(name: str, value: str) -> str:
+    quoted = shlex.quote(value)
+    return f"--{name}={quoted}" if value.startswith("-") else f"--{name} {quoted}"
 
 
 def rejected(status_code: int, error: str, message: str, **extra: Any) -> Outcome:

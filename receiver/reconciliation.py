@@ -276,7 +276,7 @@ def _expired(item: Candidate) -> str:
     return (
         "a delivery still copying failed for good: its file link expired before its copy finished (the earlier "
         "file, if any, is kept). Export the document again from SmartDocumentor; "
-        f"{ops_command('find', '--task', item.task_id, '--workspace', item.workspace_id)} shows which"
+        f"{ops_command('find', task=item.task_id, workspace=item.workspace_id)} shows which"
     )
 
 
@@ -324,7 +324,7 @@ def _summary(report: RunReport) -> str:
         text += (
             f"; {len(report.lost)} delivery(ies) have been copying for over {QUEUE_COVERAGE.total_seconds() / 60:.0f} "
             f"minutes and their queue message (which holds the link) is lost or poisoned, e.g. task {report.lost[0]}: "
-            f"run {ops_command('find', '--task', report.lost[0])} (it says what to run next); python -m ops pending "
+            f"run {ops_command('find', task=report.lost[0])} (it says what to run next); python -m ops pending "
             "lists them all"
         )
     return text

@@ -216,6 +216,34 @@ def redact(text: str) -> str:
     return _ANY_SIG_NOT_SCRUBBED.sub("sig=REDACTED", text) if _may_hold_signature(text) else text
 
 
+_KEY_NAMES = re.compile(r"(?i)accountkey|sharedaccesssignature|sharedaccesskey")
+
+
+def holds_key(text: str) -> bool:
+    """Does ``text`` name a connection string's key or SAS (``AccountKey``, ``SharedAccessSignature``,
+    ``SharedAccessKey``), in any case?"""
+    return _KEY_NAMES.search(text) is not None
+
+
+def printable_id(value: str) -> bool:
+    """May a task or workspace id be shown whole (its URL query too)? Intake replaced every ``sig`` value in it
+    (``sig=REDACTED~<hash>``), and it names no key."""
+    return not holds_signature(value) and not holds_key(value)
+
+
+def redact_keeping(text: str, kept: list[str]) -> str:
+    """:func:`redact` on ``text``, the ``kept`` texts in it (printable ids) left whole: set aside while it runs."""
+    aside: dict[str, str] = {}
+    for number, value in enumerate(sorted(kept, key=len, reverse=True)):  # the longest first: one may hold another
+        if value and value in text:
+            mark = f"\x00{number}\x00"
+            text, aside[mark] = text.replace(value, mark), value
+    text = redact(text)
+    for mark, value in aside.items():
+        text = text.replace(mark, value)
+    return text
+
+
 def holds_signature(text: str) -> bool:
     """Does ``text`` hold a ``sig`` value that intake did not already replace?"""
     return _may_hold_signature(text) and _ANY_SIG_NOT_SCRUBBED.search(text) is not None

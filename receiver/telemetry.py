@@ -30,7 +30,7 @@ from typing import Any, Literal
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
 
-from .source import redact
+from .source import printable_id, redact, redact_keeping
 
 log = logging.getLogger("receiver")
 _tracer = otel_trace.get_tracer("smartdocumentor.receiver")
@@ -146,8 +146,9 @@ def recording(operation: Operation) -> Iterator[Record]:
             raise
         finally:
             CURRENT.reset(token)
-            if record.reason:
-                record.reason = redact(record.reason)
+            if record.reason:  # the record's own ids stay whole (a command in it must find the task)
+                ids = [value for value in (record.task_id, record.workspace_id) if value and printable_id(value)]
+                record.reason = redact_keeping(record.reason, ids)
             if record.fields:
                 record.fields = redact(record.fields)
             attributes = record.attributes()

@@ -169,7 +169,7 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
                     "before recording it and asked for the document again); it was dropped"
                     if never
                     else "the verification message names a delivery its task record no longer describes; it was "
-                    f"dropped. Run {ops_command('find', '--task', found.task_id)}"
+                    f"dropped. Run {ops_command('find', task=found.task_id)}"
                 )
                 return "unreadable"
             found = Message(rebuilt, found.received_at, found.blob)
@@ -262,6 +262,6 @@ def _failed_try(record: Record, task_id: str, exc: Exception, *, last_try: bool)
 def _poisoned(task_id: str, why: str) -> str:
     return (
         f"{why} after {MAX_DEQUEUE_COUNT} tries; the host moves the message to {POISON_QUEUE}. "
-        f"Check the task with {ops_command('find', '--task', task_id)}, then run python -m ops replay-poison --dry-run "
+        f"Check the task with {ops_command('find', task=task_id)}, then run python -m ops replay-poison --dry-run "
         "and python -m ops replay-poison to try again"
     )

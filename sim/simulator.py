@@ -222,6 +222,10 @@ class Gate:
     def tags_supported(self) -> bool:
         return self.inner.tags_supported
 
+    @property
+    def sync_limit_bytes(self) -> int:
+        return self.inner.sync_limit_bytes
+
     def _done(self, op: str, name: str, before: Any, kwargs: dict[str, Any] | None = None) -> None:
         self.sim.faults.armed = None
         self.sim.after_call(op, name, before, kwargs or {})

@@ -243,3 +243,34 @@ async def test_a_file_whose_name_cut_the_hashed_sig_of_its_task_id_in_two_is_sho
     assert "sig=REDACTED~" in stored_id and "sig=REDACTED_" in blob and "abcdefgh" not in blob, (stored_id, blob)
     shown = await ops("find", "--task", stored_id)
     assert shown.code == OK and blob.split("/", 1)[1] in shown.out, shown.out
+
+
+async def test_an_id_holding_a_key_beside_a_sig_is_refused_before_anything_is_repeated() -> None:
+    ops = Ops()
+    for argv in (
+        ("find", "--task", "lot?sig=abc&AccountKey=S3CRETKEYs3cretkey=="),
+        ("find", "--task", "lot?sig=abc&SharedAccessKey=S3CRETKEYs3cretkey==", "--json"),
+        ("fail", "--task", "t", "--workspace", "w?sig=zz&AccountKey=S3CRETKEYs3cretkey==", "--reason", "x"),
+    ):
+        ran = await ops(*argv)
+        assert ran.code == USAGE and "S3CRETKEY" not in ran.out + ran.err, (argv, ran.out, ran.err)
+
+
+@pytest.mark.parametrize("task", ["-lot-7", "ref://erp/doc?id=1001", "it's a 'quote'"])
+async def test_the_command_an_alert_names_finds_the_task(task: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The reconciliation fails a copy whose link expired: its ERROR names `python -m ops find` for the task;
+    pasted into a shell as it is, that command finds the task (an id with a query, a quote, or a leading dash)."""
+    import shlex
+    from datetime import timedelta
+
+    ops = Ops()
+    await ops.accept(ops.world.export(task, expires_in=timedelta(minutes=30)))
+    ops.world.clock.advance(timedelta(hours=2))
+    caplog.set_level(logging.INFO, logger="receiver")
+    await ops.reconcile()
+    [line] = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "python -m ops find" in r.getMessage()
+    ]
+    command = line[line.index("python -m ops find") :].split(" shows which")[0]
+    found = await ops(*shlex.split(command)[3:])
+    assert found.code != USAGE and "1 delivery(ies)" in found.out, (command, found.out, found.err)

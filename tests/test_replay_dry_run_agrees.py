@@ -102,3 +102,39 @@ async def test_a_message_behind_a_newer_copy_whose_link_expired_ends_in_the_dry_
     # find says it waits behind the newer one (the sweep looks at that one), not that --repair fails it now.
     found = await ops("find", "--task", "task-1")
     assert "verdict: BEHIND: its link expired at" in found.out and "fails it" not in found.out, found.out
+
+
+async def test_the_dry_run_and_the_queue_function_agree_on_a_file_too_large_for_a_synchronous_copy() -> None:
+    """A file over what Copy Blob From URL takes (the in-memory store's limit stands for the service's 256 MiB)
+    whose webhook answered 503 before any record, its message poisoned; a container legal hold placed since. The
+    dry run's copy is refused as too large, as the queue function's is: it stages, and the hold refuses it."""
+    from receiver.verification import message
+
+    ops = Ops()
+    world = ops.world
+    world.storage.sync_limit_bytes = 16
+    export = world.export()
+    text = message(export.body, world.now, plan=ops.plan(export))
+    world.storage.policy = "legal hold"
+    ops.poison.add(text)
+    before = world.storage.snapshot()
+    (entry,) = (await ops("replay-poison", "--dry-run", "--json")).json()["messages"]
+    assert world.storage.snapshot() == before
+    outcome = await verify_copy(text.encode(), runtime=world.runtime, now=world.now)
+    verdict = {"failed": "fail", "stored": "finish", "duplicate": "duplicate", "superseded": "superseded"}[outcome]
+    assert entry["will"] == verdict, (entry, outcome)
+
+
+async def test_a_line_wrapped_message_the_host_reads_is_moved_not_dropped_as_unreadable() -> None:
+    """The host decodes a message's base64 skipping white space (as .NET does): one wrapped at 76 characters is
+    read by the queue function, so replay-poison moves it, and --drop-unreadable never deletes it."""
+    import base64
+    import textwrap
+
+    ops = Ops()
+    text = await ops.accept(ops.world.export())
+    wrapped = "\n".join(textwrap.wrap(base64.b64encode(text.encode()).decode(), 76))
+    ops.poison.add(wrapped)
+    ran = await ops("replay-poison", "--drop-unreadable")
+    assert "Moved 1 message(s)" in ran.out and "deleted" not in ran.out, ran.out
+    assert [item.content for item in ops.queue.visible] == [wrapped]

@@ -106,6 +106,7 @@ class Trace:
     """What the loop did, for the delivery's log record and the tests."""
 
     arrows: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)  # the arrows of the record changes that won their swap
     copy_sent: bool = False
     mode: str | None = None  # "sync" | "staged"
     effect_failed: StoreError | None = None
@@ -514,6 +515,7 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     assert isinstance(after, Seen) and isinstance(written, Written)
     found_peeks: list[Blob | BaseException | None] = list(peeks) if isinstance(peeks, list) else []
     concluded = decision.arrow if decision.arrow in CONCLUDING else seen.concluded
+    trace.changes.append(decision.arrow)
     peeked = tuple(
         (name, found)
         for name, found in zip(peek_names, found_peeks, strict=False)

@@ -248,7 +248,7 @@ async def _work(
                 done = [f"retired {', '.join(trace.retired)}"] if trace.retired else []
                 # A name left listed (a lease refused its delete) is named on the task's own record, with what to do.
                 record.reason = "; ".join(done + [f"not retired: {why}" for why in trace.deferred]) or None
-                if "expired" in trace.arrows:  # a delivery failed for good here, not by its queue message: the alert
+                if "expired" in trace.changes:  # this run failed a delivery for good (its swap won): the alert
                     record.final_failure = True
                     record.reason = "; ".join(filter(None, [_expired(item), record.reason]))
             except StoreError as exc:

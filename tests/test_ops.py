@@ -1444,3 +1444,31 @@ async def test_a_retirement_a_lease_holds_back_for_over_a_day_is_an_error_naming
     [error] = [r for r in caplog.records if r.name == "receiver.engine" and r.levelno == logging.ERROR]
     assert "does a lease on it never lapse?" in error.getMessage(), error.getMessage()
     assert error.__dict__.get("receiver.taskId") == "task-1", error.__dict__
+
+
+async def test_a_copy_its_queue_message_fails_while_the_reconciliation_expires_it_alerts_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reconciliation decides to fail a copy whose link expired; before its record write lands, the queue
+    function fails it (its own ERROR). The reconciliation's write loses its swap: it failed nothing, so it logs no
+    second ERROR for the same failure."""
+    from receiver.verification import verify_copy
+
+    ops = Ops()
+    text = await ops.accept(ops.world.export("task-1", expires_in=timedelta(minutes=30)))
+    ops.world.clock.advance(timedelta(hours=2))
+    real_put = ops.world.storage.put
+    raced: list[str] = []
+
+    async def put(name: str, data: bytes, **kwargs: Any) -> Any:
+        if name == record_name("ws-1", "task-1") and not raced:
+            raced.append("racing")  # once: the queue function's own write goes straight through
+            raced[0] = await verify_copy(text.encode(), runtime=ops.world.runtime, now=ops.world.now)
+        return await real_put(name, data, **kwargs)
+
+    monkeypatch.setattr(ops.world.storage, "put", put)
+    caplog.set_level(logging.INFO, logger="receiver")
+    await ops.reconcile()
+    assert raced == ["failed"], raced
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "task=task-1" in r.getMessage()]
+    assert len(errors) == 1 and errors[0].startswith("verification"), errors

@@ -220,17 +220,23 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     for item in record.deliveries:
         if item.state is State.COPYING:
             found.verdicts[item.delivery] = _copying_verdict(ctx, found, item)
+    policy = await storage.container_policy()
+    if policy is not None and found.verdicts:
+        found.problems.append(
+            f"the container's {policy} refuses every change of this task's record: no driver (the queue function, "
+            "fail, check --repair) can record what becomes of a delivery still copying while it lasts"
+        )
+        found.next.append(f"have the storage account's owner lift the {policy}; then python -m ops find {args}")
     verdicts = {verdict for verdict, _ in found.verdicts.values()}
     if found.foreseen.action in ("adopt", "expire", "retire", "repair"):
         found.problems.append(f"the reconciliation has work here: {found.foreseen.action} ({found.foreseen.why})")
-        policy = await storage.container_policy() if found.foreseen.action == "retire" else None
-        if policy is not None:  # every delete of those names is refused while it lasts
+        if policy is not None and found.foreseen.action == "retire":  # every delete of those names is refused
             found.next.append(
                 f"nothing to do while the container's {policy} lasts (it refuses deleting those names); once it is "
                 f"lifted: python -m ops check {args} --repair"
             )
-        else:
-            found.next.append(f"python -m ops check {args} --repair")
+        else:  # (it says why a name is not retired: a lease, a hold on it, a missing delete permission)
+            found.next.append(f"python -m ops check {args} --repair (it names what refuses a delete, if anything)")
     known = {item.delivery for item in record.deliveries}
     unknown = [d for d, where in found.look.deliveries.items() if where == "poison" and d not in known]
     if unknown:  # its driver stopped before the record named it (a lease on the record, say): its copy may be there
@@ -603,12 +609,6 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
     repaired: dict[str, Any] = {"arrows": trace.arrows, "retired": trace.retired, "answer": answer.kind}
     repaired.update(notRetired=trace.deferred, stopped=stopped)
     data["repaired"] = repaired
-    data["after"] = _inspection_data(ctx, after)
-    done = "steps tried" if stopped or trace.deferred else "repaired"
-    text.append(f"{done}: {arrows}" + (f"; retired {', '.join(trace.retired)}" if trace.retired else ""))
-    text += [f"not retired: {why}" for why in trace.deferred]
-    if stopped is not None:
-        text.append(f"not done: storage refused a step ({stopped}); once that is fixed, run this again")
     if trace.deferred:  # running it again changes nothing until what refused those deletes is gone
         after.next = [step for step in after.next if "--repair" not in step]
         after.next.append(
@@ -616,6 +616,12 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
             "policy lifted, the delete permission granted: named above); then run this again (the reconciliation "
             "also tries every run)"
         )
+    data["after"] = _inspection_data(ctx, after)
+    done = "steps tried" if stopped or trace.deferred else "repaired"
+    text.append(f"{done}: {arrows}" + (f"; retired {', '.join(trace.retired)}" if trace.retired else ""))
+    text += [f"not retired: {why}" for why in trace.deferred]
+    if stopped is not None:
+        text.append(f"not done: storage refused a step ({stopped}); once that is fixed, run this again")
     text += [f"after: {line}" for line in _verdict_lines(after)]
     return Result(NOT_FOUND if after.problems or stopped else OK, data, text)
 
@@ -711,14 +717,17 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
     if failed and forced:
         text.append(
             "It was given up with --force: a message still holding its link may yet copy it, and it is then "
-            f"stored after all (python -m ops find --task {task_id} shows it)."
+            f"stored after all (python -m ops find {_task_args(workspace_id, task_id)} shows it)."
         )
     if not failed and not adopted:
         why = stopped or f"the record changed meanwhile ({','.join(data['arrows'])})"
-        return Result(NOT_FOUND, data, [f"Nothing failed: {why}."])
+        return Result(NOT_FOUND, data, [f"Nothing failed: {why.rstrip('.')}."])
     if stopped is not None:
         data["stopped"] = stopped
-        text.append(f"Storage then refused a step ({stopped}): python -m ops find --task {task_id} shows the task.")
+        text.append(
+            f"Storage then refused a step ({stopped}): python -m ops find {_task_args(workspace_id, task_id)} shows "
+            "the task."
+        )
     return Result(OK, data, text)
 
 
@@ -790,7 +799,14 @@ async def _summary_of(ctx: Context) -> SummaryState:
             f"PROBLEM: {summary.poison} message(s) were in the poison queue at that run: their deliveries are not "
             "retried by anything. python -m ops replay-poison --dry-run says what moving them back would do."
         )
-    if stale:
+    policy = await storage.container_policy() if stale else None
+    if policy is not None:  # its runs may complete: the policy refuses rewriting the summary they leave
+        problems.append(
+            f"PROBLEM: the reconciliation's summary is {human_age(age_s)} old: the container's {policy} refuses "
+            f"rewriting {PENDING_NAME}, so its runs (which may be completing: their records say) cannot keep it; "
+            f"what follows is as old as that. Lift the {policy}, or look each task up with python -m ops find."
+        )
+    elif stale:
         problems.append(
             f"PROBLEM: the reconciliation has not completed a run for {human_age(age_s)} (its schedule "
             f"{summary.schedule!r} allows {_span(summary.stale_after)}): nothing finishes what the queue missed, "

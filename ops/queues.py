@@ -19,6 +19,7 @@ import binascii
 import contextlib
 import hashlib
 import itertools
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -91,8 +92,8 @@ def parse(content: str) -> Parsed | None:
         return None
     candidates: list[bytes] = []
     with contextlib.suppress(binascii.Error, ValueError):
-        # As the host decodes it (.NET's Convert.FromBase64String skips white space: a line-wrapped message reads).
-        candidates.append(base64.b64decode("".join(content.split()), validate=True))
+        # As the host decodes it: .NET's Convert.FromBase64String skips space, tab, CR and LF (a wrapped message reads).
+        candidates.append(base64.b64decode(re.sub(r"[ \t\r\n]", "", content), validate=True))
     candidates.append(content.encode("utf-8", "replace"))
     for data in candidates:
         found = read_message(data)

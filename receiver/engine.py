@@ -533,13 +533,44 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     )
 
 
-RETIRE_PATIENCE = timedelta(days=1)  # a retirement a lease holds back longer is an ERROR (the alert)
+RETIRE_PATIENCE = timedelta(days=1)  # a retirement a lease holds back longer needs a person
+ALERT_WINDOW = timedelta(minutes=10)  # RECONCILE_SCHEDULE's default period: about one try a day falls in it
+
+
+def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: timedelta) -> None:
+    """A name a refused delete leaves listed (``age``: since it was listed). An ERROR (the alert) when a person must
+    act (a hold, a policy, a missing permission; a lease past RETIRE_PATIENCE), on its first try and then about once
+    a day (a try in each day's first ALERT_WINDOW), so a hold that lasts months alerts daily, not each run; else a
+    WARNING. The task keeps the older file beside its current one meanwhile."""
+    for_good = isinstance(refused, Misconfigured | Immutable)
+    if isinstance(refused, Immutable):
+        fix = f"the {refused.policy} on it is lifted"
+    elif for_good:
+        fix = "the receiver's identity may delete blobs there"
+    else:
+        held = (
+            f" (refused for over {RETIRE_PATIENCE.days} day(s): does it never lapse?)" if age > RETIRE_PATIENCE else ""
+        )
+        fix = f"the lease on it is broken or lapses{held}"
+    due = (for_good or age > RETIRE_PATIENCE) and age % timedelta(days=1) < ALERT_WINDOW
+    log.log(
+        logging.ERROR if due else logging.WARNING,
+        "could not retire %s of task %s in workspace %s (%s): it stays listed in the task record, beside the task's "
+        "current file, until %s; then run %s",
+        retirement.blob,
+        job.task_id,
+        job.workspace_id,
+        refused,
+        fix,
+        ops_command("check", "--repair", task=job.task_id, workspace=job.workspace_id),
+        extra={"receiver.taskId": job.task_id, "receiver.workspaceId": job.workspace_id},
+    )
 
 
 def _listed_since(record: TaskRecord | None, delivery: str) -> datetime | None:
     """When ``delivery`` stopped being current (its last step): about when its name was listed to retire."""
     item = record.find(delivery) if record is not None else None
-    return item.history[-1].at if item is not None and item.history else None
+    return item.last_changed if item is not None else None
 
 
 async def _effects(
@@ -569,41 +600,11 @@ async def _effects(
                 kept.add(effect.retirement.key)
             if not failed:
                 trace.retired.append(effect.retirement.blob)
-            elif isinstance(outcome, Misconfigured | Immutable):
-                # No retry deletes it until a person acts (a permission, a hold): the task keeps two files till then.
-                trace.deferred.append(f"{effect.retirement.blob}: {outcome}")
-                fix = (
-                    f"the {outcome.policy} on it is lifted"
-                    if isinstance(outcome, Immutable)
-                    else "the receiver's identity may delete blobs there"
-                )
-                log.error(
-                    "could not retire %s of task %s in workspace %s (%s): it stays listed in the task record, beside "
-                    "the task's current file, until %s (nothing to do before); then run %s",
-                    effect.retirement.blob,
-                    job.task_id,
-                    job.workspace_id,
-                    outcome,
-                    fix,
-                    ops_command("check", "--repair", task=job.task_id, workspace=job.workspace_id),
-                    extra={"receiver.taskId": job.task_id, "receiver.workspaceId": job.workspace_id},
-                )
             else:
                 trace.deferred.append(f"{effect.retirement.blob}: {outcome}")
-                # A lease lapses or is broken; one held past RETIRE_PATIENCE (an infinite lease) needs a person.
+                assert isinstance(outcome, StoreError)
                 since = _listed_since(seen.record, effect.retirement.delivery)
-                held = since is not None and now - since > RETIRE_PATIENCE
-                log.log(
-                    logging.ERROR if held else logging.WARNING,
-                    "could not retire %s of task %s in workspace %s %s (%s): left listed in the task record (%s)",
-                    effect.retirement.blob,
-                    job.task_id,
-                    job.workspace_id,
-                    f"for over {RETIRE_PATIENCE.days} day(s): does a lease on it never lapse?" if held else "yet",
-                    outcome,
-                    ops_command("check", "--repair", task=job.task_id, workspace=job.workspace_id),
-                    extra={"receiver.taskId": job.task_id, "receiver.workspaceId": job.workspace_id},
-                )
+                _unretired(job, effect.retirement, outcome, age=now - since if since is not None else timedelta(0))
         else:
             manifest_done = True
             if failed:
@@ -666,9 +667,9 @@ async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
         # The file stays as it is (a lease or policy refuses changing it), but it is not fenced: a lease can be
         # broken before a copy prepared over this version lands. Nothing is answered as settled meanwhile.
         raise Unavailable(
-            f"The file {fence.blob} is stored, but a {exc.policy} on the container refused the change that keeps an "
-            "older export's copy, which may still be on its way, from replacing it. Send the document again in about "
-            "ten minutes (or once the policy is lifted).",
+            f"The file {fence.blob} is stored, but a {exc.policy} on the storage refused the change that protects it "
+            f"from an older export's copy that may still be on its way. Send the document again in about ten minutes "
+            f"(or once the {exc.policy} is lifted) to confirm it.",
             code="fence-refused",
         ) from None
     return replace(seen, blob=replace(current, etag=written.etag), fence=False, watched=fence.blob, fenced=written.etag)
@@ -692,11 +693,14 @@ async def remove_manifest(storage: Storage, name: str, delivery: str, etag: str 
     except Conflict as exc:
         again = await storage.read(name)
         if again is not None and again.etag == there.etag:  # refused on the very version: a lease, not a change
-            raise Unavailable(
-                f"{name} could not be deleted ({exc.code or 'precondition failed'}: a lease on it?). It stays listed "
-                "to retire; break the lease, then run python -m ops check --repair on its task"
-            ) from None
+            raise Unavailable(f"{name} could not be deleted ({_leased(exc.code)})") from None
         return False
+
+
+def _leased(code: str | None) -> str:
+    """Why a delete was refused on the very version it named: a lease (its code says so, or nothing else can)."""
+    lease = "a lease another client holds on it." if code == "LeaseIdMissing" else "a lease on it?"
+    return f"{code or 'precondition failed'}: {lease} Whoever holds it breaks it, or it lapses"
 
 
 async def _delete_quietly(storage: Storage, name: str, etag: str) -> bool:
@@ -726,10 +730,7 @@ async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
                 return False  # a file listed before copyids: a copy made since is another copy
             if refused is not None and blob.etag == refused[0]:
                 # Refused, though it is the very version: not a change (a lease held on it). It stays listed.
-                raise Unavailable(
-                    f"{item.blob} could not be deleted ({refused[1] or 'precondition failed'}: a lease on it?). It "
-                    "stays listed to retire; break the lease, then run python -m ops check --repair on its task"
-                )
+                raise Unavailable(f"{item.blob} could not be deleted ({_leased(refused[1])})")
             etag = blob.etag
         try:
             return await storage.delete(item.blob, if_match=etag)

@@ -818,7 +818,8 @@ def _copies_may_land(
     states = (State.COPYING, State.SUPERSEDED, State.FAILED) if adopted else (State.COPYING, State.FAILED)
 
     def recent(found: Delivery | None) -> bool:
-        return since is None or found is None or not found.history or found.history[-1].at >= since
+        changed = found.last_changed if found is not None else None
+        return since is None or changed is None or changed >= since
 
     def may(item: Delivery) -> bool:
         landing = item.state in states or (cut_short and item.state is State.SUPERSEDED and _superseded_copying(item))

@@ -117,6 +117,11 @@ class Delivery(_Model):
     manifest: dict[str, Any] | None = None
     history: list[Step] = Field(default_factory=list)
 
+    @property
+    def last_changed(self) -> datetime | None:
+        """Its newest step's time (a step a command stamped earlier does not hide a later one)."""
+        return max((step.at for step in self.history), default=None)
+
 
 class Retirement(_Model):
     """A name whose file (and manifest) a newer export replaced: deleted If-Match, then dropped here."""

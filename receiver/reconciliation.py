@@ -323,9 +323,8 @@ def _summary(report: RunReport) -> str:
     if report.lost:
         text += (
             f"; {len(report.lost)} delivery(ies) have been copying for over {QUEUE_COVERAGE.total_seconds() / 60:.0f} "
-            f"minutes and their queue message (which holds the link) is lost or poisoned, e.g. task {report.lost[0]}: "
-            f"run {ops_command('find', task=report.lost[0])} (it says what to run next); python -m ops pending "
-            "lists them all"
+            "minutes and their queue message (which holds the link) is lost or poisoned: python -m ops pending names "
+            "each, with the command that tells its story and what to run next"
         )
     return text
 

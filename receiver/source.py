@@ -232,16 +232,23 @@ def printable_id(value: str) -> bool:
 
 
 def redact_keeping(text: str, kept: list[str]) -> str:
-    """:func:`redact` on ``text``, the ``kept`` texts in it (printable ids) left whole: set aside while it runs."""
+    """:func:`redact` on ``text``, the ``kept`` texts in it (printable ids) left whole where each stands as a whole
+    word (after a space, quote, ``=`` or ``(``; before a space, quote or punctuation): set aside while it runs.
+    Inside another word (an id ``sig`` in ``&sig=…``) it is not kept; nor is anything when the result would still
+    hold a signature or a key."""
     aside: dict[str, str] = {}
+    marked = text
     for number, value in enumerate(sorted(kept, key=len, reverse=True)):  # the longest first: one may hold another
-        if value and value in text:
+        if value and value in marked:
             mark = f"\x00{number}\x00"
-            text, aside[mark] = text.replace(value, mark), value
-    text = redact(text)
+            word = re.compile(rf"(?<![^\s'\"=(]){re.escape(value)}(?![^\s'\",;:)])")
+            marked, count = word.subn(mark, marked)
+            if count:
+                aside[mark] = value
+    result = redact(marked)
     for mark, value in aside.items():
-        text = text.replace(mark, value)
-    return text
+        result = result.replace(mark, value)
+    return redact(text) if aside and (holds_signature(result) or holds_key(result)) else result
 
 
 def holds_signature(text: str) -> bool:

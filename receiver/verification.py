@@ -118,25 +118,33 @@ def read_message(data: bytes) -> Message | Reference | None:
     try:
         blob = document.get("blob") if isinstance(document.get("blob"), str) else None
         if document.get("v") == 2 and isinstance(document.get("body"), str):
-            received = datetime.fromisoformat(str(document["receivedAt"]))
+            received = _aware(document["receivedAt"])
             return Message(document["body"].encode("utf-8"), received, blob)
         if document.get("v") == 2 and all(
             isinstance(document.get(key), str) for key in ("url", "workspaceId", "taskId", "delivery")
         ):
-            received = datetime.fromisoformat(str(document["receivedAt"]))
+            received = _aware(document["receivedAt"])
             return Reference(
                 document["url"], document["workspaceId"], document["taskId"], document["delivery"], received, blob
             )
         if all(isinstance(document.get(key), str | dict) for key in _EARLIER_RELEASE_KEYS):
             manifest = dict(document["manifest"])
-            received = datetime.fromisoformat(str(manifest.get("receivedAt", "")).replace("Z", "+00:00"))
+            received = _aware(str(manifest.get("receivedAt", "")).replace("Z", "+00:00"))
             # The manifest's payload fields; its link (without the query) gives way to the message's own.
             fields = {key: value for key, value in manifest.items() if key in FIELDS}
             fields["exportedFileUrl"] = document["sourceUrl"]
             return Message(json.dumps(fields).encode("utf-8"), received)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, KeyError):
         return None
     return None
+
+
+def _aware(value: Any) -> datetime:
+    """A message's time: ISO 8601 with its offset (the receiver writes no other); else ValueError (unreadable)."""
+    found = datetime.fromisoformat(str(value))
+    if found.tzinfo is None:
+        raise ValueError(f"{value} has no UTC offset")
+    return found
 
 
 async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_count: int = 1) -> str:

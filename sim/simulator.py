@@ -158,6 +158,7 @@ class Actor:
     done: bool = False
     crashed: bool = False
     answer: str | None = None
+    error: str | None = None  # a webhook's answer's `error` code
     wrote: set[str] = field(default_factory=set)  # names this actor's copies or commits changed
     message: tuple[str, int, int] | None = None  # the queue message it runs (text, dequeue count, identity)
 
@@ -643,6 +644,7 @@ class Simulation:
             outcome = await handle_delivery(export.body, JSON, runtime=self.runtime(config), now=self.clock())
             status = str(outcome.body.get("status"))
             actor.answer = f"{outcome.status_code} {status}"
+            actor.error = outcome.body.get("error")
             export.answers.append(actor.answer)
             if outcome.verification is not None:
                 self.enqueue(outcome.verification, 1, export)
@@ -1048,6 +1050,13 @@ class Simulation:
             return item
         return None
 
+    def _held_after(self, actor: Actor) -> bool:
+        """Was a container policy placed after ``actor`` started (it asked before)?"""
+        lines = iter(self.trace)
+        started = any(line.actor == actor.label and line.op == "start" for line in lines)
+        placed = ("container legal hold", "container retention policy")
+        return started and any(line.actor == "policy" and line.op in placed for line in lines)
+
     def _orphan(self, task: tuple[str, str], name: str, metadata: Any, record: TaskRecord | None) -> None:
         delivery = dict(metadata).get("delivery", "")
         export = self.by_delivery[delivery]
@@ -1064,16 +1073,18 @@ class Simulation:
         if not tracked and crashed:
             self.orphans_explained.append(f"{name} ({export.label}, {crashed[0].label} stopped after its copy)")
             return
-        # A container policy placed since its driver asked let its copy land, then refused its record: the 409
-        # (or the queue function's failure) names that file, which nothing may remove while the policy lasts
-        # (docs/reference.md, "Destination accounts").
+        # A container policy placed after its driver started let its copy land, then refused its record: the 409
+        # `immutable` (the queue function: `failed`, its ERROR) names that file, which nothing may remove while the
+        # policy lasts (docs/reference.md, "Destination accounts").
         refused = [
             actor
             for actor in self.actors
-            if actor.export is export and actor.answer in ("409 failed", "failed") and name in actor.wrote
+            if actor.export is export
+            and (actor.error == "immutable" or (actor.kind == "queue" and actor.answer == "failed"))
+            and name in actor.wrote
+            and self._held_after(actor)
         ]
-        held = any(line.actor == "policy" and line.op.startswith("container") for line in self.trace)
-        if not tracked and refused and held:
+        if not tracked and refused:
             self.orphans_explained.append(f"{name} ({export.label}, {refused[0].label}: a policy refused its record)")
             return
         state = record.find(delivery) if record is not None else None

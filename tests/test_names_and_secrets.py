@@ -285,3 +285,15 @@ async def test_a_display_name_with_a_question_mark_and_a_link_is_kept_whole_in_t
     manifest = json.loads(destination.get_blob_client(f"{name_of(response.body)}.json").download_blob().readall())
     kept = {k: manifest.get(k) for k in ("displayName", "lastCheckoutByUserName", "comment")}
     assert kept == {k: payload[k] for k in kept}, kept
+
+
+def test_an_id_kept_whole_in_a_record_never_shields_a_secret_around_it() -> None:
+    """A record's own ids stay whole in its reason (a command there must find the task), but only where each stands
+    as a word: an id that is part of a signature or of a URL (`sig`, `://`) leaves it to be redacted."""
+    from receiver.source import redact_keeping
+
+    command = "run python -m ops find --task 'ref://erp/doc?id=7' --workspace ws-1"
+    assert redact_keeping(command, ["ref://erp/doc?id=7", "ws-1"]) == command
+    for kept in (["sig"], ["://"], ["https"], ["sig", "://"], ["sig=SECRETSIG"]):
+        text = f"copy from https://exports.blob.core.windows.net/c/f.pdf?sv=1&sig=SECRETSIG failed; task {kept[0]}"
+        assert "SECRETSIG" not in redact_keeping(text, kept), kept

@@ -137,7 +137,7 @@ async def test_a_copy_its_queue_message_can_still_finish_is_reported_waiting(
     report = await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC) + timedelta(hours=2))
     assert report.lost == [payload["taskId"]], report
     [error] = errors(caplog)
-    assert "python -m ops find --task" in error.getMessage()
+    assert "python -m ops pending names each" in error.getMessage()
 
 
 async def test_a_name_listed_to_retire_is_deleted_with_its_manifest(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -1139,6 +1140,45 @@ async def test_a_duplicate_under_a_container_policy_is_not_confirmed_while_an_ol
     sim.sources.remove(e2.source_name)
     await sim.finish()
     ok(sim)
+
+
+@pytest.mark.parametrize("policy", ["legal hold", "retention policy"])
+async def test_an_operators_note_stamped_earlier_never_dates_a_delivery_past_the_time_its_driver_may_live(
+    policy: str,
+) -> None:
+    """`replay-poison` stamps its notes with the time it started; a long run writes one after e1 was superseded
+    while copying (its commit over e2's version held), dated earlier than that and more than DRIVER_LIFETIME ago.
+    Under a policy refusing e2's fence, e2's duplicate is still answered 503 (e1 changed just now), never 200 with
+    e1's commit then replacing the file once the policy is lifted."""
+    from ops.commands import _note_replayed
+    from ops.queues import Parsed
+
+    sim = Simulation(STAGED_202)
+    started = sim.clock()
+    sim.clock.advance(timedelta(minutes=10, seconds=30))
+    e1, e2, q1, q2 = await two_given_up_then_the_older_prepared_over_the_newer(sim)
+    while (
+        (record := sim.record()) is None
+        or (entry := record.find(e2.delivery)) is None
+        or entry.state is not (State.STORED)
+    ):
+        await sim.grant(calls_of(sim, q2)[0])
+    parsed = Parsed(None, task_id="task-1", workspace_id="ws-1", delivery=e1.delivery, expires_on=None)  # type: ignore[arg-type]
+
+    async def replay(actor: Any) -> None:
+        await _note_replayed(sim.gate, parsed, "replay-poison: foreseen", started)
+
+    await sim.run_actor(sim._start("operator", "replay-poison", replay))
+    sim.store.policy = policy
+    await sim.run_actor(q2)
+    retry = sim.post(e2)
+    await sim.run_actor(retry)
+    assert retry.answer == "503 failed", retry.answer
+    sim.store.policy = None
+    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
+    await sim.finish()  # e2's message, tried again, puts e2 back (it was never answered 200 over e1's copy)
+    ok(sim)
+    assert sim.files()[A_NAME] == e2.data, "e1's copy is left as the current file"
 
 
 async def test_a_delivery_moved_by_a_template_change_is_fenced_off_at_the_earlier_name_its_commit_targets() -> None:

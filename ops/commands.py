@@ -230,10 +230,10 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     verdicts = {verdict for verdict, _ in found.verdicts.values()}
     if found.foreseen.action in ("adopt", "expire", "retire", "repair"):
         found.problems.append(f"the reconciliation has work here: {found.foreseen.action} ({found.foreseen.why})")
-        if policy is not None and found.foreseen.action == "retire":  # every delete of those names is refused
+        if policy is not None:  # every write the repair needs (a delete, the record) is refused while it lasts
             found.next.append(
-                f"nothing to do while the container's {policy} lasts (it refuses deleting those names); once it is "
-                f"lifted: python -m ops check {args} --repair"
+                f"nothing to do while the container's {policy} lasts (it refuses what the repair writes); once it "
+                f"is lifted: python -m ops check {args} --repair"
             )
         else:  # (it says why a name is not retired: a lease, a hold on it, a missing delete permission)
             found.next.append(f"python -m ops check {args} --repair (it names what refuses a delete, if anything)")
@@ -609,8 +609,9 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
     repaired: dict[str, Any] = {"arrows": trace.arrows, "retired": trace.retired, "answer": answer.kind}
     repaired.update(notRetired=trace.deferred, stopped=stopped)
     data["repaired"] = repaired
-    if trace.deferred:  # running it again changes nothing until what refused those deletes is gone
+    if trace.deferred or stopped is not None:  # running it again changes nothing until what refused it is gone
         after.next = [step for step in after.next if "--repair" not in step]
+    if trace.deferred:
         after.next.append(
             "the names not retired stay listed until what refused them is gone (a lease broken or expired, a hold or "
             "policy lifted, the delete permission granted: named above); then run this again (the reconciliation "

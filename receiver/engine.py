@@ -99,6 +99,7 @@ class Job:
     deadline: float | None = None  # ``clock`` time after which staging stops (the webhook's answer)
     clock: Clock = time.monotonic
     block_bytes: int = BLOCK_BYTES
+    alert_window: timedelta = timedelta(minutes=10)  # the reconciliation's period: one of its tries a day falls in it
 
 
 @dataclass
@@ -534,14 +535,13 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
 
 
 RETIRE_PATIENCE = timedelta(days=1)  # a retirement a lease holds back longer needs a person
-ALERT_WINDOW = timedelta(minutes=10)  # RECONCILE_SCHEDULE's default period: about one try a day falls in it
 
 
 def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: timedelta) -> None:
     """A name a refused delete leaves listed (``age``: since it was listed). An ERROR (the alert) when a person must
     act (a hold, a policy, a missing permission; a lease past RETIRE_PATIENCE), on its first try and then about once
-    a day (a try in each day's first ALERT_WINDOW), so a hold that lasts months alerts daily, not each run; else a
-    WARNING. The task keeps the older file beside its current one meanwhile."""
+    a day (the try in each day's first ``job.alert_window``: the reconciliation's period), so a hold that lasts
+    months alerts daily, not each run; else a WARNING. The task keeps the older file beside its current one."""
     for_good = isinstance(refused, Misconfigured | Immutable)
     if isinstance(refused, Immutable):
         fix = f"the {refused.policy} on it is lifted"
@@ -552,7 +552,7 @@ def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: ti
             f" (refused for over {RETIRE_PATIENCE.days} day(s): does it never lapse?)" if age > RETIRE_PATIENCE else ""
         )
         fix = f"the lease on it is broken or lapses{held}"
-    due = (for_good or age > RETIRE_PATIENCE) and age % timedelta(days=1) < ALERT_WINDOW
+    due = (for_good or age > RETIRE_PATIENCE) and age % timedelta(days=1) < job.alert_window
     log.log(
         logging.ERROR if due else logging.WARNING,
         "could not retire %s of task %s in workspace %s (%s): it stays listed in the task record, beside the task's "

@@ -696,8 +696,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # refused before a byte is written. A staged copy needs its record changed after it: refused too.
         if not seen.record_read or blob == UNSEEN:
             return Observe()
-        replaces = record is not None and record.current is not None
-        if replaces or seen.large or isinstance(blob, Blob):
+        # A record that exists must be overwritten to name this delivery (refused), current file or not.
+        if record is not None or seen.large or isinstance(blob, Blob):
             return Answer("failed", 409, "immutable", error="immutable", reason=seen.locked)
     # Accepted at this very name: one accepted under an earlier template is accepted again here first, so
     # a delivery at this name that is stored meanwhile sees it in the record (and fences its file).

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import unquote
 
-from .attention import AttentionReport, Watch, after_run
+from .attention import AttentionReport, Watch, after_run, stale_after
 from .engine import Job, run
 from .machine import Sweep
 from .migration import MigrationReport, migrate
@@ -204,6 +204,7 @@ async def _work(
     storage = runtime.store()
     await _migrate(storage, now, report)
     after = timedelta(minutes=settings.reconcile_after_minutes)
+    period = (stale_after(settings.reconcile_schedule) - timedelta(minutes=5)) / 2  # its runs' interval
     watch = Watch(now)  # what the listing shows for `ops pending` and `ops failed` (receiver/attention.py)
     found: list[Candidate] = []
     bare: list[str] = []
@@ -242,6 +243,7 @@ async def _work(
                     workspace_id=item.workspace_id,
                     task_id=item.task_id,
                     write_manifest=settings.write_manifest,
+                    alert_window=period,
                 )
                 answer, trace = await run(storage, job, now=now, wall=runtime.clock)
                 record.outcome, record.arrows = answer.arrow, ",".join(trace.arrows)

@@ -1523,3 +1523,38 @@ async def test_a_message_whose_time_is_missing_or_naive_is_unreadable_to_both_an
     assert [entry["action"] for entry in dry.json()["messages"]] == ["would-leave"], dry.out
     dropped = await ops("replay-poison", "--drop-unreadable")
     assert dropped.code == OK and not ops.poison.visible and not ops.queue.visible, dropped.out
+
+
+async def test_a_refused_retirement_alerts_once_a_day_whatever_the_reconciliations_schedule(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RECONCILE_SCHEDULE hourly, the name listed half an hour before a run: the daily ERROR falls on one run a
+    day (the window is the schedule's period), never on none and never on all."""
+    ops = Ops()
+    hourly = ops.world.settings.model_copy(update={"reconcile_schedule": "0 0 * * * *"})
+    ops.world.settings = hourly
+    ops.world.runtime.use(ops.world.storage, hourly)
+    await stored(ops)
+    ops.world.faults.make_immutable("ws-1/task-1/invoice.pdf", legal_hold=True)
+    await stored(ops, name="renamed.pdf")
+    caplog.set_level(logging.WARNING, logger="receiver.engine")
+    ops.world.clock.advance(timedelta(minutes=30))
+    errors = 0
+    for _ in range(24 * 3):
+        caplog.clear()
+        await ops.reconcile()
+        errors += sum(1 for r in caplog.records if r.levelno == logging.ERROR and "could not retire" in r.getMessage())
+        ops.world.clock.advance(timedelta(hours=1))
+    assert errors == 3, errors
+
+
+async def test_under_a_known_container_policy_a_renamed_export_of_a_task_still_copying_leaves_nothing() -> None:
+    """The task's record exists (its first export still copying) and a legal hold is on the container: a renamed
+    export would have to change that record, which the hold refuses: 409 before anything is copied."""
+    ops = Ops()
+    await ops.accept(ops.world.export("task-1"))
+    ops.world.storage.policy = "legal hold"
+    answer = await ops.world.post(ops.world.export("task-1", "renamed.pdf"))
+    assert answer.status_code == 409 and answer.body["error"] == "immutable", answer.body
+    assert "ws-1/task-1/renamed.pdf" not in ops.world.files()
+    assert ops.world.manifest("ws-1/task-1/renamed.pdf") is None

@@ -1073,16 +1073,16 @@ class Simulation:
         if not tracked and crashed:
             self.orphans_explained.append(f"{name} ({export.label}, {crashed[0].label} stopped after its copy)")
             return
-        # A container policy placed after its driver started let its copy land, then refused its record: the 409
-        # `immutable` (the queue function: `failed`, its ERROR) names that file, which nothing may remove while the
-        # policy lasts (docs/reference.md, "Destination accounts").
+        # A container policy refused its record after its copy landed (placed after its driver asked, or another
+        # first export of the task recorded meanwhile): the 409 `immutable` names that file, which nothing may
+        # remove while the policy lasts (the queue function: a try that ends so, with a hold placed after it
+        # started). docs/reference.md, "Destination accounts".
         refused = [
             actor
             for actor in self.actors
             if actor.export is export
-            and (actor.error == "immutable" or (actor.kind == "queue" and actor.answer == "failed"))
             and name in actor.wrote
-            and self._held_after(actor)
+            and (actor.error == "immutable" or (actor.kind == "queue" and self._held_after(actor)))
         ]
         if not tracked and refused:
             self.orphans_explained.append(f"{name} ({export.label}, {refused[0].label}: a policy refused its record)")

@@ -232,8 +232,8 @@ duplicate | stored | stored | webhook, verifier |
     the same delivery again while it is current and its file holds it: nothing is written but the removal of a
     copy of it this request left under today's name (listed to retire first when its answer was lost), and a
     fence when another delivery copying (or failed, or superseded while copying) at that name may still commit
-    over the file (a container policy refusing it: 503, while that delivery changed within DRIVER_LIFETIME); one
-    current under an earlier template's name is then decided there, from its file at that name
+    over the file (only while that delivery changed within DRIVER_LIFETIME: no driver of it sends later; a policy
+    refusing the fence: 503); one current under an earlier template's name is then decided there, from its file
 restored | stored, failed | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone or held an older export: the copy (a large
     file: the staged commit) put it back; the current delivery is never accepted again as `copying`. Also its own
@@ -604,10 +604,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             # A 2xx for the file as it is: a copy another delivery at this name prepared over this version (its
             # driver alive, its view older) could still replace it, so it is fenced first (the fence after the
             # record, by the driver that stored it, may have failed: seed 11617866). That record superseded the
-            # ones still copying there, whose drivers may still be sending (seed 100187129). Under a container policy
-            # too while such a driver may be alive: the fence is then refused (503), as the policy may be lifted
-            # before its copy lands; after DRIVER_LIFETIME none is, and the policy refuses any later overwrite.
-            alive = now - DRIVER_LIFETIME if seen.locked else None
+            # ones still copying there, whose drivers may still be sending (seed 100187129): only while such a driver
+            # may be alive (DRIVER_LIFETIME). A policy on the file or the container that refuses the fence: 503, as it
+            # may be lifted before such a copy lands.
+            alive = now - DRIVER_LIFETIME
             may_land = _copies_may_land(base, notice.blob, notice.delivery, adopted=False, cut_short=True, since=alive)
             if may_land and seen.fenced is None:
                 return Apply((Fence(notice.blob, notice.delivery),), "duplicate")

@@ -77,3 +77,23 @@ async def test_under_a_legal_hold_a_duplicate_right_after_a_failed_re_export_say
     world.clock.advance(timedelta(minutes=10))
     later = await world.post(current)
     assert (later.status_code, later.body["status"]) == (200, "duplicate"), later.body
+
+
+async def test_under_a_hold_on_the_file_itself_a_duplicate_waits_only_while_an_older_driver_may_live() -> None:
+    """A hold on the current file (version-level immutability: the container reports no policy) refuses its fence.
+    Right after a failed re-export at its name the duplicate is 503 naming the hold, with no queue message (nothing
+    to finish); once no driver of that export can be sending (DRIVER_LIFETIME), it is 200 without a fence."""
+    world = World.make()
+    current = world.export(expires_in=timedelta(days=7))
+    assert (await world.post(current)).status_code == 200
+    failing = world.export()
+    world.sources.remove("ws-1/task-1/export-2.pdf")
+    assert (await world.post(failing)).status_code == 502
+    world.faults.make_immutable("ws-1/task-1/invoice.pdf", legal_hold=True)
+    world.clock.advance(timedelta(minutes=1))
+    soon = await world.post(current)
+    assert soon.status_code == 503 and "legal hold" in soon.body["message"], soon.body
+    assert soon.verification is None
+    world.clock.advance(timedelta(days=1))
+    later = await world.post(current)
+    assert (later.status_code, later.body["status"]) == (200, "duplicate"), later.body

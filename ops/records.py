@@ -308,14 +308,20 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
         try:
             answer, _ = await run(imagined, job, now=now, trace=trace)
         except Immutable as exc:
-            refused = Answer("failed", 409, "immutable", error="immutable")
-            return Foreseen(
-                refused, "fail", f"immutable: the delivery fails for good. {refused_by(exc.policy, exc.copied)}"
-            )
+            refused = Answer("failed", 409, "immutable", error="immutable", reason=exc.policy)
+            return Foreseen(refused, "blocked", _held(exc.policy, exc.copied))
         except StoreError as exc:
             ended = Answer("failed", 503, "unavailable", error="storage-unavailable")
             return Foreseen(ended, "finish", f"its try ends with {exc.message} (tried again){_steps(trace, imagined)}")
-    return _arrival_words(answer, queue_outcome(answer, plan.source.expires_on, now), trace, imagined)
+    outcome = queue_outcome(answer, plan.source.expires_on, now, recorded=trace.changes)
+    return _arrival_words(answer, outcome, trace, imagined)
+
+
+def _held(policy: str, copied: str | None) -> str:
+    return (
+        f"{refused_by(policy, copied)} Moved back now, its message would only be poisoned again: replay it once the "
+        f"{policy} is lifted (the delivery stays copying in its record meanwhile)"
+    )
 
 
 def _steps(trace: Trace, imagined: Imagined) -> str:
@@ -345,6 +351,8 @@ def _arrival_words(answer: Answer, outcome: str, trace: Trace, imagined: Imagine
     if outcome == "stored":
         how = "recorded as stored" if trace.copy_sent else "the file already holds it: recorded as stored"
         return Foreseen(answer, "finish", f"{how}{name} (if its source can still be read){steps}")
+    if answer.error == "immutable":  # nothing recorded: tried again until the policy is lifted
+        return Foreseen(answer, "blocked", _held(answer.reason or "retention policy", None) + steps)
     if answer.arrow == "behind":
         why = "a newer export is still copying: it waits (superseded once that is stored, copied again if it fails)"
         return Foreseen(answer, "finish", why + steps)

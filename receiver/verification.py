@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -195,16 +196,17 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             job = arrival_job(plan, settings, by="verifier", patient=True, large=large, deadline=None)
             answer, trace = await run(storage, job, now=now, wall=runtime.clock)
         except Immutable as exc:
-            # A policy refuses even the record's own update: nothing will ever finish it, so no retry.
-            record.outcome, record.final_failure = "immutable", True
-            record.reason = f"immutable: the delivery failed for good. {refused_by(exc.policy, exc.copied)}"
-            return "failed"
+            # A policy refused a write the delivery needs (its record too): nothing failed it, and a hold is lifted
+            # some day. Tried again; poisoned after the last try, to be replayed once the policy is lifted.
+            record.outcome, record.final_failure = "immutable", last_try
+            record.reason = _held(plan.task_id, refused_by(exc.policy, exc.copied), last_try=last_try)
+            raise CopyStillRunning(f"task={plan.task_id}: {exc.policy}") from None
         except Exception as exc:
             _failed_try(record, plan.task_id, exc, last_try=last_try)
             raise
         record.outcome, record.arrows = answer.arrow, ",".join(trace.arrows)
         record.copy_mode = trace.mode
-        result = queue_outcome(answer, plan.source.expires_on, now)
+        result = queue_outcome(answer, plan.source.expires_on, now, recorded=trace.changes)
         if result in ("stored", "duplicate", "superseded"):
             return result
         if result == "failed":
@@ -221,6 +223,10 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
         if result == "waiting":
             record.reason = "its link expired while it waited behind a newer export; the reconciliation decides it"
             return "waiting"
+        if answer.error == "immutable":  # refused before anything was written or recorded: a hold is lifted some day
+            record.final_failure = last_try
+            record.reason = _held(plan.task_id, refused_by(answer.reason or "retention policy"), last_try=last_try)
+            raise CopyStillRunning(f"task={plan.task_id}: {answer.reason}")
         if trace.effect_failed is not None:  # its arrow says stored or duplicate: say what is still missing
             record.reason = (
                 f"the file is stored; its manifest could not be written yet ({trace.effect_failed.message}): "
@@ -232,11 +238,15 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
         raise CopyStillRunning(f"task={plan.task_id} not finished yet ({answer.arrow})")
 
 
-def queue_outcome(answer: Answer, link_expires_on: datetime, now: datetime) -> str:
+def queue_outcome(answer: Answer, link_expires_on: datetime, now: datetime, *, recorded: Sequence[str] = ()) -> str:
     """What the queue function makes of the engine's answer: ``stored``, ``duplicate``, ``superseded`` (done),
-    ``failed`` (for good), ``waiting`` (ended: the reconciliation decides it) or ``retry`` (the host tries again)."""
+    ``failed`` (for good), ``waiting`` (ended: the reconciliation decides it) or ``retry`` (the host tries again).
+    ``recorded``: the arrows of the record changes the run made. A policy's refusal that recorded nothing is
+    tried again (the delivery stays `copying`: a 202 promised it, and a hold is lifted some day)."""
     if answer.kind in ("stored", "duplicate", "superseded"):
         return answer.kind
+    if answer.error == "immutable" and answer.arrow not in recorded:
+        return "retry"
     if answer.kind == "failed" and answer.status in (409, 410, 502):
         return "failed"
     if answer.arrow == "behind" and link_expires_on <= now:
@@ -265,6 +275,12 @@ def _failed_try(record: Record, task_id: str, exc: Exception, *, last_try: bool)
         )
     elif named:
         record.reason = str(exc)
+
+
+def _held(task_id: str, refused: str, *, last_try: bool) -> str:
+    if last_try:
+        return _poisoned(task_id, f"a policy still refuses what the delivery needs ({refused})")
+    return f"{refused} The delivery stays copying in its task record: the queue function tries again."
 
 
 def _poisoned(task_id: str, why: str) -> str:

@@ -868,15 +868,25 @@ async def test_the_queue_function_refused_by_a_hold_after_its_copy_landed_names_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The queue function drives a renamed export; a hold placed meanwhile lets its copy land and refuses its
-    record: its ERROR names the copy that stays (not "this export was not stored")."""
+    record: its try names the copy that stays (not "this export was not stored") and is tried again (a hold is
+    lifted some day: nothing failed the delivery); its last try is the ERROR that names the poison queue."""
+    from receiver.verification import MAX_DEQUEUE_COUNT, CopyStillRunning
+
     payload = notification(exports.publish(b"%PDF-1.4 first"), displayName="A.pdf")
     assert (await webhook.post(payload)).status == 200
     proxied.immutable("BlobImmutableDueToLegalHold")
     renamed = {**payload, "displayName": "B.pdf", "exportedFileUrl": exports.publish(b"%PDF-1.4 b")}
-    await run_verifier(message(json.dumps(renamed).encode(), datetime.now(UTC)))
+    text = message(json.dumps(renamed).encode(), datetime.now(UTC))
+    with pytest.raises(CopyStillRunning):
+        await run_verifier(text)
     landed = next(name for name in stored_blobs(destination) if name.endswith("B.pdf"))
-    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "immutable" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "immutable" in r.getMessage()]
     assert any(f"copied to {landed}" in line for line in said), said
+    caplog.clear()
+    with pytest.raises(CopyStillRunning):
+        await run_verifier(text, dequeue_count=MAX_DEQUEUE_COUNT)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "legal hold" in r.getMessage()]
+    assert any("poison" in line and "replay-poison" in line for line in said), said
 
 
 async def test_a_task_record_a_lifecycle_rule_archived_is_a_500_naming_it_and_the_copy_made_meanwhile(

@@ -1246,3 +1246,27 @@ async def test_a_second_template_change_keeps_the_first_name_fenced_after_the_re
     assert sim.files()[A_NAME] == e2.data, "e1's held commit at its first name replaced e2's file answered 2xx"
     await sim.finish()
     ok(sim)
+
+
+@pytest.mark.parametrize("name", ["A", "B"])
+async def test_a_202_whose_queue_try_a_short_hold_refuses_is_stored_once_the_hold_is_lifted(name: str) -> None:
+    """A re-export answered 202 (staged); a legal hold placed during its queue function's try refuses what it needs.
+    Nothing failed it: the message is tried again (never consumed as failed), and once the hold is lifted the
+    next try stores it, as the 202 promised."""
+    sim = Simulation()
+    await sim.run_actor(sim.post(sim.export("A")))
+    later = sim.export(name)
+    staged = sim.post(later, config=STAGED_202)
+    await sim.run_actor(staged)
+    assert staged.answer == "202 copying", staged.answer
+    sim.store.policy = "legal hold"
+    refused = sim.run_message(0, config=STAGED_202)
+    await sim.run_actor(refused)
+    assert refused.answer == "still-running" and len(sim.queue) == 1, (refused.answer, sim.queue)
+    sim.store.policy = None
+    again = sim.run_message(0, config=STAGED_202)
+    await sim.run_actor(again)
+    assert again.answer == "stored", again.answer
+    await sim.finish()
+    ok(sim)
+    assert later.data in sim.files().values()

@@ -144,19 +144,27 @@ async def test_a_final_verification_failure_is_one_error_record_and_an_error_spa
     payload = {**first, "exportedFileUrl": exports.publish(b"%PDF-1.4 second")}
     response = await webhook.post(payload)
     assert response.status == 202 and response.verification, response.body
-    # A retention policy is put on the container before the queue function commits it: final.
-    proxied.immutable()
-    caplog.clear()
+    # A retention policy is put on the container before the queue function commits it: each try is refused and
+    # tried again (a WARNING: the delivery stays copying, a policy is lifted some day); the last one is final.
+    from receiver.verification import MAX_DEQUEUE_COUNT, CopyStillRunning
 
+    proxied.immutable()
     function = FUNCTIONS["verify_pending_copy"].get_user_function()
-    await function(QueueMessage(id="m", body=response.verification.encode(), dequeue_count=1))  # type: ignore[no-untyped-call]
+    caplog.clear()
+    with pytest.raises(CopyStillRunning):
+        await function(QueueMessage(id="m", body=response.verification.encode(), dequeue_count=1))  # type: ignore[no-untyped-call]
+    assert [r.levelno for r in caplog.records if r.name == "receiver"] == [logging.WARNING]
+    caplog.clear()
+    SPANS.clear()
+    with pytest.raises(CopyStillRunning):
+        await function(QueueMessage(id="m", body=response.verification.encode(), dequeue_count=MAX_DEQUEUE_COUNT))  # type: ignore[no-untyped-call]
 
     [span] = spans("receiver.verification")
     assert span.status.status_code == trace.StatusCode.ERROR
     assert dict(span.attributes or {})["receiver.outcome"] == "immutable"
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and fields(errors[0]).get("taskId") == payload["taskId"]
-    assert "failed for good" in errors[0].getMessage() and "immutable" in errors[0].getMessage()
+    assert "retention policy" in errors[0].getMessage() and "replay-poison" in errors[0].getMessage()
     assert outcome_counts()[("verification", "immutable")] >= 1
 
 

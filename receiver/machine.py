@@ -233,7 +233,8 @@ duplicate | stored | stored | webhook, verifier |
     copy of it this request left under today's name (listed to retire first when its answer was lost), and a
     fence when another delivery copying (or failed, or superseded while copying) at that name may still commit
     over the file (only while that delivery changed within DRIVER_LIFETIME: no driver of it sends later; a policy
-    refusing the fence: 503); one current under an earlier template's name is then decided there, from its file
+    refusing the fence, or its manifest's rewrite: 503); one current under an earlier template's name is then
+    decided there, from its file
 restored | stored, failed | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone or held an older export: the copy (a large
     file: the staged commit) put it back; the current delivery is never accepted again as `copying`. Also its own
@@ -598,8 +599,13 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             if seen.manifest == UNSEEN and not seen.manifest_done:
                 return Observe(manifest=True)
             described = isinstance(seen.manifest, Blob) and seen.manifest.delivery == notice.delivery
-            # Under a container policy only a missing one can be written (a create; an overwrite is refused).
-            if not described and not seen.manifest_done and not (seen.locked and seen.manifest is not None):
+            # Under a container policy only a missing one can be written (a create; an overwrite is refused): one
+            # that describes another delivery stays so until the policy is lifted, and nothing is confirmed before.
+            if not described and not seen.manifest_done and seen.locked is not None and seen.manifest is not None:
+                return Answer(
+                    "failed", 503, "duplicate", error="storage-unavailable", reason=_manifest_held(notice, seen.locked)
+                )
+            if not described and not seen.manifest_done:
                 return Apply((WriteManifest(notice.blob, notice.delivery, notice.manifest),), "duplicate")
             # A 2xx for the file as it is: a copy another delivery at this name prepared over this version (its
             # driver alive, its view older) could still replace it, so it is fenced first (the fence after the
@@ -795,6 +801,13 @@ def _stale(record: TaskRecord, entry: Delivery, blob: Blob | Unseen | None, now:
         modified = blob.last_modified or blob.created
         return modified is None or now - modified >= IN_FLIGHT
     return record.index(holder.delivery) < record.index(entry.delivery)
+
+
+def _manifest_held(notice: Notice, policy: str) -> str:
+    return (
+        f"The file {notice.blob} is stored, but a {policy} on the storage refuses rewriting its manifest, which "
+        f"describes an earlier export. Send the document again once the {policy} is lifted to confirm it."
+    )
 
 
 def _copies_may_land(

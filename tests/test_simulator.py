@@ -1270,3 +1270,32 @@ async def test_a_202_whose_queue_try_a_short_hold_refuses_is_stored_once_the_hol
     await sim.finish()
     ok(sim)
     assert later.data in sim.files().values()
+
+
+@pytest.mark.parametrize("policy", ["legal hold", "retention policy"])
+async def test_a_manifest_a_hold_keeps_describing_the_replaced_export_is_never_confirmed_until_it_is_rewritten(
+    policy: str,
+) -> None:
+    """e2 replaces e1 at A, its manifest write failing (503: the queue function writes it). A hold then refuses
+    overwriting the manifest: e2's queue message is tried again (not answered duplicate and consumed), and once
+    the hold is lifted it writes the manifest, so no manifest is left describing e1 beside e2's file."""
+    sim = Simulation()
+    await sim.run_actor(sim.post(sim.export("A")))
+    e2 = sim.export("A")
+    sim.faults.rule("before", "put", A_NAME + ".json", 1000)
+    first = sim.post(e2)
+    await sim.run_actor(first)
+    assert first.answer == "503 failed" and len(sim.queue) == 1, (first.answer, sim.queue)
+    sim.faults.rules.clear()
+    sim.store.policy = policy
+    held = sim.run_message(0)
+    await sim.run_actor(held)
+    assert held.answer == "still-running" and len(sim.queue) == 1, held.answer
+    retry = sim.post(e2)
+    await sim.run_actor(retry)
+    assert retry.answer == "503 failed", retry.answer  # stored, but not confirmed while its manifest is stale
+    sim.store.policy = None
+    await sim.finish()
+    ok(sim)
+    manifest = sim.manifest(A_NAME)
+    assert sim.files()[A_NAME] == e2.data and manifest is not None and manifest["delivery"] == e2.delivery, manifest

@@ -877,7 +877,7 @@ class Simulation:
             self.fail("I2", f"{who} deleted {name}, the last file of {export.label}, answered 2xx stored or duplicate")
 
     def _answered(self, actor: Actor, kind: str) -> None:
-        """I4 at the moment of the answer: ``superseded`` only when a delivery accepted later is
+        """I4 and I7 at the moment of the answer: ``superseded`` only when a delivery accepted later is
         stored or copying (or its own file is the current one)."""
         export = actor.export
         if export is None:
@@ -888,6 +888,15 @@ class Simulation:
             # Checked on each delete and at the end, not at the answer: a driver may be putting its current
             # file back over an older export's late copy while a retry answers from what it read before.
             self.answered_kept.add(export.delivery)
+        if actor.kind == "queue" and kind == "failed":
+            # I7: a message ends its delivery only as its record does: never while the record tracks it copying,
+            # never failed, and its link could still copy it (a 202 promised it; nothing else holds the link). (A
+            # delivery failed, then accepted again by a retry meanwhile, is copying again: its retry goes on.)
+            entry = record.find(export.delivery) if (record := self.record(export.task)) is not None else None
+            valid = entry is not None and (entry.link_expires_on is None or entry.link_expires_on > self.clock())
+            never_failed = entry is not None and all(step.outcome != "failed" for step in entry.history)
+            if entry is not None and entry.state is State.COPYING and valid and never_failed:
+                self.fail("I7", f"{actor.label} ended its delivery as failed while its record tracks it copying")
         if kind != "superseded":
             return
         record = self.record(export.task)

@@ -313,14 +313,14 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
         except StoreError as exc:
             ended = Answer("failed", 503, "unavailable", error="storage-unavailable")
             return Foreseen(ended, "finish", f"its try ends with {exc.message} (tried again){_steps(trace, imagined)}")
-    outcome = queue_outcome(answer, plan.source.expires_on, now, recorded=trace.changes)
+    outcome = queue_outcome(answer, plan.source.expires_on, now)
     return _arrival_words(answer, outcome, trace, imagined)
 
 
 def _held(policy: str, copied: str | None) -> str:
     return (
         f"{refused_by(policy, copied)} Moved back now, its message would only be poisoned again: replay it once the "
-        f"{policy} is lifted (the delivery stays copying in its record meanwhile)"
+        f"{policy} is lifted"
     )
 
 
@@ -351,7 +351,7 @@ def _arrival_words(answer: Answer, outcome: str, trace: Trace, imagined: Imagine
     if outcome == "stored":
         how = "recorded as stored" if trace.copy_sent else "the file already holds it: recorded as stored"
         return Foreseen(answer, "finish", f"{how}{name} (if its source can still be read){steps}")
-    if answer.error == "immutable":  # nothing recorded: tried again until the policy is lifted
+    if answer.error == "immutable" and answer.enqueue:  # tried again until the policy is lifted
         return Foreseen(answer, "blocked", _held(answer.reason or "retention policy", None) + steps)
     if answer.arrow == "behind":
         why = "a newer export is still copying: it waits (superseded once that is stored, copied again if it fails)"

@@ -704,7 +704,9 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             return Observe()
         # A record that exists must be overwritten to name this delivery (refused), current file or not.
         if record is not None or seen.large or isinstance(blob, Blob):
-            return Answer("failed", 409, "immutable", error="immutable", reason=seen.locked)
+            # The queue function tries again while the record has not ended the delivery (a hold is lifted some day).
+            ongoing = entry is None or entry.state is State.COPYING
+            return Answer("failed", 409, "immutable", error="immutable", reason=seen.locked, enqueue=ongoing)
     # Accepted at this very name: one accepted under an earlier template is accepted again here first, so
     # a delivery at this name that is stored meanwhile sees it in the record (and fences its file).
     accepted = entry is not None and entry.state is State.COPYING and (entry.staged or not seen.large)

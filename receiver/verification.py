@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -199,14 +198,16 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             # A policy refused a write the delivery needs (its record too): nothing failed it, and a hold is lifted
             # some day. Tried again; poisoned after the last try, to be replayed once the policy is lifted.
             record.outcome, record.final_failure = "immutable", last_try
-            record.reason = _held(plan.task_id, refused_by(exc.policy, exc.copied), last_try=last_try)
+            record.reason = _held(
+                plan.task_id, refused_by(exc.policy, exc.copied), last_try=last_try, blob=plan.blob_name
+            )
             raise CopyStillRunning(f"task={plan.task_id}: {exc.policy}") from None
         except Exception as exc:
             _failed_try(record, plan.task_id, exc, last_try=last_try)
             raise
         record.outcome, record.arrows = answer.arrow, ",".join(trace.arrows)
         record.copy_mode = trace.mode
-        result = queue_outcome(answer, plan.source.expires_on, now, recorded=trace.changes)
+        result = queue_outcome(answer, plan.source.expires_on, now)
         if result in ("stored", "duplicate", "superseded"):
             return result
         if result == "failed":
@@ -225,7 +226,8 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             return "waiting"
         if answer.error == "immutable":  # refused before anything was written or recorded: a hold is lifted some day
             record.final_failure = last_try
-            record.reason = _held(plan.task_id, refused_by(answer.reason or "retention policy"), last_try=last_try)
+            refused = refused_by(answer.reason or "retention policy")
+            record.reason = _held(plan.task_id, refused, last_try=last_try, blob=plan.blob_name)
             raise CopyStillRunning(f"task={plan.task_id}: {answer.reason}")
         if trace.effect_failed is not None:  # its arrow says stored or duplicate: say what is still missing
             record.reason = (
@@ -238,14 +240,14 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
         raise CopyStillRunning(f"task={plan.task_id} not finished yet ({answer.arrow})")
 
 
-def queue_outcome(answer: Answer, link_expires_on: datetime, now: datetime, *, recorded: Sequence[str] = ()) -> str:
+def queue_outcome(answer: Answer, link_expires_on: datetime, now: datetime) -> str:
     """What the queue function makes of the engine's answer: ``stored``, ``duplicate``, ``superseded`` (done),
     ``failed`` (for good), ``waiting`` (ended: the reconciliation decides it) or ``retry`` (the host tries again).
-    ``recorded``: the arrows of the record changes the run made. A policy's refusal that recorded nothing is
-    tried again (the delivery stays `copying`: a 202 promised it, and a hold is lifted some day)."""
+    A policy's refusal of a delivery the record has not ended (``enqueue``) is tried again: a 202 promised it,
+    and a hold is lifted some day."""
     if answer.kind in ("stored", "duplicate", "superseded"):
         return answer.kind
-    if answer.error == "immutable" and answer.arrow not in recorded:
+    if answer.error == "immutable" and answer.enqueue:
         return "retry"
     if answer.kind == "failed" and answer.status in (409, 410, 502):
         return "failed"
@@ -277,10 +279,14 @@ def _failed_try(record: Record, task_id: str, exc: Exception, *, last_try: bool)
         record.reason = str(exc)
 
 
-def _held(task_id: str, refused: str, *, last_try: bool) -> str:
+def _held(task_id: str, refused: str, *, last_try: bool, blob: str) -> str:
     if last_try:
-        return _poisoned(task_id, f"a policy still refuses what the delivery needs ({refused})")
-    return f"{refused} The delivery stays copying in its task record: the queue function tries again."
+        why = (
+            f"a policy still refuses what the delivery needs ({refused} A copy an earlier try made may sit at {blob}, "
+            "which no record names until the delivery is recorded.)"
+        )
+        return _poisoned(task_id, why)
+    return f"{refused} Nothing recorded the delivery failed: the queue function tries again."
 
 
 def _poisoned(task_id: str, why: str) -> str:

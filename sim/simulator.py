@@ -1059,12 +1059,15 @@ class Simulation:
             return item
         return None
 
-    def _held_after(self, actor: Actor) -> bool:
-        """Was a container policy placed after ``actor`` started (it asked before)?"""
-        lines = iter(self.trace)
-        started = any(line.actor == actor.label and line.op == "start" for line in lines)
+    def _held_by_then(self, actor: Actor) -> bool:
+        """Was a container policy placed before ``actor``'s last call (its process may have asked before)?"""
         placed = ("container legal hold", "container retention policy")
-        return started and any(line.actor == "policy" and line.op in placed for line in lines)
+        held = False
+        for line in self.trace:
+            held = held or (line.actor == "policy" and line.op in placed)
+            if line.actor == actor.label and line.op != "start" and held:
+                return True
+        return False
 
     def _orphan(self, task: tuple[str, str], name: str, metadata: Any, record: TaskRecord | None) -> None:
         delivery = dict(metadata).get("delivery", "")
@@ -1082,16 +1085,16 @@ class Simulation:
         if not tracked and crashed:
             self.orphans_explained.append(f"{name} ({export.label}, {crashed[0].label} stopped after its copy)")
             return
-        # A container policy refused its record after its copy landed (placed after its driver asked, or another
+        # A container policy refused its record after its copy landed (placed since its process asked, or another
         # first export of the task recorded meanwhile): the 409 `immutable` names that file, which nothing may
-        # remove while the policy lasts (the queue function: a try that ends so, with a hold placed after it
-        # started). docs/reference.md, "Destination accounts".
+        # remove while the policy lasts (the queue function: its tries under that hold; its message, poisoned,
+        # is not replayed here). docs/reference.md, "Destination accounts".
         refused = [
             actor
             for actor in self.actors
             if actor.export is export
             and name in actor.wrote
-            and (actor.error == "immutable" or (actor.kind == "queue" and self._held_after(actor)))
+            and (actor.error == "immutable" or (actor.kind == "queue" and self._held_by_then(actor)))
         ]
         if not tracked and refused:
             self.orphans_explained.append(f"{name} ({export.label}, {refused[0].label}: a policy refused its record)")

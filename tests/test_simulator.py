@@ -1299,3 +1299,24 @@ async def test_a_manifest_a_hold_keeps_describing_the_replaced_export_is_never_c
     ok(sim)
     manifest = sim.manifest(A_NAME)
     assert sim.files()[A_NAME] == e2.data and manifest is not None and manifest["delivery"] == e2.delivery, manifest
+
+
+async def test_a_message_of_a_delivery_its_record_failed_ends_under_a_hold_instead_of_looping() -> None:
+    """e2 (202) is given up by an operator (failed in its record); a legal hold is then placed. Its message ends
+    as failed at once, as the record already says (a retry under the hold could never change that record), not
+    tried 40 times into the poison queue."""
+    sim = Simulation()
+    await sim.run_actor(sim.post(sim.export("A")))
+    given_up = sim.export("A")
+    accepted = sim.post(given_up, config=STAGED_202)
+    await sim.run_actor(accepted)
+    assert accepted.answer == "202 copying", accepted.answer
+    await sim.run_actor(sim.operator())
+    record = sim.record()
+    assert record is not None and (entry := record.find(given_up.delivery)) is not None
+    assert entry.state is State.FAILED, entry.state
+    sim.store.policy = "legal hold"
+    queued = sim.run_message(0, config=STAGED_202)
+    await sim.run_actor(queued)
+    assert queued.answer == "failed" and not sim.queue, (queued.answer, sim.queue)
+    ok(sim)

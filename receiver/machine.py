@@ -683,8 +683,12 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         return Change(followed[0], answer.arrow, followed[1]) if followed is not None else answer
 
     if seen.attempt == "immutable":
-        # Accepted, then refused: failed for good, so nothing waits for it.
         policy = seen.policy or "retention policy"
+        if event.patient and entry is not None and entry.state is State.COPYING:
+            # The queue function's try of a delivery its record tracks (a 202 promised it): a hold is lifted some
+            # day, so it is tried again, the record left as it is.
+            return Answer("failed", 409, "immutable", error="immutable", reason=policy, enqueue=True)
+        # The webhook's: refused, failed for good, so nothing waits for it (the sender is told 409).
         reason = f"A {policy} on the destination container refused replacing the stored file."
         return final(Answer("failed", 409, "immutable", error="immutable", reason=policy), reason)
     if seen.attempt in ("source-refused", "source-gone"):

@@ -58,7 +58,7 @@ from receiver.plan import RESERVED_FIRST_SEGMENT, CopyPlan
 from receiver.reconciliation import VERIFY_WINDOW, reconcile_run
 from receiver.runtime import Runtime
 from receiver.settings import Settings
-from receiver.storage import Blob, Headers, Listed, Unavailable, Written
+from receiver.storage import Blob, Headers, Listed, SourceUnreadable, Unavailable, Written
 from receiver.verification import CopyStillRunning, verify_copy
 from receiver.webhook import handle_delivery
 
@@ -894,6 +894,7 @@ class Simulation:
             # delivery failed, then accepted again by a retry meanwhile, is copying again: its retry goes on.)
             entry = record.find(export.delivery) if (record := self.record(export.task)) is not None else None
             valid = entry is not None and (entry.link_expires_on is None or entry.link_expires_on > self.clock())
+            valid = valid and self._readable(export)  # a source removed meanwhile fails it for good (as documented)
             never_failed = entry is not None and all(step.outcome != "failed" for step in entry.history)
             if entry is not None and entry.state is State.COPYING and valid and never_failed:
                 self.fail("I7", f"{actor.label} ended its delivery as failed while its record tracks it copying")
@@ -1058,6 +1059,13 @@ class Simulation:
             # A superseded delivery never stored: it is "newest" only if nothing later was stored.
             return item
         return None
+
+    def _readable(self, export: ExportInfo) -> bool:
+        try:
+            self.sources.open(export.url, self.clock())
+        except SourceUnreadable:
+            return False
+        return True
 
     def _held_by_then(self, actor: Actor) -> bool:
         """Was a container policy placed before ``actor``'s last call (its process may have asked before)?"""

@@ -97,3 +97,41 @@ async def test_under_a_hold_on_the_file_itself_a_duplicate_waits_only_while_an_o
     world.clock.advance(timedelta(days=1))
     later = await world.post(current)
     assert (later.status_code, later.body["status"]) == (200, "duplicate"), later.body
+
+
+async def test_a_tracked_delivery_whose_copy_a_hold_on_the_file_refuses_is_tried_again_and_stored_after_it() -> None:
+    """A re-export staged (a large file) is tracked `copying`, its commit's answer lost (503 and a queue message).
+    A legal hold is then put on the current file: the queue function's commit over it is refused. The record
+    has not ended the delivery, so it is tried again, not failed; once the hold is lifted the next try stores it."""
+    from pydantic import SecretStr
+
+    from receiver.models import State
+    from receiver.settings import Settings
+    from receiver.verification import CopyStillRunning
+    from sim.world import SOURCE_HOST
+
+    settings = Settings(
+        destination_connection_string=SecretStr("UseDevelopmentStorage=true"), allowed_source_hosts=(SOURCE_HOST,)
+    )
+    world = World(settings, sync_limit_bytes=8)
+    name = "ws-1/task-1/invoice.pdf"
+    first = await world.post(world.export(expires_in=timedelta(days=7)))
+    if first.status_code == 202 and first.verification is not None:
+        assert await verify_copy(first.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
+    second = world.export(expires_in=timedelta(days=7))
+    world.faults.fail_before("commit_blocks", name, times=1)
+    tracked = await world.post(second)
+    assert tracked.verification is not None, tracked.body
+    world.faults.make_immutable(name, legal_hold=True)
+    world.clock.advance(timedelta(minutes=1))
+    try:
+        await verify_copy(tracked.verification.encode(), runtime=world.runtime, now=world.now)
+        raise AssertionError("the try under the hold ended the delivery")
+    except CopyStillRunning:
+        pass
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.COPYING, record
+    world.faults.release(name)
+    world.clock.advance(timedelta(minutes=1))
+    assert await verify_copy(tracked.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
+    assert world.files()[name] == second.data

@@ -1097,13 +1097,10 @@ class Simulation:
         # first export of the task recorded meanwhile): the 409 `immutable` names that file, which nothing may
         # remove while the policy lasts (the queue function: its tries under that hold; its message, poisoned,
         # is not replayed here). docs/reference.md, "Destination accounts".
-        refused = [
-            actor
-            for actor in self.actors
-            if actor.export is export
-            and name in actor.wrote
-            and (actor.error == "immutable" or (actor.kind == "queue" and self._held_by_then(actor)))
-        ]
+        mine = [actor for actor in self.actors if actor.export is export]
+        # (or an earlier try's copy, whose later tries the hold refused: seed 38325278)
+        held = any(actor.kind == "queue" and self._held_by_then(actor) for actor in mine)
+        refused = [actor for actor in mine if name in actor.wrote and (actor.error == "immutable" or held)]
         if not tracked and refused:
             self.orphans_explained.append(f"{name} ({export.label}, {refused[0].label}: a policy refused its record)")
             return

@@ -130,6 +130,21 @@ async def stored(ops: Ops, task: str = "task-1", name: str = "invoice.pdf", **kw
     return export
 
 
+def lease_refuses_deleting(ops: Ops, monkeypatch: pytest.MonkeyPatch, name: str) -> Any:
+    """A lease another client holds on ``name``: its deletes are refused (412 LeaseIdMissing); the real delete."""
+    from receiver.storage import Conflict
+
+    real_delete = ops.world.storage.delete
+
+    async def leased(blob: str, *, if_match: str) -> bool:
+        if blob == name:
+            raise Conflict("delete blob: LeaseIdMissing", code="LeaseIdMissing", status=412)
+        return await real_delete(blob, if_match=if_match)
+
+    monkeypatch.setattr(ops.world.storage, "delete", leased)
+    return real_delete
+
+
 # --- find ---------------------------------------------------------------------------------------------------
 
 
@@ -420,18 +435,10 @@ async def test_check_repair_says_why_a_name_was_not_retired(
 ) -> None:
     """A delete refused on the very version (a lease held on the older file): the name stays listed, and
     check --repair prints the reason and what to do instead of only proposing itself again."""
-    from receiver.storage import Conflict
 
     ops = Ops()
     await stored(ops)
-    real_delete = ops.world.storage.delete
-
-    async def leased(name: str, *, if_match: str) -> bool:
-        if name == "ws-1/task-1/invoice.pdf":
-            raise Conflict("delete blob: LeaseIdMissing", code="LeaseIdMissing", status=412)
-        return await real_delete(name, if_match=if_match)
-
-    monkeypatch.setattr(ops.world.storage, "delete", leased)
+    real_delete = lease_refuses_deleting(ops, monkeypatch, "ws-1/task-1/invoice.pdf")
     await stored(ops, name="renamed.pdf")
     record = ops.world.record()
     assert record is not None and [item.blob for item in record.retire] == ["ws-1/task-1/invoice.pdf"]
@@ -1420,18 +1427,10 @@ async def test_a_retirement_a_lease_holds_back_for_over_a_day_is_an_error_naming
 ) -> None:
     """A lease lapses or is broken, so a delete it refuses is a WARNING and tried again each run; one that still
     refuses it a day later (an infinite lease) is an ERROR (the alert), naming the task and the lease."""
-    from receiver.storage import Conflict
 
     ops = Ops()
     await stored(ops)
-    real_delete = ops.world.storage.delete
-
-    async def leased(name: str, *, if_match: str) -> bool:
-        if name == "ws-1/task-1/invoice.pdf":
-            raise Conflict("delete blob: LeaseIdMissing", code="LeaseIdMissing", status=412)
-        return await real_delete(name, if_match=if_match)
-
-    monkeypatch.setattr(ops.world.storage, "delete", leased)
+    lease_refuses_deleting(ops, monkeypatch, "ws-1/task-1/invoice.pdf")
     await stored(ops, name="renamed.pdf")
     caplog.set_level(logging.WARNING, logger="receiver.engine")  # (a command line run in this process raises it)
     caplog.clear()

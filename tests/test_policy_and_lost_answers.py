@@ -4,9 +4,21 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from receiver.verification import verify_copy
 from sim.world import World
+
+
+async def stored_then_a_failed_re_export() -> tuple[World, Any]:
+    """The current export stored; a re-export at its name failed (its source gone: 502), the current file kept."""
+    world = World.make()
+    current = world.export(expires_in=timedelta(days=7))
+    assert (await world.post(current)).status_code == 200
+    failing = world.export()
+    world.sources.remove("ws-1/task-1/export-2.pdf")
+    assert (await world.post(failing)).status_code == 502
+    return world, current
 
 
 async def test_under_a_legal_hold_a_lost_manifest_answer_ends_as_a_duplicate() -> None:
@@ -48,12 +60,7 @@ async def test_under_a_legal_hold_a_duplicate_long_after_a_failed_re_export_at_i
     """A re-export at the current file's name failed (its source gone: 502), the current file kept; later, under
     a container legal hold, the current delivery is sent again. No driver of the failed one can still be sending
     (DRIVER_LIFETIME), and the hold refuses any overwrite anyway: 200 duplicate, on the first try."""
-    world = World.make()
-    current = world.export(expires_in=timedelta(days=7))
-    assert (await world.post(current)).status_code == 200
-    failing = world.export()
-    world.sources.remove("ws-1/task-1/export-2.pdf")
-    assert (await world.post(failing)).status_code == 502
+    world, current = await stored_then_a_failed_re_export()
     world.clock.advance(timedelta(hours=1))
     world.storage.policy = "legal hold"
     again = await world.post(current)
@@ -63,12 +70,7 @@ async def test_under_a_legal_hold_a_duplicate_long_after_a_failed_re_export_at_i
 async def test_under_a_legal_hold_a_duplicate_right_after_a_failed_re_export_says_why_it_waits() -> None:
     """The same, a minute after the failure: a driver of it may still be sending, and the hold refuses the fence
     that would stop its copy: 503 naming the hold and when to send again (never a 2xx it cannot keep)."""
-    world = World.make()
-    current = world.export(expires_in=timedelta(days=7))
-    assert (await world.post(current)).status_code == 200
-    failing = world.export()
-    world.sources.remove("ws-1/task-1/export-2.pdf")
-    assert (await world.post(failing)).status_code == 502
+    world, current = await stored_then_a_failed_re_export()
     world.clock.advance(timedelta(minutes=1))
     world.storage.policy = "legal hold"
     again = await world.post(current)
@@ -83,12 +85,7 @@ async def test_under_a_hold_on_the_file_itself_a_duplicate_waits_only_while_an_o
     """A hold on the current file (version-level immutability: the container reports no policy) refuses its fence.
     Right after a failed re-export at its name the duplicate is 503 naming the hold, with no queue message (nothing
     to finish); once no driver of that export can be sending (DRIVER_LIFETIME), it is 200 without a fence."""
-    world = World.make()
-    current = world.export(expires_in=timedelta(days=7))
-    assert (await world.post(current)).status_code == 200
-    failing = world.export()
-    world.sources.remove("ws-1/task-1/export-2.pdf")
-    assert (await world.post(failing)).status_code == 502
+    world, current = await stored_then_a_failed_re_export()
     world.faults.make_immutable("ws-1/task-1/invoice.pdf", legal_hold=True)
     world.clock.advance(timedelta(minutes=1))
     soon = await world.post(current)

@@ -161,6 +161,8 @@ class Actor:
     error: str | None = None  # a webhook's answer's `error` code
     wrote: set[str] = field(default_factory=set)  # names this actor's copies or commits changed
     message: tuple[str, int, int] | None = None  # the queue message it runs (text, dequeue count, identity)
+    # A queue run: its delivery was copying (never failed) in the record when the run began (I7).
+    copying_at_start: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -676,6 +678,7 @@ class Simulation:
 
         async def body(actor: Actor) -> None:
             _BLOCK_BYTES.set(config.block_bytes)
+            actor.copying_at_start = self._copying_never_failed(export)
             try:
                 result = await verify_copy(
                     message.encode(), runtime=self.runtime(config), now=self.clock(), dequeue_count=count
@@ -889,15 +892,17 @@ class Simulation:
             # file back over an older export's late copy while a retry answers from what it read before.
             self.answered_kept.add(export.delivery)
         if actor.kind == "queue" and kind == "failed":
-            # I7: a message ends its delivery only as its record does: never while the record tracks it copying,
-            # never failed, and its link could still copy it (a 202 promised it; nothing else holds the link). (A
-            # delivery failed, then accepted again by a retry meanwhile, is copying again: its retry goes on.)
+            # I7: a message ends its delivery only as its record does: never when the record tracked it copying,
+            # never failed, as the run began (its own write says failed by now), and its link could still copy it
+            # (a 202 promised it; nothing else holds the link). (A delivery failed, then accepted again by a retry
+            # meanwhile, is copying again: its retry goes on.)
             entry = record.find(export.delivery) if (record := self.record(export.task)) is not None else None
             valid = entry is not None and (entry.link_expires_on is None or entry.link_expires_on > self.clock())
             valid = valid and self._readable(export)  # a source removed meanwhile fails it for good (as documented)
-            never_failed = entry is not None and all(step.outcome != "failed" for step in entry.history)
-            if entry is not None and entry.state is State.COPYING and valid and never_failed:
-                self.fail("I7", f"{actor.label} ended its delivery as failed while its record tracks it copying")
+            # Copying when this run began, or still copying now (another run, or a retry, left it so).
+            copying = actor.copying_at_start or self._copying_never_failed(export)
+            if copying and valid:
+                self.fail("I7", f"{actor.label} ended its delivery as failed while its record tracked it copying")
         if kind != "superseded":
             return
         record = self.record(export.task)
@@ -1059,6 +1064,11 @@ class Simulation:
             # A superseded delivery never stored: it is "newest" only if nothing later was stored.
             return item
         return None
+
+    def _copying_never_failed(self, export: ExportInfo) -> bool:
+        record = self.record(export.task)
+        entry = record.find(export.delivery) if record is not None else None
+        return entry is not None and entry.state is State.COPYING and all(s.outcome != "failed" for s in entry.history)
 
     def _readable(self, export: ExportInfo) -> bool:
         try:

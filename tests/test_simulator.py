@@ -1272,6 +1272,35 @@ async def test_a_202_whose_queue_try_a_short_hold_refuses_is_stored_once_the_hol
     assert later.data in sim.files().values()
 
 
+async def test_i7_catches_a_queue_run_that_writes_its_own_copying_delivery_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check itself: a queue function that failed a 202'd delivery whose link can still copy it (here, a
+    staging step made to report the source refused while it is readable) is a violation, though by the time it
+    answers, its own write has made the record say failed."""
+    import receiver.engine
+
+    async def refused(storage: Any, job: Any, if_match: Any, seen: Any, trace: Any) -> Any:
+        from dataclasses import replace
+
+        trace.copy_sent = True
+        return replace(seen, attempt="source-refused")
+
+    sim = Simulation()
+    await sim.run_actor(sim.post(sim.export("A")))
+    later = sim.export("A")
+    staged = sim.post(later, config=STAGED_202)
+    await sim.run_actor(staged)
+    assert staged.answer == "202 copying", staged.answer
+    monkeypatch.setattr(receiver.engine, "_stage", refused)
+    run = sim.run_message(0, config=STAGED_202)
+    await sim.run_actor(run)
+    record = sim.record()
+    assert run.answer == "failed" and record is not None, run.answer
+    assert record.find(later.delivery).state is State.FAILED  # type: ignore[union-attr]
+    assert sim.violation is not None and sim.violation.name == "I7", sim.violation
+
+
 @pytest.mark.parametrize("policy", ["legal hold", "retention policy"])
 async def test_a_manifest_a_hold_keeps_describing_the_replaced_export_is_never_confirmed_until_it_is_rewritten(
     policy: str,

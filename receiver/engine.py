@@ -45,6 +45,7 @@ from .models import (
     COPY_ID,
     MAX_RECORD_BYTES,
     RECORD_CONTENT_TYPE,
+    Delivery,
     Manifest,
     Retirement,
     State,
@@ -114,6 +115,7 @@ class Trace:
     retired: list[str] = field(default_factory=list)
     blob: str | None = None  # the name the delivery was decided at, when not the notice's (its record's)
     deferred: list[str] = field(default_factory=list)  # names left listed to retire, and why
+    failed: list[Delivery] = field(default_factory=list)  # deliveries a record change of this run failed
 
 
 def manifest_name(blob: str) -> str:
@@ -517,6 +519,12 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     found_peeks: list[Blob | BaseException | None] = list(peeks) if isinstance(peeks, list) else []
     concluded = decision.arrow if decision.arrow in CONCLUDING else seen.concluded
     trace.changes.append(decision.arrow)
+    was_failed = (
+        {item.delivery for item in seen.record.deliveries if item.state is State.FAILED} if seen.record else set()
+    )
+    trace.failed += [
+        item for item in decision.record.deliveries if item.state is State.FAILED and item.delivery not in was_failed
+    ]
     peeked = tuple(
         (name, found)
         for name, found in zip(peek_names, found_peeks, strict=False)

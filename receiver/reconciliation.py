@@ -252,6 +252,9 @@ async def _work(
                 record.reason = "; ".join(done + [f"not retired: {why}" for why in trace.deferred]) or None
                 if "expired" in trace.changes:  # this run failed a delivery for good (its swap won): the alert
                     record.final_failure = True
+                    if trace.failed:
+                        record.blob = f"{settings.destination_container}/{trace.failed[-1].blob}"
+                        record.delivery = trace.failed[-1].delivery
                     record.reason = "; ".join(filter(None, [_expired(item), record.reason]))
             except StoreError as exc:
                 record.outcome, record.reason = "error", exc.message

@@ -116,6 +116,9 @@ async def test_a_copy_whose_link_expired_is_failed_with_one_error(
     [error] = [r for r in errors(caplog) if "poison" not in r.getMessage()]  # the alert, once
     assert error.__dict__.get("receiver.outcome") == "expired", error.getMessage()
     assert error.__dict__.get("receiver.taskId") == payload["taskId"], error.__dict__
+    # It names the delivery it failed: the file's name and the link's hash, as the delivery's own records do.
+    assert f"/{payload['taskId']}/" in error.__dict__.get("receiver.blob", ""), error.__dict__
+    assert error.__dict__.get("receiver.delivery") == delivery_of(payload["exportedFileUrl"])[:12], error.__dict__
     assert "Export the document again" in error.getMessage(), error.getMessage()
     assert f"python -m ops find --task {payload['taskId']} --workspace" in error.getMessage(), error.getMessage()
 

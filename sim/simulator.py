@@ -899,9 +899,10 @@ class Simulation:
             entry = record.find(export.delivery) if (record := self.record(export.task)) is not None else None
             valid = entry is not None and (entry.link_expires_on is None or entry.link_expires_on > self.clock())
             valid = valid and self._readable(export)  # a source removed meanwhile fails it for good (as documented)
-            # Copying when this run began, or still copying now (another run, or a retry, left it so).
+            # Copying when this run began, or still copying now (another run, or a retry, left it so). A name another
+            # task's file holds (a template change gave two tasks one name) is never written over: that fails it.
             copying = actor.copying_at_start or self._copying_never_failed(export)
-            if copying and valid:
+            if copying and valid and not (entry is not None and self._held_by_another_task(entry.blob, export)):
                 self.fail("I7", f"{actor.label} ended its delivery as failed while its record tracked it copying")
         if kind != "superseded":
             return
@@ -1069,6 +1070,11 @@ class Simulation:
         record = self.record(export.task)
         entry = record.find(export.delivery) if record is not None else None
         return entry is not None and entry.state is State.COPYING and all(s.outcome != "failed" for s in entry.history)
+
+    def _held_by_another_task(self, name: str, export: ExportInfo) -> bool:
+        stored = self.store.stored(name)
+        holder = self.by_delivery.get(dict(stored.metadata).get("delivery", "")) if stored is not None else None
+        return holder is not None and holder.task != export.task
 
     def _readable(self, export: ExportInfo) -> bool:
         try:

@@ -1058,6 +1058,10 @@ async def _note_replayed(storage: Storage, parsed: Parsed, note: str, now: datet
             return
         except Conflict:
             continue
+        except StoreError as exc:
+            # The message is already moved: a record a policy keeps (or a storage error) only loses the note.
+            log.warning("the task record %s does not note this replay: %s", name, exc.message)
+            return
 
 
 def _message_entry(message_id: str, parsed: Parsed | None, action: str, fate: tuple[str, str]) -> dict[str, Any]:

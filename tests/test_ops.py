@@ -1154,6 +1154,20 @@ async def test_one_unreadable_task_record_does_not_hide_the_other_tasks_from_rep
         assert "task-2" in ran.out and "task-3" in ran.out, ran.out
 
 
+async def test_replay_under_a_container_hold_moves_the_message_and_exits_0_without_its_note(ops: Ops) -> None:
+    """A stored export whose manifest write failed (503, poisoned), under a legal hold: the replay moves the
+    message back and says so; the record's "replayed" note, which the hold refuses, is only not written."""
+    world = ops.world
+    world.storage.policy = "legal hold"
+    world.faults.lose_answer("put", "ws-1/task-1/invoice.pdf.json")
+    first = await world.post(world.export())
+    assert first.status_code == 503 and first.verification is not None, first.body
+    ops.poison.add(first.verification)
+    ran = await ops("replay-poison")
+    assert ran.code == OK and "Moved 1 message(s)" in ran.out, (ran.code, ran.out, ran.err)
+    assert (await ops.queue.count(), await ops.poison.count()) == (1, 0)
+
+
 async def test_replay_with_nothing_poisoned_does_nothing(ops: Ops) -> None:
     ran = await ops("replay-poison")
     assert ran.code == OK and "Moved 0 message(s)" in ran.out

@@ -190,8 +190,9 @@ oldest first. From the summary the last reconciliation run wrote
 record: only the records shown are read. It says when that run completed; a summary older than
 its schedule allows (25 minutes by default) or none at all is a PROBLEM (exit 1): the safety net
 is not running. AGE: since the delivery was received. The last column says why one will not finish
-by itself (its link expired, or it waited past every try of its queue message). Exit 0 also when
-nothing is listed; with --alert, exit 1 when anything is.""",
+by itself (its link expired, or it waited past every try of its queue message; under a container
+retention policy or legal hold that refused those tries, it names the policy: replay-poison once it
+is lifted). Exit 0 also when nothing is listed; with --alert, exit 1 when anything is.""",
         example="python -m ops pending --older-than 60 --alert",
     )
     pending.add_argument(
@@ -214,7 +215,8 @@ nothing is listed; with --alert, exit 1 when anything is.""",
         description="""Every delivery that will not finish by itself: failed in its task record (link expired,
 source refused or gone, given up; a large re-export that failed after its 202 is listed while the
 earlier file stays current), and deliveries still copying whose link expired or that waited past
-every try of their queue message. Failures are found by their markers
+every try of their queue message (under a container policy that refused those tries: named, to replay
+once it is lifted). Failures are found by their markers
 (.smartdocumentor/attention/failed/<hour>/..., one listing per hour of the window, or per day over a
 day; kept 7 days: without --since, the last 7 days), copies that cannot finish by the last
 reconciliation run's summary; each is confirmed from its task record, and only the records shown are

@@ -839,6 +839,7 @@ async def pending(
     shown = tasks[:limit]
     unreadable: list[str] = []
     records = await _records(storage, [(item.workspace_id, item.task_id) for item in shown], unreadable)
+    held = await _held_by(storage, records, ctx.now)
     rows, entries = [], []
     for item, record in zip(shown, records, strict=True):
         if record is None:
@@ -848,8 +849,9 @@ async def pending(
                 continue
             if since is not None and delivery.received_at < since:
                 continue
-            why = stuck(delivery.link_expires_on, delivery.received_at, ctx.now)
+            why = stuck(delivery.link_expires_on, delivery.received_at, ctx.now, held=held)
             age = age_seconds(delivery.received_at.isoformat(), ctx.now)
+            expired = delivery.link_expires_on is not None and delivery.link_expires_on <= ctx.now
             entries.append(
                 {
                     "taskId": item.task_id,
@@ -860,10 +862,12 @@ async def pending(
                     "ageSeconds": age,
                     "linkExpiresOn": _iso(delivery.link_expires_on) if delivery.link_expires_on else None,
                     "stuck": why,
+                    "heldBy": held if why and not expired else None,
                 }
             )
             rows.append([human_age(age), item.task_id, delivery.delivery[:12], delivery.blob, why or "-"])
     stuck_count = sum(1 for entry in entries if entry["stuck"])
+    waiting = sum(1 for entry in entries if entry["heldBy"])
     data = {
         "container": storage.container,
         "olderThanMinutes": older_than.total_seconds() / 60,
@@ -887,8 +891,9 @@ async def pending(
         counted = len({(entry["workspaceId"], entry["taskId"]) for entry in entries})
         text.append(
             f"{len(entries)} delivery(ies) still copying for over {_span(older_than)} in {counted} task(s){more}"
-            f"; {stuck_count} will not finish by themselves (see failed). One task's whole story: python -m ops "
-            "find --task T --workspace W"
+            f"; {stuck_count} will not finish by themselves (see failed)"
+            + (f", {waiting} of them until the container's {held} is lifted" if waiting else "")
+            + ". One task's whole story: python -m ops find --task T --workspace W"
         )
     text += state.lines
     if summary is not None and summary.listed_at < cutoff:
@@ -899,6 +904,20 @@ async def pending(
     if entries:
         text += table(["AGE", "TASK", "DELIVERY", "BLOB", "WILL NOT FINISH BECAUSE"], rows)
     return Result(NOT_FOUND if problem or (alert and entries) else OK, data, text)
+
+
+async def _held_by(storage: Storage, records: list[TaskRecord | None], now: datetime) -> str | None:
+    """The container's retention policy or legal hold, asked only when a delivery in ``records`` is copying past
+    every try of its queue message while its link is valid (what such a policy makes of a 202)."""
+    waiting = any(
+        delivery.state is State.COPYING
+        and now - delivery.received_at > QUEUE_COVERAGE
+        and (delivery.link_expires_on is None or delivery.link_expires_on > now)
+        for record in records
+        if record is not None
+        for delivery in record.deliveries
+    )
+    return await storage.container_policy() if waiting else None
 
 
 def _stuck_at(item: CopyingTask, now: datetime) -> datetime | None:
@@ -945,12 +964,14 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
     read = 0
     # The newest ``limit`` tasks that still have something to show, read ``limit`` records at a time: a task
     # a later export has fixed since does not take one of the slots.
+    held: str | None = None
     while read < len(ordered) and len(found) < limit:
         batch = ordered[read : read + limit]
         read += len(batch)
         records = await _records(storage, [task for task, _ in batch], unreadable)
+        held = held or await _held_by(storage, records, now)
         for record in records:
-            failures = _failures_of(record, start, marked, now) if record is not None else []
+            failures = _failures_of(record, (start, now), marked, held) if record is not None else []
             if failures:
                 found.append(failures)
     more = read < len(ordered) or len(found) > limit
@@ -977,10 +998,16 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
         text.append("No failed deliveries.")
     else:
         hint = f" (only the newest {limit} tasks with failures are shown; --max N for more)" if more else ""
+        waiting = sum(1 for entry in entries if entry.get("heldBy"))
         text.append(
             f"{len(entries)} delivery(ies) will not finish by themselves, in {len(listed)} task(s){hint}."
-            " Export those documents again from SmartDocumentor; one task's whole story: python -m ops find --task T"
-            " --workspace W."
+            + (
+                f" {waiting} of them only until the container's {held} is lifted (then python -m ops replay-poison);"
+                " export the others again from SmartDocumentor"
+                if waiting
+                else " Export those documents again from SmartDocumentor"
+            )
+            + "; one task's whole story: python -m ops find --task T --workspace W."
         )
     text += state.lines
     if since is None or since < oldest:
@@ -994,9 +1021,14 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
 
 
 def _failures_of(
-    record: TaskRecord, start: datetime, marked: set[tuple[str, str, str, datetime]], now: datetime
+    record: TaskRecord,
+    window: tuple[datetime, datetime],
+    marked: set[tuple[str, str, str, datetime]],
+    held: str | None,
 ) -> list[tuple[dict[str, Any], tuple[datetime | None, list[str]]]]:
-    """The deliveries of ``record`` that will not finish by themselves (none before its current file)."""
+    """The deliveries of ``record`` that will not finish by themselves (none before its current file); ``held``:
+    the container's policy, which keeps a copying one waiting until it is lifted (not failed)."""
+    start, now = window
     found = []
     current = record.current_delivery
     position = record.index(current.delivery) if current is not None else -1
@@ -1004,20 +1036,23 @@ def _failures_of(
     for number, delivery in enumerate(record.deliveries):
         if number < position:
             continue  # a newer export is the current file: nothing left to do for this one
+        waits_for: str | None = None
         if delivery.state is State.FAILED and (
             _failed_since(delivery.failed_at, start)
             or (workspace_id, task_id, delivery.delivery, delivery.failed_at) in marked
         ):
             when_, what, why = delivery.failed_at, "failed", delivery.failure_reason or "(no reason)"
         elif delivery.state is State.COPYING:
-            why_stuck = stuck(delivery.link_expires_on, delivery.received_at, now)
+            why_stuck = stuck(delivery.link_expires_on, delivery.received_at, now, held=held)
             if why_stuck is None:
                 continue
+            expired = delivery.link_expires_on is not None and delivery.link_expires_on <= now
+            waits_for = held if not expired else None  # a hold, not a failure, keeps it (its link still valid)
             # When it stopped being finishable (its link's expiry, or past its queue message's tries): what
             # --since filters on too.
             ends = [delivery.link_expires_on, delivery.received_at + QUEUE_COVERAGE]
             when_ = min(end for end in ends if end is not None and end <= now)
-            what, why = "copying", f"{why_stuck}; nothing will finish it"
+            what, why = "copying", why_stuck if waits_for else f"{why_stuck}; nothing will finish it"
         else:
             continue  # e.g. a marker whose swap lost: the record does not hold that failure
         kept = current.blob if current is not None and current.delivery != delivery.delivery else None
@@ -1031,6 +1066,8 @@ def _failures_of(
             "reason": why,
             "currentFileKept": kept,
         }
+        if what == "copying" and waits_for:
+            entry["heldBy"] = waits_for
         shown_why = why + (f" (current file kept: {kept})" if kept else "")
         found.append((entry, (when_, [_iso(when_), what, task_id, delivery.blob, shown_why])))
     return found

@@ -29,7 +29,7 @@ from receiver.machine import (
     watched_copying,
 )
 from receiver.models import MAX_RECORD_BYTES, RECORD_PREFIX, State, TaskRecord, record_name, unreadable_record
-from receiver.outcome import Outcome, refused_by
+from receiver.outcome import Outcome, held_from_queue
 from receiver.plan import identity_segment
 from receiver.reconciliation import QUEUE_COVERAGE, unlabelled
 from receiver.settings import Settings
@@ -319,8 +319,8 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
 
 def _held(policy: str, copied: str | None) -> str:
     return (
-        f"{refused_by(policy, copied)} Moved back now, its message would only be poisoned again: replay it once the "
-        f"{policy} is lifted"
+        f"{held_from_queue(policy, copied)} Moved back now, its message would only be poisoned again: replay it once "
+        f"the {policy} is lifted"
     )
 
 
@@ -366,12 +366,19 @@ async def drive(storage: Storage, job: Job, *, now: datetime, trace: Trace | Non
     return await run(storage, job, now=now, trace=trace)
 
 
-def stuck(item_expires: datetime | None, received: datetime, now: datetime) -> str | None:
-    """Why a delivery still copying will not finish by itself, or None."""
+def stuck(item_expires: datetime | None, received: datetime, now: datetime, *, held: str | None = None) -> str | None:
+    """Why a delivery still copying will not finish by itself, or None. ``held``: the container's policy, which
+    refuses what every try of its queue message needed (its message then waits in the poison queue)."""
     if item_expires is not None and item_expires <= now:
         return f"its link expired at {item_expires.isoformat()}"
     if now - received > QUEUE_COVERAGE:
         minutes = int(QUEUE_COVERAGE.total_seconds() // 60)
+        if held is not None:
+            return (
+                f"copying for over {minutes} minutes: the container's {held} refused what every try of its queue "
+                f"message needed; once it is lifted, python -m ops replay-poison finishes it (find --task T says "
+                "whether its message is in the poison queue)"
+            )
         return f"copying for over {minutes} minutes: past every try of its queue message"
     return None
 

@@ -68,6 +68,17 @@ _IMMUTABLE_AFTER_COPY = (
 )
 
 
+def held_from_queue(policy: str, copied: str | None = None) -> str:
+    """Why the queue function tries a delivery again while a retention policy or legal hold (``policy``)
+    refuses a write it needs; ``copied``: where a copy of it landed before the policy refused its record."""
+    landed = f" Its copy landed at {copied} before the {policy} refused recording it." if copied else ""
+    return (
+        f"The destination container's {policy} refuses a write this delivery needs (replacing its file, its "
+        f"manifest or its task record).{landed} Nothing recorded it failed: it is finished once the storage "
+        f"account's owner lifts the {policy}."
+    )
+
+
 def refused_by(policy: str, copied: str | None = None) -> str:
     """What a write refused by a retention policy or a legal hold (``policy``) tells the sender; ``copied``: the
     name this export's copy landed at before the policy refused its record."""

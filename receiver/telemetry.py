@@ -162,7 +162,7 @@ def recording(operation: Operation) -> Iterator[Record]:
 def emit(record: Record, attributes: dict[str, Any]) -> None:
     if record.final_failure:
         level = logging.ERROR
-    elif (record.status or 0) >= 500 or record.outcome in ("failed", "error", "unreadable", "immutable"):
+    elif (record.status or 0) >= 500 or record.outcome in ("failed", "error", "unreadable", "immutable", "held"):
         level = logging.WARNING
     else:
         level = logging.INFO

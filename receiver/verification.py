@@ -24,7 +24,7 @@ from .engine import run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
 from .models import MAX_RECORD_BYTES, TaskRecord, record_name, unreadable_record
-from .outcome import Outcome, ops_command, refused_by
+from .outcome import Outcome, held_from_queue, ops_command, refused_by
 from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
 from .runtime import Runtime
@@ -197,10 +197,9 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
         except Immutable as exc:
             # A policy refused a write the delivery needs (its record too): nothing failed it, and a hold is lifted
             # some day. Tried again; poisoned after the last try, to be replayed once the policy is lifted.
-            record.outcome, record.final_failure = "immutable", last_try
-            record.reason = _held(
-                plan.task_id, refused_by(exc.policy, exc.copied), last_try=last_try, blob=plan.blob_name
-            )
+            record.outcome, record.final_failure = "poisoned" if last_try else "held", last_try
+            held = held_from_queue(exc.policy, exc.copied)
+            record.reason = _held(plan.task_id, exc.policy, held, last_try=last_try)
             raise CopyStillRunning(f"task={plan.task_id}: {exc.policy}") from None
         except Exception as exc:
             _failed_try(record, plan.task_id, exc, last_try=last_try)
@@ -225,9 +224,9 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             record.reason = "its link expired while it waited behind a newer export; the reconciliation decides it"
             return "waiting"
         if answer.error == "immutable":  # refused before anything was written or recorded: a hold is lifted some day
-            record.final_failure = last_try
-            refused = refused_by(answer.reason or "retention policy")
-            record.reason = _held(plan.task_id, refused, last_try=last_try, blob=plan.blob_name)
+            record.outcome, record.final_failure = "poisoned" if last_try else "held", last_try
+            policy = answer.reason or "retention policy"
+            record.reason = _held(plan.task_id, policy, held_from_queue(policy), last_try=last_try)
             raise CopyStillRunning(f"task={plan.task_id}: {answer.reason}")
         if trace.effect_failed is not None:  # its arrow says stored or duplicate: say what is still missing
             record.reason = (
@@ -279,19 +278,15 @@ def _failed_try(record: Record, task_id: str, exc: Exception, *, last_try: bool)
         record.reason = str(exc)
 
 
-def _held(task_id: str, refused: str, *, last_try: bool, blob: str) -> str:
+def _held(task_id: str, policy: str, held: str, *, last_try: bool) -> str:
     if last_try:
-        why = (
-            f"a policy still refuses what the delivery needs ({refused} A copy an earlier try made may sit at {blob}, "
-            "which no record names until the delivery is recorded.)"
-        )
-        return _poisoned(task_id, why)
-    return f"{refused} Nothing recorded the delivery failed: the queue function tries again."
+        return _poisoned(task_id, f"{held} Still refused", first=f"Once the {policy} is lifted, check")
+    return f"{held} The queue function tries again."
 
 
-def _poisoned(task_id: str, why: str) -> str:
+def _poisoned(task_id: str, why: str, *, first: str = "Check") -> str:
     return (
         f"{why} after {MAX_DEQUEUE_COUNT} tries; the host moves the message to {POISON_QUEUE}. "
-        f"Check the task with {ops_command('find', task=task_id)}, then run python -m ops replay-poison --dry-run "
+        f"{first} the task with {ops_command('find', task=task_id)}, then run python -m ops replay-poison --dry-run "
         "and python -m ops replay-poison to try again"
     )

@@ -880,8 +880,8 @@ async def test_the_queue_function_refused_by_a_hold_after_its_copy_landed_names_
     with pytest.raises(CopyStillRunning):
         await run_verifier(text)
     landed = next(name for name in stored_blobs(destination) if name.endswith("B.pdf"))
-    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "immutable" in r.getMessage()]
-    assert any(f"copied to {landed}" in line for line in said), said
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and " held " in r.getMessage()]
+    assert any(f"Its copy landed at {landed} before the legal hold" in line for line in said), said
     caplog.clear()
     with pytest.raises(CopyStillRunning):
         await run_verifier(text, dequeue_count=MAX_DEQUEUE_COUNT)

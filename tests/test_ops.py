@@ -339,6 +339,29 @@ async def test_failed_lists_a_large_re_export_that_failed_after_its_202_while_th
     assert record.current_delivery.blob == "ws-1/task-1/invoice.pdf"
 
 
+async def test_pending_and_failed_say_a_copy_a_hold_kept_past_its_tries_waits_for_the_lift_not_for_an_export(
+    ops: Ops,
+) -> None:
+    """A re-export answered 202, then a legal hold on the container for longer than every try of its message: the
+    lists name the hold and replay-poison (sending the document again is refused while the hold lasts)."""
+    await stored(ops)
+    await ops.accept(ops.world.export("task-1", expires_in=timedelta(days=7)))
+    await ops.accept(ops.world.export("task-2", expires_in=timedelta(hours=1)))  # its link ends: nothing finishes it
+    await ops.reconcile()
+    ops.world.storage.policy = "legal hold"
+    ops.world.clock.advance(timedelta(hours=3))
+    ran = await ops("failed", "--json")
+    held = {entry["taskId"]: entry.get("heldBy") for entry in ran.json()["deliveries"]}
+    assert held == {"task-1": "legal hold", "task-2": None}, ran.json()
+    text = (await ops("failed")).out
+    assert "1 of them only until the container's legal hold is lifted (then python -m ops replay-poison)" in text
+    assert "export the others again" in text and "replay-poison finishes it" in text, text
+    pending = (await ops("pending")).out
+    assert (
+        "2 will not finish by themselves (see failed), 1 of them until the container's legal hold is lifted" in pending
+    )
+
+
 async def test_failed_dates_a_stuck_copy_by_when_it_stopped_being_finishable(ops: Ops) -> None:
     """A copy whose link expired before anything finished it is listed at its link's expiry (what --since
     filters on), not at when it was received."""

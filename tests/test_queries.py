@@ -473,6 +473,10 @@ def test_pending_lists_the_stuck_reexport_and_nothing_settled_or_never_sent(run:
     for extra, listed in ((after, False), (before, True)):
         rows = query("pending-over-an-hour.kql").run({"traces": [*found["traces"], extra]}, now=later)
         assert (run.hashes["stuck"] in [row["delivery"] for row in rows]) is listed
+    # A queue try a retention policy or legal hold refused (`held`: tried again until it is lifted) settles nothing.
+    held = dict(after, customDimensions=after["customDimensions"] | {"receiver.outcome": "held"})
+    rows = query("pending-over-an-hour.kql").run({"traces": [*found["traces"], held]}, now=later)
+    assert [row["lastOutcome"] for row in rows if row["delivery"] == run.hashes["stuck"]] == ["held"], rows
 
     by_age = query("pending-by-age.kql").run(found, now=datetime.now(UTC))
     assert [(row["ageBucket"], row["deliveries"]) for row in by_age] == [("a. under 10 min", 2)]

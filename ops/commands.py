@@ -248,6 +248,16 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     if "poisoned" in verdicts:
         found.problems.append("a delivery's message is in the poison queue")
         found.next.append("python -m ops replay-poison --dry-run, then python -m ops replay-poison")
+    settled = [d for d, where in found.look.deliveries.items() if where == "poison" and d in known]
+    settled = [d for d in settled if d not in found.verdicts]  # not copying: its record already ended it
+    if settled:
+        # Nothing is left to do for it, but the reconciliation's poison ERROR fires until the message is gone.
+        found.problems.append(
+            f"the poison queue still holds a message of delivery {', '.join(d[:12] for d in settled)}, which its "
+            "record has ended: the reconciliation's poison ERROR fires until it is moved back (its try then ends at "
+            "once)"
+        )
+        found.next.append("python -m ops replay-poison --dry-run, then python -m ops replay-poison")
     if "lost" in verdicts:
         found.problems.append("a delivery is copying and no message can finish it")
         found.next.append(f"export the document again, or python -m ops fail {args} --reason '...'")

@@ -265,6 +265,26 @@ async def test_find_gives_each_copying_delivery_a_verdict_from_the_queues(ops: O
     assert lost.code == NOT_FOUND and "LOST" in lost.out and "python -m ops fail --task task-1" in lost.out
 
 
+async def test_find_names_a_poison_message_of_a_delivery_its_record_ended_and_how_to_clear_it(ops: Ops) -> None:
+    """A delivery stored after its message was poisoned (a repair adopted it): nothing is left to do for the task,
+    but the poison ERROR fires until that message is gone; find says so, and what ends it."""
+    await stored(ops)
+    export = ops.world.export("task-1", "v2.pdf")
+    text = await ops.accept(export, copied=True)
+    ops.poison.add(text)
+    repaired = await ops("check", "--task", "task-1", "--repair")
+    assert "after: next: python -m ops replay-poison --dry-run" in repaired.out, repaired.out  # what is left
+    record = ops.world.record()
+    assert record is not None and record.current_delivery is not None
+    assert record.current_delivery.blob.endswith("v2.pdf"), record
+    found = await ops("find", "--task", "task-1")
+    assert found.code == NOT_FOUND, found.out
+    assert f"the poison queue still holds a message of delivery {ops.plan(export).delivery[:12]}" in found.out
+    assert "next: python -m ops replay-poison --dry-run, then python -m ops replay-poison" in found.out, found.out
+    ops.poison.visible.clear()
+    assert (await ops("find", "--task", "task-1")).code == OK
+
+
 async def test_find_with_unreachable_host_storage_gives_an_unknown_verdict_naming_it(ops: Ops) -> None:
     from azure.core.exceptions import ServiceRequestError
 

@@ -602,6 +602,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             # Under a container policy only a missing one can be written (a create; an overwrite is refused): one
             # that describes another delivery stays so until the policy is lifted, and nothing is confirmed before.
             if not described and not seen.manifest_done and seen.locked is not None and seen.manifest is not None:
+                if event.patient:  # the queue function's: tried again until it is lifted (the manifest then written)
+                    return Answer("failed", 409, "immutable", error="immutable", reason=seen.locked, enqueue=True)
                 return Answer(
                     "failed", 503, "duplicate", error="storage-unavailable", reason=_manifest_held(notice, seen.locked)
                 )

@@ -132,3 +132,42 @@ async def test_a_tracked_delivery_whose_copy_a_hold_on_the_file_refuses_is_tried
     world.clock.advance(timedelta(minutes=1))
     assert await verify_copy(tracked.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
     assert world.files()[name] == second.data
+
+
+async def test_a_stored_re_export_whose_stale_manifest_a_hold_keeps_is_held_in_the_queue_and_blocked_in_the_dry_run(
+    caplog: Any,
+) -> None:
+    """A re-export stored over the current file, its manifest's rewrite failing (503: the queue function writes
+    it); a legal hold then keeps the manifest describing the replaced export. The queue function tries again until
+    the hold is lifted, saying so (outcome `held`; its last try `poisoned`, naming the hold, never "the copy is
+    still not finished"), and replay-poison's dry run leaves it BLOCKED, as for any message a policy holds."""
+    import logging
+
+    import pytest
+
+    from receiver.verification import MAX_DEQUEUE_COUNT, CopyStillRunning
+    from tests.test_ops import Ops
+
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    world.faults.fail_before("put", "ws-1/task-1/invoice.pdf.json")
+    first = await world.post(world.export())
+    assert first.status_code == 503 and first.verification is not None, first.body
+    world.storage.policy = "legal hold"
+    ops.poison.add(first.verification)
+    dry = await ops("replay-poison", "--dry-run", "--json")
+    [entry] = dry.json()["messages"]
+    assert entry["will"] == "blocked" and "legal hold" in entry["why"], entry
+    caplog.set_level(logging.WARNING, logger="receiver")
+    for count, outcome in ((1, "held"), (MAX_DEQUEUE_COUNT, "poisoned")):
+        caplog.clear()
+        with pytest.raises(CopyStillRunning):
+            await verify_copy(first.verification.encode(), runtime=world.runtime, now=world.now, dequeue_count=count)
+        [said] = [r for r in caplog.records if r.name == "receiver"]
+        assert getattr(said, "receiver.outcome") == outcome, said.getMessage()
+        assert "legal hold" in said.getMessage() and "not finished" not in said.getMessage(), said.getMessage()
+    world.storage.policy = None
+    assert await verify_copy(first.verification.encode(), runtime=world.runtime, now=world.now) == "duplicate"
+    manifest, record = world.manifest("ws-1/task-1/invoice.pdf"), world.record()
+    assert record is not None and manifest is not None and manifest["delivery"] == record.current, manifest

@@ -50,7 +50,7 @@ from .models import (
 )
 from .outcome import ops_command
 from .runtime import Runtime
-from .storage import Conflict, Listed, Storage, StoreError, UnreadableRecord
+from .storage import Conflict, Immutable, Listed, Storage, StoreError, UnreadableRecord
 from .telemetry import recording, report_oldest_pending, report_poison_depth
 from .verification import MAX_DEQUEUE_COUNT, POISON_QUEUE
 
@@ -256,6 +256,14 @@ async def _work(
                         record.blob = f"{settings.destination_container}/{trace.failed[-1].blob}"
                         record.delivery = trace.failed[-1].delivery
                     record.reason = "; ".join(filter(None, [_expired(item), record.reason]))
+            except Immutable as exc:
+                # What becomes of a delivery still copying (stored, or failed as its link expired) cannot be recorded
+                # while the policy lasts: counted lost past the queue's coverage (the run's ERROR), as if waiting.
+                record.outcome = "held"
+                record.reason = (
+                    f"{exc.message} It is decided (stored, or failed once its link expired) when the {exc.policy} is "
+                    f"lifted; {ops_command('find', task=item.task_id, workspace=item.workspace_id)} tells its story"
+                )
             except StoreError as exc:
                 record.outcome, record.reason = "error", exc.message
                 record.final_failure = isinstance(exc, UnreadableRecord)  # a person must restore it: ERROR
@@ -264,7 +272,7 @@ async def _work(
                 record.reason = f"unexpected {type(exc).__name__} on this task; the run went on with the others"
                 log.exception("reconciliation of task %s failed", item.task_id)
             waited = now - item.oldest_copying if item.oldest_copying is not None else timedelta(0)
-            if record.outcome == "waiting" and waited > QUEUE_COVERAGE:
+            if record.outcome in ("waiting", "held") and waited > QUEUE_COVERAGE:
                 report.lost.append(item.task_id)
             report.count(record.outcome)
     report.attention = await after_run(
@@ -328,8 +336,9 @@ def _summary(report: RunReport) -> str:
     if report.lost:
         text += (
             f"; {len(report.lost)} delivery(ies) have been copying for over {QUEUE_COVERAGE.total_seconds() / 60:.0f} "
-            "minutes and their queue message (which holds the link) is lost or poisoned: python -m ops pending names "
-            "each, with the command that tells its story and what to run next"
+            "minutes and their queue message (which holds the link) is lost or poisoned, or a retention policy or "
+            "legal hold refuses recording them: python -m ops pending names each, with the command that tells its "
+            "story and what to run next"
         )
     return text
 

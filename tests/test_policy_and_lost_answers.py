@@ -171,3 +171,37 @@ async def test_a_stored_re_export_whose_stale_manifest_a_hold_keeps_is_held_in_t
     assert await verify_copy(first.verification.encode(), runtime=world.runtime, now=world.now) == "duplicate"
     manifest, record = world.manifest("ws-1/task-1/invoice.pdf"), world.record()
     assert record is not None and manifest is not None and manifest["delivery"] == record.current, manifest
+
+
+async def test_a_copy_a_lasting_hold_keeps_past_its_link_is_reported_lost_each_run_then_failed_once_lifted(
+    caplog: Any,
+) -> None:
+    """A re-export answered 202, then a legal hold that outlasts its link: failing it as expired is a record
+    change the hold refuses, so each reconciliation run counts it lost (its run record the alert, its task's
+    record `held`) instead of a WARNING nobody is paged for; once the hold is lifted the next run fails it."""
+    import logging
+
+    from receiver.models import State
+    from tests.test_ops import Ops
+
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    await ops.accept(world.export(expires_in=timedelta(hours=6)))
+    world.storage.policy = "legal hold"
+    caplog.set_level(logging.INFO, logger="receiver")
+    # Its link valid (only its message can finish it: waiting), then expired, then long after.
+    for hours, outcome in ((2, "waiting"), (7, "held"), (24 * 40, "held")):
+        world.clock.advance(timedelta(hours=hours))
+        caplog.clear()
+        report = await ops.reconcile()
+        assert report.lost == ["task-1"], (hours, report)
+        [mine] = [r for r in caplog.records if getattr(r, "receiver.taskId", None) == "task-1"]
+        assert getattr(mine, "receiver.outcome") == outcome, mine.getMessage()
+        [run] = [r for r in caplog.records if getattr(r, "receiver.outcome", None) == "completed"]
+        assert run.levelno == logging.ERROR and "legal hold refuses recording them" in run.getMessage()
+    world.storage.policy = None
+    report = await ops.reconcile()
+    record = world.record()
+    assert report.outcomes == {"expired": 1}, report
+    assert record is not None and record.deliveries[-1].state is State.FAILED

@@ -611,16 +611,21 @@ async def _effects(
             else:
                 trace.deferred.append(f"{effect.retirement.blob}: {outcome}")
                 assert isinstance(outcome, StoreError)
-                since = _listed_since(seen.record, effect.retirement.delivery)
+                # This driver's own copy, unlisted until the refusal lists it (receiver.machine): listed now.
+                listed = seen.record is not None and effect.retirement in seen.record.retire
+                since = _listed_since(seen.record, effect.retirement.delivery) if listed else now
                 _unretired(job, effect.retirement, outcome, age=now - since if since is not None else timedelta(0))
         else:
             manifest_done = True
             if failed:
                 assert isinstance(outcome, StoreError)
                 trace.effect_failed = outcome
-    removed = any(
-        isinstance(effect, Retire) and isinstance(seen.blob, Blob) and effect.retirement.blob == seen.blob.name
-        for effect in effects
+    removed = any(  # a delete refused (a hold, a lease) leaves the blob as it was seen
+        isinstance(effect, Retire)
+        and not isinstance(outcome, BaseException)
+        and isinstance(seen.blob, Blob)
+        and effect.retirement.blob == seen.blob.name
+        for effect, outcome in zip(effects, outcomes, strict=True)
     )
     blob = None if removed else seen.blob
     return replace(

@@ -586,12 +586,9 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             # it first). One it found is listed in the record first (a swap): a record that moved on since it
             # was read (a newer delivery made current at this very name) is seen before anything is deleted.
             stale = _listing(blob, notice.delivery)
-            if seen.copied:
-                return Apply((Retire(stale),), "superseded")
-            if stale.key not in {item.key for item in record.retire}:
-                listed = record.model_copy(update={"retire": [*record.retire, stale]})
-                return Change(listed, "superseded")
-            return _retire(seen, record, now, by) or Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
+            return _remove_stray(seen, record, stale, (now, by), "superseded") or Answer(
+                "superseded", 200, "superseded", reason=SUPERSEDED_REASON
+            )
         recorded = entry is not None and (not seen.copied or entry.etag == blob.etag)  # these very bytes
         if current_stored and entry is not None and entry.blob == notice.blob and recorded:
             # A duplicate is answered once its manifest describes it too (the first request's manifest
@@ -926,11 +923,26 @@ def _stray_first(
         return Observe()
     if not (isinstance(blob, Blob) and blob.delivery == notice.delivery):
         return None
-    stray = _listing(blob, notice.delivery)
-    if seen.copied:
+    return _remove_stray(seen, record, _listing(blob, notice.delivery), (now, by), arrow)
+
+
+def _remove_stray(
+    seen: Seen, record: TaskRecord, stray: Retirement, when: tuple[datetime, Driver], arrow: str
+) -> Decision | None:
+    """This driver's own copy goes at once (If-Match on what it wrote). One it found, or its own whose delete was
+    refused (a hold or a lease on it), is listed in the record first, with a step on its delivery saying so (the
+    alert about a name left listed counts from then), then retired like any listing."""
+    now, by = when
+    if seen.copied and stray.key not in seen.deferred:
         return Apply((Retire(stray),), arrow)
     if stray.key not in {item.key for item in record.retire}:
-        return Change(record.model_copy(update={"retire": [*record.retire, stray]}), arrow)
+        note = "a copy of it landed at a name it is not kept at"
+        step = Step(at=now, by=by, outcome="stray-copy", note=note, retired=[stray.blob])
+        items = [
+            item.model_copy(update={"history": with_step(item, step)}) if item.delivery == stray.delivery else item
+            for item in record.deliveries
+        ]
+        return Change(record.model_copy(update={"deliveries": items, "retire": [*record.retire, stray]}), arrow)
     return _retire(seen, record, now, by)
 
 

@@ -5,6 +5,7 @@ failing random seed prints the command that replays it."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -1246,6 +1247,74 @@ async def test_a_second_template_change_keeps_the_first_name_fenced_after_the_re
     assert sim.files()[A_NAME] == e2.data, "e1's held commit at its first name replaced e2's file answered 2xx"
     await sim.finish()
     ok(sim)
+
+
+def could_not_retire(records: list[logging.LogRecord]) -> list[str]:
+    return [r.levelname for r in records if r.name == "receiver.engine" and "could not retire" in r.getMessage()]
+
+
+async def test_a_late_copy_a_hold_on_its_name_keeps_is_listed_with_an_alert_and_retired_once_lifted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """e1 at A is replaced by e2 at B (A retired). Days later a hold covers what is written at A (version-level: the
+    container reports none), and a late retry of e1 copies there, create-only; the hold refuses deleting its own
+    copy. The copy is listed in the record (so the reconciliation retries it and says why), alerting at once
+    instead of a WARNING claiming a listing that did not exist; once the hold is lifted it is retired."""
+    sim = Simulation()
+    e1 = sim.export("A", expires_in=timedelta(days=7))
+    await sim.run_actor(sim.post(e1))
+    sim.clock.advance(timedelta(minutes=1))
+    await sim.run_actor(sim.post(sim.export("B")))
+    assert A_NAME not in sim.files()
+    sim.clock.advance(timedelta(days=2, hours=5))
+    sim.faults.immutable_names[A_NAME] = "BlobImmutableDueToLegalHold"
+    logging.disable(logging.NOTSET)
+    caplog.set_level(logging.WARNING, logger="receiver.engine")
+    late = sim.post(e1)
+    await sim.run_actor(late)
+    logging.disable(logging.CRITICAL)
+    record = sim.record()
+    assert late.answer == "200 superseded" and A_NAME in sim.files(), (late.answer, sorted(sim.files()))
+    assert record is not None and [item.blob for item in record.retire] == [A_NAME], record.retire
+    assert could_not_retire(caplog.records)[:1] == ["ERROR"], caplog.text
+    sim.faults.immutable_names.clear()
+    await sim.run_actor(sim.reconcile())
+    record = sim.record()
+    assert A_NAME not in sim.files() and record is not None and record.retire == [], (sorted(sim.files()), record)
+    await sim.finish()
+    ok(sim)
+
+
+async def test_a_late_copy_listed_days_after_its_delivery_last_changed_alerts_when_listed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same late copy, found by a second retry (the first stopped right after its copy): listed then, its
+    delete refused by the hold on the file. The alert counts from the listing (a step on the delivery), not from
+    the delivery's last change two days before, which kept it a WARNING for most of a day."""
+    sim = Simulation()
+    e1 = sim.export("A", expires_in=timedelta(days=7))
+    await sim.run_actor(sim.post(e1))
+    sim.clock.advance(timedelta(minutes=1))
+    await sim.run_actor(sim.post(sim.export("B")))
+    sim.clock.advance(timedelta(days=2, hours=5))
+    sim.faults.immutable_names[A_NAME] = "BlobImmutableDueToLegalHold"
+    first = sim.post(e1)
+    await sim.settle()
+    while A_NAME not in sim.files():  # its record read and its copy, side by side; then it stops
+        await sim.grant(next(call for call in sim.pending() if call.actor is first))
+    await sim.grant(next(call for call in sim.pending() if call.actor is first), "crash")
+    assert first.crashed
+    sim.clock.advance(timedelta(minutes=3))
+    logging.disable(logging.NOTSET)
+    caplog.set_level(logging.WARNING, logger="receiver.engine")
+    second = sim.post(e1)
+    await sim.run_actor(second)
+    logging.disable(logging.CRITICAL)
+    record = sim.record()
+    assert record is not None and [item.blob for item in record.retire] == [A_NAME], record.retire
+    assert could_not_retire(caplog.records)[:1] == ["ERROR"], caplog.text
+    entry = record.find(e1.delivery)
+    assert entry is not None and entry.history[-1].outcome == "stray-copy", entry.history
 
 
 @pytest.mark.parametrize("name", ["A", "B"])

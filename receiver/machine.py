@@ -337,10 +337,14 @@ def _overtaken(record: TaskRecord, notice: Notice, now: datetime, by: Driver) ->
     archived by SmartDocumentor if 2xx): it is put in the record before that one, so it never replaces it:
     superseded when a later one is stored, else copying behind the later ones still copying (copied again if
     they all fail, as any delivery waiting behind). Then it is decided as any delivery so recorded."""
+    # A queue message's receive time is an earlier request's: one the record holds received at that very instant
+    # (an earlier answer of which may have been a 2xx) is taken as the later, so it is never replaced by it.
+    ties = by == "verifier"
     later = [
         n
         for n, item in enumerate(record.deliveries)
-        if item.received_at > notice.received_at and item.state is not State.FAILED
+        if (item.received_at > notice.received_at or (ties and item.received_at == notice.received_at))
+        and item.state is not State.FAILED
     ]
     if not later:
         return None

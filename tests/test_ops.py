@@ -983,6 +983,7 @@ async def test_a_poisoned_delivery_the_record_never_named_is_flagged_with_replay
     ops = Ops()
     await stored(ops)
     real_put = lease_the_records(ops, monkeypatch)
+    ops.world.clock.advance(timedelta(seconds=1))  # received after the stored one (a tie is taken as older)
     answer = await ops.world.post(ops.world.export("task-1", "renamed.pdf"))
     assert answer.status_code == 503 and answer.verification is not None, answer.body
     assert "tries again by itself for about 40 minutes" in answer.body["message"]

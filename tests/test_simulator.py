@@ -1249,6 +1249,30 @@ async def test_a_second_template_change_keeps_the_first_name_fenced_after_the_re
     ok(sim)
 
 
+async def test_a_queued_delivery_received_at_the_very_instant_of_a_stored_one_never_replaces_it() -> None:
+    """e1's webhook answered 503 before recording it (its message queued); e2, received at the same instant, is
+    stored (200). e1's message then runs: the tie is read as e1 being the older (its receive time is an earlier
+    request's), so it is superseded and e2's file stays, rather than e1's replacing a file answered 200."""
+    sim = Simulation()
+    e1 = sim.export("A")
+    sim.faults.rule("before", "put", RECORD, 1)
+    first = sim.post(e1)
+    await sim.run_actor(first)
+    assert str(first.answer).startswith("503") and len(sim.queue) == 1, first.answer
+    sim.faults.rules.clear()
+    e2 = sim.export("B")
+    second = sim.post(e2)
+    await sim.run_actor(second)
+    record = sim.record()
+    assert second.answer == "200 stored" and record is not None and record.deliveries[-1].received_at == sim.clock()
+    late = sim.run_message(0)
+    await sim.run_actor(late)
+    assert late.answer == "superseded", late.answer
+    await sim.finish()
+    ok(sim)
+    assert sim.files() == {"ws-1/task-1/B.pdf": e2.data}, sorted(sim.files())
+
+
 def could_not_retire(records: list[logging.LogRecord]) -> list[str]:
     return [r.levelname for r in records if r.name == "receiver.engine" and "could not retire" in r.getMessage()]
 
@@ -1275,7 +1299,7 @@ async def test_a_late_copy_a_hold_on_its_name_keeps_is_listed_with_an_alert_and_
     logging.disable(logging.CRITICAL)
     record = sim.record()
     assert late.answer == "200 superseded" and A_NAME in sim.files(), (late.answer, sorted(sim.files()))
-    assert record is not None and [item.blob for item in record.retire] == [A_NAME], record.retire
+    assert record is not None and [item.blob for item in record.retire] == [A_NAME], record
     assert could_not_retire(caplog.records)[:1] == ["ERROR"], caplog.text
     sim.faults.immutable_names.clear()
     await sim.run_actor(sim.reconcile())
@@ -1311,10 +1335,10 @@ async def test_a_late_copy_listed_days_after_its_delivery_last_changed_alerts_wh
     await sim.run_actor(second)
     logging.disable(logging.CRITICAL)
     record = sim.record()
-    assert record is not None and [item.blob for item in record.retire] == [A_NAME], record.retire
+    assert record is not None and [item.blob for item in record.retire] == [A_NAME], record
     assert could_not_retire(caplog.records)[:1] == ["ERROR"], caplog.text
     entry = record.find(e1.delivery)
-    assert entry is not None and entry.history[-1].outcome == "stray-copy", entry.history
+    assert entry is not None and entry.history[-1].outcome == "stray-copy", entry
 
 
 @pytest.mark.parametrize("name", ["A", "B"])

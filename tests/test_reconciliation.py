@@ -141,6 +141,7 @@ async def test_a_copy_its_queue_message_can_still_finish_is_reported_waiting(
     assert report.lost == [payload["taskId"]], report
     [error] = errors(caplog)
     assert "python -m ops pending names each" in error.getMessage()
+    assert f"python -m ops find --task {payload['taskId']}" in error.getMessage(), error.getMessage()
 
 
 async def test_a_name_listed_to_retire_is_deleted_with_its_manifest(

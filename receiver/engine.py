@@ -561,6 +561,7 @@ def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: ti
         )
         fix = f"the lease on it is broken or lapses{held}"
     due = (for_good or age > RETIRE_PATIENCE) and age % timedelta(days=1) < job.alert_window
+    due = due and job.event.by != "operator"  # an operator's check prints it: the alert is the others' to raise
     log.log(
         logging.ERROR if due else logging.WARNING,
         "could not retire %s of task %s in workspace %s (%s): it stays listed in the task record, beside the task's "

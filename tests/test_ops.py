@@ -1558,6 +1558,11 @@ async def test_a_retirement_a_hold_refuses_alerts_when_listed_and_then_about_onc
     ops.world.clock.advance(timedelta(days=1) - timedelta(minutes=15))
     await ops.reconcile()
     assert levels() == [logging.ERROR]
+    # An operator's check --repair at that same moment prints why; it raises no second alert.
+    caplog.set_level(logging.WARNING, logger="receiver.engine")  # (the command line raises it to ERROR)
+    ran = await ops("check", "--task", "task-1", "--repair")
+    assert "not retired: ws-1/task-1/invoice.pdf" in ran.out, ran.out
+    assert levels() == [logging.WARNING]
 
 
 @pytest.mark.parametrize(

@@ -1169,8 +1169,6 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int, drop_unreadable: bo
         for message in await poison.peek(min(limit, PEEK_LIMIT)):
             parsed = parse(message.content)
             fate = (DROPPED if drop_unreadable else UNREADABLE) if parsed is None else await _fate(ctx, parsed)
-            if fate[0] == "blocked":
-                problems.append(fate[1])
             moves = parsed is not None and fate[0] != "blocked"
             action = "would-move" if moves else "would-drop" if parsed is None and drop_unreadable else "would-leave"
             entries.append(_message_entry(message.id, parsed, action, fate))
@@ -1198,7 +1196,6 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int, drop_unreadable: bo
                     continue
                 fate = await _fate(ctx, parsed)
                 if fate[0] == "blocked":  # left in the poison queue: it would only be poisoned again
-                    problems.append(fate[1])
                     entries.append(_message_entry(message.id, parsed, "left", fate))
                     await poison.release(message)
                     handled = index + 1
@@ -1252,6 +1249,13 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int, drop_unreadable: bo
                 with contextlib.suppress(Exception):
                     await poison.release(unmoved)
             progress.close()
+    blocked = sum(1 for entry in entries if entry["will"] == "blocked")
+    if blocked:  # each row says which policy: named once here, the problem that sets the exit code
+        problems.insert(
+            0,
+            f"{blocked} message(s) BLOCKED: a retention policy or legal hold refuses what they need; they stay in the "
+            "poison queue until it is lifted (each row says which), then replay them",
+        )
     moved = sum(1 for entry in entries if entry["action"] in ("moved", "moved-copy-left", "would-move"))
     left = sum(1 for entry in entries if not entry["readable"] and "drop" not in entry["action"])
     dropped = sum(1 for entry in entries if entry["action"] in ("dropped", "would-drop"))

@@ -30,6 +30,8 @@ async def test_the_replay_dry_run_and_the_queue_function_agree_under_a_legal_hol
     with pytest.raises(CopyStillRunning):
         await verify_copy(text.encode(), runtime=world.runtime, now=world.now)
     assert entry["will"] == "blocked" and "once the legal hold is lifted" in entry["why"], entry
+    text_out = (await ops("replay-poison", "--dry-run")).out
+    assert text_out.count(entry["why"]) == 1 and "1 message(s) BLOCKED" in text_out, text_out  # its row says why
     record = world.record()
     assert record is not None and record.deliveries[-1].state is State.COPYING, record  # the 202 still tracked
     world.storage.policy = None

@@ -1261,7 +1261,7 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int, drop_unreadable: bo
     dropped = sum(1 for entry in entries if entry["action"] in ("dropped", "would-drop"))
     fates = {
         fate: sum(1 for entry in entries if entry["will"] == fate)
-        for fate in ("finish", "duplicate", "superseded", "waiting", "fail", "unknown", "blocked")
+        for fate in ("finish", "duplicate", "superseded", "waiting", "fail", "ended", "unknown", "blocked")
     }
     data = {
         "dryRun": dry_run,

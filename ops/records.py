@@ -187,7 +187,8 @@ class Foreseen:
     """What a driver would do next, and in the operator's words."""
 
     decision: Decision
-    action: str  # adopt | expire | give-up | retire | waiting | nothing | finish | duplicate | superseded | fail
+    # adopt | expire | give-up | retire | waiting | nothing | finish | duplicate | superseded | fail | ended
+    action: str
     why: str
     delivery: str | None = None  # adopt: the delivery whose bytes are recorded
 
@@ -338,6 +339,9 @@ def _arrival_words(answer: Answer, outcome: str, trace: Trace, imagined: Imagine
         return Foreseen(
             answer, "superseded", f"a newer export of the task is stored{name}: nothing of it is kept{steps}"
         )
+    if outcome == "failed" and trace.ended is State.FAILED and not trace.failed:
+        why = f"its task record already failed it ({answer.reason or answer.error}): moving it back only clears it"
+        return Foreseen(answer, "ended", f"{why} from the poison queue{steps}")
     if outcome == "failed":
         return Foreseen(answer, "fail", f"{answer.reason or answer.error}{steps}")
     if outcome == "duplicate":

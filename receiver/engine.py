@@ -116,6 +116,7 @@ class Trace:
     blob: str | None = None  # the name the delivery was decided at, when not the notice's (its record's)
     deferred: list[str] = field(default_factory=list)  # names left listed to retire, and why
     failed: list[Delivery] = field(default_factory=list)  # deliveries a record change of this run failed
+    ended: State | None = None  # an arrival's delivery as its record held it at the answer (None: not in it)
 
 
 def manifest_name(blob: str) -> str:
@@ -152,6 +153,9 @@ async def run(
             _record_in_time(job, seen)
         trace.arrows.append(decision.arrow)
         if isinstance(decision, Answer):
+            if isinstance(job.event, Arrival) and seen.record is not None:
+                entry = seen.record.find(job.event.notice.delivery)
+                trace.ended = entry.state if entry is not None else None
             return _finish(decision, trace), trace
         if isinstance(decision, Observe) and decision.at is not None:
             job, seen, trace.blob = _decided_at(job, decision.at), _unlooked(seen), decision.at

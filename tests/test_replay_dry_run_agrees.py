@@ -149,3 +149,32 @@ async def test_a_line_wrapped_message_the_host_reads_is_moved_not_dropped_as_unr
     ran = await ops("replay-poison", "--drop-unreadable")
     assert "Moved 1 message(s)" in ran.out and "deleted" not in ran.out, ran.out
     assert [item.content for item in ops.queue.visible] == [wrapped]
+
+
+async def test_a_poison_message_of_a_delivery_its_record_already_failed_is_ended_without_a_second_alert(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 202'd copy whose link expired before anything finished it: the reconciliation fails it (its ERROR). Its
+    message, poisoned meanwhile, is ENDED in the dry run (moving it back only clears it), and neither the replay
+    nor the queue function's try of it raises another ERROR for the same failure."""
+    import logging
+    from datetime import timedelta
+
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    text = await ops.accept(world.export(expires_in=timedelta(hours=1)))
+    world.clock.advance(timedelta(hours=2))
+    assert (await ops.reconcile()).outcomes == {"expired": 1}
+    ops.poison.add(text)
+    dry = await ops("replay-poison", "--dry-run", "--json")
+    [entry] = dry.json()["messages"]
+    assert entry["will"] == "ended" and "already failed it" in entry["why"], entry
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    assert (await ops("replay-poison")).code == 0
+    assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now) == "failed"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED

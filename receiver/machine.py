@@ -858,9 +858,9 @@ def _copies_may_land(
 
 
 # The steps that put a delivery in `copying` (accepted, waiting behind a newer one, a copy's answer lost), and
-# those that change no state (an operator's replay, a retirement of its names).
+# those that change no state (an operator's replay, a retirement of its names, a stray copy of it listed).
 COPYING_STEPS = ("copying", "unconfirmed")
-NOTE_STEPS = ("replayed", "retired")
+NOTE_STEPS = ("replayed", "retired", "stray-copy")
 
 
 def _superseded_copying(item: Delivery) -> bool:

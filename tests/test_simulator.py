@@ -1107,6 +1107,38 @@ async def test_a_duplicate_fences_off_an_older_delivery_superseded_while_copying
     ok(sim)
 
 
+async def test_a_duplicate_still_fences_off_an_older_delivery_superseded_while_copying_after_a_stray_copy_step() -> (
+    None
+):
+    """The same, with a stray copy of e1 found and listed while it was copying (a third template: its kept-name
+    path adds a `stray-copy` step, which changes no state): e1 is still superseded while copying, so e2's retry
+    fences before its 200 `duplicate`, and e1's held commit fails."""
+    sim = Simulation(STAGED_202)
+    e1, e2, q1, q2 = await two_given_up_then_the_older_prepared_over_the_newer(sim)
+    await sim.run_actor(sim.post(e1, config=Config(template=TODAY, staged=True, waits=False)))
+    elsewhere = "x/" + A_NAME
+    first = sim.post(e1, config=Config(template=OTHER, staged=False, waits=False))
+    await sim.settle()
+    while elsewhere not in sim.files():
+        await sim.grant(calls_of(sim, first)[0])
+    await sim.grant(calls_of(sim, first)[0], "crash")
+    await sim.run_actor(sim.post(e1, config=Config(template=OTHER, staged=True, waits=False)))
+    entry = (record := sim.record()) and record.find(e1.delivery)
+    assert entry and entry.state is State.COPYING and entry.history[-1].outcome == "stray-copy", entry
+    while (record := sim.record()) is None or record.find(e2.delivery).state is not State.STORED:  # type: ignore[union-attr]
+        await sim.grant(calls_of(sim, q2)[0])
+    for call in calls_of(sim, q2):
+        await sim.grant(call, "crash")  # before its fence
+    retry = sim.post(e2)
+    await sim.run_actor(retry)
+    assert retry.answer == "200 duplicate", retry.answer
+    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
+    assert sim.files()[A_NAME] == e2.data, "e1's held commit replaced the file answered 200 duplicate"
+    sim.sources.remove(e2.source_name)
+    await sim.finish()
+    ok(sim)
+
+
 @pytest.mark.parametrize("stops", ["crashed", "refused"])
 @pytest.mark.parametrize("policy", ["legal hold", "retention policy"])
 async def test_a_duplicate_under_a_container_policy_is_not_confirmed_while_an_older_commit_may_still_land(

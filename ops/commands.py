@@ -861,7 +861,6 @@ async def pending(
                 continue
             why = stuck(delivery.link_expires_on, delivery.received_at, ctx.now, held=held)
             age = age_seconds(delivery.received_at.isoformat(), ctx.now)
-            expired = delivery.link_expires_on is not None and delivery.link_expires_on <= ctx.now
             entries.append(
                 {
                     "taskId": item.task_id,
@@ -872,7 +871,7 @@ async def pending(
                     "ageSeconds": age,
                     "linkExpiresOn": _iso(delivery.link_expires_on) if delivery.link_expires_on else None,
                     "stuck": why,
-                    "heldBy": held if why and not expired else None,
+                    "heldBy": held if why else None,
                 }
             )
             rows.append([human_age(age), item.task_id, delivery.delivery[:12], delivery.blob, why or "-"])
@@ -917,12 +916,10 @@ async def pending(
 
 
 async def _held_by(storage: Storage, records: list[TaskRecord | None], now: datetime) -> str | None:
-    """The container's retention policy or legal hold, asked only when a delivery in ``records`` is copying past
-    every try of its queue message while its link is valid (what such a policy makes of a 202)."""
+    """The container's retention policy or legal hold, asked only when a delivery in ``records`` is copying and
+    will not finish by itself (such a policy keeps its tries, and the reconciliation's change, from ending it)."""
     waiting = any(
-        delivery.state is State.COPYING
-        and now - delivery.received_at > QUEUE_COVERAGE
-        and (delivery.link_expires_on is None or delivery.link_expires_on > now)
+        delivery.state is State.COPYING and stuck(delivery.link_expires_on, delivery.received_at, now) is not None
         for record in records
         if record is not None
         for delivery in record.deliveries
@@ -1009,15 +1006,25 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
     else:
         hint = f" (only the newest {limit} tasks with failures are shown; --max N for more)" if more else ""
         waiting = sum(1 for entry in entries if entry.get("heldBy"))
+        replayable = sum(1 for entry in entries if entry.get("replayable"))
+        advice = [
+            f"{waiting} of them wait for the container's {held} to be lifted (the row says what follows)"
+            if waiting
+            else "",
+            f"{replayable} of them may still be finished from the poison queue (python -m ops replay-poison --dry-run)"
+            if replayable
+            else "",
+        ]
+        plain = len(entries) - waiting - replayable
+        advice.append(
+            f"export {'the others' if waiting or replayable else 'those documents'} again from SmartDocumentor"
+            if plain
+            else ""
+        )
         text.append(
-            f"{len(entries)} delivery(ies) will not finish by themselves, in {len(listed)} task(s){hint}."
-            + (
-                f" {waiting} of them only until the container's {held} is lifted (then python -m ops replay-poison);"
-                " export the others again from SmartDocumentor"
-                if waiting
-                else " Export those documents again from SmartDocumentor"
-            )
-            + "; one task's whole story: python -m ops find --task T --workspace W."
+            f"{len(entries)} delivery(ies) will not finish by themselves, in {len(listed)} task(s){hint}. "
+            + "".join(f"{line}; " for line in advice if line)
+            + "one task's whole story: python -m ops find --task T --workspace W."
         )
     text += state.lines
     if since is None or since < oldest:
@@ -1057,16 +1064,17 @@ def _failures_of(
             if why_stuck is None:
                 continue
             expired = delivery.link_expires_on is not None and delivery.link_expires_on <= now
-            waits_for = held if not expired else None  # a hold, not a failure, keeps it (its link still valid)
+            waits_for = held  # a hold keeps it as it is (tried again, or failed by the reconciliation, once lifted)
+            replayable = not expired and held is None  # its message may wait in the poison queue
             # When it stopped being finishable (its link's expiry, or past its queue message's tries): what
             # --since filters on too.
             ends = [delivery.link_expires_on, delivery.received_at + QUEUE_COVERAGE]
             when_ = min(end for end in ends if end is not None and end <= now)
-            what, why = "copying", why_stuck if waits_for else f"{why_stuck}; nothing will finish it"
+            what, why = "copying", why_stuck if waits_for or replayable else f"{why_stuck}; nothing will finish it"
         else:
             continue  # e.g. a marker whose swap lost: the record does not hold that failure
         kept = current.blob if current is not None and current.delivery != delivery.delivery else None
-        entry = {
+        entry: dict[str, Any] = {
             "taskId": task_id,
             "workspaceId": workspace_id,
             "delivery": delivery.delivery[:12],
@@ -1078,6 +1086,8 @@ def _failures_of(
         }
         if what == "copying" and waits_for:
             entry["heldBy"] = waits_for
+        if what == "copying" and replayable:
+            entry["replayable"] = True
         shown_why = why + (f" (current file kept: {kept})" if kept else "")
         found.append((entry, (when_, [_iso(when_), what, task_id, delivery.blob, shown_why])))
     return found

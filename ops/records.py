@@ -371,10 +371,16 @@ async def drive(storage: Storage, job: Job, *, now: datetime, trace: Trace | Non
 
 
 def stuck(item_expires: datetime | None, received: datetime, now: datetime, *, held: str | None = None) -> str | None:
-    """Why a delivery still copying will not finish by itself, or None. ``held``: the container's policy, which
-    refuses what every try of its queue message needed (its message then waits in the poison queue)."""
+    """Why a delivery still copying will not finish by itself, and what finishes it, or None. ``held``: the
+    container's policy, which refuses what its queue message's tries and the reconciliation's change need."""
     if item_expires is not None and item_expires <= now:
-        return f"its link expired at {item_expires.isoformat()}"
+        expired = f"its link expired at {item_expires.isoformat()}"
+        if held is not None:
+            return (
+                f"{expired}; the container's {held} keeps it from being failed: once it is lifted the reconciliation "
+                "fails it, then export the document again"
+            )
+        return expired
     if now - received > QUEUE_COVERAGE:
         minutes = int(QUEUE_COVERAGE.total_seconds() // 60)
         if held is not None:
@@ -383,7 +389,10 @@ def stuck(item_expires: datetime | None, received: datetime, now: datetime, *, h
                 f"message needed; once it is lifted, python -m ops replay-poison finishes it (find --task T says "
                 "whether its message is in the poison queue)"
             )
-        return f"copying for over {minutes} minutes: past every try of its queue message"
+        return (
+            f"copying for over {minutes} minutes: past every try of its queue message; if that message waits in the "
+            "poison queue (find --task T says), python -m ops replay-poison finishes it, else export the document again"
+        )
     return None
 
 

@@ -362,24 +362,44 @@ async def test_failed_lists_a_large_re_export_that_failed_after_its_202_while_th
 async def test_pending_and_failed_say_a_copy_a_hold_kept_past_its_tries_waits_for_the_lift_not_for_an_export(
     ops: Ops,
 ) -> None:
-    """A re-export answered 202, then a legal hold on the container for longer than every try of its message: the
-    lists name the hold and replay-poison (sending the document again is refused while the hold lasts)."""
+    """Re-exports answered 202, then a legal hold on the container for longer than every try of their messages:
+    the lists name the hold (sending the document again is refused while it lasts), and what follows its lift:
+    replay-poison for a copy whose link is still valid, the reconciliation's failure (then a new export) for one
+    whose link expired meanwhile."""
     await stored(ops)
     await ops.accept(ops.world.export("task-1", expires_in=timedelta(days=7)))
-    await ops.accept(ops.world.export("task-2", expires_in=timedelta(hours=1)))  # its link ends: nothing finishes it
+    await ops.accept(ops.world.export("task-2", expires_in=timedelta(hours=1)))
     await ops.reconcile()
     ops.world.storage.policy = "legal hold"
     ops.world.clock.advance(timedelta(hours=3))
     ran = await ops("failed", "--json")
-    held = {entry["taskId"]: entry.get("heldBy") for entry in ran.json()["deliveries"]}
-    assert held == {"task-1": "legal hold", "task-2": None}, ran.json()
+    reasons = {entry["taskId"]: (entry.get("heldBy"), entry["reason"]) for entry in ran.json()["deliveries"]}
+    assert reasons["task-1"][0] == reasons["task-2"][0] == "legal hold", reasons
+    assert "once it is lifted, python -m ops replay-poison finishes it" in reasons["task-1"][1], reasons
+    assert "once it is lifted the reconciliation fails it, then export the document again" in reasons["task-2"][1]
     text = (await ops("failed")).out
-    assert "1 of them only until the container's legal hold is lifted (then python -m ops replay-poison)" in text
-    assert "export the others again" in text and "replay-poison finishes it" in text, text
+    assert "2 of them wait for the container's legal hold to be lifted (the row says what follows)" in text, text
+    assert "export those documents again" not in text and "export the others again" not in text, text
     pending = (await ops("pending")).out
-    assert (
-        "2 will not finish by themselves (see failed), 1 of them until the container's legal hold is lifted" in pending
-    )
+    assert "2 will not finish by themselves (see failed), 2 of them until the container's legal hold is" in pending
+
+
+async def test_failed_says_a_copy_past_its_tries_with_a_valid_link_may_be_finished_from_the_poison_queue(
+    ops: Ops,
+) -> None:
+    """No policy: a copy past every try of its message, its link still valid, may wait in the poison queue (a
+    replay finishes it): said before "export again", which only a copy whose link expired needs."""
+    await stored(ops)
+    await ops.accept(ops.world.export("task-1", expires_in=timedelta(days=7)))
+    await ops.accept(ops.world.export("task-2", expires_in=timedelta(hours=1)))
+    await ops.reconcile()
+    ops.world.clock.advance(timedelta(hours=3))
+    ran = await ops("failed", "--json")
+    replayable = {entry["taskId"]: entry.get("replayable", False) for entry in ran.json()["deliveries"]}
+    assert replayable == {"task-1": True, "task-2": False}, ran.json()
+    text = (await ops("failed")).out
+    assert "1 of them may still be finished from the poison queue (python -m ops replay-poison --dry-run)" in text
+    assert "export the others again from SmartDocumentor" in text, text
 
 
 async def test_failed_dates_a_stuck_copy_by_when_it_stopped_being_finishable(ops: Ops) -> None:

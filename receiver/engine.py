@@ -324,10 +324,11 @@ async def _observe(storage: Storage, job: Job, seen: Seen, *, record: bool = Fal
     if name is None:
         return replace(seen, blob=None, manifest=None, attempt=None, watched=None)
     manifest = manifest or (isinstance(job.event, Sweep) and job.event.verify and job.write_manifest)
+    # With WRITE_MANIFEST off, none is written, so none is needed: one left from before is not looked at.
     for _ in range(3):
-        blob, there = await asyncio.gather(
-            storage.read(name), storage.read(manifest_name(name)) if manifest else _unseen()
-        )
+        wanted = manifest and job.write_manifest
+        there_read = storage.read(manifest_name(name)) if wanted else _absent() if manifest else _unseen()
+        blob, there = await asyncio.gather(storage.read(name), there_read)
         if not (record and isinstance(job.event, Arrival)):
             break
         found, etag = await _read_record(storage, job)
@@ -375,6 +376,10 @@ def task_view(storage: Storage, job: Job) -> Storage:
 
 async def _unseen() -> Any:
     return UNSEEN
+
+
+async def _absent() -> None:
+    return None
 
 
 # --- copying ---------------------------------------------------------------------------------------------

@@ -1305,6 +1305,29 @@ async def test_a_queued_delivery_received_at_the_very_instant_of_a_stored_one_ne
     assert sim.files() == {"ws-1/task-1/B.pdf": e2.data}, sorted(sim.files())
 
 
+async def test_with_manifests_off_a_duplicate_under_a_hold_ignores_a_manifest_left_from_before() -> None:
+    """WRITE_MANIFEST off since e2, whose file replaced e1's; e1's manifest is still there. Under a legal hold a
+    duplicate of e2 is answered 200 by the webhook and ends in the queue function as without the hold: a manifest
+    the receiver no longer writes is not one it waits to rewrite."""
+    off = Config(write_manifest=False)
+    sim = Simulation()
+    await sim.run_actor(sim.post(sim.export("A")))
+    sim.clock.advance(timedelta(minutes=1))
+    e2 = sim.export("A")
+    stored = sim.post(e2, config=off)
+    await sim.run_actor(stored)
+    assert stored.answer == "200 stored", stored.answer
+    sim.clock.advance(timedelta(minutes=15))
+    sim.store.policy = "legal hold"
+    again = sim.post(e2, config=off)
+    await sim.run_actor(again)
+    assert again.answer == "200 duplicate", again.answer
+    sim.enqueue(message(e2.body, sim.clock() - timedelta(minutes=16)), 1, e2)
+    queued = sim.run_message(0, config=off)
+    await sim.run_actor(queued)
+    assert queued.answer == "duplicate", queued.answer
+
+
 def could_not_retire(records: list[logging.LogRecord]) -> list[str]:
     return [r.levelname for r in records if r.name == "receiver.engine" and "could not retire" in r.getMessage()]
 

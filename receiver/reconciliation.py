@@ -256,17 +256,20 @@ async def _work(
                         record.blob = f"{settings.destination_container}/{trace.failed[-1].blob}"
                         record.delivery = trace.failed[-1].delivery
                     record.reason = "; ".join(filter(None, [_expired(item), record.reason]))
-            except Immutable as exc:
-                # What becomes of a delivery still copying (stored, or failed as its link expired) cannot be recorded
-                # while the policy lasts: counted lost past the queue's coverage (the run's ERROR), as if waiting.
-                record.outcome = "held"
-                record.reason = (
-                    f"{exc.message} It is decided (stored, or failed once its link expired) when the {exc.policy} is "
-                    f"lifted; {ops_command('find', task=item.task_id, workspace=item.workspace_id)} tells its story"
-                )
             except StoreError as exc:
-                record.outcome, record.reason = "error", exc.message
-                record.final_failure = isinstance(exc, UnreadableRecord)  # a person must restore it: ERROR
+                if isinstance(exc, Immutable) or exc.code == "fence-refused":
+                    # What becomes of a delivery still copying (stored, or failed once its link expired) cannot be
+                    # recorded while a policy lasts (nor the file fenced first): counted lost past the queue's
+                    # coverage (the run's ERROR), as if waiting.
+                    what = exc.message if isinstance(exc, Immutable) else "A policy or lease refused fencing the file."
+                    record.outcome = "held"
+                    record.reason = (
+                        f"{what} It is decided (stored, or failed once its link expired) when that is lifted; "
+                        f"{ops_command('find', task=item.task_id, workspace=item.workspace_id)} tells its story"
+                    )
+                else:
+                    record.outcome, record.reason = "error", exc.message
+                    record.final_failure = isinstance(exc, UnreadableRecord)  # a person must restore it: ERROR
             except Exception as exc:  # one task's bug must not stop the others: logged, and the run goes on
                 record.outcome, record.final_failure = "error", True
                 record.reason = f"unexpected {type(exc).__name__} on this task; the run went on with the others"

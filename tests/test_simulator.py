@@ -1328,6 +1328,37 @@ async def test_with_manifests_off_a_duplicate_under_a_hold_ignores_a_manifest_le
     assert queued.answer == "duplicate", queued.answer
 
 
+async def test_a_copy_whose_adoption_a_hold_refuses_is_held_and_counted_lost_by_the_reconciliation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 202'd re-export's commit lands, then a legal hold refuses its record. The reconciliation would adopt its
+    bytes, fencing the file first; the hold refuses the fence. Its task's record says `held` (not an `error` telling
+    to send the document again), and past every try of its message the run counts it lost: its ERROR."""
+    sim = Simulation()
+    await sim.run_actor(sim.post(sim.export("A")))
+    staged = sim.post(sim.export("B", expires_in=timedelta(hours=3)), config=STAGED_202)
+    await sim.run_actor(staged)
+    assert staged.answer == "202 copying", staged.answer
+    queued = sim.run_message(0, config=STAGED_202)
+    await sim.run_actor(queued, until=lambda call: call.op == "commit_blocks")
+    await sim.grant(calls_of(sim, queued)[0])  # the commit lands
+    sim.store.policy = "legal hold"
+    await sim.run_actor(queued)
+    logging.disable(logging.NOTSET)
+    caplog.set_level(logging.INFO, logger="receiver")
+    held = []
+    for minutes in (10, 100):  # within its message's tries, then past them
+        sim.clock.advance(timedelta(minutes=minutes))
+        caplog.clear()
+        await sim.run_actor(sim.reconcile())
+        [task] = [r for r in caplog.records if getattr(r, "receiver.taskId", None) == "task-1"]
+        [run] = [r for r in caplog.records if getattr(r, "receiver.outcome", None) == "completed"]
+        resend = "send the document" in task.getMessage().lower()
+        held.append((getattr(task, "receiver.outcome"), run.levelname, resend))
+    logging.disable(logging.CRITICAL)
+    assert held == [("held", "INFO", False), ("held", "ERROR", False)], held
+
+
 def could_not_retire(records: list[logging.LogRecord]) -> list[str]:
     return [r.levelname for r in records if r.name == "receiver.engine" and "could not retire" in r.getMessage()]
 

@@ -213,8 +213,10 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
                 if manifest is not None and not marked:
                     what = "is not a manifest the receiver wrote"
                 found.problems.append(f"the manifest {manifest_name(current.blob)} {what}")
+                held = await storage.container_policy()  # (asked once a process)
                 found.next.append(
-                    f"python -m ops check {args} --repair (writes it again from the task record while the file "
+                    (f"once the container's {held} is lifted (it refuses rewriting the manifest): " if held else "")
+                    + f"python -m ops check {args} --repair (writes it again from the task record while the file "
                     "holds the current delivery)"
                 )
     for item in record.deliveries:
@@ -255,9 +257,12 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
         found.problems.append(
             f"the poison queue still holds a message of delivery {', '.join(d[:12] for d in settled)}, which its "
             "record has ended: the reconciliation's poison ERROR fires until it is moved back (its try then ends at "
-            "once)"
+            "once, unless a policy refuses what it still needs: the dry run says BLOCKED then)"
         )
-        found.next.append("python -m ops replay-poison --dry-run, then python -m ops replay-poison")
+        found.next.append(
+            (f"once the container's {policy} is lifted: " if policy is not None else "")
+            + "python -m ops replay-poison --dry-run, then python -m ops replay-poison"
+        )
     if "lost" in verdicts:
         found.problems.append("a delivery is copying and no message can finish it")
         found.next.append(f"export the document again, or python -m ops fail {args} --reason '...'")
@@ -1263,8 +1268,8 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int, drop_unreadable: bo
     if blocked:  # each row says which policy: named once here, the problem that sets the exit code
         problems.insert(
             0,
-            f"{blocked} message(s) BLOCKED: a retention policy or legal hold refuses what they need; they stay in the "
-            "poison queue until it is lifted (each row says which), then replay them",
+            f"{blocked} message(s) BLOCKED: they stay in the poison queue until what refuses them is fixed (each row "
+            "says what: a retention policy or legal hold to lift, or a task record to restore), then replay them",
         )
     moved = sum(1 for entry in entries if entry["action"] in ("moved", "moved-copy-left", "would-move"))
     left = sum(1 for entry in entries if not entry["readable"] and "drop" not in entry["action"])

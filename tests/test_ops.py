@@ -285,6 +285,33 @@ async def test_find_names_a_poison_message_of_a_delivery_its_record_ended_and_ho
     assert (await ops("find", "--task", "task-1")).code == OK
 
 
+async def test_find_under_a_hold_puts_the_lift_before_the_replay_and_the_repair_of_a_stale_manifest(ops: Ops) -> None:
+    """The current delivery's manifest still describes the one it replaced, a legal hold keeps it so, and the
+    current delivery's message waits in the poison queue: replaying it or repairing the manifest is refused while
+    the hold lasts (the dry run says BLOCKED), so find says to lift it first."""
+    from receiver.verification import message as queue_message
+
+    first = await stored(ops)
+    name = ops.plan(first).blob_name + ".json"
+    earlier = ops.world.storage.stored(name)
+    assert earlier is not None
+    ops.world.clock.advance(timedelta(minutes=5))
+    current = await stored(ops)  # the same name: replaces the first
+    there = ops.world.storage.stored(name)
+    assert there is not None
+    await ops.world.storage.put(
+        name, earlier.data, if_match=there.etag, content_type="application/json", metadata=dict(earlier.metadata)
+    )
+    ops.world.storage.policy = "legal hold"
+    ops.poison.add(queue_message(current.body, ops.world.now))
+    ops.world.clock.advance(timedelta(hours=2))
+    found = (await ops("find", "--task", "task-1")).out
+    assert "next: once the container's legal hold is lifted: python -m ops replay-poison --dry-run" in found, found
+    assert "next: once the container's legal hold is lifted (it refuses rewriting the manifest)" in found, found
+    dry = (await ops("replay-poison", "--dry-run")).out
+    assert "BLOCKED" in dry, dry
+
+
 async def test_find_with_unreachable_host_storage_gives_an_unknown_verdict_naming_it(ops: Ops) -> None:
     from azure.core.exceptions import ServiceRequestError
 
@@ -1207,6 +1234,8 @@ async def test_one_unreadable_task_record_does_not_hide_the_other_tasks_from_rep
     dry = await ops("replay-poison", "--dry-run")
     assert dry.code == NOT_FOUND and "task-2" in dry.out and "task-3" in dry.out, (dry.out, dry.err)
     assert f"The task record {name} is not readable" in dry.out
+    [blocked] = [line for line in dry.out.splitlines() if "message(s) BLOCKED" in line]
+    assert "a task record to restore" in blocked, blocked  # not only a policy to lift
     real = await ops("replay-poison")
     assert real.code == NOT_FOUND and "Moved 2 message(s)" in real.out, (real.out, real.err)
     assert len(ops.queue.visible) == 2  # task-1's message stays in the poison queue: it would be poisoned again

@@ -581,8 +581,23 @@ def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: ti
         refused,
         fix,
         ops_command("check", "--repair", task=job.task_id, workspace=job.workspace_id),
-        extra={"receiver.taskId": job.task_id, "receiver.workspaceId": job.workspace_id},
+        extra={  # the columns the final-failures view shows (infra/app/queries/final-failures.kql)
+            "receiver.taskId": job.task_id,
+            "receiver.workspaceId": job.workspace_id,
+            "receiver.operation": _OPERATION_OF[job.event.by],
+            "receiver.outcome": "unretired",
+            "receiver.reason": f"{retirement.blob} not retired ({refused.message}): it stays listed until {fix}",
+        },
     )
+
+
+# The operation whose record names a driver's work (receiver/telemetry.py Record.operation; the CLI's `operator`).
+_OPERATION_OF = {
+    "webhook": "delivery",
+    "verifier": "verification",
+    "reconciliation": "reconciliation",
+    "operator": "operator",
+}
 
 
 def _listed_since(record: TaskRecord | None, delivery: str) -> datetime | None:

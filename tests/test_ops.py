@@ -1600,6 +1600,10 @@ async def test_a_retirement_a_hold_refuses_alerts_when_listed_and_then_about_onc
 
     caplog.clear()
     await stored(ops, name="renamed.pdf")
+    [alert] = [r for r in caplog.records if r.name == "receiver.engine" and "could not retire" in r.getMessage()]
+    columns = {key: getattr(alert, f"receiver.{key}", None) for key in ("operation", "outcome", "reason")}
+    assert columns["operation"] == "delivery" and columns["outcome"] == "unretired", columns  # the view's columns
+    assert "ws-1/task-1/invoice.pdf not retired" in str(columns["reason"]), columns
     assert levels() == [logging.ERROR]
     ops.world.clock.advance(timedelta(minutes=20))
     await ops.reconcile()

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from urllib.parse import unquote
 
 from .attention import AttentionReport, Watch, after_run, stale_after
-from .engine import Job, run
+from .engine import Job, Trace, run
 from .machine import Sweep
 from .migration import MigrationReport, migrate
 from .models import (
@@ -50,7 +50,7 @@ from .models import (
 )
 from .outcome import ops_command
 from .runtime import Runtime
-from .storage import Conflict, Immutable, Listed, Storage, StoreError, UnreadableRecord
+from .storage import Conflict, Immutable, Leased, Listed, Storage, StoreError, UnreadableRecord
 from .telemetry import recording, report_oldest_pending, report_poison_depth
 from .verification import MAX_DEQUEUE_COUNT, POISON_QUEUE
 
@@ -237,6 +237,7 @@ async def _work(
         report.processed += 1
         with recording("reconciliation") as record:
             record.task_id, record.workspace_id = item.task_id, item.workspace_id
+            trace = Trace()  # filled as it goes: a step failing after a winning swap leaves that swap known
             try:
                 job = Job(
                     event=Sweep(now=now, verify=item.recent),
@@ -245,26 +246,21 @@ async def _work(
                     write_manifest=settings.write_manifest,
                     alert_window=period,
                 )
-                answer, trace = await run(storage, job, now=now, wall=runtime.clock)
+                answer, _ = await run(storage, job, now=now, wall=runtime.clock, trace=trace)
                 record.outcome, record.arrows = answer.arrow, ",".join(trace.arrows)
                 done = [f"retired {', '.join(trace.retired)}"] if trace.retired else []
                 # A name left listed (a lease refused its delete) is named on the task's own record, with what to do.
                 record.reason = "; ".join(done + [f"not retired: {why}" for why in trace.deferred]) or None
-                if "expired" in trace.changes:  # this run failed a delivery for good (its swap won): the alert
-                    record.final_failure = True
-                    if trace.failed:
-                        record.blob = f"{settings.destination_container}/{trace.failed[-1].blob}"
-                        record.delivery = trace.failed[-1].delivery
-                    record.reason = "; ".join(filter(None, [_expired(item), record.reason]))
             except StoreError as exc:
-                if isinstance(exc, Immutable) or exc.code == "fence-refused":
+                record.arrows = ",".join(trace.arrows)
+                if isinstance(exc, Immutable | Leased) or exc.code == "fence-refused":
                     # What becomes of a delivery still copying (stored, or failed once its link expired) cannot be
-                    # recorded while a policy lasts (nor the file fenced first): counted lost past the queue's
-                    # coverage (the run's ERROR), as if waiting.
-                    what = exc.message if isinstance(exc, Immutable) else "A policy or lease refused fencing the file."
+                    # recorded while a policy or lease lasts (nor the file fenced first): counted lost past the
+                    # queue's coverage (the run's ERROR), as if waiting.
+                    what = exc.message if exc.code != "fence-refused" else "A policy or lease refused fencing the file."
                     record.outcome = "held"
                     record.reason = (
-                        f"{what} It is decided (stored, or failed once its link expired) when that is lifted; "
+                        f"{what} Tried again each run until that is lifted; "
                         f"{ops_command('find', task=item.task_id, workspace=item.workspace_id)} tells its story"
                     )
                 else:
@@ -274,6 +270,12 @@ async def _work(
                 record.outcome, record.final_failure = "error", True
                 record.reason = f"unexpected {type(exc).__name__} on this task; the run went on with the others"
                 log.exception("reconciliation of task %s failed", item.task_id)
+            if "expired" in trace.changes:  # this run failed a delivery for good (its swap won): the alert
+                record.outcome, record.final_failure = "expired", True
+                if trace.failed:
+                    record.blob = f"{settings.destination_container}/{trace.failed[-1].blob}"
+                    record.delivery = trace.failed[-1].delivery
+                record.reason = "; ".join(filter(None, [_expired(item), record.reason]))
             waited = now - item.oldest_copying if item.oldest_copying is not None else timedelta(0)
             if record.outcome in ("waiting", "held") and waited > QUEUE_COVERAGE:
                 report.lost.append(item.task_id)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from receiver.verification import verify_copy
 from sim.world import World
 
@@ -205,3 +207,85 @@ async def test_a_copy_a_lasting_hold_keeps_past_its_link_is_reported_lost_each_r
     record = world.record()
     assert report.outcomes == {"expired": 1}, report
     assert record is not None and record.deliveries[-1].state is State.FAILED
+
+
+class _LeaseOnHeaders:
+    """A lease another client holds on ``name``: setting its headers (the fence) is refused (412 LeaseIdMissing)."""
+
+    def __init__(self, world: World, name: str) -> None:
+        from receiver.storage import Leased
+
+        real = world.storage.set_headers
+
+        async def set_headers(blob: str, *args: Any, **kwargs: Any) -> Any:
+            if blob == name:
+                raise Leased(f"set blob properties: a lease another client holds on {name} refused it")
+            return await real(blob, *args, **kwargs)
+
+        world.storage.set_headers = set_headers  # type: ignore[method-assign,assignment]
+
+
+@pytest.mark.parametrize("refusal", ["hold", "lease", "throttled"])
+async def test_a_copy_the_reconciliation_fails_as_expired_alerts_though_the_fence_after_is_refused(
+    refusal: str, caplog: Any
+) -> None:
+    """A 202'd re-export whose link expires before anything finished it: the reconciliation's change fails it (the
+    swap wins), then the fence of the current file that follows is refused (a hold on that file, a lease, a 503).
+    The failure is still the one ERROR, naming the delivery, and its message's later try ends quietly."""
+    import logging
+
+    from receiver.models import State
+    from tests.test_ops import Ops
+
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    record = world.record()
+    assert record is not None and record.current_delivery is not None
+    name = record.current_delivery.blob
+    text = await ops.accept(world.export(expires_in=timedelta(minutes=30)))
+    if refusal == "hold":
+        world.faults.make_immutable(name)
+    elif refusal == "lease":
+        _LeaseOnHeaders(world, name)
+    else:
+        world.faults.fail_before("set_headers", name)
+    world.clock.advance(timedelta(minutes=40))
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    await ops.reconcile()
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    [alert] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert getattr(alert, "receiver.outcome") == "expired" and "Export the document again" in alert.getMessage()
+    assert getattr(alert, "receiver.delivery") == record.deliveries[-1].delivery[:12], alert.getMessage()
+    caplog.clear()
+    assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_lease_refusing_the_adoption_of_a_landed_copy_is_held_and_counted_lost(caplog: Any) -> None:
+    """A 202'd copy's bytes landed, its record not told, its message gone; a lease on the file refuses the fence
+    the reconciliation's adoption needs. Like a hold: `held`, and past every try of its message counted lost (the
+    run's ERROR), not an `error` WARNING forever."""
+    import logging
+
+    from tests.test_ops import Ops
+
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    record = world.record()
+    assert record is not None and record.current_delivery is not None
+    await ops.accept(world.export(expires_in=timedelta(days=2)), copied=True)
+    _LeaseOnHeaders(world, record.current_delivery.blob)
+    caplog.set_level(logging.INFO, logger="receiver")
+    seen = []
+    for minutes in (10, 100):
+        world.clock.advance(timedelta(minutes=minutes))
+        caplog.clear()
+        await ops.reconcile()
+        [task] = [r for r in caplog.records if getattr(r, "receiver.taskId", None) == "task-1"]
+        [run] = [r for r in caplog.records if getattr(r, "receiver.outcome", None) == "completed"]
+        seen.append((getattr(task, "receiver.outcome"), run.levelname))
+    assert seen == [("held", "INFO"), ("held", "ERROR")], seen

@@ -377,8 +377,9 @@ def stuck(item_expires: datetime | None, received: datetime, now: datetime, *, h
         expired = f"its link expired at {item_expires.isoformat()}"
         if held is not None:
             return (
-                f"{expired}; the container's {held} keeps it from being failed: once it is lifted the reconciliation "
-                "fails it, then export the document again"
+                f"{expired}; the container's {held} keeps the reconciliation from deciding it: once it is lifted, "
+                "it records the file if its copy landed (find --task T says), else fails it: then export the "
+                "document again"
             )
         return expired
     if now - received > QUEUE_COVERAGE:

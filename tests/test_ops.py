@@ -403,7 +403,7 @@ async def test_pending_and_failed_say_a_copy_a_hold_kept_past_its_tries_waits_fo
     reasons = {entry["taskId"]: (entry.get("heldBy"), entry["reason"]) for entry in ran.json()["deliveries"]}
     assert reasons["task-1"][0] == reasons["task-2"][0] == "legal hold", reasons
     assert "once it is lifted, python -m ops replay-poison finishes it" in reasons["task-1"][1], reasons
-    assert "once it is lifted the reconciliation fails it, then export the document again" in reasons["task-2"][1]
+    assert "it records the file if its copy landed (find --task T says), else fails it" in reasons["task-2"][1]
     text = (await ops("failed")).out
     assert "2 of them wait for the container's legal hold to be lifted (the row says what follows)" in text, text
     assert "export those documents again" not in text and "export the others again" not in text, text

@@ -162,7 +162,8 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     found.look = looked
     if looked.note.startswith(HOST_UNREADABLE):
         found.problems.append(looked.note)  # the verdicts that need the queues are not known: exit 1
-    found.foreseen = foresee_sweep(seen, Sweep(ctx.now, by="operator", verify=True))
+    manifests = ctx.settings.write_manifest
+    found.foreseen = foresee_sweep(seen, Sweep(ctx.now, by="operator", verify=True, manifests=manifests))
     args = _task_args(workspace_id, task_id)
     current = record.current_delivery
     newest = record.deliveries[-1] if record.deliveries else None
@@ -583,7 +584,7 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
             data["dryRun"] = True
         return Result(NOT_FOUND if found.problems else OK, data, text)
     job = Job(
-        event=Sweep(ctx.now, by="operator", verify=True),
+        event=Sweep(ctx.now, by="operator", verify=True, manifests=ctx.settings.write_manifest),
         workspace_id=workspace_id,
         task_id=task_id,
         write_manifest=ctx.settings.write_manifest,

@@ -487,6 +487,7 @@ class Sweep:
     by: Driver = "reconciliation"
     give_up: str | None = None  # an operator's reason to fail a delivery still copying
     verify: bool = False  # also make sure the current file's manifest describes it (recently changed tasks)
+    manifests: bool = True  # WRITE_MANIFEST: off, a missing or stale manifest is left as it is (none is written)
 
 
 Event = Arrival | Sweep
@@ -1057,7 +1058,7 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
         followed = _follow_file(record, seen.blob, now, by, OVERWRITTEN_REASON) if holder is not None else None
         if followed is not None:
             return Change(followed[0], "adopted", followed[1])
-        if holds and not described and has_manifest_name(current.blob):
+        if holds and not described and has_manifest_name(current.blob) and event.manifests:
             # A driver stored the file and the record, then stopped before the manifest: written again.
             return Apply((WriteManifest(current.blob, current.delivery, current.manifest),), "repaired")
     if copying is not None:

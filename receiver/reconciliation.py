@@ -240,7 +240,7 @@ async def _work(
             trace = Trace()  # filled as it goes: a step failing after a winning swap leaves that swap known
             try:
                 job = Job(
-                    event=Sweep(now=now, verify=item.recent),
+                    event=Sweep(now=now, verify=item.recent, manifests=settings.write_manifest),
                     workspace_id=item.workspace_id,
                     task_id=item.task_id,
                     write_manifest=settings.write_manifest,

@@ -312,6 +312,21 @@ async def test_find_under_a_hold_puts_the_lift_before_the_replay_and_the_repair_
     assert "BLOCKED" in dry, dry
 
 
+async def test_with_manifests_off_a_stored_task_has_nothing_to_repair(caplog: pytest.LogCaptureFixture) -> None:
+    """WRITE_MANIFEST off: a stored task has no manifest, and needs none. find exits 0 with nothing to do, check
+    --repair writes nothing, and the reconciliation's look at a recently changed task says so (not `repaired`)."""
+    ops = Ops(write_manifest=False)
+    assert (await ops.world.post(ops.world.export())).status_code == 200
+    found = await ops("find", "--task", "task-1")
+    assert found.code == OK and "NOTHING" in found.out, found.out
+    repaired = await ops("check", "--task", "task-1", "--repair")
+    assert repaired.code == OK and "nothing for --repair to do" in repaired.out, repaired.out
+    caplog.set_level(logging.INFO, logger="receiver")
+    report = await ops.reconcile()
+    assert "repaired" not in report.outcomes, report.outcomes
+    assert ops.world.manifest("ws-1/task-1/invoice.pdf") is None
+
+
 async def test_find_with_unreachable_host_storage_gives_an_unknown_verdict_naming_it(ops: Ops) -> None:
     from azure.core.exceptions import ServiceRequestError
 

@@ -186,9 +186,12 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
             f"file is an older export, {current.delivery[:12]}"
         )
         found.next.append(again)
+    policy: str | None = None
     if current is not None:
         found.current_blob = current.blob
-        blob, manifest = await asyncio.gather(storage.read(current.blob), storage.read(manifest_name(current.blob)))
+        blob, manifest, policy = await asyncio.gather(
+            storage.read(current.blob), storage.read(manifest_name(current.blob)), storage.container_policy()
+        )
         foreign = blob is not None and of_another_task(blob.metadata, workspace_id, task_id)
         found.file_matches = blob is not None and blob.delivery == record.current and not foreign
         if not found.file_matches:
@@ -214,16 +217,16 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
                 if manifest is not None and not marked:
                     what = "is not a manifest the receiver wrote"
                 found.problems.append(f"the manifest {manifest_name(current.blob)} {what}")
-                held = await storage.container_policy()  # (asked once a process)
                 found.next.append(
-                    (f"once the container's {held} is lifted (it refuses rewriting the manifest): " if held else "")
+                    (f"once the container's {policy} is lifted (it refuses rewriting the manifest): " if policy else "")
                     + f"python -m ops check {args} --repair (writes it again from the task record while the file "
                     "holds the current delivery)"
                 )
     for item in record.deliveries:
         if item.state is State.COPYING:
             found.verdicts[item.delivery] = _copying_verdict(ctx, found, item)
-    policy = await storage.container_policy()
+    if current is None:
+        policy = await storage.container_policy()
     if policy is not None and found.verdicts:
         found.problems.append(
             f"the container's {policy} refuses every change of this task's record: no driver (the queue function, "

@@ -116,7 +116,16 @@ class Trace:
     blob: str | None = None  # the name the delivery was decided at, when not the notice's (its record's)
     deferred: list[str] = field(default_factory=list)  # names left listed to retire, and why
     failed: list[Delivery] = field(default_factory=list)  # deliveries a record change of this run failed
-    ended: State | None = None  # an arrival's delivery as its record held it at the answer (None: not in it)
+    ended: Delivery | None = None  # an arrival's delivery as its record held it at the answer (None: not in it)
+
+    def failed_before(self) -> bool:
+        """Had the record failed the delivery before this run, by a driver that raises its own alert (the
+        reconciliation, an operator)? A failure by a webhook or a queue try (whose answer may have been lost) is not
+        known to have alerted."""
+        if self.ended is None or self.ended.state is not State.FAILED or self.failed:
+            return False
+        failing = next((step for step in reversed(self.ended.history) if step.outcome == "failed"), None)
+        return failing is not None and failing.by in ("reconciliation", "operator")
 
 
 def manifest_name(blob: str) -> str:
@@ -154,8 +163,7 @@ async def run(
         trace.arrows.append(decision.arrow)
         if isinstance(decision, Answer):
             if isinstance(job.event, Arrival) and seen.record is not None:
-                entry = seen.record.find(job.event.notice.delivery)
-                trace.ended = entry.state if entry is not None else None
+                trace.ended = seen.record.find(job.event.notice.delivery)
             return _finish(decision, trace), trace
         if isinstance(decision, Observe) and decision.at is not None:
             job, seen, trace.blob = _decided_at(job, decision.at), _unlooked(seen), decision.at

@@ -43,6 +43,8 @@ from .models import (
     MAX_RECORD_BYTES,
     RECORD_CONTENT_TYPE,
     RECORD_PREFIX,
+    Delivery,
+    State,
     TaskRecord,
     parse_time,
     record_name,
@@ -50,7 +52,7 @@ from .models import (
 )
 from .outcome import ops_command
 from .runtime import Runtime
-from .storage import Conflict, Immutable, Leased, Listed, Storage, StoreError, UnreadableRecord
+from .storage import Conflict, Immutable, Leased, Listed, Storage, StoreError, Unavailable, UnreadableRecord
 from .telemetry import recording, report_oldest_pending, report_poison_depth
 from .verification import MAX_DEQUEUE_COUNT, POISON_QUEUE
 
@@ -238,6 +240,7 @@ async def _work(
         with recording("reconciliation") as record:
             record.task_id, record.workspace_id = item.task_id, item.workspace_id
             trace = Trace()  # filled as it goes: a step failing after a winning swap leaves that swap known
+            refused: str | None = None  # what a step storage refused said
             try:
                 job = Job(
                     event=Sweep(now=now, verify=item.recent, manifests=settings.write_manifest),
@@ -252,7 +255,10 @@ async def _work(
                 # A name left listed (a lease refused its delete) is named on the task's own record, with what to do.
                 record.reason = "; ".join(done + [f"not retired: {why}" for why in trace.deferred]) or None
             except StoreError as exc:
-                record.arrows = ",".join(trace.arrows)
+                record.arrows, refused = ",".join(trace.arrows), exc.message
+                if isinstance(exc, Unavailable) and not trace.failed and trace.arrows:
+                    # A swap whose answer was lost may have failed a delivery all the same: the record tells.
+                    trace.failed += await _failed_by(storage, item, now)
                 if isinstance(exc, Immutable | Leased) or exc.code == "fence-refused":
                     # What becomes of a delivery still copying (stored, or failed once its link expired) cannot be
                     # recorded while a policy or lease lasts (nor the file fenced first): counted lost past the
@@ -270,12 +276,14 @@ async def _work(
                 record.outcome, record.final_failure = "error", True
                 record.reason = f"unexpected {type(exc).__name__} on this task; the run went on with the others"
                 log.exception("reconciliation of task %s failed", item.task_id)
-            if "expired" in trace.changes:  # this run failed a delivery for good (its swap won): the alert
-                record.outcome, record.final_failure = "expired", True
-                if trace.failed:
-                    record.blob = f"{settings.destination_container}/{trace.failed[-1].blob}"
-                    record.delivery = trace.failed[-1].delivery
-                record.reason = "; ".join(filter(None, [_expired(item), record.reason]))
+            if trace.failed:  # this run failed deliveries for good (its swap won): the alert, naming each
+                # (A step refused after it is only named: what it was for is decided anew by the next run.)
+                done_after = f"a later step was refused: {refused}" if refused is not None else record.reason
+                record.final_failure = True
+                record.outcome = "expired" if "expired" in trace.arrows else record.outcome
+                record.blob = f"{settings.destination_container}/{trace.failed[0].blob}"
+                record.delivery = trace.failed[0].delivery
+                record.reason = "; ".join(filter(None, [_failed_for_good(item, trace.failed), done_after]))
             waited = now - item.oldest_copying if item.oldest_copying is not None else timedelta(0)
             if record.outcome in ("waiting", "held") and waited > QUEUE_COVERAGE:
                 report.lost.append(item.task_id)
@@ -290,12 +298,26 @@ async def _work(
     )
 
 
-def _expired(item: Candidate) -> str:
-    return (
-        "a delivery still copying failed for good: its file link expired before its copy finished (the earlier "
-        "file, if any, is kept). Export the document again from SmartDocumentor; "
-        f"{ops_command('find', task=item.task_id, workspace=item.workspace_id)} shows which"
-    )
+def _failed_for_good(item: Candidate, failed: list[Delivery]) -> str:
+    said = "; ".join(f"delivery {d.delivery[:12]} at {d.blob} failed for good: {d.failure_reason}" for d in failed)
+    return f"{said} {ops_command('find', task=item.task_id, workspace=item.workspace_id)} tells its story"
+
+
+async def _failed_by(storage: Storage, item: Candidate, now: datetime) -> list[Delivery]:
+    """The deliveries this run's step failed (its last failure step, by the reconciliation, at or after ``now``), read
+    from the record: a swap whose answer was lost leaves no other trace. Empty when it cannot be read."""
+    try:
+        found = await storage.read_bytes(record_name(item.workspace_id, item.task_id), max_bytes=MAX_RECORD_BYTES)
+        record = TaskRecord.from_bytes(found[1]) if found is not None else None
+    except (StoreError, ValueError):
+        return []
+
+    def by_this_run(delivery: Delivery) -> bool:
+        failing = next((step for step in reversed(delivery.history) if step.outcome == "failed"), None)
+        return failing is not None and failing.by == "reconciliation" and failing.at >= now
+
+    deliveries = record.deliveries if record is not None else []
+    return [d for d in deliveries if d.state is State.FAILED and by_this_run(d)]
 
 
 async def _migrate(storage: Storage, now: datetime, report: RunReport) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from .engine import run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
-from .models import MAX_RECORD_BYTES, State, TaskRecord, record_name, unreadable_record
+from .models import MAX_RECORD_BYTES, TaskRecord, record_name, unreadable_record
 from .outcome import Outcome, held_from_queue, ops_command, refused_by
 from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
@@ -209,8 +209,8 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
         result = queue_outcome(answer, plan.source.expires_on, now)
         if result in ("stored", "duplicate", "superseded"):
             return result
-        if result == "failed" and trace.ended is State.FAILED and not trace.failed:
-            # Its record had failed it before this try (the reconciliation, an operator; its ERROR was raised
+        if result == "failed" and trace.failed_before():
+            # Its record had failed it before this try (the reconciliation, an operator: its ERROR was raised
             # then): this message only ends, as when a replay clears the poison queue of it.
             record.reason = f"its task record already failed it ({answer.reason or answer.error}): this message ends"
             return "failed"

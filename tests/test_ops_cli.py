@@ -271,6 +271,6 @@ async def test_the_command_an_alert_names_finds_the_task(task: str, caplog: pyte
     [line] = [
         r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "python -m ops find" in r.getMessage()
     ]
-    command = line[line.index("python -m ops find") :].split(" shows which")[0]
+    command = line[line.index("python -m ops find") :].split(" tells its story")[0]
     found = await ops(*shlex.split(command)[3:])
     assert found.code != USAGE and "1 delivery(ies)" in found.out, (command, found.out, found.err)

@@ -258,6 +258,7 @@ async def test_a_copy_the_reconciliation_fails_as_expired_alerts_though_the_fenc
     assert record is not None and record.deliveries[-1].state is State.FAILED
     [alert] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert getattr(alert, "receiver.outcome") == "expired" and "Export the document again" in alert.getMessage()
+    assert "Tried again" not in alert.getMessage(), alert.getMessage()  # nothing is: the fence is not retried
     assert getattr(alert, "receiver.delivery") == record.deliveries[-1].delivery[:12], alert.getMessage()
     caplog.clear()
     assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"

@@ -1,0 +1,96 @@
+"""The reconciliation's alert for what it failed (docs/operations.md, the final-failures view): one ERROR per task
+and run, naming each delivery it failed and why, however the run went on after its winning swap."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+
+from receiver.models import State, record_name
+from receiver.verification import verify_copy
+
+from .test_ops import Ops
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_an_expiry_whose_record_swap_lost_its_answer_is_still_the_one_alert(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The swap that fails a 202'd copy as expired lands, its answer lost: the run reads the record to learn it
+    did, and raises the ERROR; the later runs and the message's later try add none."""
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    text = await ops.accept(world.export(expires_in=timedelta(minutes=30)))
+    world.clock.advance(timedelta(minutes=40))
+    world.faults.lose_answer("put", record_name("ws-1", "task-1"))
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    await ops.reconcile()
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    [alert] = errors(caplog)
+    assert getattr(alert, "receiver.delivery") == record.deliveries[-1].delivery[:12], alert.getMessage()
+    caplog.clear()
+    world.clock.advance(timedelta(minutes=10))
+    await ops.reconcile()
+    assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
+    assert errors(caplog) == []
+
+
+async def test_a_queue_try_whose_own_failing_swap_lost_its_answer_alerts_on_its_next_try(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The queue function's try fails a copy whose link expired; its record swap lands, its answer lost (the try
+    raises, the host tries again). Its next try finds the delivery failed by a queue try, not known to have
+    alerted: that try raises the ERROR."""
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    text = await ops.accept(world.export(expires_in=timedelta(minutes=30)))
+    world.clock.advance(timedelta(minutes=40))
+    world.faults.lose_answer("put", record_name("ws-1", "task-1"))
+    caplog.set_level(logging.INFO, logger="receiver")
+    with pytest.raises(Exception):  # noqa: B017 (the host tries it again, whatever it was)
+        await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=1)
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    caplog.clear()
+    assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
+    [alert] = errors(caplog)
+    assert "failed for good" in alert.getMessage(), alert.getMessage()
+
+
+async def test_one_run_failing_two_deliveries_names_each_with_its_own_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """C is current (answered 200), E a newer copy at its name whose link expires, and an older export's late
+    copy replaced C's file (its link expired too: it cannot be put back). One run fails E (expired) and follows
+    the file, failing C: its one ERROR names both, each with its reason."""
+    ops = Ops()
+    world = ops.world
+    old = world.export(expires_in=timedelta(minutes=5))
+    assert (await world.post(old)).status_code == 200
+    assert (await world.post(world.export(expires_in=timedelta(minutes=5)))).status_code == 200
+    await ops.accept(world.export(expires_in=timedelta(minutes=12)))
+    record = world.record()
+    assert record is not None and record.current_delivery is not None
+    current, newest = record.deliveries[1].delivery, record.deliveries[2].delivery
+    name = record.current_delivery.blob
+    plan = ops.plan(old)
+    there = world.storage.stored(name)
+    assert there is not None
+    await world.storage.copy_from_url(name, plan.source.url, if_match=there.etag, metadata=plan.metadata, tags=None)
+    world.clock.advance(timedelta(minutes=15))
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    await ops.reconcile()
+    record = world.record()
+    assert record is not None and {d.delivery: d.state for d in record.deliveries}[current] is State.FAILED
+    [alert] = errors(caplog)
+    text = alert.getMessage()
+    assert f"delivery {newest[:12]}" in text and "link expired" in text, text
+    assert f"delivery {current[:12]}" in text and "late copy of an earlier export" in text, text

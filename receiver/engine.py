@@ -117,6 +117,7 @@ class Trace:
     deferred: list[str] = field(default_factory=list)  # names left listed to retire, and why
     failed: list[Delivery] = field(default_factory=list)  # deliveries a record change of this run failed
     ended: Delivery | None = None  # an arrival's delivery as its record held it at the answer (None: not in it)
+    unanswered: datetime | None = None  # the step time of a record change whose answer was lost (it may have won)
 
     def failed_before(self) -> bool:
         """Had the record failed the delivery before this run, by a driver that raises its own alert (the
@@ -529,6 +530,8 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
             # written, and nothing may remove it. The answer names it.
             written.copied = job.event.notice.blob
     if isinstance(written, BaseException):
+        if isinstance(written, Unavailable):
+            trace.unanswered = now
         raise written
     if isinstance(after, BaseException):
         raise after

@@ -52,7 +52,7 @@ from .models import (
 )
 from .outcome import ops_command
 from .runtime import Runtime
-from .storage import Conflict, Immutable, Leased, Listed, Storage, StoreError, Unavailable, UnreadableRecord
+from .storage import Conflict, Immutable, Leased, Listed, Storage, StoreError, UnreadableRecord
 from .telemetry import recording, report_oldest_pending, report_poison_depth
 from .verification import MAX_DEQUEUE_COUNT, POISON_QUEUE
 
@@ -256,9 +256,9 @@ async def _work(
                 record.reason = "; ".join(done + [f"not retired: {why}" for why in trace.deferred]) or None
             except StoreError as exc:
                 record.arrows, refused = ",".join(trace.arrows), exc.message
-                if isinstance(exc, Unavailable) and not trace.failed and trace.arrows:
-                    # A swap whose answer was lost may have failed a delivery all the same: the record tells.
-                    trace.failed += await _failed_by(storage, item, now)
+                if trace.unanswered is not None and not trace.failed:
+                    # This run's swap whose answer was lost may have failed a delivery all the same: the record tells.
+                    trace.failed += await _failed_by(storage, item, trace.unanswered)
                 if isinstance(exc, Immutable | Leased) or exc.code == "fence-refused":
                     # What becomes of a delivery still copying (stored, or failed once its link expired) cannot be
                     # recorded while a policy or lease lasts (nor the file fenced first): counted lost past the
@@ -303,9 +303,9 @@ def _failed_for_good(item: Candidate, failed: list[Delivery]) -> str:
     return f"{said} {ops_command('find', task=item.task_id, workspace=item.workspace_id)} tells its story"
 
 
-async def _failed_by(storage: Storage, item: Candidate, now: datetime) -> list[Delivery]:
-    """The deliveries this run's step failed (its last failure step, by the reconciliation, at or after ``now``), read
-    from the record: a swap whose answer was lost leaves no other trace. Empty when it cannot be read."""
+async def _failed_by(storage: Storage, item: Candidate, at: datetime) -> list[Delivery]:
+    """The deliveries this run's swap failed (their last failure step by the reconciliation at its very step time
+    ``at``), read from the record: a swap whose answer was lost leaves no other trace. Empty when it cannot be read."""
     try:
         found = await storage.read_bytes(record_name(item.workspace_id, item.task_id), max_bytes=MAX_RECORD_BYTES)
         record = TaskRecord.from_bytes(found[1]) if found is not None else None
@@ -314,7 +314,7 @@ async def _failed_by(storage: Storage, item: Candidate, now: datetime) -> list[D
 
     def by_this_run(delivery: Delivery) -> bool:
         failing = next((step for step in reversed(delivery.history) if step.outcome == "failed"), None)
-        return failing is not None and failing.by == "reconciliation" and failing.at >= now
+        return failing is not None and failing.by == "reconciliation" and failing.at == at
 
     deliveries = record.deliveries if record is not None else []
     return [d for d in deliveries if d.state is State.FAILED and by_this_run(d)]

@@ -94,3 +94,26 @@ async def test_one_run_failing_two_deliveries_names_each_with_its_own_reason(cap
     text = alert.getMessage()
     assert f"delivery {newest[:12]}" in text and "link expired" in text, text
     assert f"delivery {current[:12]}" in text and "late copy of an earlier export" in text, text
+
+
+async def test_an_overlapping_run_whose_read_fails_does_not_repeat_the_other_runs_alert(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Run A fails an expired copy (its ERROR). Run B, begun a minute earlier, reaches the task and its read of the
+    record gets a 503: B sent no swap, so it claims no failure and raises no second ERROR."""
+    from receiver.reconciliation import reconcile_run
+
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    await ops.accept(world.export(expires_in=timedelta(minutes=30)))
+    world.clock.advance(timedelta(minutes=40))
+    start_a = world.now
+    world.clock.advance(timedelta(seconds=2))  # A's swap comes 2 s into its run
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    await reconcile_run(runtime=world.runtime, now=start_a, environ={})
+    assert len(errors(caplog)) == 1
+    world.faults.fail_before("read_bytes", record_name("ws-1", "task-1"))
+    await reconcile_run(runtime=world.runtime, now=start_a - timedelta(minutes=1), environ={})
+    assert len(errors(caplog)) == 1, [r.getMessage() for r in errors(caplog)]

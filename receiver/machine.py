@@ -251,8 +251,8 @@ accepted | new, failed, superseded | copying | webhook, verifier |
 accepted-staged | new, failed, superseded | copying | webhook, verifier |
     a large file: accepted before its blocks are staged; earlier copying deliveries become superseded
 queued | new, copying | copying | webhook, verifier |
-    the staged copy cannot finish inside the answer, or another copy of the task is in flight at its name: 202,
-    the queue function finishes it
+    the staged copy cannot finish inside the answer, or another copy of the task is in flight at its name, or a
+    retention policy or legal hold refuses a resend of a delivery still copying: 202, the queue function finishes it
 unconfirmed | new, copying | copying | webhook, verifier |
     a copy was sent and its answer lost, and the blob does not hold it: tracked, 503, the queue function finishes
     or restarts it (the current delivery stays stored and current: only the 503)
@@ -688,10 +688,12 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
 
     if seen.attempt == "immutable":
         policy = seen.policy or "retention policy"
-        if event.patient and entry is not None and entry.state is State.COPYING:
-            # The queue function's try of a delivery its record tracks (a 202 promised it): a hold is lifted some
-            # day, so it is tried again, the record left as it is.
-            return Answer("failed", 409, "immutable", error="immutable", reason=policy, enqueue=True)
+        if entry is not None and entry.state is State.COPYING:
+            # A delivery its record tracks (a 202 promised it): a hold is lifted some day, so it is tried again, the
+            # record left as it is; the queue function's try again later, and a resend of it is told 202 again.
+            if event.patient:
+                return Answer("failed", 409, "immutable", error="immutable", reason=policy, enqueue=True)
+            return Answer("copying", 202, "queued", enqueue=True)
         # The webhook's: refused, failed for good, so nothing waits for it (the sender is told 409).
         reason = f"A {policy} on the destination container refused replacing the stored file."
         return final(Answer("failed", 409, "immutable", error="immutable", reason=policy), reason)

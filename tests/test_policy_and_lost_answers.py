@@ -290,3 +290,33 @@ async def test_a_lease_refusing_the_adoption_of_a_landed_copy_is_held_and_counte
         [run] = [r for r in caplog.records if getattr(r, "receiver.outcome", None) == "completed"]
         seen.append((getattr(task, "receiver.outcome"), run.levelname))
     assert seen == [("held", "INFO"), ("held", "ERROR")], seen
+
+
+async def test_a_resend_of_a_202d_delivery_under_a_hold_on_its_name_is_told_202_and_it_is_stored_after_the_lift(
+    caplog: Any,
+) -> None:
+    """A re-export answered 202 (copying, its message queued); a legal hold is then placed on the file at its
+    name. SmartDocumentor sends the notification again: it is told 202 again (still tracked: a hold is lifted some
+    day), not failed for good with an ERROR asking for a new export; once the hold is lifted its message stores it."""
+    import logging
+
+    from receiver.models import State
+    from tests.test_ops import Ops
+
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    export = world.export()
+    text = await ops.accept(export)
+    plan = ops.plan(export)
+    world.faults.make_immutable(plan.blob_name, legal_hold=True)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    answer = await world.post(export)
+    assert answer.status_code == 202, answer.body
+    record = world.record()
+    assert record is not None and record.find(plan.delivery).state is State.COPYING  # type: ignore[union-attr]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    world.faults.release(plan.blob_name)
+    assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now) == "stored"
+    assert world.files()[plan.blob_name] == export.data

@@ -603,16 +603,25 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
     after = await inspect(ctx, workspace_id, task_id)
     # What the record says now, not what was tried: a step storage refused changed nothing.
     before = {item.delivery: item.state for item in found.record.deliveries}
+
+    def failed_by_this_repair(item: Delivery) -> bool:  # (another driver may have failed it meanwhile: its alert)
+        step = next((step for step in reversed(item.history) if step.outcome == "failed"), None)
+        was = before.get(item.delivery)
+        return was is not State.FAILED and step is not None and step.by == "operator" and step.at >= ctx.now
+
     now_failed = [
         item
         for item in (after.record.deliveries if after.record is not None else [])
-        if item.state is State.FAILED and before.get(item.delivery) is State.COPYING
+        if item.state is State.FAILED and failed_by_this_repair(item)
     ]
     failed = bool(now_failed)
     # A retirement every delete of which was refused did not happen: the record says so, not `retire`.
     unretired = action == "retire" and trace.deferred and not trace.retired
-    outcome = "expired" if failed else action if stopped is None and not unretired else "stopped"
-    notes = ["; the delivery failed for good: export the document again"] if failed else []
+    outcome = "expired" if failed and action == "expire" else action if stopped is None and not unretired else "stopped"
+    notes = [
+        f"; delivery {item.delivery[:12]} ({item.blob}) failed for good: {item.failure_reason or 'no reason'}"
+        for item in now_failed
+    ]
     notes += [f"; not done: storage refused a step ({stopped})"] if stopped is not None else []
     notes += [f"; not retired: {why}" for why in trace.deferred]
     log.log(
@@ -623,7 +632,15 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
         action,
         arrows,
         "".join(notes),
-        extra=operator_record(outcome, task_id, workspace_id, reason=found.foreseen.why, final=failed),
+        extra=operator_record(
+            outcome,
+            task_id,
+            workspace_id,
+            delivery=now_failed[0].delivery if now_failed else None,
+            blob=now_failed[0].blob if now_failed else None,
+            reason=found.foreseen.why,
+            final=failed,
+        ),
     )
     repaired: dict[str, Any] = {"arrows": trace.arrows, "retired": trace.retired, "answer": answer.kind}
     repaired.update(notRetired=trace.deferred, stopped=stopped)
@@ -709,11 +726,31 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
     except StoreError as exc:  # after the give-up was recorded, perhaps (the fence after it, say): the record tells
         stopped, data["arrows"] = exc.message, []
     after, _ = await read_record(storage, workspace_id, task_id)
-    states = {item.delivery: item.state for item in after.deliveries} if after else {}
-    failed = [item for item in copying if states.get(item.delivery) is State.FAILED]
+    now_held = {item.delivery: item for item in after.deliveries} if after else {}
+    states = {delivery: item.state for delivery, item in now_held.items()}
+
+    def failing_step(delivery: str) -> Step | None:
+        item = now_held.get(delivery)
+        if item is None or item.state is not State.FAILED:
+            return None
+        return next((step for step in reversed(item.history) if step.outcome == "failed"), None)
+
+    def by_this_command(delivery: str) -> bool:  # (another driver may have failed it meanwhile: its own alert)
+        step = failing_step(delivery)
+        return step is not None and step.by == "operator" and step.at >= ctx.now and step.note == give_up
+
+    failed = [item for item in copying if by_this_command(item.delivery)]
+    others = [
+        (item, failing_step(item.delivery)) for item in copying if failing_step(item.delivery) and item not in failed
+    ]
     adopted = [item for item in copying if states.get(item.delivery) is State.STORED]
     data["failed"] = [item.delivery[:12] for item in failed] or None
-    text = []
+    text = [
+        f"Not failed by this command: delivery {item.delivery[:12]} was failed meanwhile by the {step.by} "
+        f"({step.note or 'no reason'})."
+        for item, step in others
+        if step is not None
+    ]
     for item in failed:
         log.error(
             "operator fail task=%s workspace=%s delivery=%s blob=%s: %s",
@@ -741,7 +778,7 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
         )
     if not failed and not adopted:
         why = stopped or f"the record changed meanwhile ({','.join(data['arrows'])})"
-        return Result(NOT_FOUND, data, [f"Nothing failed: {why.rstrip('.')}."])
+        return Result(NOT_FOUND, data, [f"Nothing failed: {why.rstrip('.')}.", *text])
     if stopped is not None:
         data["stopped"] = stopped
         text.append(

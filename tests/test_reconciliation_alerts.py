@@ -117,3 +117,61 @@ async def test_an_overlapping_run_whose_read_fails_does_not_repeat_the_other_run
     world.faults.fail_before("read_bytes", record_name("ws-1", "task-1"))
     await reconcile_run(runtime=world.runtime, now=start_a - timedelta(minutes=1), environ={})
     assert len(errors(caplog)) == 1, [r.getMessage() for r in errors(caplog)]
+
+
+async def test_ops_fail_racing_the_reconciliation_raises_no_second_alert_and_says_who_failed_it(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ops fail` reads the record, then the reconciliation fails the expired copy (its ERROR), then the operator's
+    sweep finds nothing copying: no second ERROR under the operator's reason; the output names who failed it."""
+    from typing import Any
+
+    from ops.records import drive as real_drive
+
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    await ops.accept(world.export(expires_in=timedelta(minutes=30)))
+    world.clock.advance(timedelta(minutes=40))
+
+    async def drive_after_a_run(*args: Any, **kwargs: Any) -> Any:
+        await ops.reconcile()
+        return await real_drive(*args, **kwargs)
+
+    monkeypatch.setattr("ops.commands.drive", drive_after_a_run)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    ran = await ops("fail", "--task", "task-1", "--reason", "customer re-exported by hand")
+    assert len(errors(caplog)) == 1 and getattr(errors(caplog)[0], "receiver.operation") == "reconciliation"
+    assert "was failed meanwhile by the reconciliation" in ran.out, ran.out
+
+
+async def test_check_repair_that_follows_a_replaced_file_is_the_alert_naming_the_delivery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The current file (answered 200) was replaced by an older export's late copy that cannot be put back; an
+    operator's check --repair follows the file, failing the current delivery: its one ERROR names that delivery,
+    its file and why (a stored delivery failing counts as much as a copying one)."""
+    ops = Ops()
+    world = ops.world
+    old = world.export(expires_in=timedelta(minutes=5))
+    assert (await world.post(old)).status_code == 200
+    assert (await world.post(world.export(expires_in=timedelta(minutes=5)))).status_code == 200
+    record = world.record()
+    assert record is not None and record.current_delivery is not None
+    current = record.current_delivery
+    plan = ops.plan(old)
+    there = world.storage.stored(current.blob)
+    assert there is not None
+    await world.storage.copy_from_url(
+        current.blob, plan.source.url, if_match=there.etag, metadata=plan.metadata, tags=None
+    )
+    world.clock.advance(timedelta(hours=2))
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    await ops("check", "--task", "task-1", "--repair")
+    record = world.record()
+    assert record is not None and {d.delivery: d.state for d in record.deliveries}[current.delivery] is State.FAILED
+    [alert] = errors(caplog)
+    assert getattr(alert, "receiver.delivery") == current.delivery[:12], alert.getMessage()
+    assert "late copy of an earlier export" in alert.getMessage(), alert.getMessage()

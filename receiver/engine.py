@@ -116,6 +116,7 @@ class Trace:
     blob: str | None = None  # the name the delivery was decided at, when not the notice's (its record's)
     deferred: list[str] = field(default_factory=list)  # names left listed to retire, and why
     failed: list[Delivery] = field(default_factory=list)  # deliveries a record change of this run failed
+    failed_tracked: list[Delivery] = field(default_factory=list)  # those of them the record held before (2xx'd)
     ended: Delivery | None = None  # an arrival's delivery as its record held it at the answer (None: not in it)
     unanswered: datetime | None = None  # the step time of a record change whose answer was lost (it may have won)
 
@@ -542,9 +543,12 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     was_failed = (
         {item.delivery for item in seen.record.deliveries if item.state is State.FAILED} if seen.record else set()
     )
-    trace.failed += [
+    newly = [
         item for item in decision.record.deliveries if item.state is State.FAILED and item.delivery not in was_failed
     ]
+    held = {item.delivery for item in seen.record.deliveries} if seen.record else set()
+    trace.failed += newly
+    trace.failed_tracked += [item for item in newly if item.delivery in held]
     peeked = tuple(
         (name, found)
         for name, found in zip(peek_names, found_peeks, strict=False)

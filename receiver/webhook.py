@@ -108,6 +108,22 @@ async def _handle(
         # Refused for good by a policy the document's owner set: a person decides (one ERROR).
         record.final_failure = True
         record.reason = outcome.refused_by(answer.reason or "retention policy")
+    if trace.failed_tracked:
+        # A delivery answered 2xx before (a 202'd copy, or a current file an older late copy replaced) failed for good
+        # in this request: its answer goes to the sender, but SmartDocumentor archived the earlier 2xx (one ERROR).
+        record.final_failure = True
+        record.reason = "; ".join(
+            filter(
+                None,
+                [
+                    *(
+                        f"delivery {d.delivery[:12]} at {d.blob} failed for good: {d.failure_reason}"
+                        for d in trace.failed_tracked
+                    ),
+                    record.reason,
+                ],
+            )
+        )
     record.blob = f"{settings.destination_container}/{decided().blob_name}"
     return answered(decided(), answer, storage, settings, queued)
 

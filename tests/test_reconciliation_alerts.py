@@ -175,3 +175,37 @@ async def test_check_repair_that_follows_a_replaced_file_is_the_alert_naming_the
     [alert] = errors(caplog)
     assert getattr(alert, "receiver.delivery") == current.delivery[:12], alert.getMessage()
     assert "late copy of an earlier export" in alert.getMessage(), alert.getMessage()
+
+
+async def test_a_resend_that_fails_a_current_delivery_answered_200_is_the_one_alert(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """C is current (answered 200); an older export's late copy replaced its file, and C's source is gone, so its
+    bytes cannot be put back. SmartDocumentor sends C again: that request fails C (502) and the record follows the
+    file. SmartDocumentor archived C's 200: the request's record is the ERROR naming C; the later runs add none."""
+    ops = Ops()
+    world = ops.world
+    old = world.export()
+    assert (await world.post(old)).status_code == 200
+    current = world.export()
+    assert (await world.post(current)).status_code == 200
+    record = world.record()
+    assert record is not None and record.current_delivery is not None
+    name, delivery = record.current_delivery.blob, record.current_delivery.delivery
+    plan = ops.plan(old)
+    there = world.storage.stored(name)
+    assert there is not None
+    await world.storage.copy_from_url(name, plan.source.url, if_match=there.etag, metadata=plan.metadata, tags=None)
+    world.clock.advance(timedelta(hours=2))
+    world.sources.remove(ops.plan(current).source.url.split("/anonymized-exports/")[1].split("?")[0])
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    answer = await world.post(current)
+    record = world.record()
+    assert record is not None and {d.delivery: d.state for d in record.deliveries}[delivery] is State.FAILED
+    assert answer.status_code >= 400, answer.body
+    for _ in range(2):
+        world.clock.advance(timedelta(minutes=10))
+        await ops.reconcile()
+    [alert] = errors(caplog)
+    assert f"delivery {delivery[:12]}" in alert.getMessage() and getattr(alert, "receiver.operation") == "delivery"

@@ -117,17 +117,18 @@ class Trace:
     deferred: list[str] = field(default_factory=list)  # names left listed to retire, and why
     failed: list[Delivery] = field(default_factory=list)  # deliveries a record change of this run failed
     failed_tracked: list[Delivery] = field(default_factory=list)  # those of them the record held before (2xx'd)
-    ended: Delivery | None = None  # an arrival's delivery as its record held it at the answer (None: not in it)
-    unanswered: datetime | None = None  # the step time of a record change whose answer was lost (it may have won)
+    began: Delivery | None = None  # an arrival's delivery as the record held it when this run first read it
+    unanswered: datetime | None = None  # when a record change's answer was lost (it may have won)
+    known: frozenset[str] | None = None  # the deliveries the record held when this run first read it
 
     def failed_before(self) -> bool:
-        """Had the record failed the delivery before this run, by a driver that raises its own alert (the
-        reconciliation, an operator)? A failure by a webhook or a queue try (whose answer may have been lost) is not
-        known to have alerted."""
-        if self.ended is None or self.ended.state is not State.FAILED or self.failed:
-            return False
-        failing = next((step for step in reversed(self.ended.history) if step.outcome == "failed"), None)
-        return failing is not None and failing.by in ("reconciliation", "operator")
+        """Had the record failed the delivery before this run, by a driver that raises its own alert for it (the
+        reconciliation, an operator, a webhook request failing one an earlier request answered 2xx)? A failure by a
+        queue try (whose answer may have been lost) is not known to have alerted."""
+        if self.began is None or self.began.state is not State.FAILED:
+            return False  # (one it then accepted again and failed anew was failed, and alerted, before all the same)
+        failing = next((step for step in reversed(self.began.history) if step.outcome == "failed"), None)
+        return failing is not None and failing.by in ("reconciliation", "operator", "webhook")
 
 
 def manifest_name(blob: str) -> str:
@@ -159,13 +160,15 @@ async def run(
             seen, copied_at = await _first_round(storage, job, seen, trace, clock)
     for _ in range(MAX_STEPS):
         at = max(now, clock())
+        if trace.known is None and seen.record_read:
+            trace.known = frozenset(item.delivery for item in seen.record.deliveries) if seen.record else frozenset()
+            if isinstance(job.event, Arrival) and seen.record is not None:
+                trace.began = seen.record.find(job.event.notice.delivery)
         decision = decide(seen, job.event, at)
         if isinstance(decision, Change) and copied_at is not None and at - copied_at > RECORD_WITHIN:
             _record_in_time(job, seen)
         trace.arrows.append(decision.arrow)
         if isinstance(decision, Answer):
-            if isinstance(job.event, Arrival) and seen.record is not None:
-                trace.ended = seen.record.find(job.event.notice.delivery)
             return _finish(decision, trace), trace
         if isinstance(decision, Observe) and decision.at is not None:
             job, seen, trace.blob = _decided_at(job, decision.at), _unlooked(seen), decision.at
@@ -546,9 +549,9 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     newly = [
         item for item in decision.record.deliveries if item.state is State.FAILED and item.delivery not in was_failed
     ]
-    held = {item.delivery for item in seen.record.deliveries} if seen.record else set()
     trace.failed += newly
-    trace.failed_tracked += [item for item in newly if item.delivery in held]
+    # Held before this run (an earlier request answered it 2xx): not one this very request accepted, then failed.
+    trace.failed_tracked += [item for item in newly if item.delivery in (trace.known or frozenset())]
     peeked = tuple(
         (name, found)
         for name, found in zip(peek_names, found_peeks, strict=False)

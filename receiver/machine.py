@@ -714,7 +714,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             return Observe()
         # A record that exists must be overwritten to name this delivery (refused), current file or not.
         if record is not None or seen.large or isinstance(blob, Blob):
-            # The queue function tries again while the record has not ended the delivery (a hold is lifted some day).
+            # The queue function tries again while the record has not ended the delivery (a hold is lifted some day);
+            # a resend of one it tracks copying is told 202 again, as under a hold on the file alone.
+            if entry is not None and entry.state is State.COPYING and not event.patient:
+                return Answer("copying", 202, "queued", enqueue=True)
             ongoing = entry is None or entry.state is State.COPYING
             return Answer("failed", 409, "immutable", error="immutable", reason=seen.locked, enqueue=ongoing)
     # Accepted at this very name: one accepted under an earlier template is accepted again here first, so

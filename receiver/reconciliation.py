@@ -256,9 +256,6 @@ async def _work(
                 record.reason = "; ".join(done + [f"not retired: {why}" for why in trace.deferred]) or None
             except StoreError as exc:
                 record.arrows, refused = ",".join(trace.arrows), exc.message
-                if trace.unanswered is not None and not trace.failed:
-                    # This run's swap whose answer was lost may have failed a delivery all the same: the record tells.
-                    trace.failed += await _failed_by(storage, item, trace.unanswered)
                 if isinstance(exc, Immutable | Leased) or exc.code == "fence-refused":
                     # What becomes of a delivery still copying (stored, or failed once its link expired) cannot be
                     # recorded while a policy or lease lasts (nor the file fenced first): counted lost past the
@@ -276,6 +273,11 @@ async def _work(
                 record.outcome, record.final_failure = "error", True
                 record.reason = f"unexpected {type(exc).__name__} on this task; the run went on with the others"
                 log.exception("reconciliation of task %s failed", item.task_id)
+            # A swap of this run whose answer was lost (or came back as a 412 to the SDK's retry of it) may have failed
+            # a delivery all the same: the record tells, by this run's own step.
+            unsure = trace.unanswered is not None or ("expired" in trace.arrows and "expired" not in trace.changes)
+            if unsure and not trace.failed:
+                trace.failed += await _failed_by(storage, item, now)
             if trace.failed:  # this run failed deliveries for good (its swap won): the alert, naming each
                 # (A step refused after it is only named: what it was for is decided anew by the next run.)
                 done_after = f"a later step was refused: {refused}" if refused is not None else record.reason
@@ -304,7 +306,7 @@ def _failed_for_good(item: Candidate, failed: list[Delivery]) -> str:
 
 
 async def _failed_by(storage: Storage, item: Candidate, at: datetime) -> list[Delivery]:
-    """The deliveries this run's swap failed (their last failure step by the reconciliation at its very step time
+    """The deliveries this run failed (their last failure step by the reconciliation, stamped with the run's time
     ``at``), read from the record: a swap whose answer was lost leaves no other trace. Empty when it cannot be read."""
     try:
         found = await storage.read_bytes(record_name(item.workspace_id, item.task_id), max_bytes=MAX_RECORD_BYTES)

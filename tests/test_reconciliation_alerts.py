@@ -209,3 +209,72 @@ async def test_a_resend_that_fails_a_current_delivery_answered_200_is_the_one_al
         await ops.reconcile()
     [alert] = errors(caplog)
     assert f"delivery {delivery[:12]}" in alert.getMessage() and getattr(alert, "receiver.operation") == "delivery"
+
+
+@pytest.mark.parametrize("lost", ["answer lost", "412 to the retry"])
+async def test_an_expiry_whose_swap_answer_was_lost_is_alerted_once_when_the_run_reaches_it_late(
+    lost: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run reaches the task seconds after it began (the wall clock past the run's time, which stamps its
+    steps); its expiry swap lands, and its answer is lost, or comes back as a 412 to the SDK's retry of the Put.
+    The run still reads back its own step and raises the one ERROR; the next run and the message's try add none."""
+    from typing import Any
+
+    from receiver.reconciliation import reconcile_run
+    from receiver.storage import Conflict
+
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    text = await ops.accept(world.export(expires_in=timedelta(minutes=30)))
+    world.clock.advance(timedelta(minutes=40))
+    start = world.now
+    world.clock.advance(timedelta(seconds=2))
+    name = record_name("ws-1", "task-1")
+    if lost == "answer lost":
+        world.faults.lose_answer("put", name)
+    else:
+        real = world.storage.put
+        once: list[bool] = []
+
+        async def put(blob: str, *args: Any, **kwargs: Any) -> Any:
+            written = await real(blob, *args, **kwargs)
+            if blob == name and not once:
+                once.append(True)
+                raise Conflict(f"{blob} changed", code="ConditionNotMet", status=412)
+            return written
+
+        monkeypatch.setattr(world.storage, "put", put)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    await reconcile_run(runtime=world.runtime, now=start, environ={})
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    world.clock.advance(timedelta(minutes=10))
+    await reconcile_run(runtime=world.runtime, now=world.now, environ={})
+    await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2)
+    assert len(errors(caplog)) == 1, [r.getMessage() for r in errors(caplog)]
+
+
+async def test_a_webhook_failing_its_own_new_delivery_is_no_alert_and_one_failing_a_202d_copy_is_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A re-export whose source is gone, sent for the first time: 502 to the sender, a WARNING (nothing was answered
+    2xx). A 202'd copy whose source then goes, sent again: the request that fails it is the one ERROR; its queue
+    message's later try adds none."""
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    fresh = world.export()
+    world.sources.remove(ops.plan(fresh).source.url.split("/anonymized-exports/")[1].split("?")[0])
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    assert (await world.post(fresh)).status_code == 502
+    assert errors(caplog) == [], [r.getMessage() for r in errors(caplog)]
+    promised = world.export()
+    text = await ops.accept(promised)
+    world.sources.remove(ops.plan(promised).source.url.split("/anonymized-exports/")[1].split("?")[0])
+    assert (await world.post(promised)).status_code == 502
+    world.clock.advance(timedelta(minutes=1))
+    assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
+    assert len(errors(caplog)) == 1, [r.getMessage() for r in errors(caplog)]

@@ -605,9 +605,11 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
     before = {item.delivery: item.state for item in found.record.deliveries}
 
     def failed_by_this_repair(item: Delivery) -> bool:  # (another driver may have failed it meanwhile: its alert)
+        if any(failed.delivery == item.delivery for failed in trace.failed):
+            return True  # this repair's swap won
         step = next((step for step in reversed(item.history) if step.outcome == "failed"), None)
-        was = before.get(item.delivery)
-        return was is not State.FAILED and step is not None and step.by == "operator" and step.at >= ctx.now
+        was, unsure = before.get(item.delivery), trace.unanswered is not None  # its answer lost: its own step
+        return unsure and was is not State.FAILED and step is not None and step.by == "operator" and step.at >= ctx.now
 
     now_failed = [
         item
@@ -719,9 +721,9 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
         task_id=task_id,
         write_manifest=ctx.settings.write_manifest,
     )
-    stopped = None
+    stopped, trace = None, Trace()
     try:
-        _, trace = await drive(storage, job, now=ctx.now)
+        await drive(storage, job, now=ctx.now, trace=trace)
         data["arrows"] = trace.arrows
     except StoreError as exc:  # after the give-up was recorded, perhaps (the fence after it, say): the record tells
         stopped, data["arrows"] = exc.message, []
@@ -736,8 +738,11 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
         return next((step for step in reversed(item.history) if step.outcome == "failed"), None)
 
     def by_this_command(delivery: str) -> bool:  # (another driver may have failed it meanwhile: its own alert)
-        step = failing_step(delivery)
-        return step is not None and step.by == "operator" and step.at >= ctx.now and step.note == give_up
+        if any(item.delivery == delivery for item in trace.failed):
+            return True  # this command's swap won
+        step = failing_step(delivery)  # its answer lost: its own step (another command's may look alike: rare)
+        unsure = trace.unanswered is not None
+        return unsure and step is not None and step.by == "operator" and step.at >= ctx.now and step.note == give_up
 
     failed = [item for item in copying if by_this_command(item.delivery)]
     others = [

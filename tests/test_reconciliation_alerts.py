@@ -278,3 +278,36 @@ async def test_a_webhook_failing_its_own_new_delivery_is_no_alert_and_one_failin
     world.clock.advance(timedelta(minutes=1))
     assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
     assert len(errors(caplog)) == 1, [r.getMessage() for r in errors(caplog)]
+
+
+@pytest.mark.parametrize("command", [("fail", "--reason", "re-exported by hand"), ("check", "--repair")])
+async def test_an_operator_command_racing_another_operators_fail_alerts_once(
+    command: tuple[str, ...], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command reads the record; another operator's `fail` (with the same reason), begun a second later, fails
+    the expired copy first (its ERROR). The first command changed nothing: it raises no second ERROR."""
+    from typing import Any
+
+    from ops.records import drive as real_drive
+
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    await ops.accept(world.export(expires_in=timedelta(minutes=30)))
+    world.clock.advance(timedelta(minutes=40))
+    started: list[bool] = []
+
+    async def drive(*args: Any, **kwargs: Any) -> Any:
+        if not started:
+            started.append(True)
+            world.clock.advance(timedelta(seconds=1))
+            await ops("fail", "--task", "task-1", "--reason", "re-exported by hand")
+        return await real_drive(*args, **kwargs)
+
+    monkeypatch.setattr("ops.commands.drive", drive)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    await ops(command[0], "--task", "task-1", *command[1:])
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    assert len(errors(caplog)) == 1, [r.getMessage() for r in errors(caplog)]

@@ -24,7 +24,7 @@ from receiver.attention import (
     marker_of,
     read_summary,
 )
-from receiver.engine import Job, Trace, manifest_name
+from receiver.engine import Job, Trace, failed_by_own_steps, manifest_name
 from receiver.machine import NAME_TAKEN, Answer, Sweep
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
 from receiver.outcome import option_words
@@ -604,12 +604,12 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
     # What the record says now, not what was tried: a step storage refused changed nothing.
     before = {item.delivery: item.state for item in found.record.deliveries}
 
+    # This repair's failures: its swaps that won, and (a swap's outcome not known) its own steps read back.
+    own = {item.delivery for item in trace.failed}
+    own |= {item.delivery for item in failed_by_own_steps(after.record, "operator", trace.unsure)}
+
     def failed_by_this_repair(item: Delivery) -> bool:  # (another driver may have failed it meanwhile: its alert)
-        if any(failed.delivery == item.delivery for failed in trace.failed):
-            return True  # this repair's swap won
-        step = next((step for step in reversed(item.history) if step.outcome == "failed"), None)
-        was, unsure = before.get(item.delivery), trace.unanswered is not None  # its answer lost: its own step
-        return unsure and was is not State.FAILED and step is not None and step.by == "operator" and step.at >= ctx.now
+        return item.delivery in own and before.get(item.delivery) is not State.FAILED
 
     now_failed = [
         item
@@ -737,12 +737,12 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
             return None
         return next((step for step in reversed(item.history) if step.outcome == "failed"), None)
 
+    # This command's failures: its swaps that won, and (a swap's outcome not known) its own steps read back.
+    own = {item.delivery for item in trace.failed}
+    own |= {item.delivery for item in failed_by_own_steps(after, "operator", trace.unsure)}
+
     def by_this_command(delivery: str) -> bool:  # (another driver may have failed it meanwhile: its own alert)
-        if any(item.delivery == delivery for item in trace.failed):
-            return True  # this command's swap won
-        step = failing_step(delivery)  # its answer lost: its own step (another command's may look alike: rare)
-        unsure = trace.unanswered is not None
-        return unsure and step is not None and step.by == "operator" and step.at >= ctx.now and step.note == give_up
+        return delivery in own
 
     failed = [item for item in copying if by_this_command(item.delivery)]
     others = [

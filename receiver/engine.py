@@ -118,7 +118,9 @@ class Trace:
     failed: list[Delivery] = field(default_factory=list)  # deliveries a record change of this run failed
     failed_tracked: list[Delivery] = field(default_factory=list)  # those of them the record held before (2xx'd)
     began: Delivery | None = None  # an arrival's delivery as the record held it when this run first read it
-    unanswered: datetime | None = None  # when a record change's answer was lost (it may have won)
+    # The step times of record changes whose outcome is not known: an answer lost, or a 412 (which a retry of a
+    # change that landed gets too). A delivery failed by a step of one of them may be this run's doing.
+    unsure: list[datetime] = field(default_factory=list)
     known: frozenset[str] | None = None  # the deliveries the record held when this run first read it
 
     def failed_before(self) -> bool:
@@ -129,6 +131,34 @@ class Trace:
             return False  # (one it then accepted again and failed anew was failed, and alerted, before all the same)
         failing = next((step for step in reversed(self.began.history) if step.outcome == "failed"), None)
         return failing is not None and failing.by in ("reconciliation", "operator", "webhook")
+
+
+def _stamp(job: Job, now: datetime) -> datetime:
+    """The time the decision stamps its steps with: a sweep's own time, an arrival's step time."""
+    return job.event.now if isinstance(job.event, Sweep) else now
+
+
+def failed_by_own_steps(record: TaskRecord | None, by: str, stamps: list[datetime]) -> list[Delivery]:
+    """The deliveries whose last failure step is ``by``'s, stamped with one of ``stamps``: the ones a change whose
+    outcome was not known failed after all (:attr:`Trace.unsure`)."""
+
+    def own(item: Delivery) -> bool:
+        failing = next((step for step in reversed(item.history) if step.outcome == "failed"), None)
+        return failing is not None and failing.by == by and failing.at in stamps
+
+    return [item for item in (record.deliveries if record else []) if item.state is State.FAILED and own(item)]
+
+
+async def read_back_failures(storage: Storage, job: Job, trace: Trace) -> list[Delivery]:
+    """After a change whose outcome was not known: what it failed, from the record read again (empty when the
+    record cannot be read: nothing is claimed)."""
+    if not trace.unsure:
+        return []
+    try:
+        record, _ = await _read_record(task_view(storage, job), job)
+    except StoreError:
+        return []
+    return failed_by_own_steps(record, job.event.by, trace.unsure)
 
 
 def manifest_name(blob: str) -> str:
@@ -517,6 +547,7 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         return_exceptions=True,
     )
     if isinstance(written, Conflict):
+        trace.unsure.append(_stamp(job, now))
         # What the side effects did stays known (a manifest written beside a swap that lost).
         kept = after if isinstance(after, Seen) else seen
         return await _observe(storage, job, kept, record=True, manifest=decision.observe)
@@ -535,7 +566,7 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
             written.copied = job.event.notice.blob
     if isinstance(written, BaseException):
         if isinstance(written, Unavailable):
-            trace.unanswered = now
+            trace.unsure.append(_stamp(job, now))
         raise written
     if isinstance(after, BaseException):
         raise after

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from urllib.parse import unquote
 
 from .attention import AttentionReport, Watch, after_run, stale_after
-from .engine import Job, Trace, run
+from .engine import Job, Trace, read_back_failures, run
 from .machine import Sweep
 from .migration import MigrationReport, migrate
 from .models import (
@@ -44,7 +44,6 @@ from .models import (
     RECORD_CONTENT_TYPE,
     RECORD_PREFIX,
     Delivery,
-    State,
     TaskRecord,
     parse_time,
     record_name,
@@ -241,14 +240,14 @@ async def _work(
             record.task_id, record.workspace_id = item.task_id, item.workspace_id
             trace = Trace()  # filled as it goes: a step failing after a winning swap leaves that swap known
             refused: str | None = None  # what a step storage refused said
+            job = Job(
+                event=Sweep(now=now, verify=item.recent, manifests=settings.write_manifest),
+                workspace_id=item.workspace_id,
+                task_id=item.task_id,
+                write_manifest=settings.write_manifest,
+                alert_window=period,
+            )
             try:
-                job = Job(
-                    event=Sweep(now=now, verify=item.recent, manifests=settings.write_manifest),
-                    workspace_id=item.workspace_id,
-                    task_id=item.task_id,
-                    write_manifest=settings.write_manifest,
-                    alert_window=period,
-                )
                 answer, _ = await run(storage, job, now=now, wall=runtime.clock, trace=trace)
                 record.outcome, record.arrows = answer.arrow, ",".join(trace.arrows)
                 done = [f"retired {', '.join(trace.retired)}"] if trace.retired else []
@@ -275,9 +274,8 @@ async def _work(
                 log.exception("reconciliation of task %s failed", item.task_id)
             # A swap of this run whose answer was lost (or came back as a 412 to the SDK's retry of it) may have failed
             # a delivery all the same: the record tells, by this run's own step.
-            unsure = trace.unanswered is not None or ("expired" in trace.arrows and "expired" not in trace.changes)
-            if unsure and not trace.failed:
-                trace.failed += await _failed_by(storage, item, now)
+            if not trace.failed:
+                trace.failed += await read_back_failures(storage, job, trace)
             if trace.failed:  # this run failed deliveries for good (its swap won): the alert, naming each
                 # (A step refused after it is only named: what it was for is decided anew by the next run.)
                 done_after = f"a later step was refused: {refused}" if refused is not None else record.reason
@@ -303,23 +301,6 @@ async def _work(
 def _failed_for_good(item: Candidate, failed: list[Delivery]) -> str:
     said = "; ".join(f"delivery {d.delivery[:12]} at {d.blob} failed for good: {d.failure_reason}" for d in failed)
     return f"{said} {ops_command('find', task=item.task_id, workspace=item.workspace_id)} tells its story"
-
-
-async def _failed_by(storage: Storage, item: Candidate, at: datetime) -> list[Delivery]:
-    """The deliveries this run failed (their last failure step by the reconciliation, stamped with the run's time
-    ``at``), read from the record: a swap whose answer was lost leaves no other trace. Empty when it cannot be read."""
-    try:
-        found = await storage.read_bytes(record_name(item.workspace_id, item.task_id), max_bytes=MAX_RECORD_BYTES)
-        record = TaskRecord.from_bytes(found[1]) if found is not None else None
-    except (StoreError, ValueError):
-        return []
-
-    def by_this_run(delivery: Delivery) -> bool:
-        failing = next((step for step in reversed(delivery.history) if step.outcome == "failed"), None)
-        return failing is not None and failing.by == "reconciliation" and failing.at == at
-
-    deliveries = record.deliveries if record is not None else []
-    return [d for d in deliveries if d.state is State.FAILED and by_this_run(d)]
 
 
 async def _migrate(storage: Storage, now: datetime, report: RunReport) -> None:

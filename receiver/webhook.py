@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from . import outcome, verification
-from .engine import Trace, run
+from .engine import Job, Trace, read_back_failures, run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
 from .outcome import Outcome
@@ -63,6 +63,7 @@ async def _handle(
     def queued() -> str:  # the queue message, built only for the answers that send one (not on the common path)
         return verification.message(body, now, plan=decided())
 
+    job: Job | None = None
     try:
         storage = runtime.store()
         async with asyncio.timeout(settings.copy_wait_seconds + STORAGE_BUDGET_SECONDS):
@@ -104,28 +105,30 @@ async def _handle(
         record.copy_mode = trace.mode if trace.copy_sent else None
         record.copy_sent = trace.copy_sent
         record.arrows = ",".join(trace.arrows)
+        if trace.unsure and not trace.failed_tracked and job is not None:
+            # A change whose answer was lost (or a 412 to its retry) may have failed one all the same: the record tells.
+            known = trace.known or frozenset()
+            trace.failed_tracked += [d for d in await read_back_failures(storage, job, trace) if d.delivery in known]
+        if trace.failed_tracked:
+            _alert_failed(record, trace)
     if answer.error == "immutable":
         # Refused for good by a policy the document's owner set: a person decides (one ERROR).
         record.final_failure = True
         record.reason = outcome.refused_by(answer.reason or "retention policy")
-    if trace.failed_tracked:
-        # A delivery answered 2xx before (a 202'd copy, or a current file an older late copy replaced) failed for good
-        # in this request: its answer goes to the sender, but SmartDocumentor archived the earlier 2xx (one ERROR).
-        record.final_failure = True
-        record.reason = "; ".join(
-            filter(
-                None,
-                [
-                    *(
-                        f"delivery {d.delivery[:12]} at {d.blob} failed for good: {d.failure_reason}"
-                        for d in trace.failed_tracked
-                    ),
-                    record.reason,
-                ],
-            )
-        )
+        _alert_failed(record, trace)
     record.blob = f"{settings.destination_container}/{decided().blob_name}"
     return answered(decided(), answer, storage, settings, queued)
+
+
+def _alert_failed(record: Record, trace: Trace) -> None:
+    """A delivery answered 2xx before (a 202'd copy, or a current file an older late copy replaced) failed for good
+    in this request: its answer goes to the sender, but SmartDocumentor archived the earlier 2xx (one ERROR)."""
+    if not trace.failed_tracked:
+        return
+    record.final_failure = True
+    said = [f"delivery {d.delivery[:12]} at {d.blob} failed for good: {d.failure_reason}" for d in trace.failed_tracked]
+    if not (record.reason and said[0] in record.reason):
+        record.reason = "; ".join(filter(None, [*said, record.reason]))
 
 
 _ASK_OPERATOR = "Ask whoever runs the receiver to fix it, then send the document again."

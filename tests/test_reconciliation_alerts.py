@@ -311,3 +311,75 @@ async def test_an_operator_command_racing_another_operators_fail_alerts_once(
     record = world.record()
     assert record is not None and record.deliveries[-1].state is State.FAILED
     assert len(errors(caplog)) == 1, [r.getMessage() for r in errors(caplog)]
+
+
+def _unsure_record_write(world: object, monkeypatch: pytest.MonkeyPatch, lost: str) -> None:
+    """The task record's next Put lands, and its answer is lost, or the SDK's retry of it is answered 412."""
+    from typing import Any
+
+    from receiver.storage import Conflict
+
+    name = record_name("ws-1", "task-1")
+    if lost == "answer lost":
+        world.faults.lose_answer("put", name)  # type: ignore[attr-defined]
+        return
+    storage = world.storage  # type: ignore[attr-defined]
+    real, once = storage.put, list[bool]()
+
+    async def put(blob: str, *args: Any, **kwargs: Any) -> Any:
+        written = await real(blob, *args, **kwargs)
+        if blob == name and not once:
+            once.append(True)
+            raise Conflict(f"{blob} changed", code="ConditionNotMet", status=412)
+        return written
+
+    monkeypatch.setattr(storage, "put", put)
+
+
+@pytest.mark.parametrize("lost", ["answer lost", "412 to the retry"])
+@pytest.mark.parametrize("driver", ["webhook resend", "ops fail", "ops check --repair", "reconciliation follow"])
+async def test_a_failing_swap_whose_outcome_was_not_known_is_alerted_once_by_the_driver_that_made_it(
+    driver: str, lost: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each driver that can fail a delivery answered 2xx, its record swap landing with its answer lost (or a 412 to
+    the SDK's retry): it reads back its own step and raises the one ERROR; nobody after it raises another."""
+    ops = Ops()
+    world = ops.world
+    old = world.export(expires_in=timedelta(minutes=5))
+    assert (await world.post(old)).status_code == 200
+    text = None
+    if driver == "reconciliation follow":  # the current file (200) replaced by an older late copy, not put back
+        assert (await world.post(world.export(expires_in=timedelta(minutes=5)))).status_code == 200
+        record = world.record()
+        assert record is not None and record.current_delivery is not None
+        plan, there = ops.plan(old), world.storage.stored(record.current_delivery.blob)
+        assert there is not None
+        await world.storage.copy_from_url(
+            there.name, plan.source.url, if_match=there.etag, metadata=plan.metadata, tags=None
+        )
+        world.clock.advance(timedelta(minutes=6))
+    else:
+        promised = world.export(expires_in=timedelta(minutes=30))
+        text = await ops.accept(promised)
+        if driver == "webhook resend":  # its source gone: the resend fails it
+            world.sources.remove(ops.plan(promised).source.url.split("/anonymized-exports/")[1].split("?")[0])
+        else:
+            world.clock.advance(timedelta(minutes=40))
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    _unsure_record_write(world, monkeypatch, lost)
+    if driver == "webhook resend":
+        await world.post(promised)
+    elif driver == "ops fail":
+        await ops("fail", "--task", "task-1", "--reason", "re-exported by hand")
+    elif driver == "ops check --repair":
+        await ops("check", "--task", "task-1", "--repair")
+    else:
+        await ops.reconcile()
+    record = world.record()
+    assert record is not None and any(d.state is State.FAILED for d in record.deliveries), record
+    world.clock.advance(timedelta(minutes=10))
+    if text is not None:
+        await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2)
+    await ops.reconcile()
+    assert len(errors(caplog)) == 1, [r.getMessage() for r in errors(caplog)]

@@ -309,7 +309,8 @@ def test_the_broad_generator_reaches_accepted_bodies() -> None:
     """Direction 2 means something only if many generated bodies are accepted."""
     found: list[bool] = []
 
-    @settings(max_examples=200, database=None)
+    # Derandomized: a share of random draws is a statistic, and an unlucky run must not turn the suite red.
+    @settings(max_examples=200, database=None, derandomize=True)
     @given(body=bodies())
     def sample(body: dict[str, Any]) -> None:
         found.append(accepted(body))

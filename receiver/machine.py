@@ -718,7 +718,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             # a resend of one it tracks copying is told 202 again, as under a hold on the file alone.
             if entry is not None and entry.state is State.COPYING and not event.patient:
                 return Answer("copying", 202, "queued", enqueue=True)
-            ongoing = entry is None or entry.state is State.COPYING
+            # A stored one (another driver recorded it meanwhile) is not failed either: decided after the lift.
+            ongoing = entry is None or entry.state is State.COPYING or (event.patient and entry.state is State.STORED)
             return Answer("failed", 409, "immutable", error="immutable", reason=seen.locked, enqueue=ongoing)
     # Accepted at this very name: one accepted under an earlier template is accepted again here first, so
     # a delivery at this name that is stored meanwhile sees it in the record (and fences its file).

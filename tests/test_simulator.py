@@ -435,6 +435,8 @@ SEEDS_THAT_BROKE += [
     140029790,
     140031267,
     70035947,  # a renamed export under a container hold the receiver knew of, its record then refused
+    13001330,  # under a hold its process knew of, a queue try found its delivery stored by another: not failed
+    13029293,  # the same, after a crash
 ]
 
 

@@ -10,12 +10,22 @@ import pytest
 
 from receiver.models import State, record_name
 from receiver.verification import verify_copy
+from sim.world import World
 
 from .test_ops import Ops
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def expired_copy(ops: Ops) -> str:
+    """A stored export, then a re-export answered 202 whose 30-minute link has expired 10 minutes ago: its message."""
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    text = await ops.accept(world.export(expires_in=timedelta(minutes=30)))
+    world.clock.advance(timedelta(minutes=40))
+    return text
 
 
 async def test_an_expiry_whose_record_swap_lost_its_answer_is_still_the_one_alert(
@@ -25,9 +35,7 @@ async def test_an_expiry_whose_record_swap_lost_its_answer_is_still_the_one_aler
     did, and raises the ERROR; the later runs and the message's later try add none."""
     ops = Ops()
     world = ops.world
-    assert (await world.post(world.export())).status_code == 200
-    text = await ops.accept(world.export(expires_in=timedelta(minutes=30)))
-    world.clock.advance(timedelta(minutes=40))
+    text = await expired_copy(ops)
     world.faults.lose_answer("put", record_name("ws-1", "task-1"))
     caplog.set_level(logging.INFO, logger="receiver")
     caplog.clear()
@@ -51,9 +59,7 @@ async def test_a_queue_try_whose_own_failing_swap_lost_its_answer_alerts_on_its_
     alerted: that try raises the ERROR."""
     ops = Ops()
     world = ops.world
-    assert (await world.post(world.export())).status_code == 200
-    text = await ops.accept(world.export(expires_in=timedelta(minutes=30)))
-    world.clock.advance(timedelta(minutes=40))
+    text = await expired_copy(ops)
     world.faults.lose_answer("put", record_name("ws-1", "task-1"))
     caplog.set_level(logging.INFO, logger="receiver")
     with pytest.raises(Exception):  # noqa: B017 (the host tries it again, whatever it was)
@@ -105,9 +111,7 @@ async def test_an_overlapping_run_whose_read_fails_does_not_repeat_the_other_run
 
     ops = Ops()
     world = ops.world
-    assert (await world.post(world.export())).status_code == 200
-    await ops.accept(world.export(expires_in=timedelta(minutes=30)))
-    world.clock.advance(timedelta(minutes=40))
+    await expired_copy(ops)
     start_a = world.now
     world.clock.advance(timedelta(seconds=2))  # A's swap comes 2 s into its run
     caplog.set_level(logging.INFO, logger="receiver")
@@ -129,10 +133,7 @@ async def test_ops_fail_racing_the_reconciliation_raises_no_second_alert_and_say
     from ops.records import drive as real_drive
 
     ops = Ops()
-    world = ops.world
-    assert (await world.post(world.export())).status_code == 200
-    await ops.accept(world.export(expires_in=timedelta(minutes=30)))
-    world.clock.advance(timedelta(minutes=40))
+    await expired_copy(ops)
 
     async def drive_after_a_run(*args: Any, **kwargs: Any) -> Any:
         await ops.reconcile()
@@ -218,33 +219,14 @@ async def test_an_expiry_whose_swap_answer_was_lost_is_alerted_once_when_the_run
     """The run reaches the task seconds after it began (the wall clock past the run's time, which stamps its
     steps); its expiry swap lands, and its answer is lost, or comes back as a 412 to the SDK's retry of the Put.
     The run still reads back its own step and raises the one ERROR; the next run and the message's try add none."""
-    from typing import Any
-
     from receiver.reconciliation import reconcile_run
-    from receiver.storage import Conflict
 
     ops = Ops()
     world = ops.world
-    assert (await world.post(world.export())).status_code == 200
-    text = await ops.accept(world.export(expires_in=timedelta(minutes=30)))
-    world.clock.advance(timedelta(minutes=40))
+    text = await expired_copy(ops)
     start = world.now
     world.clock.advance(timedelta(seconds=2))
-    name = record_name("ws-1", "task-1")
-    if lost == "answer lost":
-        world.faults.lose_answer("put", name)
-    else:
-        real = world.storage.put
-        once: list[bool] = []
-
-        async def put(blob: str, *args: Any, **kwargs: Any) -> Any:
-            written = await real(blob, *args, **kwargs)
-            if blob == name and not once:
-                once.append(True)
-                raise Conflict(f"{blob} changed", code="ConditionNotMet", status=412)
-            return written
-
-        monkeypatch.setattr(world.storage, "put", put)
+    _unsure_record_write(world, monkeypatch, lost)
     caplog.set_level(logging.INFO, logger="receiver")
     caplog.clear()
     await reconcile_run(runtime=world.runtime, now=start, environ={})
@@ -292,9 +274,7 @@ async def test_an_operator_command_racing_another_operators_fail_alerts_once(
 
     ops = Ops()
     world = ops.world
-    assert (await world.post(world.export())).status_code == 200
-    await ops.accept(world.export(expires_in=timedelta(minutes=30)))
-    world.clock.advance(timedelta(minutes=40))
+    await expired_copy(ops)
     started: list[bool] = []
 
     async def drive(*args: Any, **kwargs: Any) -> Any:
@@ -313,7 +293,7 @@ async def test_an_operator_command_racing_another_operators_fail_alerts_once(
     assert len(errors(caplog)) == 1, [r.getMessage() for r in errors(caplog)]
 
 
-def _unsure_record_write(world: object, monkeypatch: pytest.MonkeyPatch, lost: str) -> None:
+def _unsure_record_write(world: World, monkeypatch: pytest.MonkeyPatch, lost: str) -> None:
     """The task record's next Put lands, and its answer is lost, or the SDK's retry of it is answered 412."""
     from typing import Any
 
@@ -321,9 +301,9 @@ def _unsure_record_write(world: object, monkeypatch: pytest.MonkeyPatch, lost: s
 
     name = record_name("ws-1", "task-1")
     if lost == "answer lost":
-        world.faults.lose_answer("put", name)  # type: ignore[attr-defined]
+        world.faults.lose_answer("put", name)
         return
-    storage = world.storage  # type: ignore[attr-defined]
+    storage = world.storage
     real, once = storage.put, list[bool]()
 
     async def put(blob: str, *args: Any, **kwargs: Any) -> Any:

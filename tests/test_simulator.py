@@ -1076,6 +1076,23 @@ async def two_given_up_then_the_older_prepared_over_the_newer(sim: Simulation) -
     return e1, e2, q1, q2
 
 
+async def newer_stored_then_its_retry_fences(sim: Simulation, e2: Any, q1: Any, q2: Any) -> None:
+    """e2's driver records e2 stored and crashes before its fence; e2's retry is answered 200 `duplicate` and e1's
+    held commit then fails: the file still holds e2, and every invariant holds to the end."""
+    while (record := sim.record()) is None or record.find(e2.delivery).state is not State.STORED:  # type: ignore[union-attr]
+        await sim.grant(calls_of(sim, q2)[0])
+    for call in calls_of(sim, q2):
+        await sim.grant(call, "crash")  # before its fence
+    retry = sim.post(e2)
+    await sim.run_actor(retry)
+    assert retry.answer == "200 duplicate", retry.answer
+    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
+    assert sim.files()[A_NAME] == e2.data, "e1's held commit replaced the file answered 200 duplicate"
+    sim.sources.remove(e2.source_name)  # its bytes could not be put back now
+    await sim.finish()
+    ok(sim)
+
+
 @pytest.mark.parametrize("replayed", [False, True])
 async def test_a_duplicate_fences_off_an_older_delivery_superseded_while_copying_whose_commit_is_on_its_way(
     replayed: bool,
@@ -1095,18 +1112,7 @@ async def test_a_duplicate_fences_off_an_older_delivery_superseded_while_copying
             await _note_replayed(sim.gate, parsed, "replay-poison: foreseen", sim.clock())
 
         await sim.run_actor(sim._start("operator", "replay-poison", replay))
-    while (record := sim.record()) is None or record.find(e2.delivery).state is not State.STORED:  # type: ignore[union-attr]
-        await sim.grant(calls_of(sim, q2)[0])
-    for call in calls_of(sim, q2):
-        await sim.grant(call, "crash")  # before its fence
-    retry = sim.post(e2)
-    await sim.run_actor(retry)
-    assert retry.answer == "200 duplicate", retry.answer
-    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
-    assert sim.files()[A_NAME] == e2.data, "e1's held commit replaced the file answered 200 duplicate"
-    sim.sources.remove(e2.source_name)  # its bytes could not be put back now
-    await sim.finish()
-    ok(sim)
+    await newer_stored_then_its_retry_fences(sim, e2, q1, q2)
 
 
 async def test_a_duplicate_still_fences_off_an_older_delivery_superseded_while_copying_after_a_stray_copy_step() -> (
@@ -1127,18 +1133,7 @@ async def test_a_duplicate_still_fences_off_an_older_delivery_superseded_while_c
     await sim.run_actor(sim.post(e1, config=Config(template=OTHER, staged=True, waits=False)))
     entry = (record := sim.record()) and record.find(e1.delivery)
     assert entry and entry.state is State.COPYING and entry.history[-1].outcome == "stray-copy", entry
-    while (record := sim.record()) is None or record.find(e2.delivery).state is not State.STORED:  # type: ignore[union-attr]
-        await sim.grant(calls_of(sim, q2)[0])
-    for call in calls_of(sim, q2):
-        await sim.grant(call, "crash")  # before its fence
-    retry = sim.post(e2)
-    await sim.run_actor(retry)
-    assert retry.answer == "200 duplicate", retry.answer
-    await sim.run_actor(q1, until=lambda call: call.op != "commit_blocks")
-    assert sim.files()[A_NAME] == e2.data, "e1's held commit replaced the file answered 200 duplicate"
-    sim.sources.remove(e2.source_name)
-    await sim.finish()
-    ok(sim)
+    await newer_stored_then_its_retry_fences(sim, e2, q1, q2)
 
 
 @pytest.mark.parametrize("stops", ["crashed", "refused"])

@@ -913,8 +913,10 @@ async def write_manifest(
                     return None
                 if holder is None or holder.delivery != effect.delivery:
                     return None  # the file is another delivery's now: its writer writes the manifest
-                if seen.locked and there.delivery == effect.delivery:
-                    return there.etag  # a policy keeps it as written: it already describes this delivery
+                if there.delivery == effect.delivery and (seen.locked or if_match is None):
+                    # Created for this very delivery meanwhile (a twin request, the queue function), or kept as
+                    # written by a policy: it describes the file already. Rewriting it would only race the twins.
+                    return there.etag
                 if_match = there.etag
         raise Unavailable(f"The manifest {name} kept changing while it was written.")
 

@@ -141,6 +141,30 @@ async def test_a_duplicate_is_answered_only_once_its_manifest_exists(
         await first
 
 
+async def test_a_request_whose_manifest_a_twin_created_first_answers_200_without_rewriting_it(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """The first request's manifest create is held while its twin writes the manifest; released, it is refused
+    (the twin's is there). Any rewrite of it would be refused too (as by further twins rewriting it meanwhile):
+    the first request still answers 200, as the manifest there describes its delivery."""
+    release = asyncio.Event()
+    held = proxied.add(Rule(is_manifest_write, times=1, hold=release))
+    rewrites = proxied.add(
+        Rule(lambda r: is_manifest_write(r) and held.done.is_set(), times=5, status=412, code="ConditionNotMet")
+    )
+    payload = notification(exports.publish())
+    first = asyncio.ensure_future(webhook.post(payload))
+    await reached(held)
+    twin = await webhook.post(payload)
+    release.set()
+    answer = await first
+
+    assert twin.status == 200 and twin.body["status"] == "duplicate", twin.body
+    assert answer.status == 200 and answer.body["status"] == "stored", answer.body
+    assert rewrites.fired == 0
+    assert_delivered(destination, payload, name_of(answer.body), PDF_BYTES)
+
+
 async def test_the_queue_function_of_an_older_export_never_writes_its_manifest_beside_the_newer_file(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:

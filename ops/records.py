@@ -339,7 +339,7 @@ def _arrival_words(answer: Answer, outcome: str, trace: Trace, imagined: Imagine
         return Foreseen(
             answer, "superseded", f"a newer export of the task is stored{name}: nothing of it is kept{steps}"
         )
-    if outcome == "failed" and trace.failed_before():
+    if outcome == "failed" and trace.failed_elsewhere("verifier"):
         why = f"its task record already failed it ({answer.reason or answer.error}): moving it back only clears it"
         return Foreseen(answer, "ended", f"{why} from the poison queue{steps}")
     if outcome == "failed":

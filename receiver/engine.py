@@ -116,21 +116,33 @@ class Trace:
     blob: str | None = None  # the name the delivery was decided at, when not the notice's (its record's)
     deferred: list[str] = field(default_factory=list)  # names left listed to retire, and why
     failed: list[Delivery] = field(default_factory=list)  # deliveries a record change of this run failed
-    failed_tracked: list[Delivery] = field(default_factory=list)  # those of them the record held before (2xx'd)
-    began: Delivery | None = None  # an arrival's delivery as the record held it when this run first read it
-    # The step times of record changes whose outcome is not known: an answer lost, or a 412 (which a retry of a
-    # change that landed gets too). A delivery failed by a step of one of them may be this run's doing.
+    # Those of them this run did not accept itself (an earlier request's, maybe answered 2xx): a webhook's alert.
+    failed_tracked: list[Delivery] = field(default_factory=list)
+    accepted: set[str] = field(default_factory=set)  # deliveries a winning change of this run accepted (or created)
+    # The step times of record changes whose outcome is not known: an answer lost, a 412 (which a retry of a change
+    # that landed gets too), or cancelled on its way. A delivery failed by a step of one of them may be this run's.
     unsure: list[datetime] = field(default_factory=list)
-    known: frozenset[str] | None = None  # the deliveries the record held when this run first read it
+    maybe_failed: list[Delivery] = field(default_factory=list)  # what those changes would have failed
+    began: Delivery | None = None  # an arrival's delivery as the record held it when this run first read it
+    latest: Delivery | None = None  # the same when this run last read or wrote the record
 
-    def failed_before(self) -> bool:
-        """Had the record failed the delivery before this run, by a driver that raises its own alert for it (the
-        reconciliation, an operator, a webhook request failing one an earlier request answered 2xx)? A failure by a
-        queue try (whose answer may have been lost) is not known to have alerted."""
-        if self.began is None or self.began.state is not State.FAILED:
-            return False  # (one it then accepted again and failed anew was failed, and alerted, before all the same)
-        failing = next((step for step in reversed(self.began.history) if step.outcome == "failed"), None)
-        return failing is not None and failing.by in ("reconciliation", "operator", "webhook")
+    def failed_elsewhere(self, by: str) -> bool:
+        """Was the arrival's delivery failed by another change than this run's: before it began (one this run then
+        accepted again and failed anew too), or meanwhile? That change's driver raised the alert: each driver alerts
+        for what its own change failed."""
+        if self.began is not None and self.began.state is State.FAILED:
+            return True
+        if self.latest is None or self.latest.state is not State.FAILED:
+            return False
+        if any(item.delivery == self.latest.delivery for item in self.failed):
+            return False
+        failing = next((step for step in reversed(self.latest.history) if step.outcome == "failed"), None)
+        return failing is not None and not (failing.by == by and failing.at in self.unsure)
+
+    def accepted_here(self, item: Delivery) -> bool:
+        """Did this run accept ``item`` (or create it failed)? Then its failure is this run's own answer to its
+        sender, not an earlier request's 2xx broken."""
+        return item.delivery in self.accepted
 
 
 def _stamp(job: Job, now: datetime) -> datetime:
@@ -149,16 +161,16 @@ def failed_by_own_steps(record: TaskRecord | None, by: str, stamps: list[datetim
     return [item for item in (record.deliveries if record else []) if item.state is State.FAILED and own(item)]
 
 
-async def read_back_failures(storage: Storage, job: Job, trace: Trace) -> list[Delivery]:
-    """After a change whose outcome was not known: what it failed, from the record read again (empty when the
-    record cannot be read: nothing is claimed)."""
+async def read_back_failures(storage: Storage, job: Job, trace: Trace) -> tuple[list[Delivery], bool]:
+    """After a change whose outcome was not known: what it failed, from the record read again, and True. When the
+    record cannot be read either: what those changes would have failed, and False (the alert says it may have)."""
     if not trace.unsure:
-        return []
+        return [], True
     try:
         record, _ = await _read_record(task_view(storage, job), job)
     except StoreError:
-        return []
-    return failed_by_own_steps(record, job.event.by, trace.unsure)
+        return list(trace.maybe_failed), False
+    return failed_by_own_steps(record, job.event.by, trace.unsure), True
 
 
 def manifest_name(blob: str) -> str:
@@ -181,6 +193,7 @@ async def run(
     seen = Seen(large=isinstance(job.event, Arrival) and job.event.notice.large)
     clock = wall or (lambda: now)
     copied_at: datetime | None = None  # when this driver's last copy answered
+    began = False  # the record read once (trace.began)
     if isinstance(job.event, Arrival):
         # A container that refuses overwrites is asked about once a process; there the record is read
         # before anything is copied (a create that the record then refuses could not be removed).
@@ -190,10 +203,9 @@ async def run(
             seen, copied_at = await _first_round(storage, job, seen, trace, clock)
     for _ in range(MAX_STEPS):
         at = max(now, clock())
-        if trace.known is None and seen.record_read:
-            trace.known = frozenset(item.delivery for item in seen.record.deliveries) if seen.record else frozenset()
-            if isinstance(job.event, Arrival) and seen.record is not None:
-                trace.began = seen.record.find(job.event.notice.delivery)
+        if isinstance(job.event, Arrival) and seen.record_read:
+            trace.latest = seen.record.find(job.event.notice.delivery) if seen.record is not None else None
+            trace.began, began = (trace.latest, True) if not began else (trace.began, began)
         decision = decide(seen, job.event, at)
         if isinstance(decision, Change) and copied_at is not None and at - copied_at > RECORD_WITHIN:
             _record_in_time(job, seen)
@@ -538,16 +550,32 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     peek_names = [
         manifest_name(item.blob) for item in decision.record.retire if job.write_manifest and item.blob not in known
     ]
-    written, after, peeks, _ = await asyncio.gather(
-        write,
-        side,
-        asyncio.gather(*(storage.read(n) for n in peek_names), return_exceptions=True),
-        # A delivery this change fails gets its failure marker beside the swap (receiver/attention.py).
-        mark_failures(storage, seen.record, decision.record, decision.arrow),
-        return_exceptions=True,
+    was_failed = (
+        {item.delivery for item in seen.record.deliveries if item.state is State.FAILED} if seen.record else set()
     )
+    newly = [
+        item for item in decision.record.deliveries if item.state is State.FAILED and item.delivery not in was_failed
+    ]
+    stamp = _stamp(job, now)
+
+    def unsure() -> None:  # landed or not, nobody will say: what it failed may be this run's to alert for
+        trace.unsure.append(stamp)
+        trace.maybe_failed += newly
+
+    try:
+        written, after, peeks, _ = await asyncio.gather(
+            write,
+            side,
+            asyncio.gather(*(storage.read(n) for n in peek_names), return_exceptions=True),
+            # A delivery this change fails gets its failure marker beside the swap (receiver/attention.py).
+            mark_failures(storage, seen.record, decision.record, decision.arrow),
+            return_exceptions=True,
+        )
+    except asyncio.CancelledError:  # the request's time ran out: the swap may have landed
+        unsure()
+        raise
     if isinstance(written, Conflict):
-        trace.unsure.append(_stamp(job, now))
+        unsure()
         # What the side effects did stays known (a manifest written beside a swap that lost).
         kept = after if isinstance(after, Seen) else seen
         return await _observe(storage, job, kept, record=True, manifest=decision.observe)
@@ -566,7 +594,7 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
             written.copied = job.event.notice.blob
     if isinstance(written, BaseException):
         if isinstance(written, Unavailable):
-            trace.unsure.append(_stamp(job, now))
+            unsure()
         raise written
     if isinstance(after, BaseException):
         raise after
@@ -574,15 +602,17 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     found_peeks: list[Blob | BaseException | None] = list(peeks) if isinstance(peeks, list) else []
     concluded = decision.arrow if decision.arrow in CONCLUDING else seen.concluded
     trace.changes.append(decision.arrow)
-    was_failed = (
-        {item.delivery for item in seen.record.deliveries if item.state is State.FAILED} if seen.record else set()
-    )
-    newly = [
-        item for item in decision.record.deliveries if item.state is State.FAILED and item.delivery not in was_failed
-    ]
+    # Accepted (or created) here, unless this run's own earlier change failed (or may have failed) it first.
+    before = {item.delivery: item.state for item in seen.record.deliveries} if seen.record else {}
+    failed_here = {item.delivery for item in [*trace.failed, *trace.maybe_failed]}
+    trace.accepted |= {
+        item.delivery
+        for item in decision.record.deliveries
+        if (item.delivery not in before or (item.state is State.COPYING and before[item.delivery] is not State.COPYING))
+        and item.delivery not in failed_here
+    }
     trace.failed += newly
-    # Held before this run (an earlier request answered it 2xx): not one this very request accepted, then failed.
-    trace.failed_tracked += [item for item in newly if item.delivery in (trace.known or frozenset())]
+    trace.failed_tracked += [item for item in newly if not trace.accepted_here(item)]
     peeked = tuple(
         (name, found)
         for name, found in zip(peek_names, found_peeks, strict=False)

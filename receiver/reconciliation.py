@@ -274,8 +274,10 @@ async def _work(
                 log.exception("reconciliation of task %s failed", item.task_id)
             # A swap of this run whose answer was lost (or came back as a 412 to the SDK's retry of it) may have failed
             # a delivery all the same: the record tells, by this run's own step.
+            sure = True
             if not trace.failed:
-                trace.failed += await read_back_failures(storage, job, trace)
+                read_back, sure = await read_back_failures(storage, job, trace)
+                trace.failed += read_back
             if trace.failed:  # this run failed deliveries for good (its swap won): the alert, naming each
                 # (A step refused after it is only named: what it was for is decided anew by the next run.)
                 done_after = f"a later step was refused: {refused}" if refused is not None else record.reason
@@ -283,7 +285,8 @@ async def _work(
                 record.outcome = "expired" if "expired" in trace.arrows else record.outcome
                 record.blob = f"{settings.destination_container}/{trace.failed[0].blob}"
                 record.delivery = trace.failed[0].delivery
-                record.reason = "; ".join(filter(None, [_failed_for_good(item, trace.failed), done_after]))
+                said = _failed_for_good(item, trace.failed, sure=sure)
+                record.reason = "; ".join(filter(None, [said, done_after]))
             waited = now - item.oldest_copying if item.oldest_copying is not None else timedelta(0)
             if record.outcome in ("waiting", "held") and waited > QUEUE_COVERAGE:
                 report.lost.append(item.task_id)
@@ -298,8 +301,10 @@ async def _work(
     )
 
 
-def _failed_for_good(item: Candidate, failed: list[Delivery]) -> str:
-    said = "; ".join(f"delivery {d.delivery[:12]} at {d.blob} failed for good: {d.failure_reason}" for d in failed)
+def _failed_for_good(item: Candidate, failed: list[Delivery], *, sure: bool = True) -> str:
+    # Not sure: the run's change failing them got no answer, and the record could not be read back.
+    how = "failed for good" if sure else "may have failed for good (this run's change failing it got no answer)"
+    said = "; ".join(f"delivery {d.delivery[:12]} at {d.blob} {how}: {d.failure_reason}" for d in failed)
     return f"{said} {ops_command('find', task=item.task_id, workspace=item.workspace_id)} tells its story"
 
 

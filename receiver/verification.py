@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .engine import run
+from .engine import Job, Trace, read_back_failures, run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
-from .models import MAX_RECORD_BYTES, TaskRecord, record_name, unreadable_record
+from .models import MAX_RECORD_BYTES, Delivery, TaskRecord, record_name, unreadable_record
 from .outcome import Outcome, held_from_queue, ops_command, refused_by
 from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
@@ -158,7 +158,12 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
         settings = runtime.settings()
         if isinstance(found, Reference):
             name = record_name(found.workspace_id, found.task_id)
-            record_found = await runtime.store().read_bytes(name, max_bytes=MAX_RECORD_BYTES)
+            try:
+                record_found = await runtime.store().read_bytes(name, max_bytes=MAX_RECORD_BYTES)
+            except Exception as exc:
+                record.task_id, record.workspace_id = found.task_id, found.workspace_id
+                _failed_try(record, found.task_id, exc, last_try=dequeue_count >= MAX_DEQUEUE_COUNT)
+                raise
             try:
                 task_record = TaskRecord.from_bytes(record_found[1]) if record_found is not None else None
             except ValueError as exc:
@@ -189,11 +194,13 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
         record.task_id, record.workspace_id, record.delivery = plan.task_id, plan.workspace_id, plan.delivery
         record.blob = f"{settings.destination_container}/{plan.blob_name}"
         last_try = dequeue_count >= MAX_DEQUEUE_COUNT
+        trace = Trace()  # filled as it goes: a change whose answer was lost stays known when the try raises
+        job: Job | None = None
         try:
             storage = runtime.store()
             large = await is_large(storage, plan, settings)
             job = arrival_job(plan, settings, by="verifier", patient=True, large=large, deadline=None)
-            answer, trace = await run(storage, job, now=now, wall=runtime.clock)
+            answer, trace = await run(storage, job, now=now, wall=runtime.clock, trace=trace)
         except Immutable as exc:
             # A policy refused a write the delivery needs (its record too): nothing failed it, and a hold is lifted
             # some day. Tried again; poisoned after the last try, to be replayed once the policy is lifted.
@@ -203,15 +210,21 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             raise CopyStillRunning(f"task={plan.task_id}: {exc.policy}") from None
         except Exception as exc:
             _failed_try(record, plan.task_id, exc, last_try=last_try)
+            if job is not None and trace.unsure:
+                # A change of this try whose answer was lost may have failed the delivery for good: the next try
+                # would find it failed by an earlier one and stay quiet, so this one alerts (one ERROR).
+                failed, sure = await read_back_failures(storage, job, trace)
+                _alert_own_failures(record, failed, sure=sure)
             raise
         record.outcome, record.arrows = answer.arrow, ",".join(trace.arrows)
         record.copy_mode = trace.mode
         result = queue_outcome(answer, plan.source.expires_on, now)
         if result in ("stored", "duplicate", "superseded"):
             return result
-        if result == "failed" and trace.failed_before():
-            # Its record had failed it before this try (the reconciliation, an operator: its ERROR was raised
-            # then): this message only ends, as when a replay clears the poison queue of it.
+        if result == "failed" and trace.failed_elsewhere("verifier"):
+            # Its record failed it by another change than this try's (the reconciliation, an operator, a webhook, an
+            # earlier try: each raised its ERROR then): this message only ends, as when a replay clears the poison
+            # queue of it.
             record.reason = f"its task record already failed it ({answer.reason or answer.error}): this message ends"
             return "failed"
         if result == "failed":
@@ -267,6 +280,17 @@ def plan_message(found: Message, settings: Settings) -> CopyPlan | Outcome:
     """The plan for a queued notification: as the webhook made it, under the name it was given then."""
     plan = prepare(found.body, {}, settings, now=found.received_at)
     return kept_name(plan, found.blob, settings) if isinstance(plan, CopyPlan) and found.blob else plan
+
+
+def _alert_own_failures(record: Record, failed: list[Delivery], *, sure: bool) -> None:
+    """The ERROR of a try that raised after its change failed deliveries for good (or may have: ``sure`` False,
+    when the record could not be read back)."""
+    if not failed:
+        return
+    record.final_failure = True
+    how = "failed for good" if sure else "may have failed for good (this try's change failing it got no answer)"
+    said = "; ".join(f"delivery {d.delivery[:12]} at {d.blob} {how}: {d.failure_reason}" for d in failed)
+    record.reason = "; ".join(filter(None, [said, record.reason]))
 
 
 def _failed_try(record: Record, task_id: str, exc: Exception, *, last_try: bool) -> None:

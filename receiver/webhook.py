@@ -13,7 +13,7 @@ from . import outcome, verification
 from .engine import Job, Trace, read_back_failures, run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
-from .outcome import Outcome
+from .outcome import Outcome, ops_command
 from .payload import MAX_ID_LENGTH
 from .plan import CopyPlan, renamed
 from .runtime import Runtime
@@ -64,6 +64,7 @@ async def _handle(
         return verification.message(body, now, plan=decided())
 
     job: Job | None = None
+    timed_out = maybe = False
     try:
         storage = runtime.store()
         async with asyncio.timeout(settings.copy_wait_seconds + STORAGE_BUDGET_SECONDS):
@@ -88,6 +89,7 @@ async def _handle(
             return _after_copy(plan.task_id, queued())
         return storage_failure(plan.task_id, exc)
     except TimeoutError:
+        timed_out = True
         record.reason = "timed out" + (" after the copy was sent" if trace.copy_sent else "")
         if trace.copy_sent:
             return _after_copy(plan.task_id, queued())
@@ -106,11 +108,15 @@ async def _handle(
         record.copy_sent = trace.copy_sent
         record.arrows = ",".join(trace.arrows)
         if trace.unsure and not trace.failed_tracked and job is not None:
-            # A change whose answer was lost (or a 412 to its retry) may have failed one all the same: the record tells.
-            known = trace.known or frozenset()
-            trace.failed_tracked += [d for d in await read_back_failures(storage, job, trace) if d.delivery in known]
+            # A change whose answer was lost (or a 412 to its retry) may have failed one all the same: the record
+            # tells. Not after the request's time ran out (its answer is bounded): what it would have failed is named.
+            failed, sure = (
+                (list(trace.maybe_failed), False) if timed_out else await read_back_failures(storage, job, trace)
+            )
+            trace.failed_tracked += [d for d in failed if not trace.accepted_here(d)]
+            maybe = not sure
         if trace.failed_tracked:
-            _alert_failed(record, trace)
+            _alert_failed(record, trace, maybe=maybe)
     if answer.error == "immutable":
         # Refused for good by a policy the document's owner set: a person decides (one ERROR).
         record.final_failure = True
@@ -120,13 +126,17 @@ async def _handle(
     return answered(decided(), answer, storage, settings, queued)
 
 
-def _alert_failed(record: Record, trace: Trace) -> None:
-    """A delivery answered 2xx before (a 202'd copy, or a current file an older late copy replaced) failed for good
-    in this request: its answer goes to the sender, but SmartDocumentor archived the earlier 2xx (one ERROR)."""
+def _alert_failed(record: Record, trace: Trace, *, maybe: bool = False) -> None:
+    """A delivery an earlier request accepted (maybe answered 2xx: a 202'd copy, or a current file an older late copy
+    replaced) failed for good in this request: its answer goes to the sender, but SmartDocumentor archived the
+    earlier 2xx (one ERROR). ``maybe``: the change that fails it got no answer and the record could not be read back."""
     if not trace.failed_tracked:
         return
     record.final_failure = True
-    said = [f"delivery {d.delivery[:12]} at {d.blob} failed for good: {d.failure_reason}" for d in trace.failed_tracked]
+    how = "may have failed for good (this request's change failing it got no answer)" if maybe else "failed for good"
+    said = [f"delivery {d.delivery[:12]} at {d.blob} {how}: {d.failure_reason}" for d in trace.failed_tracked]
+    if maybe:
+        said.append(ops_command("find", task=record.task_id or "", workspace=record.workspace_id or "") + " tells")
     if not (record.reason and said[0] in record.reason):
         record.reason = "; ".join(filter(None, [*said, record.reason]))
 

@@ -1,0 +1,241 @@
+"""One ERROR for each delivery failed for good after a 2xx (docs/reference.md, "The reconciliation", step 3):
+raised by the driver whose record change failed it, also when that change got no answer (read back, or named as
+"may have failed" when the record cannot be read back either); every other driver that later finds it failed stays
+quiet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from receiver.models import State, record_name
+from receiver.verification import MAX_DEQUEUE_COUNT, verify_copy
+from sim.world import World
+
+from .test_ops import Ops
+from .test_reconciliation_alerts import errors, expired_copy
+
+RECORD = record_name("ws-1", "task-1")
+
+
+def lose_answer_then_fail_the_read_back(world: World) -> None:
+    """The next record write lands with its answer lost, and the record read right after it gets a 503."""
+    faults = world.faults
+    after = faults.after
+
+    def failing_after(op: str, name: str) -> None:
+        try:
+            after(op, name)
+        except Exception:
+            if op == "put" and name == RECORD:
+                faults.fail_before("read_bytes", RECORD)
+            raise
+
+    faults.after = failing_after  # type: ignore[method-assign]
+    faults.lose_answer("put", RECORD)
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in errors(caplog)]
+
+
+async def test_a_reconciliation_whose_failing_swap_got_no_answer_nor_read_back_alerts_that_it_may_have_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ops = Ops()
+    world = ops.world
+    text = await expired_copy(ops)
+    lose_answer_then_fail_the_read_back(world)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    await ops.reconcile()
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    [alert] = messages(caplog)
+    assert "may have failed for good" in alert and record.deliveries[-1].delivery[:12] in alert, alert
+    caplog.clear()
+    world.clock.advance(timedelta(minutes=10))
+    await ops.reconcile()
+    assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
+    assert messages(caplog) == []
+
+
+async def test_a_webhook_failing_a_202d_copy_with_no_answer_nor_read_back_alerts_that_it_may_have_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 202'd copy whose source is then removed; SmartDocumentor sends it again and that request fails it."""
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    export = world.export()
+    text = await ops.accept(export)
+    world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+    lose_answer_then_fail_the_read_back(world)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    await world.post(export)
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    [alert] = messages(caplog)
+    assert "may have failed for good" in alert and "python -m ops find --task task-1" in alert, alert
+    caplog.clear()
+    assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
+    world.clock.advance(timedelta(minutes=10))
+    await ops.reconcile()
+    assert messages(caplog) == []
+
+
+async def test_a_webhook_whose_failing_swap_lands_after_its_time_ran_out_alerts_that_it_may_have_failed(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request's swap failing a 202'd copy (its source removed) lands, but its answer never comes back before
+    the request's time runs out (a short budget here)."""
+    monkeypatch.setattr("receiver.webhook.STORAGE_BUDGET_SECONDS", 0.3)
+    ops = Ops(copy_wait_seconds=0)
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    export = world.export()
+    text = await ops.accept(export)
+    world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+    storage, never = world.storage, asyncio.Event()
+    put = storage.put
+
+    async def landed_without_answer(name: str, *args: Any, **kwargs: Any) -> Any:
+        written = await put(name, *args, **kwargs)
+        if name == RECORD:
+            await never.wait()
+        return written
+
+    monkeypatch.setattr(storage, "put", landed_without_answer)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    answer = await world.post(export)
+    monkeypatch.setattr(storage, "put", put)
+    assert answer.status_code == 503, answer.body
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    [alert] = messages(caplog)
+    assert "may have failed for good" in alert and record.deliveries[-1].delivery[:12] in alert, alert
+    caplog.clear()
+    assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
+    world.clock.advance(timedelta(minutes=10))
+    await ops.reconcile()
+    assert messages(caplog) == []
+
+
+async def test_a_request_failing_the_delivery_its_twin_answered_202_alerts(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R1 reads the record (the delivery not in it yet) and stalls; its twin R2 accepts the delivery, stages past
+    its wait and answers 202; the source is then removed. R1 resumes, loses its accept (412), reads again, and
+    fails the delivery (502 to its own sender): R2's 202 is broken, so R1 raises the ERROR."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=20)
+    world = ops.world
+    settings = world.settings
+    assert (await world.post(world.export())).status_code in (200, 202)
+    export = world.export()
+    storage = world.storage
+    read_bytes = storage.read_bytes
+    twin: list[Any] = []
+
+    async def twin_between(name: str, *, max_bytes: int) -> Any:
+        found = await read_bytes(name, max_bytes=max_bytes)
+        if name == RECORD and not twin:
+            monkeypatch.setattr(storage, "read_bytes", read_bytes)
+            world.runtime.use(storage, settings.model_copy(update={"copy_wait_seconds": 0}))
+            twin.append(await world.post(export))
+            world.runtime.use(storage, settings)
+            world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+        return found
+
+    monkeypatch.setattr(storage, "read_bytes", twin_between)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    first = await world.post(export)
+    assert twin[0].status_code == 202 and first.status_code == 502, (twin[0].body, first.body)
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    [alert] = messages(caplog)
+    assert record.deliveries[-1].delivery[:12] in alert and "failed for good" in alert, alert
+    caplog.clear()
+    assert await verify_copy(twin[0].verification.encode(), runtime=world.runtime, now=world.now) == "failed"
+    world.clock.advance(timedelta(minutes=10))
+    await ops.reconcile()
+    assert messages(caplog) == []
+
+
+async def test_two_queue_messages_of_one_202d_delivery_raise_one_error_for_its_one_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A large export answered 202, and 202 again to SmartDocumentor's resend a minute later: two messages of one
+    delivery. Its link expires before either finishes it."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    assert (await world.post(world.export())).status_code in (200, 202)
+    export = world.export(expires_in=timedelta(minutes=30))
+    first = await world.post(export)
+    world.clock.advance(timedelta(minutes=1))
+    second = await world.post(export)
+    assert first.status_code == second.status_code == 202
+    assert first.verification is not None and second.verification is not None
+    world.clock.advance(timedelta(minutes=40))
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    for message in (first.verification, second.verification):
+        assert await verify_copy(message.encode(), runtime=world.runtime, now=world.now, dequeue_count=5) == "failed"
+    [alert] = messages(caplog)
+    assert "failed for good" in alert, alert
+
+
+async def test_a_queue_try_that_loses_to_the_reconciliations_expiry_stays_quiet(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue try reads the record (the copy still copying, its link expired); the reconciliation then fails it as
+    expired (its ERROR); the try's own swap loses, it reads again and ends the message."""
+    ops = Ops()
+    world = ops.world
+    text = await expired_copy(ops)
+    storage = world.storage
+    read_bytes = storage.read_bytes
+
+    async def reconciliation_between(name: str, *, max_bytes: int) -> Any:
+        found = await read_bytes(name, max_bytes=max_bytes)
+        if name == RECORD:
+            monkeypatch.setattr(storage, "read_bytes", read_bytes)
+            await ops.reconcile()
+        return found
+
+    monkeypatch.setattr(storage, "read_bytes", reconciliation_between)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
+    record = world.record()
+    assert record is not None
+    assert [(step.by, step.outcome) for step in record.deliveries[-1].history][-1] == ("reconciliation", "failed")
+    [alert] = errors(caplog)
+    assert alert.getMessage().startswith("reconciliation"), alert.getMessage()
+
+
+async def test_a_large_notifications_last_try_whose_record_read_fails_is_poisoned_with_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A notification too large for a queue message (its message refers to its record), answered 202; on its last
+    try the record read gets a 503: the try logs its `poisoned` ERROR before the host moves the message."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0, max_body_bytes=200_000)
+    world = ops.world
+    big = world.export("task-1", "big.pdf", metadata={f"k{i}": "x" * 4000 for i in range(13)})
+    answer = await world.post(big)
+    assert answer.status_code == 202 and answer.verification is not None and '"url"' in answer.verification
+    world.faults.fail_before("read_bytes", RECORD)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    with pytest.raises(Exception):  # noqa: B017 (the host poisons the message after this try)
+        await verify_copy(
+            answer.verification.encode(), runtime=world.runtime, now=world.now, dequeue_count=MAX_DEQUEUE_COUNT
+        )
+    [alert] = errors(caplog)
+    assert "poisoned" in alert.getMessage() and "python -m ops replay-poison" in alert.getMessage(), alert.getMessage()

@@ -23,7 +23,7 @@ from typing import Any
 from .engine import Job, Trace, read_back_failures, run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
-from .models import MAX_RECORD_BYTES, Delivery, TaskRecord, record_name, unreadable_record
+from .models import MAX_RECORD_BYTES, Delivery, State, TaskRecord, record_name, unreadable_record
 from .outcome import Outcome, held_from_queue, ops_command, refused_by
 from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
@@ -172,6 +172,13 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
                 _failed_try(record, found.task_id, unreadable, last_try=dequeue_count >= MAX_DEQUEUE_COUNT)
                 raise unreadable from None
             rebuilt = body_from_record(found, task_record)
+            entry = task_record.find(found.delivery) if task_record is not None else None
+            if rebuilt is None and entry is not None and entry.state is not State.COPYING:
+                # Ended by another driver meanwhile (superseded: its payload is not kept), which said so then.
+                record.outcome, record.delivery = entry.state.value, found.delivery
+                record.task_id, record.workspace_id = found.task_id, found.workspace_id
+                record.reason = f"its task record already ended it ({entry.state.value}): this message ends"
+                return entry.state.value
             if rebuilt is None:
                 # Never recorded: its webhook answered 503 before the record and asked for the document again.
                 never = task_record is None or task_record.find(found.delivery) is None

@@ -239,3 +239,25 @@ async def test_a_large_notifications_last_try_whose_record_read_fails_is_poisone
         )
     [alert] = errors(caplog)
     assert "poisoned" in alert.getMessage() and "python -m ops replay-poison" in alert.getMessage(), alert.getMessage()
+
+
+async def test_a_large_notifications_message_of_a_delivery_superseded_meanwhile_ends_without_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A notification too large for a queue message (its message refers to its record), answered 202; a newer export
+    is then stored, superseding it (its payload is no longer kept): nothing failed, so its message only ends."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0, max_body_bytes=200_000)
+    world = ops.world
+    big = world.export("task-1", "big.pdf", metadata={f"k{i}": "x" * 4000 for i in range(13)})
+    answer = await world.post(big)
+    assert answer.status_code == 202 and answer.verification is not None and '"url"' in answer.verification
+    newer = await world.post(world.export())
+    assert newer.status_code == 202 and newer.verification is not None
+    assert await verify_copy(newer.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    result = await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now, dequeue_count=2)
+    assert result == "superseded"
+    assert errors(caplog) == []
+    [ended] = [r for r in caplog.records if r.getMessage().startswith("verification")]
+    assert "already ended it (superseded)" in ended.getMessage(), ended.getMessage()

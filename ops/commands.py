@@ -716,7 +716,8 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
     forced = f" (given up with --force while a message may still finish {', '.join(held)})" if holds else ""
     give_up = redact(reason.strip() or "given up by an operator") + forced
     job = Job(
-        event=Sweep(ctx.now, by="operator", give_up=give_up),
+        # Only what was checked above: a delivery accepted since (its message live) is not given up unseen.
+        event=Sweep(ctx.now, by="operator", give_up=give_up, giving_up=frozenset(item.delivery for item in copying)),
         workspace_id=workspace_id,
         task_id=task_id,
         write_manifest=ctx.settings.write_manifest,

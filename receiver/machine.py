@@ -485,7 +485,8 @@ class Sweep:
 
     now: datetime
     by: Driver = "reconciliation"
-    give_up: str | None = None  # an operator's reason to fail a delivery still copying
+    give_up: str | None = None  # an operator's reason to fail a delivery still copying: one of ``giving_up``
+    giving_up: frozenset[str] = frozenset()  # the deliveries the operator checked before (one accepted since is not)
     verify: bool = False  # also make sure the current file's manifest describes it (recently changed tasks)
     manifests: bool = True  # WRITE_MANIFEST: off, a missing or stale manifest is left as it is (none is written)
 
@@ -1032,9 +1033,10 @@ def _sweep(seen: Seen, event: Sweep) -> Decision:
             effects = (WriteManifest(copying.blob, copying.delivery, copying.manifest or {}),)
             return Change(stored, "adopted", effects)
         expired = copying.link_expires_on is not None and copying.link_expires_on <= now
-        if expired or event.give_up is not None:
-            reason = event.give_up or EXPIRED_REASON
-            arrow = "operator-failed" if event.give_up is not None else "expired"
+        given_up = event.give_up is not None and copying.delivery in event.giving_up
+        if expired or given_up:
+            reason = (event.give_up if given_up else None) or EXPIRED_REASON
+            arrow = "operator-failed" if given_up else "expired"
             step = Step(at=now, by=by, outcome="failed", note=reason)
             failed = _with_state(record, copying, State.FAILED, step, failed_at=now, failure_reason=reason)
             current = record.current_delivery

@@ -52,7 +52,7 @@ from receiver.engine import Job, run
 from receiver.intake import arrival_job, prepare
 from receiver.machine import Sweep
 from receiver.migration import MARKER_NAME as MIGRATION_MARKER
-from receiver.models import RECORD_PREFIX, State, TaskRecord, record_name
+from receiver.models import MAX_RECORD_BYTES, RECORD_PREFIX, State, TaskRecord, record_name
 from receiver.outcome import Outcome
 from receiver.plan import RESERVED_FIRST_SEGMENT, CopyPlan
 from receiver.reconciliation import VERIFY_WINDOW, reconcile_run
@@ -715,8 +715,12 @@ class Simulation:
     def operator(self, task: tuple[str, str] = ("ws-1", "task-1"), give_up: str | None = "given up") -> Actor:
         async def body(actor: Actor) -> None:
             settings = settings_for(self.config)
+            # As `ops fail`: the deliveries copying when the operator looked are the ones given up.
+            found = await self.gate.read_bytes(record_name(*task), max_bytes=MAX_RECORD_BYTES)
+            looked = TaskRecord.from_bytes(found[1]) if found is not None else None
+            copying = frozenset(d.delivery for d in looked.deliveries if d.state is State.COPYING) if looked else None
             job = Job(
-                event=Sweep(now=self.clock(), by="operator", give_up=give_up),
+                event=Sweep(now=self.clock(), by="operator", give_up=give_up, giving_up=copying or frozenset()),
                 workspace_id=task[0],
                 task_id=task[1],
                 write_manifest=settings.write_manifest,

@@ -26,7 +26,7 @@ from receiver.models import Delivery, State, Step, TaskRecord, record_name
 from receiver.plan import CopyPlan
 from receiver.reconciliation import RunReport, reconcile_run
 from receiver.storage import StoreError
-from receiver.verification import POISON_QUEUE, QUEUE, message
+from receiver.verification import POISON_QUEUE, QUEUE, message, verify_copy
 from sim.world import Export, World
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -882,6 +882,35 @@ async def test_fail_of_an_expired_copy_is_refused_while_a_newer_copy_has_its_mes
     assert refused.code == NOT_FOUND and "verification queue" in refused.out, refused.out
     record = ops.world.record()
     assert record is not None and record.deliveries[1].state is State.COPYING
+
+
+async def test_fail_never_gives_up_a_delivery_accepted_after_it_checked_the_task(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """D1 (202'd, its link expired) is what the operator gives up; between the command's check and its sweep a new
+    export D2 is answered 202 (its link valid, its message live): D2 is not given up with it, and no ERROR is raised
+    for it; its message stores it."""
+    from ops.records import drive
+
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    assert (await world.post(world.export("task-1", "a.pdf", expires_in=timedelta(minutes=30)))).status_code == 202
+    world.clock.advance(timedelta(minutes=40))
+    newer: list[Any] = []
+
+    async def a_new_export_first(*args: Any, **kwargs: Any) -> Any:
+        newer.append(await world.post(world.export("task-1", "a.pdf")))
+        return await drive(*args, **kwargs)
+
+    monkeypatch.setattr("ops.commands.drive", a_new_export_first)
+    caplog.set_level(logging.INFO, logger="receiver")
+    ran = await ops("fail", "--task", "task-1", "--reason", "re-exported by hand", queues=False)
+    assert newer[0].status_code == 202 and newer[0].verification is not None
+    record = ops.world.record()
+    assert record is not None and record.deliveries[-1].state is State.COPYING, (ran.out, record)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and "operator" in r.getMessage()]
+    assert "Nothing failed" in ran.out, ran.out
+    assert await verify_copy(newer[0].verification.encode(), runtime=world.runtime, now=world.now) == "stored"
 
 
 async def test_find_and_check_repair_adopt_bytes_that_need_a_fence_first(ops: Ops) -> None:

@@ -332,13 +332,13 @@ def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[s
     if where == "poison":
         return "poisoned", f"its message is in the poison queue: replay-poison moves it back ({until})"
     if where == "absent":
-        late = stuck(expires, item.received_at, ctx.now)
+        late = stuck(expires, item.copying_since, ctx.now)
         why = f"; {late}" if late else ""
         return "lost", f"no queue or poison message holds its link: nothing will finish it ({until}{why})"
     if ctx.queues is None:
         return "unconfirmed", f"give the host storage options to see whether a message can finish it ({until})"
     # A message tried again is hidden between its tries: it cannot be seen, only outlived.
-    ends = item.received_at + QUEUE_COVERAGE
+    ends = item.copying_since + QUEUE_COVERAGE
     when = (
         f": its message's tries end by {_iso(ends)}; look again then (QUEUED, POISONED or LOST), or, only if it "
         f"must end now, python -m ops fail {_task_args(found.workspace_id, found.task_id)} --reason '...' --force"
@@ -907,12 +907,12 @@ async def pending(
         if record is None:
             continue
         for delivery in record.deliveries:
-            if delivery.state is not State.COPYING or delivery.received_at > cutoff:
+            if delivery.state is not State.COPYING or delivery.copying_since > cutoff:
                 continue
-            if since is not None and delivery.received_at < since:
+            if since is not None and delivery.copying_since < since:
                 continue
-            why = stuck(delivery.link_expires_on, delivery.received_at, ctx.now, held=held)
-            age = age_seconds(delivery.received_at.isoformat(), ctx.now)
+            why = stuck(delivery.link_expires_on, delivery.copying_since, ctx.now, held=held)
+            age = age_seconds(delivery.copying_since.isoformat(), ctx.now)
             entries.append(
                 {
                     "taskId": item.task_id,
@@ -971,7 +971,7 @@ async def _held_by(storage: Storage, records: list[TaskRecord | None], now: date
     """The container's retention policy or legal hold, asked only when a delivery in ``records`` is copying and
     will not finish by itself (such a policy keeps its tries, and the reconciliation's change, from ending it)."""
     waiting = any(
-        delivery.state is State.COPYING and stuck(delivery.link_expires_on, delivery.received_at, now) is not None
+        delivery.state is State.COPYING and stuck(delivery.link_expires_on, delivery.copying_since, now) is not None
         for record in records
         if record is not None
         for delivery in record.deliveries
@@ -1112,7 +1112,7 @@ def _failures_of(
         ):
             when_, what, why = delivery.failed_at, "failed", delivery.failure_reason or "(no reason)"
         elif delivery.state is State.COPYING:
-            why_stuck = stuck(delivery.link_expires_on, delivery.received_at, now, held=held)
+            why_stuck = stuck(delivery.link_expires_on, delivery.copying_since, now, held=held)
             if why_stuck is None:
                 continue
             expired = delivery.link_expires_on is not None and delivery.link_expires_on <= now
@@ -1120,7 +1120,7 @@ def _failures_of(
             replayable = not expired and held is None  # its message may wait in the poison queue
             # When it stopped being finishable (its link's expiry, or past its queue message's tries): what
             # --since filters on too.
-            ends = [delivery.link_expires_on, delivery.received_at + QUEUE_COVERAGE]
+            ends = [delivery.link_expires_on, delivery.copying_since + QUEUE_COVERAGE]
             when_ = min(end for end in ends if end is not None and end <= now)
             what, why = "copying", why_stuck if waits_for or replayable else f"{why_stuck}; nothing will finish it"
         else:

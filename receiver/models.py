@@ -118,6 +118,18 @@ class Delivery(_Model):
     history: list[Step] = Field(default_factory=list)
 
     @property
+    def copying_since(self) -> datetime:
+        """When its current attempt began: its receipt, or when it was accepted again after it failed (a message
+        sent then is what can still finish it)."""
+        since, failed = self.received_at, False
+        for step in self.history:
+            if step.outcome == "failed":
+                failed = True
+            elif failed and step.outcome == "copying":
+                since, failed = step.at, False
+        return since
+
+    @property
     def last_changed(self) -> datetime | None:
         """Its newest step's time (a step a command stamped earlier does not hide a later one)."""
         return max((step.at for step in self.history), default=None)
@@ -182,7 +194,7 @@ class TaskRecord(_Model):
             "retire": str(len(self.retire)),
         }
         if copying:
-            labels["oldestcopying"] = min(item.received_at for item in copying).isoformat()
+            labels["oldestcopying"] = min(item.copying_since for item in copying).isoformat()
             expiring = [item.link_expires_on for item in copying if item.link_expires_on is not None]
             if expiring:
                 # The first link of a copy to expire: the operator tools list a copy nothing can finish

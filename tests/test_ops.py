@@ -913,6 +913,29 @@ async def test_fail_never_gives_up_a_delivery_accepted_after_it_checked_the_task
     assert await verify_copy(newer[0].verification.encode(), runtime=world.runtime, now=world.now) == "stored"
 
 
+async def test_a_delivery_accepted_again_after_it_was_given_up_is_timed_from_that_acceptance(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 202'd copy given up with --force an hour later; SmartDocumentor sends it again an hour after that: accepted
+    again (202, a fresh message). Eleven minutes later it is neither lost for the reconciliation nor stuck for
+    `pending`: its queue message has most of its tries ahead."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    export = world.export(expires_in=timedelta(hours=24))
+    assert (await world.post(export)).status_code == 202
+    world.clock.advance(timedelta(hours=1))
+    assert (await ops("fail", "--task", "task-1", "--reason", "stuck", "--force", queues=False)).code == OK
+    world.clock.advance(timedelta(hours=1))
+    assert (await world.post(export)).status_code == 202
+    world.clock.advance(timedelta(minutes=11))
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    report = await ops.reconcile()
+    assert report.lost == [] and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    pending = await ops("pending", queues=False)
+    assert "0 will not finish by themselves" in pending.out and "11m 00s" in pending.out, pending.out
+
+
 async def test_find_and_check_repair_adopt_bytes_that_need_a_fence_first(ops: Ops) -> None:
     """E1 stored; E2 and E3 accepted at its name, copying; E3's bytes landed and both messages are gone. The
     reconciliation would fence, then adopt E3: find and check say ADOPT, and check --repair does it."""

@@ -600,7 +600,10 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
     if stopped is None and trace.effect_failed is not None:
         stopped = trace.effect_failed.message  # the manifest (or Content-Type) the repair wrote was refused
     arrows = ",".join(trace.arrows)
-    after = await inspect(ctx, workspace_id, task_id)
+    try:
+        after = await inspect(ctx, workspace_id, task_id)
+    except StoreError as exc:
+        raise _alert_unread(exc, trace, "check --repair", workspace_id, task_id) from None
     # What the record says now, not what was tried: a step storage refused changed nothing.
     before = {item.delivery: item.state for item in found.record.deliveries}
 
@@ -663,6 +666,41 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
         text.append(f"not done: storage refused a step ({stopped}); once that is fixed, run this again")
     text += [f"after: {line}" for line in _verdict_lines(after)]
     return Result(NOT_FOUND if after.problems or stopped else OK, data, text)
+
+
+def _alert_unread(exc: StoreError, trace: Trace, command: str, workspace_id: str, task_id: str) -> StoreError:
+    """The record could not be read after this command's change: what that change failed (or may have, its answer
+    lost) is alerted now, one ERROR each, and the error says so, not only "run the command again"."""
+    failed = list(trace.failed) or (list(trace.maybe_failed) if trace.unsure else [])
+    how = "failed for good" if trace.failed else "may have failed for good (its change got no answer)"
+    for item in failed:
+        log.error(
+            "operator %s task=%s workspace=%s delivery=%s blob=%s: %s by this command; the record could not be read "
+            "after it (%s)",
+            command,
+            task_id,
+            workspace_id,
+            item.delivery[:12],
+            item.blob,
+            how,
+            exc.message,
+            extra=operator_record(
+                "operator-failed",
+                task_id,
+                workspace_id,
+                delivery=item.delivery,
+                blob=item.blob,
+                reason=item.failure_reason,
+                final=True,
+            ),
+        )
+    if failed:
+        named = ", ".join(f"{item.delivery[:12]} ({item.blob})" for item in failed)
+        exc.message = (
+            f"{exc.message} Before that read, this command's change: delivery {named} {how}. Do not run it again "
+            f"for that; python -m ops find {_task_args(workspace_id, task_id)} shows the task once storage answers."
+        )
+    return exc
 
 
 async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: str, force: bool) -> Result:
@@ -728,7 +766,10 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
         data["arrows"] = trace.arrows
     except StoreError as exc:  # after the give-up was recorded, perhaps (the fence after it, say): the record tells
         stopped, data["arrows"] = exc.message, []
-    after, _ = await read_record(storage, workspace_id, task_id)
+    try:
+        after, _ = await read_record(storage, workspace_id, task_id)
+    except StoreError as exc:
+        raise _alert_unread(exc, trace, "fail", workspace_id, task_id) from None
     now_held = {item.delivery: item for item in after.deliveries} if after else {}
     states = {delivery: item.state for delivery, item in now_held.items()}
 

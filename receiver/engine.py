@@ -119,6 +119,7 @@ class Trace:
     # Those of them this run did not accept itself (an earlier request's, maybe answered 2xx): a webhook's alert.
     failed_tracked: list[Delivery] = field(default_factory=list)
     accepted: set[str] = field(default_factory=set)  # deliveries a winning change of this run accepted (or created)
+    won: list[datetime] = field(default_factory=list)  # the step times of this run's changes that won their swap
     # The step times of record changes whose outcome is not known: an answer lost, a 412 (which a retry of a change
     # that landed gets too), or cancelled on its way. A delivery failed by a step of one of them may be this run's.
     unsure: list[datetime] = field(default_factory=list)
@@ -134,10 +135,14 @@ class Trace:
             return True
         if self.latest is None or self.latest.state is not State.FAILED:
             return False
-        if any(item.delivery == self.latest.delivery for item in self.failed):
-            return False
-        failing = next((step for step in reversed(self.latest.history) if step.outcome == "failed"), None)
-        return failing is not None and not (failing.by == by and failing.at in self.unsure)
+        seen = {(step.by, step.at, step.outcome) for step in (self.began.history if self.began else [])}
+        mine = {*self.won, *self.unsure}  # this run's changes' step times (one whose outcome was not known too)
+        return any(
+            step.outcome == "failed"
+            and (step.by, step.at, step.outcome) not in seen
+            and not (step.by == by and step.at in mine)
+            for step in self.latest.history
+        )
 
     def accepted_here(self, item: Delivery) -> bool:
         """Did this run accept ``item`` (or create it failed)? Then its failure is this run's own answer to its
@@ -578,7 +583,11 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         unsure()
         # What the side effects did stays known (a manifest written beside a swap that lost).
         kept = after if isinstance(after, Seen) else seen
-        return await _observe(storage, job, kept, record=True, manifest=decision.observe)
+        observed = await _observe(storage, job, kept, record=True, manifest=decision.observe)
+        # Read again: what it shows failed by another change is not this run's to alert for.
+        landed = {item.delivery for item in failed_by_own_steps(observed.record, job.event.by, [stamp])}
+        trace.maybe_failed = [item for item in trace.maybe_failed if item not in newly or item.delivery in landed]
+        return observed
     if isinstance(written, Immutable) and decision.arrow == "retire":
         # Only dropping names already deleted from the list was refused (a policy placed since): what the record
         # says of every delivery stands, and a later driver drops them. Left listed, as a retirement left for later.
@@ -602,6 +611,7 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     found_peeks: list[Blob | BaseException | None] = list(peeks) if isinstance(peeks, list) else []
     concluded = decision.arrow if decision.arrow in CONCLUDING else seen.concluded
     trace.changes.append(decision.arrow)
+    trace.won.append(stamp)
     # Accepted (or created) here, unless this run's own earlier change failed (or may have failed) it first.
     before = {item.delivery: item.state for item in seen.record.deliveries} if seen.record else {}
     failed_here = {item.delivery for item in [*trace.failed, *trace.maybe_failed]}

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from .models import COPY_ID, Delivery, Driver, Retirement, State, Step, TaskRecord, with_step
+from .models import COPY_ID, COPYING_STEPS, Delivery, Driver, Retirement, State, Step, TaskRecord, with_step
 from .plan import has_manifest_name, of_another_task
 from .storage import Blob
 
@@ -865,9 +865,8 @@ def _copies_may_land(
     )
 
 
-# The steps that put a delivery in `copying` (accepted, waiting behind a newer one, a copy's answer lost), and
-# those that change no state (an operator's replay, a retirement of its names, a stray copy of it listed).
-COPYING_STEPS = ("copying", "unconfirmed")
+# The steps that change no state (an operator's replay, a retirement of its names, a stray copy of it listed); those
+# that put a delivery in `copying` are models.COPYING_STEPS.
 NOTE_STEPS = ("replayed", "retired", "stray-copy")
 
 

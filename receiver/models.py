@@ -95,6 +95,10 @@ class Step(_Model):
     retired: list[str] | None = None
 
 
+# The steps that put a delivery in `copying` (accepted, or a copy whose answer was lost: tracked).
+COPYING_STEPS = ("copying", "unconfirmed")
+
+
 class Delivery(_Model):
     """One export of the task, as the record knows it."""
 
@@ -125,7 +129,7 @@ class Delivery(_Model):
         for step in self.history:
             if step.outcome == "failed":
                 failed = True
-            elif failed and step.outcome == "copying":
+            elif failed and step.outcome in COPYING_STEPS:
                 since, failed = step.at, False
         return since
 

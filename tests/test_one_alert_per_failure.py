@@ -261,3 +261,114 @@ async def test_a_large_notifications_message_of_a_delivery_superseded_meanwhile_
     assert errors(caplog) == []
     [ended] = [r for r in caplog.records if r.getMessage().startswith("verification")]
     assert "already ended it (superseded)" in ended.getMessage(), ended.getMessage()
+
+
+def resend_between_first_read(world: World, monkeypatch: pytest.MonkeyPatch, export: Any, answers: list[Any]) -> None:
+    """The next record read is followed, a second later, by SmartDocumentor's resend of ``export`` (answered in
+    ``answers``): it runs whole before the reader goes on."""
+    storage = world.storage
+    read_bytes = storage.read_bytes
+
+    async def resend_between(name: str, *, max_bytes: int) -> Any:
+        found = await read_bytes(name, max_bytes=max_bytes)
+        if name == RECORD and not answers:
+            monkeypatch.setattr(storage, "read_bytes", read_bytes)
+            world.clock.advance(timedelta(seconds=1))
+            answers.append(await world.post(export))
+            world.clock.advance(timedelta(seconds=1))
+        return found
+
+    monkeypatch.setattr(storage, "read_bytes", resend_between)
+
+
+async def test_two_resends_of_a_202d_copy_whose_source_is_gone_raise_one_error(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 202'd large export; its source removed; two resends: R2 fails it (the ERROR: R0's 202 is broken) while R1
+    has read the record; R1's failing swap loses, it reads again, accepts it again itself and fails it anew (its
+    sender's 502, no second ERROR)."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    assert (await world.post(world.export())).status_code in (200, 202)
+    export = world.export()
+    assert (await world.post(export)).status_code == 202
+    world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+    world.clock.advance(timedelta(minutes=1))
+    second: list[Any] = []
+    resend_between_first_read(world, monkeypatch, export, second)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    first = await world.post(export)
+    assert first.status_code == second[0].status_code == 502
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    [alert] = messages(caplog)
+    assert "failed for good" in alert, alert
+
+
+async def test_a_queue_try_that_loses_to_a_webhooks_failure_and_fails_it_anew_stays_quiet(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 202'd large export, its source then removed. Its queue try reads the record; a resend fails the delivery
+    (the ERROR); the try's own swap loses, it reads again, accepts it again and fails it anew: quiet."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    settings = world.settings
+    world.runtime.use(world.storage, settings.model_copy(update={"copy_wait_seconds": 20}))
+    assert (await world.post(world.export())).status_code == 200
+    world.runtime.use(world.storage, settings)
+    export = world.export()
+    first = await world.post(export)
+    assert first.status_code == 202 and first.verification is not None
+    world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+    world.clock.advance(timedelta(minutes=1))
+    resend: list[Any] = []
+    resend_between_first_read(world, monkeypatch, export, resend)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    result = await verify_copy(first.verification.encode(), runtime=world.runtime, now=world.now, dequeue_count=2)
+    assert result == "failed" and resend[0].status_code == 502
+    [alert] = errors(caplog)
+    assert alert.getMessage().startswith("delivery copy-failed"), alert.getMessage()
+
+
+def fail_the_read_after_the_next_record_write(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next record write lands and is answered; the record read right after it gets a 503."""
+    storage = world.storage
+    put = storage.put
+
+    async def then_fail_the_read(name: str, *args: Any, **kwargs: Any) -> Any:
+        written = await put(name, *args, **kwargs)
+        if name == RECORD:
+            monkeypatch.setattr(storage, "put", put)
+            world.faults.fail_before("read_bytes", RECORD)
+        return written
+
+    monkeypatch.setattr(storage, "put", then_fail_the_read)
+
+
+@pytest.mark.parametrize("command", ["fail", "check --repair"])
+async def test_an_operator_command_whose_change_won_but_whose_read_after_it_fails_still_alerts(
+    command: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ops fail --force` gives up a 202'd copy (or `check --repair` expires one): its swap wins, then the record
+    read after it gets a 503. The command's error says what was recorded (not only "run it again"), its ERROR is
+    raised, and nobody raises another."""
+    ops = Ops()
+    world = ops.world
+    text = await expired_copy(ops)
+    fail_the_read_after_the_next_record_write(world, monkeypatch)
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    args = ("fail", "--reason", "given up", "--force") if command == "fail" else ("check", "--repair")
+    ran = await ops(*args, "--task", "task-1")
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    assert "Do not run it again" in ran.err and record.deliveries[-1].delivery[:12] in ran.err, ran.err
+    [alert] = messages(caplog)
+    assert record.deliveries[-1].delivery[:12] in alert, alert
+    caplog.clear()
+    assert await verify_copy(text.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
+    world.clock.advance(timedelta(minutes=10))
+    await ops.reconcile()
+    assert messages(caplog) == []

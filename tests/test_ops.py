@@ -936,6 +936,30 @@ async def test_a_delivery_accepted_again_after_it_was_given_up_is_timed_from_tha
     assert "0 will not finish by themselves" in pending.out and "11m 00s" in pending.out, pending.out
 
 
+async def test_a_delivery_tracked_again_after_it_was_given_up_by_a_lost_copy_answer_is_timed_from_then(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A copy given up two hours after its 202; the resend's copy gets a 503, so the webhook tracks the delivery again
+    (an `unconfirmed` step) with a fresh message: eleven minutes later it is not lost for the reconciliation."""
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export("task-1", "a.pdf"))).status_code == 200
+    export = world.export("task-1", "d.pdf")
+    await ops.accept(export)
+    world.clock.advance(timedelta(hours=2))
+    assert (await ops("fail", "--task", "task-1", "--reason", "given up")).code == OK
+    world.faults.fail_before("copy_from_url", "ws-1/task-1/d.pdf")
+    again = await world.post(export)
+    assert again.status_code == 503 and again.verification is not None
+    record = world.record()
+    assert record is not None and record.deliveries[-1].history[-1].outcome == "unconfirmed"
+    world.clock.advance(timedelta(minutes=11))
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    report = await ops.reconcile()
+    assert report.lost == [] and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_find_and_check_repair_adopt_bytes_that_need_a_fence_first(ops: Ops) -> None:
     """E1 stored; E2 and E3 accepted at its name, copying; E3's bytes landed and both messages are gone. The
     reconciliation would fence, then adopt E3: find and check say ADOPT, and check --repair does it."""

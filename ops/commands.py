@@ -670,10 +670,12 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
 
 def _alert_unread(exc: StoreError, trace: Trace, command: str, workspace_id: str, task_id: str) -> StoreError:
     """The record could not be read after this command's change: what that change failed (or may have, its answer
-    lost) is alerted now, one ERROR each, and the error says so, not only "run the command again"."""
-    failed = list(trace.failed) or (list(trace.maybe_failed) if trace.unsure else [])
-    how = "failed for good" if trace.failed else "may have failed for good (its change got no answer)"
-    for item in failed:
+    lost) is alerted now, one ERROR each, and the error says it was recorded."""
+    named = {item.delivery for item in trace.failed}
+    maybe = [item for item in trace.maybe_failed if item.delivery not in named] if trace.unsure else []
+    failed = [(item, "failed for good") for item in trace.failed]
+    failed += [(item, "may have failed for good (its change got no answer)") for item in maybe]
+    for item, how in failed:
         log.error(
             "operator %s task=%s workspace=%s delivery=%s blob=%s: %s by this command; the record could not be read "
             "after it (%s)",
@@ -695,10 +697,10 @@ def _alert_unread(exc: StoreError, trace: Trace, command: str, workspace_id: str
             ),
         )
     if failed:
-        named = ", ".join(f"{item.delivery[:12]} ({item.blob})" for item in failed)
+        said = "; ".join(f"delivery {item.delivery[:12]} ({item.blob}) {how}" for item, how in failed)
         exc.message = (
-            f"{exc.message} Before that read, this command's change: delivery {named} {how}. Do not run it again "
-            f"for that; python -m ops find {_task_args(workspace_id, task_id)} shows the task once storage answers."
+            f"{exc.message} This command's change was recorded before that read: {said}. Run again, it finds that "
+            f"done; python -m ops find {_task_args(workspace_id, task_id)} shows the task once storage answers."
         )
     return exc
 

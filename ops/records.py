@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from receiver.engine import Job, Trace, manifest_name, observe, run
+from receiver.engine import Job, Trace, manifest_name, observe, own_alerts, run
 from receiver.intake import arrival_job, is_large, prepare
 from receiver.machine import (
     Answer,
@@ -34,7 +34,7 @@ from receiver.plan import identity_segment
 from receiver.reconciliation import QUEUE_COVERAGE, unlabelled
 from receiver.settings import Settings
 from receiver.storage import Blob, Immutable, Listed, Rejected, Storage, StoreError
-from receiver.verification import Message, Reference, body_from_record, plan_message, queue_outcome
+from receiver.verification import Message, Reference, body_from_record, ended_elsewhere, plan_message, queue_outcome
 
 from .imagined import Imagined, imagining
 from .queues import Parsed
@@ -283,6 +283,11 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
         # A large notification's message names the record that keeps the rest of it.
         held, _ = await read_record(storage, message.workspace_id, message.task_id)
         body = body_from_record(message, held)
+        entry = held.find(message.delivery) if held is not None else None
+        if body is None and entry is not None and entry.state is not State.COPYING:
+            ended = Answer("superseded" if entry.state is State.SUPERSEDED else "failed", 200, entry.state.value)
+            why = f"its task record already ended it ({entry.state.value}): the queue function ends the message"
+            return Foreseen(ended, "superseded" if entry.state is State.SUPERSEDED else "ended", why)
         if body is None:
             refused = Answer("failed", 400, "refused")
             return Foreseen(refused, "fail", "its task record no longer describes it: the queue function drops it")
@@ -315,7 +320,7 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
             ended = Answer("failed", 503, "unavailable", error="storage-unavailable")
             return Foreseen(ended, "finish", f"its try ends with {exc.message} (tried again){_steps(trace, imagined)}")
     outcome = queue_outcome(answer, plan.source.expires_on, now)
-    return _arrival_words(answer, outcome, trace, imagined)
+    return _arrival_words(answer, outcome, trace, imagined, plan.delivery)
 
 
 def _held(policy: str, copied: str | None) -> str:
@@ -331,7 +336,7 @@ def _steps(trace: Trace, imagined: Imagined) -> str:
     return f" [arrows: {' -> '.join(trace.arrows)}{sent}]"
 
 
-def _arrival_words(answer: Answer, outcome: str, trace: Trace, imagined: Imagined) -> Foreseen:
+def _arrival_words(answer: Answer, outcome: str, trace: Trace, imagined: Imagined, delivery: str) -> Foreseen:
     """The queue function's run of a message (:func:`receiver.verification.verify_copy`), as the operator reads it."""
     steps = _steps(trace, imagined)
     name = f" at {trace.blob}" if trace.blob else ""
@@ -339,7 +344,12 @@ def _arrival_words(answer: Answer, outcome: str, trace: Trace, imagined: Imagine
         return Foreseen(
             answer, "superseded", f"a newer export of the task is stored{name}: nothing of it is kept{steps}"
         )
-    if outcome == "failed" and trace.failed_elsewhere("verifier"):
+    own = own_alerts(trace.record.deliveries if trace.record else [], trace.mine, sender=False)
+    if (
+        outcome == "failed"
+        and delivery not in {item.delivery for item in own}
+        and ended_elsewhere(trace.record, delivery)
+    ):
         why = f"its task record already failed it ({answer.reason or answer.error}): moving it back only clears it"
         return Foreseen(answer, "ended", f"{why} from the poison queue{steps}")
     if outcome == "failed":

@@ -49,6 +49,7 @@ from .models import (
     Manifest,
     Retirement,
     State,
+    Step,
     TaskRecord,
     record_name,
     unreadable_record,
@@ -116,38 +117,50 @@ class Trace:
     blob: str | None = None  # the name the delivery was decided at, when not the notice's (its record's)
     deferred: list[str] = field(default_factory=list)  # names left listed to retire, and why
     failed: list[Delivery] = field(default_factory=list)  # deliveries a record change of this run failed
-    # Those of them this run did not accept itself (an earlier request's, maybe answered 2xx): a webhook's alert.
-    failed_tracked: list[Delivery] = field(default_factory=list)
-    accepted: set[str] = field(default_factory=set)  # deliveries a winning change of this run accepted (or created)
-    won: list[datetime] = field(default_factory=list)  # the step times of this run's changes that won their swap
     # The step times of record changes whose outcome is not known: an answer lost, a 412 (which a retry of a change
     # that landed gets too), or cancelled on its way. A delivery failed by a step of one of them may be this run's.
     unsure: list[datetime] = field(default_factory=list)
     maybe_failed: list[Delivery] = field(default_factory=list)  # what those changes would have failed
-    began: Delivery | None = None  # an arrival's delivery as the record held it when this run first read it
-    latest: Delivery | None = None  # the same when this run last read or wrote the record
+    record: TaskRecord | None = None  # the task record as this run last read or wrote it
+    mine: set[StepKey] = field(default_factory=set)  # the steps this run's changes wrote (or may have: unsure)
 
-    def failed_elsewhere(self, by: str) -> bool:
-        """Was the arrival's delivery failed by another change than this run's: before it began (one this run then
-        accepted again and failed anew too), or meanwhile? That change's driver raised the alert: each driver alerts
-        for what its own change failed."""
-        if self.began is not None and self.began.state is State.FAILED:
-            return True
-        if self.latest is None or self.latest.state is not State.FAILED:
-            return False
-        seen = {(step.by, step.at, step.outcome) for step in (self.began.history if self.began else [])}
-        mine = {*self.won, *self.unsure}  # this run's changes' step times (one whose outcome was not known too)
-        return any(
-            step.outcome == "failed"
-            and (step.by, step.at, step.outcome) not in seen
-            and not (step.by == by and step.at in mine)
-            for step in self.latest.history
-        )
 
-    def accepted_here(self, item: Delivery) -> bool:
-        """Did this run accept ``item`` (or create it failed)? Then its failure is this run's own answer to its
-        sender, not an earlier request's 2xx broken."""
-        return item.delivery in self.accepted
+StepKey = tuple[str, str, datetime, str, str | None]  # delivery, driver, time, outcome, note
+
+
+def step_keys(record: TaskRecord | None) -> set[StepKey]:
+    return {
+        (item.delivery, step.by, step.at, step.outcome, step.note)
+        for item in (record.deliveries if record is not None else [])
+        for step in item.history
+    }
+
+
+def own_alerts(deliveries: list[Delivery], mine: set[StepKey], *, sender: bool) -> list[Delivery]:
+    """The failed deliveries whose alert is this run's (one ERROR per failure after a 2xx, by the driver whose change
+    failed it): failed by a step this run wrote (``mine``), unless that failure ended an attempt this run began
+    itself, as its sender's answer (``sender``: a webhook's 502) or by accepting again a delivery already failed
+    (whose failure was alerted then)."""
+
+    def own(item: Delivery, step: Step) -> bool:
+        return (item.delivery, step.by, step.at, step.outcome, step.note) in mine
+
+    found = []
+    for item in deliveries:
+        steps = item.history if item.state is State.FAILED else []
+        for at, step in enumerate(steps):
+            if step.outcome != "failed" or not own(item, step):
+                continue
+            # The attempt it ended began with the first step after the failure before it (or with the first step
+            # kept): accepted, stored or adopted by whom? (At the failure itself: created failed, by this run.)
+            began = next((i + 1 for i in range(at - 1, -1, -1) if steps[i].outcome == "failed"), 0)
+            if not own(item, steps[began]) or (not sender and began == 0 and began < at):
+                found.append(item)
+                break
+            if not sender and began == at and at == 0:
+                found.append(item)  # created failed by a queue try (its webhook answered 202 or 503)
+                break
+    return found
 
 
 def _stamp(job: Job, now: datetime) -> datetime:
@@ -166,16 +179,43 @@ def failed_by_own_steps(record: TaskRecord | None, by: str, stamps: list[datetim
     return [item for item in (record.deliveries if record else []) if item.state is State.FAILED and own(item)]
 
 
-async def read_back_failures(storage: Storage, job: Job, trace: Trace) -> tuple[list[Delivery], bool]:
-    """After a change whose outcome was not known: what it failed, from the record read again, and True. When the
-    record cannot be read either: what those changes would have failed, and False (the alert says it may have)."""
-    if not trace.unsure:
-        return [], True
-    try:
-        record, _ = await _read_record(task_view(storage, job), job)
-    except StoreError:
-        return list(trace.maybe_failed), False
-    return failed_by_own_steps(record, job.event.by, trace.unsure), True
+async def alerts_of(storage: Storage, job: Job, trace: Trace, *, sender: bool, read_back: bool = True) -> Alerts:
+    """What this run's ERROR names: the deliveries its changes failed for good (:func:`own_alerts`), from the record
+    as it last saw it, or read again after a change whose outcome was not known; when it cannot be read again (or
+    ``read_back`` is False: a webhook out of time), what those changes would have failed, as "may have failed"."""
+    record, sure = trace.record, True
+    if trace.unsure and read_back:
+        try:
+            record, _ = await _read_record(task_view(storage, job), job)
+        except StoreError:
+            sure = False
+    elif trace.unsure:
+        sure = False
+    failed = own_alerts(record.deliveries if record else [], trace.mine, sender=sender)
+    named = {item.delivery for item in failed}
+    maybe = [] if sure else own_alerts(trace.maybe_failed, trace.mine, sender=sender)
+    return Alerts(failed, [item for item in maybe if item.delivery not in named])
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """A run's own failures for good (its ERROR), and those it may have made (its change got no answer)."""
+
+    failed: list[Delivery]
+    maybe: list[Delivery]
+
+    def __bool__(self) -> bool:
+        return bool(self.failed or self.maybe)
+
+    def said(self, whose: str) -> str:
+        """Each delivery, where it was and why it failed: ``whose`` names the change ("this request's")."""
+        sure = [f"delivery {d.delivery[:12]} at {d.blob} failed for good: {d.failure_reason}" for d in self.failed]
+        maybe = [
+            f"delivery {d.delivery[:12]} at {d.blob} may have failed for good ({whose} change failing it got no "
+            f"answer): {d.failure_reason}"
+            for d in self.maybe
+        ]
+        return "; ".join(sure + maybe)
 
 
 def manifest_name(blob: str) -> str:
@@ -198,7 +238,6 @@ async def run(
     seen = Seen(large=isinstance(job.event, Arrival) and job.event.notice.large)
     clock = wall or (lambda: now)
     copied_at: datetime | None = None  # when this driver's last copy answered
-    began = False  # the record read once (trace.began)
     if isinstance(job.event, Arrival):
         # A container that refuses overwrites is asked about once a process; there the record is read
         # before anything is copied (a create that the record then refuses could not be removed).
@@ -208,9 +247,8 @@ async def run(
             seen, copied_at = await _first_round(storage, job, seen, trace, clock)
     for _ in range(MAX_STEPS):
         at = max(now, clock())
-        if isinstance(job.event, Arrival) and seen.record_read:
-            trace.latest = seen.record.find(job.event.notice.delivery) if seen.record is not None else None
-            trace.began, began = (trace.latest, True) if not began else (trace.began, began)
+        if seen.record_read:
+            trace.record = seen.record
         decision = decide(seen, job.event, at)
         if isinstance(decision, Change) and copied_at is not None and at - copied_at > RECORD_WITHIN:
             _record_in_time(job, seen)
@@ -562,10 +600,12 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         item for item in decision.record.deliveries if item.state is State.FAILED and item.delivery not in was_failed
     ]
     stamp = _stamp(job, now)
+    steps = step_keys(decision.record) - step_keys(seen.record)
 
     def unsure() -> None:  # landed or not, nobody will say: what it failed may be this run's to alert for
         trace.unsure.append(stamp)
         trace.maybe_failed += newly
+        trace.mine |= steps
 
     try:
         written, after, peeks, _ = await asyncio.gather(
@@ -584,9 +624,9 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         # What the side effects did stays known (a manifest written beside a swap that lost).
         kept = after if isinstance(after, Seen) else seen
         observed = await _observe(storage, job, kept, record=True, manifest=decision.observe)
-        # Read again: what it shows failed by another change is not this run's to alert for.
-        landed = {item.delivery for item in failed_by_own_steps(observed.record, job.event.by, [stamp])}
-        trace.maybe_failed = [item for item in trace.maybe_failed if item not in newly or item.delivery in landed]
+        if steps and not steps & step_keys(observed.record):  # read again: it did not land, so nothing of it is ours
+            trace.maybe_failed = [item for item in trace.maybe_failed if all(item is not new for new in newly)]
+            trace.mine -= steps
         return observed
     if isinstance(written, Immutable) and decision.arrow == "retire":
         # Only dropping names already deleted from the list was refused (a policy placed since): what the record
@@ -611,18 +651,9 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     found_peeks: list[Blob | BaseException | None] = list(peeks) if isinstance(peeks, list) else []
     concluded = decision.arrow if decision.arrow in CONCLUDING else seen.concluded
     trace.changes.append(decision.arrow)
-    trace.won.append(stamp)
-    # Accepted (or created) here, unless this run's own earlier change failed (or may have failed) it first.
-    before = {item.delivery: item.state for item in seen.record.deliveries} if seen.record else {}
-    failed_here = {item.delivery for item in [*trace.failed, *trace.maybe_failed]}
-    trace.accepted |= {
-        item.delivery
-        for item in decision.record.deliveries
-        if (item.delivery not in before or (item.state is State.COPYING and before[item.delivery] is not State.COPYING))
-        and item.delivery not in failed_here
-    }
     trace.failed += newly
-    trace.failed_tracked += [item for item in newly if not trace.accepted_here(item)]
+    trace.record = decision.record
+    trace.mine |= steps
     peeked = tuple(
         (name, found)
         for name, found in zip(peek_names, found_peeks, strict=False)

@@ -36,14 +36,13 @@ from datetime import datetime, timedelta
 from urllib.parse import unquote
 
 from .attention import AttentionReport, Watch, after_run, stale_after
-from .engine import Job, Trace, read_back_failures, run
+from .engine import Job, Trace, alerts_of, run
 from .machine import Sweep
 from .migration import MigrationReport, migrate
 from .models import (
     MAX_RECORD_BYTES,
     RECORD_CONTENT_TYPE,
     RECORD_PREFIX,
-    Delivery,
     TaskRecord,
     parse_time,
     record_name,
@@ -274,18 +273,16 @@ async def _work(
                 log.exception("reconciliation of task %s failed", item.task_id)
             # A swap of this run whose answer was lost (or came back as a 412 to the SDK's retry of it) may have failed
             # a delivery all the same: the record tells, by this run's own step.
-            sure = True
-            if not trace.failed:
-                read_back, sure = await read_back_failures(storage, job, trace)
-                trace.failed += read_back
-            if trace.failed:  # this run failed deliveries for good (its swap won): the alert, naming each
+            alerts = await alerts_of(storage, job, trace, sender=False)
+            if alerts:  # this run failed deliveries for good (its swap won, or may have): the alert, naming each
                 # (A step refused after it is only named: what it was for is decided anew by the next run.)
                 done_after = f"a later step was refused: {refused}" if refused is not None else record.reason
+                first = (alerts.failed or alerts.maybe)[0]
                 record.final_failure = True
                 record.outcome = "expired" if "expired" in trace.arrows else record.outcome
-                record.blob = f"{settings.destination_container}/{trace.failed[0].blob}"
-                record.delivery = trace.failed[0].delivery
-                said = _failed_for_good(item, trace.failed, sure=sure)
+                record.blob, record.delivery = f"{settings.destination_container}/{first.blob}", first.delivery
+                story = ops_command("find", task=item.task_id, workspace=item.workspace_id)
+                said = alerts.said("this run's") + f" {story} tells its story"
                 record.reason = "; ".join(filter(None, [said, done_after]))
             waited = now - item.oldest_copying if item.oldest_copying is not None else timedelta(0)
             if record.outcome in ("waiting", "held") and waited > QUEUE_COVERAGE:
@@ -299,13 +296,6 @@ async def _work(
         poison=report.poison_depth,
         wall=runtime.clock,
     )
-
-
-def _failed_for_good(item: Candidate, failed: list[Delivery], *, sure: bool = True) -> str:
-    # Not sure: the run's change failing them got no answer, and the record could not be read back.
-    how = "failed for good" if sure else "may have failed for good (this run's change failing it got no answer)"
-    said = "; ".join(f"delivery {d.delivery[:12]} at {d.blob} {how}: {d.failure_reason}" for d in failed)
-    return f"{said} {ops_command('find', task=item.task_id, workspace=item.workspace_id)} tells its story"
 
 
 async def _migrate(storage: Storage, now: datetime, report: RunReport) -> None:

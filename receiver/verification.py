@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .engine import Job, Trace, read_back_failures, run
+from .engine import Alerts, Job, Trace, alerts_of, run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
-from .models import MAX_RECORD_BYTES, Delivery, State, TaskRecord, record_name, unreadable_record
+from .models import MAX_RECORD_BYTES, State, TaskRecord, record_name, unreadable_record
 from .outcome import Outcome, held_from_queue, ops_command, refused_by
 from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
@@ -217,51 +217,63 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             raise CopyStillRunning(f"task={plan.task_id}: {exc.policy}") from None
         except Exception as exc:
             _failed_try(record, plan.task_id, exc, last_try=last_try)
-            if job is not None and trace.unsure:
-                # A change of this try whose answer was lost may have failed the delivery for good: the next try
-                # would find it failed by an earlier one and stay quiet, so this one alerts (one ERROR).
-                failed, sure = await read_back_failures(storage, job, trace)
-                _alert_own_failures(record, failed, sure=sure)
+            if job is not None:
+                # What a change of this try failed (its answer lost, perhaps: read back) is this try's alert: the next
+                # try finds it failed by an earlier one and stays quiet.
+                _alert_own_failures(record, await alerts_of(storage, job, trace, sender=False))
             raise
         record.outcome, record.arrows = answer.arrow, ",".join(trace.arrows)
         record.copy_mode = trace.mode
         result = queue_outcome(answer, plan.source.expires_on, now)
-        if result in ("stored", "duplicate", "superseded"):
-            return result
-        if result == "failed" and trace.failed_elsewhere("verifier"):
+        alerts = await alerts_of(storage, job, trace, sender=False)
+        own = plan.delivery in {item.delivery for item in [*alerts.failed, *alerts.maybe]}
+        # Others this try failed too (a current file an older late copy replaced): named in its ERROR.
+        others = Alerts(*([d for d in found if d.delivery != plan.delivery] for found in (alerts.failed, alerts.maybe)))
+        if result == "failed" and not own and ended_elsewhere(trace.record, plan.delivery):
             # Its record failed it by another change than this try's (the reconciliation, an operator, a webhook, an
-            # earlier try: each raised its ERROR then): this message only ends, as when a replay clears the poison
-            # queue of it.
+            # earlier try: each raised its ERROR then), or this try accepted it again and failed it anew: this message
+            # only ends, as when a replay clears the poison queue of it.
             record.reason = f"its task record already failed it ({answer.reason or answer.error}): this message ends"
+            _alert_own_failures(record, others)
             return "failed"
-        if result == "failed":
-            record.final_failure = True
-            record.reason = (
-                f"immutable: the delivery failed for good. {refused_by(answer.reason or 'retention policy')}"
-                if answer.error == "immutable"
-                else f"the delivery failed for good (the earlier file, if any, is kept): {answer.reason}"
-                if answer.reason and "again" in answer.reason
-                else f"{answer.reason or answer.error}: the delivery failed for good (the earlier file, if any, is "
-                "kept). Export the document again from SmartDocumentor."
-            )
-            return "failed"
-        if result == "waiting":
-            record.reason = "its link expired while it waited behind a newer export; the reconciliation decides it"
-            return "waiting"
-        if answer.error == "immutable":  # refused before anything was written or recorded: a hold is lifted some day
-            record.outcome, record.final_failure = "poisoned" if last_try else "held", last_try
-            policy = answer.reason or "retention policy"
-            record.reason = _held(plan.task_id, policy, held_from_queue(policy), last_try=last_try)
-            raise CopyStillRunning(f"task={plan.task_id}: {answer.reason}")
-        if trace.effect_failed is not None:  # its arrow says stored or duplicate: say what is still missing
-            record.reason = (
-                f"the file is stored; its manifest could not be written yet ({trace.effect_failed.message}): "
-                "the queue tries again"
-            )
-        if last_try:
-            record.outcome, record.final_failure = "poisoned", True
-            record.reason = _poisoned(plan.task_id, "the copy is still not finished")
-        raise CopyStillRunning(f"task={plan.task_id} not finished yet ({answer.arrow})")
+        try:
+            return _settle(record, answer, trace, plan, result, last_try=last_try)
+        finally:
+            _alert_own_failures(record, others)
+
+
+def _settle(record: Record, answer: Answer, trace: Trace, plan: CopyPlan, result: str, *, last_try: bool) -> str:
+    """The try's end, once its own alert is known: the message's outcome, or CopyStillRunning (tried again)."""
+    if result in ("stored", "duplicate", "superseded"):
+        return result
+    if result == "failed":
+        record.final_failure = True
+        record.reason = (
+            f"immutable: the delivery failed for good. {refused_by(answer.reason or 'retention policy')}"
+            if answer.error == "immutable"
+            else f"the delivery failed for good (the earlier file, if any, is kept): {answer.reason}"
+            if answer.reason and "again" in answer.reason
+            else f"{answer.reason or answer.error}: the delivery failed for good (the earlier file, if any, is "
+            "kept). Export the document again from SmartDocumentor."
+        )
+        return "failed"
+    if result == "waiting":
+        record.reason = "its link expired while it waited behind a newer export; the reconciliation decides it"
+        return "waiting"
+    if answer.error == "immutable":  # refused before anything was written or recorded: a hold is lifted some day
+        record.outcome, record.final_failure = "poisoned" if last_try else "held", last_try
+        policy = answer.reason or "retention policy"
+        record.reason = _held(plan.task_id, policy, held_from_queue(policy), last_try=last_try)
+        raise CopyStillRunning(f"task={plan.task_id}: {answer.reason}")
+    if trace.effect_failed is not None:  # its arrow says stored or duplicate: say what is still missing
+        record.reason = (
+            f"the file is stored; its manifest could not be written yet ({trace.effect_failed.message}): "
+            "the queue tries again"
+        )
+    if last_try:
+        record.outcome, record.final_failure = "poisoned", True
+        record.reason = _poisoned(plan.task_id, "the copy is still not finished")
+    raise CopyStillRunning(f"task={plan.task_id} not finished yet ({answer.arrow})")
 
 
 def queue_outcome(answer: Answer, link_expires_on: datetime, now: datetime) -> str:
@@ -289,15 +301,19 @@ def plan_message(found: Message, settings: Settings) -> CopyPlan | Outcome:
     return kept_name(plan, found.blob, settings) if isinstance(plan, CopyPlan) and found.blob else plan
 
 
-def _alert_own_failures(record: Record, failed: list[Delivery], *, sure: bool) -> None:
-    """The ERROR of a try that raised after its change failed deliveries for good (or may have: ``sure`` False,
-    when the record could not be read back)."""
-    if not failed:
-        return
-    record.final_failure = True
-    how = "failed for good" if sure else "may have failed for good (this try's change failing it got no answer)"
-    said = "; ".join(f"delivery {d.delivery[:12]} at {d.blob} {how}: {d.failure_reason}" for d in failed)
-    record.reason = "; ".join(filter(None, [said, record.reason]))
+def _alert_own_failures(record: Record, alerts: Alerts) -> None:
+    """The ERROR of a try whose changes failed deliveries for good (or may have: the record could not be read back)."""
+    if alerts:
+        record.final_failure = True
+        record.reason = "; ".join(
+            filter(None, [alerts.said("this try's"), record.reason, "Export the document again from SmartDocumentor."])
+        )
+
+
+def ended_elsewhere(record: TaskRecord | None, delivery: str) -> bool:
+    """Does the record hold ``delivery`` failed (with no alert of this try's: another change's, alerted then)?"""
+    item = record.find(delivery) if record is not None else None
+    return item is not None and item.state is State.FAILED
 
 
 def _failed_try(record: Record, task_id: str, exc: Exception, *, last_try: bool) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from . import outcome, verification
-from .engine import Job, Trace, read_back_failures, run
+from .engine import Alerts, Job, Trace, alerts_of, run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
 from .outcome import Outcome, ops_command
@@ -64,7 +64,7 @@ async def _handle(
         return verification.message(body, now, plan=decided())
 
     job: Job | None = None
-    timed_out = maybe = False
+    timed_out, alerts = False, Alerts([], [])
     try:
         storage = runtime.store()
         async with asyncio.timeout(settings.copy_wait_seconds + STORAGE_BUDGET_SECONDS):
@@ -107,38 +107,32 @@ async def _handle(
         record.copy_mode = trace.mode if trace.copy_sent else None
         record.copy_sent = trace.copy_sent
         record.arrows = ",".join(trace.arrows)
-        if trace.unsure and not trace.failed_tracked and job is not None:
-            # A change whose answer was lost (or a 412 to its retry) may have failed one all the same: the record
-            # tells. Not after the request's time ran out (its answer is bounded): what it would have failed is named.
-            failed, sure = (
-                (list(trace.maybe_failed), False) if timed_out else await read_back_failures(storage, job, trace)
-            )
-            trace.failed_tracked += [d for d in failed if not trace.accepted_here(d)]
-            maybe = not sure
-        if trace.failed_tracked:
-            _alert_failed(record, trace, maybe=maybe)
+        if job is not None:
+            # One ERROR for what this request's changes failed that an earlier request accepted (maybe answered 2xx);
+            # one whose outcome was not known is read back, unless the request's time ran out (its answer is bounded).
+            alerts = await alerts_of(storage, job, trace, sender=True, read_back=not timed_out)
+            _alert_failed(record, alerts)
     if answer.error == "immutable":
         # Refused for good by a policy the document's owner set: a person decides (one ERROR).
         record.final_failure = True
         record.reason = outcome.refused_by(answer.reason or "retention policy")
-        _alert_failed(record, trace)
+        _alert_failed(record, alerts)
     record.blob = f"{settings.destination_container}/{decided().blob_name}"
     return answered(decided(), answer, storage, settings, queued)
 
 
-def _alert_failed(record: Record, trace: Trace, *, maybe: bool = False) -> None:
+def _alert_failed(record: Record, alerts: Alerts) -> None:
     """A delivery an earlier request accepted (maybe answered 2xx: a 202'd copy, or a current file an older late copy
     replaced) failed for good in this request: its answer goes to the sender, but SmartDocumentor archived the
-    earlier 2xx (one ERROR). ``maybe``: the change that fails it got no answer and the record could not be read back."""
-    if not trace.failed_tracked:
+    earlier 2xx (one ERROR)."""
+    if not alerts:
         return
     record.final_failure = True
-    how = "may have failed for good (this request's change failing it got no answer)" if maybe else "failed for good"
-    said = [f"delivery {d.delivery[:12]} at {d.blob} {how}: {d.failure_reason}" for d in trace.failed_tracked]
-    if maybe:
-        said.append(ops_command("find", task=record.task_id or "", workspace=record.workspace_id or "") + " tells")
-    if not (record.reason and said[0] in record.reason):
-        record.reason = "; ".join(filter(None, [*said, record.reason]))
+    said = alerts.said("this request's")
+    if alerts.maybe:
+        said += "; " + ops_command("find", task=record.task_id or "", workspace=record.workspace_id or "") + " tells"
+    if not (record.reason and said in record.reason):
+        record.reason = "; ".join(filter(None, [said, record.reason]))
 
 
 _ASK_OPERATOR = "Ask whoever runs the receiver to fix it, then send the document again."

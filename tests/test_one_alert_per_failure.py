@@ -147,7 +147,9 @@ async def test_a_request_failing_the_delivery_its_twin_answered_202_alerts(
         if name == RECORD and not twin:
             monkeypatch.setattr(storage, "read_bytes", read_bytes)
             world.runtime.use(storage, settings.model_copy(update={"copy_wait_seconds": 0}))
+            world.clock.advance(timedelta(seconds=1))
             twin.append(await world.post(export))
+            world.clock.advance(timedelta(seconds=1))
             world.runtime.use(storage, settings)
             world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
         return found
@@ -364,7 +366,7 @@ async def test_an_operator_command_whose_change_won_but_whose_read_after_it_fail
     ran = await ops(*args, "--task", "task-1")
     record = world.record()
     assert record is not None and record.deliveries[-1].state is State.FAILED
-    assert "Do not run it again" in ran.err and record.deliveries[-1].delivery[:12] in ran.err, ran.err
+    assert "was recorded before that read" in ran.err and record.deliveries[-1].delivery[:12] in ran.err, ran.err
     [alert] = messages(caplog)
     assert record.deliveries[-1].delivery[:12] in alert, alert
     caplog.clear()

@@ -65,9 +65,10 @@ async def _handle(
 
     job: Job | None = None
     timed_out, alerts = False, Alerts([], [])
+    budget_ends = asyncio.get_running_loop().time() + settings.copy_wait_seconds + STORAGE_BUDGET_SECONDS
     try:
         storage = runtime.store()
-        async with asyncio.timeout(settings.copy_wait_seconds + STORAGE_BUDGET_SECONDS):
+        async with asyncio.timeout_at(budget_ends):
             large = await is_large(storage, plan, settings)
             deadline = time.monotonic() + settings.copy_wait_seconds
             job = arrival_job(plan, settings, by="webhook", patient=False, large=large, deadline=deadline)
@@ -110,7 +111,11 @@ async def _handle(
         if job is not None:
             # One ERROR for what this request's changes failed that an earlier request accepted (maybe answered 2xx);
             # one whose outcome was not known is read back, unless the request's time ran out (its answer is bounded).
-            alerts = await alerts_of(storage, job, trace, sender=True, read_back=not timed_out)
+            try:
+                async with asyncio.timeout_at(budget_ends):
+                    alerts = await alerts_of(storage, job, trace, sender=True, read_back=not timed_out)
+            except TimeoutError:  # the read-back did not fit in the answer's time: named as "may have failed"
+                alerts = await alerts_of(storage, job, trace, sender=True, read_back=False)
             _alert_failed(record, alerts)
     if answer.error == "immutable":
         # Refused for good by a policy the document's owner set: a person decides (one ERROR).

@@ -24,7 +24,7 @@ from receiver.attention import (
     marker_of,
     read_summary,
 )
-from receiver.engine import Job, Trace, failed_by_own_steps, manifest_name
+from receiver.engine import Job, Trace, manifest_name, own_alerts
 from receiver.machine import NAME_TAKEN, Answer, Sweep
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
 from receiver.outcome import option_words
@@ -609,7 +609,9 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
 
     # This repair's failures: its swaps that won, and (a swap's outcome not known) its own steps read back.
     own = {item.delivery for item in trace.failed}
-    own |= {item.delivery for item in failed_by_own_steps(after.record, "operator", trace.unsure)}
+    own |= {
+        item.delivery for item in own_alerts(after.record.deliveries if after.record else [], trace.mine, sender=False)
+    }
 
     def failed_by_this_repair(item: Delivery) -> bool:  # (another driver may have failed it meanwhile: its alert)
         return item.delivery in own and before.get(item.delivery) is not State.FAILED
@@ -783,7 +785,7 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
 
     # This command's failures: its swaps that won, and (a swap's outcome not known) its own steps read back.
     own = {item.delivery for item in trace.failed}
-    own |= {item.delivery for item in failed_by_own_steps(after, "operator", trace.unsure)}
+    own |= {item.delivery for item in own_alerts(after.deliveries if after else [], trace.mine, sender=False)}
 
     def by_this_command(delivery: str) -> bool:  # (another driver may have failed it meanwhile: its own alert)
         return delivery in own

@@ -168,17 +168,6 @@ def _stamp(job: Job, now: datetime) -> datetime:
     return job.event.now if isinstance(job.event, Sweep) else now
 
 
-def failed_by_own_steps(record: TaskRecord | None, by: str, stamps: list[datetime]) -> list[Delivery]:
-    """The deliveries whose last failure step is ``by``'s, stamped with one of ``stamps``: the ones a change whose
-    outcome was not known failed after all (:attr:`Trace.unsure`)."""
-
-    def own(item: Delivery) -> bool:
-        failing = next((step for step in reversed(item.history) if step.outcome == "failed"), None)
-        return failing is not None and failing.by == by and failing.at in stamps
-
-    return [item for item in (record.deliveries if record else []) if item.state is State.FAILED and own(item)]
-
-
 async def alerts_of(storage: Storage, job: Job, trace: Trace, *, sender: bool, read_back: bool = True) -> Alerts:
     """What this run's ERROR names: the deliveries its changes failed for good (:func:`own_alerts`), from the record
     as it last saw it, or read again after a change whose outcome was not known; when it cannot be read again (or

@@ -214,6 +214,8 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
             record.outcome, record.final_failure = "poisoned" if last_try else "held", last_try
             held = held_from_queue(exc.policy, exc.copied)
             record.reason = _held(plan.task_id, exc.policy, held, last_try=last_try)
+            if job is not None:  # (a failure an earlier change of this try wrote stays its alert)
+                _alert_own_failures(record, await alerts_of(storage, job, trace, sender=False))
             raise CopyStillRunning(f"task={plan.task_id}: {exc.policy}") from None
         except Exception as exc:
             _failed_try(record, plan.task_id, exc, last_try=last_try)

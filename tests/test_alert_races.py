@@ -270,3 +270,46 @@ async def test_a_resend_that_fails_the_current_file_an_older_late_copy_replaced_
     world.clock.advance(timedelta(minutes=10))
     await ops.reconcile()
     assert messages(caplog) == []
+
+
+@pytest.mark.parametrize("lost", ["answer lost", "412 to the retry"])
+async def test_an_operators_give_up_that_landed_before_a_resend_failed_it_anew_is_its_alert(
+    lost: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 202'd large copy; `ops fail --force` gives it up (its swap lands, its answer lost); before the command reads
+    the record again, a resend accepts it again and fails it (source gone: its own sender's 502). The operator's
+    give-up broke the first 202: the command names it and raises the one ERROR."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    export, sent = await a_202d_large_copy(ops)
+    record = world.record()
+    assert record is not None
+    delivery = record.deliveries[-1].delivery
+    storage, put = world.storage, world.storage.put
+    resend: list[Any] = []
+
+    async def land_then_resend(name: str, data: bytes, *args: Any, **kwargs: Any) -> Any:
+        written = await put(name, data, *args, **kwargs)
+        last = TaskRecord.from_bytes(data).deliveries[-1].history[-1] if name == RECORD else None
+        if last is not None and (last.by, last.outcome) == ("operator", "failed") and not resend:
+            monkeypatch.setattr(storage, "put", put)
+            world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+            world.clock.advance(timedelta(seconds=1))
+            resend.append(await world.post(export))
+            world.clock.advance(timedelta(seconds=1))
+            if lost == "answer lost":
+                raise Unavailable("Injected: the answer was lost")
+            raise Conflict("Injected 412 to the retry of a put that landed", code="ConditionNotMet", status=412)
+        return written
+
+    monkeypatch.setattr(storage, "put", land_then_resend)
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    ran = await ops("fail", "--reason", "given up", "--force", "--task", "task-1")
+    assert resend[0].status_code == 502
+    assert f"Failed delivery {delivery[:12]}" in ran.out, ran.out
+    world.clock.advance(timedelta(minutes=10))
+    await ops.reconcile()
+    assert await verify_copy(sent.encode(), runtime=world.runtime, now=world.now, dequeue_count=3) == "failed"
+    [alert] = messages(caplog)
+    assert alert.startswith("operator fail") and delivery[:12] in alert, alert

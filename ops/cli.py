@@ -23,7 +23,7 @@ from receiver.storage import StoreError
 from receiver.verification import QUEUE as VERIFICATION_QUEUE
 
 from . import commands, smoke, telemetry
-from .commands import Context
+from .commands import RECORDED_BEFORE_READ, Context
 from .connect import (
     ConfigError,
     UsageError,
@@ -401,7 +401,7 @@ def _storage_message(exc: BaseException, *, signed_by: str | None = None) -> str
                 "(AuthenticationFailed): it is wrong or was rotated. Copy the connection string again "
                 "(portal: the storage account's Access keys), or use --account-url and sign in (az login)."
             )
-        if exc.kind == "unavailable":
+        if exc.kind == "unavailable" and exc.code != RECORDED_BEFORE_READ:
             return (
                 f"{message} Check the account name and endpoint in the connection string or --account-url, this "
                 "machine's network path to it (VPN, proxy, the account's firewall), and the service's health "

@@ -670,6 +670,10 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
     return Result(NOT_FOUND if after.problems or stopped else OK, data, text)
 
 
+# The code of a storage error after an operator command's change was recorded: the error says what was done.
+RECORDED_BEFORE_READ = "recorded-before-read"
+
+
 def _alert_unread(exc: StoreError, trace: Trace, command: str, workspace_id: str, task_id: str) -> StoreError:
     """The record could not be read after this command's change: what that change failed (or may have, its answer
     lost) is alerted now, one ERROR each, and the error says it was recorded."""
@@ -679,14 +683,15 @@ def _alert_unread(exc: StoreError, trace: Trace, command: str, workspace_id: str
     failed += [(item, "may have failed for good (its change got no answer)") for item in maybe]
     for item, how in failed:
         log.error(
-            "operator %s task=%s workspace=%s delivery=%s blob=%s: %s by this command; the record could not be read "
-            "after it (%s)",
+            "operator %s task=%s workspace=%s delivery=%s blob=%s: %s by this command (%s); the record could not be "
+            "read after it (%s). Export the document again from SmartDocumentor",
             command,
             task_id,
             workspace_id,
             item.delivery[:12],
             item.blob,
             how,
+            item.failure_reason or "no reason",
             exc.message,
             extra=operator_record(
                 "operator-failed",
@@ -701,9 +706,11 @@ def _alert_unread(exc: StoreError, trace: Trace, command: str, workspace_id: str
     if failed:
         said = "; ".join(f"delivery {item.delivery[:12]} ({item.blob}) {how}" for item, how in failed)
         exc.message = (
-            f"{exc.message} This command's change was recorded before that read: {said}. Run again, it finds that "
-            f"done; python -m ops find {_task_args(workspace_id, task_id)} shows the task once storage answers."
+            f"{exc.message} This command's change was recorded before that read: {said}. Do not run it again for that "
+            f"(it would find it done); python -m ops find {_task_args(workspace_id, task_id)} shows the task once "
+            "storage answers."
         )
+        exc.code = RECORDED_BEFORE_READ
     return exc
 
 

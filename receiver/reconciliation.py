@@ -276,7 +276,9 @@ async def _work(
             alerts = await alerts_of(storage, job, trace, sender=False)
             if alerts:  # this run failed deliveries for good (its swap won, or may have): the alert, naming each
                 # (A step refused after it is only named: what it was for is decided anew by the next run.)
-                done_after = f"a later step was refused: {refused}" if refused is not None else record.reason
+                # A lost answer (the failing swap's own, perhaps) is not a refusal: what is left is the next run's.
+                then = "a record change got no answer" if trace.unsure else "a later step was refused"
+                done_after = f"{then}: {refused}" if refused is not None else record.reason
                 first = (alerts.failed or alerts.maybe)[0]
                 record.final_failure = True
                 record.outcome = "expired" if "expired" in trace.arrows else record.outcome

@@ -255,8 +255,8 @@ def _settle(record: Record, answer: Answer, trace: Trace, plan: CopyPlan, result
             if answer.error == "immutable"
             else f"the delivery failed for good (the earlier file, if any, is kept): {answer.reason}"
             if answer.reason and "again" in answer.reason
-            else f"{answer.reason or answer.error}: the delivery failed for good (the earlier file, if any, is "
-            "kept). Export the document again from SmartDocumentor."
+            else f"{(answer.reason or answer.error or '').rstrip('.')}: the delivery failed for good (the earlier "
+            "file, if any, is kept). Export the document again from SmartDocumentor."
         )
         return "failed"
     if result == "waiting":

@@ -135,7 +135,8 @@ def _alert_failed(record: Record, alerts: Alerts) -> None:
     record.final_failure = True
     said = alerts.said("this request's")
     if alerts.maybe:
-        said += "; " + ops_command("find", task=record.task_id or "", workspace=record.workspace_id or "") + " tells"
+        find = ops_command("find", task=record.task_id or "", workspace=record.workspace_id or "")
+        said += f"; {find} tells whether it did"
     if not (record.reason and said in record.reason):
         record.reason = "; ".join(filter(None, [said, record.reason]))
 

@@ -367,6 +367,7 @@ async def test_an_operator_command_whose_change_won_but_whose_read_after_it_fail
     record = world.record()
     assert record is not None and record.deliveries[-1].state is State.FAILED
     assert "was recorded before that read" in ran.err and record.deliveries[-1].delivery[:12] in ran.err, ran.err
+    assert "then run the command again" not in ran.err, ran.err
     [alert] = messages(caplog)
     assert record.deliveries[-1].delivery[:12] in alert, alert
     caplog.clear()

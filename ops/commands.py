@@ -411,8 +411,10 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
         times = [f"received {_iso(item.received_at)}"]
         if item.completed_at:
             times.append(f"completed {_iso(item.completed_at)}")
-        if item.failed_at:
+        if item.failed_at and item.state is State.FAILED:
             times.append(f"failed {_iso(item.failed_at)}: {item.failure_reason or '(no reason)'}")
+        elif item.failed_at:  # an earlier attempt's failure: its history tells it
+            times.append(f"accepted again {_iso(item.copying_since)} after it failed {_iso(item.failed_at)}")
         if item.state is State.COPYING and item.link_expires_on:
             times.append(f"link valid until {_iso(item.link_expires_on)}")
         lines.append("     " + "; ".join(times))

@@ -934,6 +934,8 @@ async def test_a_delivery_accepted_again_after_it_was_given_up_is_timed_from_tha
     assert report.lost == [] and not [r for r in caplog.records if r.levelno >= logging.ERROR]
     pending = await ops("pending", queues=False)
     assert "0 will not finish by themselves" in pending.out and "11m 00s" in pending.out, pending.out
+    found = await ops("find", "--task", "task-1", queues=False)
+    assert "accepted again 2026-01-01T02:00:00Z after it failed 2026-01-01T01:00:00Z" in found.out, found.out
 
 
 async def test_a_delivery_tracked_again_after_it_was_given_up_by_a_lost_copy_answer_is_timed_from_then(

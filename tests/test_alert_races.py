@@ -15,7 +15,7 @@ from receiver.storage import Conflict, Unavailable
 from receiver.verification import verify_copy
 from sim.world import World
 
-from .test_one_alert_per_failure import RECORD, messages, resend_between_first_read
+from .test_one_alert_per_failure import RECORD, a_202d_large_copy, messages, resend_between_first_read
 from .test_ops import Ops
 
 
@@ -109,7 +109,7 @@ async def test_a_request_whose_own_acceptance_got_a_412_then_fails_it_raises_no_
         if name == RECORD:
             monkeypatch.setattr(storage, "put", put)
             world.clock.advance(timedelta(seconds=1))
-            raise Conflict("Injected 412 to the retry of a put that landed", code="ConditionNotMet", status=412)
+            raise landed_412()
         return written
 
     monkeypatch.setattr(storage, "put", landed_then_412)
@@ -120,17 +120,31 @@ async def test_a_request_whose_own_acceptance_got_a_412_then_fails_it_raises_no_
     assert messages(caplog) == []
 
 
-async def a_202d_large_copy(ops: Ops) -> tuple[Any, str]:
-    """A stored export, then a large re-export answered 202: (that export, its queue message)."""
-    world = ops.world
-    settings = world.settings
-    world.runtime.use(world.storage, settings.model_copy(update={"copy_wait_seconds": 20}))
-    assert (await world.post(world.export())).status_code == 200
-    world.runtime.use(world.storage, settings)
-    export = world.export()
-    first = await world.post(export)
-    assert first.status_code == 202 and first.verification is not None
-    return export, first.verification
+def landed_412() -> Conflict:
+    return Conflict("Injected 412 to the retry of a put that landed", code="ConditionNotMet", status=412)
+
+
+def resend_after_a_landed_failure(
+    world: World, monkeypatch: pytest.MonkeyPatch, export: Any, by: str, error: Exception
+) -> list[Any]:
+    """The record write that fails the delivery by ``by`` lands; a second later SmartDocumentor's resend of
+    ``export`` runs whole (its answer in the list returned); then the write is answered with ``error``."""
+    storage, put = world.storage, world.storage.put
+    resend: list[Any] = []
+
+    async def land_then_resend(name: str, data: bytes, *args: Any, **kwargs: Any) -> Any:
+        written = await put(name, data, *args, **kwargs)
+        last = TaskRecord.from_bytes(data).deliveries[-1].history[-1] if name == RECORD else None
+        if last is not None and (last.by, last.outcome) == (by, "failed") and not resend:
+            monkeypatch.setattr(storage, "put", put)
+            world.clock.advance(timedelta(seconds=1))
+            resend.append(await world.post(export))
+            world.clock.advance(timedelta(seconds=1))
+            raise error
+        return written
+
+    monkeypatch.setattr(storage, "put", land_then_resend)
+    return resend
 
 
 @pytest.mark.parametrize("then_fail_reads", [False, True])
@@ -179,21 +193,7 @@ async def test_a_queue_try_whose_failure_landed_before_a_resend_failed_it_anew_a
     export, sent = await a_202d_large_copy(ops)
     world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
     world.clock.advance(timedelta(minutes=1))
-    storage, put = world.storage, world.storage.put
-    resend: list[Any] = []
-
-    async def resend_then_412(name: str, data: bytes, *args: Any, **kwargs: Any) -> Any:
-        written = await put(name, data, *args, **kwargs)
-        last = TaskRecord.from_bytes(data).deliveries[-1].history[-1] if name == RECORD else None
-        if last is not None and (last.by, last.outcome) == ("verifier", "failed") and not resend:
-            monkeypatch.setattr(storage, "put", put)
-            world.clock.advance(timedelta(seconds=1))
-            resend.append(await world.post(export))
-            world.clock.advance(timedelta(seconds=1))
-            raise Conflict("Injected 412 to the retry of a put that landed", code="ConditionNotMet", status=412)
-        return written
-
-    monkeypatch.setattr(storage, "put", resend_then_412)
+    resend = resend_after_a_landed_failure(world, monkeypatch, export, "verifier", landed_412())
     caplog.set_level(logging.INFO)
     caplog.clear()
     assert await verify_copy(sent.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
@@ -237,41 +237,6 @@ async def test_a_queue_try_failing_a_delivery_a_resend_accepted_again_after_an_o
     assert operator.startswith("operator fail") and verifier.startswith("verification"), (operator, verifier)
 
 
-async def test_a_resend_that_fails_the_current_file_an_older_late_copy_replaced_alerts(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Two exports stored (200 each); the older one's late copy replaces the newer file, whose source is then gone.
-    SmartDocumentor resends the newer one: it cannot be put back, so the request fails it (its 200 broken) and the
-    record follows the file: one ERROR from that request, none after it."""
-    ops = Ops()
-    world = ops.world
-    old = world.export()
-    assert (await world.post(old)).status_code == 200
-    newer = world.export()
-    assert (await world.post(newer)).status_code == 200
-    record = world.record()
-    assert record is not None and record.current_delivery is not None
-    plan, there = ops.plan(old), world.storage.stored(record.current_delivery.blob)
-    assert there is not None
-    await world.storage.copy_from_url(
-        there.name, plan.source.url, if_match=there.etag, metadata=plan.metadata, tags=None
-    )
-    world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
-    world.clock.advance(timedelta(minutes=6))
-    caplog.set_level(logging.INFO)
-    caplog.clear()
-    answer = await world.post(newer)
-    assert answer.status_code >= 400, answer.body
-    after = world.record()
-    assert after is not None and after.deliveries[-1].state is State.FAILED, after
-    [alert] = messages(caplog)
-    assert alert.startswith("delivery") and after.deliveries[-1].delivery[:12] in alert, alert
-    caplog.clear()
-    world.clock.advance(timedelta(minutes=10))
-    await ops.reconcile()
-    assert messages(caplog) == []
-
-
 @pytest.mark.parametrize("lost", ["answer lost", "412 to the retry"])
 async def test_an_operators_give_up_that_landed_before_a_resend_failed_it_anew_is_its_alert(
     lost: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
@@ -285,24 +250,9 @@ async def test_an_operators_give_up_that_landed_before_a_resend_failed_it_anew_i
     record = world.record()
     assert record is not None
     delivery = record.deliveries[-1].delivery
-    storage, put = world.storage, world.storage.put
-    resend: list[Any] = []
-
-    async def land_then_resend(name: str, data: bytes, *args: Any, **kwargs: Any) -> Any:
-        written = await put(name, data, *args, **kwargs)
-        last = TaskRecord.from_bytes(data).deliveries[-1].history[-1] if name == RECORD else None
-        if last is not None and (last.by, last.outcome) == ("operator", "failed") and not resend:
-            monkeypatch.setattr(storage, "put", put)
-            world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
-            world.clock.advance(timedelta(seconds=1))
-            resend.append(await world.post(export))
-            world.clock.advance(timedelta(seconds=1))
-            if lost == "answer lost":
-                raise Unavailable("Injected: the answer was lost")
-            raise Conflict("Injected 412 to the retry of a put that landed", code="ConditionNotMet", status=412)
-        return written
-
-    monkeypatch.setattr(storage, "put", land_then_resend)
+    world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+    error = Unavailable("Injected: the answer was lost") if lost == "answer lost" else landed_412()
+    resend = resend_after_a_landed_failure(world, monkeypatch, export, "operator", error)
     caplog.set_level(logging.INFO)
     caplog.clear()
     ran = await ops("fail", "--reason", "given up", "--force", "--task", "task-1")

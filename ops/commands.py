@@ -672,6 +672,24 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
     return Result(NOT_FOUND if after.problems or stopped else OK, data, text)
 
 
+def _alert_operator_failed(
+    command: str, task_id: str, workspace_id: str, item: Delivery, said: str, reason: str | None
+) -> None:
+    """The ERROR for a delivery an operator command failed for good (one each)."""
+    log.error(
+        "%s task=%s workspace=%s delivery=%s blob=%s: %s",
+        command,
+        task_id,
+        workspace_id,
+        item.delivery[:12],
+        item.blob,
+        said,
+        extra=operator_record(
+            "operator-failed", task_id, workspace_id, delivery=item.delivery, blob=item.blob, reason=reason, final=True
+        ),
+    )
+
+
 # The code of a storage error after an operator command's change was recorded: the error says what was done.
 RECORDED_BEFORE_READ = "recorded-before-read"
 
@@ -684,27 +702,11 @@ def _alert_unread(exc: StoreError, trace: Trace, command: str, workspace_id: str
     failed = [(item, "failed for good") for item in trace.failed]
     failed += [(item, "may have failed for good (its change got no answer)") for item in maybe]
     for item, how in failed:
-        log.error(
-            "operator %s task=%s workspace=%s delivery=%s blob=%s: %s by this command (%s); the record could not be "
-            "read after it (%s). Export the document again from SmartDocumentor",
-            command,
-            task_id,
-            workspace_id,
-            item.delivery[:12],
-            item.blob,
-            how,
-            item.failure_reason or "no reason",
-            exc.message,
-            extra=operator_record(
-                "operator-failed",
-                task_id,
-                workspace_id,
-                delivery=item.delivery,
-                blob=item.blob,
-                reason=item.failure_reason,
-                final=True,
-            ),
+        said = (
+            f"{how} by this command ({item.failure_reason or 'no reason'}); the record could not be read after it "
+            f"({exc.message}). Export the document again from SmartDocumentor"
         )
+        _alert_operator_failed(f"operator {command}", task_id, workspace_id, item, said, item.failure_reason)
     if failed:
         said = "; ".join(f"delivery {item.delivery[:12]} ({item.blob}) {how}" for item, how in failed)
         exc.message = (
@@ -812,23 +814,7 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
         if step is not None
     ]
     for item in failed:
-        log.error(
-            "operator fail task=%s workspace=%s delivery=%s blob=%s: %s",
-            task_id,
-            workspace_id,
-            item.delivery[:12],
-            item.blob,
-            give_up,
-            extra=operator_record(
-                "operator-failed",
-                task_id,
-                workspace_id,
-                delivery=item.delivery,
-                blob=item.blob,
-                reason=give_up,
-                final=True,
-            ),
-        )
+        _alert_operator_failed("operator fail", task_id, workspace_id, item, give_up, give_up)
         text.append(f"Failed delivery {item.delivery[:12]} ({item.blob}) of task {task_id}: {give_up}")
     text += [f"Not failed: delivery {item.delivery[:12]} was stored after all (adopted)." for item in adopted]
     if failed and forced:

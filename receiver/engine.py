@@ -117,9 +117,9 @@ class Trace:
     blob: str | None = None  # the name the delivery was decided at, when not the notice's (its record's)
     deferred: list[str] = field(default_factory=list)  # names left listed to retire, and why
     failed: list[Delivery] = field(default_factory=list)  # deliveries a record change of this run failed
-    # The step times of record changes whose outcome is not known: an answer lost, a 412 (which a retry of a change
-    # that landed gets too), or cancelled on its way. A delivery failed by a step of one of them may be this run's.
-    unsure: list[datetime] = field(default_factory=list)
+    # A record change whose outcome is not known: an answer lost, a 412 (which a retry of a change that landed gets
+    # too), or cancelled on its way. What it failed may be this run's doing: the record is read back to tell.
+    unsure: bool = False
     maybe_failed: list[Delivery] = field(default_factory=list)  # what those changes would have failed
     record: TaskRecord | None = None  # the task record as this run last read or wrote it
     mine: set[StepKey] = field(default_factory=set)  # the steps this run's changes wrote (or may have: unsure)
@@ -161,11 +161,6 @@ def own_alerts(deliveries: list[Delivery], mine: set[StepKey], *, sender: bool) 
                 found.append(item)  # created failed by a queue try (its webhook answered 202 or 503)
                 break
     return found
-
-
-def _stamp(job: Job, now: datetime) -> datetime:
-    """The time the decision stamps its steps with: a sweep's own time, an arrival's step time."""
-    return job.event.now if isinstance(job.event, Sweep) else now
 
 
 async def alerts_of(storage: Storage, job: Job, trace: Trace, *, sender: bool, read_back: bool = True) -> Alerts:
@@ -588,11 +583,10 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
     newly = [
         item for item in decision.record.deliveries if item.state is State.FAILED and item.delivery not in was_failed
     ]
-    stamp = _stamp(job, now)
     steps = step_keys(decision.record) - step_keys(seen.record)
 
     def unsure() -> None:  # landed or not, nobody will say: what it failed may be this run's to alert for
-        trace.unsure.append(stamp)
+        trace.unsure = True
         trace.maybe_failed += newly
         trace.mine |= steps
 

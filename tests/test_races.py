@@ -375,6 +375,38 @@ async def test_a_copy_answered_503_after_it_landed_is_recorded_in_the_same_reque
     assert_delivered(destination, payload, name_of(response.body), B if over else A)
 
 
+async def test_a_resend_whose_failing_record_swap_is_answered_503_after_it_landed_raises_the_one_error(
+    proxied: FaultProxy,
+    exports: Exports,
+    webhook: Webhook,
+    destination: ContainerClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A re-export tracked `copying` by an earlier request (503, its queue message sent); its source is then gone.
+    SmartDocumentor sends it again: that request's swap failing it reaches Azurite and is answered 503, so the SDK
+    sends it again, If-Match on the version it replaced, and Azurite answers 412. The request reads the record back,
+    finds its own step, and raises the one ERROR (docs/reference.md, "The reconciliation", step 3); the message's
+    try after it adds none."""
+    older, message_text = await tracked_copy(proxied, exports, webhook)
+    exports.client.get_blob_client(
+        EXPORT_CONTAINER, older["exportedFileUrl"].split(f"/{EXPORT_CONTAINER}/")[1].split("?")[0]
+    ).delete_blob()
+    lost = proxied.add(Rule(is_record_write, times=1, status=503, code="ServerBusy", after=True))
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    response = await webhook.post(older)
+    assert lost.fired == 1 and response.status >= 400, response.body
+    record = record_of(destination, older)
+    delivery = delivery_of(older["exportedFileUrl"])
+    item = record.find(delivery) if record is not None else None
+    assert item is not None and item.state is State.FAILED, record
+    alerts = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(alerts) == 1 and delivery[:12] in alerts[0] and "failed for good" in alerts[0], alerts
+    caplog.clear()
+    await run_verifier(message_text)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 # --- 4. superseded only when a newer export is stored or copying ----------------------------------------
 
 

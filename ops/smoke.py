@@ -1,6 +1,6 @@
 """``python -m ops smoke``: after ``azd up``, prove the deployment end to end, one line per check.
 
-What it does, in order (README "Smoke test"):
+What it does, in order (docs/deploying.md, "Smoke test"):
 
 1. ``health``: GET /api/health answers 200 ``ok``.
 2. ``export``: uploads a small sample PDF (devtools/sample_pdf.py) to a scratch container of its own

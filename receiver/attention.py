@@ -118,7 +118,7 @@ class Marker:
     delivery: str
     failed_at: datetime
     marked_at: datetime  # when it was written: its hour is its prefix
-    kind: str  # the arrow that failed it: expired, source-failed, immutable, operator-failed, backfilled
+    kind: str  # the arrow that failed it (expired, source-failed, immutable, name-taken, adopted, ...) or backfilled
 
     @property
     def task(self) -> tuple[str, str]:

@@ -177,3 +177,57 @@ def test_other_content_types_are_documented_as_kept_as_given() -> None:
     plan = prepare(json.dumps(body).encode(), {}, settings, now=NOW)
     assert isinstance(plan, CopyPlan), getattr(plan, "body", None)
     assert plan.content_type == body["exportedFileContentType"] and plan.blob_name.endswith("/Report.docx")
+
+
+async def _answer_with_settings_env(monkeypatch: pytest.MonkeyPatch, body: dict[str, Any], **env: str) -> Outcome:
+    from receiver.runtime import Runtime
+    from receiver.webhook import handle_delivery
+
+    monkeypatch.setenv("DESTINATION_CONNECTION_STRING", "UseDevelopmentStorage=true")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return await handle_delivery(
+        json.dumps(body).encode(), {"Content-Type": "application/json"}, runtime=Runtime(), now=NOW
+    )
+
+
+async def _real_error_answers(monkeypatch: pytest.MonkeyPatch) -> dict[str, Outcome]:
+    """The receiver's own answer for each documented error example, from an input that makes it."""
+    request = next(iter(WEBHOOK["requestBody"]["content"]["application/json"]["examples"].values()))["value"]
+    headers = {"Content-Type": "application/json"}
+
+    def prepared(body: dict[str, Any] | bytes, sent: dict[str, str] = headers) -> Outcome:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        answer = prepare(raw, sent, SETTINGS, now=NOW)
+        assert isinstance(answer, Outcome), answer
+        return answer
+
+    answers = {
+        "invalid-json": prepared(b"nope"),
+        "invalid-payload": prepared({**request, "taskNumber": "twelve"}),
+        "source-not-allowed": prepared({**request, "exportedFileUrl": "https://evil.example.com/c/f.pdf?sv=1&sig=s"}),
+        "link-expired": prepared({**request, "exportedFileExpiresOn": "2026-11-20T10:00:00Z"}),
+        "payload-too-large": prepared(b"x" * (SETTINGS.max_body_bytes + 1)),
+        "unsupported-media-type": prepared(b"{}", {"Content-Type": "text/plain"}),
+        "copy-failed": storage_failure(TASK, SourceUnreadable("gone", status=404)),
+        "storage-unavailable": storage_failure(TASK, Unavailable("busy")),
+        "misconfigured": await _answer_with_settings_env(monkeypatch, request, COPY_WAIT_SECONDS="soon"),
+    }
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("receiver.webhook.run", broken)
+    monkeypatch.delenv("COPY_WAIT_SECONDS")
+    answers["internal-error"] = await _answer_with_settings_env(monkeypatch, request)
+    return answers
+
+
+async def test_every_error_example_is_the_receivers_own_answer_to_such_a_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each example of a rejection or failure is what the receiver answers, whole (message, details, taskId)."""
+    real = await _real_error_answers(monkeypatch)
+    examples = {name: (code, body) for code, name, body in response_examples(WEBHOOK)}
+    differ = {name: answer.body for name, answer in real.items() if examples[name] != (answer.status_code, answer.body)}
+    assert not differ, differ

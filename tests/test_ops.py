@@ -1766,3 +1766,26 @@ async def test_under_a_known_container_policy_a_renamed_export_of_a_task_still_c
     assert answer.status_code == 409 and answer.body["error"] == "immutable", answer.body
     assert "ws-1/task-1/renamed.pdf" not in ops.world.files()
     assert ops.world.manifest("ws-1/task-1/renamed.pdf") is None
+
+
+def test_every_verdict_find_can_give_is_explained_in_both_operator_guides() -> None:
+    """The verdicts of a delivery still copying (ops/commands.py `_copying_verdict`) are each in operations.md's
+    table and in operator-cli.md's `find` (upper case), so an operator reading either knows what to run next."""
+    import ast
+    import inspect
+
+    from ops import commands
+
+    tree = ast.parse(inspect.getsource(commands._copying_verdict))
+    verdicts = {
+        str(node.value.elts[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Return)
+        and isinstance(node.value, ast.Tuple)
+        and isinstance(node.value.elts[0], ast.Constant)
+    }
+    assert {"queued", "poisoned", "lost", "expired", "adopt", "behind", "superseded"} <= verdicts, verdicts
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    operator_cli = (ROOT / "docs" / "operator-cli.md").read_text()
+    assert not [verdict for verdict in verdicts if f"| `{verdict}` |" not in operations]
+    assert not [verdict for verdict in verdicts if f"**{verdict.upper()}**" not in operator_cli]

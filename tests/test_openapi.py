@@ -114,6 +114,7 @@ def test_every_delivered_answer_is_documented_with_its_status_and_fits_the_schem
     assert documented, f"no example answers {status}"
     assert {code for code, _ in documented} == {answer.status_code}
     assert all(body["message"] == answer.body["message"] for _, body in documented)
+    assert all(set(body) == set(answer.body) for _, body in documented), [sorted(body) for _, body in documented]
 
 
 @pytest.mark.parametrize(

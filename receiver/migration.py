@@ -20,7 +20,11 @@ The rules, for each file whose metadata holds ``taskid``, ``workspaceid`` and ``
   have been cut (at the 512 characters the release kept) counts only when the manifest of the same
   delivery spells the same ids; anything doubtful is left alone;
 - a name the record already lists, or a delivery it already knows, is left alone, and so is a file
-  written in the last two minutes (``IN_FLIGHT``: this release's copy on its way to its record);
+  written in the last two minutes (``IN_FLIGHT``: this release's copy on its way to its record) and any
+  file with this release's ``copyid`` or ``taskkey`` metadata (a copy whose driver stopped before its
+  record: the task's next delivery decides it, never as an older legacy file);
+- one delivery at two names enters the record once, at its newest copy's name; the other names are
+  listed to retire;
 - the record's current file stays current when a delivery after the upgrade made it so: the legacy
   file is older, ``superseded`` and listed to ``retire``. Otherwise the newest legacy file (the
   manifest's ``receivedAt``, else the file's last-modified) is ``stored`` and current, and older
@@ -162,6 +166,8 @@ def _candidate_ids(item: Listed) -> tuple[str, str] | None:
     meta = _lower(item.metadata)
     if "receiverkind" in meta or "copystatus" in meta:
         return None  # a manifest, a record, a marker
+    if "copyid" in meta or "taskkey" in meta:
+        return None  # written since the upgrade (a copy whose driver stopped before its record): never legacy
     if not (meta.get("taskid") and meta.get("workspaceid") and meta.get("delivery")):
         return None
     try:
@@ -264,10 +270,18 @@ def fold(
     fresh = [f for f in files if f.name not in known_names and record.find(f.delivery) is None]
     if not fresh:
         return None, [], []
+    # One delivery at two names (a template change, or a replacement whose delete failed): the record holds it
+    # once, at its newest copy's name; the other names are listed to retire.
+    newest: dict[str, LegacyFile] = {}
+    for legacy in sorted(fresh, key=lambda f: (f.received_at, f.name)):
+        newest[legacy.delivery] = legacy
+    extra = [f for f in fresh if newest[f.delivery] is not f]
+    fresh = [f for f in fresh if newest[f.delivery] is f]
     added: list[Delivery] = []
+    with_files = {f.delivery for f in fresh}  # a replaced one whose file is still there enters with its file
     for legacy in fresh:
         for old in legacy.replaced:
-            if record.find(old) is None and all(item.delivery != old for item in added):
+            if record.find(old) is None and old not in with_files and all(item.delivery != old for item in added):
                 note = "replaced before the upgrade (its manifest's replaced list); its own name is not known"
                 step = Step(at=now, by="reconciliation", outcome=MIGRATED_REPLACED, note=note)
                 added.append(
@@ -342,6 +356,9 @@ def fold(
             retire.append(Retirement(blob=item.blob, delivery=item.delivery, etag=item.etag, copy_id=item.copy_id))
             superseded_names.append(item.blob)
         items.append(item)
+    for legacy in extra:
+        retire.append(Retirement(blob=legacy.name, delivery=legacy.delivery, etag=legacy.etag))
+        superseded_names.append(legacy.name)
     current_blob = next((item.blob for item in items + others if item.delivery == new_current), None)
     retire = [r for r in retire if r.blob != current_blob]
     updated = record.model_copy(update={"current": new_current, "retire": retire, "deliveries": items + others})

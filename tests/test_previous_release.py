@@ -8,6 +8,7 @@ checks on Azurite wait for it."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -318,7 +319,9 @@ async def test_a_re_export_in_flight_after_the_upgrade_is_never_taken_for_a_lega
     assert stored is not None
     # B's copy landed a moment ago; its record write has not yet: the migration's page sees the file.
     world.clock.advance(timedelta(minutes=5))
-    meta = {**dict(stored.metadata), "delivery": "2" * 64}
+    # Metadata as the release before wrote it (no `copyid` or `taskkey`): only its age keeps it out.
+    meta = {key: value for key, value in dict(stored.metadata).items() if key not in ("copyid", "taskkey")}
+    meta["delivery"] = "2" * 64
     world.storage.load(
         "ws-1/task-1/B.pdf", b"%PDF B", content_type="application/pdf", metadata=meta,
         created=world.now, last_modified=world.now,
@@ -328,6 +331,112 @@ async def test_a_re_export_in_flight_after_the_upgrade_is_never_taken_for_a_lega
     found = world.record()
     assert found is not None and found.find("2" * 64) is None and found.retire == []
     assert "ws-1/task-1/B.pdf" in world.storage.names()
+
+
+class Stopped(BaseException):
+    """The function host stopped the request (an instance recycled)."""
+
+
+async def test_a_copy_whose_driver_stopped_before_its_record_is_never_folded_as_a_legacy_file() -> None:
+    """The migration is still walking the container's pages. Export B's copy lands, then its request stops before
+    the record (docs/reference.md, Known limits: a file no record names). Minutes later the migration's page
+    reaches B's name: this release's file (its `copyid`), never an older legacy one, so it is not listed to retire;
+    SmartDocumentor's resend of B (never answered) stores it."""
+    from sim.memstore import FaultPlan
+
+    world = legacy_world()
+    assert not (await migrate(world.storage, now=world.now, page_size=3)).done
+    first = world.export("task-9", "A.pdf", workspace_id="ws-zz")
+    assert (await world.post(first)).body["status"] == "stored"
+    world.clock.advance(timedelta(minutes=1))
+    second = world.export("task-9", "B.pdf", workspace_id="ws-zz")
+    task_record = record_name("ws-zz", "task-9")
+
+    class StopAtTheRecord(FaultPlan):
+        def before(self, op: str, name: str) -> None:
+            if name in (task_record, "ws-zz/task-9/B.pdf.json") and op not in ("read_bytes", "read"):
+                raise Stopped()
+            super().before(op, name)
+
+    world.storage.faults = StopAtTheRecord()
+    with contextlib.suppress(Stopped):
+        await world.post(second)
+    world.storage.faults = FaultPlan()
+    assert world.storage.blob_bytes("ws-zz/task-9/B.pdf") == second.data
+    world.clock.advance(timedelta(minutes=5))
+    for _ in range(20):
+        if (await migrate(world.storage, now=world.now, page_size=3)).done:
+            break
+    await reconcile(world)
+    assert world.storage.blob_bytes("ws-zz/task-9/B.pdf") == second.data
+    again = await world.post(second)
+    assert again.body["status"] == "stored", again.body
+    found = record(world, "ws-zz", "task-9")
+    assert found.current_delivery is not None and found.current_delivery.blob == "ws-zz/task-9/B.pdf"
+    await reconcile(world)
+    assert world.storage.blob_bytes("ws-zz/task-9/B.pdf") == second.data
+    assert world.storage.blob_bytes("ws-zz/task-9/A.pdf") is None
+
+
+async def test_one_legacy_delivery_at_two_names_enters_the_record_once_and_is_sent_again_as_a_duplicate() -> None:
+    """The release before left one delivery (one link) at two names: an earlier template's copy, older. The record
+    holds it once, at the newer copy's name, and the other name is retired with its manifest."""
+    world = legacy_world()
+    name = FILES[("ws-acme", "task-101")]
+    earlier = "old-template/ws-acme/task-101/invoice-101.pdf"
+    stored, manifest = world.storage.stored(name), world.storage.stored(f"{name}.json")
+    assert stored is not None and manifest is not None
+    document = {**json.loads(manifest.data), "receivedAt": "2026-11-01T00:00:00Z"}
+    stamp = stored.last_modified - timedelta(days=30)
+    world.storage.load(
+        earlier, stored.data, content_type="application/pdf", metadata=dict(stored.metadata),
+        created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    world.storage.load(
+        f"{earlier}.json", json.dumps(document).encode(), content_type="application/json",
+        metadata=dict(manifest.metadata), created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    await reconcile(world)
+    found = record(world, "ws-acme", "task-101")
+    assert [item.blob for item in found.deliveries] == [name] and found.current == found.deliveries[0].delivery
+    assert found.retire == []
+    assert earlier not in world.storage.names() and f"{earlier}.json" not in world.storage.names()
+    again = await world.post(body("task-101", -1))
+    assert again.body["status"] == "duplicate" and again.body["blob"].endswith(name), again.body
+    assert world.storage.blob_bytes(name) == stored.data
+
+
+async def test_a_replaced_legacy_delivery_whose_file_is_still_there_enters_the_record_once_and_is_retired() -> None:
+    """The newer legacy file's manifest lists the older delivery as replaced, and the older file is still there
+    (the release's delete of it failed), at a name listed after the newer one's."""
+    world = legacy_world()
+    newer, manifest = (
+        world.storage.stored(FILES[("ws-acme", "task-102")]),
+        world.storage.stored(f"{FILES[('ws-acme', 'task-102')]}.json"),
+    )
+    assert newer is not None and manifest is not None
+    older_delivery, older = "0" * 64, "ws-acme/task-102/zz-older.pdf"
+    document = json.loads(manifest.data)
+    world.storage.load(
+        manifest.name, json.dumps({**document, "replaced": [older_delivery]}).encode(),
+        content_type="application/json", metadata=dict(manifest.metadata),
+        created=manifest.created, last_modified=manifest.last_modified,
+    )  # fmt: skip
+    stamp = newer.last_modified - timedelta(days=30)
+    world.storage.load(
+        older, b"%PDF older", content_type="application/pdf",
+        metadata={**dict(newer.metadata), "delivery": older_delivery}, created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    world.storage.load(
+        f"{older}.json",
+        json.dumps({**document, "delivery": older_delivery, "receivedAt": "2026-01-02T00:00:00Z"}).encode(),
+        content_type="application/json", metadata=dict(manifest.metadata), created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    await reconcile(world)
+    found = record(world, "ws-acme", "task-102")
+    assert [item.delivery for item in found.deliveries].count(older_delivery) == 1, found.deliveries
+    assert found.current_delivery is not None and found.current_delivery.blob == newer.name
+    assert older not in world.storage.names() and newer.name in world.storage.names()
 
 
 def test_the_records_live_under_the_reserved_prefix() -> None:

@@ -908,11 +908,22 @@ async def write_manifest(
     )
     metadata = {**MANIFEST_MARKER, "delivery": effect.delivery, "taskkey": task_key(job.workspace_id, job.task_id)}
 
+    def kept_content_type(current: Blob, policy: str) -> None:
+        # The file is stored, and keeps the Content-Type it was copied with: said, naming both.
+        log.warning(
+            "%s keeps Content-Type %s: the %s refused setting %s",
+            effect.blob,
+            current.headers.content_type,
+            policy,
+            content_type,
+        )
+
     async def fix_headers() -> Blob | None:
-        if seen.locked:
-            return seen.blob if isinstance(seen.blob, Blob) else await storage.read(effect.blob)
         current = seen.blob if blob_known and isinstance(seen.blob, Blob) else await storage.read(effect.blob)
         if current is None or current.delivery != effect.delivery or content_type is None:
+            return current
+        if seen.locked and current.headers.content_type != content_type:
+            kept_content_type(current, seen.locked)  # a container policy refuses changing its headers: not tried
             return current
         if current.headers.content_type != content_type:
             headers = replace(current.headers, content_type=content_type)
@@ -920,16 +931,8 @@ async def write_manifest(
                 await storage.set_headers(effect.blob, headers, if_match=current.etag)
             except Conflict:
                 return await storage.read(effect.blob)  # changed since read: by a newer export
-            except Immutable as exc:
-                # A version under a default retention policy (version-level immutability) keeps its headers: the
-                # file is stored, and keeps the Content-Type it was copied with.
-                log.warning(
-                    "%s keeps Content-Type %s: the %s refused setting %s",
-                    effect.blob,
-                    current.headers.content_type,
-                    exc.policy,
-                    content_type,
-                )
+            except Immutable as exc:  # a version under a default retention policy (version-level immutability)
+                kept_content_type(current, exc.policy)
         return current
 
     async def put_manifest() -> str | None:

@@ -290,6 +290,23 @@ async def test_a_stored_version_whose_headers_a_retention_policy_keeps_is_stored
     assert "keeps Content-Type application/octet-stream: the retention policy refused" in caplog.text
 
 
+async def test_a_first_export_under_a_container_legal_hold_keeps_its_copied_content_type_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A legal hold on the container: the first export is stored (a create), its headers are not changed under the
+    policy, so a source Content-Type other than the notification's stays, and a WARNING names both."""
+    caplog.set_level(logging.WARNING, logger="receiver.engine")
+    world = World.make()
+    world.storage.policy = "legal hold"
+    export = world.export(display_name="A.pdf", content_type="application/octet-stream")
+    body = {**json.loads(export.body), "exportedFileContentType": "application/pdf"}
+    answer = await world.post(json.dumps(body).encode())
+    assert (answer.status_code, answer.body["status"]) == (200, "stored"), answer.body
+    stored = world.storage.stored("ws-1/task-1/A.pdf")
+    assert stored is not None and stored.headers.content_type == "application/octet-stream"
+    assert "keeps Content-Type application/octet-stream: the legal hold refused setting application/pdf" in caplog.text
+
+
 # Azure refuses a blob whose metadata (names and values) passes 8 KiB; the record and the failure markers carry
 # both ids whole, percent-encoded.
 METADATA_LIMIT = 8 * 1024

@@ -23,8 +23,9 @@ The rules, for each file whose metadata holds ``taskid``, ``workspaceid`` and ``
   written in the last two minutes (``IN_FLIGHT``: this release's copy on its way to its record) and any
   file with this release's ``copyid`` or ``taskkey`` metadata (a copy whose driver stopped before its
   record: the task's next delivery decides it, never as an older legacy file);
-- one delivery at two names enters the record once, at its newest copy's name; the other names are
-  listed to retire;
+- one delivery at two names enters the record once, at its newest copy's name when both are on one page
+  (with every copy's ``replaced`` list), else at the copy an earlier page migrated; every other copy of a
+  migrated delivery (stored or superseded) is listed to retire;
 - the record's current file stays current when a delivery after the upgrade made it so: the legacy
   file is older, ``superseded`` and listed to ``retire``. Otherwise the newest legacy file (the
   manifest's ``receivedAt``, else the file's last-modified) is ``stored`` and current, and older
@@ -44,7 +45,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -261,22 +262,38 @@ def _migrated(item: Delivery) -> bool:
     return bool(item.history) and item.history[0].outcome in (MIGRATED, MIGRATED_REPLACED)
 
 
+def _migrated_copy(item: Delivery | None) -> bool:
+    """Is ``item`` a delivery an earlier page migrated, stored or superseded (so a copy of it elsewhere is garbage)?"""
+    return item is not None and _migrated(item) and item.state in (State.STORED, State.SUPERSEDED)
+
+
 def fold(
     record: TaskRecord, files: Sequence[LegacyFile], *, now: datetime
 ) -> tuple[TaskRecord | None, list[str], list[str]]:
     """The record with ``files`` in it (None: nothing to add), the names made current, and the names
     listed to retire. Pure."""
     known_names = {item.blob for item in record.deliveries} | {item.blob for item in record.retire}
-    fresh = [f for f in files if f.name not in known_names and record.find(f.delivery) is None]
-    if not fresh:
+    unknown = [f for f in files if f.name not in known_names]
+    # Another copy of a delivery an earlier page already migrated (a template change, or a replacement whose delete
+    # failed, left one delivery at two names): listed to retire, the record keeps the copy it holds.
+    extra = [f for f in unknown if _migrated_copy(record.find(f.delivery))]
+    fresh = [f for f in unknown if record.find(f.delivery) is None]
+    if not fresh and not extra:
         return None, [], []
-    # One delivery at two names (a template change, or a replacement whose delete failed): the record holds it
-    # once, at its newest copy's name; the other names are listed to retire.
+    # One delivery at two names on this page: the record holds it once, at its newest copy's name, with what every
+    # copy's manifest says it replaced; the other names are listed to retire.
     newest: dict[str, LegacyFile] = {}
     for legacy in sorted(fresh, key=lambda f: (f.received_at, f.name)):
         newest[legacy.delivery] = legacy
-    extra = [f for f in fresh if newest[f.delivery] is not f]
-    fresh = [f for f in fresh if newest[f.delivery] is f]
+    extra += [f for f in fresh if newest[f.delivery] is not f]
+    fresh = [
+        replace(f, replaced=tuple(dict.fromkeys(old for g in fresh if g.delivery == f.delivery for old in g.replaced)))
+        for f in fresh
+        if newest[f.delivery] is f
+    ]
+    if not fresh:
+        retire = [*record.retire, *(Retirement(blob=f.name, delivery=f.delivery, etag=f.etag) for f in extra)]
+        return record.model_copy(update={"retire": retire}), [], [f.name for f in extra]
     added: list[Delivery] = []
     with_files = {f.delivery for f in fresh}  # a replaced one whose file is still there enters with its file
     for legacy in fresh:

@@ -439,6 +439,116 @@ async def test_a_replaced_legacy_delivery_whose_file_is_still_there_enters_the_r
     assert older not in world.storage.names() and newer.name in world.storage.names()
 
 
+SECOND_COPY = "new-template/ws-acme/task-301/offer-v2.pdf"
+
+
+def second_copy(world: World, name: str, other: str, *, later: timedelta, replaced: list[str] | None = None) -> None:
+    """Another copy of the legacy file at ``name`` (same delivery) at ``other``, ``later`` than it; its manifest's
+    `replaced` list set to ``replaced`` when given (a resend the release copied again lists nothing replaced)."""
+    stored, manifest = world.storage.stored(name), world.storage.stored(f"{name}.json")
+    assert stored is not None and manifest is not None
+    stamp = stored.last_modified + later
+    document = {**json.loads(manifest.data), "receivedAt": stamp.isoformat().replace("+00:00", "Z")}
+    if replaced is not None:
+        document["replaced"] = replaced
+    world.storage.load(
+        other, stored.data, content_type="application/pdf", metadata=dict(stored.metadata),
+        created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    world.storage.load(
+        f"{other}.json", json.dumps(document).encode(), content_type="application/json",
+        metadata=dict(manifest.metadata), created=stamp, last_modified=stamp,
+    )  # fmt: skip
+
+
+def files_of(world: World, task: str) -> list[str]:
+    return sorted(n for n in world.storage.names() if f"/{task}/" in n and not n.startswith(".smartdocumentor/"))
+
+
+async def migrate_page_by_page(world: World, size: int = 3) -> None:
+    for _ in range(40):
+        if (await migrate(world.storage, now=world.now, page_size=size)).done:
+            return
+    raise AssertionError("the migration did not finish")
+
+
+async def test_what_any_copy_of_a_legacy_delivery_says_it_replaced_is_kept_so_a_late_retry_is_superseded() -> None:
+    """offer-v2 replaced offer-v1 (its manifest says so) and is also at a newer name, whose manifest lists nothing
+    replaced: the record keeps the newer name and still knows offer-v1 as replaced."""
+    world = legacy_world()
+    name = FILES[("ws-acme", "task-301")]
+    second_copy(world, name, SECOND_COPY, later=timedelta(seconds=10), replaced=[])
+    await reconcile(world)
+    found = record(world, "ws-acme", "task-301")
+    assert found.current_delivery is not None and found.current_delivery.blob == SECOND_COPY
+    late = await world.post(body("task-301", 0))
+    assert (late.status_code, late.body["status"]) == (200, "superseded"), late.body
+    await reconcile(world)
+    assert files_of(world, "task-301") == [SECOND_COPY, f"{SECOND_COPY}.json"]
+
+
+async def test_a_late_retry_stored_before_the_migration_is_undone_by_any_copy_that_replaced_it() -> None:
+    """As above, with offer-v1's late retry stored before the migration reached the task: the migration makes
+    offer-v2 current again (at its newer copy's name) and retires offer-v1 and the other copy, never offer-v2."""
+    world = legacy_world()
+    name = FILES[("ws-acme", "task-301")]
+    second_copy(world, name, SECOND_COPY, later=timedelta(seconds=10), replaced=[])
+    late = await world.post(body("task-301", 0))
+    assert (late.status_code, late.body["status"]) == (200, "stored")
+    world.clock.advance(timedelta(minutes=10))
+    await reconcile(world)
+    found = record(world, "ws-acme", "task-301")
+    assert found.current_delivery is not None and found.current_delivery.blob == SECOND_COPY
+    assert files_of(world, "task-301") == [SECOND_COPY, f"{SECOND_COPY}.json"]
+    again = await world.post(body("task-301", 1))
+    assert again.body["status"] == "duplicate" and again.body["blob"].endswith(SECOND_COPY), again.body
+
+
+async def test_a_copy_of_a_migrated_delivery_on_a_later_page_is_retired_and_the_record_keeps_the_first() -> None:
+    world = legacy_world()
+    name = FILES[("ws-acme", "task-101")]
+    later_page = "zzz-new-template/ws-acme/task-101/invoice-101.pdf"
+    second_copy(world, name, later_page, later=timedelta(days=1))
+    world.clock.advance(timedelta(days=2))
+    await migrate_page_by_page(world)
+    await reconcile(world)
+    found = record(world, "ws-acme", "task-101")
+    assert [item.blob for item in found.deliveries] == [name] and found.retire == []
+    assert files_of(world, "task-101") == [name, f"{name}.json"]
+    again = await world.post(body("task-101", -1))
+    assert again.body["status"] == "duplicate" and again.body["blob"].endswith(name), again.body
+
+
+async def test_the_file_of_a_replaced_delivery_on_a_later_page_is_retired() -> None:
+    """invoice-102's manifest lists delivery 0…0 as replaced; that delivery's own file sorts onto a later page."""
+    world = legacy_world()
+    newer = world.storage.stored(FILES[("ws-acme", "task-102")])
+    manifest = world.storage.stored(f"{FILES[('ws-acme', 'task-102')]}.json")
+    assert newer is not None and manifest is not None
+    older_delivery, older = "0" * 64, "zz-old-template/ws-acme/task-102/invoice-102.pdf"
+    document = json.loads(manifest.data)
+    world.storage.load(
+        manifest.name, json.dumps({**document, "replaced": [older_delivery]}).encode(),
+        content_type="application/json", metadata=dict(manifest.metadata),
+        created=manifest.created, last_modified=manifest.last_modified,
+    )  # fmt: skip
+    stamp = newer.last_modified - timedelta(days=30)
+    world.storage.load(
+        older, b"%PDF older", content_type="application/pdf",
+        metadata={**dict(newer.metadata), "delivery": older_delivery}, created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    world.storage.load(
+        f"{older}.json", json.dumps({**document, "delivery": older_delivery, "receivedAt": stamp.isoformat()}).encode(),
+        content_type="application/json", metadata=dict(manifest.metadata), created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    await migrate_page_by_page(world)
+    await reconcile(world)
+    found = record(world, "ws-acme", "task-102")
+    assert found.current_delivery is not None and found.current_delivery.blob == newer.name
+    assert older not in world.storage.names() and f"{older}.json" not in world.storage.names()
+    assert newer.name in world.storage.names()
+
+
 def test_the_records_live_under_the_reserved_prefix() -> None:
     assert record_name("ws-acme", "task-101").startswith(".smartdocumentor/")
     assert MARKER_NAME.startswith(".smartdocumentor/")

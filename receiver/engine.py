@@ -154,7 +154,9 @@ def own_alerts(deliveries: list[Delivery], mine: set[StepKey], *, sender: bool) 
             # The attempt it ended began with the first step after the failure before it (or with the first step
             # kept): accepted, stored or adopted by whom? (At the failure itself: created failed, by this run.)
             began = next((i + 1 for i in range(at - 1, -1, -1) if steps[i].outcome == "failed"), 0)
-            if not own(item, steps[began]) or (not sender and began == 0 and began < at):
+            # Another driver's 202 for it during the attempt: its sender was promised it (a step `promised`).
+            promised = any(step.outcome == "promised" and not own(item, step) for step in steps[began:at])
+            if not own(item, steps[began]) or promised or (not sender and began == 0 and began < at):
                 found.append(item)
                 break
             if not sender and began == at and at == 0:
@@ -233,6 +235,8 @@ async def run(
         at = max(now, clock())
         if seen.record_read:
             trace.record = seen.record
+        if isinstance(job.event, Arrival) and not job.event.patient and seen.record is not None:
+            seen = replace(seen, in_attempt=_in_attempt(seen.record, job.event.notice.delivery, trace.mine))
         decision = decide(seen, job.event, at)
         if isinstance(decision, Change) and copied_at is not None and at - copied_at > RECORD_WITHIN:
             _record_in_time(job, seen)
@@ -245,6 +249,14 @@ async def run(
         if isinstance(decision, Copy | Stage) and (seen.copied or seen.attempt == "lost"):
             copied_at = max(now, clock())
     raise Unavailable("The task kept changing while this delivery stored it. Send the document again.")
+
+
+def _in_attempt(record: TaskRecord, delivery: str, mine: set[StepKey]) -> bool:
+    """Did this run write a step of ``delivery``'s current attempt (since its last failure)?"""
+    item = record.find(delivery)
+    if item is None or item.state is not State.COPYING:
+        return False
+    return any((delivery, step.by, step.at, step.outcome, step.note) in mine for step in item.attempt)
 
 
 def _decided_at(job: Job, name: str) -> Job:

@@ -98,6 +98,7 @@ class Seen:
     rechecked: str | None = None  # the blob version the record was read again for before overwriting it
     fenced: str | None = None  # the version this driver's own fence made (a sweep fences before it adopts)
     redirected: bool = False  # decided at a name other than the notice's (the record's: Observe ``at``)
+    in_attempt: bool = False  # this driver wrote a step of its delivery's current attempt (accepted or promised it)
 
 
 # --- the steps decide returns ---------------------------------------------------------------------
@@ -263,6 +264,10 @@ expired | new, copying, stored | failed | any driver |
     its link expired before the copy finished (or before its file, replaced by an earlier export's late copy,
     was put back): nothing can finish it; bytes of it left at its name and not adopted are listed to retire (a
     driver still recording them copies again first, so the listing misses its file)
+promised | copying | copying | webhook |
+    a resend answered 202 while another driver's attempt holds the delivery (its copy in flight or staging, or a
+    policy holding it): noted in its history first (a step `promised`), so the driver that ends that attempt
+    failed raises the alert, also when it began the attempt itself and told its own sender
 waiting | copying | copying | reconciliation |
     its link is valid and its queue message may still finish it: left as it is
 operator-failed | copying | failed | operator |
@@ -498,7 +503,25 @@ def decide(seen: Seen, event: Event, now: datetime) -> Decision:
     """The next step for ``event`` given what was ``seen``. Pure; see :data:`ARROWS`."""
     if isinstance(event, Sweep):
         return _sweep(seen, event)
-    return _arrival(seen, event, now)
+    return _promised(seen, event, now, _arrival(seen, event, now))
+
+
+PROMISED_NOTE = "answered 202 while another driver copies it"
+
+
+def _promised(seen: Seen, event: Arrival, now: datetime, decision: Decision) -> Decision:
+    """A webhook's 202 for a delivery whose copying another driver's attempt holds is noted in its history first: that
+    driver may end the attempt failed and tell only its own sender (a 502), so this 202 needs the alert then."""
+    if not isinstance(decision, Answer) or decision.status != 202 or event.patient or seen.in_attempt:
+        return decision
+    record = seen.record
+    entry = record.find(event.notice.delivery) if record is not None else None
+    if record is None or entry is None or entry.state is not State.COPYING:
+        return decision
+    if any(step.outcome == "promised" for step in entry.attempt):
+        return decision  # one such note an attempt is enough: the driver that ends it failed alerts
+    step = Step(at=now, by=event.by, outcome="promised", note=PROMISED_NOTE)
+    return Change(_with_state(record, entry, State.COPYING, step), "promised")
 
 
 def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
@@ -867,7 +890,7 @@ def _copies_may_land(
 
 # The steps that change no state (an operator's replay, a retirement of its names, a stray copy of it listed); those
 # that put a delivery in `copying` are models.COPYING_STEPS.
-NOTE_STEPS = ("replayed", "retired", "stray-copy")
+NOTE_STEPS = ("replayed", "retired", "stray-copy", "promised")
 
 
 def _superseded_copying(item: Delivery) -> bool:

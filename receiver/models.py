@@ -134,6 +134,12 @@ class Delivery(_Model):
         return since
 
     @property
+    def attempt(self) -> list[Step]:
+        """The steps of its current attempt: those after its last failure (all of them when it never failed)."""
+        failures = [number for number, step in enumerate(self.history) if step.outcome == "failed"]
+        return self.history[failures[-1] + 1 :] if failures else self.history
+
+    @property
     def last_changed(self) -> datetime | None:
         """Its newest step's time (a step a command stamped earlier does not hide a later one)."""
         return max((step.at for step in self.history), default=None)

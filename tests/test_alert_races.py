@@ -263,3 +263,38 @@ async def test_an_operators_give_up_that_landed_before_a_resend_failed_it_anew_i
     assert await verify_copy(sent.encode(), runtime=world.runtime, now=world.now, dequeue_count=3) == "failed"
     [alert] = messages(caplog)
     assert alert.startswith("operator fail") and delivery[:12] in alert, alert
+
+
+async def test_a_queue_try_failing_the_delivery_it_accepted_again_after_a_resend_was_answered_202_alerts(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator gives up a 202'd copy (its ERROR); its queue try accepts it again and stages; meanwhile a resend
+    finds it copying and is answered 202 (noted: a step `promised`); the source is removed and the try fails the
+    delivery it accepted again: that breaks the resend's 202, so the try raises a second ERROR."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    export, sent = await a_202d_large_copy(ops)
+    world.clock.advance(timedelta(minutes=1))
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    await ops("fail", "--reason", "given up", "--force", "--task", "task-1")
+    storage, stage_block = world.storage, world.storage.stage_block
+    resend: list[Any] = []
+
+    async def resend_while_staging(*args: Any, **kwargs: Any) -> Any:
+        if not resend:
+            resend.append(None)
+            world.clock.advance(timedelta(seconds=1))
+            resend[0] = await world.post(export)
+            world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+            world.clock.advance(timedelta(seconds=1))
+        return await stage_block(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "stage_block", resend_while_staging)
+    assert await verify_copy(sent.encode(), runtime=world.runtime, now=world.now, dequeue_count=2) == "failed"
+    assert resend[0].status_code == 202, resend[0].body
+    record = world.record()
+    assert record is not None
+    assert [step.outcome for step in record.deliveries[-1].history][-4:] == ["failed", "copying", "promised", "failed"]
+    operator, verifier = messages(caplog)
+    assert operator.startswith("operator fail") and verifier.startswith("verification"), (operator, verifier)

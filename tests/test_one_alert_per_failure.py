@@ -186,6 +186,46 @@ async def test_a_request_failing_the_delivery_its_twin_answered_202_alerts(
     assert messages(caplog) == []
 
 
+async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_was_answered_202_alerts(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R1 accepts a large delivery and stages it; meanwhile its twin R2 (SmartDocumentor's retry) finds it copying,
+    cannot finish within its wait and answers 202, noting that in the record (a step `promised`). The source is then
+    removed: R1 fails the delivery it began itself and tells its own sender 502, but R2's 202 is broken, so R1 raises
+    the one ERROR; R2's queue message and the reconciliation add none."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=20)
+    world = ops.world
+    settings = world.settings
+    assert (await world.post(world.export())).status_code in (200, 202)
+    export = world.export()
+    storage = world.storage
+    stage_block = storage.stage_block
+    twin: list[Any] = []
+
+    async def twin_while_staging(*args: Any, **kwargs: Any) -> Any:
+        if not twin:
+            twin.append(None)
+            world.runtime.use(storage, settings.model_copy(update={"copy_wait_seconds": 0}))
+            world.clock.advance(timedelta(seconds=1))
+            twin[0] = await world.post(export)
+            world.clock.advance(timedelta(seconds=1))
+            world.runtime.use(storage, settings)
+            world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+        return await stage_block(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "stage_block", twin_while_staging)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    first = await world.post(export)
+    assert twin[0].status_code == 202 and first.status_code == 502, (twin[0].body, first.body)
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    assert [step.outcome for step in record.deliveries[-1].history] == ["copying", "promised", "failed"]
+    [alert] = messages(caplog)
+    assert record.deliveries[-1].delivery[:12] in alert and "failed for good" in alert, alert
+    await nobody_alerts_again(ops, twin[0].verification, caplog)
+
+
 async def test_two_queue_messages_of_one_202d_delivery_raise_one_error_for_its_one_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

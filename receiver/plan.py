@@ -30,10 +30,13 @@ EXTENSIONS = {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".pn
 # Extensions that already satisfy a content type ("photo.jpeg" stays "photo.jpeg").
 ACCEPTED_EXTENSIONS = {"application/pdf": (".pdf",), "image/jpeg": (".jpg", ".jpeg"), "image/png": (".png",)}
 
-# Characters Windows/Azure tools choke on in a name segment; "/" and "\" are path separators.
+# What Azure refuses in a blob name: control characters, surrogates, noncharacters and private-use code points
+# ("\uE000 ... cannot be used": Naming and Referencing Containers, Blobs, and Metadata).
+_REFUSED = r"\x00-\x1f\x7f-\x9f\ud800-\udfff\ue000-\uf8ff\ufdd0-\ufdef\ufffe\uffff\U000f0000-\U0010ffff"
 # What no name this receiver makes contains (its segments are made safe; its separators are "/").
-_CONTROL = re.compile(r"[\\\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
-_UNSAFE_NAME_CHARS = re.compile(r'[/\\:?*"<>|#%\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]')
+_CONTROL = re.compile(rf"[\\{_REFUSED}]")
+# Characters Windows/Azure tools choke on in a name segment, and those Azure refuses; "/" and "\" are separators.
+_UNSAFE_NAME_CHARS = re.compile(rf'[/\\:?*"<>|#%{_REFUSED}]')
 _TAG_ALPHABET = re.compile(r"[^a-zA-Z0-9 +\-./:=_]")
 
 MANIFEST_SUFFIX = ".json"

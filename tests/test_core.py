@@ -297,6 +297,8 @@ def test_the_links_own_signature_written_any_way_is_out_of_the_body_and_the_name
         (None, "application/pdf", "task-1.pdf"),
         ("Relatório", "application/pdf", "Relatório.pdf"),
         ("data", "application/x-custom", "data.bin"),
+        # Code points Azure refuses in a blob name (private use, noncharacters): a macOS Apple logo, say.
+        ("Report \uf8ff\ufdd0\U000f0041", "application/pdf", "Report ___.pdf"),
     ],
 )
 def test_file_names(display: str | None, content_type: str, expected: str) -> None:
@@ -644,6 +646,7 @@ def test_a_queued_delivery_keeps_the_name_it_was_given_after_the_template_change
         "ws-1/x.pdf.",
         "ws-1\\x.pdf",
         "ws-1/x\x00.pdf",
+        "ws-1/x\ue000.pdf",
         "",
         "a" * 1021,
     ],

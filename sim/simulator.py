@@ -1288,11 +1288,18 @@ async def run_seed(seed: int, *, faults: bool = True) -> Result:
                 current = dataclasses.replace(current, template=item[1])
                 sim.trace.append(TraceLine(sim.steps, "settings", "template", item[1]))
             elif what == "immutable" and item[1] < len(made):
+                # A hold on one blob (version-level immutability): the current file, its manifest, or a name the
+                # record lists to retire (by the export's number: no draw of its own).
                 record = sim.record(made[item[1]].task)
                 current_item = record.current_delivery if record is not None else None
-                if current_item is not None:
-                    sim.faults.immutable_names[current_item.blob] = "BlobImmutableDueToPolicy"
-                    sim.trace.append(TraceLine(sim.steps, "policy", "immutable", current_item.blob))
+                held_names = [current_item.blob] if current_item is not None else []
+                if current_item is not None and item[1] % 3 == 1:
+                    held_names = [f"{current_item.blob}.json"]
+                elif record is not None and record.retire and item[1] % 3 == 2:
+                    held_names = [record.retire[0].blob, f"{record.retire[0].blob}.json"]
+                for held_name in held_names:
+                    sim.faults.immutable_names[held_name] = "BlobImmutableDueToPolicy"
+                    sim.trace.append(TraceLine(sim.steps, "policy", "immutable", held_name))
             elif what == "hold":  # on the whole container: overwrites and deletes refused, creates pass
                 sim.store.policy = item[1]
                 sim.trace.append(TraceLine(sim.steps, "policy", f"container {item[1]}", ""))

@@ -154,8 +154,12 @@ def own_alerts(deliveries: list[Delivery], mine: set[StepKey], *, sender: bool) 
             # The attempt it ended began with the first step after the failure before it (or with the first step
             # kept): accepted, stored or adopted by whom? (At the failure itself: created failed, by this run.)
             began = next((i + 1 for i in range(at - 1, -1, -1) if steps[i].outcome == "failed"), 0)
-            # Another driver's 202 for it during the attempt: its sender was promised it (a step `promised`).
-            promised = any(step.outcome == "promised" and not own(item, step) for step in steps[began:at])
+            # Another request's 202 for it during the attempt (a step `promised`, or its own acceptance of it at another
+            # name): its sender was promised it.
+            promised = any(
+                step.by == "webhook" and step.outcome in ("promised", "copying") and not own(item, step)
+                for step in steps[began:at]
+            )
             if not own(item, steps[began]) or promised or (not sender and began == 0 and began < at):
                 found.append(item)
                 break

@@ -265,9 +265,9 @@ expired | new, copying, stored | failed | any driver |
     was put back): nothing can finish it; bytes of it left at its name and not adopted are listed to retire (a
     driver still recording them copies again first, so the listing misses its file)
 promised | copying | copying | webhook |
-    a resend answered 202 while another driver's attempt holds the delivery (its copy in flight or staging, or a
-    policy holding it): noted in its history first (a step `promised`), so the driver that ends that attempt
-    failed raises the alert, also when it began the attempt itself and told its own sender
+    a resend answered 202 while another driver's attempt holds the delivery (its copy in flight or staging): noted
+    in its history first (a step `promised`; not under a container policy, which refuses it), so the driver that
+    ends that attempt failed raises the alert, also when it began the attempt itself and told its own sender
 waiting | copying | copying | reconciliation |
     its link is valid and its queue message may still finish it: left as it is
 operator-failed | copying | failed | operator |
@@ -514,6 +514,8 @@ def _promised(seen: Seen, event: Arrival, now: datetime, decision: Decision) -> 
     driver may end the attempt failed and tell only its own sender (a 502), so this 202 needs the alert then."""
     if not isinstance(decision, Answer) or decision.status != 202 or event.patient or seen.in_attempt:
         return decision
+    if seen.locked is not None:
+        return decision  # a container policy refuses every record change: nobody can fail the attempt meanwhile
     record = seen.record
     entry = record.find(event.notice.delivery) if record is not None else None
     if record is None or entry is None or entry.state is not State.COPYING:

@@ -226,6 +226,64 @@ async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_was_answe
     await nobody_alerts_again(ops, twin[0].verification, caplog)
 
 
+async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_accepted_it_again_elsewhere_alerts(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the template changed before the twin came: the twin accepts the delivery again at today's name
+    (a step of its own in the attempt, so no `promised`) and answers 202; R1 then fails it: R1 raises the ERROR."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=20)
+    world = ops.world
+    settings = world.settings
+    assert (await world.post(world.export())).status_code in (200, 202)
+    export = world.export()
+    storage = world.storage
+    stage_block = storage.stage_block
+    twin: list[Any] = []
+    today = {"copy_wait_seconds": 0, "blob_name_template": "{yyyy}/{workspaceId}/{taskId}/{fileName}"}
+
+    async def twin_under_todays_template(*args: Any, **kwargs: Any) -> Any:
+        if not twin:
+            twin.append(None)
+            world.runtime.use(storage, settings.model_copy(update=today))
+            world.clock.advance(timedelta(seconds=1))
+            twin[0] = await world.post(export)
+            world.clock.advance(timedelta(seconds=1))
+            world.runtime.use(storage, settings)
+            world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+        return await stage_block(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "stage_block", twin_under_todays_template)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    first = await world.post(export)
+    assert twin[0].status_code == 202 and first.status_code == 502, (twin[0].body, first.body)
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    assert "promised" not in [step.outcome for step in record.deliveries[-1].history]
+    [alert] = messages(caplog)
+    assert record.deliveries[-1].delivery[:12] in alert and "failed for good" in alert, alert
+    await nobody_alerts_again(ops, twin[0].verification, caplog)
+
+
+async def test_a_resend_of_a_copying_delivery_under_a_container_hold_is_told_202_again_without_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 202'd copy, then a legal hold on the container: a resend is told 202 again (nothing noted: the hold refuses
+    every change of the record, so nobody can fail the delivery meanwhile), and no ERROR."""
+    ops = Ops()
+    world = ops.world
+    assert (await world.post(world.export())).status_code == 200
+    export = world.export()
+    await ops.accept(export)
+    before = world.record()
+    world.storage.policy = "legal hold"
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    answer = await world.post(export)
+    assert answer.status_code == 202, answer.body
+    assert world.record() == before and messages(caplog) == []
+
+
 async def test_two_queue_messages_of_one_202d_delivery_raise_one_error_for_its_one_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

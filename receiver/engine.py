@@ -154,12 +154,8 @@ def own_alerts(deliveries: list[Delivery], mine: set[StepKey], *, sender: bool) 
             # The attempt it ended began with the first step after the failure before it (or with the first step
             # kept): accepted, stored or adopted by whom? (At the failure itself: created failed, by this run.)
             began = next((i + 1 for i in range(at - 1, -1, -1) if steps[i].outcome == "failed"), 0)
-            # Another request's 202 for it during the attempt (a step `promised`, or its own acceptance of it at another
-            # name): its sender was promised it.
-            promised = any(
-                step.by == "webhook" and step.outcome in ("promised", "copying") and not own(item, step)
-                for step in steps[began:at]
-            )
+            # Another request's 202 for it during the attempt (a step `promised`): its sender was promised it.
+            promised = any(step.outcome == "promised" and not own(item, step) for step in steps[began:at])
             if not own(item, steps[began]) or promised or (not sender and began == 0 and began < at):
                 found.append(item)
                 break
@@ -240,7 +236,7 @@ async def run(
         if seen.record_read:
             trace.record = seen.record
         if isinstance(job.event, Arrival) and not job.event.patient and seen.record is not None:
-            seen = replace(seen, in_attempt=_in_attempt(seen.record, job.event.notice.delivery, trace.mine))
+            seen = replace(seen, began_attempt=_began_attempt(seen.record, job.event.notice.delivery, trace.mine))
         decision = decide(seen, job.event, at)
         if isinstance(decision, Change) and copied_at is not None and at - copied_at > RECORD_WITHIN:
             _record_in_time(job, seen)
@@ -255,12 +251,13 @@ async def run(
     raise Unavailable("The task kept changing while this delivery stored it. Send the document again.")
 
 
-def _in_attempt(record: TaskRecord, delivery: str, mine: set[StepKey]) -> bool:
-    """Did this run write a step of ``delivery``'s current attempt (since its last failure)?"""
+def _began_attempt(record: TaskRecord, delivery: str, mine: set[StepKey]) -> bool:
+    """Did this run write the first step of ``delivery``'s current attempt (since its last failure)?"""
     item = record.find(delivery)
-    if item is None or item.state is not State.COPYING:
+    if item is None or item.state is not State.COPYING or not item.attempt:
         return False
-    return any((delivery, step.by, step.at, step.outcome, step.note) in mine for step in item.attempt)
+    first = item.attempt[0]
+    return (delivery, first.by, first.at, first.outcome, first.note) in mine
 
 
 def _decided_at(job: Job, name: str) -> Job:

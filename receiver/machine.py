@@ -98,7 +98,7 @@ class Seen:
     rechecked: str | None = None  # the blob version the record was read again for before overwriting it
     fenced: str | None = None  # the version this driver's own fence made (a sweep fences before it adopts)
     redirected: bool = False  # decided at a name other than the notice's (the record's: Observe ``at``)
-    in_attempt: bool = False  # this driver wrote a step of its delivery's current attempt (accepted or promised it)
+    began_attempt: bool = False  # this driver wrote the first step of its delivery's current attempt (accepted it)
 
 
 # --- the steps decide returns ---------------------------------------------------------------------
@@ -510,12 +510,15 @@ PROMISED_NOTE = "answered 202 while another driver copies it"
 
 
 def _promised(seen: Seen, event: Arrival, now: datetime, decision: Decision) -> Decision:
-    """A webhook's 202 for a delivery whose copying another driver's attempt holds is noted in its history first: that
-    driver may end the attempt failed and tell only its own sender (a 502), so this 202 needs the alert then."""
-    if not isinstance(decision, Answer) or decision.status != 202 or event.patient or seen.in_attempt:
+    """A webhook's 202 for a delivery whose copying another driver's attempt holds (one it did not begin, also when it
+    accepted it again at another name meanwhile) is noted in its history first: the driver that began the attempt may
+    end it failed and tell only its own sender (a 502), so this 202 needs the alert then."""
+    if not isinstance(decision, Answer) or decision.status != 202 or event.patient or seen.began_attempt:
         return decision
     if seen.locked is not None:
-        return decision  # a container policy refuses every record change: nobody can fail the attempt meanwhile
+        return (
+            decision  # a container policy refuses every record change, this note too (docs/reference.md, Known limits)
+        )
     record = seen.record
     entry = record.find(event.notice.delivery) if record is not None else None
     if record is None or entry is None or entry.state is not State.COPYING:

@@ -230,7 +230,7 @@ async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_accepted_
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As above, but the template changed before the twin came: the twin accepts the delivery again at today's name
-    (a step of its own in the attempt, so no `promised`) and answers 202; R1 then fails it: R1 raises the ERROR."""
+    (a step of its own in the attempt R1 began), answers 202 and notes it; R1 then fails it: R1 raises the ERROR."""
     ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=20)
     world = ops.world
     settings = world.settings
@@ -259,10 +259,66 @@ async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_accepted_
     assert twin[0].status_code == 202 and first.status_code == 502, (twin[0].body, first.body)
     record = world.record()
     assert record is not None and record.deliveries[-1].state is State.FAILED
-    assert "promised" not in [step.outcome for step in record.deliveries[-1].history]
+    outcomes = [step.outcome for step in record.deliveries[-1].history]
+    assert "promised" in outcomes and outcomes[-1] == "failed", outcomes
     [alert] = messages(caplog)
     assert record.deliveries[-1].delivery[:12] in alert and "failed for good" in alert, alert
     await nobody_alerts_again(ops, twin[0].verification, caplog)
+
+
+@pytest.mark.parametrize("fault", ["copy refused", "copy answer lost, look refused"])
+async def test_no_error_when_a_twin_that_accepted_the_delivery_elsewhere_answered_503_and_the_first_then_fails_it(
+    fault: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The earlier export is stored at today's name. R1 (the earlier template, a large file) accepts the new export
+    at its old name and stages it; its twin (today's template) accepts it at today's name, its copy fails there and
+    it answers 503; R1 then fails the delivery (502). No sender was told 2xx: no ERROR."""
+    from sim.memstore import FaultPlan
+
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=20)
+    world = ops.world
+    settings, storage = world.settings, world.storage
+    today = settings.model_copy(
+        update={
+            "copy_wait_seconds": 0,
+            "sync_copy_max_mib": 256,
+            "blob_name_template": "{yyyy}/{workspaceId}/{taskId}/{fileName}",
+        }
+    )
+    world.runtime.use(storage, today)
+    assert (await world.post(world.export())).status_code == 200
+    world.runtime.use(storage, settings)
+    export = world.export()
+    stage_block = storage.stage_block
+    twin: list[Any] = []
+
+    async def twin_under_todays_template(*args: Any, **kwargs: Any) -> Any:
+        if not twin:
+            twin.append(None)
+            world.runtime.use(storage, today)
+            world.clock.advance(timedelta(seconds=1))
+            faults = FaultPlan()
+            if fault == "copy refused":
+                faults.fail_before("copy_from_url", times=1000)
+            else:
+                faults.lose_answer("copy_from_url", times=1000).fail_before("read", times=1000)
+            storage.faults = faults
+            twin[0] = await world.post(export)
+            storage.faults = FaultPlan()
+            world.clock.advance(timedelta(seconds=1))
+            world.runtime.use(storage, settings)
+            world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+        return await stage_block(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "stage_block", twin_under_todays_template)
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    first = await world.post(export)
+    assert (twin[0].status_code, first.status_code) == (503, 502), (twin[0].body, first.body)
+    record = world.record()
+    assert record is not None and record.deliveries[-1].state is State.FAILED
+    assert "promised" not in [step.outcome for step in record.deliveries[-1].history]
+    assert messages(caplog) == []
 
 
 async def test_a_resend_of_a_copying_delivery_under_a_container_hold_is_told_202_again_without_an_error(

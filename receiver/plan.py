@@ -32,7 +32,11 @@ ACCEPTED_EXTENSIONS = {"application/pdf": (".pdf",), "image/jpeg": (".jpg", ".jp
 
 # What Azure refuses in a blob name: control characters, surrogates, noncharacters and private-use code points
 # ("\uE000 ... cannot be used": Naming and Referencing Containers, Blobs, and Metadata).
-_REFUSED = r"\x00-\x1f\x7f-\x9f\ud800-\udfff\ue000-\uf8ff\ufdd0-\ufdef\ufffe\uffff\U000f0000-\U0010ffff"
+_REFUSED = r"\x00-\x1f\x7f-\x9f\ud800-\udfff\ue000-\uf8ff\ufdd0-\ufdef\ufffe\uffff\U000f0000-\U0010ffff" + "".join(
+    chr(plane << 16 | low)
+    for plane in range(1, 15)
+    for low in (0xFFFE, 0xFFFF)  # each plane's last two code points
+)
 # What no name this receiver makes contains (its segments are made safe; its separators are "/").
 _CONTROL = re.compile(rf"[\\{_REFUSED}]")
 # Characters Windows/Azure tools choke on in a name segment, and those Azure refuses; "/" and "\" are separators.

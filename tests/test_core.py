@@ -298,7 +298,7 @@ def test_the_links_own_signature_written_any_way_is_out_of_the_body_and_the_name
         ("Relatório", "application/pdf", "Relatório.pdf"),
         ("data", "application/x-custom", "data.bin"),
         # Code points Azure refuses in a blob name (private use, noncharacters): a macOS Apple logo, say.
-        ("Report \uf8ff\ufdd0\U000f0041", "application/pdf", "Report ___.pdf"),
+        ("Report \uf8ff\ufdd0\U000f0041\U0001ffff \U0001f600", "application/pdf", "Report ____ \U0001f600.pdf"),
     ],
 )
 def test_file_names(display: str | None, content_type: str, expected: str) -> None:

@@ -631,6 +631,9 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
             "the task record %s keeps listing names already retired: the %s refused dropping them", name, written.policy
         )
         return replace(seen, retired=frozenset(), deferred=seen.deferred | seen.retired)
+    if isinstance(written, Immutable) and decision.arrow == "promised":
+        # A container policy placed since this process asked refused the note of a 202: decided as under it.
+        return replace(seen, locked=written.policy)
     if isinstance(written, Immutable) and seen.copied and isinstance(job.event, Arrival):
         entry = seen.record.find(job.event.notice.delivery) if seen.record is not None else None
         if entry is None or entry.state is not State.STORED:

@@ -340,6 +340,30 @@ async def test_a_resend_of_a_copying_delivery_under_a_container_hold_is_told_202
     assert world.record() == before and messages(caplog) == []
 
 
+async def test_a_resend_under_a_hold_placed_since_the_process_asked_is_told_202_again_without_an_error(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but this process asked for the container's policy before the hold was placed (it remembers "none"
+    until a write is refused): the hold refuses the resend's `promised` note, and the resend is decided as under the
+    hold: 202 again, the record unchanged, no ERROR."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    export, _ = await a_202d_large_copy(ops)
+    storage = world.storage
+
+    async def none_remembered() -> None:
+        return None
+
+    monkeypatch.setattr(storage, "container_policy", none_remembered)
+    storage.policy = "legal hold"
+    before = world.record()
+    caplog.set_level(logging.INFO, logger="receiver")
+    caplog.clear()
+    answer = await world.post(export)
+    assert answer.status_code == 202, answer.body
+    assert world.record() == before and messages(caplog) == []
+
+
 async def test_two_queue_messages_of_one_202d_delivery_raise_one_error_for_its_one_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -515,10 +515,8 @@ def _promised(seen: Seen, event: Arrival, now: datetime, decision: Decision) -> 
     end it failed and tell only its own sender (a 502), so this 202 needs the alert then."""
     if not isinstance(decision, Answer) or decision.status != 202 or event.patient or seen.began_attempt:
         return decision
-    if seen.locked is not None:
-        return (
-            decision  # a container policy refuses every record change, this note too (docs/reference.md, Known limits)
-        )
+    if seen.locked is not None:  # a container policy refuses every record change, this note too (Known limits)
+        return decision
     record = seen.record
     entry = record.find(event.notice.delivery) if record is not None else None
     if record is None or entry is None or entry.state is not State.COPYING:

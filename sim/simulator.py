@@ -905,12 +905,10 @@ class Simulation:
             valid = valid and self._readable(export)  # a source removed meanwhile fails it for good (as documented)
             # Copying when this run began, or still copying now (another run, or a retry, left it so). A name another
             # task's file holds (a template change gave two tasks one name) is never written over: that fails it.
-            copying = actor.copying_at_start or self._copying_never_failed(export)
-            # An operator who gave it up while this run went on (`ops fail`) ended it: the run follows the record.
+            # An operator who gave it up while this run went on (`ops fail`) ended it: the run follows the record (also
+            # when a resend accepted it again after the run read it). It was never failed when the run began.
             failings = [step.by for step in entry.history if step.outcome == "failed"] if entry is not None else []
-            copying = copying and not (
-                entry is not None and entry.state is State.FAILED and failings[-1:] == ["operator"]
-            )
+            copying = (actor.copying_at_start and "operator" not in failings) or self._copying_never_failed(export)
             if copying and valid and not (entry is not None and self._held_by_another_task(entry.blob, export)):
                 self.fail("I7", f"{actor.label} ended its delivery as failed while its record tracked it copying")
         if kind != "superseded":

@@ -438,6 +438,7 @@ SEEDS_THAT_BROKE += [
     13001330,  # under a hold its process knew of, a queue try found its delivery stored by another: not failed
     13029293,  # the same, after a crash
     5003548,  # the checker's own: a queue try that followed an operator's give-up made while it ran (not I7)
+    80695436,  # the same, the delivery then accepted again by a resend before the try answered
 ]
 
 

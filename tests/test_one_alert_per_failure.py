@@ -186,14 +186,11 @@ async def test_a_request_failing_the_delivery_its_twin_answered_202_alerts(
     assert messages(caplog) == []
 
 
-async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_was_answered_202_alerts(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """R1 accepts a large delivery and stages it; meanwhile its twin R2 (SmartDocumentor's retry) finds it copying,
-    cannot finish within its wait and answers 202, noting that in the record (a step `promised`). The source is then
-    removed: R1 fails the delivery it began itself and tells its own sender 502, but R2's 202 is broken, so R1 raises
-    the one ERROR; R2's queue message and the reconciliation add none."""
-    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=20)
+async def a_twin_while_the_first_stages(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, twins_settings: dict[str, Any]
+) -> tuple[Any, list[Any]]:
+    """R1 accepts a large export and stages it; at its first block its twin R2 arrives under ``twins_settings`` and
+    answers; the source is then removed and R1 goes on. (R1's answer, [R2's].)"""
     world = ops.world
     settings = world.settings
     assert (await world.post(world.export())).status_code in (200, 202)
@@ -205,7 +202,7 @@ async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_was_answe
     async def twin_while_staging(*args: Any, **kwargs: Any) -> Any:
         if not twin:
             twin.append(None)
-            world.runtime.use(storage, settings.model_copy(update={"copy_wait_seconds": 0}))
+            world.runtime.use(storage, settings.model_copy(update=twins_settings))
             world.clock.advance(timedelta(seconds=1))
             twin[0] = await world.post(export)
             world.clock.advance(timedelta(seconds=1))
@@ -216,9 +213,20 @@ async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_was_answe
     monkeypatch.setattr(storage, "stage_block", twin_while_staging)
     caplog.set_level(logging.INFO, logger="receiver")
     caplog.clear()
-    first = await world.post(export)
+    return await world.post(export), twin
+
+
+async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_was_answered_202_alerts(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """R1 accepts a large delivery and stages it; meanwhile its twin R2 (SmartDocumentor's retry) finds it copying,
+    cannot finish within its wait and answers 202, noting that in the record (a step `promised`). The source is then
+    removed: R1 fails the delivery it began itself and tells its own sender 502, but R2's 202 is broken, so R1 raises
+    the one ERROR; R2's queue message and the reconciliation add none."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=20)
+    first, twin = await a_twin_while_the_first_stages(ops, monkeypatch, caplog, {"copy_wait_seconds": 0})
     assert twin[0].status_code == 202 and first.status_code == 502, (twin[0].body, first.body)
-    record = world.record()
+    record = ops.world.record()
     assert record is not None and record.deliveries[-1].state is State.FAILED
     assert [step.outcome for step in record.deliveries[-1].history] == ["copying", "promised", "failed"]
     [alert] = messages(caplog)
@@ -232,32 +240,10 @@ async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_accepted_
     """As above, but the template changed before the twin came: the twin accepts the delivery again at today's name
     (a step of its own in the attempt R1 began), answers 202 and notes it; R1 then fails it: R1 raises the ERROR."""
     ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=20)
-    world = ops.world
-    settings = world.settings
-    assert (await world.post(world.export())).status_code in (200, 202)
-    export = world.export()
-    storage = world.storage
-    stage_block = storage.stage_block
-    twin: list[Any] = []
     today = {"copy_wait_seconds": 0, "blob_name_template": "{yyyy}/{workspaceId}/{taskId}/{fileName}"}
-
-    async def twin_under_todays_template(*args: Any, **kwargs: Any) -> Any:
-        if not twin:
-            twin.append(None)
-            world.runtime.use(storage, settings.model_copy(update=today))
-            world.clock.advance(timedelta(seconds=1))
-            twin[0] = await world.post(export)
-            world.clock.advance(timedelta(seconds=1))
-            world.runtime.use(storage, settings)
-            world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
-        return await stage_block(*args, **kwargs)
-
-    monkeypatch.setattr(storage, "stage_block", twin_under_todays_template)
-    caplog.set_level(logging.INFO, logger="receiver")
-    caplog.clear()
-    first = await world.post(export)
+    first, twin = await a_twin_while_the_first_stages(ops, monkeypatch, caplog, today)
     assert twin[0].status_code == 202 and first.status_code == 502, (twin[0].body, first.body)
-    record = world.record()
+    record = ops.world.record()
     assert record is not None and record.deliveries[-1].state is State.FAILED
     outcomes = [step.outcome for step in record.deliveries[-1].history]
     assert "promised" in outcomes and outcomes[-1] == "failed", outcomes

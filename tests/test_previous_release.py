@@ -21,7 +21,7 @@ from receiver.models import State, TaskRecord, record_name
 from receiver.reconciliation import reconcile_run
 from receiver.settings import Settings
 from receiver.storage import Headers
-from sim.memstore import ManualClock
+from sim.memstore import ManualClock, StoredBlob
 from sim.world import SOURCE_HOST, World
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "previous_release_container.json").read_text("utf-8"))
@@ -406,16 +406,12 @@ async def test_one_legacy_delivery_at_two_names_enters_the_record_once_and_is_se
     assert world.storage.blob_bytes(name) == stored.data
 
 
-async def test_a_replaced_legacy_delivery_whose_file_is_still_there_enters_the_record_once_and_is_retired() -> None:
-    """The newer legacy file's manifest lists the older delivery as replaced, and the older file is still there
-    (the release's delete of it failed), at a name listed after the newer one's."""
-    world = legacy_world()
-    newer, manifest = (
-        world.storage.stored(FILES[("ws-acme", "task-102")]),
-        world.storage.stored(f"{FILES[('ws-acme', 'task-102')]}.json"),
-    )
+def replaced_file_still_there(world: World, older_delivery: str, older: str) -> StoredBlob:
+    """task-102's legacy manifest now lists ``older_delivery`` as replaced, and that delivery's file and manifest
+    are still at ``older`` (the release's delete of them failed), 30 days older. Returns task-102's file."""
+    newer = world.storage.stored(FILES[("ws-acme", "task-102")])
+    manifest = world.storage.stored(f"{FILES[('ws-acme', 'task-102')]}.json")
     assert newer is not None and manifest is not None
-    older_delivery, older = "0" * 64, "ws-acme/task-102/zz-older.pdf"
     document = json.loads(manifest.data)
     world.storage.load(
         manifest.name, json.dumps({**document, "replaced": [older_delivery]}).encode(),
@@ -428,10 +424,18 @@ async def test_a_replaced_legacy_delivery_whose_file_is_still_there_enters_the_r
         metadata={**dict(newer.metadata), "delivery": older_delivery}, created=stamp, last_modified=stamp,
     )  # fmt: skip
     world.storage.load(
-        f"{older}.json",
-        json.dumps({**document, "delivery": older_delivery, "receivedAt": "2026-01-02T00:00:00Z"}).encode(),
+        f"{older}.json", json.dumps({**document, "delivery": older_delivery, "receivedAt": stamp.isoformat()}).encode(),
         content_type="application/json", metadata=dict(manifest.metadata), created=stamp, last_modified=stamp,
     )  # fmt: skip
+    return newer
+
+
+async def test_a_replaced_legacy_delivery_whose_file_is_still_there_enters_the_record_once_and_is_retired() -> None:
+    """The newer legacy file's manifest lists the older delivery as replaced, and the older file is still there
+    (the release's delete of it failed), at a name listed after the newer one's."""
+    world = legacy_world()
+    older_delivery, older = "0" * 64, "ws-acme/task-102/zz-older.pdf"
+    newer = replaced_file_still_there(world, older_delivery, older)
     await reconcile(world)
     found = record(world, "ws-acme", "task-102")
     assert [item.delivery for item in found.deliveries].count(older_delivery) == 1, found.deliveries
@@ -522,25 +526,8 @@ async def test_a_copy_of_a_migrated_delivery_on_a_later_page_is_retired_and_the_
 async def test_the_file_of_a_replaced_delivery_on_a_later_page_is_retired() -> None:
     """invoice-102's manifest lists delivery 0…0 as replaced; that delivery's own file sorts onto a later page."""
     world = legacy_world()
-    newer = world.storage.stored(FILES[("ws-acme", "task-102")])
-    manifest = world.storage.stored(f"{FILES[('ws-acme', 'task-102')]}.json")
-    assert newer is not None and manifest is not None
-    older_delivery, older = "0" * 64, "zz-old-template/ws-acme/task-102/invoice-102.pdf"
-    document = json.loads(manifest.data)
-    world.storage.load(
-        manifest.name, json.dumps({**document, "replaced": [older_delivery]}).encode(),
-        content_type="application/json", metadata=dict(manifest.metadata),
-        created=manifest.created, last_modified=manifest.last_modified,
-    )  # fmt: skip
-    stamp = newer.last_modified - timedelta(days=30)
-    world.storage.load(
-        older, b"%PDF older", content_type="application/pdf",
-        metadata={**dict(newer.metadata), "delivery": older_delivery}, created=stamp, last_modified=stamp,
-    )  # fmt: skip
-    world.storage.load(
-        f"{older}.json", json.dumps({**document, "delivery": older_delivery, "receivedAt": stamp.isoformat()}).encode(),
-        content_type="application/json", metadata=dict(manifest.metadata), created=stamp, last_modified=stamp,
-    )  # fmt: skip
+    older = "zz-old-template/ws-acme/task-102/invoice-102.pdf"
+    newer = replaced_file_still_there(world, "0" * 64, older)
     await migrate_page_by_page(world)
     await reconcile(world)
     found = record(world, "ws-acme", "task-102")

@@ -24,7 +24,7 @@ from receiver.attention import (
     marker_of,
     read_summary,
 )
-from receiver.engine import Job, Trace, manifest_name, own_alerts
+from receiver.engine import ARCHIVED, Job, Trace, manifest_name, own_alerts
 from receiver.machine import NAME_TAKEN, Answer, Sweep
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
 from receiver.outcome import option_words
@@ -141,6 +141,19 @@ async def _check_container(storage: Storage) -> None:
         )
 
 
+def _archived(item: Delivery) -> str:
+    """Where the person in SmartDocumentor finds the document of a failed delivery: archived when a request for it
+    was answered 202 (its `promised` step says so; a queue try or the reconciliation handling it says it may be)."""
+    if any(step.outcome == "promised" for step in item.history):
+        return (
+            "'s archive: a resend of it was answered 202 (step promised), so SmartDocumentor archived it and does not "
+            "show it in To Review"
+        )
+    if any(step.by in ("verifier", "reconciliation") for step in item.history):
+        return f" ({ARCHIVED})"
+    return ""
+
+
 def _task_args(workspace_id: str, task_id: str) -> str:
     """The options naming a task, quoted for a shell (an id may hold spaces, ``&`` or ``;``, or start with ``-``)."""
     return f"{option_words('task', task_id)} {option_words('workspace', workspace_id)}"
@@ -178,14 +191,14 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
         again = f"have the storage account's owner lift the policy (or use version-level immutability), then {again}"
     if current is None and record.deliveries and not any(i.state is State.COPYING for i in record.deliveries):
         found.problems.append("the task has no current file: every delivery failed or was replaced before it landed")
-        found.next.append(again)
+        found.next.append(f"{again}{_archived(newest) if newest is not None else ''}")
     if current is not None and newest is not None and newest.state is State.FAILED:
         # SmartDocumentor archived it (a 202 before it failed, or its last answer): the customer has the older one.
         found.problems.append(
             f"the newest export {newest.delivery[:12]} failed ({newest.failure_reason or 'no reason'}); the current "
             f"file is an older export, {current.delivery[:12]}"
         )
-        found.next.append(again)
+        found.next.append(f"{again}{_archived(newest)}")
     policy: str | None = None
     if current is not None:
         found.current_blob = current.blob
@@ -422,7 +435,8 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
             extra = " ".join(
                 part
                 for part in (
-                    f"{step.status}" if step.status is not None else "",
+                    # (only a webhook's step answered someone: a queue try's status is what a webhook would answer)
+                    f"{step.status}" if step.status is not None and step.by == "webhook" else "",
                     f"({step.note})" if step.note else "",
                     ("" if step.outcome == "retired" else "listed to retire ") + ", ".join(step.retired)
                     if step.retired

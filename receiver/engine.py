@@ -180,28 +180,40 @@ async def alerts_of(storage: Storage, job: Job, trace: Trace, *, sender: bool, r
     failed = own_alerts(record.deliveries if record else [], trace.mine, sender=sender)
     named = {item.delivery for item in failed}
     maybe = [] if sure else own_alerts(trace.maybe_failed, trace.mine, sender=sender)
-    return Alerts(failed, [item for item in maybe if item.delivery not in named])
+    story = ops_command("find", task=job.task_id, workspace=job.workspace_id)
+    return Alerts(failed, [item for item in maybe if item.delivery not in named], story)
+
+
+# Where the person in SmartDocumentor finds a document whose failure is alerted: an alert follows a 2xx as a rule.
+ARCHIVED = (
+    "if a request for it was answered 2xx (a 202 while it copied), SmartDocumentor archived the document and does "
+    "not show it in To Review: export it again from the archive"
+)
 
 
 @dataclass(frozen=True)
 class Alerts:
-    """A run's own failures for good (its ERROR), and those it may have made (its change got no answer)."""
+    """A run's own failures for good (its ERROR), and those it may have made (its change got no answer);
+    ``story``: the ops command that tells the task's story."""
 
     failed: list[Delivery]
     maybe: list[Delivery]
+    story: str = ""
 
     def __bool__(self) -> bool:
         return bool(self.failed or self.maybe)
 
     def said(self, whose: str) -> str:
-        """Each delivery, where it was and why it failed: ``whose`` names the change ("this request's")."""
+        """Each delivery, where it was and why it failed (``whose`` names the change: "this request's"), where
+        the document is, and the command that tells the task's story."""
         sure = [f"delivery {d.delivery[:12]} at {d.blob} failed for good: {d.failure_reason}" for d in self.failed]
         maybe = [
             f"delivery {d.delivery[:12]} at {d.blob} may have failed for good ({whose} change failing it got no "
             f"answer): {d.failure_reason}"
             for d in self.maybe
         ]
-        return "; ".join(sure + maybe)
+        whether = " and whether it did" if self.maybe else ""
+        return "; ".join([*sure, *maybe, ARCHIVED, f"{self.story} tells its story{whether}"])
 
 
 def manifest_name(blob: str) -> str:

@@ -283,8 +283,7 @@ async def _work(
                 record.final_failure = True
                 record.outcome = "expired" if "expired" in trace.arrows else record.outcome
                 record.blob, record.delivery = f"{settings.destination_container}/{first.blob}", first.delivery
-                story = ops_command("find", task=item.task_id, workspace=item.workspace_id)
-                said = alerts.said("this run's") + f" {story} tells its story"
+                said = alerts.said("this run's")
                 record.reason = "; ".join(filter(None, [said, done_after]))
             waited = now - item.oldest_copying if item.oldest_copying is not None else timedelta(0)
             if record.outcome in ("waiting", "held") and waited > QUEUE_COVERAGE:

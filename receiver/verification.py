@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from .engine import Alerts, Job, Trace, alerts_of, run
+from .engine import ARCHIVED, Alerts, Job, Trace, alerts_of, run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
 from .models import MAX_RECORD_BYTES, State, TaskRecord, record_name, unreadable_record
@@ -230,7 +230,11 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
         alerts = await alerts_of(storage, job, trace, sender=False)
         own = plan.delivery in {item.delivery for item in [*alerts.failed, *alerts.maybe]}
         # Others this try failed too (a current file an older late copy replaced): named in its ERROR.
-        others = Alerts(*([d for d in found if d.delivery != plan.delivery] for found in (alerts.failed, alerts.maybe)))
+        others = replace(
+            alerts,
+            failed=[d for d in alerts.failed if d.delivery != plan.delivery],
+            maybe=[d for d in alerts.maybe if d.delivery != plan.delivery],
+        )
         if result == "failed" and not own and ended_elsewhere(trace.record, plan.delivery):
             # Its record failed it by another change than this try's (the reconciliation, an operator, a webhook, an
             # earlier try: each raised its ERROR then), or this try accepted it again and failed it anew: this message
@@ -250,7 +254,7 @@ def _settle(record: Record, answer: Answer, trace: Trace, plan: CopyPlan, result
         return result
     if result == "failed":
         record.final_failure = True
-        record.reason = (
+        why = (
             f"immutable: the delivery failed for good. {refused_by(answer.reason or 'retention policy')}"
             if answer.error == "immutable"
             else f"the delivery failed for good (the earlier file, if any, is kept): {answer.reason}"
@@ -258,6 +262,8 @@ def _settle(record: Record, answer: Answer, trace: Trace, plan: CopyPlan, result
             else f"{(answer.reason or answer.error or '').rstrip('.')}: the delivery failed for good (the earlier "
             "file, if any, is kept). Export the document again from SmartDocumentor."
         )
+        story = ops_command("find", task=plan.task_id, workspace=plan.workspace_id)
+        record.reason = f"{why.rstrip('.')}; {ARCHIVED}; {story} tells its story"
         return "failed"
     if result == "waiting":
         record.reason = "its link expired while it waited behind a newer export; the reconciliation decides it"
@@ -307,9 +313,7 @@ def _alert_own_failures(record: Record, alerts: Alerts) -> None:
     """The ERROR of a try whose changes failed deliveries for good (or may have: the record could not be read back)."""
     if alerts:
         record.final_failure = True
-        record.reason = "; ".join(
-            filter(None, [alerts.said("this try's"), record.reason, "Export the document again from SmartDocumentor."])
-        )
+        record.reason = "; ".join(filter(None, [alerts.said("this try's"), record.reason]))
 
 
 def ended_elsewhere(record: TaskRecord | None, delivery: str) -> bool:

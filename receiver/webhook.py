@@ -13,7 +13,7 @@ from . import outcome, verification
 from .engine import Alerts, Job, Trace, alerts_of, run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
-from .outcome import Outcome, ops_command
+from .outcome import Outcome
 from .payload import MAX_ID_LENGTH
 from .plan import CopyPlan, renamed
 from .runtime import Runtime
@@ -134,9 +134,6 @@ def _alert_failed(record: Record, alerts: Alerts) -> None:
         return
     record.final_failure = True
     said = alerts.said("this request's")
-    if alerts.maybe:
-        find = ops_command("find", task=record.task_id or "", workspace=record.workspace_id or "")
-        said += f"; {find} tells whether it did"
     if not (record.reason and said in record.reason):
         record.reason = "; ".join(filter(None, [said, record.reason]))
 

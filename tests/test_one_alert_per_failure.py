@@ -43,6 +43,15 @@ def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in errors(caplog)]
 
 
+def names_the_archive_and_the_story(alert: str) -> bool:
+    """Every alert tells the paged operator where the document is (archived on the earlier 2xx, not in To Review)
+    and the command that tells the task's story."""
+    return (
+        "SmartDocumentor archived the document" in alert
+        and "python -m ops find --task task-1 --workspace ws-1" in alert
+    )
+
+
 async def nobody_alerts_again(ops: Ops, message: str, caplog: pytest.LogCaptureFixture) -> None:
     """After the one ERROR: the delivery's queue message ends it as failed, and a later reconciliation run, without
     another ERROR."""
@@ -81,6 +90,7 @@ async def test_a_reconciliation_whose_failing_swap_got_no_answer_nor_read_back_a
     assert record is not None and record.deliveries[-1].state is State.FAILED
     [alert] = messages(caplog)
     assert "may have failed for good" in alert and record.deliveries[-1].delivery[:12] in alert, alert
+    assert names_the_archive_and_the_story(alert), alert
     caplog.clear()
     world.clock.advance(timedelta(minutes=10))
     await ops.reconcile()
@@ -231,7 +241,13 @@ async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_was_answe
     assert [step.outcome for step in record.deliveries[-1].history] == ["copying", "promised", "failed"]
     [alert] = messages(caplog)
     assert record.deliveries[-1].delivery[:12] in alert and "failed for good" in alert, alert
+    assert names_the_archive_and_the_story(alert), alert
+    found = await ops("find", "--task", "task-1")
+    assert "webhook promised" in found.out and "webhook failed 502" in found.out, found.out
+    assert "next: export the document again from SmartDocumentor's archive" in found.out, found.out
     await nobody_alerts_again(ops, twin[0].verification, caplog)
+    found = await ops("find", "--task", "task-1")
+    assert "verifier failed (" in found.out and "verifier failed 502" not in found.out, found.out
 
 
 async def test_a_request_failing_the_delivery_it_accepted_after_a_twin_accepted_it_again_elsewhere_alerts(
@@ -370,7 +386,7 @@ async def test_two_queue_messages_of_one_202d_delivery_raise_one_error_for_its_o
     for message in (first.verification, second.verification):
         assert await verify_copy(message.encode(), runtime=world.runtime, now=world.now, dequeue_count=5) == "failed"
     [alert] = messages(caplog)
-    assert "failed for good" in alert, alert
+    assert "failed for good" in alert and names_the_archive_and_the_story(alert), alert
 
 
 async def test_a_queue_try_that_loses_to_the_reconciliations_expiry_stays_quiet(
@@ -485,7 +501,7 @@ async def test_two_resends_of_a_202d_copy_whose_source_is_gone_raise_one_error(
     record = world.record()
     assert record is not None and record.deliveries[-1].state is State.FAILED
     [alert] = messages(caplog)
-    assert "failed for good" in alert, alert
+    assert "failed for good" in alert and names_the_archive_and_the_story(alert), alert
 
 
 async def test_a_queue_try_that_loses_to_a_webhooks_failure_and_fails_it_anew_stays_quiet(

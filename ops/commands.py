@@ -345,6 +345,19 @@ def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[s
     if where == "poison":
         return "poisoned", f"its message is in the poison queue: replay-poison moves it back ({until})"
     if where == "absent":
+        record = found.record
+        later = record.deliveries[record.index(item.delivery) + 1 :] if record is not None else []
+        finishing = [
+            other
+            for other in later
+            if other.state is State.COPYING and found.look.where(other.delivery) in ("queue", "poison")
+        ]
+        if finishing:  # giving this one up helps nothing: the newer one's store supersedes it
+            newer = finishing[-1].delivery[:12]
+            return "behind", (
+                f"no message holds its link, but newer export {newer} still copies with a message that can finish "
+                f"it: this one is superseded once that is stored (nothing to do for it); find says if that one fails"
+            )
         late = stuck(expires, item.copying_since, ctx.now)
         why = f"; {late}" if late else ""
         return "lost", f"no queue or poison message holds its link: nothing will finish it ({until}{why})"
@@ -1008,6 +1021,12 @@ async def pending(
             f"{len(entries)} delivery(ies) still copying for over {_span(older_than)} in {counted} task(s){more}"
             f"; {stuck_count} will not finish by themselves (see failed)"
             + (f", {waiting} of them until the container's {held} is lifted" if waiting else "")
+            # (the poison queue is not read here: a delivery whose message is there shows no reason yet)
+            + (
+                ", besides any whose message is in the poison queue (find --task T says)"
+                if summary and summary.poison
+                else ""
+            )
             + ". One task's whole story: python -m ops find --task T --workspace W"
         )
     text += state.lines

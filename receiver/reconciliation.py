@@ -341,10 +341,10 @@ def _summary(report: RunReport) -> str:
             text += f", not kept up ({attention.failed}): tried again next run"
     if report.lost:
         text += (
-            f"; {len(report.lost)} delivery(ies) have been copying for over {QUEUE_COVERAGE.total_seconds() / 60:.0f} "
-            "minutes and their queue message (which holds the link) is lost or poisoned, or a retention policy or "
-            "legal hold refuses recording them: python -m ops pending names each, with the command that tells its "
-            "story and what to run next; "
+            f"; {len(report.lost)} task(s) have a delivery copying for over {QUEUE_COVERAGE.total_seconds() / 60:.0f} "
+            "minutes whose queue message (which holds the link) is lost or poisoned, or that a retention policy or "
+            "legal hold refuses recording: python -m ops pending names each delivery, with the command that tells "
+            "its story and what to run next; "
             + "; ".join(ops_command("find", task=task) for task in report.lost[:3])
             + (f"; and {len(report.lost) - 3} more" if len(report.lost) > 3 else "")
         )

@@ -250,6 +250,29 @@ async def test_pending_and_failed_name_the_poison_queue_the_last_run_saw(ops: Op
     assert (await ops("pending")).code == OK
 
 
+async def test_pending_does_not_say_every_copy_will_finish_while_the_poison_queue_holds_messages(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pending reads no queue: with messages in the poison queue, its count of copies that will not finish by
+    themselves says it leaves those out (find --task T tells), instead of a bare "0 will not finish"."""
+    import receiver.hostqueue
+
+    await ops.accept(ops.world.export("task-1"))
+    ops.world.clock.advance(timedelta(minutes=20))
+
+    depths = iter((1, 0))
+
+    async def depth(queue: str, environ: dict[str, str]) -> int:
+        return next(depths)
+
+    monkeypatch.setattr(receiver.hostqueue, "queue_depth", depth)
+    for says in (True, False):
+        await reconcile(ops)
+        ran = await ops("pending")
+        assert "0 will not finish by themselves" in ran.out, ran.out
+        assert ("besides any whose message is in the poison queue (find --task T says)" in ran.out) is says, ran.out
+
+
 async def test_pending_lists_a_copying_delivery_from_the_summary_and_says_how_old_it_is(ops: Ops) -> None:
     nothing = await ops("pending")
     assert nothing.code == NOT_FOUND and nothing.out.startswith("PROBLEM: no reconciliation run has written")

@@ -819,6 +819,31 @@ async def test_fail_gives_up_a_lost_copy(ops: Ops) -> None:
     assert (await ops("failed", "--alert")).code == NOT_FOUND
 
 
+async def test_a_copy_whose_message_is_lost_behind_a_newer_one_a_message_can_finish_is_behind_and_then_superseded() -> (
+    None
+):
+    """Two large exports copying at one name: the older's message lost, the newer's poisoned. The older is not
+    LOST (giving it up, as LOST advises, helps nothing): BEHIND, and once replay-poison's message stores the newer
+    one, the older is superseded by itself. With the newer one's message lost too, both are LOST."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    assert (await world.post(world.export("task-1"))).status_code == 202
+    newer = await world.post(world.export("task-1"))
+    assert newer.status_code == 202 and newer.verification is not None
+    found = await ops("find", "--task", "task-1")
+    assert [line.split("verdict: ")[1][:4] for line in found.out.splitlines() if "verdict:" in line] == ["LOST"] * 2
+    ops.poison.add(newer.verification)
+    found = await ops("find", "--task", "task-1")
+    verdicts = [line.split("verdict: ")[1].split(":")[0] for line in found.out.splitlines() if "verdict:" in line]
+    assert verdicts == ["BEHIND", "POISONED"], found.out
+    assert "python -m ops fail" not in found.out and "next: python -m ops replay-poison --dry-run" in found.out
+    assert (await ops("replay-poison")).code == OK
+    [moved] = ops.queue.visible
+    assert await verify_copy(moved.content.encode(), runtime=world.runtime, now=world.now, dequeue_count=1) == "stored"
+    record = world.record()
+    assert record is not None and [item.state for item in record.deliveries] == [State.SUPERSEDED, State.STORED]
+
+
 async def test_fail_checks_and_names_every_delivery_it_gives_up() -> None:
     """Two large exports copying: the older's message lost, the newer's in the queue. fail (the sweep gives
     up every delivery still copying) is refused naming the newer one; forced, it names both it failed."""
@@ -833,7 +858,8 @@ async def test_fail_checks_and_names_every_delivery_it_gives_up() -> None:
 
     found = await ops("find", "--task", "task-1")
     verdicts = [line.strip().split(":")[1].strip() for line in found.out.splitlines() if "verdict:" in line]
-    assert verdicts == ["LOST", "QUEUED"], found.out  # the queue was read whole: the older one has no message
+    # The queue was read whole: the older one has no message, but the newer one's store supersedes it.
+    assert verdicts == ["BEHIND", "QUEUED"], found.out
     refused = await ops("fail", "--task", "task-1", "--reason", "gave up")
     assert refused.code == NOT_FOUND and f"delivery {newer_id}" in refused.out, refused.out
     assert f"delivery {older_id}" not in refused.out and "look again" not in refused.out, refused.out

@@ -61,6 +61,7 @@ from .storage import (
     Conflict,
     Headers,
     Immutable,
+    Leased,
     Misconfigured,
     SourceUnreadable,
     Storage,
@@ -695,22 +696,27 @@ def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: ti
         fix = f"the {refused.policy} on it is lifted"
     elif for_good:
         fix = "the receiver's identity may delete blobs there"
-    else:
+    elif isinstance(refused, Leased):
         held = (
             f" (refused for over {RETIRE_PATIENCE.days} day(s): does it never lapse?)" if age > RETIRE_PATIENCE else ""
         )
         fix = f"the lease on it is broken or lapses{held}"
+    else:  # (a 503, a lost answer: the next driver to touch the task, or the next run, deletes it)
+        held = f" (failing for over {RETIRE_PATIENCE.days} day(s): see the error)" if age > RETIRE_PATIENCE else ""
+        fix = f"Azure Storage takes the delete, tried again by the next request or reconciliation run{held}"
+    then = "or, to try now, run" if not for_good and not isinstance(refused, Leased) else "then run"
     due = (for_good or age > RETIRE_PATIENCE) and age % timedelta(days=1) < job.alert_window
     due = due and job.event.by != "operator"  # an operator's check prints it: the alert is the others' to raise
     log.log(
         logging.ERROR if due else logging.WARNING,
         "could not retire %s of task %s in workspace %s (%s): it stays listed in the task record, beside the task's "
-        "current file, until %s; then run %s",
+        "current file, until %s; %s %s",
         retirement.blob,
         job.task_id,
         job.workspace_id,
         refused,
         fix,
+        then,
         ops_command("check", "--repair", task=job.task_id, workspace=job.workspace_id),
         extra={  # the columns the final-failures view shows (infra/app/queries/final-failures.kql)
             "receiver.taskId": job.task_id,
@@ -862,7 +868,7 @@ async def remove_manifest(storage: Storage, name: str, delivery: str, etag: str 
     except Conflict as exc:
         again = await storage.read(name)
         if again is not None and again.etag == there.etag:  # refused on the very version: a lease, not a change
-            raise Unavailable(f"{name} could not be deleted ({_leased(exc.code)})") from None
+            raise Leased(f"{name} could not be deleted ({_leased(exc.code)})") from None
         return False
 
 
@@ -899,7 +905,7 @@ async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
                 return False  # a file listed before copyids: a copy made since is another copy
             if refused is not None and blob.etag == refused[0]:
                 # Refused, though it is the very version: not a change (a lease held on it). It stays listed.
-                raise Unavailable(f"{item.blob} could not be deleted ({_leased(refused[1])})")
+                raise Leased(f"{item.blob} could not be deleted ({_leased(refused[1])})")
             etag = blob.etag
         try:
             return await storage.delete(item.blob, if_match=etag)

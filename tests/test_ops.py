@@ -1672,6 +1672,26 @@ async def test_a_retirement_a_lease_holds_back_for_over_a_day_is_an_error_naming
     assert error.__dict__.get("receiver.taskId") == "task-1", error.__dict__
 
 
+async def test_a_retirement_a_busy_service_refuses_is_a_warning_naming_its_error_not_a_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A delete of the renamed export's older file answered 503: a WARNING naming the 503 and that the next request
+    or run tries again (no lease to hunt for); the next reconciliation run retires it."""
+    ops = Ops()
+    await stored(ops)
+    ops.world.faults.fail_before("delete", "ws-1/task-1/invoice.pdf")
+    caplog.set_level(logging.WARNING, logger="receiver.engine")
+    caplog.clear()
+    await stored(ops, name="renamed.pdf")
+    [line] = [r for r in caplog.records if r.name == "receiver.engine" and "could not retire" in r.getMessage()]
+    said = line.getMessage()
+    assert line.levelno == logging.WARNING and "did not reach the service" in said and "lease" not in said, said
+    assert "tried again by the next request or reconciliation run" in said and "to try now, run" in said, said
+    ops.world.clock.advance(timedelta(minutes=15))
+    await ops.reconcile()
+    assert "ws-1/task-1/invoice.pdf" not in ops.world.storage.names()
+
+
 async def test_a_copy_its_queue_message_fails_while_the_reconciliation_expires_it_alerts_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

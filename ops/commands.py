@@ -264,9 +264,10 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
             "its record does not know (a copy of it may sit at a name no record holds)"
         )
         found.next.append("python -m ops replay-poison --dry-run, then python -m ops replay-poison (or send it again)")
+    lifted = f"once the container's {policy} is lifted: " if policy is not None else ""
     if "poisoned" in verdicts:
         found.problems.append("a delivery's message is in the poison queue")
-        found.next.append("python -m ops replay-poison --dry-run, then python -m ops replay-poison")
+        found.next.append(f"{lifted}python -m ops replay-poison --dry-run, then python -m ops replay-poison")
     settled = [d for d, where in found.look.deliveries.items() if where == "poison" and d in known]
     settled = [d for d in settled if d not in found.verdicts]  # not copying: its record already ended it
     if settled:
@@ -276,13 +277,10 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
             "record has ended: the reconciliation's poison ERROR fires until it is moved back (its try then ends at "
             "once, unless a policy refuses what it still needs: the dry run says BLOCKED then)"
         )
-        found.next.append(
-            (f"once the container's {policy} is lifted: " if policy is not None else "")
-            + "python -m ops replay-poison --dry-run, then python -m ops replay-poison"
-        )
+        found.next.append(f"{lifted}python -m ops replay-poison --dry-run, then python -m ops replay-poison")
     if "lost" in verdicts:
         found.problems.append("a delivery is copying and no message can finish it")
-        found.next.append(f"export the document again, or python -m ops fail {args} --reason '...'")
+        found.next.append(f"export the document again, or {lifted}python -m ops fail {args} --reason '...'")
     return found
 
 
@@ -759,6 +757,20 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
     if not copying:
         data["message"] = f"Task {task_id} has no delivery copying: nothing to give up."
         return Result(NOT_FOUND, data, [data["message"]])
+    policy = await storage.container_policy()
+    if policy is not None:  # it refuses every change of the record: nothing can give a delivery up, forced or not
+        data["refused"] = [f"the container's {policy}"]
+        return Result(
+            NOT_FOUND,
+            data,
+            [
+                f"Not failed: the container's {policy} refuses every change of the task record while it lasts, so "
+                "no command can give a delivery up (--force cannot help).",
+                f"Have the storage account's owner lift the {policy}; then python -m ops find "
+                f"{_task_args(workspace_id, task_id)} says what finishes each delivery (replay-poison for a message "
+                "in the poison queue; the reconciliation for one whose link expired).",
+            ],
+        )
     live = [item for item in copying if item.link_expires_on is None or item.link_expires_on > ctx.now]
     looked = await _look(ctx, workspace_id, task_id) if live else None
     holds, held = [], []
@@ -851,7 +863,8 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
         )
     if not failed and not adopted:
         why = stopped or f"the record changed meanwhile ({','.join(data['arrows'])})"
-        return Result(NOT_FOUND, data, [f"Nothing failed: {why.rstrip('.')}.", *text])
+        story = f"python -m ops find {_task_args(workspace_id, task_id)} shows the task and what to run next."
+        return Result(NOT_FOUND, data, [f"Nothing failed: {why.rstrip('.')}.", *text, story])
     if stopped is not None:
         data["stopped"] = stopped
         text.append(

@@ -426,6 +426,27 @@ async def test_pending_and_failed_say_a_copy_a_hold_kept_past_its_tries_waits_fo
     assert "2 will not finish by themselves (see failed), 2 of them until the container's legal hold is" in pending
 
 
+async def test_under_a_container_hold_fail_says_no_command_can_give_up_a_copy_and_find_says_replay_after_the_lift(
+    ops: Ops,
+) -> None:
+    """A copy whose message is in the poison queue, under a legal hold on the container: fail, forced or not, is
+    refused naming the hold to lift (it refuses every change of the record), not offering --force; find's replay
+    line waits for the lift. Once lifted, a forced fail gives it up."""
+    await stored(ops)
+    ops.poison.add(await ops.accept(ops.world.export("task-1", expires_in=timedelta(days=7))))
+    ops.world.storage.policy = "legal hold"
+    for forced in ((), ("--force",)):
+        ran = await ops("fail", "--task", "task-1", "--reason", "held", *forced)
+        assert ran.code == NOT_FOUND and "--force cannot help" in ran.out, ran.out
+        assert "Have the storage account's owner lift the legal hold" in ran.out and "Give --force" not in ran.out
+    record = ops.world.record()
+    assert record is not None and record.deliveries[-1].state is State.COPYING
+    found = await ops("find", "--task", "task-1")
+    assert "next: once the container's legal hold is lifted: python -m ops replay-poison --dry-run" in found.out
+    ops.world.storage.policy = None
+    assert (await ops("fail", "--task", "task-1", "--reason", "held", "--force")).code == OK
+
+
 async def test_failed_says_a_copy_past_its_tries_with_a_valid_link_may_be_finished_from_the_poison_queue(
     ops: Ops,
 ) -> None:

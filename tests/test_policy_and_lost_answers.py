@@ -201,7 +201,7 @@ async def test_a_copy_a_lasting_hold_keeps_past_its_link_is_reported_lost_each_r
         [mine] = [r for r in caplog.records if getattr(r, "receiver.taskId", None) == "task-1"]
         assert getattr(mine, "receiver.outcome") == outcome, mine.getMessage()
         [run] = [r for r in caplog.records if getattr(r, "receiver.outcome", None) == "completed"]
-        assert run.levelno == logging.ERROR and "legal hold refuses recording them" in run.getMessage()
+        assert run.levelno == logging.ERROR and "legal hold refuses recording" in run.getMessage()
     world.storage.policy = None
     report = await ops.reconcile()
     record = world.record()

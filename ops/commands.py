@@ -255,7 +255,8 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
                 f"is lifted: python -m ops check {args} --repair"
             )
         else:  # (it says why a name is not retired: a lease, a hold on it, a missing delete permission)
-            found.next.append(f"python -m ops check {args} --repair (it names what refuses a delete, if anything)")
+            deletes = " (it names what refuses a delete, if anything)" if found.foreseen.action == "retire" else ""
+            found.next.append(f"python -m ops check {args} --repair{deletes}")
     known = {item.delivery for item in record.deliveries}
     unknown = [d for d, where in found.look.deliveries.items() if where == "poison" and d not in known]
     if unknown:  # its driver stopped before the record named it (a lease on the record, say): its copy may be there

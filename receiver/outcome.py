@@ -42,9 +42,10 @@ def failed(status_code: int, error: str, message: str, *, verification: str | No
 
 
 _IMMUTABLE = (
-    "The destination container has a {policy} that refuses replacing or removing stored files, so this "
-    "export was not stored (the earlier one is kept). Ask the storage account's owner to lift the {policy} "
-    "or use version-level immutability, then send the document again."
+    "The destination container has a {policy} that refuses replacing or removing stored files (a file, its "
+    "manifest, the task's record), so this export was not stored (an earlier export of it, if any, is kept). "
+    "Ask the storage account's owner to lift the {policy} or use version-level immutability, then send the "
+    "document again."
 )
 
 

@@ -24,10 +24,10 @@ from receiver.attention import (
     marker_of,
     read_summary,
 )
-from receiver.engine import ARCHIVED, Job, Trace, manifest_name, own_alerts
+from receiver.engine import Job, Trace, manifest_name, own_alerts
 from receiver.machine import NAME_TAKEN, Answer, Sweep
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
-from receiver.outcome import option_words
+from receiver.outcome import ARCHIVED, option_words
 from receiver.plan import has_manifest_name, of_another_task
 from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings

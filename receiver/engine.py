@@ -54,7 +54,7 @@ from .models import (
     record_name,
     unreadable_record,
 )
-from .outcome import ops_command
+from .outcome import ARCHIVED, ops_command
 from .plan import MANIFEST_SUFFIX, has_manifest_name, of_another_task, task_key
 from .storage import (
     Blob,
@@ -183,13 +183,6 @@ async def alerts_of(storage: Storage, job: Job, trace: Trace, *, sender: bool, r
     maybe = [] if sure else own_alerts(trace.maybe_failed, trace.mine, sender=sender)
     story = ops_command("find", task=job.task_id, workspace=job.workspace_id)
     return Alerts(failed, [item for item in maybe if item.delivery not in named], story)
-
-
-# Where the person in SmartDocumentor finds a document whose failure is alerted: an alert follows a 2xx as a rule.
-ARCHIVED = (
-    "if a request for it was answered 2xx (a 202 while it copied), SmartDocumentor archived the document and does "
-    "not show it in To Review: export it again from the archive"
-)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,13 @@ _IMMUTABLE = (
 )
 
 
+# Where the person in SmartDocumentor finds a document whose failure is alerted: an alert follows a 2xx as a rule.
+ARCHIVED = (
+    "if a request for it was answered 2xx (a 202 while it copied), SmartDocumentor archived the document and does "
+    "not show it in To Review: export it again from the archive"
+)
+
+
 LEASED = (
     "A blob this delivery writes (the file at this name, its manifest or the task record) is leased by another "
     "client, so the receiver could not finish this delivery; nothing stored is lost. Whoever holds the lease breaks "

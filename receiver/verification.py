@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from .engine import ARCHIVED, Alerts, Job, Trace, alerts_of, run
+from .engine import Alerts, Job, Trace, alerts_of, run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
 from .models import MAX_RECORD_BYTES, State, TaskRecord, record_name, unreadable_record
-from .outcome import Outcome, held_from_queue, ops_command, refused_by
+from .outcome import ARCHIVED, Outcome, held_from_queue, ops_command, refused_by
 from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
 from .runtime import Runtime

@@ -679,11 +679,12 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
 RETIRE_PATIENCE = timedelta(days=1)  # a retirement a lease holds back longer needs a person
 
 
-def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: timedelta) -> None:
-    """A name a refused delete leaves listed (``age``: since it was listed). An ERROR (the alert) when a person must
-    act (a hold, a policy, a missing permission; a lease past RETIRE_PATIENCE), on its first try and then about once
-    a day (the try in each day's first ``job.alert_window``: the reconciliation's period), so a hold that lasts
-    months alerts daily, not each run; else a WARNING. The task keeps the older file beside its current one."""
+def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: timedelta, ours: bool) -> None:
+    """A name a refused delete leaves listed (``age``: since it was listed; ``ours``: by this run). An ERROR (the
+    alert) when a person must act (a hold, a policy, a missing permission; a lease past RETIRE_PATIENCE): by the run
+    that listed it, then about once a day by the reconciliation (its try in each later day's first
+    ``job.alert_window``, its period), so a hold that lasts months alerts daily, not each run, nor once more for each
+    request that touches the task meanwhile; else a WARNING. The task keeps the older file beside its current one."""
     for_good = isinstance(refused, Misconfigured | Immutable)
     if isinstance(refused, Immutable):
         fix = f"the {refused.policy} on it is lifted"
@@ -698,8 +699,10 @@ def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: ti
         held = f" (failing for over {RETIRE_PATIENCE.days} day(s): see the error)" if age > RETIRE_PATIENCE else ""
         fix = f"Azure Storage takes the delete, tried again by the next request or reconciliation run{held}"
     then = "or, to try now, run" if not for_good and not isinstance(refused, Leased) else "then run"
-    due = (for_good or age > RETIRE_PATIENCE) and age % timedelta(days=1) < job.alert_window
-    due = due and job.event.by != "operator"  # an operator's check prints it: the alert is the others' to raise
+    # The reconciliation's run in each later day's first window; an operator's check prints it (no alert of its own).
+    later_day = age >= job.alert_window and age % timedelta(days=1) < job.alert_window
+    daily = job.event.by == "reconciliation" and later_day and (for_good or age > RETIRE_PATIENCE)
+    due = job.event.by != "operator" and ((for_good and ours) or daily)
     log.log(
         logging.ERROR if due else logging.WARNING,
         "could not retire %s of task %s in workspace %s (%s): it stays listed in the task record, beside the task's "
@@ -730,10 +733,13 @@ _OPERATION_OF = {
 }
 
 
-def _listed_since(record: TaskRecord | None, delivery: str) -> datetime | None:
-    """When ``delivery`` stopped being current (its last step): about when its name was listed to retire."""
+def _last_step(record: TaskRecord | None, delivery: str) -> StepKey | None:
+    """``delivery``'s last step: the one that made it stop being current, about when its name was listed to retire."""
     item = record.find(delivery) if record is not None else None
-    return item.last_changed if item is not None else None
+    if item is None or not item.history:
+        return None
+    step = item.history[-1]
+    return (item.delivery, step.by, step.at, step.outcome, step.note)
 
 
 async def _effects(
@@ -768,8 +774,10 @@ async def _effects(
                 assert isinstance(outcome, StoreError)
                 # This driver's own copy, unlisted until the refusal lists it (receiver.machine): listed now.
                 listed = seen.record is not None and effect.retirement in seen.record.retire
-                since = _listed_since(seen.record, effect.retirement.delivery) if listed else now
-                _unretired(job, effect.retirement, outcome, age=now - since if since is not None else timedelta(0))
+                last = _last_step(seen.record, effect.retirement.delivery) if listed else None
+                since = last[2] if last is not None else now
+                ours = not listed or since == now or last in trace.mine  # listed beside this change, or earlier
+                _unretired(job, effect.retirement, outcome, age=now - since, ours=ours)
         else:
             manifest_done = True
             if failed:

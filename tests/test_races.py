@@ -243,6 +243,34 @@ async def test_a_held_retirement_never_deletes_a_newer_export_back_at_the_old_na
     assert refused(proxied, "DELETE", "/A.pdf")[-1] in (404, 412)  # B's held delete, refused
 
 
+async def test_a_retrys_copy_landing_at_a_name_retired_meanwhile_is_superseded_and_removed(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """A stored at A.pdf. SmartDocumentor's retry of A reads the record (A current) while its create-only copy is held
+    in the network; renamed B is stored and retires A.pdf. The held copy then lands at the free name A.pdf, its
+    answer lost (the SDK's retry gets 409). The retry must not answer `duplicate` from its old view of the record
+    (another copy than the one recorded is there): it reads the record again, answers `superseded` and removes its
+    copy, so only B's file is left."""
+    first = notification(exports.publish(A), displayName="A")
+    assert (await webhook.post(first)).status == 200
+    release = asyncio.Event()
+    copy = proxied.add(Rule(is_create_copy, times=1, hold=release, status=503, code="ServerBusy", after=True))
+    read = proxied.add(Rule(is_record_read, times=1))  # passed through: ``done`` once storage answered it
+    retry = asyncio.ensure_future(webhook.post(first))
+    await reached(copy)
+    await asyncio.wait_for(read.done.wait(), timeout=20)
+    renamed = again(first, exports, B, displayName="B")
+    stored = await webhook.post(renamed)
+    assert stored.status == 200 and stored.body["status"] == "stored", stored.body
+    release.set()
+    late = await retry
+
+    assert late.status == 200 and late.body["status"] == "superseded", late.body
+    assert_delivered(destination, renamed, name_of(stored.body), B)
+    assert files(destination) == [name_of(stored.body)], files(destination)
+    assert [d.state for d in record_of(destination, first).deliveries] == [State.SUPERSEDED, State.STORED]
+
+
 async def test_a_record_swap_that_loses_observes_again(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:

@@ -268,7 +268,8 @@ async def test_a_retrys_copy_landing_at_a_name_retired_meanwhile_is_superseded_a
     assert late.status == 200 and late.body["status"] == "superseded", late.body
     assert_delivered(destination, renamed, name_of(stored.body), B)
     assert files(destination) == [name_of(stored.body)], files(destination)
-    assert [d.state for d in record_of(destination, first).deliveries] == [State.SUPERSEDED, State.STORED]
+    record = record_of(destination, first)
+    assert record is not None and [d.state for d in record.deliveries] == [State.SUPERSEDED, State.STORED]
 
 
 async def test_a_record_swap_that_loses_observes_again(

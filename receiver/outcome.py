@@ -71,8 +71,9 @@ LEASED_QUEUED = LEASED.replace(
 _IMMUTABLE_AFTER_COPY = (
     "The destination container has a {policy} that refuses replacing or removing stored files. This export was "
     "copied to {blob} before the {policy} refused recording it, and it cannot be removed while the {policy} lasts "
-    "(the earlier file is kept too). Ask the storage account's owner to lift the {policy} or use version-level "
-    "immutability, then send the document again: its retry records that file."
+    "(it replaced any earlier export stored at that very name; the task's files at other names are kept). Ask the "
+    "storage account's owner to lift the {policy} or use version-level immutability, then send the document "
+    "again: its retry records that file."
 )
 
 

@@ -14,11 +14,12 @@ from azure.functions.queue import QueueMessage
 from azure.storage.blob import ContainerClient
 
 from receiver.models import RECORD_PREFIX, State, TaskRecord, record_name
+from receiver.reconciliation import reconcile_run
 from receiver.runtime import RUNTIME
 from receiver.store import RETRY_BACKOFF_VARIABLE
 from receiver.verification import message
 
-from .conftest import FUNCTIONS, PDF_BYTES, PNG_BYTES, Exports, Webhook, notification, run_verifier
+from .conftest import FUNCTIONS, PDF_BYTES, PNG_BYTES, Exports, Webhook, delivery_of, notification, run_verifier
 from .faultproxy import FaultProxy, Rule, is_record, is_record_read, is_record_write
 
 
@@ -858,6 +859,46 @@ async def test_a_hold_placed_after_a_renamed_export_was_recorded_and_its_older_f
         answer.body, container_name
     )
     assert earlier not in stored_blobs(destination) and [item.blob for item in record.retire] == [earlier]
+
+
+async def test_a_hold_placed_after_a_same_name_re_export_replaced_the_file_says_so_and_the_lift_records_it(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
+) -> None:
+    """A same-name re-export is accepted (copying in the record) and its copy replaces the earlier export; a hold
+    placed right after refuses the record write that stores it. The 409 names the file and says the copy replaced any
+    earlier export at that name (not that the earlier file is kept); once the hold is lifted the reconciliation
+    records it, and the document sent again is a duplicate."""
+    payload = notification(exports.publish(b"%PDF-1.4 first"), displayName="A.pdf")
+    first = await webhook.post(payload)
+    name = blob_name_of(first.body, container_name)
+    placed = False
+
+    def hold_after_the_overwrite(request: web.Request) -> bool:
+        nonlocal placed
+        if request.method == "PUT" and "x-ms-copy-source" in request.headers and "If-Match" in request.headers:
+            placed = True  # the overwrite passes; the hold is placed right after it
+            return False
+        return placed and is_record_write(request)
+
+    proxied.add(
+        Rule(
+            hold_after_the_overwrite, times=10_000, status=409, code="BlobImmutableDueToLegalHold", message=HOLD_MESSAGE
+        )
+    )
+    again = {**payload, "exportedFileUrl": exports.publish(b"%PDF-1.4 b")}
+    answer = await webhook.post(again)
+    assert (answer.status, answer.body["error"]) == (409, "immutable"), answer.body
+    assert f"copied to {name}" in answer.body["message"], answer.body
+    assert "replaced any earlier export stored at that very name" in answer.body["message"], answer.body
+    assert "the earlier file is kept" not in answer.body["message"], answer.body
+    assert destination.get_blob_client(name).download_blob().readall() == b"%PDF-1.4 b"
+    proxied.reset()  # lifted
+    await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC) + timedelta(minutes=15))
+    record = record_of(destination, again)
+    assert record.current_delivery is not None and record.current_delivery.blob == name
+    assert record.current == delivery_of(again["exportedFileUrl"])
+    resent = await webhook.post(again)
+    assert (resent.status, resent.body["status"]) == (200, "duplicate"), resent.body
 
 
 async def test_the_queue_function_refused_by_a_hold_after_its_copy_landed_names_the_copy(

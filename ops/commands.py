@@ -33,6 +33,7 @@ from receiver.reconciliation import QUEUE_COVERAGE
 from receiver.settings import Settings
 from receiver.source import redact
 from receiver.storage import Conflict, ContainerMissing, Misconfigured, Storage, StoreError
+from receiver.verification import POISON_QUEUE
 
 from .output import NOT_FOUND, OK, STORAGE, Console, Result, age_seconds, human_age, table
 from .queues import NOT_LOOKED, PEEK_LIMIT, HostQueue, Look, Parsed, QueueMessage, QueueMissing, look, parse
@@ -141,15 +142,33 @@ async def _check_container(storage: Storage) -> None:
         )
 
 
+def _behind_newer(record: TaskRecord, delivery: Delivery) -> Delivery | None:
+    """The newest export accepted after ``delivery`` that still copies: once stored, it supersedes this one."""
+    later = record.deliveries[record.index(delivery.delivery) + 1 :]
+    return next((item for item in reversed(later) if item.state is State.COPYING), None)
+
+
+def _revivable(record: TaskRecord, delivery: str, now: datetime) -> bool:
+    """Would a queue try of ``delivery`` accept it again (failed, its link valid, no export after it stored)?"""
+    item = record.find(delivery)
+    if item is None or item.state is not State.FAILED:
+        return False
+    if item.link_expires_on is not None and item.link_expires_on <= now:
+        return False
+    return not any(later.state is State.STORED for later in record.deliveries[record.index(delivery) + 1 :])
+
+
 def _archived(item: Delivery) -> str:
-    """Where the person in SmartDocumentor finds the document of a failed delivery: archived when a request for it
-    was answered 202 (its `promised` step says so; a queue try or the reconciliation handling it says it may be)."""
+    """Where the person in SmartDocumentor finds the document of a delivery that failed or will not finish: archived
+    when a request for it was answered 202 (its `promised` step says so; a queue try, the reconciliation or an
+    operator handling it, or its still copying, says it may be)."""
     if any(step.outcome == "promised" for step in item.history):
         return (
             "'s archive: a resend of it was answered 202 (step promised), so SmartDocumentor archived it and does not "
             "show it in To Review"
         )
-    if any(step.by in ("verifier", "reconciliation") for step in item.history):
+    handled = any(step.by in ("verifier", "reconciliation", "operator") for step in item.history)
+    if handled or item.state is State.COPYING:
         return f" ({ARCHIVED})"
     return ""
 
@@ -271,17 +290,32 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
         found.next.append(f"{lifted}python -m ops replay-poison --dry-run, then python -m ops replay-poison")
     settled = [d for d, where in found.look.deliveries.items() if where == "poison" and d in known]
     settled = [d for d in settled if d not in found.verdicts]  # not copying: its record already ended it
-    if settled:
+    # A failed one whose link still works, with no newer export stored: its try accepts it again and may store it.
+    revivable = [d for d in settled if _revivable(record, d, ctx.now)]
+    ended = [d for d in settled if d not in revivable]
+    if ended:
         # Nothing is left to do for it, but the reconciliation's poison ERROR fires until the message is gone.
         found.problems.append(
-            f"the poison queue still holds a message of delivery {', '.join(d[:12] for d in settled)}, which its "
+            f"the poison queue still holds a message of delivery {', '.join(d[:12] for d in ended)}, which its "
             "record has ended: the reconciliation's poison ERROR fires until it is moved back (its try then ends at "
             "once, unless a policy refuses what it still needs: the dry run says BLOCKED then)"
         )
+    if revivable:
+        found.problems.append(
+            f"the poison queue still holds a message of delivery {', '.join(d[:12] for d in revivable)}, which its "
+            "record failed while its link still works: moved back, its try accepts it again and stores it if the "
+            "copy now succeeds, undoing that failure (the dry run says FINISH); to keep it failed, delete that "
+            f"message from the queue {POISON_QUEUE} by hand (Azure portal or Storage Explorer) instead: the "
+            "reconciliation's poison ERROR fires until one or the other is done"
+        )
+    if settled:
         found.next.append(f"{lifted}python -m ops replay-poison --dry-run, then python -m ops replay-poison")
     if "lost" in verdicts:
         found.problems.append("a delivery is copying and no message can finish it")
-        found.next.append(f"export the document again, or {lifted}python -m ops fail {args} --reason '...'")
+        lost = next(item for item in record.deliveries if found.verdicts.get(item.delivery, ("",))[0] == "lost")
+        found.next.append(
+            f"export the document again{_archived(lost)}, or {lifted}python -m ops fail {args} --reason '...'"
+        )
     return found
 
 
@@ -357,8 +391,9 @@ def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[s
                 f"no message holds its link, but newer export {newer} still copies with a message that can finish "
                 f"it: this one is superseded once that is stored (nothing to do for it); find says if that one fails"
             )
-        late = stuck(expires, item.copying_since, ctx.now)
-        why = f"; {late}" if late else ""
+        # (the queues were looked at: none holds it, so pending's "if that message waits in the poison queue" is moot)
+        late = ctx.now - item.copying_since > QUEUE_COVERAGE
+        why = f"; copying for over {int(QUEUE_COVERAGE.total_seconds() // 60)} minutes, past every try" if late else ""
         return "lost", f"no queue or poison message holds its link: nothing will finish it ({until}{why})"
     if ctx.queues is None:
         return "unconfirmed", f"give the host storage options to see whether a message can finish it ({until})"
@@ -684,9 +719,9 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
         after.next = [step for step in after.next if "--repair" not in step]
     if trace.deferred:
         after.next.append(
-            "the names not retired stay listed until what refused them is gone (a lease broken or expired, a hold or "
-            "policy lifted, the delete permission granted: named above); then run this again (the reconciliation "
-            "also tries every run)"
+            "the names not retired stay listed until what refused them is gone (named above: a lease broken or "
+            "expired, a hold or policy lifted, the delete permission granted; a busy or unreachable service answers "
+            "again later); then run this again (the reconciliation also tries every run)"
         )
     data["after"] = _inspection_data(ctx, after)
     done = "steps tried" if stopped or trace.deferred else "repaired"
@@ -701,15 +736,19 @@ async def check(ctx: Context, task_id: str, workspace_id: str | None, *, repair:
 def _alert_operator_failed(
     command: str, task_id: str, workspace_id: str, item: Delivery, said: str, reason: str | None
 ) -> None:
-    """The ERROR for a delivery an operator command failed for good (one each)."""
+    """The ERROR for a delivery an operator command failed for good (one each): why, where the document is in
+    SmartDocumentor, and the command that tells the task's story, as the receiver's own ERRORs end."""
+    story = f"python -m ops find {_task_args(workspace_id, task_id)} tells its story"
     log.error(
-        "%s task=%s workspace=%s delivery=%s blob=%s: %s",
+        "%s task=%s workspace=%s delivery=%s blob=%s: %s; %s; %s",
         command,
         task_id,
         workspace_id,
         item.delivery[:12],
         item.blob,
-        said,
+        said.rstrip("."),
+        ARCHIVED,
+        story,
         extra=operator_record(
             "operator-failed", task_id, workspace_id, delivery=item.delivery, blob=item.blob, reason=reason, final=True
         ),
@@ -993,6 +1032,11 @@ async def pending(
             if since is not None and delivery.copying_since < since:
                 continue
             why = stuck(delivery.link_expires_on, delivery.copying_since, ctx.now, held=held)
+            newer = _behind_newer(record, delivery)
+            if why is not None and newer is not None:  # nothing to do for it: what finishes the newer one decides
+                why, behind = None, f"behind newer export {newer.delivery[:12]}: superseded once that one is stored"
+            else:
+                behind = None
             age = age_seconds(delivery.copying_since.isoformat(), ctx.now)
             entries.append(
                 {
@@ -1005,9 +1049,10 @@ async def pending(
                     "linkExpiresOn": _iso(delivery.link_expires_on) if delivery.link_expires_on else None,
                     "stuck": why,
                     "heldBy": held if why else None,
+                    "behind": behind,
                 }
             )
-            rows.append([human_age(age), item.task_id, delivery.delivery[:12], delivery.blob, why or "-"])
+            rows.append([human_age(age), item.task_id, delivery.delivery[:12], delivery.blob, why or behind or "-"])
     stuck_count = sum(1 for entry in entries if entry["stuck"])
     waiting = sum(1 for entry in entries if entry["heldBy"])
     data = {
@@ -1039,6 +1084,9 @@ async def pending(
             + (
                 ", besides any whose message is in the poison queue (find --task T says)"
                 if summary and summary.poison
+                else ", besides any whose message is in the poison queue, which the last run could not look at (find "
+                "--task T says)"
+                if summary and summary.poison is None
                 else ""
             )
             + ". One task's whole story: python -m ops find --task T --workspace W"
@@ -1156,14 +1204,19 @@ async def failed(ctx: Context, *, since: datetime | None, limit: int, alert: boo
         ]
         plain = len(entries) - waiting - replayable
         advice.append(
-            f"export {'the others' if waiting or replayable else 'those documents'} again from SmartDocumentor"
+            f"export {'the others' if waiting or replayable else 'those documents'} again from SmartDocumentor (from "
+            "its archive for one a request was answered 2xx for, such as a 202 while it copied: find --task T says)"
             if plain
             else ""
         )
+        said = "; ".join(
+            [*(line for line in advice if line), "one task's whole story: python -m ops find --task T --workspace W"]
+        )
         text.append(
             f"{len(entries)} delivery(ies) will not finish by themselves, in {len(listed)} task(s){hint}. "
-            + "".join(f"{line}; " for line in advice if line)
-            + "one task's whole story: python -m ops find --task T --workspace W."
+            + said[:1].upper()
+            + said[1:]
+            + "."
         )
     text += state.lines
     if since is None or since < oldest:
@@ -1200,8 +1253,8 @@ def _failures_of(
             when_, what, why = delivery.failed_at, "failed", delivery.failure_reason or "(no reason)"
         elif delivery.state is State.COPYING:
             why_stuck = stuck(delivery.link_expires_on, delivery.copying_since, now, held=held)
-            if why_stuck is None:
-                continue
+            if why_stuck is None or _behind_newer(record, delivery) is not None:
+                continue  # (one behind a newer copy is superseded once that is stored: listed with it, not here)
             expired = delivery.link_expires_on is not None and delivery.link_expires_on <= now
             waits_for = held  # a hold keeps it as it is (tried again, or failed by the reconciliation, once lifted)
             replayable = not expired and held is None  # its message may wait in the poison queue
@@ -1458,5 +1511,8 @@ async def replay(ctx: Context, *, dry_run: bool, limit: int, drop_unreadable: bo
             "--drop-unreadable (see them first with --dry-run)."
         )
     if fates["fail"]:
-        text.append("Messages marked FAIL will be failed by the queue function: export those documents again.")
+        text.append(
+            "Messages marked FAIL will be failed by the queue function: export those documents again from "
+            "SmartDocumentor (look in its archive too: a request answered 202 for one archived it)."
+        )
     return Result(STORAGE if missing else NOT_FOUND if left or problems else OK, data, text)

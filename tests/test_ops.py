@@ -865,6 +865,52 @@ async def test_a_copy_whose_message_is_lost_behind_a_newer_one_a_message_can_fin
     assert record is not None and [item.state for item in record.deliveries] == [State.SUPERSEDED, State.STORED]
 
 
+async def test_a_copy_given_up_with_force_while_its_message_is_poisoned_is_named_as_one_a_replay_would_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """fail --force gives up a copy whose message waits in the poison queue, its link still valid. Its ERROR says
+    where the document is and names find; find then says that moving the message back would accept it again and
+    store it (the dry run says FINISH), and how to keep it failed instead, not that its try would end at once."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    answer = await ops.world.post(ops.world.export("task-1"))
+    assert answer.status_code == 202 and answer.verification is not None
+    ops.poison.add(answer.verification)
+    caplog.set_level(logging.INFO, logger="receiver")
+    assert (await ops("fail", "--task", "task-1", "--reason", "gave up", "--force")).code == OK
+    [alert] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "SmartDocumentor archived the document" in alert, alert
+    assert "python -m ops find --task task-1 --workspace ws-1 tells its story" in alert, alert
+    found = await ops("find", "--task", "task-1")
+    assert "record failed while its link still works" in found.out and "undoing that failure" in found.out, found.out
+    assert "its try then ends at once" not in found.out, found.out
+    dry = await ops("replay-poison", "--dry-run")
+    assert "FINISH" in dry.out, dry.out
+
+
+async def test_pending_and_failed_name_a_copy_behind_a_newer_one_as_behind_not_as_one_to_export_again() -> None:
+    """Two copies past every try: the older's message lost, the newer's poisoned. pending shows the older as
+    behind the newer (superseded once that is stored, nothing to do for it) and counts only the newer as not
+    finishing by itself; failed lists only the newer (replayable)."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    assert (await world.post(world.export("task-1", expires_in=timedelta(days=2)))).status_code == 202
+    newer = await world.post(world.export("task-1", expires_in=timedelta(days=2)))
+    assert newer.status_code == 202 and newer.verification is not None
+    ops.poison.add(newer.verification)
+    world.clock.advance(timedelta(hours=2))
+    await ops.reconcile()
+    record = world.record()
+    assert record is not None
+    older_id, newer_id = (item.delivery[:12] for item in record.deliveries)
+    pending = await ops("pending")
+    assert f"behind newer export {newer_id}: superseded once that one is stored" in pending.out, pending.out
+    assert "1 will not finish by themselves" in pending.out, pending.out
+    failed = (await ops("failed", "--json")).json()
+    assert [entry["delivery"] for entry in failed["deliveries"]] == [newer_id], failed
+    found = await ops("find", "--task", "task-1")
+    assert "verdict: BEHIND" in found.out and older_id in found.out, found.out
+
+
 async def test_fail_checks_and_names_every_delivery_it_gives_up() -> None:
     """Two large exports copying: the older's message lost, the newer's in the queue. fail (the sweep gives
     up every delivery still copying) is refused naming the newer one; forced, it names both it failed."""

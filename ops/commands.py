@@ -142,10 +142,12 @@ async def _check_container(storage: Storage) -> None:
         )
 
 
-def _behind_newer(record: TaskRecord, delivery: Delivery) -> Delivery | None:
-    """The newest export accepted after ``delivery`` that still copies: once stored, it supersedes this one."""
+def _behind_newer(record: TaskRecord, delivery: Delivery, now: datetime) -> Delivery | None:
+    """The newest export accepted after ``delivery`` that still copies, its link valid: once stored, it supersedes
+    this one."""
     later = record.deliveries[record.index(delivery.delivery) + 1 :]
-    return next((item for item in reversed(later) if item.state is State.COPYING), None)
+    valid = [item for item in later if item.link_expires_on is None or item.link_expires_on > now]
+    return next((item for item in reversed(valid) if item.state is State.COPYING), None)
 
 
 def _revivable(record: TaskRecord, delivery: str, now: datetime) -> bool:
@@ -383,7 +385,9 @@ def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[s
         finishing = [
             other
             for other in later
-            if other.state is State.COPYING and found.look.where(other.delivery) in ("queue", "poison")
+            if other.state is State.COPYING
+            and found.look.where(other.delivery) in ("queue", "poison")
+            and (other.link_expires_on is None or other.link_expires_on > ctx.now)  # its message can still copy
         ]
         if finishing:  # giving this one up helps nothing: the newer one's store supersedes it
             newer = finishing[-1].delivery[:12]
@@ -1032,7 +1036,7 @@ async def pending(
             if since is not None and delivery.copying_since < since:
                 continue
             why = stuck(delivery.link_expires_on, delivery.copying_since, ctx.now, held=held)
-            newer = _behind_newer(record, delivery)
+            newer = _behind_newer(record, delivery, ctx.now)
             if why is not None and newer is not None:  # nothing to do for it: what finishes the newer one decides
                 why, behind = None, f"behind newer export {newer.delivery[:12]}: superseded once that one is stored"
             else:
@@ -1253,7 +1257,7 @@ def _failures_of(
             when_, what, why = delivery.failed_at, "failed", delivery.failure_reason or "(no reason)"
         elif delivery.state is State.COPYING:
             why_stuck = stuck(delivery.link_expires_on, delivery.copying_since, now, held=held)
-            if why_stuck is None or _behind_newer(record, delivery) is not None:
+            if why_stuck is None or _behind_newer(record, delivery, now) is not None:
                 continue  # (one behind a newer copy is superseded once that is stored: listed with it, not here)
             expired = delivery.link_expires_on is not None and delivery.link_expires_on <= now
             waits_for = held  # a hold keeps it as it is (tried again, or failed by the reconciliation, once lifted)

@@ -682,8 +682,8 @@ RETIRE_PATIENCE = timedelta(days=1)  # a retirement a lease holds back longer ne
 def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: timedelta, ours: bool) -> None:
     """A name a refused delete leaves listed (``age``: since it was listed; ``ours``: by this run). An ERROR (the
     alert) when a person must act (a hold, a policy, a missing permission; a lease past RETIRE_PATIENCE): by the run
-    that listed it, then about once a day by the reconciliation (its try in each later day's first
-    ``job.alert_window``, its period), so a hold that lasts months alerts daily, not each run, nor once more for each
+    that listed it, and about once a day by the reconciliation (its try in each day's first ``job.alert_window``
+    since the listing, its period), so a hold that lasts months alerts daily, not each run, nor once more for each
     request that touches the task meanwhile; else a WARNING. The task keeps the older file beside its current one."""
     for_good = isinstance(refused, Misconfigured | Immutable)
     if isinstance(refused, Immutable):
@@ -699,10 +699,10 @@ def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: ti
         held = f" (failing for over {RETIRE_PATIENCE.days} day(s): see the error)" if age > RETIRE_PATIENCE else ""
         fix = f"Azure Storage takes the delete, tried again by the next request or reconciliation run{held}"
     then = "or, to try now, run" if not for_good and not isinstance(refused, Leased) else "then run"
-    # The reconciliation's run in each later day's first window; an operator's check prints it (no alert of its own).
-    later_day = age >= job.alert_window and age % timedelta(days=1) < job.alert_window
-    daily = job.event.by == "reconciliation" and later_day and (for_good or age > RETIRE_PATIENCE)
-    due = job.event.by != "operator" and ((for_good and ours) or daily)
+    # The reconciliation's run in each day's first window since the listing (also the first day's: the listing run
+    # may have stopped before trying); an operator's check prints it (no alert of its own).
+    daily = job.event.by == "reconciliation" and age % timedelta(days=1) < job.alert_window
+    due = job.event.by != "operator" and ((for_good and ours) or (daily and (for_good or age > RETIRE_PATIENCE)))
     log.log(
         logging.ERROR if due else logging.WARNING,
         "could not retire %s of task %s in workspace %s (%s): it stays listed in the task record, beside the task's "

@@ -623,12 +623,13 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
             )
         recorded = entry is not None and (not seen.copied or entry.etag == blob.etag)  # these very bytes
         # Another copy of it than the one recorded (a retry's create-only copy landed at a name retired since the
-        # record was read, its answer lost): the record may have moved on; read once more before answering.
+        # record was read, its answer lost): the record may have moved on; read once more before answering. Still
+        # current there (its file deleted by hand and copied again, or a restore whose record write failed), it is
+        # these bytes all the same: a duplicate.
         copy_id = blob.metadata.get(COPY_ID)
         other_copy = entry is not None and entry.copy_id is not None and copy_id != entry.copy_id
         if current_stored and other_copy and seen.rechecked != blob.etag:
             return Observe(record=True)
-        recorded = recorded and not other_copy
         if current_stored and entry is not None and entry.blob == notice.blob and recorded:
             # A duplicate is answered once its manifest describes it too (the first request's manifest
             # write may still be failing): written here when it does not.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ import receiver.engine as engine
 from receiver.models import State
 from receiver.storage import Headers
 from sim.simulator import Config, Simulation, simulating
+from sim.world import Export, World
 
 RECORD = ".smartdocumentor/tasks/ws-1/task-1.json"
 NAME = "ws-1/task-1/A.pdf"
@@ -177,3 +179,61 @@ async def test_a_late_copy_at_a_superseded_deliverys_earlier_name_is_not_left_un
     await sim.finish()
     assert sim.violation is None, str(sim.violation)
     assert first_name not in sim.files(), (sorted(sim.files()), sim.leftovers)
+
+
+# --- a duplicate: the copy the record holds, or another one of the same delivery ---------------------------------
+
+
+async def current_after_a_re_export() -> tuple[World, Export, Export, str]:
+    """Export C, then D at the same name: D current and stored, C superseded there. (world, C, D, the name)"""
+    world = World.make()
+    older = world.export()
+    assert (await world.post(older)).status_code == 200
+    current = world.export()
+    assert (await world.post(current)).status_code == 200
+    record = world.record()
+    assert record is not None and [item.state for item in record.deliveries] == [State.SUPERSEDED, State.STORED]
+    return world, older, current, record.deliveries[-1].blob
+
+
+async def test_a_current_delivery_whose_file_was_copied_again_with_its_answer_lost_is_still_a_duplicate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """D's file deleted by hand; SmartDocumentor sends D again and its create-only copy lands with the answer lost: the
+    file holds D (another copy than the recorded one) and the record D current there. That retry and any later
+    resend are duplicates (the record read once more says so), with no ERROR."""
+    world, _, current, name = await current_after_a_re_export()
+    there = world.storage.stored(name)
+    assert there is not None
+    await world.storage.delete(name, if_match=there.as_blob().etag)
+    world.clock.advance(timedelta(minutes=3))
+    world.faults.lose_answer("copy_from_url", name)
+    caplog.set_level(logging.INFO, logger="receiver")
+    answers = [await world.post(current) for _ in range(2)]
+    assert [(a.status_code, a.body["status"]) for a in answers] == [(200, "duplicate")] * 2, [a.body for a in answers]
+    assert world.storage.blob_bytes(name) == current.data
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_current_delivery_restored_whose_record_write_failed_is_a_duplicate_when_sent_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """C's late copy lands over D's file; D's retry restores D (a new copy) but the record write after it gets a 503:
+    the record keeps the earlier copy's id. D sent again is a duplicate, with no ERROR."""
+    world, late, current, name = await current_after_a_re_export()
+    record = world.record()
+    assert record is not None
+    older = record.deliveries[0]
+    there = world.storage.stored(name)
+    assert there is not None
+    metadata = {**dict(there.metadata), "delivery": older.delivery, "copyid": "feedfeedfeedfeed"}
+    await world.storage.copy_from_url(name, late.url, if_match=there.as_blob().etag, metadata=metadata, tags=None)
+    world.clock.advance(timedelta(minutes=3))
+    world.faults.fail_before("put", RECORD)
+    await world.post(current)  # restores D's bytes; its record write is refused (not acting)
+    assert world.storage.blob_bytes(name) == current.data
+    caplog.set_level(logging.INFO, logger="receiver")
+    world.clock.advance(timedelta(minutes=3))
+    again = await world.post(current)
+    assert (again.status_code, again.body["status"]) == (200, "duplicate"), again.body
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -858,6 +858,7 @@ async def test_a_copy_whose_message_is_lost_behind_a_newer_one_a_message_can_fin
     verdicts = [line.split("verdict: ")[1].split(":")[0] for line in found.out.splitlines() if "verdict:" in line]
     assert verdicts == ["BEHIND", "POISONED"], found.out
     assert "python -m ops fail" not in found.out and "next: python -m ops replay-poison --dry-run" in found.out
+
     assert (await ops("replay-poison")).code == OK
     [moved] = ops.queue.visible
     assert await verify_copy(moved.content.encode(), runtime=world.runtime, now=world.now, dequeue_count=1) == "stored"
@@ -909,6 +910,21 @@ async def test_pending_and_failed_name_a_copy_behind_a_newer_one_as_behind_not_a
     assert [entry["delivery"] for entry in failed["deliveries"]] == [newer_id], failed
     found = await ops("find", "--task", "task-1")
     assert "verdict: BEHIND" in found.out and older_id in found.out, found.out
+
+
+async def test_a_copy_with_no_message_behind_a_newer_one_whose_link_expired_is_lost_not_behind() -> None:
+    """As above, but the newer export's link has expired: its poisoned message can only fail it, so the older one
+    will not be superseded by it: LOST (export again or fail), not BEHIND."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    assert (await world.post(world.export("task-1", expires_in=timedelta(days=7)))).status_code == 202
+    newer = await world.post(world.export("task-1", expires_in=timedelta(hours=1)))
+    assert newer.status_code == 202 and newer.verification is not None
+    ops.poison.add(newer.verification)
+    world.clock.advance(timedelta(hours=2))
+    found = await ops("find", "--task", "task-1")
+    verdicts = [line.split("verdict: ")[1].split(":")[0] for line in found.out.splitlines() if "verdict:" in line]
+    assert verdicts == ["LOST", "EXPIRED"], found.out
 
 
 async def test_fail_checks_and_names_every_delivery_it_gives_up() -> None:
@@ -1866,12 +1882,33 @@ async def test_a_refused_retirement_is_alerted_by_the_request_that_listed_it_not
     assert "ws-1/task-1/renamed.pdf" not in ops.world.storage.names()  # the other name retired as usual
 
 
+async def test_a_held_retirement_whose_listing_request_stopped_before_deleting_is_alerted_by_the_first_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hold on invoice.pdf; the renamed export's record write (listing it to retire) lands with its answer lost, so
+    that request stops (503) before any delete, and its resend is a duplicate: no request tried the delete. The
+    reconciliation's first run raises the ERROR then, not a day later."""
+    ops = Ops()
+    await stored(ops)
+    ops.world.faults.make_immutable("ws-1/task-1/invoice.pdf", legal_hold=True)
+    ops.world.faults.lose_answer("put", record_name("ws-1", "task-1"))
+    renamed = ops.world.export("task-1", "renamed.pdf")
+    caplog.set_level(logging.WARNING, logger="receiver.engine")
+    caplog.clear()
+    assert (await ops.world.post(renamed)).status_code == 503
+    assert (await ops.world.post(renamed)).body["status"] == "duplicate"
+    assert not [r for r in caplog.records if r.levelno == logging.ERROR and "could not retire" in r.getMessage()]
+    ops.world.clock.advance(timedelta(minutes=5))
+    await ops.reconcile()
+    assert [r for r in caplog.records if r.levelno == logging.ERROR and "could not retire" in r.getMessage()]
+
+
 async def test_a_refused_retirement_alerts_once_a_day_whatever_the_reconciliations_schedule(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """RECONCILE_SCHEDULE hourly, the name listed half an hour before a run: the request that listed it alerts, then
-    the daily ERROR falls on one run a day after (the window is the schedule's period), never on none and never on
-    all, and not on the first run after the listing (the listing's alert covers that day)."""
+    """RECONCILE_SCHEDULE hourly, the name listed half an hour before a run: the request that listed it alerts, and
+    the reconciliation's daily ERROR falls on one run a day (the window is the schedule's period, from the listing:
+    the first day's too, as the listing request may have stopped before trying), never on none and never on all."""
     ops = Ops()
     hourly = ops.world.settings.model_copy(update={"reconcile_schedule": "0 0 * * * *"})
     ops.world.settings = hourly
@@ -1894,7 +1931,7 @@ async def test_a_refused_retirement_alerts_once_a_day_whatever_the_reconciliatio
         await ops.reconcile()
         by_day[(30 + 60 * hour) // (24 * 60)] += len(alerts())
         ops.world.clock.advance(timedelta(hours=1))
-    assert by_day == [0, 1, 1], by_day
+    assert by_day == [1, 1, 1], by_day
 
 
 async def test_under_a_known_container_policy_a_renamed_export_of_a_task_still_copying_leaves_nothing() -> None:

@@ -733,9 +733,21 @@ _OPERATION_OF = {
 }
 
 
-def _last_step(record: TaskRecord | None, delivery: str) -> StepKey | None:
-    """``delivery``'s last step: the one that made it stop being current, about when its name was listed to retire."""
-    item = record.find(delivery) if record is not None else None
+def _listing_step(record: TaskRecord | None, retirement: Retirement) -> StepKey | None:
+    """The step that listed ``retirement``'s name to retire: the latest that names it in its ``retired`` (a store
+    that replaced it, a stray copy found), else the retired delivery's last step (the one that ended it). Later
+    steps of that delivery (another stray copy, a retirement elsewhere) do not move it."""
+    if record is None:
+        return None
+    naming = [
+        (step.at, (item.delivery, step.by, step.at, step.outcome, step.note))
+        for item in record.deliveries
+        for step in item.history
+        if step.retired and retirement.blob in step.retired and step.outcome != "retired"
+    ]
+    if naming:
+        return max(naming, key=lambda found: found[0])[1]
+    item = record.find(retirement.delivery)
     if item is None or not item.history:
         return None
     step = item.history[-1]
@@ -774,7 +786,7 @@ async def _effects(
                 assert isinstance(outcome, StoreError)
                 # This driver's own copy, unlisted until the refusal lists it (receiver.machine): listed now.
                 listed = seen.record is not None and effect.retirement in seen.record.retire
-                last = _last_step(seen.record, effect.retirement.delivery) if listed else None
+                last = _listing_step(seen.record, effect.retirement) if listed else None
                 since = last[2] if last is not None else now
                 ours = not listed or since == now or last in trace.mine  # listed beside this change, or earlier
                 _unretired(job, effect.retirement, outcome, age=now - since, ours=ours)

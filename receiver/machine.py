@@ -239,7 +239,9 @@ duplicate | stored | stored | webhook, verifier |
 restored | stored, failed | stored | webhook, verifier |
     the same delivery again while it is current, but its file was gone or held an older export: the copy (a large
     file: the staged commit) put it back; the current delivery is never accepted again as `copying`. Also its own
-    driver, right after storing it, when an older export's late copy replaced the file (and the record followed it)
+    driver, right after storing it, when an older export's late copy replaced the file (and the record followed it).
+    And when its file holds another copy of it than the record's (deleted and copied again by a retry whose answer
+    was lost, or a restore whose record write failed): that copy is recorded as its file, so retirements follow it
 superseded | any | unchanged (new: superseded) | webhook, verifier |
     a delivery accepted after it is stored or copying: nothing is copied; a file of it at a name of its own (a
     copy made before the record was read) is removed If-Match (one another driver left: listed to retire first).
@@ -624,12 +626,16 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         recorded = entry is not None and (not seen.copied or entry.etag == blob.etag)  # these very bytes
         # Another copy of it than the one recorded (a retry's create-only copy landed at a name retired since the
         # record was read, its answer lost): the record may have moved on; read once more before answering. Still
-        # current there (its file deleted by hand and copied again, or a restore whose record write failed), it is
-        # these bytes all the same: a duplicate.
+        # current there (its file deleted and copied again, or a restore whose record write failed), that copy is
+        # recorded as its file (restored), so a later retirement follows it; then answered as stored.
         copy_id = blob.metadata.get(COPY_ID)
         other_copy = entry is not None and entry.copy_id is not None and copy_id != entry.copy_id
         if current_stored and other_copy and seen.rechecked != blob.etag:
             return Observe(record=True)
+        if current_stored and other_copy and entry is not None and entry.blob == notice.blob and not seen.locked:
+            stored = conclude_stored(base, entry, blob=blob, now=now, by=by, outcome="restored")
+            effects = (WriteManifest(notice.blob, notice.delivery, notice.manifest),)
+            return Change(stored, "restored", effects, fence=True)
         if current_stored and entry is not None and entry.blob == notice.blob and recorded:
             # A duplicate is answered once its manifest describes it too (the first request's manifest
             # write may still be failing): written here when it does not.

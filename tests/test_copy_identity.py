@@ -196,12 +196,25 @@ async def current_after_a_re_export() -> tuple[World, Export, Export, str]:
     return world, older, current, record.deliveries[-1].blob
 
 
-async def test_a_current_delivery_whose_file_was_copied_again_with_its_answer_lost_is_still_a_duplicate(
+def files_of_task(world: World) -> list[str]:
+    return sorted(name for name in world.files() if name.startswith("ws-1/task-1/"))
+
+
+async def renamed_re_export_leaves_only_its_file(world: World) -> None:
+    """A renamed re-export then: the earlier file goes (its retirement follows the copy the record holds)."""
+    renamed = world.export(display_name="renamed.pdf")
+    answer = await world.post(renamed)
+    assert (answer.status_code, answer.body["status"]) == (200, "stored"), answer.body
+    assert files_of_task(world) == ["ws-1/task-1/renamed.pdf"], files_of_task(world)
+
+
+async def test_a_current_delivery_whose_file_was_copied_again_with_its_answer_lost_records_that_copy(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """D's file deleted by hand; SmartDocumentor sends D again and its create-only copy lands with the answer lost: the
-    file holds D (another copy than the recorded one) and the record D current there. That retry and any later
-    resend are duplicates (the record read once more says so), with no ERROR."""
+    file holds D (another copy than the recorded one) and the record D current there. The record, read once more,
+    takes that copy as D's file (answered stored, then duplicate), with no ERROR, so a later renamed re-export
+    retires it."""
     world, _, current, name = await current_after_a_re_export()
     there = world.storage.stored(name)
     assert there is not None
@@ -210,16 +223,23 @@ async def test_a_current_delivery_whose_file_was_copied_again_with_its_answer_lo
     world.faults.lose_answer("copy_from_url", name)
     caplog.set_level(logging.INFO, logger="receiver")
     answers = [await world.post(current) for _ in range(2)]
-    assert [(a.status_code, a.body["status"]) for a in answers] == [(200, "duplicate")] * 2, [a.body for a in answers]
+    assert [(a.status_code, a.body["status"]) for a in answers] == [(200, "stored"), (200, "duplicate")], [
+        a.body for a in answers
+    ]
     assert world.storage.blob_bytes(name) == current.data
+    record, file = world.record(), world.storage.stored(name)
+    assert record is not None and file is not None
+    assert record.deliveries[-1].copy_id == dict(file.metadata)["copyid"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await renamed_re_export_leaves_only_its_file(world)
 
 
-async def test_a_current_delivery_restored_whose_record_write_failed_is_a_duplicate_when_sent_again(
+async def test_a_current_delivery_restored_whose_record_write_failed_records_that_copy_when_sent_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """C's late copy lands over D's file; D's retry restores D (a new copy) but the record write after it gets a 503:
-    the record keeps the earlier copy's id. D sent again is a duplicate, with no ERROR."""
+    the record keeps the earlier copy's id. D sent again records the copy the file is (stored), with no ERROR, so a
+    later renamed re-export retires it."""
     world, late, current, name = await current_after_a_re_export()
     record = world.record()
     assert record is not None
@@ -235,5 +255,9 @@ async def test_a_current_delivery_restored_whose_record_write_failed_is_a_duplic
     caplog.set_level(logging.INFO, logger="receiver")
     world.clock.advance(timedelta(minutes=3))
     again = await world.post(current)
-    assert (again.status_code, again.body["status"]) == (200, "duplicate"), again.body
+    assert again.status_code == 200 and again.body["status"] in ("stored", "duplicate"), again.body
+    record, file = world.record(), world.storage.stored(name)
+    assert record is not None and file is not None
+    assert record.deliveries[-1].copy_id == dict(file.metadata)["copyid"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await renamed_re_export_leaves_only_its_file(world)

@@ -1903,6 +1903,38 @@ async def test_a_held_retirement_whose_listing_request_stopped_before_deleting_i
     assert [r for r in caplog.records if r.levelno == logging.ERROR and "could not retire" in r.getMessage()]
 
 
+async def test_a_later_step_of_the_retired_delivery_does_not_date_its_held_name_anew(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hold on invoice.pdf; the renamed export that lists it alerts, and the reconciliation's first run. Three hours
+    later the template changes and a late resend of the retired delivery leaves a copy at its new name (its answer
+    lost), listed with a `stray-copy` step on that delivery: that step does not make the held name's listing new, so
+    no more ERRORs about it come that day (two in all)."""
+    ops = Ops()
+    first = ops.world.export("task-1")
+    assert (await ops.world.post(first)).status_code == 200
+    ops.world.faults.make_immutable("ws-1/task-1/invoice.pdf", legal_hold=True)
+    caplog.set_level(logging.WARNING, logger="receiver.engine")
+    caplog.clear()
+    started = ops.world.now
+    assert (await ops.world.post(ops.world.export("task-1", "renamed.pdf"))).status_code == 200
+    dated = "{yyyy}/{workspaceId}/{taskId}/{fileName}"
+    for number in range(6 * 24):  # a run every 10 minutes for a day
+        ops.world.clock.advance(timedelta(minutes=5 if number == 0 else 10))
+        if number == 18:
+            changed = ops.world.settings.model_copy(update={"blob_name_template": dated})
+            ops.world.settings = changed
+            ops.world.runtime.use(ops.world.storage, changed)
+            ops.world.faults.lose_answer("copy_from_url", ops.plan(first).blob_name)
+            await ops.world.post(first)
+            ops.world.clock.advance(timedelta(minutes=4))
+        await ops.reconcile()
+    held = "could not retire ws-1/task-1/invoice.pdf"
+    alerts = [r for r in caplog.records if r.levelno == logging.ERROR and held in r.getMessage()]
+    assert ops.world.now - started > timedelta(hours=23)
+    assert len(alerts) == 2, [r.getMessage()[:80] for r in alerts]
+
+
 async def test_a_refused_retirement_alerts_once_a_day_whatever_the_reconciliations_schedule(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -272,6 +272,30 @@ async def test_a_retrys_copy_landing_at_a_name_retired_meanwhile_is_superseded_a
     assert record is not None and [d.state for d in record.deliveries] == [State.SUPERSEDED, State.STORED]
 
 
+async def test_a_current_file_deleted_and_copied_again_with_its_answer_lost_is_recorded_and_retired_later(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """X stored; its file deleted (by hand, a lifecycle rule). SmartDocumentor sends X again: the create-only copy
+    lands, answered 503 (the SDK's retry gets 409): the record, read once more, takes that copy as X's file, so a
+    later renamed re-export Y retires it and Y's file is the task's only one."""
+    first = notification(exports.publish(A), displayName="X")
+    stored = await webhook.post(first)
+    assert stored.status == 200, stored.body
+    name = name_of(stored.body)
+    destination.get_blob_client(name).delete_blob()
+    proxied.add(Rule(is_create_copy, times=1, status=503, code="ServerBusy", after=True))
+    retry = await webhook.post(first)
+    assert retry.status == 200 and retry.body["status"] == "stored", retry.body
+    again = await webhook.post(first)
+    assert again.status == 200 and again.body["status"] == "duplicate", again.body
+    assert_delivered(destination, first, name, A)
+    renamed = again_export = {**first, "exportedFileUrl": exports.publish(B), "displayName": "Y"}
+    other = await webhook.post(again_export)
+    assert other.status == 200 and other.body["status"] == "stored", other.body
+    assert files(destination) == [name_of(other.body)], files(destination)
+    assert_delivered(destination, renamed, name_of(other.body), B)
+
+
 async def test_a_record_swap_that_loses_observes_again(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
 ) -> None:

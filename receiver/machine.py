@@ -614,6 +614,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # after it is stored (then it is a stale file: removed, unless it sits at the current file's name).
         if record is not None and entry is not None and _later(record, entry, State.STORED):
             at_current = record.current_delivery is not None and record.current_delivery.blob == blob.name
+            if at_current and seen.copied and seen.rechecked != blob.etag:
+                # Its create-only copy landed at the current file's name: that file was gone, so the record read may
+                # be behind (a renamed re-export retired the name meanwhile): read once more before leaving it.
+                return Observe(record=True)
             if at_current:
                 return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
             # This driver's own copy goes at once (If-Match on what it wrote: whoever wants the name changes
@@ -629,7 +633,8 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # current there (its file deleted and copied again, or a restore whose record write failed), that copy is
         # recorded as its file (restored), so a later retirement follows it; then answered as stored.
         copy_id = blob.metadata.get(COPY_ID)
-        other_copy = entry is not None and entry.copy_id is not None and copy_id != entry.copy_id
+        # (an entry from before copyids has none: a file with one is a copy made since)
+        other_copy = entry is not None and copy_id is not None and copy_id != entry.copy_id
         if current_stored and other_copy and seen.rechecked != blob.etag:
             return Observe(record=True)
         if current_stored and other_copy and entry is not None and entry.blob == notice.blob and not seen.locked:

@@ -261,3 +261,49 @@ async def test_a_current_delivery_restored_whose_record_write_failed_records_tha
     assert record.deliveries[-1].copy_id == dict(file.metadata)["copyid"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     await renamed_re_export_leaves_only_its_file(world)
+
+
+async def test_a_legacy_current_file_deleted_and_copied_again_with_its_answer_lost_is_recorded_and_retired_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """D stored by the previous release (no copyid in the record nor on the file). Its file deleted, D sent again: the
+    create-only copy lands (with a copyid), its answer lost. That copy, which the record's listing would not follow,
+    is recorded as D's file, so a later renamed re-export retires it."""
+    world = World.make()
+    current = world.export()
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "_copy_metadata", lambda job: dict(job.metadata))  # the previous release's copy
+        assert (await world.post(current)).status_code == 200
+    record = world.record()
+    assert record is not None and record.deliveries[-1].copy_id is None
+    name = record.deliveries[-1].blob
+    there = world.storage.stored(name)
+    assert there is not None and "copyid" not in dict(there.metadata)
+    await world.storage.delete(name, if_match=there.as_blob().etag)
+    world.clock.advance(timedelta(minutes=3))
+    world.faults.lose_answer("copy_from_url", name)
+    answers = [await world.post(current) for _ in range(2)]
+    assert [(a.status_code, a.body["status"]) for a in answers] == [(200, "stored"), (200, "duplicate")]
+    await renamed_re_export_leaves_only_its_file(world)
+
+
+async def test_a_superseded_retrys_copy_landing_at_a_current_name_retired_meanwhile_is_removed() -> None:
+    """C then D at A.pdf (D current). C's late retry reads the record (D current at A.pdf) and sends its create-only
+    copy; meanwhile renamed E is stored and retires A.pdf. C's create lands at the free name: the record, read once
+    more, shows A.pdf no longer current, so C's copy is removed before C is answered superseded."""
+    sim = Simulation(Config())
+    c = sim.export("A")
+    await sim.run_actor(sim.post(c))
+    await sim.run_actor(sim.post(sim.export("A")))
+    sim.clock.advance(timedelta(minutes=3))
+    late = sim.post(c)
+    await sim.settle()
+    await sim.grant(next(x for x in sim.pending() if x.actor is late and x.op == "read_bytes"))
+    assert any(x.actor is late and x.op == "copy_from_url" for x in sim.pending())
+    renamed = sim.post(sim.export("B"))
+    await sim.run_actor(renamed)
+    assert renamed.answer == "200 stored" and NAME not in sim.files(), renamed.answer
+    await sim.run_actor(late)
+    assert late.answer == "200 superseded" and NAME not in sim.files(), (late.answer, sorted(sim.files()))
+    await sim.finish()
+    assert sim.violation is None and not sim.leftovers, (sim.violation, sim.leftovers)

@@ -614,11 +614,12 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # after it is stored (then it is a stale file: removed, unless it sits at the current file's name).
         if record is not None and entry is not None and _later(record, entry, State.STORED):
             at_current = record.current_delivery is not None and record.current_delivery.blob == blob.name
-            if at_current and seen.copied and seen.rechecked != blob.etag:
-                # Its create-only copy landed at the current file's name: that file was gone, so the record read may
-                # be behind (a renamed re-export retired the name meanwhile): read once more before leaving it.
+            if at_current and seen.rechecked != blob.etag:
+                # Its bytes at the current file's name (its create landed there, its answer perhaps lost): that file
+                # was gone, so the record read may be behind (a renamed re-export retired the name meanwhile): read
+                # once more before deciding on them.
                 return Observe(record=True)
-            if at_current:
+            if at_current:  # still the current file's name: its driver puts that file back (a restore)
                 return Answer("superseded", 200, "superseded", reason=SUPERSEDED_REASON)
             # This driver's own copy goes at once (If-Match on what it wrote: whoever wants the name changes
             # it first). One it found is listed in the record first (a swap): a record that moved on since it
@@ -693,8 +694,10 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
 
     if record is not None and entry is not None and _later(record, entry, State.STORED):
         elsewhere = record.current_delivery is None or record.current_delivery.blob != notice.blob
-        if blob == UNSEEN and seen.attempt in ("exists", "lost") and elsewhere:
-            return Observe()  # a file at its own name may be a copy of it that landed (late): removed
+        # A file at its own name may be a copy of it that landed (late): removed. At the current file's name too when
+        # its create's answer was lost: it landed only if that file was gone (retired since the record was read).
+        if blob == UNSEEN and ((seen.attempt in ("exists", "lost") and elsewhere) or seen.attempt == "lost"):
+            return Observe()
         return _clear_retired(seen, record, now, by) or Answer(
             "superseded", 200, "superseded", reason=SUPERSEDED_REASON
         )

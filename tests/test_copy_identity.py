@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Literal
 
 import pytest
 
@@ -303,6 +304,30 @@ async def test_a_superseded_retrys_copy_landing_at_a_current_name_retired_meanwh
     renamed = sim.post(sim.export("B"))
     await sim.run_actor(renamed)
     assert renamed.answer == "200 stored" and NAME not in sim.files(), renamed.answer
+    await sim.run_actor(late)
+    assert late.answer == "200 superseded" and NAME not in sim.files(), (late.answer, sorted(sim.files()))
+    await sim.finish()
+    assert sim.violation is None and not sim.leftovers, (sim.violation, sim.leftovers)
+
+
+@pytest.mark.parametrize("fault", [None, "after"], ids=["answered", "answer-lost"])
+async def test_a_superseded_retrys_copy_at_a_current_name_retired_meanwhile_is_removed_whatever_its_answer(
+    fault: Literal["after"] | None,
+) -> None:
+    """As above, the create's answer delivered or lost (it landed, the driver got an error): either way the driver
+    looks, reads the record once more and removes its copy; nothing is left beside B's file."""
+    sim = Simulation(Config())
+    c = sim.export("A")
+    await sim.run_actor(sim.post(c))
+    await sim.run_actor(sim.post(sim.export("A")))
+    sim.clock.advance(timedelta(minutes=3))
+    late = sim.post(c)
+    await sim.settle()
+    await sim.grant(next(x for x in sim.pending() if x.actor is late and x.op == "read_bytes"))
+    renamed = sim.post(sim.export("B"))
+    await sim.run_actor(renamed)
+    assert renamed.answer == "200 stored" and NAME not in sim.files(), renamed.answer
+    await sim.grant(next(x for x in sim.pending() if x.actor is late and x.op == "copy_from_url"), fault)
     await sim.run_actor(late)
     assert late.answer == "200 superseded" and NAME not in sim.files(), (late.answer, sorted(sim.files()))
     await sim.finish()

@@ -83,7 +83,9 @@ bench: $(APP_DEPS)
 ops: $(STAMP)
 	@$(PY) -m ops $(ARGS)
 
-# The same against the running `make run`'s storage (its ports and local.settings.json): make ops-local ARGS=pending.
+# The same against the running `make run`'s storage (its ports and local.settings.json): make ops-local ARGS="find
+# --task T"; pending and failed read the reconciliation's summary, written by its first run (at the clock's next
+# ten-minute mark after make run starts, or at once: the command says how).
 ops-local: $(STAMP)
 	@$(PY) -m devtools.local_ops $(ARGS)
 

@@ -181,18 +181,18 @@ async def alerts_of(storage: Storage, job: Job, trace: Trace, *, sender: bool, r
     failed = own_alerts(record.deliveries if record else [], trace.mine, sender=sender)
     named = {item.delivery for item in failed}
     maybe = [] if sure else own_alerts(trace.maybe_failed, trace.mine, sender=sender)
-    story = ops_command("find", task=job.task_id, workspace=job.workspace_id)
-    return Alerts(failed, [item for item in maybe if item.delivery not in named], story)
+    return Alerts(failed, [item for item in maybe if item.delivery not in named], job.task_id, job.workspace_id)
 
 
 @dataclass(frozen=True)
 class Alerts:
-    """A run's own failures for good (its ERROR), and those it may have made (its change got no answer);
-    ``story``: the ops command that tells the task's story."""
+    """A run's own failures for good (its ERROR), and those it may have made (its change got no answer), of the
+    task ``task_id`` in ``workspace_id``."""
 
     failed: list[Delivery]
     maybe: list[Delivery]
-    story: str = ""
+    task_id: str = ""
+    workspace_id: str = ""
 
     def __bool__(self) -> bool:
         return bool(self.failed or self.maybe)
@@ -207,7 +207,8 @@ class Alerts:
             for d in self.maybe
         ]
         whether = " and whether it did" if self.maybe else ""
-        return "; ".join([*sure, *maybe, ARCHIVED, f"{self.story} tells its story{whether}"])
+        story = ops_command("find", task=self.task_id, workspace=self.workspace_id)  # (built only for an alert)
+        return "; ".join([*sure, *maybe, ARCHIVED, f"{story} tells its story{whether}"])
 
 
 def manifest_name(blob: str) -> str:

@@ -209,6 +209,15 @@ async def renamed_re_export_leaves_only_its_file(world: World) -> None:
     assert files_of_task(world) == ["ws-1/task-1/renamed.pdf"], files_of_task(world)
 
 
+async def its_copy_is_recorded_and_retired_later(world: World, name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The record holds the copy the file at ``name`` is, no ERROR was logged, and a renamed re-export retires it."""
+    record, file = world.record(), world.storage.stored(name)
+    assert record is not None and file is not None
+    assert record.deliveries[-1].copy_id == dict(file.metadata)["copyid"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await renamed_re_export_leaves_only_its_file(world)
+
+
 async def test_a_current_delivery_whose_file_was_copied_again_with_its_answer_lost_records_that_copy(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -228,11 +237,7 @@ async def test_a_current_delivery_whose_file_was_copied_again_with_its_answer_lo
         a.body for a in answers
     ]
     assert world.storage.blob_bytes(name) == current.data
-    record, file = world.record(), world.storage.stored(name)
-    assert record is not None and file is not None
-    assert record.deliveries[-1].copy_id == dict(file.metadata)["copyid"]
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    await renamed_re_export_leaves_only_its_file(world)
+    await its_copy_is_recorded_and_retired_later(world, name, caplog)
 
 
 async def test_a_current_delivery_restored_whose_record_write_failed_records_that_copy_when_sent_again(
@@ -257,11 +262,7 @@ async def test_a_current_delivery_restored_whose_record_write_failed_records_tha
     world.clock.advance(timedelta(minutes=3))
     again = await world.post(current)
     assert again.status_code == 200 and again.body["status"] in ("stored", "duplicate"), again.body
-    record, file = world.record(), world.storage.stored(name)
-    assert record is not None and file is not None
-    assert record.deliveries[-1].copy_id == dict(file.metadata)["copyid"]
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    await renamed_re_export_leaves_only_its_file(world)
+    await its_copy_is_recorded_and_retired_later(world, name, caplog)
 
 
 async def test_a_legacy_current_file_deleted_and_copied_again_with_its_answer_lost_is_recorded_and_retired_later(

@@ -20,7 +20,7 @@ from receiver.store import RETRY_BACKOFF_VARIABLE
 from receiver.verification import message
 
 from .conftest import FUNCTIONS, PDF_BYTES, PNG_BYTES, Exports, Webhook, delivery_of, notification, run_verifier
-from .faultproxy import FaultProxy, Rule, is_record, is_record_read, is_record_write
+from .faultproxy import FaultProxy, Match, Rule, is_overwrite_copy, is_record, is_record_read, is_record_write
 
 
 @pytest.fixture(autouse=True)
@@ -830,6 +830,21 @@ async def test_a_legal_hold_lifted_lets_the_next_re_export_be_stored_at_once(
     assert (again.status, again.body["status"]) == (200, "stored"), again.body
 
 
+def hold_record_writes_after(proxied: FaultProxy, passes: Match) -> None:
+    """A legal hold placed right after the first request ``passes`` matches (which goes through): every task record
+    write from then on is refused as the service refuses it."""
+    placed = False
+
+    def after_it(request: web.Request) -> bool:
+        nonlocal placed
+        if not placed and passes(request):
+            placed = True
+            return False
+        return placed and is_record_write(request)
+
+    proxied.add(Rule(after_it, times=10_000, status=409, code="BlobImmutableDueToLegalHold", message=HOLD_MESSAGE))
+
+
 async def test_a_hold_placed_after_a_renamed_export_was_recorded_and_its_older_file_deleted_answers_stored(
     proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient, container_name: str
 ) -> None:
@@ -839,18 +854,7 @@ async def test_a_hold_placed_after_a_renamed_export_was_recorded_and_its_older_f
     payload = notification(exports.publish(b"%PDF-1.4 first"), displayName="A.pdf")
     first = await webhook.post(payload)
     earlier = blob_name_of(first.body, container_name)
-    placed = False
-
-    def hold_after_the_delete(request: web.Request) -> bool:
-        nonlocal placed
-        if request.method == "DELETE" and not is_record(request):
-            placed = True  # the older file's delete passes; the hold is placed right after it
-            return False
-        return placed and is_record_write(request)
-
-    proxied.add(
-        Rule(hold_after_the_delete, times=10_000, status=409, code="BlobImmutableDueToLegalHold", message=HOLD_MESSAGE)
-    )
+    hold_record_writes_after(proxied, lambda request: request.method == "DELETE" and not is_record(request))
     renamed = {**payload, "displayName": "B.pdf", "exportedFileUrl": exports.publish(b"%PDF-1.4 b")}
     answer = await webhook.post(renamed)
     assert (answer.status, answer.body["status"]) == (200, "stored"), answer.body
@@ -871,20 +875,7 @@ async def test_a_hold_placed_after_a_same_name_re_export_replaced_the_file_says_
     payload = notification(exports.publish(b"%PDF-1.4 first"), displayName="A.pdf")
     first = await webhook.post(payload)
     name = blob_name_of(first.body, container_name)
-    placed = False
-
-    def hold_after_the_overwrite(request: web.Request) -> bool:
-        nonlocal placed
-        if request.method == "PUT" and "x-ms-copy-source" in request.headers and "If-Match" in request.headers:
-            placed = True  # the overwrite passes; the hold is placed right after it
-            return False
-        return placed and is_record_write(request)
-
-    proxied.add(
-        Rule(
-            hold_after_the_overwrite, times=10_000, status=409, code="BlobImmutableDueToLegalHold", message=HOLD_MESSAGE
-        )
-    )
+    hold_record_writes_after(proxied, is_overwrite_copy)
     again = {**payload, "exportedFileUrl": exports.publish(b"%PDF-1.4 b")}
     answer = await webhook.post(again)
     assert (answer.status, answer.body["error"]) == (409, "immutable"), answer.body

@@ -888,17 +888,25 @@ async def test_a_copy_given_up_with_force_while_its_message_is_poisoned_is_named
     assert "FINISH" in dry.out, dry.out
 
 
+async def two_copies_the_newers_message_poisoned(*, older: timedelta, newer: timedelta) -> Ops:
+    """Two large exports of task-1 answered 202, their links valid for ``older`` and ``newer``: the older's message
+    lost, the newer's in the poison queue; two hours later."""
+    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    world = ops.world
+    assert (await world.post(world.export("task-1", expires_in=older))).status_code == 202
+    answer = await world.post(world.export("task-1", expires_in=newer))
+    assert answer.status_code == 202 and answer.verification is not None
+    ops.poison.add(answer.verification)
+    world.clock.advance(timedelta(hours=2))
+    return ops
+
+
 async def test_pending_and_failed_name_a_copy_behind_a_newer_one_as_behind_not_as_one_to_export_again() -> None:
     """Two copies past every try: the older's message lost, the newer's poisoned. pending shows the older as
     behind the newer (superseded once that is stored, nothing to do for it) and counts only the newer as not
     finishing by itself; failed lists only the newer (replayable)."""
-    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
+    ops = await two_copies_the_newers_message_poisoned(older=timedelta(days=2), newer=timedelta(days=2))
     world = ops.world
-    assert (await world.post(world.export("task-1", expires_in=timedelta(days=2)))).status_code == 202
-    newer = await world.post(world.export("task-1", expires_in=timedelta(days=2)))
-    assert newer.status_code == 202 and newer.verification is not None
-    ops.poison.add(newer.verification)
-    world.clock.advance(timedelta(hours=2))
     await ops.reconcile()
     record = world.record()
     assert record is not None
@@ -915,13 +923,7 @@ async def test_pending_and_failed_name_a_copy_behind_a_newer_one_as_behind_not_a
 async def test_a_copy_with_no_message_behind_a_newer_one_whose_link_expired_is_lost_not_behind() -> None:
     """As above, but the newer export's link has expired: its poisoned message can only fail it, so the older one
     will not be superseded by it: LOST (export again or fail), not BEHIND."""
-    ops = Ops(sync_copy_max_mib=0, copy_wait_seconds=0)
-    world = ops.world
-    assert (await world.post(world.export("task-1", expires_in=timedelta(days=7)))).status_code == 202
-    newer = await world.post(world.export("task-1", expires_in=timedelta(hours=1)))
-    assert newer.status_code == 202 and newer.verification is not None
-    ops.poison.add(newer.verification)
-    world.clock.advance(timedelta(hours=2))
+    ops = await two_copies_the_newers_message_poisoned(older=timedelta(days=7), newer=timedelta(hours=1))
     found = await ops("find", "--task", "task-1")
     verdicts = [line.split("verdict: ")[1].split(":")[0] for line in found.out.splitlines() if "verdict:" in line]
     assert verdicts == ["LOST", "EXPIRED"], found.out

@@ -289,34 +289,14 @@ async def test_a_legacy_current_file_deleted_and_copied_again_with_its_answer_lo
     await renamed_re_export_leaves_only_its_file(world)
 
 
-async def test_a_superseded_retrys_copy_landing_at_a_current_name_retired_meanwhile_is_removed() -> None:
-    """C then D at A.pdf (D current). C's late retry reads the record (D current at A.pdf) and sends its create-only
-    copy; meanwhile renamed E is stored and retires A.pdf. C's create lands at the free name: the record, read once
-    more, shows A.pdf no longer current, so C's copy is removed before C is answered superseded."""
-    sim = Simulation(Config())
-    c = sim.export("A")
-    await sim.run_actor(sim.post(c))
-    await sim.run_actor(sim.post(sim.export("A")))
-    sim.clock.advance(timedelta(minutes=3))
-    late = sim.post(c)
-    await sim.settle()
-    await sim.grant(next(x for x in sim.pending() if x.actor is late and x.op == "read_bytes"))
-    assert any(x.actor is late and x.op == "copy_from_url" for x in sim.pending())
-    renamed = sim.post(sim.export("B"))
-    await sim.run_actor(renamed)
-    assert renamed.answer == "200 stored" and NAME not in sim.files(), renamed.answer
-    await sim.run_actor(late)
-    assert late.answer == "200 superseded" and NAME not in sim.files(), (late.answer, sorted(sim.files()))
-    await sim.finish()
-    assert sim.violation is None and not sim.leftovers, (sim.violation, sim.leftovers)
-
-
 @pytest.mark.parametrize("fault", [None, "after"], ids=["answered", "answer-lost"])
 async def test_a_superseded_retrys_copy_at_a_current_name_retired_meanwhile_is_removed_whatever_its_answer(
     fault: Literal["after"] | None,
 ) -> None:
-    """As above, the create's answer delivered or lost (it landed, the driver got an error): either way the driver
-    looks, reads the record once more and removes its copy; nothing is left beside B's file."""
+    """C then D at A.pdf (D current). C's late retry reads the record (D current at A.pdf) and sends its create-only
+    copy; meanwhile renamed E is stored and retires A.pdf. C's create lands at the free name, its answer delivered or
+    lost (it landed, the driver got an error): either way the driver looks, reads the record once more (A.pdf is no
+    longer current) and removes its copy before it is answered superseded; nothing is left beside B's file."""
     sim = Simulation(Config())
     c = sim.export("A")
     await sim.run_actor(sim.post(c))

@@ -142,20 +142,27 @@ async def _check_container(storage: Storage) -> None:
         )
 
 
-def _behind_newer(record: TaskRecord, delivery: Delivery, now: datetime) -> Delivery | None:
-    """The newest export accepted after ``delivery`` that still copies, its link valid: once stored, it supersedes
+def _link_valid(item: Delivery, now: datetime) -> bool:
+    return item.link_expires_on is None or item.link_expires_on > now
+
+
+def _newer_copying(record: TaskRecord, delivery: str, now: datetime) -> list[Delivery]:
+    """The exports accepted after ``delivery`` that still copy, their links valid: once one is stored, it supersedes
     this one."""
-    later = record.deliveries[record.index(delivery.delivery) + 1 :]
-    valid = [item for item in later if item.link_expires_on is None or item.link_expires_on > now]
-    return next((item for item in reversed(valid) if item.state is State.COPYING), None)
+    later = record.deliveries[record.index(delivery) + 1 :]
+    return [item for item in later if item.state is State.COPYING and _link_valid(item, now)]
+
+
+def _behind_newer(record: TaskRecord, delivery: Delivery, now: datetime) -> Delivery | None:
+    """The newest of :func:`_newer_copying`."""
+    newer = _newer_copying(record, delivery.delivery, now)
+    return newer[-1] if newer else None
 
 
 def _revivable(record: TaskRecord, delivery: str, now: datetime) -> bool:
     """Would a queue try of ``delivery`` accept it again (failed, its link valid, no export after it stored)?"""
     item = record.find(delivery)
-    if item is None or item.state is not State.FAILED:
-        return False
-    if item.link_expires_on is not None and item.link_expires_on <= now:
+    if item is None or item.state is not State.FAILED or not _link_valid(item, now):
         return False
     return not any(later.state is State.STORED for later in record.deliveries[record.index(delivery) + 1 :])
 
@@ -380,20 +387,13 @@ def _copying_verdict(ctx: Context, found: Inspection, item: Delivery) -> tuple[s
     if where == "poison":
         return "poisoned", f"its message is in the poison queue: replay-poison moves it back ({until})"
     if where == "absent":
-        record = found.record
-        later = record.deliveries[record.index(item.delivery) + 1 :] if record is not None else []
-        finishing = [
-            other
-            for other in later
-            if other.state is State.COPYING
-            and found.look.where(other.delivery) in ("queue", "poison")
-            and (other.link_expires_on is None or other.link_expires_on > ctx.now)  # its message can still copy
-        ]
+        newer = _newer_copying(found.record, item.delivery, ctx.now) if found.record is not None else []
+        finishing = [other for other in newer if found.look.where(other.delivery) in ("queue", "poison")]
         if finishing:  # giving this one up helps nothing: the newer one's store supersedes it
-            newer = finishing[-1].delivery[:12]
             return "behind", (
-                f"no message holds its link, but newer export {newer} still copies with a message that can finish "
-                f"it: this one is superseded once that is stored (nothing to do for it); find says if that one fails"
+                f"no message holds its link, but newer export {finishing[-1].delivery[:12]} still copies with a "
+                "message that can finish it: this one is superseded once that is stored (nothing to do for it); find "
+                "says if that one fails"
             )
         # (the queues were looked at: none holds it, so pending's "if that message waits in the poison queue" is moot)
         late = ctx.now - item.copying_since > QUEUE_COVERAGE
@@ -815,7 +815,7 @@ async def fail(ctx: Context, task_id: str, workspace_id: str | None, *, reason: 
                 "in the poison queue; the reconciliation for one whose link expired).",
             ],
         )
-    live = [item for item in copying if item.link_expires_on is None or item.link_expires_on > ctx.now]
+    live = [item for item in copying if _link_valid(item, ctx.now)]
     looked = await _look(ctx, workspace_id, task_id) if live else None
     holds, held = [], []
     for item in live:

@@ -636,12 +636,13 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         copy_id = blob.metadata.get(COPY_ID)
         # (an entry from before copyids has none: a file with one is a copy made since)
         other_copy = entry is not None and copy_id is not None and copy_id != entry.copy_id
-        if current_stored and other_copy and seen.rechecked != blob.etag:
-            return Observe(record=True)
-        if current_stored and other_copy and entry is not None and entry.blob == notice.blob and not seen.locked:
-            stored = conclude_stored(base, entry, blob=blob, now=now, by=by, outcome="restored")
-            effects = (WriteManifest(notice.blob, notice.delivery, notice.manifest),)
-            return Change(stored, "restored", effects, fence=True)
+        if current_stored and other_copy and entry is not None:
+            if seen.rechecked != blob.etag:
+                return Observe(record=True)
+            if entry.blob == notice.blob and not seen.locked:
+                stored = conclude_stored(base, entry, blob=blob, now=now, by=by, outcome="restored")
+                effects = (WriteManifest(notice.blob, notice.delivery, notice.manifest),)
+                return Change(stored, "restored", effects, fence=True)
         if current_stored and entry is not None and entry.blob == notice.blob and recorded:
             # A duplicate is answered once its manifest describes it too (the first request's manifest
             # write may still be failing): written here when it does not.
@@ -696,7 +697,7 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         elsewhere = record.current_delivery is None or record.current_delivery.blob != notice.blob
         # A file at its own name may be a copy of it that landed (late): removed. At the current file's name too when
         # its create's answer was lost: it landed only if that file was gone (retired since the record was read).
-        if blob == UNSEEN and ((seen.attempt in ("exists", "lost") and elsewhere) or seen.attempt == "lost"):
+        if blob == UNSEEN and (seen.attempt == "lost" or (seen.attempt == "exists" and elsewhere)):
             return Observe()
         return _clear_retired(seen, record, now, by) or Answer(
             "superseded", 200, "superseded", reason=SUPERSEDED_REASON

@@ -166,10 +166,21 @@ def without_signatures(text: str) -> str:
 
 def signatures_apart(text: str) -> str:
     """``text`` with every ``sig`` value replaced by REDACTED and 16 hex digits of its sha256, nothing else
-    changed: for what identifies (ids, field names), two texts that differ anywhere stay different."""
+    changed: for what identifies (ids, field names), two texts that differ anywhere stay different. A value
+    it made already is kept: the queue function parses a body rebuilt from the record, whose ids it made,
+    and must find the same task (a sender who types that very form names the task it stands for)."""
     if not _may_hold_signature(text):
         return text
-    return _ANY_SIG.sub(lambda found: f"sig=REDACTED~{hashlib.sha256(found[0].encode()).hexdigest()[:16]}", text)
+    return _ANY_SIG.sub(_hashed_signature, text)
+
+
+_HASHED_SIGNATURE = re.compile(r"sig=REDACTED~[0-9a-f]{16}")
+
+
+def _hashed_signature(found: re.Match[str]) -> str:
+    if _HASHED_SIGNATURE.fullmatch(found[0]):
+        return found[0]
+    return f"sig=REDACTED~{hashlib.sha256(found[0].encode()).hexdigest()[:16]}"
 
 
 def scrub_text(text: str) -> str:
@@ -356,6 +367,7 @@ def check_source(
     public = url.split("?", 1)[0].split("#", 1)[0]
     if may_repeat_secret(url, public):  # a path that holds its own signature too: never written anywhere
         public = str(without_secrets(public, link_secret_pattern(url)))
+    public = without_signatures(public)  # and another link's, as a path may carry one
     return SourceLink(
         url=url,
         public_url=public,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 
@@ -169,3 +169,47 @@ async def test_a_refused_overlong_task_id_holding_the_signature_across_its_cut_l
     assert answer.status_code == 400 and "taskId" in answer.body["message"], answer.body
     assert "TTTT" in caplog.text  # the task is named
     assert signature[:-1] not in caplog.text + json.dumps(answer.body)
+
+
+async def test_a_large_notification_whose_task_id_held_a_sig_is_finished_by_the_queue_for_that_same_task() -> None:
+    """Answered 202 (staged from the queue), its message refers to the task record: the queue function parses
+    the body rebuilt from the record, whose taskId intake already made `sig=REDACTED~<hash>`. Kept as it is,
+    that id names the same task: the 202's delivery is stored there, and no other task appears."""
+    from receiver.models import State
+    from receiver.source import signatures_apart
+    from receiver.verification import Reference, read_message, verify_copy
+
+    world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0)
+    task_id = "ref://erp/doc?id=1001&sig=abcdefgh12345678"
+    answer = await world.post(world.export(task_id, padding="x" * 50_000))  # over 45 KiB: a reference message
+    assert answer.status_code == 202 and answer.verification is not None, answer.body
+    assert isinstance(read_message(answer.verification.encode()), Reference)
+    stored_id = answer.body["taskId"]
+    assert stored_id == signatures_apart(task_id) == signatures_apart(stored_id), stored_id
+
+    assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
+    record = world.record(stored_id)
+    assert record is not None and [d.state for d in record.deliveries] == [State.STORED], record
+    assert list(world.files()) == [answer.body["blob"].split("/", 1)[1]], sorted(world.files())
+
+
+@pytest.mark.parametrize("encoded", [True, False], ids=["percent-encoded", "as-is"])
+async def test_another_links_sig_carried_in_the_links_own_path_is_written_nowhere(encoded: bool) -> None:
+    """The link without its query (`source`, the manifest's `exportedFileUrl`) still has its path: another
+    link's `sig` there, encoded or not, is REDACTED in the manifest, the file's metadata and the record."""
+    from receiver.storage import Headers
+    from sim.world import PDF
+
+    world = World.make()
+    other = "T3RoZXJMaW5rU2VjcmV0U2lnbmF0dXJlMTIzNA"
+    url = world.sources.publish(f"ws-1/x?sv=2024-11-04&sig={other}==/export.pdf", PDF, Headers("application/pdf"))
+    path, query = url.split("?", 1)
+    assert f"sig%3D{other}" in path
+    if not encoded:
+        url = f"{unquote(path)}?{query}".replace("x?sv", "x%3Fsv")  # the `?` in the path stays encoded
+    plain = world.export("task-1", "x.pdf")
+    answer = await world.post(json.dumps({**plain.payload, "exportedFileUrl": url}).encode())
+    assert answer.status_code == 200, answer.body
+    assert other not in _everything(world) + json.dumps(answer.body)
+    record = world.storage.blob_bytes(".smartdocumentor/tasks/ws-1/task-1.json")
+    assert record is not None and other not in record.decode()

@@ -96,6 +96,8 @@ class Notification(BaseModel):
             text = value.strip()
             if not text.isascii() or not text.isdigit():
                 raise ValueError("must be a whole number")
+            if len(text) > MAX_NUMBER_DIGITS:
+                raise ValueError(f"must be a whole number of at most {MAX_NUMBER_DIGITS} digits")
             return int(text)
         return value
 
@@ -167,12 +169,38 @@ def _problem(error: Any) -> str:
     return str(error["msg"])
 
 
+# Python reads no longer whole number from text (sys.get_int_max_str_digits): one is valid JSON all the same.
+MAX_NUMBER_DIGITS = 4300
+
+
+class _NumberTooLong(Exception):
+    pass
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _whole_number(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise _NumberTooLong
+    return int(text)
+
+
 def parse_notification(body: bytes) -> Notification:
     """Turn the raw body into a :class:`Notification` or raise :class:`PayloadError`."""
     if not body.strip():  # e.g. curl's --data-binary @file with a path that does not exist sends nothing
         raise PayloadError("invalid-json", "The request body is empty. Send the notification as a UTF-8 JSON object.")
     try:
-        document = json.loads(body.decode("utf-8-sig"))  # a leading BOM is tolerated
+        # A leading BOM is tolerated; NaN and Infinity, which Python's json takes, are not JSON.
+        document = json.loads(body.decode("utf-8-sig"), parse_constant=_not_json, parse_int=_whole_number)
+    except _NumberTooLong:
+        raise PayloadError(
+            "invalid-payload",
+            f"The notification holds a number of more than {MAX_NUMBER_DIGITS} digits. Send such a value as text "
+            "(in quotes), or leave it out of the webhook's body in SmartDocumentor.",
+            [{"field": "body", "problem": f"a number of more than {MAX_NUMBER_DIGITS} digits"}],
+        ) from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise PayloadError(
             "invalid-json", "The request body is not valid JSON. Send the notification as a UTF-8 JSON object."

@@ -116,6 +116,27 @@ def test_invalid_fields_are_named(overrides: dict[str, Any], field: str) -> None
     assert field in caught.value.message
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(constant: str) -> None:
+    text = json.dumps(body()).replace('"taskNumber": 7', f'"taskNumber": 7, "weight": {constant}')
+    assert constant in text
+    with pytest.raises(PayloadError) as caught:
+        parse_notification(text.encode())
+    assert caught.value.code == "invalid-json"
+
+
+def test_a_number_longer_than_python_reads_is_named_as_such_not_called_invalid_json() -> None:
+    """Valid JSON all the same: the answer says what is wrong (a number of over 4300 digits) and what to do."""
+    text = json.dumps(body()).replace('"taskNumber": 7', '"taskNumber": 7, "erpRef": 1' + "0" * 5000)
+    with pytest.raises(PayloadError) as caught:
+        parse_notification(text.encode())
+    assert caught.value.code == "invalid-payload" and "4300 digits" in caught.value.message, caught.value.message
+    with pytest.raises(PayloadError) as as_text:
+        parse_notification(json.dumps(body(taskNumber="1" + "0" * 5000)).encode())
+    assert [d["field"] for d in as_text.value.details] == ["taskNumber"]
+    assert "set_int_max_str_digits" not in json.dumps(as_text.value.details), as_text.value.details
+
+
 def test_lone_surrogates_are_not_valid_text() -> None:
     with pytest.raises(PayloadError) as caught:
         parse_notification(b'{"taskId": "\\ud800"}')

@@ -92,10 +92,14 @@ def _positive(text: str) -> int:
     return value
 
 
+# A hundred years of minutes: more is no age a delivery can have (and overflows a date).
+_MAX_MINUTES = 100 * 366 * 24 * 60
+
+
 def _minutes(text: str) -> timedelta:
     value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more minutes")
+    if not 0 <= value <= _MAX_MINUTES:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 to {_MAX_MINUTES} minutes")
     return timedelta(minutes=value)
 
 
@@ -106,14 +110,16 @@ def _since(text: str) -> datetime | timedelta:
     except ValueError:
         minutes = None
     if minutes is not None:
-        if minutes < 0:
-            raise argparse.ArgumentTypeError("must be 0 or more minutes, or an ISO time")
+        if not 0 <= minutes <= _MAX_MINUTES:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be 0 to {_MAX_MINUTES} minutes, or an ISO time")
         return timedelta(minutes=minutes)  # before the command's now (resolved by _dispatch)
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return when.astimezone(UTC) if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    except OverflowError:  # a zone that moves it past year 1 or 9999
+        raise argparse.ArgumentTypeError("give an ISO time between the years 1 and 9999 in UTC") from None
     except ValueError:
         raise argparse.ArgumentTypeError("give minutes (60) or an ISO time (2026-03-02T08:00Z)") from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _add_common(parser: argparse.ArgumentParser, *, default: Any) -> None:

@@ -227,12 +227,12 @@ def redact(text: str) -> str:
     return _ANY_SIG_NOT_SCRUBBED.sub("sig=REDACTED", text) if _may_hold_signature(text) else text
 
 
-_KEY_NAMES = re.compile(r"(?i)accountkey|sharedaccesssignature|sharedaccesskey")
+_KEY_NAMES = re.compile(r"(?i)(?:accountkey|sharedaccesssignature|sharedaccesskey)[\s\"']{0,3}(?:=|:|%(?:25)?3d)")
 
 
 def holds_key(text: str) -> bool:
-    """Does ``text`` name a connection string's key or SAS (``AccountKey``, ``SharedAccessSignature``,
-    ``SharedAccessKey``), in any case?"""
+    """Does ``text`` hold a connection string's key or SAS (``AccountKey``, ``SharedAccessSignature``,
+    ``SharedAccessKey``, in any case, then ``=`` or ``:``)? The bare word is an id like any other."""
     return _KEY_NAMES.search(text) is not None
 
 

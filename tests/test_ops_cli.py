@@ -126,6 +126,14 @@ USAGE_ERRORS = [
     ["find", "--task", WITH_KEY],
     ["fail", "--task", "t", "--reason", SAS_URL],
     ["--connection-string", WITH_KEY, "nonsense"],
+    # Numbers and times past what a date holds (float("inf"), a zone that moves year 9999 past its end).
+    ["pending", "--older-than", "inf"],
+    ["pending", "--older-than", "nan"],
+    ["pending", "--older-than", "1e12"],
+    ["pending", "--since", "1e12"],
+    ["failed", "--since", "inf"],
+    ["failed", "--since", "9999-12-31T23:59:59-01:00"],
+    ["pending", "--since", "0001-01-01T00:00+01:00"],
 ]
 
 
@@ -274,3 +282,16 @@ async def test_the_command_an_alert_names_finds_the_task(task: str, caplog: pyte
     command = line[line.index("python -m ops find") :].split(" tells its story")[0]
     found = await ops(*shlex.split(command)[3:])
     assert found.code != USAGE and "1 delivery(ies)" in found.out, (command, found.out, found.err)
+
+
+@pytest.mark.parametrize("task", ["AccountKeyRotation-7", "sharedaccesskeys-review"])
+async def test_a_task_id_holding_a_key_word_but_no_key_is_found_as_the_alerts_name_it(task: str) -> None:
+    """Only an id that holds a key (the word, then `=` or `:`) is refused; the bare word is an id like any other,
+    and the command the receiver's alerts print for it runs."""
+    ops = Ops()
+    answer = await ops.world.post(ops.world.export(task))
+    assert answer.status_code == 200 and answer.body["taskId"] == task, answer.body
+    found = await ops("find", "--task", task)
+    assert found.code == OK and "1 delivery(ies)" in found.out, (found.out, found.err)
+    refused = await ops("find", "--task", f"{task};AccountKey=S3CRETKEY")
+    assert refused.code == USAGE and "S3CRETKEY" not in refused.out + refused.err, refused

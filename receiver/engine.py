@@ -581,9 +581,20 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
 
 async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trace: Trace, *, now: datetime) -> Seen:
     name = record_name(job.workspace_id, job.task_id)
+    data = decision.record.to_bytes()
+    if len(data) > MAX_RECORD_BYTES:
+        # Never written larger than any driver reads it: the bodies of deliveries still copying fill it (each is
+        # kept until its copy ends), and they leave it as they end.
+        copying = sum(1 for item in decision.record.deliveries if item.manifest)
+        raise Unavailable(
+            f"The task record has no room for this change ({len(data)} bytes, at most {MAX_RECORD_BYTES}): it keeps "
+            f"the notification of each export still copying ({copying}) until that copy ends. Send the document "
+            "again once they are stored, in a few minutes.",
+            code="record-full",
+        )
     write = storage.put(
         name,
-        decision.record.to_bytes(),
+        data,
         if_match=seen.record_etag,
         content_type=RECORD_CONTENT_TYPE,
         metadata=decision.record.labels(),

@@ -28,8 +28,11 @@ def _is_json(content_type: str) -> bool:
     return base in _JSON_TYPES or base.endswith("+json")
 
 
-def prepare(body: bytes, headers: Mapping[str, str], settings: Settings, *, now: datetime) -> CopyPlan | Outcome:
-    """Everything decided before storage: a plan to carry out, or the 4xx answer. Pure."""
+def prepare(
+    body: bytes, headers: Mapping[str, str], settings: Settings, *, now: datetime, queued: bool = False
+) -> CopyPlan | Outcome:
+    """Everything decided before storage: a plan to carry out, or the 4xx answer. Pure. ``queued``: a body the
+    webhook took (its size was checked as sent; rebuilt from the record it is longer, its text escaped)."""
     content_type = next((value for key, value in headers.items() if key.lower() == "content-type"), None)
     if content_type and not _is_json(content_type):
         return outcome.rejected(
@@ -38,7 +41,7 @@ def prepare(body: bytes, headers: Mapping[str, str], settings: Settings, *, now:
             "The notification must be sent as application/json. Check the webhook's content type in "
             "SmartDocumentor, then send the document again.",
         )
-    if len(body) > settings.max_body_bytes:
+    if len(body) > settings.max_body_bytes and not queued:
         return outcome.rejected(
             413,
             "payload-too-large",

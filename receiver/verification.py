@@ -305,7 +305,7 @@ def queue_outcome(answer: Answer, link_expires_on: datetime, now: datetime) -> s
 
 def plan_message(found: Message, settings: Settings) -> CopyPlan | Outcome:
     """The plan for a queued notification: as the webhook made it, under the name it was given then."""
-    plan = prepare(found.body, {}, settings, now=found.received_at)
+    plan = prepare(found.body, {}, settings, now=found.received_at, queued=True)
     return kept_name(plan, found.blob, settings) if isinstance(plan, CopyPlan) and found.blob else plan
 
 

@@ -236,7 +236,7 @@ def storage_failure(task_id: str, exc: StoreError) -> Outcome:
         return outcome.failed(409, "immutable", outcome.refused_by(policy, copied), taskId=task_id)
     if exc.kind == "leased":
         return outcome.failed(503, "storage-unavailable", outcome.LEASED, taskId=task_id)
-    if exc.code == "fence-refused":  # stored, but not yet safe from an older copy: its message says why
+    if exc.code in ("fence-refused", "record-full"):  # its message says why, and when to send it again
         return outcome.failed(503, "storage-unavailable", exc.message, taskId=task_id)
     if exc.kind == "misconfigured":
         return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}", taskId=task_id)

@@ -414,13 +414,15 @@ _RECORDS = _Memo("TaskRecord.from_bytes")
 _SETTINGS_IDS: dict[int, Settings] = {}  # the settings a plan was made with, kept alive so their id stays theirs
 
 
-def _prepare(body: bytes, headers: Any, settings: Settings, *, now: Any) -> CopyPlan | Outcome:
+def _prepare(body: bytes, headers: Any, settings: Settings, *, now: Any, queued: bool = False) -> CopyPlan | Outcome:
     """:func:`receiver.intake.prepare` (pure), each plan made once per body, headers, settings and time.
     A refusal (an :class:`Outcome`, whose body is a dict the caller may change) is made again each time."""
     _SETTINGS_IDS.setdefault(id(settings), settings)
-    key = (body, tuple(headers.items()), id(settings), now)
+    key = (body, tuple(headers.items()), id(settings), now, queued)
     plan: CopyPlan | Outcome = _PLANS.get(
-        key, lambda: prepare(body, headers, settings, now=now), keep=lambda found: isinstance(found, CopyPlan)
+        key,
+        lambda: prepare(body, headers, settings, now=now, queued=queued),
+        keep=lambda found: isinstance(found, CopyPlan),
     )
     return plan
 

@@ -126,6 +126,50 @@ async def test_a_large_file_is_staged_and_finished_by_the_queue_function_when_th
     assert world.storage.stored("ws-1/task-1/invoice.pdf").headers.content_type == "application/pdf"  # type: ignore[union-attr]
 
 
+async def test_a_queued_notification_rebuilt_from_the_record_longer_than_max_body_bytes_is_still_finished() -> None:
+    """A body over 45 KiB is queued as a reference to the record, and rebuilt from it: its accented text escaped
+    there (three times as long), the rebuilt body is over MAX_BODY_BYTES, which limits what senders send, not the
+    receiver's own messages. The 202 is kept."""
+    world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0)
+    payload = {**world.export().payload, "note": "é" * 25_000}
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    assert 45 * 1024 < len(body) <= world.settings.max_body_bytes < 3 * len(body) - 30_000
+    answer = await world.post(body)
+    assert answer.status_code == 202 and answer.verification is not None, answer.body
+    assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
+    assert list(world.files()) == ["ws-1/task-1/invoice.pdf"]
+
+
+async def test_a_record_that_bodies_still_copying_would_overfill_is_not_written_and_the_document_is_sent_again() -> (
+    None
+):
+    """The record keeps each copying export's notification (bodies up to MAX_BODY_BYTES, 1 MiB; non-ASCII text
+    is escaped in it): a change that would make it larger than any driver reads (16 MiB) is answered 503, naming
+    why, with nothing written; once the copies end, the same notification is stored."""
+    world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    answers, exports = [], []
+    for number in range(6):
+        payload = {**world.export(display_name=f"v{number}.pdf").payload, "note": "é" * 500_000}
+        exports.append(json.dumps(payload, ensure_ascii=False).encode())  # 1 MB sent, 3 MB kept
+        assert len(exports[-1]) <= 1024 * 1024
+        answers.append(await world.post(exports[-1]))
+        world.clock.advance(timedelta(seconds=1))
+    assert [a.status_code for a in answers[:5]] == [202] * 5, [a.body for a in answers]
+    full = answers[5]
+    assert (full.status_code, full.body["error"]) == (503, "storage-unavailable"), full.body
+    assert "no room" in full.body["message"] and "send the document again" in full.body["message"].lower()
+    record = world.record()
+    assert record is not None and len(record.deliveries) == 5
+    assert len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"") <= 16 * 1024 * 1024
+    ended = []
+    for answer in reversed(answers[:5]):  # the queue function ends them (the newest stored, the others superseded)
+        assert answer.verification is not None
+        ended.append(await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now))
+    assert ended == ["stored"] + ["superseded"] * 4, ended
+    again = await world.post(exports[5])
+    assert (again.status_code, again.body["status"]) == (202, "copying"), again.body
+
+
 async def test_a_large_re_export_keeps_the_earlier_file_readable_until_its_commit() -> None:
     world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0)
     first = world.export()

@@ -9,7 +9,9 @@ records, by compare-and-swap like every other change, then keeps where it stoppe
 ``.smartdocumentor/migration.json`` (``{"done": bool, "marker": ...}``, written If-Match too).
 Once a whole pass is done, a run reads that marker and nothing else.
 
-The rules, for each file whose metadata holds ``taskid``, ``workspaceid`` and ``delivery``:
+The rules, for each file whose metadata holds ``taskid``, ``workspaceid`` and ``delivery`` (and whose
+asynchronous copy, if Azure still reports one, succeeded: a pending, failed or aborted one left the metadata
+without the bytes, and is left alone):
 
 - its manifest beside it, when it describes the same delivery, must say ``success``; ``pending`` or
   ``failed`` leaves the file alone (an old queue message, converted by
@@ -64,7 +66,7 @@ from .models import (
     record_name,
     with_step,
 )
-from .storage import Blob, Conflict, Listed, Storage
+from .storage import Blob, Conflict, Listed, Storage, copy_incomplete
 
 log = logging.getLogger("receiver.migration")
 
@@ -171,6 +173,8 @@ def _candidate_ids(item: Listed) -> tuple[str, str] | None:
         return None  # written since the upgrade (a copy whose driver stopped before its record): never legacy
     if not (meta.get("taskid") and meta.get("workspaceid") and meta.get("delivery")):
         return None
+    if copy_incomplete(item.copy_status):
+        return None  # its asynchronous copy is pending, failed or aborted: not its delivery's bytes
     try:
         return unquote(meta["workspaceid"], errors="strict"), unquote(meta["taskid"], errors="strict")
     except UnicodeDecodeError:

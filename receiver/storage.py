@@ -45,6 +45,7 @@ __all__ = [
     "TooLargeForSyncCopy",
     "Unavailable",
     "Written",
+    "copy_incomplete",
 ]
 
 
@@ -71,11 +72,20 @@ class Blob:
     metadata: dict[str, str] = field(default_factory=dict)
     created: datetime | None = None
     last_modified: datetime | None = None
+    # The status of the Copy Blob that last wrote it (None: none did, or Set Blob Properties cleared it since).
+    copy_status: str | None = None
 
     @property
     def delivery(self) -> str | None:
-        """The ``delivery`` hash the receiver wrote in the blob's metadata (None: not the receiver's file)."""
-        return self.metadata.get("delivery")
+        """The ``delivery`` hash the receiver wrote in the blob's metadata (None: not the receiver's file, or
+        one whose asynchronous copy, by the release before the task record, is pending, failed or aborted: its
+        metadata is there, its delivery's bytes are not)."""
+        return None if copy_incomplete(self.copy_status) else self.metadata.get("delivery")
+
+
+def copy_incomplete(status: str | None) -> bool:
+    """Did an asynchronous Copy Blob leave the blob without its source's bytes (still pending, failed, aborted)?"""
+    return status is not None and status != "success"
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class Listed:
     etag: str
     metadata: dict[str, str]
     last_modified: datetime | None = None
+    copy_status: str | None = None  # as :attr:`Blob.copy_status`
 
 
 class StoreError(Exception):

@@ -234,13 +234,25 @@ def _properties(name: str, props: Any, size: int) -> seam.Blob:
         metadata=dict(props.metadata or {}),
         created=props.creation_time,
         last_modified=props.last_modified,
+        copy_status=_copy_status(props),
     )
+
+
+def _copy_status(props: Any) -> str | None:
+    copy = getattr(props, "copy", None)
+    return str(copy.status) if copy is not None and copy.status else None
 
 
 def _listed(item: Any) -> seam.Listed:
     # Listings give the ETag bare; every other answer quotes it: one form for If-Match.
     etag = str(item.etag) if str(item.etag).startswith('"') else f'"{item.etag}"'
-    return seam.Listed(name=item.name, etag=etag, metadata=dict(item.metadata or {}), last_modified=item.last_modified)
+    return seam.Listed(
+        name=item.name,
+        etag=etag,
+        metadata=dict(item.metadata or {}),
+        last_modified=item.last_modified,
+        copy_status=_copy_status(item),
+    )
 
 
 # seam.Headers has ContentSettings' attribute names; the SDK says "" for a header not set and keeps the MD5
@@ -662,7 +674,7 @@ class AzureStorage:
         """One page of :meth:`list` from ``marker`` (the service's continuation token), and the token of
         the next page (None: this was the last). The migration walks a large container run by run."""
         pages: Any = self._container.list_blobs(
-            name_starts_with=prefix or None, include=["metadata"], results_per_page=size
+            name_starts_with=prefix or None, include=["metadata", "copy"], results_per_page=size
         ).by_page(continuation_token=marker)
         try:
             async with self._call("list blobs"):

@@ -337,6 +337,7 @@ class StoredBlob:
     created: datetime
     last_modified: datetime
     blocks: tuple[tuple[str, bytes], ...] = ()  # committed blocks (id, bytes), for a later "Latest" commit
+    copy_status: str | None = None  # an asynchronous Copy Blob's (only blobs loaded as another writer left them)
 
     def as_blob(self) -> Blob:
         return Blob(
@@ -347,6 +348,7 @@ class StoredBlob:
             metadata=dict(self.metadata),
             created=self.created,
             last_modified=self.last_modified,
+            copy_status=self.copy_status,
         )
 
 
@@ -580,7 +582,7 @@ class MemoryStorage:
         self._need_container()
         old = self._writable(name, if_match)
         assert old is not None  # if_match is a str: _writable refused a missing blob
-        written = self._change(replace(old, headers=headers))
+        written = self._change(replace(old, headers=headers, copy_status=None))  # as Set Blob Properties clears it
         self._leave("set_headers", name)
         return written
 
@@ -601,7 +603,7 @@ class MemoryStorage:
         # One snapshot at the first step of the iteration, as a single page of the service's listing.
         self._enter("list", prefix)
         listed = [
-            Listed(name=b.name, etag=b.etag, metadata=dict(b.metadata), last_modified=b.last_modified)
+            Listed(b.name, b.etag, dict(b.metadata), b.last_modified, b.copy_status)
             for name, b in sorted(self._blobs.items())
             if name.startswith(prefix)
         ]
@@ -618,9 +620,7 @@ class MemoryStorage:
         names = [name for name in sorted(self._blobs) if name.startswith(prefix) and (marker is None or name >= marker)]
         page = [self._blobs[name] for name in names[:size]]
         self._leave("list", prefix)
-        listed = [
-            Listed(name=b.name, etag=b.etag, metadata=dict(b.metadata), last_modified=b.last_modified) for b in page
-        ]
+        listed = [Listed(b.name, b.etag, dict(b.metadata), b.last_modified, b.copy_status) for b in page]
         return listed, names[size] if len(names) > size else None
 
     def load(
@@ -633,8 +633,10 @@ class MemoryStorage:
         tags: dict[str, str] | None = None,
         created: datetime,
         last_modified: datetime,
+        copy_status: str | None = None,
     ) -> None:
-        """Put a blob as another writer left it (a fixture of a real container), with its own times."""
+        """Put a blob as another writer left it (a fixture of a real container), with its own times (and the
+        status of the asynchronous copy that wrote it, as the release before the task record copied)."""
         self._blobs[name] = StoredBlob(
             name=name,
             data=data,
@@ -644,6 +646,7 @@ class MemoryStorage:
             tags=tuple(sorted((tags or {}).items())) if self._tags_supported else (),
             created=created,
             last_modified=last_modified,
+            copy_status=copy_status,
         )
 
     def url(self, name: str) -> str:

@@ -2,8 +2,8 @@
 captured from commit 1d6565d by devtools/capture_previous_release.py), upgraded: the reconciliation
 builds each task's record from what is there, and new deliveries then behave as for any task.
 
-On the in-memory store only: receiver.store.AzureStorage is not in this tree yet, so the same
-checks on Azurite wait for it."""
+On the in-memory store (tests/test_storage_contract.py holds it to Azurite), and, for what the Azure SDK
+reads (an asynchronous copy's status), on Azurite through the fault proxy."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+from azure.storage.blob import ContainerClient
 from pydantic import SecretStr
 
 from receiver.migration import MARKER_NAME, migrate
@@ -23,6 +25,9 @@ from receiver.settings import Settings
 from receiver.storage import Headers
 from sim.memstore import ManualClock, StoredBlob
 from sim.world import SOURCE_HOST, World
+
+from .conftest import Exports, Webhook, delivery_of, notification
+from .faultproxy import FaultProxy
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "previous_release_container.json").read_text("utf-8"))
 # (workspace, task) -> the file the previous release left as the task's export.
@@ -310,6 +315,67 @@ async def test_the_pending_legacy_delivery_is_left_for_its_queue_message_which_t
         State.SUPERSEDED,
         State.STORED,
     ]
+
+
+def left_by_an_unfinished_async_copy(world: World, task: str, number: int, status: str) -> str:
+    """The task's file as the release's asynchronous Copy Blob of its ``number``-th export left it when that copy
+    was still pending, failed or was aborted: that export's metadata (its `delivery`), no bytes; its manifest says
+    so too (pending, or failed)."""
+    name = FILES[("ws-acme", task)]
+    stored, manifest = world.storage.stored(name), world.storage.stored(f"{name}.json")
+    assert stored is not None and manifest is not None
+    link = sent(task, number)["body"]["exportedFileUrl"]
+    metadata = {**dict(stored.metadata), "delivery": delivery_of(link)}
+    world.storage.load(
+        name, b"", content_type="application/pdf", metadata=metadata, copy_status=status,
+        created=stored.created, last_modified=stored.last_modified,
+    )  # fmt: skip
+    document = {
+        **json.loads(manifest.data),
+        "delivery": delivery_of(link),
+        "copyStatus": status.replace("aborted", "failed"),
+    }
+    world.storage.load(
+        f"{name}.json", json.dumps(document).encode(), content_type="application/json",
+        metadata={**dict(manifest.metadata), "copystatus": document["copyStatus"]},
+        created=manifest.created, last_modified=manifest.last_modified,
+    )  # fmt: skip
+    return name
+
+
+@pytest.mark.parametrize("status", ["failed", "aborted", "pending"])
+@pytest.mark.parametrize("migrated", [False, True], ids=["before-the-migration", "after-it"])
+async def test_a_file_whose_legacy_async_copy_did_not_succeed_is_never_taken_for_its_export(
+    status: str, migrated: bool
+) -> None:
+    """Its metadata names the export, its bytes are not there: the migration leaves it, and the export sent
+    again is copied over it (200 stored with the export's bytes), never adopted as stored with none."""
+    world = legacy_world()
+    name = left_by_an_unfinished_async_copy(world, "task-101", 0, status)
+    if migrated:
+        await reconcile(world)
+        found = world.record("task-101", "ws-acme")
+        assert found is None or found.current_delivery is None, found
+    answer = await world.post(body("task-101", 0))
+    assert (answer.status_code, answer.body["status"]) == (200, "stored"), answer.body
+    assert world.storage.blob_bytes(name) == base64.b64decode(sent("task-101", 0)["data"])
+
+
+async def test_on_azurite_a_blob_whose_async_copy_failed_is_copied_over_not_adopted(
+    proxied: FaultProxy, exports: Exports, webhook: Webhook, destination: ContainerClient
+) -> None:
+    """The Azure SDK reads the copy's status (x-ms-copy-status) the proxy reports as Azure does for a copy whose
+    source went away: the blob the release's Copy Blob left, with the export's metadata, is not that export."""
+    payload = notification(exports.publish(b"%PDF the real export"), displayName="doc.pdf")
+    name = f"{payload['workspaceId']}/{payload['taskId']}/doc.pdf"
+    delivery = delivery_of(payload["exportedFileUrl"])
+    metadata = {"taskid": payload["taskId"], "workspaceid": payload["workspaceId"], "delivery": delivery}
+    blob = destination.get_blob_client(name)
+    blob.start_copy_from_url(exports.publish(b""), metadata=metadata)  # Azurite ends it at once, as "success"
+    proxied.source_gone(delivery)  # Azure would say "failed"
+    answer = await webhook.post(payload)
+    assert (answer.status, answer.body["status"]) == (200, "stored"), answer.body
+    assert blob.download_blob().readall() == b"%PDF the real export"
 
 
 async def test_a_re_export_in_flight_after_the_upgrade_is_never_taken_for_a_legacy_file() -> None:

@@ -21,13 +21,16 @@ without the bytes, and is left alone):
 - ids come from the file's metadata, decoded, never from the folded index tags; a value that may
   have been cut (at the 512 characters the release kept) counts only when the manifest of the same
   delivery spells the same ids; anything doubtful is left alone;
-- a name the record already lists, or a delivery it already knows, is left alone, and so is a file
-  written in the last two minutes (``IN_FLIGHT``: this release's copy on its way to its record) and any
-  file with this release's ``copyid`` or ``taskkey`` metadata (a copy whose driver stopped before its
-  record: the task's next delivery decides it, never as an older legacy file);
+- a delivery the record already knows is not added again, and a file with this release's ``copyid`` or
+  ``taskkey`` metadata is never folded (a copy whose driver stopped before its record: the task's next
+  delivery decides it, never as an older legacy file); a legacy file at a name the record knows (a delivery
+  since the upgrade whose copy never landed there) is folded as any other, older than that delivery;
+- a file written in the last two minutes (``IN_FLIGHT``) is left, and its page taken again next run (an
+  instance of the release before may still write during a deployment);
 - one delivery at two names enters the record once, at its newest copy's name when both are on one page
-  (with every copy's ``replaced`` list), else at the copy an earlier page migrated; every other copy of a
-  migrated delivery (stored or superseded) is listed to retire;
+  (with every copy's ``replaced`` list), else at the copy the record holds; every other copy of a delivery
+  the record holds stored or superseded (migrated, or sent again since the upgrade) is listed to retire, and
+  what its manifest lists as replaced enters the record;
 - the record's current file stays current when a delivery after the upgrade made it so: the legacy
   file is older, ``superseded`` and listed to ``retire``. Otherwise the newest legacy file (the
   manifest's ``receivedAt``, else the file's last-modified) is ``stored`` and current, and older
@@ -66,7 +69,7 @@ from .models import (
     record_name,
     with_step,
 )
-from .storage import Blob, Conflict, Listed, Storage, copy_incomplete
+from .storage import Blob, Conflict, Immutable, Leased, Listed, Storage, copy_incomplete
 
 log = logging.getLogger("receiver.migration")
 
@@ -125,6 +128,10 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
             report.left_recent.append(item.name)
         elif ids is not None:
             by_task.setdefault(ids, []).append(item)
+    if report.left_recent:
+        # Legacy files an instance of the release before may still be writing (a deployment's overlap): the page is
+        # taken again next run, when they are older; the marker does not move past them.
+        report.stopped = f"{len(report.left_recent)} file(s) written in the last two minutes; the page is taken again"
     for (workspace_id, task_id), items in by_task.items():
         files = [f for item in items if (f := await _legacy_file(storage, item, workspace_id, task_id, report))]
         if not files:
@@ -133,6 +140,8 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
         if not await _fold(storage, files, now=now, report=report):
             report.stopped = f"the record of task {task_id} kept changing; the page is taken again next run"
             return report
+    if report.stopped is not None:
+        return report
     document = {"done": next_marker is None, "marker": next_marker, "at": now.isoformat()}
     try:
         await storage.put(
@@ -223,6 +232,10 @@ async def _legacy_file(
                 )
             except Conflict:
                 log.info("the manifest of %s changed while it was labelled: left to whoever changed it", item.name)
+            except (Immutable, Leased) as exc:
+                # Left unlabelled (a retirement still removes it once its file is gone): one held manifest must not
+                # stop the migration of the whole container.
+                log.warning("the manifest of %s was not labelled with its delivery: %s", item.name, exc.message)
     if cut:
         report.left_doubtful.append(item.name)
         return None
@@ -266,9 +279,10 @@ def _migrated(item: Delivery) -> bool:
     return bool(item.history) and item.history[0].outcome in (MIGRATED, MIGRATED_REPLACED)
 
 
-def _migrated_copy(item: Delivery | None) -> bool:
-    """Is ``item`` a delivery an earlier page migrated, stored or superseded (so a copy of it elsewhere is garbage)?"""
-    return item is not None and _migrated(item) and item.state in (State.STORED, State.SUPERSEDED)
+def _kept_elsewhere(item: Delivery | None, name: str) -> bool:
+    """Does the record hold ``item`` stored or superseded at another name than ``name`` (so a legacy copy of it
+    there is garbage)?"""
+    return item is not None and item.blob != name and item.state in (State.STORED, State.SUPERSEDED)
 
 
 def fold(
@@ -277,12 +291,17 @@ def fold(
     """The record with ``files`` in it (None: nothing to add), the names made current, and the names
     listed to retire. Pure."""
     known_names = {item.blob for item in record.deliveries} | {item.blob for item in record.retire}
-    unknown = [f for f in files if f.name not in known_names]
-    # Another copy of a delivery an earlier page already migrated (a template change, or a replacement whose delete
-    # failed, left one delivery at two names): listed to retire, the record keeps the copy it holds.
-    extra = [f for f in unknown if _migrated_copy(record.find(f.delivery))]
-    fresh = [f for f in unknown if record.find(f.delivery) is None]
-    if not fresh and not extra:
+    # A legacy file of a delivery the record does not know is folded wherever it is: at a name a delivery since the
+    # upgrade was accepted at too, that delivery's copy never landed there (it failed, was superseded, or still
+    # copies), and the legacy bytes are there, older than it.
+    fresh = [f for f in files if record.find(f.delivery) is None]
+    # Another copy of a delivery the record holds stored or superseded (migrated by an earlier page, or sent again
+    # since the upgrade and recorded at another name): listed to retire, the record keeps the copy it holds.
+    extra = [f for f in files if f.name not in known_names and _kept_elsewhere(record.find(f.delivery), f.name)]
+    # What the manifest of a delivery the record already holds says it replaced (sent again since the upgrade,
+    # before the migration reached its task): still entered, so a late retry of one is superseded.
+    known = [f for f in files if record.find(f.delivery) and any(record.find(old) is None for old in f.replaced)]
+    if not fresh and not extra and not known:
         return None, [], []
     # One delivery at two names on this page: the record holds it once, at its newest copy's name, with what every
     # copy's manifest says it replaced; the other names are listed to retire.
@@ -295,12 +314,12 @@ def fold(
         for f in fresh
         if newest[f.delivery] is f
     ]
-    if not fresh:
+    if not fresh and not known:
         retire = [*record.retire, *(Retirement(blob=f.name, delivery=f.delivery, etag=f.etag) for f in extra)]
         return record.model_copy(update={"retire": retire}), [], [f.name for f in extra]
     added: list[Delivery] = []
     with_files = {f.delivery for f in fresh}  # a replaced one whose file is still there enters with its file
-    for legacy in fresh:
+    for legacy in [*fresh, *known]:
         for old in legacy.replaced:
             if record.find(old) is None and old not in with_files and all(item.delivery != old for item in added):
                 note = "replaced before the upgrade (its manifest's replaced list); its own name is not known"
@@ -314,6 +333,7 @@ def fold(
                         history=[step],
                     )
                 )
+    for legacy in fresh:
         step = Step(at=now, by="reconciliation", outcome=MIGRATED, note="written by the release before the record")
         added.append(
             Delivery(
@@ -333,14 +353,14 @@ def fold(
     others = [item for item in record.deliveries if not _migrated(item)]
     current = record.current_delivery
     files_only = [item for item in legacy_items if item.history[0].outcome == MIGRATED]
-    newest_legacy = max(files_only, key=lambda item: item.received_at)
+    newest_legacy = max(files_only, key=lambda item: item.received_at) if files_only else None
     retire = list(record.retire)
     stored_names: list[str] = []
     superseded_names: list[str] = []
     new_current = record.current
-    newest_replaced = next((f.replaced for f in fresh if f.delivery == newest_legacy.delivery), ())
+    newest_replaced = next((f.replaced for f in fresh if newest_legacy and f.delivery == newest_legacy.delivery), ())
     late = current is not None and not _migrated(current) and current.delivery in newest_replaced
-    if late and current is not None:
+    if late and current is not None and newest_legacy is not None:
         # A late retry of an export the previous release had replaced, stored before the migration
         # reached its task: the legacy manifest says the legacy file replaced it. It goes before the
         # legacy file (accepted earlier, as far as the task is concerned), superseded, its name retired.
@@ -354,7 +374,9 @@ def fold(
                 Retirement(blob=current.blob, delivery=current.delivery, etag=current.etag, copy_id=current.copy_id)
             )
             superseded_names.append(current.blob)
-    if current is None or late or (_migrated(current) and newest_legacy.received_at > current.received_at):
+    if newest_legacy is not None and (
+        current is None or late or (_migrated(current) and newest_legacy.received_at > current.received_at)
+    ):
         new_current = newest_legacy.delivery
     items: list[Delivery] = []
     fresh_deliveries = {f.delivery for f in fresh}

@@ -293,6 +293,11 @@ class FaultPlan:
         self._before.append(_Rule(op, name, times))
         return self
 
+    def heal(self) -> None:
+        """No more 503s or lost answers: the storage answers again (immutable names stay)."""
+        self._before.clear()
+        self._after.clear()
+
     def lose_answer(self, op: str | None = None, name: str | None = None, *, times: int = 1) -> FaultPlan:
         """The operation acts, then raises :class:`Unavailable` (its answer was lost on the way)."""
         self._after.append(_Rule(op, name, times))

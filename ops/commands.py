@@ -258,11 +258,22 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
                 if manifest is not None and not marked:
                     what = "is not a manifest the receiver wrote"
                 found.problems.append(f"the manifest {manifest_name(current.blob)} {what}")
-                found.next.append(
-                    (f"once the container's {policy} is lifted (it refuses rewriting the manifest): " if policy else "")
-                    + f"python -m ops check {args} --repair (writes it again from the task record while the file "
-                    "holds the current delivery)"
-                )
+                if not current.manifest:
+                    # (a delivery the upgrade migrated: the release before kept no notification in a record)
+                    found.next.append(
+                        "the task record keeps no notification to write this manifest from: send the document again "
+                        "from SmartDocumentor (a duplicate writes it), or export it again if its link expired"
+                    )
+                else:
+                    found.next.append(
+                        (
+                            f"once the container's {policy} is lifted (it refuses rewriting the manifest): "
+                            if policy
+                            else ""
+                        )
+                        + f"python -m ops check {args} --repair (writes it again from the task record while the file "
+                        "holds the current delivery)"
+                    )
     for item in record.deliveries:
         if item.state is State.COPYING:
             found.verdicts[item.delivery] = _copying_verdict(ctx, found, item)

@@ -727,3 +727,19 @@ async def test_what_a_legacy_copy_left_at_an_earlier_templates_name_replaced_is_
         await reconcile(world)
     kept = [n for n in world.storage.names() if "501" in n and not n.startswith(".") and not n.endswith(".json")]
     assert kept == [again.body["blob"].split("/", 1)[1]] and legacy_name not in kept, kept
+
+
+async def test_check_on_a_migrated_file_whose_manifest_describes_a_pending_export_names_a_step_that_works() -> None:
+    """task-401's legacy manifest describes a later export still copying at the upgrade; that export never
+    ends. `ops check` names the mismatch, and as the next step what can rewrite it (the document sent again),
+    never a repair that has no notification to write from."""
+    from .test_ops import Ops
+
+    ops = Ops()
+    ops.world = legacy_world()
+    await reconcile(ops.world)
+    ops.world.clock.advance(timedelta(days=40))
+    await reconcile(ops.world)
+    checked = await ops("check", "--task", "task-401", "--workspace", "ws-acme")
+    assert "manifest ws-acme/task-401/scan.pdf.json describes another delivery" in checked.out, checked.out
+    assert "keeps no notification" in checked.out and "--repair (writes it again" not in checked.out, checked.out

@@ -136,7 +136,7 @@ param tagFields string = 'taskId,taskNumber,workspaceId'
 param writeManifest bool = true
 
 @minValue(1024)
-@maxValue(104857600)
+@maxValue(1048576)
 @description('MAX_BODY_BYTES: largest webhook body accepted.')
 param maxBodyBytes int = 65536
 

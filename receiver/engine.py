@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -843,7 +843,7 @@ async def _effect(
             matches = known is not None and _is_manifest(known) and known.delivery == item.delivery
             etag = known.etag if known is not None and matches else None
             removals.append(remove_manifest(storage, name, item.delivery, etag))
-        deleted, *_ = await asyncio.gather(*removals)
+        deleted = (await settled(*removals))[0]
         if deleted:
             return None
         # Not deleted: gone already (another driver's delete, a copy that never landed), or another's now.
@@ -873,6 +873,16 @@ async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
             code="fence-refused",
         ) from None
     return replace(seen, blob=replace(current, etag=written.etag), fence=False, watched=fence.blob, fenced=written.etag)
+
+
+async def settled(*requests: Awaitable[Any]) -> list[Any]:
+    """Requests side by side, each to its end before any failure is raised (the first): a write left running
+    after its effect was judged failed would land unseen, after the driver decided from that failure."""
+    outcomes = await asyncio.gather(*requests, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
 
 
 async def remove_manifest(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:
@@ -1036,7 +1046,7 @@ async def write_manifest(
                 if_match = there.etag
         raise Unavailable(f"The manifest {name} kept changing while it was written.")
 
-    holder, written = await asyncio.gather(fix_headers(), put_manifest())
+    holder, written = await settled(fix_headers(), put_manifest())
     if written is not None and (holder is None or holder.delivery != effect.delivery):
         # The file moved on while the manifest was written (a newer export, a retirement): a manifest
         # describes the file beside it or is not there at all.

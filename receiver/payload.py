@@ -18,6 +18,7 @@ from .source import (
     may_repeat_secret,
     scrub_text,
     signatures_apart,
+    signatures_apart_again,
     without_secrets,
 )
 
@@ -187,13 +188,16 @@ def _whole_number(text: str) -> int:
     return int(text)
 
 
-def parse_notification(body: bytes) -> Notification:
-    """Turn the raw body into a :class:`Notification` or raise :class:`PayloadError`."""
+def parse_notification(body: bytes, *, rebuilt: bool = False) -> Notification:
+    """Turn the raw body into a :class:`Notification` or raise :class:`PayloadError`. ``rebuilt``: a body the
+    queue function made again (from the record, or an earlier release's message), from what a sender's body
+    became at intake: its hashed ids are kept as they are, and NaN or Infinity an earlier release wrote pass."""
     if not body.strip():  # e.g. curl's --data-binary @file with a path that does not exist sends nothing
         raise PayloadError("invalid-json", "The request body is empty. Send the notification as a UTF-8 JSON object.")
     try:
         # A leading BOM is tolerated; NaN and Infinity, which Python's json takes, are not JSON.
-        document = json.loads(body.decode("utf-8-sig"), parse_constant=_not_json, parse_int=_whole_number)
+        constant = None if rebuilt else _not_json
+        document = json.loads(body.decode("utf-8-sig"), parse_int=_whole_number, parse_constant=constant)
     except _NumberTooLong:
         raise PayloadError(
             "invalid-payload",
@@ -238,10 +242,11 @@ def parse_notification(body: bytes) -> Notification:
     # Another link's secret too: any `sig` value everywhere, and every URL's whole query in the values. The ids
     # and field names keep their queries, and a `sig` value there becomes a hash of it: two ids differing
     # anywhere stay two tasks (two field names, two fields).
+    apart = signatures_apart_again if rebuilt else signatures_apart
     document = {
-        signatures_apart(key): value
+        apart(key): value
         if key == "exportedFileUrl"
-        else map_strings(value, signatures_apart if key in _IDENTITY else scrub_text, keys=signatures_apart)
+        else map_strings(value, apart if key in _IDENTITY else scrub_text, keys=apart)
         for key, value in document.items()
     }
     try:

@@ -166,21 +166,29 @@ def without_signatures(text: str) -> str:
 
 def signatures_apart(text: str) -> str:
     """``text`` with every ``sig`` value replaced by REDACTED and 16 hex digits of its sha256, nothing else
-    changed: for what identifies (ids, field names), two texts that differ anywhere stay different. A value
-    it made already is kept: the queue function parses a body rebuilt from the record, whose ids it made,
-    and must find the same task (a sender who types that very form names the task it stands for)."""
+    changed: for what identifies (ids, field names), two texts that differ anywhere stay different (a sender
+    who types that very form names another task than the one it stands for)."""
     if not _may_hold_signature(text):
         return text
-    return _ANY_SIG.sub(_hashed_signature, text)
+    return _ANY_SIG.sub(lambda found: f"sig=REDACTED~{_hash16(found[0])}", text)
+
+
+def signatures_apart_again(text: str) -> str:
+    """:func:`signatures_apart` on a text it made already (a body the queue function rebuilt from the record):
+    a value in its form is kept, so the ids name the same task."""
+    if not _may_hold_signature(text):
+        return text
+    return _ANY_SIG.sub(
+        lambda found: found[0] if _HASHED_SIGNATURE.fullmatch(found[0]) else f"sig=REDACTED~{_hash16(found[0])}",
+        text,
+    )
 
 
 _HASHED_SIGNATURE = re.compile(r"sig=REDACTED~[0-9a-f]{16}")
 
 
-def _hashed_signature(found: re.Match[str]) -> str:
-    if _HASHED_SIGNATURE.fullmatch(found[0]):
-        return found[0]
-    return f"sig=REDACTED~{hashlib.sha256(found[0].encode()).hexdigest()[:16]}"
+def _hash16(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def scrub_text(text: str) -> str:

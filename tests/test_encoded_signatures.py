@@ -176,7 +176,7 @@ async def test_a_large_notification_whose_task_id_held_a_sig_is_finished_by_the_
     the body rebuilt from the record, whose taskId intake already made `sig=REDACTED~<hash>`. Kept as it is,
     that id names the same task: the 202's delivery is stored there, and no other task appears."""
     from receiver.models import State
-    from receiver.source import signatures_apart
+    from receiver.source import signatures_apart, signatures_apart_again
     from receiver.verification import Reference, read_message, verify_copy
 
     world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0)
@@ -185,7 +185,7 @@ async def test_a_large_notification_whose_task_id_held_a_sig_is_finished_by_the_
     assert answer.status_code == 202 and answer.verification is not None, answer.body
     assert isinstance(read_message(answer.verification.encode()), Reference)
     stored_id = answer.body["taskId"]
-    assert stored_id == signatures_apart(task_id) == signatures_apart(stored_id), stored_id
+    assert stored_id == signatures_apart(task_id) == signatures_apart_again(stored_id), stored_id
 
     assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
     record = world.record(stored_id)
@@ -213,3 +213,14 @@ async def test_another_links_sig_carried_in_the_links_own_path_is_written_nowher
     assert other not in _everything(world) + json.dumps(answer.body)
     record = world.storage.blob_bytes(".smartdocumentor/tasks/ws-1/task-1.json")
     assert record is not None and other not in record.decode()
+
+
+async def test_a_sender_typing_an_ids_hashed_form_names_another_task_and_deletes_nothing_of_the_first() -> None:
+    """The hashed form is shown in answers and logs: a sender who sends it as an id gets it hashed again (only
+    the queue function keeps it, for bodies it rebuilt itself). Two tasks, two records, both files kept."""
+    world = World.make()
+    first = await world.post(world.export("ref://erp/doc?id=1001&sig=abcdefgh12345678", "a.pdf"))
+    assert first.status_code == 200, first.body
+    typed = await world.post(world.export(first.body["taskId"], "b.pdf"))
+    assert typed.status_code == 200 and typed.body["taskId"] != first.body["taskId"], (first.body, typed.body)
+    assert sorted(name.rsplit("/", 1)[1] for name in world.files()) == ["a.pdf", "b.pdf"], sorted(world.files())

@@ -743,3 +743,19 @@ async def test_check_on_a_migrated_file_whose_manifest_describes_a_pending_expor
     checked = await ops("check", "--task", "task-401", "--workspace", "ws-acme")
     assert "manifest ws-acme/task-401/scan.pdf.json describes another delivery" in checked.out, checked.out
     assert "keeps no notification" in checked.out and "--repair (writes it again" not in checked.out, checked.out
+
+
+async def test_an_earlier_release_queue_message_whose_manifest_holds_nan_still_finishes_its_export() -> None:
+    """The earlier release's Python json wrote NaN (and 1e999 as Infinity) into its messages: a sender's body is
+    refused for them, but a message that release queued is not a sender's body, and its export is stored."""
+    from receiver.verification import verify_copy
+
+    world = legacy_world()
+    await reconcile(world)
+    name = FILES[("ws-acme", "task-401")]
+    pending = sent("task-401", 1)
+    manifest = {**json.loads(world.storage.blob_bytes(f"{name}.json") or b"{}"), "metadata": {"weight": float("nan")}}
+    message = json.dumps({"sourceUrl": pending["body"]["exportedFileUrl"], "manifest": manifest}).encode()
+    assert b"NaN" in message
+    assert await verify_copy(message, runtime=world.runtime, now=world.now) == "stored"
+    assert world.storage.blob_bytes(name) == base64.b64decode(pending["data"])

@@ -45,6 +45,7 @@ from .models import (
     COPY_ID,
     MAX_RECORD_BYTES,
     RECORD_CONTENT_TYPE,
+    RECORD_ROOM,
     Delivery,
     Manifest,
     Retirement,
@@ -582,14 +583,15 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
 async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trace: Trace, *, now: datetime) -> Seen:
     name = record_name(job.workspace_id, job.task_id)
     data = decision.record.to_bytes()
-    if len(data) > MAX_RECORD_BYTES:
-        # Never written larger than any driver reads it: the bodies of deliveries still copying fill it (each is
-        # kept until its copy ends), and they leave it as they end.
-        copying = sum(1 for item in decision.record.deliveries if item.manifest)
+    bodies = {item.delivery for item in decision.record.deliveries if item.manifest}
+    more = bool(bodies - {item.delivery for item in seen.record.deliveries if item.manifest} if seen.record else bodies)
+    if len(data) > MAX_RECORD_BYTES or (more and len(data) > RECORD_ROOM):
+        # Never written larger than any driver reads it. The notifications of exports still copying fill it (each
+        # kept until its copy ends, then dropped): one more is refused while they do, never a change that ends one.
         raise Unavailable(
-            f"The task record has no room for this change ({len(data)} bytes, at most {MAX_RECORD_BYTES}): it keeps "
-            f"the notification of each export still copying ({copying}) until that copy ends. Send the document "
-            "again once they are stored, in a few minutes.",
+            f"The task record has no room for this notification ({len(data)} bytes, at most {RECORD_ROOM}): it "
+            f"keeps the notification of each export still copying or just replaced ({len(bodies)}) until they end. "
+            "Send the document again once they are stored, in a few minutes.",
             code="record-full",
         )
     write = storage.put(

@@ -29,9 +29,12 @@ Driver = Literal["webhook", "verifier", "reconciliation", "operator"]
 # Every record lives under this prefix; no file name can start with it (plan.outside_reserved).
 RECORD_PREFIX = ".smartdocumentor/tasks/"
 RECORD_CONTENT_TYPE = "application/json"
-# A record is small (a few hundred bytes a delivery plus what is still copying); more than this is
-# not one of ours and is never read whole.
-MAX_RECORD_BYTES = 16 * 1024 * 1024
+# A record is small (a few hundred bytes a delivery plus the notifications it still keeps, each up to
+# MAX_BODY_BYTES, 1 MiB); more than this is not one of ours and is never read whole, nor written.
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+# A change that keeps one more notification is refused past this (503 until kept ones leave it); every other
+# change, which ends deliveries and so frees the record, still has the rest up to MAX_RECORD_BYTES.
+RECORD_ROOM = 48 * 1024 * 1024
 MAX_HISTORY = 50
 # The blob metadata naming one copy's bytes (new with each copy or commit, kept when headers are set).
 COPY_ID = "copyid"
@@ -116,8 +119,10 @@ class Delivery(_Model):
     completed_at: datetime | None = None
     failed_at: datetime | None = None
     failure_reason: str | None = None
-    # The manifest to write once the file is committed, kept only while `copying`: whoever finishes
-    # the copy (the queue function, the reconciliation) writes it without the payload.
+    # The manifest to write once the file is committed: whoever finishes the copy (the queue function, the
+    # reconciliation) writes it without the payload. Kept while `copying`, while current (its manifest can be
+    # written again), while superseded at the current file's name, and once `failed` (a late copy of either
+    # may still land, and the record then follows the file).
     manifest: dict[str, Any] | None = None
     history: list[Step] = Field(default_factory=list)
 
@@ -186,7 +191,8 @@ class TaskRecord(_Model):
         return None if self.current is None else self.find(self.current)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.dump(), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        # UTF-8, not escaped: a notification's text takes about its own size here, not up to three times it.
+        return json.dumps(self.dump(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TaskRecord:

@@ -26,7 +26,8 @@ without the bytes, and is left alone):
   delivery decides it, never as an older legacy file); a legacy file at a name the record knows (a delivery
   since the upgrade whose copy never landed there) is folded as any other, older than that delivery;
 - a file written in the last two minutes (``IN_FLIGHT``) is left, and its page taken again next run (an
-  instance of the release before may still write during a deployment);
+  instance of the release before may still write during a deployment); so is a legacy copy of a delivery sent
+  again since the upgrade and still copying at another name (kept or retired once that copy ends);
 - one delivery at two names enters the record once, at its newest copy's name when both are on one page
   (with every copy's ``replaced`` list), else at the copy the record holds; every other copy of a delivery
   the record holds stored or superseded (migrated, or sent again since the upgrade) is listed to retire, and
@@ -94,6 +95,7 @@ class MigrationReport:
     left_pending: list[str] = field(default_factory=list)  # names whose manifest says pending (or failed)
     left_doubtful: list[str] = field(default_factory=list)  # ids not exact enough to act on
     left_recent: list[str] = field(default_factory=list)  # written in the last two minutes: this release's
+    left_copying: list[str] = field(default_factory=list)  # legacy copies of deliveries copying elsewhere since
     stopped: str | None = None  # why this page was not finished (a conflict that kept coming back)
 
 
@@ -140,6 +142,10 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
         if not await _fold(storage, files, now=now, report=report):
             report.stopped = f"the record of task {task_id} kept changing; the page is taken again next run"
             return report
+    if report.left_copying and report.stopped is None:
+        # Sent again since the upgrade and still copying at another name: whether the legacy copy is the file to
+        # keep or to retire is known once that copy ends. The page is taken again until then.
+        report.stopped = f"{len(report.left_copying)} legacy copy(ies) of deliveries still copying elsewhere"
     if report.stopped is not None:
         return report
     document = {"done": next_marker is None, "marker": next_marker, "at": now.isoformat()}
@@ -256,6 +262,8 @@ async def _fold(storage: Storage, files: Sequence[LegacyFile], *, now: datetime,
         if (record.workspace_id, record.task_id) != (workspace_id, task_id):
             report.left_doubtful.extend(f.name for f in files)
             return True
+        copying = [f.name for f in files if _copying_elsewhere(record.find(f.delivery), f.name)]
+        report.left_copying.extend(name for name in copying if name not in report.left_copying)
         updated, stored, superseded = fold(record, files, now=now)
         if updated is None:
             return True
@@ -279,6 +287,10 @@ def _migrated(item: Delivery) -> bool:
     return bool(item.history) and item.history[0].outcome in (MIGRATED, MIGRATED_REPLACED)
 
 
+def _copying_elsewhere(item: Delivery | None, name: str) -> bool:
+    return item is not None and item.blob != name and item.state is State.COPYING
+
+
 def _kept_elsewhere(item: Delivery | None, name: str) -> bool:
     """Does the record hold ``item`` stored or superseded at another name than ``name`` (so a legacy copy of it
     there is garbage)?"""
@@ -290,7 +302,9 @@ def fold(
 ) -> tuple[TaskRecord | None, list[str], list[str]]:
     """The record with ``files`` in it (None: nothing to add), the names made current, and the names
     listed to retire. Pure."""
-    known_names = {item.blob for item in record.deliveries} | {item.blob for item in record.retire}
+    # (A delivery entered from a replaced list holds the name of the file that replaced it: not its own.)
+    owned = [item for item in record.deliveries if not (item.history and item.history[0].outcome == MIGRATED_REPLACED)]
+    known_names = {item.blob for item in owned} | {item.blob for item in record.retire}
     # A legacy file of a delivery the record does not know is folded wherever it is: at a name a delivery since the
     # upgrade was accepted at too, that delivery's copy never landed there (it failed, was superseded, or still
     # copies), and the legacy bytes are there, older than it.

@@ -23,6 +23,7 @@ from receiver.models import State, TaskRecord, record_name
 from receiver.reconciliation import reconcile_run
 from receiver.settings import Settings
 from receiver.storage import Headers
+from receiver.verification import verify_copy
 from sim.memstore import ManualClock, StoredBlob
 from sim.world import SOURCE_HOST, World
 
@@ -42,16 +43,17 @@ FILES = {
 }
 
 
-def legacy_world(*, minutes_after: int = 10) -> World:
+def legacy_world(*, minutes_after: int = 10, **settings: Any) -> World:
     """The fixture in a MemoryStorage, the clock ``minutes_after`` the capture, its links served."""
     captured = datetime.fromisoformat(FIXTURE["capturedAt"])
-    settings = Settings(
+    configured = Settings(
         destination_connection_string=SecretStr("UseDevelopmentStorage=true"),
         destination_container=FIXTURE["container"],
         allowed_source_hosts=(FIXTURE["sourceHost"], SOURCE_HOST),
         allow_http_sources=True,
+        **settings,
     )
-    world = World(settings, clock=ManualClock(captured + timedelta(minutes=minutes_after)))
+    world = World(configured, clock=ManualClock(captured + timedelta(minutes=minutes_after)))
     for blob in FIXTURE["blobs"]:
         assert blob["snapshot"] is None  # the capture left none: the release deleted them after success
         world.storage.load(
@@ -759,3 +761,23 @@ async def test_an_earlier_release_queue_message_whose_manifest_holds_nan_still_f
     assert b"NaN" in message
     assert await verify_copy(message, runtime=world.runtime, now=world.now) == "stored"
     assert world.storage.blob_bytes(name) == base64.b64decode(pending["data"])
+
+
+async def test_a_legacy_copy_of_a_delivery_still_copying_elsewhere_waits_for_it_then_is_retired() -> None:
+    """task-501's legacy file is at the release's other template's name; its export, sent again after the upgrade
+    (staged at today's name), is answered 202. The migration takes that page again until the copy ends (the
+    marker does not move past it), then retires the legacy copy: the task keeps one file."""
+    world = legacy_world(sync_copy_max_mib=0, copy_wait_seconds=0)
+    legacy_name = FILES[("ws-acme", "task-501")]
+    again = await world.post(body("task-501", -1))
+    assert (again.status_code, again.body["status"]) == (202, "copying"), again.body
+    await reconcile(world)
+    assert world.storage.stored(MARKER_NAME) is None  # the page is taken again
+    assert again.verification is not None
+    assert await verify_copy(again.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
+    for _ in range(3):
+        world.clock.advance(timedelta(days=1))
+        await reconcile(world)
+    assert json.loads(world.storage.blob_bytes(MARKER_NAME) or b"{}")["done"] is True
+    names = [n for n in world.storage.names() if "501" in n and not n.startswith(".")]
+    assert legacy_name not in names and f"{legacy_name}.json" not in names, names

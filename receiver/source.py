@@ -235,7 +235,9 @@ def redact(text: str) -> str:
     return _ANY_SIG_NOT_SCRUBBED.sub("sig=REDACTED", text) if _may_hold_signature(text) else text
 
 
-_KEY_NAMES = re.compile(r"(?i)(?:accountkey|sharedaccesssignature|sharedaccesskey)[\s\"']{0,3}(?:=|:|%(?:25)?3d)")
+_KEY_NAMES = re.compile(
+    r"(?i)(?:accountkey|sharedaccesssignature|sharedaccesskey)(?:[\s\"'\u00a0]|%(?:25)?20){0,16}(?:=|:|%(?:25)?3d)"
+)
 
 
 def holds_key(text: str) -> bool:
@@ -375,7 +377,8 @@ def check_source(
     public = url.split("?", 1)[0].split("#", 1)[0]
     if may_repeat_secret(url, public):  # a path that holds its own signature too: never written anywhere
         public = str(without_secrets(public, link_secret_pattern(url)))
-    public = without_signatures(public)  # and another link's, as a path may carry one
+    # And another link's, as a path may carry one: segment by segment, so the file's name after it stays.
+    public = "/".join(without_signatures(segment) for segment in public.split("/"))
     return SourceLink(
         url=url,
         public_url=public,

@@ -213,6 +213,8 @@ async def test_another_links_sig_carried_in_the_links_own_path_is_written_nowher
     assert other not in _everything(world) + json.dumps(answer.body)
     record = world.storage.blob_bytes(".smartdocumentor/tasks/ws-1/task-1.json")
     assert record is not None and other not in record.decode()
+    manifest = json.loads(world.storage.blob_bytes(f"{answer.body['blob'].split('/', 1)[1]}.json") or b"{}")
+    assert manifest["exportedFileUrl"].endswith("/export.pdf"), manifest["exportedFileUrl"]  # the rest of the path
 
 
 async def test_a_sender_typing_an_ids_hashed_form_names_another_task_and_deletes_nothing_of_the_first() -> None:

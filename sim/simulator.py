@@ -1136,9 +1136,10 @@ class Simulation:
             return f"{writer.label} wrote it under a container policy"
         if any(step > landed for step in self.faulted.get(writer.number, ())):
             return f"a later call of {writer.label} failed"
-        for step, other in self.looked.get(name, ()):
-            if other is not writer and call.sent < step < landed:
-                return f"{writer.label}'s write crossed {other.label}'s look at it (step {step})"
+        for looked in (name, name.removesuffix(".json")) if name.endswith(".json") else (name,):
+            for step, other in self.looked.get(looked, ()):
+                if other is not writer and call.sent < step < landed:
+                    return f"{writer.label}'s write crossed {other.label}'s look at {looked} (step {step})"
         if name.endswith(".json"):
             # A retirement looks at the manifest beside deleting its file; the writer checks the file after writing
             # the manifest. The manifest written after that look, and the file deleted after that check: both

@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     reconcile_after_minutes: float = Field(default=10.0, ge=0, le=7 * 24 * 60)
     tag_fields: Annotated[tuple[str, ...], NoDecode] = ("taskId", "taskNumber", "workspaceId")
     write_manifest: bool = True
-    # At most 1 MiB: the task record keeps the body of each delivery still copying, and holds 16 MiB.
+    # At most 1 MiB: the task record keeps the body of each delivery still copying, in its 48 MiB of room.
     max_body_bytes: int = Field(default=65536, ge=1024, le=1024 * 1024)
 
     @field_validator("destination_connection_string", "destination_account_url", mode="before")

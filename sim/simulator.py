@@ -1120,8 +1120,8 @@ class Simulation:
 
     def why_left(self, name: str) -> str:
         """The documented way a blob left at ``name`` (a file, or a manifest beside no file of its delivery) got
-        there (docs/reference.md, "Known limits"): its writer stopped, or a later call of its writer failed (it
-        could not check what it wrote), or its write was sent before another driver looked at that name (or, for a
+        there (docs/reference.md, "Known limits"): its writer stopped, answered 409 under a policy that keeps it,
+        or a later call of its writer failed (it could not check what it wrote), or its write was sent before another driver looked at that name (or, for a
         manifest, at its file) or deleted it, and landed after. UNEXPLAINED when none of these is so: the
         random-schedule test fails on it, a soak lists it."""
         call = self.wrote.get(name)
@@ -1130,6 +1130,8 @@ class Simulation:
         writer, landed = call.actor, self.wrote_at[name]
         if writer.crashed or (writer.answer or "").startswith(("503", "raised")):
             return f"{writer.label} stopped after writing it ({writer.answer})"
+        if writer.error == "immutable":
+            return f"{writer.label} answered 409 immutable, naming it (a policy keeps it)"
         if writer.kind == "queue" and self._held_by_then(writer):
             # Its message tried under a container policy, which refuses removing it, until it was poisoned (an
             # operator replays it once the policy is lifted: `python -m ops replay-poison`; not replayed here).

@@ -1121,9 +1121,10 @@ class Simulation:
     def why_left(self, name: str) -> str:
         """The documented way a blob left at ``name`` (a file, or a manifest beside no file of its delivery) got
         there (docs/reference.md, "Known limits"): its writer stopped, answered 409 under a policy that keeps it,
-        or a later call of its writer failed (it could not check what it wrote), or its write was sent before another driver looked at that name (or, for a
-        manifest, at its file) or deleted it, and landed after. UNEXPLAINED when none of these is so: the
-        random-schedule test fails on it, a soak lists it."""
+        or a later call of its writer failed (it could not check what it wrote); its write was sent before another
+        driver looked at that name (or, for a manifest, at its file) or deleted it, and landed after; or its queue
+        message ran under a container policy. UNEXPLAINED when none of these is so: the random-schedule test
+        fails on it, a soak lists it."""
         call = self.wrote.get(name)
         if call is None:
             return UNEXPLAINED

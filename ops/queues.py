@@ -102,7 +102,7 @@ def parse(content: str) -> Parsed | None:
         if isinstance(found, Reference):
             return Parsed(found, found.task_id, found.workspace_id, found.delivery, None)
         try:  # the ids as the queue function reads them (trimmed, a sig value hashed), so they match the record's
-            notification = parse_notification(found.body)
+            notification = parse_notification(found.body, queued=True, rebuilt=found.rebuilt)
         except PayloadError:
             continue
         delivery = hashlib.sha256(notification.exported_file_url.encode("utf-8")).hexdigest()

@@ -291,7 +291,7 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
         if body is None:
             refused = Answer("failed", 400, "refused")
             return Foreseen(refused, "fail", "its task record no longer describes it: the queue function drops it")
-        message = Message(body, message.received_at, message.blob)
+        message = Message(body, message.received_at, message.blob, rebuilt=True)
     plan = plan_message(message, settings)
     if isinstance(plan, Outcome):
         error = str(plan.body.get("error") or plan.status_code)

@@ -29,11 +29,17 @@ def _is_json(content_type: str) -> bool:
 
 
 def prepare(
-    body: bytes, headers: Mapping[str, str], settings: Settings, *, now: datetime, queued: bool = False
+    body: bytes,
+    headers: Mapping[str, str],
+    settings: Settings,
+    *,
+    now: datetime,
+    queued: bool = False,
+    rebuilt: bool = False,
 ) -> CopyPlan | Outcome:
-    """Everything decided before storage: a plan to carry out, or the 4xx answer. Pure. ``queued``: a body the
-    webhook took (its size was checked as sent; rebuilt from the record it is longer, its text escaped, and its
-    ids already hashed: see :func:`receiver.payload.parse_notification`)."""
+    """Everything decided before storage: a plan to carry out, or the 4xx answer. Pure. ``queued``: a queue
+    message's body, which the webhook (or an earlier release) took: its size was checked as sent. ``rebuilt``: made
+    again from what intake made of it (see :func:`receiver.payload.parse_notification`)."""
     content_type = next((value for key, value in headers.items() if key.lower() == "content-type"), None)
     if content_type and not _is_json(content_type):
         return outcome.rejected(
@@ -50,7 +56,7 @@ def prepare(
             "metadata) in SmartDocumentor, then send the document again.",
         )
     try:
-        notification = parse_notification(body, rebuilt=queued)
+        notification = parse_notification(body, queued=queued, rebuilt=rebuilt)
     except PayloadError as exc:
         return outcome.rejected(400, exc.code, exc.message, details=exc.details or None)
     try:

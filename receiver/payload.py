@@ -188,15 +188,16 @@ def _whole_number(text: str) -> int:
     return int(text)
 
 
-def parse_notification(body: bytes, *, rebuilt: bool = False) -> Notification:
-    """Turn the raw body into a :class:`Notification` or raise :class:`PayloadError`. ``rebuilt``: a body the
-    queue function made again (from the record, or an earlier release's message), from what a sender's body
-    became at intake: its hashed ids are kept as they are, and NaN or Infinity an earlier release wrote pass."""
+def parse_notification(body: bytes, *, queued: bool = False, rebuilt: bool = False) -> Notification:
+    """Turn the raw body into a :class:`Notification` or raise :class:`PayloadError`. ``queued``: a queue
+    message's body, which the webhook or an earlier release took: NaN or Infinity an earlier release accepted
+    pass. ``rebuilt``: made again from what intake made of a sender's body (the record, an earlier release's
+    manifest): its hashed ids are kept as they are (a body as sent, queued or not, gets them hashed again)."""
     if not body.strip():  # e.g. curl's --data-binary @file with a path that does not exist sends nothing
         raise PayloadError("invalid-json", "The request body is empty. Send the notification as a UTF-8 JSON object.")
     try:
         # A leading BOM is tolerated; NaN and Infinity, which Python's json takes, are not JSON.
-        constant = None if rebuilt else _not_json
+        constant = None if queued else _not_json
         document = json.loads(body.decode("utf-8-sig"), parse_int=_whole_number, parse_constant=constant)
     except _NumberTooLong:
         raise PayloadError(

@@ -51,6 +51,9 @@ class Message:
     body: bytes
     received_at: datetime
     blob: str | None = None  # the name the delivery was given when it arrived (a release before: none)
+    # Made again from what a sender's body became at intake (the record, an earlier release's message), not
+    # the body as received: its ids already hashed are kept (see receiver.payload.parse_notification).
+    rebuilt: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ def read_message(data: bytes) -> Message | Reference | None:
             # The manifest's payload fields; its link (without the query) gives way to the message's own.
             fields = {key: value for key, value in manifest.items() if key in FIELDS}
             fields["exportedFileUrl"] = document["sourceUrl"]
-            return Message(json.dumps(fields).encode("utf-8"), received)
+            return Message(json.dumps(fields).encode("utf-8"), received, rebuilt=True)
     except (ValueError, TypeError, KeyError):
         return None
     return None
@@ -192,7 +195,7 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
                     f"dropped. Run {ops_command('find', task=found.task_id)}"
                 )
                 return "unreadable"
-            found = Message(rebuilt, found.received_at, found.blob)
+            found = Message(rebuilt, found.received_at, found.blob, rebuilt=True)
         plan = plan_message(found, settings)
         if isinstance(plan, Outcome):
             record.outcome, record.final_failure = "unreadable", True
@@ -305,7 +308,7 @@ def queue_outcome(answer: Answer, link_expires_on: datetime, now: datetime) -> s
 
 def plan_message(found: Message, settings: Settings) -> CopyPlan | Outcome:
     """The plan for a queued notification: as the webhook made it, under the name it was given then."""
-    plan = prepare(found.body, {}, settings, now=found.received_at, queued=True)
+    plan = prepare(found.body, {}, settings, now=found.received_at, queued=True, rebuilt=found.rebuilt)
     return kept_name(plan, found.blob, settings) if isinstance(plan, CopyPlan) and found.blob else plan
 
 

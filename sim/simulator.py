@@ -416,14 +416,16 @@ _RECORDS = _Memo("TaskRecord.from_bytes")
 _SETTINGS_IDS: dict[int, Settings] = {}  # the settings a plan was made with, kept alive so their id stays theirs
 
 
-def _prepare(body: bytes, headers: Any, settings: Settings, *, now: Any, queued: bool = False) -> CopyPlan | Outcome:
+def _prepare(
+    body: bytes, headers: Any, settings: Settings, *, now: Any, queued: bool = False, rebuilt: bool = False
+) -> CopyPlan | Outcome:
     """:func:`receiver.intake.prepare` (pure), each plan made once per body, headers, settings and time.
     A refusal (an :class:`Outcome`, whose body is a dict the caller may change) is made again each time."""
     _SETTINGS_IDS.setdefault(id(settings), settings)
-    key = (body, tuple(headers.items()), id(settings), now, queued)
+    key = (body, tuple(headers.items()), id(settings), now, queued, rebuilt)
     plan: CopyPlan | Outcome = _PLANS.get(
         key,
-        lambda: prepare(body, headers, settings, now=now, queued=queued),
+        lambda: prepare(body, headers, settings, now=now, queued=queued, rebuilt=rebuilt),
         keep=lambda found: isinstance(found, CopyPlan),
     )
     return plan

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -217,12 +218,29 @@ async def test_another_links_sig_carried_in_the_links_own_path_is_written_nowher
     assert manifest["exportedFileUrl"].endswith("/export.pdf"), manifest["exportedFileUrl"]  # the rest of the path
 
 
-async def test_a_sender_typing_an_ids_hashed_form_names_another_task_and_deletes_nothing_of_the_first() -> None:
-    """The hashed form is shown in answers and logs: a sender who sends it as an id gets it hashed again (only
-    the queue function keeps it, for bodies it rebuilt itself). Two tasks, two records, both files kept."""
-    world = World.make()
-    first = await world.post(world.export("ref://erp/doc?id=1001&sig=abcdefgh12345678", "a.pdf"))
-    assert first.status_code == 200, first.body
-    typed = await world.post(world.export(first.body["taskId"], "b.pdf"))
-    assert typed.status_code == 200 and typed.body["taskId"] != first.body["taskId"], (first.body, typed.body)
+@pytest.mark.parametrize("queued", [False, True], ids=["in-the-answer", "by-the-queue"])
+async def test_a_sender_typing_an_ids_hashed_form_names_another_task_and_deletes_nothing_of_the_first(
+    queued: bool,
+) -> None:
+    """The hashed form is shown in answers and logs: a sender who sends it as an id gets it hashed again, by the
+    webhook and by the queue function reading the body as sent in its message (only a body rebuilt from the
+    record keeps it). Two tasks, two records, both files kept."""
+    from receiver.verification import verify_copy
+
+    world = World.make(**({"sync_copy_max_mib": 0, "copy_wait_seconds": 0} if queued else {}))
+    answers = []
+    for task_id, name in (("ref://erp/doc?id=1001&sig=abcdefgh12345678", "a.pdf"), (None, "b.pdf")):
+        answer = await world.post(world.export(task_id or answers[0].body["taskId"], name))
+        if queued:
+            assert answer.status_code == 202 and answer.verification is not None, answer.body
+            assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "stored"
+        else:
+            assert answer.status_code == 200, answer.body
+        answers.append(answer)
+        world.clock.advance(timedelta(minutes=1))
+    first, typed = (answer.body["taskId"] for answer in answers)
+    assert typed != first, (first, typed)
     assert sorted(name.rsplit("/", 1)[1] for name in world.files()) == ["a.pdf", "b.pdf"], sorted(world.files())
+    for task in (first, typed):
+        record = world.record(task)
+        assert record is not None and [d.state.value for d in record.deliveries] == ["stored"], (task, record)

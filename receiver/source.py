@@ -377,8 +377,8 @@ def check_source(
     public = url.split("?", 1)[0].split("#", 1)[0]
     if may_repeat_secret(url, public):  # a path that holds its own signature too: never written anywhere
         public = str(without_secrets(public, link_secret_pattern(url)))
-    # And another link's, as a path may carry one: segment by segment, so the file's name after it stays.
-    public = "/".join(without_signatures(segment) for segment in public.split("/"))
+    # And another link's, as a path may carry one: to the end of the path (a signature's base64 may hold "/").
+    public = without_signatures(public)
     return SourceLink(
         url=url,
         public_url=public,

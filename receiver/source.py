@@ -236,7 +236,9 @@ def redact(text: str) -> str:
 
 
 _KEY_NAMES = re.compile(
-    r"(?i)(?:accountkey|sharedaccesssignature|sharedaccesskey)(?:[\s\"'\u00a0]|%(?:25)?20){0,16}(?:=|:|%(?:25)?3d)"
+    # The name, then anything that is not a letter or digit (spaces however written: +, %20, NBSP, zero-width),
+    # then = or : (or an encoded =): a key's value follows.
+    r"(?i)(?:accountkey|sharedaccesssignature|sharedaccesskey)(?:%[0-9a-f]{2}|[^0-9a-z]){0,16}?(?:=|:|%(?:25)?3d)"
 )
 
 

@@ -125,6 +125,9 @@ class Trace:
     maybe_failed: list[Delivery] = field(default_factory=list)  # what those changes would have failed
     record: TaskRecord | None = None  # the task record as this run last read or wrote it
     mine: set[StepKey] = field(default_factory=set)  # the steps this run's changes wrote (or may have: unsure)
+    # The manifests this run wrote and kept (name -> (ETag, delivery)): one whose file moved on meanwhile is its to
+    # remove when it ends without the delivery stored (a retirement may have looked before it landed).
+    manifests: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 StepKey = tuple[str, str, datetime, str, str | None]  # delivery, driver, time, outcome, note
@@ -250,6 +253,8 @@ async def run(
             _record_in_time(job, seen)
         trace.arrows.append(decision.arrow)
         if isinstance(decision, Answer):
+            if decision.kind in ("superseded", "failed") and trace.manifests:
+                await _drop_own_manifests(storage, trace)
             return _finish(decision, trace), trace
         if isinstance(decision, Observe) and decision.at is not None:
             job, seen, trace.blob = _decided_at(job, decision.at), _unlooked(seen), decision.at
@@ -257,6 +262,16 @@ async def run(
         if isinstance(decision, Copy | Stage) and (seen.copied or seen.attempt == "lost"):
             copied_at = max(now, clock())
     raise Unavailable("The task kept changing while this delivery stored it. Send the document again.")
+
+
+async def _drop_own_manifests(storage: Storage, trace: Trace) -> None:
+    """Each manifest this run wrote whose file no longer holds its delivery goes (If-Match on what it wrote: a
+    newer export's manifest is never touched). Best effort: the answer stands whatever storage says."""
+    for name, (etag, delivery) in trace.manifests.items():
+        with contextlib.suppress(StoreError):
+            holder = await storage.read(name.removesuffix(MANIFEST_SUFFIX))
+            if holder is None or holder.delivery != delivery:
+                await _delete_quietly(storage, name, etag)
 
 
 def _began_attempt(record: TaskRecord, delivery: str, mine: set[StepKey]) -> bool:
@@ -806,6 +821,8 @@ async def _effects(
                 _unretired(job, effect.retirement, outcome, age=now - since, ours=ours)
         else:
             manifest_done = True
+            if isinstance(outcome, str) and isinstance(effect, WriteManifest):
+                trace.manifests[manifest_name(effect.blob)] = (outcome, effect.delivery)
             if failed:
                 assert isinstance(outcome, StoreError)
                 trace.effect_failed = outcome
@@ -830,9 +847,10 @@ async def _effects(
 
 async def _effect(
     storage: Storage, job: Job, seen: Seen, effect: WriteManifest | Retire | Fence, *, now: datetime, careful: bool
-) -> bool | None:
+) -> bool | str | None:
     """Carry out one effect. A retirement says False when it left a file in place (one that no longer holds the
-    delivery, or another copy of it); else None (deleted, or nothing there)."""
+    delivery, or another copy of it); else None (deleted, or nothing there). A manifest says its ETag when it
+    wrote one and kept it."""
     if isinstance(effect, Retire):
         item = effect.retirement
         name = manifest_name(item.blob)
@@ -851,7 +869,7 @@ async def _effect(
         # Not deleted: gone already (another driver's delete, a copy that never landed), or another's now.
         return False if await storage.read(item.blob) is not None else None
     if isinstance(effect, WriteManifest):
-        await write_manifest(storage, job, seen, effect, now=now, careful=careful)
+        return await write_manifest(storage, job, seen, effect, now=now, careful=careful)
     return None
 
 
@@ -960,7 +978,7 @@ def _is_manifest(blob: Blob) -> bool:
 
 async def write_manifest(
     storage: Storage, job: Job, seen: Seen, effect: WriteManifest, *, now: datetime, careful: bool = False
-) -> None:
+) -> str | None:
     """The manifest beside the file, and the file's Content-Type, while the file holds the delivery
     (``seen.record`` is the record that says so). ``careful`` (off the webhook's common path): the file
     is read again after the manifest is written."""
@@ -1054,6 +1072,8 @@ async def write_manifest(
         # describes the file beside it or is not there at all.
         with contextlib.suppress(Conflict):
             await storage.delete(manifest_name(effect.blob), if_match=written)
+        return None
+    return None if written is None else str(written)
 
 
 __all__ = ["Job", "Trace", "block_id", "manifest_name", "observe", "remove_if_holds", "run"]

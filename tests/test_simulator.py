@@ -867,6 +867,19 @@ async def test_a_driver_that_finds_another_copy_of_its_superseded_delivery_retir
     assert answers["post#4 e1(A) try3"] == "200 superseded", answers
 
 
+# A manifest landed while its file was retired, and its own writer then saw the file gone: it removes it now.
+SEEDS_WHOSE_WRITER_SAW_ITS_MANIFEST_ORPHANED = [4410, 10809, 15749]
+
+
+@pytest.mark.parametrize("seed", SEEDS_WHOSE_WRITER_SAW_ITS_MANIFEST_ORPHANED)
+async def test_a_writer_that_ends_without_its_delivery_stored_removes_the_manifest_it_wrote_beside_no_file(
+    seed: int,
+) -> None:
+    result = await run_seed(seed)
+    assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
+    assert not result.leftovers, f"seed {seed}: {result.leftovers}\n  {replay_command(seed)}"
+
+
 @pytest.mark.parametrize("seed", SEEDS_THAT_LEFT_UNEXPLAINED_GARBAGE)
 async def test_seeds_that_once_left_garbage_no_known_limit_explains_leave_none(seed: int) -> None:
     result = await run_seed(seed)

@@ -543,6 +543,7 @@ class Simulation:
         self.wrote_at: dict[str, int] = {}
         self.looked: dict[str, list[tuple[int, Actor]]] = {}  # by name: when each driver read or deleted it
         self.faulted: dict[int, list[int]] = {}  # by actor number: the steps its calls got a 503 or lost answer
+        self.removed: dict[str, set[int]] = {}  # by name: the actors (numbers) whose delete removed a blob there
 
     # ---------------------------------------------------------------- the world's pieces
 
@@ -855,6 +856,8 @@ class Simulation:
             self.wrote[name], self.wrote_at[name] = self.granted, self.steps
         if op in ("read", "read_bytes", "delete") and actor is not None:
             self.looked.setdefault(name, []).append((self.steps, actor))
+        if op == "delete" and before is not None and stored is None and actor is not None:
+            self.removed.setdefault(name, set()).add(actor.number)
         if name.startswith(RECORD_PREFIX) and op in WRITES:
             changed = stored is not None and (before is None or stored.etag != before.etag)
             if op != "put" and (changed or (before is not None and stored is None)):
@@ -1121,12 +1124,14 @@ class Simulation:
         return False
 
     def why_left(self, name: str) -> str:
-        """The documented way a blob left at ``name`` (a file, or a manifest beside no file of its delivery) got
-        there (docs/reference.md, "Known limits"): its writer stopped, answered 409 under a policy that keeps it,
-        or a later call of its writer failed (it could not check what it wrote); its write was sent before another
-        driver looked at that name (or, for a manifest, at its file) or deleted it, and landed after; or its queue
-        message ran under a container policy. UNEXPLAINED when none of these is so: the random-schedule test
-        fails on it, a soak lists it."""
+        """The documented way a blob left at ``name`` got there (docs/reference.md, "Known limits"), or UNEXPLAINED:
+        the random-schedule test fails on it, a soak lists it. A file (another copy of a delivery the record holds):
+        its writer stopped after it landed, answered 409 naming it under a policy that keeps it, or ran as a queue
+        message under a container policy. A manifest beside no file of its delivery: any of those, or a later call
+        of its writer failed (it could not check what it wrote), or, while its writer did not end with its delivery
+        unstored (it then removes what it wrote), its write crossed another driver's look at it or at its file (sent
+        before, landed after), or landed between a retirement's look at it and that retirement's delete of its
+        file."""
         call = self.wrote.get(name)
         if call is None:
             return UNEXPLAINED
@@ -1139,20 +1144,25 @@ class Simulation:
             # Its message tried under a container policy, which refuses removing it, until it was poisoned (an
             # operator replays it once the policy is lifted: `python -m ops replay-poison`; not replayed here).
             return f"{writer.label} wrote it under a container policy"
+        if not name.endswith(".json"):
+            return UNEXPLAINED
         if any(step > landed for step in self.faulted.get(writer.number, ())):
             return f"a later call of {writer.label} failed"
-        for looked in (name, name.removesuffix(".json")) if name.endswith(".json") else (name,):
+        if (writer.answer or "").endswith(("superseded", "failed")):
+            return UNEXPLAINED  # it ended without its delivery stored: it removes each manifest it wrote
+        # Only a retirement of its file counts (a driver that deleted it): its look at the manifest, or its delete
+        # of the file, while the write was on its way; or its look at the manifest before the write landed and its
+        # delete of the file after the writer's check (both saw what they expected).
+        file = name.removesuffix(".json")
+        retirers = self.removed.get(file, set())
+        for looked in (name, file):
             for step, other in self.looked.get(looked, ()):
-                if other is not writer and call.sent < step < landed:
-                    return f"{writer.label}'s write crossed {other.label}'s look at {looked} (step {step})"
-        if name.endswith(".json"):
-            # A retirement looks at the manifest beside deleting its file; the writer checks the file after writing
-            # the manifest. The manifest written after that look, and the file deleted after that check: both
-            # saw what they expected.
-            before = {other for step, other in self.looked.get(name, ()) if step < landed and other is not writer}
-            for step, other in self.looked.get(name.removesuffix(".json"), ()):
-                if other in before and step > landed:
-                    return f"{writer.label}'s manifest crossed {other.label}'s retirement of its file (step {step})"
+                if other.number in retirers and other is not writer and call.sent < step < landed:
+                    return f"{writer.label}'s write crossed {other.label}'s retirement at {looked} (step {step})"
+        before = {other for step, other in self.looked.get(name, ()) if step < landed and other is not writer}
+        for step, other in self.looked.get(file, ()):
+            if other in before and other.number in retirers and step > landed:
+                return f"{writer.label}'s manifest crossed {other.label}'s retirement of its file (step {step})"
         return UNEXPLAINED
 
     def _orphan(self, task: tuple[str, str], name: str, metadata: Any, record: TaskRecord | None) -> None:

@@ -1127,11 +1127,11 @@ class Simulation:
         """The documented way a blob left at ``name`` got there (docs/reference.md, "Known limits"), or UNEXPLAINED:
         the random-schedule test fails on it, a soak lists it. A file (another copy of a delivery the record holds):
         its writer stopped after it landed, answered 409 naming it under a policy that keeps it, or ran as a queue
-        message under a container policy. A manifest beside no file of its delivery: any of those, or a later call
-        of its writer failed (it could not check what it wrote), or, while its writer did not end with its delivery
-        unstored (it then removes what it wrote), its write crossed another driver's look at it or at its file (sent
-        before, landed after), or landed between a retirement's look at it and that retirement's delete of its
-        file."""
+        message under a container policy. A manifest beside no file of its delivery: any of those, or a call of
+        its writer failed once the write landed (its own answer lost: it does not know what it wrote), or, while
+        its writer did not end with its delivery unstored (it then removes what it wrote), a retirement of its file
+        (a driver that deleted it) looked at it or deleted the file while the write was on its way, or looked at
+        it before the write landed and deleted the file after."""
         call = self.wrote.get(name)
         if call is None:
             return UNEXPLAINED
@@ -1146,8 +1146,8 @@ class Simulation:
             return f"{writer.label} wrote it under a container policy"
         if not name.endswith(".json"):
             return UNEXPLAINED
-        if any(step > landed for step in self.faulted.get(writer.number, ())):
-            return f"a later call of {writer.label} failed"
+        if any(step >= landed for step in self.faulted.get(writer.number, ())):  # its own answer lost too
+            return f"a call of {writer.label} failed once it landed"
         if (writer.answer or "").endswith(("superseded", "failed")):
             return UNEXPLAINED  # it ended without its delivery stored: it removes each manifest it wrote
         # Only a retirement of its file counts (a driver that deleted it): its look at the manifest, or its delete

@@ -253,7 +253,9 @@ async def run(
             _record_in_time(job, seen)
         trace.arrows.append(decision.arrow)
         if isinstance(decision, Answer):
-            if decision.kind in ("superseded", "failed") and trace.manifests:
+            # Only while the answer's time allows (the webhook's: the copy's wait is over, the storage budget is not).
+            on_time = job.deadline is None or job.clock() < job.deadline
+            if decision.kind in ("superseded", "failed") and trace.manifests and on_time:
                 await _drop_own_manifests(storage, trace)
             return _finish(decision, trace), trace
         if isinstance(decision, Observe) and decision.at is not None:

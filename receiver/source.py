@@ -238,7 +238,7 @@ def redact(text: str) -> str:
 _KEY_NAMES = re.compile(
     # The name, then anything that is not a letter or digit (spaces however written: +, %20, NBSP, zero-width),
     # then = or : (or an encoded =): a key's value follows.
-    r"(?i)(?:accountkey|sharedaccesssignature|sharedaccesskey)(?:%[0-9a-f]{2}|[^0-9a-z]){0,16}?(?:=|:|%(?:25)?3d)"
+    r"(?i)(?:accountkey|sharedaccesssignature|sharedaccesskey)(?:%(?:25)*[0-9a-f]{2}|[^0-9a-z]){0,16}?(?:=|:|%(?:25)*3d)"
 )
 
 

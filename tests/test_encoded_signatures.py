@@ -230,7 +230,7 @@ async def test_a_sender_typing_an_ids_hashed_form_names_another_task_and_deletes
     from receiver.verification import verify_copy
 
     world = World.make(**({"sync_copy_max_mib": 0, "copy_wait_seconds": 0} if queued else {}))
-    answers = []
+    answers: list[Any] = []
     for task_id, name in (("ref://erp/doc?id=1001&sig=abcdefgh12345678", "a.pdf"), (None, "b.pdf")):
         answer = await world.post(world.export(task_id or answers[0].body["taskId"], name))
         if queued:

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from receiver.engine import Job, Trace, manifest_name, observe, own_alerts, run
-from receiver.intake import arrival_job, is_large, prepare
+from receiver.intake import arrival_job, is_large
 from receiver.machine import (
     Answer,
     Apply,
@@ -254,7 +254,7 @@ def foresee_sweep(seen: Seen, event: Sweep) -> Foreseen:
 _POLICY = ("allowed_source_hosts", "allow_http_sources")
 
 
-def _only_refused_by_defaults(body: bytes, settings: Settings, received_at: datetime) -> bool:
+def _only_refused_by_defaults(message: Message, settings: Settings) -> bool:
     """Would the link pass with the policy settings not given to ops at their most permissive (its own
     host allowed, http allowed)? Then the refusal is this machine's defaults, not the app's policy; a
     link refused for what it is (too long, spaces, no host) is refused either way."""
@@ -262,7 +262,7 @@ def _only_refused_by_defaults(body: bytes, settings: Settings, received_at: date
     if not missing:
         return False
     try:
-        link = json.loads(body).get("exportedFileUrl")
+        link = json.loads(message.body).get("exportedFileUrl")
         netloc = urlsplit(link).netloc.rpartition("@")[2] if isinstance(link, str) else ""
     except (ValueError, AttributeError):
         return False
@@ -271,7 +271,8 @@ def _only_refused_by_defaults(body: bytes, settings: Settings, received_at: date
         lenient["allowed_source_hosts"] = (netloc.lower(),)
     if "allow_http_sources" in missing:
         lenient["allow_http_sources"] = True
-    return not isinstance(prepare(body, {}, settings.model_copy(update=lenient), now=received_at), Outcome)
+    lenient_plan = plan_message(message, settings.model_copy(update=lenient))  # as the queue function reads it
+    return not isinstance(lenient_plan, Outcome)
 
 
 async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, *, now: datetime) -> Foreseen:
@@ -296,7 +297,7 @@ async def observe_arrival(storage: Storage, parsed: Parsed, settings: Settings, 
     if isinstance(plan, Outcome):
         error = str(plan.body.get("error") or plan.status_code)
         refused = Answer("failed", plan.status_code, "refused")
-        if error == "source-not-allowed" and _only_refused_by_defaults(message.body, settings, message.received_at):
+        if error == "source-not-allowed" and _only_refused_by_defaults(message, settings):
             # Judged by this machine's defaults, not the function app's policy: not a prediction.
             return Foreseen(
                 refused,

@@ -266,6 +266,8 @@ def _only_refused_by_defaults(message: Message, settings: Settings) -> bool:
         netloc = urlsplit(link).netloc.rpartition("@")[2] if isinstance(link, str) else ""
     except (ValueError, AttributeError):
         return False
+    if "[" in netloc:
+        return False  # an IPv6 literal: no ALLOWED_SOURCE_HOSTS entry can name one, so no setting lets it pass
     lenient: dict[str, Any] = {}
     if "allowed_source_hosts" in missing and netloc:
         lenient["allowed_source_hosts"] = (netloc.lower(),)

@@ -253,10 +253,8 @@ async def run(
             _record_in_time(job, seen)
         trace.arrows.append(decision.arrow)
         if isinstance(decision, Answer):
-            # Only while the answer's time allows (the webhook's: the copy's wait is over, the storage budget is not).
-            on_time = job.deadline is None or job.clock() < job.deadline
-            if decision.kind in ("superseded", "failed") and trace.manifests and on_time:
-                await _drop_own_manifests(storage, trace)
+            if decision.kind in ("superseded", "failed") and job.deadline is None:
+                await drop_own_manifests(storage, trace)  # (the webhook does it in what its answer's time leaves)
             return _finish(decision, trace), trace
         if isinstance(decision, Observe) and decision.at is not None:
             job, seen, trace.blob = _decided_at(job, decision.at), _unlooked(seen), decision.at
@@ -266,7 +264,7 @@ async def run(
     raise Unavailable("The task kept changing while this delivery stored it. Send the document again.")
 
 
-async def _drop_own_manifests(storage: Storage, trace: Trace) -> None:
+async def drop_own_manifests(storage: Storage, trace: Trace) -> None:
     """Each manifest this run wrote whose file no longer holds its delivery goes (If-Match on what it wrote: a
     newer export's manifest is never touched). Best effort: the answer stands whatever storage says."""
     for name, (etag, delivery) in trace.manifests.items():
@@ -1078,4 +1076,4 @@ async def write_manifest(
     return None if written is None else str(written)
 
 
-__all__ = ["Job", "Trace", "block_id", "manifest_name", "observe", "remove_if_holds", "run"]
+__all__ = ["Job", "Trace", "block_id", "drop_own_manifests", "manifest_name", "observe", "remove_if_holds", "run"]

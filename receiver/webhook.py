@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -10,7 +11,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from . import outcome, verification
-from .engine import Alerts, Job, Trace, alerts_of, run
+from .engine import Alerts, Job, Trace, alerts_of, drop_own_manifests, run
 from .intake import arrival_job, is_large, prepare
 from .machine import Answer
 from .outcome import Outcome
@@ -73,6 +74,11 @@ async def _handle(
             deadline = time.monotonic() + settings.copy_wait_seconds
             job = arrival_job(plan, settings, by="webhook", patient=False, large=large, deadline=deadline)
             answer, trace = await run(storage, job, now=now, trace=trace, wall=runtime.clock)
+        if answer.kind in ("superseded", "failed") and trace.manifests:
+            # A manifest it wrote whose file moved on meanwhile goes, in what the answer's time leaves (never past it).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(budget_ends):
+                    await drop_own_manifests(storage, trace)
     except SettingsError as exc:
         record.reason, record.final_failure = exc.message, True
         return outcome.failed(500, "misconfigured", f"{exc.message} {_ASK_OPERATOR}", taskId=plan.task_id)

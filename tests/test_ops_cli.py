@@ -293,7 +293,8 @@ async def test_a_task_id_holding_a_key_word_but_no_key_is_found_as_the_alerts_na
     assert answer.status_code == 200 and answer.body["taskId"] == task, answer.body
     found = await ops("find", "--task", task)
     assert found.code == OK and "1 delivery(ies)" in found.out, (found.out, found.err)
-    spaces = ("", "  ", "%20", "%2520", "\u00a0", "+", "%09", "%C2%A0", "\u200b", "\ufeff", "%2B")
-    for keyed in (f"AccountKey{space}=S3CRETKEY" for space in spaces):
+    spaces = ("", "  ", " " * 17, "%20", "%2520", "\u00a0", "+", "%09", "%C2%A0", "\u200b", "%E2%80%8B" * 6, "%2B")
+    disguised = ("AccountKey%25%33%44S3CRETKEY", "AccountKey\uff1dS3CRETKEY", "Account\u200bKey=S3CRETKEY")
+    for keyed in (*(f"AccountKey{space}=S3CRETKEY" for space in spaces), *disguised):
         refused = await ops("find", "--task", f"{task};{keyed}")
         assert refused.code == USAGE and "S3CRETKEY" not in refused.out + refused.err, (keyed, refused)

@@ -178,3 +178,34 @@ async def test_a_poison_message_of_a_delivery_its_record_already_failed_is_ended
     assert errors == [], errors
     record = world.record()
     assert record is not None and record.deliveries[-1].state is State.FAILED
+
+
+@pytest.mark.parametrize(
+    ("link", "will"),
+    [("http://127.0.0.1:10000/exports/f.pdf", "unknown"), ("http://[::1]:10000/exports/f.pdf", "fail")],
+    ids=["refused-by-ops-defaults-only", "ipv6-refused-by-any-setting"],
+)
+async def test_a_link_ops_defaults_refuse_is_unknown_and_one_no_setting_allows_is_a_refusal(
+    link: str, will: str
+) -> None:
+    """Ops run without the app's ALLOWED_SOURCE_HOSTS and ALLOW_HTTP_SOURCES judges a link by its own defaults:
+    one those alone refuse is UNKNOWN (the app may allow it); an IPv6 literal, which no setting can name, is a
+    refusal either way (the queue function refuses it too), never a traceback."""
+    import io
+    from typing import Any
+
+    from ops.cli import run
+    from receiver.settings import Settings
+    from receiver.verification import message as queue_message
+
+    ops = Ops()
+    body = json.loads(ops.world.export().body)
+    body["exportedFileUrl"] = f"{link}?sv=2024-11-04&se=2099-01-01T00%3A00%3A00Z&sig=abc"
+    ops.poison.add(queue_message(json.dumps(body).encode(), ops.world.now))
+    own = Settings(**ops.world.settings.model_dump(exclude={"allowed_source_hosts", "allow_http_sources"}))
+    out, err = io.StringIO(), io.StringIO()
+    kwargs: Any = {"environ": {}, "out": out, "err": err, "storage": ops.world.storage, "now": ops.world.now}
+    await run(["replay-poison", "--dry-run", "--json"], settings=own, queues=ops.queues, **kwargs)
+    assert "Traceback" not in err.getvalue(), err.getvalue()
+    (entry,) = json.loads(out.getvalue())["messages"]
+    assert entry["will"] == will, entry

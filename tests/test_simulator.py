@@ -872,9 +872,20 @@ SEEDS_WHOSE_WRITER_SAW_ITS_MANIFEST_ORPHANED = [4410, 10809, 15749]
 
 
 @pytest.mark.parametrize("seed", SEEDS_WHOSE_WRITER_SAW_ITS_MANIFEST_ORPHANED)
+@pytest.mark.parametrize("copy_wait_over", [False, True], ids=["in-time", "copy-wait-over"])
 async def test_a_writer_that_ends_without_its_delivery_stored_removes_the_manifest_it_wrote_beside_no_file(
-    seed: int,
+    seed: int, copy_wait_over: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Also when the webhook's copy wait is over at its answer (COPY_WAIT_SECONDS=0): the removal takes what
+    the answer's storage budget leaves."""
+    import time
+    import types
+
+    import receiver.webhook
+
+    if copy_wait_over:
+        later = types.SimpleNamespace(monotonic=lambda: time.monotonic() - 1000)
+        monkeypatch.setattr(receiver.webhook, "time", later)
     result = await run_seed(seed)
     assert result.ok, f"seed {seed}: {result.violation}\n  {replay_command(seed)}"
     assert not result.leftovers, f"seed {seed}: {result.leftovers}\n  {replay_command(seed)}"

@@ -91,6 +91,27 @@ def manifest_status(world: World, name: str) -> str | None:
     return None if data is None else str(json.loads(data)["copyStatus"])
 
 
+def copy_at_an_earlier_templates_name(world: World, name: str, *, received_at: str | None = None) -> str:
+    """The legacy file at ``name`` and its manifest again under an earlier template's name, 30 days older (the
+    manifest's ``receivedAt`` set to ``received_at`` when given): the release left one delivery at two names."""
+    earlier = f"old-template/{name}"
+    stored, manifest = world.storage.stored(name), world.storage.stored(f"{name}.json")
+    assert stored is not None and manifest is not None
+    data = manifest.data
+    if received_at is not None:
+        data = json.dumps({**json.loads(manifest.data), "receivedAt": received_at}).encode()
+    stamp = stored.last_modified - timedelta(days=30)
+    world.storage.load(
+        earlier, stored.data, content_type="application/pdf", metadata=dict(stored.metadata),
+        created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    world.storage.load(
+        f"{earlier}.json", data, content_type="application/json", metadata=dict(manifest.metadata),
+        created=stamp, last_modified=stamp,
+    )  # fmt: skip
+    return earlier
+
+
 async def reconcile(world: World) -> None:
     report = await reconcile_run(runtime=world.runtime, now=world.now, environ={})
     assert report.failed is None and report.migration_failed is None
@@ -453,19 +474,9 @@ async def test_one_legacy_delivery_at_two_names_enters_the_record_once_and_is_se
     holds it once, at the newer copy's name, and the other name is retired with its manifest."""
     world = legacy_world()
     name = FILES[("ws-acme", "task-101")]
-    earlier = "old-template/ws-acme/task-101/invoice-101.pdf"
-    stored, manifest = world.storage.stored(name), world.storage.stored(f"{name}.json")
-    assert stored is not None and manifest is not None
-    document = {**json.loads(manifest.data), "receivedAt": "2026-11-01T00:00:00Z"}
-    stamp = stored.last_modified - timedelta(days=30)
-    world.storage.load(
-        earlier, stored.data, content_type="application/pdf", metadata=dict(stored.metadata),
-        created=stamp, last_modified=stamp,
-    )  # fmt: skip
-    world.storage.load(
-        f"{earlier}.json", json.dumps(document).encode(), content_type="application/json",
-        metadata=dict(manifest.metadata), created=stamp, last_modified=stamp,
-    )  # fmt: skip
+    earlier = copy_at_an_earlier_templates_name(world, name, received_at="2026-11-01T00:00:00Z")
+    stored = world.storage.stored(name)
+    assert stored is not None
     await reconcile(world)
     found = record(world, "ws-acme", "task-101")
     assert [item.blob for item in found.deliveries] == [name] and found.current == found.deliveries[0].delivery
@@ -653,18 +664,9 @@ async def test_another_legacy_copy_of_a_delivery_sent_again_before_the_migration
     is recorded at today's name: the migration lists the other copy to retire, with its manifest."""
     world = legacy_world()
     name = FILES[("ws-acme", "task-101")]
-    earlier = "old-template/ws-acme/task-101/invoice-101.pdf"
-    stored, manifest = world.storage.stored(name), world.storage.stored(f"{name}.json")
-    assert stored is not None and manifest is not None
-    stamp = stored.last_modified - timedelta(days=30)
-    world.storage.load(
-        earlier, stored.data, content_type="application/pdf", metadata=dict(stored.metadata),
-        created=stamp, last_modified=stamp,
-    )  # fmt: skip
-    world.storage.load(
-        f"{earlier}.json", manifest.data, content_type="application/json", metadata=dict(manifest.metadata),
-        created=stamp, last_modified=stamp,
-    )  # fmt: skip
+    earlier = copy_at_an_earlier_templates_name(world, name)
+    stored = world.storage.stored(name)
+    assert stored is not None
     again = await world.post(body("task-101", -1))
     assert (again.status_code, again.body["status"]) == (200, "stored"), again.body
     for _ in range(3):

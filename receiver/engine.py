@@ -598,15 +598,21 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
 async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trace: Trace, *, now: datetime) -> Seen:
     name = record_name(job.workspace_id, job.task_id)
     data = decision.record.to_bytes()
-    bodies = {item.delivery for item in decision.record.deliveries if item.manifest}
-    more = bool(bodies - {item.delivery for item in seen.record.deliveries if item.manifest} if seen.record else bodies)
+    held = [item for item in seen.record.deliveries if item.manifest] if seen.record else []
+    more = bool({i.delivery for i in decision.record.deliveries if i.manifest} - {i.delivery for i in held})
     if len(data) > MAX_RECORD_BYTES or (more and len(data) > RECORD_ROOM):
         # Never written larger than any driver reads it. The notifications of exports still copying fill it (each
         # kept until its copy ends, then dropped): one more is refused while they do, never a change that ends one.
+        failed = sum(1 for item in held if item.state is State.FAILED)
         raise Unavailable(
-            f"The task record has no room for this notification ({len(data)} bytes, at most {RECORD_ROOM}): it "
-            f"keeps the notification of each export still copying or just replaced ({len(bodies)}) until they end. "
-            "Send the document again once they are stored, in a few minutes.",
+            f"The task record has no room for this notification ({len(data)} bytes, at most {RECORD_ROOM}): it keeps "
+            f"the notifications of {len(held)} earlier export(s). "
+            + (
+                f"{failed} of them failed and stay: see the reference's Known limits (the record's room) before "
+                "sending it again."
+                if failed
+                else "Send the document again once they are stored, in a few minutes."
+            ),
             code="record-full",
         )
     write = storage.put(

@@ -313,13 +313,16 @@ async def _migrate(storage: Storage, now: datetime, report: RunReport) -> None:
     migration = report.migration
     if migration is not None and not migration.already_done:
         log.info(
-            "migration: listed=%d tasks=%d stored=%d superseded=%d left_pending=%s left_doubtful=%s done=%s stopped=%s",
+            "migration: listed=%d tasks=%d stored=%d superseded=%d left_pending=%s left_doubtful=%s left_recent=%s "
+            "left_copying=%s done=%s stopped=%s",
             migration.listed,
             migration.tasks,
             len(migration.stored),
             len(migration.superseded),
             migration.left_pending,
             migration.left_doubtful,
+            migration.left_recent,
+            migration.left_copying,
             migration.done,
             migration.stopped,
         )

@@ -173,6 +173,27 @@ async def test_a_record_the_notifications_still_copying_fill_takes_no_more_and_e
     assert (again.status_code, again.body["status"]) == (202, "copying"), again.body
 
 
+async def test_a_record_full_of_failed_exports_notifications_says_so_not_to_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Failed exports keep their notifications (docs/reference.md, Known limits): a 503 for a record they fill
+    names them and points there, instead of asking to wait for copies that will never end."""
+    import receiver.engine
+
+    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", 2 * 1024 * 1024)
+    world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    for number in range(2):
+        export = world.export(display_name=f"v{number}.pdf")
+        answer = await world.post(json.dumps({**export.payload, "note": "x" * 900_000}).encode())
+        assert answer.status_code == 202 and answer.verification is not None, answer.body
+        world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+        assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "failed"
+    later = world.export(display_name="v9.pdf")
+    full = await world.post(json.dumps({**later.payload, "note": "x" * 900_000}).encode())
+    assert full.status_code == 503, full.body
+    assert "2 of them failed and stay" in full.body["message"] and "Known limits" in full.body["message"], full.body
+
+
 async def test_a_large_re_export_keeps_the_earlier_file_readable_until_its_commit() -> None:
     world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0)
     first = world.export()

@@ -706,7 +706,16 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
     if waits and record is not None and entry is not None and _later(record, entry, State.COPYING):
         # A newer export is still copying: this one waits for it (superseded once it is stored; copied
         # again if it fails), tracked in the record and by its queue message. The current delivery itself
-        # never waits (its duplicate is a duplicate).
+        # never waits (its duplicate is a duplicate). A copy of it this try's create may have left at a name the
+        # record does not hold it at (a try under another template, its answer lost) goes first: it would be
+        # left for good if it then failed.
+        stray = (
+            None
+            if notice.blob in (entry.blob, entry.moved_from)
+            else _stray_first(seen, record, notice, now, by, "behind")
+        )
+        if stray is not None:
+            return stray
         if entry.state is State.COPYING:
             return Answer("copying", 202, "behind", enqueue=True)
         step = Step(at=now, by=by, outcome="copying", note="waits for a newer export still copying")

@@ -469,6 +469,35 @@ async def test_a_late_copy_at_the_name_an_earlier_template_gave_is_retired_once_
     assert sorted(sim.files()) == ["2026/ws-1/task-1/A.pdf"]
 
 
+async def test_a_retry_under_the_earlier_template_that_waits_behind_a_newer_export_leaves_no_copy_no_record_names() -> (
+    None
+):
+    """Seed 9021012: e2 is accepted at today's name (202) and e3, newer, copies there too. e2's retry comes from an
+    instance still on the earlier template: its create-only copy lands at ws-1/task-1/A.pdf and the answer is lost.
+    Its record holds e2 at today's name, behind e3: that copy, at a name the record does not hold, is listed and
+    removed, not left (once e2 failed nothing would ever remove it); the retry then copies again, as one whose
+    answer came back does, and is recorded there. e3's queue message stores e3, and e2's file is retired."""
+    sim = Simulation(Config(template=TODAY))
+    await stored(sim, "A")
+    waiting, newer = sim.export("A"), sim.export("A")
+    for export in (waiting, newer):
+        posted = sim.post(export, config=Config(template=TODAY, staged=True, waits=False))
+        await sim.run_actor(posted)
+        assert posted.answer == "202 copying", posted.answer
+    sim.faults.rule("after", "copy_from_url", "ws-1/task-1/A.pdf", 1)
+    retry = sim.post(waiting, config=Config())
+    await sim.run_actor(retry)
+    record = sim.record()
+    assert record is not None
+    named = {item.blob for item in record.deliveries if item.state is State.STORED} | {r.blob for r in record.retire}
+    assert set(sim.files()) <= named, (sorted(sim.files()), record)
+    assert retry.answer == "200 stored", retry.answer
+    await sim.finish()
+    ok(sim)
+    assert not sim.leftovers, sim.leftovers
+    assert sim.files() == {"2026/ws-1/task-1/A.pdf": newer.data}
+
+
 async def test_a_queued_delivery_keeps_the_name_it_arrived_with_so_a_copy_no_record_names_yet_is_recorded() -> None:
     """Seed 4529355: the first try's record read fails (503, a queue message). The queue function's copy
     lands and its record write fails: no record names that copy, and the message is tried again after

@@ -26,6 +26,7 @@ from receiver.attention import (
 )
 from receiver.engine import Job, Trace, manifest_name, own_alerts
 from receiver.machine import NAME_TAKEN, Answer, Sweep
+from receiver.migration import MARKER_NAME, PAGE_SIZE, json_object, legacy_ids
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
 from receiver.outcome import ARCHIVED, option_words
 from receiver.plan import has_manifest_name, of_another_task
@@ -566,14 +567,66 @@ async def _one_task(ctx: Context, task_id: str, workspace_id: str | None) -> tup
         )
         if workspace_id:
             next_step = f"drop --workspace to look in every workspace, or {next_step}"
-        text = [f"No task record for task {task_id}{scope} in {where}.", f"next: {next_step}"]
-        data = {"taskId": task_id, "found": False, "container": storage.container, "next": next_step}
+        text = [f"No task record for task {task_id}{scope} in {where}."]
+        data: dict[str, Any] = {"taskId": task_id, "found": False, "container": storage.container}
+        upgrade = await _not_yet_upgraded(storage, task_id, workspace_id)
+        if upgrade is not None:
+            legacy, scanned, whole = upgrade
+            data["legacyFiles"] = legacy
+            text.append(
+                "The upgrade from the release without task records has not finished in this container (the "
+                f"reconciliation folds a page of {PAGE_SIZE} blobs a run, {MARKER_NAME} says where it is): a task "
+                "that got its file before the upgrade has no record until the upgrade reaches it."
+            )
+            if legacy:
+                text += [f"  file of the release before: {name}" for name in legacy]
+                next_step = (
+                    "nothing to do by hand: the reconciliation builds the task's record from that file when its "
+                    "upgrade reaches it (one whose manifest says pending is finished by its queue message first); "
+                    "docs/reference.md, Upgrading, says how a delivery of the task is decided meanwhile. Run this "
+                    "again after the next reconciliation runs"
+                )
+            else:
+                seen = "the whole rest of the container" if whole else f"the next {scanned} blobs it has not folded"
+                next_step = f"no file of the release before names this task in {seen}; {next_step}"
+        text.append(f"next: {next_step}")
+        data["next"] = next_step
         return Result(NOT_FOUND, data, text)
     if len(pairs) > 1:
         text = [f"Task {task_id} has records in {len(pairs)} workspaces: give --workspace, one of:"]
         text += [f"  {workspace}" for workspace, _ in pairs]
         return Result(NOT_FOUND, {"taskId": task_id, "workspaces": [w for w, _ in pairs]}, text)
     return pairs[0]
+
+
+UPGRADE_SCAN_PAGES = 5  # of PAGE_SIZE blobs: bounded, as every listing of the command line
+
+
+async def _not_yet_upgraded(
+    storage: Storage, task_id: str, workspace_id: str | None
+) -> tuple[list[str], int, bool] | None:
+    """While the upgrade from the release without task records is unfinished (receiver/migration.py): the files of
+    that release naming this task that it has not folded yet, from where it stopped (at most UPGRADE_SCAN_PAGES
+    pages), how many blobs were looked at, and whether that was the whole rest. None once it is finished, or when
+    it has not started and nothing names the task."""
+    found = await storage.read_bytes(MARKER_NAME, max_bytes=64 * 1024)
+    state = json_object(found)
+    if state.get("done") is True:
+        return None
+    marker = state.get("marker") if isinstance(state.get("marker"), str) else None
+    names: list[str] = []
+    scanned = 0
+    for _ in range(UPGRADE_SCAN_PAGES):
+        page, marker = await storage.list_page("", marker=marker, size=PAGE_SIZE)
+        scanned += len(page)
+        for item in page:
+            ids = legacy_ids(item)
+            if ids is not None and ids[1] == task_id and workspace_id in (None, ids[0]):
+                names.append(item.name)
+        if marker is None:
+            break
+    # No marker: no reconciliation has run since the deployment (a new container, or an upgrade minutes ago).
+    return (names, scanned, marker is None) if names or found is not None else None
 
 
 async def find_task(ctx: Context, task_id: str, workspace_id: str | None) -> Result:

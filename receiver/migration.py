@@ -114,7 +114,7 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
     """One bounded page of the migration (one read of the marker once it is done)."""
     report = MigrationReport()
     found = await storage.read_bytes(MARKER_NAME, max_bytes=64 * 1024)
-    state = _json_object(found)
+    state = json_object(found)
     if state.get("done") is True:
         report.done = report.already_done = True
         return report
@@ -123,7 +123,7 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
     report.listed = len(page)
     by_task: dict[tuple[str, str], list[Listed]] = {}
     for item in page:
-        ids = _candidate_ids(item)
+        ids = legacy_ids(item)
         if ids is not None and item.last_modified is not None and now - item.last_modified < IN_FLIGHT:
             # Written since the upgrade by this release (its copy on its way to the record): never
             # folded, or the migration would take a fresh re-export for an older legacy file.
@@ -164,7 +164,7 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
     return report
 
 
-def _json_object(found: tuple[Blob, bytes] | None) -> dict[str, Any]:
+def json_object(found: tuple[Blob, bytes] | None) -> dict[str, Any]:
     """The JSON object a blob holds; {} when there is none (no blob, not JSON, not an object)."""
     try:
         loaded = json.loads(found[1]) if found is not None else {}
@@ -177,7 +177,7 @@ def _lower(metadata: dict[str, str]) -> dict[str, str]:
     return {key.lower(): value for key, value in metadata.items()}
 
 
-def _candidate_ids(item: Listed) -> tuple[str, str] | None:
+def legacy_ids(item: Listed) -> tuple[str, str] | None:
     """(workspace id, task id) of a file the previous release wrote, from its metadata; else None."""
     if item.name.startswith(RESERVED_PREFIX):
         return None
@@ -210,7 +210,7 @@ async def _legacy_file(
     received = item.last_modified or datetime.now(UTC)
     replaced: tuple[str, ...] = ()
     found = await storage.read_bytes(manifest_name(item.name), max_bytes=MAX_MANIFEST_BYTES)
-    document = _json_object(found) if found is not None and _is_manifest(found[0].metadata) else {}
+    document = json_object(found) if found is not None and _is_manifest(found[0].metadata) else {}
     if document.get("delivery") not in (None, delivery) and document.get("copyStatus") == "pending":
         # A copy over this file that never landed: the file is its own delivery, whole; the pending
         # one is left to its queue message.

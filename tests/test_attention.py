@@ -29,7 +29,7 @@ from receiver.attention import (
     marker_name,
     write_marker,
 )
-from receiver.migration import _candidate_ids
+from receiver.migration import legacy_ids
 from receiver.models import Delivery, State, Step, TaskRecord, record_name
 from receiver.reconciliation import QUEUE_COVERAGE, RunReport, candidate, reconcile_run
 from receiver.runtime import RUNTIME
@@ -355,7 +355,7 @@ async def test_markers_and_the_summary_are_never_files_manifests_or_records(ops:
         meta = dict(stored_blob.metadata)
         assert meta["receiverkind"] in ("failure-marker", "pending-summary") and "delivery" not in meta
         assert candidate(listed, now=ops.world.now, after=timedelta(0)) is None  # the reconciliation's sweep
-        assert _candidate_ids(listed) is None  # the migration
+        assert legacy_ids(listed) is None  # the migration
     found = (await ops("find", "--workspace", "ws-1", "--json")).json()
     assert sorted(task["taskId"] for task in found["tasks"]) == ["task-1", "task-2"]
 

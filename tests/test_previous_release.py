@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from azure.storage.blob import ContainerClient
 from pydantic import SecretStr
 
+from ops.output import NOT_FOUND, OK
 from receiver.migration import MARKER_NAME, migrate
 from receiver.models import State, TaskRecord, record_name
 from receiver.reconciliation import reconcile_run
@@ -783,3 +785,31 @@ async def test_a_legacy_copy_of_a_delivery_still_copying_elsewhere_waits_for_it_
     assert json.loads(world.storage.blob_bytes(MARKER_NAME) or b"{}")["done"] is True
     names = [n for n in world.storage.names() if "501" in n and not n.startswith(".")]
     assert legacy_name not in names and f"{legacy_name}.json" not in names, names
+
+
+async def find(world: World, *argv: str) -> tuple[int, str]:
+    from ops.cli import run
+
+    out, err = io.StringIO(), io.StringIO()
+    code = await run(
+        ["find", *argv], environ={}, out=out, err=err, storage=world.storage, settings=world.settings, now=world.now
+    )
+    return code, out.getvalue() + err.getvalue()
+
+
+async def test_ops_find_before_the_upgrade_reached_a_task_names_its_legacy_file_and_says_nothing_is_to_do() -> None:
+    world = legacy_world()
+    code, said = await find(world, "--task", "task-101")
+    assert code == NOT_FOUND, said
+    assert "upgrade from the release without task records has not finished" in said, said
+    assert f"file of the release before: {FILES[('ws-acme', 'task-101')]}" in said, said
+    assert "next: nothing to do by hand: the reconciliation builds the task's record from that file" in said, said
+    await migrate(world.storage, now=world.now, page_size=3)  # a page that did not reach task-101's file
+    code, said = await find(world, "--task", "nope")
+    assert code == NOT_FOUND and "has not finished" in said and "no file of the release before" in said, said
+    assert "in the whole rest of the container" in said, said
+    await reconcile(world)
+    code, said = await find(world, "--task", "task-101")
+    assert code == OK and "<- current" in said and "upgrade" not in said, said
+    code, said = await find(world, "--task", "nope")
+    assert code == NOT_FOUND and "upgrade" not in said, said

@@ -26,7 +26,6 @@ from receiver.attention import (
 )
 from receiver.engine import Job, Trace, manifest_name, own_alerts
 from receiver.machine import NAME_TAKEN, Answer, Sweep
-from receiver.migration import MARKER_NAME, PAGE_SIZE, json_object, legacy_ids
 from receiver.models import Delivery, State, Step, TaskRecord, record_name, with_step
 from receiver.outcome import ARCHIVED, option_words
 from receiver.plan import has_manifest_name, of_another_task
@@ -51,6 +50,7 @@ from .records import (
     stuck,
     workspace_prefix,
 )
+from .upgrade import advice, look_for_legacy
 
 # One record per operator change on the ``receiver`` logger: ERROR when it fails or gives up a
 # delivery (nothing will retry it), WARNING otherwise.
@@ -125,6 +125,7 @@ class Inspection:
     problems: list[str] = field(default_factory=list)
     verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)  # delivery -> (verdict, why)
     next: list[str] = field(default_factory=list)
+    legacy: dict[str, Any] = field(default_factory=dict)  # no record, the upgrade unfinished: ops/upgrade.py
 
 
 async def _check_container(storage: Storage) -> None:
@@ -195,10 +196,15 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     if record is None:
         await _check_container(storage)
         found.problems.append("no task record")
-        found.next.append(
+        next_step = (
             f"drop --workspace {workspace_id} to look in every workspace; a task whose every delivery was refused "
             "has no record: Application Insights has its answers (task-lookup.kql, docs/operations.md)"
         )
+        look = await look_for_legacy(storage, task_id, workspace_id)
+        if look is not None:
+            lines, next_step, found.legacy = advice(look, next_step)
+            found.problems += lines
+        found.next.append(next_step)
         return found
     seen, looked = await asyncio.gather(observe_sweep(storage, record, etag), _look(ctx, workspace_id, task_id))
     found.look = looked
@@ -451,7 +457,7 @@ def _inspection_data(ctx: Context, found: Inspection) -> dict[str, Any]:
         "found": record is not None,
     }
     if record is None:
-        return data
+        return {**data, **found.legacy, "problems": found.problems, "next": found.next}
     data.update(
         {
             "current": record.current[:12] if record.current else None,
@@ -569,26 +575,11 @@ async def _one_task(ctx: Context, task_id: str, workspace_id: str | None) -> tup
             next_step = f"drop --workspace to look in every workspace, or {next_step}"
         text = [f"No task record for task {task_id}{scope} in {where}."]
         data: dict[str, Any] = {"taskId": task_id, "found": False, "container": storage.container}
-        upgrade = await _not_yet_upgraded(storage, task_id, workspace_id)
-        if upgrade is not None:
-            legacy, scanned, whole = upgrade
-            data["legacyFiles"] = legacy
-            text.append(
-                "The upgrade from the release without task records has not finished in this container (the "
-                f"reconciliation folds a page of {PAGE_SIZE} blobs a run, {MARKER_NAME} says where it is): a task "
-                "that got its file before the upgrade has no record until the upgrade reaches it."
-            )
-            if legacy:
-                text += [f"  file of the release before: {name}" for name in legacy]
-                next_step = (
-                    "nothing to do by hand: the reconciliation builds the task's record from that file when its "
-                    "upgrade reaches it (one whose manifest says pending is finished by its queue message first); "
-                    "docs/reference.md, Upgrading, says how a delivery of the task is decided meanwhile. Run this "
-                    "again after the next reconciliation runs"
-                )
-            else:
-                seen = "the whole rest of the container" if whole else f"the next {scanned} blobs it has not folded"
-                next_step = f"no file of the release before names this task in {seen}; {next_step}"
+        look = await look_for_legacy(storage, task_id, workspace_id)
+        if look is not None:
+            lines, next_step, legacy = advice(look, next_step)
+            text += lines
+            data.update(legacy)
         text.append(f"next: {next_step}")
         data["next"] = next_step
         return Result(NOT_FOUND, data, text)
@@ -597,36 +588,6 @@ async def _one_task(ctx: Context, task_id: str, workspace_id: str | None) -> tup
         text += [f"  {workspace}" for workspace, _ in pairs]
         return Result(NOT_FOUND, {"taskId": task_id, "workspaces": [w for w, _ in pairs]}, text)
     return pairs[0]
-
-
-UPGRADE_SCAN_PAGES = 5  # of PAGE_SIZE blobs: bounded, as every listing of the command line
-
-
-async def _not_yet_upgraded(
-    storage: Storage, task_id: str, workspace_id: str | None
-) -> tuple[list[str], int, bool] | None:
-    """While the upgrade from the release without task records is unfinished (receiver/migration.py): the files of
-    that release naming this task that it has not folded yet, from where it stopped (at most UPGRADE_SCAN_PAGES
-    pages), how many blobs were looked at, and whether that was the whole rest. None once it is finished, or when
-    it has not started and nothing names the task."""
-    found = await storage.read_bytes(MARKER_NAME, max_bytes=64 * 1024)
-    state = json_object(found)
-    if state.get("done") is True:
-        return None
-    marker = state.get("marker") if isinstance(state.get("marker"), str) else None
-    names: list[str] = []
-    scanned = 0
-    for _ in range(UPGRADE_SCAN_PAGES):
-        page, marker = await storage.list_page("", marker=marker, size=PAGE_SIZE)
-        scanned += len(page)
-        for item in page:
-            ids = legacy_ids(item)
-            if ids is not None and ids[1] == task_id and workspace_id in (None, ids[0]):
-                names.append(item.name)
-        if marker is None:
-            break
-    # No marker: no reconciliation has run since the deployment (a new container, or an upgrade minutes ago).
-    return (names, scanned, marker is None) if names or found is not None else None
 
 
 async def find_task(ctx: Context, task_id: str, workspace_id: str | None) -> Result:

@@ -201,28 +201,44 @@ def _is_manifest(metadata: dict[str, str]) -> bool:
     return meta.get("receiverkind") == "manifest" or "copystatus" in meta
 
 
+async def legacy_manifest(storage: Storage, name: str) -> tuple[tuple[Blob, bytes] | None, dict[str, Any]]:
+    """The manifest beside the legacy file ``name`` as read, and its JSON object ({} when it is none)."""
+    found = await storage.read_bytes(manifest_name(name), max_bytes=MAX_MANIFEST_BYTES)
+    return found, json_object(found) if found is not None and _is_manifest(found[0].metadata) else {}
+
+
+def left_as_is(metadata: dict[str, str], document: dict[str, Any], workspace_id: str, task_id: str) -> str | None:
+    """Why the upgrade leaves a legacy file as it is (None: it folds it), from the file's metadata and its manifest's
+    JSON: that manifest, of the same delivery, says pending or failed (its queue message finishes it) or names other
+    ids; or, with no manifest of it, its ids may have been cut at CUT_AT characters."""
+    meta = _lower(metadata)
+    if document.get("delivery") == meta["delivery"]:
+        if document.get("copyStatus") != "success":
+            return f"its manifest says {document.get('copyStatus')}"
+        if (document.get("workspaceId"), document.get("taskId")) != (workspace_id, task_id):
+            return "its manifest names other ids than its metadata"
+        return None
+    if len(meta["taskid"]) >= CUT_AT or len(meta["workspaceid"]) >= CUT_AT:
+        return f"its ids may have been cut at {CUT_AT} characters and no manifest of it confirms them"
+    return None
+
+
 async def _legacy_file(
     storage: Storage, item: Listed, workspace_id: str, task_id: str, report: MigrationReport
 ) -> LegacyFile | None:
-    meta = _lower(item.metadata)
-    delivery = meta["delivery"]
-    cut = len(meta["taskid"]) >= CUT_AT or len(meta["workspaceid"]) >= CUT_AT
+    delivery = _lower(item.metadata)["delivery"]
     received = item.last_modified or datetime.now(UTC)
     replaced: tuple[str, ...] = ()
-    found = await storage.read_bytes(manifest_name(item.name), max_bytes=MAX_MANIFEST_BYTES)
-    document = json_object(found) if found is not None and _is_manifest(found[0].metadata) else {}
+    found, document = await legacy_manifest(storage, item.name)
     if document.get("delivery") not in (None, delivery) and document.get("copyStatus") == "pending":
         # A copy over this file that never landed: the file is its own delivery, whole; the pending
         # one is left to its queue message.
         report.left_pending.append(manifest_name(item.name))
+    left = left_as_is(item.metadata, document, workspace_id, task_id)
+    if left is not None:
+        (report.left_pending if left.startswith("its manifest says") else report.left_doubtful).append(item.name)
+        return None
     if document.get("delivery") == delivery:
-        if document.get("copyStatus") != "success":
-            report.left_pending.append(item.name)
-            return None
-        if (document.get("workspaceId"), document.get("taskId")) != (workspace_id, task_id):
-            report.left_doubtful.append(item.name)
-            return None
-        cut = False
         received = parse_time(document.get("receivedAt")) or received
         replaced = tuple(str(d) for d in document.get("replaced") or [] if isinstance(d, str) and d != delivery)
         assert found is not None
@@ -242,9 +258,6 @@ async def _legacy_file(
                 # Left unlabelled (a retirement still removes it once its file is gone): one held manifest must not
                 # stop the migration of the whole container.
                 log.warning("the manifest of %s was not labelled with its delivery: %s", item.name, exc.message)
-    if cut:
-        report.left_doubtful.append(item.name)
-        return None
     return LegacyFile(item.name, item.etag, delivery, workspace_id, task_id, received, replaced)
 
 
@@ -422,4 +435,16 @@ def fold(
     return updated, stored_names, superseded_names
 
 
-__all__ = ["MARKER_NAME", "MIGRATED", "LegacyFile", "MigrationReport", "fold", "migrate"]
+__all__ = [
+    "MARKER_NAME",
+    "MIGRATED",
+    "PAGE_SIZE",
+    "LegacyFile",
+    "MigrationReport",
+    "fold",
+    "json_object",
+    "left_as_is",
+    "legacy_ids",
+    "legacy_manifest",
+    "migrate",
+]

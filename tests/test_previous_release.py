@@ -797,19 +797,69 @@ async def find(world: World, *argv: str) -> tuple[int, str]:
     return code, out.getvalue() + err.getvalue()
 
 
-async def test_ops_find_before_the_upgrade_reached_a_task_names_its_legacy_file_and_says_nothing_is_to_do() -> None:
+def fill(world: World, count: int, prefix: str = "aaa-filler") -> None:
+    """``count`` blobs that no task names, listed before the fixture's files."""
+    stamp = world.now - timedelta(days=1)
+    for number in range(count):
+        world.storage.load(
+            f"{prefix}/{number:06d}.bin", b"x", content_type="application/octet-stream", metadata={},
+            created=stamp, last_modified=stamp,
+        )  # fmt: skip
+
+
+async def test_ops_find_before_the_upgrade_reached_a_task_names_its_legacy_file_and_when_it_is_folded() -> None:
     world = legacy_world()
-    code, said = await find(world, "--task", "task-101")
-    assert code == NOT_FOUND, said
-    assert "upgrade from the release without task records has not finished" in said, said
-    assert f"file of the release before: {FILES[('ws-acme', 'task-101')]}" in said, said
-    assert "next: nothing to do by hand: the reconciliation builds the task's record from that file" in said, said
-    await migrate(world.storage, now=world.now, page_size=3)  # a page that did not reach task-101's file
-    code, said = await find(world, "--task", "nope")
-    assert code == NOT_FOUND and "has not finished" in said and "no file of the release before" in said, said
-    assert "in the whole rest of the container" in said, said
+    fill(world, 4500)
+    for scope in ((), ("--workspace", "ws-acme")):  # the same answer, the workspace given or not
+        code, said = await find(world, "--task", "task-101", *scope)
+        assert code == NOT_FOUND, said
+        assert "upgrade from the release without task records has not finished" in said, said
+        assert f"file of the release before: {FILES[('ws-acme', 'task-101')]}" in said, said
+        assert "nothing to do by hand: the reconciliation builds the task's record from that file in about 3" in said
+    data = json.loads((await find(world, "--task", "task-101", "--json"))[1])
+    assert data["legacyFiles"] == [{"name": FILES[("ws-acme", "task-101")], "leftAsIs": None, "newerPending": False}]
+    assert not data["found"] and data["next"].startswith("nothing to do by hand"), data
+    code, said = await find(world, "--task", "tâche №7", "--workspace", "Société Générale")
+    assert code == NOT_FOUND and FILES[("Société Générale", "tâche №7")] in said, said
     await reconcile(world)
-    code, said = await find(world, "--task", "task-101")
+    await reconcile(world)
+    await reconcile(world)
+    code, said = await find(world, "--task", "task-101", "--workspace", "ws-acme")
     assert code == OK and "<- current" in said and "upgrade" not in said, said
     code, said = await find(world, "--task", "nope")
     assert code == NOT_FOUND and "upgrade" not in said, said
+
+
+async def test_ops_find_names_a_legacy_file_the_upgrade_leaves_as_it_is_and_why() -> None:
+    world = legacy_world()
+    name = FILES[("ws-acme", "task-101")]
+    manifest = world.storage.stored(f"{name}.json")
+    assert manifest is not None
+    failed = {**json.loads(manifest.data), "copyStatus": "failed"}  # its own copy failed before the upgrade
+    world.storage.load(
+        f"{name}.json", json.dumps(failed).encode(), content_type="application/json",
+        metadata={**dict(manifest.metadata), "copystatus": "failed"}, created=manifest.created,
+        last_modified=manifest.last_modified,
+    )  # fmt: skip
+    code, said = await find(world, "--task", "task-101")
+    assert code == NOT_FOUND, said
+    assert f"{name} (the upgrade leaves it as it is: its manifest says failed)" in said, said
+    assert "next: the file stays as it is and no record names it" in said and "export" in said, said
+    code, said = await find(world, "--task", "task-401")  # the file folds; the newer export it names copies
+    assert f"{FILES[('ws-acme', 'task-401')]} (its manifest describes a newer export whose copy was pending)" in said
+    assert "the newer export its manifest describes is finished by the release before's queue message" in said
+
+
+async def test_ops_find_says_how_far_it_looked_for_a_task_the_unfinished_upgrade_may_still_reach() -> None:
+    world = legacy_world()
+    fill(world, 10_500)  # before the first run: no marker, and more blobs than one look reads
+    code, said = await find(world, "--task", "task-101")
+    assert code == NOT_FOUND and "no run has begun it yet" in said, said
+    assert "not in" not in said and "in the next 10000 blobs it has not folded; the rest is not looked at" in said
+    data = json.loads((await find(world, "--task", "task-101", "--json"))[1])
+    assert data["legacyFiles"] == [] and data["legacyScanned"] == 10_000 and not data["legacyScanWhole"], data
+    for _ in range(5):  # 2000 blobs a run: past the filler, not yet the task's files
+        await migrate(world.storage, now=world.now)
+    code, said = await find(world, "--task", "nope")
+    assert code == NOT_FOUND and "in what it has not folded (one it passed and left as it is is named" in said, said
+    assert "next: no file of the release before names this task" in said and "check the task id" in said, said

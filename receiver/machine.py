@@ -707,13 +707,12 @@ def _arrival(seen: Seen, event: Arrival, now: datetime) -> Decision:
         # A newer export is still copying: this one waits for it (superseded once it is stored; copied
         # again if it fails), tracked in the record and by its queue message. The current delivery itself
         # never waits (its duplicate is a duplicate). A copy of it this try's create may have left at a name the
-        # record does not hold it at (a try under another template, its answer lost) goes first: it would be
-        # left for good if it then failed.
-        stray = (
-            None
-            if notice.blob in (entry.blob, entry.moved_from)
-            else _stray_first(seen, record, notice, now, by, "behind")
-        )
+        # record does not hold it at (a try under another template, its answer lost) is removed by the queue
+        # function's try (its message carries that name), before it waits again: left, it stays for good once the
+        # delivery fails. The webhook answers 202 at once, as it always did (under a container policy placed since
+        # its process asked, a look and a listing would turn that 202 into a 409).
+        astray = notice.blob not in (entry.blob, entry.moved_from)
+        stray = _stray_first(seen, record, notice, now, by, "behind") if astray and event.patient else None
         if stray is not None:
             return stray
         if entry.state is State.COPYING:

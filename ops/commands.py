@@ -50,7 +50,7 @@ from .records import (
     stuck,
     workspace_prefix,
 )
-from .upgrade import advice, look_for_legacy
+from .upgrade import legacy_advice
 
 # One record per operator change on the ``receiver`` logger: ERROR when it fails or gives up a
 # delivery (nothing will retry it), WARNING otherwise.
@@ -200,10 +200,8 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
             f"drop --workspace {workspace_id} to look in every workspace; a task whose every delivery was refused "
             "has no record: Application Insights has its answers (task-lookup.kql, docs/operations.md)"
         )
-        look = await look_for_legacy(storage, task_id, workspace_id)
-        if look is not None:
-            lines, next_step, found.legacy = advice(look, next_step)
-            found.problems += lines
+        lines, next_step, found.legacy = await legacy_advice(storage, task_id, workspace_id, next_step)
+        found.problems += lines
         found.next.append(next_step)
         return found
     seen, looked = await asyncio.gather(observe_sweep(storage, record, etag), _look(ctx, workspace_id, task_id))
@@ -575,11 +573,9 @@ async def _one_task(ctx: Context, task_id: str, workspace_id: str | None) -> tup
             next_step = f"drop --workspace to look in every workspace, or {next_step}"
         text = [f"No task record for task {task_id}{scope} in {where}."]
         data: dict[str, Any] = {"taskId": task_id, "found": False, "container": storage.container}
-        look = await look_for_legacy(storage, task_id, workspace_id)
-        if look is not None:
-            lines, next_step, legacy = advice(look, next_step)
-            text += lines
-            data.update(legacy)
+        lines, next_step, legacy = await legacy_advice(storage, task_id, workspace_id, next_step)
+        text += lines
+        data.update(legacy)
         text.append(f"next: {next_step}")
         data["next"] = next_step
         return Result(NOT_FOUND, data, text)

@@ -9,11 +9,22 @@ Read only: nothing here writes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from receiver.migration import MARKER_NAME, PAGE_SIZE, json_object, left_as_is, legacy_ids, legacy_manifest
-from receiver.storage import Storage
+from receiver.migration import (
+    CUT_AT,
+    MARKER_NAME,
+    MAYBE_CUT,
+    PAGE_SIZE,
+    json_object,
+    left_as_is,
+    legacy_ids,
+    legacy_manifest,
+)
+from receiver.outcome import ops_command
+from receiver.plan import metadata_value
+from receiver.storage import Listed, Storage, StoreError, copy_incomplete
 
 SCAN_PAGES = 5  # of PAGE_SIZE blobs: bounded, as every listing of the command line
 UPGRADING = "docs/reference.md, Upgrading from the release without task records"
@@ -22,50 +33,85 @@ UPGRADING = "docs/reference.md, Upgrading from the release without task records"
 @dataclass(frozen=True)
 class LegacyFile:
     name: str
+    position: int  # blobs between where the upgrade is and this file
     left_as_is: str | None  # why the upgrade leaves it as it is (None: it folds it)
-    newer_pending: bool  # its manifest describes a newer export whose copy was still pending
+    newer_pending: bool = False  # its manifest describes a newer export whose copy was pending
 
 
 @dataclass
 class LegacyLook:
     started: bool  # a reconciliation run has begun the upgrade (its marker is there)
+    readable: bool = True  # that marker is a JSON object (else the upgrade starts again from the first blob)
     scanned: int = 0  # blobs looked at, from where the upgrade is
     whole: bool = False  # ... to the end of the container
     files: list[LegacyFile] = field(default_factory=list)
-    ahead: int = 0  # blobs from where the upgrade is to the first file found
+
+
+def _same(decoded: str, metadata: dict[str, str], key: str, wanted: str) -> bool:
+    """Does an id of the release before name ``wanted``: whole, or as that release cut it (at 512 characters)?"""
+    value = {name.lower(): text for name, text in metadata.items()}.get(key, "")
+    return decoded == wanted or (len(value) >= MAYBE_CUT and metadata_value(wanted, CUT_AT) == value)
+
+
+async def _of_task(storage: Storage, item: Listed, position: int, task: tuple[str, str | None]) -> LegacyFile | None:
+    """``item`` as a file of the release before naming the task (workspace None: any), else None."""
+    # (one whose asynchronous copy did not succeed too: the migration leaves it, so it is named with why)
+    ids = legacy_ids(replace(item, copy_status=None))
+    if ids is None or not (_same(ids[1], item.metadata, "taskid", task[0]) and task[1] in (None, ids[0])):
+        return None
+    if copy_incomplete(item.copy_status):
+        why = f"Azure reports its copy {item.copy_status}: it has the export's metadata, not its bytes"
+        return LegacyFile(item.name, position, why)
+    _, document = await legacy_manifest(storage, item.name)
+    delivery = {key.lower(): value for key, value in item.metadata.items()}.get("delivery")
+    newer = document.get("delivery") not in (None, delivery) and document.get("copyStatus") == "pending"
+    return LegacyFile(item.name, position, left_as_is(item.metadata, document, *ids), newer)
 
 
 async def look_for_legacy(storage: Storage, task_id: str, workspace_id: str | None) -> LegacyLook | None:
-    """The files of the release before naming this task that the upgrade has not folded yet, from where it is; the
-    scan stops at the end of the page holding the first (at most SCAN_PAGES pages). None once the upgrade is done,
+    """The files of the release before naming this task that the upgrade has not folded yet, from where it is: to
+    the end of the page holding the first one it folds (at most SCAN_PAGES pages). None once the upgrade is done,
     or when it has not begun and the whole container holds none."""
     found = await storage.read_bytes(MARKER_NAME, max_bytes=64 * 1024)
     state = json_object(found)
     if state.get("done") is True:
         return None
-    look = LegacyLook(started=found is not None)
+    look = LegacyLook(started=found is not None, readable=found is None or bool(state))
     marker = state.get("marker") if isinstance(state.get("marker"), str) else None
     for _ in range(SCAN_PAGES):
         page, marker = await storage.list_page("", marker=marker, size=PAGE_SIZE)
         for position, item in enumerate(page, look.scanned):
-            ids = legacy_ids(item)
-            if ids is None or ids[1] != task_id or workspace_id not in (None, ids[0]):
-                continue
-            _, document = await legacy_manifest(storage, item.name)
-            look.ahead = look.ahead if look.files else position
-            newer = document.get("delivery") not in (None, item.metadata.get("delivery"))
-            pending = newer and document.get("copyStatus") == "pending"
-            look.files.append(LegacyFile(item.name, left_as_is(item.metadata, document, *ids), pending))
+            if (file := await _of_task(storage, item, position, (task_id, workspace_id))) is not None:
+                look.files.append(file)
         look.scanned += len(page)
-        if marker is None or look.files:
+        if marker is None or any(file.left_as_is is None for file in look.files):
             break
     look.whole = marker is None
     return look if look.started or look.files or not look.whole else None
 
 
-def advice(look: LegacyLook, otherwise: str) -> tuple[list[str], str, dict[str, Any]]:
-    """What to print (lines), the next step (``otherwise`` when nothing here names the task), and the JSON."""
-    where = f"{MARKER_NAME} says where it is" if look.started else f"no run has begun it yet: no {MARKER_NAME}"
+async def legacy_advice(
+    storage: Storage, task_id: str, workspace_id: str | None, otherwise: str
+) -> tuple[list[str], str, dict[str, Any]]:
+    """For a task with no record: what to print (lines), the next step (``otherwise`` when the upgrade is done or
+    nothing it has not folded names the task), and the JSON. A storage failure of the look is said, not raised:
+    the answer "no record" stands."""
+    try:
+        look = await look_for_legacy(storage, task_id, workspace_id)
+    except StoreError as exc:
+        why = f"could not look for files of the release before the task record (an unfinished upgrade): {exc.message}"
+        return [why], otherwise, {"legacyLookFailed": exc.message}
+    if look is None:
+        return [], otherwise, {}
+    return _advice(look, task_id, otherwise)
+
+
+def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], str, dict[str, Any]]:
+    where = (
+        (f"{MARKER_NAME} says where it is" if look.readable else f"{MARKER_NAME} is unreadable: it starts over")
+        if look.started
+        else f"no run has begun it yet: no {MARKER_NAME}"
+    )
     lines = [
         "The upgrade from the release without task records has not finished in this container (the reconciliation "
         f"folds a page of {PAGE_SIZE} blobs a run; {where}): a task that got its file before the upgrade has no "
@@ -84,28 +130,31 @@ def advice(look: LegacyLook, otherwise: str) -> tuple[list[str], str, dict[str, 
             + (f" (the upgrade leaves it as it is: {file.left_as_is})" if file.left_as_is else "")
             + (" (its manifest describes a newer export whose copy was pending)" if file.newer_pending else "")
         )
-    left = [file.left_as_is for file in look.files if file.left_as_is]
-    if look.files and not left:
-        runs = look.ahead // PAGE_SIZE + 1
+    again = ops_command("find", task=task_id)
+    rest = "" if look.whole else f"; the blobs after the first {look.scanned} it has not folded are not looked at"
+    folded = [file for file in look.files if file.left_as_is is None]
+    if folded:
+        first = folded[0]
+        others = "; it leaves the other file(s) named as they are" if len(folded) < len(look.files) else ""
         newer = (
-            "; the newer export its manifest describes is finished by the release before's queue message (look in "
+            "; a newer export a manifest describes is finished by the release before's queue message (look in "
             "the verification queue and its poison queue; else export the document again)"
             if any(file.newer_pending for file in look.files)
             else ""
         )
         return (
             lines,
-            f"nothing to do by hand: the reconciliation builds the task's record from that file in about {runs} "
-            f"run(s) ({look.ahead} blobs ahead of it); run this again then ({UPGRADING}, says how a delivery of "
-            f"the task is decided meanwhile){newer}",
+            f"nothing to do by hand: the reconciliation builds the task's record from {first.name} in about "
+            f"{first.position // PAGE_SIZE + 1} run(s) ({first.position} blobs ahead of it){others}; run {again} "
+            f"then ({UPGRADING}, says how a delivery of the task is decided meanwhile){newer}",
             data,
         )
-    if left:
+    if look.files:
         return (
             lines,
-            "the file stays as it is and no record names it: one whose manifest says pending is finished by the "
+            "the file(s) stay as they are and no record names them: a copy that was pending is finished by the "
             "release before's queue message (look in the verification queue and its poison queue); else export "
-            f"the document again, which gives the task a record ({UPGRADING}: What it leaves)",
+            f"the document again, which gives the task a record ({UPGRADING}: What it leaves){rest}",
             data,
         )
     # A file the upgrade passed and left as it is, is before its marker: its run's log line named it.
@@ -124,7 +173,7 @@ def advice(look: LegacyLook, otherwise: str) -> tuple[list[str], str, dict[str, 
     return (
         lines,
         f"no file of the release before names this task in the next {look.scanned} blobs it has not folded{passed}; "
-        "the rest is not looked at (the upgrade may yet find the task there): run this again after a few "
+        f"the rest is not looked at (the upgrade may yet find the task there): run {again} after a few "
         f"reconciliation runs; else {otherwise}",
         data,
     )

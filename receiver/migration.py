@@ -79,6 +79,7 @@ RESERVED_PREFIX = ".smartdocumentor/"
 PAGE_SIZE = 2000
 # The previous release cut taskid/workspaceid metadata at 512 characters (plan.metadata_value).
 CUT_AT = 512
+MAYBE_CUT = CUT_AT - 2  # it cut on a whole escape: a value cut in the middle of one is 510 or 511 long
 MIGRATED = "migrated"
 MIGRATED_REPLACED = "migrated-replaced"
 ATTEMPTS = 5
@@ -214,11 +215,11 @@ def left_as_is(metadata: dict[str, str], document: dict[str, Any], workspace_id:
     meta = _lower(metadata)
     if document.get("delivery") == meta["delivery"]:
         if document.get("copyStatus") != "success":
-            return f"its manifest says {document.get('copyStatus')}"
+            return f"its manifest says {document.get('copyStatus') or 'no copy status'}"
         if (document.get("workspaceId"), document.get("taskId")) != (workspace_id, task_id):
             return "its manifest names other ids than its metadata"
         return None
-    if len(meta["taskid"]) >= CUT_AT or len(meta["workspaceid"]) >= CUT_AT:
+    if len(meta["taskid"]) >= MAYBE_CUT or len(meta["workspaceid"]) >= MAYBE_CUT:
         return f"its ids may have been cut at {CUT_AT} characters and no manifest of it confirms them"
     return None
 
@@ -436,7 +437,9 @@ def fold(
 
 
 __all__ = [
+    "CUT_AT",
     "MARKER_NAME",
+    "MAYBE_CUT",
     "MIGRATED",
     "PAGE_SIZE",
     "LegacyFile",

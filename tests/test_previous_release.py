@@ -815,7 +815,8 @@ async def test_ops_find_before_the_upgrade_reached_a_task_names_its_legacy_file_
         assert code == NOT_FOUND, said
         assert "upgrade from the release without task records has not finished" in said, said
         assert f"file of the release before: {FILES[('ws-acme', 'task-101')]}" in said, said
-        assert "nothing to do by hand: the reconciliation builds the task's record from that file in about 3" in said
+        folded = f"the reconciliation builds the task's record from {FILES[('ws-acme', 'task-101')]} in about 3"
+        assert f"nothing to do by hand: {folded}" in said, said
     data = json.loads((await find(world, "--task", "task-101", "--json"))[1])
     assert data["legacyFiles"] == [{"name": FILES[("ws-acme", "task-101")], "leftAsIs": None, "newerPending": False}]
     assert not data["found"] and data["next"].startswith("nothing to do by hand"), data
@@ -844,10 +845,10 @@ async def test_ops_find_names_a_legacy_file_the_upgrade_leaves_as_it_is_and_why(
     code, said = await find(world, "--task", "task-101")
     assert code == NOT_FOUND, said
     assert f"{name} (the upgrade leaves it as it is: its manifest says failed)" in said, said
-    assert "next: the file stays as it is and no record names it" in said and "export" in said, said
+    assert "next: the file(s) stay as they are and no record names them" in said and "export" in said, said
     code, said = await find(world, "--task", "task-401")  # the file folds; the newer export it names copies
     assert f"{FILES[('ws-acme', 'task-401')]} (its manifest describes a newer export whose copy was pending)" in said
-    assert "the newer export its manifest describes is finished by the release before's queue message" in said
+    assert "a newer export a manifest describes is finished by the release before's queue message" in said
 
 
 async def test_ops_find_says_how_far_it_looked_for_a_task_the_unfinished_upgrade_may_still_reach() -> None:
@@ -863,3 +864,96 @@ async def test_ops_find_says_how_far_it_looked_for_a_task_the_unfinished_upgrade
     code, said = await find(world, "--task", "nope")
     assert code == NOT_FOUND and "in what it has not folded (one it passed and left as it is is named" in said, said
     assert "next: no file of the release before names this task" in said and "check the task id" in said, said
+
+
+def with_manifest_status(world: World, name: str, status: str) -> None:
+    """The legacy file's own manifest (same delivery) says ``status``: the migration leaves the file as it is."""
+    manifest = world.storage.stored(f"{name}.json")
+    assert manifest is not None
+    document = {**json.loads(manifest.data), "copyStatus": status}
+    world.storage.load(
+        f"{name}.json", json.dumps(document).encode(), content_type="application/json",
+        metadata={**dict(manifest.metadata), "copystatus": status}, created=manifest.created,
+        last_modified=manifest.last_modified,
+    )  # fmt: skip
+
+
+def also_at(world: World, name: str, to: str, *, delivery: str, older: timedelta = timedelta(0)) -> None:
+    """The legacy file ``name`` and its manifest also at ``to``, as another delivery (``older`` than it)."""
+    for suffix in ("", ".json"):
+        blob = world.storage.stored(name + suffix)
+        assert blob is not None
+        data, meta = blob.data, {**dict(blob.metadata), **({} if suffix else {"delivery": delivery})}
+        if suffix:
+            data = json.dumps({**json.loads(data), "delivery": delivery}).encode()
+        world.storage.load(
+            to + suffix, data, content_type=blob.headers.content_type, metadata=meta,
+            created=blob.created - older, last_modified=blob.last_modified - older,
+        )  # fmt: skip
+
+
+async def test_ops_find_during_the_upgrade_says_which_of_a_tasks_files_it_folds_and_which_it_leaves() -> None:
+    world = legacy_world()
+    name = FILES[("ws-acme", "task-101")]
+    also_at(world, name, f"old-template/{name}", delivery="e" * 64, older=timedelta(days=30))
+    with_manifest_status(world, name, "failed")  # the newest export's own copy failed before the upgrade
+    code, said = await find(world, "--task", "task-101")
+    assert code == NOT_FOUND, said
+    assert f"{name} (the upgrade leaves it as it is: its manifest says failed)" in said, said
+    assert f"builds the task's record from old-template/{name} in about 1 run(s)" in said, said
+    assert "it leaves the other file(s) named as they are" in said, said
+    await reconcile(world)
+    current = record(world, "ws-acme", "task-101").current_delivery
+    assert current is not None and current.blob == f"old-template/{name}"
+
+
+async def test_ops_find_looks_past_a_file_the_upgrade_leaves_for_one_it_folds_on_a_later_page() -> None:
+    world = legacy_world()
+    name = FILES[("ws-acme", "task-101")]
+    also_at(world, name, f"zz-renamed/{name}", delivery="f" * 64)
+    fill(world, 2500, prefix="wz-filler")  # between the two
+    with_manifest_status(world, name, "pending")
+    code, said = await find(world, "--task", "task-101")
+    assert code == NOT_FOUND and f"builds the task's record from zz-renamed/{name} in about 2 run(s)" in said, said
+    for _ in range(3):
+        await migrate(world.storage, now=world.now)
+    current = record(world, "ws-acme", "task-101").current_delivery
+    assert current is not None and current.blob == f"zz-renamed/{name}"
+
+
+async def test_ops_find_names_a_legacy_file_whose_asynchronous_copy_did_not_finish() -> None:
+    world = legacy_world()
+    name = left_by_an_unfinished_async_copy(world, "task-101", 0, "pending")
+    await migrate(world.storage, now=world.now, page_size=3)
+    code, said = await find(world, "--task", "task-101", "--workspace", "ws-acme")
+    assert code == NOT_FOUND, said
+    assert f"{name} (the upgrade leaves it as it is: Azure reports its copy pending" in said, said
+    assert "next: the file(s) stay as they are" in said and "queue message" in said, said
+
+
+async def test_ops_find_keeps_its_no_record_answer_when_the_look_for_legacy_files_fails() -> None:
+    world = legacy_world()
+    world.faults.fail_before("list", "", times=1)  # the look's listing (the whole container), not the records'
+    code, said = await find(world, "--task", "task-101")
+    assert code == NOT_FOUND and "No task record for task task-101" in said, said
+    assert "could not look for files of the release before the task record" in said, said
+    assert "next: check the task id" in said, said
+
+
+async def test_the_migration_leaves_a_file_whose_non_ascii_id_was_cut_on_a_whole_escape_and_ops_names_it() -> None:
+    """The release cut an id's metadata at 512 characters on a whole escape: 510 here. Taken as whole, the file
+    would be folded under a task nobody sent (the first 85 characters of the id)."""
+    world = legacy_world()
+    task = "é" * 200
+    blob = world.storage.stored(FILES[("ws-acme", "task-102")])
+    assert blob is not None
+    world.storage.load(
+        "ws-acme/long/x.pdf", blob.data, content_type="application/pdf",
+        metadata={**dict(blob.metadata), "taskid": ("%C3%A9" * 200)[:510], "delivery": "d" * 64},
+        created=blob.created, last_modified=blob.last_modified,
+    )  # fmt: skip
+    code, said = await find(world, "--task", task)
+    assert code == NOT_FOUND and "ws-acme/long/x.pdf (the upgrade leaves it as it is: its ids may have been cut" in said
+    report = await migrate(world.storage, now=world.now)
+    assert "ws-acme/long/x.pdf" in report.left_doubtful, report
+    assert world.record("é" * 85, "ws-acme") is None

@@ -47,9 +47,9 @@ class LegacyLook:
     files: list[LegacyFile] = field(default_factory=list)
 
 
-def _same(decoded: str, metadata: dict[str, str], key: str, wanted: str) -> bool:
-    """Does an id of the release before name ``wanted``: whole, or as that release cut it (at 512 characters)?"""
-    value = {name.lower(): text for name, text in metadata.items()}.get(key, "")
+def _same(decoded: str, value: str, wanted: str) -> bool:
+    """Does an id of the release before (``value`` as its metadata holds it) name ``wanted``: whole, or as that
+    release cut it (at 512 characters)?"""
     return decoded == wanted or (len(value) >= MAYBE_CUT and metadata_value(wanted, CUT_AT) == value)
 
 
@@ -57,14 +57,14 @@ async def _of_task(storage: Storage, item: Listed, position: int, task: tuple[st
     """``item`` as a file of the release before naming the task (workspace None: any), else None."""
     # (one whose asynchronous copy did not succeed too: the migration leaves it, so it is named with why)
     ids = legacy_ids(replace(item, copy_status=None))
-    if ids is None or not (_same(ids[1], item.metadata, "taskid", task[0]) and task[1] in (None, ids[0])):
+    meta = {key.lower(): value for key, value in item.metadata.items()}
+    if ids is None or not (_same(ids[1], meta["taskid"], task[0]) and task[1] in (None, ids[0])):
         return None
     if copy_incomplete(item.copy_status):
         why = f"Azure reports its copy {item.copy_status}: it has the export's metadata, not its bytes"
         return LegacyFile(item.name, position, why)
     _, document = await legacy_manifest(storage, item.name)
-    delivery = {key.lower(): value for key, value in item.metadata.items()}.get("delivery")
-    newer = document.get("delivery") not in (None, delivery) and document.get("copyStatus") == "pending"
+    newer = document.get("delivery") not in (None, meta["delivery"]) and document.get("copyStatus") == "pending"
     return LegacyFile(item.name, position, left_as_is(item.metadata, document, *ids), newer)
 
 

@@ -237,7 +237,8 @@ async def _legacy_file(
         report.left_pending.append(manifest_name(item.name))
     left = left_as_is(item.metadata, document, workspace_id, task_id)
     if left is not None:
-        (report.left_pending if left.startswith("its manifest says") else report.left_doubtful).append(item.name)
+        unfinished = document.get("delivery") == delivery and document.get("copyStatus") != "success"
+        (report.left_pending if unfinished else report.left_doubtful).append(item.name)
         return None
     if document.get("delivery") == delivery:
         received = parse_time(document.get("receivedAt")) or received

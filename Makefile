@@ -44,11 +44,12 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy function_app.py noxfile.py receiver devtools tests bench ops sim
 
 # Three worker processes (pytest-xdist) on two cores, each with its own Azurite: many tests wait on
-# Azurite or a child process, so a third keeps the cores busy. The longest tests go first (tests/conftest.py),
-# so the simulator's four parts, checkov and the load test overlap the rest. PYTEST_WORKERS=0: one process.
+# Azurite or a child process, so a third keeps the cores busy. The longest tests go first and idle workers
+# steal the rest (tests/conftest.py), so the simulator's parts, checkov and the load test overlap the
+# short ones. PYTEST_WORKERS=0: one process.
 PYTEST_WORKERS ?= 3
 test: install lint typecheck
-	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist load)
+	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist worksteal)
 
 # pytest on Python 3.11, 3.12 and 3.13, each in its own venv (.nox/); a missing interpreter is
 # skipped and named, or fails the run with REQUIRE_ALL_PYTHONS=1. NOXFLAGS='-- -x' reaches pytest.

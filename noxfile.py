@@ -85,7 +85,7 @@ def tests(session: nox.Session) -> None:
         "print('Python', sys.version.split()[0], '| azure-functions', m.version('azure-functions'))",
     )
     # Three workers, as `make test` runs them (each starts its own Azurite); NOXFLAGS='-- ...' overrides.
-    session.run("pytest", *(session.posargs or ["-n", "3", "--dist", "load"]))
+    session.run("pytest", *(session.posargs or ["-n", "3", "--dist", "worksteal"]))
 
 
 EXPORTER = "azure-monitor-opentelemetry-exporter"

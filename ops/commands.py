@@ -453,6 +453,7 @@ def _inspection_data(ctx: Context, found: Inspection) -> dict[str, Any]:
         "workspaceId": found.workspace_id,
         "record": record_name(found.workspace_id, found.task_id),
         "found": record is not None,
+        "container": _need_storage(ctx).container,
     }
     if record is None:
         return {**data, **found.legacy, "problems": found.problems, "next": found.next}
@@ -577,7 +578,7 @@ async def _one_task(ctx: Context, task_id: str, workspace_id: str | None) -> tup
         text += lines
         data.update(legacy)
         text.append(f"next: {next_step}")
-        data["next"] = next_step
+        data["next"] = [next_step]  # a list, as in every inspection's JSON
         return Result(NOT_FOUND, data, text)
     if len(pairs) > 1:
         text = [f"Task {task_id} has records in {len(pairs)} workspaces: give --workspace, one of:"]

@@ -173,7 +173,11 @@ async def test_find_of_an_unknown_task_exits_1(ops: Ops) -> None:
     assert "next: check the task id" in ran.out and "task-lookup.kql" in ran.out
     elsewhere = await ops("find", "--task", "task-1", "--workspace", "another")
     assert elsewhere.code == NOT_FOUND and "next: drop --workspace" in elsewhere.out, elsewhere.out
-    assert (await ops("find", "--task", "nope", "--json")).json()["next"].startswith("check the task id")
+    anywhere = (await ops("find", "--task", "nope", "--json")).json()
+    assert anywhere["next"][0].startswith("check the task id"), anywhere
+    there = (await ops("find", "--task", "nope", "--workspace", "ws-1", "--json")).json()
+    assert there["next"][0].startswith("drop --workspace"), there
+    assert not anywhere["found"] and not there["found"] and anywhere["container"] == there["container"] != "", there
 
 
 async def test_find_flags_a_current_file_that_another_delivery_overwrote_and_a_missing_manifest(ops: Ops) -> None:

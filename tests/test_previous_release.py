@@ -819,7 +819,7 @@ async def test_ops_find_before_the_upgrade_reached_a_task_names_its_legacy_file_
         assert f"nothing to do by hand: {folded}" in said, said
     data = json.loads((await find(world, "--task", "task-101", "--json"))[1])
     assert data["legacyFiles"] == [{"name": FILES[("ws-acme", "task-101")], "leftAsIs": None, "newerPending": False}]
-    assert not data["found"] and data["next"].startswith("nothing to do by hand"), data
+    assert not data["found"] and data["next"][0].startswith("nothing to do by hand"), data
     code, said = await find(world, "--task", "tâche №7", "--workspace", "Société Générale")
     assert code == NOT_FOUND and FILES[("Société Générale", "tâche №7")] in said, said
     await reconcile(world)

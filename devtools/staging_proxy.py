@@ -8,7 +8,8 @@ changes, so the client's Shared Key signature cannot be kept: the forwarded requ
 short-lived blob SAS made with the destination account's key instead (public SDK API, no hand-made
 signatures). The answer is Azurite's own answer to that Put Block / Put Blob (201 with the headers
 the SDK expects). A source the service could not read answers as Azure does: the source's status
-(403, 404, ...) with ``CannotVerifyCopySource`` and ``<CopySourceStatusCode>`` in the body.
+(403, 404, ...; 412 when ``x-ms-source-if-match`` names another version than the source's) with
+``CannotVerifyCopySource`` and ``<CopySourceStatusCode>`` in the body.
 
 Used by tests/faultproxy.py, and runnable on its own in front of a local Azurite::
 
@@ -145,6 +146,8 @@ class StagingEmulator:
         source_range = request.headers.get("x-ms-source-range")
         if block and source_range:
             source_headers["Range"] = source_range
+        if "x-ms-source-if-match" in request.headers:  # a source condition: the source answers 412 when it fails
+            source_headers["If-Match"] = request.headers["x-ms-source-if-match"]
         try:
             async with self.session.get(
                 URL(request.headers["x-ms-copy-source"], encoded=True), headers=source_headers, allow_redirects=False

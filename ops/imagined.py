@@ -28,6 +28,7 @@ from receiver.storage import (
     Immutable,
     Listed,
     SourceUnreadable,
+    SourceVersion,
     Storage,
     TooLargeForSyncCopy,
     Written,
@@ -126,15 +127,18 @@ class Imagined:
         self._readable(source_url)
         # The service copies up to its limit this way (a store of its own may say another: the in-memory one's).
         limit = getattr(self.real, "sync_limit_bytes", SYNC_COPY_LIMIT_MIB * 1024 * 1024)
-        size = await self.real.source_size(source_url)  # a HEAD on the source through its own link: a read
+        source = await self.real.source_version(source_url)  # a HEAD on the source through its own link: a read
+        size = source.size if source is not None else None
         if size is not None and (size == 0 or size > limit):
             raise TooLargeForSyncCopy(f"The copy source is {size} bytes.", code="CannotVerifyCopySource", status=409)
         return self._land("copy", name, b"", Headers(content_type=self.content_type), metadata)
 
-    async def source_size(self, source_url: str) -> int | None:
-        return await self.real.source_size(source_url)  # a HEAD on the source through its own link: a read
+    async def source_version(self, source_url: str) -> SourceVersion | None:
+        return await self.real.source_version(source_url)  # a HEAD on the source through its own link: a read
 
-    async def stage_block(self, name: str, block_id: str, source_url: str, *, offset: int, length: int) -> None:
+    async def stage_block(
+        self, name: str, block_id: str, source_url: str, *, offset: int, length: int, source_etag: str | None = None
+    ) -> None:
         self._readable(source_url)
         self._staged.setdefault(name, set()).add(block_id)
 

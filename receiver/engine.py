@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
@@ -64,6 +65,7 @@ from .storage import (
     Immutable,
     Leased,
     Misconfigured,
+    SourceChanged,
     SourceUnreadable,
     Storage,
     StoreError,
@@ -536,9 +538,12 @@ async def _copy(storage: Storage, job: Job, name: str, if_match: str | None, see
     return replace(seen, blob=_written_blob(name, written.etag, metadata), copied=True, attempt=None)
 
 
-def block_id(delivery: str, number: int) -> str:
-    """The same ids for the same delivery whoever stages it (a retry re-stages the same blocks)."""
-    return base64.b64encode(f"{delivery[:32]}-{number:06d}".encode("ascii")).decode("ascii")
+def block_id(delivery: str, number: int, source_etag: str | None = None) -> str:
+    """The same ids for the same delivery and version of its source whoever stages it (a retry re-stages the
+    same blocks); another version's blocks have other ids, so one commit never lists blocks of two. Always 39
+    characters before encoding (the service wants one length for every block id of a blob)."""
+    version = hashlib.sha256((source_etag or "").encode()).hexdigest()[:8]
+    return base64.b64encode(f"{delivery[:23]}-{version}-{number:06d}".encode("ascii")).decode("ascii")
 
 
 async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, trace: Trace) -> Seen:
@@ -547,8 +552,8 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
     assert isinstance(job.event, Arrival) and job.source_url is not None
     notice = job.event.notice
     trace.mode = "staged"
-    size = await storage.source_size(job.source_url)
-    if size is None:
+    source = await storage.source_version(job.source_url)
+    if source is None:
         # The HEAD did not say: staging its first byte does, with the service's own answer (a source
         # refused or gone is a final failure like any copy's; anything else is tried again later).
         try:
@@ -556,16 +561,19 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
         except SourceUnreadable as exc:
             return replace(seen, attempt="source-gone" if exc.status == 404 else "source-refused")
         raise Unavailable("The exported file's size could not be read. Send the document again.")
+    size, etag = source.size, source.etag
     block = max(job.block_bytes, -(-size // MAX_BLOCKS))
     ranges = [(offset, min(block, size - offset)) for offset in range(0, size, block)]
-    ids = [block_id(notice.delivery, number) for number in range(len(ranges))]
+    ids = [block_id(notice.delivery, number, etag) for number in range(len(ranges))]
     limit = asyncio.Semaphore(STAGE_PARALLEL)
 
     async def put(block_name: str, offset: int, length: int) -> None:
         async with limit:
             if job.deadline is not None and job.clock() >= job.deadline:
                 raise TimeoutError
-            await storage.stage_block(notice.blob, block_name, job.source_url or "", offset=offset, length=length)
+            await storage.stage_block(
+                notice.blob, block_name, job.source_url or "", offset=offset, length=length, source_etag=etag
+            )
 
     trace.copy_sent = True
     metadata = _copy_metadata(job)
@@ -578,7 +586,9 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
         written = await storage.commit_blocks(
             notice.blob, ids, if_match=if_match, headers=headers, metadata=metadata, tags=tags
         )
-    except TimeoutError:
+    except (TimeoutError, SourceChanged):
+        # Out of time, or the exported file was rewritten since its HEAD: staged again later (the queue
+        # function), from a new look at it, under other block ids; nothing of this try is committed.
         return replace(seen, attempt="unfinished")
     except Conflict:
         return replace(seen, blob=UNSEEN, attempt="changed")

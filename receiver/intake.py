@@ -113,5 +113,5 @@ async def is_large(storage: Storage, plan: CopyPlan, settings: Settings) -> bool
         return True
     if settings.sync_copy_max_mib >= SYNC_COPY_LIMIT_MIB:
         return False
-    size = await storage.source_size(plan.source.url)
-    return size is not None and size > settings.sync_copy_max_mib * MIB
+    source = await storage.source_version(plan.source.url)
+    return source is not None and source.size > settings.sync_copy_max_mib * MIB

@@ -39,7 +39,9 @@ __all__ = [
     "Listed",
     "Misconfigured",
     "Rejected",
+    "SourceChanged",
     "SourceUnreadable",
+    "SourceVersion",
     "Storage",
     "StoreError",
     "TooLargeForSyncCopy",
@@ -97,6 +99,16 @@ class Written:
 
 
 @dataclass(frozen=True)
+class SourceVersion:
+    """What a HEAD through the link's own SAS says of the exported file: its size, and its ETag (None
+    when the answer has none), which every block staged from it then requires (a rewrite between two
+    blocks fails the next one instead of mixing two versions)."""
+
+    size: int
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
 class Listed:
     """One blob of a listing, with its metadata."""
 
@@ -137,6 +149,11 @@ class BlobMissing(StoreError):
 
 class ContainerMissing(StoreError):
     kind = "container-missing"
+
+
+class SourceChanged(Unavailable):
+    """A block's source condition failed (412): the exported file was rewritten since its size was read.
+    Staged again from a new look at it, never committed with blocks of two versions."""
 
 
 class SourceUnreadable(StoreError):
@@ -246,12 +263,15 @@ class Storage(Protocol):
         will not copy this way, :class:`SourceUnreadable` for a refused or missing one."""
         ...
 
-    async def source_size(self, source_url: str) -> int | None:
-        """The source's size from a HEAD through its own SAS; None when the answer does not say."""
+    async def source_version(self, source_url: str) -> SourceVersion | None:
+        """The source's size and ETag from a HEAD through its own SAS; None when the answer does not say."""
         ...
 
-    async def stage_block(self, name: str, block_id: str, source_url: str, *, offset: int, length: int) -> None:
-        """Put Block From URL: stage one range of the source as an uncommitted block of ``name``."""
+    async def stage_block(
+        self, name: str, block_id: str, source_url: str, *, offset: int, length: int, source_etag: str | None = None
+    ) -> None:
+        """Put Block From URL: stage one range of the source as an uncommitted block of ``name``; with
+        ``source_etag``, only from that version of it (x-ms-source-if-match), else :class:`SourceChanged`."""
         ...
 
     async def commit_blocks(

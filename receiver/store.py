@@ -192,6 +192,8 @@ def classify(exc: Exception, call: Call, account: str, container: str, signed_by
         # The source's own status from the error body (<CopySourceStatusCode>), else the answer's.
         raw_status = str(info.get("copysourcestatuscode") or "")
         source_status = int(raw_status) if raw_status.isdigit() else status
+        if source_status == 412:  # a source condition (x-ms-source-if-match): the file changed since it was read
+            return said(seam.SourceChanged, f"{operation}: the source changed since its size was read ({code}).")
         if source_status >= 500 or source_status in (408, 429):
             return said(seam.Unavailable, f"{operation}: the source answered {source_status} ({code}).")
         return said(seam.SourceUnreadable, f"{operation}: the source could not be read ({source_status} {code}).")
@@ -580,7 +582,7 @@ class AzureStorage:
         result = await self._write("copy", send, blob=name, tags=tags, creates=if_match is None, sync_copy=True)
         return _written(result)
 
-    async def source_size(self, source_url: str) -> int | None:
+    async def source_version(self, source_url: str) -> seam.SourceVersion | None:
         """A plain HEAD with the link's own SAS: one try, short timeout, no decompression; nothing here
         logs or raises the URL."""
         if self._http is None or self._http.closed:
@@ -590,13 +592,19 @@ class AzureStorage:
         try:
             async with self._http.head(URL(source_url, encoded=True), allow_redirects=False) as response:
                 length = response.headers.get("Content-Length")
-                return int(length) if response.status == 200 and length and length.isdigit() else None
+                if response.status != 200 or not length or not length.isdigit():
+                    return None
+                return seam.SourceVersion(int(length), response.headers.get("ETag") or None)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             return None
 
-    async def stage_block(self, name: str, block_id: str, source_url: str, *, offset: int, length: int) -> None:
+    async def stage_block(
+        self, name: str, block_id: str, source_url: str, *, offset: int, length: int, source_etag: str | None = None
+    ) -> None:
         """Put Block From URL. The SDK base64-encodes ``block_id``; the service wants every block id
-        of one blob to have the same length, so callers use fixed-width ids."""
+        of one blob to have the same length, so callers use fixed-width ids. ``source_etag``: sent as
+        x-ms-source-if-match (the SDK's method has no argument for it; a request's own headers it keeps)."""
+        conditions: dict[str, Any] = {"headers": {"x-ms-source-if-match": source_etag}} if source_etag else {}
 
         async def send(_tags: dict[str, str] | None) -> dict[str, Any]:
             await self._blob(name).stage_block_from_url(
@@ -606,6 +614,7 @@ class AzureStorage:
                 source_length=length,
                 timeout=SYNC_COPY_SERVER_TIMEOUT_SECONDS,
                 read_timeout=COPY_READ_TIMEOUT_SECONDS,
+                **conditions,
             )
             return {}
 

@@ -66,7 +66,9 @@ from receiver.storage import (
     Immutable,
     Listed,
     Rejected,
+    SourceChanged,
     SourceUnreadable,
+    SourceVersion,
     TooLargeForSyncCopy,
     Unavailable,
     Written,
@@ -116,6 +118,7 @@ class Source:
     data: bytes
     headers: Headers
     metadata: dict[str, str] = field(default_factory=dict)  # the sender's; a copy never carries it
+    etag: str = '"0x0"'  # a new one each time the file is written (add, publish)
 
 
 class MemorySources:
@@ -139,6 +142,7 @@ class MemorySources:
         self.now = now or ManualClock()
         self._key = key
         self._files: dict[str, Source] = {}
+        self._written = 0  # files written so far: each write's ETag
         self._foreign: dict[str, Source] = {}
         self._host = urlsplit(self.account_url).netloc
         self._links: dict[str, tuple[str | None, tuple[str, int] | None, datetime | None]] = {}  # see _read_link
@@ -150,7 +154,9 @@ class MemorySources:
         self, name: str, data: bytes, headers: Headers | None = None, metadata: dict[str, str] | None = None
     ) -> None:
         """Store (or replace) the file ``name``; no URL is handed out."""
-        self._files[self.path(name)] = Source(data, headers or Headers(), dict(metadata or {}))
+        self._written += 1
+        etag = f'"0x{self._written:X}"'
+        self._files[self.path(name)] = Source(data, headers or Headers(), dict(metadata or {}), etag)
 
     def remove(self, name: str) -> None:
         """The file is gone (the sender deleted it): copies from its URLs then answer 404."""
@@ -524,19 +530,27 @@ class MemoryStorage:
         self._leave("copy_from_url", name)
         return written
 
-    async def source_size(self, source_url: str) -> int | None:
-        self._enter("source_size", "")
+    async def source_version(self, source_url: str) -> SourceVersion | None:
+        self._enter("source_version", "")
         try:
-            size: int | None = len(self.sources.open(source_url, self.now()).data)
+            source = self.sources.open(source_url, self.now())
+            found: SourceVersion | None = SourceVersion(len(source.data), source.etag)
         except SourceUnreadable:
-            size = None
-        self._leave("source_size", "")
-        return size
+            found = None
+        self._leave("source_version", "")
+        return found
 
-    async def stage_block(self, name: str, block_id: str, source_url: str, *, offset: int, length: int) -> None:
+    async def stage_block(
+        self, name: str, block_id: str, source_url: str, *, offset: int, length: int, source_etag: str | None = None
+    ) -> None:
         self._enter("stage_block", name)
         self._need_container()
         source = self.sources.open(source_url, self.now())
+        if source_etag is not None and source.etag != source_etag:
+            # As the service answers a failed x-ms-source-if-match: the source's 412.
+            raise SourceChanged(
+                "The copy source changed (its ETag is not the one required).", code="CannotVerifyCopySource", status=412
+            )
         if offset < 0 or length < 0 or offset + length > len(source.data):
             raise Rejected(
                 f"The range {offset}+{length} is outside the copy source ({len(source.data)} bytes).",

@@ -58,7 +58,7 @@ from receiver.plan import RESERVED_FIRST_SEGMENT, CopyPlan
 from receiver.reconciliation import VERIFY_WINDOW, reconcile_run
 from receiver.runtime import Runtime
 from receiver.settings import Settings
-from receiver.storage import Blob, Headers, Listed, SourceUnreadable, Unavailable, Written
+from receiver.storage import Blob, Headers, Listed, SourceUnreadable, SourceVersion, Unavailable, Written
 from receiver.verification import CopyStillRunning, verify_copy
 from receiver.webhook import handle_delivery
 
@@ -291,17 +291,21 @@ class Gate:
         finally:
             self._done("copy_from_url", name, before, {"if_match": if_match})
 
-    async def source_size(self, source_url: str) -> int | None:
-        await self.sim.turn("source_size", "", "")
+    async def source_version(self, source_url: str) -> SourceVersion | None:
+        await self.sim.turn("source_version", "", "")
         try:
-            return await self.inner.source_size(source_url)
+            return await self.inner.source_version(source_url)
         finally:
-            self._done("source_size", "", None)
+            self._done("source_version", "", None)
 
-    async def stage_block(self, name: str, block_id: str, source_url: str, *, offset: int, length: int) -> None:
+    async def stage_block(
+        self, name: str, block_id: str, source_url: str, *, offset: int, length: int, source_etag: str | None = None
+    ) -> None:
         await self.sim.turn("stage_block", name, f"offset={offset}")
         try:
-            await self.inner.stage_block(name, block_id, source_url, offset=offset, length=length)
+            await self.inner.stage_block(
+                name, block_id, source_url, offset=offset, length=length, source_etag=source_etag
+            )
         finally:
             self._done("stage_block", name, None)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Protocol, cast
 
@@ -46,6 +46,10 @@ class Sources(Protocol):
         """A correctly signed, unexpired SAS URL to a file that does not exist."""
         ...
 
+    def rewrite(self, url: str, data: bytes) -> None:
+        """The sender writes the file behind ``url`` (one :meth:`publish` returned) again: a new version."""
+        ...
+
 
 def unsigned(url: str) -> str:
     """The same URL without its SAS."""
@@ -68,6 +72,7 @@ class Backend:
 @dataclass
 class _MemorySources:
     registry: MemorySources
+    names: dict[str, str] = field(default_factory=dict)  # each published URL's file
 
     def publish(
         self,
@@ -78,12 +83,16 @@ class _MemorySources:
         expires_in: timedelta = timedelta(hours=2),
     ) -> str:
         stored = replace(headers, content_md5=hashlib.md5(data).digest())  # noqa: S324 (what Put Blob stores)
-        return self.registry.publish(
-            f"{uuid.uuid4()}/export.pdf", data, stored, metadata=metadata, expires_in=expires_in
-        )
+        name = f"{uuid.uuid4()}/export.pdf"
+        url = self.registry.publish(name, data, stored, metadata=metadata, expires_in=expires_in)
+        self.names[url] = name
+        return url
 
     def missing(self) -> str:
         return self.registry.sas_url(f"{uuid.uuid4()}/missing.pdf", expires=self.registry.now() + timedelta(hours=2))
+
+    def rewrite(self, url: str, data: bytes) -> None:
+        self.registry.add(self.names[url], data, Headers(content_md5=hashlib.md5(data).digest()))  # noqa: S324
 
 
 def memory_backend() -> Backend:
@@ -109,6 +118,7 @@ def memory_backend() -> Backend:
 @dataclass
 class _AzuriteSources:
     exports: Exports
+    names: dict[str, str] = field(default_factory=dict)  # each published URL's file
 
     def publish(
         self,
@@ -128,10 +138,15 @@ class _AzuriteSources:
         )
         blob = self.exports.client.get_blob_client(EXPORT_CONTAINER, name)
         blob.upload_blob(data, overwrite=True, content_settings=settings, metadata=metadata)
-        return self.exports.sas_url(name, expires_in=expires_in)
+        url = self.exports.sas_url(name, expires_in=expires_in)
+        self.names[url] = name
+        return url
 
     def missing(self) -> str:
         return self.exports.sas_url(f"{uuid.uuid4()}/missing.pdf")
+
+    def rewrite(self, url: str, data: bytes) -> None:
+        self.exports.client.get_blob_client(EXPORT_CONTAINER, self.names[url]).upload_blob(data, overwrite=True)
 
 
 async def azurite_storage(azurite: Azurite, container: str, *, blob_port: int) -> Storage:

@@ -36,7 +36,7 @@ from receiver.storage import (
 )
 from receiver.store import RETRY, RETRY_BACKOFF_VARIABLE, AzureStorage, retry_settings
 
-from .conftest import PDF_BYTES, Exports
+from .conftest import EXPORT_CONTAINER, PDF_BYTES, Exports
 from .faultproxy import FaultProxy, Rule, carries_tags, is_account_info
 
 BLOCK = 1000
@@ -267,11 +267,13 @@ async def test_a_source_too_large_for_a_sync_copy(via_proxy: AzureStorage, proxy
     assert await via_proxy.read("big.pdf") is None
 
 
-async def test_source_size_by_a_head_through_its_own_sas(store: AzureStorage, exports: Exports) -> None:
+async def test_source_version_by_a_head_through_its_own_sas(store: AzureStorage, exports: Exports) -> None:
     name = f"{uuid.uuid4()}/export.pdf"
     url = exports.publish(SOURCE, name=name)
-    assert await store.source_size(url) == len(SOURCE)
-    assert await store.source_size(exports.sas_url(name, expires_in=timedelta(hours=-1))) is None
+    found = await store.source_version(url)
+    etag = exports.client.get_blob_client(EXPORT_CONTAINER, name).get_blob_properties().etag
+    assert found is not None and found.size == len(SOURCE) and found.etag == etag, found
+    assert await store.source_version(exports.sas_url(name, expires_in=timedelta(hours=-1))) is None
 
 
 # --- Put Block From URL, Put Block List (through the proxy: Azurite answers 501) ----------------------

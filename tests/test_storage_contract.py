@@ -15,7 +15,7 @@ import pytest
 
 from receiver.engine import remove_if_holds
 from receiver.models import Retirement
-from receiver.storage import Conflict, Headers, Rejected, SourceUnreadable, Storage, Written
+from receiver.storage import Conflict, Headers, Rejected, SourceChanged, SourceUnreadable, Storage, Written
 
 from .conftest import PDF_BYTES, Exports
 from .storage_backends import Backend, Sources, azurite_backend, memory_backend, unsigned
@@ -239,9 +239,36 @@ async def test_copy_of_an_unreadable_source_leaves_the_destination(backend: Back
     assert await storage.read("new.pdf") is None
 
 
-async def test_source_size(storage: Storage, sources: Sources) -> None:
-    assert await storage.source_size(sources.publish(PDF_BYTES, PDF)) == len(PDF_BYTES)
-    assert await storage.source_size(sources.missing()) is None
+async def test_source_version_gives_the_size_and_an_etag_that_changes_when_the_file_is_written_again(
+    storage: Storage, sources: Sources
+) -> None:
+    url = sources.publish(PDF_BYTES, PDF)
+    first = await storage.source_version(url)
+    assert first is not None and first.size == len(PDF_BYTES) and first.etag, first
+    sources.rewrite(url, PDF_BYTES * 2)
+    second = await storage.source_version(url)
+    assert second is not None and second.size == 2 * len(PDF_BYTES) and second.etag not in (None, first.etag), second
+    assert await storage.source_version(sources.missing()) is None
+
+
+async def test_a_block_staged_from_a_version_the_source_no_longer_has_is_refused_and_not_staged(
+    storage: Storage, sources: Sources
+) -> None:
+    """x-ms-source-if-match: a rewrite between two blocks fails the next one (412), never mixes versions."""
+    url = sources.publish(b"old version", PDF)
+    before = await storage.source_version(url)
+    assert before is not None
+    sources.rewrite(url, b"new version")
+    with pytest.raises(SourceChanged) as refused:
+        await storage.stage_block("v.pdf", "b-000", url, offset=0, length=4, source_etag=before.etag)
+    assert refused.value.status == 412 and "sig=" not in str(refused.value), refused.value
+    with pytest.raises(Conflict):  # nothing was staged under that id
+        await storage.commit_blocks("v.pdf", ["b-000"], if_match=None, headers=PDF, metadata={}, tags=None)
+    now = await storage.source_version(url)
+    assert now is not None
+    await storage.stage_block("v.pdf", "b-000", url, offset=0, length=4, source_etag=now.etag)
+    await storage.commit_blocks("v.pdf", ["b-000"], if_match=None, headers=PDF, metadata={}, tags=None)
+    assert await content(storage, "v.pdf") == b"new "
 
 
 # ------------------------------------------------------------------------------------------ blocks

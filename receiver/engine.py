@@ -605,6 +605,30 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
 # --- changing the record, and the effects beside it ------------------------------------------------------
 
 
+async def _drop_unrecorded_copy(storage: Storage, job: Job, seen: Seen) -> None:
+    """Before a delivery is refused for the record's room: a copy of it at a name the record does not hold (its
+    create-only copy, sent beside the record's read) goes, If-Match on it, so the refusal leaves nothing that no
+    record names. One that cannot be removed is said as a copy that was not confirmed (the queue function's try
+    meets the same refusal and removes it then)."""
+    if not isinstance(job.event, Arrival):
+        return
+    notice, blob, record = job.event.notice, seen.blob, seen.record
+    if blob == UNSEEN:  # an acceptance written beside the look at the file (its create-only copy found one there)
+        blob = await storage.read(notice.blob)
+    if not isinstance(blob, Blob):
+        return
+    named = {item.blob for item in record.deliveries} | {item.blob for item in record.retire} if record else set()
+    named |= {item.moved_from for item in record.deliveries if item.moved_from} if record else set()
+    if blob.name != notice.blob or blob.delivery != notice.delivery or notice.blob in named:
+        return
+    try:
+        await storage.delete(notice.blob, if_match=blob.etag)
+    except Conflict:
+        return  # changed since it was seen: not this copy any more
+    except StoreError as exc:
+        raise Unavailable(f"A copy of the delivery at {notice.blob} was not removed ({exc.message}).") from None
+
+
 async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trace: Trace, *, now: datetime) -> Seen:
     name = record_name(job.workspace_id, job.task_id)
     data = decision.record.to_bytes()
@@ -614,6 +638,7 @@ async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trac
         # Never written larger than any driver reads it. The notifications of exports still copying fill it (each
         # kept until its copy ends, then dropped): one more is refused while they do, never a change that ends one.
         failed = sum(1 for item in held if item.state is State.FAILED)
+        await _drop_unrecorded_copy(storage, job, seen)
         raise Unavailable(
             f"The task record has no room for this notification ({len(data)} bytes, at most {RECORD_ROOM}): it keeps "
             f"the notifications of {len(held)} earlier export(s). "

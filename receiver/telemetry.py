@@ -159,10 +159,13 @@ def recording(operation: Operation) -> Iterator[Record]:
             emit(record, attributes)
 
 
+_WARNING_OUTCOMES = ("failed", "error", "unreadable", "immutable", "held", "record-full")
+
+
 def emit(record: Record, attributes: dict[str, Any]) -> None:
     if record.final_failure:
         level = logging.ERROR
-    elif (record.status or 0) >= 500 or record.outcome in ("failed", "error", "unreadable", "immutable", "held"):
+    elif (record.status or 0) >= 500 or record.outcome in _WARNING_OUTCOMES:
         level = logging.WARNING
     else:
         level = logging.INFO

@@ -29,7 +29,7 @@ from .payload import FIELDS
 from .plan import RECEIVER_MANIFEST_KEYS, CopyPlan, kept_name
 from .runtime import Runtime
 from .settings import Settings
-from .storage import Immutable, Leased, UnreadableRecord
+from .storage import Immutable, Leased, Unavailable, UnreadableRecord
 from .telemetry import Record, recording
 
 log = logging.getLogger("receiver.verification")
@@ -221,6 +221,11 @@ async def verify_copy(data: bytes, *, runtime: Runtime, now: datetime, dequeue_c
                 _alert_own_failures(record, await alerts_of(storage, job, trace, sender=False))
             raise CopyStillRunning(f"task={plan.task_id}: {exc.policy}") from None
         except Exception as exc:
+            if isinstance(exc, Unavailable) and exc.code == "record-full":
+                # Refused for the record's room, its own copy removed: its webhook answered 503 (in the same words,
+                # asking for the document again), so nothing waits for this try. The message ends.
+                record.outcome, record.reason = "record-full", f"{exc.message} This message ends."
+                return "record-full"
             _failed_try(record, plan.task_id, exc, last_try=last_try)
             if job is not None:
                 # What a change of this try failed (its answer lost, perhaps: read back) is this try's alert: the next

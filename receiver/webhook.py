@@ -91,7 +91,7 @@ async def _handle(
                 message = None  # a large body's message is rebuilt from the record, which the lease may have kept out
             text = outcome.LEASED_QUEUED if message else outcome.LEASED
             return outcome.failed(503, "storage-unavailable", text, taskId=plan.task_id, verification=message)
-        if trace.copy_sent and exc.kind == "unavailable" and exc.code != "fence-refused":
+        if trace.copy_sent and exc.kind == "unavailable" and exc.code not in ("fence-refused", "record-full"):
             # A copy may have landed: the queue function finishes it (or finds it did not).
             return _after_copy(plan.task_id, queued())
         return storage_failure(plan.task_id, exc)

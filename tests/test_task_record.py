@@ -194,6 +194,62 @@ async def test_a_record_full_of_failed_exports_notifications_says_so_not_to_wait
     assert "2 of them failed and stay" in full.body["message"] and "Known limits" in full.body["message"], full.body
 
 
+async def _record_filled_by_failed_exports(world: World) -> None:
+    """Two large exports accepted (202) whose copies then failed for good: the record keeps both notifications."""
+    for number in range(2):
+        export = world.export(display_name=f"big-{number}.pdf", data=b"%PDF" + b"x" * (2 * 1024 * 1024))
+        answer = await world.post(json.dumps({**export.payload, "note": "x" * 900_000}).encode())
+        assert answer.status_code == 202 and answer.verification is not None, answer.body
+        world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+        assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "failed"
+        world.clock.advance(timedelta(seconds=1))
+
+
+def _unnamed_files(world: World) -> set[str]:
+    record = world.record()
+    named = set() if record is None else {i.blob for i in record.deliveries} | {i.blob for i in record.retire}
+    return set(world.files()) - named
+
+
+@pytest.mark.parametrize("note", [5_000, 60_000], ids=["its notification in the message", "the record in it"])
+async def test_an_export_refused_for_the_records_room_after_its_copy_landed_says_so_and_leaves_no_file(
+    monkeypatch: pytest.MonkeyPatch, note: int
+) -> None:
+    """A small export at a new name: its create-only copy, sent beside the record's read, lands before the record
+    refuses it for its room. The answer names the room (not an unconfirmed copy the receiver would finish), no
+    queue message is sent, and the copy is gone: nothing is left that no record names."""
+    import receiver.engine
+
+    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    await _record_filled_by_failed_exports(world)
+    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
+    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)  # one more notification does not fit
+    answer = await world.post(world.export(display_name="small.pdf", note="y" * note))
+    assert answer.status_code == 503 and "no room" in answer.body["message"], answer.body
+    assert answer.verification is None, answer.body
+    assert _unnamed_files(world) == set(), sorted(world.files())
+
+
+async def test_a_copy_the_records_room_refused_and_that_could_not_be_removed_is_removed_by_the_queue_function(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The removal of the refused export's own copy fails (503): the answer is the unconfirmed copy's, with a queue
+    message; its try meets the same refusal, removes the copy and ends the message (not tried again 40 times)."""
+    import receiver.engine
+
+    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    await _record_filled_by_failed_exports(world)
+    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
+    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+    world.faults.fail_before("delete", "ws-1/task-1/small.pdf", times=3)
+    answer = await world.post(world.export(display_name="small.pdf", note="y" * 5_000))
+    assert answer.status_code == 503 and answer.verification is not None, answer.body
+    assert _unnamed_files(world) == {"ws-1/task-1/small.pdf"}
+    world.faults.heal()
+    ended = await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now)
+    assert ended == "record-full" and _unnamed_files(world) == set(), (ended, sorted(world.files()))
+
+
 async def test_a_large_re_export_keeps_the_earlier_file_readable_until_its_commit() -> None:
     world = World.make(sync_copy_max_mib=0, copy_wait_seconds=0)
     first = world.export()

@@ -70,7 +70,7 @@ from .models import (
     record_name,
     with_step,
 )
-from .storage import Blob, Conflict, Immutable, Leased, Listed, Storage, copy_incomplete
+from .storage import Blob, Conflict, Immutable, Leased, Listed, Misconfigured, Rejected, Storage, copy_incomplete
 
 log = logging.getLogger("receiver.migration")
 
@@ -202,9 +202,23 @@ def _is_manifest(metadata: dict[str, str]) -> bool:
     return meta.get("receiverkind") == "manifest" or "copystatus" in meta
 
 
+# The key, in what :func:`legacy_manifest` returns, that says why a manifest there was not read (no manifest
+# the receiver writes has a key with a space).
+UNREAD = "not read"
+
+
 async def legacy_manifest(storage: Storage, name: str) -> tuple[tuple[Blob, bytes] | None, dict[str, Any]]:
-    """The manifest beside the legacy file ``name`` as read, and its JSON object ({} when it is none)."""
-    found = await storage.read_bytes(manifest_name(name), max_bytes=MAX_MANIFEST_BYTES)
+    """The manifest beside the legacy file ``name`` as read, and its JSON object ({} when it is none). One that
+    cannot be read, however often it is tried (larger than this release reads: the release before took larger
+    bodies; in the Archive tier), is ``{UNREAD: why}``: its file is left as it is, not the whole page."""
+    try:
+        found = await storage.read_bytes(manifest_name(name), max_bytes=MAX_MANIFEST_BYTES)
+    except Rejected:
+        return None, {UNREAD: f"its manifest is larger than the {MAX_MANIFEST_BYTES // 1024 // 1024} MiB it reads"}
+    except Misconfigured as exc:
+        if exc.code not in ("BlobArchived", "BlobBeingRehydrated"):
+            raise
+        return None, {UNREAD: "its manifest is in the Archive tier (rehydrate it to Hot or Cool)"}
     return found, json_object(found) if found is not None and _is_manifest(found[0].metadata) else {}
 
 
@@ -213,6 +227,8 @@ def left_as_is(metadata: dict[str, str], document: dict[str, Any], workspace_id:
     JSON: that manifest, of the same delivery, says pending or failed (its queue message finishes it) or names other
     ids; or, with no manifest of it, its ids may have been cut at CUT_AT characters."""
     meta = _lower(metadata)
+    if UNREAD in document:
+        return str(document[UNREAD])
     if document.get("delivery") == meta["delivery"]:
         if document.get("copyStatus") != "success":
             return f"its manifest says {document.get('copyStatus') or 'no copy status'}"

@@ -957,3 +957,32 @@ async def test_the_migration_leaves_a_file_whose_non_ascii_id_was_cut_on_a_whole
     report = await migrate(world.storage, now=world.now)
     assert "ws-acme/long/x.pdf" in report.left_doubtful, report
     assert world.record("é" * 85, "ws-acme") is None
+
+
+def with_manifest_over_a_mib(world: World, name: str) -> None:
+    """The release before took bodies up to 100 MiB and kept their extra fields in the manifest: one over the
+    1 MiB this release reads."""
+    manifest = world.storage.stored(f"{name}.json")
+    assert manifest is not None
+    document = {**json.loads(manifest.data), "ocrText": "x" * (1536 * 1024)}
+    world.storage.load(
+        f"{name}.json", json.dumps(document).encode(), content_type="application/json",
+        metadata=dict(manifest.metadata), created=manifest.created, last_modified=manifest.last_modified,
+    )  # fmt: skip
+
+
+async def test_a_legacy_manifest_over_a_mib_leaves_its_file_as_it_is_and_the_migration_goes_on() -> None:
+    """One manifest too large to read made every run's page fail: no task on it or after it ever got a record.
+    Now its file is left as it is (named in the run's report), the others are folded, the migration ends, and
+    `ops find` says why that task has no record instead of "nothing to do"."""
+    world = legacy_world()
+    big = FILES[("ws-acme", "task-102")]
+    with_manifest_over_a_mib(world, big)
+    code, said = await find(world, "--task", "task-102", "--workspace", "ws-acme")
+    assert code == NOT_FOUND and "larger than the 1 MiB" in said and "nothing to do by hand" not in said, said
+    report = await reconcile_run(runtime=world.runtime, now=world.now, environ={})
+    assert report.migration_failed is None and report.migration is not None, report
+    assert big in report.migration.left_doubtful and report.migration.done, report.migration
+    missing = [task for (workspace, task) in FILES if world.record(task, workspace) is None]
+    assert missing == ["task-102"], missing
+    assert world.storage.stored(big) is not None and world.storage.stored(f"{big}.json") is not None

@@ -862,8 +862,9 @@ async def _effects(
                 _unretired(job, effect.retirement, outcome, age=now - since, ours=ours)
         else:
             manifest_done = True
-            if isinstance(outcome, str) and isinstance(effect, WriteManifest):
-                trace.manifests[manifest_name(effect.blob)] = (outcome, effect.delivery)
+            if isinstance(effect, WriteManifest) and isinstance(outcome, str | ManifestWritten):
+                etag = outcome if isinstance(outcome, str) else outcome.etag
+                trace.manifests[manifest_name(effect.blob)] = (etag, effect.delivery)
             if failed:
                 assert isinstance(outcome, StoreError)
                 trace.effect_failed = outcome
@@ -936,6 +937,15 @@ async def _fence(storage: Storage, seen: Seen, fence: Fence) -> Seen:
     return replace(seen, blob=replace(current, etag=written.etag), fence=False, watched=fence.blob, fenced=written.etag)
 
 
+class ManifestWritten(Unavailable):
+    """A manifest was written, and the look at its file beside it failed: the effect failed (the queue function
+    writes it again), and ``etag`` is what this run wrote (:func:`drop_own_manifests`)."""
+
+    def __init__(self, cause: Unavailable, etag: str) -> None:
+        super().__init__(cause.message, code=cause.code, status=cause.status)
+        self.etag = etag
+
+
 async def settled(*requests: Awaitable[Any]) -> list[Any]:
     """Requests side by side, each to its end before any failure is raised (the first): a write left running
     after its effect was judged failed would land unseen, after the driver decided from that failure."""
@@ -987,7 +997,8 @@ async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
     copy (its ``copyid``: its headers were set since), never into another copy of the delivery (a retry's,
     recorded since); a listing with a version but no copyid (a file from before copyids) follows only
     versions without one. Another delivery's
-    file, or one already gone, is left alone. True when it was deleted."""
+    file, or one already gone, is left alone. True when it was deleted; :class:`Unavailable` when that copy
+    changed at each of three tries."""
     etag, refused = item.etag, None
     for _ in range(3):
         if etag is None:
@@ -1007,7 +1018,9 @@ async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
             return await storage.delete(item.blob, if_match=etag)
         except Conflict as exc:
             refused, etag = (etag, exc.code), None  # changed since: read again; deleted only if it holds that copy
-    return False
+    # Still that copy, changed each time (others still setting its headers): not "left alone", which would drop
+    # the listing and leave the file for good. It stays listed for the next driver.
+    raise Unavailable(f"{item.blob} kept changing while it was retired; it stays listed to retire")
 
 
 def _is_manifest(blob: Blob) -> bool:
@@ -1107,7 +1120,15 @@ async def write_manifest(
                 if_match = there.etag
         raise Unavailable(f"The manifest {name} kept changing while it was written.")
 
-    holder, written = await settled(fix_headers(), put_manifest())
+    looked, wrote = await asyncio.gather(fix_headers(), put_manifest(), return_exceptions=True)
+    if isinstance(looked, Unavailable) and isinstance(wrote, str):
+        # Written, and the look at its file failed: it is this run's manifest all the same (dropped at the end
+        # of a run that does not store its delivery, once its file is seen to have moved on).
+        raise ManifestWritten(looked, wrote)
+    for outcome in (looked, wrote):  # each to its end before any failure is raised (as settled does)
+        if isinstance(outcome, BaseException):
+            raise outcome
+    holder, written = cast(Blob | None, looked), cast(str | None, wrote)
     if written is not None and (holder is None or holder.delivery != effect.delivery):
         # The file moved on while the manifest was written (a newer export, a retirement): a manifest
         # describes the file beside it or is not there at all.

@@ -58,7 +58,7 @@ from receiver.plan import RESERVED_FIRST_SEGMENT, CopyPlan
 from receiver.reconciliation import VERIFY_WINDOW, reconcile_run
 from receiver.runtime import Runtime
 from receiver.settings import Settings
-from receiver.storage import Blob, Headers, Listed, SourceUnreadable, SourceVersion, Unavailable, Written
+from receiver.storage import Blob, Headers, Immutable, Listed, SourceUnreadable, SourceVersion, Unavailable, Written
 from receiver.verification import CopyStillRunning, verify_copy
 from receiver.webhook import handle_delivery
 
@@ -341,6 +341,10 @@ class Gate:
         before = self.inner.stored(name)
         try:
             return await self.inner.delete(name, if_match=if_match)
+        except Immutable:
+            if self.inner.policy is not None:  # the container's own hold, not one on this blob
+                self.sim.held_deletes.setdefault(name, []).append(self.sim.steps)
+            raise
         finally:
             self._done("delete", name, before, {"if_match": if_match})
 
@@ -548,6 +552,7 @@ class Simulation:
         self.looked: dict[str, list[tuple[int, Actor]]] = {}  # by name: when each driver read or deleted it
         self.faulted: dict[int, list[int]] = {}  # by actor number: the steps its calls got a 503 or lost answer
         self.removed: dict[str, set[int]] = {}  # by name: the actors (numbers) whose delete removed a blob there
+        self.held_deletes: dict[str, list[int]] = {}  # by name: the steps of deletes a container policy refused
 
     # ---------------------------------------------------------------- the world's pieces
 
@@ -771,10 +776,10 @@ class Simulation:
         self.steps += 1
         self.waiting.remove(call)
         self.granted = call
+        if call.timed_out and fault != "crash":
+            fault = "before"  # a write that waited too long times out unapplied: a failure of its call like a 503
         if fault in ("before", "after"):
             self.faulted.setdefault(call.actor.number, []).append(self.steps)
-        if call.timed_out and fault != "crash":
-            fault = "before"
         self.trace.append(TraceLine(self.steps, call.actor.label, call.op, call.name, fault or "", call.detail))
         if fault == "crash":
             assert call.actor.task is not None
@@ -1150,6 +1155,8 @@ class Simulation:
             return f"{writer.label} wrote it under a container policy"
         if not name.endswith(".json"):
             return UNEXPLAINED
+        if any(step >= landed for step in self.held_deletes.get(name, ())):
+            return "its removal was refused by a container policy (nothing may remove it while it lasts)"
         if any(step >= landed for step in self.faulted.get(writer.number, ())):  # its own answer lost too
             return f"a call of {writer.label} failed once it landed"
         if (writer.answer or "").endswith(("superseded", "failed")):

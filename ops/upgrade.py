@@ -14,9 +14,11 @@ from typing import Any
 
 from receiver.migration import (
     CUT_AT,
+    MARKER_MAX_BYTES,
     MARKER_NAME,
     MAYBE_CUT,
     PAGE_SIZE,
+    UNREAD,
     json_object,
     left_as_is,
     legacy_ids,
@@ -36,11 +38,13 @@ class LegacyFile:
     position: int  # blobs between where the upgrade is and this file
     left_as_is: str | None  # why the upgrade leaves it as it is (None: it folds it)
     newer_pending: bool = False  # its manifest describes a newer export whose copy was pending
+    unread: bool = False  # its manifest could not be read: the upgrade leaves the task's other files too
 
 
 @dataclass
 class LegacyLook:
     started: bool  # a reconciliation run has begun the upgrade (its marker is there)
+    done: bool = False  # it ended: ``files`` are the ones its marker says it left as they are
     readable: bool = True  # that marker is a JSON object (else the upgrade starts again from the first blob)
     scanned: int = 0  # blobs looked at, from where the upgrade is
     whole: bool = False  # ... to the end of the container
@@ -65,17 +69,25 @@ async def _of_task(storage: Storage, item: Listed, position: int, task: tuple[st
         return LegacyFile(item.name, position, why)
     _, document = await legacy_manifest(storage, item.name)
     newer = document.get("delivery") not in (None, meta["delivery"]) and document.get("copyStatus") == "pending"
-    return LegacyFile(item.name, position, left_as_is(item.metadata, document, *ids), newer)
+    return LegacyFile(item.name, position, left_as_is(item.metadata, document, *ids), newer, UNREAD in document)
 
 
 async def look_for_legacy(storage: Storage, task_id: str, workspace_id: str | None) -> LegacyLook | None:
     """The files of the release before naming this task that the upgrade has not folded yet, from where it is: to
     the end of the page holding the first one it folds (at most SCAN_PAGES pages). None once the upgrade is done,
     or when it has not begun and the whole container holds none."""
-    found = await storage.read_bytes(MARKER_NAME, max_bytes=64 * 1024)
+    found = await storage.read_bytes(MARKER_NAME, max_bytes=MARKER_MAX_BYTES)
     state = json_object(found)
     if state.get("done") is True:
-        return None
+        # Done: the files it left as they are, as its marker names them.
+        left = [
+            LegacyFile(str(note.get("name")), 0, str(note.get("why")))
+            for note in state.get("left") or []
+            if isinstance(note, dict)
+            and note.get("taskId") == task_id
+            and workspace_id in (None, note.get("workspaceId"))
+        ]
+        return LegacyLook(started=True, done=True, files=left) if left else None
     look = LegacyLook(started=found is not None, readable=found is None or bool(state))
     marker = state.get("marker") if isinstance(state.get("marker"), str) else None
     for _ in range(SCAN_PAGES):
@@ -107,6 +119,15 @@ async def legacy_advice(
 
 
 def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], str, dict[str, Any]]:
+    if look.done:
+        return (
+            ["The upgrade from the release without task records has ended; it left these files of the task as they "
+             "are (no record names them):"]
+            + [f"  file of the release before: {file.name} ({file.left_as_is})" for file in look.files],
+            "they stay where they are; export the document again, which gives the task a record "
+            f"({UPGRADING}: What it leaves)",
+            {"legacyFiles": [{"name": f.name, "leftAsIs": f.left_as_is, "newerPending": False} for f in look.files]},
+        )  # fmt: skip
     where = (
         (f"{MARKER_NAME} says where it is" if look.readable else f"{MARKER_NAME} is unreadable: it starts over")
         if look.started
@@ -132,7 +153,8 @@ def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], 
         )
     again = ops_command("find", task=task_id)
     rest = "" if look.whole else f"; the blobs after the first {look.scanned} it has not folded are not looked at"
-    folded = [file for file in look.files if file.left_as_is is None]
+    # (a file whose manifest could not be read may list the others as replaced: the task is left whole)
+    folded = [] if any(file.unread for file in look.files) else [f for f in look.files if f.left_as_is is None]
     if folded:
         first = folded[0]
         others = "; it leaves the other file(s) named as they are" if len(folded) < len(look.files) else ""

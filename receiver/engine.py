@@ -116,6 +116,7 @@ class Trace:
     changes: list[str] = field(default_factory=list)  # the arrows of the record changes that won their swap
     copy_sent: bool = False
     mode: str | None = None  # "sync" | "staged"
+    source_changed: bool = False  # the exported file was written again while this run staged it
     effect_failed: StoreError | None = None
     retired: list[str] = field(default_factory=list)
     blob: str | None = None  # the name the delivery was decided at, when not the notice's (its record's)
@@ -553,14 +554,15 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
     notice = job.event.notice
     trace.mode = "staged"
     source = await storage.source_version(job.source_url)
-    if source is None:
-        # The HEAD did not say: staging its first byte does, with the service's own answer (a source
-        # refused or gone is a final failure like any copy's; anything else is tried again later).
+    if source is None or source.etag is None:
+        # The HEAD did not say (its size, or the version every block must require): staging its first byte
+        # does, with the service's own answer (a source refused or gone is a final failure like any copy's;
+        # anything else is tried again later).
         try:
             await storage.stage_block(notice.blob, block_id(notice.delivery, 0), job.source_url, offset=0, length=1)
         except SourceUnreadable as exc:
             return replace(seen, attempt="source-gone" if exc.status == 404 else "source-refused")
-        raise Unavailable("The exported file's size could not be read. Send the document again.")
+        raise Unavailable("The exported file's size or version could not be read. Send the document again.")
     size, etag = source.size, source.etag
     block = max(job.block_bytes, -(-size // MAX_BLOCKS))
     ranges = [(offset, min(block, size - offset)) for offset in range(0, size, block)]
@@ -586,9 +588,10 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
         written = await storage.commit_blocks(
             notice.blob, ids, if_match=if_match, headers=headers, metadata=metadata, tags=tags
         )
-    except (TimeoutError, SourceChanged):
+    except (TimeoutError, SourceChanged) as exc:
         # Out of time, or the exported file was rewritten since its HEAD: staged again later (the queue
         # function), from a new look at it, under other block ids; nothing of this try is committed.
+        trace.source_changed = trace.source_changed or isinstance(exc, SourceChanged)
         return replace(seen, attempt="unfinished")
     except Conflict:
         return replace(seen, blob=UNSEEN, attempt="changed")
@@ -606,25 +609,25 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
 
 
 async def _drop_unrecorded_copy(storage: Storage, job: Job, seen: Seen) -> None:
-    """Before a delivery is refused for the record's room: a copy of it at a name the record does not hold (its
-    create-only copy, sent beside the record's read) goes, If-Match on it, so the refusal leaves nothing that no
-    record names. One that cannot be removed is said as a copy that was not confirmed (the queue function's try
-    meets the same refusal and removes it then)."""
+    """Before a delivery the record does not hold is refused for the record's room: its copy (the create-only copy
+    sent beside the record's read) goes, If-Match on it, so the refusal leaves nothing that no record names. One
+    whose removal failed is said as a copy that was not confirmed (the queue function's try meets the same refusal
+    and removes it then); one a policy keeps stays, as any copy a policy keeps."""
     if not isinstance(job.event, Arrival):
         return
     notice, blob, record = job.event.notice, seen.blob, seen.record
     if blob == UNSEEN:  # an acceptance written beside the look at the file (its create-only copy found one there)
         blob = await storage.read(notice.blob)
-    if not isinstance(blob, Blob):
+    if not isinstance(blob, Blob) or blob.name != notice.blob or blob.delivery != notice.delivery:
         return
-    named = {item.blob for item in record.deliveries} | {item.blob for item in record.retire} if record else set()
-    named |= {item.moved_from for item in record.deliveries if item.moved_from} if record else set()
-    if blob.name != notice.blob or blob.delivery != notice.delivery or notice.blob in named:
-        return
+    if record is not None and record.find(notice.delivery) is not None:
+        return  # the record holds the delivery (at this name or another): its file is the record's to keep or retire
     try:
         await storage.delete(notice.blob, if_match=blob.etag)
     except Conflict:
         return  # changed since it was seen: not this copy any more
+    except Immutable as exc:  # nothing may remove it while the policy lasts (as any copy a policy keeps)
+        log.warning("%s stays: the %s on it refused removing it; no task record names it", notice.blob, exc.policy)
     except StoreError as exc:
         raise Unavailable(f"A copy of the delivery at {notice.blob} was not removed ({exc.message}).") from None
 

@@ -75,6 +75,8 @@ from .storage import Blob, Conflict, Immutable, Leased, Listed, Misconfigured, R
 log = logging.getLogger("receiver.migration")
 
 MARKER_NAME = ".smartdocumentor/migration.json"
+MARKER_MAX_BYTES = 1024 * 1024
+LEFT_KEPT = 200  # files it left as they are, named in the marker (for `ops find` once it is done); then counted
 RESERVED_PREFIX = ".smartdocumentor/"
 PAGE_SIZE = 2000
 # The previous release cut taskid/workspaceid metadata at 512 characters (plan.metadata_value).
@@ -95,6 +97,8 @@ class MigrationReport:
     superseded: list[str] = field(default_factory=list)  # legacy names listed to retire
     left_pending: list[str] = field(default_factory=list)  # names whose manifest says pending (or failed)
     left_doubtful: list[str] = field(default_factory=list)  # ids not exact enough to act on
+    left_unread: list[str] = field(default_factory=list)  # of those, files whose manifest could not be read
+    left_notes: list[dict[str, str]] = field(default_factory=list)  # the doubtful ones: name, ids and why
     left_recent: list[str] = field(default_factory=list)  # written in the last two minutes: this release's
     left_copying: list[str] = field(default_factory=list)  # legacy copies of deliveries copying elsewhere since
     stopped: str | None = None  # why this page was not finished (a conflict that kept coming back)
@@ -114,7 +118,7 @@ class LegacyFile:
 async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE) -> MigrationReport:
     """One bounded page of the migration (one read of the marker once it is done)."""
     report = MigrationReport()
-    found = await storage.read_bytes(MARKER_NAME, max_bytes=64 * 1024)
+    found = await storage.read_bytes(MARKER_NAME, max_bytes=MARKER_MAX_BYTES)
     state = json_object(found)
     if state.get("done") is True:
         report.done = report.already_done = True
@@ -136,7 +140,14 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
         # taken again next run, when they are older; the marker does not move past them.
         report.stopped = f"{len(report.left_recent)} file(s) written in the last two minutes; the page is taken again"
     for (workspace_id, task_id), items in by_task.items():
+        unread = len(report.left_unread)
         files = [f for item in items if (f := await _legacy_file(storage, item, workspace_id, task_id, report))]
+        if len(report.left_unread) > unread:
+            # A manifest it could not read may list the others as replaced: the task is left whole, as it is.
+            report.left_doubtful += [file.name for file in files]
+            why = "another file of the task is left as it is (its manifest could not be read)"
+            report.left_notes += [_left_note(file.name, workspace_id, task_id, why) for file in files]
+            continue
         if not files:
             continue
         report.tasks += 1
@@ -149,11 +160,19 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
         report.stopped = f"{len(report.left_copying)} legacy copy(ies) of deliveries still copying elsewhere"
     if report.stopped is not None:
         return report
-    document = {"done": next_marker is None, "marker": next_marker, "at": now.isoformat()}
+    kept = [note for note in state.get("left") or [] if isinstance(note, dict)]
+    more = int(state.get("leftMore") or 0) + max(0, len(kept) + len(report.left_notes) - LEFT_KEPT)
+    document = {
+        "done": next_marker is None,
+        "marker": next_marker,
+        "at": now.isoformat(),
+        "left": (kept + report.left_notes)[:LEFT_KEPT],
+        "leftMore": more,
+    }
     try:
         await storage.put(
             MARKER_NAME,
-            json.dumps(document).encode("ascii"),
+            json.dumps(document).encode("ascii"),  # (ensure_ascii: every name and id escaped)
             if_match=None if found is None else found[0].etag,
             content_type="application/json",
             metadata={"receiverkind": "migration"},
@@ -163,6 +182,10 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
         return report
     report.done = next_marker is None
     return report
+
+
+def _left_note(name: str, workspace_id: str, task_id: str, why: str) -> dict[str, str]:
+    return {"name": name, "workspaceId": workspace_id, "taskId": task_id, "why": why}
 
 
 def json_object(found: tuple[Blob, bytes] | None) -> dict[str, Any]:
@@ -213,12 +236,14 @@ async def legacy_manifest(storage: Storage, name: str) -> tuple[tuple[Blob, byte
     bodies; in the Archive tier), is ``{UNREAD: why}``: its file is left as it is, not the whole page."""
     try:
         found = await storage.read_bytes(manifest_name(name), max_bytes=MAX_MANIFEST_BYTES)
-    except Rejected:
+    except Rejected as exc:
+        if exc.status is not None:  # the service refused the read itself: not a size
+            raise
         return None, {UNREAD: f"its manifest is larger than the {MAX_MANIFEST_BYTES // 1024 // 1024} MiB it reads"}
     except Misconfigured as exc:
         if exc.code not in ("BlobArchived", "BlobBeingRehydrated"):
             raise
-        return None, {UNREAD: "its manifest is in the Archive tier (rehydrate it to Hot or Cool)"}
+        return None, {UNREAD: "its manifest is in the Archive tier"}
     return found, json_object(found) if found is not None and _is_manifest(found[0].metadata) else {}
 
 
@@ -252,9 +277,13 @@ async def _legacy_file(
         # one is left to its queue message.
         report.left_pending.append(manifest_name(item.name))
     left = left_as_is(item.metadata, document, workspace_id, task_id)
+    if UNREAD in document:
+        report.left_unread.append(item.name)
     if left is not None:
         unfinished = document.get("delivery") == delivery and document.get("copyStatus") != "success"
         (report.left_pending if unfinished else report.left_doubtful).append(item.name)
+        if not unfinished:
+            report.left_notes.append(_left_note(item.name, workspace_id, task_id, left))
         return None
     if document.get("delivery") == delivery:
         received = parse_time(document.get("receivedAt")) or received
@@ -455,10 +484,12 @@ def fold(
 
 __all__ = [
     "CUT_AT",
+    "MARKER_MAX_BYTES",
     "MARKER_NAME",
     "MAYBE_CUT",
     "MIGRATED",
     "PAGE_SIZE",
+    "UNREAD",
     "LegacyFile",
     "MigrationReport",
     "fold",

@@ -286,9 +286,12 @@ def _settle(record: Record, answer: Answer, trace: Trace, plan: CopyPlan, result
             f"the file is stored; its manifest could not be written yet ({trace.effect_failed.message}): "
             "the queue tries again"
         )
+    if trace.source_changed:
+        record.reason = "the exported file was written again while it was staged: staged again from it next try"
     if last_try:
         record.outcome, record.final_failure = "poisoned", True
-        record.reason = _poisoned(plan.task_id, "the copy is still not finished")
+        why = "the exported file was written again while each try staged it" if trace.source_changed else ""
+        record.reason = _poisoned(plan.task_id, why or "the copy is still not finished")
     raise CopyStillRunning(f"task={plan.task_id} not finished yet ({answer.arrow})")
 
 

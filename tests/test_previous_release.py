@@ -986,3 +986,46 @@ async def test_a_legacy_manifest_over_a_mib_leaves_its_file_as_it_is_and_the_mig
     missing = [task for (workspace, task) in FILES if world.record(task, workspace) is None]
     assert missing == ["task-102"], missing
     assert world.storage.stored(big) is not None and world.storage.stored(f"{big}.json") is not None
+
+
+async def test_a_task_whose_newest_legacy_manifest_cannot_be_read_is_left_whole_never_made_current_from_an_older() -> (
+    None
+):
+    """The newest file's manifest (over 1 MiB) lists an older delivery as replaced, whose file is still there: not
+    read, the older one would be folded alone as the task's current file. The task is left whole, and `ops find`
+    names both files, during the upgrade and once it has ended (its marker keeps them)."""
+    world = legacy_world()
+    older_delivery, older = "0" * 64, "ws-acme/task-102/zz-older.pdf"
+    newer = replaced_file_still_there(world, older_delivery, older)
+    with_manifest_over_a_mib(world, newer.name)
+    code, said = await find(world, "--task", "task-102", "--workspace", "ws-acme")
+    assert code == NOT_FOUND and "nothing to do by hand" not in said and older in said, said
+    await reconcile(world)
+    assert world.record("task-102", "ws-acme") is None
+    assert world.storage.stored(newer.name) is not None and world.storage.stored(older) is not None
+    code, said = await find(world, "--task", "task-102", "--workspace", "ws-acme")
+    assert code == NOT_FOUND and "upgrade from the release without task records has ended" in said, said
+    assert newer.name in said and "larger than the 1 MiB" in said and older in said, said
+    data = json.loads((await find(world, "--task", "task-102", "--json"))[1])
+    assert {file["name"] for file in data["legacyFiles"]} == {newer.name, older}, data
+
+
+async def test_a_legacy_manifest_in_the_archive_tier_leaves_its_file_as_it_is_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from receiver.storage import Misconfigured
+
+    world = legacy_world()
+    name = FILES[("ws-acme", "task-102")]
+    real = world.storage.read_bytes
+
+    async def read_bytes(blob: str, *, max_bytes: int) -> Any:
+        if blob == f"{name}.json":
+            raise Misconfigured(f"{blob} is in the Archive tier", code="BlobArchived", status=409)
+        return await real(blob, max_bytes=max_bytes)
+
+    monkeypatch.setattr(world.storage, "read_bytes", read_bytes)
+    await reconcile(world)
+    assert world.record("task-102", "ws-acme") is None and world.record("task-101", "ws-acme") is not None
+    code, said = await find(world, "--task", "task-102", "--workspace", "ws-acme")
+    assert code == NOT_FOUND and "Archive tier" in said and "export the document again" in said, said

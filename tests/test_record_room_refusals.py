@@ -1,0 +1,221 @@
+"""An export refused for the task record's room (docs/reference.md, Known limits): its own copy, sent beside the
+record's read, is removed before the answer, never a file the record names (a twin request that recorded it
+meanwhile); under a hold it stays, as any copy a hold keeps."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from receiver.models import RECORD_CONTENT_TYPE, State, TaskRecord, record_name
+from receiver.verification import verify_copy
+from sim.world import World
+
+
+async def _record_filled_by_failed_exports(world: World) -> None:
+    for number in range(2):
+        export = world.export(display_name=f"big-{number}.pdf", data=b"%PDF" + b"x" * (2 * 1024 * 1024))
+        answer = await world.post(json.dumps({**export.payload, "note": "x" * 900_000}).encode())
+        assert answer.status_code == 202 and answer.verification is not None, answer.body
+        world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
+        assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "failed"
+        world.clock.advance(timedelta(seconds=1))
+
+
+async def _operator_removes_the_failed_entries(world: World) -> None:
+    """The documented remedy (reference, Known limits): the record's failed entries removed by hand."""
+    name = record_name("ws-1", "task-1")
+    blob = world.storage.stored(name)
+    assert blob is not None
+    record = TaskRecord.from_bytes(blob.data)
+    record.deliveries = [item for item in record.deliveries if item.state is not State.FAILED]
+    await world.storage.put(
+        name, record.to_bytes(), if_match=blob.etag, content_type=RECORD_CONTENT_TYPE, metadata=record.labels()
+    )
+
+
+async def test_a_refused_twin_never_deletes_the_file_its_twin_recorded_stored_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Request B of delivery D reads a record with no room (failed exports' notifications) and its create-only
+    copy lands. Before B's removal of that copy, the operator frees the record (the documented remedy) and the
+    sender's retry A of the same delivery is answered 200 stored, adopting that very file. B's removal, decided
+    from its stale record read, must not delete the file the record now names as D's stored, current file."""
+    import receiver.engine
+
+    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    await _record_filled_by_failed_exports(world)
+    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
+    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+
+    small = world.export(display_name="small.pdf", note="y" * 5_000)
+    real_delete = world.storage.delete
+    seen: dict[str, Any] = {}
+
+    async def delete(name: str, *, if_match: str) -> bool:
+        if name == "ws-1/task-1/small.pdf" and "a" not in seen:
+            await _operator_removes_the_failed_entries(world)
+            seen["a"] = await world.post(small)  # the sender's retry of the same delivery, while B is in flight
+        return await real_delete(name, if_match=if_match)
+
+    monkeypatch.setattr(world.storage, "delete", delete)
+    answer_b = await world.post(small)
+    twin = seen["a"]
+    assert twin.status_code == 200, twin.body
+    record = world.record()
+    assert record is not None
+    entry = next(item for item in record.deliveries if item.blob == "ws-1/task-1/small.pdf")
+    assert entry.state is State.STORED and record.current == entry.delivery
+    assert "ws-1/task-1/small.pdf" in world.files(), (
+        f"B answered {answer_b.status_code} {answer_b.body.get('message', '')[:60]!r}; its twin answered 200 "
+        f"{twin.body.get('status')}, the record names small.pdf stored and current, and the file is gone: "
+        f"{sorted(world.files())}"
+    )
+
+
+async def test_a_refused_twins_removal_between_its_twins_record_and_fence_never_leaves_a_stored_delivery_fileless(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, but B's removal lands right after twin A's record write (A adopted B's copy) and before A's
+    fence changes the copy's ETag: the If-Match still holds, so the removal deletes the file A just recorded."""
+    import asyncio
+
+    import receiver.engine
+
+    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    await _record_filled_by_failed_exports(world)
+    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
+    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+
+    small = world.export(display_name="small.pdf", note="y" * 5_000)
+    real_delete, real_put = world.storage.delete, world.storage.put
+    a_recorded, b_deleted = asyncio.Event(), asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def put(name: str, data: bytes, **kwargs: Any) -> Any:
+        written = await real_put(name, data, **kwargs)
+        if "armed" in seen and not a_recorded.is_set() and name == record_name("ws-1", "task-1"):
+            record = TaskRecord.from_bytes(data)
+            if any(item.blob == "ws-1/task-1/small.pdf" for item in record.deliveries):
+                a_recorded.set()
+                await b_deleted.wait()
+        return written
+
+    async def delete(name: str, *, if_match: str) -> bool:
+        if name == "ws-1/task-1/small.pdf" and "armed" not in seen:
+            await _operator_removes_the_failed_entries(world)
+            seen["armed"] = True
+            seen["a"] = asyncio.ensure_future(world.post(small))  # the sender's retry, while B is in flight
+            await a_recorded.wait()
+            try:
+                seen["deleted"] = await real_delete(name, if_match=if_match)
+            finally:
+                b_deleted.set()
+            return bool(seen["deleted"])
+        return await real_delete(name, if_match=if_match)
+
+    monkeypatch.setattr(world.storage, "delete", delete)
+    monkeypatch.setattr(world.storage, "put", put)
+    await world.post(small)
+    twin = await seen["a"]
+    record = world.record()
+    assert record is not None
+    entries = [(item.blob, item.state.value, item.delivery == record.current) for item in record.deliveries]
+    files = sorted(world.files())
+    stored_here = [e for e in entries if e[0] == "ws-1/task-1/small.pdf" and e[1] == "stored"]
+    if twin.status_code == 200 or stored_here:
+        assert "ws-1/task-1/small.pdf" in world.files(), (
+            f"B's removal deleted={seen.get('deleted')}; A answered {twin.status_code} {twin.body.get('status')}; "
+            f"record {entries}; files {files}"
+        )
+
+
+@pytest.mark.parametrize("where", ["container legal hold", "the copy's own hold"])
+async def test_a_copy_the_records_room_refused_under_a_hold_is_answered_as_the_rooms_refusal_and_its_message_ends(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A hold refuses the removal of the refused export's copy (a 409, not a 503): the answer should still name the
+    record's room and a hold (not 'Azure Storage did not confirm', which asks nothing of anyone), and the queue
+    message it sends should not be tried 40 times and poisoned as 'the last try failed (Unavailable)'."""
+    import receiver.engine
+
+    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    await _record_filled_by_failed_exports(world)
+    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
+    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+    if where == "container legal hold":
+        world.storage.policy = "legal hold"
+    else:
+        world.faults.make_immutable("ws-1/task-1/small.pdf", legal_hold=True)
+    answer = await world.post(world.export(display_name="small.pdf", note="y" * 5_000))
+    messages = []
+    if answer.verification is not None:
+        for count in (1, 2, 40):
+            try:
+                messages.append(
+                    await verify_copy(
+                        answer.verification.encode(), runtime=world.runtime, now=world.now, dequeue_count=count
+                    )
+                )
+            except Exception as exc:
+                messages.append(f"raised {type(exc).__name__}: {exc}")
+    left = sorted(world.files())
+    assert "no room" in answer.body["message"] or "hold" in answer.body["message"], (answer.body, messages, left)
+    if where == "the copy's own hold":  # the room's 503, no queue message: the copy stays, as any copy a hold keeps
+        assert answer.status_code == 503 and answer.verification is None, (answer.body, messages)
+        assert "ws-1/task-1/small.pdf" in left, left
+
+
+async def test_a_copy_refused_for_the_records_room_at_a_name_still_listed_to_retire_is_not_left_named_by_no_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The record lists ws-1/task-1/small.pdf to retire (an earlier export's file there, deleted by a sweep whose
+    record write, dropping the name, did not land yet). A new export at that name: its create-only copy lands, the
+    record's room refuses it (503 record-full, no queue message) and _drop_unrecorded_copy skips the name because
+    the retire list names it. The retirement follows only the listed delivery, so the refused copy stays forever,
+    named by no record (reference: 'nothing is left')."""
+    import receiver.engine
+    from receiver.models import Retirement
+    from receiver.reconciliation import reconcile_run
+
+    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    await _record_filled_by_failed_exports(world)
+    name = record_name("ws-1", "task-1")
+    blob = world.storage.stored(name)
+    assert blob is not None
+    record = TaskRecord.from_bytes(blob.data)
+    record.retire.append(Retirement(blob="ws-1/task-1/small.pdf", delivery="f" * 64, etag='"0x8DE0000DEAD"'))
+    await world.storage.put(
+        name, record.to_bytes(), if_match=blob.etag, content_type=RECORD_CONTENT_TYPE, metadata=record.labels()
+    )
+    size = len(world.storage.blob_bytes(name) or b"")
+    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+    answer = await world.post(world.export(display_name="small.pdf", note="y" * 5_000))
+    assert answer.status_code == 503 and "no room" in answer.body["message"], answer.body
+    for _ in range(3):
+        world.clock.advance(timedelta(hours=1))
+        await reconcile_run(runtime=world.runtime, now=world.now, environ={})
+    found = world.record()
+    assert found is not None
+    named = {i.blob for i in found.deliveries} | {i.blob for i in found.retire}
+    unnamed = set(world.files()) - named
+    assert unnamed == set(), (answer.verification, unnamed, [i.blob for i in found.retire])
+
+
+async def test_a_lost_answer_on_the_removal_of_a_copy_refused_for_the_room_ends_its_message_and_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import receiver.engine
+
+    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    await _record_filled_by_failed_exports(world)
+    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
+    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+    world.faults.lose_answer("delete", "ws-1/task-1/small.pdf")
+    answer = await world.post(world.export(display_name="small.pdf", note="y" * 5_000))
+    assert answer.status_code == 503 and answer.verification is not None, answer.body
+    ended = await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now)
+    assert ended == "record-full" and "ws-1/task-1/small.pdf" not in world.files(), ended

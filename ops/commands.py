@@ -50,7 +50,7 @@ from .records import (
     stuck,
     workspace_prefix,
 )
-from .upgrade import legacy_advice
+from .upgrade import left_by_upgrade, legacy_advice
 
 # One record per operator change on the ``receiver`` logger: ERROR when it fails or gives up a
 # delivery (nothing will retry it), WARNING otherwise.
@@ -204,8 +204,21 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
         found.problems += lines
         found.next.append(next_step)
         return found
-    seen, looked = await asyncio.gather(observe_sweep(storage, record, etag), _look(ctx, workspace_id, task_id))
+    seen, looked, left = await asyncio.gather(
+        observe_sweep(storage, record, etag),
+        _look(ctx, workspace_id, task_id),
+        left_by_upgrade(storage, task_id, workspace_id),
+    )
     found.look = looked
+    for file in left:  # (its record was built from the task's other files: one may be a newer export)
+        found.problems.append(
+            f"the upgrade from the release without task records left {file.name} as it is, no record names it: "
+            f"{file.left_as_is}"
+        )
+        found.next.append(
+            "compare that file with the current one; to have the newest export current, export the document again "
+            "from SmartDocumentor"
+        )
     if looked.note.startswith(HOST_UNREADABLE):
         found.problems.append(looked.note)  # the verdicts that need the queues are not known: exit 1
     manifests = ctx.settings.write_manifest

@@ -57,6 +57,30 @@ def _same(decoded: str, value: str, wanted: str) -> bool:
     return decoded == wanted or (len(value) >= MAYBE_CUT and metadata_value(wanted, CUT_AT) == value)
 
 
+def _left_in(state: dict[str, Any], task_id: str, workspace_id: str | None) -> list[LegacyFile]:
+    """The files of the task the upgrade's marker says it left as they are (the first LEFT_KEPT)."""
+    notes: list[Any] = state["left"] if isinstance(state.get("left"), list) else []
+    return [
+        LegacyFile(str(note.get("name")), 0, str(note.get("why")))
+        for note in notes
+        if isinstance(note, dict)
+        and _noted(note.get("taskId"), task_id)
+        and (workspace_id is None or _noted(note.get("workspaceId"), workspace_id))
+    ]
+
+
+async def left_by_upgrade(storage: Storage, task_id: str, workspace_id: str) -> list[LegacyFile]:
+    """For a task with a record: files of it the upgrade left as they are (its record was built without them)."""
+    return _left_in(
+        json_object(await storage.read_bytes(MARKER_NAME, max_bytes=MARKER_MAX_BYTES)), task_id, workspace_id
+    )
+
+
+def _noted(decoded: Any, wanted: str) -> bool:
+    """Does an id a marker's note holds (decoded from the release before's metadata) name ``wanted``?"""
+    return isinstance(decoded, str) and _same(decoded, metadata_value(decoded, CUT_AT), wanted)
+
+
 async def _of_task(storage: Storage, item: Listed, position: int, task: tuple[str, str | None]) -> LegacyFile | None:
     """``item`` as a file of the release before naming the task (workspace None: any), else None."""
     # (one whose asynchronous copy did not succeed too: the migration leaves it, so it is named with why)
@@ -80,13 +104,7 @@ async def look_for_legacy(storage: Storage, task_id: str, workspace_id: str | No
     state = json_object(found)
     if state.get("done") is True:
         # Done: the files it left as they are, as its marker names them.
-        left = [
-            LegacyFile(str(note.get("name")), 0, str(note.get("why")))
-            for note in state.get("left") or []
-            if isinstance(note, dict)
-            and note.get("taskId") == task_id
-            and workspace_id in (None, note.get("workspaceId"))
-        ]
+        left = _left_in(state, task_id, workspace_id)
         return LegacyLook(started=True, done=True, files=left) if left else None
     look = LegacyLook(started=found is not None, readable=found is None or bool(state))
     marker = state.get("marker") if isinstance(state.get("marker"), str) else None

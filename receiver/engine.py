@@ -622,6 +622,12 @@ async def _drop_unrecorded_copy(storage: Storage, job: Job, seen: Seen) -> None:
         return
     if record is not None and record.find(notice.delivery) is not None:
         return  # the record holds the delivery (at this name or another): its file is the record's to keep or retire
+    # Read again just before: a twin request of the same delivery may have recorded that very file since this run
+    # read the record (the room freed meanwhile). One that records it after this read fences it first (its version
+    # changes, so the delete below is refused), or finds it gone at its fence and copies it again.
+    fresh, _ = await _read_record(storage, job)
+    if fresh is not None and fresh.find(notice.delivery) is not None:
+        return
     try:
         await storage.delete(notice.blob, if_match=blob.etag)
     except Conflict:

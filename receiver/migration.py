@@ -76,7 +76,10 @@ log = logging.getLogger("receiver.migration")
 
 MARKER_NAME = ".smartdocumentor/migration.json"
 MARKER_MAX_BYTES = 1024 * 1024
-LEFT_KEPT = 200  # files it left as they are, named in the marker (for `ops find` once it is done); then counted
+# Files it left as they are, named in the marker (for `ops find` once it is done), up to LEFT_KEPT of them and
+# LEFT_BYTES of JSON (a name may hold 1024 characters, 6 bytes each escaped): the rest are counted.
+LEFT_KEPT = 200
+LEFT_BYTES = 256 * 1024
 RESERVED_PREFIX = ".smartdocumentor/"
 PAGE_SIZE = 2000
 # The previous release cut taskid/workspaceid metadata at 512 characters (plan.metadata_value).
@@ -160,15 +163,18 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
         report.stopped = f"{len(report.left_copying)} legacy copy(ies) of deliveries still copying elsewhere"
     if report.stopped is not None:
         return report
-    kept = [note for note in state.get("left") or [] if isinstance(note, dict)]
-    more = int(state.get("leftMore") or 0) + max(0, len(kept) + len(report.left_notes) - LEFT_KEPT)
-    document = {
-        "done": next_marker is None,
-        "marker": next_marker,
-        "at": now.isoformat(),
-        "left": (kept + report.left_notes)[:LEFT_KEPT],
-        "leftMore": more,
-    }
+    earlier: list[Any] = state["left"] if isinstance(state.get("left"), list) else []
+    more: int = state["leftMore"] if isinstance(state.get("leftMore"), int) else 0
+    left: list[dict[str, Any]] = []
+    room = LEFT_BYTES
+    for note in [note for note in earlier if isinstance(note, dict)] + report.left_notes:
+        room -= len(json.dumps(note))
+        if len(left) < LEFT_KEPT and room >= 0:
+            left.append(note)
+        else:
+            more += 1
+    document: dict[str, Any] = {"done": next_marker is None, "marker": next_marker, "at": now.isoformat()}
+    document.update(left=left, leftMore=more)
     try:
         await storage.put(
             MARKER_NAME,

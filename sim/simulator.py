@@ -1138,7 +1138,8 @@ class Simulation:
         its writer stopped after it landed, answered 409 naming it under a policy that keeps it, or ran as a queue
         message under a container policy. A manifest beside no file of its delivery: any of those, or a call of
         its writer failed once the write landed (its own answer lost: it does not know what it wrote), or, while
-        its writer did not end with its delivery unstored (it then removes what it wrote), a retirement of its file
+        its writer did not end with its delivery unstored (it then removes what it wrote), or a container policy refused
+        its removal, or a retirement of its file
         (a driver that deleted it) looked at it or deleted the file while the write was on its way, or looked at
         it before the write landed and deleted the file after."""
         call = self.wrote.get(name)
@@ -1156,7 +1157,8 @@ class Simulation:
         if not name.endswith(".json"):
             return UNEXPLAINED
         if any(step >= landed for step in self.held_deletes.get(name, ())):
-            return "its removal was refused by a container policy (nothing may remove it while it lasts)"
+            # docs/reference.md, Destination accounts (retention policy or legal hold): it stays once lifted.
+            return "its removal was refused by a container policy (it stays once the policy is lifted)"
         if any(step >= landed for step in self.faulted.get(writer.number, ())):  # its own answer lost too
             return f"a call of {writer.label} failed once it landed"
         if (writer.answer or "").endswith(("superseded", "failed")):

@@ -1029,3 +1029,85 @@ async def test_a_legacy_manifest_in_the_archive_tier_leaves_its_file_as_it_is_an
     assert world.record("task-102", "ws-acme") is None and world.record("task-101", "ws-acme") is not None
     code, said = await find(world, "--task", "task-102", "--workspace", "ws-acme")
     assert code == NOT_FOUND and "Archive tier" in said and "export the document again" in said, said
+
+
+async def test_ops_find_once_the_upgrade_ended_names_a_left_file_whose_id_was_cut_by_the_task_id_as_sent() -> None:
+    """The cut-id file (ids may have been cut at 512): during the upgrade `ops find --task <the id as
+    SmartDocumentor sends it>` names it (ops/upgrade._same follows the cut). Once the upgrade ended, the marker's
+    note holds the cut, decoded id, compared with == : the same command no longer names the file it left."""
+    world = legacy_world()
+    task = "é" * 200
+    blob = world.storage.stored(FILES[("ws-acme", "task-102")])
+    assert blob is not None
+    world.storage.load(
+        "ws-acme/long/x.pdf", blob.data, content_type="application/pdf",
+        metadata={**dict(blob.metadata), "taskid": ("%C3%A9" * 200)[:510], "delivery": "d" * 64},
+        created=blob.created, last_modified=blob.last_modified,
+    )  # fmt: skip
+    code, said = await find(world, "--task", task)
+    assert code == NOT_FOUND and "ws-acme/long/x.pdf" in said, said  # during the upgrade: named
+    report = await migrate(world.storage, now=world.now)
+    assert report.done and "ws-acme/long/x.pdf" in report.left_doubtful, report
+    code, said = await find(world, "--task", task)
+    assert code == NOT_FOUND and "ws-acme/long/x.pdf" in said, said  # once it ended: the same command
+
+
+async def test_the_migrations_marker_with_200_long_non_ascii_notes_stays_readable_by_the_next_run() -> None:
+    """The marker keeps the first 200 notes (name, ids, why), json ASCII-escaped, and is read with a
+    1 MiB limit. A blob name may hold 1024 characters; a non-ASCII one escapes to 6 bytes each. 200 such left files
+    (each a task whose manifest cannot be read, say) make a marker over 1 MiB: every later run then fails to read it,
+    and the upgrade (and `ops find`) is stuck for good."""
+    world = legacy_world()
+    stamp = world.now - timedelta(days=1)
+    for number in range(200):
+        name = f"ws-acme/t{number:03d}/" + "文" * 1000 + ".pdf"
+        world.storage.load(
+            name, b"%PDF", content_type="application/pdf",
+            metadata={"taskid": f"t{number:03d}", "workspaceid": "ws-acme", "delivery": f"{number:064d}"},
+            created=stamp, last_modified=stamp,
+        )  # fmt: skip
+        manifest = {"delivery": f"{number:064d}", "copyStatus": "failed"}
+        world.storage.load(
+            f"{name}.json", json.dumps({**manifest, "taskId": f"t{number:03d}", "workspaceId": "ws-acme"}).encode(),
+            content_type="application/json", metadata={"receiverkind": "manifest"}, created=stamp, last_modified=stamp,
+        )  # fmt: skip
+    # each manifest made unreadable (over the 1 MiB read): each file left as it is, noted in the marker
+    for number in range(200):
+        name = f"ws-acme/t{number:03d}/" + "文" * 1000 + ".pdf"
+        with_manifest_over_a_mib(world, name)
+    fill(world, 1, prefix="zzz-after")
+    report = await migrate(world.storage, now=world.now, page_size=5000)
+    assert len(report.left_notes) == 200, len(report.left_notes)
+    marker = world.storage.blob_bytes(MARKER_NAME)
+    assert marker is not None
+    size = len(marker)
+    assert size <= 512 * 1024, size
+    ran = await reconcile_run(runtime=world.runtime, now=world.now, environ={})
+    assert ran.migration_failed is None, f"marker {size} bytes: {ran.migration_failed}"
+    state = json.loads(marker)
+    assert len(state["left"]) + state["leftMore"] == 200 and state["leftMore"] > 0, (len(state["left"]), size)
+
+
+async def test_ops_find_names_a_file_the_upgrade_left_for_a_task_it_gave_a_record_from_another_page() -> None:
+    """task-102's newest file's manifest cannot be read (over 1 MiB; it lists the older delivery as
+    replaced), and the older file is on an earlier page: that page folds it alone (documented: the task is left
+    whole only on that page), so the task's record names the replaced export current. The reference says the left
+    file is named in the marker 'so python -m ops find --task T names it also once the upgrade has ended': `find`
+    reads the marker's notes only for a task with no record, so here it says nothing of the newer export left."""
+    world = legacy_world()
+    older_delivery, older = "0" * 64, "ws-acme/task-102/a-older.pdf"
+    newer = replaced_file_still_there(world, older_delivery, older)
+    with_manifest_over_a_mib(world, newer.name)
+    fill(world, 2500, prefix="ws-acme/task-102/b-filler")  # between the two: the newer one on the next page
+    for _ in range(6):
+        report = await migrate(world.storage, now=world.now)
+        if report.done:
+            break
+    assert report.done
+    found = world.record("task-102", "ws-acme")
+    assert found is not None and found.current_delivery is not None
+    assert found.current_delivery.blob == older  # the documented cross-page limit
+    marker = json.loads(world.storage.blob_bytes(MARKER_NAME) or b"{}")
+    assert newer.name in {note["name"] for note in marker["left"]}, marker
+    code, said = await find(world, "--task", "task-102", "--workspace", "ws-acme")
+    assert code == NOT_FOUND and newer.name in said and "export the document again" in said, said

@@ -219,3 +219,56 @@ async def test_a_lost_answer_on_the_removal_of_a_copy_refused_for_the_room_ends_
     assert answer.status_code == 503 and answer.verification is not None, answer.body
     ended = await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now)
     assert ended == "record-full" and "ws-1/task-1/small.pdf" not in world.files(), ended
+
+
+async def test_a_refused_twin_whose_create_found_its_twins_stored_file_never_deletes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """B reads a record with no room; before its create-only copy, the room frees (the documented
+    remedy, or exports still copying end) and the sender's retry A of the same delivery is stored: copied, recorded,
+    fenced, answered 200. B's create then finds A's file ('exists'), B looks at it (A's fenced version), decides to
+    adopt it from its stale record read, and the room refuses. _drop_unrecorded_copy removes the file it looked at,
+    If-Match on that version: the file the record names as D's stored, current file, answered 200 to A."""
+    import asyncio
+
+    import receiver.engine
+
+    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    await _record_filled_by_failed_exports(world)
+    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
+    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+
+    small = world.export(display_name="small.pdf", note="y" * 5_000)
+    real_copy, real_read_bytes = world.storage.copy_from_url, world.storage.read_bytes
+    b_read = asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def read_bytes(name: str, **kwargs: Any) -> Any:
+        found = await real_read_bytes(name, **kwargs)
+        if name == record_name("ws-1", "task-1") and not b_read.is_set():
+            b_read.set()  # B's read: the full record
+        return found
+
+    async def copy_from_url(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "ws-1/task-1/small.pdf" and "a" not in seen:
+            seen["a"] = None
+            await b_read.wait()
+            await _operator_removes_the_failed_entries(world)
+            seen["a"] = await world.post(small)  # the sender's retry: stored and answered before B's create
+        return await real_copy(name, *args, **kwargs)
+
+    monkeypatch.setattr(world.storage, "read_bytes", read_bytes)
+    monkeypatch.setattr(world.storage, "copy_from_url", copy_from_url)
+    answer_b = await world.post(small)
+    twin = seen["a"]
+    assert twin is not None and twin.status_code == 200, twin and twin.body
+    record = world.record()
+    assert record is not None
+    entry = next(item for item in record.deliveries if item.blob == "ws-1/task-1/small.pdf")
+    assert entry.state is State.STORED and record.current == entry.delivery
+    # (three reconciliation runs 6 minutes apart leave it so, silently: the record says stored and current)
+    assert "ws-1/task-1/small.pdf" in world.files(), (
+        f"A answered 200 {twin.body.get('status')}; B answered {answer_b.status_code} "
+        f"{answer_b.body.get('message', '')[:90]!r}; the record names small.pdf stored and current, and the file is "
+        f"gone: {sorted(world.files())}"
+    )

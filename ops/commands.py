@@ -207,7 +207,7 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
     seen, looked, left = await asyncio.gather(
         observe_sweep(storage, record, etag),
         _look(ctx, workspace_id, task_id),
-        left_by_upgrade(storage, task_id, workspace_id),
+        left_by_upgrade(storage, record),
     )
     found.look = looked
     for file in left:  # (its record was built from the task's other files: one may be a newer export)

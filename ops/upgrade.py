@@ -24,6 +24,7 @@ from receiver.migration import (
     legacy_ids,
     legacy_manifest,
 )
+from receiver.models import TaskRecord
 from receiver.outcome import ops_command
 from receiver.plan import metadata_value
 from receiver.storage import Listed, Storage, StoreError, copy_incomplete
@@ -69,11 +70,23 @@ def _left_in(state: dict[str, Any], task_id: str, workspace_id: str | None) -> l
     ]
 
 
-async def left_by_upgrade(storage: Storage, task_id: str, workspace_id: str) -> list[LegacyFile]:
-    """For a task with a record: files of it the upgrade left as they are (its record was built without them)."""
-    return _left_in(
-        json_object(await storage.read_bytes(MARKER_NAME, max_bytes=MARKER_MAX_BYTES)), task_id, workspace_id
-    )
+async def left_by_upgrade(storage: Storage, record: TaskRecord) -> list[LegacyFile]:
+    """For a task with a record: files of it the upgrade left as they are and that no record names still (its
+    record was built without them): each is read, and one gone, or holding a delivery the record holds, or at a
+    name the record holds, is not named. Best effort: a marker or file that cannot be read names nothing."""
+    try:
+        found = await storage.read_bytes(MARKER_NAME, max_bytes=MARKER_MAX_BYTES)
+        left = _left_in(json_object(found), record.task_id, record.workspace_id)
+        held = {item.blob for item in record.deliveries} | {item.blob for item in record.retire}
+        left = [file for file in left if file.name not in held]
+        blobs = [await storage.read(file.name) for file in left]
+    except StoreError:
+        return []
+    return [
+        file
+        for file, blob in zip(left, blobs, strict=True)
+        if blob is not None and (blob.delivery is None or record.find(blob.delivery) is None)
+    ]
 
 
 def _noted(decoded: Any, wanted: str) -> bool:

@@ -609,33 +609,24 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
 
 
 async def _drop_unrecorded_copy(storage: Storage, job: Job, seen: Seen) -> None:
-    """Before a delivery the record does not hold is refused for the record's room: its copy (the create-only copy
-    sent beside the record's read) goes, If-Match on it, so the refusal leaves nothing that no record names. One
-    whose removal failed is said as a copy that was not confirmed (the queue function's try meets the same refusal
-    and removes it then); one a policy keeps stays, as any copy a policy keeps."""
-    if not isinstance(job.event, Arrival):
+    """Before a delivery the record does not hold is refused for the record's room: the copy this run made of it
+    (its create-only copy, sent beside the record's read) goes, If-Match on what it wrote, so the refusal leaves
+    nothing that no record names. Only its own: a copy found there may be a twin request's, about to be recorded
+    (one that adopts this run's copy fences it first, so the delete is refused, or finds it gone at its fence and
+    copies it again). One whose removal fails, or that a policy keeps, stays (a WARNING names it)."""
+    if not isinstance(job.event, Arrival) or not seen.copied or not isinstance(seen.blob, Blob):
         return
     notice, blob, record = job.event.notice, seen.blob, seen.record
-    if blob == UNSEEN:  # an acceptance written beside the look at the file (its create-only copy found one there)
-        blob = await storage.read(notice.blob)
-    if not isinstance(blob, Blob) or blob.name != notice.blob or blob.delivery != notice.delivery:
-        return
-    if record is not None and record.find(notice.delivery) is not None:
-        return  # the record holds the delivery (at this name or another): its file is the record's to keep or retire
-    # Read again just before: a twin request of the same delivery may have recorded that very file since this run
-    # read the record (the room freed meanwhile). One that records it after this read fences it first (its version
-    # changes, so the delete below is refused), or finds it gone at its fence and copies it again.
-    fresh, _ = await _read_record(storage, job)
-    if fresh is not None and fresh.find(notice.delivery) is not None:
+    if blob.name != notice.blob or (record is not None and record.find(notice.delivery) is not None):
         return
     try:
         await storage.delete(notice.blob, if_match=blob.etag)
     except Conflict:
-        return  # changed since it was seen: not this copy any more
-    except Immutable as exc:  # nothing may remove it while the policy lasts (as any copy a policy keeps)
-        log.warning("%s stays: the %s on it refused removing it; no task record names it", notice.blob, exc.policy)
+        return  # changed since it was written: adopted (and fenced) by another driver
+    except Immutable as exc:
+        log.warning("%s stays, no task record names it: the %s on it refused removing it", notice.blob, exc.policy)
     except StoreError as exc:
-        raise Unavailable(f"A copy of the delivery at {notice.blob} was not removed ({exc.message}).") from None
+        log.warning("%s may stay, no task record names it: its removal failed (%s)", notice.blob, exc.message)
 
 
 async def _change(storage: Storage, job: Job, seen: Seen, decision: Change, trace: Trace, *, now: datetime) -> Seen:

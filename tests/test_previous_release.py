@@ -1111,3 +1111,59 @@ async def test_ops_find_names_a_file_the_upgrade_left_for_a_task_it_gave_a_recor
     assert newer.name in {note["name"] for note in marker["left"]}, marker
     code, said = await find(world, "--task", "task-102", "--workspace", "ws-acme")
     assert code == NOT_FOUND and newer.name in said and "export the document again" in said, said
+
+
+async def test_ops_find_stops_naming_a_left_file_once_a_re_export_overwrote_it_and_the_record_names_it() -> None:
+    """The advice the commit's own `find` gives for the left newer file: 'export the document again'. Done: the
+    re-export (same display name, so the same name) overwrites the left file and the record names it stored and
+    current. `ops find` still says 'left ... as it is, no record names it' with exit 1 and the same next step, for
+    ever (the marker is never rewritten once done)."""
+    world = legacy_world()
+    older_delivery, older = "0" * 64, "ws-acme/task-102/a-older.pdf"
+    newer = replaced_file_still_there(world, older_delivery, older)
+    with_manifest_over_a_mib(world, newer.name)
+    fill(world, 2500, prefix="ws-acme/task-102/b-filler")
+    for _ in range(6):
+        report = await migrate(world.storage, now=world.now)
+        if report.done:
+            break
+    assert report.done
+    code, said = await find(world, "--task", "task-102", "--workspace", "ws-acme")
+    assert code == NOT_FOUND and newer.name in said, said
+    # The next step followed: exported again from SmartDocumentor (invoice-102.pdf: the same name).
+    export = world.export("task-102", newer.name.rsplit("/", 1)[1], workspace_id="ws-acme")
+    answer = await world.post(export)
+    assert answer.status_code == 200, answer.body
+    found = world.record("task-102", "ws-acme")
+    assert found is not None and found.current_delivery is not None
+    assert found.current_delivery.blob == newer.name and world.storage.blob_bytes(newer.name) == export.data
+    await reconcile(world)
+    code, said = await find(world, "--task", "task-102", "--workspace", "ws-acme")
+    assert "no record names it" not in said and code == OK, (code, said)
+
+
+@pytest.mark.parametrize("marker", ["503 on its read", "over the 1 MiB read"])
+async def test_ops_find_for_a_task_with_a_record_still_tells_its_story_when_the_upgrade_marker_cannot_be_read(
+    marker: str,
+) -> None:
+    """task-101 has a record (the upgrade ended). Its `ops find` now reads the migration marker too (for files the
+    upgrade left): a marker that cannot be read (a 503, or one over the 1 MiB read: hand-edited, or written by
+    5fe36ca with 200 long non-ASCII notes) should be said, as legacy_advice says it for a task with no record,
+    not fail the whole command for every task of the container."""
+    world = legacy_world()
+    await reconcile(world)
+    assert world.record("task-101", "ws-acme") is not None
+    if marker == "503 on its read":
+        world.faults.fail_before("read_bytes", MARKER_NAME, times=5)
+    else:
+        stored = world.storage.stored(MARKER_NAME)
+        assert stored is not None
+        state = json.loads(stored.data)
+        state["left"] = [{"name": "x" * 1024, "why": "é" * 2000, "taskId": "t", "workspaceId": "w"}] * 200
+        world.storage.load(
+            MARKER_NAME, json.dumps(state).encode(), content_type="application/json", metadata={},
+            created=stored.created, last_modified=stored.last_modified,
+        )  # fmt: skip
+        assert len(world.storage.blob_bytes(MARKER_NAME) or b"") > 1024 * 1024
+    code, said = await find(world, "--task", "task-101", "--workspace", "ws-acme")
+    assert "invoice-101.pdf" in said, (code, said)

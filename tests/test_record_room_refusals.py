@@ -205,7 +205,7 @@ async def test_a_copy_refused_for_the_records_room_at_a_name_still_listed_to_ret
     assert unnamed == set(), (answer.verification, unnamed, [i.blob for i in found.retire])
 
 
-async def test_a_lost_answer_on_the_removal_of_a_copy_refused_for_the_room_ends_its_message_and_leaves_nothing(
+async def test_a_lost_answer_on_the_removal_of_a_copy_refused_for_the_room_leaves_nothing_and_names_the_room(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import receiver.engine
@@ -216,9 +216,8 @@ async def test_a_lost_answer_on_the_removal_of_a_copy_refused_for_the_room_ends_
     monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
     world.faults.lose_answer("delete", "ws-1/task-1/small.pdf")
     answer = await world.post(world.export(display_name="small.pdf", note="y" * 5_000))
-    assert answer.status_code == 503 and answer.verification is not None, answer.body
-    ended = await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now)
-    assert ended == "record-full" and "ws-1/task-1/small.pdf" not in world.files(), ended
+    assert answer.status_code == 503 and "no room" in answer.body["message"], answer.body
+    assert answer.verification is None and "ws-1/task-1/small.pdf" not in world.files(), answer.body
 
 
 async def test_a_refused_twin_whose_create_found_its_twins_stored_file_never_deletes_it(
@@ -271,4 +270,92 @@ async def test_a_refused_twin_whose_create_found_its_twins_stored_file_never_del
         f"A answered 200 {twin.body.get('status')}; B answered {answer_b.status_code} "
         f"{answer_b.body.get('message', '')[:90]!r}; the record names small.pdf stored and current, and the file is "
         f"gone: {sorted(world.files())}"
+    )
+
+
+async def test_a_refused_twin_never_deletes_its_twins_own_unfenced_copy_recorded_after_its_second_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """B reads the full record; the room frees; the sender's retry A copies first (its create wins), so B's create
+    finds A's copy ('exists'). A records its OWN copy as stored: no fence (nothing else may land there). B, refused
+    for the room, must not delete that copy (it is not B's own), though A's record has not landed yet."""
+    import asyncio
+
+    import receiver.engine
+
+    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    await _record_filled_by_failed_exports(world)
+    rname = record_name("ws-1", "task-1")
+    size = len(world.storage.blob_bytes(rname) or b"")
+    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+
+    small = world.export(display_name="small.pdf", note="y" * 5_000)
+    real_copy, real_read_bytes = world.storage.copy_from_url, world.storage.read_bytes
+    real_delete, real_put, real_set_headers = world.storage.delete, world.storage.put, world.storage.set_headers
+    b_read, a_copied, b_deleting, a_recorded = asyncio.Event(), asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: dict[str, Any] = {"copies": 0, "headers": []}
+
+    async def read_bytes(name: str, **kwargs: Any) -> Any:
+        found = await real_read_bytes(name, **kwargs)
+        if name == rname and not b_read.is_set():
+            b_read.set()
+        return found
+
+    async def copy_from_url(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "ws-1/task-1/small.pdf":
+            seen["copies"] += 1
+            if seen["copies"] == 1:  # B's create-only copy
+                await b_read.wait()
+                await _operator_removes_the_failed_entries(world)
+                seen["a"] = asyncio.ensure_future(world.post(small))  # the sender's retry
+                await a_copied.wait()
+                return await real_copy(name, *args, **kwargs)
+            if seen["copies"] == 2:  # A's: it wins
+                try:
+                    return await real_copy(name, *args, **kwargs)
+                finally:
+                    a_copied.set()
+        return await real_copy(name, *args, **kwargs)
+
+    async def put(name: str, data: bytes, **kwargs: Any) -> Any:
+        if name == rname and "a" in seen and not a_recorded.is_set():
+            record = TaskRecord.from_bytes(data)
+            if any(item.blob == "ws-1/task-1/small.pdf" for item in record.deliveries):
+                await b_deleting.wait()
+                try:
+                    return await real_put(name, data, **kwargs)
+                finally:
+                    a_recorded.set()
+        return await real_put(name, data, **kwargs)
+
+    async def set_headers(name: str, *args: Any, **kwargs: Any) -> Any:
+        seen["headers"].append(name)
+        return await real_set_headers(name, *args, **kwargs)
+
+    async def delete(name: str, *, if_match: str) -> bool:
+        if name == "ws-1/task-1/small.pdf" and "deleted" not in seen:
+            b_deleting.set()
+            await a_recorded.wait()
+            await asyncio.sleep(0)
+            seen["deleted"] = await real_delete(name, if_match=if_match)
+            return bool(seen["deleted"])
+        return await real_delete(name, if_match=if_match)
+
+    monkeypatch.setattr(world.storage, "read_bytes", read_bytes)
+    monkeypatch.setattr(world.storage, "copy_from_url", copy_from_url)
+    monkeypatch.setattr(world.storage, "put", put)
+    monkeypatch.setattr(world.storage, "delete", delete)
+    monkeypatch.setattr(world.storage, "set_headers", set_headers)
+    answer_b = await world.post(small)
+    b_deleting.set()  # B answered without deleting (the copy it found is not its own): A's record goes on
+    twin = await seen["a"]
+    record = world.record()
+    assert record is not None
+    entries = [(item.blob, item.state.value, item.delivery == record.current) for item in record.deliveries]
+    stored_here = [e for e in entries if e[0] == "ws-1/task-1/small.pdf" and e[1] == "stored"]
+    assert twin.status_code == 200 and stored_here and "deleted" not in seen, (twin.body, entries, seen)
+    assert not (twin.status_code == 200 and stored_here) or "ws-1/task-1/small.pdf" in world.files(), (
+        f"A answered {twin.status_code} {twin.body.get('status')}; B answered {answer_b.status_code} "
+        f"{answer_b.body.get('message', '')[:90]!r}; B's delete={seen.get('deleted')}; headers set {seen['headers']}; "
+        f"record {entries}; files {sorted(world.files())}"
     )

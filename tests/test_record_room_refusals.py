@@ -1,10 +1,9 @@
-"""An export refused for the task record's room (docs/reference.md, Known limits): its own copy, sent beside the
-record's read, is removed before the answer, never a file the record names (a twin request that recorded it
-meanwhile); under a hold it stays, as any copy a hold keeps."""
+"""An export refused for the task record's room (docs/reference.md, Known limits): the copy it made itself, sent
+beside the record's read, is removed before the answer; never a copy it found there (a twin request's, being
+recorded); under a hold, or when its removal fails, it stays."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -14,15 +13,7 @@ from receiver.models import RECORD_CONTENT_TYPE, State, TaskRecord, record_name
 from receiver.verification import verify_copy
 from sim.world import World
 
-
-async def _record_filled_by_failed_exports(world: World) -> None:
-    for number in range(2):
-        export = world.export(display_name=f"big-{number}.pdf", data=b"%PDF" + b"x" * (2 * 1024 * 1024))
-        answer = await world.post(json.dumps({**export.payload, "note": "x" * 900_000}).encode())
-        assert answer.status_code == 202 and answer.verification is not None, answer.body
-        world.sources.remove(f"ws-1/task-1/export-{world.exports}.pdf")
-        assert await verify_copy(answer.verification.encode(), runtime=world.runtime, now=world.now) == "failed"
-        world.clock.advance(timedelta(seconds=1))
+from .test_task_record import _record_filled_by_failed_exports
 
 
 async def _operator_removes_the_failed_entries(world: World) -> None:

@@ -765,6 +765,8 @@ def _unretired(job: Job, retirement: Retirement, refused: StoreError, *, age: ti
             f" (refused for over {RETIRE_PATIENCE.days} day(s): does it never lapse?)" if age > RETIRE_PATIENCE else ""
         )
         fix = f"the lease on it is broken or lapses{held}"
+    elif refused.code == "kept-changing":  # (other drivers still setting its headers: a moment later it holds still)
+        fix = "it holds still for a moment, tried again by the next request or reconciliation run"
     else:  # (a 503, a lost answer: the next driver to touch the task, or the next run, deletes it)
         held = f" (failing for over {RETIRE_PATIENCE.days} day(s): see the error)" if age > RETIRE_PATIENCE else ""
         fix = f"Azure Storage takes the delete, tried again by the next request or reconciliation run{held}"
@@ -1020,7 +1022,8 @@ async def remove_if_holds(storage: Storage, item: Retirement) -> bool:
             refused, etag = (etag, exc.code), None  # changed since: read again; deleted only if it holds that copy
     # Still that copy, changed each time (others still setting its headers): not "left alone", which would drop
     # the listing and leave the file for good. It stays listed for the next driver.
-    raise Unavailable(f"{item.blob} kept changing while it was retired; it stays listed to retire")
+    changing = f"{item.blob} kept changing while it was retired; it stays listed to retire"
+    raise Unavailable(changing, code="kept-changing")
 
 
 def _is_manifest(blob: Blob) -> bool:

@@ -463,3 +463,39 @@ async def test_ids_at_their_encoded_limit_are_recorded_within_azures_metadata_li
         assert answer.status_code == 400 and answer.body["error"] == "invalid-payload", answer.body
         assert field in answer.body["message"] and "percent-encoded" in json.dumps(answer.body["details"])
     assert world.storage.names() == before
+
+
+async def test_a_retirement_whose_file_changes_at_every_try_stays_listed_not_taken_for_another_deliverys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Others keep setting the retired file's headers (its version changes before each delete): after three tries
+    the name stays listed (Unavailable, kept-changing), never dropped as "no longer that delivery's" with the
+    file left for good (a soak's seed 9119724)."""
+    from dataclasses import replace as changed
+
+    from receiver.engine import remove_if_holds
+    from receiver.models import Retirement
+    from receiver.storage import Unavailable
+
+    world = World.make()
+    export = world.export()
+    assert (await world.post(export)).status_code == 200
+    name = "ws-1/task-1/invoice.pdf"
+    blob = world.storage.stored(name)
+    assert blob is not None
+    real_delete = world.storage.delete
+
+    async def delete(target: str, *, if_match: str) -> bool:
+        current = await world.storage.read(target)
+        assert current is not None
+        await world.storage.set_headers(
+            target, changed(current.headers, cache_control="no-cache"), if_match=current.etag
+        )
+        return await real_delete(target, if_match=if_match)
+
+    monkeypatch.setattr(world.storage, "delete", delete)
+    meta = dict(blob.metadata)
+    listed = Retirement(blob=name, delivery=meta["delivery"], etag=blob.etag, copy_id=meta.get("copyid"))
+    with pytest.raises(Unavailable) as kept:
+        await remove_if_holds(world.storage, listed)
+    assert kept.value.code == "kept-changing" and name in world.files(), kept.value

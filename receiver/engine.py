@@ -15,7 +15,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -952,10 +952,14 @@ async def settled(*requests: Awaitable[Any]) -> list[Any]:
     """Requests side by side, each to its end before any failure is raised (the first): a write left running
     after its effect was judged failed would land unseen, after the driver decided from that failure."""
     outcomes = await asyncio.gather(*requests, return_exceptions=True)
+    _raise_first(outcomes)
+    return outcomes
+
+
+def _raise_first(outcomes: Sequence[Any]) -> None:
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
-    return outcomes
 
 
 async def remove_manifest(storage: Storage, name: str, delivery: str, etag: str | None) -> bool:
@@ -1128,9 +1132,7 @@ async def write_manifest(
         # Written, and the look at its file failed: it is this run's manifest all the same (dropped at the end
         # of a run that does not store its delivery, once its file is seen to have moved on).
         raise ManifestWritten(looked, wrote)
-    for outcome in (looked, wrote):  # each to its end before any failure is raised (as settled does)
-        if isinstance(outcome, BaseException):
-            raise outcome
+    _raise_first((looked, wrote))  # (as settled does)
     holder, written = cast(Blob | None, looked), cast(str | None, wrote)
     if written is not None and (holder is None or holder.delivery != effect.delivery):
         # The file moved on while the manifest was written (a newer export, a retirement): a manifest

@@ -940,11 +940,8 @@ async def test_ops_find_keeps_its_no_record_answer_when_the_look_for_legacy_file
     assert "next: check the task id" in said, said
 
 
-async def test_the_migration_leaves_a_file_whose_non_ascii_id_was_cut_on_a_whole_escape_and_ops_names_it() -> None:
-    """The release cut an id's metadata at 512 characters on a whole escape: 510 here. Taken as whole, the file
-    would be folded under a task nobody sent (the first 85 characters of the id)."""
-    world = legacy_world()
-    task = "é" * 200
+def with_a_cut_id_file(world: World) -> None:
+    """A legacy file at ws-acme/long/x.pdf whose task id ("é" * 200) the release cut on a whole escape: 510."""
     blob = world.storage.stored(FILES[("ws-acme", "task-102")])
     assert blob is not None
     world.storage.load(
@@ -952,6 +949,14 @@ async def test_the_migration_leaves_a_file_whose_non_ascii_id_was_cut_on_a_whole
         metadata={**dict(blob.metadata), "taskid": ("%C3%A9" * 200)[:510], "delivery": "d" * 64},
         created=blob.created, last_modified=blob.last_modified,
     )  # fmt: skip
+
+
+async def test_the_migration_leaves_a_file_whose_non_ascii_id_was_cut_on_a_whole_escape_and_ops_names_it() -> None:
+    """The release cut an id's metadata at 512 characters on a whole escape: 510 here. Taken as whole, the file
+    would be folded under a task nobody sent (the first 85 characters of the id)."""
+    world = legacy_world()
+    task = "é" * 200
+    with_a_cut_id_file(world)
     code, said = await find(world, "--task", task)
     assert code == NOT_FOUND and "ws-acme/long/x.pdf (the upgrade leaves it as it is: its ids may have been cut" in said
     report = await migrate(world.storage, now=world.now)
@@ -1032,18 +1037,12 @@ async def test_a_legacy_manifest_in_the_archive_tier_leaves_its_file_as_it_is_an
 
 
 async def test_ops_find_once_the_upgrade_ended_names_a_left_file_whose_id_was_cut_by_the_task_id_as_sent() -> None:
-    """The cut-id file (ids may have been cut at 512): during the upgrade `ops find --task <the id as
-    SmartDocumentor sends it>` names it (ops/upgrade._same follows the cut). Once the upgrade ended, the marker's
-    note holds the cut, decoded id, compared with == : the same command no longer names the file it left."""
+    """The cut-id file (ids may have been cut at 512): `ops find --task <the id as SmartDocumentor sends it>`
+    names it during the upgrade (from the listing) and once it ended (from the marker's note, which holds the
+    cut id)."""
     world = legacy_world()
     task = "é" * 200
-    blob = world.storage.stored(FILES[("ws-acme", "task-102")])
-    assert blob is not None
-    world.storage.load(
-        "ws-acme/long/x.pdf", blob.data, content_type="application/pdf",
-        metadata={**dict(blob.metadata), "taskid": ("%C3%A9" * 200)[:510], "delivery": "d" * 64},
-        created=blob.created, last_modified=blob.last_modified,
-    )  # fmt: skip
+    with_a_cut_id_file(world)
     code, said = await find(world, "--task", task)
     assert code == NOT_FOUND and "ws-acme/long/x.pdf" in said, said  # during the upgrade: named
     report = await migrate(world.storage, now=world.now)
@@ -1053,10 +1052,9 @@ async def test_ops_find_once_the_upgrade_ended_names_a_left_file_whose_id_was_cu
 
 
 async def test_the_migrations_marker_with_200_long_non_ascii_notes_stays_readable_by_the_next_run() -> None:
-    """The marker keeps the first 200 notes (name, ids, why), json ASCII-escaped, and is read with a
-    1 MiB limit. A blob name may hold 1024 characters; a non-ASCII one escapes to 6 bytes each. 200 such left files
-    (each a task whose manifest cannot be read, say) make a marker over 1 MiB: every later run then fails to read it,
-    and the upgrade (and `ops find`) is stuck for good."""
+    """The marker's notes (name, ids, why) are JSON, ASCII-escaped, and the marker is read with a 1 MiB limit; a
+    blob name may hold 1024 characters, a non-ASCII one 6 bytes each escaped. 200 such left files: the notes stay
+    within their 256 KiB (the rest counted in leftMore), and the next run reads the marker."""
     world = legacy_world()
     stamp = world.now - timedelta(days=1)
     for number in range(200):
@@ -1091,9 +1089,8 @@ async def test_the_migrations_marker_with_200_long_non_ascii_notes_stays_readabl
 async def test_ops_find_names_a_file_the_upgrade_left_for_a_task_it_gave_a_record_from_another_page() -> None:
     """task-102's newest file's manifest cannot be read (over 1 MiB; it lists the older delivery as
     replaced), and the older file is on an earlier page: that page folds it alone (documented: the task is left
-    whole only on that page), so the task's record names the replaced export current. The reference says the left
-    file is named in the marker 'so python -m ops find --task T names it also once the upgrade has ended': `find`
-    reads the marker's notes only for a task with no record, so here it says nothing of the newer export left."""
+    whole only on that page), so the task's record names the replaced export current. `ops find` for that task
+    names the newer file the upgrade left (from the marker), with the next step."""
     world = legacy_world()
     older_delivery, older = "0" * 64, "ws-acme/task-102/a-older.pdf"
     newer = replaced_file_still_there(world, older_delivery, older)
@@ -1114,10 +1111,9 @@ async def test_ops_find_names_a_file_the_upgrade_left_for_a_task_it_gave_a_recor
 
 
 async def test_ops_find_stops_naming_a_left_file_once_a_re_export_overwrote_it_and_the_record_names_it() -> None:
-    """The advice the commit's own `find` gives for the left newer file: 'export the document again'. Done: the
-    re-export (same display name, so the same name) overwrites the left file and the record names it stored and
-    current. `ops find` still says 'left ... as it is, no record names it' with exit 1 and the same next step, for
-    ever (the marker is never rewritten once done)."""
+    """The advice `find` gives for the left newer file is 'export the document again'. Done: the re-export (same
+    display name, so the same name) overwrites the left file and the record names it stored and current; `ops find`
+    no longer names it as left (the marker's note stays: find checks the file against the record)."""
     world = legacy_world()
     older_delivery, older = "0" * 64, "ws-acme/task-102/a-older.pdf"
     newer = replaced_file_still_there(world, older_delivery, older)
@@ -1146,10 +1142,9 @@ async def test_ops_find_stops_naming_a_left_file_once_a_re_export_overwrote_it_a
 async def test_ops_find_for_a_task_with_a_record_still_tells_its_story_when_the_upgrade_marker_cannot_be_read(
     marker: str,
 ) -> None:
-    """task-101 has a record (the upgrade ended). Its `ops find` now reads the migration marker too (for files the
-    upgrade left): a marker that cannot be read (a 503, or one over the 1 MiB read: hand-edited, or written by
-    5fe36ca with 200 long non-ASCII notes) should be said, as legacy_advice says it for a task with no record,
-    not fail the whole command for every task of the container."""
+    """task-101 has a record (the upgrade ended). Its `ops find` reads the migration marker too (for files the
+    upgrade left): a marker that cannot be read (a 503, or one over the 1 MiB read, edited by hand) leaves the
+    task's story as it is, instead of failing the command."""
     world = legacy_world()
     await reconcile(world)
     assert world.record("task-101", "ws-acme") is not None

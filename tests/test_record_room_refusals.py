@@ -13,7 +13,7 @@ from receiver.models import RECORD_CONTENT_TYPE, State, TaskRecord, record_name
 from receiver.verification import verify_copy
 from sim.world import World
 
-from .test_task_record import _record_filled_by_failed_exports
+from .test_task_record import _record_filled_by_failed_exports, world_with_no_room_for_one_more
 
 
 async def _operator_removes_the_failed_entries(world: World) -> None:
@@ -28,6 +28,20 @@ async def _operator_removes_the_failed_entries(world: World) -> None:
     )
 
 
+def assert_twin_stored_and_its_file_there(world: World, twin: Any, refused: Any) -> None:
+    """Twin A was answered 200, the record names small.pdf its stored, current file, and the file is there."""
+    assert twin is not None and twin.status_code == 200, twin and twin.body
+    record = world.record()
+    assert record is not None
+    entry = next(item for item in record.deliveries if item.blob == "ws-1/task-1/small.pdf")
+    assert entry.state is State.STORED and record.current == entry.delivery
+    assert "ws-1/task-1/small.pdf" in world.files(), (
+        f"A answered 200 {twin.body.get('status')}; B answered {refused.status_code} "
+        f"{refused.body.get('message', '')[:90]!r}; the record names small.pdf stored and current, and the file is "
+        f"gone: {sorted(world.files())}"
+    )
+
+
 async def test_a_refused_twin_never_deletes_the_file_its_twin_recorded_stored_meanwhile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -35,12 +49,7 @@ async def test_a_refused_twin_never_deletes_the_file_its_twin_recorded_stored_me
     copy lands. Before B's removal of that copy, the operator frees the record (the documented remedy) and the
     sender's retry A of the same delivery is answered 200 stored, adopting that very file. B's removal, decided
     from its stale record read, must not delete the file the record now names as D's stored, current file."""
-    import receiver.engine
-
-    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
-    await _record_filled_by_failed_exports(world)
-    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
-    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+    world = await world_with_no_room_for_one_more(monkeypatch)
 
     small = world.export(display_name="small.pdf", note="y" * 5_000)
     real_delete = world.storage.delete
@@ -55,31 +64,17 @@ async def test_a_refused_twin_never_deletes_the_file_its_twin_recorded_stored_me
     monkeypatch.setattr(world.storage, "delete", delete)
     answer_b = await world.post(small)
     twin = seen["a"]
-    assert twin.status_code == 200, twin.body
-    record = world.record()
-    assert record is not None
-    entry = next(item for item in record.deliveries if item.blob == "ws-1/task-1/small.pdf")
-    assert entry.state is State.STORED and record.current == entry.delivery
-    assert "ws-1/task-1/small.pdf" in world.files(), (
-        f"B answered {answer_b.status_code} {answer_b.body.get('message', '')[:60]!r}; its twin answered 200 "
-        f"{twin.body.get('status')}, the record names small.pdf stored and current, and the file is gone: "
-        f"{sorted(world.files())}"
-    )
+    assert_twin_stored_and_its_file_there(world, twin, answer_b)
 
 
 async def test_a_refused_twins_removal_between_its_twins_record_and_fence_never_leaves_a_stored_delivery_fileless(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As above, but B's removal lands right after twin A's record write (A adopted B's copy) and before A's
-    fence changes the copy's ETag: the If-Match still holds, so the removal deletes the file A just recorded."""
+    fence: A's fence finds the file gone and copies it again, so what A answered 200 for is there."""
     import asyncio
 
-    import receiver.engine
-
-    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
-    await _record_filled_by_failed_exports(world)
-    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
-    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+    world = await world_with_no_room_for_one_more(monkeypatch)
 
     small = world.export(display_name="small.pdf", note="y" * 5_000)
     real_delete, real_put = world.storage.delete, world.storage.put
@@ -125,18 +120,13 @@ async def test_a_refused_twins_removal_between_its_twins_record_and_fence_never_
 
 
 @pytest.mark.parametrize("where", ["container legal hold", "the copy's own hold"])
-async def test_a_copy_the_records_room_refused_under_a_hold_is_answered_as_the_rooms_refusal_and_its_message_ends(
+async def test_a_copy_the_records_room_refused_under_a_hold_is_answered_as_the_rooms_refusal_and_stays(
     monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """A hold refuses the removal of the refused export's copy (a 409, not a 503): the answer should still name the
-    record's room and a hold (not 'Azure Storage did not confirm', which asks nothing of anyone), and the queue
-    message it sends should not be tried 40 times and poisoned as 'the last try failed (Unavailable)'."""
-    import receiver.engine
-
-    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
-    await _record_filled_by_failed_exports(world)
-    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
-    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+    """A hold refuses the removal of the refused export's copy: the answer names the record's room or the hold
+    (never 'Azure Storage did not confirm'); under a hold on the copy alone it is the room's 503 with no queue
+    message, and the copy stays, as any copy a hold keeps."""
+    world = await world_with_no_room_for_one_more(monkeypatch)
     if where == "container legal hold":
         world.storage.policy = "legal hold"
     else:
@@ -164,10 +154,9 @@ async def test_a_copy_refused_for_the_records_room_at_a_name_still_listed_to_ret
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The record lists ws-1/task-1/small.pdf to retire (an earlier export's file there, deleted by a sweep whose
-    record write, dropping the name, did not land yet). A new export at that name: its create-only copy lands, the
-    record's room refuses it (503 record-full, no queue message) and _drop_unrecorded_copy skips the name because
-    the retire list names it. The retirement follows only the listed delivery, so the refused copy stays forever,
-    named by no record (reference: 'nothing is left')."""
+    record write, dropping the name, did not land yet). A new export at that name: its create-only copy lands and
+    the record's room refuses it. The listing does not shield the refused copy (it is the request's own): it is
+    removed, and nothing is left that no record names."""
     import receiver.engine
     from receiver.models import Retirement
     from receiver.reconciliation import reconcile_run
@@ -199,12 +188,7 @@ async def test_a_copy_refused_for_the_records_room_at_a_name_still_listed_to_ret
 async def test_a_lost_answer_on_the_removal_of_a_copy_refused_for_the_room_leaves_nothing_and_names_the_room(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import receiver.engine
-
-    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
-    await _record_filled_by_failed_exports(world)
-    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
-    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+    world = await world_with_no_room_for_one_more(monkeypatch)
     world.faults.lose_answer("delete", "ws-1/task-1/small.pdf")
     answer = await world.post(world.export(display_name="small.pdf", note="y" * 5_000))
     assert answer.status_code == 503 and "no room" in answer.body["message"], answer.body
@@ -216,17 +200,11 @@ async def test_a_refused_twin_whose_create_found_its_twins_stored_file_never_del
 ) -> None:
     """B reads a record with no room; before its create-only copy, the room frees (the documented
     remedy, or exports still copying end) and the sender's retry A of the same delivery is stored: copied, recorded,
-    fenced, answered 200. B's create then finds A's file ('exists'), B looks at it (A's fenced version), decides to
-    adopt it from its stale record read, and the room refuses. _drop_unrecorded_copy removes the file it looked at,
-    If-Match on that version: the file the record names as D's stored, current file, answered 200 to A."""
+    fenced, answered 200. B's create then finds A's file ('exists'), and the room refuses B: B never removes a copy
+    it did not make, so the file the record names as D's stored, current file stays."""
     import asyncio
 
-    import receiver.engine
-
-    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
-    await _record_filled_by_failed_exports(world)
-    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
-    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+    world = await world_with_no_room_for_one_more(monkeypatch)
 
     small = world.export(display_name="small.pdf", note="y" * 5_000)
     real_copy, real_read_bytes = world.storage.copy_from_url, world.storage.read_bytes
@@ -251,20 +229,10 @@ async def test_a_refused_twin_whose_create_found_its_twins_stored_file_never_del
     monkeypatch.setattr(world.storage, "copy_from_url", copy_from_url)
     answer_b = await world.post(small)
     twin = seen["a"]
-    assert twin is not None and twin.status_code == 200, twin and twin.body
-    record = world.record()
-    assert record is not None
-    entry = next(item for item in record.deliveries if item.blob == "ws-1/task-1/small.pdf")
-    assert entry.state is State.STORED and record.current == entry.delivery
-    # (three reconciliation runs 6 minutes apart leave it so, silently: the record says stored and current)
-    assert "ws-1/task-1/small.pdf" in world.files(), (
-        f"A answered 200 {twin.body.get('status')}; B answered {answer_b.status_code} "
-        f"{answer_b.body.get('message', '')[:90]!r}; the record names small.pdf stored and current, and the file is "
-        f"gone: {sorted(world.files())}"
-    )
+    assert_twin_stored_and_its_file_there(world, twin, answer_b)
 
 
-async def test_a_refused_twin_never_deletes_its_twins_own_unfenced_copy_recorded_after_its_second_read(
+async def test_a_refused_twin_never_deletes_its_twins_own_unfenced_copy_recorded_after_the_refusal(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """B reads the full record; the room frees; the sender's retry A copies first (its create wins), so B's create
@@ -272,13 +240,8 @@ async def test_a_refused_twin_never_deletes_its_twins_own_unfenced_copy_recorded
     for the room, must not delete that copy (it is not B's own), though A's record has not landed yet."""
     import asyncio
 
-    import receiver.engine
-
-    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
-    await _record_filled_by_failed_exports(world)
+    world = await world_with_no_room_for_one_more(monkeypatch)
     rname = record_name("ws-1", "task-1")
-    size = len(world.storage.blob_bytes(rname) or b"")
-    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
 
     small = world.export(display_name="small.pdf", note="y" * 5_000)
     real_copy, real_read_bytes = world.storage.copy_from_url, world.storage.read_bytes

@@ -205,6 +205,18 @@ async def _record_filled_by_failed_exports(world: World) -> None:
         world.clock.advance(timedelta(seconds=1))
 
 
+async def world_with_no_room_for_one_more(monkeypatch: pytest.MonkeyPatch) -> World:
+    """Task task-1's record filled by two failed exports' notifications, and the room (RECORD_ROOM, made small) one
+    more small notification does not fit."""
+    import receiver.engine
+
+    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
+    await _record_filled_by_failed_exports(world)
+    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
+    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+    return world
+
+
 def _unnamed_files(world: World) -> set[str]:
     record = world.record()
     named = set() if record is None else {i.blob for i in record.deliveries} | {i.blob for i in record.retire}
@@ -218,12 +230,7 @@ async def test_an_export_refused_for_the_records_room_after_its_copy_landed_says
     """A small export at a new name: its create-only copy, sent beside the record's read, lands before the record
     refuses it for its room. The answer names the room (not an unconfirmed copy the receiver would finish), no
     queue message is sent, and the copy is gone: nothing is left that no record names."""
-    import receiver.engine
-
-    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
-    await _record_filled_by_failed_exports(world)
-    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
-    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)  # one more notification does not fit
+    world = await world_with_no_room_for_one_more(monkeypatch)
     answer = await world.post(world.export(display_name="small.pdf", note="y" * note))
     assert answer.status_code == 503 and "no room" in answer.body["message"], answer.body
     assert answer.verification is None, answer.body
@@ -236,12 +243,7 @@ async def test_a_refused_copy_whose_removal_fails_stays_named_in_a_warning_and_t
     """The removal of the refused export's own copy fails (503): the copy stays (docs/reference.md, Known limits:
     the record's room), a WARNING names it, and the answer is the room's (no queue message: its try could not tell
     that copy from a twin request's, about to be recorded)."""
-    import receiver.engine
-
-    world = World.make(sync_copy_max_mib=1, copy_wait_seconds=0, max_body_bytes=1024 * 1024)
-    await _record_filled_by_failed_exports(world)
-    size = len(world.storage.blob_bytes(record_name("ws-1", "task-1")) or b"")
-    monkeypatch.setattr(receiver.engine, "RECORD_ROOM", size + 2000)
+    world = await world_with_no_room_for_one_more(monkeypatch)
     world.faults.fail_before("delete", "ws-1/task-1/small.pdf", times=3)
     answer = await world.post(world.export(display_name="small.pdf", note="y" * 5_000))
     assert answer.status_code == 503 and "no room" in answer.body["message"], answer.body

@@ -99,12 +99,16 @@ class MigrationReport:
     stored: list[str] = field(default_factory=list)  # names that became a task's current file
     superseded: list[str] = field(default_factory=list)  # legacy names listed to retire
     left_pending: list[str] = field(default_factory=list)  # names whose manifest says pending (or failed)
-    left_doubtful: list[str] = field(default_factory=list)  # ids not exact enough to act on
+    left_notes: list[dict[str, str]] = field(default_factory=list)  # left as they are, doubtful: name, ids and why
     left_unread: list[str] = field(default_factory=list)  # of those, files whose manifest could not be read
-    left_notes: list[dict[str, str]] = field(default_factory=list)  # the doubtful ones: name, ids and why
     left_recent: list[str] = field(default_factory=list)  # written in the last two minutes: this release's
     left_copying: list[str] = field(default_factory=list)  # legacy copies of deliveries copying elsewhere since
     stopped: str | None = None  # why this page was not finished (a conflict that kept coming back)
+
+    @property
+    def left_doubtful(self) -> list[str]:
+        """The files it left as they are for doubt (its notes' names)."""
+        return [note["name"] for note in self.left_notes]
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,6 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
         files = [f for item in items if (f := await _legacy_file(storage, item, workspace_id, task_id, report))]
         if len(report.left_unread) > unread:
             # A manifest it could not read may list the others as replaced: the task is left whole, as it is.
-            report.left_doubtful += [file.name for file in files]
             why = "another file of the task is left as it is (its manifest could not be read)"
             report.left_notes += [_left_note(file.name, workspace_id, task_id, why) for file in files]
             continue
@@ -287,8 +290,9 @@ async def _legacy_file(
         report.left_unread.append(item.name)
     if left is not None:
         unfinished = document.get("delivery") == delivery and document.get("copyStatus") != "success"
-        (report.left_pending if unfinished else report.left_doubtful).append(item.name)
-        if not unfinished:
+        if unfinished:
+            report.left_pending.append(item.name)
+        else:
             report.left_notes.append(_left_note(item.name, workspace_id, task_id, left))
         return None
     if document.get("delivery") == delivery:
@@ -326,7 +330,8 @@ async def _fold(storage: Storage, files: Sequence[LegacyFile], *, now: datetime,
             else TaskRecord(workspace_id=workspace_id, task_id=task_id)
         )
         if (record.workspace_id, record.task_id) != (workspace_id, task_id):
-            report.left_doubtful.extend(f.name for f in files)
+            why = f"the name of its task's record holds task {record.task_id} of workspace {record.workspace_id}"
+            report.left_notes += [_left_note(f.name, workspace_id, task_id, why) for f in files]
             return True
         copying = [f.name for f in files if _copying_elsewhere(record.find(f.delivery), f.name)]
         report.left_copying.extend(name for name in copying if name not in report.left_copying)

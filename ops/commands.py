@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from receiver import engine
 from receiver.attention import (
     MARKER_RETENTION,
     PENDING_NAME,
@@ -126,6 +127,7 @@ class Inspection:
     verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)  # delivery -> (verdict, why)
     next: list[str] = field(default_factory=list)
     legacy: dict[str, Any] = field(default_factory=dict)  # no record, the upgrade unfinished: ops/upgrade.py
+    notes: list[str] = field(default_factory=list)  # no record: what the upgrade's look found (lines of the story)
 
 
 async def _check_container(storage: Storage) -> None:
@@ -200,8 +202,7 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
             f"drop --workspace {workspace_id} to look in every workspace; a task whose every delivery was refused "
             "has no record: Application Insights has its answers (task-lookup.kql, docs/operations.md)"
         )
-        lines, next_step, found.legacy = await legacy_advice(storage, task_id, workspace_id, next_step)
-        found.problems += lines
+        found.notes, next_step, found.legacy = await legacy_advice(storage, task_id, workspace_id, next_step)
         found.next.append(next_step)
         return found
     seen, looked, left = await asyncio.gather(
@@ -210,14 +211,27 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
         left_by_upgrade(storage, record),
     )
     found.look = looked
-    for file in left:  # (its record was built from the task's other files: one may be a newer export)
-        found.problems.append(
-            f"the upgrade from the release without task records left {file.name} as it is, no record names it: "
-            f"{file.left_as_is}"
-        )
+    for file, older in left:  # (its record was built from the task's other files: one may be a newer export)
+        said = f"the upgrade from the release without task records left {file.name} as it is, no record names it: "
+        if older:  # an export older than the current one: nothing needs it (not a problem)
+            found.notes.append(f"note: {said}{file.left_as_is}; it is older than the current export: delete it by "
+                               "hand if it is not wanted")  # fmt: skip
+            continue
+        found.problems.append(f"{said}{file.left_as_is}")
         found.next.append(
             "compare that file with the current one; to have the newest export current, export the document again "
             "from SmartDocumentor"
+        )
+    room_left = engine.RECORD_ROOM - len(record.to_bytes())  # (the room the engine refuses by)
+    failed_kept = [item for item in record.deliveries if item.state is State.FAILED and item.manifest]
+    if failed_kept and room_left < ctx.settings.max_body_bytes:
+        found.problems.append(
+            f"the task record has {max(room_left, 0)} bytes of room left for another export's notification (a "
+            f"body may have {ctx.settings.max_body_bytes}): {len(failed_kept)} failed export(s) keep theirs"
+        )
+        found.next.append(
+            "remove the task record's failed entries by hand, or start the document as a new task, before exporting "
+            "it again (docs/reference.md, Known limits: the record's room); an export now may be refused the same way"
         )
     if looked.note.startswith(HOST_UNREADABLE):
         found.problems.append(looked.note)  # the verdicts that need the queues are not known: exit 1
@@ -494,7 +508,7 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
     record = found.record
     head = f"task {found.task_id}  workspace {found.workspace_id}"
     if record is None:
-        return [f"{head}: no task record ({record_name(found.workspace_id, found.task_id)})"]
+        return [f"{head}: no task record ({record_name(found.workspace_id, found.task_id)})", *found.notes]
     name = record_name(found.workspace_id, found.task_id)
     lines = [f"{head}  ({len(record.deliveries)} delivery(ies), record {name})"]
     for number, item in enumerate(record.deliveries, 1):
@@ -529,7 +543,7 @@ def _story(ctx: Context, found: Inspection) -> list[str]:
         if item.delivery in found.verdicts:
             verdict, why = found.verdicts[item.delivery]
             lines.append(f"     verdict: {verdict.upper()}: {why}")
-    lines += _current_file_lines(ctx, found)
+    lines += _current_file_lines(ctx, found) + found.notes
     for listed in record.retire:
         copy = f", copy {listed.copy_id}" if listed.copy_id else ("" if listed.etag else ", only if a copy of it lands")
         lines.append(f"still to retire: {listed.blob} (delivery {listed.delivery[:12]}{copy})")
@@ -586,7 +600,14 @@ async def _one_task(ctx: Context, task_id: str, workspace_id: str | None) -> tup
         if workspace_id:
             next_step = f"drop --workspace to look in every workspace, or {next_step}"
         text = [f"No task record for task {task_id}{scope} in {where}."]
-        data: dict[str, Any] = {"taskId": task_id, "found": False, "container": storage.container}
+        data: dict[str, Any] = {
+            "taskId": task_id,
+            "workspaceId": workspace_id,
+            "record": None,
+            "found": False,
+            "container": storage.container,
+            "problems": ["no task record"],
+        }  # (the keys an inspection of a task with no record has)
         lines, next_step, legacy = await legacy_advice(storage, task_id, workspace_id, next_step)
         text += lines
         data.update(legacy)

@@ -70,7 +70,7 @@ def _left_in(state: dict[str, Any], task_id: str, workspace_id: str | None) -> l
     ]
 
 
-async def left_by_upgrade(storage: Storage, record: TaskRecord) -> list[LegacyFile]:
+async def left_by_upgrade(storage: Storage, record: TaskRecord) -> list[tuple[LegacyFile, bool]]:
     """For a task with a record: files of it the upgrade left as they are and that no record names still (its
     record was built without them): each is read, and one gone, or holding a delivery the record holds, or at a
     name the record holds, is not named. Best effort: a marker or file that cannot be read names nothing."""
@@ -82,8 +82,12 @@ async def left_by_upgrade(storage: Storage, record: TaskRecord) -> list[LegacyFi
         blobs = [await storage.read(file.name) for file in left]
     except StoreError:
         return []
+    current = record.current_delivery
     return [
-        file
+        (
+            file,
+            current is not None and (blob.last_modified or blob.created or current.received_at) < current.received_at,
+        )
         for file, blob in zip(left, blobs, strict=True)
         if blob is not None and (blob.delivery is None or record.find(blob.delivery) is None)
     ]

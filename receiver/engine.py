@@ -1143,4 +1143,14 @@ async def write_manifest(
     return None if written is None else str(written)
 
 
-__all__ = ["Job", "Trace", "block_id", "drop_own_manifests", "manifest_name", "observe", "remove_if_holds", "run"]
+__all__ = [
+    "RECORD_ROOM",
+    "Job",
+    "Trace",
+    "block_id",
+    "drop_own_manifests",
+    "manifest_name",
+    "observe",
+    "remove_if_holds",
+    "run",
+]

@@ -101,6 +101,7 @@ class MigrationReport:
     left_pending: list[str] = field(default_factory=list)  # names whose manifest says pending (or failed)
     left_notes: list[dict[str, str]] = field(default_factory=list)  # left as they are, doubtful: name, ids and why
     left_unread: list[str] = field(default_factory=list)  # of those, files whose manifest could not be read
+    left_waiting: list[dict[str, str]] = field(default_factory=list)  # left_pending's files: name, ids and why
     left_recent: list[str] = field(default_factory=list)  # written in the last two minutes: this release's
     left_copying: list[str] = field(default_factory=list)  # legacy copies of deliveries copying elsewhere since
     stopped: str | None = None  # why this page was not finished (a conflict that kept coming back)
@@ -170,7 +171,7 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
     more: int = state["leftMore"] if isinstance(state.get("leftMore"), int) else 0
     left: list[dict[str, Any]] = []
     room = LEFT_BYTES
-    for note in [note for note in earlier if isinstance(note, dict)] + report.left_notes:
+    for note in [note for note in earlier if isinstance(note, dict)] + report.left_notes + report.left_waiting:
         room -= len(json.dumps(note))
         if len(left) < LEFT_KEPT and room >= 0:
             left.append(note)
@@ -292,6 +293,7 @@ async def _legacy_file(
         unfinished = document.get("delivery") == delivery and document.get("copyStatus") != "success"
         if unfinished:
             report.left_pending.append(item.name)
+            report.left_waiting.append(_left_note(item.name, workspace_id, task_id, left))
         else:
             report.left_notes.append(_left_note(item.name, workspace_id, task_id, left))
         return None

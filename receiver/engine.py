@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 from .attention import mark_failures
@@ -547,6 +548,33 @@ def block_id(delivery: str, number: int, source_etag: str | None = None) -> str:
     return base64.b64encode(f"{delivery[:23]}-{version}-{number:06d}".encode("ascii")).decode("ascii")
 
 
+async def _at_most(parallel: int, calls: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    """Run ``calls``, ``parallel`` at a time. The first to fail ends the rest: none starts after it, and those
+    on their way are cancelled (gather alone would leave them, and every block not yet sent, running on the
+    worker's loop after the answer, staging bytes that nothing commits)."""
+    waiting, stopped = iter(calls), False
+
+    async def worker() -> None:
+        nonlocal stopped
+        try:
+            for call in waiting:
+                if stopped:
+                    return
+                await call()
+        except BaseException:
+            stopped = True
+            raise
+
+    workers = [asyncio.ensure_future(worker()) for _ in range(min(parallel, len(calls)))]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise
+
+
 async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, trace: Trace) -> Seen:
     """Put Block From URL, several blocks at a time, then one Put Block List: the earlier file stays
     readable and whole until that commit."""
@@ -567,20 +595,19 @@ async def _stage(storage: Storage, job: Job, if_match: str | None, seen: Seen, t
     block = max(job.block_bytes, -(-size // MAX_BLOCKS))
     ranges = [(offset, min(block, size - offset)) for offset in range(0, size, block)]
     ids = [block_id(notice.delivery, number, etag) for number in range(len(ranges))]
-    limit = asyncio.Semaphore(STAGE_PARALLEL)
 
     async def put(block_name: str, offset: int, length: int) -> None:
-        async with limit:
-            if job.deadline is not None and job.clock() >= job.deadline:
-                raise TimeoutError
-            await storage.stage_block(
-                notice.blob, block_name, job.source_url or "", offset=offset, length=length, source_etag=etag
-            )
+        if job.deadline is not None and job.clock() >= job.deadline:
+            raise TimeoutError
+        await storage.stage_block(
+            notice.blob, block_name, job.source_url or "", offset=offset, length=length, source_etag=etag
+        )
 
     trace.copy_sent = True
     metadata = _copy_metadata(job)
     try:
-        await asyncio.gather(*(put(name, offset, length) for name, (offset, length) in zip(ids, ranges, strict=True)))
+        blocks = [partial(put, name, offset, length) for name, (offset, length) in zip(ids, ranges, strict=True)]
+        await _at_most(STAGE_PARALLEL, blocks)
         if job.deadline is not None and job.clock() >= job.deadline:
             raise TimeoutError
         tags = job.tags if storage.tags_supported else None

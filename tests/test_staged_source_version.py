@@ -76,3 +76,48 @@ async def test_a_head_without_an_etag_never_leads_to_a_200_for_blocks_of_two_ver
     answer = await world.post(export)
     stored = world.files().get("ws-1/task-1/big.pdf")
     assert not (answer.status_code == 200 and stored not in (first, second)), (answer.status_code, stored)
+
+
+async def test_a_block_that_fails_stops_the_other_blocks_of_its_try_before_the_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One Put Block From URL answers 503 (after the SDK's tries) while the others of the same try are still
+    on their way: the try ends (503, the queue stages the file again), and the blocks still on their way are
+    stopped with it, not left running on the worker's loop after the answer, staging bytes nothing commits."""
+    import asyncio
+    import dataclasses
+
+    import receiver.engine
+    from receiver import intake, webhook
+    from receiver.storage import Unavailable
+
+    world = World.make(sync_copy_max_mib=0, copy_wait_seconds=10)
+    export = world.export(display_name="big.pdf", data=b"%PDF" + b"x" * 156)
+
+    def job(*args: Any, **kwargs: Any) -> Any:
+        return dataclasses.replace(intake.arrival_job(*args, **kwargs), block_bytes=16)
+
+    monkeypatch.setattr(webhook, "arrival_job", job)
+    monkeypatch.setattr(receiver.engine, "STAGE_PARALLEL", 4)
+    real_stage = world.storage.stage_block
+    release, others_on_their_way = asyncio.Event(), asyncio.Event()
+    started: list[int] = []
+
+    async def stage_block(name: str, block_id: str, source_url: str, **kwargs: Any) -> None:
+        started.append(kwargs["offset"])
+        if len(started) == 4:
+            others_on_their_way.set()
+        if kwargs["offset"] == 0:
+            await others_on_their_way.wait()
+            raise Unavailable("503 ServerBusy")
+        await release.wait()
+        await real_stage(name, block_id, source_url, **kwargs)
+
+    monkeypatch.setattr(world.storage, "stage_block", stage_block)
+    answer = await world.post(export)
+    assert answer.status_code == 503 and "checks the copy again" in answer.body["message"], answer.body
+    release.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert world.storage.staged_blocks("ws-1/task-1/big.pdf") == [], "blocks staged after the answer"
+    assert len(started) == 4, started

@@ -162,6 +162,14 @@ class MemorySources:
         """The file is gone (the sender deleted it): copies from its URLs then answer 404."""
         self._files.pop(self.path(name), None)
 
+    def rewrite(self, name: str, data: bytes) -> bool:
+        """The sender writes the file again, at the same name, with its headers (a new ETag; its URLs still
+        read it): False when it is gone."""
+        found = self._files.get(self.path(name))
+        if found is not None:
+            self.add(name, data, found.headers, found.metadata)
+        return found is not None
+
     def publish(
         self,
         name: str,

@@ -142,6 +142,11 @@ class ExportInfo:
     body: bytes
     delivery: str
     answers: list[str] = field(default_factory=list)  # "200 stored", "202 copying", "503 ...", "crash"
+    rewritten: list[bytes] = field(default_factory=list)  # the file written again by the sender, at its URL
+
+    def whole(self, data: bytes) -> bool:
+        """``data`` is one whole version of this export's file (never blocks of two)."""
+        return data == self.data or data in self.rewritten
 
     @property
     def label(self) -> str:
@@ -885,7 +890,7 @@ class Simulation:
         for name in self.store.names():
             blob = self.store.stored(name)
             meta = dict(blob.metadata) if blob is not None else {}
-            if blob is not None and meta.get("delivery") == export.delivery and blob.data == export.data:
+            if blob is not None and meta.get("delivery") == export.delivery and export.whole(blob.data):
                 return True
         return False
 
@@ -998,7 +1003,7 @@ class Simulation:
             if not accepted:
                 self.fail("I1", f"the current file {current.blob} holds {export.label}, neither accepted nor 2xx")
                 return
-            if stored.data != export.data:
+            if not export.whole(stored.data):
                 self.fail("I1", f"the current file {current.blob} has bytes that are not {export.label}'s")
                 return
 
@@ -1305,6 +1310,8 @@ def make_script(rng: random.Random, config: Config) -> list[tuple[Any, ...]]:
         elif roll < 0.6 and exports > 1:  # no draw of its own: the seeds of SEEDS_THAT_BROKE stay as they were
             script.append(("hold", "legal hold" if roll < 0.59 else "retention policy"))
             held = True
+        elif 0.6 <= roll < 0.64:  # no draw of its own, as above: the export just made, or one before it
+            script.append(("rewrite", made if roll < 0.62 else int(roll * 10_000) % exports))
     for _ in range(rng.randint(0, 2)):
         script.insert(rng.randrange(1, len(script) + 1), ("retry", -1))
     if rng.random() < 0.5:
@@ -1365,6 +1372,15 @@ async def run_seed(seed: int, *, faults: bool = True) -> Result:
             elif what == "remove" and item[1] < len(made):
                 sim.sources.remove(made[item[1]].source_name)
                 sim.trace.append(TraceLine(sim.steps, "sender", "remove source", made[item[1]].label))
+            elif what == "rewrite" and item[1] < len(made):
+                # The sender writes the file again at the same URL (same length, other bytes): a copy takes one
+                # whole version or the other, and a staged copy's blocks never mix the two.
+                export = made[item[1]]
+                latest = export.rewritten[-1] if export.rewritten else export.data
+                again = latest[: len(PDF)] + latest[len(PDF) :].swapcase()
+                if sim.sources.rewrite(export.source_name, again):
+                    export.rewritten.append(again)
+                    sim.trace.append(TraceLine(sim.steps, "sender", "rewrite source", export.label))
             elif what == "template":
                 current = dataclasses.replace(current, template=item[1])
                 sim.trace.append(TraceLine(sim.steps, "settings", "template", item[1]))

@@ -439,6 +439,7 @@ SEEDS_THAT_BROKE += [
     13029293,  # the same, after a crash
     5003548,  # the checker's own: a queue try that followed an operator's give-up made while it ran (not I7)
     80695436,  # the same, the delivery then accepted again by a resend before the try answered
+    3133,  # the sender writes a staged file again between its blocks: without the source condition, blocks of two
 ]
 # Found by soaks: garbage no known limit explained.
 SEEDS_THAT_LEFT_UNEXPLAINED_GARBAGE = [
@@ -985,7 +986,7 @@ async def test_a_seed_replays_exactly() -> None:
 
 # SIM_SCHEDULES random schedules a test run (seeds 0 to SIM_SCHEDULES - 1), in parts of about PART_SCHEDULES
 # that pytest's workers spread among the other tests (tests/conftest.py); `make soak` runs a million. The
-# default is what keeps `make test` under 3 minutes on two cores (about 100 schedules a second each).
+# default is what keeps `make test` under 3 minutes on two cores (about 55 schedules a second each).
 SCHEDULES = int(os.environ.get("SIM_SCHEDULES", "2000"))
 PART_SCHEDULES = 250
 PARTS = max(1, -(-SCHEDULES // PART_SCHEDULES))

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from .payload import FIELDS, Notification
-from .settings import MAX_EXTENSION, MAX_ID_SEGMENT, MAX_TAGS, Settings
+from .settings import MAX_EXTENSION, MAX_ID_SEGMENT, MAX_TAGS, Settings, azure_length
 from .source import SourceLink, link_secret_pattern, without_signatures
 
 MAX_BLOB_NAME = 1024
@@ -101,6 +101,11 @@ class CopyPlan:
 # --- blob name -----------------------------------------------------------------------------
 
 
+def _cut_to(text: str, length: int) -> str:
+    """The longest start of ``text`` within ``length`` as Azure counts it (azure_length), never half an emoji."""
+    return text.encode("utf-16-le", "surrogatepass")[: 2 * max(length, 0)].decode("utf-16-le", "ignore")
+
+
 def _safe_segment(value: str, fallback: str) -> str:
     """One path segment: NFC, unsafe characters -> "_", no trailing dot/space, never "." or ".."."""
     text = _UNSAFE_NAME_CHARS.sub("_", unicodedata.normalize("NFC", value)).strip().rstrip(". ") or fallback
@@ -157,22 +162,23 @@ def blob_name(template: str, values: dict[str, str], file: str, *, limit: int = 
         for key, value in values.items()
     }
     name = template.format_map({**safe, "fileName": file})
-    if len(name) <= limit:
+    if azure_length(name) <= limit:
         return name
     stem, dot, ext = file.rpartition(".")
     # Only an extension the receiver gives (extension_for: at most MAX_EXTENSION) is kept whole; anything
     # else after a dot ("s.xxxx…" from a display name) is part of the stem and shrinks with it.
     stem, suffix = (stem, f".{ext}") if dot and len(ext) <= MAX_EXTENSION else (file, "")
-    file = _safe_segment(stem[: max(1, len(stem) - (len(name) - limit))], "d") + suffix
+    over = azure_length(name) - limit
+    file = _safe_segment(_cut_to(stem, azure_length(stem) - over) or stem[:1], "d") + suffix
     name = template.format_map({**safe, "fileName": file})
-    shown, times = safe["displayName"], template.count("{displayName}")
-    if len(name) > limit and times:
-        keep = max(1, len(shown) - -(-(len(name) - limit) // times))
-        name = template.format_map({**safe, "displayName": _safe_segment(shown[:keep], "_"), "fileName": file})
-    if len(name) <= limit:
+    shown, times, over = safe["displayName"], template.count("{displayName}"), azure_length(name) - limit
+    if over > 0 and times:
+        cut = _cut_to(shown, azure_length(shown) - -(-over // times)) or shown[:1]
+        name = template.format_map({**safe, "displayName": _safe_segment(cut, "_"), "fileName": file})
+    if azure_length(name) <= limit:
         return name
     # Unreachable with settings that load (they refuse a template that leaves no room): a cut to the limit.
-    head = name[: limit - len(suffix)].rstrip("./ ")
+    head = _cut_to(name, limit - len(suffix)).rstrip("./ ")
     return f"{head}{suffix}" if head else f"document{suffix}"
 
 
@@ -314,7 +320,7 @@ def outside_reserved(name: str) -> str:
 def has_manifest_name(blob: str) -> bool:
     """Can the file have a manifest? Not when ``<name>.json`` would be over Azure's limit (a name over 1019
     characters, given while WRITE_MANIFEST was off)."""
-    return len(blob) + len(MANIFEST_SUFFIX) <= MAX_BLOB_NAME
+    return azure_length(blob) + len(MANIFEST_SUFFIX) <= MAX_BLOB_NAME
 
 
 def not_a_manifest_name(name: str, limit: int) -> str:
@@ -322,7 +328,7 @@ def not_a_manifest_name(name: str, limit: int) -> str:
     content type or template: such a name gets NOT_A_MANIFEST_SUFFIX, cut first if it must be."""
     if not name.lower().endswith(MANIFEST_SUFFIX):
         return name
-    return name[: limit - len(NOT_A_MANIFEST_SUFFIX)].rstrip("./ ") + NOT_A_MANIFEST_SUFFIX
+    return _cut_to(name, limit - len(NOT_A_MANIFEST_SUFFIX)).rstrip("./ ") + NOT_A_MANIFEST_SUFFIX
 
 
 def kept_name(plan: CopyPlan, name: str, settings: Settings) -> CopyPlan:
@@ -331,7 +337,9 @@ def kept_name(plan: CopyPlan, name: str, settings: Settings) -> CopyPlan:
     receiver can give a file of this task; else the plan as it is (today's template)."""
     # Up to Azure's limit whatever WRITE_MANIFEST says now: a name given while it was off keeps its file
     # (which then has no manifest: engine.write_manifest).
-    usable = 0 < len(name) <= MAX_BLOB_NAME and name == outside_reserved(not_a_manifest_name(name, MAX_BLOB_NAME))
+    usable = 0 < azure_length(name) <= MAX_BLOB_NAME and name == outside_reserved(
+        not_a_manifest_name(name, MAX_BLOB_NAME)
+    )
     parts = name.split("/")
     usable = usable and not _CONTROL.search(name) and all(part not in ("", ".", "..") for part in parts)
     # One of this task's names: its ids as whole segments (or, a template by task number, both in it); a

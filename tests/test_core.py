@@ -50,7 +50,7 @@ def plan_for(document: dict[str, Any] | bytes, config: Settings = SETTINGS) -> C
 
 def assert_legal(plan: CopyPlan) -> None:
     """What Azure requires of everything a plan writes."""
-    assert 1 <= len(plan.blob_name) <= 1024
+    assert 1 <= azure_counted(plan.blob_name) <= 1024
     assert not plan.blob_name.endswith((".", "/", "\\"))
     assert not any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in plan.blob_name)
     assert "\\" not in plan.blob_name
@@ -66,7 +66,7 @@ def assert_legal(plan: CopyPlan) -> None:
         assert value.isascii() and value == value.strip(" ")
         assert not any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
     assert sum(len(k) + len(v) for k, v in plan.metadata.items()) < 8 * 1024
-    assert len(manifest_name(plan.blob_name)) <= 1024
+    assert azure_counted(manifest_name(plan.blob_name)) <= 1024
     assert_no_secret(json.dumps(plan.manifest) + json.dumps(plan.metadata) + repr(plan))
 
 
@@ -349,6 +349,29 @@ def test_a_long_display_name_stays_inside_the_limits() -> None:
     assert_legal(plan)
 
 
+def azure_counted(name: str) -> int:
+    """A name's length as Azure Storage counts it: UTF-16 code units (a character outside the BMP, an emoji
+    say, counts two; a name of 513 of them is refused with 400 OutOfRangeInput)."""
+    return len(name.encode("utf-16-le")) // 2
+
+
+@pytest.mark.parametrize(
+    "template", ["{workspaceId}/{taskId}/{displayName}/{fileName}", "{workspaceId}/{taskId}/{fileName}"]
+)
+def test_a_display_name_of_emoji_is_cut_to_azures_1024_as_azure_counts_them(template: str) -> None:
+    """Emoji count two toward Azure's 1024 (UTF-16): a name of 700 code points can be 1 300 of Azure's
+    characters, and every copy of it would be refused, the document sent back for review each time."""
+    config = Settings(destination_connection_string="UseDevelopmentStorage=true", blob_name_template=template)
+    ids = {"workspaceId": "\U0001f4c1" * 128, "taskId": "\U0001f4c4" * 128}
+    plan = plan_for(body(displayName="\U0001f600" * 600, **ids), config)
+    assert isinstance(plan, CopyPlan)
+    assert azure_counted(plan.blob_name) <= 1019 and azure_counted(manifest_name(plan.blob_name)) <= 1024
+    assert plan.blob_name.endswith("\U0001f600.pdf") and plan.blob_name.split("/")[:2] == [
+        identity_segment(ids["workspaceId"]),
+        identity_segment(ids["taskId"]),
+    ]
+
+
 def test_manifest_drops_queries_from_extra_fields() -> None:
     plan = plan_for(body(previewUrl=URL))
     assert isinstance(plan, CopyPlan)
@@ -515,6 +538,7 @@ NO_EXTENSION_URL = URL.replace("/doc.pdf?", "/doc?")
     ids,
 )
 @example("D" * 300, 4, 0, ("application/pdf", URL), "task-1", "task-2")
+@example("\U0001f600" * 300, 3, 0, ("application/pdf", URL), "\U0001f4c4" * 128, "t" * 128)
 @example("D" * 300, 12, 0, ("application/pdf", URL), "t" * 400, "t" * 399)
 @example("s." + "x" * 253, 0, 700, ("application/octet-stream", NO_EXTENSION_URL), "t" * 128, "t" * 127 + "u")
 def test_no_cut_takes_an_id_from_a_name_nor_the_extension(
@@ -541,7 +565,7 @@ def test_no_cut_takes_an_id_from_a_name_nor_the_extension(
     assert one.blob_name != two.blob_name
     at = len(segments) + repeats
     for plan, task_id in ((one, task), (two, other)):
-        assert len(plan.blob_name) <= 1019
+        assert azure_counted(plan.blob_name) <= 1019
         assert plan.blob_name.split("/")[at : at + 2] == ["ws-1", identity_segment(task_id)]
         if content_type == "application/pdf":
             assert plan.blob_name.endswith(".pdf")

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from .payload import FIELDS, Notification
-from .settings import MAX_EXTENSION, MAX_ID_SEGMENT, MAX_TAGS, Settings, azure_length
+from .settings import MAX_EXTENSION, MAX_ID_SEGMENT, MAX_TAGS, Settings
 from .source import SourceLink, link_secret_pattern, without_signatures
 
 MAX_BLOB_NAME = 1024
@@ -101,6 +101,12 @@ class CopyPlan:
 # --- blob name -----------------------------------------------------------------------------
 
 
+def azure_length(name: str) -> int:
+    """A blob name's length as Azure Storage counts it toward its 1024: UTF-16 code units (a character outside
+    the BMP, an emoji say, counts two; a longer name is refused with 400 OutOfRangeInput)."""
+    return len(name.encode("utf-16-le", "surrogatepass")) // 2
+
+
 def _cut_to(text: str, length: int) -> str:
     """The longest start of ``text`` within ``length`` as Azure counts it (azure_length), never half an emoji."""
     return text.encode("utf-16-le", "surrogatepass")[: 2 * max(length, 0)].decode("utf-16-le", "ignore")
@@ -177,9 +183,11 @@ def blob_name(template: str, values: dict[str, str], file: str, *, limit: int = 
         name = template.format_map({**safe, "displayName": _safe_segment(cut, "_"), "fileName": file})
     if azure_length(name) <= limit:
         return name
-    # Unreachable with settings that load (they refuse a template that leaves no room): a cut to the limit.
-    head = _cut_to(name, limit - len(suffix)).rstrip("./ ")
-    return f"{head}{suffix}" if head else f"document{suffix}"
+    # The settings leave room for ids of 128 characters of the Basic Multilingual Plane; ids outside it count
+    # up to twice that. The cut then keeps a hash of the whole name, so two tasks still never share one.
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:ID_HASH_LENGTH]
+    head = _cut_to(name, limit - len(suffix) - ID_HASH_LENGTH - 1).rstrip("./ ")
+    return f"{head}~{digest}{suffix}"
 
 
 # --- tags ------------------------------------------------------------------------------------
@@ -383,9 +391,11 @@ def make_plan(notification: Notification, source: SourceLink, settings: Settings
     # Room for the manifest's ".json" when there is one, so neither name is cut afterwards.
     limit = MAX_BLOB_NAME - len(MANIFEST_SUFFIX) if settings.write_manifest else MAX_BLOB_NAME
     name = not_a_manifest_name(blob_name(settings.blob_name_template, values, file, limit=limit), limit)
-    if outside_reserved(name) != name:
-        shorter = not_a_manifest_name(blob_name(settings.blob_name_template, values, file, limit=limit - 1), limit - 1)
-        name = outside_reserved(shorter)
+    if outside_reserved(name) != name:  # room for the "~" and hash it gets
+        room = limit - 1 - ID_HASH_LENGTH
+        name = outside_reserved(
+            not_a_manifest_name(blob_name(settings.blob_name_template, values, file, limit=room), room)
+        )
     by_alias = notification.model_dump(by_alias=True, include={FIELDS[a] for a in settings.tag_fields})
     fields = [(alias, str(by_alias[alias])) for alias in settings.tag_fields if by_alias.get(alias) is not None]
     texts = [value for _, value in fields] + [text for pair in notification.metadata for text in pair]

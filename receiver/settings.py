@@ -25,14 +25,6 @@ TEMPLATE_PLACEHOLDERS = frozenset(
 # Payload fields TAG_FIELDS may name: the scalar fields of the notification (not the link, the dates, the metadata).
 TAGGABLE_FIELDS = frozenset(FIELDS) - {"exportedFileUrl", "exportedFileExpiresOn", "lastCheckedOutUntil", "metadata"}
 MAX_TAGS = 10
-
-
-def azure_length(name: str) -> int:
-    """A blob name's length as Azure Storage counts it toward its 1024: UTF-16 code units (a character outside
-    the BMP, an emoji say, counts two; a longer name is refused with 400 OutOfRangeInput)."""
-    return len(name.encode("utf-16-le", "surrogatepass")) // 2
-
-
 # A workspaceId or taskId segment of a blob name is at most this long (receiver/plan.py, identity_segment).
 MAX_ID_SEGMENT = 128
 # The longest file extension a name gets (receiver/plan.py, extension_for).
@@ -184,7 +176,7 @@ class Settings(BaseSettings):
             raise ValueError("must not start or end with '/' or contain '//'")
         if value.count("/") > 20:
             raise ValueError("has too many '/' segments (at most 20)")
-        if azure_length(value.format_map(_LONGEST_IDS)) > _ROOM_FOR_NAMES:
+        if len(value.format_map(_LONGEST_IDS)) > _ROOM_FOR_NAMES:
             raise ValueError(
                 f"is too long: with a workspaceId and a taskId of {MAX_ID_SEGMENT} characters it leaves no room "
                 "for the file name within Azure's 1024 characters; use fewer or shorter segments"

@@ -372,6 +372,36 @@ def test_a_display_name_of_emoji_is_cut_to_azures_1024_as_azure_counts_them(temp
     ]
 
 
+def test_ids_outside_the_bmp_that_leave_no_room_still_never_share_a_name() -> None:
+    """The settings leave room for ids of 128 characters of the Basic Multilingual Plane; ids of emoji count
+    twice that. The cut that then reaches the ids keeps a hash of the whole name: two tasks, two names."""
+    config = Settings(
+        destination_connection_string="UseDevelopmentStorage=true",
+        blob_name_template="{workspaceId}/" + "p" * 731 + "/{taskId}/{fileName}",
+    )
+    emoji = "\U0001f600"
+    plans = [
+        plan_for(body(workspaceId=emoji * 128, taskId=emoji * 127 + last, displayName="invoice"), config)
+        for last in "ab"
+    ]
+    names = [plan.blob_name for plan in plans if isinstance(plan, CopyPlan)]
+    assert len(set(names)) == 2 and all(azure_counted(name) <= 1019 for name in names), names
+    assert all(name.endswith(".pdf") and "\ud83d" not in name for name in names)
+
+
+def test_a_name_escaped_out_of_the_records_folder_stays_inside_the_limit() -> None:
+    """A first segment named like the records' folder gets "~" and a hash (17 characters): the name is cut
+    to leave room for them, with the ids at their longest too."""
+    config = Settings(
+        destination_connection_string="UseDevelopmentStorage=true",
+        blob_name_template="{displayName}/" + "p" * 715 + "/{workspaceId}/{taskId}/{fileName}",
+    )
+    plan = plan_for(body(displayName=".smartdocumentor", workspaceId="w" * 128, taskId="t" * 128), config)
+    assert isinstance(plan, CopyPlan)
+    assert plan.blob_name.startswith(".smartdocumentor~") and azure_counted(plan.blob_name) <= 1019, plan.blob_name
+    assert plan.blob_name.split("/")[-3:-1] == ["w" * 128, "t" * 128]
+
+
 def test_manifest_drops_queries_from_extra_fields() -> None:
     plan = plan_for(body(previewUrl=URL))
     assert isinstance(plan, CopyPlan)

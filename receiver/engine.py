@@ -569,6 +569,7 @@ async def _at_most(parallel: int, calls: Sequence[Callable[[], Awaitable[None]]]
     try:
         await asyncio.gather(*workers)
     except BaseException:
+        stopped = True  # also when this try itself was cancelled (its time is up)
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)

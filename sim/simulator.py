@@ -1276,8 +1276,9 @@ def random_config(rng: random.Random) -> Config:
     )
 
 
-def make_script(rng: random.Random, config: Config) -> list[tuple[Any, ...]]:
-    """What happens, in order (the scheduler interleaves it with the drivers' calls)."""
+def make_script(rng: random.Random, config: Config, *, rewrites: bool = True) -> list[tuple[Any, ...]]:
+    """What happens, in order (the scheduler interleaves it with the drivers' calls). ``rewrites=False``: the
+    schedules before the sender's rewrites were among the events (the seeds found then replay as found)."""
     script: list[tuple[Any, ...]] = []
     tasks = ["task-1"] if rng.random() < 0.8 else ["task-1", "task-2"]
     names = ("A", "B", "C")
@@ -1310,7 +1311,7 @@ def make_script(rng: random.Random, config: Config) -> list[tuple[Any, ...]]:
         elif roll < 0.6 and exports > 1:  # no draw of its own: the seeds of SEEDS_THAT_BROKE stay as they were
             script.append(("hold", "legal hold" if roll < 0.59 else "retention policy"))
             held = True
-        elif 0.6 <= roll < 0.64:  # no draw of its own, as above: the export just made, or one before it
+        elif rewrites and 0.6 <= roll < 0.64:  # no draw of its own: the export just made, or one before it
             script.append(("rewrite", made if roll < 0.62 else int(roll * 10_000) % exports))
     for _ in range(rng.randint(0, 2)):
         script.insert(rng.randrange(1, len(script) + 1), ("retry", -1))
@@ -1319,13 +1320,13 @@ def make_script(rng: random.Random, config: Config) -> list[tuple[Any, ...]]:
     return script
 
 
-async def run_seed(seed: int, *, faults: bool = True) -> Result:
-    """One random schedule, from its seed alone."""
+async def run_seed(seed: int, *, faults: bool = True, rewrites: bool = True) -> Result:
+    """One random schedule, from its seed alone (``rewrites``: see make_script)."""
     rng = random.Random(seed)
     config = random_config(rng)
     sim = Simulation(config, rng=rng)
     sim.fault_rate = rng.choice((0.0, 0.03, 0.08, 0.15)) if faults else 0.0
-    script = make_script(rng, config)
+    script = make_script(rng, config, rewrites=rewrites)
     current = config
     made: list[ExportInfo] = []
     try:
@@ -1374,10 +1375,15 @@ async def run_seed(seed: int, *, faults: bool = True) -> Result:
                 sim.trace.append(TraceLine(sim.steps, "sender", "remove source", made[item[1]].label))
             elif what == "rewrite" and item[1] < len(made):
                 # The sender writes the file again at the same URL (same length, other bytes): a copy takes one
-                # whole version or the other, and a staged copy's blocks never mix the two.
-                export = made[item[1]]
-                latest = export.rewritten[-1] if export.rewritten else export.data
-                again = latest[: len(PDF)] + latest[len(PDF) :].swapcase()
+                # whole version or the other, and a staged copy's blocks never mix the two. A file half staged
+                # is the one rewritten, when there is one (no draw of its own).
+                staging = [
+                    call.actor.export
+                    for call in sim.pending()
+                    if call.op == "stage_block" and sim.store.staged_blocks(call.name)
+                ]
+                export = next((found for found in staging if found is not None), made[item[1]])
+                again = (export.rewritten[-1] if export.rewritten else export.data).swapcase()  # every block differs
                 if sim.sources.rewrite(export.source_name, again):
                     export.rewritten.append(again)
                     sim.trace.append(TraceLine(sim.steps, "sender", "rewrite source", export.label))
@@ -1437,8 +1443,8 @@ async def run_seeds(seeds: range | Sequence[int], *, faults: bool = True) -> lis
     return failed
 
 
-def replay_command(seed: int) -> str:
-    return f"PYTHONPATH=. .venv/bin/python -m sim.simulator --seed {seed}"
+def replay_command(seed: int, *, rewrites: bool = True) -> str:
+    return f"PYTHONPATH=. .venv/bin/python -m sim.simulator --seed {seed}" + ("" if rewrites else " --no-rewrites")
 
 
 # ------------------------------------------------------------------------------------------- command line
@@ -1492,10 +1498,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", type=int, default=0, help="the first seed of --soak")
     parser.add_argument("--processes", type=int, default=None)
     parser.add_argument("--quiet", action="store_true", help="with --seed: only the verdict")
+    parser.add_argument(
+        "--no-rewrites", action="store_true", help="with --seed: as seeds found before the sender's rewrites"
+    )
     options = parser.parse_args(argv)
     if options.seed is not None:
         with simulating():
-            result = asyncio.run(run_seed(options.seed))
+            result = asyncio.run(run_seed(options.seed, rewrites=not options.no_rewrites))
         if not options.quiet:
             print(f"seed {options.seed}: {result.config}")
             for line in result.trace:

@@ -85,6 +85,8 @@ class Seen:
             if self.path.endswith("/.smartdocumentor/attention/pending.json")
             else "migration marker"
             if self.path.endswith("/.smartdocumentor/migration.json")
+            else "migration's begun blob"
+            if self.path.endswith("/.smartdocumentor/migration-begun")
             else "failure marker"
             if "/.smartdocumentor/attention/failed/" in self.path
             else "manifest"

@@ -10,13 +10,16 @@ Read only: nothing here writes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from receiver.migration import (
+    BEGUN_NAME,
     CUT_AT,
     MARKER_MAX_BYTES,
     MARKER_NAME,
     MAYBE_CUT,
+    OVERLAP,
     PAGE_SIZE,
     UNREAD,
     json_object,
@@ -50,6 +53,7 @@ class LegacyLook:
     scanned: int = 0  # blobs looked at, from where the upgrade is
     whole: bool = False  # ... to the end of the container
     files: list[LegacyFile] = field(default_factory=list)
+    begins: datetime | None = None  # no page done yet: when the first may be listed (a run created BEGUN_NAME)
 
 
 def _same(decoded: str, value: str, wanted: str) -> bool:
@@ -124,6 +128,8 @@ async def look_for_legacy(storage: Storage, task_id: str, workspace_id: str | No
         left = _left_in(state, task_id, workspace_id)
         return LegacyLook(started=True, done=True, files=left) if left else None
     look = LegacyLook(started=found is not None, readable=found is None or bool(state))
+    if found is None and (begun := await storage.read(BEGUN_NAME)) is not None:
+        look.started, look.begins = True, (begun.created or begun.last_modified or datetime.now(UTC)) + OVERLAP
     marker = state.get("marker") if isinstance(state.get("marker"), str) else None
     for _ in range(SCAN_PAGES):
         page, marker = await storage.list_page("", marker=marker, size=PAGE_SIZE)
@@ -164,7 +170,10 @@ def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], 
             {"legacyFiles": [{"name": f.name, "leftAsIs": f.left_as_is, "newerPending": False} for f in look.files]},
         )  # fmt: skip
     where = (
-        (f"{MARKER_NAME} says where it is" if look.readable else f"{MARKER_NAME} is unreadable: it starts over")
+        f"its first page is listed from {look.begins:%Y-%m-%d %H:%M} UTC on, {OVERLAP.seconds // 60} minutes after "
+        "this release's first run, once the release before's last executions have ended"
+        if look.begins is not None
+        else (f"{MARKER_NAME} says where it is" if look.readable else f"{MARKER_NAME} is unreadable: it starts over")
         if look.started
         else f"no run has begun it yet: no {MARKER_NAME}"
     )

@@ -7,7 +7,8 @@ back exactly) and ``delivery``. The reconciliation calls :func:`migrate` once a 
 lists one bounded page of the container with metadata and folds what it finds into the task
 records, by compare-and-swap like every other change, then keeps where it stopped in
 ``.smartdocumentor/migration.json`` (``{"done": bool, "marker": ...}``, written If-Match too).
-Once a whole pass is done, a run reads that marker and nothing else.
+Once a whole pass is done, a run reads that marker and nothing else. The first page waits OVERLAP after the
+first run of this release (see BEGUN_NAME).
 
 The rules, for each file whose metadata holds ``taskid``, ``workspaceid`` and ``delivery`` (and whose
 asynchronous copy, if Azure still reports one, succeeded: a pending, failed or aborted one left the metadata
@@ -48,11 +49,12 @@ Snapshots the release sometimes left are not listed and are left as they are.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -88,6 +90,13 @@ MAYBE_CUT = CUT_AT - 2  # it cut on a whole escape: a value cut in the middle of
 MIGRATED = "migrated"
 MIGRATED_REPLACED = "migrated-replaced"
 ATTEMPTS = 5
+# The first run after the upgrade lists nothing: it creates BEGUN_NAME, and the listing begins OVERLAP after that
+# blob's creation, once every execution of the release before has ended (each lasts up to functionTimeout,
+# 5 minutes, after a deployment; a slot swap's warm-up comes on top). A file that release wrote behind a listing
+# already past its name would stay out of every record. (A blob of its own, created once: the marker itself is
+# created by the first page, so a container policy that refuses overwrites does not stop a one-page upgrade.)
+BEGUN_NAME = ".smartdocumentor/migration-begun"
+OVERLAP = timedelta(minutes=15)
 
 
 @dataclass
@@ -130,6 +139,9 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
     state = json_object(found)
     if state.get("done") is True:
         report.done = report.already_done = True
+        return report
+    if found is None and (begins := await listing_begins(storage, now)) > now:
+        report.stopped = f"it begins at {begins.isoformat()}, once the release before's last executions have ended"
         return report
     marker = state.get("marker") if isinstance(state.get("marker"), str) else None
     page, next_marker = await storage.list_page("", marker=marker, size=page_size)
@@ -179,19 +191,37 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
             more += 1
     document: dict[str, Any] = {"done": next_marker is None, "marker": next_marker, "at": now.isoformat()}
     document.update(left=left, leftMore=more)
+    if await _put_marker(storage, document, None if found is None else found[0].etag, report):
+        report.done = next_marker is None
+    return report
+
+
+async def listing_begins(storage: Storage, now: datetime) -> datetime:
+    """When the first page may be listed: OVERLAP after BEGUN_NAME was created (by this call when it was not)."""
+    begun = await storage.read(BEGUN_NAME)
+    if begun is None:
+        with contextlib.suppress(Conflict):  # another run created it a moment ago
+            await storage.put(BEGUN_NAME, b"", if_match=None, content_type="text/plain", metadata=_KIND)
+        return now + OVERLAP
+    return (begun.created or begun.last_modified or now) + OVERLAP
+
+
+_KIND = {"receiverkind": "migration"}
+
+
+async def _put_marker(storage: Storage, document: dict[str, Any], etag: str | None, report: MigrationReport) -> bool:
     try:
         await storage.put(
             MARKER_NAME,
             json.dumps(document).encode("ascii"),  # (ensure_ascii: every name and id escaped)
-            if_match=None if found is None else found[0].etag,
+            if_match=etag,
             content_type="application/json",
-            metadata={"receiverkind": "migration"},
+            metadata=_KIND,
         )
     except Conflict:
         report.stopped = "another run moved the migration's marker first"
-        return report
-    report.done = next_marker is None
-    return report
+        return False
+    return True
 
 
 def _left_note(name: str, workspace_id: str, task_id: str, why: str) -> dict[str, str]:
@@ -496,11 +526,13 @@ def fold(
 
 
 __all__ = [
+    "BEGUN_NAME",
     "CUT_AT",
     "MARKER_MAX_BYTES",
     "MARKER_NAME",
     "MAYBE_CUT",
     "MIGRATED",
+    "OVERLAP",
     "PAGE_SIZE",
     "UNREAD",
     "LegacyFile",
@@ -510,5 +542,6 @@ __all__ = [
     "left_as_is",
     "legacy_ids",
     "legacy_manifest",
+    "listing_begins",
     "migrate",
 ]

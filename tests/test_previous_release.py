@@ -20,7 +20,7 @@ from azure.storage.blob import ContainerClient
 from pydantic import SecretStr
 
 from ops.output import NOT_FOUND, OK
-from receiver.migration import MARKER_NAME, migrate
+from receiver.migration import BEGUN_NAME, MARKER_NAME, OVERLAP, migrate
 from receiver.models import State, TaskRecord, record_name
 from receiver.reconciliation import reconcile_run
 from receiver.settings import Settings
@@ -45,8 +45,10 @@ FILES = {
 }
 
 
-def legacy_world(*, minutes_after: int = 10, **settings: Any) -> World:
-    """The fixture in a MemoryStorage, the clock ``minutes_after`` the capture, its links served."""
+def legacy_world(*, minutes_after: int = 10, upgraded: bool = True, **settings: Any) -> World:
+    """The fixture in a MemoryStorage, the clock ``minutes_after`` the capture, its links served. ``upgraded``:
+    the first run after the upgrade came OVERLAP before the capture, so the migration lists at once; else no run
+    has come yet."""
     captured = datetime.fromisoformat(FIXTURE["capturedAt"])
     configured = Settings(
         destination_connection_string=SecretStr("UseDevelopmentStorage=true"),
@@ -69,7 +71,32 @@ def legacy_world(*, minutes_after: int = 10, **settings: Any) -> World:
         )
     for sent in FIXTURE["deliveries"]:
         world.sources.admit(sent["body"]["exportedFileUrl"], base64.b64decode(sent["data"]), Headers("application/pdf"))
+    if upgraded:  # the first run after the upgrade came OVERLAP before the capture
+        begun = captured - OVERLAP
+        world.storage.load(
+            BEGUN_NAME, b"", content_type="text/plain", metadata={"receiverkind": "migration"},
+            created=begun, last_modified=begun,
+        )  # fmt: skip
     return world
+
+
+def written_late_by_the_release_before(world: World, task: str) -> str:
+    """What an instance of the release before, still running after the upgrade, stores for ``task`` now: task-101's
+    export again as ``task``'s (file and manifest, its metadata and ids), at a name that sorts first."""
+    name = f"a-late/{task}/late.pdf"
+    file, manifest = (
+        world.storage.stored(FILES[("ws-acme", "task-101")]),
+        world.storage.stored(f"{FILES[('ws-acme', 'task-101')]}.json"),
+    )
+    assert file is not None and manifest is not None
+    delivery = "e" * 64
+    document = {**json.loads(manifest.data), "taskId": task, "delivery": delivery, "blob": name}
+    for blob, data, meta, kind in (
+        (name, file.data, {**dict(file.metadata), "taskid": task, "delivery": delivery}, "application/pdf"),
+        (f"{name}.json", json.dumps(document).encode(), dict(manifest.metadata), "application/json"),
+    ):
+        world.storage.load(blob, data, content_type=kind, metadata=meta, created=world.now, last_modified=world.now)
+    return name
 
 
 def sent(task: str, number: int = 0) -> dict[str, Any]:
@@ -168,12 +195,34 @@ async def test_a_finished_migration_reads_only_its_marker() -> None:
     assert report.already_done and world.storage.calls == [("read_bytes", MARKER_NAME)]
 
 
-async def test_a_new_container_is_marked_done_on_its_first_run() -> None:
+async def test_a_new_container_is_marked_done_on_its_first_run_once_the_wait_is_over() -> None:
     world = World.make()
     await world.post(world.export())
     await reconcile(world)
+    assert world.storage.stored(MARKER_NAME) is None and world.storage.stored(BEGUN_NAME) is not None
+    world.clock.advance(OVERLAP)
+    await reconcile(world)
     marker = world.storage.blob_bytes(MARKER_NAME)
     assert marker is not None and json.loads(marker)["done"] is True
+
+
+async def test_a_file_the_release_before_writes_during_the_deployment_is_migrated_whatever_its_name() -> None:
+    """The first run after the upgrade lists nothing: it notes that the listing begins OVERLAP later. A file an
+    instance of the release before still writes meanwhile, at a name the listing would already have passed,
+    gets its task's record like any other (listed at once, the whole container fits one page and the migration
+    ended before that file existed: no record ever named it)."""
+    world = legacy_world(upgraded=False)
+    await reconcile(world)
+    assert all(world.record(task, workspace) is None for workspace, task in FILES)
+    world.clock.advance(timedelta(minutes=5))
+    late = written_late_by_the_release_before(world, "task-901")
+    world.clock.advance(OVERLAP)
+    await reconcile(world)
+    current = record(world, "ws-acme", "task-901").current_delivery
+    assert current is not None and current.blob == late
+    for (workspace, task), name in FILES.items():
+        current = record(world, workspace, task).current_delivery
+        assert current is not None and current.blob == name
 
 
 async def test_the_migration_goes_page_by_page_and_resumes_from_its_marker() -> None:
@@ -405,6 +454,8 @@ async def test_on_azurite_a_blob_whose_async_copy_failed_is_copied_over_not_adop
 
 async def test_a_re_export_in_flight_after_the_upgrade_is_never_taken_for_a_legacy_file() -> None:
     world = World.make()
+    assert (await migrate(world.storage, now=world.now)).stopped  # the first run after the upgrade: it waits
+    world.clock.advance(OVERLAP)
     await world.post(world.export(display_name="A.pdf"))
     stored = world.storage.stored("ws-1/task-1/A.pdf")
     assert stored is not None
@@ -852,13 +903,18 @@ async def test_ops_find_names_a_legacy_file_the_upgrade_leaves_as_it_is_and_why(
 
 
 async def test_ops_find_says_how_far_it_looked_for_a_task_the_unfinished_upgrade_may_still_reach() -> None:
-    world = legacy_world()
+    world = legacy_world(upgraded=False)
     fill(world, 10_500)  # before the first run: no marker, and more blobs than one look reads
     code, said = await find(world, "--task", "task-101")
     assert code == NOT_FOUND and "no run has begun it yet" in said, said
     assert "not in" not in said and "in the next 10000 blobs it has not folded; the rest is not looked at" in said
     data = json.loads((await find(world, "--task", "task-101", "--json"))[1])
     assert data["legacyFiles"] == [] and data["legacyScanned"] == 10_000 and not data["legacyScanWhole"], data
+    await migrate(world.storage, now=world.now)  # the first run: it lists nothing yet
+    begins = world.now + OVERLAP
+    code, said = await find(world, "--task", "task-101")
+    assert code == NOT_FOUND and f"its first page is listed from {begins:%Y-%m-%d %H:%M} UTC on" in said, said
+    world.clock.advance(OVERLAP)
     for _ in range(5):  # 2000 blobs a run: past the filler, not yet the task's files
         await migrate(world.storage, now=world.now)
     code, said = await find(world, "--task", "nope")

@@ -17,6 +17,7 @@ from azure.storage.blob import ContainerClient
 from azure.storage.queue import QueueClient
 
 from devtools.azurite import Azurite
+from receiver.migration import OVERLAP
 from receiver.models import State
 from receiver.reconciliation import reconcile_run
 from receiver.runtime import RUNTIME
@@ -226,7 +227,9 @@ async def test_a_run_with_nothing_to_do_reads_only_the_listings_and_writes_its_s
     sweeping: FaultProxy, exports: Exports, webhook: Webhook
 ) -> None:
     assert (await webhook.post(notification(exports.publish()))).status == 200  # stored: no work
-    await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC))  # the first run finishes the migration marker
+    # The first run after the upgrade waits for the release before; the next, past the wait, ends the migration.
+    await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC))
+    await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC) + OVERLAP + timedelta(minutes=1))
     sweeping.reset()
     # An hour on: the delivery is past the window in which its manifest is checked again.
     report = await reconcile_run(runtime=RUNTIME, now=datetime.now(UTC) + timedelta(hours=1))

@@ -170,7 +170,7 @@ def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], 
             {"legacyFiles": [{"name": f.name, "leftAsIs": f.left_as_is, "newerPending": False} for f in look.files]},
         )  # fmt: skip
     where = (
-        f"its first page is listed from {look.begins:%Y-%m-%d %H:%M} UTC on, {OVERLAP.seconds // 60} minutes after "
+        f"its first page is listed from {look.begins:%Y-%m-%d %H:%M:%S} UTC on, {OVERLAP.seconds // 60} minutes after "
         "this release's first run, once the release before's last executions have ended"
         if look.begins is not None
         else (f"{MARKER_NAME} says where it is" if look.readable else f"{MARKER_NAME} is unreadable: it starts over")
@@ -199,6 +199,7 @@ def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], 
     rest = "" if look.whole else f"; the blobs after the first {look.scanned} it has not folded are not looked at"
     # (a file whose manifest could not be read may list the others as replaced: the task is left whole)
     folded = [] if any(file.unread for file in look.files) else [f for f in look.files if f.left_as_is is None]
+    waited = "" if look.begins is None else f" from {look.begins:%H:%M:%S} UTC on"
     if folded:
         first = folded[0]
         others = "; it leaves the other file(s) named as they are" if len(folded) < len(look.files) else ""
@@ -211,8 +212,8 @@ def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], 
         return (
             lines,
             f"nothing to do by hand: the reconciliation builds the task's record from {first.name} in about "
-            f"{first.position // PAGE_SIZE + 1} run(s) ({first.position} blobs ahead of it){others}; run {again} "
-            f"then ({UPGRADING}, says how a delivery of the task is decided meanwhile){newer}",
+            f"{first.position // PAGE_SIZE + 1} run(s){waited} ({first.position} blobs ahead of it){others}; "
+            f"run {again} then ({UPGRADING}, says how a delivery of the task is decided meanwhile){newer}",
             data,
         )
     if look.files:
@@ -227,7 +228,7 @@ def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], 
     passed = (
         " (one it passed and left as it is is named in the reconciliation's `migration:` log line: left_pending, "
         "left_doubtful)"
-        if look.started
+        if look.started and look.begins is None
         else ""
     )
     if look.whole:

@@ -203,7 +203,7 @@ async def listing_begins(storage: Storage, now: datetime) -> datetime:
         with contextlib.suppress(Conflict):  # another run created it a moment ago
             await storage.put(BEGUN_NAME, b"", if_match=None, content_type="text/plain", metadata=_KIND)
         return now + OVERLAP
-    return (begun.created or begun.last_modified or now) + OVERLAP
+    return (begun.created or begun.last_modified or now - OVERLAP) + OVERLAP  # (a store that dates nothing: at once)
 
 
 _KIND = {"receiverkind": "migration"}

@@ -186,7 +186,7 @@ def blob_name(template: str, values: dict[str, str], file: str, *, limit: int = 
     # The settings leave room for ids of 128 characters of the Basic Multilingual Plane; ids outside it count
     # up to twice that. The cut then keeps a hash of the whole name, so two tasks still never share one.
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:ID_HASH_LENGTH]
-    head = _cut_to(name, limit - len(suffix) - ID_HASH_LENGTH - 1).rstrip("./ ")
+    head = _cut_to(name, limit - azure_length(suffix) - ID_HASH_LENGTH - 1).rstrip("./ ")
     return f"{head}~{digest}{suffix}"
 
 

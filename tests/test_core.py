@@ -372,6 +372,21 @@ def test_a_display_name_of_emoji_is_cut_to_azures_1024_as_azure_counts_them(temp
     ]
 
 
+def test_a_cut_with_a_hash_keeps_an_extension_of_emoji_inside_the_limit() -> None:
+    """What follows the display name's last dot is kept whole as its extension when the type gives none; ten
+    emoji there count twenty toward the limit, and the cut with a hash leaves room for all of them."""
+    config = Settings(
+        destination_connection_string="UseDevelopmentStorage=true",
+        blob_name_template="{workspaceId}/" + "p" * 731 + "/{taskId}/{fileName}",
+    )
+    document = body(
+        workspaceId="\U0001f4c1" * 128, taskId="\U0001f4c4" * 128, displayName="a." + "\U0001f600" * 10,
+        exportedFileContentType="application/octet-stream", exportedFileUrl=NO_EXTENSION_URL,
+    )  # fmt: skip
+    plan = plan_for(document, config)
+    assert isinstance(plan, CopyPlan) and azure_counted(plan.blob_name) <= 1019, plan
+
+
 def test_ids_outside_the_bmp_that_leave_no_room_still_never_share_a_name() -> None:
     """The settings leave room for ids of 128 characters of the Basic Multilingual Plane; ids of emoji count
     twice that. The cut that then reaches the ids keeps a hash of the whole name: two tasks, two names."""

@@ -902,6 +902,18 @@ async def test_ops_find_names_a_legacy_file_the_upgrade_leaves_as_it_is_and_why(
     assert "a newer export a manifest describes is finished by the release before's queue message" in said
 
 
+async def test_ops_find_during_the_upgrades_wait_says_when_its_first_page_builds_the_record() -> None:
+    world = legacy_world(upgraded=False)
+    await reconcile(world)  # the first run after the upgrade: it lists nothing for OVERLAP
+    begins = world.now + OVERLAP
+    code, said = await find(world, "--task", "task-101")
+    assert code == NOT_FOUND and f"in about 1 run(s) from {begins:%H:%M:%S} UTC on" in said, said
+    world.clock.advance(OVERLAP)
+    await reconcile(world)
+    code, said = await find(world, "--task", "task-101")
+    assert code == OK, said
+
+
 async def test_ops_find_says_how_far_it_looked_for_a_task_the_unfinished_upgrade_may_still_reach() -> None:
     world = legacy_world(upgraded=False)
     fill(world, 10_500)  # before the first run: no marker, and more blobs than one look reads
@@ -913,7 +925,8 @@ async def test_ops_find_says_how_far_it_looked_for_a_task_the_unfinished_upgrade
     await migrate(world.storage, now=world.now)  # the first run: it lists nothing yet
     begins = world.now + OVERLAP
     code, said = await find(world, "--task", "task-101")
-    assert code == NOT_FOUND and f"its first page is listed from {begins:%Y-%m-%d %H:%M} UTC on" in said, said
+    assert code == NOT_FOUND and f"its first page is listed from {begins:%Y-%m-%d %H:%M:%S} UTC on" in said, said
+    assert "one it passed and left" not in said, said  # it has passed nothing yet
     world.clock.advance(OVERLAP)
     for _ in range(5):  # 2000 blobs a run: past the filler, not yet the task's files
         await migrate(world.storage, now=world.now)

@@ -202,7 +202,7 @@ async def inspect(ctx: Context, workspace_id: str, task_id: str) -> Inspection:
             f"drop --workspace {workspace_id} to look in every workspace; a task whose every delivery was refused "
             "has no record: Application Insights has its answers (task-lookup.kql, docs/operations.md)"
         )
-        found.notes, next_step, found.legacy = await legacy_advice(storage, task_id, workspace_id, next_step)
+        found.notes, next_step, found.legacy = await legacy_advice(storage, task_id, workspace_id, next_step, ctx.now)
         found.next.append(next_step)
         return found
     seen, looked, left = await asyncio.gather(
@@ -608,7 +608,7 @@ async def _one_task(ctx: Context, task_id: str, workspace_id: str | None) -> tup
             "container": storage.container,
             "problems": ["no task record"],
         }  # (the keys an inspection of a task with no record has)
-        lines, next_step, legacy = await legacy_advice(storage, task_id, workspace_id, next_step)
+        lines, next_step, legacy = await legacy_advice(storage, task_id, workspace_id, next_step, ctx.now)
         text += lines
         data.update(legacy)
         text.append(f"next: {next_step}")

@@ -144,7 +144,7 @@ async def look_for_legacy(storage: Storage, task_id: str, workspace_id: str | No
 
 
 async def legacy_advice(
-    storage: Storage, task_id: str, workspace_id: str | None, otherwise: str
+    storage: Storage, task_id: str, workspace_id: str | None, otherwise: str, now: datetime
 ) -> tuple[list[str], str, dict[str, Any]]:
     """For a task with no record: what to print (lines), the next step (``otherwise`` when the upgrade is done or
     nothing it has not folded names the task), and the JSON. A storage failure of the look is said, not raised:
@@ -156,10 +156,32 @@ async def legacy_advice(
         return [why], otherwise, {"legacyLookFailed": exc.message}
     if look is None:
         return [], otherwise, {}
-    return _advice(look, task_id, otherwise)
+    return _advice(look, task_id, otherwise, now)
 
 
-def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], str, dict[str, Any]]:
+def _first_page(look: LegacyLook, now: datetime) -> tuple[str, str]:
+    """Where the upgrade is before its first page (for the lines) and when that page comes (for the next step)."""
+    minutes = OVERLAP.seconds // 60
+    if not look.started:
+        return (
+            f"no run of this release has begun it yet: the first starts a {minutes}-minute wait "
+            "(.smartdocumentor/migration-begun), then a run lists the first page",
+            f" after the first run's {minutes}-minute wait",
+        )
+    if look.begins is None:
+        return (
+            f"{MARKER_NAME} says where it is" if look.readable else f"{MARKER_NAME} is unreadable: it starts over"
+        ), ""
+    if look.begins > now:
+        return (
+            f"it waits until {look.begins:%Y-%m-%d %H:%M:%S} UTC, {minutes} minutes after this release's first run, "
+            "for the release before's last executions to end, then a run lists its first page",
+            f" after {look.begins:%H:%M:%S} UTC",
+        )
+    return f"its wait ended at {look.begins:%Y-%m-%d %H:%M:%S} UTC: the next run lists its first page", ""
+
+
+def _advice(look: LegacyLook, task_id: str, otherwise: str, now: datetime) -> tuple[list[str], str, dict[str, Any]]:
     if look.done:
         return (
             ["The upgrade from the release without task records has ended; it left these files of the task as they "
@@ -169,14 +191,7 @@ def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], 
             f"({UPGRADING}: What it leaves)",
             {"legacyFiles": [{"name": f.name, "leftAsIs": f.left_as_is, "newerPending": False} for f in look.files]},
         )  # fmt: skip
-    where = (
-        f"its first page is listed from {look.begins:%Y-%m-%d %H:%M:%S} UTC on, {OVERLAP.seconds // 60} minutes after "
-        "this release's first run, once the release before's last executions have ended"
-        if look.begins is not None
-        else (f"{MARKER_NAME} says where it is" if look.readable else f"{MARKER_NAME} is unreadable: it starts over")
-        if look.started
-        else f"no run has begun it yet: no {MARKER_NAME}"
-    )
+    where, waited = _first_page(look, now)
     lines = [
         "The upgrade from the release without task records has not finished in this container (the reconciliation "
         f"folds a page of {PAGE_SIZE} blobs a run; {where}): a task that got its file before the upgrade has no "
@@ -188,6 +203,7 @@ def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], 
         ],
         "legacyScanned": look.scanned,
         "legacyScanWhole": look.whole,
+        "legacyListingBegins": None if look.begins is None else look.begins.isoformat(),
     }
     for file in look.files:
         lines.append(
@@ -199,7 +215,6 @@ def _advice(look: LegacyLook, task_id: str, otherwise: str) -> tuple[list[str], 
     rest = "" if look.whole else f"; the blobs after the first {look.scanned} it has not folded are not looked at"
     # (a file whose manifest could not be read may list the others as replaced: the task is left whole)
     folded = [] if any(file.unread for file in look.files) else [f for f in look.files if f.left_as_is is None]
-    waited = "" if look.begins is None else f" from {look.begins:%H:%M:%S} UTC on"
     if folded:
         first = folded[0]
         others = "; it leaves the other file(s) named as they are" if len(folded) < len(look.files) else ""

@@ -904,11 +904,17 @@ async def test_ops_find_names_a_legacy_file_the_upgrade_leaves_as_it_is_and_why(
 
 async def test_ops_find_during_the_upgrades_wait_says_when_its_first_page_builds_the_record() -> None:
     world = legacy_world(upgraded=False)
+    code, said = await find(world, "--task", "task-101")
+    assert code == NOT_FOUND and "in about 1 run(s) after the first run's 15-minute wait" in said, said
     await reconcile(world)  # the first run after the upgrade: it lists nothing for OVERLAP
     begins = world.now + OVERLAP
+    code, said = await find(world, "--task", "task-101", "--json")
+    assert json.loads(said)["legacyListingBegins"] == begins.replace(microsecond=0).isoformat(), said  # (whole seconds)
     code, said = await find(world, "--task", "task-101")
-    assert code == NOT_FOUND and f"in about 1 run(s) from {begins:%H:%M:%S} UTC on" in said, said
+    assert code == NOT_FOUND and f"in about 1 run(s) after {begins:%H:%M:%S} UTC" in said, said
     world.clock.advance(OVERLAP)
+    code, said = await find(world, "--task", "task-101")
+    assert f"its wait ended at {begins:%Y-%m-%d %H:%M:%S} UTC: the next run lists its first page" in said, said
     await reconcile(world)
     code, said = await find(world, "--task", "task-101")
     assert code == OK, said
@@ -918,14 +924,14 @@ async def test_ops_find_says_how_far_it_looked_for_a_task_the_unfinished_upgrade
     world = legacy_world(upgraded=False)
     fill(world, 10_500)  # before the first run: no marker, and more blobs than one look reads
     code, said = await find(world, "--task", "task-101")
-    assert code == NOT_FOUND and "no run has begun it yet" in said, said
+    assert code == NOT_FOUND and "no run of this release has begun it yet: the first starts a 15-minute wait" in said
     assert "not in" not in said and "in the next 10000 blobs it has not folded; the rest is not looked at" in said
     data = json.loads((await find(world, "--task", "task-101", "--json"))[1])
     assert data["legacyFiles"] == [] and data["legacyScanned"] == 10_000 and not data["legacyScanWhole"], data
     await migrate(world.storage, now=world.now)  # the first run: it lists nothing yet
     begins = world.now + OVERLAP
     code, said = await find(world, "--task", "task-101")
-    assert code == NOT_FOUND and f"its first page is listed from {begins:%Y-%m-%d %H:%M:%S} UTC on" in said, said
+    assert code == NOT_FOUND and f"it waits until {begins:%Y-%m-%d %H:%M:%S} UTC, 15 minutes after" in said, said
     assert "one it passed and left" not in said, said  # it has passed nothing yet
     world.clock.advance(OVERLAP)
     for _ in range(5):  # 2000 blobs a run: past the filler, not yet the task's files

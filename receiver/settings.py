@@ -11,6 +11,7 @@ import logging
 import re
 import string
 import sys
+import unicodedata
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -112,6 +113,7 @@ class Settings(BaseSettings):
     @field_validator("blob_name_template")
     @classmethod
     def _template(cls, value: str) -> str:
+        value = value.strip()  # (a space typed around the setting would end every name)
         names: set[str] = set()
         # (literal before, placeholder) in order, to see what stands between two placeholders.
         parts: list[tuple[str, str]] = []
@@ -176,6 +178,14 @@ class Settings(BaseSettings):
             raise ValueError("must not start or end with '/' or contain '//'")
         if value.count("/") > 20:
             raise ValueError("has too many '/' segments (at most 20)")
+        if any(segment in (".", "..") for segment in segments):
+            raise ValueError(
+                "must not have a '.' or '..' segment: a URL folds it away, so two tasks would share a name"
+            )
+        if value.endswith("."):
+            raise ValueError("must not end with '.' (every name would end with it)")
+        if "\\" in value or any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+            raise ValueError("must not contain '\\' or control characters")
         if len(value.format_map(_LONGEST_IDS)) > _ROOM_FOR_NAMES:
             raise ValueError(
                 f"is too long: with a workspaceId and a taskId of {MAX_ID_SEGMENT} characters it leaves no room "

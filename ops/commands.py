@@ -51,7 +51,7 @@ from .records import (
     stuck,
     workspace_prefix,
 )
-from .upgrade import left_by_upgrade, legacy_advice
+from .upgrade import left_by_upgrade, legacy_advice, unfinished_upgrade
 
 # One record per operator change on the ``receiver`` logger: ERROR when it fails or gives up a
 # delivery (nothing will retry it), WARNING otherwise.
@@ -672,7 +672,11 @@ async def find_workspace(ctx: Context, workspace_id: str, limit: int) -> Result:
     data = {"workspaceId": workspace_id, "tasks": tasks, "more": more}
     if not tasks and not bare:
         await _check_container(storage)
-        return Result(NOT_FOUND, data, [f"No task records for workspace {workspace_id}."])
+        upgrade = await unfinished_upgrade(storage, ctx.now)
+        data["upgradeUnfinished"] = upgrade is not None
+        return Result(
+            NOT_FOUND, data, [f"No task records for workspace {workspace_id}.", *([upgrade] if upgrade else [])]
+        )
     text = table(["TASK", "DELIVERIES", "COPYING", "LAST FAILED", "CURRENT FILE"], rows)
     if more:
         text.append(f"(the first {limit} tasks in name order; --max N for more)")

@@ -117,19 +117,38 @@ async def _of_task(storage: Storage, item: Listed, position: int, task: tuple[st
     return LegacyFile(item.name, position, left_as_is(item.metadata, document, *ids), newer, UNREAD in document)
 
 
+async def _where_the_upgrade_is(storage: Storage) -> tuple[dict[str, Any], LegacyLook]:
+    """The upgrade's marker (a JSON object, or {}) and what it says: done, or where it is (its wait included)."""
+    found = await storage.read_bytes(MARKER_NAME, max_bytes=MARKER_MAX_BYTES)
+    state = json_object(found)
+    look = LegacyLook(started=found is not None, done=state.get("done") is True, readable=found is None or bool(state))
+    if found is None and (begun := await storage.read(BEGUN_NAME)) is not None:
+        look.started, look.begins = True, (begun.created or begun.last_modified or datetime.now(UTC)) + OVERLAP
+    return state, look
+
+
+async def unfinished_upgrade(storage: Storage, now: datetime) -> str | None:
+    """For a command that found no task record: a line saying the upgrade has not ended (None once it has)."""
+    _, look = await _where_the_upgrade_is(storage)
+    if look.done:
+        return None
+    where, _ = _first_page(look, now)
+    return (
+        "The upgrade from the release without task records has not finished in this container "
+        f"({where}): a task that got its file before the upgrade has no record until the upgrade reaches it; "
+        "find --task T looks for such a task's file"
+    )
+
+
 async def look_for_legacy(storage: Storage, task_id: str, workspace_id: str | None) -> LegacyLook | None:
     """The files of the release before naming this task that the upgrade has not folded yet, from where it is: to
     the end of the page holding the first one it folds (at most SCAN_PAGES pages). None once the upgrade is done,
     or when it has not begun and the whole container holds none."""
-    found = await storage.read_bytes(MARKER_NAME, max_bytes=MARKER_MAX_BYTES)
-    state = json_object(found)
-    if state.get("done") is True:
+    state, look = await _where_the_upgrade_is(storage)
+    if look.done:
         # Done: the files it left as they are, as its marker names them.
         left = _left_in(state, task_id, workspace_id)
         return LegacyLook(started=True, done=True, files=left) if left else None
-    look = LegacyLook(started=found is not None, readable=found is None or bool(state))
-    if found is None and (begun := await storage.read(BEGUN_NAME)) is not None:
-        look.started, look.begins = True, (begun.created or begun.last_modified or datetime.now(UTC)) + OVERLAP
     marker = state.get("marker") if isinstance(state.get("marker"), str) else None
     for _ in range(SCAN_PAGES):
         page, marker = await storage.list_page("", marker=marker, size=PAGE_SIZE)

@@ -912,12 +912,16 @@ async def test_ops_find_during_the_upgrades_wait_says_when_its_first_page_builds
     assert json.loads(said)["legacyListingBegins"] == begins.replace(microsecond=0).isoformat(), said  # (whole seconds)
     code, said = await find(world, "--task", "task-101")
     assert code == NOT_FOUND and f"in about 1 run(s) after {begins:%H:%M:%S} UTC" in said, said
+    code, said = await find(world, "--workspace", "ws-acme")  # not a wrong workspace: the upgrade has not reached it
+    assert code == NOT_FOUND and "has not finished in this container (it waits until" in said, said
     world.clock.advance(OVERLAP)
     code, said = await find(world, "--task", "task-101")
     assert f"its wait ended at {begins:%Y-%m-%d %H:%M:%S} UTC: the next run lists its first page" in said, said
     await reconcile(world)
     code, said = await find(world, "--task", "task-101")
     assert code == OK, said
+    code, said = await find(world, "--workspace", "ws-nobody")  # the upgrade has ended: a wrong workspace is just that
+    assert code == NOT_FOUND and "upgrade" not in said, said
 
 
 async def test_ops_find_says_how_far_it_looked_for_a_task_the_unfinished_upgrade_may_still_reach() -> None:

@@ -10,7 +10,7 @@ Read only: nothing here writes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from receiver.migration import (
@@ -123,14 +123,19 @@ async def _where_the_upgrade_is(storage: Storage) -> tuple[dict[str, Any], Legac
     state = json_object(found)
     look = LegacyLook(started=found is not None, done=state.get("done") is True, readable=found is None or bool(state))
     if found is None and (begun := await storage.read(BEGUN_NAME)) is not None:
-        look.started, look.begins = True, (begun.created or begun.last_modified or datetime.now(UTC)) + OVERLAP
+        dated = begun.created or begun.last_modified  # (undated, as the receiver reads it: no wait)
+        look.started, look.begins = True, None if dated is None else dated + OVERLAP
     return state, look
 
 
 async def unfinished_upgrade(storage: Storage, now: datetime) -> str | None:
-    """For a command that found no task record: a line saying the upgrade has not ended (None once it has)."""
-    _, look = await _where_the_upgrade_is(storage)
-    if look.done:
+    """For a command that found no task record: a line saying the upgrade has begun and not ended (else None; a
+    failed look is said, not raised: the answer "no record" stands)."""
+    try:
+        _, look = await _where_the_upgrade_is(storage)
+    except StoreError as exc:
+        return f"could not tell whether the upgrade from the release without task records has ended: {exc.message}"
+    if look.done or not look.started:
         return None
     where, _ = _first_page(look, now)
     return (

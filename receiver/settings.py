@@ -113,7 +113,6 @@ class Settings(BaseSettings):
     @field_validator("blob_name_template")
     @classmethod
     def _template(cls, value: str) -> str:
-        value = value.strip()  # (a space typed around the setting would end every name)
         names: set[str] = set()
         # (literal before, placeholder) in order, to see what stands between two placeholders.
         parts: list[tuple[str, str]] = []
@@ -184,8 +183,8 @@ class Settings(BaseSettings):
             )
         if value.endswith("."):
             raise ValueError("must not end with '.' (every name would end with it)")
-        if "\\" in value or any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
-            raise ValueError("must not contain '\\' or control characters")
+        if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+            raise ValueError("must not contain control characters (Azure refuses them in a blob name)")
         if len(value.format_map(_LONGEST_IDS)) > _ROOM_FOR_NAMES:
             raise ValueError(
                 f"is too long: with a workspaceId and a taskId of {MAX_ID_SEGMENT} characters it leaves no room "

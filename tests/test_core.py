@@ -628,7 +628,6 @@ def test_a_template_that_leaves_no_room_for_a_file_name_is_refused_at_start() ->
         ("{workspaceId}/../{taskId}/{fileName}", "'.' or '..' segment"),
         ("{workspaceId}/./{taskId}/{fileName}", "'.' or '..' segment"),
         ("{workspaceId}/{taskId}/{fileName}.", "must not end with '.'"),
-        ("{workspaceId}/a\\b/{taskId}/{fileName}", "control characters"),
         ("{workspaceId}/a\x01/{taskId}/{fileName}", "control characters"),
     ],
 )
@@ -639,15 +638,6 @@ def test_a_template_whose_own_text_would_give_names_azure_or_a_url_alters_is_ref
     tasks, one name); a name ending in '.' is one Azure advises against and this receiver never gives."""
     with pytest.raises(ValueError, match=re.escape(said)):
         Settings(destination_connection_string="UseDevelopmentStorage=true", blob_name_template=template)
-
-
-def test_spaces_around_a_template_are_dropped_not_put_in_every_name() -> None:
-    config = Settings(
-        destination_connection_string="UseDevelopmentStorage=true",
-        blob_name_template=" {workspaceId}/{taskId}/{fileName} ",
-    )
-    plan = plan_for(body(displayName="report"), config)
-    assert isinstance(plan, CopyPlan) and plan.blob_name == "ws-1/8c1f0f64-2b1e-4a8e-9c55-0d7e2c1f9a10/report.pdf"
 
 
 # --- no input crashes ------------------------------------------------------------------------

@@ -924,6 +924,25 @@ async def test_ops_find_during_the_upgrades_wait_says_when_its_first_page_builds
     assert code == NOT_FOUND and "upgrade" not in said, said
 
 
+async def test_ops_find_workspace_still_answers_when_the_upgrades_marker_cannot_be_read() -> None:
+    """No record found, and the upgrade's marker answers 503: the answer "no task records" stands, with the look
+    that failed said beside it."""
+    from receiver.storage import Unavailable
+
+    world = legacy_world()
+    real = world.storage.read_bytes
+
+    async def read_bytes(name: str, **kwargs: Any) -> Any:
+        if name == MARKER_NAME:
+            raise Unavailable("Azure Storage answered 503 ServerBusy")
+        return await real(name, **kwargs)
+
+    world.storage.read_bytes = read_bytes  # type: ignore[method-assign]
+    code, said = await find(world, "--workspace", "ws-acme")
+    assert code == NOT_FOUND and "No task records for workspace ws-acme." in said, said
+    assert "could not tell whether the upgrade from the release without task records has ended" in said, said
+
+
 async def test_ops_find_says_how_far_it_looked_for_a_task_the_unfinished_upgrade_may_still_reach() -> None:
     world = legacy_world(upgraded=False)
     fill(world, 10_500)  # before the first run: no marker, and more blobs than one look reads

@@ -556,7 +556,7 @@ class Simulation:
         self.wrote_at: dict[str, int] = {}
         self.looked: dict[str, list[tuple[int, Actor]]] = {}  # by name: when each driver read or deleted it
         self.faulted: dict[int, list[int]] = {}  # by actor number: the steps its calls got a 503 or lost answer
-        self.removed: dict[str, set[int]] = {}  # by name: the actors (numbers) whose delete removed a blob there
+        self.removed: dict[str, set[int]] = {}  # by name: the actors (numbers) whose delete left nothing there
         self.held_deletes: dict[str, list[int]] = {}  # by name: the steps of deletes a container policy refused
 
     # ---------------------------------------------------------------- the world's pieces
@@ -870,7 +870,7 @@ class Simulation:
             self.wrote[name], self.wrote_at[name] = self.granted, self.steps
         if op in ("read", "read_bytes", "delete") and actor is not None:
             self.looked.setdefault(name, []).append((self.steps, actor))
-        if op == "delete" and before is not None and stored is None and actor is not None:
+        if op == "delete" and stored is None and actor is not None:  # removed it, or found it gone (another's delete)
             self.removed.setdefault(name, set()).add(actor.number)
         if name.startswith(RECORD_PREFIX) and op in WRITES:
             changed = stored is not None and (before is None or stored.etag != before.etag)
@@ -1168,9 +1168,10 @@ class Simulation:
             return f"a call of {writer.label} failed once it landed"
         if (writer.answer or "").endswith(("superseded", "failed")):
             return UNEXPLAINED  # it ended without its delivery stored: it removes each manifest it wrote
-        # Only a retirement of its file counts (a driver that deleted it): its look at the manifest, or its delete
-        # of the file, while the write was on its way; or its look at the manifest before the write landed and its
-        # delete of the file after the writer's check (both saw what they expected).
+        # Only a retirement of its file counts (a driver that deleted it, or whose delete found it already deleted by
+        # another): its look at the manifest, or its delete of the file, while the write was on its way; or its look
+        # at the manifest before the write landed and its delete of the file after the writer's check (both saw what
+        # they expected).
         file = name.removesuffix(".json")
         retirers = self.removed.get(file, set())
         for looked in (name, file):

@@ -26,6 +26,7 @@ from receiver.migration import (
     left_as_is,
     legacy_ids,
     legacy_manifest,
+    listing_begins,
 )
 from receiver.models import TaskRecord
 from receiver.outcome import ops_command
@@ -47,7 +48,7 @@ class LegacyFile:
 
 @dataclass
 class LegacyLook:
-    started: bool  # a reconciliation run has begun the upgrade (its marker is there)
+    started: bool  # a reconciliation run has begun the upgrade (its marker, or BEGUN_NAME, is there)
     done: bool = False  # it ended: ``files`` are the ones its marker says it left as they are
     readable: bool = True  # that marker is a JSON object (else the upgrade starts again from the first blob)
     scanned: int = 0  # blobs looked at, from where the upgrade is
@@ -123,8 +124,7 @@ async def _where_the_upgrade_is(storage: Storage) -> tuple[dict[str, Any], Legac
     state = json_object(found)
     look = LegacyLook(started=found is not None, done=state.get("done") is True, readable=found is None or bool(state))
     if found is None and (begun := await storage.read(BEGUN_NAME)) is not None:
-        dated = begun.created or begun.last_modified  # (undated, as the receiver reads it: no wait)
-        look.started, look.begins = True, None if dated is None else dated + OVERLAP
+        look.started, look.begins = True, listing_begins(begun)
     return state, look
 
 

@@ -140,7 +140,7 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
     if state.get("done") is True:
         report.done = report.already_done = True
         return report
-    if found is None and (begins := await listing_begins(storage, now)) > now:
+    if found is None and (begins := await _listing_begins(storage, now)) > now:
         report.stopped = f"it begins at {begins.isoformat()}, once the release before's last executions have ended"
         return report
     marker = state.get("marker") if isinstance(state.get("marker"), str) else None
@@ -191,37 +191,38 @@ async def migrate(storage: Storage, *, now: datetime, page_size: int = PAGE_SIZE
             more += 1
     document: dict[str, Any] = {"done": next_marker is None, "marker": next_marker, "at": now.isoformat()}
     document.update(left=left, leftMore=more)
-    if await _put_marker(storage, document, None if found is None else found[0].etag, report):
-        report.done = next_marker is None
-    return report
-
-
-async def listing_begins(storage: Storage, now: datetime) -> datetime:
-    """When the first page may be listed: OVERLAP after BEGUN_NAME was created (by this call when it was not)."""
-    begun = await storage.read(BEGUN_NAME)
-    if begun is None:
-        with contextlib.suppress(Conflict):  # another run created it a moment ago
-            await storage.put(BEGUN_NAME, b"", if_match=None, content_type="text/plain", metadata=_KIND)
-        return now + OVERLAP
-    return (begun.created or begun.last_modified or now - OVERLAP) + OVERLAP  # (a store that dates nothing: at once)
-
-
-_KIND = {"receiverkind": "migration"}
-
-
-async def _put_marker(storage: Storage, document: dict[str, Any], etag: str | None, report: MigrationReport) -> bool:
     try:
         await storage.put(
             MARKER_NAME,
             json.dumps(document).encode("ascii"),  # (ensure_ascii: every name and id escaped)
-            if_match=etag,
+            if_match=None if found is None else found[0].etag,
             content_type="application/json",
             metadata=_KIND,
         )
     except Conflict:
         report.stopped = "another run moved the migration's marker first"
-        return False
-    return True
+        return report
+    report.done = next_marker is None
+    return report
+
+
+async def _listing_begins(storage: Storage, now: datetime) -> datetime:
+    """When the first page may be listed (BEGUN_NAME created by this call when it was not there)."""
+    begun = await storage.read(BEGUN_NAME)
+    if begun is None:
+        with contextlib.suppress(Conflict):  # another run created it a moment ago
+            await storage.put(BEGUN_NAME, b"", if_match=None, content_type="text/plain", metadata=_KIND)
+        return now + OVERLAP
+    return listing_begins(begun) or now
+
+
+def listing_begins(begun: Blob) -> datetime | None:
+    """OVERLAP after BEGUN_NAME was created (None when the store dates nothing: the listing waits for nothing)."""
+    dated = begun.created or begun.last_modified
+    return None if dated is None else dated + OVERLAP
+
+
+_KIND = {"receiverkind": "migration"}
 
 
 def _left_note(name: str, workspace_id: str, task_id: str, why: str) -> dict[str, str]:
